@@ -1,0 +1,1 @@
+//! The ingest log (placeholder; see crate docs when written).

@@ -1,0 +1,186 @@
+use crate::{Label, Labels, Tenant};
+use std::fmt;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+/// Separator after every name and value in a key: 0xFF never occurs in UTF-8, so keys are
+/// unambiguous without length prefixes.
+const SEP: u8 = 0xFF;
+
+/// A series' canonical label bytes: for each label in name order, `name 0xFF value 0xFF`.
+///
+/// The tenant is not part of the bytes (storage is laid out per tenant) but is part of the
+/// [`SeriesId`], so equal label sets of two tenants never share an id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey(Box<[u8]>);
+
+/// A borrowed [`SeriesKey`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKeyRef<'a>(&'a [u8]);
+
+/// The stable 64-bit identity of a series: xxh3 of its key, seeded by its tenant. Stable across
+/// processes and versions; collisions are detected by comparing keys, never silently merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesId(pub u64);
+
+impl SeriesId {
+    /// The id of `key` for `tenant`.
+    pub fn of(tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesId {
+        SeriesId(xxh3_64_with_seed(key.0, tenant_seed(tenant)))
+    }
+}
+
+/// The hash seed of a tenant, so ids of different tenants differ.
+pub fn tenant_seed(tenant: &Tenant) -> u64 {
+    xxh3_64(tenant.as_str().as_bytes())
+}
+
+impl SeriesKey {
+    /// Encodes pairs that are already sorted by unique name.
+    pub fn from_sorted_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> SeriesKey {
+        let mut buf = Vec::new();
+        for (n, v) in pairs {
+            encode_pair(&mut buf, n, v);
+        }
+        SeriesKey(buf.into_boxed_slice())
+    }
+
+    /// Wraps bytes previously produced by this type. Returns `None` when they are not a
+    /// well-formed key (odd number of parts, missing final separator, bad UTF-8).
+    pub fn from_bytes(bytes: &[u8]) -> Option<SeriesKey> {
+        SeriesKeyRef::parse(bytes).map(|r| r.to_owned())
+    }
+
+    /// Borrows the key.
+    pub fn as_ref(&self) -> SeriesKeyRef<'_> {
+        SeriesKeyRef(&self.0)
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes into owned labels.
+    pub fn labels(&self) -> Labels {
+        self.as_ref().labels()
+    }
+}
+
+impl<'a> SeriesKeyRef<'a> {
+    /// Checks that `bytes` are a well-formed key and borrows them.
+    pub fn parse(bytes: &'a [u8]) -> Option<SeriesKeyRef<'a>> {
+        if bytes.is_empty() {
+            return Some(SeriesKeyRef(bytes));
+        }
+        if *bytes.last()? != SEP {
+            return None;
+        }
+        let parts = bytes[..bytes.len() - 1].split(|b| *b == SEP);
+        let mut n = 0;
+        for p in parts {
+            std::str::from_utf8(p).ok()?;
+            n += 1;
+        }
+        (n % 2 == 0).then_some(SeriesKeyRef(bytes))
+    }
+
+    /// Wraps bytes known to be a key (from a [`SeriesKey`] or a checked source).
+    pub fn new_unchecked(bytes: &'a [u8]) -> SeriesKeyRef<'a> {
+        SeriesKeyRef(bytes)
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The (name, value) pairs in name order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let body = if self.0.is_empty() {
+            self.0
+        } else {
+            &self.0[..self.0.len() - 1]
+        };
+        let mut parts = body.split(|b| *b == SEP).filter(move |_| !body.is_empty());
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.pairs().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Copies into an owned key.
+    pub fn to_owned(&self) -> SeriesKey {
+        SeriesKey(self.0.into())
+    }
+
+    /// Decodes into owned labels.
+    pub fn labels(&self) -> Labels {
+        Labels::from_sorted(
+            self.pairs()
+                .map(|(n, v)| Label {
+                    name: String::from_utf8_lossy(n).into_owned(),
+                    value: String::from_utf8_lossy(v).into_owned(),
+                })
+                .collect(),
+        )
+    }
+}
+
+pub(crate) fn encode_pair(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    buf.reserve(name.len() + value.len() + 2);
+    buf.extend_from_slice(name);
+    buf.push(SEP);
+    buf.extend_from_slice(value);
+    buf.push(SEP);
+}
+
+impl fmt::Debug for SeriesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.labels())
+    }
+}
+
+impl fmt::Debug for SeriesKeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.labels())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids_differ_by_tenant() {
+        let k = Labels::from_pairs([("__name__", "up")]).unwrap().key();
+        let a = SeriesId::of(&Tenant::new("a").unwrap(), k.as_ref());
+        let b = SeriesId::of(&Tenant::new("b").unwrap(), k.as_ref());
+        assert_ne!(a, b);
+        assert_eq!(a, SeriesId::of(&Tenant::new("a").unwrap(), k.as_ref()));
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert!(SeriesKey::from_bytes(b"a\xffb").is_none());
+        assert!(SeriesKey::from_bytes(b"a\xff").is_none());
+        assert!(SeriesKey::from_bytes(b"a\xffb\xff").is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(pairs in proptest::collection::btree_map("[a-z_]{1,8}", "[^\u{0}]{1,12}", 0..8)) {
+            let labels = Labels::from_pairs(pairs.clone()).unwrap();
+            let key = labels.key();
+            prop_assert!(SeriesKey::from_bytes(key.as_bytes()).is_some());
+            prop_assert_eq!(key.labels(), labels);
+            for (n, v) in &pairs {
+                prop_assert_eq!(key.as_ref().get(n.as_bytes()), Some(v.as_bytes()));
+            }
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Strata's shared vocabulary.
+//!
+//! Every other crate speaks in these types: a [`Tenant`] owns [`Labels`]; a series is identified
+//! by its canonical [`SeriesKey`] bytes and their stable hash, the [`SeriesId`]; protocols decode
+//! into a [`WriteBatch`]; queries select with [`Matcher`]s through the [`Storage`] read trait.
+//!
+//! This crate must stay small and dependency-light: it holds types and their invariants, never
+//! I/O, threads or protocol knowledge.
+
+mod batch;
+mod error;
+mod key;
+mod labels;
+mod matcher;
+mod sample;
+mod storage;
+mod tenant;
+pub mod time;
+
+pub use batch::{BatchSeries, EventKey, Limits, SampleError, WriteBatch};
+pub use error::{LabelError, StorageError};
+pub use key::{SeriesId, SeriesKey, SeriesKeyRef};
+pub use labels::{Label, Labels, METRIC_NAME};
+pub use matcher::{MatchOp, Matcher, MatcherError};
+pub use sample::{Sample, STALE_NAN};
+pub use storage::{SelectHints, SeriesSamples, Storage};
+pub use tenant::{Tenant, TenantError};
