@@ -131,6 +131,11 @@ impl WriteBatch {
         }
     }
 
+    /// The tenant's hash seed (see [`SeriesId`]).
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// The tenant the batch belongs to.
     pub fn tenant(&self) -> &Tenant {
         &self.tenant
@@ -246,6 +251,23 @@ impl WriteBatch {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
         self.push_entry(start, samples, event);
+    }
+
+    /// Copies one series of another batch of the same tenant (used to split a batch by
+    /// partition) without re-validating or re-hashing its key.
+    pub fn push_from(&mut self, s: &BatchSeries<'_>) {
+        debug_assert_eq!(self.seed, crate::key::tenant_seed(&self.tenant));
+        let event = s.event_id().map(|e| self.event_key(e));
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(s.key.as_bytes());
+        let first = self.samples.len();
+        self.samples.extend_from_slice(s.samples);
+        self.series.push(Entry {
+            id: s.id,
+            key: range(start..self.bytes.len()),
+            samples: range(first..self.samples.len()),
+            event,
+        });
     }
 
     fn push_entry(&mut self, key_start: usize, samples: &[Sample], event: Option<EventKey>) {
