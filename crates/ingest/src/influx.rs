@@ -1,0 +1,335 @@
+//! Influx line protocol: `measurement[,tag=value...] field=value[,field=value...] [timestamp]`.
+//!
+//! Field `f` of measurement `m` becomes series `m_f`; a field named `value` becomes series `m`;
+//! tags become labels. Floats, integers (`1i`), unsigned integers (`1u`) and booleans (as 1/0)
+//! are stored; string fields, NaN and infinities are refused with the line and field named,
+//! without losing the line's other fields or the body's other lines. Characters not allowed in
+//! Prometheus names are replaced by `_` in metric names and tag keys.
+
+use crate::{DecodeContext, Decoded, IngestError, Location, RejectReason};
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use strata_model::{Sample, WriteBatch};
+
+/// Timestamp unit of a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Nanoseconds (the default).
+    Ns,
+    /// Microseconds.
+    Us,
+    /// Milliseconds.
+    Ms,
+    /// Seconds.
+    S,
+}
+
+impl Precision {
+    /// Parses `ns`, `us`, `ms`, `s` (and Influx 1.x's `n`, `u`).
+    pub fn parse(s: &str) -> Option<Precision> {
+        Some(match s {
+            "ns" | "n" => Precision::Ns,
+            "us" | "u" | "µs" => Precision::Us,
+            "ms" => Precision::Ms,
+            "s" => Precision::S,
+            _ => return None,
+        })
+    }
+
+    /// Converts a timestamp in this unit to milliseconds (rounding down), if it fits.
+    pub fn to_ms(self, ts: i64) -> Option<i64> {
+        match self {
+            Precision::Ns => Some(ts.div_euclid(1_000_000)),
+            Precision::Us => Some(ts.div_euclid(1_000)),
+            Precision::Ms => Some(ts),
+            Precision::S => ts.checked_mul(1000),
+        }
+    }
+}
+
+enum FieldValue {
+    Number(f64),
+    Str,
+}
+
+struct Line<'a> {
+    measurement: Cow<'a, [u8]>,
+    tags: SmallVec<[(Cow<'a, [u8]>, Cow<'a, [u8]>); 12]>,
+    fields: SmallVec<[(Cow<'a, [u8]>, Result<FieldValue, String>); 8]>,
+    timestamp: Option<i64>,
+}
+
+/// Decodes a line-protocol body into `out`.
+pub fn decode(
+    body: &[u8],
+    precision: Precision,
+    ctx: &DecodeContext<'_>,
+    out: &mut WriteBatch,
+) -> Result<Decoded, IngestError> {
+    let mut d = Decoded::default();
+    let mut name = Vec::with_capacity(128);
+    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+        let lineno = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let trimmed = trim_start(raw);
+        if trimmed.is_empty() || trimmed[0] == b'#' {
+            continue;
+        }
+        let line = match parse_line(trimmed) {
+            Ok(l) => l,
+            Err(e) => {
+                d.reject(Location::Line(lineno), RejectReason::Syntax(e), 1);
+                continue;
+            }
+        };
+        let ts = match line.timestamp {
+            None => ctx.now_ms,
+            Some(t) => match precision.to_ms(t) {
+                Some(t) => t,
+                None => {
+                    d.reject(
+                        Location::Line(lineno),
+                        RejectReason::Syntax(format!("timestamp {t} is out of range")),
+                        line.fields.len(),
+                    );
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = ctx.limits.check_timestamp(ts, ctx.now_ms) {
+            d.reject(
+                Location::Line(lineno),
+                RejectReason::Timestamp(e),
+                line.fields.len(),
+            );
+            continue;
+        }
+        for (field, value) in &line.fields {
+            let field_loc = || Location::Field {
+                line: lineno,
+                field: String::from_utf8_lossy(field).into_owned(),
+            };
+            let v = match value {
+                Ok(FieldValue::Number(v)) if v.is_finite() => *v,
+                Ok(FieldValue::Number(_)) => {
+                    d.reject(field_loc(), RejectReason::NotANumber, 1);
+                    continue;
+                }
+                Ok(FieldValue::Str) => {
+                    d.reject(field_loc(), RejectReason::StringField, 1);
+                    continue;
+                }
+                Err(e) => {
+                    d.reject(field_loc(), RejectReason::Syntax(e.clone()), 1);
+                    continue;
+                }
+            };
+            name.clear();
+            push_sanitized(&mut name, &line.measurement, true);
+            if field.as_ref() != b"value" {
+                name.push(b'_');
+                push_sanitized(&mut name, field, true);
+            }
+            let mut labels: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
+            labels.push((b"__name__", &name));
+            for (k, v) in &line.tags {
+                labels.push((k, v));
+            }
+            match out.push_series(&mut labels, &[Sample::new(ts, v)], None, ctx.limits) {
+                Ok(()) => d.accepted_samples += 1,
+                Err(e) => d.reject(field_loc(), RejectReason::Label(e), 1),
+            }
+        }
+    }
+    Ok(d)
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| **c == b' ' || **c == b'\t').count();
+    &b[n..]
+}
+
+/// Appends `s` with bytes outside `[a-zA-Z0-9_:]` (`:` only in metric names) replaced by `_`.
+fn push_sanitized(out: &mut Vec<u8>, s: &[u8], metric: bool) {
+    let start = out.len();
+    for &b in s {
+        let ok = b.is_ascii_alphanumeric() || b == b'_' || (metric && b == b':');
+        out.push(if ok { b } else { b'_' });
+    }
+    if out.len() == start || out[start].is_ascii_digit() {
+        out.insert(start, b'_');
+    }
+}
+
+fn sanitize_key(k: Cow<'_, [u8]>) -> Cow<'_, [u8]> {
+    let valid = k.first().is_some_and(|c| !c.is_ascii_digit())
+        && k.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    if valid {
+        return k;
+    }
+    let mut v = Vec::with_capacity(k.len() + 1);
+    push_sanitized(&mut v, &k, false);
+    Cow::Owned(v)
+}
+
+/// Reads up to an unescaped byte of `stops`; backslash escapes any byte. Returns the token
+/// (unescaped, borrowed when no escape occurs) and the position of the stop byte.
+fn token<'a>(b: &'a [u8], mut pos: usize, stops: &[u8]) -> (Cow<'a, [u8]>, usize) {
+    let start = pos;
+    let mut owned: Option<Vec<u8>> = None;
+    while pos < b.len() {
+        let c = b[pos];
+        if c == b'\\' && pos + 1 < b.len() && stops.iter().chain(b"\\=").any(|s| *s == b[pos + 1]) {
+            let o = owned.get_or_insert_with(|| b[start..pos].to_vec());
+            o.push(b[pos + 1]);
+            pos += 2;
+            continue;
+        }
+        if stops.contains(&c) {
+            break;
+        }
+        if let Some(o) = &mut owned {
+            o.push(c);
+        }
+        pos += 1;
+    }
+    let t = match owned {
+        Some(o) => Cow::Owned(o),
+        None => Cow::Borrowed(&b[start..pos]),
+    };
+    (t, pos)
+}
+
+fn parse_line(b: &[u8]) -> Result<Line<'_>, String> {
+    let col = |p: usize| p + 1;
+    let (measurement, mut pos) = token(b, 0, b", ");
+    if measurement.is_empty() {
+        return Err("missing measurement name".into());
+    }
+    let mut tags = SmallVec::new();
+    while pos < b.len() && b[pos] == b',' {
+        let (k, p) = token(b, pos + 1, b"=, ");
+        if p >= b.len() || b[p] != b'=' {
+            return Err(format!("expected '=' after tag key at column {}", col(p)));
+        }
+        let (v, p2) = token(b, p + 1, b", ");
+        if k.is_empty() || v.is_empty() {
+            return Err(format!("empty tag key or value at column {}", col(pos + 1)));
+        }
+        if std::str::from_utf8(&k).is_err() || std::str::from_utf8(&v).is_err() {
+            return Err(format!("tag at column {} is not valid UTF-8", col(pos + 1)));
+        }
+        tags.push((sanitize_key(k), v));
+        pos = p2;
+    }
+    if pos >= b.len() {
+        return Err("missing fields after the measurement and tags".into());
+    }
+    while pos < b.len() && b[pos] == b' ' {
+        pos += 1;
+    }
+    let mut fields = SmallVec::new();
+    loop {
+        let (k, p) = token(b, pos, b"=, ");
+        if k.is_empty() {
+            return Err(format!("missing field key at column {}", col(pos)));
+        }
+        if p >= b.len() || b[p] != b'=' {
+            return Err(format!(
+                "expected '=' after field key {:?} at column {}",
+                String::from_utf8_lossy(&k),
+                col(p)
+            ));
+        }
+        pos = p + 1;
+        let (value, p) = field_value(b, pos)?;
+        fields.push((k, value));
+        pos = p;
+        if pos < b.len() && b[pos] == b',' {
+            pos += 1;
+            continue;
+        }
+        break;
+    }
+    while pos < b.len() && b[pos] == b' ' {
+        pos += 1;
+    }
+    let timestamp = if pos < b.len() {
+        let t = std::str::from_utf8(&b[pos..])
+            .map_err(|_| format!("timestamp at column {} is not a number", col(pos)))?;
+        Some(t.trim_end().parse::<i64>().map_err(|_| {
+            format!(
+                "invalid timestamp {:?} at column {}",
+                t.trim_end(),
+                col(pos)
+            )
+        })?)
+    } else {
+        None
+    };
+    Ok(Line {
+        measurement,
+        tags,
+        fields,
+        timestamp,
+    })
+}
+
+/// Parses one field value starting at `pos`; returns it and the position after it. A bad
+/// number is a per-field error, a broken string a line error.
+fn field_value(b: &[u8], pos: usize) -> Result<(Result<FieldValue, String>, usize), String> {
+    if b.get(pos) == Some(&b'"') {
+        let mut p = pos + 1;
+        while p < b.len() {
+            match b[p] {
+                b'\\' => p += 2,
+                b'"' => return Ok((Ok(FieldValue::Str), p + 1)),
+                _ => p += 1,
+            }
+        }
+        return Err(format!(
+            "unterminated string field value starting at column {}",
+            pos + 1
+        ));
+    }
+    let end = b[pos..]
+        .iter()
+        .position(|c| *c == b',' || *c == b' ')
+        .map_or(b.len(), |n| pos + n);
+    let raw = &b[pos..end];
+    if raw.is_empty() {
+        return Err(format!("missing field value at column {}", pos + 1));
+    }
+    let text = std::str::from_utf8(raw).unwrap_or("");
+    let bad = || Err(format!("invalid number {:?}", String::from_utf8_lossy(raw)));
+    let value = match text {
+        "t" | "T" | "true" | "True" | "TRUE" => Ok(FieldValue::Number(1.0)),
+        "f" | "F" | "false" | "False" | "FALSE" => Ok(FieldValue::Number(0.0)),
+        _ if text.ends_with('i') => text[..text.len() - 1]
+            .parse::<i64>()
+            .map(|v| FieldValue::Number(v as f64))
+            .or_else(|_| bad()),
+        _ if text.ends_with('u') => text[..text.len() - 1]
+            .parse::<u64>()
+            .map(|v| FieldValue::Number(v as f64))
+            .or_else(|_| bad()),
+        _ if text
+            .bytes()
+            .all(|c| c.is_ascii_digit() || b"+-.eE".contains(&c))
+            && !text.is_empty() =>
+        {
+            text.parse::<f64>()
+                .map(FieldValue::Number)
+                .or_else(|_| bad())
+        }
+        _ if matches!(
+            text.to_ascii_lowercase().as_str(),
+            "nan" | "inf" | "+inf" | "-inf" | "infinity" | "-infinity"
+        ) =>
+        {
+            Ok(FieldValue::Number(f64::NAN))
+        }
+        _ => bad(),
+    };
+    Ok((value, end))
+}
