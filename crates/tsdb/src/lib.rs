@@ -1,1 +1,685 @@
-//! placeholder
+//! The raw tier of one shard: an in-memory head, immutable compressed blocks on disk
+//! partitioned by time and tenant, a label index, compaction and retention.
+//!
+//! - **Layout.** `dir/<tenant>/<seq>_<min>_<max>.blk`: tenants never share a file, so a read for
+//!   one tenant cannot see another's data, and per-tenant retention needs no format change.
+//!   `dir/checkpoint` records the ingest-log offset whose data is all in blocks.
+//! - **Any order.** Samples of any age inside the retention are accepted in any order.
+//! - **Duplicates and conflicts.** An exact repeat of (series, timestamp, value) is dropped and
+//!   counted. A different value for the same (series, timestamp) replaces the stored one: the
+//!   **last write wins** (writes are applied in log order, so replay reproduces the outcome).
+//!   Across blocks the higher sequence number wins; the head beats every block.
+//! - **Identity.** Series are found by their tenant-seeded id and confirmed by their key bytes:
+//!   a hash collision makes two series, never one.
+//!
+//! This crate does no networking and knows nothing of the ingest log beyond offsets it is told.
+
+mod block;
+pub mod codec;
+mod head;
+mod index;
+
+use ahash::AHashMap;
+use block::{Block, EncodedSeries};
+use head::{resolve, Appended, TenantHead};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use strata_model::{
+    Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef, SeriesSamples, Storage,
+    StorageError, Tenant, WriteBatch, METRIC_NAME,
+};
+
+/// Errors of the storage engine. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TsdbError {
+    /// An I/O operation failed.
+    #[error("storage I/O error on {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file is damaged.
+    #[error("storage file {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl TsdbError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TsdbError {
+        let path = path.to_path_buf();
+        move |source| TsdbError::Io { path, source }
+    }
+}
+
+/// Tuning.
+#[derive(Debug, Clone)]
+pub struct TsdbOptions {
+    /// Time window of a freshly written block.
+    pub block_duration_ms: i64,
+    /// Blocks entirely older than this (before now) are deleted.
+    pub retention_ms: i64,
+    /// Most series per metric name and tenant (enforced through the [`SeriesLimiter`]).
+    pub max_series_per_metric: usize,
+}
+
+impl Default for TsdbOptions {
+    fn default() -> Self {
+        TsdbOptions {
+            block_duration_ms: 2 * 3_600_000,
+            retention_ms: 30 * 86_400_000,
+            max_series_per_metric: 100_000,
+        }
+    }
+}
+
+/// Blocks are compacted up to this many block durations per window.
+const COMPACT_FACTOR: i64 = 12;
+
+/// What one append did.
+#[derive(Debug, Default, Clone)]
+pub struct AppendStats {
+    /// Samples stored.
+    pub appended: usize,
+    /// Exact repeats dropped.
+    pub duplicates: usize,
+    /// Samples that replaced a different value at the same timestamp.
+    pub overwritten: usize,
+    /// Series created.
+    pub new_series: usize,
+    /// Samples refused because their metric has too many series.
+    pub rejected_series_limit: usize,
+    /// Samples older than the retention.
+    pub too_old: usize,
+}
+
+/// What maintenance did.
+#[derive(Debug, Default, Clone)]
+pub struct MaintainStats {
+    /// Blocks merged away.
+    pub compacted_blocks: usize,
+    /// Blocks deleted by retention.
+    pub deleted_blocks: usize,
+}
+
+/// Counters and sizes.
+#[derive(Debug, Default, Clone)]
+pub struct TsdbStats {
+    /// Series known.
+    pub series: u64,
+    /// Samples in the head.
+    pub head_samples: u64,
+    /// Approximate bytes of the head.
+    pub head_bytes: u64,
+    /// Blocks on disk.
+    pub blocks: u64,
+    /// Bytes of blocks on disk.
+    pub block_bytes: u64,
+    /// Compactions run.
+    pub compactions_total: u64,
+    /// Blocks deleted by retention.
+    pub retention_deleted_blocks_total: u64,
+}
+
+impl TsdbStats {
+    /// Adds another shard's figures.
+    pub fn merge(&mut self, o: &TsdbStats) {
+        self.series += o.series;
+        self.head_samples += o.head_samples;
+        self.head_bytes += o.head_bytes;
+        self.blocks += o.blocks;
+        self.block_bytes += o.block_bytes;
+        self.compactions_total += o.compactions_total;
+        self.retention_deleted_blocks_total += o.retention_deleted_blocks_total;
+    }
+}
+
+/// The cardinality limit, shared by all shards; locked only when a series is created.
+pub struct SeriesLimiter {
+    max: usize,
+    counts: Mutex<AHashMap<(Tenant, Box<[u8]>), usize>>,
+}
+
+impl SeriesLimiter {
+    /// A limiter allowing `max_series_per_metric` series per (tenant, metric).
+    pub fn new(max_series_per_metric: usize) -> Arc<SeriesLimiter> {
+        Arc::new(SeriesLimiter {
+            max: max_series_per_metric,
+            counts: Mutex::default(),
+        })
+    }
+
+    fn admit(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, enforce: bool) -> bool {
+        let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
+        let mut counts = self.counts.lock();
+        let n = counts.entry((tenant.clone(), metric.into())).or_default();
+        if enforce && *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+}
+
+struct Inner {
+    heads: AHashMap<Tenant, TenantHead>,
+    /// Per tenant, blocks in ascending sequence.
+    blocks: AHashMap<Tenant, Vec<Arc<Block>>>,
+    next_seq: u64,
+    applied: Option<u64>,
+    checkpoint: Option<u64>,
+}
+
+/// One shard's storage. Appends come from the shard's thread; reads from any thread.
+pub struct Tsdb {
+    dir: PathBuf,
+    opts: TsdbOptions,
+    limiter: Arc<SeriesLimiter>,
+    inner: RwLock<Inner>,
+    compactions: AtomicU64,
+    deleted: AtomicU64,
+}
+
+const CHECKPOINT: &str = "checkpoint";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"STRCKPT\x01";
+
+impl Tsdb {
+    /// Opens the storage in `dir`: loads and verifies every block, removes leftovers of
+    /// interrupted writes, reads the checkpoint.
+    pub fn open(
+        dir: &Path,
+        opts: TsdbOptions,
+        limiter: Arc<SeriesLimiter>,
+    ) -> Result<Tsdb, TsdbError> {
+        std::fs::create_dir_all(dir).map_err(TsdbError::io(dir))?;
+        let checkpoint = read_checkpoint(&dir.join(CHECKPOINT))?;
+        let mut inner = Inner {
+            heads: AHashMap::new(),
+            blocks: AHashMap::new(),
+            next_seq: 1,
+            applied: checkpoint,
+            checkpoint,
+        };
+        for entry in std::fs::read_dir(dir).map_err(TsdbError::io(dir))? {
+            let entry = entry.map_err(TsdbError::io(dir))?;
+            let tdir = entry.path();
+            if !tdir.is_dir() {
+                continue;
+            }
+            let Some(tenant) = tdir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| Tenant::new(n).ok())
+            else {
+                continue;
+            };
+            let mut blocks = Vec::new();
+            for f in std::fs::read_dir(&tdir).map_err(TsdbError::io(&tdir))? {
+                let p = f.map_err(TsdbError::io(&tdir))?.path();
+                match p.extension().and_then(|e| e.to_str()) {
+                    Some("tmp") => {
+                        tracing::warn!(path = %p.display(), "removing a block left half-written by a crash");
+                        std::fs::remove_file(&p).map_err(TsdbError::io(&p))?;
+                    }
+                    Some("blk") => blocks.push(Arc::new(Block::open(&p)?)),
+                    _ => {}
+                }
+            }
+            blocks.sort_by_key(|b| b.seq);
+            let head = inner.heads.entry(tenant.clone()).or_default();
+            for b in &blocks {
+                inner.next_seq = inner.next_seq.max(b.seq + 1);
+                for id in 0..b.len() as u32 {
+                    let key = b.index.key(id);
+                    let sid = strata_model::SeriesId::of(&tenant, key);
+                    let r = match head.get(sid, key) {
+                        Some(r) => r,
+                        None => {
+                            limiter.admit(&tenant, key, false);
+                            head.create(sid, key.to_owned())
+                        }
+                    };
+                    let s = &mut head.series[r as usize];
+                    s.persisted_max_t = s.persisted_max_t.max(b.meta(id).max_t);
+                }
+            }
+            inner.blocks.insert(tenant, blocks);
+        }
+        Ok(Tsdb {
+            dir: dir.to_path_buf(),
+            opts,
+            limiter,
+            inner: RwLock::new(inner),
+            compactions: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends every series of `batch`; `log_offset` is the ingest-log record it came from.
+    pub fn append(&self, batch: &WriteBatch, log_offset: u64) -> AppendStats {
+        let mut st = AppendStats::default();
+        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
+        let mut inner = self.inner.write();
+        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let Inner { heads, blocks, .. } = &mut *inner;
+        let tenant = batch.tenant();
+        let head = match heads.get_mut(tenant) {
+            Some(h) => h,
+            None => heads.entry(tenant.clone()).or_default(),
+        };
+        let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
+        for s in batch.iter() {
+            let r = match head.get(s.id, s.key) {
+                Some(r) => r,
+                None => {
+                    if !self.limiter.admit(tenant, s.key, true) {
+                        st.rejected_series_limit += s.samples.len();
+                        continue;
+                    }
+                    st.new_series += 1;
+                    head.create(s.id, s.key.to_owned())
+                }
+            };
+            let series = &mut head.series[r as usize];
+            for x in s.samples {
+                if x.timestamp < oldest {
+                    st.too_old += 1;
+                    continue;
+                }
+                let lookup = |t: i64| lookup_blocks(tblocks, s.key, t);
+                match series.append(*x, lookup) {
+                    Appended::New => st.appended += 1,
+                    Appended::Duplicate => st.duplicates += 1,
+                    Appended::Overwrote => st.overwritten += 1,
+                }
+            }
+        }
+        st
+    }
+
+    /// Persists the whole head into blocks (one per tenant and block window), records the
+    /// checkpoint and empties the head. Returns the log offset now covered by blocks.
+    pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
+        let mut inner = self.inner.write();
+        let Inner {
+            heads,
+            blocks,
+            next_seq,
+            applied,
+            checkpoint,
+        } = &mut *inner;
+        let width = self.opts.block_duration_ms.max(1);
+        for (tenant, head) in heads.iter_mut() {
+            let mut windows: BTreeMap<i64, Vec<EncodedSeries>> = BTreeMap::new();
+            let mut buf = Vec::new();
+            for (r, s) in head.series.iter().enumerate() {
+                if !s.has_samples() {
+                    continue;
+                }
+                buf.clear();
+                s.read(i64::MIN, i64::MAX, &mut buf);
+                let key = head.index.key(r as u32);
+                for part in buf
+                    .chunk_by(|a, b| a.timestamp.div_euclid(width) == b.timestamp.div_euclid(width))
+                {
+                    let w = part[0].timestamp.div_euclid(width);
+                    windows
+                        .entry(w)
+                        .or_default()
+                        .push(EncodedSeries::new(key.to_owned(), part));
+                }
+            }
+            let tdir = self.dir.join(tenant.as_str());
+            for (_, series) in windows {
+                let b = Block::write(&tdir, *next_seq, series)?;
+                *next_seq += 1;
+                blocks.entry(tenant.clone()).or_default().push(Arc::new(b));
+            }
+            for s in &mut head.series {
+                s.clear_persisted();
+            }
+        }
+        if *applied != *checkpoint {
+            if let Some(off) = *applied {
+                write_checkpoint(&self.dir, off)?;
+            }
+            *checkpoint = *applied;
+        }
+        Ok(*checkpoint)
+    }
+
+    /// The log offset whose data is all in blocks (read from disk at open).
+    pub fn checkpoint_offset(&self) -> Option<u64> {
+        self.inner.read().checkpoint
+    }
+
+    /// Deletes blocks older than the retention and merges blocks sharing a compaction window.
+    pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
+        let mut st = MaintainStats::default();
+        let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
+        let window = self.opts.block_duration_ms.max(1) * COMPACT_FACTOR;
+        // Plan under the read lock; merging reads blocks without blocking queries.
+        let (expired, groups) = {
+            let inner = self.inner.read();
+            let mut expired = Vec::new();
+            let mut groups = Vec::new();
+            for (tenant, bs) in &inner.blocks {
+                let mut by_window: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
+                for b in bs {
+                    if b.max_t < cutoff {
+                        expired.push((tenant.clone(), b.clone()));
+                    } else if b.min_t.div_euclid(window) == b.max_t.div_euclid(window) {
+                        by_window
+                            .entry(b.min_t.div_euclid(window))
+                            .or_default()
+                            .push(b.clone());
+                    }
+                }
+                groups.extend(
+                    by_window
+                        .into_values()
+                        .filter(|g| g.len() > 1)
+                        .map(|g| (tenant.clone(), g)),
+                );
+            }
+            (expired, groups)
+        };
+        let mut merged = Vec::new();
+        for (tenant, group) in groups {
+            let series = merge_blocks(&group)?;
+            let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
+            // Same sequence as the newest input: nothing outside the window overlaps it.
+            let tmp_dir = self.dir.join(tenant.as_str());
+            let b = Block::write(&tmp_dir, seq, series)?;
+            merged.push((tenant, group, Arc::new(b)));
+        }
+        let mut inner = self.inner.write();
+        for (tenant, b) in expired {
+            if let Some(v) = inner.blocks.get_mut(&tenant) {
+                v.retain(|x| !Arc::ptr_eq(x, &b));
+            }
+            std::fs::remove_file(&b.path).map_err(TsdbError::io(&b.path))?;
+            st.deleted_blocks += 1;
+        }
+        for (tenant, group, new) in merged {
+            let v = inner.blocks.entry(tenant).or_default();
+            v.retain(|x| !group.iter().any(|g| Arc::ptr_eq(g, x)));
+            for g in &group {
+                // The new block has the newest input's name only if min/max match; remove the rest.
+                if g.path != new.path {
+                    std::fs::remove_file(&g.path).map_err(TsdbError::io(&g.path))?;
+                }
+            }
+            v.push(new);
+            v.sort_by_key(|b| b.seq);
+            st.compacted_blocks += group.len();
+        }
+        self.compactions
+            .fetch_add(st.compacted_blocks as u64, Ordering::Relaxed);
+        self.deleted
+            .fetch_add(st.deleted_blocks as u64, Ordering::Relaxed);
+        Ok(st)
+    }
+
+    /// Sizes and counters.
+    pub fn stats(&self) -> TsdbStats {
+        let inner = self.inner.read();
+        let mut st = TsdbStats {
+            compactions_total: self.compactions.load(Ordering::Relaxed),
+            retention_deleted_blocks_total: self.deleted.load(Ordering::Relaxed),
+            ..TsdbStats::default()
+        };
+        for h in inner.heads.values() {
+            st.series += h.series.len() as u64;
+            for s in &h.series {
+                st.head_samples += s.samples() as u64;
+                st.head_bytes += s.bytes() as u64;
+            }
+        }
+        for bs in inner.blocks.values() {
+            st.blocks += bs.len() as u64;
+            st.block_bytes += bs.iter().map(|b| b.bytes).sum::<u64>();
+        }
+        st
+    }
+
+    /// Visits every series of `tenant` matching `matchers` with data overlapping the range:
+    /// `f(key, parts)` gets its samples from blocks (ascending sequence) then the head, when
+    /// `want_samples`; otherwise no samples.
+    fn visit(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        want_samples: bool,
+        mut f: impl FnMut(SeriesKeyRef<'_>, Vec<Sample>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let inner = self.inner.read();
+        let mut found: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
+        if let Some(bs) = inner.blocks.get(tenant) {
+            for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
+                for id in b.index.select(matchers) {
+                    let m = b.meta(id);
+                    if m.max_t < start || m.min_t > end {
+                        continue;
+                    }
+                    let out = found.entry(b.index.key(id).to_owned()).or_default();
+                    if want_samples {
+                        b.read(id, out)
+                            .map_err(|e| StorageError::Io(e.to_string()))?;
+                    }
+                }
+            }
+        }
+        if let Some(h) = inner.heads.get(tenant) {
+            for id in h.index.select(matchers) {
+                let s = &h.series[id as usize];
+                match s.range() {
+                    Some((lo, hi)) if hi >= start && lo <= end => {}
+                    _ => continue,
+                }
+                let out = found.entry(h.index.key(id).to_owned()).or_default();
+                if want_samples {
+                    s.read(start, end, out);
+                }
+            }
+        }
+        drop(inner);
+        for (key, mut samples) in found {
+            if want_samples {
+                resolve(&mut samples);
+                samples.retain(|s| s.timestamp >= start && s.timestamp <= end);
+                if samples.is_empty() {
+                    continue;
+                }
+            }
+            f(key.as_ref(), samples)?;
+        }
+        Ok(())
+    }
+}
+
+/// The value blocks hold for `key` at `t`, newest block first.
+fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option<f64> {
+    let mut buf = Vec::new();
+    for b in blocks.iter().rev().filter(|b| b.min_t <= t && t <= b.max_t) {
+        let Some(id) = b.find(key) else { continue };
+        let m = b.meta(id);
+        if t < m.min_t || t > m.max_t {
+            continue;
+        }
+        buf.clear();
+        if b.read(id, &mut buf).is_ok() {
+            if let Ok(i) = buf.binary_search_by_key(&t, |s| s.timestamp) {
+                return Some(buf[i].value);
+            }
+        }
+    }
+    None
+}
+
+/// Merges blocks' series; where they overlap, the higher sequence wins.
+fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
+    let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
+    ordered.sort_by_key(|b| b.seq);
+    let mut all: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
+    for b in ordered {
+        for id in 0..b.len() as u32 {
+            b.read(id, all.entry(b.index.key(id).to_owned()).or_default())?;
+        }
+    }
+    Ok(all
+        .into_iter()
+        .filter_map(|(k, mut v)| {
+            resolve(&mut v);
+            (!v.is_empty()).then(|| EncodedSeries::new(k, &v))
+        })
+        .collect())
+}
+
+fn read_checkpoint(path: &Path) -> Result<Option<u64>, TsdbError> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let ok = b.len() == 20
+                && &b[..8] == CHECKPOINT_MAGIC
+                && crc32fast::hash(&b[..16]).to_le_bytes() == b[16..20];
+            if !ok {
+                return Err(TsdbError::Corrupt {
+                    path: path.into(),
+                    reason: "checkpoint damaged".into(),
+                });
+            }
+            Ok(Some(u64::from_le_bytes(
+                b[8..16].try_into().expect("8 bytes"),
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TsdbError::Io {
+            path: path.into(),
+            source: e,
+        }),
+    }
+}
+
+fn write_checkpoint(dir: &Path, offset: u64) -> Result<(), TsdbError> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(CHECKPOINT_MAGIC);
+    b.extend_from_slice(&offset.to_le_bytes());
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let path = dir.join(CHECKPOINT);
+    let tmp = dir.join("checkpoint.tmp");
+    std::fs::write(&tmp, &b).map_err(TsdbError::io(&tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(TsdbError::io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(TsdbError::io(&path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(TsdbError::io(dir))
+}
+
+impl Storage for Tsdb {
+    fn select(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<SeriesSamples>, StorageError> {
+        if matchers.iter().all(|m| m.matches_empty()) {
+            return Err(StorageError::EmptyMatch);
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        self.visit(
+            tenant,
+            matchers,
+            hints.start,
+            hints.end,
+            true,
+            |key, samples| {
+                total += samples.len();
+                if let Some(limit) = hints.max_samples.filter(|l| total > *l) {
+                    return Err(StorageError::TooManySamples { limit });
+                }
+                out.push(SeriesSamples {
+                    labels: key.labels(),
+                    samples,
+                });
+                Ok(())
+            },
+        )?;
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    fn series(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        let mut out = Vec::new();
+        self.visit(tenant, matchers, start, end, false, |key, _| {
+            out.push(key.labels());
+            Ok(())
+        })?;
+        out.sort();
+        Ok(out)
+    }
+
+    fn label_names(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut names = std::collections::BTreeSet::new();
+        self.visit(tenant, matchers, start, end, false, |key, _| {
+            for (n, _) in key.pairs() {
+                if !names.contains(n) {
+                    names.insert(n.to_vec());
+                }
+            }
+            Ok(())
+        })?;
+        Ok(names
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect())
+    }
+
+    fn label_values(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut values = std::collections::BTreeSet::new();
+        self.visit(tenant, matchers, start, end, false, |key, _| {
+            if let Some(v) = key.get(name.as_bytes()) {
+                if !values.contains(v) {
+                    values.insert(v.to_vec());
+                }
+            }
+            Ok(())
+        })?;
+        Ok(values
+            .into_iter()
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect())
+    }
+}

@@ -1,0 +1,332 @@
+//! Blocks: immutable files of compressed chunks for one tenant and one time window.
+//!
+//! Layout: header (magic, version, sequence, min/max time, CRC), then every series' chunk, then
+//! the index section (for each series in key order: key, chunk position, length, time range,
+//! count, chunk CRC), then a footer (index position, length and CRC, closing magic). A block is
+//! written to a temporary file, fsynced and renamed, so a torn block is never visible. The
+//! sequence number orders blocks: where two hold the same timestamp, the higher one was
+//! written later and wins.
+
+use crate::codec;
+use crate::index::Index;
+use crate::TsdbError;
+use memmap2::Mmap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use strata_model::{Sample, SeriesKey, SeriesKeyRef};
+
+const MAGIC: &[u8; 8] = b"STRBLK\0\x01";
+const END: &[u8; 4] = b"SBLK";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
+const FOOTER_LEN: usize = 8 + 8 + 4 + 4;
+
+/// Where a series' chunk lies in a block.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkMeta {
+    offset: u64,
+    len: u32,
+    crc: u32,
+    /// First timestamp.
+    pub min_t: i64,
+    /// Last timestamp.
+    pub max_t: i64,
+    /// Samples in the chunk.
+    pub count: u32,
+}
+
+/// A series' samples ready to be written: its key and its encoded chunk.
+pub struct EncodedSeries {
+    /// The series.
+    pub key: SeriesKey,
+    /// `codec::encode` output.
+    pub chunk: Vec<u8>,
+    /// First timestamp.
+    pub min_t: i64,
+    /// Last timestamp.
+    pub max_t: i64,
+    /// Samples.
+    pub count: u32,
+}
+
+impl EncodedSeries {
+    /// Encodes sorted, deduplicated samples (at least one).
+    pub fn new(key: SeriesKey, samples: &[Sample]) -> EncodedSeries {
+        EncodedSeries {
+            key,
+            chunk: codec::encode(samples, true),
+            min_t: samples.first().map_or(0, |s| s.timestamp),
+            max_t: samples.last().map_or(0, |s| s.timestamp),
+            count: samples.len() as u32,
+        }
+    }
+}
+
+/// An open block.
+pub struct Block {
+    /// Its file.
+    pub path: PathBuf,
+    /// Write order among blocks.
+    pub seq: u64,
+    /// Earliest timestamp held.
+    pub min_t: i64,
+    /// Latest timestamp held.
+    pub max_t: i64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Series, numbered in key order.
+    pub index: Index,
+    chunks: Vec<ChunkMeta>,
+    map: Mmap,
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zig(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// The file name of a block.
+pub fn file_name(seq: u64, min_t: i64, max_t: i64) -> String {
+    format!("{seq:016}_{min_t}_{max_t}.blk")
+}
+
+impl Block {
+    /// Writes a block of `series` (sorted by key, unique) into `dir` atomically and opens it.
+    pub fn write(dir: &Path, seq: u64, mut series: Vec<EncodedSeries>) -> Result<Block, TsdbError> {
+        series.sort_by(|a, b| a.key.cmp(&b.key));
+        let min_t = series.iter().map(|s| s.min_t).min().unwrap_or(0);
+        let max_t = series.iter().map(|s| s.max_t).max().unwrap_or(0);
+        let mut buf = Vec::with_capacity(
+            series
+                .iter()
+                .map(|s| s.chunk.len() + s.key.as_bytes().len() + 32)
+                .sum::<usize>()
+                + 64,
+        );
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&seq.to_le_bytes());
+        buf.extend_from_slice(&min_t.to_le_bytes());
+        buf.extend_from_slice(&max_t.to_le_bytes());
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        let mut metas = Vec::with_capacity(series.len());
+        for s in &series {
+            metas.push((
+                buf.len() as u64,
+                s.chunk.len() as u64,
+                crc32fast::hash(&s.chunk),
+            ));
+            buf.extend_from_slice(&s.chunk);
+        }
+        let index_at = buf.len();
+        varint(&mut buf, series.len() as u64);
+        for (s, (off, len, crc)) in series.iter().zip(metas) {
+            let k = s.key.as_bytes();
+            varint(&mut buf, k.len() as u64);
+            buf.extend_from_slice(k);
+            varint(&mut buf, off);
+            varint(&mut buf, len);
+            buf.extend_from_slice(&crc.to_le_bytes());
+            varint(&mut buf, zig(s.min_t));
+            varint(&mut buf, zig(s.max_t));
+            varint(&mut buf, s.count as u64);
+        }
+        let index_crc = crc32fast::hash(&buf[index_at..]);
+        let index_len = buf.len() - index_at;
+        buf.extend_from_slice(&(index_at as u64).to_le_bytes());
+        buf.extend_from_slice(&(index_len as u64).to_le_bytes());
+        buf.extend_from_slice(&index_crc.to_le_bytes());
+        buf.extend_from_slice(END);
+
+        std::fs::create_dir_all(dir).map_err(TsdbError::io(dir))?;
+        let path = dir.join(file_name(seq, min_t, max_t));
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(TsdbError::io(&tmp))?;
+        f.write_all(&buf)
+            .and_then(|_| f.sync_all())
+            .map_err(TsdbError::io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(TsdbError::io(&path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(TsdbError::io(dir))?;
+        Block::open(&path)
+    }
+
+    /// Opens and verifies a block's header, footer and index.
+    pub fn open(path: &Path) -> Result<Block, TsdbError> {
+        let f = File::open(path).map_err(TsdbError::io(path))?;
+        // Safety: blocks are immutable once renamed into place; nothing writes them again.
+        let map = unsafe { Mmap::map(&f) }.map_err(TsdbError::io(path))?;
+        let bad = |reason: String| TsdbError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let b: &[u8] = &map;
+        if b.len() < HEADER_LEN + FOOTER_LEN || &b[..8] != MAGIC || &b[b.len() - 4..] != END {
+            return Err(bad("not a block file (bad magic or too short)".into()));
+        }
+        let rd64 = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+        let rd32 = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+        if crc32fast::hash(&b[..HEADER_LEN - 4]) != rd32(HEADER_LEN - 4) {
+            return Err(bad("header checksum mismatch".into()));
+        }
+        if rd32(8) != VERSION {
+            return Err(bad(format!("unsupported block version {}", rd32(8))));
+        }
+        let (seq, min_t, max_t) = (rd64(12), rd64(20) as i64, rd64(28) as i64);
+        let f_at = b.len() - FOOTER_LEN;
+        let (index_at, index_len, index_crc) = (
+            rd64(f_at) as usize,
+            rd64(f_at + 8) as usize,
+            rd32(f_at + 16),
+        );
+        let index = index_at
+            .checked_add(index_len)
+            .filter(|e| *e == f_at && index_at >= HEADER_LEN)
+            .map(|_| &b[index_at..f_at])
+            .ok_or_else(|| bad("index position out of range".into()))?;
+        if crc32fast::hash(index) != index_crc {
+            return Err(bad("index checksum mismatch".into()));
+        }
+        let mut r = Reader { b: index, p: 0 };
+        let n = r.varint().ok_or_else(|| bad("index truncated".into()))?;
+        let mut idx = Index::default();
+        let mut chunks = Vec::new();
+        let mut prev: Option<SeriesKey> = None;
+        for i in 0..n {
+            let entry = (|| {
+                let klen = r.varint()? as usize;
+                let key = SeriesKey::from_bytes(r.bytes(klen)?)?;
+                let offset = r.varint()?;
+                let len = u32::try_from(r.varint()?).ok()?;
+                let crc = u32::from_le_bytes(r.bytes(4)?.try_into().ok()?);
+                let min_t = unzig(r.varint()?);
+                let max_t = unzig(r.varint()?);
+                let count = u32::try_from(r.varint()?).ok()?;
+                Some((
+                    key,
+                    ChunkMeta {
+                        offset,
+                        len,
+                        crc,
+                        min_t,
+                        max_t,
+                        count,
+                    },
+                ))
+            })();
+            let (key, meta) = entry.ok_or_else(|| bad(format!("index entry {i} damaged")))?;
+            if meta.offset < HEADER_LEN as u64 || meta.offset + meta.len as u64 > index_at as u64 {
+                return Err(bad(format!("index entry {i} points outside the chunks")));
+            }
+            if prev.as_ref().is_some_and(|p| *p >= key) {
+                return Err(bad(format!("index entry {i} out of order")));
+            }
+            prev = Some(key.clone());
+            idx.add(key);
+            chunks.push(meta);
+        }
+        if r.p != index.len() {
+            return Err(bad("trailing bytes in index".into()));
+        }
+        Ok(Block {
+            path: path.to_path_buf(),
+            seq,
+            min_t,
+            max_t,
+            bytes: b.len() as u64,
+            index: idx,
+            chunks,
+            map,
+        })
+    }
+
+    /// The chunk metadata of series `id`.
+    pub fn meta(&self, id: u32) -> ChunkMeta {
+        self.chunks[id as usize]
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The series with `key`, if present (keys are sorted).
+    pub fn find(&self, key: SeriesKeyRef<'_>) -> Option<u32> {
+        let (mut lo, mut hi) = (0usize, self.chunks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.index.key(mid as u32).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid as u32),
+            }
+        }
+        None
+    }
+
+    /// Decodes series `id`'s samples, appending them to `out`; checks the chunk's CRC.
+    pub fn read(&self, id: u32, out: &mut Vec<Sample>) -> Result<(), TsdbError> {
+        let m = self.chunks[id as usize];
+        let data = &self.map[m.offset as usize..m.offset as usize + m.len as usize];
+        let bad = |reason: String| TsdbError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        if crc32fast::hash(data) != m.crc {
+            return Err(bad(format!(
+                "chunk of series {:?} fails its checksum",
+                self.index.key(id)
+            )));
+        }
+        let before = out.len();
+        codec::decode(data, out)
+            .map_err(|e| bad(format!("chunk of series {:?}: {e}", self.index.key(id))))?;
+        if out.len() - before != m.count as usize {
+            return Err(bad(format!(
+                "chunk of series {:?} holds a different sample count than its index",
+                self.index.key(id)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unzig(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.p)?;
+            self.p += 1;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.p..self.p.checked_add(n)?)?;
+        self.p += n;
+        Some(s)
+    }
+}

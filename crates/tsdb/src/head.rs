@@ -1,0 +1,295 @@
+//! The head: recent samples of one shard in memory, per tenant, with its own label index.
+//!
+//! Each series appends to an open buffer; every [`SEAL_AT`] samples the buffer is sorted,
+//! deduplicated and sealed into a compact (varint, uncompressed) chunk. Samples may arrive in
+//! any order: chunks may then overlap in time, and reads resolve them by write order, so the
+//! last write for a timestamp wins.
+//!
+//! The head also remembers every series it has seen, including those whose samples are only in
+//! blocks, so the cardinality limit and out-of-order checks know them.
+
+use crate::codec;
+use crate::index::Index;
+use ahash::AHashMap;
+use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef};
+
+/// Samples in an open buffer before it is sealed.
+pub const SEAL_AT: usize = 240;
+
+/// A sealed head chunk.
+struct Sealed {
+    min_t: i64,
+    max_t: i64,
+    data: Box<[u8]>,
+}
+
+/// One series in the head.
+#[derive(Default)]
+pub struct MemSeries {
+    open: Vec<Sample>,
+    /// The open buffer is ascending with unique timestamps.
+    open_sorted: bool,
+    sealed: Vec<Sealed>,
+    /// Time range of samples held in the head (`min > max` when none).
+    min_t: i64,
+    max_t: i64,
+    /// Newest timestamp already written to blocks.
+    pub persisted_max_t: i64,
+    samples: usize,
+}
+
+/// What became of one appended sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored.
+    New,
+    /// An exact repeat of a stored sample: dropped.
+    Duplicate,
+    /// Replaced a different value at the same timestamp.
+    Overwrote,
+}
+
+impl MemSeries {
+    fn new() -> MemSeries {
+        MemSeries {
+            open_sorted: true,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+            persisted_max_t: i64::MIN,
+            ..Default::default()
+        }
+    }
+
+    /// True when the head holds samples of this series.
+    pub fn has_samples(&self) -> bool {
+        self.samples > 0
+    }
+
+    /// Head time range, if any samples.
+    pub fn range(&self) -> Option<(i64, i64)> {
+        self.has_samples().then_some((self.min_t, self.max_t))
+    }
+
+    /// Appends one sample. `in_blocks` answers what blocks hold at a timestamp, for samples
+    /// older than the newest persisted one.
+    pub fn append(&mut self, s: Sample, in_blocks: impl FnOnce(i64) -> Option<f64>) -> Appended {
+        let newest = self.max_t.max(self.persisted_max_t);
+        let outcome = if s.timestamp > newest {
+            Appended::New
+        } else {
+            match self.find(s.timestamp).or_else(|| in_blocks(s.timestamp)) {
+                Some(v) if v.to_bits() == s.value.to_bits() => return Appended::Duplicate,
+                Some(_) => Appended::Overwrote,
+                None => Appended::New,
+            }
+        };
+        if outcome == Appended::Overwrote {
+            if let Some(x) = self
+                .open
+                .iter_mut()
+                .rev()
+                .find(|x| x.timestamp == s.timestamp)
+            {
+                x.value = s.value;
+                return outcome;
+            }
+        }
+        if self.open.last().is_some_and(|l| l.timestamp >= s.timestamp) {
+            self.open_sorted = false;
+        }
+        self.open.push(s);
+        self.samples += 1;
+        self.min_t = self.min_t.min(s.timestamp);
+        self.max_t = self.max_t.max(s.timestamp);
+        if self.open.len() >= SEAL_AT {
+            self.seal();
+        }
+        outcome
+    }
+
+    /// The newest head value at `t`, if any.
+    fn find(&self, t: i64) -> Option<f64> {
+        if let Some(x) = self.open.iter().rev().find(|x| x.timestamp == t) {
+            return Some(x.value);
+        }
+        let mut buf = Vec::new();
+        for c in self
+            .sealed
+            .iter()
+            .rev()
+            .filter(|c| c.min_t <= t && t <= c.max_t)
+        {
+            buf.clear();
+            if codec::decode(&c.data, &mut buf).is_ok() {
+                if let Ok(i) = buf.binary_search_by_key(&t, |x| x.timestamp) {
+                    return Some(buf[i].value);
+                }
+            }
+        }
+        None
+    }
+
+    fn seal(&mut self) {
+        if self.open.is_empty() {
+            return;
+        }
+        if !self.open_sorted {
+            resolve(&mut self.open);
+        }
+        let (min_t, max_t) = (
+            self.open[0].timestamp,
+            self.open[self.open.len() - 1].timestamp,
+        );
+        self.sealed.push(Sealed {
+            min_t,
+            max_t,
+            data: codec::encode(&self.open, false).into_boxed_slice(),
+        });
+        self.open.clear();
+        self.open_sorted = true;
+    }
+
+    /// All head samples in `[start, end]`, sorted, one per timestamp (the last written wins).
+    pub fn read(&self, start: i64, end: i64, out: &mut Vec<Sample>) {
+        let from = out.len();
+        for c in self
+            .sealed
+            .iter()
+            .filter(|c| c.max_t >= start && c.min_t <= end)
+        {
+            // Sealed chunks were verified when written; in memory they cannot be damaged.
+            let _ = codec::decode(&c.data, out);
+        }
+        out.extend_from_slice(&self.open);
+        let mut part = out.split_off(from);
+        part.retain(|s| s.timestamp >= start && s.timestamp <= end);
+        resolve(&mut part);
+        out.extend(part);
+    }
+
+    /// Empties the head part after a flush to blocks.
+    pub fn clear_persisted(&mut self) {
+        self.persisted_max_t = self.persisted_max_t.max(self.max_t);
+        self.open = Vec::new();
+        self.open_sorted = true;
+        self.sealed = Vec::new();
+        self.min_t = i64::MAX;
+        self.max_t = i64::MIN;
+        self.samples = 0;
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.open.capacity() * 16 + self.sealed.iter().map(|c| c.data.len() + 24).sum::<usize>()
+    }
+
+    /// Samples held.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+}
+
+/// Sorts by timestamp keeping write order among equal ones, then keeps the last of each.
+pub fn resolve(v: &mut Vec<Sample>) {
+    v.sort_by_key(|s| s.timestamp);
+    let mut w = 0;
+    for r in 0..v.len() {
+        if w > 0 && v[w - 1].timestamp == v[r].timestamp {
+            v[w - 1] = v[r];
+        } else {
+            v[w] = v[r];
+            w += 1;
+        }
+    }
+    v.truncate(w);
+}
+
+/// One tenant's head: series by id (with collision lists) and their index.
+#[derive(Default)]
+pub struct TenantHead {
+    ids: AHashMap<u64, Vec<u32>>,
+    /// Series in index order.
+    pub series: Vec<MemSeries>,
+    /// Label index over the series.
+    pub index: Index,
+}
+
+impl TenantHead {
+    /// The series with `key`, if known.
+    pub fn get(&self, id: SeriesId, key: SeriesKeyRef<'_>) -> Option<u32> {
+        self.ids
+            .get(&id.0)?
+            .iter()
+            .copied()
+            .find(|&r| self.index.key(r) == key)
+    }
+
+    /// Adds a series (the caller checked it is new and allowed).
+    pub fn create(&mut self, id: SeriesId, key: SeriesKey) -> u32 {
+        let r = self.index.add(key);
+        self.series.push(MemSeries::new());
+        self.ids.entry(id.0).or_default().push(r);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_model::Labels;
+
+    #[test]
+    fn colliding_ids_make_two_series() {
+        let mut h = TenantHead::default();
+        let a = Labels::from_pairs([("__name__", "a")]).unwrap().key();
+        let b = Labels::from_pairs([("__name__", "b")]).unwrap().key();
+        let forced = SeriesId(42);
+        let ra = h.create(forced, a.clone());
+        assert_eq!(
+            h.get(forced, b.as_ref()),
+            None,
+            "same id, other key: not the same series"
+        );
+        let rb = h.create(forced, b.clone());
+        assert_ne!(ra, rb);
+        assert_eq!(h.get(forced, a.as_ref()), Some(ra));
+        assert_eq!(h.get(forced, b.as_ref()), Some(rb));
+    }
+
+    #[test]
+    fn out_of_order_duplicates_and_overwrites() {
+        let mut s = MemSeries::new();
+        let none = |_| None;
+        for t in (0..1000).rev() {
+            assert_eq!(s.append(Sample::new(t, t as f64), none), Appended::New);
+        }
+        assert_eq!(s.append(Sample::new(500, 500.0), none), Appended::Duplicate);
+        assert_eq!(s.append(Sample::new(10, -1.0), none), Appended::Overwrote);
+        assert_eq!(s.append(Sample::new(999, -2.0), none), Appended::Overwrote);
+        let mut out = Vec::new();
+        s.read(i64::MIN, i64::MAX, &mut out);
+        assert_eq!(out.len(), 1000);
+        assert!(out.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+        assert_eq!(out[10].value, -1.0);
+        assert_eq!(out[999].value, -2.0);
+        assert_eq!(out[500].value, 500.0);
+        let mut part = Vec::new();
+        s.read(100, 199, &mut part);
+        assert_eq!(part.len(), 100);
+        s.clear_persisted();
+        assert!(!s.has_samples());
+        // Older than what blocks hold: the blocks are asked.
+        assert_eq!(
+            s.append(Sample::new(5, 5.0), |t| (t == 5).then_some(5.0)),
+            Appended::Duplicate
+        );
+        assert_eq!(
+            s.append(Sample::new(6, 0.0), |t| (t == 6).then_some(6.0)),
+            Appended::Overwrote
+        );
+        assert_eq!(
+            s.append(Sample::new(2000, 1.0), |_| panic!("newer than blocks")),
+            Appended::New
+        );
+    }
+}

@@ -1,0 +1,386 @@
+//! The storage engine against real files: ordering rules, flush and reopen, tenants, retention,
+//! compaction, damage, limits, and the compression figure.
+
+use std::path::Path;
+use std::sync::Arc;
+use strata_model::{
+    Labels, Limits, Matcher, Sample, SelectHints, Storage, StorageError, Tenant, WriteBatch,
+};
+use strata_tsdb::{SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
+
+const H: i64 = 3_600_000;
+
+fn now() -> i64 {
+    strata_model::time::now_ms()
+}
+
+fn open(dir: &Path) -> Tsdb {
+    open_with(dir, TsdbOptions::default())
+}
+
+fn open_with(dir: &Path, opts: TsdbOptions) -> Tsdb {
+    let lim = SeriesLimiter::new(opts.max_series_per_metric);
+    Tsdb::open(dir, opts, lim).unwrap()
+}
+
+fn batch(tenant: &str, rows: &[(&[(&str, &str)], i64, f64)]) -> WriteBatch {
+    let mut b = WriteBatch::new(Tenant::new(tenant).unwrap());
+    for (labels, t, v) in rows {
+        let mut l: Vec<(&[u8], &[u8])> = labels
+            .iter()
+            .map(|(a, b)| (a.as_bytes(), b.as_bytes()))
+            .collect();
+        b.push_series(&mut l, &[Sample::new(*t, *v)], None, &Limits::default())
+            .unwrap();
+    }
+    b
+}
+
+fn all(db: &Tsdb, tenant: &str, name: &str) -> Vec<(String, Vec<(i64, f64)>)> {
+    let hints = SelectHints {
+        start: i64::MIN / 2,
+        end: i64::MAX / 2,
+        max_samples: None,
+    };
+    db.select(
+        &Tenant::new(tenant).unwrap(),
+        &[Matcher::equal("__name__", name)],
+        &hints,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|s| {
+        (
+            s.labels.to_string(),
+            s.samples.iter().map(|x| (x.timestamp, x.value)).collect(),
+        )
+    })
+    .collect()
+}
+
+const UP_A: &[(&str, &str)] = &[("__name__", "up"), ("job", "a")];
+
+#[test]
+fn order_duplicates_and_conflicts_across_head_blocks_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - 10 * H;
+    let db = open(dir.path());
+    let st = db.append(
+        &batch(
+            "default",
+            &[(UP_A, t + 2000, 2.0), (UP_A, t, 0.0), (UP_A, t + 1000, 1.0)],
+        ),
+        0,
+    );
+    assert_eq!((st.appended, st.new_series), (3, 1));
+    let st = db.append(&batch("default", &[(UP_A, t + 1000, 1.0)]), 1);
+    assert_eq!(st.duplicates, 1);
+    let st = db.append(&batch("default", &[(UP_A, t + 1000, 1.5)]), 2);
+    assert_eq!(st.overwritten, 1);
+    assert_eq!(
+        all(&db, "default", "up"),
+        vec![(
+            "up{job=\"a\"}".into(),
+            vec![(t, 0.0), (t + 1000, 1.5), (t + 2000, 2.0)]
+        )]
+    );
+    assert_eq!(db.flush().unwrap(), Some(2));
+    // Now in a block: a repeat is still a duplicate, a new value still wins.
+    let st = db.append(
+        &batch(
+            "default",
+            &[(UP_A, t, 0.0), (UP_A, t + 2000, 9.0), (UP_A, t + 500, 0.5)],
+        ),
+        3,
+    );
+    assert_eq!((st.duplicates, st.overwritten, st.appended), (1, 1, 1));
+    let want = vec![(
+        "up{job=\"a\"}".to_string(),
+        vec![(t, 0.0), (t + 500, 0.5), (t + 1000, 1.5), (t + 2000, 9.0)],
+    )];
+    assert_eq!(all(&db, "default", "up"), want);
+    db.flush().unwrap();
+    drop(db);
+    let db = open(dir.path());
+    assert_eq!(db.checkpoint_offset(), Some(3));
+    assert_eq!(all(&db, "default", "up"), want);
+    // Compaction merges the two blocks and changes no answer.
+    let before = db.stats().blocks;
+    let m = db.maintain(now()).unwrap();
+    assert!(before >= 2 && m.compacted_blocks >= 2, "{before} {m:?}");
+    assert!(db.stats().blocks < before);
+    assert_eq!(all(&db, "default", "up"), want);
+    drop(db);
+    assert_eq!(all(&open(dir.path()), "default", "up"), want);
+}
+
+#[test]
+fn tenants_are_isolated_on_disk_and_in_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - H;
+    let db = open(dir.path());
+    db.append(&batch("acme", &[(UP_A, t, 1.0)]), 0);
+    db.append(&batch("other", &[(UP_A, t, 2.0)]), 1);
+    assert_eq!(all(&db, "acme", "up")[0].1, vec![(t, 1.0)]);
+    db.flush().unwrap();
+    assert!(dir.path().join("acme").is_dir() && dir.path().join("other").is_dir());
+    assert_eq!(all(&db, "acme", "up")[0].1, vec![(t, 1.0)]);
+    assert_eq!(all(&db, "other", "up")[0].1, vec![(t, 2.0)]);
+    assert!(all(&db, "nobody", "up").is_empty());
+    let names = db
+        .label_names(&Tenant::new("acme").unwrap(), &[], i64::MIN, i64::MAX)
+        .unwrap();
+    assert_eq!(names, vec!["__name__", "job"]);
+}
+
+#[test]
+fn select_ranges_limits_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - 5 * H;
+    let db = open(dir.path());
+    let rows: Vec<(&[(&str, &str)], i64, f64)> =
+        (0..100).map(|i| (UP_A, t + i * 1000, i as f64)).collect();
+    db.append(&batch("default", &rows), 0);
+    db.append(
+        &batch(
+            "default",
+            &[(&[("__name__", "up"), ("job", "b")], t + 50_000, 1.0)],
+        ),
+        1,
+    );
+    let tenant = Tenant::default();
+    let m = [Matcher::equal("__name__", "up")];
+    let r = db
+        .select(
+            &tenant,
+            &m,
+            &SelectHints {
+                start: t + 10_000,
+                end: t + 19_000,
+                max_samples: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.len(), 1, "job=b has nothing in the range");
+    assert_eq!(r[0].samples.len(), 10);
+    let e = db
+        .select(
+            &tenant,
+            &m,
+            &SelectHints {
+                start: t,
+                end: t + 100_000,
+                max_samples: Some(50),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, StorageError::TooManySamples { limit: 50 }));
+    assert!(matches!(
+        db.select(
+            &tenant,
+            &[Matcher::equal("job", "")],
+            &SelectHints {
+                start: 0,
+                end: 1,
+                max_samples: None
+            }
+        ),
+        Err(StorageError::EmptyMatch)
+    ));
+    db.flush().unwrap();
+    let series = db.series(&tenant, &m, t + 40_000, t + 60_000).unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(
+        series[1],
+        Labels::from_pairs([("__name__", "up"), ("job", "b")]).unwrap()
+    );
+    assert_eq!(
+        db.label_values(&tenant, "job", &m, t + 70_000, t + 80_000)
+            .unwrap(),
+        vec!["a"]
+    );
+}
+
+#[test]
+fn retention_deletes_whole_old_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TsdbOptions {
+        retention_ms: 48 * H,
+        ..TsdbOptions::default()
+    };
+    let db = open_with(dir.path(), opts);
+    let n = now();
+    db.append(
+        &batch("default", &[(UP_A, n - 40 * H, 1.0), (UP_A, n - H, 2.0)]),
+        0,
+    );
+    let st = db.append(&batch("default", &[(UP_A, n - 50 * H, 1.0)]), 1);
+    assert_eq!(st.too_old, 1);
+    db.flush().unwrap();
+    assert_eq!(db.stats().blocks, 2);
+    // Ten hours later the older block is past the retention; the newer one stays.
+    let m = db.maintain(n + 10 * H).unwrap();
+    assert_eq!(m.deleted_blocks, 1);
+    assert_eq!(all(&db, "default", "up")[0].1, vec![(n - H, 2.0)]);
+    assert_eq!(db.stats().blocks, 1);
+}
+
+#[test]
+fn damaged_blocks_are_reported_and_torn_writes_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - H;
+    {
+        let db = open(dir.path());
+        db.append(&batch("default", &[(UP_A, t, 1.0)]), 0);
+        db.flush().unwrap();
+    }
+    let tdir = dir.path().join("default");
+    std::fs::write(tdir.join("0000000000000099_0_1.tmp"), b"half a block").unwrap();
+    let db = open(dir.path());
+    assert!(!tdir.join("0000000000000099_0_1.tmp").exists());
+    drop(db);
+    let blk = std::fs::read_dir(&tdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().unwrap() == "blk")
+        .unwrap();
+    let good = std::fs::read(&blk).unwrap();
+    for (what, bytes) in [
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("flipped index", {
+            let mut b = good.clone();
+            let n = b.len();
+            b[n - 30] ^= 0xff;
+            b
+        }),
+    ] {
+        std::fs::write(&blk, &bytes).unwrap();
+        match Tsdb::open(dir.path(), TsdbOptions::default(), SeriesLimiter::new(10)) {
+            Err(TsdbError::Corrupt { path, .. }) => assert_eq!(path, blk, "{what}"),
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what}: not detected"),
+        }
+    }
+    // A damaged chunk is found when read, as an error naming the file.
+    let mut b = good.clone();
+    b[40] ^= 0xff;
+    std::fs::write(&blk, &b).unwrap();
+    let db = open(dir.path());
+    let e = db
+        .select(
+            &Tenant::default(),
+            &[Matcher::equal("__name__", "up")],
+            &SelectHints {
+                start: 0,
+                end: i64::MAX,
+                max_samples: None,
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains(".blk"), "{e}");
+}
+
+#[test]
+fn series_limit_is_shared_and_counted() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lim = SeriesLimiter::new(3);
+    let opts = TsdbOptions::default();
+    let a = Tsdb::open(dirs.0.path(), opts.clone(), Arc::clone(&lim)).unwrap();
+    let b = Tsdb::open(dirs.1.path(), opts, lim).unwrap();
+    let t = now() - H;
+    let l: Vec<Vec<(&str, String)>> = (0..5)
+        .map(|i| vec![("__name__", "m".to_string()), ("d", format!("{i}"))])
+        .collect();
+    let rows = |r: std::ops::Range<usize>| -> WriteBatch {
+        let mut w = WriteBatch::new(Tenant::default());
+        for i in r {
+            let mut x: Vec<(&[u8], &[u8])> = l[i]
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                .collect();
+            w.push_series(&mut x, &[Sample::new(t, 1.0)], None, &Limits::default())
+                .unwrap();
+        }
+        w
+    };
+    assert_eq!(a.append(&rows(0..2), 0).rejected_series_limit, 0);
+    let st = b.append(&rows(2..5), 0);
+    assert_eq!(
+        (st.new_series, st.rejected_series_limit),
+        (1, 2),
+        "the limit spans shards"
+    );
+    // Existing series keep being written.
+    assert_eq!(a.append(&rows(0..2), 1).duplicates, 2);
+    let other = batch("other", &[(&[("__name__", "m"), ("d", "9")], t, 1.0)]);
+    assert_eq!(a.append(&other, 2).new_series, 1, "limits are per tenant");
+}
+
+#[test]
+fn compression_on_the_benchmark_workload() {
+    // The shape of ../shared/bench's workload: 8 metric kinds, 15 s interval, one day.
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let (series, points) = (64usize, 5760usize);
+    let end = now() - H;
+    let start = end - (points as i64 - 1) * 15_000;
+    let mut state: Vec<f64> = (0..series)
+        .map(|i| [20.0, 50.0, 100.0, 500.0, 1e5, 1e3, 20.0, 230.0][i % 8])
+        .collect();
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut unit = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let names: Vec<(String, String)> = (0..series)
+        .map(|i| (format!("metric_{}", i % 8), format!("dev-{:05}", i / 8)))
+        .collect();
+    for p in 0..points {
+        let t = start + p as i64 * 15_000;
+        let mut b = WriteBatch::new(Tenant::default());
+        for i in 0..series {
+            let r = unit();
+            let v = &mut state[i];
+            *v = match i % 8 {
+                0 => ((*v + (r - 0.5) * 0.4) * 10.0).round() / 10.0,
+                1 => ((*v + (r - 0.5)) * 10.0).round() / 10.0,
+                2 => {
+                    if r < 0.3 {
+                        ((*v - 0.1) * 10.0).round() / 10.0
+                    } else {
+                        *v
+                    }
+                }
+                3 => (*v + (r - 0.5) * 40.0).round(),
+                4 => *v + (r * 2000.0).round(),
+                5 => *v + if r < 0.02 { 1.0 } else { 0.0 },
+                6 => (((*v + (r - 0.5) * 6.0).clamp(0.0, 100.0)) * 100.0).round() / 100.0,
+                _ => ((230.0 + (r - 0.5) * 4.0) * 10.0).round() / 10.0,
+            };
+            let (m, d) = &names[i];
+            let mut l: Vec<(&[u8], &[u8])> = vec![
+                (b"__name__", m.as_bytes()),
+                (b"device", d.as_bytes()),
+                (b"region", b"r1"),
+                (b"site", b"site-001"),
+            ];
+            b.push_series(&mut l, &[Sample::new(t, *v)], None, &Limits::default())
+                .unwrap();
+        }
+        db.append(&b, p as u64);
+    }
+    db.flush().unwrap();
+    db.maintain(now()).unwrap();
+    let bytes = db.stats().block_bytes as f64;
+    let bps = bytes / (series * points) as f64;
+    println!(
+        "bytes per sample on disk: {bps:.3} ({} blocks)",
+        db.stats().blocks
+    );
+    assert!(bps < 2.0, "{bps}");
+    let got = all(&db, "default", "metric_0");
+    assert_eq!(got.len(), series / 8);
+    assert!(got.iter().all(|s| s.1.len() == points));
+}
