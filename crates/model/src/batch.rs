@@ -108,9 +108,9 @@ pub struct BatchSeries<'a> {
     event_id: Option<&'a [u8]>,
 }
 
-impl BatchSeries<'_> {
+impl<'a> BatchSeries<'a> {
     /// The client's `event_id` bytes, if any.
-    pub fn event_id(&self) -> Option<&[u8]> {
+    pub fn event_id(&self) -> Option<&'a [u8]> {
         self.event_id
     }
 }

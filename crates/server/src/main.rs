@@ -1,1 +1,122 @@
-fn main() {}
+//! `strata`: the command line.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use strata_server::config::{Config, Duration, DEFAULT_TOML};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a telemetry platform in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (embedded: ingest log, storage and API in this process).
+    Serve {
+        /// TOML configuration file (see `strata config`); flags override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Raw-sample retention, e.g. 30d.
+        #[arg(long)]
+        retention: Option<Duration>,
+        /// Also run a simulated fleet of 100 devices against this server.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Send a simulated device fleet's events to a running server.
+    Simulate {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Number of sites.
+        #[arg(long, default_value_t = 5)]
+        sites: usize,
+        /// Devices per site.
+        #[arg(long, default_value_t = 20)]
+        devices_per_site: usize,
+        /// Time between a device's readings.
+        #[arg(long, default_value = "5s")]
+        interval: Duration,
+        /// Stop after this long (default: run until interrupted).
+        #[arg(long)]
+        duration: Option<Duration>,
+        /// Seed for the simulated faults.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Print the default configuration file, documented.
+    Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            retention,
+            demo,
+        } => {
+            let mut cfg = match config {
+                Some(p) => Config::load(&p)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(r) = retention {
+                cfg.retention = r;
+            }
+            strata_server::serve(cfg, demo)
+        }
+        Command::Simulate {
+            url,
+            sites,
+            devices_per_site,
+            interval,
+            duration,
+            seed,
+        } => {
+            let ms = |d: Duration| std::time::Duration::from_millis(d.0 as u64);
+            let fleet = strata_server::simulate::FleetConfig {
+                url: format!("{}/api/v1/events", url.trim_end_matches('/')),
+                sites,
+                devices_per_site,
+                interval: ms(interval),
+                duration: duration.map(ms),
+                seed,
+                progress: true,
+            };
+            let sent = strata_server::simulate::run(&fleet)?;
+            eprintln!("sent {sent} events");
+            Ok(())
+        }
+        Command::Config => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Configuration: a TOML file, overridden by command-line flags. Every option has a default, so
+//! `strata serve` alone works. `strata config` prints the defaults as a commented TOML file.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use strata_model::time::parse_duration_ms;
+use strata_model::Limits;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the log, blocks and checkpoints live.
+    pub data_dir: PathBuf,
+    /// How long raw samples are kept (Prometheus duration, e.g. `30d`).
+    pub retention: Duration,
+    /// Number of ingest-log partitions, one shard each. Fixed when the data directory is created.
+    pub partitions: u32,
+    /// Edge limits.
+    pub limits: LimitsConfig,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+}
+
+/// A duration written as in Prometheus (`15s`, `2h`, `30d`), kept in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub i64);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match parse_duration_ms(s) {
+            Some(ms) if ms > 0 => Ok(Duration(ms)),
+            _ => Err(format!(
+                "invalid duration {s:?}: expected e.g. 15s, 2h, 30d"
+            )),
+        }
+    }
+}
+
+/// Limits enforced at the edge (see the README's "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes (after decompression for remote write).
+    pub max_body_bytes: usize,
+    /// Most labels per series, `__name__` included.
+    pub max_labels_per_series: usize,
+    /// Longest label name in bytes.
+    pub max_label_name_len: usize,
+    /// Longest label value in bytes.
+    pub max_label_value_len: usize,
+    /// Most series per metric name and tenant; new series beyond it are refused.
+    pub max_series_per_metric: usize,
+    /// How far in the future a timestamp may be.
+    pub max_future_skew: Duration,
+    /// How long an event id is remembered to recognise redeliveries.
+    pub event_dedup_horizon: Duration,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Time span of a freshly cut block.
+    pub block_duration: Duration,
+    /// Roll an ingest-log segment past this many bytes.
+    pub log_segment_bytes: u64,
+    /// Persist the head into blocks and truncate the log at least this often, bounding replay.
+    pub flush_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:9464".parse().expect("static address"),
+            data_dir: PathBuf::from("strata-data"),
+            retention: Duration(30 * 86_400_000),
+            partitions: 4,
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_body_bytes: 64 << 20,
+            max_labels_per_series: l.max_labels_per_series,
+            max_label_name_len: l.max_label_name_len,
+            max_label_value_len: l.max_label_value_len,
+            max_series_per_metric: l.max_series_per_metric,
+            max_future_skew: Duration(l.max_future_skew_ms),
+            event_dedup_horizon: Duration(3_600_000),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            block_duration: Duration(2 * 3_600_000),
+            log_segment_bytes: 64 << 20,
+            flush_interval: Duration(15 * 60_000),
+        }
+    }
+}
+
+/// The defaults as a documented TOML file (printed by `strata config`).
+pub const DEFAULT_TOML: &str = r#"# Strata configuration. Every key is optional; these are the defaults.
+listen = "127.0.0.1:9464"        # HTTP address
+data_dir = "strata-data"         # log, blocks and checkpoints
+retention = "30d"                # raw samples older than this are refused and deleted
+partitions = 4                   # ingest-log partitions (one shard each); fixed at creation
+
+[limits]
+max_body_bytes = 67108864        # largest request body (decompressed), bytes
+max_labels_per_series = 30       # __name__ included
+max_label_name_len = 1024        # bytes
+max_label_value_len = 2048       # bytes
+max_series_per_metric = 100000   # per tenant; new series beyond it are refused
+max_future_skew = "10m"          # timestamps further ahead than this are refused
+event_dedup_horizon = "1h"       # how long an event_id is remembered
+
+[storage]
+block_duration = "2h"            # span of a freshly cut block
+log_segment_bytes = 67108864     # ingest-log segment size
+flush_interval = "15m"           # persist the head and truncate the log at least this often
+"#;
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors naming the key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// The edge limits in the model's terms.
+    pub fn model_limits(&self) -> Limits {
+        Limits {
+            max_labels_per_series: self.limits.max_labels_per_series,
+            max_label_name_len: self.limits.max_label_name_len,
+            max_label_value_len: self.limits.max_label_value_len,
+            max_series_per_metric: self.limits.max_series_per_metric,
+            max_future_skew_ms: self.limits.max_future_skew.0,
+            max_age_ms: self.retention.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_matches_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        let d = Config::default();
+        assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.retention, d.retention);
+        assert_eq!(parsed.partitions, d.partitions);
+        assert_eq!(parsed.limits.max_body_bytes, d.limits.max_body_bytes);
+        assert_eq!(
+            parsed.limits.event_dedup_horizon,
+            d.limits.event_dedup_horizon
+        );
+        assert_eq!(parsed.storage.flush_interval, d.storage.flush_interval);
+        assert_eq!(
+            parsed.storage.log_segment_bytes,
+            d.storage.log_segment_bytes
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_errors() {
+        assert!(toml::from_str::<Config>("retension = \"1d\"")
+            .unwrap_err()
+            .to_string()
+            .contains("retension"));
+        assert!(toml::from_str::<Config>("retention = \"1x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid duration"));
+    }
+}

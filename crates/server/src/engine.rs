@@ -1,0 +1,387 @@
+//! The engine: the ingest log, one shard per partition, and a read view over all shards.
+
+use crate::config::Config;
+use crate::metrics::Counters;
+use crate::shard::{Job, Shard, ShardConfig, WriteAck};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_log::{LocalLog, Log, LogOptions};
+use strata_model::{
+    Labels, Matcher, SelectHints, SeriesKeyRef, SeriesSamples, Storage, StorageError, Tenant,
+    WriteBatch,
+};
+use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
+use tokio::sync::{mpsc, oneshot};
+
+/// Queued writes per shard before senders wait (backpressure).
+const QUEUE: usize = 1024;
+
+/// Why a write was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The shard could not make the write durable.
+    #[error("{0}")]
+    Durability(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+/// Everything behind the HTTP API.
+pub struct Engine {
+    log: Arc<LocalLog>,
+    shards: Vec<ShardHandle>,
+    /// Self-metrics counters.
+    pub counters: Arc<Counters>,
+}
+
+struct ShardHandle {
+    tx: mpsc::Sender<Job>,
+    tsdb: Arc<Tsdb>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The partition of a series: by its entity (`device`, else `instance` label), else its key, so
+/// everything about one device lives in one partition.
+pub fn partition_of(tenant_seed: u64, key: SeriesKeyRef<'_>, partitions: u32) -> u32 {
+    let entity = key
+        .get(b"device")
+        .or_else(|| key.get(b"instance"))
+        .unwrap_or(key.as_bytes());
+    (xxhash_rust::xxh3::xxh3_64_with_seed(entity, tenant_seed) % partitions as u64) as u32
+}
+
+impl Engine {
+    /// Opens the log and every shard's storage, replays, and starts the shard threads.
+    pub fn open(cfg: &Config, rt: tokio::runtime::Handle) -> anyhow::Result<Arc<Engine>> {
+        anyhow::ensure!(
+            cfg.partitions >= 1 && cfg.partitions <= 1024,
+            "partitions must be 1..=1024"
+        );
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
+        })?;
+        let log = Arc::new(LocalLog::open(
+            &cfg.data_dir.join("log"),
+            cfg.partitions,
+            LogOptions {
+                segment_bytes: cfg.storage.log_segment_bytes,
+            },
+        )?);
+        let counters = Arc::new(Counters::default());
+        let limiter = SeriesLimiter::new(cfg.limits.max_series_per_metric);
+        let opts = TsdbOptions {
+            block_duration_ms: cfg.storage.block_duration.0,
+            retention_ms: cfg.retention.0,
+            max_series_per_metric: cfg.limits.max_series_per_metric,
+        };
+        // Open and replay shards in parallel: replay time is the restart time.
+        let opened: Vec<anyhow::Result<(Shard, Arc<Tsdb>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..cfg.partitions)
+                .map(|p| {
+                    let (log, counters, limiter, opts) =
+                        (log.clone(), counters.clone(), limiter.clone(), opts.clone());
+                    s.spawn(move || {
+                        let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
+                        let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
+                        let shard_cfg = ShardConfig {
+                            dir,
+                            dedup_horizon_ms: cfg.limits.event_dedup_horizon.0,
+                            flush_interval: Duration::from_millis(
+                                cfg.storage.flush_interval.0 as u64,
+                            ),
+                        };
+                        let log: Arc<dyn Log> = log;
+                        Ok((
+                            Shard::open(p, tsdb.clone(), log, shard_cfg, counters)?,
+                            tsdb,
+                        ))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("shard open panicked")))
+                })
+                .collect()
+        });
+        let mut shards = Vec::new();
+        for (p, o) in opened.into_iter().enumerate() {
+            let (shard, tsdb) = o?;
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let rt = rt.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shard-{p}"))
+                .spawn(move || shard.run(rx, rt))?;
+            shards.push(ShardHandle {
+                tx,
+                tsdb,
+                thread: Some(thread),
+            });
+        }
+        Ok(Arc::new(Engine {
+            log,
+            shards,
+            counters,
+        }))
+    }
+
+    /// Number of shards.
+    pub fn partitions(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// Splits a batch by partition, hands each part to its shard and waits until every part is
+    /// durable and applied.
+    pub async fn write(&self, batch: WriteBatch) -> Result<WriteAck, WriteError> {
+        let n = self.partitions();
+        let mut parts: Vec<Option<WriteBatch>> = (0..n).map(|_| None).collect();
+        if n == 1 {
+            parts[0] = Some(batch);
+        } else {
+            let seed = strata_model::tenant_seed(batch.tenant());
+            for s in batch.iter() {
+                let p = partition_of(seed, s.key, n) as usize;
+                parts[p]
+                    .get_or_insert_with(|| WriteBatch::new(batch.tenant().clone()))
+                    .push_from(&s);
+            }
+        }
+        let mut waits = Vec::new();
+        for (p, part) in parts.into_iter().enumerate() {
+            let Some(part) = part.filter(|b| !b.is_empty()) else {
+                continue;
+            };
+            let (ack, rx) = oneshot::channel();
+            self.shards[p]
+                .tx
+                .send(Job::Write { batch: part, ack })
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
+            waits.push(rx);
+        }
+        let mut total = WriteAck::default();
+        for w in waits {
+            let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
+            total.merge(&r.map_err(WriteError::Durability)?);
+        }
+        let c = &self.counters;
+        c.duplicate_samples.add(total.stats.duplicates as u64);
+        c.overwritten_samples.add(total.stats.overwritten as u64);
+        c.duplicate_events.add(total.duplicate_events as u64);
+        Ok(total)
+    }
+
+    /// Returns once everything acknowledged before the call is in blocks on disk.
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        let mut waits = Vec::new();
+        for s in &self.shards {
+            let (ack, rx) = oneshot::channel();
+            s.tx.send(Job::Flush { ack })
+                .await
+                .map_err(|_| WriteError::ShuttingDown)?;
+            waits.push(rx);
+        }
+        for w in waits {
+            w.await
+                .map_err(|_| WriteError::ShuttingDown)?
+                .map_err(WriteError::Durability)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the shards after they drain their queues and flush.
+    pub fn shutdown(&mut self) {
+        for s in &mut self.shards {
+            let (tx, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut s.tx, tx));
+        }
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Appends engine, log and storage metrics to `out`.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::{counter, gauge};
+        self.counters.render(out);
+        let l = self.log.stats();
+        counter(
+            out,
+            "strata_log_appended_bytes_total",
+            "Bytes appended to the ingest log.",
+            l.appended_bytes,
+        );
+        counter(
+            out,
+            "strata_log_appended_records_total",
+            "Records appended to the ingest log.",
+            l.appended_records,
+        );
+        counter(
+            out,
+            "strata_log_fsyncs_total",
+            "Ingest-log fsyncs (one per group commit).",
+            l.syncs,
+        );
+        gauge(
+            out,
+            "strata_log_fsync_seconds_total",
+            "Time spent in ingest-log fsyncs.",
+            l.sync_seconds_total,
+        );
+        gauge(
+            out,
+            "strata_log_fsync_seconds_max",
+            "Longest ingest-log fsync.",
+            l.sync_seconds_max,
+        );
+        gauge(
+            out,
+            "strata_log_disk_bytes",
+            "Ingest-log bytes on disk.",
+            l.disk_bytes as f64,
+        );
+        gauge(
+            out,
+            "strata_log_segments",
+            "Ingest-log segment files.",
+            l.segments as f64,
+        );
+        let mut t = strata_tsdb::TsdbStats::default();
+        for s in &self.shards {
+            t.merge(&s.tsdb.stats());
+        }
+        gauge(
+            out,
+            "strata_tsdb_series",
+            "Series in storage (head).",
+            t.series as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_head_samples",
+            "Samples in the in-memory head.",
+            t.head_samples as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_head_bytes",
+            "Approximate bytes held by the head.",
+            t.head_bytes as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_blocks",
+            "Blocks on disk.",
+            t.blocks as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_block_bytes",
+            "Bytes of blocks on disk.",
+            t.block_bytes as f64,
+        );
+        counter(
+            out,
+            "strata_tsdb_compactions_total",
+            "Block compactions.",
+            t.compactions_total,
+        );
+        counter(
+            out,
+            "strata_tsdb_retention_deleted_blocks_total",
+            "Blocks deleted by retention.",
+            t.retention_deleted_blocks_total,
+        );
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn merge_sorted<T: Ord>(mut parts: Vec<Vec<T>>) -> Vec<T> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut all: Vec<T> = parts.into_iter().flatten().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Reads see every shard: series never span shards, so results are concatenated and sorted.
+impl Storage for Engine {
+    fn select(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<SeriesSamples>, StorageError> {
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for s in &self.shards {
+            let part = s.tsdb.select(tenant, matchers, hints)?;
+            total += part.iter().map(|p| p.samples.len()).sum::<usize>();
+            if let Some(limit) = hints.max_samples.filter(|l| total > *l) {
+                return Err(StorageError::TooManySamples { limit });
+            }
+            out.extend(part);
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    fn series(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        let parts = self
+            .shards
+            .iter()
+            .map(|s| s.tsdb.series(tenant, matchers, start, end))
+            .collect::<Result<_, _>>()?;
+        Ok(merge_sorted(parts))
+    }
+
+    fn label_names(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let parts = self
+            .shards
+            .iter()
+            .map(|s| s.tsdb.label_names(tenant, matchers, start, end))
+            .collect::<Result<_, _>>()?;
+        Ok(merge_sorted(parts))
+    }
+
+    fn label_values(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let parts = self
+            .shards
+            .iter()
+            .map(|s| s.tsdb.label_values(tenant, name, matchers, start, end))
+            .collect::<Result<_, _>>()?;
+        Ok(merge_sorted(parts))
+    }
+}

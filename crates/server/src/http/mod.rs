@@ -1,0 +1,169 @@
+//! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
+
+mod read;
+mod write;
+
+use crate::engine::Engine;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use strata_model::{Limits, Tenant};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Storage and shards.
+    pub engine: Arc<Engine>,
+    /// Edge limits.
+    pub limits: Arc<Limits>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(write::remote_write))
+        .route("/write", post(write::influx))
+        .route("/api/v2/write", post(write::influx))
+        .route("/api/v1/events", post(write::events))
+        .route("/api/v1/export", get(read::export).post(read::export))
+        .route("/api/v1/series", get(read::series).post(read::series))
+        .route("/api/v1/labels", get(read::labels).post(read::labels))
+        .route("/api/v1/label/{name}/values", get(read::label_values))
+        .route("/api/v1/status/buildinfo", get(read::buildinfo))
+        .route("/api/v1/admin/flush", post(read::flush))
+        .route("/health", get(|| async { "OK\n" }))
+        .route("/metrics", get(read::metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+/// An error answered as Prometheus does: `{"status":"error","errorType":..,"error":..}`, plus
+/// `accepted` / `rejected` counts on writes that were partly stored.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    counts: Option<(usize, usize)>,
+}
+
+impl ApiError {
+    /// An error with an explicit status and Prometheus `errorType`.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            counts: None,
+        }
+    }
+
+    /// A 400 `bad_data` error.
+    pub fn bad_data(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_data", message)
+    }
+
+    /// A 500 `internal` error.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// Adds how many samples were stored and refused.
+    pub fn with_counts(mut self, accepted: usize, rejected: usize) -> ApiError {
+        self.counts = Some((accepted, rejected));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "status": "error",
+            "errorType": self.kind,
+            "error": self.message,
+        });
+        if let Some((a, r)) = self.counts {
+            body["accepted"] = a.into();
+            body["rejected"] = r.into();
+        }
+        json_response(self.status, &body)
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The request's tenant: `X-Scope-OrgID`, else the default tenant.
+pub fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    match headers.get("x-scope-orgid") {
+        None => Ok(Tenant::default_tenant()),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::bad_data("X-Scope-OrgID header is not valid ASCII"))?;
+            Tenant::new(s).map_err(|e| ApiError::bad_data(format!("X-Scope-OrgID header: {e}")))
+        }
+    }
+}
+
+/// Query-string and form parameters, in order, with repeats (`match[]`).
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Parses the URL query and, for form posts, the body.
+    pub fn parse(query: Option<&str>, form: Option<&[u8]>) -> Params {
+        let mut v: Vec<(String, String)> = Vec::new();
+        if let Some(q) = query {
+            v.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
+        }
+        if let Some(f) = form {
+            v.extend(form_urlencoded::parse(f).into_owned());
+        }
+        Params(v)
+    }
+
+    /// The last value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A time parameter (RFC 3339 or Unix seconds) or `default`.
+    pub fn time(&self, name: &str, default: i64) -> Result<i64, ApiError> {
+        match self.get(name) {
+            None | Some("") => Ok(default),
+            Some(s) => strata_model::time::parse_api_time_ms(s).ok_or_else(|| {
+                ApiError::bad_data(format!(
+                    "invalid parameter {name:?}: cannot parse {s:?} to a valid timestamp"
+                ))
+            }),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Read endpoints: export, series, label names and values, build info, flush, self-metrics.
+
+use super::{json_response, tenant_of, ApiError, AppState, Params};
+use crate::selector::parse_selector;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use strata_model::time::now_ms;
+use strata_model::{Labels, Matcher, SelectHints, Storage, Tenant};
+
+/// Most samples one export may return before it fails with a clear error.
+const EXPORT_MAX_SAMPLES: usize = 200_000_000;
+
+/// The parts every read shares: tenant, parameters, time range.
+struct ReadRequest {
+    tenant: Tenant,
+    params: Params,
+    start: i64,
+    end: i64,
+}
+
+fn read_request(
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<ReadRequest, ApiError> {
+    let tenant = tenant_of(headers)?;
+    let form = (*method == Method::POST).then_some(body.as_ref());
+    let params = Params::parse(query, form);
+    let start = params.time("start", i64::MIN / 2)?;
+    let end = params.time("end", now_ms() + 365 * 86_400_000)?;
+    if end < start {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
+    }
+    Ok(ReadRequest {
+        tenant,
+        params,
+        start,
+        end,
+    })
+}
+
+fn matcher_sets(params: &Params, required: bool) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let raw = params.all("match[]");
+    if raw.is_empty() && required {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let mut sets = Vec::new();
+    for m in raw {
+        sets.extend(parse_selector(m).map_err(ApiError::bad_data)?);
+    }
+    Ok(sets)
+}
+
+fn storage_error(e: strata_model::StorageError) -> ApiError {
+    match e {
+        strata_model::StorageError::TooManySamples { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "execution", e.to_string())
+        }
+        strata_model::StorageError::EmptyMatch => ApiError::bad_data(e.to_string()),
+        strata_model::StorageError::Io(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+fn success(data: serde_json::Value) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "success", "data": data}),
+    )
+}
+
+fn labels_json(l: &Labels) -> serde_json::Value {
+    serde_json::Value::Object(
+        l.iter()
+            .map(|l| (l.name.clone(), l.value.clone().into()))
+            .collect(),
+    )
+}
+
+/// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series.
+pub async fn export(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let sets = matcher_sets(&r.params, true)?;
+        let hints = SelectHints {
+            start: r.start,
+            end: r.end,
+            max_samples: Some(EXPORT_MAX_SAMPLES),
+        };
+        let mut seen = BTreeSet::new();
+        let mut out = String::new();
+        for set in sets {
+            for s in st
+                .engine
+                .select(&r.tenant, &set, &hints)
+                .map_err(storage_error)?
+            {
+                if !seen.insert(s.labels.clone()) {
+                    continue;
+                }
+                let samples: Vec<_> = s.samples.iter().filter(|x| !x.is_stale()).collect();
+                let _ = write!(out, "{{\"metric\":{},\"values\":[", labels_json(&s.labels));
+                for (i, x) in samples.iter().enumerate() {
+                    out.push_str(if i == 0 { "" } else { "," });
+                    write_number(&mut out, x.value);
+                }
+                out.push_str("],\"timestamps\":[");
+                for (i, x) in samples.iter().enumerate() {
+                    let _ = write!(out, "{}{}", if i == 0 { "" } else { "," }, x.timestamp);
+                }
+                out.push_str("]}\n");
+            }
+        }
+        let mut resp = Response::new(Body::from(out));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/stream+json"),
+        );
+        Ok(resp)
+    };
+    run().unwrap_or_else(|e| e.into_response())
+}
+
+/// JSON has no NaN or infinities: NaN is written as `null`, infinities as `"+Inf"` / `"-Inf"`,
+/// finite values in their shortest round-trip form.
+fn write_number(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("null");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "\"+Inf\"" } else { "\"-Inf\"" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// `GET|POST /api/v1/series`.
+pub async fn series(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let mut all = BTreeSet::new();
+        for set in matcher_sets(&r.params, true)? {
+            all.extend(
+                st.engine
+                    .series(&r.tenant, &set, r.start, r.end)
+                    .map_err(storage_error)?,
+            );
+        }
+        Ok(success(all.iter().map(labels_json).collect()))
+    };
+    run().unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET|POST /api/v1/labels`.
+pub async fn labels(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let sets = matcher_sets(&r.params, false)?;
+        let mut all = BTreeSet::new();
+        if sets.is_empty() {
+            all.extend(
+                st.engine
+                    .label_names(&r.tenant, &[], r.start, r.end)
+                    .map_err(storage_error)?,
+            );
+        }
+        for set in sets {
+            all.extend(
+                st.engine
+                    .label_names(&r.tenant, &set, r.start, r.end)
+                    .map_err(storage_error)?,
+            );
+        }
+        Ok(success(all.into_iter().collect()))
+    };
+    run().unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET /api/v1/label/<name>/values`.
+pub async fn label_values(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let r = read_request(&Method::GET, &headers, q.as_deref(), &Bytes::new())?;
+        let sets = matcher_sets(&r.params, false)?;
+        let mut all = BTreeSet::new();
+        if sets.is_empty() {
+            all.extend(
+                st.engine
+                    .label_values(&r.tenant, &name, &[], r.start, r.end)
+                    .map_err(storage_error)?,
+            );
+        }
+        for set in sets {
+            all.extend(
+                st.engine
+                    .label_values(&r.tenant, &name, &set, r.start, r.end)
+                    .map_err(storage_error)?,
+            );
+        }
+        Ok(success(all.into_iter().collect()))
+    };
+    run().unwrap_or_else(|e| e.into_response())
+}
+
+/// `GET /api/v1/status/buildinfo`, shaped as Prometheus'.
+pub async fn buildinfo() -> Response {
+    success(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": option_env!("STRATA_GIT_REVISION").unwrap_or("unknown"),
+        "branch": "main",
+        "buildUser": "strata",
+        "buildDate": "unknown",
+        "goVersion": "n/a (Rust)",
+        "application": "strata",
+    }))
+}
+
+/// `POST /api/v1/admin/flush`: returns once every acknowledged write is in blocks on disk.
+pub async fn flush(State(st): State<AppState>) -> Response {
+    match st.engine.flush().await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError::internal(format!("flush failed: {e}")).into_response(),
+    }
+}
+
+/// `GET /metrics`: self-metrics in the Prometheus text format.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let mut out = String::with_capacity(8192);
+    st.engine.render_metrics(&mut out);
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}

@@ -1,0 +1,73 @@
+//! The Strata server: configuration, the engine (ingest log plus one shard per partition), the
+//! HTTP API, and the fleet simulator. The `strata` binary is a thin command line over this.
+//!
+//! This crate wires the others together; storage, decoding and the log live in their own crates.
+
+pub mod config;
+pub mod dedup;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod selector;
+pub mod shard;
+pub mod simulate;
+
+use config::Config;
+use std::sync::Arc;
+
+/// Runs the server until SIGINT or SIGTERM; with `demo`, also a simulated fleet against itself.
+pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let engine = Engine::open(&cfg, rt.handle().clone())?;
+    let state = http::AppState {
+        engine: engine.clone(),
+        limits: Arc::new(cfg.model_limits()),
+        max_body_bytes: cfg.limits.max_body_bytes,
+    };
+    let app = http::router(state);
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), partitions = cfg.partitions, "strata is serving");
+        if demo {
+            let fleet = simulate::FleetConfig {
+                url: format!("http://{addr}/api/v1/events"),
+                sites: 5,
+                devices_per_site: 20,
+                interval: std::time::Duration::from_secs(5),
+                duration: None,
+                seed: 42,
+                progress: false,
+            };
+            tracing::info!("demo: simulating 100 devices on 5 sites; try curl 'http://{addr}/api/v1/export?match[]=temperature_celsius{{site=\"site-00\"}}'");
+            std::thread::spawn(move || simulate::run(&fleet));
+        }
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: flushing shards");
+    drop(engine);
+    Ok(())
+}
+
+use engine::Engine;
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

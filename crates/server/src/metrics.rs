@@ -1,0 +1,180 @@
+//! Self-metrics in the Prometheus text format, served at `/metrics`.
+
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The ingest protocols, as they appear in the `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// Prometheus remote write.
+    RemoteWrite,
+    /// Influx line protocol.
+    Influx,
+    /// JSON device events.
+    Events,
+}
+
+impl Protocol {
+    /// All protocols, for exposition.
+    pub const ALL: [Protocol; 3] = [Protocol::RemoteWrite, Protocol::Influx, Protocol::Events];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::RemoteWrite => "remote_write",
+            Protocol::Influx => "influx",
+            Protocol::Events => "events",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters updated by the HTTP layer and the shards.
+#[derive(Default)]
+pub struct Counters {
+    requests: [Counter; 3],
+    samples: [Counter; 3],
+    /// Samples dropped as exact repeats of stored ones.
+    pub duplicate_samples: Counter,
+    /// Samples that replaced a different value at the same timestamp.
+    pub overwritten_samples: Counter,
+    /// Events dropped as redeliveries.
+    pub duplicate_events: Counter,
+    /// Log records replayed at start.
+    pub replayed_records: Counter,
+    /// Flushes of the head into blocks.
+    pub flushes: Counter,
+    rejected: Mutex<BTreeMap<(Protocol, &'static str), u64>>,
+}
+
+impl Counters {
+    /// Counts one request of `p`.
+    pub fn request(&self, p: Protocol) {
+        self.requests[p.index()].add(1);
+    }
+
+    /// Counts stored samples of `p`.
+    pub fn samples(&self, p: Protocol, n: u64) {
+        self.samples[p.index()].add(n);
+    }
+
+    /// Counts refused input of `p` by reason.
+    pub fn rejected(&self, p: Protocol, reason: &'static str, n: u64) {
+        if n > 0 {
+            *self.rejected.lock().entry((p, reason)).or_default() += n;
+        }
+    }
+
+    /// Writes the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        header(
+            out,
+            "strata_ingest_requests_total",
+            "counter",
+            "Write requests received, by protocol.",
+        );
+        for p in Protocol::ALL {
+            let _ = writeln!(
+                out,
+                "strata_ingest_requests_total{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.requests[p.index()].get()
+            );
+        }
+        header(
+            out,
+            "strata_ingest_samples_total",
+            "counter",
+            "Samples acknowledged and stored, by protocol.",
+        );
+        for p in Protocol::ALL {
+            let _ = writeln!(
+                out,
+                "strata_ingest_samples_total{{protocol=\"{}\"}} {}",
+                p.as_str(),
+                self.samples[p.index()].get()
+            );
+        }
+        header(
+            out,
+            "strata_ingest_rejected_total",
+            "counter",
+            "Input items refused, by protocol and reason.",
+        );
+        for ((p, reason), n) in self.rejected.lock().iter() {
+            let _ = writeln!(
+                out,
+                "strata_ingest_rejected_total{{protocol=\"{}\",reason=\"{reason}\"}} {n}",
+                p.as_str()
+            );
+        }
+        counter(
+            out,
+            "strata_ingest_duplicate_samples_total",
+            "Samples dropped as exact repeats of (series, timestamp, value).",
+            self.duplicate_samples.get(),
+        );
+        counter(
+            out,
+            "strata_ingest_overwritten_samples_total",
+            "Samples that replaced a different value at the same (series, timestamp).",
+            self.overwritten_samples.get(),
+        );
+        counter(
+            out,
+            "strata_ingest_duplicate_events_total",
+            "Events dropped as redeliveries of an event_id already stored.",
+            self.duplicate_events.get(),
+        );
+        counter(
+            out,
+            "strata_log_replayed_records_total",
+            "Ingest-log records replayed at start-up.",
+            self.replayed_records.get(),
+        );
+        counter(
+            out,
+            "strata_flushes_total",
+            "Flushes of the head into blocks.",
+            self.flushes.get(),
+        );
+    }
+}
+
+/// Writes `# HELP` and `# TYPE` lines.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one unlabelled counter.
+pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// Writes one unlabelled gauge.
+pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {v}");
+}

@@ -1,0 +1,326 @@
+//! A shard: the single owner of one ingest-log partition and of everything derived from it.
+//!
+//! Its thread drains queued writes, drops redelivered events, appends the survivors to the log,
+//! makes them durable with one fsync for the whole group (group commit), applies them to the
+//! shard's storage and only then acknowledges them. Nothing on this path is shared with other
+//! shards. On start it replays the log from the storage checkpoint.
+
+use crate::dedup::EventDedup;
+use crate::metrics::Counters;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_log::{Log, PartitionWriter};
+use strata_model::time::now_ms;
+use strata_model::{SeriesDict, WriteBatch};
+use strata_tsdb::{AppendStats, Tsdb};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most queued writes taken into one group commit.
+const MAX_GROUP: usize = 512;
+
+/// Work sent to a shard.
+pub enum Job {
+    /// Make a batch durable and queryable, then answer.
+    Write {
+        batch: WriteBatch,
+        ack: oneshot::Sender<Result<WriteAck, String>>,
+    },
+    /// Persist everything acknowledged so far into blocks and truncate the log.
+    Flush {
+        ack: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// What happened to one acknowledged write.
+#[derive(Debug, Default, Clone)]
+pub struct WriteAck {
+    /// Storage outcome of the samples that were written.
+    pub stats: AppendStats,
+    /// Events dropped as redeliveries (by `event_id`).
+    pub duplicate_events: usize,
+    /// Samples those redelivered events carried.
+    pub duplicate_event_samples: usize,
+}
+
+impl WriteAck {
+    /// Adds another shard's outcome.
+    pub fn merge(&mut self, o: &WriteAck) {
+        let (a, b) = (&mut self.stats, &o.stats);
+        a.appended += b.appended;
+        a.duplicates += b.duplicates;
+        a.overwritten += b.overwritten;
+        a.new_series += b.new_series;
+        a.rejected_series_limit += b.rejected_series_limit;
+        a.too_old += b.too_old;
+        self.duplicate_events += o.duplicate_events;
+        self.duplicate_event_samples += o.duplicate_event_samples;
+    }
+}
+
+/// Settings a shard needs.
+pub struct ShardConfig {
+    /// Where the shard keeps its event-dedup checkpoint.
+    pub dir: PathBuf,
+    /// Event-id memory.
+    pub dedup_horizon_ms: i64,
+    /// Longest time between flushes.
+    pub flush_interval: Duration,
+}
+
+/// One shard, ready to run on its own thread.
+pub struct Shard {
+    partition: u32,
+    tsdb: Arc<Tsdb>,
+    log: Arc<dyn Log>,
+    writer: Box<dyn PartitionWriter>,
+    dedup: EventDedup,
+    cfg: ShardConfig,
+    counters: Arc<Counters>,
+    record: Vec<u8>,
+    /// Series named in full in the current log segment (later records name them by id).
+    dict: SeriesDict,
+    last_flush: Instant,
+    last_maintain: Instant,
+}
+
+struct Pending {
+    offset: Option<u64>,
+    batch: WriteBatch,
+    ack: oneshot::Sender<Result<WriteAck, String>>,
+    result: WriteAck,
+}
+
+impl Shard {
+    /// Opens the shard: loads its dedup checkpoint and replays the log since the storage
+    /// checkpoint, so every acknowledged write is back before new ones are taken.
+    pub fn open(
+        partition: u32,
+        tsdb: Arc<Tsdb>,
+        log: Arc<dyn Log>,
+        cfg: ShardConfig,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<Shard> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let mut dedup = EventDedup::load(&cfg.dir.join("events.ckpt"), cfg.dedup_horizon_ms)
+            .map_err(anyhow::Error::msg)?;
+        let from = tsdb.checkpoint_offset().map_or(0, |o| o + 1);
+        let started = Instant::now();
+        let (mut records, mut samples) = (0u64, 0u64);
+        let now = now_ms();
+        // Reading starts at a segment start, so every reference follows its definition; the
+        // dictionary is never cleared here because a later definition replaces an earlier one.
+        let mut dict = SeriesDict::default();
+        for rec in log.read(partition, from)? {
+            let rec = rec?;
+            let batch = WriteBatch::decode_record(&rec.payload, &mut dict)
+                .map_err(|e| anyhow::anyhow!("partition {partition} offset {}: {e}", rec.offset))?;
+            if rec.offset < from {
+                continue;
+            }
+            // Records were deduplicated before they were logged: only remember their events.
+            for s in batch.iter() {
+                if let (Some(k), Some(id)) = (s.event, s.event_id()) {
+                    dedup.first_sighting(batch.tenant(), k, id, now);
+                }
+            }
+            let st = tsdb.append(&batch, rec.offset);
+            records += 1;
+            samples += st.appended as u64;
+        }
+        if records > 0 {
+            tracing::info!(
+                partition,
+                records,
+                samples,
+                seconds = started.elapsed().as_secs_f64(),
+                "replayed ingest log"
+            );
+        }
+        counters.replayed_records.add(records);
+        let writer = log.writer(partition)?;
+        Ok(Shard {
+            partition,
+            tsdb,
+            log,
+            writer,
+            dedup,
+            cfg,
+            counters,
+            record: Vec::new(),
+            dict: SeriesDict::default(),
+            last_flush: Instant::now(),
+            last_maintain: Instant::now(),
+        })
+    }
+
+    /// Serves jobs until every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Job>, rt: tokio::runtime::Handle) {
+        let mut jobs = Vec::with_capacity(MAX_GROUP);
+        loop {
+            match rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await })
+            {
+                Ok(Some(job)) => jobs.push(job),
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut jobs);
+            self.background();
+        }
+        if let Err(e) = self.flush() {
+            tracing::error!(partition = self.partition, "final flush failed: {e}");
+        }
+    }
+
+    fn process(&mut self, jobs: &mut Vec<Job>) {
+        let mut pending: Vec<Pending> = Vec::new();
+        let now = now_ms();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write { batch, ack } => {
+                    let (batch, result) = self.drop_redelivered(batch, now);
+                    let offset = if batch.is_empty() {
+                        None
+                    } else {
+                        self.encode(&batch);
+                        match self.writer.append(&self.record) {
+                            Ok(a) => Some(a.offset),
+                            Err(e) => {
+                                // Definitions in the lost record must be written again.
+                                self.dict.clear();
+                                let _ = ack.send(Err(format!("ingest log append failed: {e}")));
+                                continue;
+                            }
+                        }
+                    };
+                    pending.push(Pending {
+                        offset,
+                        batch,
+                        ack,
+                        result,
+                    });
+                }
+                Job::Flush { ack } => {
+                    self.commit(&mut pending);
+                    let _ = ack.send(self.flush().map_err(|e| e.to_string()));
+                }
+            }
+        }
+        self.commit(&mut pending);
+    }
+
+    /// Encodes a batch into `self.record`, starting a fresh dictionary when the record will
+    /// open a new log segment (segments must be readable on their own).
+    fn encode(&mut self, batch: &WriteBatch) {
+        self.record.clear();
+        batch.encode_record(&mut self.dict, &mut self.record);
+        if self.writer.will_roll(self.record.len()) {
+            self.dict.clear();
+            self.record.clear();
+            batch.encode_record(&mut self.dict, &mut self.record);
+        }
+    }
+
+    /// Makes the group durable, applies it, then acknowledges it.
+    fn commit(&mut self, pending: &mut Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        if pending.iter().any(|p| p.offset.is_some()) {
+            if let Err(e) = self.writer.sync() {
+                self.dict.clear();
+                tracing::error!(partition = self.partition, "ingest log fsync failed: {e}");
+                for p in pending.drain(..) {
+                    let _ = p.ack.send(Err(format!("ingest log fsync failed: {e}")));
+                }
+                return;
+            }
+        }
+        for mut p in pending.drain(..) {
+            if let Some(off) = p.offset {
+                p.result.stats = self.tsdb.append(&p.batch, off);
+            }
+            let _ = p.ack.send(Ok(p.result));
+        }
+    }
+
+    /// Removes series of events already seen (by exact `event_id`).
+    fn drop_redelivered(&mut self, batch: WriteBatch, now: i64) -> (WriteBatch, WriteAck) {
+        let mut ack = WriteAck::default();
+        if batch.iter().all(|s| s.event.is_none()) {
+            return (batch, ack);
+        }
+        // An event's readings are consecutive series sharing one key; decide once per event.
+        let mut keep = Vec::with_capacity(batch.series_len());
+        let mut last: Option<(u64, &[u8], bool)> = None;
+        for s in batch.iter() {
+            let fresh = match (s.event, s.event_id()) {
+                (Some(k), Some(id)) => match last {
+                    Some((h, lid, fresh)) if h == k.hash && lid == id => fresh,
+                    _ => {
+                        let fresh = self.dedup.first_sighting(batch.tenant(), k, id, now);
+                        if !fresh {
+                            ack.duplicate_events += 1;
+                        }
+                        last = Some((k.hash, id, fresh));
+                        fresh
+                    }
+                },
+                _ => true,
+            };
+            if !fresh {
+                ack.duplicate_event_samples += s.samples.len();
+            }
+            keep.push(fresh);
+        }
+        if keep.iter().all(|k| *k) {
+            return (batch, ack);
+        }
+        let mut out = WriteBatch::new(batch.tenant().clone());
+        for (s, k) in batch.iter().zip(keep) {
+            if k {
+                out.push_from(&s);
+            }
+        }
+        (out, ack)
+    }
+
+    fn background(&mut self) {
+        if self.last_maintain.elapsed() >= Duration::from_secs(10) {
+            self.last_maintain = Instant::now();
+            let now = now_ms();
+            self.dedup.expire(now);
+            if let Err(e) = self.tsdb.maintain(now) {
+                tracing::error!(
+                    partition = self.partition,
+                    "storage maintenance failed: {e}"
+                );
+            }
+        }
+        if self.last_flush.elapsed() >= self.cfg.flush_interval {
+            if let Err(e) = self.flush() {
+                tracing::error!(partition = self.partition, "periodic flush failed: {e}");
+            }
+        }
+    }
+
+    /// Persists the head and the dedup state, then drops log segments both cover.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        self.last_flush = Instant::now();
+        // Dedup state first: a crash between the two then replays records whose events are
+        // already remembered, which replay tolerates (it never drops on replay).
+        self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
+        if let Some(off) = self.tsdb.flush()? {
+            self.log.truncate_before(self.partition, off + 1)?;
+        }
+        self.counters.flushes.add(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! Starts the real `strata` binary on a free loopback port for integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub client: reqwest::blocking::Client,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts `strata serve` on `dir` with extra config TOML, and waits until it answers.
+    pub fn start(dir: &Path, extra_toml: &str) -> Server {
+        let port = free_port();
+        let cfg = dir.join("strata.toml");
+        std::fs::write(&cfg, extra_toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start strata");
+        let s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if s.client
+                .get(format!("{}/health", s.base))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("strata did not answer on {}", s.base);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> reqwest::blocking::Response {
+        self.client.post(self.url(path)).body(body).send().unwrap()
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(self.url(path)).send().unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().unwrap()
+    }
+
+    /// Export lines for a selector as (labels, [(ts, value)]).
+    pub fn export(&self, selector: &str) -> Vec<(serde_json::Value, Vec<(i64, f64)>)> {
+        self.export_as(selector, None)
+    }
+
+    pub fn export_as(
+        &self,
+        selector: &str,
+        tenant: Option<&str>,
+    ) -> Vec<(serde_json::Value, Vec<(i64, f64)>)> {
+        let mut req = self
+            .client
+            .get(self.url("/api/v1/export"))
+            .query(&[("match[]", selector)]);
+        if let Some(t) = tenant {
+            req = req.header("X-Scope-OrgID", t);
+        }
+        let r = req.send().unwrap();
+        assert!(r.status().is_success(), "export {selector}: {}", r.status());
+        r.text()
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let ts: Vec<i64> = v["timestamps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_i64().unwrap())
+                    .collect();
+                let vs: Vec<f64> = v["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap_or(f64::NAN))
+                    .collect();
+                (v["metric"].clone(), ts.into_iter().zip(vs).collect())
+            })
+            .collect()
+    }
+
+    pub fn flush(&self) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/admin/flush"))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "strata exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- Prometheus remote write, encoded as Prometheus does (protobuf, snappy block format) ----
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    varint(buf, ((field << 3) | 2) as u64);
+    varint(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
+}
+
+/// A remote-write body: series given as (labels, samples).
+pub fn remote_write_body(series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for (labels, samples) in series {
+        let mut ts = Vec::new();
+        for (k, v) in labels {
+            let mut l = Vec::new();
+            len_field(&mut l, 1, k.as_bytes());
+            len_field(&mut l, 2, v.as_bytes());
+            len_field(&mut ts, 1, &l);
+        }
+        for (t, v) in samples {
+            let mut s = vec![0x09];
+            s.extend_from_slice(&v.to_le_bytes());
+            s.push(0x10);
+            varint(&mut s, *t as u64);
+            len_field(&mut ts, 2, &s);
+        }
+        len_field(&mut req, 1, &ts);
+    }
+    snap::raw::Encoder::new().compress_vec(&req).unwrap()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
