@@ -6,13 +6,61 @@
 //! supported) and counted. NaN values are allowed: Prometheus sends staleness markers as NaN.
 
 use crate::{DecodeContext, Decoded, IngestError, Location, RejectReason};
+use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use strata_model::{Sample, WriteBatch};
+use strata_model::{BatchSeries, Limits, Sample, SeriesId, SeriesKey, WriteBatch};
 
 thread_local! {
     /// Decompression buffer, reused across requests on the same thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Series seen before on this thread, by the hash of their raw label bytes.
+    static SEEN: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
+}
+
+/// Most series remembered per thread; past it the cache starts over.
+const CACHE_MAX: usize = 1 << 18;
+
+/// Remote-write clients send the same label bytes for a series in every request. Remembering
+/// the canonical key and id of those bytes skips parsing, sorting, validating and hashing the
+/// labels again: a hit costs one hash of the raw bytes and one comparison.
+#[derive(Default)]
+struct SeriesCache {
+    /// The limits the cached series were validated against.
+    limits: Option<Limits>,
+    map: AHashMap<u64, Cached>,
+}
+
+struct Cached {
+    raw: Box<[u8]>,
+    key: SeriesKey,
+    id: SeriesId,
+    entity: u64,
+}
+
+impl SeriesCache {
+    fn lookup(&mut self, limits: &Limits, hash: u64, raw: &[u8]) -> Option<&Cached> {
+        if self.limits.as_ref() != Some(limits) {
+            self.map.clear();
+            self.limits = Some(limits.clone());
+        }
+        self.map.get(&hash).filter(|c| c.raw.as_ref() == raw)
+    }
+
+    fn insert(&mut self, hash: u64, raw: &[u8], s: &BatchSeries<'_>) {
+        if self.map.len() >= CACHE_MAX {
+            self.map.clear();
+        }
+        self.map.insert(
+            hash,
+            Cached {
+                raw: raw.into(),
+                key: s.key.to_owned(),
+                id: s.id,
+                entity: s.entity,
+            },
+        );
+    }
 }
 
 /// Decodes a snappy-compressed `WriteRequest` into `out`.
@@ -96,12 +144,21 @@ fn series<'a>(
     let mut histograms = 0;
     let mut bad_ts = None;
     let mut rejected_samples = 0;
+    // Labels normally come first and together: `raw_end` marks the end of that run.
+    let mut raw_end = 0;
+    let mut scattered = false;
     while !r.done() {
         let (field, wire) = r.key().map_err(|e| e.shift(base))?;
         match (field, wire) {
             (1, WIRE_LEN) => {
                 let l = r.len_delimited().map_err(|e| e.shift(base))?;
                 labels.push(label(l).map_err(|e| e.shift(base + r.pos - l.len()))?);
+                if raw_end == r.pos - l.len() - 1 - varint_len(l.len() as u64) || labels.len() == 1
+                {
+                    raw_end = r.pos;
+                } else {
+                    scattered = true;
+                }
             }
             (2, WIRE_LEN) => {
                 let s = r.len_delimited().map_err(|e| e.shift(base))?;
@@ -138,8 +195,27 @@ fn series<'a>(
     if samples.is_empty() {
         return Ok(());
     }
+    let raw = (!scattered && !labels.is_empty()).then(|| &msg[..raw_end]);
+    let hash = raw.map(|raw| xxhash_rust::xxh3::xxh3_64_with_seed(raw, out.hash_seed()));
+    if let (Some(raw), Some(hash)) = (raw, hash) {
+        let hit = SEEN.with(|c| {
+            let mut c = c.borrow_mut();
+            c.lookup(ctx.limits, hash, raw).map(|h| {
+                out.push_known(h.key.as_ref(), h.id, h.entity, samples);
+            })
+        });
+        if hit.is_some() {
+            d.accepted_samples += samples.len();
+            return Ok(());
+        }
+    }
     match out.push_series(labels, samples, None, ctx.limits) {
-        Ok(()) => d.accepted_samples += samples.len(),
+        Ok(()) => {
+            d.accepted_samples += samples.len();
+            if let (Some(raw), Some(hash), Some(s)) = (raw, hash, out.get(out.series_len() - 1)) {
+                SEEN.with(|c| c.borrow_mut().insert(hash, raw, &s));
+            }
+        }
         Err(e) => d.reject(
             Location::Index(index),
             RejectReason::Label(e),
@@ -147,6 +223,15 @@ fn series<'a>(
         ),
     }
     Ok(())
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
 }
 
 fn label(msg: &[u8]) -> Result<(&[u8], &[u8]), IngestError> {
@@ -210,6 +295,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, IngestError> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
@@ -228,6 +314,7 @@ impl<'a> Reader<'a> {
         Err(self.err("varint longer than 10 bytes"))
     }
 
+    #[inline]
     fn key(&mut self) -> Result<(u32, u8), IngestError> {
         let k = self.varint()?;
         let field = (k >> 3) as u32;
@@ -237,6 +324,7 @@ impl<'a> Reader<'a> {
         Ok((field, (k & 7) as u8))
     }
 
+    #[inline]
     fn len_delimited(&mut self) -> Result<&'a [u8], IngestError> {
         let n = self.varint()?;
         let end = usize::try_from(n)

@@ -471,3 +471,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn remote_write_series_cache_is_exact() {
+    // The second decode of the same labels comes from the per-thread cache; it must give the
+    // same series and ids, per tenant, and respect limits changed in between.
+    let body = request(
+        &[ts_msg(
+            &[("__name__", "cached"), ("device", "d1"), ("z", "1")],
+            &[(NOW, 1.0)],
+            &[],
+        )],
+        &[],
+    );
+    let compressed = snap::raw::Encoder::new().compress_vec(&body).unwrap();
+    let limits = Limits::default();
+    let decode = |tenant: &str, limits: &Limits| {
+        let mut b = WriteBatch::new(Tenant::new(tenant).unwrap());
+        let d = remote_write::decode(&compressed, &ctx(limits), &mut b).unwrap();
+        let s = b.get(0).map(|s| (s.key.to_owned(), s.id, s.entity));
+        (d, s)
+    };
+    let (_, first) = decode("a", &limits);
+    let (_, again) = decode("a", &limits);
+    assert_eq!(first, again);
+    let (_, other) = decode("b", &limits);
+    assert_ne!(
+        first.as_ref().unwrap().1,
+        other.as_ref().unwrap().1,
+        "ids are per tenant"
+    );
+    let strict = Limits {
+        max_labels_per_series: 2,
+        ..Limits::default()
+    };
+    let (d, s) = decode("a", &strict);
+    assert!(s.is_none());
+    assert_eq!(d.rejected_total, 1);
+}

@@ -159,6 +159,11 @@ pub trait PartitionWriter: Send {
     /// True when a record of `payload_len` bytes would start a new segment, so the caller can
     /// reset per-segment state before encoding it.
     fn will_roll(&self, payload_len: usize) -> bool;
+
+    /// Syncs and starts a new segment now (when the current one holds records), so that
+    /// everything written so far can be truncated once it is persisted elsewhere. Callers reset
+    /// per-segment state afterwards.
+    fn roll(&mut self) -> Result<(), LogError>;
 }
 
 fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {

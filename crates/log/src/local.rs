@@ -377,7 +377,7 @@ impl LocalWriter {
         Ok(())
     }
 
-    fn roll(&mut self) -> Result<(), LogError> {
+    fn start_segment(&mut self) -> Result<(), LogError> {
         self.sync()?;
         let (file, path) = segment::create(&self.part.dir, self.next)?;
         self.file = file;
@@ -400,7 +400,7 @@ impl PartitionWriter for LocalWriter {
         }
         let new_segment = self.will_roll(payload.len());
         if new_segment {
-            self.roll()?;
+            self.start_segment()?;
         }
         segment::frame(&mut self.buf, payload);
         self.buffered_records += 1;
@@ -441,6 +441,13 @@ impl PartitionWriter for LocalWriter {
 
     fn next_offset(&self) -> Offset {
         self.next
+    }
+
+    fn roll(&mut self) -> Result<(), LogError> {
+        if self.file_bytes > segment::HEADER_LEN as u64 {
+            self.start_segment()?;
+        }
+        Ok(())
     }
 
     fn will_roll(&self, payload_len: usize) -> bool {

@@ -168,6 +168,11 @@ fn truncate_before_keeps_the_rest_and_the_end_offset() {
     assert_eq!(rest.last().unwrap().0, 49);
     log.truncate_before(0, 1000).unwrap();
     assert_eq!(segments(dir.path(), 0).len(), 1, "the newest segment stays");
+    // Rolling makes the last records truncatable too.
+    w.roll().unwrap();
+    log.truncate_before(0, 50).unwrap();
+    assert_eq!(segments(dir.path(), 0).len(), 1);
+    assert!(read_all(&log, 0, 0).is_empty());
     drop(w);
     drop(log);
     let log = open(dir.path(), 1, 200);

@@ -89,6 +89,7 @@ pub struct WriteBatch {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     id: SeriesId,
+    entity: u64,
     key: (u32, u32),
     samples: (u32, u32),
     event: Option<EventKey>,
@@ -101,6 +102,9 @@ pub struct BatchSeries<'a> {
     pub id: SeriesId,
     /// The canonical label bytes.
     pub key: SeriesKeyRef<'a>,
+    /// Hash of the entity the series belongs to (see [`WriteBatch::entity_hash`]): equal for
+    /// every series of one device, so they land in one partition.
+    pub entity: u64,
     /// Samples in the order received.
     pub samples: &'a [Sample],
     /// The event this series' samples came from, when the client named one.
@@ -237,11 +241,15 @@ impl WriteBatch {
                 limit: limits.max_labels_per_series,
             });
         }
+        let entity = ENTITY_LABELS
+            .iter()
+            .find_map(|want| labels.iter().find(|(n, v)| n == want && !v.is_empty()))
+            .map(|(_, v)| xxhash_rust::xxh3::xxh3_64_with_seed(v, self.seed));
         let start = self.bytes.len();
         for &(n, v) in labels.iter().filter(|(_, v)| !v.is_empty()) {
             encode_pair(&mut self.bytes, n, v);
         }
-        self.push_entry(start, samples, event);
+        self.push_entry(start, samples, event, entity);
         Ok(())
     }
 
@@ -250,7 +258,35 @@ impl WriteBatch {
         let event = event_id.map(|e| self.event_key(e));
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
-        self.push_entry(start, samples, event);
+        self.push_entry(start, samples, event, None);
+    }
+
+    /// Appends a series already validated and identified, e.g. by a decoder's cache of series
+    /// it has seen before. `key`, `id` and `entity` must be what [`WriteBatch::push_series`]
+    /// computed for the same labels and tenant.
+    pub fn push_known(
+        &mut self,
+        key: SeriesKeyRef<'_>,
+        id: SeriesId,
+        entity: u64,
+        samples: &[Sample],
+    ) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key.as_bytes());
+        let first = self.samples.len();
+        self.samples.extend_from_slice(samples);
+        self.series.push(Entry {
+            id,
+            entity,
+            key: range(start..self.bytes.len()),
+            samples: range(first..self.samples.len()),
+            event: None,
+        });
+    }
+
+    /// The tenant's hash seed, for callers that cache ids across batches of one tenant.
+    pub fn hash_seed(&self) -> u64 {
+        self.seed
     }
 
     /// Copies one series of another batch of the same tenant (used to split a batch by
@@ -264,19 +300,29 @@ impl WriteBatch {
         self.samples.extend_from_slice(s.samples);
         self.series.push(Entry {
             id: s.id,
+            entity: s.entity,
             key: range(start..self.bytes.len()),
             samples: range(first..self.samples.len()),
             event,
         });
     }
 
-    fn push_entry(&mut self, key_start: usize, samples: &[Sample], event: Option<EventKey>) {
+    fn push_entry(
+        &mut self,
+        key_start: usize,
+        samples: &[Sample],
+        event: Option<EventKey>,
+        entity: Option<u64>,
+    ) {
         let key = &self.bytes[key_start..];
         let id = SeriesId(xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed));
+        let entity =
+            entity.unwrap_or_else(|| self.entity_hash(SeriesKeyRef::new_unchecked(key), id));
         let s = self.samples.len();
         self.samples.extend_from_slice(samples);
         self.series.push(Entry {
             id,
+            entity,
             key: range(key_start..self.bytes.len()),
             samples: range(s..self.samples.len()),
             event,
@@ -302,9 +348,19 @@ impl WriteBatch {
         self.series.get(i).map(|e| self.view(e))
     }
 
+    /// The entity of a series: its `device` label, else its `instance` label, else the series
+    /// itself; hashed with the tenant's seed.
+    pub fn entity_hash(&self, key: SeriesKeyRef<'_>, id: SeriesId) -> u64 {
+        ENTITY_LABELS
+            .iter()
+            .find_map(|n| key.get(n))
+            .map_or(id.0, |v| xxhash_rust::xxh3::xxh3_64_with_seed(v, self.seed))
+    }
+
     fn view(&self, e: &Entry) -> BatchSeries<'_> {
         BatchSeries {
             id: e.id,
+            entity: e.entity,
             key: SeriesKeyRef::new_unchecked(&self.bytes[e.key.0 as usize..e.key.1 as usize]),
             samples: &self.samples[e.samples.0 as usize..e.samples.1 as usize],
             event: e.event,
@@ -314,6 +370,9 @@ impl WriteBatch {
         }
     }
 }
+
+/// Labels naming the entity (device, else scrape target) a series is about, in preference order.
+const ENTITY_LABELS: [&[u8]; 2] = [b"device", b"instance"];
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

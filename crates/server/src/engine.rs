@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_log::{LocalLog, Log, LogOptions};
 use strata_model::{
-    Labels, Matcher, SelectHints, SeriesKeyRef, SeriesSamples, Storage, StorageError, Tenant,
-    WriteBatch,
+    Labels, Matcher, SelectHints, SeriesSamples, Storage, StorageError, Tenant, WriteBatch,
 };
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -41,14 +40,10 @@ struct ShardHandle {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The partition of a series: by its entity (`device`, else `instance` label), else its key, so
-/// everything about one device lives in one partition.
-pub fn partition_of(tenant_seed: u64, key: SeriesKeyRef<'_>, partitions: u32) -> u32 {
-    let entity = key
-        .get(b"device")
-        .or_else(|| key.get(b"instance"))
-        .unwrap_or(key.as_bytes());
-    (xxhash_rust::xxh3::xxh3_64_with_seed(entity, tenant_seed) % partitions as u64) as u32
+/// The partition of a series: by its entity (`device`, else `instance` label, else the series),
+/// so everything about one device lives in one partition.
+pub fn partition_of(entity: u64, partitions: u32) -> u32 {
+    (entity % partitions as u64) as u32
 }
 
 impl Engine {
@@ -141,9 +136,8 @@ impl Engine {
         if n == 1 {
             parts[0] = Some(batch);
         } else {
-            let seed = strata_model::tenant_seed(batch.tenant());
             for s in batch.iter() {
-                let p = partition_of(seed, s.key, n) as usize;
+                let p = partition_of(s.entity, n) as usize;
                 parts[p]
                     .get_or_insert_with(|| WriteBatch::new(batch.tenant().clone()))
                     .push_from(&s);

@@ -318,8 +318,14 @@ impl Shard {
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
         if let Some(off) = self.tsdb.flush()? {
+            // Everything logged is now in blocks: start a new segment so all of it can go.
+            if off + 1 == self.writer.next_offset() {
+                self.writer.roll()?;
+                self.dict.clear();
+            }
             self.log.truncate_before(self.partition, off + 1)?;
         }
+        self.tsdb.maintain(now_ms())?;
         self.counters.flushes.add(1);
         Ok(())
     }
