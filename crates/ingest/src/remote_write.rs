@@ -146,15 +146,17 @@ fn series<'a>(
     let mut rejected_samples = 0;
     // Labels normally come first and together: `raw_end` marks the end of that run.
     let mut raw_end = 0;
+    let mut raw_labels: SmallVec<[(usize, &'a [u8]); 16]> = SmallVec::new();
     let mut scattered = false;
     while !r.done() {
         let (field, wire) = r.key().map_err(|e| e.shift(base))?;
         match (field, wire) {
             (1, WIRE_LEN) => {
+                // Only located here: parsed below when the series is not in the cache.
                 let l = r.len_delimited().map_err(|e| e.shift(base))?;
-                labels.push(label(l).map_err(|e| e.shift(base + r.pos - l.len()))?);
-                if raw_end == r.pos - l.len() - 1 - varint_len(l.len() as u64) || labels.len() == 1
-                {
+                raw_labels.push((base + r.pos - l.len(), l));
+                let field_start = r.pos - l.len() - 1 - varint_len(l.len() as u64);
+                if raw_labels.len() == 1 || raw_end == field_start {
                     raw_end = r.pos;
                 } else {
                     scattered = true;
@@ -195,7 +197,7 @@ fn series<'a>(
     if samples.is_empty() {
         return Ok(());
     }
-    let raw = (!scattered && !labels.is_empty()).then(|| &msg[..raw_end]);
+    let raw = (!scattered && !raw_labels.is_empty()).then(|| &msg[..raw_end]);
     let hash = raw.map(|raw| xxhash_rust::xxh3::xxh3_64_with_seed(raw, out.hash_seed()));
     if let (Some(raw), Some(hash)) = (raw, hash) {
         let hit = SEEN.with(|c| {
@@ -208,6 +210,9 @@ fn series<'a>(
             d.accepted_samples += samples.len();
             return Ok(());
         }
+    }
+    for (at, l) in &raw_labels {
+        labels.push(label(l).map_err(|e| e.shift(*at))?);
     }
     match out.push_series(labels, samples, None, ctx.limits) {
         Ok(()) => {
@@ -297,6 +302,16 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64, IngestError> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> Result<u64, IngestError> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
             let Some(&b) = self.buf.get(self.pos) else {

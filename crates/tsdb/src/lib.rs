@@ -527,23 +527,32 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
     None
 }
 
-/// Merges blocks' series; where they overlap, the higher sequence wins.
+/// Merges blocks' series; where they overlap, the higher sequence wins. Works one series at a
+/// time, so memory holds one series' samples plus the compressed output.
 fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
     let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
     ordered.sort_by_key(|b| b.seq);
-    let mut all: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
-    for b in ordered {
-        for id in 0..b.len() as u32 {
-            b.read(id, all.entry(b.index.key(id).to_owned()).or_default())?;
+    let mut keys: Vec<SeriesKey> = Vec::new();
+    for b in &ordered {
+        keys.extend((0..b.len() as u32).map(|id| b.index.key(id).to_owned()));
+    }
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::with_capacity(keys.len());
+    let mut buf = Vec::new();
+    for key in keys {
+        buf.clear();
+        for b in &ordered {
+            if let Some(id) = b.find(key.as_ref()) {
+                b.read(id, &mut buf)?;
+            }
+        }
+        resolve(&mut buf);
+        if !buf.is_empty() {
+            out.push(EncodedSeries::new(key, &buf));
         }
     }
-    Ok(all
-        .into_iter()
-        .filter_map(|(k, mut v)| {
-            resolve(&mut v);
-            (!v.is_empty()).then(|| EncodedSeries::new(k, &v))
-        })
-        .collect())
+    Ok(out)
 }
 
 fn read_checkpoint(path: &Path) -> Result<Option<u64>, TsdbError> {
