@@ -6,9 +6,11 @@
 //! without losing the line's other fields or the body's other lines. Characters not allowed in
 //! Prometheus names are replaced by `_` in metric names and tag keys.
 
+use crate::cache::SeriesCache;
 use crate::{DecodeContext, Decoded, IngestError, Location, RejectReason};
 use smallvec::SmallVec;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use strata_model::{Sample, WriteBatch};
 
 /// Timestamp unit of a body.
@@ -52,11 +54,21 @@ enum FieldValue {
     Str,
 }
 
-struct Line<'a> {
+/// The measurement and tags of a line.
+struct Series<'a> {
     measurement: Cow<'a, [u8]>,
     tags: SmallVec<[(Cow<'a, [u8]>, Cow<'a, [u8]>); 12]>,
+}
+
+/// The fields and timestamp of a line.
+struct Fields<'a> {
     fields: SmallVec<[(Cow<'a, [u8]>, Result<FieldValue, String>); 8]>,
     timestamp: Option<i64>,
+}
+
+thread_local! {
+    /// Series seen before on this thread, by their raw `measurement,tags field` bytes.
+    static SEEN: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
 }
 
 /// Decodes a line-protocol body into `out`.
@@ -66,23 +78,44 @@ pub fn decode(
     ctx: &DecodeContext<'_>,
     out: &mut WriteBatch,
 ) -> Result<Decoded, IngestError> {
+    SEEN.with(|cache| {
+        Ok(decode_with(
+            body,
+            precision,
+            ctx,
+            out,
+            &mut cache.borrow_mut(),
+        ))
+    })
+}
+
+fn decode_with(
+    body: &[u8],
+    precision: Precision,
+    ctx: &DecodeContext<'_>,
+    out: &mut WriteBatch,
+    cache: &mut SeriesCache,
+) -> Decoded {
     let mut d = Decoded::default();
     let mut name = Vec::with_capacity(128);
-    for (i, raw) in body.split(|b| *b == b'\n').enumerate() {
+    let mut raw = Vec::with_capacity(256);
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let lineno = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let trimmed = trim_start(raw);
-        if trimmed.is_empty() || trimmed[0] == b'#' {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = trim_start(line);
+        if line.is_empty() || line[0] == b'#' {
             continue;
         }
-        let line = match parse_line(trimmed) {
-            Ok(l) => l,
+        let parsed = series_end(line).and_then(|end| Ok((end, parse_fields(line, end)?)));
+        let (end, fields) = match parsed {
+            Ok(p) => p,
             Err(e) => {
                 d.reject(Location::Line(lineno), RejectReason::Syntax(e), 1);
                 continue;
             }
         };
-        let ts = match line.timestamp {
+        let nfields = fields.fields.len();
+        let ts = match fields.timestamp {
             None => ctx.now_ms,
             Some(t) => match precision.to_ms(t) {
                 Some(t) => t,
@@ -90,21 +123,19 @@ pub fn decode(
                     d.reject(
                         Location::Line(lineno),
                         RejectReason::Syntax(format!("timestamp {t} is out of range")),
-                        line.fields.len(),
+                        nfields,
                     );
                     continue;
                 }
             },
         };
         if let Err(e) = ctx.limits.check_timestamp(ts, ctx.now_ms) {
-            d.reject(
-                Location::Line(lineno),
-                RejectReason::Timestamp(e),
-                line.fields.len(),
-            );
+            d.reject(Location::Line(lineno), RejectReason::Timestamp(e), nfields);
             continue;
         }
-        for (field, value) in &line.fields {
+        // Measurement and tags are parsed only when a field's series is not cached.
+        let mut series: Option<Result<Series<'_>, String>> = None;
+        for (field, value) in &fields.fields {
             let field_loc = || Location::Field {
                 line: lineno,
                 field: String::from_utf8_lossy(field).into_owned(),
@@ -124,24 +155,63 @@ pub fn decode(
                     continue;
                 }
             };
+            let sample = [Sample::new(ts, v)];
+            raw.clear();
+            raw.extend_from_slice(&line[..end]);
+            raw.push(b' ');
+            raw.extend_from_slice(field);
+            let hash = SeriesCache::hash(&raw, out);
+            if cache.push_cached(ctx.limits, hash, &raw, out, &sample) {
+                d.accepted_samples += 1;
+                continue;
+            }
+            let ser = match series.get_or_insert_with(|| parse_series(&line[..end])) {
+                Ok(s) => s,
+                Err(e) => {
+                    d.reject(
+                        Location::Line(lineno),
+                        RejectReason::Syntax(e.clone()),
+                        nfields,
+                    );
+                    break;
+                }
+            };
             name.clear();
-            push_sanitized(&mut name, &line.measurement, true);
+            push_sanitized(&mut name, &ser.measurement, true);
             if field.as_ref() != b"value" {
                 name.push(b'_');
                 push_sanitized(&mut name, field, true);
             }
             let mut labels: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
             labels.push((b"__name__", &name));
-            for (k, v) in &line.tags {
+            for (k, v) in &ser.tags {
                 labels.push((k, v));
             }
-            match out.push_series(&mut labels, &[Sample::new(ts, v)], None, ctx.limits) {
-                Ok(()) => d.accepted_samples += 1,
+            match out.push_series(&mut labels, &sample, None, ctx.limits) {
+                Ok(()) => {
+                    d.accepted_samples += 1;
+                    if let Some(s) = out.get(out.series_len() - 1) {
+                        cache.insert(hash, &raw, &s);
+                    }
+                }
                 Err(e) => d.reject(field_loc(), RejectReason::Label(e), 1),
             }
         }
     }
-    Ok(d)
+    d
+}
+
+/// The end of `measurement[,tags]`: the first unescaped space.
+fn series_end(b: &[u8]) -> Result<usize, String> {
+    let mut p = 0;
+    while p < b.len() {
+        match b[p] {
+            b'\\' => p += 2,
+            b' ' => return Ok(p),
+            _ => p += 1,
+        }
+    }
+    Err("missing fields after the measurement and tags".into())
 }
 
 fn trim_start(b: &[u8]) -> &[u8] {
@@ -200,7 +270,7 @@ fn token<'a>(b: &'a [u8], mut pos: usize, stops: &[u8]) -> (Cow<'a, [u8]>, usize
     (t, pos)
 }
 
-fn parse_line(b: &[u8]) -> Result<Line<'_>, String> {
+fn parse_series(b: &[u8]) -> Result<Series<'_>, String> {
     let col = |p: usize| p + 1;
     let (measurement, mut pos) = token(b, 0, b", ");
     if measurement.is_empty() {
@@ -222,11 +292,19 @@ fn parse_line(b: &[u8]) -> Result<Line<'_>, String> {
         tags.push((sanitize_key(k), v));
         pos = p2;
     }
-    if pos >= b.len() {
-        return Err("missing fields after the measurement and tags".into());
+    if pos != b.len() {
+        return Err(format!("unexpected character at column {}", col(pos)));
     }
+    Ok(Series { measurement, tags })
+}
+
+fn parse_fields(b: &[u8], mut pos: usize) -> Result<Fields<'_>, String> {
+    let col = |p: usize| p + 1;
     while pos < b.len() && b[pos] == b' ' {
         pos += 1;
+    }
+    if pos >= b.len() {
+        return Err("missing fields after the measurement and tags".into());
     }
     let mut fields = SmallVec::new();
     loop {
@@ -267,12 +345,7 @@ fn parse_line(b: &[u8]) -> Result<Line<'_>, String> {
     } else {
         None
     };
-    Ok(Line {
-        measurement,
-        tags,
-        fields,
-        timestamp,
-    })
+    Ok(Fields { fields, timestamp })
 }
 
 /// Parses one field value starting at `pos`; returns it and the position after it. A bad

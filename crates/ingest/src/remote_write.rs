@@ -5,62 +5,17 @@
 //! sample. Metadata and exemplars are skipped; native histograms are refused per series (not yet
 //! supported) and counted. NaN values are allowed: Prometheus sends staleness markers as NaN.
 
+use crate::cache::SeriesCache;
 use crate::{DecodeContext, Decoded, IngestError, Location, RejectReason};
-use ahash::AHashMap;
 use smallvec::SmallVec;
 use std::cell::RefCell;
-use strata_model::{BatchSeries, Limits, Sample, SeriesId, SeriesKey, WriteBatch};
+use strata_model::{Sample, WriteBatch};
 
 thread_local! {
     /// Decompression buffer, reused across requests on the same thread.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Series seen before on this thread, by the hash of their raw label bytes.
     static SEEN: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
-}
-
-/// Most series remembered per thread; past it the cache starts over.
-const CACHE_MAX: usize = 1 << 18;
-
-/// Remote-write clients send the same label bytes for a series in every request. Remembering
-/// the canonical key and id of those bytes skips parsing, sorting, validating and hashing the
-/// labels again: a hit costs one hash of the raw bytes and one comparison.
-#[derive(Default)]
-struct SeriesCache {
-    /// The limits the cached series were validated against.
-    limits: Option<Limits>,
-    map: AHashMap<u64, Cached>,
-}
-
-struct Cached {
-    raw: Box<[u8]>,
-    key: SeriesKey,
-    id: SeriesId,
-    entity: u64,
-}
-
-impl SeriesCache {
-    fn lookup(&mut self, limits: &Limits, hash: u64, raw: &[u8]) -> Option<&Cached> {
-        if self.limits.as_ref() != Some(limits) {
-            self.map.clear();
-            self.limits = Some(limits.clone());
-        }
-        self.map.get(&hash).filter(|c| c.raw.as_ref() == raw)
-    }
-
-    fn insert(&mut self, hash: u64, raw: &[u8], s: &BatchSeries<'_>) {
-        if self.map.len() >= CACHE_MAX {
-            self.map.clear();
-        }
-        self.map.insert(
-            hash,
-            Cached {
-                raw: raw.into(),
-                key: s.key.to_owned(),
-                id: s.id,
-                entity: s.entity,
-            },
-        );
-    }
 }
 
 /// Decodes a snappy-compressed `WriteRequest` into `out`.
@@ -198,15 +153,12 @@ fn series<'a>(
         return Ok(());
     }
     let raw = (!scattered && !raw_labels.is_empty()).then(|| &msg[..raw_end]);
-    let hash = raw.map(|raw| xxhash_rust::xxh3::xxh3_64_with_seed(raw, out.hash_seed()));
+    let hash = raw.map(|raw| SeriesCache::hash(raw, out));
     if let (Some(raw), Some(hash)) = (raw, hash) {
-        let hit = SEEN.with(|c| {
-            let mut c = c.borrow_mut();
-            c.lookup(ctx.limits, hash, raw).map(|h| {
-                out.push_known(h.key.as_ref(), h.id, h.entity, samples);
-            })
-        });
-        if hit.is_some() {
+        if SEEN.with(|c| {
+            c.borrow_mut()
+                .push_cached(ctx.limits, hash, raw, out, samples)
+        }) {
             d.accepted_samples += samples.len();
             return Ok(());
         }

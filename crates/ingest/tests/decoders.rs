@@ -509,3 +509,29 @@ fn remote_write_series_cache_is_exact() {
     assert!(s.is_none());
     assert_eq!(d.rejected_total, 1);
 }
+
+#[test]
+fn influx_series_cache_is_exact() {
+    let body = format!("cache,host=a,z=1 value=1,other=2 {NOW}\n");
+    let (_, first) = lp(&body, influx::Precision::Ms);
+    let (_, again) = lp(&body, influx::Precision::Ms);
+    assert_eq!(first, again);
+    assert_eq!(first.len(), 2);
+    let strict = Limits {
+        max_labels_per_series: 2,
+        ..Limits::default()
+    };
+    let mut b = WriteBatch::new(Tenant::default());
+    let d = influx::decode(
+        body.as_bytes(),
+        influx::Precision::Ms,
+        &ctx(&strict),
+        &mut b,
+    )
+    .unwrap();
+    assert_eq!(
+        (d.accepted_samples, d.rejected_total),
+        (0, 2),
+        "changed limits bypass the cache"
+    );
+}
