@@ -54,15 +54,21 @@ enum FieldValue {
     Str,
 }
 
+/// A tag key and value, unescaped (borrowed unless they held escapes).
+type Tag<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+/// A field key and its value, or why the value does not parse.
+type Field<'a> = (Cow<'a, [u8]>, Result<FieldValue, String>);
+
 /// The measurement and tags of a line.
 struct Series<'a> {
     measurement: Cow<'a, [u8]>,
-    tags: SmallVec<[(Cow<'a, [u8]>, Cow<'a, [u8]>); 12]>,
+    tags: SmallVec<[Tag<'a>; 12]>,
 }
 
 /// The fields and timestamp of a line.
 struct Fields<'a> {
-    fields: SmallVec<[(Cow<'a, [u8]>, Result<FieldValue, String>); 8]>,
+    fields: SmallVec<[Field<'a>; 8]>,
     timestamp: Option<i64>,
 }
 

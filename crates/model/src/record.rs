@@ -270,7 +270,10 @@ mod tests {
     use crate::Limits;
     use proptest::prelude::*;
 
-    fn batch(series: &[(String, String, Option<String>, Vec<(i64, u64)>)]) -> WriteBatch {
+    /// Metric name, label value, event id, (timestamp, value bits) pairs.
+    type Row = (String, String, Option<String>, Vec<(i64, u64)>);
+
+    fn batch(series: &[Row]) -> WriteBatch {
         let mut b = WriteBatch::new(Tenant::new("t1").unwrap());
         for (name, v, ev, samples) in series {
             let ev = ev.as_ref().map(|e| b.event_key(e.as_bytes()));
@@ -302,8 +305,7 @@ mod tests {
         }
     }
 
-    fn series_strategy(
-    ) -> impl Strategy<Value = Vec<(String, String, Option<String>, Vec<(i64, u64)>)>> {
+    fn series_strategy() -> impl Strategy<Value = Vec<Row>> {
         proptest::collection::vec(
             (
                 "[a-c]{1,2}",
@@ -329,8 +331,7 @@ mod tests {
             for (b, buf) in &bufs {
                 // Every truncation is an error, never a panic.
                 for cut in 0..buf.len() {
-                    let mut scratch = SeriesDict::default();
-                    scratch.keys = rdict.keys.clone();
+                    let mut scratch = SeriesDict { keys: rdict.keys.clone() };
                     prop_assert!(WriteBatch::decode_record(&buf[..cut], &mut scratch).is_err());
                 }
                 let d = WriteBatch::decode_record(buf, &mut rdict).unwrap();

@@ -40,6 +40,11 @@ impl EventDedup {
         self.order.len()
     }
 
+    /// True when no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
     /// Records the event and says whether it is new (false: a redelivery to drop).
     pub fn first_sighting(
         &mut self,

@@ -23,7 +23,7 @@ fn sigkill_under_load_keeps_every_acknowledged_write() {
                     let mut i = 0i64;
                     while Instant::now() < stop {
                         let ts: Vec<i64> = (0..50)
-                            .map(|k| base_t + (round * 1_000_000 + i * 50 + k) as i64)
+                            .map(|k| base_t + round * 1_000_000 + i * 50 + k)
                             .collect();
                         let body: String = ts
                             .iter()

@@ -51,7 +51,7 @@ fn malformed_input_table() {
         .collect();
     ml.push(("__name__", "too_many"));
     let too_many_labels = remote_write_body(&[(ml, vec![(t, 1.0)])]);
-    let long_name = format!("{}", "x".repeat(3000));
+    let long_name = "x".repeat(3000);
     let cases = vec![
         case(
             "rw not snappy",

@@ -68,7 +68,7 @@ fn decimals(samples: &[Sample]) -> Option<(i32, f64)> {
         let scale = 10f64.powi(k);
         for s in samples {
             let x = (s.value * scale).round();
-            if !(x.abs() < 9.0e15) || (x / scale).to_bits() != s.value.to_bits() {
+            if x.is_nan() || x.abs() >= 9.0e15 || (x / scale).to_bits() != s.value.to_bits() {
                 continue 'k;
             }
         }

@@ -4,10 +4,13 @@
 use ahash::AHashMap;
 use strata_model::{MatchOp, Matcher, SeriesKey, SeriesKeyRef};
 
+/// Label value -> series having it, ascending.
+type ValuePostings = AHashMap<Box<[u8]>, Vec<u32>>;
+
 /// Postings over series numbered `0..n` in the order they were added.
 #[derive(Default)]
 pub struct Index {
-    postings: AHashMap<Box<[u8]>, AHashMap<Box<[u8]>, Vec<u32>>>,
+    postings: AHashMap<Box<[u8]>, ValuePostings>,
     keys: Vec<SeriesKey>,
 }
 

@@ -142,10 +142,13 @@ impl TsdbStats {
     }
 }
 
+/// A metric name within a tenant.
+type MetricOfTenant = (Tenant, Box<[u8]>);
+
 /// The cardinality limit, shared by all shards; locked only when a series is created.
 pub struct SeriesLimiter {
     max: usize,
-    counts: Mutex<AHashMap<(Tenant, Box<[u8]>), usize>>,
+    counts: Mutex<AHashMap<MetricOfTenant, usize>>,
 }
 
 impl SeriesLimiter {

@@ -23,7 +23,10 @@ fn open_with(dir: &Path, opts: TsdbOptions) -> Tsdb {
     Tsdb::open(dir, opts, lim).unwrap()
 }
 
-fn batch(tenant: &str, rows: &[(&[(&str, &str)], i64, f64)]) -> WriteBatch {
+/// A series' labels, a timestamp and a value.
+type Row<'a> = (&'a [(&'a str, &'a str)], i64, f64);
+
+fn batch(tenant: &str, rows: &[Row<'_>]) -> WriteBatch {
     let mut b = WriteBatch::new(Tenant::new(tenant).unwrap());
     for (labels, t, v) in rows {
         let mut l: Vec<(&[u8], &[u8])> = labels
@@ -138,8 +141,7 @@ fn select_ranges_limits_and_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let t = now() - 5 * H;
     let db = open(dir.path());
-    let rows: Vec<(&[(&str, &str)], i64, f64)> =
-        (0..100).map(|i| (UP_A, t + i * 1000, i as f64)).collect();
+    let rows: Vec<Row<'_>> = (0..100).map(|i| (UP_A, t + i * 1000, i as f64)).collect();
     db.append(&batch("default", &rows), 0);
     db.append(
         &batch(

@@ -164,8 +164,11 @@ fn len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
+/// A series' labels and its samples.
+pub type SeriesRows<'a> = (Vec<(&'a str, &'a str)>, Vec<(i64, f64)>);
+
 /// A remote-write body: series given as (labels, samples).
-pub fn remote_write_body(series: &[(Vec<(&str, &str)>, Vec<(i64, f64)>)]) -> Vec<u8> {
+pub fn remote_write_body(series: &[SeriesRows<'_>]) -> Vec<u8> {
     let mut req = Vec::new();
     for (labels, samples) in series {
         let mut ts = Vec::new();
