@@ -295,20 +295,26 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The sorted union of one read over every shard.
+    fn union<T: Ord>(
+        &self,
+        read: impl Fn(&Tsdb) -> Result<Vec<T>, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
+        let mut all = Vec::new();
+        for s in &self.shards {
+            all.extend(read(&s.tsdb)?);
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn merge_sorted<T: Ord>(mut parts: Vec<Vec<T>>) -> Vec<T> {
-    if parts.len() == 1 {
-        return parts.pop().unwrap_or_default();
-    }
-    let mut all: Vec<T> = parts.into_iter().flatten().collect();
-    all.sort();
-    all.dedup();
-    all
 }
 
 /// Reads see every shard: series never span shards, so results are concatenated and sorted.
@@ -340,12 +346,7 @@ impl Storage for Engine {
         start: i64,
         end: i64,
     ) -> Result<Vec<Labels>, StorageError> {
-        let parts = self
-            .shards
-            .iter()
-            .map(|s| s.tsdb.series(tenant, matchers, start, end))
-            .collect::<Result<_, _>>()?;
-        Ok(merge_sorted(parts))
+        self.union(|t| t.series(tenant, matchers, start, end))
     }
 
     fn label_names(
@@ -355,12 +356,7 @@ impl Storage for Engine {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let parts = self
-            .shards
-            .iter()
-            .map(|s| s.tsdb.label_names(tenant, matchers, start, end))
-            .collect::<Result<_, _>>()?;
-        Ok(merge_sorted(parts))
+        self.union(|t| t.label_names(tenant, matchers, start, end))
     }
 
     fn label_values(
@@ -371,11 +367,6 @@ impl Storage for Engine {
         start: i64,
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let parts = self
-            .shards
-            .iter()
-            .map(|s| s.tsdb.label_values(tenant, name, matchers, start, end))
-            .collect::<Result<_, _>>()?;
-        Ok(merge_sorted(parts))
+        self.union(|t| t.label_values(tenant, name, matchers, start, end))
     }
 }

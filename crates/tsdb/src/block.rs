@@ -7,7 +7,7 @@
 //! sequence number orders blocks: where two hold the same timestamp, the higher one was
 //! written later and wins.
 
-use crate::codec;
+use crate::codec::{self, put as varint, unzig, zig};
 use crate::index::Index;
 use crate::TsdbError;
 use memmap2::Mmap;
@@ -79,18 +79,6 @@ pub struct Block {
     pub index: Index,
     chunks: Vec<ChunkMeta>,
     map: Mmap,
-}
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn zig(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
 }
 
 /// The file name of a block.
@@ -300,10 +288,6 @@ impl Block {
         }
         Ok(())
     }
-}
-
-fn unzig(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 struct Reader<'a> {

@@ -21,7 +21,8 @@ const ZSTD_LEVEL: i32 = 9;
 #[error("chunk damaged: {0}")]
 pub struct ChunkError(pub &'static str);
 
-fn put(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint.
+pub(crate) fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -29,11 +30,13 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn zig(v: i64) -> u64 {
+/// Zigzag: small magnitudes of either sign become small unsigned numbers.
+pub(crate) fn zig(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzig(v: u64) -> i64 {
+/// Inverse of [`zig`].
+pub(crate) fn unzig(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 

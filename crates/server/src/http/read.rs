@@ -168,6 +168,22 @@ pub async fn series(
     run().unwrap_or_else(|e| e.into_response())
 }
 
+/// Runs a names-or-values read once per `match[]` set (once unfiltered without any) and
+/// answers the sorted union.
+fn union_over_sets(
+    sets: Vec<Vec<Matcher>>,
+    read: impl Fn(&[Matcher]) -> Result<Vec<String>, strata_model::StorageError>,
+) -> Result<Response, ApiError> {
+    let mut all = BTreeSet::new();
+    if sets.is_empty() {
+        all.extend(read(&[]).map_err(storage_error)?);
+    }
+    for set in sets {
+        all.extend(read(&set).map_err(storage_error)?);
+    }
+    Ok(success(all.into_iter().collect()))
+}
+
 /// `GET|POST /api/v1/labels`.
 pub async fn labels(
     State(st): State<AppState>,
@@ -179,22 +195,9 @@ pub async fn labels(
     let run = || -> Result<Response, ApiError> {
         let r = read_request(&method, &headers, q.as_deref(), &body)?;
         let sets = matcher_sets(&r.params, false)?;
-        let mut all = BTreeSet::new();
-        if sets.is_empty() {
-            all.extend(
-                st.engine
-                    .label_names(&r.tenant, &[], r.start, r.end)
-                    .map_err(storage_error)?,
-            );
-        }
-        for set in sets {
-            all.extend(
-                st.engine
-                    .label_names(&r.tenant, &set, r.start, r.end)
-                    .map_err(storage_error)?,
-            );
-        }
-        Ok(success(all.into_iter().collect()))
+        union_over_sets(sets, |m| {
+            st.engine.label_names(&r.tenant, m, r.start, r.end)
+        })
     };
     run().unwrap_or_else(|e| e.into_response())
 }
@@ -209,22 +212,9 @@ pub async fn label_values(
     let run = || -> Result<Response, ApiError> {
         let r = read_request(&Method::GET, &headers, q.as_deref(), &Bytes::new())?;
         let sets = matcher_sets(&r.params, false)?;
-        let mut all = BTreeSet::new();
-        if sets.is_empty() {
-            all.extend(
-                st.engine
-                    .label_values(&r.tenant, &name, &[], r.start, r.end)
-                    .map_err(storage_error)?,
-            );
-        }
-        for set in sets {
-            all.extend(
-                st.engine
-                    .label_values(&r.tenant, &name, &set, r.start, r.end)
-                    .map_err(storage_error)?,
-            );
-        }
-        Ok(success(all.into_iter().collect()))
+        union_over_sets(sets, |m| {
+            st.engine.label_values(&r.tenant, &name, m, r.start, r.end)
+        })
     };
     run().unwrap_or_else(|e| e.into_response())
 }
