@@ -43,7 +43,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
                 seed: 42,
                 progress: false,
             };
-            tracing::info!("demo: simulating 100 devices on 5 sites; try curl 'http://{addr}/api/v1/export?match[]=temperature_celsius{{site=\"site-00\"}}'");
+            tracing::info!(
+                "demo: simulating 100 devices on 5 sites; try: curl -s http://{addr}/api/v1/export --data-urlencode 'match[]=temperature_celsius{{site=\"site-00\"}}'"
+            );
             std::thread::spawn(move || simulate::run(&fleet));
         }
         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
