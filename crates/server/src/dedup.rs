@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::Path;
-use strata_model::{EventKey, Tenant};
+use strata_model::{EventKey, Tenant, WriteBatch};
 
 const MAGIC: &[u8; 8] = b"STRDEDUP";
 const VERSION: u32 = 1;
@@ -67,6 +67,20 @@ impl EventDedup {
         });
         self.order.push_back((now_ms, key.hash));
         true
+    }
+
+    /// Forgets the events of a batch that was not stored after all, so a retry is accepted.
+    pub fn forget_batch(&mut self, batch: &WriteBatch) {
+        for s in batch.iter() {
+            if let (Some(k), Some(id)) = (s.event, s.event_id()) {
+                if let Some(b) = self.seen.get_mut(&k.hash) {
+                    b.retain(|e| !(e.id.as_ref() == id && &e.tenant == batch.tenant()));
+                    if b.is_empty() {
+                        self.seen.remove(&k.hash);
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets ids first seen more than the horizon before `now_ms`.
@@ -187,7 +201,6 @@ fn crc32(b: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_model::WriteBatch;
 
     fn key(t: &Tenant, id: &str) -> EventKey {
         WriteBatch::new(t.clone()).event_key(id.as_bytes())
@@ -202,6 +215,21 @@ mod tests {
         assert!(d.first_sighting(&b, key(&b, "e1"), b"e1", 16));
         // A forced hash collision with a different id is still a new event.
         assert!(d.first_sighting(&a, key(&a, "e1"), b"other", 20));
+        // A batch that failed to be stored is forgotten, so its retry is accepted.
+        let mut failed = WriteBatch::new(a.clone());
+        let ev = failed.event_key(b"e9");
+        let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"m")];
+        failed
+            .push_series(
+                &mut l,
+                &[strata_model::Sample::new(1, 1.0)],
+                Some(ev),
+                &strata_model::Limits::default(),
+            )
+            .unwrap();
+        assert!(d.first_sighting(&a, ev, b"e9", 20));
+        d.forget_batch(&failed);
+        assert!(d.first_sighting(&a, ev, b"e9", 21));
         d.expire(1015);
         assert!(d.first_sighting(&a, key(&a, "e1"), b"e1", 1015));
         assert!(!d.first_sighting(&b, key(&b, "e1"), b"e1", 1016));

@@ -193,8 +193,10 @@ impl Shard {
                         match self.writer.append(&self.record) {
                             Ok(a) => Some(a.offset),
                             Err(e) => {
-                                // Definitions in the lost record must be written again.
+                                // Definitions in the lost record must be written again, and
+                                // its events must be accepted when the client retries.
                                 self.dict.clear();
+                                self.dedup.forget_batch(&batch);
                                 let _ = ack.send(Err(format!("ingest log append failed: {e}")));
                                 continue;
                             }
@@ -238,6 +240,7 @@ impl Shard {
                 self.dict.clear();
                 tracing::error!(partition = self.partition, "ingest log fsync failed: {e}");
                 for p in pending.drain(..) {
+                    self.dedup.forget_batch(&p.batch);
                     let _ = p.ack.send(Err(format!("ingest log fsync failed: {e}")));
                 }
                 return;
