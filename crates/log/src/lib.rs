@@ -23,6 +23,11 @@ use thiserror::Error;
 /// Position of a record in one partition: 0 for the first record ever appended, then 1, 2, ...
 pub type Offset = u64;
 
+/// Upper bounds, in seconds, of the fsync-latency histogram in [`LogStats`].
+pub const SYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Largest record payload accepted.
 pub const MAX_RECORD_BYTES: usize = 256 << 20;
 
@@ -110,6 +115,9 @@ pub struct LogStats {
     pub sync_seconds_total: f64,
     /// Longest single sync, in seconds.
     pub sync_seconds_max: f64,
+    /// Syncs that took at most [`SYNC_BUCKETS`]`[i]` seconds, cumulative as in a Prometheus
+    /// histogram (the count of all syncs is `syncs`).
+    pub sync_buckets: [u64; SYNC_BUCKETS.len()],
     /// Segment files on disk.
     pub segments: u64,
     /// Bytes of segment files on disk.

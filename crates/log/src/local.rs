@@ -3,7 +3,7 @@
 use crate::segment::{self, SegmentInfo, SegmentReader, Tail};
 use crate::{
     io_err, Appended, Log, LogError, LogOptions, LogStats, Offset, PartitionWriter, Record,
-    MAX_RECORD_BYTES,
+    MAX_RECORD_BYTES, SYNC_BUCKETS,
 };
 use parking_lot::Mutex;
 use std::fs::File;
@@ -25,6 +25,8 @@ struct Stats {
     syncs: AtomicU64,
     sync_nanos_total: AtomicU64,
     sync_nanos_max: AtomicU64,
+    /// Non-cumulative counts per bucket of `SYNC_BUCKETS`.
+    sync_buckets: [AtomicU64; SYNC_BUCKETS.len()],
     truncated_tail_bytes: AtomicU64,
 }
 
@@ -304,6 +306,13 @@ impl Log for LocalLog {
             syncs: s.syncs.load(Ordering::Relaxed),
             sync_seconds_total: s.sync_nanos_total.load(Ordering::Relaxed) as f64 / 1e9,
             sync_seconds_max: s.sync_nanos_max.load(Ordering::Relaxed) as f64 / 1e9,
+            sync_buckets: {
+                let mut acc = 0;
+                std::array::from_fn(|i| {
+                    acc += s.sync_buckets[i].load(Ordering::Relaxed);
+                    acc
+                })
+            },
             segments,
             disk_bytes,
             truncated_tail_bytes: s.truncated_tail_bytes.load(Ordering::Relaxed),
@@ -433,6 +442,10 @@ impl PartitionWriter for LocalWriter {
             self.stats
                 .sync_nanos_max
                 .fetch_max(nanos, Ordering::Relaxed);
+            let secs = nanos as f64 / 1e9;
+            if let Some(b) = SYNC_BUCKETS.iter().position(|le| secs <= *le) {
+                self.stats.sync_buckets[b].fetch_add(1, Ordering::Relaxed);
+            }
             self.dirty = false;
         }
         self.part.durable_end.store(self.next, Ordering::Release);

@@ -3,6 +3,7 @@
 use crate::config::Config;
 use crate::metrics::Counters;
 use crate::shard::{Job, Shard, ShardConfig, WriteAck};
+use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_log::{LocalLog, Log, LogOptions};
@@ -216,18 +217,22 @@ impl Engine {
             "Records appended to the ingest log.",
             l.appended_records,
         );
-        counter(
+        crate::metrics::header(
             out,
-            "strata_log_fsyncs_total",
-            "Ingest-log fsyncs (one per group commit).",
-            l.syncs,
+            "strata_log_fsync_seconds",
+            "histogram",
+            "Latency of ingest-log fsyncs (group commits).",
         );
-        gauge(
+        for (le, n) in strata_log::SYNC_BUCKETS.iter().zip(l.sync_buckets) {
+            let _ = writeln!(out, "strata_log_fsync_seconds_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
             out,
-            "strata_log_fsync_seconds_total",
-            "Time spent in ingest-log fsyncs.",
-            l.sync_seconds_total,
+            "strata_log_fsync_seconds_bucket{{le=\"+Inf\"}} {}",
+            l.syncs
         );
+        let _ = writeln!(out, "strata_log_fsync_seconds_sum {}", l.sync_seconds_total);
+        let _ = writeln!(out, "strata_log_fsync_seconds_count {}", l.syncs);
         gauge(
             out,
             "strata_log_fsync_seconds_max",

@@ -92,6 +92,19 @@ fn protocols_reads_tenants_and_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("strata_ingest_duplicate_events_total 1"));
+    let fsyncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strata_log_fsync_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        fsyncs >= 5,
+        "every acknowledged write was fsynced: {fsyncs}"
+    );
+    assert!(metrics.contains(&format!(
+        "strata_log_fsync_seconds_bucket{{le=\"+Inf\"}} {fsyncs}"
+    )));
     assert!(
         metrics.contains("strata_ingest_samples_total{protocol=\"remote_write\"} 5"),
         "{metrics}"
