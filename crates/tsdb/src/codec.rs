@@ -3,13 +3,17 @@
 //! Timestamps are delta-of-delta encoded (regular scrapes cost nearly nothing). Values that are
 //! decimals with few digits (as sensors report them) are scaled to integers and delta encoded,
 //! as VictoriaMetrics does; other values are XORed with their predecessor. All numbers are
-//! zigzag varints. Sealed chunks in blocks are then compressed with zstd, which squeezes the
-//! varint bytes close to their entropy.
+//! zigzag varints. Sealed chunks in blocks are compressed both with zstd (over those varints)
+//! and with pco (over the timestamp and value columns, which fits an entropy coder to their
+//! distribution), and the smaller is kept: pco usually wins by about 10 %.
 
 use strata_model::Sample;
 
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
+const PCO: u8 = 2;
+/// In a pco chunk: values are floats, not scaled decimals.
+const PCO_FLOATS: u8 = 0xFF;
 const VALUES_DECIMAL: u8 = 0;
 const VALUES_XOR: u8 = 1;
 /// Largest decimal exponent tried (values with up to this many fraction digits).
@@ -119,21 +123,98 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
             }
         }
     }
+    let mut best = Vec::with_capacity(body.len() + 1);
+    best.push(RAW);
+    best.extend_from_slice(&body);
     if compress {
         if let Ok(z) = zstd::bulk::compress(&body, ZSTD_LEVEL) {
-            if z.len() + 5 < body.len() {
-                let mut out = Vec::with_capacity(z.len() + 6);
-                out.push(ZSTD);
-                put(&mut out, body.len() as u64);
-                out.extend_from_slice(&z);
-                return out;
+            if z.len() + 5 < best.len() {
+                best.clear();
+                best.push(ZSTD);
+                put(&mut best, body.len() as u64);
+                best.extend_from_slice(&z);
+            }
+        }
+        if let Some(p) = encode_pco(samples) {
+            if p.len() < best.len() {
+                best = p;
             }
         }
     }
-    let mut out = Vec::with_capacity(body.len() + 1);
-    out.push(RAW);
-    out.extend_from_slice(&body);
-    out
+    best
+}
+
+/// The pco form: `PCO, varint n, kind (decimals k, or PCO_FLOATS), varint ts_len, ts, values`.
+fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
+    if samples.len() < 16 {
+        return None;
+    }
+    let cfg = pco::ChunkConfig::default();
+    let ts: Vec<i64> = samples.iter().map(|s| s.timestamp).collect();
+    let tsb = pco::standalone::simple_compress(&ts, &cfg).ok()?;
+    let (kind, vb) = match decimals(samples) {
+        Some((k, scale)) => {
+            let ints: Vec<i64> = samples
+                .iter()
+                .map(|s| (s.value * scale).round() as i64)
+                .collect();
+            (k as u8, pco::standalone::simple_compress(&ints, &cfg).ok()?)
+        }
+        None => {
+            let floats: Vec<f64> = samples.iter().map(|s| s.value).collect();
+            let vb = pco::standalone::simple_compress(&floats, &cfg).ok()?;
+            // Keep pco only where it is bit-exact (NaN payloads such as staleness markers).
+            let back: Vec<f64> = pco::standalone::simple_decompress(&vb).ok()?;
+            if back.len() != floats.len()
+                || back
+                    .iter()
+                    .zip(&floats)
+                    .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                return None;
+            }
+            (PCO_FLOATS, vb)
+        }
+    };
+    let mut out = Vec::with_capacity(tsb.len() + vb.len() + 16);
+    out.push(PCO);
+    put(&mut out, samples.len() as u64);
+    out.push(kind);
+    put(&mut out, tsb.len() as u64);
+    out.extend_from_slice(&tsb);
+    out.extend_from_slice(&vb);
+    Some(out)
+}
+
+fn decode_pco(rest: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
+    let damaged = ChunkError("pco data damaged");
+    let mut r = Reader { b: rest, p: 0 };
+    let n = r.varint()? as usize;
+    let kind = r.byte()?;
+    let ts_len = r.varint()? as usize;
+    let ts_end =
+        r.p.checked_add(ts_len)
+            .filter(|e| *e <= rest.len())
+            .ok_or(ChunkError("truncated"))?;
+    let ts: Vec<i64> =
+        pco::standalone::simple_decompress(&rest[r.p..ts_end]).map_err(|_| damaged.clone())?;
+    let vals = &rest[ts_end..];
+    let values: Vec<f64> = if kind == PCO_FLOATS {
+        pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?
+    } else {
+        if kind as i32 > MAX_DECIMALS {
+            return Err(ChunkError("bad decimal exponent"));
+        }
+        let scale = 10f64.powi(kind as i32);
+        let ints: Vec<i64> =
+            pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?;
+        ints.into_iter().map(|x| x as f64 / scale).collect()
+    };
+    if ts.len() != n || values.len() != n {
+        return Err(ChunkError("column lengths disagree"));
+    }
+    out.extend(ts.into_iter().zip(values).map(|(t, v)| Sample::new(t, v)));
+    Ok(())
 }
 
 /// Decodes a chunk, appending its samples to `out`.
@@ -152,6 +233,7 @@ pub fn decode(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
                 .map_err(|_| ChunkError("zstd data damaged"))?;
             &owned
         }
+        PCO => return decode_pco(rest, out),
         _ => return Err(ChunkError("unknown chunk encoding")),
     };
     let mut r = Reader { b: body, p: 0 };
