@@ -107,6 +107,7 @@ impl Shard {
         let from = tsdb.checkpoint_offset().map_or(0, |o| o + 1);
         let started = Instant::now();
         let (mut records, mut samples) = (0u64, 0u64);
+        let mut last_report = Instant::now();
         let now = now_ms();
         // Reading starts at a segment start, so every reference follows its definition; the
         // dictionary is never cleared here because a later definition replaces an earlier one.
@@ -127,6 +128,17 @@ impl Shard {
             let st = tsdb.append(&batch, rec.offset);
             records += 1;
             samples += st.appended as u64;
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                let end = log.end_offset(partition);
+                tracing::info!(
+                    partition,
+                    offset = rec.offset,
+                    end,
+                    samples,
+                    "replaying ingest log"
+                );
+            }
         }
         if records > 0 {
             tracing::info!(
