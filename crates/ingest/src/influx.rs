@@ -105,7 +105,7 @@ fn decode_with(
     let mut d = Decoded::default();
     let mut name = Vec::with_capacity(128);
     let mut raw = Vec::with_capacity(256);
-    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+    for (i, line) in lines(body).enumerate() {
         let lineno = i + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let line = trim_start(line);
@@ -209,15 +209,68 @@ fn decode_with(
 
 /// The end of `measurement[,tags]`: the first unescaped space.
 fn series_end(b: &[u8]) -> Result<usize, String> {
-    let mut p = 0;
-    while p < b.len() {
-        match b[p] {
-            b'\\' => p += 2,
-            b' ' => return Ok(p),
-            _ => p += 1,
+    let mut from = 0;
+    while let Some(n) = memchr::memchr(b' ', &b[from..]) {
+        let p = from + n;
+        // A space preceded by an odd number of backslashes is escaped.
+        let slashes = b[..p].iter().rev().take_while(|c| **c == b'\\').count();
+        if slashes % 2 == 0 {
+            return Ok(p);
         }
+        from = p + 1;
     }
     Err("missing fields after the measurement and tags".into())
+}
+
+/// The body's lines, split with a vectorised search.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match memchr::memchr(b'\n', &body[start..]) {
+            Some(n) => {
+                let line = &body[start..start + n];
+                start += n + 1;
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(&body[start..])
+            }
+        }
+    })
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .rev()
+        .take_while(|c| c.is_ascii_whitespace())
+        .count();
+    &b[..b.len() - n]
+}
+
+/// A decimal i64 (optional minus sign), without going through `str`; `None` when it is not
+/// one (the caller then reports the error).
+fn parse_int(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &c in digits {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
 }
 
 fn trim_start(b: &[u8]) -> &[u8] {
@@ -339,6 +392,12 @@ fn parse_fields(b: &[u8], mut pos: usize) -> Result<Fields<'_>, String> {
         pos += 1;
     }
     let timestamp = if pos < b.len() {
+        if let Some(t) = parse_int(trim_end(&b[pos..])) {
+            return Ok(Fields {
+                fields,
+                timestamp: Some(t),
+            });
+        }
         let t = std::str::from_utf8(&b[pos..])
             .map_err(|_| format!("timestamp at column {} is not a number", col(pos)))?;
         Some(t.trim_end().parse::<i64>().map_err(|_| {
@@ -371,10 +430,7 @@ fn field_value(b: &[u8], pos: usize) -> Result<(Result<FieldValue, String>, usiz
             pos + 1
         ));
     }
-    let end = b[pos..]
-        .iter()
-        .position(|c| *c == b',' || *c == b' ')
-        .map_or(b.len(), |n| pos + n);
+    let end = memchr::memchr2(b',', b' ', &b[pos..]).map_or(b.len(), |n| pos + n);
     let raw = &b[pos..end];
     if raw.is_empty() {
         return Err(format!("missing field value at column {}", pos + 1));
