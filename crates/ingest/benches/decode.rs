@@ -1,6 +1,6 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata_ingest::{influx, remote_write, DecodeContext};
-use strata_model::{Limits, Tenant, WriteBatch};
+use strata_model::{Limits, Sample, Tenant, WriteBatch};
 
 const SERIES: usize = 5000;
 const METRICS: [&str; 4] = [
@@ -21,38 +21,22 @@ fn labels(i: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(buf, ((field << 3) | 2) as u64);
-    varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-}
-
 fn bodies(t: i64) -> (Vec<u8>, Vec<u8>) {
-    let mut rw = Vec::new();
     let mut lp = String::new();
-    for i in 0..SERIES {
-        let l = labels(i);
-        let mut ts = Vec::new();
-        for (k, v) in &l {
-            let mut lab = Vec::new();
-            len_field(&mut lab, 1, k.as_bytes());
-            len_field(&mut lab, 2, v.as_bytes());
-            len_field(&mut ts, 1, &lab);
-        }
-        let mut s = vec![0x09];
-        s.extend_from_slice(&(20.0 + i as f64 / 10.0).to_le_bytes());
-        s.push(0x10);
-        varint(&mut s, t as u64);
-        len_field(&mut ts, 2, &s);
-        len_field(&mut rw, 1, &ts);
+    let all: Vec<Vec<(&str, String)>> = (0..SERIES).map(labels).collect();
+    let pairs: Vec<Vec<(&str, &str)>> = all
+        .iter()
+        .map(|l| l.iter().map(|(k, v)| (*k, v.as_str())).collect())
+        .collect();
+    let samples: Vec<[Sample; 1]> = (0..SERIES)
+        .map(|i| [Sample::new(t, 20.0 + i as f64 / 10.0)])
+        .collect();
+    let rows: Vec<remote_write::SeriesToEncode<'_>> = pairs
+        .iter()
+        .zip(&samples)
+        .map(|(l, s)| (l.as_slice(), s.as_slice()))
+        .collect();
+    for (i, l) in all.iter().enumerate() {
         let tags: String = l[1..].iter().map(|(k, v)| format!(",{k}={v}")).collect();
         lp.push_str(&format!(
             "{}{} value={} {}\n",
@@ -62,10 +46,7 @@ fn bodies(t: i64) -> (Vec<u8>, Vec<u8>) {
             t * 1_000_000
         ));
     }
-    (
-        snap::raw::Encoder::new().compress_vec(&rw).unwrap(),
-        lp.into_bytes(),
-    )
+    (remote_write::encode(&rows), lp.into_bytes())
 }
 
 fn decode(c: &mut Criterion) {

@@ -18,6 +18,48 @@ thread_local! {
     static SEEN: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
 }
 
+/// One series to encode: its label pairs and its samples.
+pub type SeriesToEncode<'a> = (&'a [(&'a str, &'a str)], &'a [Sample]);
+
+/// Encodes series as a snappy-compressed `WriteRequest`, field for field as Prometheus does:
+/// for feeding Strata (or any remote-write receiver) from tools, benches and tests.
+pub fn encode(series: &[SeriesToEncode<'_>]) -> Vec<u8> {
+    fn varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+    fn field(buf: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+        varint(buf, ((number << 3) | WIRE_LEN as u32) as u64);
+        varint(buf, bytes.len() as u64);
+        buf.extend_from_slice(bytes);
+    }
+    let (mut req, mut ts, mut msg) = (Vec::new(), Vec::new(), Vec::new());
+    for (labels, samples) in series {
+        ts.clear();
+        for (name, value) in labels.iter() {
+            msg.clear();
+            field(&mut msg, 1, name.as_bytes());
+            field(&mut msg, 2, value.as_bytes());
+            field(&mut ts, 1, &msg);
+        }
+        for s in samples.iter() {
+            msg.clear();
+            msg.push(0x09);
+            msg.extend_from_slice(&s.value.to_le_bytes());
+            msg.push(0x10);
+            varint(&mut msg, s.timestamp as u64);
+            field(&mut ts, 2, &msg);
+        }
+        field(&mut req, 1, &ts);
+    }
+    snap::raw::Encoder::new()
+        .compress_vec(&req)
+        .unwrap_or_default()
+}
+
 /// Decodes a snappy-compressed `WriteRequest` into `out`.
 pub fn decode(
     body: &[u8],

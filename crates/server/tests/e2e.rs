@@ -92,12 +92,7 @@ fn protocols_reads_tenants_and_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("strata_ingest_duplicate_events_total 1"));
-    let fsyncs: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("strata_log_fsync_seconds_count "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let fsyncs = metric(&metrics, "strata_log_fsync_seconds_count") as u64;
     assert!(
         fsyncs >= 5,
         "every acknowledged write was fsynced: {fsyncs}"

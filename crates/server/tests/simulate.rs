@@ -39,14 +39,9 @@ fn simulated_fleet_data_flows_and_redeliveries_are_dropped() {
         .unwrap()
         .text()
         .unwrap();
-    let dup_events: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("strata_ingest_duplicate_events_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dup_events = metric(&metrics, "strata_ingest_duplicate_events_total");
     assert!(
-        dup_events > 0,
+        dup_events > 0.0,
         "the fleet redelivers events and they must be recognised"
     );
     let values = s.get_json("/api/v1/label/__name__/values");

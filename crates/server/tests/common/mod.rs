@@ -148,46 +148,34 @@ impl Drop for Server {
     }
 }
 
-// ---- Prometheus remote write, encoded as Prometheus does (protobuf, snappy block format) ----
-
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn len_field(buf: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    varint(buf, ((field << 3) | 2) as u64);
-    varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-}
-
 /// A series' labels and its samples.
 pub type SeriesRows<'a> = (Vec<(&'a str, &'a str)>, Vec<(i64, f64)>);
 
-/// A remote-write body: series given as (labels, samples).
+/// A remote-write body, encoded as Prometheus does.
 pub fn remote_write_body(series: &[SeriesRows<'_>]) -> Vec<u8> {
-    let mut req = Vec::new();
-    for (labels, samples) in series {
-        let mut ts = Vec::new();
-        for (k, v) in labels {
-            let mut l = Vec::new();
-            len_field(&mut l, 1, k.as_bytes());
-            len_field(&mut l, 2, v.as_bytes());
-            len_field(&mut ts, 1, &l);
-        }
-        for (t, v) in samples {
-            let mut s = vec![0x09];
-            s.extend_from_slice(&v.to_le_bytes());
-            s.push(0x10);
-            varint(&mut s, *t as u64);
-            len_field(&mut ts, 2, &s);
-        }
-        len_field(&mut req, 1, &ts);
-    }
-    snap::raw::Encoder::new().compress_vec(&req).unwrap()
+    let samples: Vec<Vec<strata_model::Sample>> = series
+        .iter()
+        .map(|(_, s)| {
+            s.iter()
+                .map(|(t, v)| strata_model::Sample::new(*t, *v))
+                .collect()
+        })
+        .collect();
+    let rows: Vec<strata_ingest::remote_write::SeriesToEncode<'_>> = series
+        .iter()
+        .zip(&samples)
+        .map(|((l, _), s)| (l.as_slice(), s.as_slice()))
+        .collect();
+    strata_ingest::remote_write::encode(&rows)
+}
+
+/// The value of an unlabelled self-metric.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .parse()
+        .unwrap()
 }
 
 pub fn now_ms() -> i64 {
