@@ -1,0 +1,133 @@
+//! An in-memory [`Storage`], for tests and the script runner.
+
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use strata_model::{
+    Labels, Matcher, Sample, SelectHints, SeriesSamples, Storage, StorageError, Tenant,
+};
+
+/// Series kept in memory, sorted by tenant and labels. Appends merge by timestamp (a later
+/// append at an existing timestamp replaces the value).
+#[derive(Default)]
+pub struct MemStorage {
+    series: RwLock<BTreeMap<(Tenant, Labels), Vec<Sample>>>,
+}
+
+impl MemStorage {
+    /// An empty store.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// Adds samples to a series.
+    pub fn append(&self, tenant: &Tenant, labels: Labels, samples: &[Sample]) {
+        let mut map = self.series.write();
+        let v = map.entry((tenant.clone(), labels)).or_default();
+        for s in samples {
+            match v.binary_search_by_key(&s.timestamp, |x| x.timestamp) {
+                Ok(i) => v[i] = *s,
+                Err(i) => v.insert(i, *s),
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn clear(&self) {
+        self.series.write().clear();
+    }
+
+    fn matching<'a>(
+        map: &'a BTreeMap<(Tenant, Labels), Vec<Sample>>,
+        tenant: &'a Tenant,
+        matchers: &'a [Matcher],
+    ) -> impl Iterator<Item = (&'a Labels, &'a Vec<Sample>)> + 'a {
+        map.range((tenant.clone(), Labels::default())..)
+            .take_while(move |((t, _), _)| t == tenant)
+            .filter(move |((_, l), _)| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches(l.get(&m.name).unwrap_or("")))
+            })
+            .map(|((_, l), s)| (l, s))
+    }
+}
+
+impl Storage for MemStorage {
+    fn select(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<SeriesSamples>, StorageError> {
+        let map = self.series.read();
+        let mut total = 0usize;
+        let mut out = Vec::new();
+        for (labels, samples) in Self::matching(&map, tenant, matchers) {
+            let lo = samples.partition_point(|s| s.timestamp < hints.start);
+            let hi = samples.partition_point(|s| s.timestamp <= hints.end);
+            if lo >= hi {
+                continue;
+            }
+            total += hi - lo;
+            if let Some(limit) = hints.max_samples {
+                if total > limit {
+                    return Err(StorageError::TooManySamples { limit });
+                }
+            }
+            out.push(SeriesSamples {
+                labels: labels.clone(),
+                samples: samples[lo..hi].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn series(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        let map = self.series.read();
+        Ok(Self::matching(&map, tenant, matchers)
+            .filter(|(_, s)| s.iter().any(|x| x.timestamp >= start && x.timestamp <= end))
+            .map(|(l, _)| l.clone())
+            .collect())
+    }
+
+    fn label_names(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut names: Vec<String> = self
+            .series(tenant, matchers, start, end)?
+            .iter()
+            .flat_map(|l| l.iter().map(|l| l.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn label_values(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut values: Vec<String> = self
+            .series(tenant, matchers, start, end)?
+            .iter()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
+}

@@ -1,0 +1,1 @@
+//! Runs Prometheus PromQL test scripts (`.test` files) against the engine.
