@@ -1,6 +1,9 @@
 //! The query engine: options, per-query context, instant and range entry points.
 
-use crate::{Error, QueryOutput};
+use crate::error::Warning;
+use crate::eval::{apply_drop_name, dup_labelset, merge_same_labelsets, Env, Grid, Row, Val};
+use crate::{Error, InstantSample, QueryOutput, Series, Value};
+use promql_parser::parser::{value::ValueType, Expr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,9 @@ pub struct EngineOptions {
     pub max_samples: usize,
     /// Longest a query may run.
     pub timeout: Option<Duration>,
+    /// Step of subqueries that give none (`x[1h:]`); Prometheus uses its global evaluation
+    /// interval, 1 minute by default.
+    pub default_subquery_step_ms: i64,
 }
 
 impl Default for EngineOptions {
@@ -23,6 +29,7 @@ impl Default for EngineOptions {
             lookback_delta_ms: 5 * 60 * 1000,
             max_samples: 50_000_000,
             timeout: Some(Duration::from_secs(120)),
+            default_subquery_step_ms: 60_000,
         }
     }
 }
@@ -83,12 +90,62 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, Error> {
-        let _ = (ctx, query, time_ms, Instant::now());
-        Err(Error::Execution("not yet implemented".into()))
+        let expr = parse(query)?;
+        let grid = Grid {
+            start: time_ms,
+            end: time_ms,
+            step: 1,
+        };
+        let env = self.env(ctx, query, grid);
+        let val = env.eval(&expr, grid)?;
+        let value = match val {
+            Val::Scalar(v) => Value::Scalar { t: time_ms, v: v[0] },
+            Val::String(s) => Value::String { t: time_ms, s },
+            Val::Vector(mut rows) => {
+                apply_drop_name(&mut rows);
+                let mut seen = std::collections::HashSet::with_capacity(rows.len());
+                if !rows.iter().all(|r| seen.insert(&r.labels)) {
+                    return Err(dup_labelset());
+                }
+                Value::Vector(
+                    rows.into_iter()
+                        .map(|r| InstantSample {
+                            labels: r.labels,
+                            t: time_ms,
+                            v: r.points[0].1,
+                        })
+                        .collect(),
+                )
+            }
+            Val::Range(rv) => {
+                let (lo, hi) = rv.window(time_ms);
+                let mut out: Vec<Series> = rv
+                    .rows
+                    .into_iter()
+                    .map(|mut r| {
+                        if r.drop_name {
+                            r.labels.set(strata_model::METRIC_NAME, "");
+                        }
+                        Series {
+                            labels: r.labels,
+                            points: r
+                                .points
+                                .into_iter()
+                                .filter(|p| p.0 > lo && p.0 <= hi)
+                                .collect(),
+                        }
+                    })
+                    .filter(|s| !s.points.is_empty())
+                    .collect();
+                out.sort_by(|a, b| a.labels.cmp(&b.labels));
+                Value::Matrix(out)
+            }
+        };
+        Ok(env.finish(value))
     }
 
     /// Evaluates `query` at every `step_ms` from `start_ms` to `end_ms` inclusive; the result is
-    /// always a matrix (or a scalar/string error as Prometheus gives it).
+    /// a matrix sorted by labels.
     pub fn range(
         &self,
         ctx: &QueryContext,
@@ -97,7 +154,93 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryOutput, Error> {
-        let _ = (ctx, query, start_ms, end_ms, step_ms);
-        Err(Error::Execution("not yet implemented".into()))
+        if step_ms <= 0 {
+            return Err(Error::BadData(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(Error::BadData("end timestamp must not be before start time".into()));
+        }
+        let expr = parse(query)?;
+        match expr.value_type() {
+            ValueType::Vector | ValueType::Scalar => {}
+            other => {
+                let name = if other == ValueType::Matrix { "range vector" } else { "string" };
+                return Err(Error::BadData(format!(
+                    "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
+                )));
+            }
+        }
+        let grid = Grid {
+            start: start_ms,
+            end: end_ms,
+            step: step_ms,
+        };
+        let env = self.env(ctx, query, grid);
+        let val = env.eval(&expr, grid)?;
+        let mut rows = match val {
+            Val::Scalar(v) => vec![Row {
+                labels: Default::default(),
+                drop_name: false,
+                points: grid.iter().zip(v).collect(),
+            }],
+            Val::Vector(mut rows) => {
+                apply_drop_name(&mut rows);
+                merge_same_labelsets(rows)?
+            }
+            _ => return Err(Error::BadData("unexpected range query result".into())),
+        };
+        rows.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let value = Value::Matrix(
+            rows.into_iter()
+                .map(|r| Series {
+                    labels: r.labels,
+                    points: r.points,
+                })
+                .collect(),
+        );
+        Ok(env.finish(value))
     }
+
+    fn env<'a>(&'a self, ctx: &'a QueryContext, query: &'a str, grid: Grid) -> Env<'a> {
+        Env {
+            storage: self.storage.as_ref(),
+            ctx,
+            opts: &self.opts,
+            query,
+            deadline: self.opts.timeout.map(|t| Instant::now() + t),
+            query_start: grid.start,
+            query_end: grid.end,
+            annotations: Default::default(),
+            loaded: Default::default(),
+        }
+    }
+}
+
+impl Env<'_> {
+    fn finish(self, value: Value) -> QueryOutput {
+        let mut annotations = self.annotations.into_inner();
+        annotations.sort();
+        annotations.dedup();
+        let mut warnings = Vec::new();
+        let mut infos = Vec::new();
+        for a in annotations {
+            match a {
+                Warning::Warn(w) => warnings.push(w),
+                Warning::Info(i) => infos.push(i),
+            }
+        }
+        QueryOutput {
+            value,
+            warnings,
+            infos,
+        }
+    }
+}
+
+/// Parses a query, mapping syntax errors to `bad_data`.
+pub fn parse(query: &str) -> Result<Expr, Error> {
+    promql_parser::parser::parse(query)
+        .map_err(|e| Error::BadData(format!("invalid parameter \"query\": {e}")))
 }

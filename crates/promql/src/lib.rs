@@ -8,13 +8,20 @@
 //!
 //! [`script`] runs Prometheus's own PromQL test scripts against the engine.
 
+mod aggregate;
+mod binary;
 mod engine;
 mod error;
+mod eval;
+mod functions;
+mod labels;
 mod mem;
+mod stats;
 pub mod script;
 mod value;
 
-pub use engine::{Engine, EngineOptions, QueryContext};
+pub use engine::{parse, Engine, EngineOptions, QueryContext};
+pub use eval::matcher_sets;
 pub use error::{Error, Warning};
 pub use mem::MemStorage;
 pub use value::{InstantSample, QueryOutput, Series, Value};

@@ -1,0 +1,452 @@
+//! Aggregation operators. Groups are computed once per series; values are accumulated step by
+//! step.
+
+use crate::eval::{Collector, Env, Grid, Row, Stepper, Val};
+use crate::labels::{format_float, prom_hash, valid_label_name, Signer};
+use crate::stats::{kahan_inc, quantile};
+use crate::Error;
+use promql_parser::parser::token::{
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMITK, T_LIMIT_RATIO, T_MAX, T_MIN,
+    T_QUANTILE, T_STDDEV, T_STDVAR, T_SUM, T_TOPK,
+};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
+use std::collections::HashMap;
+use strata_model::Labels;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggOp {
+    Sum,
+    Avg,
+    Count,
+    Min,
+    Max,
+    Group,
+    Stddev,
+    Stdvar,
+    Quantile,
+    TopK,
+    BottomK,
+    LimitK,
+    LimitRatio,
+    CountValues,
+}
+
+impl AggOp {
+    fn from_token(id: u16) -> Option<AggOp> {
+        Some(match id {
+            T_SUM => AggOp::Sum,
+            T_AVG => AggOp::Avg,
+            T_COUNT => AggOp::Count,
+            T_MIN => AggOp::Min,
+            T_MAX => AggOp::Max,
+            T_GROUP => AggOp::Group,
+            T_STDDEV => AggOp::Stddev,
+            T_STDVAR => AggOp::Stdvar,
+            T_QUANTILE => AggOp::Quantile,
+            T_TOPK => AggOp::TopK,
+            T_BOTTOMK => AggOp::BottomK,
+            T_LIMITK => AggOp::LimitK,
+            T_LIMIT_RATIO => AggOp::LimitRatio,
+            T_COUNT_VALUES => AggOp::CountValues,
+            _ => return None,
+        })
+    }
+}
+
+/// Running state of one group at one step.
+#[derive(Debug, Clone, Default)]
+struct Acc {
+    seen: bool,
+    value: f64,
+    mean: f64,
+    kahan_c: f64,
+    count: f64,
+    incremental_mean: bool,
+    drop_name: bool,
+    values: Vec<f64>,
+}
+
+pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Error> {
+    let op = AggOp::from_token(agg.op.id())
+        .ok_or_else(|| Error::BadData(format!("unsupported aggregation in {agg}")))?;
+    let (without, grouping): (bool, Vec<String>) = match &agg.modifier {
+        Some(LabelModifier::Include(l)) => (false, l.labels.clone()),
+        Some(LabelModifier::Exclude(l)) => (true, l.labels.clone()),
+        None => (false, vec![]),
+    };
+    if op == AggOp::CountValues {
+        return count_values(env, agg, without, grouping, grid);
+    }
+    let param = match &agg.param {
+        Some(p) => Some(env.eval_scalar(crate::eval::unwrap_parens(p), grid)?),
+        None => None,
+    };
+    let rows = env.eval_vector(&agg.expr, grid)?;
+    let signer = Signer::new(!without, &grouping);
+    // Group index of every input row.
+    let mut groups: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut group_of = Vec::with_capacity(rows.len());
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let keyed = !(grouping.is_empty() && !without);
+    for r in &rows {
+        let key = if keyed {
+            signer.sign(&r.labels)
+        } else {
+            Vec::new()
+        };
+        let n = groups.len();
+        let g = *groups.entry(key).or_insert(n);
+        if g == n {
+            group_labels.push(if keyed {
+                signer.group_labels(&r.labels)
+            } else {
+                Labels::default()
+            });
+        }
+        group_of.push(g);
+    }
+    match op {
+        AggOp::TopK | AggOp::BottomK | AggOp::LimitK | AggOp::LimitRatio => {
+            let param = param.expect("k parameter");
+            aggregate_k(env, agg, op, &rows, &group_of, groups.len(), &param, grid)
+        }
+        _ => {
+            if op == AggOp::Quantile {
+                let q = param.as_deref().unwrap_or(&[]);
+                let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
+                if q.iter().any(|q| q.is_nan()) {
+                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got NaN {pos}"));
+                }
+                if let Some(m) = q.iter().copied().filter(|q| *q > 1.0).reduce(f64::max) {
+                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got {} {pos}", crate::labels::format_float(m)));
+                }
+                if let Some(m) = q.iter().copied().filter(|q| *q < 0.0).reduce(f64::min) {
+                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got {} {pos}", crate::labels::format_float(m)));
+                }
+            }
+            aggregate(env, op, &rows, &group_of, group_labels, param.as_deref(), grid)
+        }
+    }
+}
+
+fn aggregate(
+    env: &Env,
+    op: AggOp,
+    rows: &[Row],
+    group_of: &[usize],
+    group_labels: Vec<Labels>,
+    param: Option<&[f64]>,
+    grid: Grid,
+) -> Result<Val, Error> {
+    let mut out: Vec<Row> = group_labels
+        .into_iter()
+        .map(|labels| Row {
+            labels,
+            drop_name: false,
+            points: Vec::new(),
+        })
+        .collect();
+    let mut accs: Vec<Acc> = vec![Acc::default(); out.len()];
+    let mut stepper = Stepper::new(rows);
+    for (si, ts) in grid.iter().enumerate() {
+        if si % 64 == 0 {
+            env.check("expression evaluation")?;
+        }
+        for a in accs.iter_mut() {
+            a.seen = false;
+        }
+        for (i, row) in rows.iter().enumerate() {
+            let Some(f) = stepper.at(rows, i, ts) else {
+                continue;
+            };
+            let a = &mut accs[group_of[i]];
+            if !a.seen {
+                a.seen = true;
+                a.value = f;
+                a.mean = f;
+                a.kahan_c = 0.0;
+                a.count = 1.0;
+                a.incremental_mean = false;
+                a.drop_name = row.drop_name;
+                a.values.clear();
+                match op {
+                    AggOp::Stddev | AggOp::Stdvar => {
+                        a.value = if f.is_nan() || f.is_infinite() {
+                            f64::NAN
+                        } else {
+                            0.0
+                        };
+                    }
+                    AggOp::Quantile => a.values.push(f),
+                    AggOp::Group => a.value = 1.0,
+                    _ => {}
+                }
+                continue;
+            }
+            if row.drop_name {
+                a.drop_name = true;
+            }
+            match op {
+                AggOp::Sum => {
+                    (a.value, a.kahan_c) = kahan_inc(f, a.value, a.kahan_c);
+                }
+                AggOp::Avg => {
+                    a.count += 1.0;
+                    if !a.incremental_mean {
+                        let (nv, nc) = kahan_inc(f, a.value, a.kahan_c);
+                        if !nv.is_infinite() {
+                            a.value = nv;
+                            a.kahan_c = nc;
+                            continue;
+                        }
+                        a.incremental_mean = true;
+                        a.mean = a.value / (a.count - 1.0);
+                        a.kahan_c /= a.count - 1.0;
+                    }
+                    let q = (a.count - 1.0) / a.count;
+                    (a.mean, a.kahan_c) = kahan_inc(f / a.count, q * a.mean, q * a.kahan_c);
+                }
+                AggOp::Group => {}
+                AggOp::Max => {
+                    if a.value < f || a.value.is_nan() {
+                        a.value = f;
+                    }
+                }
+                AggOp::Min => {
+                    if a.value > f || a.value.is_nan() {
+                        a.value = f;
+                    }
+                }
+                AggOp::Count => a.count += 1.0,
+                AggOp::Stddev | AggOp::Stdvar => {
+                    a.count += 1.0;
+                    let delta = f - a.mean;
+                    a.mean += delta / a.count;
+                    a.value += delta * (f - a.mean);
+                }
+                AggOp::Quantile => a.values.push(f),
+                _ => unreachable!("handled elsewhere"),
+            }
+        }
+        let q = param.map(|p| p[si]).unwrap_or(0.0);
+        for (g, a) in accs.iter_mut().enumerate() {
+            if !a.seen {
+                continue;
+            }
+            let v = match op {
+                AggOp::Avg => {
+                    if a.incremental_mean {
+                        a.mean + a.kahan_c
+                    } else {
+                        a.value / a.count + a.kahan_c / a.count
+                    }
+                }
+                AggOp::Count => a.count,
+                AggOp::Stdvar => a.value / a.count,
+                AggOp::Stddev => (a.value / a.count).sqrt(),
+                AggOp::Quantile => quantile(q, &mut a.values),
+                AggOp::Sum => a.value + a.kahan_c,
+                _ => a.value,
+            };
+            out[g].points.push((ts, v));
+            out[g].drop_name = a.drop_name;
+        }
+    }
+    out.retain(|r| !r.points.is_empty());
+    env.account(out.iter().map(|r| r.points.len()).sum())?;
+    Ok(Val::Vector(out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn aggregate_k(
+    env: &Env,
+    agg: &AggregateExpr,
+    op: AggOp,
+    rows: &[Row],
+    group_of: &[usize],
+    ngroups: usize,
+    param: &[f64],
+    grid: Grid,
+) -> Result<Val, Error> {
+    let max = param.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = param.iter().copied().fold(f64::INFINITY, f64::min);
+    let any_nan = param.iter().any(|p| p.is_nan());
+    match op {
+        AggOp::LimitRatio => {
+            if max == 0.0 && min == 0.0 {
+                return Ok(Val::Vector(Vec::new()));
+            }
+            if any_nan {
+                return Err(Error::Execution("Ratio value is NaN".into()));
+            }
+            let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
+            if max > 1.0 {
+                env.warn(format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to 1 {pos}", format_float(max)));
+            }
+            if min < -1.0 {
+                env.warn(format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to -1 {pos}", format_float(min)));
+            }
+        }
+        _ => {
+            if max < 1.0 && !any_nan {
+                return Ok(Val::Vector(Vec::new()));
+            }
+            if any_nan {
+                return Err(Error::Execution("Parameter value is NaN".into()));
+            }
+            if min <= -9223372036854775808.0 {
+                return Err(Error::Execution(format!(
+                    "Scalar value {} underflows int64",
+                    format_float(min)
+                )));
+            }
+            if max >= 9223372036854774784.0 {
+                return Err(Error::Execution(format!(
+                    "Scalar value {} overflows int64",
+                    format_float(max)
+                )));
+            }
+        }
+    }
+    // Ratio sampling is decided per series by its label hash, as in Prometheus.
+    let offsets: Vec<f64> = if op == AggOp::LimitRatio {
+        rows.iter()
+            .map(|r| prom_hash(&r.labels) as f64 / u64::MAX as f64)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut out = Collector::new(grid);
+    let mut stepper = Stepper::new(rows);
+    let mut heaps: Vec<Vec<(usize, f64)>> = vec![Vec::new(); ngroups];
+    for (si, ts) in grid.iter().enumerate() {
+        if si % 64 == 0 {
+            env.check("expression evaluation")?;
+        }
+        heaps.iter_mut().for_each(|h| h.clear());
+        let p = param[si];
+        let k = if op == AggOp::LimitRatio {
+            0
+        } else {
+            (p as i64).min(rows.len() as i64)
+        };
+        if op != AggOp::LimitRatio && k < 1 {
+            continue;
+        }
+        if op == AggOp::LimitRatio && p == 0.0 {
+            continue;
+        }
+        let r = p.clamp(-1.0, 1.0);
+        for (i, _) in rows.iter().enumerate() {
+            let Some(f) = stepper.at(rows, i, ts) else {
+                continue;
+            };
+            let h = &mut heaps[group_of[i]];
+            match op {
+                AggOp::LimitK => {
+                    if (h.len() as i64) < k {
+                        h.push((i, f));
+                    }
+                }
+                AggOp::LimitRatio => {
+                    let off = offsets[i];
+                    if (r >= 0.0 && off < r) || (r < 0.0 && off >= 1.0 + r) {
+                        h.push((i, f));
+                    }
+                }
+                _ => h.push((i, f)),
+            }
+        }
+        for h in heaps.iter_mut() {
+            match op {
+                AggOp::TopK => {
+                    // Descending by value, NaN last; ties keep input order.
+                    h.sort_by(|a, b| cmp_desc_nan_last(a.1, b.1));
+                    h.truncate(k as usize);
+                }
+                AggOp::BottomK => {
+                    h.sort_by(|a, b| cmp_asc_nan_last(a.1, b.1));
+                    h.truncate(k as usize);
+                }
+                _ => {}
+            }
+            for &(i, f) in h.iter() {
+                out.push(ts, &rows[i].labels, rows[i].drop_name, f)?;
+            }
+        }
+    }
+    let rows = out.finish();
+    env.account(rows.iter().map(|r| r.points.len()).sum())?;
+    Ok(Val::Vector(rows))
+}
+
+fn cmp_desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+fn cmp_asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+    }
+}
+
+fn count_values(
+    env: &Env,
+    agg: &AggregateExpr,
+    without: bool,
+    mut grouping: Vec<String>,
+    grid: Grid,
+) -> Result<Val, Error> {
+    let label = match agg.param.as_deref().map(crate::eval::unwrap_parens) {
+        Some(Expr::StringLiteral(s)) => s.val.clone(),
+        _ => {
+            return Err(Error::BadData(
+                "count_values requires a string parameter".into(),
+            ))
+        }
+    };
+    if !valid_label_name(&label) {
+        return Err(Error::Execution(format!(
+            "invalid label name {}",
+            crate::labels::go_quote(&label)
+        )));
+    }
+    if !without {
+        grouping.push(label.clone());
+    }
+    let signer = Signer::new(!without, &grouping);
+    let rows = env.eval_vector(&agg.expr, grid)?;
+    let mut stepper = Stepper::new(rows.as_slice());
+    let mut out = Collector::new(grid);
+    for ts in grid.iter() {
+        let mut counts: Vec<(Labels, f64)> = Vec::new();
+        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            let Some(f) = stepper.at(&rows, i, ts) else {
+                continue;
+            };
+            let mut l = row.labels.clone();
+            l.set(&label, &format_float(f));
+            let key = signer.sign(&l);
+            match index.get(&key) {
+                Some(&g) => counts[g].1 += 1.0,
+                None => {
+                    index.insert(key, counts.len());
+                    counts.push((signer.group_labels(&l), 1.0));
+                }
+            }
+        }
+        for (l, c) in counts {
+            out.push(ts, &l, false, c)?;
+        }
+    }
+    Ok(Val::Vector(out.finish()))
+}

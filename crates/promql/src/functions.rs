@@ -1,0 +1,1056 @@
+//! PromQL functions.
+
+use crate::eval::{
+    merge_same_labelsets, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
+};
+use crate::labels::{go_quote, prom_string, valid_label_name};
+use crate::stats::{bucket_fraction, bucket_quantile, kahan_inc, quantile, Bucket};
+use crate::Error;
+use chrono::{DateTime, Datelike, Timelike};
+use promql_parser::parser::{Call, Expr};
+use std::collections::HashMap;
+use strata_model::{Labels, MatchOp, METRIC_NAME};
+
+pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
+    let name = call.func.name;
+    let args: Vec<&Expr> = call.args.args.iter().map(|a| unwrap_parens(a)).collect();
+    match name {
+        "time" => Ok(Val::Scalar(grid.iter().map(|t| t as f64 / 1000.0).collect())),
+        "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; grid.len()])),
+        "vector" => {
+            let s = env.eval_scalar(args[0], grid)?;
+            Ok(Val::Vector(vec![Row {
+                labels: Labels::default(),
+                drop_name: false,
+                points: grid.iter().zip(s).collect(),
+            }]))
+        }
+        "scalar" => {
+            let rows = env.eval_vector(args[0], grid)?;
+            let mut st = Stepper::new(&rows);
+            let out = grid
+                .iter()
+                .map(|ts| {
+                    let mut found = None;
+                    for i in 0..rows.len() {
+                        if let Some(v) = st.at(&rows, i, ts) {
+                            if found.is_some() {
+                                return f64::NAN;
+                            }
+                            found = Some(v);
+                        }
+                    }
+                    found.unwrap_or(f64::NAN)
+                })
+                .collect();
+            Ok(Val::Scalar(out))
+        }
+        "absent" => {
+            let rows = env.eval_vector(args[0], grid)?;
+            let mut present = vec![false; grid.len()];
+            for r in &rows {
+                for p in &r.points {
+                    present[grid.index(p.0)] = true;
+                }
+            }
+            Ok(Val::Vector(absent_row(args[0], grid, &present)))
+        }
+        "absent_over_time" => {
+            let rv = range_arg(env, args[0], grid)?;
+            let mut present = vec![false; grid.len()];
+            for r in &rv.rows {
+                for_each_window(&rv, r, grid, |si, _, w| {
+                    if !w.is_empty() {
+                        present[si] = true;
+                    }
+                });
+            }
+            Ok(Val::Vector(absent_row(args[0], grid, &present)))
+        }
+        "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc" => {
+            let mut rows = env.eval_vector(args[0], grid)?;
+            if grid.is_instant() {
+                sort_rows(env, name, &args, &mut rows)?;
+            }
+            Ok(Val::Vector(rows))
+        }
+        "label_replace" => label_replace(env, &args, grid),
+        "label_join" => label_join(env, &args, grid),
+        "histogram_quantile" => histogram_fn(env, &args, grid, HistFn::Quantile),
+        "histogram_fraction" => histogram_fn(env, &args, grid, HistFn::Fraction),
+        "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev"
+        | "histogram_stdvar" => {
+            // Only native histograms have these; float samples give nothing.
+            env.eval_vector(args[0], grid)?;
+            Ok(Val::Vector(Vec::new()))
+        }
+        "timestamp" => timestamp(env, args[0], grid),
+        "days_in_month" | "day_of_month" | "day_of_week" | "day_of_year" | "hour" | "minute"
+        | "month" | "year" => {
+            let f = date_fn(name);
+            if args.is_empty() {
+                return Ok(Val::Vector(vec![Row {
+                    labels: Labels::default(),
+                    drop_name: false,
+                    points: grid.iter().map(|t| (t, f(t.div_euclid(1000)))).collect(),
+                }]));
+            }
+            let rows = env.eval_vector(args[0], grid)?;
+            Ok(Val::Vector(map_rows(rows, |_, v| Some(date_of_value(v, f)))))
+        }
+        "round" => {
+            let rows = env.eval_vector(args[0], grid)?;
+            let to = match args.get(1) {
+                Some(a) => env.eval_scalar(a, grid)?,
+                None => vec![1.0; grid.len()],
+            };
+            Ok(Val::Vector(map_rows(rows, |t, v| {
+                let inv = 1.0 / to[grid.index(t)];
+                Some((v * inv + 0.5).floor() / inv)
+            })))
+        }
+        "clamp" | "clamp_min" | "clamp_max" => {
+            let rows = env.eval_vector(args[0], grid)?;
+            let (lo, hi) = match name {
+                "clamp" => (
+                    env.eval_scalar(args[1], grid)?,
+                    env.eval_scalar(args[2], grid)?,
+                ),
+                "clamp_min" => (
+                    env.eval_scalar(args[1], grid)?,
+                    vec![f64::INFINITY; grid.len()],
+                ),
+                _ => (
+                    vec![f64::NEG_INFINITY; grid.len()],
+                    env.eval_scalar(args[1], grid)?,
+                ),
+            };
+            Ok(Val::Vector(map_rows(rows, |t, v| {
+                let i = grid.index(t);
+                let (lo, hi) = (lo[i], hi[i]);
+                if hi < lo {
+                    None
+                } else {
+                    Some(go_max(lo, go_min(hi, v)))
+                }
+            })))
+        }
+        _ => {
+            if let Some(f) = simple_fn(name) {
+                let rows = env.eval_vector(args[0], grid)?;
+                return Ok(Val::Vector(map_rows(rows, |_, v| Some(f(v)))));
+            }
+            range_fn(env, call, name, &args, grid)
+        }
+    }
+}
+
+/// Go's `math.Max`: NaN wins, +0 beats -0.
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+fn simple_fn(name: &str) -> Option<fn(f64) -> f64> {
+    Some(match name {
+        "abs" => f64::abs,
+        "ceil" => f64::ceil,
+        "floor" => f64::floor,
+        "exp" => f64::exp,
+        "sqrt" => f64::sqrt,
+        "ln" => f64::ln,
+        "log2" => f64::log2,
+        "log10" => f64::log10,
+        "sin" => f64::sin,
+        "cos" => f64::cos,
+        "tan" => f64::tan,
+        "asin" => f64::asin,
+        "acos" => f64::acos,
+        "atan" => f64::atan,
+        "sinh" => f64::sinh,
+        "cosh" => f64::cosh,
+        "tanh" => f64::tanh,
+        "asinh" => f64::asinh,
+        "acosh" => f64::acosh,
+        "atanh" => f64::atanh,
+        "rad" => |v| v * std::f64::consts::PI / 180.0,
+        "deg" => |v| v * 180.0 / std::f64::consts::PI,
+        "sgn" => |v| {
+            if v < 0.0 {
+                -1.0
+            } else if v > 0.0 {
+                1.0
+            } else {
+                v
+            }
+        },
+        _ => return None,
+    })
+}
+
+/// Applies `f(ts, value)` to every point (dropping points where it returns `None`); the result
+/// drops the metric name.
+fn map_rows(mut rows: Vec<Row>, f: impl Fn(i64, f64) -> Option<f64>) -> Vec<Row> {
+    for r in &mut rows {
+        r.drop_name = true;
+        r.points.retain_mut(|p| match f(p.0, p.1) {
+            Some(v) => {
+                p.1 = v;
+                true
+            }
+            None => false,
+        });
+    }
+    rows.retain(|r| !r.points.is_empty());
+    rows
+}
+
+fn date_fn(name: &str) -> fn(i64) -> f64 {
+    fn dt(secs: i64) -> DateTime<chrono::Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap_or_default()
+    }
+    match name {
+        "days_in_month" => |s| {
+            let d = dt(s);
+            let (y, m) = (d.year(), d.month());
+            let next = if m == 12 {
+                chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)
+            } else {
+                chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)
+            };
+            let first = chrono::NaiveDate::from_ymd_opt(y, m, 1);
+            match (first, next) {
+                (Some(a), Some(b)) => (b - a).num_days() as f64,
+                _ => f64::NAN,
+            }
+        },
+        "day_of_month" => |s| dt(s).day() as f64,
+        "day_of_week" => |s| dt(s).weekday().num_days_from_sunday() as f64,
+        "day_of_year" => |s| dt(s).ordinal() as f64,
+        "hour" => |s| dt(s).hour() as f64,
+        "minute" => |s| dt(s).minute() as f64,
+        "month" => |s| dt(s).month() as f64,
+        _ => |s| dt(s).year() as f64,
+    }
+}
+
+fn date_of_value(v: f64, f: fn(i64) -> f64) -> f64 {
+    if v.is_nan() || v.is_infinite() || v.abs() > 9.2e15 {
+        // Go converts these to the minimum int64 time; Prometheus returns odd but finite
+        // values. NaN is the honest answer.
+        return f64::NAN;
+    }
+    f(v as i64)
+}
+
+fn absent_row(arg: &Expr, grid: Grid, present: &[bool]) -> Vec<Row> {
+    let points: Vec<(i64, f64)> = grid
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !present[*i])
+        .map(|(_, t)| (t, 1.0))
+        .collect();
+    if points.is_empty() {
+        return Vec::new();
+    }
+    vec![Row {
+        labels: absent_labels(arg),
+        drop_name: false,
+        points,
+    }]
+}
+
+/// The labels `absent` reports: those fixed by exactly one equality matcher.
+fn absent_labels(arg: &Expr) -> Labels {
+    let vs = match arg {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::default(),
+    };
+    let Ok(sets) = crate::eval::matcher_sets(vs) else {
+        return Labels::default();
+    };
+    let Some(ms) = sets.first() else {
+        return Labels::default();
+    };
+    let mut out = Labels::default();
+    let mut has: HashMap<&str, bool> = HashMap::new();
+    for m in ms {
+        if m.name == METRIC_NAME {
+            continue;
+        }
+        if matches!(m.op, MatchOp::Equal) && !has.contains_key(m.name.as_str()) {
+            out.set(&m.name, &m.value);
+            has.insert(&m.name, true);
+        } else {
+            out.set(&m.name, "");
+        }
+    }
+    out
+}
+
+fn string_arg(e: &Expr) -> Result<String, Error> {
+    match unwrap_parens(e) {
+        Expr::StringLiteral(s) => Ok(s.val.clone()),
+        other => Err(Error::BadData(format!(
+            "expected a string literal, got {other}"
+        ))),
+    }
+}
+
+/// Go's natural sort order (`facette/natsort`): digit runs compare numerically.
+fn natural_less(a: &str, b: &str) -> bool {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let bytes = s.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let digit = bytes[i].is_ascii_digit();
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() == digit {
+                i += 1;
+            }
+            out.push((digit, &s[start..i]));
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(cb.iter()) {
+        if x.1 == y.1 {
+            continue;
+        }
+        if x.0 && y.0 {
+            let xt = x.1.trim_start_matches('0');
+            let yt = y.1.trim_start_matches('0');
+            if xt.len() != yt.len() {
+                return xt.len() < yt.len();
+            }
+            if xt != yt {
+                return xt < yt;
+            }
+            return x.1.len() < y.1.len();
+        }
+        return x.1 < y.1;
+    }
+    ca.len() < cb.len()
+}
+
+fn sort_rows(env: &Env, name: &str, args: &[&Expr], rows: &mut [Row]) -> Result<(), Error> {
+    let _ = env;
+    let val = |r: &Row| r.points.first().map(|p| p.1).unwrap_or(f64::NAN);
+    match name {
+        "sort" => rows.sort_by(|a, b| {
+            let (x, y) = (val(a), val(b));
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
+            }
+        }),
+        "sort_desc" => rows.sort_by(|a, b| {
+            let (x, y) = (val(a), val(b));
+            match (x.is_nan(), y.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                _ => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
+            }
+        }),
+        _ => {
+            let names: Vec<String> = args[1..]
+                .iter()
+                .map(|a| string_arg(a))
+                .collect::<Result<_, _>>()?;
+            let desc = name == "sort_by_label_desc";
+            rows.sort_by(|a, b| {
+                for n in &names {
+                    let (x, y) = (a.labels.get(n).unwrap_or(""), b.labels.get(n).unwrap_or(""));
+                    if x == y {
+                        continue;
+                    }
+                    let less = natural_less(x, y);
+                    let ord = if less {
+                        std::cmp::Ordering::Less
+                    } else {
+                        std::cmp::Ordering::Greater
+                    };
+                    return if desc { ord.reverse() } else { ord };
+                }
+                let ord = a.labels.cmp(&b.labels);
+                if desc {
+                    ord.reverse()
+                } else {
+                    ord
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
+    let dst = string_arg(args[1])?;
+    let repl = string_arg(args[2])?;
+    let src = string_arg(args[3])?;
+    let regex_src = string_arg(args[4])?;
+    let re = regex::Regex::new(&format!("^(?s:{regex_src})$")).map_err(|_| {
+        Error::Execution(format!(
+            "invalid regular expression in label_replace(): {regex_src}"
+        ))
+    })?;
+    if !valid_label_name(&dst) {
+        return Err(Error::Execution(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    let mut rows = env.eval_vector(args[0], grid)?;
+    for r in &mut rows {
+        let sv = r.labels.get(&src).unwrap_or("").to_string();
+        if let Some(caps) = re.captures(&sv) {
+            let mut res = String::new();
+            caps.expand(&go_template(&repl), &mut res);
+            r.labels.set(&dst, &res);
+            if dst == METRIC_NAME {
+                r.drop_name = false;
+            }
+        }
+    }
+    Ok(Val::Vector(merge_same_labelsets(rows)?))
+}
+
+/// Go's regexp template syntax (`$1`, `${name}`) differs from Rust's only in how `$1x` parses:
+/// Go takes the longest name (`1x`), as Rust does; both treat `$$` as `$`. They agree.
+fn go_template(s: &str) -> String {
+    s.to_string()
+}
+
+fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
+    let dst = string_arg(args[1])?;
+    let sep = string_arg(args[2])?;
+    let srcs: Vec<String> = args[3..]
+        .iter()
+        .map(|a| string_arg(a))
+        .collect::<Result<_, _>>()?;
+    for s in &srcs {
+        if !valid_label_name(s) {
+            return Err(Error::Execution(format!(
+                "invalid source label name in label_join(): {s}"
+            )));
+        }
+    }
+    if !valid_label_name(&dst) {
+        return Err(Error::Execution(format!(
+            "invalid destination label name in label_join(): {dst}"
+        )));
+    }
+    let mut rows = env.eval_vector(args[0], grid)?;
+    for r in &mut rows {
+        let joined = srcs
+            .iter()
+            .map(|s| r.labels.get(s).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(&sep);
+        r.labels.set(&dst, &joined);
+        if dst == METRIC_NAME {
+            r.drop_name = false;
+        }
+    }
+    Ok(Val::Vector(merge_same_labelsets(rows)?))
+}
+
+fn timestamp(env: &Env, arg: &Expr, grid: Grid) -> Result<Val, Error> {
+    if let Expr::VectorSelector(vs) = arg {
+        // The timestamp of the selected sample, not of the evaluation step.
+        let mut ts_only = vs.clone();
+        ts_only.at = None;
+        let offset = crate::eval::offset_ms(&vs.offset);
+        let at = env.at_ms(&vs.at);
+        let lookback = env.opts.lookback_delta_ms;
+        let (min_ref, max_ref) = match at {
+            Some(t) => (t - offset, t - offset),
+            None => (grid.start - offset, grid.end - offset),
+        };
+        let series = env.select(vs, min_ref - lookback + 1, max_ref)?;
+        let mut rows = Vec::new();
+        for (labels, samples) in series {
+            let mut points = Vec::new();
+            for ts in grid.iter() {
+                let r = at.unwrap_or(ts) - offset;
+                let j = samples.partition_point(|s| s.timestamp <= r);
+                if j == 0 {
+                    continue;
+                }
+                let s = samples[j - 1];
+                if s.timestamp <= r - lookback || s.is_stale() {
+                    continue;
+                }
+                points.push((ts, s.timestamp as f64 / 1000.0));
+            }
+            if !points.is_empty() {
+                rows.push(Row {
+                    labels,
+                    drop_name: true,
+                    points,
+                });
+            }
+        }
+        return Ok(Val::Vector(rows));
+    }
+    let rows = env.eval_vector(arg, grid)?;
+    Ok(Val::Vector(map_rows(rows, |t, _| Some(t as f64 / 1000.0))))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HistFn {
+    Quantile,
+    Fraction,
+}
+
+fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<Val, Error> {
+    let (params, vec_arg) = match which {
+        HistFn::Quantile => (vec![env.eval_scalar(args[0], grid)?], args[1]),
+        HistFn::Fraction => (
+            vec![
+                env.eval_scalar(args[0], grid)?,
+                env.eval_scalar(args[1], grid)?,
+            ],
+            args[2],
+        ),
+    };
+    if which == HistFn::Quantile {
+        let pos = env.pos(args[0]);
+        let mut warned = false;
+        for &q in &params[0] {
+            if (q.is_nan() || !(0.0..=1.0).contains(&q)) && !warned {
+                env.warn(format!(
+                    "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
+                    crate::labels::format_float(q)
+                ));
+                warned = true;
+            }
+        }
+    }
+    let rows = env.eval_vector(vec_arg, grid)?;
+    // Group buckets by their labels without `le`.
+    let mut groups: HashMap<Labels, usize> = HashMap::new();
+    let mut group_of: Vec<Option<(usize, f64)>> = Vec::with_capacity(rows.len());
+    let mut group_labels: Vec<Labels> = Vec::new();
+    let pos = env.pos(vec_arg);
+    for r in &rows {
+        let le = r.labels.get("le").unwrap_or("");
+        let Some(upper) = parse_le(le) else {
+            env.warn(format!(
+                "PromQL warning: bucket label \"le\" is missing or has a malformed value of {} for metric name {} {pos}",
+                go_quote(le),
+                go_quote(r.labels.metric_name().unwrap_or(""))
+            ));
+            group_of.push(None);
+            continue;
+        };
+        let mut key = r.labels.clone();
+        key.set("le", "");
+        let n = groups.len();
+        let g = *groups.entry(key.clone()).or_insert(n);
+        if g == n {
+            group_labels.push(key);
+        }
+        group_of.push(Some((g, upper)));
+    }
+    let mut out = Collector::new(grid);
+    let mut st = Stepper::new(&rows);
+    let mut buckets: Vec<Vec<Bucket>> = vec![Vec::new(); group_labels.len()];
+    let mut info_done = false;
+    for (si, ts) in grid.iter().enumerate() {
+        buckets.iter_mut().for_each(|b| b.clear());
+        for (i, g) in group_of.iter().enumerate() {
+            let Some((g, upper)) = g else { continue };
+            if let Some(v) = st.at(&rows, i, ts) {
+                buckets[*g].push(Bucket { upper: *upper, count: v });
+            }
+        }
+        for (g, b) in buckets.iter_mut().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            let v = match which {
+                HistFn::Quantile => {
+                    let (v, fix) = bucket_quantile(params[0][si], b);
+                    if fix.forced_monotonic && !info_done {
+                        info_done = true;
+                        env.info(format!(
+                            "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {} {pos}",
+                            go_quote(group_labels[g].metric_name().unwrap_or(""))
+                        ));
+                    }
+                    v
+                }
+                HistFn::Fraction => bucket_fraction(params[0][si], params[1][si], b),
+            };
+            out.push(ts, &group_labels[g], true, v)?;
+        }
+    }
+    Ok(Val::Vector(out.finish()))
+}
+
+fn parse_le(s: &str) -> Option<f64> {
+    match s {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => s.parse::<f64>().ok(),
+    }
+}
+
+/// Evaluates an argument that must be a range vector (selector or subquery).
+fn range_arg(env: &Env, e: &Expr, grid: Grid) -> Result<RangeVal, Error> {
+    match env.eval(e, grid)? {
+        Val::Range(mut rv) => {
+            if matches!(unwrap_parens(e), Expr::Subquery(_)) {
+                // Series from a subquery carry their evaluated names.
+                crate::eval::apply_drop_name(&mut rv.rows);
+            }
+            Ok(rv)
+        }
+        _ => Err(Error::BadData(format!(
+            "expected type range vector in call to function, got {e}"
+        ))),
+    }
+}
+
+/// Calls `f(step index, ts, window)` for every step of the grid with the samples of `row` in
+/// that step's window.
+fn for_each_window(
+    rv: &RangeVal,
+    row: &Row,
+    grid: Grid,
+    mut f: impl FnMut(usize, i64, &[(i64, f64)]),
+) {
+    let pts = &row.points;
+    let (mut lo, mut hi) = (0usize, 0usize);
+    for (si, ts) in grid.iter().enumerate() {
+        let (wlo, whi) = rv.window(ts);
+        if rv.at.is_some() {
+            lo = 0;
+            hi = 0;
+        }
+        while hi < pts.len() && pts[hi].0 <= whi {
+            hi += 1;
+        }
+        while lo < hi && pts[lo].0 <= wlo {
+            lo += 1;
+        }
+        f(si, ts, &pts[lo..hi]);
+    }
+}
+
+fn range_fn(
+    env: &Env,
+    call: &Call,
+    name: &str,
+    args: &[&Expr],
+    grid: Grid,
+) -> Result<Val, Error> {
+    // Position of the range argument, and any scalar arguments.
+    let (range_idx, scalars): (usize, Vec<Vec<f64>>) = match name {
+        "quantile_over_time" => (1, vec![env.eval_scalar(args[0], grid)?]),
+        "predict_linear" => (0, vec![env.eval_scalar(args[1], grid)?]),
+        "double_exponential_smoothing" | "holt_winters" => (
+            0,
+            vec![
+                env.eval_scalar(args[1], grid)?,
+                env.eval_scalar(args[2], grid)?,
+            ],
+        ),
+        _ => (0, vec![]),
+    };
+    let Some(range_expr) = args.get(range_idx) else {
+        return Err(Error::BadData(format!("function {name} needs an argument")));
+    };
+    let kind = RangeFn::from_name(name).ok_or_else(|| {
+        Error::BadData(format!("function {:?} is not supported", call.func.name))
+    })?;
+    let rv = range_arg(env, range_expr, grid)?;
+    let pos = env.pos(range_expr);
+    if kind == RangeFn::QuantileOverTime {
+        if let Some(q) = scalars[0]
+            .iter()
+            .find(|q| q.is_nan() || **q < 0.0 || **q > 1.0)
+        {
+            env.warn(format!(
+                "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
+                crate::labels::format_float(*q)
+            ));
+        }
+    }
+    if kind == RangeFn::DoubleExponentialSmoothing {
+        for (si, _) in grid.iter().enumerate() {
+            let (sf, tf) = (scalars[0][si], scalars[1][si]);
+            if !(sf > 0.0 && sf < 1.0) {
+                return Err(Error::Execution(format!(
+                    "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:.6}"
+                )));
+            }
+            if !(tf > 0.0 && tf < 1.0) {
+                return Err(Error::Execution(format!(
+                    "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
+                )));
+            }
+        }
+    }
+    let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
+    let mut out = Vec::with_capacity(rv.rows.len());
+    let mut scratch: Vec<f64> = Vec::new();
+    let mut warned_counter = false;
+    for (ri, row) in rv.rows.iter().enumerate() {
+        if ri % 256 == 0 {
+            env.check("expression evaluation")?;
+        }
+        let mut points = Vec::new();
+        for_each_window(&rv, row, grid, |si, ts, w| {
+            if w.is_empty() {
+                return;
+            }
+            let (wlo, whi) = rv.window(ts);
+            let v = match kind {
+                RangeFn::Rate => extrapolated_rate(w, wlo, whi, rv.range, true, true),
+                RangeFn::Increase => extrapolated_rate(w, wlo, whi, rv.range, true, false),
+                RangeFn::Delta => extrapolated_rate(w, wlo, whi, rv.range, false, false),
+                RangeFn::Irate => instant_value(w, true),
+                RangeFn::Idelta => instant_value(w, false),
+                RangeFn::Deriv => (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
+                RangeFn::PredictLinear => (w.len() >= 2).then(|| {
+                    let (slope, intercept) = linear_regression(w, ts);
+                    slope * scalars[0][si] + intercept
+                }),
+                RangeFn::Resets => Some(
+                    w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
+                ),
+                RangeFn::Changes => Some(
+                    w.windows(2)
+                        .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
+                        .count() as f64,
+                ),
+                RangeFn::AvgOverTime => Some(avg_over_time(w)),
+                RangeFn::SumOverTime => {
+                    let (mut s, mut c) = (0.0, 0.0);
+                    for p in w {
+                        (s, c) = kahan_inc(p.1, s, c);
+                    }
+                    Some(if s.is_infinite() { s } else { s + c })
+                }
+                RangeFn::CountOverTime => Some(w.len() as f64),
+                RangeFn::MinOverTime => Some(fold_cmp(w, |cur, m| cur < m || m.is_nan()).1),
+                RangeFn::MaxOverTime => Some(fold_cmp(w, |cur, m| cur > m || m.is_nan()).1),
+                RangeFn::TsOfMinOverTime => {
+                    Some(fold_cmp(w, |cur, m| cur <= m || m.is_nan()).0 as f64 / 1000.0)
+                }
+                RangeFn::TsOfMaxOverTime => {
+                    Some(fold_cmp(w, |cur, m| cur >= m || m.is_nan()).0 as f64 / 1000.0)
+                }
+                RangeFn::TsOfFirstOverTime => Some(w[0].0 as f64 / 1000.0),
+                RangeFn::TsOfLastOverTime => Some(w[w.len() - 1].0 as f64 / 1000.0),
+                RangeFn::LastOverTime => Some(w[w.len() - 1].1),
+                RangeFn::FirstOverTime => Some(w[0].1),
+                RangeFn::PresentOverTime => Some(1.0),
+                RangeFn::StddevOverTime => Some(variance(w).sqrt()),
+                RangeFn::StdvarOverTime => Some(variance(w)),
+                RangeFn::QuantileOverTime => {
+                    scratch.clear();
+                    scratch.extend(w.iter().map(|p| p.1));
+                    Some(quantile(scalars[0][si], &mut scratch))
+                }
+                RangeFn::MadOverTime => {
+                    scratch.clear();
+                    scratch.extend(w.iter().map(|p| p.1));
+                    let median = quantile(0.5, &mut scratch);
+                    scratch.clear();
+                    scratch.extend(w.iter().map(|p| (p.1 - median).abs()));
+                    Some(quantile(0.5, &mut scratch))
+                }
+                RangeFn::DoubleExponentialSmoothing => {
+                    double_exponential_smoothing(w, scalars[0][si], scalars[1][si])
+                }
+            };
+            if let Some(v) = v {
+                points.push((ts, v));
+            }
+        });
+        if points.is_empty() {
+            continue;
+        }
+        if matches!(kind, RangeFn::Rate | RangeFn::Increase) && !warned_counter {
+            if let Some(n) = row.labels.metric_name() {
+                if !(n.ends_with("_total")
+                    || n.ends_with("_sum")
+                    || n.ends_with("_count")
+                    || n.ends_with("_bucket"))
+                {
+                    warned_counter = true;
+                    env.info(format!(
+                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {} {pos}",
+                        go_quote(n)
+                    ));
+                }
+            }
+        }
+        out.push(Row {
+            labels: row.labels.clone(),
+            drop_name: row.drop_name || !keep_name,
+            points,
+        });
+    }
+    env.account(out.iter().map(|r| r.points.len()).sum())?;
+    Ok(Val::Vector(out))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeFn {
+    Rate,
+    Increase,
+    Delta,
+    Irate,
+    Idelta,
+    Deriv,
+    PredictLinear,
+    Resets,
+    Changes,
+    AvgOverTime,
+    SumOverTime,
+    CountOverTime,
+    MinOverTime,
+    MaxOverTime,
+    TsOfMinOverTime,
+    TsOfMaxOverTime,
+    TsOfFirstOverTime,
+    TsOfLastOverTime,
+    LastOverTime,
+    FirstOverTime,
+    PresentOverTime,
+    StddevOverTime,
+    StdvarOverTime,
+    QuantileOverTime,
+    MadOverTime,
+    DoubleExponentialSmoothing,
+}
+
+impl RangeFn {
+    fn from_name(n: &str) -> Option<RangeFn> {
+        Some(match n {
+            "rate" => RangeFn::Rate,
+            "increase" => RangeFn::Increase,
+            "delta" => RangeFn::Delta,
+            "irate" => RangeFn::Irate,
+            "idelta" => RangeFn::Idelta,
+            "deriv" => RangeFn::Deriv,
+            "predict_linear" => RangeFn::PredictLinear,
+            "resets" => RangeFn::Resets,
+            "changes" => RangeFn::Changes,
+            "avg_over_time" => RangeFn::AvgOverTime,
+            "sum_over_time" => RangeFn::SumOverTime,
+            "count_over_time" => RangeFn::CountOverTime,
+            "min_over_time" => RangeFn::MinOverTime,
+            "max_over_time" => RangeFn::MaxOverTime,
+            "ts_of_min_over_time" => RangeFn::TsOfMinOverTime,
+            "ts_of_max_over_time" => RangeFn::TsOfMaxOverTime,
+            "ts_of_first_over_time" => RangeFn::TsOfFirstOverTime,
+            "ts_of_last_over_time" => RangeFn::TsOfLastOverTime,
+            "last_over_time" => RangeFn::LastOverTime,
+            "first_over_time" => RangeFn::FirstOverTime,
+            "present_over_time" => RangeFn::PresentOverTime,
+            "stddev_over_time" => RangeFn::StddevOverTime,
+            "stdvar_over_time" => RangeFn::StdvarOverTime,
+            "quantile_over_time" => RangeFn::QuantileOverTime,
+            "mad_over_time" => RangeFn::MadOverTime,
+            "double_exponential_smoothing" | "holt_winters" => {
+                RangeFn::DoubleExponentialSmoothing
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn fold_cmp(w: &[(i64, f64)], better: impl Fn(f64, f64) -> bool) -> (i64, f64) {
+    let (mut t, mut m) = w[0];
+    for &(pt, v) in w {
+        if better(v, m) {
+            m = v;
+            t = pt;
+        }
+    }
+    (t, m)
+}
+
+fn avg_over_time(w: &[(i64, f64)]) -> f64 {
+    let (mut sum, mut count) = (w[0].1, 1.0);
+    let (mut mean, mut c) = (0.0, 0.0);
+    let mut incremental = false;
+    for (i, p) in w[1..].iter().enumerate() {
+        count = (i + 2) as f64;
+        if !incremental {
+            let (ns, nc) = kahan_inc(p.1, sum, c);
+            if !ns.is_infinite() {
+                sum = ns;
+                c = nc;
+                continue;
+            }
+            incremental = true;
+            mean = sum / (count - 1.0);
+            c /= count - 1.0;
+        }
+        let q = (count - 1.0) / count;
+        (mean, c) = kahan_inc(p.1 / count, q * mean, q * c);
+    }
+    if incremental {
+        mean + c
+    } else {
+        sum / count + c / count
+    }
+}
+
+fn variance(w: &[(i64, f64)]) -> f64 {
+    let (mut count, mut mean, mut c_mean, mut aux, mut c_aux) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for p in w {
+        count += 1.0;
+        let delta = p.1 - (mean + c_mean);
+        (mean, c_mean) = kahan_inc(delta / count, mean, c_mean);
+        (aux, c_aux) = kahan_inc(delta * (p.1 - (mean + c_mean)), aux, c_aux);
+    }
+    (aux + c_aux) / count
+}
+
+/// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its edges.
+fn extrapolated_rate(
+    w: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    range: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let n1 = w.len() - 1;
+    let (first_t, last_t) = (w[0].0, w[n1].0);
+    let mut result = w[n1].1 - w[0].1;
+    if is_counter {
+        for p in w.windows(2) {
+            if p[1].1 < p[0].1 {
+                result += p[0].1;
+            }
+        }
+    }
+    let mut to_start = (first_t - range_start) as f64 / 1000.0;
+    let mut to_end = (range_end - last_t) as f64 / 1000.0;
+    let sampled = (last_t - first_t) as f64 / 1000.0;
+    let avg = sampled / n1 as f64;
+    let threshold = avg * 1.1;
+    if to_start >= threshold {
+        to_start = avg / 2.0;
+    }
+    if is_counter {
+        let mut to_zero = to_start;
+        if result > 0.0 && w[0].1 >= 0.0 {
+            to_zero = sampled * (w[0].1 / result);
+        }
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    if to_end >= threshold {
+        to_end = avg / 2.0;
+    }
+    let mut factor = (sampled + to_start + to_end) / sampled;
+    if is_rate {
+        factor /= range as f64 / 1000.0;
+    }
+    Some(result * factor)
+}
+
+/// `irate` and `idelta`: from the last two samples.
+fn instant_value(w: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (a, b) = (w[w.len() - 2], w[w.len() - 1]);
+    let dt = b.0 - a.0;
+    if dt == 0 {
+        return None;
+    }
+    let mut v = b.1;
+    if !is_rate || b.1 >= a.1 || b.1.is_nan() || a.1.is_nan() {
+        v = b.1 - a.1;
+    }
+    if is_rate {
+        v /= dt as f64 / 1000.0;
+    }
+    Some(v)
+}
+
+/// Least-squares fit: `(slope, intercept at intercept_t)`.
+fn linear_regression(w: &[(i64, f64)], intercept_t: i64) -> (f64, f64) {
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let init_y = w[0].1;
+    let mut const_y = true;
+    for (i, p) in w.iter().enumerate() {
+        if const_y && i > 0 && p.1 != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (p.0 - intercept_t) as f64 / 1e3;
+        (sx, cx) = kahan_inc(x, sx, cx);
+        (sy, cy) = kahan_inc(p.1, sy, cy);
+        (sxy, cxy) = kahan_inc(x * p.1, sxy, cxy);
+        (sx2, cx2) = kahan_inc(x * x, sx2, cx2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    sx += cx;
+    sy += cy;
+    sxy += cxy;
+    sx2 += cx2;
+    let cov = sxy - sx * sy / n;
+    let var = sx2 - sx * sx / n;
+    let slope = cov / var;
+    (slope, sy / n - slope * sx / n)
+}
+
+fn double_exponential_smoothing(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (mut s0, mut s1) = (0.0, w[0].1);
+    let mut b = w[1].1 - w[0].1;
+    for (i, p) in w.iter().enumerate().skip(1) {
+        let x = sf * p.1;
+        if i - 1 > 0 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let y = (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = x + y;
+    }
+    Some(s1)
+}
+
+#[allow(dead_code)]
+fn describe(l: &Labels) -> String {
+    prom_string(l)
+}

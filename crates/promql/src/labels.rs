@@ -1,0 +1,128 @@
+//! Label-set helpers: matching signatures, grouping, Prometheus's string form and hash.
+
+use strata_model::{Label, Labels, METRIC_NAME};
+
+/// Computes the signature two series are matched or grouped by: the values of the listed labels
+/// (`on` / `by`), or every label except the listed ones and `__name__` (`ignoring` / `without`).
+pub(crate) struct Signer {
+    on: bool,
+    names: Vec<String>,
+}
+
+impl Signer {
+    pub fn new(on: bool, names: &[String]) -> Signer {
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        Signer { on, names }
+    }
+
+    fn listed(&self, name: &str) -> bool {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    }
+
+    pub fn sign(&self, l: &Labels) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        if self.on {
+            for n in &self.names {
+                if let Some(v) = l.get(n) {
+                    out.extend_from_slice(n.as_bytes());
+                    out.push(0xff);
+                    out.extend_from_slice(v.as_bytes());
+                    out.push(0xff);
+                }
+            }
+        } else {
+            for lab in l.iter() {
+                if lab.name != METRIC_NAME && !self.listed(&lab.name) {
+                    out.extend_from_slice(lab.name.as_bytes());
+                    out.push(0xff);
+                    out.extend_from_slice(lab.value.as_bytes());
+                    out.push(0xff);
+                }
+            }
+        }
+        out
+    }
+
+    /// The labels of a group: the listed labels (`by`), or all but the listed ones and
+    /// `__name__` (`without`).
+    pub fn group_labels(&self, l: &Labels) -> Labels {
+        let v: Vec<Label> = l
+            .iter()
+            .filter(|lab| {
+                if self.on {
+                    self.listed(&lab.name)
+                } else {
+                    lab.name != METRIC_NAME && !self.listed(&lab.name)
+                }
+            })
+            .cloned()
+            .collect();
+        Labels::from_sorted(v)
+    }
+}
+
+/// Prometheus's `Labels.String()`: `{a="b", c="d"}` with Go-quoted values.
+pub(crate) fn prom_string(l: &Labels) -> String {
+    let mut s = String::from("{");
+    for (i, lab) in l.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&lab.name);
+        s.push('=');
+        s.push_str(&go_quote(&lab.value));
+    }
+    s.push('}');
+    s
+}
+
+/// Go's `%q` for a string.
+pub(crate) fn go_quote(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 2);
+    s.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\t' => s.push_str("\\t"),
+            '\r' => s.push_str("\\r"),
+            c if c.is_control() => s.push_str(&format!("\\x{:02x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+/// Prometheus's `Labels.Hash()`: xxHash64 over `name 0xff value 0xff ...`.
+pub(crate) fn prom_hash(l: &Labels) -> u64 {
+    let mut buf = Vec::with_capacity(128);
+    for lab in l.iter() {
+        buf.extend_from_slice(lab.name.as_bytes());
+        buf.push(0xff);
+        buf.extend_from_slice(lab.value.as_bytes());
+        buf.push(0xff);
+    }
+    xxhash_rust::xxh64::xxh64(&buf, 0)
+}
+
+/// Whether `name` is a valid label name (UTF-8 names are allowed, as in Prometheus 3).
+pub(crate) fn valid_label_name(name: &str) -> bool {
+    !name.is_empty()
+}
+
+/// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
+pub(crate) fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f == f64::INFINITY {
+        "+Inf".into()
+    } else if f == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{f}")
+    }
+}
