@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
+    /// PromQL evaluation limits.
+    pub query: QueryConfig,
 }
 
 /// A duration written as in Prometheus (`15s`, `2h`, `30d`), kept in milliseconds.
@@ -80,6 +82,43 @@ pub struct StorageConfig {
     pub flush_interval: Duration,
 }
 
+/// PromQL evaluation limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Longest a query may run before it fails with `errorType: timeout`.
+    pub timeout: Duration,
+    /// Most samples one query may load or hold at once.
+    pub max_samples: usize,
+    /// How far back an instant selector looks for a sample.
+    pub lookback_delta: Duration,
+    /// Step of subqueries written without one (`x[1h:]`).
+    pub default_subquery_step: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout: Duration(120_000),
+            max_samples: 50_000_000,
+            lookback_delta: Duration(300_000),
+            default_subquery_step: Duration(60_000),
+        }
+    }
+}
+
+impl QueryConfig {
+    /// The engine options these settings describe.
+    pub fn engine_options(&self) -> strata_promql::EngineOptions {
+        strata_promql::EngineOptions {
+            lookback_delta_ms: self.lookback_delta.0,
+            max_samples: self.max_samples,
+            timeout: Some(std::time::Duration::from_millis(self.timeout.0 as u64)),
+            default_subquery_step_ms: self.default_subquery_step.0,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -89,6 +128,7 @@ impl Default for Config {
             partitions: 4,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -138,6 +178,12 @@ event_dedup_horizon = "1h"       # how long an event_id is remembered
 block_duration = "2h"            # span of a freshly cut block
 log_segment_bytes = 67108864     # ingest-log segment size
 flush_interval = "15m"           # persist the head and truncate the log at least this often
+
+[query]
+timeout = "2m"                   # queries running longer fail with errorType "timeout" (503)
+max_samples = 50000000           # most samples one query may load; more fails with a clear error
+lookback_delta = "5m"            # how far back an instant selector looks for a sample
+default_subquery_step = "1m"     # step of subqueries written without one, e.g. x[1h:]
 "#;
 
 impl Config {

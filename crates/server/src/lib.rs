@@ -25,6 +25,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
+        promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
     };
     let app = http::router(state);
     rt.block_on(async move {

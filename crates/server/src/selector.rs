@@ -1,8 +1,7 @@
 //! Series selectors in `match[]` parameters (`up{job=~"a|b"}`), parsed with PromQL's grammar.
 
-use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{parse, Expr};
-use strata_model::{Matcher, METRIC_NAME};
+use strata_model::Matcher;
 
 /// Parses one selector into alternative matcher sets (more than one only with `or` inside the
 /// braces); a series matches when it matches every matcher of any set.
@@ -13,41 +12,14 @@ pub fn parse_selector(s: &str) -> Result<Vec<Vec<Matcher>>, String> {
             "invalid series selector {s:?}: expected a selector like metric{{label=\"value\"}}"
         ));
     };
-    let convert = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, String> {
-        let mut out: Vec<Matcher> = ms
-            .iter()
-            .map(|m| match &m.op {
-                PMatchOp::Equal => Ok(Matcher::equal(&m.name, &m.value)),
-                PMatchOp::NotEqual => Ok(Matcher::not_equal(&m.name, &m.value)),
-                PMatchOp::Re(_) => {
-                    Matcher::regex(&m.name, &m.value, false).map_err(|e| e.to_string())
-                }
-                PMatchOp::NotRe(_) => {
-                    Matcher::regex(&m.name, &m.value, true).map_err(|e| e.to_string())
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        if let Some(name) = &vs.name {
-            if !out.iter().any(|m| m.name == METRIC_NAME) {
-                out.push(Matcher::equal(METRIC_NAME, name));
-            }
-        }
-        if out.iter().all(|m| m.matches_empty()) {
-            return Err(format!(
-                "invalid series selector {s:?}: match[] must contain at least one matcher that does not match the empty string"
-            ));
-        }
-        Ok(out)
-    };
-    if vs.matchers.or_matchers.is_empty() {
-        Ok(vec![convert(&vs.matchers.matchers)?])
-    } else {
-        vs.matchers
-            .or_matchers
-            .iter()
-            .map(|set| convert(set))
-            .collect()
+    let sets = strata_promql::matcher_sets(&vs)
+        .map_err(|e| format!("invalid series selector {s:?}: {e}"))?;
+    if sets.iter().any(|set| set.iter().all(|m| m.matches_empty())) {
+        return Err(format!(
+            "invalid series selector {s:?}: match[] must contain at least one matcher that does not match the empty string"
+        ));
     }
+    Ok(sets)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
+mod query;
 mod read;
 mod write;
 
@@ -21,6 +22,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// The PromQL engine, over `engine`.
+    pub promql: strata_promql::Engine,
 }
 
 /// All routes.
@@ -34,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/series", get(read::series).post(read::series))
         .route("/api/v1/labels", get(read::labels).post(read::labels))
         .route("/api/v1/label/{name}/values", get(read::label_values))
+        .route("/api/v1/query", get(query::instant).post(query::instant))
+        .route("/api/v1/query_range", get(query::range).post(query::range))
+        .route("/api/v1/format_query", get(query::format).post(query::format))
+        .route("/api/v1/metadata", get(query::metadata))
         .route("/api/v1/status/buildinfo", get(read::buildinfo))
         .route("/api/v1/admin/flush", post(read::flush))
         .route("/health", get(|| async { "OK\n" }))

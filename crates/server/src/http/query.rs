@@ -1,0 +1,288 @@
+//! PromQL endpoints shaped like Prometheus's: `/api/v1/query`, `/api/v1/query_range`,
+//! `/api/v1/format_query`, `/api/v1/metadata`.
+
+use super::{json_response, tenant_of, ApiError, AppState, Params};
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use strata_model::time::{now_ms, parse_duration_ms};
+use strata_model::Labels;
+use strata_promql::{format_value, Error, QueryContext, QueryOutput, Value};
+
+/// Prometheus refuses range queries with more points than this per series.
+const MAX_POINTS_PER_SERIES: i64 = 11_000;
+
+fn params(method: &Method, query: Option<&str>, body: &Bytes) -> Params {
+    let form = (*method == Method::POST).then_some(body.as_ref());
+    Params::parse(query, form)
+}
+
+/// A duration parameter: a Prometheus duration (`15s`) or a number of seconds (`15`, `0.5`).
+fn duration_param(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(s) = p.get(name).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(secs) = s.parse::<f64>() {
+        let ms = secs * 1000.0;
+        if !ms.is_finite() || ms.abs() > 9.2e18 {
+            return Err(ApiError::bad_data(format!(
+                "invalid parameter {name:?}: cannot parse {s:?} to a valid duration. It overflows int64"
+            )));
+        }
+        return Ok(Some(ms.round() as i64));
+    }
+    parse_duration_ms(s).map(Some).ok_or_else(|| {
+        ApiError::bad_data(format!(
+            "invalid parameter {name:?}: cannot parse {s:?} to a valid duration"
+        ))
+    })
+}
+
+fn query_param(p: &Params) -> Result<String, ApiError> {
+    match p.get("query") {
+        Some(q) if !q.trim().is_empty() => Ok(q.to_string()),
+        _ => Err(ApiError::bad_data("invalid parameter \"query\": query is empty")),
+    }
+}
+
+fn engine_error(e: Error) -> ApiError {
+    let status = match e.error_type() {
+        "bad_data" => StatusCode::BAD_REQUEST,
+        "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+        "timeout" => StatusCode::SERVICE_UNAVAILABLE,
+        // Prometheus answers a query whose client went away with 499.
+        "canceled" => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.error_type(), e.to_string())
+}
+
+/// Sets the flag when dropped: the handler future is dropped when the client goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs a query on the blocking pool, cancelling it if the client disconnects.
+async fn run(
+    ctx: QueryContext,
+    f: impl FnOnce(&QueryContext) -> Result<QueryOutput, Error> + Send + 'static,
+) -> Result<QueryOutput, ApiError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(flag.clone());
+    let ctx = ctx.with_cancel(flag);
+    let res = tokio::task::spawn_blocking(move || f(&ctx))
+        .await
+        .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?;
+    // Finished normally: disarm.
+    std::mem::forget(guard);
+    res.map_err(engine_error)
+}
+
+fn context(headers: &HeaderMap, p: &Params) -> Result<QueryContext, ApiError> {
+    let mut ctx = QueryContext::new(tenant_of(headers)?);
+    if let Some(ms) = duration_param(p, "timeout")? {
+        if ms > 0 {
+            ctx = ctx.with_timeout(std::time::Duration::from_millis(ms as u64));
+        }
+    }
+    Ok(ctx)
+}
+
+/// `GET|POST /api/v1/query`.
+pub async fn instant(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = params(&method, q.as_deref(), &body);
+    let prepared = (|| -> Result<_, ApiError> {
+        let query = query_param(&p)?;
+        let t = p.time("time", now_ms())?;
+        Ok((query, t, context(&headers, &p)?))
+    })();
+    let (query, t, ctx) = match prepared {
+        Ok(x) => x,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
+    let engine = st.promql.clone();
+    match run(ctx, move |ctx| engine.instant(ctx, &query, t)).await {
+        Ok(out) => success(&out),
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+/// `GET|POST /api/v1/query_range`.
+pub async fn range(
+    State(st): State<AppState>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = params(&method, q.as_deref(), &body);
+    let prepared = (|| -> Result<_, ApiError> {
+        let query = query_param(&p)?;
+        if p.get("start").is_none_or(str::is_empty) {
+            return Err(ApiError::bad_data("invalid parameter \"start\": missing"));
+        }
+        if p.get("end").is_none_or(str::is_empty) {
+            return Err(ApiError::bad_data("invalid parameter \"end\": missing"));
+        }
+        let start = p.time("start", 0)?;
+        let end = p.time("end", 0)?;
+        if end < start {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"end\": end timestamp must not be before start time",
+            ));
+        }
+        let step = duration_param(&p, "step")?
+            .ok_or_else(|| ApiError::bad_data("invalid parameter \"step\": missing"))?;
+        if step <= 0 {
+            return Err(ApiError::bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > MAX_POINTS_PER_SERIES {
+            return Err(ApiError::bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        Ok((query, start, end, step, context(&headers, &p)?))
+    })();
+    let (query, start, end, step, ctx) = match prepared {
+        Ok(x) => x,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
+    let engine = st.promql.clone();
+    match run(ctx, move |ctx| engine.range(ctx, &query, start, end, step)).await {
+        Ok(out) => success(&out),
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+/// `GET|POST /api/v1/format_query`: the query, pretty-printed.
+pub async fn format(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = params(&method, q.as_deref(), &body);
+    let res = query_param(&p).and_then(|q| {
+        strata_promql::parse(&q)
+            .map(|e| e.prettify())
+            .map_err(engine_error)
+    });
+    match res {
+        Ok(s) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "success", "data": s}),
+        ),
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+/// `GET /api/v1/metadata`: Strata stores no metric metadata (TYPE/HELP) yet, so the answer is
+/// an empty object, which Grafana handles.
+pub async fn metadata() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "success", "data": {}}),
+    )
+}
+
+fn write_labels(out: &mut String, l: &Labels) {
+    out.push('{');
+    for (i, lab) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, &lab.name);
+        out.push(':');
+        write_json_str(out, &lab.value);
+    }
+    out.push('}');
+}
+
+fn write_json_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+/// `[<seconds>, "<value>"]`.
+fn write_point(out: &mut String, t: i64, v: &str) {
+    out.push('[');
+    let _ = write!(out, "{}", t as f64 / 1000.0);
+    out.push_str(",\"");
+    out.push_str(v);
+    out.push_str("\"]");
+}
+
+/// The success body, written directly: matrices can be large.
+fn success(out: &QueryOutput) -> Response {
+    let mut s = String::with_capacity(256);
+    s.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"");
+    s.push_str(out.value.type_name());
+    s.push_str("\",\"result\":");
+    match &out.value {
+        Value::Scalar { t, v } => write_point(&mut s, *t, &format_value(*v)),
+        Value::String { t, s: v } => {
+            let quoted = serde_json::Value::from(v.as_str()).to_string();
+            s.push('[');
+            let _ = write!(s, "{}", *t as f64 / 1000.0);
+            s.push(',');
+            s.push_str(&quoted);
+            s.push(']');
+        }
+        Value::Vector(v) => {
+            s.push('[');
+            for (i, x) in v.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("{\"metric\":");
+                write_labels(&mut s, &x.labels);
+                s.push_str(",\"value\":");
+                write_point(&mut s, x.t, &format_value(x.v));
+                s.push('}');
+            }
+            s.push(']');
+        }
+        Value::Matrix(m) => {
+            s.push('[');
+            for (i, x) in m.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str("{\"metric\":");
+                write_labels(&mut s, &x.labels);
+                s.push_str(",\"values\":[");
+                for (j, (t, v)) in x.points.iter().enumerate() {
+                    if j > 0 {
+                        s.push(',');
+                    }
+                    write_point(&mut s, *t, &format_value(*v));
+                }
+                s.push_str("]}");
+            }
+            s.push(']');
+        }
+    }
+    s.push('}');
+    for (key, list) in [("warnings", &out.warnings), ("infos", &out.infos)] {
+        if !list.is_empty() {
+            let _ = write!(s, ",\"{key}\":{}", serde_json::Value::from(list.clone()));
+        }
+    }
+    s.push('}');
+    let mut r = Response::new(Body::from(s));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
