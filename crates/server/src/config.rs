@@ -224,6 +224,13 @@ mod tests {
             d.limits.event_dedup_horizon
         );
         assert_eq!(parsed.storage.flush_interval, d.storage.flush_interval);
+        assert_eq!(parsed.query.timeout, d.query.timeout);
+        assert_eq!(parsed.query.max_samples, d.query.max_samples);
+        assert_eq!(parsed.query.lookback_delta, d.query.lookback_delta);
+        assert_eq!(
+            parsed.query.default_subquery_step,
+            d.query.default_subquery_step
+        );
         assert_eq!(
             parsed.storage.log_segment_bytes,
             d.storage.log_segment_bytes
