@@ -115,16 +115,32 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
                 let q = param.as_deref().unwrap_or(&[]);
                 let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
                 if q.iter().any(|q| q.is_nan()) {
-                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got NaN {pos}"));
+                    env.warn(format!(
+                        "PromQL warning: quantile value should be between 0 and 1, got NaN {pos}"
+                    ));
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q > 1.0).reduce(f64::max) {
-                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got {} {pos}", crate::labels::format_float(m)));
+                    env.warn(format!(
+                        "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
+                        crate::labels::format_float(m)
+                    ));
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q < 0.0).reduce(f64::min) {
-                    env.warn(format!("PromQL warning: quantile value should be between 0 and 1, got {} {pos}", crate::labels::format_float(m)));
+                    env.warn(format!(
+                        "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
+                        crate::labels::format_float(m)
+                    ));
                 }
             }
-            aggregate(env, op, &rows, &group_of, group_labels, param.as_deref(), grid)
+            aggregate(
+                env,
+                op,
+                &rows,
+                &group_of,
+                group_labels,
+                param.as_deref(),
+                grid,
+            )
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct QueryContext {
     /// The tenant whose data the query reads.
     pub tenant: Tenant,
     cancel: Option<Arc<AtomicBool>>,
+    timeout: Option<Duration>,
 }
 
 impl QueryContext {
@@ -48,7 +49,14 @@ impl QueryContext {
         QueryContext {
             tenant,
             cancel: None,
+            timeout: None,
         }
+    }
+
+    /// Shortens the timeout for this query (the engine's own timeout still applies).
+    pub fn with_timeout(mut self, timeout: Duration) -> QueryContext {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// Stops the query (with [`Error::Canceled`]) once `flag` becomes true, e.g. when the HTTP
@@ -99,7 +107,10 @@ impl Engine {
         let env = self.env(ctx, query, grid);
         let val = env.eval(&expr, grid)?;
         let value = match val {
-            Val::Scalar(v) => Value::Scalar { t: time_ms, v: v[0] },
+            Val::Scalar(v) => Value::Scalar {
+                t: time_ms,
+                v: v[0],
+            },
             Val::String(s) => Value::String { t: time_ms, s },
             Val::Vector(mut rows) => {
                 apply_drop_name(&mut rows);
@@ -160,13 +171,19 @@ impl Engine {
             ));
         }
         if end_ms < start_ms {
-            return Err(Error::BadData("end timestamp must not be before start time".into()));
+            return Err(Error::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
         }
         let expr = parse(query)?;
         match expr.value_type() {
             ValueType::Vector | ValueType::Scalar => {}
             other => {
-                let name = if other == ValueType::Matrix { "range vector" } else { "string" };
+                let name = if other == ValueType::Matrix {
+                    "range vector"
+                } else {
+                    "string"
+                };
                 return Err(Error::BadData(format!(
                     "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
                 )));
@@ -209,7 +226,10 @@ impl Engine {
             ctx,
             opts: &self.opts,
             query,
-            deadline: self.opts.timeout.map(|t| Instant::now() + t),
+            deadline: match (self.opts.timeout, ctx.timeout) {
+                (Some(a), Some(b)) => Some(Instant::now() + a.min(b)),
+                (a, b) => a.or(b).map(|t| Instant::now() + t),
+            },
             query_start: grid.start,
             query_end: grid.end,
             annotations: Default::default(),

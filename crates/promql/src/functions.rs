@@ -15,7 +15,9 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
     let name = call.func.name;
     let args: Vec<&Expr> = call.args.args.iter().map(|a| unwrap_parens(a)).collect();
     match name {
-        "time" => Ok(Val::Scalar(grid.iter().map(|t| t as f64 / 1000.0).collect())),
+        "time" => Ok(Val::Scalar(
+            grid.iter().map(|t| t as f64 / 1000.0).collect(),
+        )),
         "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; grid.len()])),
         "vector" => {
             let s = env.eval_scalar(args[0], grid)?;
@@ -96,7 +98,9 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
                 }]));
             }
             let rows = env.eval_vector(args[0], grid)?;
-            Ok(Val::Vector(map_rows(rows, |_, v| Some(date_of_value(v, f)))))
+            Ok(Val::Vector(map_rows(rows, |_, v| {
+                Some(date_of_value(v, f))
+            })))
         }
         "round" => {
             let rows = env.eval_vector(args[0], grid)?;
@@ -577,7 +581,10 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
         for (i, g) in group_of.iter().enumerate() {
             let Some((g, upper)) = g else { continue };
             if let Some(v) = st.at(&rows, i, ts) {
-                buckets[*g].push(Bucket { upper: *upper, count: v });
+                buckets[*g].push(Bucket {
+                    upper: *upper,
+                    count: v,
+                });
             }
         }
         for (g, b) in buckets.iter_mut().enumerate() {
@@ -655,13 +662,7 @@ fn for_each_window(
     }
 }
 
-fn range_fn(
-    env: &Env,
-    call: &Call,
-    name: &str,
-    args: &[&Expr],
-    grid: Grid,
-) -> Result<Val, Error> {
+fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
     // Position of the range argument, and any scalar arguments.
     let (range_idx, scalars): (usize, Vec<Vec<f64>>) = match name {
         "quantile_over_time" => (1, vec![env.eval_scalar(args[0], grid)?]),
@@ -678,9 +679,8 @@ fn range_fn(
     let Some(range_expr) = args.get(range_idx) else {
         return Err(Error::BadData(format!("function {name} needs an argument")));
     };
-    let kind = RangeFn::from_name(name).ok_or_else(|| {
-        Error::BadData(format!("function {:?} is not supported", call.func.name))
-    })?;
+    let kind = RangeFn::from_name(name)
+        .ok_or_else(|| Error::BadData(format!("function {:?} is not supported", call.func.name)))?;
     let rv = range_arg(env, range_expr, grid)?;
     let pos = env.pos(range_expr);
     if kind == RangeFn::QuantileOverTime {
@@ -734,9 +734,7 @@ fn range_fn(
                     let (slope, intercept) = linear_regression(w, ts);
                     slope * scalars[0][si] + intercept
                 }),
-                RangeFn::Resets => Some(
-                    w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
-                ),
+                RangeFn::Resets => Some(w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64),
                 RangeFn::Changes => Some(
                     w.windows(2)
                         .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
@@ -873,9 +871,7 @@ impl RangeFn {
             "stdvar_over_time" => RangeFn::StdvarOverTime,
             "quantile_over_time" => RangeFn::QuantileOverTime,
             "mad_over_time" => RangeFn::MadOverTime,
-            "double_exponential_smoothing" | "holt_winters" => {
-                RangeFn::DoubleExponentialSmoothing
-            }
+            "double_exponential_smoothing" | "holt_winters" => RangeFn::DoubleExponentialSmoothing,
             _ => return None,
         })
     }

@@ -18,7 +18,9 @@ impl Signer {
     }
 
     fn listed(&self, name: &str) -> bool {
-        self.names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+        self.names
+            .binary_search_by(|n| n.as_str().cmp(name))
+            .is_ok()
     }
 
     pub fn sign(&self, l: &Labels) -> Vec<u8> {
@@ -114,8 +116,9 @@ pub(crate) fn valid_label_name(name: &str) -> bool {
     !name.is_empty()
 }
 
-/// Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
-pub(crate) fn format_float(f: f64) -> String {
+/// Formats a sample value as Prometheus does in its API and labels: Go's
+/// `strconv.FormatFloat(f, 'f', -1, 64)` (`NaN`, `+Inf`, `-Inf`, shortest round-trip digits).
+pub fn format_float(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()
     } else if f == f64::INFINITY {

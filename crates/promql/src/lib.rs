@@ -16,12 +16,13 @@ mod eval;
 mod functions;
 mod labels;
 mod mem;
-mod stats;
 pub mod script;
+mod stats;
 mod value;
 
 pub use engine::{parse, Engine, EngineOptions, QueryContext};
-pub use eval::matcher_sets;
 pub use error::{Error, Warning};
+pub use eval::matcher_sets;
+pub use labels::format_float as format_value;
 pub use mem::MemStorage;
 pub use value::{InstantSample, QueryOutput, Series, Value};

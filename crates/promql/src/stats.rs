@@ -55,7 +55,11 @@ pub(crate) struct BucketFix {
 }
 
 fn prepare(buckets: &mut Vec<Bucket>) -> Option<BucketFix> {
-    buckets.sort_by(|a, b| a.upper.partial_cmp(&b.upper).unwrap_or(std::cmp::Ordering::Equal));
+    buckets.sort_by(|a, b| {
+        a.upper
+            .partial_cmp(&b.upper)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     if buckets.last().is_none_or(|b| b.upper != f64::INFINITY) {
         return None;
     }
