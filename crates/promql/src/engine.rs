@@ -232,6 +232,7 @@ impl Engine {
             },
             query_start: grid.start,
             query_end: grid.end,
+            query_step: if grid.is_instant() { 0 } else { grid.step },
             annotations: Default::default(),
             loaded: Default::default(),
         }

@@ -96,6 +96,8 @@ pub(crate) struct Env<'a> {
     /// The query's own start and end, for `@ start()` / `@ end()`.
     pub query_start: i64,
     pub query_end: i64,
+    /// The query's step (0 for instant queries), for `step()`.
+    pub query_step: i64,
     pub annotations: Mutex<Vec<Warning>>,
     pub loaded: Mutex<usize>,
 }

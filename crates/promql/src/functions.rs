@@ -19,6 +19,19 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
             grid.iter().map(|t| t as f64 / 1000.0).collect(),
         )),
         "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; grid.len()])),
+        "start" => Ok(Val::Scalar(vec![env.query_start as f64 / 1000.0; grid.len()])),
+        "end" => Ok(Val::Scalar(vec![env.query_end as f64 / 1000.0; grid.len()])),
+        "range" => Ok(Val::Scalar(vec![
+            (env.query_end - env.query_start) as f64 / 1000.0;
+            grid.len()
+        ])),
+        "step" => Ok(Val::Scalar(vec![env.query_step as f64 / 1000.0; grid.len()])),
+        "min_of" | "max_of" => {
+            let a = env.eval_scalar(args[0], grid)?;
+            let b = env.eval_scalar(args[1], grid)?;
+            let f = if name == "min_of" { go_min } else { go_max };
+            Ok(Val::Scalar(a.iter().zip(&b).map(|(x, y)| f(*x, *y)).collect()))
+        }
         "vector" => {
             let s = env.eval_scalar(args[0], grid)?;
             Ok(Val::Vector(vec![Row {
@@ -80,6 +93,7 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         "label_join" => label_join(env, &args, grid),
         "histogram_quantile" => histogram_fn(env, &args, grid, HistFn::Quantile),
         "histogram_fraction" => histogram_fn(env, &args, grid, HistFn::Fraction),
+        "histogram_quantiles" => histogram_fn(env, &args, grid, HistFn::Quantiles),
         "histogram_count" | "histogram_sum" | "histogram_avg" | "histogram_stddev"
         | "histogram_stdvar" => {
             // Only native histograms have these; float samples give nothing.
@@ -414,7 +428,7 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
             "invalid regular expression in label_replace(): {regex_src}"
         ))
     })?;
-    if !valid_label_name(&dst) {
+    if !valid_label_name(&dst) || !escapes_valid_utf8(env, &dst) {
         return Err(Error::Execution(format!(
             "invalid destination label name in label_replace(): {dst}"
         )));
@@ -438,6 +452,19 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
 /// Go takes the longest name (`1x`), as Rust does; both treat `$$` as `$`. They agree.
 fn go_template(s: &str) -> String {
     s.to_string()
+}
+
+/// promql-parser decodes `\xNN` escapes to the character U+00NN, where Prometheus keeps the raw
+/// byte; a name spelled with byte escapes must still be valid UTF-8.
+fn escapes_valid_utf8(env: &Env, s: &str) -> bool {
+    if !env.query.contains("\\x") || !s.chars().any(|c| ('\u{80}'..='\u{ff}').contains(&c)) {
+        return true;
+    }
+    if s.chars().any(|c| c as u32 > 0xff) {
+        return true;
+    }
+    let bytes: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
+    std::str::from_utf8(&bytes).is_ok()
 }
 
 fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
@@ -519,12 +546,20 @@ fn timestamp(env: &Env, arg: &Expr, grid: Grid) -> Result<Val, Error> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HistFn {
     Quantile,
+    Quantiles,
     Fraction,
 }
 
 fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<Val, Error> {
     let (params, vec_arg) = match which {
         HistFn::Quantile => (vec![env.eval_scalar(args[0], grid)?], args[1]),
+        HistFn::Quantiles => (
+            args[2..]
+                .iter()
+                .map(|a| env.eval_scalar(a, grid))
+                .collect::<Result<Vec<_>, _>>()?,
+            args[0],
+        ),
         HistFn::Fraction => (
             vec![
                 env.eval_scalar(args[0], grid)?,
@@ -533,19 +568,21 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
             args[2],
         ),
     };
-    if which == HistFn::Quantile {
+    if which != HistFn::Fraction {
         let pos = env.pos(args[0]);
-        let mut warned = false;
-        for &q in &params[0] {
-            if (q.is_nan() || !(0.0..=1.0).contains(&q)) && !warned {
+        for qs in &params {
+            if let Some(q) = qs.iter().find(|q| q.is_nan() || !(0.0..=1.0).contains(*q)) {
                 env.warn(format!(
                     "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-                    crate::labels::format_float(q)
+                    crate::labels::format_float(*q)
                 ));
-                warned = true;
             }
         }
     }
+    let quantile_label = match which {
+        HistFn::Quantiles => Some(string_arg(args[1])?),
+        _ => None,
+    };
     let rows = env.eval_vector(vec_arg, grid)?;
     // Group buckets by their labels without `le`.
     let mut groups: HashMap<Labels, usize> = HashMap::new();
@@ -591,24 +628,53 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
             if b.is_empty() {
                 continue;
             }
-            let v = match which {
-                HistFn::Quantile => {
-                    let (v, fix) = bucket_quantile(params[0][si], b);
-                    if fix.forced_monotonic && !info_done {
-                        info_done = true;
-                        env.info(format!(
-                            "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {} {pos}",
-                            go_quote(group_labels[g].metric_name().unwrap_or(""))
-                        ));
+            match which {
+                HistFn::Quantile | HistFn::Quantiles => {
+                    for (qi, qs) in params.iter().enumerate() {
+                        let mut bs = b.clone();
+                        let (v, fix) = bucket_quantile(qs[si], &mut bs);
+                        if fix.forced_monotonic && !info_done {
+                            info_done = true;
+                            env.info(format!(
+                                "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {} {pos}",
+                                go_quote(group_labels[g].metric_name().unwrap_or(""))
+                            ));
+                        }
+                        match &quantile_label {
+                            Some(l) => {
+                                let mut labels = group_labels[g].clone();
+                                labels.set(l, &open_metrics_float(qs[si]));
+                                let _ = qi;
+                                out.push(ts, &labels, true, v)?;
+                            }
+                            None => out.push(ts, &group_labels[g], true, v)?,
+                        }
                     }
-                    v
                 }
-                HistFn::Fraction => bucket_fraction(params[0][si], params[1][si], b),
-            };
-            out.push(ts, &group_labels[g], true, v)?;
+                HistFn::Fraction => {
+                    let v = bucket_fraction(params[0][si], params[1][si], b);
+                    out.push(ts, &group_labels[g], true, v)?;
+                }
+            }
         }
     }
     Ok(Val::Vector(out.finish()))
+}
+
+/// Prometheus's `FormatOpenMetricsFloat`: integers keep a `.0`.
+fn open_metrics_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    let s = format!("{f}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 fn parse_le(s: &str) -> Option<f64> {
@@ -769,6 +835,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
                     scratch.extend(w.iter().map(|p| p.1));
                     Some(quantile(scalars[0][si], &mut scratch))
                 }
+                RangeFn::MadOverTime if w.iter().any(|p| p.1.is_nan()) => Some(f64::NAN),
                 RangeFn::MadOverTime => {
                     scratch.clear();
                     scratch.extend(w.iter().map(|p| p.1));

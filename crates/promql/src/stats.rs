@@ -151,7 +151,8 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>)
     if lower >= upper {
         return 0.0;
     }
-    let rank_at = |v: f64| -> f64 {
+    // The cumulative count below `v`; a bound inside an unbounded bucket excludes that bucket.
+    let rank_at = |v: f64, is_upper: bool| -> f64 {
         let mut prev_count = 0.0;
         for (i, b) in buckets.iter().enumerate() {
             let lo = if i == 0 {
@@ -168,12 +169,7 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>)
             }
             if v < b.upper {
                 if lo.is_infinite() || b.upper.is_infinite() {
-                    // No interpolation into an unbounded bucket.
-                    return if v < b.upper && lo.is_infinite() {
-                        prev_count
-                    } else {
-                        prev_count
-                    };
+                    return if is_upper { prev_count } else { b.count };
                 }
                 return prev_count + (b.count - prev_count) * (v - lo) / (b.upper - lo);
             }
@@ -181,7 +177,7 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>)
         }
         total
     };
-    let lr = rank_at(lower).min(total);
-    let ur = rank_at(upper).min(total);
+    let lr = rank_at(lower, false).min(total);
+    let ur = rank_at(upper, true).min(total);
     (ur - lr) / total
 }
