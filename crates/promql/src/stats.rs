@@ -151,7 +151,7 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>)
     if lower >= upper {
         return 0.0;
     }
-    // The cumulative count below `v`; a bound inside an unbounded bucket excludes that bucket.
+    // The cumulative count below `v`; a bound inside an unbounded bucket is not interpolated.
     let rank_at = |v: f64, is_upper: bool| -> f64 {
         let mut prev_count = 0.0;
         for (i, b) in buckets.iter().enumerate() {
@@ -168,7 +168,11 @@ pub(crate) fn bucket_fraction(lower: f64, upper: f64, buckets: &mut Vec<Bucket>)
                 return prev_count;
             }
             if v < b.upper {
-                if lo.is_infinite() || b.upper.is_infinite() {
+                if b.upper.is_infinite() {
+                    // Nothing is known about where in (lo, +Inf) observations lie.
+                    return prev_count;
+                }
+                if lo.is_infinite() {
                     return if is_upper { prev_count } else { b.count };
                 }
                 return prev_count + (b.count - prev_count) * (v - lo) / (b.upper - lo);

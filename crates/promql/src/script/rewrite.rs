@@ -303,7 +303,19 @@ pub(crate) fn print(e: &Expr, out: &mut String) -> std::fmt::Result {
             print_offset(&s.offset, out)
         }
         Expr::NumberLiteral(n) => write!(out, "{n}"),
-        Expr::StringLiteral(s) => write!(out, "{s}"),
+        Expr::StringLiteral(s) => {
+            // promql-parser decodes `\xNN` to U+00NN; print such characters back as byte
+            // escapes so the pinned query means what the original did.
+            let printed = s.to_string();
+            for c in printed.chars() {
+                if ('\u{80}'..='\u{ff}').contains(&c) {
+                    write!(out, "\\x{:02x}", c as u32)?;
+                } else {
+                    out.write_char(c)?;
+                }
+            }
+            Ok(())
+        }
         Expr::VectorSelector(vs) => {
             print_selector_body(vs, out)?;
             print_at(&vs.at, out)?;
