@@ -59,6 +59,13 @@ enum Command {
     },
     /// Print the default configuration file, documented.
     Config,
+    /// Run PromQL test scripts (Prometheus's `load` / `eval` / `expect` format) against the
+    /// engine; exits non-zero when a case fails.
+    PromqlTest {
+        /// Script files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -116,6 +123,25 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::PromqlTest { files } => {
+            let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+            for f in &files {
+                let report = strata_promql::script::run_file(f)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+                print!("{report}");
+                passed += report.passed;
+                failed += report.failed.len();
+                skipped += report.skipped.len();
+            }
+            println!(
+                "total: {} files: {passed} passed, {failed} failed, {skipped} skipped",
+                files.len()
+            );
+            if failed > 0 {
+                std::process::exit(1);
+            }
             Ok(())
         }
     }
