@@ -19,18 +19,27 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
             grid.iter().map(|t| t as f64 / 1000.0).collect(),
         )),
         "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; grid.len()])),
-        "start" => Ok(Val::Scalar(vec![env.query_start as f64 / 1000.0; grid.len()])),
-        "end" => Ok(Val::Scalar(vec![env.query_end as f64 / 1000.0; grid.len()])),
-        "range" => Ok(Val::Scalar(vec![
-            (env.query_end - env.query_start) as f64 / 1000.0;
+        "start" => Ok(Val::Scalar(vec![
+            env.query_start as f64 / 1000.0;
             grid.len()
         ])),
-        "step" => Ok(Val::Scalar(vec![env.query_step as f64 / 1000.0; grid.len()])),
+        "end" => Ok(Val::Scalar(vec![env.query_end as f64 / 1000.0; grid.len()])),
+        "range" => Ok(Val::Scalar(vec![
+            (env.query_end - env.query_start) as f64
+                / 1000.0;
+            grid.len()
+        ])),
+        "step" => Ok(Val::Scalar(vec![
+            env.query_step as f64 / 1000.0;
+            grid.len()
+        ])),
         "min_of" | "max_of" => {
             let a = env.eval_scalar(args[0], grid)?;
             let b = env.eval_scalar(args[1], grid)?;
             let f = if name == "min_of" { go_min } else { go_max };
-            Ok(Val::Scalar(a.iter().zip(&b).map(|(x, y)| f(*x, *y)).collect()))
+            Ok(Val::Scalar(
+                a.iter().zip(&b).map(|(x, y)| f(*x, *y)).collect(),
+            ))
         }
         "vector" => {
             let s = env.eval_scalar(args[0], grid)?;
@@ -667,7 +676,11 @@ fn open_metrics_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if f > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     let s = format!("{f}");
     if s.contains('.') || s.contains('e') {

@@ -39,7 +39,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/label/{name}/values", get(read::label_values))
         .route("/api/v1/query", get(query::instant).post(query::instant))
         .route("/api/v1/query_range", get(query::range).post(query::range))
-        .route("/api/v1/format_query", get(query::format).post(query::format))
+        .route(
+            "/api/v1/format_query",
+            get(query::format).post(query::format),
+        )
         .route("/api/v1/metadata", get(query::metadata))
         .route("/api/v1/status/buildinfo", get(read::buildinfo))
         .route("/api/v1/admin/flush", post(read::flush))

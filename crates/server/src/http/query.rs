@@ -45,7 +45,9 @@ fn duration_param(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
 fn query_param(p: &Params) -> Result<String, ApiError> {
     match p.get("query") {
         Some(q) if !q.trim().is_empty() => Ok(q.to_string()),
-        _ => Err(ApiError::bad_data("invalid parameter \"query\": query is empty")),
+        _ => Err(ApiError::bad_data(
+            "invalid parameter \"query\": query is empty",
+        )),
     }
 }
 
