@@ -87,7 +87,7 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
     let mut groups: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut group_of = Vec::with_capacity(rows.len());
     let mut group_labels: Vec<Labels> = Vec::new();
-    let keyed = !(grouping.is_empty() && !without);
+    let keyed = !grouping.is_empty() || without;
     for r in &rows {
         let key = if keyed {
             signer.sign(&r.labels)

@@ -3,7 +3,7 @@
 use crate::eval::{
     merge_same_labelsets, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
 };
-use crate::labels::{go_quote, prom_string, valid_label_name};
+use crate::labels::{go_quote, valid_label_name};
 use crate::stats::{bucket_fraction, bucket_quantile, kahan_inc, quantile, Bucket};
 use crate::Error;
 use chrono::{DateTime, Datelike, Timelike};
@@ -1124,9 +1124,4 @@ fn double_exponential_smoothing(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f6
         s1 = x + y;
     }
     Some(s1)
-}
-
-#[allow(dead_code)]
-fn describe(l: &Labels) -> String {
-    prom_string(l)
 }

@@ -17,6 +17,9 @@ fn get(s: &Server, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
     (status, r.json().unwrap())
 }
 
+/// Path, parameters, expected status, `errorType`, and a word the message must contain.
+type BadCase<'a> = (&'a str, &'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+
 #[test]
 fn query_api_answers_like_prometheus() {
     let dir = tempfile::tempdir().unwrap();
@@ -136,7 +139,7 @@ fn query_api_answers_like_prometheus() {
     assert_eq!((st, v["data"].clone()), (200, json!({})));
 
     // Errors: bad_data 400, execution 422, each naming the problem.
-    let bad: &[(&str, &[(&str, &str)], u16, &str, &str)] = &[
+    let bad: &[BadCase] = &[
         (
             "/api/v1/query",
             &[("query", "sum(")],
