@@ -6,8 +6,12 @@
 use std::path::PathBuf;
 use strata_promql::script::run_file;
 
+/// `STRATA_PROMQL_TESTS` if set, else `../shared/promql-tests` beside the repository.
 fn test_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/promql-tests")
+    match std::env::var_os("STRATA_PROMQL_TESTS") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/promql-tests"),
+    }
 }
 
 #[test]
