@@ -114,22 +114,15 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
             if op == AggOp::Quantile {
                 let q = param.as_deref().unwrap_or(&[]);
                 let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
+                // As Prometheus: one warning each for NaN, the largest and the smallest.
                 if q.iter().any(|q| q.is_nan()) {
-                    env.warn(format!(
-                        "PromQL warning: quantile value should be between 0 and 1, got NaN {pos}"
-                    ));
+                    env.warn_quantile(f64::NAN, &pos);
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q > 1.0).reduce(f64::max) {
-                    env.warn(format!(
-                        "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-                        crate::labels::format_float(m)
-                    ));
+                    env.warn_quantile(m, &pos);
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q < 0.0).reduce(f64::min) {
-                    env.warn(format!(
-                        "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-                        crate::labels::format_float(m)
-                    ));
+                    env.warn_quantile(m, &pos);
                 }
             }
             aggregate(

@@ -79,7 +79,8 @@ impl Op {
             Op::Sub => (l - r, true),
             Op::Mul => (l * r, true),
             Op::Div => (l / r, true),
-            Op::Mod => (go_mod(l, r), true),
+            // Rust's `%` is Go's `math.Mod`: the result takes the sign of `l`.
+            Op::Mod => (l % r, true),
             Op::Pow => (l.powf(r), true),
             Op::Atan2 => (l.atan2(r), true),
             Op::Eq => (l, l == r),
@@ -104,11 +105,6 @@ impl Op {
             v
         }
     }
-}
-
-/// Go's `math.Mod`: the result has the sign of `l` (Rust's `%` agrees).
-fn go_mod(l: f64, r: f64) -> f64 {
-    l % r
 }
 
 pub(crate) fn eval(env: &Env, b: &BinaryExpr, grid: Grid) -> Result<Val, Error> {

@@ -128,23 +128,19 @@ impl Engine {
                         .collect(),
                 )
             }
-            Val::Range(rv) => {
+            Val::Range(mut rv) => {
                 let (lo, hi) = rv.window(time_ms);
+                apply_drop_name(&mut rv.rows);
                 let mut out: Vec<Series> = rv
                     .rows
                     .into_iter()
-                    .map(|mut r| {
-                        if r.drop_name {
-                            r.labels.set(strata_model::METRIC_NAME, "");
-                        }
-                        Series {
-                            labels: r.labels,
-                            points: r
-                                .points
-                                .into_iter()
-                                .filter(|p| p.0 > lo && p.0 <= hi)
-                                .collect(),
-                        }
+                    .map(|r| Series {
+                        labels: r.labels,
+                        points: r
+                            .points
+                            .into_iter()
+                            .filter(|p| p.0 > lo && p.0 <= hi)
+                            .collect(),
                     })
                     .filter(|s| !s.points.is_empty())
                     .collect();

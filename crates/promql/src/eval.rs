@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 use strata_model::{Labels, Matcher, SelectHints, Storage, StorageError, METRIC_NAME};
 
@@ -99,7 +100,7 @@ pub(crate) struct Env<'a> {
     /// The query's step (0 for instant queries), for `step()`.
     pub query_step: i64,
     pub annotations: Mutex<Vec<Warning>>,
-    pub loaded: Mutex<usize>,
+    pub loaded: AtomicUsize,
 }
 
 impl Env<'_> {
@@ -118,15 +119,29 @@ impl Env<'_> {
         self.annotations.lock().push(Warning::Warn(msg));
     }
 
+    /// Prometheus's warning for a quantile outside [0, 1] (or NaN).
+    pub fn warn_quantile(&self, q: f64, pos: &str) {
+        self.warn(format!(
+            "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
+            crate::labels::format_float(q)
+        ));
+    }
+
+    /// Warns about the first invalid quantile of `qs`, if any.
+    pub fn check_quantiles(&self, qs: &[f64], pos: &str) {
+        if let Some(q) = qs.iter().find(|q| q.is_nan() || !(0.0..=1.0).contains(*q)) {
+            self.warn_quantile(*q, pos);
+        }
+    }
+
     pub fn info(&self, msg: String) {
         self.annotations.lock().push(Warning::Info(msg));
     }
 
     /// Counts `n` samples held by the query against the limit.
     pub fn account(&self, n: usize) -> Result<(), Error> {
-        let mut l = self.loaded.lock();
-        *l += n;
-        if *l > self.opts.max_samples {
+        let total = self.loaded.fetch_add(n, Ordering::Relaxed) + n;
+        if total > self.opts.max_samples {
             return Err(Error::TooManySamples(
                 "query execution",
                 self.opts.max_samples,
@@ -160,7 +175,10 @@ impl Env<'_> {
     ) -> Result<Vec<(Labels, Vec<strata_model::Sample>)>, Error> {
         self.check("query preparation")?;
         let sets = matcher_sets(vs).map_err(Error::BadData)?;
-        let remaining = self.opts.max_samples.saturating_sub(*self.loaded.lock());
+        let remaining = self
+            .opts
+            .max_samples
+            .saturating_sub(self.loaded.load(Ordering::Relaxed));
         let hints = SelectHints {
             start: min_t,
             end: max_t,
@@ -379,6 +397,17 @@ impl<'a> Env<'a> {
     /// An instant vector selector over `grid`: at each step, the latest sample in
     /// `(ref - lookback, ref]`, unless it is a staleness marker.
     pub fn vector_selector(&self, vs: &VectorSelector, grid: Grid) -> Result<Vec<Row>, Error> {
+        self.instant_selector(vs, grid, |s| s.value)
+    }
+
+    /// The sample an instant selector picks at each step, mapped by `pick` (its value, or for
+    /// `timestamp()` its timestamp).
+    pub fn instant_selector(
+        &self,
+        vs: &VectorSelector,
+        grid: Grid,
+        pick: impl Fn(&strata_model::Sample) -> f64,
+    ) -> Result<Vec<Row>, Error> {
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
         let lookback = self.opts.lookback_delta_ms;
@@ -392,8 +421,8 @@ impl<'a> Env<'a> {
             while *j < samples.len() && samples[*j].timestamp <= r {
                 *j += 1;
             }
-            let s = samples[j.checked_sub(1)?];
-            (s.timestamp > r - lookback && !s.is_stale()).then_some(s.value)
+            let s = &samples[j.checked_sub(1)?];
+            (s.timestamp > r - lookback && !s.is_stale()).then(|| pick(s))
         };
         for (labels, samples) in series {
             let mut points = Vec::new();

@@ -94,7 +94,7 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc" => {
             let mut rows = env.eval_vector(args[0], grid)?;
             if grid.is_instant() {
-                sort_rows(env, name, &args, &mut rows)?;
+                sort_rows(name, &args, &mut rows)?;
             }
             Ok(Val::Vector(rows))
         }
@@ -373,8 +373,7 @@ fn natural_less(a: &str, b: &str) -> bool {
     ca.len() < cb.len()
 }
 
-fn sort_rows(env: &Env, name: &str, args: &[&Expr], rows: &mut [Row]) -> Result<(), Error> {
-    let _ = env;
+fn sort_rows(name: &str, args: &[&Expr], rows: &mut [Row]) -> Result<(), Error> {
     let val = |r: &Row| r.points.first().map(|p| p.1).unwrap_or(f64::NAN);
     match name {
         "sort" => rows.sort_by(|a, b| {
@@ -447,7 +446,7 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         let sv = r.labels.get(&src).unwrap_or("").to_string();
         if let Some(caps) = re.captures(&sv) {
             let mut res = String::new();
-            caps.expand(&go_template(&repl), &mut res);
+            caps.expand(&repl, &mut res);
             r.labels.set(&dst, &res);
             if dst == METRIC_NAME {
                 r.drop_name = false;
@@ -455,12 +454,6 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         }
     }
     Ok(Val::Vector(merge_same_labelsets(rows)?))
-}
-
-/// Go's regexp template syntax (`$1`, `${name}`) differs from Rust's only in how `$1x` parses:
-/// Go takes the longest name (`1x`), as Rust does; both treat `$$` as `$`. They agree.
-fn go_template(s: &str) -> String {
-    s.to_string()
 }
 
 /// promql-parser decodes `\xNN` escapes to the character U+00NN, where Prometheus keeps the raw
@@ -513,39 +506,8 @@ fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
 fn timestamp(env: &Env, arg: &Expr, grid: Grid) -> Result<Val, Error> {
     if let Expr::VectorSelector(vs) = arg {
         // The timestamp of the selected sample, not of the evaluation step.
-        let mut ts_only = vs.clone();
-        ts_only.at = None;
-        let offset = crate::eval::offset_ms(&vs.offset);
-        let at = env.at_ms(&vs.at);
-        let lookback = env.opts.lookback_delta_ms;
-        let (min_ref, max_ref) = match at {
-            Some(t) => (t - offset, t - offset),
-            None => (grid.start - offset, grid.end - offset),
-        };
-        let series = env.select(vs, min_ref - lookback + 1, max_ref)?;
-        let mut rows = Vec::new();
-        for (labels, samples) in series {
-            let mut points = Vec::new();
-            for ts in grid.iter() {
-                let r = at.unwrap_or(ts) - offset;
-                let j = samples.partition_point(|s| s.timestamp <= r);
-                if j == 0 {
-                    continue;
-                }
-                let s = samples[j - 1];
-                if s.timestamp <= r - lookback || s.is_stale() {
-                    continue;
-                }
-                points.push((ts, s.timestamp as f64 / 1000.0));
-            }
-            if !points.is_empty() {
-                rows.push(Row {
-                    labels,
-                    drop_name: true,
-                    points,
-                });
-            }
-        }
+        let mut rows = env.instant_selector(vs, grid, |s| s.timestamp as f64 / 1000.0)?;
+        rows.iter_mut().for_each(|r| r.drop_name = true);
         return Ok(Val::Vector(rows));
     }
     let rows = env.eval_vector(arg, grid)?;
@@ -580,12 +542,7 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
     if which != HistFn::Fraction {
         let pos = env.pos(args[0]);
         for qs in &params {
-            if let Some(q) = qs.iter().find(|q| q.is_nan() || !(0.0..=1.0).contains(*q)) {
-                env.warn(format!(
-                    "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-                    crate::labels::format_float(*q)
-                ));
-            }
+            env.check_quantiles(qs, &pos);
         }
     }
     let quantile_label = match which {
@@ -639,7 +596,7 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
             }
             match which {
                 HistFn::Quantile | HistFn::Quantiles => {
-                    for (qi, qs) in params.iter().enumerate() {
+                    for qs in &params {
                         let mut bs = b.clone();
                         let (v, fix) = bucket_quantile(qs[si], &mut bs);
                         if fix.forced_monotonic && !info_done {
@@ -653,7 +610,6 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
                             Some(l) => {
                                 let mut labels = group_labels[g].clone();
                                 labels.set(l, &open_metrics_float(qs[si]));
-                                let _ = qi;
                                 out.push(ts, &labels, true, v)?;
                             }
                             None => out.push(ts, &group_labels[g], true, v)?,
@@ -724,13 +680,19 @@ fn for_each_window(
     mut f: impl FnMut(usize, i64, &[(i64, f64)]),
 ) {
     let pts = &row.points;
+    if rv.at.is_some() {
+        // With `@` every step sees the same window: find it once.
+        let (wlo, whi) = rv.window(grid.start);
+        let hi = pts.partition_point(|p| p.0 <= whi);
+        let lo = pts[..hi].partition_point(|p| p.0 <= wlo);
+        for (si, ts) in grid.iter().enumerate() {
+            f(si, ts, &pts[lo..hi]);
+        }
+        return;
+    }
     let (mut lo, mut hi) = (0usize, 0usize);
     for (si, ts) in grid.iter().enumerate() {
         let (wlo, whi) = rv.window(ts);
-        if rv.at.is_some() {
-            lo = 0;
-            hi = 0;
-        }
         while hi < pts.len() && pts[hi].0 <= whi {
             hi += 1;
         }
@@ -763,15 +725,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     let rv = range_arg(env, range_expr, grid)?;
     let pos = env.pos(range_expr);
     if kind == RangeFn::QuantileOverTime {
-        if let Some(q) = scalars[0]
-            .iter()
-            .find(|q| q.is_nan() || **q < 0.0 || **q > 1.0)
-        {
-            env.warn(format!(
-                "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-                crate::labels::format_float(*q)
-            ));
-        }
+        env.check_quantiles(&scalars[0], &pos);
     }
     if kind == RangeFn::DoubleExponentialSmoothing {
         for (si, _) in grid.iter().enumerate() {

@@ -296,29 +296,19 @@ impl fmt::Display for FileReport {
             self.skipped.len()
         )?;
         let one_line = |s: &str| s.replace('\n', "\\n");
-        if !self.failed.is_empty() {
-            writeln!(f, " failed:")?;
-        }
-        for c in &self.failed {
-            writeln!(
-                f,
-                "  line {}: {}: {}",
-                c.line,
-                one_line(&c.query),
-                one_line(&c.reason)
-            )?;
-        }
-        if !self.skipped.is_empty() {
-            writeln!(f, " skipped:")?;
-        }
-        for c in &self.skipped {
-            writeln!(
-                f,
-                "  line {}: {}: {}",
-                c.line,
-                one_line(&c.query),
-                one_line(&c.reason)
-            )?;
+        for (title, cases) in [("failed", &self.failed), ("skipped", &self.skipped)] {
+            if !cases.is_empty() {
+                writeln!(f, " {title}:")?;
+            }
+            for c in cases {
+                writeln!(
+                    f,
+                    "  line {}: {}: {}",
+                    c.line,
+                    one_line(&c.query),
+                    one_line(&c.reason)
+                )?;
+            }
         }
         Ok(())
     }

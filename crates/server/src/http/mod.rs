@@ -147,6 +147,13 @@ impl Params {
         Params(v)
     }
 
+    /// The parameters of a request: its URL query, plus the form body of a POST (as Grafana
+    /// sends them).
+    pub fn from_request(method: &axum::http::Method, query: Option<&str>, body: &[u8]) -> Params {
+        let form = (*method == axum::http::Method::POST).then_some(body);
+        Params::parse(query, form)
+    }
+
     /// The last value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

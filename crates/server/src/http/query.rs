@@ -5,7 +5,7 @@ use super::{json_response, tenant_of, ApiError, AppState, Params};
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,11 +15,6 @@ use strata_promql::{format_value, Error, QueryContext, QueryOutput, Value};
 
 /// Prometheus refuses range queries with more points than this per series.
 const MAX_POINTS_PER_SERIES: i64 = 11_000;
-
-fn params(method: &Method, query: Option<&str>, body: &Bytes) -> Params {
-    let form = (*method == Method::POST).then_some(body.as_ref());
-    Params::parse(query, form)
-}
 
 /// A duration parameter: a Prometheus duration (`15s`) or a number of seconds (`15`, `0.5`).
 fn duration_param(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
@@ -106,21 +101,15 @@ pub async fn instant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let p = params(&method, q.as_deref(), &body);
-    let prepared = (|| -> Result<_, ApiError> {
+    let p = Params::from_request(&method, q.as_deref(), &body);
+    let run_query = async {
         let query = query_param(&p)?;
         let t = p.time("time", now_ms())?;
-        Ok((query, t, context(&headers, &p)?))
-    })();
-    let (query, t, ctx) = match prepared {
-        Ok(x) => x,
-        Err(e) => return axum::response::IntoResponse::into_response(e),
+        let ctx = context(&headers, &p)?;
+        let engine = st.promql.clone();
+        run(ctx, move |ctx| engine.instant(ctx, &query, t)).await
     };
-    let engine = st.promql.clone();
-    match run(ctx, move |ctx| engine.instant(ctx, &query, t)).await {
-        Ok(out) => success(&out),
-        Err(e) => axum::response::IntoResponse::into_response(e),
-    }
+    respond(run_query.await)
 }
 
 /// `GET|POST /api/v1/query_range`.
@@ -131,8 +120,8 @@ pub async fn range(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let p = params(&method, q.as_deref(), &body);
-    let prepared = (|| -> Result<_, ApiError> {
+    let p = Params::from_request(&method, q.as_deref(), &body);
+    let run_query = async {
         let query = query_param(&p)?;
         if p.get("start").is_none_or(str::is_empty) {
             return Err(ApiError::bad_data("invalid parameter \"start\": missing"));
@@ -159,22 +148,23 @@ pub async fn range(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));
         }
-        Ok((query, start, end, step, context(&headers, &p)?))
-    })();
-    let (query, start, end, step, ctx) = match prepared {
-        Ok(x) => x,
-        Err(e) => return axum::response::IntoResponse::into_response(e),
+        let ctx = context(&headers, &p)?;
+        let engine = st.promql.clone();
+        run(ctx, move |ctx| engine.range(ctx, &query, start, end, step)).await
     };
-    let engine = st.promql.clone();
-    match run(ctx, move |ctx| engine.range(ctx, &query, start, end, step)).await {
+    respond(run_query.await)
+}
+
+fn respond(res: Result<QueryOutput, ApiError>) -> Response {
+    match res {
         Ok(out) => success(&out),
-        Err(e) => axum::response::IntoResponse::into_response(e),
+        Err(e) => e.into_response(),
     }
 }
 
 /// `GET|POST /api/v1/format_query`: the query, pretty-printed.
 pub async fn format(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    let p = params(&method, q.as_deref(), &body);
+    let p = Params::from_request(&method, q.as_deref(), &body);
     let res = query_param(&p).and_then(|q| {
         strata_promql::parse(&q)
             .map(|e| e.prettify())
@@ -185,7 +175,7 @@ pub async fn format(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Respo
             StatusCode::OK,
             &serde_json::json!({"status": "success", "data": s}),
         ),
-        Err(e) => axum::response::IntoResponse::into_response(e),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -224,6 +214,20 @@ fn write_point(out: &mut String, t: i64, v: &str) {
     out.push_str("\"]");
 }
 
+/// `[{"metric":<labels>...}, ...]`, with `body` writing each element after `"metric":`.
+fn write_series<T>(out: &mut String, items: &[T], body: impl Fn(&mut String, &T)) {
+    out.push('[');
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"metric\":");
+        body(out, x);
+        out.push('}');
+    }
+    out.push(']');
+}
+
 /// The success body, written directly: matrices can be large.
 fn success(out: &QueryOutput) -> Response {
     let mut s = String::with_capacity(256);
@@ -240,39 +244,22 @@ fn success(out: &QueryOutput) -> Response {
             s.push_str(&quoted);
             s.push(']');
         }
-        Value::Vector(v) => {
-            s.push('[');
-            for (i, x) in v.iter().enumerate() {
-                if i > 0 {
+        Value::Vector(v) => write_series(&mut s, v, |s, x| {
+            write_labels(s, &x.labels);
+            s.push_str(",\"value\":");
+            write_point(s, x.t, &format_value(x.v));
+        }),
+        Value::Matrix(m) => write_series(&mut s, m, |s, x| {
+            write_labels(s, &x.labels);
+            s.push_str(",\"values\":[");
+            for (j, (t, v)) in x.points.iter().enumerate() {
+                if j > 0 {
                     s.push(',');
                 }
-                s.push_str("{\"metric\":");
-                write_labels(&mut s, &x.labels);
-                s.push_str(",\"value\":");
-                write_point(&mut s, x.t, &format_value(x.v));
-                s.push('}');
+                write_point(s, *t, &format_value(*v));
             }
             s.push(']');
-        }
-        Value::Matrix(m) => {
-            s.push('[');
-            for (i, x) in m.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                s.push_str("{\"metric\":");
-                write_labels(&mut s, &x.labels);
-                s.push_str(",\"values\":[");
-                for (j, (t, v)) in x.points.iter().enumerate() {
-                    if j > 0 {
-                        s.push(',');
-                    }
-                    write_point(&mut s, *t, &format_value(*v));
-                }
-                s.push_str("]}");
-            }
-            s.push(']');
-        }
+        }),
     }
     s.push('}');
     for (key, list) in [("warnings", &out.warnings), ("infos", &out.infos)] {

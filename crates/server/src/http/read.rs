@@ -29,8 +29,7 @@ fn read_request(
     body: &Bytes,
 ) -> Result<ReadRequest, ApiError> {
     let tenant = tenant_of(headers)?;
-    let form = (*method == Method::POST).then_some(body.as_ref());
-    let params = Params::parse(query, form);
+    let params = Params::from_request(method, query, body);
     let start = params.time("start", i64::MIN / 2)?;
     let end = params.time("end", now_ms() + 365 * 86_400_000)?;
     if end < start {
