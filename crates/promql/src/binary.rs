@@ -310,10 +310,8 @@ fn set_op(
         if si % 256 == 0 {
             env.check("expression evaluation")?;
         }
-        lvals.clear();
-        rvals.clear();
-        lvals.extend((0..l.len()).filter_map(|i| ls.at(l, i, ts).map(|v| (i, v))));
-        rvals.extend((0..r.len()).filter_map(|i| rs.at(r, i, ts).map(|v| (i, v))));
+        ls.all_at(l, ts, &mut lvals);
+        rs.all_at(r, ts, &mut rvals);
         present.iter_mut().for_each(|p| *p = false);
         match op {
             Op::And => {
@@ -387,10 +385,8 @@ fn vector_binop(
         if si % 256 == 0 {
             env.check("expression evaluation")?;
         }
-        mvals.clear();
-        ovals.clear();
-        mvals.extend((0..many.len()).filter_map(|i| ms.at(many, i, ts).map(|v| (i, v))));
-        ovals.extend((0..one.len()).filter_map(|i| os.at(one, i, ts).map(|v| (i, v))));
+        ms.all_at(many, ts, &mut mvals);
+        os.all_at(one, ts, &mut ovals);
         if (mvals.is_empty() && ovals.is_empty())
             || ((mvals.is_empty() || ovals.is_empty())
                 && m.fill_lhs.is_none()

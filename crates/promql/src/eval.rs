@@ -328,6 +328,12 @@ impl Stepper {
         }
     }
 
+    /// Every row with a value at `ts`, as `(row, value)`, into `out` (cleared first).
+    pub fn all_at(&mut self, rows: &[Row], ts: i64, out: &mut Vec<(usize, f64)>) {
+        out.clear();
+        out.extend((0..rows.len()).filter_map(|i| self.at(rows, i, ts).map(|v| (i, v))));
+    }
+
     /// The value of row `i` at `ts` (steps must be visited in increasing order).
     #[inline]
     pub fn at(&mut self, rows: &[Row], i: usize, ts: i64) -> Option<f64> {
