@@ -24,6 +24,6 @@ pub use key::{tenant_seed, SeriesId, SeriesKey, SeriesKeyRef};
 pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use record::{RecordError, SeriesDict};
-pub use sample::{Sample, STALE_NAN};
+pub use sample::{sort_last_wins, Sample, STALE_NAN};
 pub use storage::{SelectHints, SeriesSamples, Storage};
 pub use tenant::{Tenant, TenantError};

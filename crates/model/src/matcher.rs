@@ -86,6 +86,15 @@ impl Matcher {
         }
     }
 
+    /// True when the series with `key` passes every matcher (a missing label is empty).
+    pub fn all_match(matchers: &[Matcher], key: crate::SeriesKeyRef<'_>) -> bool {
+        matchers.iter().all(|m| {
+            let v = key.get(m.name.as_bytes()).unwrap_or_default();
+            // Keys hold valid UTF-8 (checked when built).
+            m.matches(std::str::from_utf8(v).unwrap_or_default())
+        })
+    }
+
     /// True when the matcher also selects series that lack the label.
     pub fn matches_empty(&self) -> bool {
         self.matches("")

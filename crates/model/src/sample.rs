@@ -27,3 +27,19 @@ impl Sample {
 
 /// Prometheus' staleness marker: a NaN with this exact bit pattern.
 pub const STALE_NAN: f64 = f64::from_bits(0x7ff0000000000002);
+
+/// Sorts samples by timestamp and keeps one per timestamp: of equal timestamps, the one that
+/// came last in `v` (the storage rule: the last write wins).
+pub fn sort_last_wins(v: &mut Vec<Sample>) {
+    v.sort_by_key(|s| s.timestamp); // stable: order among equal timestamps is kept
+    let mut w = 0;
+    for r in 0..v.len() {
+        if w > 0 && v[w - 1].timestamp == v[r].timestamp {
+            v[w - 1] = v[r];
+        } else {
+            v[w] = v[r];
+            w += 1;
+        }
+    }
+    v.truncate(w);
+}

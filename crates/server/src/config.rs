@@ -25,6 +25,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// PromQL evaluation limits.
     pub query: QueryConfig,
+    /// Event-time rollups (the warm tier).
+    pub rollups: RollupsConfig,
 }
 
 /// A duration written as in Prometheus (`15s`, `2h`, `30d`), kept in milliseconds.
@@ -119,6 +121,76 @@ impl QueryConfig {
     }
 }
 
+/// Event-time rollups: windows, watermarks, lateness, corrections and the warm tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollupsConfig {
+    /// Roll every raw series up into windows (the warm tier).
+    pub enabled: bool,
+    /// Window length; windows are aligned to the clock.
+    pub window: Duration,
+    /// How far behind the highest event time a shard's watermark trails.
+    pub out_of_orderness: Duration,
+    /// How long after the watermark passes its end a window stays provisional.
+    pub allowed_lateness: Duration,
+    /// How far behind the watermark an event still corrects a final window (default: the raw
+    /// retention, since corrections recompute from raw samples).
+    pub correction_horizon: Option<Duration>,
+    /// A shard without event-time progress this long lets its watermark follow the clock.
+    pub idle_timeout: Duration,
+    /// How long final windows are kept.
+    pub retention: Duration,
+    /// Metrics whose windows keep a quantile sketch (DDSketch, 1% relative accuracy).
+    pub quantile_metrics: Vec<String>,
+    /// Quantiles reported for those metrics.
+    pub quantiles: Vec<f64>,
+}
+
+impl Default for RollupsConfig {
+    fn default() -> Self {
+        RollupsConfig {
+            enabled: true,
+            window: Duration(60_000),
+            out_of_orderness: Duration(10_000),
+            allowed_lateness: Duration(120_000),
+            correction_horizon: None,
+            idle_timeout: Duration(300_000),
+            retention: Duration(400 * 86_400_000),
+            quantile_metrics: Vec::new(),
+            quantiles: vec![0.5, 0.95, 0.99],
+        }
+    }
+}
+
+impl Config {
+    /// The window settings these options describe.
+    pub fn window_options(&self) -> strata_stream::window::WindowOptions {
+        let r = &self.rollups;
+        strata_stream::window::WindowOptions {
+            window_ms: r.window.0,
+            out_of_orderness_ms: r.out_of_orderness.0,
+            allowed_lateness_ms: r.allowed_lateness.0,
+            correction_horizon_ms: r.correction_horizon.unwrap_or(self.retention).0,
+            idle_timeout_ms: r.idle_timeout.0,
+            quantile_metrics: r.quantile_metrics.clone(),
+        }
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let r = &self.rollups;
+        anyhow::ensure!(
+            86_400_000 % r.window.0 == 0,
+            "rollups.window must divide a day evenly (e.g. 10s, 1m, 5m, 1h), got {} ms",
+            r.window.0
+        );
+        if let Some(q) = r.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
+            anyhow::bail!("rollups.quantiles must lie in [0, 1], got {q}");
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -129,6 +201,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             query: QueryConfig::default(),
+            rollups: RollupsConfig::default(),
         }
     }
 }
@@ -184,6 +257,18 @@ timeout = "2m"                   # queries running longer fail with errorType "t
 max_samples = 50000000           # most samples one query may load; more fails with a clear error
 lookback_delta = "5m"            # how far back an instant selector looks for a sample
 default_subquery_step = "1m"     # step of subqueries written without one, e.g. x[1h:]
+
+[rollups]
+enabled = true                   # roll every raw series up into event-time windows (warm tier)
+window = "1m"                    # window length, aligned to the clock; must divide a day
+out_of_orderness = "10s"         # watermark = highest event time seen minus this
+allowed_lateness = "2m"          # windows stay provisional until the watermark passes end + this
+# correction_horizon = "30d"     # events this far behind the watermark still correct final
+                                 # windows (default: the raw retention); older ones are too late
+idle_timeout = "5m"              # a shard without event-time progress this long follows the clock
+retention = "400d"               # how long final windows are kept
+quantile_metrics = []            # metrics whose windows keep a quantile sketch (DDSketch, 1%)
+quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them
 "#;
 
 impl Config {
@@ -235,6 +320,21 @@ mod tests {
             parsed.storage.log_segment_bytes,
             d.storage.log_segment_bytes
         );
+        assert_eq!(parsed.rollups.window, d.rollups.window);
+        assert_eq!(parsed.rollups.allowed_lateness, d.rollups.allowed_lateness);
+        assert_eq!(parsed.rollups.out_of_orderness, d.rollups.out_of_orderness);
+        assert_eq!(parsed.rollups.idle_timeout, d.rollups.idle_timeout);
+        assert_eq!(parsed.rollups.retention, d.rollups.retention);
+        assert_eq!(parsed.rollups.quantiles, d.rollups.quantiles);
+        assert_eq!(parsed.rollups.correction_horizon, None);
+        parsed.validate().unwrap();
+        let mut bad = d.clone();
+        bad.rollups.window = Duration(7_000);
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("divide a day"));
     }
 
     #[test]

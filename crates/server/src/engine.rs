@@ -10,6 +10,7 @@ use strata_log::{LocalLog, Log, LogOptions};
 use strata_model::{
     Labels, Matcher, SelectHints, SeriesSamples, Storage, StorageError, Tenant, WriteBatch,
 };
+use strata_stream::stage::{RollupStage, StageOptions, WindowView};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +39,7 @@ pub struct Engine {
 struct ShardHandle {
     tx: mpsc::Sender<Job>,
     tsdb: Arc<Tsdb>,
+    rollups: Option<Arc<RollupStage>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -54,6 +56,7 @@ impl Engine {
             cfg.partitions >= 1 && cfg.partitions <= 1024,
             "partitions must be 1..=1024"
         );
+        cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
         })?;
@@ -72,26 +75,49 @@ impl Engine {
             max_series_per_metric: cfg.limits.max_series_per_metric,
         };
         // Open and replay shards in parallel: replay time is the restart time.
-        let opened: Vec<anyhow::Result<(Shard, Arc<Tsdb>)>> = std::thread::scope(|s| {
+        let stage_opts = StageOptions {
+            windows: cfg.window_options(),
+            quantiles: cfg.rollups.quantiles.clone(),
+            retention_ms: cfg.rollups.retention.0,
+            block_duration_ms: cfg.storage.block_duration.0,
+        };
+        type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
+        let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..cfg.partitions)
                 .map(|p| {
-                    let (log, counters, limiter, opts) =
-                        (log.clone(), counters.clone(), limiter.clone(), opts.clone());
+                    let (log, counters, limiter, opts, stage_opts) = (
+                        log.clone(),
+                        counters.clone(),
+                        limiter.clone(),
+                        opts.clone(),
+                        stage_opts.clone(),
+                    );
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
                         let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
                         let shard_cfg = ShardConfig {
-                            dir,
+                            dir: dir.clone(),
                             dedup_horizon_ms: cfg.limits.event_dedup_horizon.0,
                             flush_interval: Duration::from_millis(
                                 cfg.storage.flush_interval.0 as u64,
                             ),
                         };
+                        let rollups = if cfg.rollups.enabled {
+                            let stage = RollupStage::open(&dir.join("rollups"), stage_opts)?;
+                            Some(Arc::new(stage))
+                        } else {
+                            None
+                        };
                         let log: Arc<dyn Log> = log;
-                        Ok((
-                            Shard::open(p, tsdb.clone(), log, shard_cfg, counters)?,
-                            tsdb,
-                        ))
+                        let shard = Shard::open(
+                            p,
+                            tsdb.clone(),
+                            rollups.clone(),
+                            log,
+                            shard_cfg,
+                            counters,
+                        )?;
+                        Ok((shard, tsdb, rollups))
                     })
                 })
                 .collect();
@@ -105,7 +131,7 @@ impl Engine {
         });
         let mut shards = Vec::new();
         for (p, o) in opened.into_iter().enumerate() {
-            let (shard, tsdb) = o?;
+            let (shard, tsdb, rollups) = o?;
             let (tx, rx) = mpsc::channel(QUEUE);
             let rt = rt.clone();
             let thread = std::thread::Builder::new()
@@ -114,6 +140,7 @@ impl Engine {
             shards.push(ShardHandle {
                 tx,
                 tsdb,
+                rollups,
                 thread: Some(thread),
             });
         }
@@ -297,10 +324,155 @@ impl Engine {
             "Blocks deleted by retention.",
             t.retention_deleted_blocks_total,
         );
+        self.render_rollup_metrics(out);
+    }
+
+    fn render_rollup_metrics(&self, out: &mut String) {
+        use crate::metrics::{counter, header};
+        let stages: Vec<(usize, &Arc<RollupStage>)> = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.rollups.as_ref().map(|r| (i, r)))
+            .collect();
+        if stages.is_empty() {
+            return;
+        }
+        let now = strata_model::time::now_ms();
+        let per_shard: Vec<_> = stages
+            .iter()
+            .map(|(i, r)| {
+                let w = r.windows();
+                (
+                    *i,
+                    w.watermark(),
+                    w.max_event_time(),
+                    w.open_windows(),
+                    w.stats().clone(),
+                    r.counters()
+                        .corrected_windows
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let ms = |t: i64| (t != i64::MIN).then_some(t);
+        header(
+            out,
+            "strata_rollup_watermark_seconds",
+            "gauge",
+            "Event-time watermark of each shard (Unix seconds).",
+        );
+        for (i, wm, ..) in &per_shard {
+            if let Some(wm) = ms(*wm) {
+                let _ = writeln!(
+                    out,
+                    "strata_rollup_watermark_seconds{{shard=\"{i}\"}} {}",
+                    wm as f64 / 1000.0
+                );
+            }
+        }
+        header(
+            out,
+            "strata_rollup_event_time_lag_seconds",
+            "gauge",
+            "Wall clock minus the highest event time seen, per shard.",
+        );
+        for (i, _, max, ..) in &per_shard {
+            if let Some(max) = ms(*max) {
+                let _ = writeln!(
+                    out,
+                    "strata_rollup_event_time_lag_seconds{{shard=\"{i}\"}} {}",
+                    (now - max) as f64 / 1000.0
+                );
+            }
+        }
+        let sum = |f: &dyn Fn(&strata_stream::window::WindowStats) -> u64| {
+            per_shard.iter().map(|p| f(&p.4)).sum::<u64>()
+        };
+        crate::metrics::gauge(
+            out,
+            "strata_rollup_open_windows",
+            "Provisional windows held in memory (series x window).",
+            per_shard.iter().map(|p| p.3).sum::<usize>() as f64,
+        );
+        counter(
+            out,
+            "strata_rollup_on_time_samples_total",
+            "Samples at or ahead of their shard's watermark.",
+            sum(&|s| s.on_time),
+        );
+        counter(
+            out,
+            "strata_rollup_late_samples_total",
+            "Samples behind the watermark that still reached a provisional window.",
+            sum(&|s| s.late),
+        );
+        counter(
+            out,
+            "strata_rollup_correction_samples_total",
+            "Samples that arrived for final windows (their windows are recomputed).",
+            sum(&|s| s.correction_samples),
+        );
+        counter(
+            out,
+            "strata_rollup_too_late_samples_total",
+            "Samples beyond the correction horizon: stored raw, not rolled up.",
+            sum(&|s| s.too_late),
+        );
+        counter(
+            out,
+            "strata_rollup_finalized_windows_total",
+            "Windows that became final.",
+            sum(&|s| s.finalized),
+        );
+        counter(
+            out,
+            "strata_rollup_corrected_windows_total",
+            "Final windows recomputed with changed figures (revision + 1).",
+            per_shard.iter().map(|p| p.5).sum(),
+        );
     }
 }
 
 impl Engine {
+    /// True when rollups are enabled.
+    pub fn rollups_enabled(&self) -> bool {
+        self.shards.iter().any(|s| s.rollups.is_some())
+    }
+
+    /// The rollup windows of series matching `matchers` that overlap `[start, end]`, sorted by
+    /// labels (series never span shards).
+    pub fn rollups(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        let mut out = Vec::new();
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            out.extend(r.read(tenant, matchers, start, end)?);
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The last reading of every metric of `device` (the shard of its entity holds them all).
+    pub fn device_latest(
+        &self,
+        tenant: &Tenant,
+        device: &str,
+    ) -> Vec<(Labels, strata_model::Sample)> {
+        let mut out: Vec<_> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.rollups.as_ref())
+            .flat_map(|r| r.device(tenant, device))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// The sorted union of one read over every shard.
     fn union<T: Ord>(
         &self,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use strata_log::{Log, PartitionWriter};
 use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
+use strata_stream::stage::RollupStage;
 use strata_tsdb::{AppendStats, Tsdb};
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,6 +73,7 @@ pub struct ShardConfig {
 pub struct Shard {
     partition: u32,
     tsdb: Arc<Tsdb>,
+    rollups: Option<Arc<RollupStage>>,
     log: Arc<dyn Log>,
     writer: Box<dyn PartitionWriter>,
     dedup: EventDedup,
@@ -97,6 +99,7 @@ impl Shard {
     pub fn open(
         partition: u32,
         tsdb: Arc<Tsdb>,
+        rollups: Option<Arc<RollupStage>>,
         log: Arc<dyn Log>,
         cfg: ShardConfig,
         counters: Arc<Counters>,
@@ -104,7 +107,13 @@ impl Shard {
         std::fs::create_dir_all(&cfg.dir)?;
         let mut dedup = EventDedup::load(&cfg.dir.join("events.ckpt"), cfg.dedup_horizon_ms)
             .map_err(anyhow::Error::msg)?;
-        let from = tsdb.checkpoint_offset().map_or(0, |o| o + 1);
+        let raw_from = tsdb.checkpoint_offset().map_or(0, |o| o + 1);
+        // Windows may have been checkpointed at another offset than the raw tier (or never, when
+        // rollups were just enabled): replay from the earlier, apply each part past its own.
+        let windows_from = rollups
+            .as_ref()
+            .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
+        let from = raw_from.min(windows_from);
         let started = Instant::now();
         let (mut records, mut samples) = (0u64, 0u64);
         let mut last_report = Instant::now();
@@ -125,9 +134,30 @@ impl Shard {
                     dedup.first_sighting(batch.tenant(), k, id, now);
                 }
             }
-            let st = tsdb.append(&batch, rec.offset);
+            let to_windows = rec.offset >= windows_from;
+            if rec.offset >= raw_from {
+                let st = match (&rollups, to_windows) {
+                    (Some(r), true) => {
+                        let mut w = r.observer();
+                        tsdb.append_observed(&batch, rec.offset, |s, stored| {
+                            w.observe(batch.tenant(), s.id, s.key, stored)
+                        })
+                    }
+                    _ => tsdb.append(&batch, rec.offset),
+                };
+                samples += st.appended as u64;
+            } else if let (Some(r), true) = (&rollups, to_windows) {
+                // Already in raw blocks: the windows still need the samples.
+                let mut w = r.observer();
+                for s in batch.iter() {
+                    w.observe(batch.tenant(), s.id, s.key, s.samples);
+                }
+            }
+            if let (Some(r), true) = (&rollups, to_windows) {
+                r.settle(&tsdb, None, rec.offset)
+                    .map_err(|e| anyhow::anyhow!("partition {partition}: rollups: {e}"))?;
+            }
             records += 1;
-            samples += st.appended as u64;
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
                 let end = log.end_offset(partition);
@@ -154,6 +184,7 @@ impl Shard {
         Ok(Shard {
             partition,
             tsdb,
+            rollups,
             log,
             writer,
             dedup,
@@ -258,11 +289,36 @@ impl Shard {
                 return;
             }
         }
-        for mut p in pending.drain(..) {
-            if let Some(off) = p.offset {
-                p.result.stats = self.tsdb.append(&p.batch, off);
+        let mut last = None;
+        {
+            let mut windows = self.rollups.as_ref().map(|r| r.observer());
+            for p in pending.iter_mut() {
+                let Some(off) = p.offset else { continue };
+                last = Some(off);
+                p.result.stats = match &mut windows {
+                    Some(w) => self.tsdb.append_observed(&p.batch, off, |s, stored| {
+                        w.observe(p.batch.tenant(), s.id, s.key, stored)
+                    }),
+                    None => self.tsdb.append(&p.batch, off),
+                };
             }
+        }
+        // Windows are settled before the acknowledgement, so a reader who got one sees the
+        // rollups it caused.
+        if let Some(off) = last {
+            self.settle(off);
+        }
+        for p in pending.drain(..) {
             let _ = p.ack.send(Ok(p.result));
+        }
+    }
+
+    /// Closes windows the watermark passed and applies corrections.
+    fn settle(&mut self, offset: u64) {
+        if let Some(r) = &self.rollups {
+            if let Err(e) = r.settle(&self.tsdb, Some(now_ms()), offset) {
+                tracing::error!(partition = self.partition, "rollups: {e}");
+            }
         }
     }
 
@@ -308,6 +364,9 @@ impl Shard {
     }
 
     fn background(&mut self) {
+        // An idle shard's windows close by the wall clock.
+        let applied = self.writer.next_offset().saturating_sub(1);
+        self.settle(applied);
         if self.last_maintain.elapsed() >= Duration::from_secs(10) {
             self.last_maintain = Instant::now();
             let now = now_ms();
@@ -318,6 +377,12 @@ impl Shard {
                     "storage maintenance failed: {e}"
                 );
             }
+            if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
+                tracing::error!(
+                    partition = self.partition,
+                    "warm-tier maintenance failed: {e}"
+                );
+            }
         }
         if self.last_flush.elapsed() >= self.cfg.flush_interval {
             if let Err(e) = self.flush() {
@@ -326,19 +391,32 @@ impl Shard {
         }
     }
 
-    /// Persists the head and the dedup state, then drops log segments both cover.
+    /// Persists the rollups, the dedup state and the head, then drops log segments all of them
+    /// cover.
     fn flush(&mut self) -> anyhow::Result<()> {
         self.last_flush = Instant::now();
-        // Dedup state first: a crash between the two then replays records whose events are
+        let logged = self.writer.next_offset().checked_sub(1);
+        // Rollups first: a crash before the raw flush then replays records the windows have
+        // seen, which they ignore (replay applies each part past its own checkpoint).
+        if let Some(r) = &self.rollups {
+            r.checkpoint(logged)?;
+        }
+        // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        if let Some(off) = self.tsdb.flush()? {
+        let raw = self.tsdb.flush()?;
+        let windows = match &self.rollups {
+            Some(r) => r.checkpoint_offset(),
+            None => raw,
+        };
+        if let (Some(raw), Some(windows)) = (raw, windows) {
+            let covered = raw.min(windows);
             // Everything logged is now in blocks: start a new segment so all of it can go.
-            if off + 1 == self.writer.next_offset() {
+            if covered + 1 == self.writer.next_offset() {
                 self.writer.roll()?;
                 self.dict.clear();
             }
-            self.log.truncate_before(self.partition, off + 1)?;
+            self.log.truncate_before(self.partition, covered + 1)?;
         }
         self.tsdb.maintain(now_ms())?;
         self.counters.flushes.add(1);

@@ -189,20 +189,7 @@ impl MemSeries {
     }
 }
 
-/// Sorts by timestamp keeping write order among equal ones, then keeps the last of each.
-pub fn resolve(v: &mut Vec<Sample>) {
-    v.sort_by_key(|s| s.timestamp);
-    let mut w = 0;
-    for r in 0..v.len() {
-        if w > 0 && v[w - 1].timestamp == v[r].timestamp {
-            v[w - 1] = v[r];
-        } else {
-            v[w] = v[r];
-            w += 1;
-        }
-    }
-    v.truncate(w);
-}
+pub use strata_model::sort_last_wins as resolve;
 
 /// One tenant's head: series by id (with collision lists) and their index.
 #[derive(Default)]

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{
-    Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef, SeriesSamples, Storage,
-    StorageError, Tenant, WriteBatch, METRIC_NAME,
+    BatchSeries, Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef, SeriesSamples,
+    Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
 };
 
 /// Errors of the storage engine. Messages name the file.
@@ -268,6 +268,18 @@ impl Tsdb {
 
     /// Appends every series of `batch`; `log_offset` is the ingest-log record it came from.
     pub fn append(&self, batch: &WriteBatch, log_offset: u64) -> AppendStats {
+        self.append_observed(batch, log_offset, |_, _| {})
+    }
+
+    /// As [`Tsdb::append`], handing `changed(series, samples)` the samples of each series that
+    /// changed what storage holds: new values and overwrites, in batch order (exact repeats and
+    /// refused samples left out).
+    pub fn append_observed(
+        &self,
+        batch: &WriteBatch,
+        log_offset: u64,
+        mut changed: impl FnMut(&BatchSeries<'_>, &[Sample]),
+    ) -> AppendStats {
         let mut st = AppendStats::default();
         let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
         let mut inner = self.inner.write();
@@ -279,6 +291,7 @@ impl Tsdb {
             None => heads.entry(tenant.clone()).or_default(),
         };
         let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
+        let mut stored = Vec::new();
         for s in batch.iter() {
             let r = match head.get(s.id, s.key) {
                 Some(r) => r,
@@ -292,6 +305,7 @@ impl Tsdb {
                 }
             };
             let series = &mut head.series[r as usize];
+            stored.clear();
             for x in s.samples {
                 if x.timestamp < oldest {
                     st.too_old += 1;
@@ -300,9 +314,16 @@ impl Tsdb {
                 let lookup = |t: i64| lookup_blocks(tblocks, s.key, t);
                 match series.append(*x, lookup) {
                     Appended::New => st.appended += 1,
-                    Appended::Duplicate => st.duplicates += 1,
+                    Appended::Duplicate => {
+                        st.duplicates += 1;
+                        continue;
+                    }
                     Appended::Overwrote => st.overwritten += 1,
                 }
+                stored.push(*x);
+            }
+            if !stored.is_empty() {
+                changed(&s, &stored);
             }
         }
         st
@@ -430,6 +451,38 @@ impl Tsdb {
         self.deleted
             .fetch_add(st.deleted_blocks as u64, Ordering::Relaxed);
         Ok(st)
+    }
+
+    /// The samples of one series in `[start, end]`, sorted, one per timestamp.
+    pub fn read_series(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Sample>, StorageError> {
+        let inner = self.inner.read();
+        let mut out = Vec::new();
+        if let Some(bs) = inner.blocks.get(tenant) {
+            for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
+                if let Some(id) = b.find(key) {
+                    let m = b.meta(id);
+                    if m.max_t >= start && m.min_t <= end {
+                        b.read(id, &mut out)
+                            .map_err(|e| StorageError::Io(e.to_string()))?;
+                    }
+                }
+            }
+        }
+        if let Some(h) = inner.heads.get(tenant) {
+            if let Some(r) = h.get(strata_model::SeriesId::of(tenant, key), key) {
+                h.series[r as usize].read(start, end, &mut out);
+            }
+        }
+        drop(inner);
+        resolve(&mut out);
+        out.retain(|s| s.timestamp >= start && s.timestamp <= end);
+        Ok(out)
     }
 
     /// Sizes and counters.

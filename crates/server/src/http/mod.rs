@@ -2,6 +2,7 @@
 
 mod query;
 mod read;
+mod rollups;
 mod write;
 
 use crate::engine::Engine;
@@ -44,6 +45,15 @@ pub fn router(state: AppState) -> Router {
             get(query::format).post(query::format),
         )
         .route("/api/v1/metadata", get(query::metadata))
+        .route(
+            "/api/v1/rollups",
+            get(rollups::rollups).post(rollups::rollups),
+        )
+        .route("/api/v1/devices/{id}/latest", get(rollups::latest))
+        .route(
+            "/api/v1/devices/{id}/summary",
+            get(rollups::summary).post(rollups::summary),
+        )
         .route("/api/v1/status/buildinfo", get(read::buildinfo))
         .route("/api/v1/admin/flush", post(read::flush))
         .route("/health", get(|| async { "OK\n" }))

@@ -15,14 +15,14 @@ use strata_model::{Labels, Matcher, SelectHints, Storage, Tenant};
 const EXPORT_MAX_SAMPLES: usize = 200_000_000;
 
 /// The parts every read shares: tenant, parameters, time range.
-struct ReadRequest {
-    tenant: Tenant,
-    params: Params,
-    start: i64,
-    end: i64,
+pub(super) struct ReadRequest {
+    pub(super) tenant: Tenant,
+    pub(super) params: Params,
+    pub(super) start: i64,
+    pub(super) end: i64,
 }
 
-fn read_request(
+pub(super) fn read_request(
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -45,7 +45,7 @@ fn read_request(
     })
 }
 
-fn matcher_sets(params: &Params, required: bool) -> Result<Vec<Vec<Matcher>>, ApiError> {
+pub(super) fn matcher_sets(params: &Params, required: bool) -> Result<Vec<Vec<Matcher>>, ApiError> {
     let raw = params.all("match[]");
     if raw.is_empty() && required {
         return Err(ApiError::bad_data("no match[] parameter provided"));
@@ -57,7 +57,7 @@ fn matcher_sets(params: &Params, required: bool) -> Result<Vec<Vec<Matcher>>, Ap
     Ok(sets)
 }
 
-fn storage_error(e: strata_model::StorageError) -> ApiError {
+pub(super) fn storage_error(e: strata_model::StorageError) -> ApiError {
     match e {
         strata_model::StorageError::TooManySamples { .. } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "execution", e.to_string())
@@ -67,14 +67,14 @@ fn storage_error(e: strata_model::StorageError) -> ApiError {
     }
 }
 
-fn success(data: serde_json::Value) -> Response {
+pub(super) fn success(data: serde_json::Value) -> Response {
     json_response(
         StatusCode::OK,
         &serde_json::json!({"status": "success", "data": data}),
     )
 }
 
-fn labels_json(l: &Labels) -> serde_json::Value {
+pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
     serde_json::Value::Object(
         l.iter()
             .map(|l| (l.name.clone(), l.value.clone().into()))

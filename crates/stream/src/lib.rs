@@ -1,0 +1,44 @@
+//! The stream stage of one shard: event-time windows, watermarks, rollups and their sketches,
+//! and the warm tier that keeps final windows.
+//!
+//! - [`window`]: which window a sample belongs to, the shard's watermark, and each window's
+//!   life from provisional to final to corrected.
+//! - [`rollup`]: the figures a window keeps (count, sums, min, max, first, last, increase,
+//!   quantiles), all of which merge exactly.
+//! - [`exact`] and [`sketch`]: the exact sum and the mergeable sketches those figures use.
+//! - [`store`]: final windows of one shard, kept in a storage engine of their own.
+//! - [`shadow`]: each device's last known reading of every metric.
+//! - [`stage`]: the shard's rollup stage tying windows, store and raw tier together.
+//!
+//! This crate does no networking and knows nothing of protocols; the shard that owns it feeds it
+//! samples in log order and reads the raw tier for corrections.
+
+mod bytes;
+pub mod exact;
+pub mod rollup;
+pub mod shadow;
+pub mod sketch;
+pub mod stage;
+pub mod store;
+pub mod window;
+
+/// Errors of the stream stage. Messages name the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// An I/O operation failed.
+    #[error("stream state I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A checkpoint is damaged.
+    #[error("stream checkpoint {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}

@@ -1,0 +1,259 @@
+//! One shard's rollup stage: its [`Windows`], its warm [`RollupStore`], and the steps that
+//! connect them to the raw tier (closing windows, applying corrections, checkpoints, reads).
+//!
+//! The shard's thread is the only writer (observe, settle, checkpoint); HTTP readers share it
+//! and take the windows' read lock briefly.
+
+use crate::rollup::{Figures, Rollup};
+use crate::store::{RollupStore, StoredWindow, WindowWrite};
+use crate::window::{ClosedWindow, WindowOptions, WindowState, Windows};
+use crate::StreamError;
+use parking_lot::RwLock;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use strata_model::{Labels, Matcher, StorageError, Tenant};
+use strata_tsdb::{Tsdb, TsdbError};
+
+/// Settings of a shard's rollup stage.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    /// Windows and watermarks.
+    pub windows: WindowOptions,
+    /// Quantiles reported for metrics that keep a sketch.
+    pub quantiles: Vec<f64>,
+    /// How long final windows are kept.
+    pub retention_ms: i64,
+    /// Span of a warm-tier block.
+    pub block_duration_ms: i64,
+}
+
+/// A window as a reader sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowView {
+    /// Window start, ms.
+    pub start: i64,
+    /// Window end (exclusive), ms.
+    pub end: i64,
+    /// Its figures.
+    pub figures: Figures,
+    /// Where it is in its life.
+    pub state: WindowState,
+    /// 0 until corrected; each correction adds one.
+    pub revision: u32,
+}
+
+/// Counters of window transitions not kept by [`Windows`].
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    /// Windows recomputed because of late samples (changed figures only).
+    pub corrected_windows: AtomicU64,
+}
+
+/// The rollup stage of one shard.
+pub struct RollupStage {
+    opts: StageOptions,
+    windows: RwLock<Windows>,
+    store: RollupStore,
+    checkpoint: PathBuf,
+    /// Log offset the window checkpoint covers (`u64::MAX`: none).
+    covered: AtomicU64,
+    /// Until the first checkpoint after opening, a closing window may already be stored (from
+    /// before a crash): compare instead of blindly writing revision 0.
+    verify_existing: AtomicBool,
+    counters: StageCounters,
+}
+
+impl RollupStage {
+    /// Opens the stage kept in `dir`: the warm store and the window checkpoint.
+    pub fn open(dir: &Path, opts: StageOptions) -> Result<RollupStage, StreamError> {
+        let tsdb_err = |e: TsdbError| StreamError::Corrupt {
+            path: dir.join("warm"),
+            reason: e.to_string(),
+        };
+        let store = RollupStore::open(&dir.join("warm"), opts.retention_ms, opts.block_duration_ms)
+            .map_err(tsdb_err)?;
+        let checkpoint = dir.join("windows.ckpt");
+        let (windows, covered) = Windows::load(&checkpoint, opts.windows.clone())?;
+        Ok(RollupStage {
+            opts,
+            windows: RwLock::new(windows),
+            store,
+            checkpoint,
+            covered: AtomicU64::new(covered.unwrap_or(u64::MAX)),
+            verify_existing: AtomicBool::new(true),
+            counters: StageCounters::default(),
+        })
+    }
+
+    /// The log offset the stage's checkpoint covers (replay starts after it).
+    pub fn checkpoint_offset(&self) -> Option<u64> {
+        Some(self.covered.load(Ordering::Acquire)).filter(|&o| o != u64::MAX)
+    }
+
+    /// The warm store.
+    pub fn store(&self) -> &RollupStore {
+        &self.store
+    }
+
+    /// The windows, for reading state and counters.
+    pub fn windows(&self) -> parking_lot::RwLockReadGuard<'_, Windows> {
+        self.windows.read()
+    }
+
+    /// Transition counters.
+    pub fn counters(&self) -> &StageCounters {
+        &self.counters
+    }
+
+    /// The last readings of `device` (see [`crate::shadow`]).
+    pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(Labels, strata_model::Sample)> {
+        self.windows
+            .read()
+            .shadows()
+            .device(tenant, device)
+            .into_iter()
+            .map(|(k, s)| (k.labels(), s))
+            .collect()
+    }
+
+    /// Locks the windows for a group of [`Windows::observe`] calls.
+    pub fn observer(&self) -> parking_lot::RwLockWriteGuard<'_, Windows> {
+        self.windows.write()
+    }
+
+    /// Closes the windows the watermark has passed and applies queued corrections, reading raw
+    /// samples from `raw`. `now_ms` is `None` while replaying; `offset` is the last log offset
+    /// applied.
+    pub fn settle(&self, raw: &Tsdb, now_ms: Option<i64>, offset: u64) -> Result<(), StorageError> {
+        let mut closed: Vec<ClosedWindow> = Vec::new();
+        let corrections = {
+            let mut w = self.windows.write();
+            w.advance(now_ms, |c| closed.push(c));
+            w.take_corrections()
+        };
+        let q = &self.opts.quantiles;
+        let mut figures: Vec<(usize, Figures, u32)> = Vec::with_capacity(closed.len());
+        for (i, c) in closed.iter().enumerate() {
+            let f = c.rollup.figures(q);
+            let revision = if self.verify_existing.load(Ordering::Relaxed) {
+                match self.store.get(&c.tenant, c.key.as_ref(), c.start, q)? {
+                    Some(s) if s.figures == f => continue,
+                    Some(s) => s.revision + 1,
+                    None => 0,
+                }
+            } else {
+                0
+            };
+            figures.push((i, f, revision));
+        }
+        let writes: Vec<WindowWrite<'_>> = figures
+            .iter()
+            .map(|(i, f, revision)| WindowWrite {
+                tenant: &closed[*i].tenant,
+                key: closed[*i].key.as_ref(),
+                start: closed[*i].start,
+                figures: f,
+                revision: *revision,
+            })
+            .collect();
+        self.store.write(&writes, offset);
+        let width = self.opts.windows.window_ms;
+        for c in corrections {
+            let samples =
+                raw.read_series(&c.tenant, c.key.as_ref(), c.start, c.start + width - 1)?;
+            let sketch = self.windows.read().wants_quantiles(c.key.as_ref());
+            let Some(rollup) = Rollup::of_sorted(&samples, sketch) else {
+                continue;
+            };
+            let f = rollup.figures(q);
+            let revision = match self.store.get(&c.tenant, c.key.as_ref(), c.start, q)? {
+                Some(s) if s.figures == f => continue,
+                Some(s) => s.revision + 1,
+                None => 1,
+            };
+            self.store.write(
+                &[WindowWrite {
+                    tenant: &c.tenant,
+                    key: c.key.as_ref(),
+                    start: c.start,
+                    figures: &f,
+                    revision,
+                }],
+                offset,
+            );
+            self.counters
+                .corrected_windows
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Persists the warm store, then the open windows with the log offset they cover. In this
+    /// order a crash between the two replays windows the store already holds, which closing
+    /// tolerates (it compares before writing).
+    pub fn checkpoint(&self, offset: Option<u64>) -> Result<(), StreamError> {
+        let tsdb_err = |e: TsdbError| StreamError::Corrupt {
+            path: self.checkpoint.clone(),
+            reason: e.to_string(),
+        };
+        self.store.tsdb().flush().map_err(tsdb_err)?;
+        self.windows.read().save(&self.checkpoint, offset)?;
+        self.covered
+            .store(offset.unwrap_or(u64::MAX), Ordering::Release);
+        self.verify_existing.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Retention of the warm tier.
+    pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
+        self.store.tsdb().maintain(now_ms).map(|_| ())
+    }
+
+    /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`:
+    /// final and corrected ones from the store, provisional ones from memory.
+    pub fn read(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        let width = self.opts.windows.window_ms;
+        let view = |w: StoredWindow| WindowView {
+            start: w.start,
+            end: w.start + width,
+            state: WindowState::of_revision(w.revision),
+            revision: w.revision,
+            figures: w.figures,
+        };
+        let mut out: std::collections::BTreeMap<Labels, Vec<WindowView>> = self
+            .store
+            .select(tenant, matchers, start.saturating_sub(width - 1), end)?
+            .into_iter()
+            .map(|(l, ws)| (l, ws.into_iter().map(view).collect()))
+            .collect();
+        let q = &self.opts.quantiles;
+        self.windows.read().provisional(
+            tenant,
+            start,
+            end,
+            |key| Matcher::all_match(matchers, key),
+            |key, ws, r| {
+                out.entry(key.labels()).or_default().push(WindowView {
+                    start: ws,
+                    end: ws + width,
+                    figures: r.figures(q),
+                    state: WindowState::Provisional,
+                    revision: 0,
+                })
+            },
+        );
+        Ok(out
+            .into_iter()
+            .map(|(l, mut ws)| {
+                ws.sort_by_key(|w| w.start);
+                (l, ws)
+            })
+            .collect())
+    }
+}

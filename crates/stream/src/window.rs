@@ -1,0 +1,674 @@
+//! Event-time windows of one shard: which window a sample belongs to, the shard's watermark,
+//! and each window's life from *provisional* to *final* to *corrected*.
+//!
+//! Windows are tumbling, aligned to the clock (a 1-minute window starts on a whole minute).
+//! The watermark is the highest event time seen minus the allowed out-of-orderness; it never
+//! moves back. A window `[s, s + w)` stays *provisional*, buffering its samples, until the
+//! watermark passes `s + w + allowed_lateness`; then it becomes *final* and its [`Rollup`] is
+//! handed out once. A sample for a final window inside the correction horizon queues a
+//! *correction*: the owner recomputes the window from the raw tier. Older samples are counted
+//! as too late. A shard that stops receiving events must not hold windows open forever: after
+//! `idle_timeout` without progress its watermark follows the wall clock.
+//!
+//! Everything here is driven by the samples in log order and, for idleness, by the time the
+//! caller passes in, so a replay of the log reproduces the same windows.
+
+use crate::bytes::{put, write_atomically, Reader};
+use crate::rollup::Rollup;
+use crate::shadow::Shadows;
+use crate::StreamError;
+use ahash::AHashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use strata_model::{
+    sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant, METRIC_NAME,
+};
+
+/// How windows are cut and when they close.
+#[derive(Debug, Clone)]
+pub struct WindowOptions {
+    /// Window length (1 minute by default).
+    pub window_ms: i64,
+    /// How far behind the highest event time the watermark trails.
+    pub out_of_orderness_ms: i64,
+    /// How long after the watermark passes its end a window still takes samples.
+    pub allowed_lateness_ms: i64,
+    /// How far behind the watermark a sample still corrects a final window.
+    pub correction_horizon_ms: i64,
+    /// Without progress for this long, the watermark follows the wall clock this far behind.
+    pub idle_timeout_ms: i64,
+    /// Metrics whose windows keep a quantile sketch.
+    pub quantile_metrics: Vec<String>,
+}
+
+impl Default for WindowOptions {
+    fn default() -> Self {
+        WindowOptions {
+            window_ms: 60_000,
+            out_of_orderness_ms: 10_000,
+            allowed_lateness_ms: 120_000,
+            correction_horizon_ms: 30 * 86_400_000,
+            idle_timeout_ms: 300_000,
+            quantile_metrics: Vec::new(),
+        }
+    }
+}
+
+/// Where a window is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowState {
+    /// Still taking samples; figures may change.
+    Provisional,
+    /// Closed by the watermark; figures are settled.
+    Final,
+    /// Recomputed after a late sample arrived for a final window.
+    Corrected,
+}
+
+impl WindowState {
+    /// The name used by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowState::Provisional => "provisional",
+            WindowState::Final => "final",
+            WindowState::Corrected => "corrected",
+        }
+    }
+
+    /// The state of a stored window with this revision (0 is the first final version).
+    pub fn of_revision(revision: u32) -> WindowState {
+        if revision == 0 {
+            WindowState::Final
+        } else {
+            WindowState::Corrected
+        }
+    }
+}
+
+/// How a sample arrived, relative to the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// At or ahead of the watermark.
+    OnTime,
+    /// Behind the watermark, but its window is still provisional.
+    Late,
+    /// Its window is final: the window will be recomputed.
+    Correction,
+    /// Behind the watermark by more than the correction horizon: stored raw, not rolled up.
+    TooLate,
+}
+
+/// Counts of arrivals and window transitions since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Samples at or ahead of the watermark.
+    pub on_time: u64,
+    /// Samples behind the watermark into provisional windows.
+    pub late: u64,
+    /// Samples that arrived for final windows (each queues a correction).
+    pub correction_samples: u64,
+    /// Samples beyond the correction horizon.
+    pub too_late: u64,
+    /// Windows that became final.
+    pub finalized: u64,
+}
+
+/// A window of one series that has become final.
+#[derive(Debug, Clone)]
+pub struct ClosedWindow {
+    /// The series' tenant.
+    pub tenant: Tenant,
+    /// The series.
+    pub key: SeriesKey,
+    /// Window start (inclusive), ms.
+    pub start: i64,
+    /// Its figures.
+    pub rollup: Rollup,
+}
+
+/// A final window that must be recomputed from the raw tier.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Correction {
+    /// The series' tenant.
+    pub tenant: Tenant,
+    /// The series.
+    pub key: SeriesKey,
+    /// Window start, ms.
+    pub start: i64,
+}
+
+/// One series' samples in one open window, in arrival order.
+#[derive(Debug, Clone)]
+struct Open {
+    tenant: Tenant,
+    key: SeriesKey,
+    samples: Vec<Sample>,
+}
+
+/// The series of one open window, found by id and confirmed by tenant and key.
+#[derive(Debug, Default)]
+struct OpenWindow {
+    by_id: AHashMap<u64, Vec<u32>>,
+    series: Vec<Open>,
+}
+
+impl OpenWindow {
+    /// The slot of a series, made when new.
+    fn slot(&mut self, tenant: &Tenant, id: SeriesId, key: SeriesKeyRef<'_>) -> usize {
+        let slots = self.by_id.entry(id.0).or_default();
+        let series = &mut self.series;
+        if let Some(i) = slots.iter().copied().find(|&i| {
+            let o = &series[i as usize];
+            o.key.as_ref() == key && &o.tenant == tenant
+        }) {
+            return i as usize;
+        }
+        slots.push(series.len() as u32);
+        series.push(Open {
+            tenant: tenant.clone(),
+            key: key.to_owned(),
+            samples: Vec::new(),
+        });
+        series.len() - 1
+    }
+}
+
+/// The windows of one shard.
+#[derive(Debug)]
+pub struct Windows {
+    opts: WindowOptions,
+    /// Highest event time seen.
+    max_event: i64,
+    watermark: i64,
+    /// The watermark by event time alone (progress, as opposed to idleness).
+    event_watermark: i64,
+    /// Every window starting before this is final.
+    closed_before: i64,
+    /// Wall-clock time of the last watermark progress, for idleness.
+    last_progress_ms: Option<i64>,
+    open: BTreeMap<i64, OpenWindow>,
+    corrections: BTreeSet<Correction>,
+    stats: WindowStats,
+    /// Each device's last readings: fed by the same samples, checkpointed with the windows.
+    shadows: Shadows,
+}
+
+impl Windows {
+    /// No windows yet; the watermark starts at the beginning of time.
+    pub fn new(opts: WindowOptions) -> Windows {
+        assert!(opts.window_ms > 0, "window length must be positive");
+        Windows {
+            opts,
+            max_event: i64::MIN,
+            watermark: i64::MIN,
+            event_watermark: i64::MIN,
+            closed_before: i64::MIN,
+            last_progress_ms: None,
+            open: BTreeMap::new(),
+            corrections: BTreeSet::new(),
+            stats: WindowStats::default(),
+            shadows: Shadows::default(),
+        }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &WindowOptions {
+        &self.opts
+    }
+
+    /// The shard's watermark (`i64::MIN` before the first sample).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// The highest event time seen (`i64::MIN` before the first sample).
+    pub fn max_event_time(&self) -> i64 {
+        self.max_event
+    }
+
+    /// Every window starting before this is final.
+    pub fn closed_before(&self) -> i64 {
+        self.closed_before
+    }
+
+    /// Each device's last readings.
+    pub fn shadows(&self) -> &Shadows {
+        &self.shadows
+    }
+
+    /// Arrival counts.
+    pub fn stats(&self) -> &WindowStats {
+        &self.stats
+    }
+
+    /// Windows currently open (series × window).
+    pub fn open_windows(&self) -> usize {
+        self.open.values().map(|w| w.series.len()).sum()
+    }
+
+    /// Start of the window holding `ts`.
+    pub fn window_start(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.opts.window_ms) * self.opts.window_ms
+    }
+
+    /// Takes the samples the raw tier just stored for one series (new values and
+    /// overwrites, not exact repeats), in log order, counting how each arrived.
+    pub fn observe(
+        &mut self,
+        tenant: &Tenant,
+        id: SeriesId,
+        key: SeriesKeyRef<'_>,
+        samples: &[Sample],
+    ) {
+        self.shadows.observe(tenant, key, samples);
+        let mut cached: Option<(i64, usize)> = None;
+        for &s in samples {
+            let start = self.window_start(s.timestamp);
+            match self.classify(s.timestamp, start) {
+                Arrival::TooLate => {
+                    self.stats.too_late += 1;
+                    continue;
+                }
+                Arrival::Correction => {
+                    self.stats.correction_samples += 1;
+                    self.corrections.insert(Correction {
+                        tenant: tenant.clone(),
+                        key: key.to_owned(),
+                        start,
+                    });
+                    continue;
+                }
+                Arrival::Late => self.stats.late += 1,
+                Arrival::OnTime => self.stats.on_time += 1,
+            }
+            self.max_event = self.max_event.max(s.timestamp);
+            let window = self.open.entry(start).or_default();
+            let slot = match cached {
+                Some((st, i)) if st == start => i,
+                _ => {
+                    let i = window.slot(tenant, id, key);
+                    cached = Some((start, i));
+                    i
+                }
+            };
+            window.series[slot].samples.push(s);
+        }
+    }
+
+    /// How a sample at `ts` in the window starting at `start` arrives now.
+    pub fn classify(&self, ts: i64, start: i64) -> Arrival {
+        if start < self.closed_before {
+            if ts
+                >= self
+                    .watermark
+                    .saturating_sub(self.opts.correction_horizon_ms)
+            {
+                Arrival::Correction
+            } else {
+                Arrival::TooLate
+            }
+        } else if ts < self.watermark {
+            Arrival::Late
+        } else {
+            Arrival::OnTime
+        }
+    }
+
+    /// Moves the watermark (by event time, and by `now_ms` when the shard is idle; pass `None`
+    /// while replaying the log) and closes every window it has passed, handing each to `f`.
+    pub fn advance(&mut self, now_ms: Option<i64>, mut f: impl FnMut(ClosedWindow)) {
+        let event_wm = self.max_event.saturating_sub(self.opts.out_of_orderness_ms);
+        let mut wm = event_wm;
+        if let Some(now) = now_ms {
+            match self.last_progress_ms {
+                Some(t) if event_wm <= self.event_watermark => {
+                    if now - t >= self.opts.idle_timeout_ms {
+                        wm = wm.max(now - self.opts.idle_timeout_ms);
+                    }
+                }
+                _ => self.last_progress_ms = Some(now),
+            }
+        }
+        self.event_watermark = self.event_watermark.max(event_wm);
+        self.watermark = self.watermark.max(wm);
+        if self.watermark == i64::MIN {
+            return;
+        }
+        // Windows ending at or before `horizon` are final.
+        let horizon = self.watermark.saturating_sub(self.opts.allowed_lateness_ms);
+        let closed = horizon.div_euclid(self.opts.window_ms) * self.opts.window_ms;
+        if closed <= self.closed_before {
+            return;
+        }
+        self.closed_before = closed;
+        let keep = self.open.split_off(&closed);
+        let done = std::mem::replace(&mut self.open, keep);
+        for (start, window) in done {
+            for o in window.series {
+                let Open {
+                    tenant,
+                    key,
+                    mut samples,
+                } = o;
+                sort_last_wins(&mut samples);
+                let q = self.wants_quantiles(key.as_ref());
+                if let Some(rollup) = Rollup::of_sorted(&samples, q) {
+                    self.stats.finalized += 1;
+                    f(ClosedWindow {
+                        tenant,
+                        key,
+                        start,
+                        rollup,
+                    });
+                }
+            }
+        }
+    }
+
+    /// True when windows of this series keep a quantile sketch.
+    pub fn wants_quantiles(&self, key: SeriesKeyRef<'_>) -> bool {
+        !self.opts.quantile_metrics.is_empty()
+            && key
+                .get(METRIC_NAME.as_bytes())
+                .is_some_and(|n| self.opts.quantile_metrics.iter().any(|m| m.as_bytes() == n))
+    }
+
+    /// Takes the queued corrections (each window once, however many samples queued it).
+    pub fn take_corrections(&mut self) -> Vec<Correction> {
+        std::mem::take(&mut self.corrections).into_iter().collect()
+    }
+
+    /// Visits the provisional windows of `tenant` overlapping `[start, end]` whose series pass
+    /// `wanted`, with their current rollup.
+    pub fn provisional(
+        &self,
+        tenant: &Tenant,
+        start: i64,
+        end: i64,
+        mut wanted: impl FnMut(SeriesKeyRef<'_>) -> bool,
+        mut f: impl FnMut(&SeriesKey, i64, Rollup),
+    ) {
+        let from = self.window_start(start);
+        for (&ws, window) in self.open.range(from..=end) {
+            for o in window.series.iter().filter(|o| &o.tenant == tenant) {
+                if !wanted(o.key.as_ref()) {
+                    continue;
+                }
+                let mut samples = o.samples.clone();
+                sort_last_wins(&mut samples);
+                if let Some(r) = Rollup::of_sorted(&samples, self.wants_quantiles(o.key.as_ref())) {
+                    f(&o.key, ws, r);
+                }
+            }
+        }
+    }
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"STRWINDW";
+const CHECKPOINT_VERSION: u32 = 1;
+
+impl Windows {
+    /// Writes the open windows and the watermark, with the log offset they cover, atomically
+    /// (temporary file, fsync, rename). Queued corrections must have been taken first.
+    pub fn save(&self, path: &Path, offset: Option<u64>) -> Result<(), StreamError> {
+        debug_assert!(
+            self.corrections.is_empty(),
+            "corrections pending at checkpoint"
+        );
+        let mut b = Vec::with_capacity(64 + self.open_windows() * 64);
+        b.extend_from_slice(CHECKPOINT_MAGIC);
+        b.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        b.extend_from_slice(&offset.map_or(u64::MAX, |o| o).to_le_bytes());
+        for v in [
+            self.max_event,
+            self.watermark,
+            self.event_watermark,
+            self.closed_before,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.open.len() as u32).to_le_bytes());
+        for (start, w) in &self.open {
+            b.extend_from_slice(&start.to_le_bytes());
+            b.extend_from_slice(&(w.series.len() as u32).to_le_bytes());
+            for o in &w.series {
+                put(&mut b, o.tenant.as_str().as_bytes());
+                put(&mut b, o.key.as_bytes());
+                b.extend_from_slice(&(o.samples.len() as u32).to_le_bytes());
+                for s in &o.samples {
+                    b.extend_from_slice(&s.timestamp.to_le_bytes());
+                    b.extend_from_slice(&s.value.to_bits().to_le_bytes());
+                }
+            }
+        }
+        let shadows = b.len();
+        self.shadows.encode(&mut b);
+        b.extend_from_slice(&((b.len() - shadows) as u64).to_le_bytes());
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        write_atomically(path, &b)
+    }
+
+    /// Loads what [`Windows::save`] wrote, with the log offset it covers; a missing file gives
+    /// empty windows and no offset.
+    pub fn load(path: &Path, opts: WindowOptions) -> Result<(Windows, Option<u64>), StreamError> {
+        let mut w = Windows::new(opts);
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((w, None)),
+            Err(source) => {
+                return Err(StreamError::Io {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let bad = |reason: &str| StreamError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        };
+        if bytes.len() < 60 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(bad("not a window checkpoint"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        // The shadows sit at the end, their length in the last 8 bytes before the checksum.
+        let (body, shadow_len) = body.split_at(body.len() - 8);
+        let shadow_len = u64::from_le_bytes(shadow_len.try_into().expect("8 bytes")) as usize;
+        if shadow_len > body.len() - 12 {
+            return Err(bad("damaged contents"));
+        }
+        let (body, shadows) = body.split_at(body.len() - shadow_len);
+        w.shadows = Shadows::decode(shadows, path)?;
+        let mut r = Reader::new(body);
+        r.take(8);
+        let parsed = (|| {
+            if r.u32()? != CHECKPOINT_VERSION {
+                return None;
+            }
+            let offset = Some(r.u64()?).filter(|&o| o != u64::MAX);
+            w.max_event = r.i64()?;
+            w.watermark = r.i64()?;
+            w.event_watermark = r.i64()?;
+            w.closed_before = r.i64()?;
+            for _ in 0..r.u32()? {
+                let start = r.i64()?;
+                let window = w.open.entry(start).or_default();
+                for _ in 0..r.u32()? {
+                    let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
+                    let key = SeriesKey::from_bytes(r.field()?)?;
+                    let id = SeriesId::of(&tenant, key.as_ref());
+                    let slot = window.slot(&tenant, id, key.as_ref());
+                    let n = r.u32()? as usize;
+                    let samples = &mut window.series[slot].samples;
+                    samples.reserve(n.min(1 << 16));
+                    for _ in 0..n {
+                        let t = r.i64()?;
+                        samples.push(Sample::new(t, f64::from_bits(r.u64()?)));
+                    }
+                }
+            }
+            r.is_done().then_some(offset)
+        })();
+        match parsed {
+            Some(offset) => Ok((w, offset)),
+            None => Err(bad("damaged contents")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_model::Labels;
+
+    const MIN: i64 = 60_000;
+
+    fn opts() -> WindowOptions {
+        WindowOptions {
+            window_ms: MIN,
+            out_of_orderness_ms: 5_000,
+            allowed_lateness_ms: 2 * MIN,
+            correction_horizon_ms: 60 * MIN,
+            idle_timeout_ms: 5 * MIN,
+            quantile_metrics: vec!["temp".into()],
+        }
+    }
+
+    struct Series {
+        tenant: Tenant,
+        key: SeriesKey,
+        id: SeriesId,
+    }
+
+    fn series(device: &str) -> Series {
+        let tenant = Tenant::default_tenant();
+        let key = Labels::from_pairs([("__name__", "temp"), ("device", device)])
+            .unwrap()
+            .key();
+        let id = SeriesId::of(&tenant, key.as_ref());
+        Series { tenant, key, id }
+    }
+
+    fn feed(w: &mut Windows, s: &Series, samples: &[(i64, f64)]) {
+        let v: Vec<Sample> = samples.iter().map(|&(t, x)| Sample::new(t, x)).collect();
+        w.observe(&s.tenant, s.id, s.key.as_ref(), &v);
+    }
+
+    fn close(w: &mut Windows, now: Option<i64>) -> Vec<ClosedWindow> {
+        let mut out = Vec::new();
+        w.advance(now, |c| out.push(c));
+        out
+    }
+
+    #[test]
+    fn provisional_final_correction_and_too_late() {
+        let mut w = Windows::new(opts());
+        let d1 = series("d1");
+        let base = 100 * MIN;
+        feed(&mut w, &d1, &[(base + 1_000, 1.0), (base + 30_000, 3.0)]);
+        assert!(close(&mut w, None).is_empty(), "watermark has not passed");
+        assert_eq!(w.watermark(), base + 25_000);
+        // Same timestamp again with another value: the last write wins.
+        feed(&mut w, &d1, &[(base + 30_000, 5.0), (base + 15_000, 2.0)]);
+        assert_eq!(
+            w.stats().late,
+            1,
+            "15 s is behind the watermark, its window still open"
+        );
+        assert_eq!(w.stats().on_time, 3);
+        let mut seen = Vec::new();
+        w.provisional(
+            &d1.tenant,
+            base,
+            base,
+            |_| true,
+            |_, s, r| seen.push((s, r.count)),
+        );
+        assert_eq!(seen, vec![(base, 3)]);
+        // The watermark passes the window's end plus the lateness: final, once.
+        feed(&mut w, &d1, &[(base + 3 * MIN + 5_000, 7.0)]);
+        let closed = close(&mut w, None);
+        assert_eq!(closed.len(), 1);
+        let r = &closed[0].rollup;
+        assert_eq!((closed[0].start, r.count), (base, 3));
+        assert_eq!(r.sum.value(), 8.0);
+        assert_eq!((r.first.value, r.last.value), (1.0, 5.0));
+        assert!(r.quantiles.is_some(), "temp is configured with a sketch");
+        assert_eq!(w.stats().finalized, 1);
+        assert!(close(&mut w, None).is_empty());
+        // A sample for the final window queues one correction, however many samples come.
+        feed(&mut w, &d1, &[(base + 45_000, 4.0), (base + 46_000, 4.5)]);
+        assert_eq!(w.stats().correction_samples, 2);
+        let c = w.take_corrections();
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].start, &c[0].key), (base, &d1.key));
+        assert!(w.take_corrections().is_empty());
+        // Beyond the correction horizon: counted, not rolled up.
+        feed(&mut w, &d1, &[(base - 60 * MIN, 1.0)]);
+        assert_eq!(w.stats().too_late, 1);
+        assert!(w.take_corrections().is_empty());
+    }
+
+    #[test]
+    fn idle_shard_follows_the_wall_clock() {
+        let mut w = Windows::new(opts());
+        let d1 = series("d1");
+        let base = 1000 * MIN;
+        feed(&mut w, &d1, &[(base + 1_000, 1.0)]);
+        assert!(close(&mut w, Some(base + 2_000)).is_empty());
+        assert!(
+            close(&mut w, Some(base + 4 * MIN)).is_empty(),
+            "not idle long enough"
+        );
+        let closed = close(&mut w, Some(base + 2_000 + 5 * MIN + 3 * MIN));
+        assert_eq!(closed.len(), 1, "idle: the watermark followed the clock");
+        assert!(w.watermark() >= base + 3 * MIN);
+    }
+
+    #[test]
+    fn checkpoint_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("windows.ckpt");
+        let mut w = Windows::new(opts());
+        let (d1, d2) = (series("d1"), series("d2"));
+        let base = 10 * MIN;
+        feed(&mut w, &d1, &[(base + 1, 1.0), (base + MIN + 1, 2.0)]);
+        feed(&mut w, &d2, &[(base + 2, 10.0)]);
+        close(&mut w, None);
+        w.save(&path, Some(41)).unwrap();
+        let (mut l, off) = Windows::load(&path, opts()).unwrap();
+        assert_eq!(off, Some(41));
+        assert_eq!(l.watermark(), w.watermark());
+        assert_eq!(l.open_windows(), 3);
+        // Both close the same windows the same way.
+        for x in [&mut w, &mut l] {
+            feed(x, &d1, &[(base + 10 * MIN, 0.0)]);
+        }
+        let (a, b) = (close(&mut w, None), close(&mut l, None));
+        assert_eq!(a.len(), 3);
+        let fig = |v: &[ClosedWindow]| {
+            let mut f: Vec<_> = v
+                .iter()
+                .map(|c| (c.key.clone(), c.start, c.rollup.clone()))
+                .collect();
+            f.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+            f
+        };
+        assert_eq!(fig(&a), fig(&b));
+        let (_, none) = Windows::load(&dir.path().join("missing"), opts()).unwrap();
+        assert_eq!(none, None);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Windows::load(&path, opts())
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        assert!(Windows::load(&path, opts()).is_err());
+    }
+}
