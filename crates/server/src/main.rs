@@ -56,6 +56,13 @@ enum Command {
         /// Seed for the simulated faults.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Instead of running live, send this much history (ending now) as fast as the server
+        /// takes it, then print the throughput (e.g. `--backfill 6h`).
+        #[arg(long)]
+        backfill: Option<Duration>,
+        /// Concurrent connections for `--backfill`.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
     /// Print the default configuration file, documented.
     Config,
@@ -106,6 +113,8 @@ fn main() -> anyhow::Result<()> {
             interval,
             duration,
             seed,
+            backfill,
+            connections,
         } => {
             let ms = |d: Duration| std::time::Duration::from_millis(d.0 as u64);
             let fleet = strata_server::simulate::FleetConfig {
@@ -117,6 +126,24 @@ fn main() -> anyhow::Result<()> {
                 seed,
                 progress: true,
             };
+            if let Some(span) = backfill {
+                let r = strata_server::simulate::backfill(&fleet, ms(span), connections, 1000)?;
+                println!(
+                    "backfill: {} events ({} samples) in {:.2} s: {:.0} events/s, {:.0} samples/s, {} failed requests",
+                    r.events,
+                    r.samples,
+                    r.seconds,
+                    r.events as f64 / r.seconds,
+                    r.samples as f64 / r.seconds,
+                    r.failed_requests
+                );
+                anyhow::ensure!(
+                    r.failed_requests == 0,
+                    "{} requests failed",
+                    r.failed_requests
+                );
+                return Ok(());
+            }
             let sent = strata_server::simulate::run(&fleet)?;
             eprintln!("sent {sent} events");
             Ok(())

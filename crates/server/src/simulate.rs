@@ -56,6 +56,39 @@ struct Device {
     buffer: Vec<String>,
 }
 
+/// The fleet's devices in their initial state.
+fn fleet(cfg: &FleetConfig) -> Vec<Device> {
+    (0..cfg.sites * cfg.devices_per_site)
+        .map(|i| Device {
+            id: format!("dev-{i:05}"),
+            site: i / cfg.devices_per_site.max(1),
+            kind: TYPES[i % TYPES.len()],
+            seq: 0,
+            temperature: 18.0 + (i % 10) as f64,
+            humidity: 40.0 + (i % 20) as f64,
+            battery: 100.0,
+            energy: 0.0,
+            offline: 0,
+            buffer: Vec::new(),
+        })
+        .collect()
+}
+
+impl Device {
+    /// Moves the readings one interval on.
+    fn advance(&mut self, rng: &mut Rng) {
+        self.seq += 1;
+        self.temperature = (self.temperature + (rng.unit() - 0.5) * 0.4).clamp(-10.0, 45.0);
+        self.humidity = (self.humidity + (rng.unit() - 0.5)).clamp(5.0, 95.0);
+        self.battery = if self.battery <= 5.0 {
+            100.0
+        } else {
+            self.battery - rng.unit() * 0.05
+        };
+        self.energy += rng.unit() * 10.0;
+    }
+}
+
 /// One event as NDJSON.
 fn event_json(d: &Device, ts_ms: i64, rng: &mut Rng) -> String {
     let mut s = String::with_capacity(320);
@@ -84,20 +117,7 @@ fn event_json(d: &Device, ts_ms: i64, rng: &mut Rng) -> String {
 /// Runs the fleet until `duration` passes (or forever). Returns events sent.
 pub fn run(cfg: &FleetConfig) -> anyhow::Result<u64> {
     let mut rng = Rng(cfg.seed);
-    let mut devices: Vec<Device> = (0..cfg.sites * cfg.devices_per_site)
-        .map(|i| Device {
-            id: format!("dev-{i:05}"),
-            site: i / cfg.devices_per_site.max(1),
-            kind: TYPES[i % TYPES.len()],
-            seq: 0,
-            temperature: 18.0 + (i % 10) as f64,
-            humidity: 40.0 + (i % 20) as f64,
-            battery: 100.0,
-            energy: 0.0,
-            offline: 0,
-            buffer: Vec::new(),
-        })
-        .collect();
+    let mut devices = fleet(cfg);
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -119,15 +139,7 @@ pub fn run(cfg: &FleetConfig) -> anyhow::Result<u64> {
         let now = strata_model::time::now_ms();
         let mut body = String::new();
         for d in &mut devices {
-            d.seq += 1;
-            d.temperature = (d.temperature + (rng.unit() - 0.5) * 0.4).clamp(-10.0, 45.0);
-            d.humidity = (d.humidity + (rng.unit() - 0.5)).clamp(5.0, 95.0);
-            d.battery = if d.battery <= 5.0 {
-                100.0
-            } else {
-                d.battery - rng.unit() * 0.05
-            };
-            d.energy += rng.unit() * 10.0;
+            d.advance(&mut rng);
             let line = event_json(d, now, &mut rng);
             if d.offline == 0 && rng.unit() < 0.002 {
                 d.offline = 3 + (rng.next() % 10) as u32;
@@ -217,4 +229,105 @@ pub fn run(cfg: &FleetConfig) -> anyhow::Result<u64> {
         b.finish();
     }
     Ok(sent)
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone)]
+pub struct BackfillReport {
+    /// Events acknowledged.
+    pub events: u64,
+    /// Readings (samples) they carried.
+    pub samples: u64,
+    /// Wall time of the sending phase.
+    pub seconds: f64,
+    /// Requests that failed.
+    pub failed_requests: u64,
+}
+
+/// Readings per event of [`event_json`].
+const READINGS_PER_EVENT: u64 = 6;
+
+/// Sends `span` of the fleet's history, ending now, as fast as the server takes it, over
+/// `connections` concurrent connections in batches of `batch` events. The bodies are built
+/// before the clock starts, so the figure is the server's, not the generator's.
+pub fn backfill(
+    cfg: &FleetConfig,
+    span: Duration,
+    connections: usize,
+    batch: usize,
+) -> anyhow::Result<BackfillReport> {
+    let mut rng = Rng(cfg.seed);
+    let mut devices = fleet(cfg);
+    let step = cfg.interval.as_millis().max(1) as i64;
+    let end = strata_model::time::now_ms();
+    let mut t = end - span.as_millis() as i64;
+    let mut bodies: Vec<String> = Vec::new();
+    let mut body = String::new();
+    let mut lines = 0;
+    while t < end {
+        for d in &mut devices {
+            d.advance(&mut rng);
+            body.push_str(&event_json(d, t, &mut rng));
+            body.push('\n');
+            lines += 1;
+            if lines == batch {
+                bodies.push(std::mem::take(&mut body));
+                lines = 0;
+            }
+        }
+        t += step;
+    }
+    if !body.is_empty() {
+        bodies.push(body);
+    }
+    let events = (bodies.iter().map(|b| b.lines().count()).sum::<usize>()) as u64;
+    let bar = cfg.progress.then(|| {
+        let b = indicatif::ProgressBar::new(bodies.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} requests, {elapsed} elapsed, {eta} left",
+            )
+            .expect("static template"),
+        );
+        b
+    });
+    let queue = std::sync::Mutex::new(bodies.into_iter());
+    let failed = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..connections.max(1) {
+            s.spawn(|| {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .expect("http client");
+                loop {
+                    let Some(b) = queue.lock().expect("queue").next() else {
+                        break;
+                    };
+                    let ok = client
+                        .post(&cfg.url)
+                        .header("Content-Type", "application/x-ndjson")
+                        .body(b)
+                        .send()
+                        .is_ok_and(|r| r.status().is_success());
+                    if !ok {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(bar) = &bar {
+                        bar.inc(1);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok(BackfillReport {
+        events,
+        samples: events * READINGS_PER_EVENT,
+        seconds: started.elapsed().as_secs_f64(),
+        failed_requests: failed.into_inner(),
+    })
 }

@@ -7,20 +7,38 @@
 use crate::bytes::{put, Reader};
 use crate::StreamError;
 use ahash::AHashMap;
-use std::collections::BTreeMap;
 use std::path::Path;
-use strata_model::{Sample, SeriesKey, SeriesKeyRef, Tenant};
+use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
 
 /// The label naming a series' device.
 pub const DEVICE_LABEL: &str = "device";
 
-/// One device's last reading per series, by series key bytes.
-type Readings = BTreeMap<Box<[u8]>, Sample>;
+/// The last reading of one series of a device.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    tenant: Tenant,
+    key: SeriesKey,
+    last: Sample,
+}
 
 /// Last readings of the devices of one shard.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub struct Shadows {
-    devices: AHashMap<(Tenant, Box<str>), Readings>,
+    /// By series id, confirmed by tenant and key (ids may collide).
+    series: AHashMap<u64, Vec<Entry>>,
+    /// Each device's series ids.
+    devices: AHashMap<Tenant, AHashMap<Box<str>, Vec<u64>>>,
+}
+
+impl PartialEq for Shadows {
+    fn eq(&self, other: &Shadows) -> bool {
+        let all = |s: &Shadows| {
+            let mut v: Vec<&Entry> = s.series.values().flatten().collect();
+            v.sort_by(|a, b| (&a.tenant, &a.key).cmp(&(&b.tenant, &b.key)));
+            v.into_iter().cloned().collect::<Vec<Entry>>()
+        };
+        all(self) == all(other)
+    }
 }
 
 const MAGIC: &[u8; 8] = b"STRSHADW";
@@ -28,10 +46,13 @@ const VERSION: u32 = 1;
 
 impl Shadows {
     /// Takes a series' stored samples.
-    pub fn observe(&mut self, tenant: &Tenant, key: SeriesKeyRef<'_>, samples: &[Sample]) {
-        let Some(device) = key.get(DEVICE_LABEL.as_bytes()) else {
-            return;
-        };
+    pub fn observe(
+        &mut self,
+        tenant: &Tenant,
+        id: SeriesId,
+        key: SeriesKeyRef<'_>,
+        samples: &[Sample],
+    ) {
         let Some(newest) = samples
             .iter()
             .filter(|s| !s.value.is_nan())
@@ -40,39 +61,59 @@ impl Shadows {
         else {
             return;
         };
+        if let Some(e) = self.series.get_mut(&id.0).and_then(|v| {
+            v.iter_mut()
+                .find(|e| e.key.as_ref() == key && &e.tenant == tenant)
+        }) {
+            if newest.timestamp >= e.last.timestamp {
+                e.last = newest;
+            }
+            return;
+        }
+        let Some(device) = key.get(DEVICE_LABEL.as_bytes()) else {
+            return;
+        };
         // Keys hold valid UTF-8 (checked when built).
         let device = std::str::from_utf8(device).unwrap_or_default();
-        let metrics = match self.devices.get_mut(&(tenant.clone(), device.into())) {
-            Some(m) => m,
-            None => self
-                .devices
-                .entry((tenant.clone(), device.into()))
-                .or_default(),
-        };
-        match metrics.get_mut(key.as_bytes()) {
-            Some(s) if s.timestamp > newest.timestamp => {}
-            Some(s) => *s = newest,
-            None => {
-                metrics.insert(key.as_bytes().into(), newest);
-            }
+        self.series.entry(id.0).or_default().push(Entry {
+            tenant: tenant.clone(),
+            key: key.to_owned(),
+            last: newest,
+        });
+        let ids = self
+            .devices
+            .entry(tenant.clone())
+            .or_default()
+            .entry(device.into())
+            .or_default();
+        if !ids.contains(&id.0) {
+            ids.push(id.0);
         }
     }
 
-    /// The last reading of each series of `device`, by series.
+    /// The last reading of each series of `device`.
     pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(SeriesKey, Sample)> {
-        self.devices
-            .get(&(tenant.clone(), device.into()))
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, s)| Some((SeriesKey::from_bytes(k)?, *s)))
-                    .collect()
+        let Some(ids) = self.devices.get(tenant).and_then(|d| d.get(device)) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(SeriesKey, Sample)> = ids
+            .iter()
+            .filter_map(|id| self.series.get(id))
+            .flatten()
+            .filter(|e| {
+                &e.tenant == tenant
+                    && e.key.as_ref().get(DEVICE_LABEL.as_bytes()) == Some(device.as_bytes())
             })
-            .unwrap_or_default()
+            .map(|e| (e.key.clone(), e.last))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 
     /// Devices known.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices.values().map(|d| d.len()).sum()
     }
 
     /// True when no device is known.
@@ -84,15 +125,13 @@ impl Shadows {
     pub fn encode(&self, b: &mut Vec<u8>) {
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION.to_le_bytes());
-        let n: usize = self.devices.values().map(|m| m.len()).sum();
+        let n: usize = self.series.values().map(|v| v.len()).sum();
         b.extend_from_slice(&(n as u64).to_le_bytes());
-        for ((tenant, _), metrics) in &self.devices {
-            for (key, s) in metrics {
-                put(b, tenant.as_str().as_bytes());
-                put(b, key);
-                b.extend_from_slice(&s.timestamp.to_le_bytes());
-                b.extend_from_slice(&s.value.to_bits().to_le_bytes());
-            }
+        for e in self.series.values().flatten() {
+            put(b, e.tenant.as_str().as_bytes());
+            put(b, e.key.as_bytes());
+            b.extend_from_slice(&e.last.timestamp.to_le_bytes());
+            b.extend_from_slice(&e.last.value.to_bits().to_le_bytes());
         }
     }
 
@@ -118,7 +157,12 @@ impl Shadows {
             })()
             .ok_or_else(|| bad("damaged entry"))?;
             let (tenant, key, s) = entry;
-            out.observe(&tenant, key.as_ref(), &[s]);
+            out.observe(
+                &tenant,
+                SeriesId::of(&tenant, key.as_ref()),
+                key.as_ref(),
+                &[s],
+            );
         }
         if !r.is_done() {
             return Err(bad("trailing bytes"));
@@ -141,16 +185,38 @@ mod tests {
                 .key()
         };
         let mut s = Shadows::default();
+        let id = |k: &SeriesKey| SeriesId::of(&t, k.as_ref());
         s.observe(
             &t,
+            id(&k("temp", "d1")),
             k("temp", "d1").as_ref(),
             &[Sample::new(10, 1.0), Sample::new(30, 3.0)],
         );
-        s.observe(&t, k("temp", "d1").as_ref(), &[Sample::new(20, 2.0)]);
-        s.observe(&t, k("hum", "d1").as_ref(), &[Sample::new(5, 50.0)]);
-        s.observe(&t, k("temp", "d2").as_ref(), &[Sample::new(5, f64::NAN)]);
+        s.observe(
+            &t,
+            id(&k("temp", "d1")),
+            k("temp", "d1").as_ref(),
+            &[Sample::new(20, 2.0)],
+        );
+        s.observe(
+            &t,
+            id(&k("hum", "d1")),
+            k("hum", "d1").as_ref(),
+            &[Sample::new(5, 50.0)],
+        );
+        s.observe(
+            &t,
+            id(&k("temp", "d2")),
+            k("temp", "d2").as_ref(),
+            &[Sample::new(5, f64::NAN)],
+        );
         let no_device = Labels::from_pairs([("__name__", "x")]).unwrap().key();
-        s.observe(&t, no_device.as_ref(), &[Sample::new(5, 1.0)]);
+        s.observe(
+            &t,
+            id(&no_device),
+            no_device.as_ref(),
+            &[Sample::new(5, 1.0)],
+        );
         let d1 = s.device(&t, "d1");
         assert_eq!(d1.len(), 2);
         assert!(d1.contains(&(k("temp", "d1"), Sample::new(30, 3.0))));

@@ -11,13 +11,15 @@
 //! its own (see the shard's checkpoint order).
 
 use crate::rollup::Figures;
+use ahash::AHashMap;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::Path;
 use strata_model::{
-    Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef, Storage, StorageError, Tenant,
-    WriteBatch,
+    Labels, Matcher, Sample, SelectHints, SeriesId, SeriesKey, SeriesKeyRef, Storage, StorageError,
+    Tenant,
 };
-use strata_tsdb::{SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
+use strata_tsdb::{SeriesHandle, SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
 
 /// The label naming which figure a warm series holds.
 pub const FIGURE_LABEL: &str = "__rollup__";
@@ -63,7 +65,32 @@ pub struct WindowWrite<'a> {
 /// Final windows of one shard.
 pub struct RollupStore {
     tsdb: Tsdb,
+    /// Handles of each raw series' figure series, so writing a window costs no key lookups.
+    handles: Mutex<AHashMap<(Tenant, u64), Vec<FigureHandles>>>,
 }
+
+/// The figure series of one raw series.
+struct FigureHandles {
+    key: SeriesKey,
+    /// In the order of [`BASE_FIGURES`].
+    base: Vec<SeriesHandle>,
+    quantiles: Vec<(f64, SeriesHandle)>,
+}
+
+/// Every window's figures, in the order [`RollupStore::write`] fills them.
+const BASE_FIGURES: [&str; 11] = [
+    COUNT,
+    SUM,
+    SUM_SQUARES,
+    MIN,
+    MAX,
+    FIRST,
+    FIRST_TS,
+    LAST,
+    LAST_TS,
+    INCREASE,
+    REVISION,
+];
 
 /// The key of one figure's series: the raw key with `__rollup__="figure"` in name order.
 fn figure_key(key: SeriesKeyRef<'_>, figure: &str) -> SeriesKey {
@@ -98,7 +125,10 @@ impl RollupStore {
             max_series_per_metric: usize::MAX,
         };
         let tsdb = Tsdb::open(dir, opts, SeriesLimiter::new(usize::MAX))?;
-        Ok(RollupStore { tsdb })
+        Ok(RollupStore {
+            tsdb,
+            handles: Mutex::new(AHashMap::new()),
+        })
     }
 
     /// The underlying storage (flush, maintenance, sizes).
@@ -108,36 +138,70 @@ impl RollupStore {
 
     /// Stores windows (one append, so readers see all or none of a window's figures).
     pub fn write(&self, windows: &[WindowWrite<'_>], log_offset: u64) {
-        let mut by_tenant: BTreeMap<&Tenant, WriteBatch> = BTreeMap::new();
-        for w in windows {
-            let batch = by_tenant
-                .entry(w.tenant)
-                .or_insert_with(|| WriteBatch::new(w.tenant.clone()));
-            let f = w.figures;
-            let mut put = |name: &str, v: f64| {
-                batch.push_key(
-                    figure_key(w.key, name).as_ref(),
-                    &[Sample::new(w.start, v)],
-                    None,
-                );
-            };
-            put(COUNT, f.count as f64);
-            put(SUM, f.sum);
-            put(SUM_SQUARES, f.sum_squares);
-            put(MIN, f.min);
-            put(MAX, f.max);
-            put(FIRST, f.first.value);
-            put(FIRST_TS, f.first.timestamp as f64);
-            put(LAST, f.last.value);
-            put(LAST_TS, f.last.timestamp as f64);
-            put(INCREASE, f.increase);
-            for &(q, v) in &f.quantiles {
-                put(&quantile_figure(q), v);
-            }
-            put(REVISION, w.revision as f64);
+        if windows.is_empty() {
+            return;
         }
-        for batch in by_tenant.values() {
-            self.tsdb.append(batch, log_offset);
+        let mut cache = self.handles.lock();
+        let mut by_tenant: BTreeMap<&Tenant, Vec<(SeriesHandle, Sample)>> = BTreeMap::new();
+        for w in windows {
+            let id = SeriesId::of(w.tenant, w.key);
+            let slot = cache.entry((w.tenant.clone(), id.0)).or_default();
+            let i = match slot.iter().position(|h| h.key.as_ref() == w.key) {
+                Some(i) => i,
+                None => {
+                    let base = BASE_FIGURES
+                        .iter()
+                        .map(|f| {
+                            self.tsdb
+                                .series_handle(w.tenant, figure_key(w.key, f).as_ref())
+                        })
+                        .collect();
+                    slot.push(FigureHandles {
+                        key: w.key.to_owned(),
+                        base,
+                        quantiles: Vec::new(),
+                    });
+                    slot.len() - 1
+                }
+            };
+            let h = &mut slot[i];
+            let f = w.figures;
+            let values = [
+                f.count as f64,
+                f.sum,
+                f.sum_squares,
+                f.min,
+                f.max,
+                f.first.value,
+                f.first.timestamp as f64,
+                f.last.value,
+                f.last.timestamp as f64,
+                f.increase,
+                w.revision as f64,
+            ];
+            let out = by_tenant.entry(w.tenant).or_default();
+            out.extend(
+                h.base
+                    .iter()
+                    .zip(values)
+                    .map(|(&handle, v)| (handle, Sample::new(w.start, v))),
+            );
+            for &(q, v) in &f.quantiles {
+                let handle = match h.quantiles.iter().find(|(hq, _)| *hq == q) {
+                    Some(&(_, handle)) => handle,
+                    None => {
+                        let k = figure_key(w.key, &quantile_figure(q));
+                        let handle = self.tsdb.series_handle(w.tenant, k.as_ref());
+                        h.quantiles.push((q, handle));
+                        handle
+                    }
+                };
+                out.push((handle, Sample::new(w.start, v)));
+            }
+        }
+        drop(cache);
+        for (tenant, samples) in by_tenant {
+            self.tsdb.append_handles(tenant, &samples, log_offset);
         }
     }
 

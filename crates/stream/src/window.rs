@@ -260,7 +260,7 @@ impl Windows {
         key: SeriesKeyRef<'_>,
         samples: &[Sample],
     ) {
-        self.shadows.observe(tenant, key, samples);
+        self.shadows.observe(tenant, id, key, samples);
         let mut cached: Option<(i64, usize)> = None;
         for &s in samples {
             let start = self.window_start(s.timestamp);

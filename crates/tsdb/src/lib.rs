@@ -181,6 +181,10 @@ struct Inner {
     checkpoint: Option<u64>,
 }
 
+/// A series of one tenant's head, for [`Tsdb::append_handles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesHandle(u32);
+
 /// One shard's storage. Appends come from the shard's thread; reads from any thread.
 pub struct Tsdb {
     dir: PathBuf,
@@ -324,6 +328,57 @@ impl Tsdb {
             }
             if !stored.is_empty() {
                 changed(&s, &stored);
+            }
+        }
+        st
+    }
+
+    /// The handle of `tenant`'s series with `key`, creating the series when new (without the
+    /// series limit: for derived series, whose raw series were admitted already). Handles stay
+    /// valid for the life of the storage, so a writer of many series can skip key lookups.
+    pub fn series_handle(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesHandle {
+        let id = strata_model::SeriesId::of(tenant, key);
+        let mut inner = self.inner.write();
+        let head = inner.heads.entry(tenant.clone()).or_default();
+        let r = match head.get(id, key) {
+            Some(r) => r,
+            None => {
+                self.limiter.admit(tenant, key, false);
+                head.create(id, key.to_owned())
+            }
+        };
+        SeriesHandle(r)
+    }
+
+    /// Appends samples to series by handle (see [`Tsdb::series_handle`]), as one write: readers
+    /// see all or none of them. Exact repeats are dropped, other values at a stored timestamp
+    /// replace it, samples older than the retention are refused, as in [`Tsdb::append`].
+    pub fn append_handles(
+        &self,
+        tenant: &Tenant,
+        samples: &[(SeriesHandle, Sample)],
+        log_offset: u64,
+    ) -> AppendStats {
+        let mut st = AppendStats::default();
+        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
+        let mut inner = self.inner.write();
+        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let Inner { heads, blocks, .. } = &mut *inner;
+        let Some(head) = heads.get_mut(tenant) else {
+            return st;
+        };
+        let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
+        for &(SeriesHandle(r), x) in samples {
+            if x.timestamp < oldest {
+                st.too_old += 1;
+                continue;
+            }
+            let key = head.index.key(r);
+            let lookup = |t: i64| lookup_blocks(tblocks, key, t);
+            match head.series[r as usize].append(x, lookup) {
+                Appended::New => st.appended += 1,
+                Appended::Duplicate => st.duplicates += 1,
+                Appended::Overwrote => st.overwritten += 1,
             }
         }
         st
