@@ -144,6 +144,22 @@ pub struct RollupsConfig {
     pub quantile_metrics: Vec<String>,
     /// Quantiles reported for those metrics.
     pub quantiles: Vec<f64>,
+    /// Rollups of one metric across series, by labels, written back as series.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// One group rollup (`[[rollups.groups]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Input metric name.
+    pub metric: String,
+    /// Labels to group by.
+    #[serde(default)]
+    pub by: Vec<String>,
+    /// Outputs: `count_samples`, `sum_samples`, `min`, `max`, `avg`, `stddev`, `stdvar`,
+    /// `increase`, `count_series`, `quantiles(0.5, 0.95)`, `distinct(label)`.
+    pub outputs: Vec<String>,
 }
 
 impl Default for RollupsConfig {
@@ -158,6 +174,7 @@ impl Default for RollupsConfig {
             retention: Duration(400 * 86_400_000),
             quantile_metrics: Vec::new(),
             quantiles: vec![0.5, 0.95, 0.99],
+            groups: Vec::new(),
         }
     }
 }
@@ -176,8 +193,37 @@ impl Config {
         }
     }
 
+    /// The group rollups, parsed.
+    pub fn group_specs(&self) -> anyhow::Result<Vec<strata_stream::group::GroupSpec>> {
+        self.rollups
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                anyhow::ensure!(
+                    !g.metric.is_empty() && !g.metric.contains(':'),
+                    "rollups.groups[{i}]: metric must be a raw metric name (no ':'), got {:?}",
+                    g.metric
+                );
+                anyhow::ensure!(!g.outputs.is_empty(), "rollups.groups[{i}]: no outputs");
+                let outputs = g
+                    .outputs
+                    .iter()
+                    .map(|o| strata_stream::group::Output::parse(o))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("rollups.groups[{i}]: {e}"))?;
+                Ok(strata_stream::group::GroupSpec {
+                    metric: g.metric.clone(),
+                    by: g.by.clone(),
+                    outputs,
+                })
+            })
+            .collect()
+    }
+
     /// Checks what serde cannot: values that parse but make no sense together.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.group_specs()?;
         let r = &self.rollups;
         anyhow::ensure!(
             86_400_000 % r.window.0 == 0,
@@ -269,6 +315,14 @@ idle_timeout = "5m"              # a shard without event-time progress this long
 retention = "400d"               # how long final windows are kept
 quantile_metrics = []            # metrics whose windows keep a quantile sketch (DDSketch, 1%)
 quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them
+# Group rollups: one metric across series, by labels, written back as ordinary series named
+# <metric>:<window>_by_<labels>_<output> (as VictoriaMetrics' stream aggregation names them),
+# at each window's end, once every shard has closed the window; recomputed on corrections.
+# [[rollups.groups]]
+# metric = "temperature_celsius"
+# by = ["site"]
+# outputs = ["avg", "quantiles(0.95)", "distinct(device)"]   # also count_samples, sum_samples,
+#                                  # min, max, stddev, stdvar, increase, count_series
 "#;
 
 impl Config {

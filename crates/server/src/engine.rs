@@ -80,6 +80,7 @@ impl Engine {
             quantiles: cfg.rollups.quantiles.clone(),
             retention_ms: cfg.rollups.retention.0,
             block_duration_ms: cfg.storage.block_duration.0,
+            publish_corrections: !cfg.rollups.groups.is_empty(),
         };
         type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
@@ -455,6 +456,40 @@ impl Engine {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// Tenants with data.
+    pub fn tenants(&self) -> Vec<Tenant> {
+        let mut t: Vec<Tenant> = self.shards.iter().flat_map(|s| s.tsdb.tenants()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// For group rollups: every window starting before the first value is final in every shard
+    /// that has seen data (shards that have not are not waited for; an idle one follows the
+    /// clock); the second is the earliest window any shard opened. `None` before any data.
+    pub fn group_progress(&self) -> Option<(i64, i64)> {
+        let mut closed = i64::MAX;
+        let mut first = i64::MAX;
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            let w = r.windows();
+            if w.max_event_time() == i64::MIN {
+                continue;
+            }
+            closed = closed.min(w.closed_before());
+            first = first.min(w.first_window());
+        }
+        (closed != i64::MAX).then_some((closed, first))
+    }
+
+    /// Windows corrected since the last call, over all shards.
+    pub fn take_corrected(&self) -> Vec<strata_stream::window::Correction> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.rollups.as_ref())
+            .flat_map(|r| r.take_corrected())
+            .collect()
     }
 
     /// The last reading of every metric of `device` (the shard of its entity holds them all).

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dedup;
 pub mod engine;
+pub mod groups;
 pub mod http;
 pub mod metrics;
 pub mod selector;
@@ -28,6 +29,18 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
     };
     let app = http::router(state);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let groups = cfg.group_specs()?;
+    let merger = (cfg.rollups.enabled && !groups.is_empty()).then(|| {
+        let m = groups::Merger {
+            engine: engine.clone(),
+            groups,
+            window_ms: cfg.rollups.window.0,
+            checkpoint: cfg.data_dir.join("groups.ckpt"),
+        };
+        let (stop, rt) = (stop.clone(), rt.handle().clone());
+        std::thread::spawn(move || m.run(stop, rt))
+    });
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -53,6 +66,10 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(m) = merger {
+        let _ = m.join();
+    }
     drop(engine);
     Ok(())
 }

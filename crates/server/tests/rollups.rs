@@ -21,6 +21,10 @@ out_of_orderness = "10s"
 allowed_lateness = "2m"
 idle_timeout = "1h"
 quantile_metrics = ["temperature"]
+[[rollups.groups]]
+metric = "temperature"
+by = ["site"]
+outputs = ["avg", "count_samples", "min", "max", "count_series", "distinct(device)", "quantiles(0.5)"]
 "#;
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
@@ -157,6 +161,17 @@ fn f(w: &Value, k: &str) -> f64 {
         .unwrap_or_else(|| panic!("{k} missing in {w}"))
 }
 
+/// A group output's values by (site, timestamp).
+fn group_values(s: &Server, name: &str) -> BTreeMap<(String, i64), f64> {
+    s.export(name)
+        .into_iter()
+        .flat_map(|(m, pts)| {
+            let site = m["site"].as_str().unwrap().to_string();
+            pts.into_iter().map(move |(t, v)| ((site.clone(), t), v))
+        })
+        .collect()
+}
+
 #[test]
 fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -173,6 +188,7 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
         .map(|c| c.iter().map(|(_, e)| e.json() + "\n").collect())
         .collect();
     let n = batches.len();
+    let mut early_groups = BTreeMap::new();
     for (i, b) in batches.iter().enumerate() {
         if i == n / 3 {
             s.flush();
@@ -182,6 +198,17 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
             assert!(s.post("/api/v1/events", b.clone()).status().is_success());
             s.kill9();
             s = Server::start(dir.path(), CONFIG);
+            // Let the merge step compute group windows before the rest (with its late events)
+            // arrives, so group windows get corrected too.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while group_values(&s, "temperature:1m_by_site_count_samples").len() < 8 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no group windows computed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            early_groups = group_values(&s, "temperature:1m_by_site_count_samples");
         }
         let r = s.post("/api/v1/events", b.clone());
         assert!(r.status().is_success(), "batch {i}: {:?}", r.text());
@@ -346,4 +373,61 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
         .send()
         .unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
+    // Group rollups by site, merged across both shards, corrections included: poll until the
+    // merge step has caught up, then compare every window with the ground truth.
+    let mut by_site: BTreeMap<(String, i64), Vec<(usize, f64)>> = BTreeMap::new();
+    for e in &truth {
+        let w = e.ts.div_euclid(MIN) * MIN;
+        by_site
+            .entry((format!("s{}", e.device % 4), w + MIN))
+            .or_default()
+            .push((e.device, e.temperature));
+    }
+    let read = |name: &str| group_values(&s, name);
+    let want_counts: BTreeMap<(String, i64), f64> = by_site
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as f64))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while read("temperature:1m_by_site_count_samples") != want_counts {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group counts never matched: {:?}",
+            read("temperature:1m_by_site_count_samples")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        early_groups
+            .iter()
+            .any(|(k, v)| want_counts.get(k).is_some_and(|w| w != v)),
+        "late events corrected group windows computed before they arrived"
+    );
+    let (avg, min, max) = (
+        read("temperature:1m_by_site_avg"),
+        read("temperature:1m_by_site_min"),
+        read("temperature:1m_by_site_max"),
+    );
+    let (series, distinct) = (
+        read("temperature:1m_by_site_count_series"),
+        read("temperature:1m_by_site_distinct_device"),
+    );
+    let median = read("temperature:1m_by_site_quantiles");
+    for (k, members) in &by_site {
+        let v: Vec<f64> = members.iter().map(|m| m.1).collect();
+        let devices: BTreeSet<usize> = members.iter().map(|m| m.0).collect();
+        assert_eq!(avg[k], v.iter().sum::<f64>() / v.len() as f64, "avg {k:?}");
+        assert_eq!(min[k], v.iter().copied().fold(f64::INFINITY, f64::min));
+        assert_eq!(max[k], v.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        assert_eq!(series[k], devices.len() as f64);
+        assert_eq!(distinct[k], devices.len() as f64);
+        let mut sorted = v.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = 0.5 * (sorted.len() - 1) as f64;
+        let (lo, hi) = (sorted[rank.floor() as usize], sorted[rank.ceil() as usize]);
+        assert!(
+            median[k] >= lo * 0.99 && median[k] <= hi * 1.01,
+            "median {k:?}"
+        );
+    }
 }

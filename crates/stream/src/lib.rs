@@ -6,6 +6,7 @@
 //! - [`rollup`]: the figures a window keeps (count, sums, min, max, first, last, increase,
 //!   quantiles), all of which merge exactly.
 //! - [`exact`] and [`sketch`]: the exact sum and the mergeable sketches those figures use.
+//! - [`group`]: rollups of one metric across series, by labels, written back as series.
 //! - [`store`]: final windows of one shard, kept in a storage engine of their own.
 //! - [`shadow`]: each device's last known reading of every metric.
 //! - [`stage`]: the shard's rollup stage tying windows, store and raw tier together.
@@ -15,6 +16,7 @@
 
 mod bytes;
 pub mod exact;
+pub mod group;
 pub mod rollup;
 pub mod shadow;
 pub mod sketch;

@@ -23,6 +23,9 @@ pub struct StageOptions {
     pub quantiles: Vec<f64>,
     /// How long final windows are kept.
     pub retention_ms: i64,
+    /// Keep the windows corrected for [`RollupStage::take_corrected`] (group rollups recompute
+    /// theirs from them).
+    pub publish_corrections: bool,
     /// Span of a warm-tier block.
     pub block_duration_ms: i64,
 }
@@ -61,6 +64,7 @@ pub struct RollupStage {
     /// before a crash): compare instead of blindly writing revision 0.
     verify_existing: AtomicBool,
     counters: StageCounters,
+    corrected: parking_lot::Mutex<Vec<crate::window::Correction>>,
 }
 
 impl RollupStage {
@@ -82,6 +86,7 @@ impl RollupStage {
             covered: AtomicU64::new(covered.unwrap_or(u64::MAX)),
             verify_existing: AtomicBool::new(true),
             counters: StageCounters::default(),
+            corrected: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -184,8 +189,16 @@ impl RollupStage {
             self.counters
                 .corrected_windows
                 .fetch_add(1, Ordering::Relaxed);
+            if self.opts.publish_corrections {
+                self.corrected.lock().push(c);
+            }
         }
         Ok(())
+    }
+
+    /// Takes the windows corrected since the last call (when `publish_corrections` is set).
+    pub fn take_corrected(&self) -> Vec<crate::window::Correction> {
+        std::mem::take(&mut *self.corrected.lock())
     }
 
     /// Persists the warm store, then the open windows with the log offset they cover. In this

@@ -173,6 +173,13 @@ impl OpenWindow {
     }
 }
 
+/// True for series derived by rollups or recording rules (a `:` in the metric name, the
+/// Prometheus convention): they are not rolled up again.
+pub fn is_derived(key: SeriesKeyRef<'_>) -> bool {
+    key.get(METRIC_NAME.as_bytes())
+        .is_some_and(|n| n.contains(&b':'))
+}
+
 /// The windows of one shard.
 #[derive(Debug)]
 pub struct Windows {
@@ -184,6 +191,8 @@ pub struct Windows {
     event_watermark: i64,
     /// Every window starting before this is final.
     closed_before: i64,
+    /// Start of the earliest window ever opened (`i64::MAX` before the first).
+    first_window: i64,
     /// Wall-clock time of the last watermark progress, for idleness.
     last_progress_ms: Option<i64>,
     open: BTreeMap<i64, OpenWindow>,
@@ -203,6 +212,7 @@ impl Windows {
             watermark: i64::MIN,
             event_watermark: i64::MIN,
             closed_before: i64::MIN,
+            first_window: i64::MAX,
             last_progress_ms: None,
             open: BTreeMap::new(),
             corrections: BTreeSet::new(),
@@ -236,6 +246,11 @@ impl Windows {
         &self.shadows
     }
 
+    /// Start of the earliest window ever opened (`i64::MAX` before the first).
+    pub fn first_window(&self) -> i64 {
+        self.first_window
+    }
+
     /// Arrival counts.
     pub fn stats(&self) -> &WindowStats {
         &self.stats
@@ -261,6 +276,9 @@ impl Windows {
         samples: &[Sample],
     ) {
         self.shadows.observe(tenant, id, key, samples);
+        if is_derived(key) {
+            return;
+        }
         let mut cached: Option<(i64, usize)> = None;
         for &s in samples {
             let start = self.window_start(s.timestamp);
@@ -282,6 +300,7 @@ impl Windows {
                 Arrival::OnTime => self.stats.on_time += 1,
             }
             self.max_event = self.max_event.max(s.timestamp);
+            self.first_window = self.first_window.min(start);
             let window = self.open.entry(start).or_default();
             let slot = match cached {
                 Some((st, i)) if st == start => i,
@@ -424,6 +443,7 @@ impl Windows {
             self.watermark,
             self.event_watermark,
             self.closed_before,
+            self.first_window,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -493,6 +513,7 @@ impl Windows {
             w.watermark = r.i64()?;
             w.event_watermark = r.i64()?;
             w.closed_before = r.i64()?;
+            w.first_window = r.i64()?;
             for _ in 0..r.u32()? {
                 let start = r.i64()?;
                 let window = w.open.entry(start).or_default();

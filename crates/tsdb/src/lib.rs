@@ -540,6 +540,20 @@ impl Tsdb {
         Ok(out)
     }
 
+    /// Tenants with data (in the head or in blocks).
+    pub fn tenants(&self) -> Vec<Tenant> {
+        let inner = self.inner.read();
+        let mut t: Vec<Tenant> = inner
+            .heads
+            .keys()
+            .chain(inner.blocks.keys())
+            .cloned()
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Sizes and counters.
     pub fn stats(&self) -> TsdbStats {
         let inner = self.inner.read();

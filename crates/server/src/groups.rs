@@ -1,0 +1,168 @@
+//! The merge step of group rollups: once every shard has closed a window, computes each
+//! configured group from the raw samples of all shards and writes the outputs through the
+//! engine like any write (durable in the log); recomputes a group window when one of its member
+//! windows is corrected. Progress (the first window not yet computed) is checkpointed, so a
+//! restart neither skips nor repeats windows (a repeat would only rewrite the same values).
+
+use crate::engine::Engine;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_model::{
+    Limits, Matcher, Sample, SelectHints, Storage, Tenant, WriteBatch, METRIC_NAME,
+};
+use strata_stream::group::GroupSpec;
+
+const MAGIC: &[u8; 8] = b"STRGROUP";
+
+/// The merge step's settings.
+pub struct Merger {
+    /// Reads and writes.
+    pub engine: Arc<Engine>,
+    /// Configured groups.
+    pub groups: Vec<GroupSpec>,
+    /// Window length.
+    pub window_ms: i64,
+    /// Where progress is kept.
+    pub checkpoint: PathBuf,
+}
+
+fn load(path: &Path) -> anyhow::Result<Option<i64>> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            anyhow::ensure!(
+                b.len() == 20
+                    && &b[..8] == MAGIC
+                    && crc32fast::hash(&b[..16]).to_le_bytes() == b[16..20],
+                "group rollup checkpoint {} is corrupt",
+                path.display()
+            );
+            Ok(Some(i64::from_le_bytes(b[8..16].try_into()?)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+fn save(path: &Path, next: i64) -> std::io::Result<()> {
+    let mut b = MAGIC.to_vec();
+    b.extend_from_slice(&next.to_le_bytes());
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &b)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+impl Merger {
+    /// Runs until `stop` is set, checking twice a second.
+    pub fn run(self, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) {
+        let mut next = match load(&self.checkpoint) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("group rollups stopped: {e}");
+                return;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.step(&mut next, &rt) {
+                tracing::error!("group rollups: {e}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Computes every window all shards have closed, then the corrected ones.
+    fn step(&self, next: &mut Option<i64>, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
+        let Some((closed, first)) = self.engine.group_progress() else {
+            return Ok(());
+        };
+        let mut start = next.unwrap_or(first);
+        let before = start;
+        while start < closed {
+            self.compute(start, rt)?;
+            start += self.window_ms;
+        }
+        if start != before || next.is_none() {
+            save(&self.checkpoint, start)?;
+            *next = Some(start);
+        }
+        // Windows computed already whose members were corrected since.
+        let redo: BTreeSet<(Tenant, i64)> = self
+            .engine
+            .take_corrected()
+            .into_iter()
+            .filter(|c| c.start < start)
+            .filter(|c| {
+                let name = c.key.as_ref().get(METRIC_NAME.as_bytes());
+                self.groups
+                    .iter()
+                    .any(|g| name == Some(g.metric.as_bytes()))
+            })
+            .map(|c| (c.tenant, c.start))
+            .collect();
+        for (tenant, ws) in redo {
+            self.compute_tenant(&tenant, ws, rt)?;
+        }
+        Ok(())
+    }
+
+    fn compute(&self, start: i64, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
+        for tenant in self.engine.tenants() {
+            self.compute_tenant(&tenant, start, rt)?;
+        }
+        Ok(())
+    }
+
+    /// Computes and writes every group of one tenant for the window starting at `start`.
+    fn compute_tenant(
+        &self,
+        tenant: &Tenant,
+        start: i64,
+        rt: &tokio::runtime::Handle,
+    ) -> anyhow::Result<()> {
+        let hints = SelectHints {
+            start,
+            end: start + self.window_ms - 1,
+            max_samples: None,
+        };
+        let limits = Limits {
+            max_labels_per_series: usize::MAX,
+            ..Limits::default()
+        };
+        let mut batch = WriteBatch::new(tenant.clone());
+        for g in &self.groups {
+            let members =
+                self.engine
+                    .select(tenant, &[Matcher::equal(METRIC_NAME, &g.metric)], &hints)?;
+            let keys: Vec<_> = members.iter().map(|m| m.labels.key()).collect();
+            let outputs = g.compute(
+                keys.iter()
+                    .zip(&members)
+                    .map(|(k, m)| (k.as_ref(), m.samples.as_slice())),
+                self.window_ms,
+            );
+            for (labels, v) in outputs {
+                let mut pairs: Vec<(&[u8], &[u8])> = labels
+                    .iter()
+                    .map(|l| (l.name.as_bytes(), l.value.as_bytes()))
+                    .collect();
+                batch
+                    .push_series(
+                        &mut pairs,
+                        &[Sample::new(start + self.window_ms, v)],
+                        None,
+                        &limits,
+                    )
+                    .map_err(|e| anyhow::anyhow!("group output {labels:?}: {e}"))?;
+            }
+        }
+        if !batch.is_empty() {
+            rt.block_on(self.engine.write(batch))?;
+        }
+        Ok(())
+    }
+}
