@@ -395,6 +395,27 @@ fn events_in_every_shape() {
 }
 
 #[test]
+fn event_values_keep_every_bit() {
+    // 17 significant digits, where a fast float parser is off by one unit in the last place.
+    for text in [
+        "24.388698630136986",
+        "0.30000000000000004",
+        "1.7976931348623157e308",
+        "5e-324",
+    ] {
+        let body = format!(r#"{{"device_id":"d1","timestamp":{NOW},"readings":{{"x":{text}}}}}"#);
+        let (d, b) = ev(&body);
+        assert_eq!(d.unwrap().accepted_samples, 1);
+        let got = b.iter().next().unwrap().samples[0].value;
+        assert_eq!(
+            got.to_bits(),
+            text.parse::<f64>().unwrap().to_bits(),
+            "{text}"
+        );
+    }
+}
+
+#[test]
 fn events_malformed() {
     let (r, _) = ev("[{\"device_id\": ");
     assert!(matches!(r, Err(IngestError::Json { .. })));

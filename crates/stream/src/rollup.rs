@@ -322,3 +322,35 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod eighths {
+    use super::*;
+    #[test]
+    fn eighths_sum_exactly() {
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            let mut rs = Vec::new();
+            let mut naive = 0.0;
+            let mut all = ExactSum::new();
+            for d in 0..6 {
+                let mut v = Vec::new();
+                for i in 0..12 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let x = ((seed >> 40) % 400) as f64 / 8.0;
+                    naive += x;
+                    all.add(x);
+                    v.push(Sample::new(i * 5000 + d, x));
+                }
+                rs.push(Rollup::of_sorted(&v, false).unwrap());
+            }
+            let mut g = rs[0].clone();
+            for r in &rs[1..] {
+                g.merge_across(r);
+            }
+            assert_eq!(all.value(), naive);
+            assert_eq!(g.sum.value(), naive, "merged");
+        }
+    }
+}

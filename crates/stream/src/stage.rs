@@ -76,6 +76,7 @@ impl RollupStage {
         };
         let store = RollupStore::open(&dir.join("warm"), opts.retention_ms, opts.block_duration_ms)
             .map_err(tsdb_err)?;
+        let store_had_windows = store.tsdb().stats().series > 0;
         let checkpoint = dir.join("windows.ckpt");
         let (windows, covered) = Windows::load(&checkpoint, opts.windows.clone())?;
         Ok(RollupStage {
@@ -84,7 +85,8 @@ impl RollupStage {
             store,
             checkpoint,
             covered: AtomicU64::new(covered.unwrap_or(u64::MAX)),
-            verify_existing: AtomicBool::new(true),
+            // A fresh store cannot hold windows from before a crash.
+            verify_existing: AtomicBool::new(store_had_windows),
             counters: StageCounters::default(),
             corrected: parking_lot::Mutex::new(Vec::new()),
         })

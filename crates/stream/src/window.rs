@@ -137,24 +137,29 @@ pub struct Correction {
     pub start: i64,
 }
 
-/// One series' samples in one open window, in arrival order.
-#[derive(Debug, Clone)]
-struct Open {
+/// One series as the windows know it: found by id and confirmed by tenant and key, kept across
+/// windows so a sample costs one lookup and no allocation once the series is known.
+#[derive(Debug)]
+struct SeriesState {
     tenant: Tenant,
     key: SeriesKey,
-    samples: Vec<Sample>,
+    /// Open windows, `(start, samples in arrival order)`: the current one and those still
+    /// within the lateness, so a handful at most.
+    open: Vec<(i64, Vec<Sample>)>,
+    /// A buffer kept from a closed window, for the next one.
+    spare: Vec<Sample>,
 }
 
-/// The series of one open window, found by id and confirmed by tenant and key.
+/// Every series seen, by id (collisions chained).
 #[derive(Debug, Default)]
-struct OpenWindow {
+struct SeriesTable {
     by_id: AHashMap<u64, Vec<u32>>,
-    series: Vec<Open>,
+    series: Vec<SeriesState>,
 }
 
-impl OpenWindow {
-    /// The slot of a series, made when new.
-    fn slot(&mut self, tenant: &Tenant, id: SeriesId, key: SeriesKeyRef<'_>) -> usize {
+impl SeriesTable {
+    /// The index of a series, made when new.
+    fn index(&mut self, tenant: &Tenant, id: SeriesId, key: SeriesKeyRef<'_>) -> usize {
         let slots = self.by_id.entry(id.0).or_default();
         let series = &mut self.series;
         if let Some(i) = slots.iter().copied().find(|&i| {
@@ -164,13 +169,22 @@ impl OpenWindow {
             return i as usize;
         }
         slots.push(series.len() as u32);
-        series.push(Open {
+        series.push(SeriesState {
             tenant: tenant.clone(),
             key: key.to_owned(),
-            samples: Vec::new(),
+            open: Vec::new(),
+            spare: Vec::new(),
         });
         series.len() - 1
     }
+}
+
+/// True when `opts` asks windows of this series to keep a quantile sketch.
+fn sketched(opts: &WindowOptions, key: SeriesKeyRef<'_>) -> bool {
+    !opts.quantile_metrics.is_empty()
+        && key
+            .get(METRIC_NAME.as_bytes())
+            .is_some_and(|n| opts.quantile_metrics.iter().any(|m| m.as_bytes() == n))
 }
 
 /// True for series derived by rollups or recording rules (a `:` in the metric name, the
@@ -195,7 +209,9 @@ pub struct Windows {
     first_window: i64,
     /// Wall-clock time of the last watermark progress, for idleness.
     last_progress_ms: Option<i64>,
-    open: BTreeMap<i64, OpenWindow>,
+    table: SeriesTable,
+    /// Window start → the series with that window open.
+    open: BTreeMap<i64, Vec<u32>>,
     corrections: BTreeSet<Correction>,
     stats: WindowStats,
     /// Each device's last readings: fed by the same samples, checkpointed with the windows.
@@ -214,6 +230,7 @@ impl Windows {
             closed_before: i64::MIN,
             first_window: i64::MAX,
             last_progress_ms: None,
+            table: SeriesTable::default(),
             open: BTreeMap::new(),
             corrections: BTreeSet::new(),
             stats: WindowStats::default(),
@@ -258,7 +275,7 @@ impl Windows {
 
     /// Windows currently open (series × window).
     pub fn open_windows(&self) -> usize {
-        self.open.values().map(|w| w.series.len()).sum()
+        self.open.values().map(Vec::len).sum()
     }
 
     /// Start of the window holding `ts`.
@@ -279,7 +296,7 @@ impl Windows {
         if is_derived(key) {
             return;
         }
-        let mut cached: Option<(i64, usize)> = None;
+        let mut index: Option<usize> = None;
         for &s in samples {
             let start = self.window_start(s.timestamp);
             match self.classify(s.timestamp, start) {
@@ -301,16 +318,23 @@ impl Windows {
             }
             self.max_event = self.max_event.max(s.timestamp);
             self.first_window = self.first_window.min(start);
-            let window = self.open.entry(start).or_default();
-            let slot = match cached {
-                Some((st, i)) if st == start => i,
-                _ => {
-                    let i = window.slot(tenant, id, key);
-                    cached = Some((start, i));
-                    i
-                }
-            };
-            window.series[slot].samples.push(s);
+            let i = *index.get_or_insert_with(|| self.table.index(tenant, id, key));
+            self.push(i, start, s);
+        }
+    }
+
+    /// Adds a sample to a series' window, opening the window when new.
+    fn push(&mut self, i: usize, start: i64, s: Sample) {
+        let st = &mut self.table.series[i];
+        // The newest window is the usual target; older open ones follow it.
+        match st.open.iter().rposition(|(ws, _)| *ws <= start) {
+            Some(p) if st.open[p].0 == start => st.open[p].1.push(s),
+            p => {
+                let mut buf = std::mem::take(&mut st.spare);
+                buf.push(s);
+                st.open.insert(p.map_or(0, |p| p + 1), (start, buf));
+                self.open.entry(start).or_default().push(i as u32);
+            }
         }
     }
 
@@ -362,20 +386,23 @@ impl Windows {
         self.closed_before = closed;
         let keep = self.open.split_off(&closed);
         let done = std::mem::replace(&mut self.open, keep);
-        for (start, window) in done {
-            for o in window.series {
-                let Open {
-                    tenant,
-                    key,
-                    mut samples,
-                } = o;
+        for (start, members) in done {
+            for i in members {
+                let st = &mut self.table.series[i as usize];
+                let Some(p) = st.open.iter().position(|(ws, _)| *ws == start) else {
+                    continue;
+                };
+                let (_, mut samples) = st.open.remove(p);
                 sort_last_wins(&mut samples);
-                let q = self.wants_quantiles(key.as_ref());
-                if let Some(rollup) = Rollup::of_sorted(&samples, q) {
+                let q = sketched(&self.opts, st.key.as_ref());
+                let rollup = Rollup::of_sorted(&samples, q);
+                samples.clear();
+                st.spare = samples;
+                if let Some(rollup) = rollup {
                     self.stats.finalized += 1;
                     f(ClosedWindow {
-                        tenant,
-                        key,
+                        tenant: st.tenant.clone(),
+                        key: st.key.clone(),
                         start,
                         rollup,
                     });
@@ -386,10 +413,7 @@ impl Windows {
 
     /// True when windows of this series keep a quantile sketch.
     pub fn wants_quantiles(&self, key: SeriesKeyRef<'_>) -> bool {
-        !self.opts.quantile_metrics.is_empty()
-            && key
-                .get(METRIC_NAME.as_bytes())
-                .is_some_and(|n| self.opts.quantile_metrics.iter().any(|m| m.as_bytes() == n))
+        sketched(&self.opts, key)
     }
 
     /// Takes the queued corrections (each window once, however many samples queued it).
@@ -408,15 +432,20 @@ impl Windows {
         mut f: impl FnMut(&SeriesKey, i64, Rollup),
     ) {
         let from = self.window_start(start);
-        for (&ws, window) in self.open.range(from..=end) {
-            for o in window.series.iter().filter(|o| &o.tenant == tenant) {
-                if !wanted(o.key.as_ref()) {
+        for (&ws, members) in self.open.range(from..=end) {
+            for &i in members {
+                let st = &self.table.series[i as usize];
+                if &st.tenant != tenant || !wanted(st.key.as_ref()) {
                     continue;
                 }
-                let mut samples = o.samples.clone();
+                let Some((_, samples)) = st.open.iter().find(|(s, _)| *s == ws) else {
+                    continue;
+                };
+                let mut samples = samples.clone();
                 sort_last_wins(&mut samples);
-                if let Some(r) = Rollup::of_sorted(&samples, self.wants_quantiles(o.key.as_ref())) {
-                    f(&o.key, ws, r);
+                if let Some(r) = Rollup::of_sorted(&samples, self.wants_quantiles(st.key.as_ref()))
+                {
+                    f(&st.key, ws, r);
                 }
             }
         }
@@ -448,14 +477,20 @@ impl Windows {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(self.open.len() as u32).to_le_bytes());
-        for (start, w) in &self.open {
+        for (start, members) in &self.open {
             b.extend_from_slice(&start.to_le_bytes());
-            b.extend_from_slice(&(w.series.len() as u32).to_le_bytes());
-            for o in &w.series {
-                put(&mut b, o.tenant.as_str().as_bytes());
-                put(&mut b, o.key.as_bytes());
-                b.extend_from_slice(&(o.samples.len() as u32).to_le_bytes());
-                for s in &o.samples {
+            b.extend_from_slice(&(members.len() as u32).to_le_bytes());
+            for &i in members {
+                let st = &self.table.series[i as usize];
+                let samples = st
+                    .open
+                    .iter()
+                    .find(|(s, _)| s == start)
+                    .map_or(&[][..], |(_, v)| v.as_slice());
+                put(&mut b, st.tenant.as_str().as_bytes());
+                put(&mut b, st.key.as_bytes());
+                b.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+                for s in samples {
                     b.extend_from_slice(&s.timestamp.to_le_bytes());
                     b.extend_from_slice(&s.value.to_bits().to_le_bytes());
                 }
@@ -516,18 +551,15 @@ impl Windows {
             w.first_window = r.i64()?;
             for _ in 0..r.u32()? {
                 let start = r.i64()?;
-                let window = w.open.entry(start).or_default();
                 for _ in 0..r.u32()? {
                     let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
                     let key = SeriesKey::from_bytes(r.field()?)?;
                     let id = SeriesId::of(&tenant, key.as_ref());
-                    let slot = window.slot(&tenant, id, key.as_ref());
+                    let i = w.table.index(&tenant, id, key.as_ref());
                     let n = r.u32()? as usize;
-                    let samples = &mut window.series[slot].samples;
-                    samples.reserve(n.min(1 << 16));
                     for _ in 0..n {
                         let t = r.i64()?;
-                        samples.push(Sample::new(t, f64::from_bits(r.u64()?)));
+                        w.push(i, start, Sample::new(t, f64::from_bits(r.u64()?)));
                     }
                 }
             }
