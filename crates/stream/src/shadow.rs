@@ -1,114 +1,48 @@
 //! Device shadows: each device's last known reading of every metric, by event time.
 //!
-//! A device is the value of a series' `device` label. The shadow keeps, per series of a device,
-//! the sample with the highest timestamp seen (a later write at the same timestamp replaces
-//! it, as in the raw tier), so a late or replayed event never rolls a shadow back.
+//! A device is the value of a series' `device` label. The windows' series table keeps, per
+//! series, the sample with the highest timestamp seen (a later write at the same timestamp
+//! replaces it, as in the raw tier), so a late or replayed event never rolls a shadow back; this
+//! module indexes those series by device and persists the readings with the window checkpoint.
 
 use crate::bytes::{put, Reader};
 use crate::StreamError;
 use ahash::AHashMap;
 use std::path::Path;
-use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
+use strata_model::{Sample, SeriesKey, SeriesKeyRef, Tenant};
 
 /// The label naming a series' device.
 pub const DEVICE_LABEL: &str = "device";
 
-/// The last reading of one series of a device.
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    tenant: Tenant,
-    key: SeriesKey,
-    last: Sample,
+/// Each device's series (indexes into the windows' series table).
+#[derive(Debug, Default)]
+pub struct DeviceIndex {
+    devices: AHashMap<Tenant, AHashMap<Box<str>, Vec<u32>>>,
 }
 
-/// Last readings of the devices of one shard.
-#[derive(Debug, Default, Clone)]
-pub struct Shadows {
-    /// By series id, confirmed by tenant and key (ids may collide).
-    series: AHashMap<u64, Vec<Entry>>,
-    /// Each device's series ids.
-    devices: AHashMap<Tenant, AHashMap<Box<str>, Vec<u64>>>,
-}
-
-impl PartialEq for Shadows {
-    fn eq(&self, other: &Shadows) -> bool {
-        let all = |s: &Shadows| {
-            let mut v: Vec<&Entry> = s.series.values().flatten().collect();
-            v.sort_by(|a, b| (&a.tenant, &a.key).cmp(&(&b.tenant, &b.key)));
-            v.into_iter().cloned().collect::<Vec<Entry>>()
-        };
-        all(self) == all(other)
-    }
-}
-
-const MAGIC: &[u8; 8] = b"STRSHADW";
-const VERSION: u32 = 1;
-
-impl Shadows {
-    /// Takes a series' stored samples.
-    pub fn observe(
-        &mut self,
-        tenant: &Tenant,
-        id: SeriesId,
-        key: SeriesKeyRef<'_>,
-        samples: &[Sample],
-    ) {
-        let Some(newest) = samples
-            .iter()
-            .filter(|s| !s.value.is_nan())
-            .copied()
-            .reduce(|a, b| if b.timestamp >= a.timestamp { b } else { a })
-        else {
-            return;
-        };
-        if let Some(e) = self.series.get_mut(&id.0).and_then(|v| {
-            v.iter_mut()
-                .find(|e| e.key.as_ref() == key && &e.tenant == tenant)
-        }) {
-            if newest.timestamp >= e.last.timestamp {
-                e.last = newest;
-            }
-            return;
-        }
+impl DeviceIndex {
+    /// Records a new series; returns whether it belongs to a device.
+    pub fn add(&mut self, tenant: &Tenant, key: SeriesKeyRef<'_>, series: u32) -> bool {
         let Some(device) = key.get(DEVICE_LABEL.as_bytes()) else {
-            return;
+            return false;
         };
         // Keys hold valid UTF-8 (checked when built).
         let device = std::str::from_utf8(device).unwrap_or_default();
-        self.series.entry(id.0).or_default().push(Entry {
-            tenant: tenant.clone(),
-            key: key.to_owned(),
-            last: newest,
-        });
-        let ids = self
-            .devices
+        self.devices
             .entry(tenant.clone())
             .or_default()
             .entry(device.into())
-            .or_default();
-        if !ids.contains(&id.0) {
-            ids.push(id.0);
-        }
+            .or_default()
+            .push(series);
+        true
     }
 
-    /// The last reading of each series of `device`.
-    pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(SeriesKey, Sample)> {
-        let Some(ids) = self.devices.get(tenant).and_then(|d| d.get(device)) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(SeriesKey, Sample)> = ids
-            .iter()
-            .filter_map(|id| self.series.get(id))
-            .flatten()
-            .filter(|e| {
-                &e.tenant == tenant
-                    && e.key.as_ref().get(DEVICE_LABEL.as_bytes()) == Some(device.as_bytes())
-            })
-            .map(|e| (e.key.clone(), e.last))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out.dedup_by(|a, b| a.0 == b.0);
-        out
+    /// The series of `device`.
+    pub fn series(&self, tenant: &Tenant, device: &str) -> &[u32] {
+        self.devices
+            .get(tenant)
+            .and_then(|d| d.get(device))
+            .map_or(&[], |v| v.as_slice())
     }
 
     /// Devices known.
@@ -118,57 +52,75 @@ impl Shadows {
 
     /// True when no device is known.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.len() == 0
     }
+}
 
-    /// Serialises the shadows (for the shard's checkpoint).
-    pub fn encode(&self, b: &mut Vec<u8>) {
-        b.extend_from_slice(MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
-        let n: usize = self.series.values().map(|v| v.len()).sum();
-        b.extend_from_slice(&(n as u64).to_le_bytes());
-        for e in self.series.values().flatten() {
-            put(b, e.tenant.as_str().as_bytes());
-            put(b, e.key.as_bytes());
-            b.extend_from_slice(&e.last.timestamp.to_le_bytes());
-            b.extend_from_slice(&e.last.value.to_bits().to_le_bytes());
-        }
-    }
+/// The newest non-NaN sample of `samples`, later entries winning ties.
+pub fn newest(samples: &[Sample]) -> Option<Sample> {
+    samples
+        .iter()
+        .filter(|s| !s.value.is_nan())
+        .copied()
+        .reduce(|a, b| if b.timestamp >= a.timestamp { b } else { a })
+}
 
-    /// Reads what [`Shadows::encode`] wrote.
-    pub fn decode(b: &[u8], path: &Path) -> Result<Shadows, StreamError> {
-        let bad = |reason: &str| StreamError::Corrupt {
-            path: path.into(),
-            reason: format!("device shadows: {reason}"),
-        };
-        let mut r = Reader::new(b);
-        if r.take(8) != Some(&MAGIC[..]) || r.u32() != Some(VERSION) {
-            return Err(bad("bad header"));
-        }
-        let mut out = Shadows::default();
-        let n = r.u64().ok_or_else(|| bad("truncated"))?;
-        for _ in 0..n {
-            let entry = (|| {
-                let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
-                let key = SeriesKey::from_bytes(r.field()?)?;
-                let t = r.i64()?;
-                let v = f64::from_bits(r.u64()?);
-                Some((tenant, key, Sample::new(t, v)))
-            })()
-            .ok_or_else(|| bad("damaged entry"))?;
-            let (tenant, key, s) = entry;
-            out.observe(
-                &tenant,
-                SeriesId::of(&tenant, key.as_ref()),
-                key.as_ref(),
-                &[s],
-            );
-        }
-        if !r.is_done() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(out)
+/// Keeps `last` the newest of itself and `s`.
+pub fn update(last: &mut Option<Sample>, s: Sample) {
+    if last.is_none_or(|l| s.timestamp >= l.timestamp) {
+        *last = Some(s);
     }
+}
+
+const MAGIC: &[u8; 8] = b"STRSHADW";
+const VERSION: u32 = 1;
+
+/// Serialises readings (for the shard's checkpoint).
+pub(crate) fn encode<'a>(
+    readings: impl ExactSizeIterator<Item = (&'a Tenant, &'a SeriesKey, Sample)>,
+    b: &mut Vec<u8>,
+) {
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&(readings.len() as u64).to_le_bytes());
+    for (tenant, key, s) in readings {
+        put(b, tenant.as_str().as_bytes());
+        put(b, key.as_bytes());
+        b.extend_from_slice(&s.timestamp.to_le_bytes());
+        b.extend_from_slice(&s.value.to_bits().to_le_bytes());
+    }
+}
+
+/// Reads what [`encode`] wrote.
+pub(crate) fn decode(
+    b: &[u8],
+    path: &Path,
+) -> Result<Vec<(Tenant, SeriesKey, Sample)>, StreamError> {
+    let bad = |reason: &str| StreamError::Corrupt {
+        path: path.into(),
+        reason: format!("device shadows: {reason}"),
+    };
+    let mut r = Reader::new(b);
+    if r.take(8) != Some(&MAGIC[..]) || r.u32() != Some(VERSION) {
+        return Err(bad("bad header"));
+    }
+    let n = r.u64().ok_or_else(|| bad("truncated"))?;
+    let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
+    for _ in 0..n {
+        let entry = (|| {
+            let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
+            let key = SeriesKey::from_bytes(r.field()?)?;
+            let t = r.i64()?;
+            let v = f64::from_bits(r.u64()?);
+            Some((tenant, key, Sample::new(t, v)))
+        })()
+        .ok_or_else(|| bad("damaged entry"))?;
+        out.push(entry);
+    }
+    if !r.is_done() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -177,56 +129,40 @@ mod tests {
     use strata_model::Labels;
 
     #[test]
-    fn keeps_the_newest_reading_and_round_trips() {
+    fn newest_update_index_and_round_trip() {
+        let s = [
+            Sample::new(10, 1.0),
+            Sample::new(30, 3.0),
+            Sample::new(20, 2.0),
+            Sample::new(40, f64::NAN),
+        ];
+        assert_eq!(newest(&s), Some(Sample::new(30, 3.0)));
+        let mut last = Some(Sample::new(50, 5.0));
+        update(&mut last, Sample::new(40, 4.0));
+        assert_eq!(last, Some(Sample::new(50, 5.0)), "never rolls back");
+        update(&mut last, Sample::new(50, 6.0));
+        assert_eq!(
+            last,
+            Some(Sample::new(50, 6.0)),
+            "a later write at the same time wins"
+        );
         let t = Tenant::default_tenant();
-        let k = |m: &str, d: &str| {
-            Labels::from_pairs([("__name__", m), ("device", d)])
-                .unwrap()
-                .key()
-        };
-        let mut s = Shadows::default();
-        let id = |k: &SeriesKey| SeriesId::of(&t, k.as_ref());
-        s.observe(
-            &t,
-            id(&k("temp", "d1")),
-            k("temp", "d1").as_ref(),
-            &[Sample::new(10, 1.0), Sample::new(30, 3.0)],
-        );
-        s.observe(
-            &t,
-            id(&k("temp", "d1")),
-            k("temp", "d1").as_ref(),
-            &[Sample::new(20, 2.0)],
-        );
-        s.observe(
-            &t,
-            id(&k("hum", "d1")),
-            k("hum", "d1").as_ref(),
-            &[Sample::new(5, 50.0)],
-        );
-        s.observe(
-            &t,
-            id(&k("temp", "d2")),
-            k("temp", "d2").as_ref(),
-            &[Sample::new(5, f64::NAN)],
-        );
-        let no_device = Labels::from_pairs([("__name__", "x")]).unwrap().key();
-        s.observe(
-            &t,
-            id(&no_device),
-            no_device.as_ref(),
-            &[Sample::new(5, 1.0)],
-        );
-        let d1 = s.device(&t, "d1");
-        assert_eq!(d1.len(), 2);
-        assert!(d1.contains(&(k("temp", "d1"), Sample::new(30, 3.0))));
-        assert!(d1.contains(&(k("hum", "d1"), Sample::new(5, 50.0))));
-        assert!(s.device(&t, "d2").is_empty());
-        assert!(s.device(&Tenant::new("other").unwrap(), "d1").is_empty());
+        let k = Labels::from_pairs([("__name__", "temp"), ("device", "d1")])
+            .unwrap()
+            .key();
+        let none = Labels::from_pairs([("__name__", "x")]).unwrap().key();
+        let mut idx = DeviceIndex::default();
+        assert!(idx.add(&t, k.as_ref(), 7));
+        assert!(!idx.add(&t, none.as_ref(), 8));
+        assert_eq!(idx.series(&t, "d1"), &[7]);
+        assert!(idx.series(&Tenant::new("other").unwrap(), "d1").is_empty());
         let mut b = Vec::new();
-        s.encode(&mut b);
+        encode([(&t, &k, Sample::new(1, 2.0))].into_iter(), &mut b);
         let p = Path::new("x");
-        assert_eq!(Shadows::decode(&b, p).unwrap(), s);
-        assert!(Shadows::decode(&b[..b.len() - 3], p).is_err());
+        assert_eq!(
+            decode(&b, p).unwrap(),
+            vec![(t.clone(), k.clone(), Sample::new(1, 2.0))]
+        );
+        assert!(decode(&b[..b.len() - 3], p).is_err());
     }
 }

@@ -116,7 +116,6 @@ impl RollupStage {
     pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(Labels, strata_model::Sample)> {
         self.windows
             .read()
-            .shadows()
             .device(tenant, device)
             .into_iter()
             .map(|(k, s)| (k.labels(), s))

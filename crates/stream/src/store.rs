@@ -2,7 +2,7 @@
 //! own so they get its compression, blocks, index and retention.
 //!
 //! Each figure of a series' windows is a series of its own: the raw series' labels plus
-//! `__rollup__="<figure>"` (`count`, `sum`, `min`, ..., `revision`, and `q<quantile>` for
+//! `__rollup__="<figure>"` (`count`, `sum`, `min`, ..., `revision` (absent while 0), `q<quantile>` for
 //! sketches), with one sample per window at the window's start. A window is written in one
 //! append, so its figures are never seen half-written; a correction writes the window again at
 //! the same timestamps and, the storage rule being "last write wins", replaces it.
@@ -180,10 +180,17 @@ impl RollupStore {
                 w.revision as f64,
             ];
             let out = by_tenant.entry(w.tenant).or_default();
+            // Most windows are never corrected: revision 0 is implied by its absence.
+            let n = if w.revision == 0 {
+                values.len() - 1
+            } else {
+                values.len()
+            };
             out.extend(
                 h.base
                     .iter()
                     .zip(values)
+                    .take(n)
                     .map(|(&handle, v)| (handle, Sample::new(w.start, v))),
             );
             for &(q, v) in &f.quantiles {
@@ -221,12 +228,13 @@ impl RollupStore {
                 .first()
                 .map(|s| s.value))
         };
-        let Some(revision) = read(REVISION)? else {
+        let Some(count) = read(COUNT)? else {
             return Ok(None);
         };
         let mut w = Assembly::default();
+        w.set(COUNT, count);
         for name in [
-            COUNT,
+            REVISION,
             SUM,
             SUM_SQUARES,
             MIN,
@@ -246,7 +254,6 @@ impl RollupStore {
                 w.quantiles.push((q, v));
             }
         }
-        w.set(REVISION, revision);
         Ok(w.finish(start))
     }
 
@@ -337,12 +344,12 @@ impl Assembly {
         }
     }
 
-    /// The window, when both its count and revision were found.
+    /// The window, when its count was found (a missing revision is 0).
     fn finish(mut self, start: i64) -> Option<StoredWindow> {
         self.quantiles.sort_by(|a, b| a.0.total_cmp(&b.0));
         Some(StoredWindow {
             start,
-            revision: self.revision? as u32,
+            revision: self.revision.unwrap_or(0.0) as u32,
             figures: Figures {
                 count: self.count? as u64,
                 sum: self.sum,

@@ -15,7 +15,7 @@
 
 use crate::bytes::{put, write_atomically, Reader};
 use crate::rollup::Rollup;
-use crate::shadow::Shadows;
+use crate::shadow::{self, DeviceIndex};
 use crate::StreamError;
 use ahash::AHashMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,6 +148,12 @@ struct SeriesState {
     open: Vec<(i64, Vec<Sample>)>,
     /// A buffer kept from a closed window, for the next one.
     spare: Vec<Sample>,
+    /// The device shadow: the newest reading, for series of a device.
+    last: Option<Sample>,
+    /// Of a device (kept in the shadow).
+    device: bool,
+    /// Derived (a `:` in the name): not rolled up again.
+    derived: bool,
 }
 
 /// Every series seen, by id (collisions chained).
@@ -158,8 +164,14 @@ struct SeriesTable {
 }
 
 impl SeriesTable {
-    /// The index of a series, made when new.
-    fn index(&mut self, tenant: &Tenant, id: SeriesId, key: SeriesKeyRef<'_>) -> usize {
+    /// The index of a series, made (and indexed by device) when new.
+    fn index(
+        &mut self,
+        devices: &mut DeviceIndex,
+        tenant: &Tenant,
+        id: SeriesId,
+        key: SeriesKeyRef<'_>,
+    ) -> usize {
         let slots = self.by_id.entry(id.0).or_default();
         let series = &mut self.series;
         if let Some(i) = slots.iter().copied().find(|&i| {
@@ -168,14 +180,18 @@ impl SeriesTable {
         }) {
             return i as usize;
         }
-        slots.push(series.len() as u32);
+        let i = series.len() as u32;
+        slots.push(i);
         series.push(SeriesState {
             tenant: tenant.clone(),
             key: key.to_owned(),
             open: Vec::new(),
             spare: Vec::new(),
+            last: None,
+            device: devices.add(tenant, key, i),
+            derived: is_derived(key),
         });
-        series.len() - 1
+        i as usize
     }
 }
 
@@ -214,8 +230,8 @@ pub struct Windows {
     open: BTreeMap<i64, Vec<u32>>,
     corrections: BTreeSet<Correction>,
     stats: WindowStats,
-    /// Each device's last readings: fed by the same samples, checkpointed with the windows.
-    shadows: Shadows,
+    /// Each device's series, whose newest readings the table keeps (the device shadows).
+    devices: DeviceIndex,
 }
 
 impl Windows {
@@ -234,7 +250,7 @@ impl Windows {
             open: BTreeMap::new(),
             corrections: BTreeSet::new(),
             stats: WindowStats::default(),
-            shadows: Shadows::default(),
+            devices: DeviceIndex::default(),
         }
     }
 
@@ -258,9 +274,22 @@ impl Windows {
         self.closed_before
     }
 
-    /// Each device's last readings.
-    pub fn shadows(&self) -> &Shadows {
-        &self.shadows
+    /// The last reading of each series of `device` (its shadow), sorted by series.
+    pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(SeriesKey, Sample)> {
+        let mut out: Vec<(SeriesKey, Sample)> = self
+            .devices
+            .series(tenant, device)
+            .iter()
+            .map(|&i| &self.table.series[i as usize])
+            .filter_map(|st| Some((st.key.clone(), st.last?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Devices known.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
     }
 
     /// Start of the earliest window ever opened (`i64::MAX` before the first).
@@ -292,11 +321,17 @@ impl Windows {
         key: SeriesKeyRef<'_>,
         samples: &[Sample],
     ) {
-        self.shadows.observe(tenant, id, key, samples);
-        if is_derived(key) {
+        let Some(newest) = shadow::newest(samples) else {
+            return; // nothing but NaNs: no reading, nothing to roll up
+        };
+        let i = self.table.index(&mut self.devices, tenant, id, key);
+        let st = &mut self.table.series[i];
+        if st.device {
+            shadow::update(&mut st.last, newest);
+        }
+        if st.derived {
             return;
         }
-        let mut index: Option<usize> = None;
         for &s in samples {
             let start = self.window_start(s.timestamp);
             match self.classify(s.timestamp, start) {
@@ -318,7 +353,6 @@ impl Windows {
             }
             self.max_event = self.max_event.max(s.timestamp);
             self.first_window = self.first_window.min(start);
-            let i = *index.get_or_insert_with(|| self.table.index(tenant, id, key));
             self.push(i, start, s);
         }
     }
@@ -393,7 +427,10 @@ impl Windows {
                     continue;
                 };
                 let (_, mut samples) = st.open.remove(p);
-                sort_last_wins(&mut samples);
+                // Usually already in order: one pass instead of a sort.
+                if !samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
+                    sort_last_wins(&mut samples);
+                }
                 let q = sketched(&self.opts, st.key.as_ref());
                 let rollup = Rollup::of_sorted(&samples, q);
                 samples.clear();
@@ -497,7 +534,14 @@ impl Windows {
             }
         }
         let shadows = b.len();
-        self.shadows.encode(&mut b);
+        let readings: Vec<_> = self
+            .table
+            .series
+            .iter()
+            .filter(|st| st.device)
+            .filter_map(|st| Some((&st.tenant, &st.key, st.last?)))
+            .collect();
+        shadow::encode(readings.into_iter(), &mut b);
         b.extend_from_slice(&((b.len() - shadows) as u64).to_le_bytes());
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -536,7 +580,11 @@ impl Windows {
             return Err(bad("damaged contents"));
         }
         let (body, shadows) = body.split_at(body.len() - shadow_len);
-        w.shadows = Shadows::decode(shadows, path)?;
+        for (tenant, key, last) in shadow::decode(shadows, path)? {
+            let id = SeriesId::of(&tenant, key.as_ref());
+            let i = w.table.index(&mut w.devices, &tenant, id, key.as_ref());
+            w.table.series[i].last = Some(last);
+        }
         let mut r = Reader::new(body);
         r.take(8);
         let parsed = (|| {
@@ -555,7 +603,7 @@ impl Windows {
                     let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
                     let key = SeriesKey::from_bytes(r.field()?)?;
                     let id = SeriesId::of(&tenant, key.as_ref());
-                    let i = w.table.index(&tenant, id, key.as_ref());
+                    let i = w.table.index(&mut w.devices, &tenant, id, key.as_ref());
                     let n = r.u32()? as usize;
                     for _ in 0..n {
                         let t = r.i64()?;
