@@ -233,18 +233,7 @@ impl RollupStore {
         };
         let mut w = Assembly::default();
         w.set(COUNT, count);
-        for name in [
-            REVISION,
-            SUM,
-            SUM_SQUARES,
-            MIN,
-            MAX,
-            FIRST,
-            FIRST_TS,
-            LAST,
-            LAST_TS,
-            INCREASE,
-        ] {
+        for &name in &BASE_FIGURES[1..] {
             if let Some(v) = read(name)? {
                 w.set(name, v);
             }

@@ -1,7 +1,7 @@
 //! Rollup and device endpoints: `/api/v1/rollups`, `/api/v1/devices/<id>/latest` and
 //! `/api/v1/devices/<id>/summary`, answered from the rollup windows, not from raw samples.
 
-use super::read::{labels_json, matcher_sets, read_request, storage_error, success};
+use super::read::{labels_json, matcher_sets, read_request, storage_error, success, ReadRequest};
 use super::{tenant_of, ApiError, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -60,6 +60,24 @@ fn rollups_disabled() -> ApiError {
     )
 }
 
+/// A read of rollups: tenant, parameters and range (default: the last hour).
+fn rollup_request(
+    st: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<ReadRequest, ApiError> {
+    if !st.engine.rollups_enabled() {
+        return Err(rollups_disabled());
+    }
+    let mut r = read_request(method, headers, query, body)?;
+    if r.params.get("start").is_none() {
+        r.start = r.end.min(now_ms()) - DEFAULT_SPAN_MS;
+    }
+    Ok(r)
+}
+
 /// `GET|POST /api/v1/rollups?match[]=&start=&end=`: every window of the matching series that
 /// overlaps the range (default: the last hour), with its state and revision.
 pub async fn rollups(
@@ -70,13 +88,7 @@ pub async fn rollups(
     body: Bytes,
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
-        if !st.engine.rollups_enabled() {
-            return Err(rollups_disabled());
-        }
-        let mut r = read_request(&method, &headers, q.as_deref(), &body)?;
-        if r.params.get("start").is_none() {
-            r.start = r.end.min(now_ms()) - DEFAULT_SPAN_MS;
-        }
+        let r = rollup_request(&st, &method, &headers, q.as_deref(), &body)?;
         let sets = matcher_sets(&r.params, true)?;
         let mut seen = std::collections::BTreeMap::new();
         let mut windows = 0usize;
@@ -200,13 +212,7 @@ pub async fn summary(
     body: Bytes,
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
-        if !st.engine.rollups_enabled() {
-            return Err(rollups_disabled());
-        }
-        let mut r = read_request(&method, &headers, q.as_deref(), &body)?;
-        if r.params.get("start").is_none() {
-            r.start = r.end.min(now_ms()) - DEFAULT_SPAN_MS;
-        }
+        let r = rollup_request(&st, &method, &headers, q.as_deref(), &body)?;
         let id = device_id(&id)?;
         let mut matchers = vec![Matcher::equal("device", id)];
         if let Some(m) = r.params.get("metric").filter(|m| !m.is_empty()) {
