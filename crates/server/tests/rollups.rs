@@ -449,3 +449,48 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn rollup_endpoints_refuse_bad_requests_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "");
+    let get = |path: &str, q: &[(&str, &str)]| {
+        let r = s.client.get(s.url(path)).query(q).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("/api/v1/rollups", vec![], "match[]"),
+        ("/api/v1/rollups", vec![("match[]", "temp{")], "selector"),
+        ("/api/v1/rollups", vec![("match[]", "{device=\"\"}")], ""),
+        (
+            "/api/v1/rollups",
+            vec![("match[]", "temp"), ("start", "yesterday")],
+            "start",
+        ),
+        (
+            "/api/v1/rollups",
+            vec![("match[]", "temp"), ("start", "100"), ("end", "50")],
+            "end",
+        ),
+        ("/api/v1/devices/d1/summary", vec![("end", "\u{0}")], "end"),
+    ];
+    for (path, q, needle) in cases {
+        let (status, body) = get(path, &q);
+        assert_eq!(status, 400, "{path} {q:?}: {body}");
+        assert!(
+            body.contains("bad_data") && body.contains(needle),
+            "{path} {q:?}: {body}"
+        );
+    }
+    let long = "x".repeat(3000);
+    let (status, body) = get(&format!("/api/v1/devices/{long}/latest"), &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("device id"));
+    // Nothing stored yet: an unknown device is a 404, an empty selection an empty list.
+    assert_eq!(get("/api/v1/devices/d1/latest", &[]).0, 404);
+    let (status, body) = get("/api/v1/rollups", &[("match[]", "temp")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"data\":[]"));
+    // The server is still healthy after all of it.
+    assert_eq!(get("/health", &[]).0, 200);
+}

@@ -60,7 +60,7 @@ fn rollups_disabled() -> ApiError {
     )
 }
 
-/// A read of rollups: tenant, parameters and range (default: the last hour).
+/// A read of rollups: tenant, parameters and range (default: the hour up to now).
 fn rollup_request(
     st: &AppState,
     method: &Method,
@@ -72,8 +72,16 @@ fn rollup_request(
         return Err(rollups_disabled());
     }
     let mut r = read_request(method, headers, query, body)?;
+    if r.params.get("end").is_none() {
+        r.end = now_ms();
+    }
     if r.params.get("start").is_none() {
-        r.start = r.end.min(now_ms()) - DEFAULT_SPAN_MS;
+        r.start = r.end - DEFAULT_SPAN_MS;
+    }
+    if r.end < r.start {
+        return Err(ApiError::bad_data(
+            "invalid parameter \"end\": end timestamp must not be before start time",
+        ));
     }
     Ok(r)
 }
