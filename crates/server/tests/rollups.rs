@@ -458,7 +458,9 @@ fn rollup_endpoints_refuse_bad_requests_with_a_message() {
         let r = s.client.get(s.url(path)).query(q).send().unwrap();
         (r.status().as_u16(), r.text().unwrap())
     };
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    // (path, query, a word the error must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("/api/v1/rollups", vec![], "match[]"),
         ("/api/v1/rollups", vec![("match[]", "temp{")], "selector"),
         ("/api/v1/rollups", vec![("match[]", "{device=\"\"}")], ""),
