@@ -44,15 +44,26 @@ pub trait Storage: Send + Sync {
     ) -> Result<Vec<Labels>, StorageError>;
 
     /// Sorted label names of series matching `matchers` (all series when empty) in the range.
+    /// The default reads them off [`Storage::series`]; an index can answer faster.
     fn label_names(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Result<Vec<String>, StorageError>;
+    ) -> Result<Vec<String>, StorageError> {
+        let mut names: Vec<String> = self
+            .series(tenant, matchers, start, end)?
+            .iter()
+            .flat_map(|l| l.iter().map(|l| l.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
 
-    /// Sorted values of label `name` over series matching `matchers` in the range.
+    /// Sorted values of label `name` over series matching `matchers` in the range. The default
+    /// reads them off [`Storage::series`]; an index can answer faster.
     fn label_values(
         &self,
         tenant: &Tenant,
@@ -60,5 +71,14 @@ pub trait Storage: Send + Sync {
         matchers: &[Matcher],
         start: i64,
         end: i64,
-    ) -> Result<Vec<String>, StorageError>;
+    ) -> Result<Vec<String>, StorageError> {
+        let mut values: Vec<String> = self
+            .series(tenant, matchers, start, end)?
+            .iter()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
 }

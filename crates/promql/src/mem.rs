@@ -95,39 +95,4 @@ impl Storage for MemStorage {
             .map(|(l, _)| l.clone())
             .collect())
     }
-
-    fn label_names(
-        &self,
-        tenant: &Tenant,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<String>, StorageError> {
-        let mut names: Vec<String> = self
-            .series(tenant, matchers, start, end)?
-            .iter()
-            .flat_map(|l| l.iter().map(|l| l.name.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
-    }
-
-    fn label_values(
-        &self,
-        tenant: &Tenant,
-        name: &str,
-        matchers: &[Matcher],
-        start: i64,
-        end: i64,
-    ) -> Result<Vec<String>, StorageError> {
-        let mut values: Vec<String> = self
-            .series(tenant, matchers, start, end)?
-            .iter()
-            .filter_map(|l| l.get(name).map(str::to_string))
-            .collect();
-        values.sort();
-        values.dedup();
-        Ok(values)
-    }
 }

@@ -356,37 +356,29 @@ impl Engine {
                 )
             })
             .collect();
-        let ms = |t: i64| (t != i64::MIN).then_some(t);
-        header(
+        // A gauge per shard, in seconds; `None` (nothing seen yet) writes no line.
+        let per_shard_gauge =
+            |out: &mut String, name: &str, help: &str, v: &dyn Fn(i64, i64) -> Option<i64>| {
+                header(out, name, "gauge", help);
+                for (i, wm, max, ..) in &per_shard {
+                    if let Some(ms) = v(*wm, *max) {
+                        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", ms as f64 / 1000.0);
+                    }
+                }
+            };
+        let known = |t: i64| (t != i64::MIN).then_some(t);
+        per_shard_gauge(
             out,
             "strata_rollup_watermark_seconds",
-            "gauge",
             "Event-time watermark of each shard (Unix seconds).",
+            &|wm, _| known(wm),
         );
-        for (i, wm, ..) in &per_shard {
-            if let Some(wm) = ms(*wm) {
-                let _ = writeln!(
-                    out,
-                    "strata_rollup_watermark_seconds{{shard=\"{i}\"}} {}",
-                    wm as f64 / 1000.0
-                );
-            }
-        }
-        header(
+        per_shard_gauge(
             out,
             "strata_rollup_event_time_lag_seconds",
-            "gauge",
             "Wall clock minus the highest event time seen, per shard.",
+            &|_, max| known(max).map(|max| now - max),
         );
-        for (i, _, max, ..) in &per_shard {
-            if let Some(max) = ms(*max) {
-                let _ = writeln!(
-                    out,
-                    "strata_rollup_event_time_lag_seconds{{shard=\"{i}\"}} {}",
-                    (now - max) as f64 / 1000.0
-                );
-            }
-        }
         let sum = |f: &dyn Fn(&strata_stream::window::WindowStats) -> u64| {
             per_shard.iter().map(|p| f(&p.4)).sum::<u64>()
         };
@@ -396,36 +388,35 @@ impl Engine {
             "Provisional windows held in memory (series x window).",
             per_shard.iter().map(|p| p.3).sum::<usize>() as f64,
         );
-        counter(
-            out,
-            "strata_rollup_on_time_samples_total",
-            "Samples at or ahead of their shard's watermark.",
-            sum(&|s| s.on_time),
-        );
-        counter(
-            out,
-            "strata_rollup_late_samples_total",
-            "Samples behind the watermark that still reached a provisional window.",
-            sum(&|s| s.late),
-        );
-        counter(
-            out,
-            "strata_rollup_correction_samples_total",
-            "Samples that arrived for final windows (their windows are recomputed).",
-            sum(&|s| s.correction_samples),
-        );
-        counter(
-            out,
-            "strata_rollup_too_late_samples_total",
-            "Samples beyond the correction horizon: stored raw, not rolled up.",
-            sum(&|s| s.too_late),
-        );
-        counter(
-            out,
-            "strata_rollup_finalized_windows_total",
-            "Windows that became final.",
-            sum(&|s| s.finalized),
-        );
+        for (name, help, v) in [
+            (
+                "strata_rollup_on_time_samples_total",
+                "Samples at or ahead of their shard's watermark.",
+                sum(&|s| s.on_time),
+            ),
+            (
+                "strata_rollup_late_samples_total",
+                "Samples behind the watermark that still reached a provisional window.",
+                sum(&|s| s.late),
+            ),
+            (
+                "strata_rollup_correction_samples_total",
+                "Samples that arrived for final windows (their windows are recomputed).",
+                sum(&|s| s.correction_samples),
+            ),
+            (
+                "strata_rollup_too_late_samples_total",
+                "Samples beyond the correction horizon: stored raw, not rolled up.",
+                sum(&|s| s.too_late),
+            ),
+            (
+                "strata_rollup_finalized_windows_total",
+                "Windows that became final.",
+                sum(&|s| s.finalized),
+            ),
+        ] {
+            counter(out, name, help, v);
+        }
         counter(
             out,
             "strata_rollup_corrected_windows_total",

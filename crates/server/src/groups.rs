@@ -5,13 +5,14 @@
 //! restart neither skips nor repeats windows (a repeat would only rewrite the same values).
 
 use crate::engine::Engine;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_model::{
-    Limits, Matcher, Sample, SelectHints, Storage, Tenant, WriteBatch, METRIC_NAME,
+    Limits, Matcher, Sample, SelectHints, SeriesKey, SeriesSamples, Storage, Tenant, WriteBatch,
+    METRIC_NAME,
 };
 use strata_stream::group::GroupSpec;
 
@@ -46,15 +47,12 @@ fn load(path: &Path) -> anyhow::Result<Option<i64>> {
     }
 }
 
-fn save(path: &Path, next: i64) -> std::io::Result<()> {
+fn save(path: &Path, next: i64) -> Result<(), strata_stream::StreamError> {
     let mut b = MAGIC.to_vec();
     b.extend_from_slice(&next.to_le_bytes());
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &b)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    strata_stream::write_atomically(path, &b)
 }
 
 impl Merger {
@@ -82,8 +80,15 @@ impl Merger {
         };
         let mut start = next.unwrap_or(first);
         let before = start;
+        let tenants = if start < closed {
+            self.engine.tenants()
+        } else {
+            Vec::new()
+        };
         while start < closed {
-            self.compute(start, rt)?;
+            for tenant in &tenants {
+                self.compute_tenant(tenant, start, rt)?;
+            }
             start += self.window_ms;
         }
         if start != before || next.is_none() {
@@ -110,13 +115,6 @@ impl Merger {
         Ok(())
     }
 
-    fn compute(&self, start: i64, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
-        for tenant in self.engine.tenants() {
-            self.compute_tenant(&tenant, start, rt)?;
-        }
-        Ok(())
-    }
-
     /// Computes and writes every group of one tenant for the window starting at `start`.
     fn compute_tenant(
         &self,
@@ -134,14 +132,22 @@ impl Merger {
             ..Limits::default()
         };
         let mut batch = WriteBatch::new(tenant.clone());
+        // Each metric's members are read once, however many groups roll it up.
+        let mut read: BTreeMap<&str, (Vec<SeriesSamples>, Vec<SeriesKey>)> = BTreeMap::new();
         for g in &self.groups {
-            let members =
-                self.engine
-                    .select(tenant, &[Matcher::equal(METRIC_NAME, &g.metric)], &hints)?;
-            let keys: Vec<_> = members.iter().map(|m| m.labels.key()).collect();
+            if !read.contains_key(g.metric.as_str()) {
+                let members = self.engine.select(
+                    tenant,
+                    &[Matcher::equal(METRIC_NAME, &g.metric)],
+                    &hints,
+                )?;
+                let keys = members.iter().map(|m| m.labels.key()).collect();
+                read.insert(&g.metric, (members, keys));
+            }
+            let (members, keys) = &read[g.metric.as_str()];
             let outputs = g.compute(
                 keys.iter()
-                    .zip(&members)
+                    .zip(members)
                     .map(|(k, m)| (k.as_ref(), m.samples.as_slice())),
                 self.window_ms,
             );

@@ -4,7 +4,6 @@
 //! This crate wires the others together; storage, decoding and the log live in their own crates.
 
 pub mod config;
-pub mod dedup;
 pub mod engine;
 pub mod groups;
 pub mod http;

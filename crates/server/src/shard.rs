@@ -5,7 +5,6 @@
 //! shard's storage and only then acknowledges them. Nothing on this path is shared with other
 //! shards. On start it replays the log from the storage checkpoint.
 
-use crate::dedup::EventDedup;
 use crate::metrics::Counters;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use strata_log::{Log, PartitionWriter};
 use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
+use strata_stream::dedup::EventDedup;
 use strata_stream::stage::RollupStage;
 use strata_tsdb::{AppendStats, Tsdb};
 use tokio::sync::{mpsc, oneshot};
@@ -84,6 +84,8 @@ pub struct Shard {
     dict: SeriesDict,
     last_flush: Instant,
     last_maintain: Instant,
+    /// When windows were last settled (a commit settles them; idle shards do it by the clock).
+    last_settle: Instant,
 }
 
 struct Pending {
@@ -105,8 +107,7 @@ impl Shard {
         counters: Arc<Counters>,
     ) -> anyhow::Result<Shard> {
         std::fs::create_dir_all(&cfg.dir)?;
-        let mut dedup = EventDedup::load(&cfg.dir.join("events.ckpt"), cfg.dedup_horizon_ms)
-            .map_err(anyhow::Error::msg)?;
+        let mut dedup = EventDedup::load(&cfg.dir.join("events.ckpt"), cfg.dedup_horizon_ms)?;
         let raw_from = tsdb.checkpoint_offset().map_or(0, |o| o + 1);
         // Windows may have been checkpointed at another offset than the raw tier (or never, when
         // rollups were just enabled): replay from the earlier, apply each part past its own.
@@ -194,6 +195,7 @@ impl Shard {
             dict: SeriesDict::default(),
             last_flush: Instant::now(),
             last_maintain: Instant::now(),
+            last_settle: Instant::now(),
         })
     }
 
@@ -315,6 +317,7 @@ impl Shard {
 
     /// Closes windows the watermark passed and applies corrections.
     fn settle(&mut self, offset: u64) {
+        self.last_settle = Instant::now();
         if let Some(r) = &self.rollups {
             if let Err(e) = r.settle(&self.tsdb, Some(now_ms()), offset) {
                 tracing::error!(partition = self.partition, "rollups: {e}");
@@ -364,9 +367,11 @@ impl Shard {
     }
 
     fn background(&mut self) {
-        // An idle shard's windows close by the wall clock.
-        let applied = self.writer.next_offset().saturating_sub(1);
-        self.settle(applied);
+        // An idle shard's windows close by the wall clock; a busy one settles as it commits.
+        if self.last_settle.elapsed() >= Duration::from_secs(1) {
+            let applied = self.writer.next_offset().saturating_sub(1);
+            self.settle(applied);
+        }
         if self.last_maintain.elapsed() >= Duration::from_secs(10) {
             self.last_maintain = Instant::now();
             let now = now_ms();

@@ -45,8 +45,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old or the new file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StreamError> {
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new file (temporary
+/// file, fsync, rename, directory fsync).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StreamError> {
     let io = |source| StreamError::Io {
         path: path.into(),
         source,

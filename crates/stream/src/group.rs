@@ -231,7 +231,7 @@ impl GroupSpec {
                     Output::Max => r.max,
                     Output::Avg => r.mean(),
                     Output::Stddev => r.stddev(),
-                    Output::Stdvar => r.stddev().powi(2),
+                    Output::Stdvar => r.variance(),
                     Output::Increase => r.increase.value(),
                     Output::CountSeries => g.series as f64,
                     Output::Distinct(_) => distinct.next().map_or(0.0, |d| d.estimate() as f64),

@@ -1,6 +1,7 @@
 //! The stream stage of one shard: event-time windows, watermarks, rollups and their sketches,
 //! and the warm tier that keeps final windows.
 //!
+//! - [`dedup`]: exact recognition of redelivered events by `event_id`.
 //! - [`window`]: which window a sample belongs to, the shard's watermark, and each window's
 //!   life from provisional to final to corrected.
 //! - [`rollup`]: the figures a window keeps (count, sums, min, max, first, last, increase,
@@ -15,6 +16,7 @@
 //! samples in log order and reads the raw tier for corrections.
 
 mod bytes;
+pub mod dedup;
 pub mod exact;
 pub mod group;
 pub mod rollup;
@@ -23,6 +25,8 @@ pub mod sketch;
 pub mod stage;
 pub mod store;
 pub mod window;
+
+pub use bytes::write_atomically;
 
 /// Errors of the stream stage. Messages name the file.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,13 @@ pub struct Rollup {
     pub quantiles: Option<Quantiles>,
 }
 
+/// Population variance from a count, a sum and a sum of squares (never negative).
+fn variance(count: u64, sum: f64, sum_squares: f64) -> f64 {
+    let n = count as f64;
+    let mean = sum / n;
+    (sum_squares / n - mean * mean).max(0.0)
+}
+
 /// Adds `b - a` to `acc` exactly (Knuth's two-sum: the difference and its rounding error).
 fn add_difference(acc: &mut ExactSum, b: f64, a: f64) {
     let d = b - a;
@@ -169,11 +176,14 @@ impl Rollup {
         self.sum.value() / self.count as f64
     }
 
+    /// Population variance (as PromQL's `stdvar_over_time`).
+    pub fn variance(&self) -> f64 {
+        variance(self.count, self.sum.value(), self.sum_squares.value())
+    }
+
     /// Population standard deviation (as PromQL's `stddev_over_time`).
     pub fn stddev(&self) -> f64 {
-        let n = self.count as f64;
-        let mean = self.mean();
-        (self.sum_squares.value() / n - mean * mean).max(0.0).sqrt()
+        self.variance().sqrt()
     }
 
     /// The figures a query reads, rounded to `f64`.
@@ -229,9 +239,7 @@ impl Figures {
 
     /// Population standard deviation.
     pub fn stddev(&self) -> f64 {
-        let n = self.count as f64;
-        let mean = self.mean();
-        (self.sum_squares / n - mean * mean).max(0.0).sqrt()
+        variance(self.count, self.sum, self.sum_squares).sqrt()
     }
 }
 
@@ -272,6 +280,36 @@ mod tests {
             (7, 9.0),
         ]);
         assert_eq!(Rollup::of_sorted(&s, false).unwrap().stddev(), 2.0);
+    }
+
+    /// Sums of many series' windows merged across series equal the exactly computable sum.
+    #[test]
+    fn merged_sums_of_eighths_are_exact() {
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            let mut rs = Vec::new();
+            let mut naive = 0.0;
+            let mut all = ExactSum::new();
+            for d in 0..6 {
+                let mut v = Vec::new();
+                for i in 0..12 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let x = ((seed >> 40) % 400) as f64 / 8.0;
+                    naive += x;
+                    all.add(x);
+                    v.push(Sample::new(i * 5000 + d, x));
+                }
+                rs.push(Rollup::of_sorted(&v, false).unwrap());
+            }
+            let mut g = rs[0].clone();
+            for r in &rs[1..] {
+                g.merge_across(r);
+            }
+            assert_eq!(all.value(), naive);
+            assert_eq!(g.sum.value(), naive, "merged");
+        }
     }
 
     fn series() -> impl Strategy<Value = Vec<Sample>> {
@@ -319,38 +357,6 @@ mod tests {
             prop_assert_eq!(&left, &right);
             prop_assert_eq!(&left, &rev);
             prop_assert_eq!(left.count as usize, a.len() + b.len() + c.len());
-        }
-    }
-}
-#[cfg(test)]
-mod eighths {
-    use super::*;
-    #[test]
-    fn eighths_sum_exactly() {
-        let mut seed = 7u64;
-        for _ in 0..2000 {
-            let mut rs = Vec::new();
-            let mut naive = 0.0;
-            let mut all = ExactSum::new();
-            for d in 0..6 {
-                let mut v = Vec::new();
-                for i in 0..12 {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let x = ((seed >> 40) % 400) as f64 / 8.0;
-                    naive += x;
-                    all.add(x);
-                    v.push(Sample::new(i * 5000 + d, x));
-                }
-                rs.push(Rollup::of_sorted(&v, false).unwrap());
-            }
-            let mut g = rs[0].clone();
-            for r in &rs[1..] {
-                g.merge_across(r);
-            }
-            assert_eq!(all.value(), naive);
-            assert_eq!(g.sum.value(), naive, "merged");
         }
     }
 }

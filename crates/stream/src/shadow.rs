@@ -44,16 +44,6 @@ impl DeviceIndex {
             .and_then(|d| d.get(device))
             .map_or(&[], |v| v.as_slice())
     }
-
-    /// Devices known.
-    pub fn len(&self) -> usize {
-        self.devices.values().map(|d| d.len()).sum()
-    }
-
-    /// True when no device is known.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The newest non-NaN sample of `samples`, later entries winning ties.

@@ -97,11 +97,6 @@ impl RollupStage {
         Some(self.covered.load(Ordering::Acquire)).filter(|&o| o != u64::MAX)
     }
 
-    /// The warm store.
-    pub fn store(&self) -> &RollupStore {
-        &self.store
-    }
-
     /// The windows, for reading state and counters.
     pub fn windows(&self) -> parking_lot::RwLockReadGuard<'_, Windows> {
         self.windows.read()
@@ -167,7 +162,7 @@ impl RollupStage {
         for c in corrections {
             let samples =
                 raw.read_series(&c.tenant, c.key.as_ref(), c.start, c.start + width - 1)?;
-            let sketch = self.windows.read().wants_quantiles(c.key.as_ref());
+            let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
             let Some(rollup) = Rollup::of_sorted(&samples, sketch) else {
                 continue;
             };

@@ -41,6 +41,16 @@ pub struct WindowOptions {
     pub quantile_metrics: Vec<String>,
 }
 
+impl WindowOptions {
+    /// True when windows of this series keep a quantile sketch.
+    pub fn wants_quantiles(&self, key: SeriesKeyRef<'_>) -> bool {
+        !self.quantile_metrics.is_empty()
+            && key
+                .get(METRIC_NAME.as_bytes())
+                .is_some_and(|n| self.quantile_metrics.iter().any(|m| m.as_bytes() == n))
+    }
+}
+
 impl Default for WindowOptions {
     fn default() -> Self {
         WindowOptions {
@@ -195,14 +205,6 @@ impl SeriesTable {
     }
 }
 
-/// True when `opts` asks windows of this series to keep a quantile sketch.
-fn sketched(opts: &WindowOptions, key: SeriesKeyRef<'_>) -> bool {
-    !opts.quantile_metrics.is_empty()
-        && key
-            .get(METRIC_NAME.as_bytes())
-            .is_some_and(|n| opts.quantile_metrics.iter().any(|m| m.as_bytes() == n))
-}
-
 /// True for series derived by rollups or recording rules (a `:` in the metric name, the
 /// Prometheus convention): they are not rolled up again.
 pub fn is_derived(key: SeriesKeyRef<'_>) -> bool {
@@ -254,11 +256,6 @@ impl Windows {
         }
     }
 
-    /// The options.
-    pub fn options(&self) -> &WindowOptions {
-        &self.opts
-    }
-
     /// The shard's watermark (`i64::MIN` before the first sample).
     pub fn watermark(&self) -> i64 {
         self.watermark
@@ -274,22 +271,14 @@ impl Windows {
         self.closed_before
     }
 
-    /// The last reading of each series of `device` (its shadow), sorted by series.
+    /// The last reading of each series of `device` (its shadow), in no particular order.
     pub fn device(&self, tenant: &Tenant, device: &str) -> Vec<(SeriesKey, Sample)> {
-        let mut out: Vec<(SeriesKey, Sample)> = self
-            .devices
+        self.devices
             .series(tenant, device)
             .iter()
             .map(|&i| &self.table.series[i as usize])
             .filter_map(|st| Some((st.key.clone(), st.last?)))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// Devices known.
-    pub fn devices(&self) -> usize {
-        self.devices.len()
+            .collect()
     }
 
     /// Start of the earliest window ever opened (`i64::MAX` before the first).
@@ -431,7 +420,7 @@ impl Windows {
                 if !samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
                     sort_last_wins(&mut samples);
                 }
-                let q = sketched(&self.opts, st.key.as_ref());
+                let q = self.opts.wants_quantiles(st.key.as_ref());
                 let rollup = Rollup::of_sorted(&samples, q);
                 samples.clear();
                 st.spare = samples;
@@ -446,11 +435,6 @@ impl Windows {
                 }
             }
         }
-    }
-
-    /// True when windows of this series keep a quantile sketch.
-    pub fn wants_quantiles(&self, key: SeriesKeyRef<'_>) -> bool {
-        sketched(&self.opts, key)
     }
 
     /// Takes the queued corrections (each window once, however many samples queued it).
@@ -480,7 +464,8 @@ impl Windows {
                 };
                 let mut samples = samples.clone();
                 sort_last_wins(&mut samples);
-                if let Some(r) = Rollup::of_sorted(&samples, self.wants_quantiles(st.key.as_ref()))
+                if let Some(r) =
+                    Rollup::of_sorted(&samples, self.opts.wants_quantiles(st.key.as_ref()))
                 {
                     f(&st.key, ws, r);
                 }

@@ -11,7 +11,7 @@
 use crate::codec;
 use crate::index::Index;
 use ahash::AHashMap;
-use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef};
+use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef};
 
 /// Samples in an open buffer before it is sealed.
 pub const SEAL_AT: usize = 240;
@@ -134,7 +134,7 @@ impl MemSeries {
             return;
         }
         if !self.open_sorted {
-            resolve(&mut self.open);
+            sort_last_wins(&mut self.open);
         }
         let (min_t, max_t) = (
             self.open[0].timestamp,
@@ -163,7 +163,7 @@ impl MemSeries {
         out.extend_from_slice(&self.open);
         let mut part = out.split_off(from);
         part.retain(|s| s.timestamp >= start && s.timestamp <= end);
-        resolve(&mut part);
+        sort_last_wins(&mut part);
         out.extend(part);
     }
 
@@ -188,8 +188,6 @@ impl MemSeries {
         self.samples
     }
 }
-
-pub use strata_model::sort_last_wins as resolve;
 
 /// One tenant's head: series by id (with collision lists) and their index.
 #[derive(Default)]

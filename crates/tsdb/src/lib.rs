@@ -21,15 +21,15 @@ mod index;
 
 use ahash::AHashMap;
 use block::{Block, EncodedSeries};
-use head::{resolve, Appended, TenantHead};
+use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{
-    BatchSeries, Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef, SeriesSamples,
-    Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
+    sort_last_wins, BatchSeries, Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef,
+    SeriesSamples, Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
 };
 
 /// Errors of the storage engine. Messages name the file.
@@ -99,6 +99,33 @@ pub struct AppendStats {
     pub rejected_series_limit: usize,
     /// Samples older than the retention.
     pub too_old: usize,
+}
+
+impl AppendStats {
+    /// Appends one sample of the series with `key` (older than `oldest`: refused), counting the
+    /// outcome. True when storage changed (a new value or an overwrite).
+    fn put(
+        &mut self,
+        series: &mut head::MemSeries,
+        x: Sample,
+        oldest: i64,
+        blocks: &[Arc<Block>],
+        key: SeriesKeyRef<'_>,
+    ) -> bool {
+        if x.timestamp < oldest {
+            self.too_old += 1;
+            return false;
+        }
+        match series.append(x, |t| lookup_blocks(blocks, key, t)) {
+            Appended::New => self.appended += 1,
+            Appended::Duplicate => {
+                self.duplicates += 1;
+                return false;
+            }
+            Appended::Overwrote => self.overwritten += 1,
+        }
+        true
+    }
 }
 
 /// What maintenance did.
@@ -311,20 +338,9 @@ impl Tsdb {
             let series = &mut head.series[r as usize];
             stored.clear();
             for x in s.samples {
-                if x.timestamp < oldest {
-                    st.too_old += 1;
-                    continue;
+                if st.put(series, *x, oldest, tblocks, s.key) {
+                    stored.push(*x);
                 }
-                let lookup = |t: i64| lookup_blocks(tblocks, s.key, t);
-                match series.append(*x, lookup) {
-                    Appended::New => st.appended += 1,
-                    Appended::Duplicate => {
-                        st.duplicates += 1;
-                        continue;
-                    }
-                    Appended::Overwrote => st.overwritten += 1,
-                }
-                stored.push(*x);
             }
             if !stored.is_empty() {
                 changed(&s, &stored);
@@ -369,17 +385,13 @@ impl Tsdb {
         };
         let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
         for &(SeriesHandle(r), x) in samples {
-            if x.timestamp < oldest {
-                st.too_old += 1;
-                continue;
-            }
-            let key = head.index.key(r);
-            let lookup = |t: i64| lookup_blocks(tblocks, key, t);
-            match head.series[r as usize].append(x, lookup) {
-                Appended::New => st.appended += 1,
-                Appended::Duplicate => st.duplicates += 1,
-                Appended::Overwrote => st.overwritten += 1,
-            }
+            st.put(
+                &mut head.series[r as usize],
+                x,
+                oldest,
+                tblocks,
+                head.index.key(r),
+            );
         }
         st
     }
@@ -535,7 +547,7 @@ impl Tsdb {
             }
         }
         drop(inner);
-        resolve(&mut out);
+        sort_last_wins(&mut out);
         out.retain(|s| s.timestamp >= start && s.timestamp <= end);
         Ok(out)
     }
@@ -621,7 +633,7 @@ impl Tsdb {
         drop(inner);
         for (key, mut samples) in found {
             if want_samples {
-                resolve(&mut samples);
+                sort_last_wins(&mut samples);
                 samples.retain(|s| s.timestamp >= start && s.timestamp <= end);
                 if samples.is_empty() {
                     continue;
@@ -672,7 +684,7 @@ fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
                 b.read(id, &mut buf)?;
             }
         }
-        resolve(&mut buf);
+        sort_last_wins(&mut buf);
         if !buf.is_empty() {
             out.push(EncodedSeries::new(key, &buf));
         }

@@ -141,6 +141,45 @@ pub fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     }
 }
 
+/// What the read and query handlers take from a request: method, URL query, headers and body
+/// (the form body of a POST carries parameters, as Grafana sends them).
+pub struct ApiRequest {
+    /// The HTTP method.
+    pub method: axum::http::Method,
+    /// The raw URL query.
+    pub query: Option<String>,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The body, read whole within the body limit.
+    pub body: axum::body::Bytes,
+}
+
+impl ApiRequest {
+    /// The URL query's parameters, plus the form body's for a POST.
+    pub fn params(&self) -> Params {
+        Params::from_request(&self.method, self.query.as_deref(), &self.body)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiRequest {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let method = req.method().clone();
+        let query = req.uri().query().map(str::to_owned);
+        let headers = req.headers().clone();
+        let body = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(ApiRequest {
+            method,
+            query,
+            headers,
+            body,
+        })
+    }
+}
+
 /// Query-string and form parameters, in order, with repeats (`match[]`).
 pub struct Params(Vec<(String, String)>);
 

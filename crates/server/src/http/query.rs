@@ -1,10 +1,10 @@
 //! PromQL endpoints shaped like Prometheus's: `/api/v1/query`, `/api/v1/query_range`,
 //! `/api/v1/format_query`, `/api/v1/metadata`.
 
-use super::{json_response, tenant_of, ApiError, AppState, Params};
-use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,18 +94,12 @@ fn context(headers: &HeaderMap, p: &Params) -> Result<QueryContext, ApiError> {
 }
 
 /// `GET|POST /api/v1/query`.
-pub async fn instant(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let p = Params::from_request(&method, q.as_deref(), &body);
+pub async fn instant(State(st): State<AppState>, req: ApiRequest) -> Response {
+    let p = req.params();
     let run_query = async {
         let query = query_param(&p)?;
         let t = p.time("time", now_ms())?;
-        let ctx = context(&headers, &p)?;
+        let ctx = context(&req.headers, &p)?;
         let engine = st.promql.clone();
         run(ctx, move |ctx| engine.instant(ctx, &query, t)).await
     };
@@ -113,14 +107,8 @@ pub async fn instant(
 }
 
 /// `GET|POST /api/v1/query_range`.
-pub async fn range(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let p = Params::from_request(&method, q.as_deref(), &body);
+pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
+    let p = req.params();
     let run_query = async {
         let query = query_param(&p)?;
         if p.get("start").is_none_or(str::is_empty) {
@@ -148,7 +136,7 @@ pub async fn range(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));
         }
-        let ctx = context(&headers, &p)?;
+        let ctx = context(&req.headers, &p)?;
         let engine = st.promql.clone();
         run(ctx, move |ctx| engine.range(ctx, &query, start, end, step)).await
     };
@@ -163,8 +151,8 @@ fn respond(res: Result<QueryOutput, ApiError>) -> Response {
 }
 
 /// `GET|POST /api/v1/format_query`: the query, pretty-printed.
-pub async fn format(method: Method, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    let p = Params::from_request(&method, q.as_deref(), &body);
+pub async fn format(req: ApiRequest) -> Response {
+    let p = req.params();
     let res = query_param(&p).and_then(|q| {
         strata_promql::parse(&q)
             .map(|e| e.prettify())

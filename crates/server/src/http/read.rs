@@ -1,10 +1,10 @@
 //! Read endpoints: export, series, label names and values, build info, flush, self-metrics.
 
-use super::{json_response, tenant_of, ApiError, AppState, Params};
+use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
 use crate::selector::parse_selector;
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -22,14 +22,9 @@ pub(super) struct ReadRequest {
     pub(super) end: i64,
 }
 
-pub(super) fn read_request(
-    method: &Method,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: &Bytes,
-) -> Result<ReadRequest, ApiError> {
-    let tenant = tenant_of(headers)?;
-    let params = Params::from_request(method, query, body);
+pub(super) fn read_request(req: &ApiRequest) -> Result<ReadRequest, ApiError> {
+    let tenant = tenant_of(&req.headers)?;
+    let params = req.params();
     let start = params.time("start", i64::MIN / 2)?;
     let end = params.time("end", now_ms() + 365 * 86_400_000)?;
     if end < start {
@@ -83,15 +78,9 @@ pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
 }
 
 /// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series.
-pub async fn export(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let r = read_request(&req)?;
         let sets = matcher_sets(&r.params, true)?;
         let hints = SelectHints {
             start: r.start,
@@ -145,15 +134,9 @@ fn write_number(out: &mut String, v: f64) {
 }
 
 /// `GET|POST /api/v1/series`.
-pub async fn series(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn series(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let r = read_request(&req)?;
         let mut all = BTreeSet::new();
         for set in matcher_sets(&r.params, true)? {
             all.extend(
@@ -184,15 +167,9 @@ fn union_over_sets(
 }
 
 /// `GET|POST /api/v1/labels`.
-pub async fn labels(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn labels(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = read_request(&method, &headers, q.as_deref(), &body)?;
+        let r = read_request(&req)?;
         let sets = matcher_sets(&r.params, false)?;
         union_over_sets(sets, |m| {
             st.engine.label_names(&r.tenant, m, r.start, r.end)
@@ -205,11 +182,10 @@ pub async fn labels(
 pub async fn label_values(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    req: ApiRequest,
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = read_request(&Method::GET, &headers, q.as_deref(), &Bytes::new())?;
+        let r = read_request(&req)?;
         let sets = matcher_sets(&r.params, false)?;
         union_over_sets(sets, |m| {
             st.engine.label_values(&r.tenant, &name, m, r.start, r.end)

@@ -2,10 +2,9 @@
 //! `/api/v1/devices/<id>/summary`, answered from the rollup windows, not from raw samples.
 
 use super::read::{labels_json, matcher_sets, read_request, storage_error, success, ReadRequest};
-use super::{tenant_of, ApiError, AppState};
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use super::{tenant_of, ApiError, ApiRequest, AppState};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use strata_model::time::now_ms;
@@ -61,17 +60,11 @@ fn rollups_disabled() -> ApiError {
 }
 
 /// A read of rollups: tenant, parameters and range (default: the hour up to now).
-fn rollup_request(
-    st: &AppState,
-    method: &Method,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: &Bytes,
-) -> Result<ReadRequest, ApiError> {
+fn rollup_request(st: &AppState, req: &ApiRequest) -> Result<ReadRequest, ApiError> {
     if !st.engine.rollups_enabled() {
         return Err(rollups_disabled());
     }
-    let mut r = read_request(method, headers, query, body)?;
+    let mut r = read_request(req)?;
     if r.params.get("end").is_none() {
         r.end = now_ms();
     }
@@ -88,15 +81,9 @@ fn rollup_request(
 
 /// `GET|POST /api/v1/rollups?match[]=&start=&end=`: every window of the matching series that
 /// overlaps the range (default: the last hour), with its state and revision.
-pub async fn rollups(
-    State(st): State<AppState>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn rollups(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = rollup_request(&st, &method, &headers, q.as_deref(), &body)?;
+        let r = rollup_request(&st, &req)?;
         let sets = matcher_sets(&r.params, true)?;
         let mut seen = std::collections::BTreeMap::new();
         let mut windows = 0usize;
@@ -214,13 +201,10 @@ impl Summary {
 pub async fn summary(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    req: ApiRequest,
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
-        let r = rollup_request(&st, &method, &headers, q.as_deref(), &body)?;
+        let r = rollup_request(&st, &req)?;
         let id = device_id(&id)?;
         let mut matchers = vec![Matcher::equal("device", id)];
         if let Some(m) = r.params.get("metric").filter(|m| !m.is_empty()) {

@@ -4,8 +4,9 @@
 //! confirmed by comparing tenant and id bytes, so a hash collision never drops an event. Memory
 //! is bounded by the horizon: entries older than it (by arrival) are forgotten.
 
+use crate::bytes::{put, write_atomically, Reader};
+use crate::StreamError;
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
 use std::path::Path;
 use strata_model::{EventKey, Tenant, WriteBatch};
 
@@ -103,7 +104,7 @@ impl EventDedup {
     }
 
     /// Writes the remembered ids atomically (temp file, fsync, rename).
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+    pub fn save(&self, path: &Path) -> Result<(), StreamError> {
         let mut buf = Vec::with_capacity(16 + self.order.len() * 48);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
@@ -112,90 +113,70 @@ impl EventDedup {
             for e in bucket {
                 buf.extend_from_slice(&hash.to_le_bytes());
                 buf.extend_from_slice(&e.seen_ms.to_le_bytes());
-                let t = e.tenant.as_str().as_bytes();
-                buf.extend_from_slice(&(t.len() as u32).to_le_bytes());
-                buf.extend_from_slice(t);
-                buf.extend_from_slice(&(e.id.len() as u32).to_le_bytes());
-                buf.extend_from_slice(&e.id);
+                put(&mut buf, e.tenant.as_str().as_bytes());
+                put(&mut buf, &e.id);
             }
         }
-        let crc = crc32(&buf);
+        let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&buf)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        write_atomically(path, &buf)
     }
 
     /// Loads ids saved by [`EventDedup::save`]; a missing file is an empty set.
-    pub fn load(path: &Path, horizon_ms: i64) -> Result<EventDedup, String> {
+    pub fn load(path: &Path, horizon_ms: i64) -> Result<EventDedup, StreamError> {
         let mut d = EventDedup::new(horizon_ms);
-        let mut buf = Vec::new();
-        match std::fs::File::open(path) {
-            Ok(mut f) => f
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
+        let buf = match std::fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(d),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => {
+                return Err(StreamError::Io {
+                    path: path.into(),
+                    source,
+                })
+            }
         };
-        let bad = |why: &str| format!("{}: corrupt event-dedup checkpoint: {why}", path.display());
+        let bad = |why: &str| StreamError::Corrupt {
+            path: path.into(),
+            reason: format!("event-dedup checkpoint: {why}"),
+        };
         if buf.len() < 24 || &buf[..8] != MAGIC {
             return Err(bad("bad header"));
         }
         let (body, crc) = buf.split_at(buf.len() - 4);
-        if crc32(body) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("short"))?) {
+        if crc32fast::hash(body).to_le_bytes() != crc {
             return Err(bad("checksum mismatch"));
         }
-        if u32::from_le_bytes(body[8..12].try_into().map_err(|_| bad("short"))?) != VERSION {
+        let mut r = Reader::new(body);
+        r.take(8);
+        if r.u32() != Some(VERSION) {
             return Err(bad("unknown version"));
         }
-        let mut cur = Cursor { b: body, pos: 20 };
+        r.u64();
         let mut entries = Vec::new();
-        while cur.pos < body.len() {
+        while !r.is_done() {
             let entry = (|| {
-                let hash = u64::from_le_bytes(cur.take(8)?.try_into().ok()?);
-                let seen = i64::from_le_bytes(cur.take(8)?.try_into().ok()?);
-                let tl = u32::from_le_bytes(cur.take(4)?.try_into().ok()?) as usize;
-                let tenant = Tenant::new(std::str::from_utf8(cur.take(tl)?).ok()?).ok()?;
-                let il = u32::from_le_bytes(cur.take(4)?.try_into().ok()?) as usize;
-                let id: Box<[u8]> = cur.take(il)?.into();
+                let hash = r.u64()?;
+                let seen_ms = r.i64()?;
+                let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
+                let id: Box<[u8]> = r.field()?.into();
                 Some((
-                    seen,
                     hash,
                     Entry {
                         tenant,
                         id,
-                        seen_ms: seen,
+                        seen_ms,
                     },
                 ))
             })();
             entries.push(entry.ok_or_else(|| bad("damaged entry"))?);
         }
-        entries.sort_by_key(|e| e.0);
-        for (seen, hash, e) in entries {
-            d.order.push_back((seen, hash));
+        entries.sort_by_key(|e| e.1.seen_ms);
+        for (hash, e) in entries {
+            d.order.push_back((e.seen_ms, hash));
             d.seen.entry(hash).or_default().push(e);
         }
         Ok(d)
     }
-}
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-}
-
-fn crc32(b: &[u8]) -> u32 {
-    crc32fast::hash(b)
 }
 
 #[cfg(test)]
@@ -253,6 +234,7 @@ mod tests {
         assert!(EventDedup::load(&p, 1000)
             .err()
             .unwrap()
+            .to_string()
             .contains("checksum"));
         assert_eq!(
             EventDedup::load(&dir.path().join("none"), 1).unwrap().len(),
