@@ -305,13 +305,14 @@ impl Shard {
                 };
             }
         }
-        // Windows are settled before the acknowledgement, so a reader who got one sees the
-        // rollups it caused.
-        if let Some(off) = last {
-            self.settle(off);
-        }
         for p in pending.drain(..) {
             let _ = p.ack.send(Ok(p.result));
+        }
+        // Settling after the acknowledgement keeps closing windows off the writers' latency:
+        // a reader who got an acknowledgement sees the samples it carried already, in the
+        // open (provisional) windows, until settling makes them final.
+        if let Some(off) = last {
+            self.settle(off);
         }
     }
 

@@ -8,6 +8,8 @@
 //! associative and commutative, and [`ExactSum::value`] rounds once, at the end.
 
 /// Bits per limb.
+use smallvec::SmallVec;
+
 const LIMB_BITS: u32 = 32;
 const LIMB_MASK: i64 = (1 << LIMB_BITS) - 1;
 /// Normalize before the weight (see [`ExactSum`]) reaches this: limbs then stay below
@@ -16,6 +18,12 @@ const WEIGHT_LIMIT: u64 = 1 << 30;
 /// Most limbs a decoded sum may span: 2098 bits of f64 range, 64 bits of carries from up to
 /// 2^64 adds, and a sign limb.
 const MAX_LIMBS: usize = 70;
+/// Limbs kept without a heap allocation: a value spans three, the exact square of one (the
+/// product and its rounding error) about four, so typical sums of telemetry fit.
+const INLINE_LIMBS: usize = 8;
+
+/// Signed limbs, lowest first.
+type Limbs = SmallVec<[i64; INLINE_LIMBS]>;
 
 const NAN: u8 = 1;
 const POS_INF: u8 = 2;
@@ -34,7 +42,7 @@ pub struct ExactSum {
     /// Limb index of `limbs[0]`; limb `i` has weight 2^(32 i - 1074).
     base: usize,
     /// Signed limbs, lowest first; normalized only every so often.
-    limbs: Vec<i64>,
+    limbs: Limbs,
     /// Adds (and merged weights) since the last normalization.
     weight: u64,
     /// `NAN | POS_INF | NEG_INF` seen so far.
@@ -169,7 +177,7 @@ impl ExactSum {
             return None;
         }
         let (digits, rest) = rest.split_at_checked(4 * len)?;
-        let mut limbs: Vec<i64> = digits
+        let mut limbs: Limbs = digits
             .chunks_exact(4)
             .map(|d| i64::from(u32::from_le_bytes([d[0], d[1], d[2], d[3]])))
             .collect();
@@ -196,9 +204,8 @@ impl ExactSum {
             return;
         }
         if lo < self.base {
-            let mut grown = vec![0; self.base - lo];
-            grown.extend_from_slice(&self.limbs);
-            self.limbs = grown;
+            self.limbs
+                .insert_many(0, std::iter::repeat_n(0, self.base - lo));
             self.base = lo;
         }
         if hi - self.base >= self.limbs.len() {
@@ -212,7 +219,7 @@ impl ExactSum {
     }
 
     /// The finite part in canonical form (see [`normalize`]): equal values give equal results.
-    fn canonical(&self) -> (usize, Vec<i64>) {
+    fn canonical(&self) -> (usize, Limbs) {
         let (mut base, mut limbs) = (self.base, self.limbs.clone());
         normalize(&mut base, &mut limbs);
         (base, limbs)
@@ -231,7 +238,7 @@ impl Eq for ExactSum {}
 /// Propagates carries so every limb is in `[0, 2^32)` except a top limb of -1 that marks a
 /// negative value (two's complement), then trims zero limbs at both ends. The result is unique
 /// for each value; zero is an empty vector with base 0.
-fn normalize(base: &mut usize, limbs: &mut Vec<i64>) {
+fn normalize(base: &mut usize, limbs: &mut Limbs) {
     let mut carry = 0i64;
     for l in limbs.iter_mut() {
         let v = *l + carry;

@@ -5,8 +5,8 @@
 //! and take the windows' read lock briefly.
 
 use crate::rollup::{Figures, Rollup};
-use crate::store::{RollupStore, StoredWindow, WindowWrite};
-use crate::window::{ClosedWindow, WindowOptions, WindowState, Windows};
+use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
+use crate::window::{WindowOptions, WindowState, Windows};
 use crate::StreamError;
 use parking_lot::RwLock;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,9 @@ pub struct RollupStage {
     verify_existing: AtomicBool,
     counters: StageCounters,
     corrected: parking_lot::Mutex<Vec<crate::window::Correction>>,
+    /// Settling's own state: the warm place of each window series (by its index in the
+    /// windows), and the figures of the windows closing.
+    warm: parking_lot::Mutex<(Vec<Option<WarmId>>, Vec<(WarmId, i64, Figures, u32)>)>,
 }
 
 impl RollupStage {
@@ -89,6 +92,7 @@ impl RollupStage {
             verify_existing: AtomicBool::new(store_had_windows),
             counters: StageCounters::default(),
             corrected: parking_lot::Mutex::new(Vec::new()),
+            warm: parking_lot::Mutex::new((Vec::new(), Vec::new())),
         })
     }
 
@@ -126,38 +130,53 @@ impl RollupStage {
     /// samples from `raw`. `now_ms` is `None` while replaying; `offset` is the last log offset
     /// applied.
     pub fn settle(&self, raw: &Tsdb, now_ms: Option<i64>, offset: u64) -> Result<(), StorageError> {
-        let mut closed: Vec<ClosedWindow> = Vec::new();
+        let q = &self.opts.quantiles;
+        let verify = self.verify_existing.load(Ordering::Relaxed);
+        let mut warm = self.warm.lock();
+        let (warm_ids, figures) = &mut *warm;
+        figures.clear();
+        let mut failed = None;
         let corrections = {
             let mut w = self.windows.write();
-            w.advance(now_ms, |c| closed.push(c));
+            w.advance(now_ms, |c| {
+                let i = c.series as usize;
+                if warm_ids.len() <= i {
+                    warm_ids.resize(i + 1, None);
+                }
+                let id = *warm_ids[i].get_or_insert_with(|| self.store.series(c.tenant, c.key));
+                let f = c.rollup.figures(q);
+                let revision = if verify {
+                    match self.store.get(c.tenant, c.key, c.start, q) {
+                        Ok(Some(s)) if s.figures == f => return,
+                        Ok(Some(s)) => s.revision + 1,
+                        Ok(None) => 0,
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                            return;
+                        }
+                    }
+                } else {
+                    0
+                };
+                figures.push((id, c.start, f, revision));
+            });
             w.take_corrections()
         };
-        let q = &self.opts.quantiles;
-        let mut figures: Vec<(usize, Figures, u32)> = Vec::with_capacity(closed.len());
-        for (i, c) in closed.iter().enumerate() {
-            let f = c.rollup.figures(q);
-            let revision = if self.verify_existing.load(Ordering::Relaxed) {
-                match self.store.get(&c.tenant, c.key.as_ref(), c.start, q)? {
-                    Some(s) if s.figures == f => continue,
-                    Some(s) => s.revision + 1,
-                    None => 0,
-                }
-            } else {
-                0
-            };
-            figures.push((i, f, revision));
+        if let Some(e) = failed {
+            return Err(e);
         }
         let writes: Vec<WindowWrite<'_>> = figures
             .iter()
-            .map(|(i, f, revision)| WindowWrite {
-                tenant: &closed[*i].tenant,
-                key: closed[*i].key.as_ref(),
-                start: closed[*i].start,
-                figures: f,
+            .map(|(series, start, figures, revision)| WindowWrite {
+                series: *series,
+                start: *start,
+                figures,
                 revision: *revision,
             })
             .collect();
         self.store.write(&writes, offset);
+        drop(writes);
+        drop(warm);
         let width = self.opts.windows.window_ms;
         for c in corrections {
             let samples =
@@ -174,8 +193,7 @@ impl RollupStage {
             };
             self.store.write(
                 &[WindowWrite {
-                    tenant: &c.tenant,
-                    key: c.key.as_ref(),
+                    series: self.store.series(&c.tenant, c.key.as_ref()),
                     start: c.start,
                     figures: &f,
                     revision,
@@ -205,7 +223,7 @@ impl RollupStage {
             path: self.checkpoint.clone(),
             reason: e.to_string(),
         };
-        self.store.tsdb().flush().map_err(tsdb_err)?;
+        self.store.flush().map_err(tsdb_err)?;
         self.windows.read().save(&self.checkpoint, offset)?;
         self.covered
             .store(offset.unwrap_or(u64::MAX), Ordering::Release);

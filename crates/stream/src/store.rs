@@ -47,13 +47,16 @@ pub struct StoredWindow {
     pub revision: u32,
 }
 
+/// A raw series' place in the warm tier (see [`RollupStore::series`]): writing a window by it
+/// costs no key building, hashing or lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarmId(u32);
+
 /// One window to store.
 #[derive(Debug, Clone)]
 pub struct WindowWrite<'a> {
-    /// The series' tenant.
-    pub tenant: &'a Tenant,
     /// The raw series.
-    pub key: SeriesKeyRef<'a>,
+    pub series: WarmId,
     /// Window start, ms.
     pub start: i64,
     /// What to store.
@@ -65,19 +68,135 @@ pub struct WindowWrite<'a> {
 /// Final windows of one shard.
 pub struct RollupStore {
     tsdb: Tsdb,
-    /// Handles of each raw series' figure series, so writing a window costs no key lookups.
-    handles: Mutex<AHashMap<(Tenant, u64), Vec<FigureHandles>>>,
+    warm: Mutex<WarmSeriesTable>,
 }
 
-/// The figure series of one raw series.
-struct FigureHandles {
+/// Windows a series stages before they go to the storage engine together. Each figure is a
+/// series of its own there, so a window written alone touches eleven series' buffers (a cache
+/// miss each); written in runs, each buffer is touched once per run.
+const STAGED_WINDOWS: usize = 16;
+
+/// The figure series of one raw series, and its windows not yet in the storage engine.
+struct WarmSeries {
+    tenant: Tenant,
     key: SeriesKey,
     /// In the order of [`BASE_FIGURES`].
-    base: Vec<SeriesHandle>,
+    base: [SeriesHandle; BASE_FIGURES.len()],
     quantiles: Vec<(f64, SeriesHandle)>,
+    /// At most one per window start, at most [`STAGED_WINDOWS`].
+    staged: Vec<StagedWindow>,
+    /// Listed in [`WarmSeriesTable::pending`].
+    pending: bool,
 }
 
-/// Every window's figures, in the order [`RollupStore::write`] fills them.
+/// A window waiting in [`WarmSeries::staged`].
+struct StagedWindow {
+    start: i64,
+    /// In the order of [`BASE_FIGURES`].
+    values: [f64; BASE_FIGURES.len()],
+    quantiles: Vec<(f64, f64)>,
+}
+
+impl StagedWindow {
+    fn of(w: &WindowWrite<'_>) -> StagedWindow {
+        let f = w.figures;
+        StagedWindow {
+            start: w.start,
+            values: [
+                f.count as f64,
+                f.sum,
+                f.sum_squares,
+                f.min,
+                f.max,
+                f.first.value,
+                f.first.timestamp as f64,
+                f.last.value,
+                f.last.timestamp as f64,
+                f.increase,
+                w.revision as f64,
+            ],
+            quantiles: f.quantiles.clone(),
+        }
+    }
+
+    fn stored(&self) -> StoredWindow {
+        let mut a = Assembly::default();
+        for (name, &v) in BASE_FIGURES.iter().zip(&self.values) {
+            a.set(name, v);
+        }
+        a.quantiles = self.quantiles.clone();
+        a.finish(self.start).expect("a staged window has a count")
+    }
+}
+
+/// The warm series by raw series, and where staged windows wait.
+#[derive(Default)]
+struct WarmSeriesTable {
+    series: Vec<WarmSeries>,
+    /// [`SeriesId`] to indexes in `series` (a list, since ids may collide).
+    by_id: AHashMap<u64, Vec<u32>>,
+    /// Series with staged windows.
+    pending: Vec<u32>,
+    /// Highest log offset of a staged window.
+    offset: u64,
+    /// Reused for each run handed to the storage engine.
+    run: Vec<(SeriesHandle, Sample)>,
+}
+
+impl WarmSeriesTable {
+    fn find(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> Option<u32> {
+        let id = SeriesId::of(tenant, key);
+        self.by_id.get(&id.0)?.iter().copied().find(|&i| {
+            let s = &self.series[i as usize];
+            s.key.as_ref() == key && &s.tenant == tenant
+        })
+    }
+
+    /// Hands series `i`'s staged windows to `tsdb`, figure by figure.
+    fn drain(&mut self, tsdb: &Tsdb, i: u32) {
+        let s = &mut self.series[i as usize];
+        if s.staged.is_empty() {
+            return;
+        }
+        let run = &mut self.run;
+        run.clear();
+        for (f, &handle) in s.base.iter().enumerate() {
+            // Revision 0 is implied by its absence: most windows are never corrected.
+            let revision = f == BASE_FIGURES.len() - 1;
+            run.extend(
+                s.staged
+                    .iter()
+                    .filter(|w| !revision || w.values[f] != 0.0)
+                    .map(|w| (handle, Sample::new(w.start, w.values[f]))),
+            );
+        }
+        for w in &s.staged {
+            for &(q, v) in &w.quantiles {
+                let handle = match s.quantiles.iter().find(|(hq, _)| *hq == q) {
+                    Some(&(_, handle)) => handle,
+                    None => {
+                        let k = figure_key(s.key.as_ref(), &quantile_figure(q));
+                        let handle = tsdb.series_handle(&s.tenant, k.as_ref());
+                        s.quantiles.push((q, handle));
+                        handle
+                    }
+                };
+                run.push((handle, Sample::new(w.start, v)));
+            }
+        }
+        s.staged.clear();
+        tsdb.append_handles(&s.tenant, run, self.offset);
+    }
+
+    fn drain_all(&mut self, tsdb: &Tsdb) {
+        for i in std::mem::take(&mut self.pending) {
+            self.series[i as usize].pending = false;
+            self.drain(tsdb, i);
+        }
+    }
+}
+
+/// Every window's figures, in the order [`StagedWindow::values`] holds them.
 const BASE_FIGURES: [&str; 11] = [
     COUNT,
     SUM,
@@ -127,88 +246,72 @@ impl RollupStore {
         let tsdb = Tsdb::open(dir, opts, SeriesLimiter::new(usize::MAX))?;
         Ok(RollupStore {
             tsdb,
-            handles: Mutex::new(AHashMap::new()),
+            warm: Mutex::new(WarmSeriesTable::default()),
         })
     }
 
-    /// The underlying storage (flush, maintenance, sizes).
+    /// The underlying storage (sizes, maintenance). Windows still staged are not in it until
+    /// [`RollupStore::flush`].
     pub fn tsdb(&self) -> &Tsdb {
         &self.tsdb
     }
 
-    /// Stores windows (one append, so readers see all or none of a window's figures).
+    /// Persists every window written so far into blocks; returns the log offset covered.
+    pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
+        self.warm.lock().drain_all(&self.tsdb);
+        self.tsdb.flush()
+    }
+
+    /// The warm place of `tenant`'s raw series `key`, made when new.
+    pub fn series(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> WarmId {
+        let mut warm = self.warm.lock();
+        if let Some(i) = warm.find(tenant, key) {
+            return WarmId(i);
+        }
+        let base =
+            BASE_FIGURES.map(|f| self.tsdb.series_handle(tenant, figure_key(key, f).as_ref()));
+        let i = warm.series.len() as u32;
+        warm.series.push(WarmSeries {
+            tenant: tenant.clone(),
+            key: key.to_owned(),
+            base,
+            quantiles: Vec::new(),
+            staged: Vec::new(),
+            pending: false,
+        });
+        warm.by_id
+            .entry(SeriesId::of(tenant, key).0)
+            .or_default()
+            .push(i);
+        WarmId(i)
+    }
+
+    /// Stores windows. Readers see each window whole: its figures all, or none of them.
     pub fn write(&self, windows: &[WindowWrite<'_>], log_offset: u64) {
         if windows.is_empty() {
             return;
         }
-        let mut cache = self.handles.lock();
-        let mut by_tenant: BTreeMap<&Tenant, Vec<(SeriesHandle, Sample)>> = BTreeMap::new();
+        let mut warm = self.warm.lock();
+        let warm = &mut *warm;
+        warm.offset = warm.offset.max(log_offset);
         for w in windows {
-            let id = SeriesId::of(w.tenant, w.key);
-            let slot = cache.entry((w.tenant.clone(), id.0)).or_default();
-            let i = match slot.iter().position(|h| h.key.as_ref() == w.key) {
-                Some(i) => i,
+            let i = w.series.0;
+            let s = &mut warm.series[i as usize];
+            let row = StagedWindow::of(w);
+            // A correction of a window still staged replaces it there.
+            match s.staged.iter_mut().find(|x| x.start == w.start) {
+                Some(x) => *x = row,
                 None => {
-                    let base = BASE_FIGURES
-                        .iter()
-                        .map(|f| {
-                            self.tsdb
-                                .series_handle(w.tenant, figure_key(w.key, f).as_ref())
-                        })
-                        .collect();
-                    slot.push(FigureHandles {
-                        key: w.key.to_owned(),
-                        base,
-                        quantiles: Vec::new(),
-                    });
-                    slot.len() - 1
-                }
-            };
-            let h = &mut slot[i];
-            let f = w.figures;
-            let values = [
-                f.count as f64,
-                f.sum,
-                f.sum_squares,
-                f.min,
-                f.max,
-                f.first.value,
-                f.first.timestamp as f64,
-                f.last.value,
-                f.last.timestamp as f64,
-                f.increase,
-                w.revision as f64,
-            ];
-            let out = by_tenant.entry(w.tenant).or_default();
-            // Most windows are never corrected: revision 0 is implied by its absence.
-            let n = if w.revision == 0 {
-                values.len() - 1
-            } else {
-                values.len()
-            };
-            out.extend(
-                h.base
-                    .iter()
-                    .zip(values)
-                    .take(n)
-                    .map(|(&handle, v)| (handle, Sample::new(w.start, v))),
-            );
-            for &(q, v) in &f.quantiles {
-                let handle = match h.quantiles.iter().find(|(hq, _)| *hq == q) {
-                    Some(&(_, handle)) => handle,
-                    None => {
-                        let k = figure_key(w.key, &quantile_figure(q));
-                        let handle = self.tsdb.series_handle(w.tenant, k.as_ref());
-                        h.quantiles.push((q, handle));
-                        handle
+                    if !s.pending {
+                        s.pending = true;
+                        warm.pending.push(i);
                     }
-                };
-                out.push((handle, Sample::new(w.start, v)));
+                    s.staged.push(row);
+                }
             }
-        }
-        drop(cache);
-        for (tenant, samples) in by_tenant {
-            self.tsdb.append_handles(tenant, &samples, log_offset);
+            if s.staged.len() >= STAGED_WINDOWS {
+                warm.drain(&self.tsdb, i);
+            }
         }
     }
 
@@ -220,6 +323,17 @@ impl RollupStore {
         start: i64,
         quantiles: &[f64],
     ) -> Result<Option<StoredWindow>, StorageError> {
+        {
+            let warm = self.warm.lock();
+            if let Some(i) = warm.find(tenant, key) {
+                let s = &warm.series[i as usize];
+                if let Some(w) = s.staged.iter().find(|w| w.start == start) {
+                    let mut w = w.stored();
+                    w.figures.quantiles.retain(|(q, _)| quantiles.contains(q));
+                    return Ok(Some(w));
+                }
+            }
+        }
         let read = |name: &str| -> Result<Option<f64>, StorageError> {
             let k = figure_key(key, name);
             Ok(self
@@ -255,6 +369,7 @@ impl RollupStore {
         start: i64,
         end: i64,
     ) -> Result<Vec<(Labels, Vec<StoredWindow>)>, StorageError> {
+        self.warm.lock().drain_all(&self.tsdb);
         let hints = SelectHints {
             start,
             end,
@@ -391,22 +506,20 @@ mod tests {
             increase: 1.0,
             quantiles: vec![(0.5, 2.0), (0.99, 3.0)],
         };
-        fn w<'a>(
-            t: &'a Tenant,
-            key: &'a SeriesKey,
-            start: i64,
-            figures: &'a Figures,
-            revision: u32,
-        ) -> Vec<WindowWrite<'a>> {
-            vec![WindowWrite {
-                tenant: t,
-                key: key.as_ref(),
-                start,
-                figures,
-                revision,
-            }]
-        }
-        store.write(&w(&t, &key, now, &fig, 0), 1);
+        let id = store.series(&t, key.as_ref());
+        assert_eq!(store.series(&t, key.as_ref()), id, "one place per series");
+        let w = |start: i64, figures: &Figures, revision: u32| {
+            store.write(
+                &[WindowWrite {
+                    series: id,
+                    start,
+                    figures,
+                    revision,
+                }],
+                1,
+            )
+        };
+        w(now, &fig, 0);
         let got = store
             .get(&t, key.as_ref(), now, &[0.5, 0.99])
             .unwrap()
@@ -416,7 +529,7 @@ mod tests {
         let mut fixed = fig.clone();
         fixed.count = 4;
         fixed.max = 9.0;
-        store.write(&w(&t, &key, now, &fixed, 1), 2);
+        w(now, &fixed, 1);
         let sel = store
             .select(&t, &[Matcher::equal("device", "d1")], now - 1, now + 1)
             .unwrap();
@@ -431,5 +544,82 @@ mod tests {
             .is_none());
         let other = Tenant::new("other").unwrap();
         assert!(store.get(&other, key.as_ref(), now, &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn staged_and_stored_windows_read_alike_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenant::default_tenant();
+        let key = Labels::from_pairs([("__name__", "temp"), ("device", "d1")])
+            .unwrap()
+            .key();
+        let base = strata_model::time::now_ms() / 60_000 * 60_000 - 100 * 60_000;
+        let fig = |n: u64| Figures {
+            count: n,
+            sum: n as f64 * 1.5,
+            sum_squares: n as f64 * 2.25,
+            min: 1.5,
+            max: 1.5,
+            first: Sample::new(base + 1, 1.5),
+            last: Sample::new(base + 2, 1.5),
+            increase: 0.0,
+            quantiles: vec![(0.5, 1.5)],
+        };
+        let windows = 2 * STAGED_WINDOWS as i64 + 3;
+        let expected = |store: &RollupStore| {
+            let got = store
+                .select(
+                    &t,
+                    &[Matcher::equal("device", "d1")],
+                    base,
+                    base + windows * 60_000,
+                )
+                .unwrap();
+            assert_eq!(got.len(), 1);
+            got.into_iter().next().unwrap().1
+        };
+        {
+            let store = RollupStore::open(dir.path(), i64::MAX / 4, 7_200_000).unwrap();
+            let id = store.series(&t, key.as_ref());
+            for n in 0..windows {
+                let f = fig(n as u64 + 1);
+                let w = WindowWrite {
+                    series: id,
+                    start: base + n * 60_000,
+                    figures: &f,
+                    revision: 0,
+                };
+                store.write(&[w], n as u64);
+            }
+            // Window 1 went to the engine in the first run; the last one is still staged.
+            for (n, revision) in [(1, 1), (windows - 1, 2)] {
+                let f = fig(100 + n as u64);
+                let start = base + n * 60_000;
+                let w = WindowWrite {
+                    series: id,
+                    start,
+                    figures: &f,
+                    revision,
+                };
+                store.write(&[w], 1000);
+                let got = store.get(&t, key.as_ref(), start, &[0.5]).unwrap().unwrap();
+                assert_eq!((got.figures, got.revision), (f, revision));
+            }
+            let all = expected(&store);
+            assert_eq!(all.len(), windows as usize);
+            assert_eq!(all[0].figures, fig(1));
+            assert_eq!(all[1].figures.count, 101);
+            assert_eq!(all[1].revision, 1);
+            assert_eq!(all[windows as usize - 1].revision, 2);
+            assert_eq!(store.flush().unwrap(), Some(1000));
+        }
+        let store = RollupStore::open(dir.path(), i64::MAX / 4, 7_200_000).unwrap();
+        let all = expected(&store);
+        assert_eq!(all.len(), windows as usize);
+        assert_eq!(all[1].figures.count, 101);
+        assert_eq!(
+            all[windows as usize - 1].figures.count,
+            100 + windows as u64 - 1
+        );
     }
 }

@@ -125,11 +125,14 @@ pub struct WindowStats {
 
 /// A window of one series that has become final.
 #[derive(Debug, Clone)]
-pub struct ClosedWindow {
+pub struct ClosedWindow<'a> {
+    /// The series' index, stable for the life of the [`Windows`] (not across a reload), so a
+    /// consumer can keep what it needs per series in a vector.
+    pub series: u32,
     /// The series' tenant.
-    pub tenant: Tenant,
+    pub tenant: &'a Tenant,
     /// The series.
-    pub key: SeriesKey,
+    pub key: SeriesKeyRef<'a>,
     /// Window start (inclusive), ms.
     pub start: i64,
     /// Its figures.
@@ -382,7 +385,7 @@ impl Windows {
 
     /// Moves the watermark (by event time, and by `now_ms` when the shard is idle; pass `None`
     /// while replaying the log) and closes every window it has passed, handing each to `f`.
-    pub fn advance(&mut self, now_ms: Option<i64>, mut f: impl FnMut(ClosedWindow)) {
+    pub fn advance(&mut self, now_ms: Option<i64>, mut f: impl FnMut(ClosedWindow<'_>)) {
         let event_wm = self.max_event.saturating_sub(self.opts.out_of_orderness_ms);
         let mut wm = event_wm;
         if let Some(now) = now_ms {
@@ -427,8 +430,9 @@ impl Windows {
                 if let Some(rollup) = rollup {
                     self.stats.finalized += 1;
                     f(ClosedWindow {
-                        tenant: st.tenant.clone(),
-                        key: st.key.clone(),
+                        series: i,
+                        tenant: &st.tenant,
+                        key: st.key.as_ref(),
                         start,
                         rollup,
                     });
@@ -643,9 +647,22 @@ mod tests {
         w.observe(&s.tenant, s.id, s.key.as_ref(), &v);
     }
 
-    fn close(w: &mut Windows, now: Option<i64>) -> Vec<ClosedWindow> {
+    /// A [`ClosedWindow`] kept beyond the callback.
+    struct Closed {
+        key: SeriesKey,
+        start: i64,
+        rollup: Rollup,
+    }
+
+    fn close(w: &mut Windows, now: Option<i64>) -> Vec<Closed> {
         let mut out = Vec::new();
-        w.advance(now, |c| out.push(c));
+        w.advance(now, |c| {
+            out.push(Closed {
+                key: c.key.to_owned(),
+                start: c.start,
+                rollup: c.rollup,
+            })
+        });
         out
     }
 
@@ -735,7 +752,7 @@ mod tests {
         }
         let (a, b) = (close(&mut w, None), close(&mut l, None));
         assert_eq!(a.len(), 3);
-        let fig = |v: &[ClosedWindow]| {
+        let fig = |v: &[Closed]| {
             let mut f: Vec<_> = v
                 .iter()
                 .map(|c| (c.key.clone(), c.start, c.rollup.clone()))
