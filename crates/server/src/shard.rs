@@ -140,8 +140,8 @@ impl Shard {
                 let st = match (&rollups, to_windows) {
                     (Some(r), true) => {
                         let mut w = r.observer();
-                        tsdb.append_observed(&batch, rec.offset, |s, stored| {
-                            w.observe(batch.tenant(), s.id, s.key, stored)
+                        tsdb.append_observed(&batch, rec.offset, |s, stored, slot| {
+                            w.observe_at(slot, batch.tenant(), s.id, s.key, stored)
                         })
                     }
                     _ => tsdb.append(&batch, rec.offset),
@@ -298,8 +298,8 @@ impl Shard {
                 let Some(off) = p.offset else { continue };
                 last = Some(off);
                 p.result.stats = match &mut windows {
-                    Some(w) => self.tsdb.append_observed(&p.batch, off, |s, stored| {
-                        w.observe(p.batch.tenant(), s.id, s.key, stored)
+                    Some(w) => self.tsdb.append_observed(&p.batch, off, |s, stored, slot| {
+                        w.observe_at(slot, p.batch.tenant(), s.id, s.key, stored)
                     }),
                     None => self.tsdb.append(&p.batch, off),
                 };

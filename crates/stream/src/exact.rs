@@ -58,24 +58,10 @@ impl ExactSum {
     /// Adds `x` exactly. NaN and infinities are recorded as flags; see [`ExactSum::value`].
     pub fn add(&mut self, x: f64) {
         if !x.is_finite() {
-            self.special |= if x.is_nan() {
-                NAN
-            } else if x > 0.0 {
-                POS_INF
-            } else {
-                NEG_INF
-            };
+            self.add_special(x);
             return;
         }
-        let bits = x.to_bits();
-        let biased = (bits >> 52) & 0x7ff;
-        let frac = bits & ((1 << 52) - 1);
-        // |x| = mant * 2^(pos - 1074); subnormals have no implicit bit and the lowest position.
-        let (mant, pos) = if biased == 0 {
-            (frac, 0)
-        } else {
-            (frac | (1 << 52), biased - 1)
-        };
+        let (mant, pos) = parts(x);
         if mant == 0 {
             return;
         }
@@ -86,9 +72,58 @@ impl ExactSum {
             (wide >> 32) as i64 & LIMB_MASK,
             (wide >> 64) as i64,
         ];
-        self.ensure(limb, limb + 2);
-        let at = &mut self.limbs[limb - self.base..][..3];
-        if x < 0.0 {
+        self.add_limbs(limb, parts, x < 0.0);
+    }
+
+    /// Adds `x * x` exactly. Where the square's bits lie inside the grid of 2^-1074 (and far
+    /// from overflow) the integer square of the significand is added in one step; elsewhere
+    /// the rounded product and its rounding error (by fused multiply-add) are added, as exact
+    /// as `f64` arithmetic allows there.
+    pub fn add_square(&mut self, x: f64) {
+        let (mant, pos) = parts(x);
+        // |x| in [2^-422, 2^479): the square and the rounding error of the product are both
+        // normal there, so both ways are exact and agree.
+        if (600..1500).contains(&pos) {
+            // x^2 = mant^2 * 2^(2 (pos - 1074)): bit 0 of mant^2 sits at 2 pos - 1074.
+            let at = 2 * pos - 1074;
+            let (limb, shift) = ((at / 32) as usize, at % 32);
+            let sq = u128::from(mant) * u128::from(mant);
+            // sq < 2^106, shifted by up to 31: 137 bits in five limbs.
+            let low = sq << shift;
+            let high = if shift == 0 { 0 } else { sq >> (128 - shift) };
+            let parts = [
+                low as i64 & LIMB_MASK,
+                (low >> 32) as i64 & LIMB_MASK,
+                (low >> 64) as i64 & LIMB_MASK,
+                (low >> 96) as i64 & LIMB_MASK,
+                high as i64,
+            ];
+            self.add_limbs(limb, parts, false);
+            return;
+        }
+        let p = x * x;
+        let err = x.mul_add(x, -p);
+        self.add(p);
+        if err != 0.0 && err.is_finite() {
+            self.add(err);
+        }
+    }
+
+    fn add_special(&mut self, x: f64) {
+        self.special |= if x.is_nan() {
+            NAN
+        } else if x > 0.0 {
+            POS_INF
+        } else {
+            NEG_INF
+        };
+    }
+
+    /// Adds (or subtracts) limb-sized parts, lowest at limb index `limb`.
+    fn add_limbs<const N: usize>(&mut self, limb: usize, parts: [i64; N], negative: bool) {
+        self.ensure(limb, limb + N - 1);
+        let at = &mut self.limbs[limb - self.base..][..N];
+        if negative {
             at.iter_mut().zip(parts).for_each(|(l, p)| *l -= p);
         } else {
             at.iter_mut().zip(parts).for_each(|(l, p)| *l += p);
@@ -234,6 +269,19 @@ impl PartialEq for ExactSum {
 }
 
 impl Eq for ExactSum {}
+
+/// `|x| = mant * 2^(pos - 1074)` for a finite `x`; subnormals have no implicit bit and the
+/// lowest position.
+fn parts(x: f64) -> (u64, u64) {
+    let bits = x.to_bits();
+    let biased = (bits >> 52) & 0x7ff;
+    let frac = bits & ((1 << 52) - 1);
+    if biased == 0 {
+        (frac, 0)
+    } else {
+        (frac | (1 << 52), biased - 1)
+    }
+}
 
 /// Propagates carries so every limb is in `[0, 2^32)` except a top limb of -1 that marks a
 /// negative value (two's complement), then trims zero limbs at both ends. The result is unique
@@ -579,7 +627,51 @@ mod tests {
         assert!(ExactSum::decode(&mut &[0, 69, 2, 0, 0, 0, 0, 0, 0, 0, 0][..]).is_none());
     }
 
+    /// Squares the way rollups did before [`ExactSum::add_square`]: the rounded product and
+    /// its rounding error.
+    fn two_product_squares(xs: &[f64]) -> ExactSum {
+        let mut s = ExactSum::new();
+        for &x in xs {
+            let p = x * x;
+            let err = x.mul_add(x, -p);
+            s.add(p);
+            if err != 0.0 && err.is_finite() {
+                s.add(err);
+            }
+        }
+        s
+    }
+
     proptest! {
+        /// One-step squares hold the same exact value as product plus rounding error, and, in
+        /// the range the one-step way covers, the exact square.
+        #[test]
+        fn squares_match_two_product_and_exact_reference(
+            xs in prop::collection::vec(any_value(), 0..20)
+        ) {
+            let mut s = ExactSum::new();
+            xs.iter().for_each(|&x| s.add_square(x));
+            let old = two_product_squares(&xs);
+            prop_assert_eq!(&s, &old);
+            prop_assert!(same(s.value(), old.value()));
+            let inside: Vec<f64> = xs
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite() && x.abs() >= 2f64.powi(-422) && x.abs() < 2f64.powi(479))
+                .collect();
+            let mut s = ExactSum::new();
+            inside.iter().for_each(|&x| s.add_square(x));
+            let exact: BigInt = inside
+                .iter()
+                .map(|&x| {
+                    let u = units(x);
+                    // x^2 in units of 2^-1074 is units(x)^2 / 2^1074, an integer in this range.
+                    (&u * &u) >> 1074
+                })
+                .sum();
+            prop_assert_eq!(as_bigint(&s), exact);
+        }
+
         #[test]
         fn value_matches_exact_reference(xs in prop::collection::vec(any_value(), 0..40)) {
             check(&xs);

@@ -53,16 +53,6 @@ fn add_difference(acc: &mut ExactSum, b: f64, a: f64) {
     }
 }
 
-/// Adds `x * x` to `acc` exactly (the product and its rounding error, by fused multiply-add).
-fn add_square(acc: &mut ExactSum, x: f64) {
-    let p = x * x;
-    let err = x.mul_add(x, -p);
-    acc.add(p);
-    if err != 0.0 && err.is_finite() {
-        acc.add(err);
-    }
-}
-
 /// The counter step from `a` to the next sample `b`: a drop is a reset to zero.
 fn add_counter_step(acc: &mut ExactSum, a: f64, b: f64) {
     if b < a {
@@ -81,7 +71,7 @@ impl Rollup {
         let mut sum = ExactSum::new();
         sum.add(s.value);
         let mut sum_squares = ExactSum::new();
-        add_square(&mut sum_squares, s.value);
+        sum_squares.add_square(s.value);
         let quantiles = with_quantiles.then(|| {
             let mut q = Quantiles::new();
             q.add(s.value);
@@ -104,26 +94,31 @@ impl Rollup {
     /// there is no non-NaN sample.
     pub fn of_sorted(samples: &[Sample], with_quantiles: bool) -> Option<Rollup> {
         let mut it = samples.iter().filter(|s| !s.value.is_nan());
-        let mut r = Rollup::of_sample(*it.next()?, with_quantiles)?;
-        for s in it {
-            r.push_later(*s);
+        let first = *it.next()?;
+        let mut r = Rollup::of_sample(first, with_quantiles)?;
+        for &s in it {
+            debug_assert!(s.timestamp > r.last.timestamp);
+            r.count += 1;
+            r.sum.add(s.value);
+            r.sum_squares.add_square(s.value);
+            r.min = r.min.min(s.value);
+            r.max = r.max.max(s.value);
+            if s.value < r.last.value {
+                // A reset: the steps up to here end at the value it dropped from.
+                r.increase.add(r.last.value);
+            }
+            r.last = s;
+            if let Some(q) = &mut r.quantiles {
+                q.add(s.value);
+            }
+        }
+        // The steps between resets telescope: the increase is last - first plus every value a
+        // reset dropped from (the same exact value as adding each step).
+        if r.count > 1 {
+            r.increase.add(r.last.value);
+            r.increase.add(-first.value);
         }
         Some(r)
-    }
-
-    /// Adds a sample later than every sample so far (the caller guarantees the order).
-    fn push_later(&mut self, s: Sample) {
-        debug_assert!(s.timestamp > self.last.timestamp);
-        self.count += 1;
-        self.sum.add(s.value);
-        add_square(&mut self.sum_squares, s.value);
-        self.min = self.min.min(s.value);
-        self.max = self.max.max(s.value);
-        add_counter_step(&mut self.increase, self.last.value, s.value);
-        self.last = s;
-        if let Some(q) = &mut self.quantiles {
-            q.add(s.value);
-        }
     }
 
     /// Combines the rollups of two disjoint time spans of one series (in either order): the
@@ -318,6 +313,32 @@ mod tests {
     }
 
     proptest! {
+        /// The telescoped increase and one-step squares hold the same exact values as adding
+        /// each counter step and each square as product plus rounding error.
+        #[test]
+        fn of_sorted_matches_step_by_step(s in series(), resets in prop::collection::vec(0usize..60, 0..5)) {
+            let mut s = s;
+            for i in resets {
+                if let Some(x) = s.get_mut(i) {
+                    x.value = x.value.abs() / 7.0; // likely below its predecessor: a reset
+                }
+            }
+            let r = Rollup::of_sorted(&s, false).unwrap();
+            let mut increase = ExactSum::new();
+            let mut squares = ExactSum::new();
+            for w in s.windows(2) {
+                add_counter_step(&mut increase, w[0].value, w[1].value);
+            }
+            for x in &s {
+                let p = x.value * x.value;
+                squares.add(p);
+                squares.add(x.value.mul_add(x.value, -p));
+            }
+            prop_assert_eq!(&r.increase, &increase);
+            prop_assert_eq!(&r.sum_squares, &squares);
+            prop_assert_eq!(r.increase.value().to_bits(), increase.value().to_bits());
+        }
+
         /// Splitting a series' samples at any point and merging the halves' rollups, in either
         /// order, gives the rollup of the whole.
         #[test]

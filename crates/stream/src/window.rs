@@ -23,6 +23,7 @@ use std::path::Path;
 use strata_model::{
     sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant, METRIC_NAME,
 };
+use strata_tsdb::ObserverSlot;
 
 /// How windows are cut and when they close.
 #[derive(Debug, Clone)]
@@ -313,10 +314,35 @@ impl Windows {
         key: SeriesKeyRef<'_>,
         samples: &[Sample],
     ) {
+        let mut slot = ObserverSlot::EMPTY;
+        self.observe_at(&mut slot, tenant, id, key, samples)
+    }
+
+    /// As [`Windows::observe`], with the slot the raw tier keeps for the series (see
+    /// [`strata_tsdb::Tsdb::append_observed`]): the series is looked up only while the slot is
+    /// empty, then found through it.
+    pub fn observe_at(
+        &mut self,
+        slot: &mut ObserverSlot,
+        tenant: &Tenant,
+        id: SeriesId,
+        key: SeriesKeyRef<'_>,
+        samples: &[Sample],
+    ) {
         let Some(newest) = shadow::newest(samples) else {
             return; // nothing but NaNs: no reading, nothing to roll up
         };
-        let i = self.table.index(&mut self.devices, tenant, id, key);
+        let i = match *slot {
+            ObserverSlot::EMPTY => {
+                let i = self.table.index(&mut self.devices, tenant, id, key);
+                *slot = ObserverSlot(i as u32);
+                i
+            }
+            ObserverSlot(i) => {
+                debug_assert!(self.table.series[i as usize].key.as_ref() == key);
+                i as usize
+            }
+        };
         let st = &mut self.table.series[i];
         if st.device {
             shadow::update(&mut st.last, newest);

@@ -36,6 +36,26 @@ pub struct MemSeries {
     /// Newest timestamp already written to blocks.
     pub persisted_max_t: i64,
     samples: usize,
+    /// What the observer of appends keeps for this series (see [`Tsdb::append_observed`]).
+    ///
+    /// [`Tsdb::append_observed`]: crate::Tsdb::append_observed
+    pub observer: ObserverSlot,
+}
+
+/// A value an observer of appends keeps per series, typically its own index for the series,
+/// so following each append needs no lookup of its own. [`ObserverSlot::EMPTY`] until set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserverSlot(pub u32);
+
+impl ObserverSlot {
+    /// Nothing kept yet.
+    pub const EMPTY: ObserverSlot = ObserverSlot(u32::MAX);
+}
+
+impl Default for ObserverSlot {
+    fn default() -> Self {
+        ObserverSlot::EMPTY
+    }
 }
 
 /// What became of one appended sample.

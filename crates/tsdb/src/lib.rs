@@ -21,6 +21,7 @@ mod index;
 
 use ahash::AHashMap;
 use block::{Block, EncodedSeries};
+pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
@@ -299,17 +300,18 @@ impl Tsdb {
 
     /// Appends every series of `batch`; `log_offset` is the ingest-log record it came from.
     pub fn append(&self, batch: &WriteBatch, log_offset: u64) -> AppendStats {
-        self.append_observed(batch, log_offset, |_, _| {})
+        self.append_observed(batch, log_offset, |_, _, _| {})
     }
 
-    /// As [`Tsdb::append`], handing `changed(series, samples)` the samples of each series that
-    /// changed what storage holds: new values and overwrites, in batch order (exact repeats and
-    /// refused samples left out).
+    /// As [`Tsdb::append`], handing `changed(series, samples, slot)` the samples of each series
+    /// that changed what storage holds: new values and overwrites, in batch order (exact repeats
+    /// and refused samples left out), and the series' [`ObserverSlot`], which the head keeps for
+    /// the observer. One observer per `Tsdb`: the slot is not shared.
     pub fn append_observed(
         &self,
         batch: &WriteBatch,
         log_offset: u64,
-        mut changed: impl FnMut(&BatchSeries<'_>, &[Sample]),
+        mut changed: impl FnMut(&BatchSeries<'_>, &[Sample], &mut ObserverSlot),
     ) -> AppendStats {
         let mut st = AppendStats::default();
         let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
@@ -343,7 +345,7 @@ impl Tsdb {
                 }
             }
             if !stored.is_empty() {
-                changed(&s, &stored);
+                changed(&s, &stored, &mut series.observer);
             }
         }
         st
