@@ -65,9 +65,16 @@ pub struct RollupStage {
     verify_existing: AtomicBool,
     counters: StageCounters,
     corrected: parking_lot::Mutex<Vec<crate::window::Correction>>,
-    /// Settling's own state: the warm place of each window series (by its index in the
-    /// windows), and the figures of the windows closing.
-    warm: parking_lot::Mutex<(Vec<Option<WarmId>>, Vec<(WarmId, i64, Figures, u32)>)>,
+    settling: parking_lot::Mutex<Settling>,
+}
+
+/// What settling keeps between calls.
+#[derive(Default)]
+struct Settling {
+    /// The warm place of each series, by its index in the windows.
+    warm_ids: Vec<Option<WarmId>>,
+    /// The windows closing: series, start, figures, revision (reused).
+    closing: Vec<(WarmId, i64, Figures, u32)>,
 }
 
 impl RollupStage {
@@ -92,7 +99,7 @@ impl RollupStage {
             verify_existing: AtomicBool::new(store_had_windows),
             counters: StageCounters::default(),
             corrected: parking_lot::Mutex::new(Vec::new()),
-            warm: parking_lot::Mutex::new((Vec::new(), Vec::new())),
+            settling: parking_lot::Mutex::new(Settling::default()),
         })
     }
 
@@ -132,8 +139,11 @@ impl RollupStage {
     pub fn settle(&self, raw: &Tsdb, now_ms: Option<i64>, offset: u64) -> Result<(), StorageError> {
         let q = &self.opts.quantiles;
         let verify = self.verify_existing.load(Ordering::Relaxed);
-        let mut warm = self.warm.lock();
-        let (warm_ids, figures) = &mut *warm;
+        let mut settling = self.settling.lock();
+        let Settling {
+            warm_ids,
+            closing: figures,
+        } = &mut *settling;
         figures.clear();
         let mut failed = None;
         let corrections = {
@@ -176,7 +186,7 @@ impl RollupStage {
             .collect();
         self.store.write(&writes, offset);
         drop(writes);
-        drop(warm);
+        drop(settling);
         let width = self.opts.windows.window_ms;
         for c in corrections {
             let samples =
