@@ -105,6 +105,9 @@ fn decode_with(
     let mut d = Decoded::default();
     let mut name = Vec::with_capacity(128);
     let mut raw = Vec::with_capacity(256);
+    // Most lines carry one field: grow the batch once, not by doubling as lines come.
+    let estimate = memchr::memchr_iter(b'\n', body).count() + 1;
+    out.reserve(estimate, body.len(), estimate);
     for (i, line) in lines(body).enumerate() {
         let lineno = i + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -263,13 +266,77 @@ fn parse_int(b: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
-    let mut v: i64 = 0;
-    for &c in digits {
-        if !c.is_ascii_digit() {
+    // Up to 19 digits stay below 10^19 < 2^64: no overflow until the final range check.
+    let mut v: u64 = 0;
+    let mut chunks = digits.chunks_exact(8);
+    for c in &mut chunks {
+        v = v * 100_000_000 + eight_digits(c.try_into().ok()?)?;
+    }
+    for &c in chunks.remainder() {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add((c - b'0') as i64)?;
+        v = v * 10 + u64::from(d);
     }
+    let v = i64::try_from(v).ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// Eight ASCII digits as a number (most significant first), `None` unless all are digits:
+/// nanosecond timestamps have 19, so this runs eight at a time in a few multiplications.
+fn eight_digits(b: [u8; 8]) -> Option<u64> {
+    let v = u64::from_le_bytes(b);
+    // The lowest non-digit byte either borrows below '0' or passes '9' + 0x46 >= 0x80.
+    if (v.wrapping_add(0x4646_4646_4646_4646) | v.wrapping_sub(0x3030_3030_3030_3030))
+        & 0x8080_8080_8080_8080
+        != 0
+    {
+        return None;
+    }
+    let v = v & 0x0f0f_0f0f_0f0f_0f0f;
+    // Pairs, then fours, then all eight: each step multiplies the higher part by 10^k and
+    // adds the lower (the first byte is the most significant digit).
+    let v = (v.wrapping_mul(10 << 8 | 1)) >> 8 & 0x00ff_00ff_00ff_00ff;
+    let v = (v.wrapping_mul(100 << 16 | 1)) >> 16 & 0x0000_ffff_0000_ffff;
+    Some((v.wrapping_mul(10_000 << 32 | 1)) >> 32)
+}
+
+/// A plain decimal (`-12.5`, `40`, `.25`) with at most 15 significant digits, parsed
+/// directly: the digits as an exact integer divided once by an exact power of ten is the
+/// correctly rounded value, the same `str::parse` gives. `None` for anything else (exponents,
+/// signs other than a leading minus, longer numbers), which takes the general parser.
+fn plain_decimal(raw: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (neg, b) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    let mut m: u64 = 0;
+    let mut digits = 0usize;
+    let mut frac: Option<usize> = None;
+    for &c in b {
+        match c {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(c - b'0');
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                if let Some(f) = &mut frac {
+                    *f += 1;
+                }
+            }
+            b'.' if frac.is_none() => frac = Some(0),
+            _ => return None,
+        }
+    }
+    if digits == 0 {
+        return None;
+    }
+    let v = m as f64 / POW10[frac.unwrap_or(0)];
     Some(if neg { -v } else { v })
 }
 
@@ -435,6 +502,9 @@ fn field_value(b: &[u8], pos: usize) -> Result<(Result<FieldValue, String>, usiz
     if raw.is_empty() {
         return Err(format!("missing field value at column {}", pos + 1));
     }
+    if let Some(v) = plain_decimal(raw) {
+        return Ok((Ok(FieldValue::Number(v)), end));
+    }
     let text = std::str::from_utf8(raw).unwrap_or("");
     let bad = || Err(format!("invalid number {:?}", String::from_utf8_lossy(raw)));
     let value = match text {
@@ -467,4 +537,65 @@ fn field_value(b: &[u8], pos: usize) -> Result<(Result<FieldValue, String>, usiz
         _ => bad(),
     };
     Ok((value, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Integers parse as `str::parse` does, including overflow and stray characters.
+        #[test]
+        fn parse_int_matches_str(s in "-?[0-9]{1,20}|-?[0-9]{0,12}[a/: 9][0-9]{0,8}", n in any::<i64>()) {
+            let want = s.parse::<i64>().ok().filter(|v| *v != i64::MIN && !s.starts_with('+'));
+            prop_assert_eq!(parse_int(s.as_bytes()), want);
+            let n = n.max(-i64::MAX).to_string();
+            prop_assert_eq!(parse_int(n.as_bytes()), n.parse::<i64>().ok());
+        }
+
+        /// Plain decimals give exactly what `str::parse::<f64>` gives.
+        #[test]
+        fn plain_decimal_matches_str(s in "-?[0-9]{0,9}\\.?[0-9]{0,9}", x in any::<f64>()) {
+            if let Some(v) = plain_decimal(s.as_bytes()) {
+                prop_assert_eq!(v.to_bits(), s.parse::<f64>().unwrap().to_bits(), "{}", s);
+            }
+            let x = format!("{}", (x % 1e6 * 1e4).round() / 1e4);
+            if let Some(v) = plain_decimal(x.as_bytes()) {
+                prop_assert_eq!(v.to_bits(), x.parse::<f64>().unwrap().to_bits(), "{}", x);
+            }
+        }
+    }
+
+    #[test]
+    fn plain_decimal_cases() {
+        for (s, want) in [
+            ("23.4", Some(23.4)),
+            ("-0.5", Some(-0.5)),
+            (".25", Some(0.25)),
+            ("7.", Some(7.0)),
+        ] {
+            assert_eq!(plain_decimal(s.as_bytes()), want, "{s}");
+        }
+        for s in [
+            "",
+            ".",
+            "-",
+            "1e5",
+            "+1",
+            "1.2.3",
+            "1234567890123456",
+            "NaN",
+            "1_0",
+        ] {
+            assert_eq!(plain_decimal(s.as_bytes()), None, "{s}");
+        }
+        assert_eq!(
+            plain_decimal(b"-0").map(f64::to_bits),
+            Some((-0.0f64).to_bits())
+        );
+        assert_eq!(eight_digits(*b"12345678"), Some(12_345_678));
+        assert_eq!(eight_digits(*b"1234567/"), None);
+        assert_eq!(eight_digits(*b"1234567:"), None);
+    }
 }

@@ -135,6 +135,27 @@ impl WriteBatch {
         }
     }
 
+    /// Makes room for about `series` more series with `key_bytes` of keys and `samples` more
+    /// samples, so a decoder that can estimate its output grows the batch once.
+    pub fn reserve(&mut self, series: usize, key_bytes: usize, samples: usize) {
+        self.series.reserve(series);
+        self.bytes.reserve(key_bytes);
+        self.samples.reserve(samples);
+    }
+
+    /// An empty batch of the same tenant with room for a `1/parts` share of this one (and a
+    /// little more, for uneven shares).
+    pub fn empty_share(&self, parts: usize) -> WriteBatch {
+        let share = |n: usize| n / parts + n / (4 * parts) + 4;
+        let mut b = WriteBatch::new(self.tenant.clone());
+        b.reserve(
+            share(self.series.len()),
+            share(self.bytes.len()),
+            share(self.samples.len()),
+        );
+        b
+    }
+
     /// The tenant's hash seed (see [`SeriesId`]).
     pub(crate) fn seed(&self) -> u64 {
         self.seed

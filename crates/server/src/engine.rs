@@ -168,7 +168,7 @@ impl Engine {
             for s in batch.iter() {
                 let p = partition_of(s.entity, n) as usize;
                 parts[p]
-                    .get_or_insert_with(|| WriteBatch::new(batch.tenant().clone()))
+                    .get_or_insert_with(|| batch.empty_share(n as usize))
                     .push_from(&s);
             }
         }
