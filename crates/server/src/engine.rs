@@ -474,13 +474,20 @@ impl Engine {
         (closed != i64::MAX).then_some((closed, first))
     }
 
-    /// Windows corrected since the last call, over all shards.
-    pub fn take_corrected(&self) -> Vec<strata_stream::window::Correction> {
+    /// Corrected windows not yet marked done, over all shards.
+    pub fn pending_corrected(&self) -> Vec<strata_stream::window::Correction> {
         self.shards
             .iter()
             .filter_map(|s| s.rollups.as_ref())
-            .flat_map(|r| r.take_corrected())
+            .flat_map(|r| r.pending_corrected())
             .collect()
+    }
+
+    /// Marks corrected windows as handled (each shard drops those it holds).
+    pub fn done_corrected(&self, done: &[strata_stream::window::Correction]) {
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            r.done_corrected(done);
+        }
     }
 
     /// The last reading of every metric of `device` (the shard of its entity holds them all).

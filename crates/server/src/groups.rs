@@ -95,11 +95,11 @@ impl Merger {
             save(&self.checkpoint, start)?;
             *next = Some(start);
         }
-        // Windows computed already whose members were corrected since.
-        let redo: BTreeSet<(Tenant, i64)> = self
-            .engine
-            .take_corrected()
-            .into_iter()
+        // Windows computed already whose members were corrected since. Each correction stays
+        // queued (and checkpointed with its shard) until its group window is written again.
+        let pending = self.engine.pending_corrected();
+        let redo: BTreeSet<(Tenant, i64)> = pending
+            .iter()
             .filter(|c| c.start < start)
             .filter(|c| {
                 let name = c.key.as_ref().get(METRIC_NAME.as_bytes());
@@ -107,11 +107,13 @@ impl Merger {
                     .iter()
                     .any(|g| name == Some(g.metric.as_bytes()))
             })
-            .map(|c| (c.tenant, c.start))
+            .map(|c| (c.tenant.clone(), c.start))
             .collect();
         for (tenant, ws) in redo {
             self.compute_tenant(&tenant, ws, rt)?;
         }
+        // Windows not computed yet will be, with the correction in them.
+        self.engine.done_corrected(&pending);
         Ok(())
     }
 

@@ -4,11 +4,13 @@
 //! The shard's thread is the only writer (observe, settle, checkpoint); HTTP readers share it
 //! and take the windows' read lock briefly.
 
+use crate::bytes::{put, write_atomically, Reader};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
-use crate::window::{WindowOptions, WindowState, Windows};
+use crate::window::{Correction, WindowOptions, WindowState, Windows};
 use crate::StreamError;
 use parking_lot::RwLock;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_model::{Labels, Matcher, StorageError, Tenant};
@@ -23,7 +25,7 @@ pub struct StageOptions {
     pub quantiles: Vec<f64>,
     /// How long final windows are kept.
     pub retention_ms: i64,
-    /// Keep the windows corrected for [`RollupStage::take_corrected`] (group rollups recompute
+    /// Keep the windows corrected for [`RollupStage::pending_corrected`] (group rollups recompute
     /// theirs from them).
     pub publish_corrections: bool,
     /// Span of a warm-tier block.
@@ -64,7 +66,9 @@ pub struct RollupStage {
     /// before a crash): compare instead of blindly writing revision 0.
     verify_existing: AtomicBool,
     counters: StageCounters,
-    corrected: parking_lot::Mutex<Vec<crate::window::Correction>>,
+    /// Corrected windows not yet handled by group rollups, kept in `corrections_path`.
+    corrected: parking_lot::Mutex<BTreeSet<Correction>>,
+    corrections_path: PathBuf,
     settling: parking_lot::Mutex<Settling>,
 }
 
@@ -89,6 +93,8 @@ impl RollupStage {
         let store_had_windows = store.tsdb().stats().series > 0;
         let checkpoint = dir.join("windows.ckpt");
         let (windows, covered) = Windows::load(&checkpoint, opts.windows.clone())?;
+        let corrections_path = dir.join("corrected.ckpt");
+        let corrected = load_corrections(&corrections_path)?;
         Ok(RollupStage {
             opts,
             windows: RwLock::new(windows),
@@ -98,7 +104,8 @@ impl RollupStage {
             // A fresh store cannot hold windows from before a crash.
             verify_existing: AtomicBool::new(store_had_windows),
             counters: StageCounters::default(),
-            corrected: parking_lot::Mutex::new(Vec::new()),
+            corrected: parking_lot::Mutex::new(corrected.into_iter().collect()),
+            corrections_path,
             settling: parking_lot::Mutex::new(Settling::default()),
         })
     }
@@ -189,6 +196,11 @@ impl RollupStage {
         drop(settling);
         let width = self.opts.windows.window_ms;
         for c in corrections {
+            // Published whether or not the figures changed: after a crash, the store may hold a
+            // correction whose group recomputation never ran (see `checkpoint`).
+            if self.opts.publish_corrections {
+                self.corrected.lock().insert(c.clone());
+            }
             let samples =
                 raw.read_series(&c.tenant, c.key.as_ref(), c.start, c.start + width - 1)?;
             let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
@@ -213,26 +225,36 @@ impl RollupStage {
             self.counters
                 .corrected_windows
                 .fetch_add(1, Ordering::Relaxed);
-            if self.opts.publish_corrections {
-                self.corrected.lock().push(c);
-            }
         }
         Ok(())
     }
 
-    /// Takes the windows corrected since the last call (when `publish_corrections` is set).
-    pub fn take_corrected(&self) -> Vec<crate::window::Correction> {
-        std::mem::take(&mut *self.corrected.lock())
+    /// The windows corrected and not yet marked done (when `publish_corrections` is set).
+    pub fn pending_corrected(&self) -> Vec<Correction> {
+        self.corrected.lock().iter().cloned().collect()
     }
 
-    /// Persists the warm store, then the open windows with the log offset they cover. In this
-    /// order a crash between the two replays windows the store already holds, which closing
-    /// tolerates (it compares before writing).
+    /// Marks corrected windows as handled: they leave the queue (and its next checkpoint).
+    pub fn done_corrected(&self, done: &[Correction]) {
+        let mut q = self.corrected.lock();
+        for c in done {
+            q.remove(c);
+        }
+    }
+
+    /// Persists the queue of corrected windows, the warm store, then the open windows with the
+    /// log offset they cover. In this order a crash between steps replays windows the store
+    /// already holds, which closing tolerates (it compares before writing), and corrections
+    /// whose windows are in the store are still queued, or published again by replay.
     pub fn checkpoint(&self, offset: Option<u64>) -> Result<(), StreamError> {
         let tsdb_err = |e: TsdbError| StreamError::Corrupt {
             path: self.checkpoint.clone(),
             reason: e.to_string(),
         };
+        if self.opts.publish_corrections {
+            let queue: Vec<Correction> = self.corrected.lock().iter().cloned().collect();
+            save_corrections(&self.corrections_path, &queue)?;
+        }
         self.store.flush().map_err(tsdb_err)?;
         self.windows.read().save(&self.checkpoint, offset)?;
         self.covered
@@ -292,5 +314,161 @@ impl RollupStage {
                 (l, ws)
             })
             .collect())
+    }
+}
+
+const CORRECTIONS_MAGIC: &[u8; 8] = b"STRCORRQ";
+const CORRECTIONS_VERSION: u32 = 1;
+
+/// Writes the queue of corrected windows: magic, version, count, then tenant, key and start
+/// of each, and a CRC of all of it.
+fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
+    let mut b = CORRECTIONS_MAGIC.to_vec();
+    b.extend_from_slice(&CORRECTIONS_VERSION.to_le_bytes());
+    b.extend_from_slice(&(queue.len() as u32).to_le_bytes());
+    for c in queue {
+        put(&mut b, c.tenant.as_str().as_bytes());
+        put(&mut b, c.key.as_bytes());
+        b.extend_from_slice(&c.start.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    write_atomically(path, &b)
+}
+
+/// Reads what [`save_corrections`] wrote; nothing when there is no file.
+fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StreamError::Io {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    let corrupt = |reason: &str| StreamError::Corrupt {
+        path: path.into(),
+        reason: reason.into(),
+    };
+    if bytes.len() < 20 || &bytes[..8] != CORRECTIONS_MAGIC {
+        return Err(corrupt("not a correction queue"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let mut r = Reader::new(&body[8..]);
+    let parse = |r: &mut Reader<'_>| -> Option<Vec<Correction>> {
+        if r.u32()? != CORRECTIONS_VERSION {
+            return None;
+        }
+        let n = r.u32()?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
+            let key = strata_model::SeriesKey::from_bytes(r.field()?)?;
+            let start = r.i64()?;
+            out.push(Correction { tenant, key, start });
+        }
+        r.is_done().then_some(out)
+    };
+    parse(&mut r).ok_or_else(|| corrupt("unreadable entry or unknown version"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_model::{Limits, Sample, WriteBatch};
+    use strata_tsdb::{SeriesLimiter, TsdbOptions};
+
+    fn feed(stage: &RollupStage, raw: &Tsdb, offset: u64, t: i64, v: f64) {
+        let mut b = WriteBatch::new(Tenant::default_tenant());
+        let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"t"), (b"device", b"d1")];
+        b.push_series(&mut l, &[Sample::new(t, v)], None, &Limits::default())
+            .unwrap();
+        let mut w = stage.observer();
+        raw.append_observed(&b, offset, |s, stored, slot| {
+            w.observe_at(slot, b.tenant(), s.id, s.key, stored)
+        });
+        drop(w);
+        stage.settle(raw, None, offset).unwrap();
+    }
+
+    /// A correction stays queued for group rollups across a checkpoint and a reopening until
+    /// it is marked done.
+    #[test]
+    fn corrections_stay_queued_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StageOptions {
+            windows: WindowOptions::default(),
+            quantiles: Vec::new(),
+            retention_ms: i64::MAX / 4,
+            publish_corrections: true,
+            block_duration_ms: 7_200_000,
+        };
+        let raw = Tsdb::open(
+            &dir.path().join("raw"),
+            TsdbOptions {
+                retention_ms: i64::MAX / 4,
+                ..TsdbOptions::default()
+            },
+            SeriesLimiter::new(usize::MAX),
+        )
+        .unwrap();
+        let base = strata_model::time::now_ms() / 60_000 * 60_000 - 60 * 60_000;
+        let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
+        feed(&stage, &raw, 1, base + 1_000, 1.0);
+        feed(&stage, &raw, 2, base + 10 * 60_000, 2.0); // closes the first window
+        assert!(stage.pending_corrected().is_empty());
+        feed(&stage, &raw, 3, base + 2_000, 5.0); // late: corrects it
+        let pending = stage.pending_corrected();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].start, base);
+        stage.checkpoint(Some(3)).unwrap();
+        drop(stage);
+        let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
+        assert_eq!(stage.pending_corrected(), pending, "kept across reopening");
+        stage.done_corrected(&pending);
+        assert!(stage.pending_corrected().is_empty());
+        stage.checkpoint(Some(3)).unwrap();
+        drop(stage);
+        let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
+        assert!(stage.pending_corrected().is_empty());
+    }
+
+    #[test]
+    fn correction_queue_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrected.ckpt");
+        assert!(load_corrections(&path).unwrap().is_empty());
+        let key = strata_model::Labels::from_pairs([("__name__", "t"), ("device", "d1")])
+            .unwrap()
+            .key();
+        let q = vec![
+            Correction {
+                tenant: Tenant::default_tenant(),
+                key: key.clone(),
+                start: 60_000,
+            },
+            Correction {
+                tenant: Tenant::new("other").unwrap(),
+                key,
+                start: -120_000,
+            },
+        ];
+        save_corrections(&path, &q).unwrap();
+        assert_eq!(load_corrections(&path).unwrap(), q);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(load_corrections(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
+        std::fs::write(&path, &bytes[..10]).unwrap();
+        assert!(load_corrections(&path).is_err());
     }
 }
