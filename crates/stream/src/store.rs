@@ -139,8 +139,8 @@ struct WarmSeriesTable {
     pending: Vec<u32>,
     /// Highest log offset of a staged window.
     offset: u64,
-    /// Reused for each run handed to the storage engine.
-    run: Vec<(SeriesHandle, Sample)>,
+    /// Reused for the runs handed to the storage engine.
+    run: Vec<Sample>,
 }
 
 impl WarmSeriesTable {
@@ -152,40 +152,57 @@ impl WarmSeriesTable {
         })
     }
 
-    /// Hands series `i`'s staged windows to `tsdb`, figure by figure.
+    /// Hands series `i`'s staged windows to `tsdb`: one run per figure series.
     fn drain(&mut self, tsdb: &Tsdb, i: u32) {
         let s = &mut self.series[i as usize];
         if s.staged.is_empty() {
             return;
         }
+        // Corrections may have staged an older window after newer ones.
+        s.staged.sort_unstable_by_key(|w| w.start);
         let run = &mut self.run;
         run.clear();
+        let mut handles = Vec::with_capacity(BASE_FIGURES.len());
         for (f, &handle) in s.base.iter().enumerate() {
             // Revision 0 is implied by its absence: most windows are never corrected.
             let revision = f == BASE_FIGURES.len() - 1;
+            let from = run.len();
             run.extend(
                 s.staged
                     .iter()
                     .filter(|w| !revision || w.values[f] != 0.0)
-                    .map(|w| (handle, Sample::new(w.start, w.values[f]))),
+                    .map(|w| Sample::new(w.start, w.values[f])),
             );
+            handles.push((handle, from..run.len()));
         }
-        for w in &s.staged {
-            for &(q, v) in &w.quantiles {
-                let handle = match s.quantiles.iter().find(|(hq, _)| *hq == q) {
-                    Some(&(_, handle)) => handle,
-                    None => {
-                        let k = figure_key(s.key.as_ref(), &quantile_figure(q));
-                        let handle = tsdb.series_handle(&s.tenant, k.as_ref());
-                        s.quantiles.push((q, handle));
-                        handle
-                    }
-                };
-                run.push((handle, Sample::new(w.start, v)));
-            }
+        let mut qs: Vec<f64> = s
+            .staged
+            .iter()
+            .flat_map(|w| w.quantiles.iter().map(|&(q, _)| q))
+            .collect();
+        qs.sort_by(f64::total_cmp);
+        qs.dedup();
+        for q in qs {
+            let handle = match s.quantiles.iter().find(|(hq, _)| *hq == q) {
+                Some(&(_, handle)) => handle,
+                None => {
+                    let k = figure_key(s.key.as_ref(), &quantile_figure(q));
+                    let handle = tsdb.series_handle(&s.tenant, k.as_ref());
+                    s.quantiles.push((q, handle));
+                    handle
+                }
+            };
+            let from = run.len();
+            run.extend(s.staged.iter().filter_map(|w| {
+                let &(_, v) = w.quantiles.iter().find(|(wq, _)| *wq == q)?;
+                Some(Sample::new(w.start, v))
+            }));
+            handles.push((handle, from..run.len()));
         }
         s.staged.clear();
-        tsdb.append_handles(&s.tenant, run, self.offset);
+        let runs: Vec<(SeriesHandle, &[Sample])> =
+            handles.into_iter().map(|(h, r)| (h, &run[r])).collect();
+        tsdb.append_runs(&s.tenant, &runs, self.offset);
     }
 
     fn drain_all(&mut self, tsdb: &Tsdb) {

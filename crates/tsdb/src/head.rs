@@ -127,6 +127,26 @@ impl MemSeries {
         outcome
     }
 
+    /// Appends a run of samples, sorted by timestamp with one per timestamp, as one chunk:
+    /// no per-sample checks, and later writes still win over earlier ones at read and flush.
+    /// For writers of whole runs, which would otherwise touch the open buffer per sample.
+    pub fn append_run(&mut self, run: &[Sample]) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return;
+        };
+        debug_assert!(run.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
+        // Samples already in the open buffer were written before the run.
+        self.seal();
+        self.sealed.push(Sealed {
+            min_t: first.timestamp,
+            max_t: last.timestamp,
+            data: codec::encode(run, false).into_boxed_slice(),
+        });
+        self.samples += run.len();
+        self.min_t = self.min_t.min(first.timestamp);
+        self.max_t = self.max_t.max(last.timestamp);
+    }
+
     /// The newest head value at `t`, if any.
     fn find(&self, t: i64) -> Option<f64> {
         if let Some(x) = self.open.iter().rev().find(|x| x.timestamp == t) {

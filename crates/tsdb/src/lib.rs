@@ -398,6 +398,31 @@ impl Tsdb {
         st
     }
 
+    /// Appends runs of samples to series by handle, as one write: each run sorted by timestamp,
+    /// one sample per timestamp, kept as one head chunk (see [`Tsdb::append_handles`] for
+    /// single samples). Later writes win over earlier ones; samples older than the retention
+    /// are refused. Returns the samples stored.
+    pub fn append_runs(
+        &self,
+        tenant: &Tenant,
+        runs: &[(SeriesHandle, &[Sample])],
+        log_offset: u64,
+    ) -> usize {
+        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
+        let mut inner = self.inner.write();
+        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let Some(head) = inner.heads.get_mut(tenant) else {
+            return 0;
+        };
+        let mut stored = 0;
+        for &(SeriesHandle(r), run) in runs {
+            let keep = run.partition_point(|s| s.timestamp < oldest);
+            head.series[r as usize].append_run(&run[keep..]);
+            stored += run.len() - keep;
+        }
+        stored
+    }
+
     /// Persists the whole head into blocks (one per tenant and block window), records the
     /// checkpoint and empties the head. Returns the log offset now covered by blocks.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {

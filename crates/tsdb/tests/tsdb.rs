@@ -386,3 +386,36 @@ fn compression_on_the_benchmark_workload() {
     assert_eq!(got.len(), series / 8);
     assert!(got.iter().all(|s| s.1.len() == points));
 }
+
+/// Runs appended by handle overwrite earlier runs and single samples at the same timestamps,
+/// in the head, after a flush to blocks, and after reopening.
+#[test]
+fn runs_by_handle_overwrite_in_write_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tenant::default_tenant();
+    let key = Labels::from_pairs([("__name__", "w"), ("device", "d")])
+        .unwrap()
+        .key();
+    let base = now() / 60_000 * 60_000 - 3_600_000;
+    let s = |i: i64, v: f64| Sample::new(base + i * 60_000, v);
+    let want = vec![
+        (base, 10.0),
+        (base + 60_000, 11.0),
+        (base + 120_000, 2.0),
+        (base + 180_000, 13.0),
+    ];
+    {
+        let db = open(dir.path());
+        let h = db.series_handle(&t, key.as_ref());
+        db.append_handles(&t, &[(h, s(0, 0.0)), (h, s(2, 2.0))], 1);
+        assert_eq!(db.append_runs(&t, &[(h, &[s(0, 10.0), s(1, 1.0)])], 2), 2);
+        db.flush().unwrap();
+        // A later run rewrites a window already in a block and adds one.
+        db.append_runs(&t, &[(h, &[s(1, 11.0), s(3, 13.0)])], 3);
+        assert_eq!(all(&db, "default", "w")[0].1, want, "head over blocks");
+        db.flush().unwrap();
+        assert_eq!(all(&db, "default", "w")[0].1, want, "blocks");
+    }
+    let db = open(dir.path());
+    assert_eq!(all(&db, "default", "w")[0].1, want, "reopened");
+}
