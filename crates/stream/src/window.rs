@@ -18,12 +18,19 @@ use crate::rollup::Rollup;
 use crate::shadow::{self, DeviceIndex};
 use crate::StreamError;
 use ahash::AHashMap;
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use strata_model::{
     sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant, METRIC_NAME,
 };
 use strata_tsdb::ObserverSlot;
+
+/// Samples a window keeps without a heap allocation.
+const INLINE_SAMPLES: usize = 8;
+
+/// The samples of one open window, in arrival order.
+type WindowSamples = SmallVec<[Sample; INLINE_SAMPLES]>;
 
 /// How windows are cut and when they close.
 #[derive(Debug, Clone)]
@@ -153,15 +160,16 @@ pub struct Correction {
 
 /// One series as the windows know it: found by id and confirmed by tenant and key, kept across
 /// windows so a sample costs one lookup and no allocation once the series is known.
+///
+/// A window's samples are kept inline up to [`INLINE_SAMPLES`] (a minute at 10 s or 15 s):
+/// adding one touches the series' window list only, not a buffer of its own.
 #[derive(Debug)]
 struct SeriesState {
     tenant: Tenant,
     key: SeriesKey,
     /// Open windows, `(start, samples in arrival order)`: the current one and those still
     /// within the lateness, so a handful at most.
-    open: Vec<(i64, Vec<Sample>)>,
-    /// A buffer kept from a closed window, for the next one.
-    spare: Vec<Sample>,
+    open: Vec<(i64, WindowSamples)>,
     /// The device shadow: the newest reading, for series of a device.
     last: Option<Sample>,
     /// Of a device (kept in the shadow).
@@ -200,7 +208,6 @@ impl SeriesTable {
             tenant: tenant.clone(),
             key: key.to_owned(),
             open: Vec::new(),
-            spare: Vec::new(),
             last: None,
             device: devices.add(tenant, key, i),
             derived: is_derived(key),
@@ -382,7 +389,7 @@ impl Windows {
         match st.open.iter().rposition(|(ws, _)| *ws <= start) {
             Some(p) if st.open[p].0 == start => st.open[p].1.push(s),
             p => {
-                let mut buf = std::mem::take(&mut st.spare);
+                let mut buf = WindowSamples::new();
                 buf.push(s);
                 st.open.insert(p.map_or(0, |p| p + 1), (start, buf));
                 self.open.entry(start).or_default().push(i as u32);
@@ -444,15 +451,16 @@ impl Windows {
                 let Some(p) = st.open.iter().position(|(ws, _)| *ws == start) else {
                     continue;
                 };
-                let (_, mut samples) = st.open.remove(p);
-                // Usually already in order: one pass instead of a sort.
-                if !samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
-                    sort_last_wins(&mut samples);
-                }
+                let (_, samples) = st.open.remove(p);
                 let q = self.opts.wants_quantiles(st.key.as_ref());
-                let rollup = Rollup::of_sorted(&samples, q);
-                samples.clear();
-                st.spare = samples;
+                // Usually already in order: one pass instead of a sort.
+                let rollup = if samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
+                    Rollup::of_sorted(&samples, q)
+                } else {
+                    let mut sorted = samples.to_vec();
+                    sort_last_wins(&mut sorted);
+                    Rollup::of_sorted(&sorted, q)
+                };
                 if let Some(rollup) = rollup {
                     self.stats.finalized += 1;
                     f(ClosedWindow {
@@ -492,7 +500,7 @@ impl Windows {
                 let Some((_, samples)) = st.open.iter().find(|(s, _)| *s == ws) else {
                     continue;
                 };
-                let mut samples = samples.clone();
+                let mut samples = samples.to_vec();
                 sort_last_wins(&mut samples);
                 if let Some(r) =
                     Rollup::of_sorted(&samples, self.opts.wants_quantiles(st.key.as_ref()))
