@@ -12,6 +12,8 @@ use strata_model::Sample;
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
 const PCO: u8 = 2;
+/// Pco values with evenly spaced timestamps, stored as first and step.
+const PCO_REGULAR: u8 = 3;
 /// In a pco chunk: values are floats, not scaled decimals.
 const PCO_FLOATS: u8 = 0xFF;
 const VALUES_DECIMAL: u8 = 0;
@@ -144,14 +146,27 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
     best
 }
 
-/// The pco form: `PCO, varint n, kind (decimals k, or PCO_FLOATS), varint ts_len, ts, values`.
+/// The step of `samples` when they are evenly spaced (at least two, positive step).
+fn regular_step(samples: &[Sample]) -> Option<i64> {
+    let step = samples
+        .get(1)?
+        .timestamp
+        .checked_sub(samples[0].timestamp)?;
+    (step > 0
+        && samples
+            .windows(2)
+            .all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == step))
+    .then_some(step)
+}
+
+/// The pco forms: `PCO, varint n, kind (decimals k, or PCO_FLOATS), varint ts_len, ts, values`
+/// or, for evenly spaced timestamps, `PCO_REGULAR, varint n, kind, zig first, zig step, values`
+/// (regular scrapes then cost no timestamp decoding at all).
 fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
     if samples.len() < 16 {
         return None;
     }
     let cfg = pco::ChunkConfig::default();
-    let ts: Vec<i64> = samples.iter().map(|s| s.timestamp).collect();
-    let tsb = pco::standalone::simple_compress(&ts, &cfg).ok()?;
     let (kind, vb) = match decimals(samples) {
         Some((k, scale)) => {
             let ints: Vec<i64> = samples
@@ -176,29 +191,49 @@ fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
             (PCO_FLOATS, vb)
         }
     };
-    let mut out = Vec::with_capacity(tsb.len() + vb.len() + 16);
-    out.push(PCO);
-    put(&mut out, samples.len() as u64);
-    out.push(kind);
-    put(&mut out, tsb.len() as u64);
-    out.extend_from_slice(&tsb);
+    let mut out = Vec::with_capacity(vb.len() + 32);
+    match regular_step(samples) {
+        Some(step) => {
+            out.push(PCO_REGULAR);
+            put(&mut out, samples.len() as u64);
+            out.push(kind);
+            put(&mut out, zig(samples[0].timestamp));
+            put(&mut out, zig(step));
+        }
+        None => {
+            let ts: Vec<i64> = samples.iter().map(|s| s.timestamp).collect();
+            let tsb = pco::standalone::simple_compress(&ts, &cfg).ok()?;
+            out.push(PCO);
+            put(&mut out, samples.len() as u64);
+            out.push(kind);
+            put(&mut out, tsb.len() as u64);
+            out.extend_from_slice(&tsb);
+        }
+    }
     out.extend_from_slice(&vb);
     Some(out)
 }
 
-fn decode_pco(rest: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
+/// Decodes the pco forms (`regular`: `PCO_REGULAR`), appending to `out`.
+fn decode_pco(rest: &[u8], regular: bool, out: &mut Vec<Sample>) -> Result<(), ChunkError> {
     let damaged = ChunkError("pco data damaged");
     let mut r = Reader { b: rest, p: 0 };
     let n = r.varint()? as usize;
     let kind = r.byte()?;
-    let ts_len = r.varint()? as usize;
-    let ts_end =
-        r.p.checked_add(ts_len)
-            .filter(|e| *e <= rest.len())
-            .ok_or(ChunkError("truncated"))?;
-    let ts: Vec<i64> =
-        pco::standalone::simple_decompress(&rest[r.p..ts_end]).map_err(|_| damaged.clone())?;
-    let vals = &rest[ts_end..];
+    let (regular_ts, ts) = if regular {
+        ((unzig(r.varint()?), unzig(r.varint()?)), Vec::new())
+    } else {
+        let ts_len = r.varint()? as usize;
+        let ts_end =
+            r.p.checked_add(ts_len)
+                .filter(|e| *e <= rest.len())
+                .ok_or(ChunkError("truncated"))?;
+        let ts: Vec<i64> =
+            pco::standalone::simple_decompress(&rest[r.p..ts_end]).map_err(|_| damaged.clone())?;
+        r.p = ts_end;
+        ((0, 0), ts)
+    };
+    let vals = &rest[r.p..];
     let values: Vec<f64> = if kind == PCO_FLOATS {
         pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?
     } else {
@@ -210,10 +245,20 @@ fn decode_pco(rest: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
             pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?;
         ints.into_iter().map(|x| x as f64 / scale).collect()
     };
-    if ts.len() != n || values.len() != n {
+    if values.len() != n || (!regular && ts.len() != n) {
         return Err(ChunkError("column lengths disagree"));
     }
-    out.extend(ts.into_iter().zip(values).map(|(t, v)| Sample::new(t, v)));
+    if regular {
+        let (first, step) = regular_ts;
+        out.extend(
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Sample::new(first.wrapping_add((i as i64).wrapping_mul(step)), v)),
+        );
+    } else {
+        out.extend(ts.into_iter().zip(values).map(|(t, v)| Sample::new(t, v)));
+    }
     Ok(())
 }
 
@@ -233,7 +278,8 @@ pub fn decode(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
                 .map_err(|_| ChunkError("zstd data damaged"))?;
             &owned
         }
-        PCO => return decode_pco(rest, out),
+        PCO => return decode_pco(rest, false, out),
+        PCO_REGULAR => return decode_pco(rest, true, out),
         _ => return Err(ChunkError("unknown chunk encoding")),
     };
     let mut r = Reader { b: body, p: 0 };
@@ -331,6 +377,32 @@ mod tests {
             encode(&dec, true).len()
         );
         round_trip(&[], true);
+    }
+
+    #[test]
+    fn evenly_spaced_timestamps_are_stored_as_first_and_step() {
+        // A random walk in steps of 0.1, as sensors report: pco's kind of data.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut v = 0i64;
+        let regular: Vec<Sample> = (0..300)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v += (x % 41) as i64 - 20;
+                Sample::new(1_700_000_000_000 + i * 15_000, v as f64 / 10.0)
+            })
+            .collect();
+        assert_eq!(encode(&regular, true)[0], PCO_REGULAR);
+        round_trip(&regular, true);
+        let mut gap = regular.clone();
+        gap[150].timestamp += 1;
+        assert_ne!(encode(&gap, true)[0], PCO_REGULAR);
+        round_trip(&gap, true);
+        let floats: Vec<Sample> = (0..300)
+            .map(|i| Sample::new(-5_000 + i * 7, (i as f64).sqrt()))
+            .collect();
+        round_trip(&floats, true);
     }
 
     #[test]
