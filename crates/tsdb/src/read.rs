@@ -41,7 +41,8 @@ impl SeriesRead {
     }
 
     /// Decodes the samples in `[start, end]` into `buf` (cleared first): sorted, one per
-    /// timestamp, the last write winning. Returns the range of `buf` that is in `[start, end]`.
+    /// timestamp, the last write winning. Returns the range of `buf` that is in `[start, end]`
+    /// (block chunks decode by whole pages, so `buf` may hold more).
     fn decode_into(
         &self,
         start: i64,
@@ -50,7 +51,7 @@ impl SeriesRead {
     ) -> Result<std::ops::Range<usize>, StorageError> {
         buf.clear();
         for (b, id) in &self.blocks {
-            b.read(*id, buf)
+            b.read_range(*id, start, end, buf)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
         }
         buf.extend_from_slice(&self.head);
