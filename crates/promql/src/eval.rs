@@ -264,6 +264,23 @@ pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     }
 }
 
+/// A range selector's points: the samples without staleness markers. By value, so the
+/// conversion reuses the samples' allocation; the filter runs only where markers are.
+fn points_of(samples: Vec<strata_model::Sample>) -> Vec<(i64, f64)> {
+    if samples.iter().any(|s| s.is_stale()) {
+        samples
+            .into_iter()
+            .filter(|s| !s.is_stale())
+            .map(|s| (s.timestamp, s.value))
+            .collect()
+    } else {
+        samples
+            .into_iter()
+            .map(|s| (s.timestamp, s.value))
+            .collect()
+    }
+}
+
 /// Converts a selector's matchers (with `or` alternatives) into storage matchers.
 pub fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, String> {
     let convert = |ms: &[promql_parser::label::Matcher]| -> Result<Vec<Matcher>, String> {
@@ -474,7 +491,7 @@ impl<'a> Env<'a> {
         };
         let work = series.iter().map(|s| s.1.len() + grid.len()).sum();
         let points = par_map(&series, work, |_, (_, samples)| {
-            let mut points = Vec::new();
+            let mut points = Vec::with_capacity(grid.len().min(samples.len()));
             let mut j = 0usize;
             if let Some(t) = at {
                 if let Some(v) = latest(samples, &mut j, t - offset) {
@@ -522,12 +539,7 @@ impl<'a> Env<'a> {
             .map(|(labels, samples)| Row {
                 labels,
                 drop_name: false,
-                // By value: the conversion reuses the samples' allocation.
-                points: samples
-                    .into_iter()
-                    .filter(|s| !s.is_stale())
-                    .map(|s| (s.timestamp, s.value))
-                    .collect(),
+                points: points_of(samples),
             })
             .filter(|r| !r.points.is_empty())
             .collect();

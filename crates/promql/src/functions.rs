@@ -751,7 +751,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
         // Only a series that ever goes down needs its windows scanned for counter resets.
         let resets = counter && row.points.windows(2).any(|p| p[1].1 < p[0].1);
         let mut scratch: Vec<f64> = Vec::new();
-        let mut points = Vec::new();
+        let mut points = Vec::with_capacity(grid.len().min(row.points.len()));
         for_each_window(&rv, row, grid, |si, ts, w| {
             if w.is_empty() {
                 return;

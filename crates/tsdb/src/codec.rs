@@ -57,6 +57,7 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    #[inline]
     fn varint(&mut self) -> Result<u64, ChunkError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -143,7 +144,13 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
             }
         }
         if let Some(p) = encode_pco(samples) {
-            if p.len() < best.len() {
+            // Paged chunks let a reader decode only the pages it needs: worth a little size.
+            let allowance = if p[0] == PCO_PAGED {
+                best.len() / 50
+            } else {
+                0
+            };
+            if p.len() < best.len() + allowance {
                 best = p;
             }
         }
@@ -320,8 +327,8 @@ fn decode_paged(
     let (first, step) = (unzig(r.varint()?), unzig(r.varint()?));
     let pages = r.varint()? as usize;
     let meta_len = r.varint()? as usize;
-    if pages == 0 || pages > n || pages > rest.len() {
-        return Err(ChunkError("bad page count"));
+    if pages == 0 || pages > n || pages > rest.len() || step <= 0 {
+        return Err(ChunkError("bad page count or step"));
     }
     let mut lens = Vec::with_capacity(pages);
     for _ in 0..pages {
@@ -329,7 +336,6 @@ fn decode_paged(
     }
     let body = &rest[r.p..];
     let meta = body.get(..meta_len).ok_or(ChunkError("truncated"))?;
-    // The pages overlapping the range: (first timestamp, samples, bytes).
     let mut wanted = Vec::new();
     let (mut at, mut index) = (meta_len, 0i64);
     for (len, count) in lens.iter().zip(page_counts(n, pages)) {
@@ -340,7 +346,23 @@ fn decode_paged(
         let lo = first.wrapping_add(index.wrapping_mul(step));
         let hi = lo.wrapping_add((count as i64 - 1).wrapping_mul(step));
         if hi >= start && lo <= end {
-            wanted.push((lo, count, bytes));
+            // The samples of the page inside the range (step > 0, checked above).
+            let skip = if lo < start {
+                (start - lo - 1) / step + 1
+            } else {
+                0
+            };
+            let keep = if hi > end {
+                (end - lo) / step + 1
+            } else {
+                count as i64
+            };
+            wanted.push(Page {
+                first: lo,
+                count,
+                bytes,
+                keep: skip as usize..keep as usize,
+            });
         }
         at += len;
         index += count as i64;
@@ -351,21 +373,35 @@ fn decode_paged(
     if wanted.is_empty() {
         return Ok(());
     }
-    if kind == PCO_FLOATS {
-        decode_pages::<f64>(meta, &wanted, step, out, |v| v)
-    } else {
-        if kind as i32 > MAX_DECIMALS {
-            return Err(ChunkError("bad decimal exponent"));
+    out.reserve(wanted.iter().map(|p| p.keep.len()).sum());
+    match kind {
+        PCO_FLOATS => decode_pages::<f64>(meta, &wanted, step, out, |v| v),
+        // Integers need no scaling (and dividing by 1 would cost as much as the rest).
+        0 => decode_pages::<i64>(meta, &wanted, step, out, |x| x as f64),
+        k if k as i32 <= MAX_DECIMALS => {
+            let scale = 10f64.powi(k as i32);
+            decode_pages::<i64>(meta, &wanted, step, out, |x| x as f64 / scale)
         }
-        let scale = 10f64.powi(kind as i32);
-        decode_pages::<i64>(meta, &wanted, step, out, |x| x as f64 / scale)
+        _ => Err(ChunkError("bad decimal exponent")),
     }
 }
 
-/// Decodes `pages` (first timestamp, samples, bytes) of the pco chunk described by `meta`.
+/// A page of a paged chunk to decode.
+struct Page<'a> {
+    /// Timestamp of its first sample.
+    first: i64,
+    /// Samples it holds.
+    count: usize,
+    /// Its pco bytes.
+    bytes: &'a [u8],
+    /// The samples wanted, by position in the page.
+    keep: std::ops::Range<usize>,
+}
+
+/// Decodes the wanted samples of `pages` of the pco chunk described by `meta`.
 fn decode_pages<T: pco::data_types::Number>(
     meta: &[u8],
-    pages: &[(i64, usize, &[u8])],
+    pages: &[Page<'_>],
     step: i64,
     out: &mut Vec<Sample>,
     value: impl Fn(T) -> f64,
@@ -374,18 +410,24 @@ fn decode_pages<T: pco::data_types::Number>(
     let (fd, rest) = pco::wrapped::FileDecompressor::new(meta).map_err(damaged)?;
     let (mut cd, _) = fd.chunk_decompressor::<T, _>(rest).map_err(damaged)?;
     let mut buf: Vec<T> = Vec::new();
-    for &(lo, count, bytes) in pages {
+    for p in pages {
         buf.clear();
-        buf.resize(count, T::default());
-        let mut pd = cd.page_decompressor(bytes, count).map_err(damaged)?;
+        buf.resize(p.count, T::default());
+        let mut pd = cd.page_decompressor(p.bytes, p.count).map_err(damaged)?;
         let progress = pd.read(&mut buf).map_err(damaged)?;
-        if progress.n_processed != count || !progress.finished {
+        if progress.n_processed != p.count || !progress.finished {
             return Err(ChunkError("page shorter than its count"));
         }
         out.extend(
-            buf.iter().enumerate().map(|(i, v)| {
-                Sample::new(lo.wrapping_add((i as i64).wrapping_mul(step)), value(*v))
-            }),
+            buf[p.keep.clone()]
+                .iter()
+                .zip(p.keep.start..)
+                .map(|(v, i)| {
+                    Sample::new(
+                        p.first.wrapping_add((i as i64).wrapping_mul(step)),
+                        value(*v),
+                    )
+                }),
         );
     }
     Ok(())
@@ -444,15 +486,34 @@ pub fn decode(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
     decode_range(chunk, i64::MIN, i64::MAX, out)
 }
 
-/// Decodes at least the samples of a chunk in `[start, end]`, appending them to `out`: paged
-/// chunks decode only their pages overlapping the range, other chunks decode whole. The caller
-/// drops what lies outside the range.
+/// Decodes the samples of a chunk in `[start, end]`, appending them to `out`. Paged chunks
+/// decode only their pages overlapping the range; other chunks decode whole and are cut.
 pub fn decode_range(
     chunk: &[u8],
     start: i64,
     end: i64,
     out: &mut Vec<Sample>,
 ) -> Result<(), ChunkError> {
+    if start > end {
+        return Ok(());
+    }
+    if chunk.first() == Some(&PCO_PAGED) {
+        return decode_paged(&chunk[1..], start, end, out);
+    }
+    let from = out.len();
+    decode_whole(chunk, out)?;
+    let part = &out[from..];
+    let (lo, hi) = (
+        part.partition_point(|s| s.timestamp < start),
+        part.partition_point(|s| s.timestamp <= end),
+    );
+    out.truncate(from + hi.max(lo));
+    out.drain(from..from + lo);
+    Ok(())
+}
+
+/// Decodes a chunk that is not paged, appending all its samples to `out`.
+fn decode_whole(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
     let (&flag, rest) = chunk.split_first().ok_or(ChunkError("empty"))?;
     let owned;
     let body: &[u8] = match flag {
@@ -469,7 +530,6 @@ pub fn decode_range(
         }
         PCO => return decode_pco(rest, false, out),
         PCO_REGULAR => return decode_pco(rest, true, out),
-        PCO_PAGED => return decode_paged(rest, start, end, out),
         _ => return Err(ChunkError("unknown chunk encoding")),
     };
     let mut r = Reader { b: body, p: 0 };
@@ -500,7 +560,8 @@ pub fn decode_range(
             let mut x = 0i64;
             for s in &mut out[start..] {
                 x = x.wrapping_add(unzig(r.varint()?));
-                s.value = x as f64 / scale;
+                // Integers need no scaling (dividing by 1 costs as much as the rest).
+                s.value = if k == 0 { x as f64 } else { x as f64 / scale };
             }
         }
         VALUES_XOR => {

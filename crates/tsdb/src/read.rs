@@ -30,38 +30,38 @@ impl SeriesRead {
         }
     }
 
-    /// At most how many samples decoding yields (to share work between threads).
-    fn weight(&self) -> usize {
+    /// About how many samples decoding `[start, end]` yields (to share work between threads):
+    /// each chunk's count in proportion to how much of its time span the range covers.
+    fn weight(&self, start: i64, end: i64) -> usize {
+        let part = |min_t: i64, max_t: i64, count: u32| {
+            let span = (max_t as i128 - min_t as i128 + 1).max(1);
+            let covered = (end.min(max_t) as i128 - start.max(min_t) as i128 + 1).clamp(0, span);
+            (count as i128 * covered / span) as usize
+        };
         self.head.len()
             + self
                 .blocks
                 .iter()
-                .map(|(b, id)| b.meta(*id).count as usize)
+                .map(|(b, id)| {
+                    let m = b.meta(*id);
+                    part(m.min_t, m.max_t, m.count)
+                })
                 .sum::<usize>()
     }
 
-    /// Decodes the samples in `[start, end]` into `buf` (cleared first): sorted, one per
-    /// timestamp, the last write winning. Returns the range of `buf` that is in `[start, end]`
-    /// (block chunks decode by whole pages, so `buf` may hold more).
-    fn decode_into(
-        &self,
-        start: i64,
-        end: i64,
-        buf: &mut Vec<Sample>,
-    ) -> Result<std::ops::Range<usize>, StorageError> {
-        buf.clear();
+    /// Its samples in `[start, end]`: sorted, one per timestamp, the last write winning.
+    fn decode(&self, start: i64, end: i64) -> Result<Vec<Sample>, StorageError> {
+        let mut out = Vec::new();
         for (b, id) in &self.blocks {
-            b.read_range(*id, start, end, buf)
+            b.read_range(*id, start, end, &mut out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
         }
-        buf.extend_from_slice(&self.head);
+        out.extend_from_slice(&self.head);
         // Parts are each sorted; usually they follow each other in time and need no merge.
-        if !buf.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
-            sort_last_wins(buf);
+        if !out.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
+            sort_last_wins(&mut out);
         }
-        let lo = buf.partition_point(|s| s.timestamp < start);
-        let hi = buf.partition_point(|s| s.timestamp <= end);
-        Ok(lo..hi.max(lo))
+        Ok(out)
     }
 }
 
@@ -72,19 +72,21 @@ pub fn read_all(
     reads: Vec<SeriesRead>,
     hints: &SelectHints,
 ) -> Result<Vec<SeriesSamples>, StorageError> {
-    let weights: Vec<usize> = reads.iter().map(SeriesRead::weight).collect();
+    let weights: Vec<usize> = reads
+        .iter()
+        .map(|r| r.weight(hints.start, hints.end))
+        .collect();
     let total: usize = weights.iter().sum();
     let threads = cores().min(total / MIN_SAMPLES_PER_THREAD).max(1);
     let parts = split_by_weight(&weights, threads);
     let decode = |part: &[SeriesRead]| -> Result<Vec<SeriesSamples>, StorageError> {
-        let mut buf = Vec::new();
         let mut out = Vec::with_capacity(part.len());
         for r in part {
-            let range = r.decode_into(hints.start, hints.end, &mut buf)?;
-            if !range.is_empty() {
+            let samples = r.decode(hints.start, hints.end)?;
+            if !samples.is_empty() {
                 out.push(SeriesSamples {
                     labels: r.key.labels(),
-                    samples: buf[range].to_vec(),
+                    samples,
                 });
             }
         }

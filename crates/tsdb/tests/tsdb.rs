@@ -393,9 +393,19 @@ fn partial_reads_equal_full_reads_across_pages_blocks_and_head() {
     let db = open(dir.path());
     let start = (now() - 30 * H) / 15_000 * 15_000;
     let series: &[(&str, &str)] = &[("__name__", "m"), ("d", "1")];
-    // Ten hours at 15 s: several 2 h blocks, compacted into paged chunks.
+    // Ten hours at 15 s of a noisy percentage (pco's kind of data): several 2 h blocks,
+    // compacted into paged chunks.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut v = 50.0f64;
     let rows: Vec<Row<'_>> = (0..2400)
-        .map(|i| (series, start + i * 15_000, ((i * 37) % 101) as f64 / 10.0))
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = (x >> 11) as f64 / (1u64 << 53) as f64;
+            v = ((v + (r - 0.5) * 6.0).clamp(0.0, 100.0) * 100.0).round() / 100.0;
+            (series, start + i * 15_000, v)
+        })
         .collect();
     for (k, part) in rows.chunks(500).enumerate() {
         db.append(&batch("default", part), k as u64);
