@@ -138,6 +138,103 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
     }
 }
 
+impl Acc {
+    /// Adds value `f` of a row (`drop_name`: the row asks to drop `__name__`).
+    fn add(&mut self, op: AggOp, f: f64, drop_name: bool) {
+        if !self.seen {
+            self.seen = true;
+            self.value = f;
+            self.mean = f;
+            self.kahan_c = 0.0;
+            self.count = 1.0;
+            self.incremental_mean = false;
+            self.drop_name = drop_name;
+            self.values.clear();
+            match op {
+                AggOp::Stddev | AggOp::Stdvar => {
+                    self.value = if f.is_nan() || f.is_infinite() {
+                        f64::NAN
+                    } else {
+                        0.0
+                    };
+                }
+                AggOp::Quantile => self.values.push(f),
+                AggOp::Group => self.value = 1.0,
+                _ => {}
+            }
+            return;
+        }
+        if drop_name {
+            self.drop_name = true;
+        }
+        match op {
+            AggOp::Sum => {
+                (self.value, self.kahan_c) = kahan_inc(f, self.value, self.kahan_c);
+            }
+            AggOp::Avg => {
+                self.count += 1.0;
+                if !self.incremental_mean {
+                    let (nv, nc) = kahan_inc(f, self.value, self.kahan_c);
+                    if !nv.is_infinite() {
+                        self.value = nv;
+                        self.kahan_c = nc;
+                        return;
+                    }
+                    self.incremental_mean = true;
+                    self.mean = self.value / (self.count - 1.0);
+                    self.kahan_c /= self.count - 1.0;
+                }
+                let q = (self.count - 1.0) / self.count;
+                (self.mean, self.kahan_c) =
+                    kahan_inc(f / self.count, q * self.mean, q * self.kahan_c);
+            }
+            AggOp::Group => {}
+            AggOp::Max => {
+                if self.value < f || self.value.is_nan() {
+                    self.value = f;
+                }
+            }
+            AggOp::Min => {
+                if self.value > f || self.value.is_nan() {
+                    self.value = f;
+                }
+            }
+            AggOp::Count => self.count += 1.0,
+            AggOp::Stddev | AggOp::Stdvar => {
+                self.count += 1.0;
+                let delta = f - self.mean;
+                self.mean += delta / self.count;
+                self.value += delta * (f - self.mean);
+            }
+            AggOp::Quantile => self.values.push(f),
+            _ => unreachable!("handled elsewhere"),
+        }
+    }
+
+    /// The aggregate of the values added (`q`: the quantile asked for).
+    fn result(&mut self, op: AggOp, q: f64) -> f64 {
+        match op {
+            AggOp::Avg => {
+                if self.incremental_mean {
+                    self.mean + self.kahan_c
+                } else {
+                    self.value / self.count + self.kahan_c / self.count
+                }
+            }
+            AggOp::Count => self.count,
+            AggOp::Stdvar => self.value / self.count,
+            AggOp::Stddev => (self.value / self.count).sqrt(),
+            AggOp::Quantile => quantile(q, &mut self.values),
+            AggOp::Sum => self.value + self.kahan_c,
+            _ => self.value,
+        }
+    }
+}
+
+/// Most accumulators held at once: steps are aggregated in blocks of this many divided by the
+/// number of groups.
+const MAX_ACCS: usize = 1 << 16;
+
 fn aggregate(
     env: &Env,
     op: AggOp,
@@ -147,6 +244,7 @@ fn aggregate(
     param: Option<&[f64]>,
     grid: Grid,
 ) -> Result<Val, Error> {
+    let groups = group_labels.len();
     let mut out: Vec<Row> = group_labels
         .into_iter()
         .map(|labels| Row {
@@ -155,110 +253,39 @@ fn aggregate(
             points: Vec::new(),
         })
         .collect();
-    let mut accs: Vec<Acc> = vec![Acc::default(); out.len()];
-    let mut stepper = Stepper::new(rows);
-    for (si, ts) in grid.iter().enumerate() {
-        if si % 64 == 0 {
-            env.check("expression evaluation")?;
-        }
-        for a in accs.iter_mut() {
-            a.seen = false;
-        }
+    // Row by row over a block of steps (each row's points are read in order, once), with one
+    // accumulator per group and step; every accumulator still sees its rows in row order.
+    let block = (MAX_ACCS / groups.max(1)).clamp(1, grid.len());
+    let mut accs: Vec<Acc> = vec![Acc::default(); groups * block];
+    let mut pos = vec![0usize; rows.len()];
+    for first in (0..grid.len()).step_by(block) {
+        env.check("expression evaluation")?;
+        let n = block.min(grid.len() - first);
+        let last_ts = grid.ts(first + n - 1);
+        accs.iter_mut().for_each(|a| a.seen = false);
         for (i, row) in rows.iter().enumerate() {
-            let Some(f) = stepper.at(rows, i, ts) else {
-                continue;
-            };
-            let a = &mut accs[group_of[i]];
-            if !a.seen {
-                a.seen = true;
-                a.value = f;
-                a.mean = f;
-                a.kahan_c = 0.0;
-                a.count = 1.0;
-                a.incremental_mean = false;
-                a.drop_name = row.drop_name;
-                a.values.clear();
-                match op {
-                    AggOp::Stddev | AggOp::Stdvar => {
-                        a.value = if f.is_nan() || f.is_infinite() {
-                            f64::NAN
-                        } else {
-                            0.0
-                        };
-                    }
-                    AggOp::Quantile => a.values.push(f),
-                    AggOp::Group => a.value = 1.0,
-                    _ => {}
+            let g = group_of[i];
+            let (pts, p) = (&row.points, &mut pos[i]);
+            while *p < pts.len() && pts[*p].0 <= last_ts {
+                let (ts, f) = pts[*p];
+                *p += 1;
+                let off = ts - grid.start;
+                if off < 0 || off % grid.step != 0 {
+                    continue;
                 }
-                continue;
-            }
-            if row.drop_name {
-                a.drop_name = true;
-            }
-            match op {
-                AggOp::Sum => {
-                    (a.value, a.kahan_c) = kahan_inc(f, a.value, a.kahan_c);
-                }
-                AggOp::Avg => {
-                    a.count += 1.0;
-                    if !a.incremental_mean {
-                        let (nv, nc) = kahan_inc(f, a.value, a.kahan_c);
-                        if !nv.is_infinite() {
-                            a.value = nv;
-                            a.kahan_c = nc;
-                            continue;
-                        }
-                        a.incremental_mean = true;
-                        a.mean = a.value / (a.count - 1.0);
-                        a.kahan_c /= a.count - 1.0;
-                    }
-                    let q = (a.count - 1.0) / a.count;
-                    (a.mean, a.kahan_c) = kahan_inc(f / a.count, q * a.mean, q * a.kahan_c);
-                }
-                AggOp::Group => {}
-                AggOp::Max => {
-                    if a.value < f || a.value.is_nan() {
-                        a.value = f;
-                    }
-                }
-                AggOp::Min => {
-                    if a.value > f || a.value.is_nan() {
-                        a.value = f;
-                    }
-                }
-                AggOp::Count => a.count += 1.0,
-                AggOp::Stddev | AggOp::Stdvar => {
-                    a.count += 1.0;
-                    let delta = f - a.mean;
-                    a.mean += delta / a.count;
-                    a.value += delta * (f - a.mean);
-                }
-                AggOp::Quantile => a.values.push(f),
-                _ => unreachable!("handled elsewhere"),
+                let si = grid.index(ts) - first;
+                accs[si * groups + g].add(op, f, row.drop_name);
             }
         }
-        let q = param.map(|p| p[si]).unwrap_or(0.0);
-        for (g, a) in accs.iter_mut().enumerate() {
-            if !a.seen {
-                continue;
-            }
-            let v = match op {
-                AggOp::Avg => {
-                    if a.incremental_mean {
-                        a.mean + a.kahan_c
-                    } else {
-                        a.value / a.count + a.kahan_c / a.count
-                    }
+        for si in 0..n {
+            let ts = grid.ts(first + si);
+            let q = param.map(|p| p[first + si]).unwrap_or(0.0);
+            for (g, a) in accs[si * groups..(si + 1) * groups].iter_mut().enumerate() {
+                if a.seen {
+                    out[g].points.push((ts, a.result(op, q)));
+                    out[g].drop_name = a.drop_name;
                 }
-                AggOp::Count => a.count,
-                AggOp::Stdvar => a.value / a.count,
-                AggOp::Stddev => (a.value / a.count).sqrt(),
-                AggOp::Quantile => quantile(q, &mut a.values),
-                AggOp::Sum => a.value + a.kahan_c,
-                _ => a.value,
-            };
-            out[g].points.push((ts, v));
-            out[g].drop_name = a.drop_name;
+            }
         }
     }
     out.retain(|r| !r.points.is_empty());

@@ -12,6 +12,7 @@ use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 use strata_model::{Labels, Matcher, SelectHints, Storage, StorageError, METRIC_NAME};
 
@@ -206,6 +207,48 @@ impl Env<'_> {
     }
 }
 
+/// Below this much work (samples and steps to visit) per thread, a thread costs more than it
+/// saves.
+const MIN_WORK_PER_THREAD: usize = 100_000;
+
+/// `f(index, item)` for every item, in order; spread over the cores when `work` (about how many
+/// samples and steps all calls visit) is large enough to pay for the threads.
+pub(crate) fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    work: usize,
+    f: impl Fn(usize, &T) -> R + Sync,
+) -> Vec<R> {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cores
+        .min(work / MIN_WORK_PER_THREAD)
+        .min(items.len())
+        .max(1);
+    if threads == 1 {
+        return items.iter().enumerate().map(|(i, x)| f(i, x)).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let f = &f;
+    let run = move |from: usize, part: &[T]| -> Vec<R> {
+        part.iter()
+            .enumerate()
+            .map(|(i, x)| f(from + i, x))
+            .collect()
+    };
+    std::thread::scope(|s| {
+        let mut parts = items.chunks(per).enumerate();
+        let (_, first) = parts.next().expect("items is not empty");
+        let handles: Vec<_> = parts
+            .map(|(k, part)| s.spawn(move || run(k * per, part)))
+            .collect();
+        let mut out = run(0, first);
+        for h in handles {
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
 pub(crate) fn system_time_ms(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => d.as_millis() as i64,
@@ -218,6 +261,23 @@ pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
         None => 0,
         Some(Offset::Pos(d)) => d.as_millis() as i64,
         Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+    }
+}
+
+/// A range selector's points: the samples without staleness markers. By value, so the
+/// conversion reuses the samples' allocation; the filter runs only where markers are.
+fn points_of(samples: Vec<strata_model::Sample>) -> Vec<(i64, f64)> {
+    if samples.iter().any(|s| s.is_stale()) {
+        samples
+            .into_iter()
+            .filter(|s| !s.is_stale())
+            .map(|s| (s.timestamp, s.value))
+            .collect()
+    } else {
+        samples
+            .into_iter()
+            .map(|s| (s.timestamp, s.value))
+            .collect()
     }
 }
 
@@ -412,7 +472,7 @@ impl<'a> Env<'a> {
         &self,
         vs: &VectorSelector,
         grid: Grid,
-        pick: impl Fn(&strata_model::Sample) -> f64,
+        pick: impl Fn(&strata_model::Sample) -> f64 + Sync,
     ) -> Result<Vec<Row>, Error> {
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
@@ -422,7 +482,6 @@ impl<'a> Env<'a> {
             None => (grid.start - offset, grid.end - offset),
         };
         let series = self.select(vs, min_ref - lookback + 1, max_ref)?;
-        let mut rows = Vec::with_capacity(series.len());
         let latest = |samples: &[strata_model::Sample], j: &mut usize, r: i64| -> Option<f64> {
             while *j < samples.len() && samples[*j].timestamp <= r {
                 *j += 1;
@@ -430,28 +489,33 @@ impl<'a> Env<'a> {
             let s = &samples[j.checked_sub(1)?];
             (s.timestamp > r - lookback && !s.is_stale()).then(|| pick(s))
         };
-        for (labels, samples) in series {
-            let mut points = Vec::new();
+        let work = series.iter().map(|s| s.1.len() + grid.len()).sum();
+        let points = par_map(&series, work, |_, (_, samples)| {
+            let mut points = Vec::with_capacity(grid.len().min(samples.len()));
             let mut j = 0usize;
             if let Some(t) = at {
-                if let Some(v) = latest(&samples, &mut j, t - offset) {
+                if let Some(v) = latest(samples, &mut j, t - offset) {
                     points.extend(grid.iter().map(|ts| (ts, v)));
                 }
             } else {
                 for ts in grid.iter() {
-                    if let Some(v) = latest(&samples, &mut j, ts - offset) {
+                    if let Some(v) = latest(samples, &mut j, ts - offset) {
                         points.push((ts, v));
                     }
                 }
             }
-            if !points.is_empty() {
-                rows.push(Row {
-                    labels,
-                    drop_name: false,
-                    points,
-                });
-            }
-        }
+            points
+        });
+        let rows: Vec<Row> = series
+            .into_iter()
+            .zip(points)
+            .filter(|(_, points)| !points.is_empty())
+            .map(|((labels, _), points)| Row {
+                labels,
+                drop_name: false,
+                points,
+            })
+            .collect();
         self.account(rows.iter().map(|r| r.points.len()).sum())?;
         Ok(rows)
     }
@@ -475,11 +539,7 @@ impl<'a> Env<'a> {
             .map(|(labels, samples)| Row {
                 labels,
                 drop_name: false,
-                points: samples
-                    .iter()
-                    .filter(|s| !s.is_stale())
-                    .map(|s| (s.timestamp, s.value))
-                    .collect(),
+                points: points_of(samples),
             })
             .filter(|r| !r.points.is_empty())
             .collect();

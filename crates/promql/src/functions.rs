@@ -1,7 +1,7 @@
 //! PromQL functions.
 
 use crate::eval::{
-    merge_same_labelsets, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
+    merge_same_labelsets, par_map, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
 };
 use crate::labels::{go_quote, valid_label_name};
 use crate::stats::{bucket_fraction, bucket_quantile, kahan_inc, quantile, Bucket};
@@ -743,23 +743,24 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
         }
     }
     let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
-    let mut out = Vec::with_capacity(rv.rows.len());
-    let mut scratch: Vec<f64> = Vec::new();
-    let mut warned_counter = false;
-    for (ri, row) in rv.rows.iter().enumerate() {
+    let counter = matches!(kind, RangeFn::Rate | RangeFn::Increase);
+    let row_points = |ri: usize, row: &Row| -> Result<Vec<(i64, f64)>, Error> {
         if ri % 256 == 0 {
             env.check("expression evaluation")?;
         }
-        let mut points = Vec::new();
+        // Only a series that ever goes down needs its windows scanned for counter resets.
+        let resets = counter && row.points.windows(2).any(|p| p[1].1 < p[0].1);
+        let mut scratch: Vec<f64> = Vec::new();
+        let mut points = Vec::with_capacity(grid.len().min(row.points.len()));
         for_each_window(&rv, row, grid, |si, ts, w| {
             if w.is_empty() {
                 return;
             }
             let (wlo, whi) = rv.window(ts);
             let v = match kind {
-                RangeFn::Rate => extrapolated_rate(w, wlo, whi, rv.range, true, true),
-                RangeFn::Increase => extrapolated_rate(w, wlo, whi, rv.range, true, false),
-                RangeFn::Delta => extrapolated_rate(w, wlo, whi, rv.range, false, false),
+                RangeFn::Rate => extrapolated_rate(w, wlo, whi, rv.range, true, resets, true),
+                RangeFn::Increase => extrapolated_rate(w, wlo, whi, rv.range, true, resets, false),
+                RangeFn::Delta => extrapolated_rate(w, wlo, whi, rv.range, false, false, false),
                 RangeFn::Irate => instant_value(w, true),
                 RangeFn::Idelta => instant_value(w, false),
                 RangeFn::Deriv => (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
@@ -819,10 +820,18 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
                 points.push((ts, v));
             }
         });
+        Ok(points)
+    };
+    let work = rv.rows.iter().map(|r| r.points.len() + grid.len()).sum();
+    let computed = par_map(&rv.rows, work, row_points);
+    let mut out = Vec::with_capacity(rv.rows.len());
+    let mut warned_counter = false;
+    for (row, points) in rv.rows.into_iter().zip(computed) {
+        let points = points?;
         if points.is_empty() {
             continue;
         }
-        if matches!(kind, RangeFn::Rate | RangeFn::Increase) && !warned_counter {
+        if counter && !warned_counter {
             if let Some(n) = row.labels.metric_name() {
                 if !(n.ends_with("_total")
                     || n.ends_with("_sum")
@@ -838,7 +847,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
             }
         }
         out.push(Row {
-            labels: row.labels.clone(),
+            labels: row.labels,
             drop_name: row.drop_name || !keep_name,
             points,
         });
@@ -961,12 +970,14 @@ fn variance(w: &[(i64, f64)]) -> f64 {
 }
 
 /// `rate`, `increase` and `delta`: the change over the window, extrapolated towards its edges.
+/// `resets`: the window's series goes down somewhere, so a counter's resets need correcting.
 fn extrapolated_rate(
     w: &[(i64, f64)],
     range_start: i64,
     range_end: i64,
     range: i64,
     is_counter: bool,
+    resets: bool,
     is_rate: bool,
 ) -> Option<f64> {
     if w.len() < 2 {
@@ -975,7 +986,7 @@ fn extrapolated_rate(
     let n1 = w.len() - 1;
     let (first_t, last_t) = (w[0].0, w[n1].0);
     let mut result = w[n1].1 - w[0].1;
-    if is_counter {
+    if is_counter && resets {
         for p in w.windows(2) {
             if p[1].1 < p[0].1 {
                 result += p[0].1;

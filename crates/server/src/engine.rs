@@ -527,7 +527,8 @@ impl Drop for Engine {
     }
 }
 
-/// Reads see every shard: series never span shards, so results are concatenated and sorted.
+/// Reads see every shard: series never span shards, so every shard's matching series are
+/// found first and then decoded together, spread over the cores.
 impl Storage for Engine {
     fn select(
         &self,
@@ -535,18 +536,11 @@ impl Storage for Engine {
         matchers: &[Matcher],
         hints: &SelectHints,
     ) -> Result<Vec<SeriesSamples>, StorageError> {
-        let mut out = Vec::new();
-        let mut total = 0usize;
+        let mut reads = Vec::new();
         for s in &self.shards {
-            let part = s.tsdb.select(tenant, matchers, hints)?;
-            total += part.iter().map(|p| p.samples.len()).sum::<usize>();
-            if let Some(limit) = hints.max_samples.filter(|l| total > *l) {
-                return Err(StorageError::TooManySamples { limit });
-            }
-            out.extend(part);
+            reads.extend(s.tsdb.plan(tenant, matchers, hints.start, hints.end)?);
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
+        strata_tsdb::read_all(reads, hints)
     }
 
     fn series(

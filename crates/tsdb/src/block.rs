@@ -265,6 +265,18 @@ impl Block {
 
     /// Decodes series `id`'s samples, appending them to `out`; checks the chunk's CRC.
     pub fn read(&self, id: u32, out: &mut Vec<Sample>) -> Result<(), TsdbError> {
+        self.read_range(id, i64::MIN, i64::MAX, out)
+    }
+
+    /// Decodes at least series `id`'s samples in `[start, end]` (whole pages of the chunk, see
+    /// [`codec::decode_range`]), appending them to `out`; checks the chunk's CRC.
+    pub fn read_range(
+        &self,
+        id: u32,
+        start: i64,
+        end: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), TsdbError> {
         let m = self.chunks[id as usize];
         let data = &self.map[m.offset as usize..m.offset as usize + m.len as usize];
         let bad = |reason: String| TsdbError::Corrupt {
@@ -278,9 +290,11 @@ impl Block {
             )));
         }
         let before = out.len();
-        codec::decode(data, out)
+        codec::decode_range(data, start, end, out)
             .map_err(|e| bad(format!("chunk of series {:?}: {e}", self.index.key(id))))?;
-        if out.len() - before != m.count as usize {
+        let got = out.len() - before;
+        let whole = start <= m.min_t && end >= m.max_t;
+        if got > m.count as usize || (whole && got != m.count as usize) {
             return Err(bad(format!(
                 "chunk of series {:?} holds a different sample count than its index",
                 self.index.key(id)

@@ -18,12 +18,14 @@ mod block;
 pub mod codec;
 mod head;
 mod index;
+mod read;
 
 use ahash::AHashMap;
 use block::{Block, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock};
+pub use read::{read_all, SeriesRead};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -615,20 +617,33 @@ impl Tsdb {
         st
     }
 
-    /// Visits every series of `tenant` matching `matchers` with data overlapping the range:
-    /// `f(key, parts)` gets its samples from blocks (ascending sequence) then the head, when
-    /// `want_samples`; otherwise no samples.
-    fn visit(
+    /// The series of `tenant` matching `matchers` (not all matching the empty string) with
+    /// data in `[start, end]`, sorted by key, ready for [`read_all`] to decode.
+    pub fn plan(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
         end: i64,
-        want_samples: bool,
-        mut f: impl FnMut(SeriesKeyRef<'_>, Vec<Sample>) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Vec<SeriesRead>, StorageError> {
+        if matchers.iter().all(|m| m.matches_empty()) {
+            return Err(StorageError::EmptyMatch);
+        }
+        Ok(self.find(tenant, matchers, start, end, true))
+    }
+
+    /// Every series of `tenant` matching `matchers` with data overlapping the range, sorted by
+    /// key; with its head samples in the range when `with_samples`.
+    fn find(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        with_samples: bool,
+    ) -> Vec<SeriesRead> {
         let inner = self.inner.read();
-        let mut found: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
+        let mut found: BTreeMap<SeriesKeyRef<'_>, SeriesRead> = BTreeMap::new();
         if let Some(bs) = inner.blocks.get(tenant) {
             for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
                 for id in b.index.select(matchers) {
@@ -636,11 +651,12 @@ impl Tsdb {
                     if m.max_t < start || m.min_t > end {
                         continue;
                     }
-                    let out = found.entry(b.index.key(id).to_owned()).or_default();
-                    if want_samples {
-                        b.read(id, out)
-                            .map_err(|e| StorageError::Io(e.to_string()))?;
-                    }
+                    let key = b.index.key(id);
+                    found
+                        .entry(key)
+                        .or_insert_with(|| SeriesRead::new(key.to_owned()))
+                        .blocks
+                        .push((b.clone(), id));
                 }
             }
         }
@@ -651,24 +667,16 @@ impl Tsdb {
                     Some((lo, hi)) if hi >= start && lo <= end => {}
                     _ => continue,
                 }
-                let out = found.entry(h.index.key(id).to_owned()).or_default();
-                if want_samples {
-                    s.read(start, end, out);
+                let key = h.index.key(id);
+                let r = found
+                    .entry(key)
+                    .or_insert_with(|| SeriesRead::new(key.to_owned()));
+                if with_samples {
+                    s.read(start, end, &mut r.head);
                 }
             }
         }
-        drop(inner);
-        for (key, mut samples) in found {
-            if want_samples {
-                sort_last_wins(&mut samples);
-                samples.retain(|s| s.timestamp >= start && s.timestamp <= end);
-                if samples.is_empty() {
-                    continue;
-                }
-            }
-            f(key.as_ref(), samples)?;
-        }
-        Ok(())
+        found.into_values().collect()
     }
 }
 
@@ -768,31 +776,7 @@ impl Storage for Tsdb {
         matchers: &[Matcher],
         hints: &SelectHints,
     ) -> Result<Vec<SeriesSamples>, StorageError> {
-        if matchers.iter().all(|m| m.matches_empty()) {
-            return Err(StorageError::EmptyMatch);
-        }
-        let mut out = Vec::new();
-        let mut total = 0usize;
-        self.visit(
-            tenant,
-            matchers,
-            hints.start,
-            hints.end,
-            true,
-            |key, samples| {
-                total += samples.len();
-                if let Some(limit) = hints.max_samples.filter(|l| total > *l) {
-                    return Err(StorageError::TooManySamples { limit });
-                }
-                out.push(SeriesSamples {
-                    labels: key.labels(),
-                    samples,
-                });
-                Ok(())
-            },
-        )?;
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        Ok(out)
+        read_all(self.plan(tenant, matchers, hints.start, hints.end)?, hints)
     }
 
     fn series(
@@ -802,11 +786,11 @@ impl Storage for Tsdb {
         start: i64,
         end: i64,
     ) -> Result<Vec<Labels>, StorageError> {
-        let mut out = Vec::new();
-        self.visit(tenant, matchers, start, end, false, |key, _| {
-            out.push(key.labels());
-            Ok(())
-        })?;
+        let mut out: Vec<Labels> = self
+            .find(tenant, matchers, start, end, false)
+            .iter()
+            .map(|r| r.key.labels())
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -819,14 +803,13 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut names = std::collections::BTreeSet::new();
-        self.visit(tenant, matchers, start, end, false, |key, _| {
-            for (n, _) in key.pairs() {
+        for r in self.find(tenant, matchers, start, end, false) {
+            for (n, _) in r.key.as_ref().pairs() {
                 if !names.contains(n) {
                     names.insert(n.to_vec());
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(names
             .into_iter()
             .map(|n| String::from_utf8_lossy(&n).into_owned())
@@ -842,14 +825,13 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut values = std::collections::BTreeSet::new();
-        self.visit(tenant, matchers, start, end, false, |key, _| {
-            if let Some(v) = key.get(name.as_bytes()) {
+        for r in self.find(tenant, matchers, start, end, false) {
+            if let Some(v) = r.key.as_ref().get(name.as_bytes()) {
                 if !values.contains(v) {
                     values.insert(v.to_vec());
                 }
             }
-            Ok(())
-        })?;
+        }
         Ok(values
             .into_iter()
             .map(|n| String::from_utf8_lossy(&n).into_owned())

@@ -419,3 +419,81 @@ fn runs_by_handle_overwrite_in_write_order() {
     let db = open(dir.path());
     assert_eq!(all(&db, "default", "w")[0].1, want, "reopened");
 }
+
+#[test]
+fn partial_reads_equal_full_reads_across_pages_blocks_and_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let start = (now() - 30 * H) / 15_000 * 15_000;
+    let series: &[(&str, &str)] = &[("__name__", "m"), ("d", "1")];
+    // Ten hours at 15 s of a noisy percentage (pco's kind of data): several 2 h blocks,
+    // compacted into paged chunks.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut v = 50.0f64;
+    let rows: Vec<Row<'_>> = (0..2400)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let r = (x >> 11) as f64 / (1u64 << 53) as f64;
+            v = ((v + (r - 0.5) * 6.0).clamp(0.0, 100.0) * 100.0).round() / 100.0;
+            (series, start + i * 15_000, v)
+        })
+        .collect();
+    for (k, part) in rows.chunks(500).enumerate() {
+        db.append(&batch("default", part), k as u64);
+    }
+    db.flush().unwrap();
+    db.maintain(now()).unwrap();
+    // A later block overwriting some of them, then overwrites and new samples left in the head.
+    let over: Vec<Row<'_>> = (0..2400)
+        .step_by(97)
+        .map(|i| (series, start + i * 15_000, -(i as f64)))
+        .collect();
+    db.append(&batch("default", &over), 10);
+    db.flush().unwrap();
+    let head: Vec<Row<'_>> = (1000..2600)
+        .step_by(13)
+        .map(|i| (series, start + i * 15_000 + 5, i as f64 * 2.0))
+        .chain(
+            (0..2400)
+                .step_by(331)
+                .map(|i| (series, start + i * 15_000, 0.5)),
+        )
+        .collect();
+    db.append(&batch("default", &head), 11);
+    let full = all(&db, "default", "m");
+    assert_eq!(full.len(), 1);
+    let full = &full[0].1;
+    assert!(full.len() > 2400);
+    let end = start + 2600 * 15_000;
+    let cuts: Vec<i64> = (0..40)
+        .map(|k| start - 1 + k * (end - start) / 37)
+        .collect();
+    for &a in &cuts {
+        for &b in cuts.iter().filter(|b| **b >= a) {
+            let hints = SelectHints {
+                start: a,
+                end: b,
+                max_samples: None,
+            };
+            let got: Vec<(i64, f64)> = db
+                .select(
+                    &Tenant::default(),
+                    &[Matcher::equal("__name__", "m")],
+                    &hints,
+                )
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.samples)
+                .map(|x| (x.timestamp, x.value))
+                .collect();
+            let want: Vec<(i64, f64)> = full
+                .iter()
+                .filter(|x| x.0 >= a && x.0 <= b)
+                .copied()
+                .collect();
+            assert_eq!(got, want, "range [{a}, {b}]");
+        }
+    }
+}

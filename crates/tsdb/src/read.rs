@@ -1,0 +1,184 @@
+//! Reading selected series in two steps: [`crate::Tsdb::plan`] finds, under the storage's read
+//! lock, which block chunks and head samples each series needs; [`read_all`] decodes them
+//! without the lock, spread over the machine's cores, so one query over many series (and many
+//! shards) uses every core.
+
+use crate::block::Block;
+use std::sync::{Arc, OnceLock};
+use strata_model::{sort_last_wins, Sample, SelectHints, SeriesKey, SeriesSamples, StorageError};
+
+/// Below this many samples per thread, spawning a thread costs more than it saves.
+const MIN_SAMPLES_PER_THREAD: usize = 50_000;
+
+/// One selected series, not decoded yet.
+pub struct SeriesRead {
+    /// The series.
+    pub key: SeriesKey,
+    /// Its chunks in blocks overlapping the range, in ascending block sequence: on equal
+    /// timestamps the later block wins.
+    pub(crate) blocks: Vec<(Arc<Block>, u32)>,
+    /// Its head samples in the range, sorted and unique: they win over every block.
+    pub(crate) head: Vec<Sample>,
+}
+
+impl SeriesRead {
+    pub(crate) fn new(key: SeriesKey) -> SeriesRead {
+        SeriesRead {
+            key,
+            blocks: Vec::new(),
+            head: Vec::new(),
+        }
+    }
+
+    /// About how many samples decoding `[start, end]` yields (to share work between threads):
+    /// each chunk's count in proportion to how much of its time span the range covers.
+    fn weight(&self, start: i64, end: i64) -> usize {
+        let part = |min_t: i64, max_t: i64, count: u32| {
+            let span = (max_t as i128 - min_t as i128 + 1).max(1);
+            let covered = (end.min(max_t) as i128 - start.max(min_t) as i128 + 1).clamp(0, span);
+            (count as i128 * covered / span) as usize
+        };
+        self.head.len()
+            + self
+                .blocks
+                .iter()
+                .map(|(b, id)| {
+                    let m = b.meta(*id);
+                    part(m.min_t, m.max_t, m.count)
+                })
+                .sum::<usize>()
+    }
+
+    /// Its samples in `[start, end]`: sorted, one per timestamp, the last write winning.
+    fn decode(&self, start: i64, end: i64) -> Result<Vec<Sample>, StorageError> {
+        let mut out = Vec::new();
+        for (b, id) in &self.blocks {
+            b.read_range(*id, start, end, &mut out)
+                .map_err(|e| StorageError::Io(e.to_string()))?;
+        }
+        out.extend_from_slice(&self.head);
+        // Parts are each sorted; usually they follow each other in time and need no merge.
+        if !out.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
+            sort_last_wins(&mut out);
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes `reads` (each series once) over `hints`' range, on several threads when
+/// there is enough work. Series without samples in the range are left out; the result is
+/// sorted by labels. Fails past `hints.max_samples` samples in total.
+pub fn read_all(
+    reads: Vec<SeriesRead>,
+    hints: &SelectHints,
+) -> Result<Vec<SeriesSamples>, StorageError> {
+    let weights: Vec<usize> = reads
+        .iter()
+        .map(|r| r.weight(hints.start, hints.end))
+        .collect();
+    let total: usize = weights.iter().sum();
+    let threads = cores().min(total / MIN_SAMPLES_PER_THREAD).max(1);
+    let parts = split_by_weight(&weights, threads);
+    let decode = |part: &[SeriesRead]| -> Result<Vec<SeriesSamples>, StorageError> {
+        let mut out = Vec::with_capacity(part.len());
+        for r in part {
+            let samples = r.decode(hints.start, hints.end)?;
+            if !samples.is_empty() {
+                out.push(SeriesSamples {
+                    labels: r.key.labels(),
+                    samples,
+                });
+            }
+        }
+        Ok(out)
+    };
+    let pieces: Vec<Result<Vec<SeriesSamples>, StorageError>> = if parts.len() <= 1 {
+        vec![decode(&reads)]
+    } else {
+        std::thread::scope(|s| {
+            let (last, rest) = parts.split_last().expect("two parts or more");
+            let handles: Vec<_> = rest
+                .iter()
+                .map(|p| {
+                    let part = &reads[p.clone()];
+                    s.spawn(move || decode(part))
+                })
+                .collect();
+            let mine = decode(&reads[last.clone()]);
+            let mut all: Vec<_> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StorageError::Io("decoding panicked".into())))
+                })
+                .collect();
+            all.push(mine);
+            all
+        })
+    };
+    let mut out = Vec::with_capacity(reads.len());
+    for p in pieces {
+        out.extend(p?);
+    }
+    let samples: usize = out.iter().map(|s| s.samples.len()).sum();
+    if let Some(limit) = hints.max_samples.filter(|l| samples > *l) {
+        return Err(StorageError::TooManySamples { limit });
+    }
+    // Key order is nearly always label order already.
+    if !out.windows(2).all(|w| w[0].labels <= w[1].labels) {
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    }
+    Ok(out)
+}
+
+/// Splits `0..weights.len()` into at most `n` contiguous ranges of about equal total weight.
+fn split_by_weight(weights: &[usize], n: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = weights.iter().sum();
+    let mut parts = Vec::with_capacity(n);
+    let (mut from, mut acc) = (0usize, 0usize);
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        // Close part k once the running weight reaches k/n of the total.
+        if parts.len() + 1 < n && acc * n >= total * (parts.len() + 1) {
+            parts.push(from..i + 1);
+            from = i + 1;
+        }
+    }
+    if from < weights.len() || parts.is_empty() {
+        parts.push(from..weights.len());
+    }
+    parts
+}
+
+/// The number of cores to decode on.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_weight;
+
+    #[test]
+    fn split_covers_everything_in_order() {
+        for (weights, n) in [
+            (vec![5usize; 10], 2usize),
+            (vec![1, 100, 1, 1], 2),
+            (vec![], 3),
+            (vec![7], 4),
+            (vec![0, 0, 0], 2),
+            (vec![3, 1, 4, 1, 5, 9, 2, 6], 3),
+        ] {
+            let parts = split_by_weight(&weights, n);
+            assert!(parts.len() <= n.max(1));
+            let mut next = 0;
+            for p in &parts {
+                assert_eq!(p.start, next, "{weights:?} / {n}: {parts:?}");
+                next = p.end;
+            }
+            assert_eq!(next, weights.len());
+        }
+        assert_eq!(split_by_weight(&[5; 10], 2), vec![0..5, 5..10]);
+    }
+}
