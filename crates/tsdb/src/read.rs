@@ -51,7 +51,9 @@ impl SeriesRead {
 
     /// Its samples in `[start, end]`: sorted, one per timestamp, the last write winning.
     fn decode(&self, start: i64, end: i64) -> Result<Vec<Sample>, StorageError> {
-        let mut out = Vec::new();
+        // Room for every part up front (the estimate is exact for evenly spaced samples, give
+        // or take one per part): growing would copy the whole series once per part.
+        let mut out = Vec::with_capacity(self.weight(start, end) + self.blocks.len());
         for (b, id) in &self.blocks {
             b.read_range(*id, start, end, &mut out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
