@@ -267,7 +267,11 @@ pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
 /// A range selector's points: the samples without staleness markers. By value, so the
 /// conversion reuses the samples' allocation; the filter runs only where markers are.
 fn points_of(samples: Vec<strata_model::Sample>) -> Vec<(i64, f64)> {
-    if samples.iter().any(|s| s.is_stale()) {
+    // Branch-free within chunks, so the common check (no markers) runs at memory speed.
+    let stale = samples
+        .chunks(64)
+        .any(|c| c.iter().fold(false, |acc, s| acc | s.is_stale()));
+    if stale {
         samples
             .into_iter()
             .filter(|s| !s.is_stale())

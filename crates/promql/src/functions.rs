@@ -745,7 +745,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
     let counter = matches!(kind, RangeFn::Rate | RangeFn::Increase);
     let row_points = |ri: usize, row: &Row| -> Result<Vec<(i64, f64)>, Error> {
-        if ri % 256 == 0 {
+        if ri.is_multiple_of(256) {
             env.check("expression evaluation")?;
         }
         // Only a series that ever goes down needs its windows scanned for counter resets.

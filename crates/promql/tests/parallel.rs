@@ -28,7 +28,7 @@ fn storage() -> Arc<MemStorage> {
                     x ^= x >> 7;
                     x ^= x << 17;
                     // A counter with a reset now and then, and a staleness marker.
-                    v = if x % 997 == 0 {
+                    v = if x.is_multiple_of(997) {
                         0.0
                     } else {
                         v + (x % 100) as f64 / 10.0

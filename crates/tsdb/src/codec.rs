@@ -411,24 +411,22 @@ fn decode_pages<T: pco::data_types::Number>(
     let (mut cd, _) = fd.chunk_decompressor::<T, _>(rest).map_err(damaged)?;
     let mut buf: Vec<T> = Vec::new();
     for p in pages {
-        buf.clear();
-        buf.resize(p.count, T::default());
+        // Pages overwrite the buffer: it is zeroed only when it grows.
+        if buf.len() < p.count {
+            buf.resize(p.count, T::default());
+        }
         let mut pd = cd.page_decompressor(p.bytes, p.count).map_err(damaged)?;
-        let progress = pd.read(&mut buf).map_err(damaged)?;
+        let progress = pd.read(&mut buf[..p.count]).map_err(damaged)?;
         if progress.n_processed != p.count || !progress.finished {
             return Err(ChunkError("page shorter than its count"));
         }
-        out.extend(
-            buf[p.keep.clone()]
-                .iter()
-                .zip(p.keep.start..)
-                .map(|(v, i)| {
-                    Sample::new(
-                        p.first.wrapping_add((i as i64).wrapping_mul(step)),
-                        value(*v),
-                    )
-                }),
-        );
+        // Enumerate (not zip with an open range) keeps the length known: no per-push checks.
+        let first = p
+            .first
+            .wrapping_add((p.keep.start as i64).wrapping_mul(step));
+        out.extend(buf[p.keep.clone()].iter().enumerate().map(|(i, v)| {
+            Sample::new(first.wrapping_add((i as i64).wrapping_mul(step)), value(*v))
+        }));
     }
     Ok(())
 }
