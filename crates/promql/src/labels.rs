@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn floats_format_as_display_does() {
         let mut x = 0x243F_6A88_85A3_08D3u64;
-        let mut check = |f: f64| {
+        let check = |f: f64| {
             let mut s = String::new();
             write_float(&mut s, f);
             let want = if f.is_nan() {
