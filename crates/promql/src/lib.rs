@@ -23,6 +23,6 @@ mod value;
 pub use engine::{parse, Engine, EngineOptions, QueryContext};
 pub use error::{Error, Warning};
 pub use eval::matcher_sets;
-pub use labels::format_float as format_value;
+pub use labels::{format_float as format_value, write_float as write_value};
 pub use mem::MemStorage;
 pub use value::{InstantSample, QueryOutput, Series, Value};

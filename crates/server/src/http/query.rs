@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use strata_model::time::{now_ms, parse_duration_ms};
 use strata_model::Labels;
-use strata_promql::{format_value, Error, QueryContext, QueryOutput, Value};
+use strata_promql::{write_value, Error, QueryContext, QueryOutput, Value};
 
 /// Prometheus refuses range queries with more points than this per series.
 const MAX_POINTS_PER_SERIES: i64 = 11_000;
@@ -194,12 +194,22 @@ fn write_json_str(out: &mut String, s: &str) {
 }
 
 /// `[<seconds>, "<value>"]`.
-fn write_point(out: &mut String, t: i64, v: &str) {
+fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
-    let _ = write!(out, "{}", t as f64 / 1000.0);
+    write_seconds(out, t);
     out.push_str(",\"");
-    out.push_str(v);
+    write_value(out, v);
     out.push_str("\"]");
+}
+
+/// Milliseconds as seconds, formatted as the float `t / 1000` (whole seconds, the usual case,
+/// as integers: the same text, faster).
+fn write_seconds(out: &mut String, t: i64) {
+    let _ = if t % 1000 == 0 {
+        write!(out, "{}", t / 1000)
+    } else {
+        write!(out, "{}", t as f64 / 1000.0)
+    };
 }
 
 /// `[{"metric":<labels>...}, ...]`, with `body` writing each element after `"metric":`.
@@ -223,11 +233,11 @@ fn success(out: &QueryOutput) -> Response {
     s.push_str(out.value.type_name());
     s.push_str("\",\"result\":");
     match &out.value {
-        Value::Scalar { t, v } => write_point(&mut s, *t, &format_value(*v)),
+        Value::Scalar { t, v } => write_point(&mut s, *t, *v),
         Value::String { t, s: v } => {
             let quoted = serde_json::Value::from(v.as_str()).to_string();
             s.push('[');
-            let _ = write!(s, "{}", *t as f64 / 1000.0);
+            write_seconds(&mut s, *t);
             s.push(',');
             s.push_str(&quoted);
             s.push(']');
@@ -235,7 +245,7 @@ fn success(out: &QueryOutput) -> Response {
         Value::Vector(v) => write_series(&mut s, v, |s, x| {
             write_labels(s, &x.labels);
             s.push_str(",\"value\":");
-            write_point(s, x.t, &format_value(x.v));
+            write_point(s, x.t, x.v);
         }),
         Value::Matrix(m) => write_series(&mut s, m, |s, x| {
             write_labels(s, &x.labels);
@@ -244,7 +254,7 @@ fn success(out: &QueryOutput) -> Response {
                 if j > 0 {
                     s.push(',');
                 }
-                write_point(s, *t, &format_value(*v));
+                write_point(s, *t, *v);
             }
             s.push(']');
         }),
