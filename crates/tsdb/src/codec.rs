@@ -18,7 +18,7 @@ const PCO_REGULAR: u8 = 3;
 const PCO_PAGED: u8 = 4;
 /// About how many samples a page of a paged chunk holds (3 hours at 15 s): a reader of a short
 /// range decodes one or two pages, not the whole chunk, for a few bytes more per page.
-const PAGE_SAMPLES: usize = 720;
+pub const PAGE_SAMPLES: usize = 720;
 /// In a pco chunk: values are floats, not scaled decimals.
 const PCO_FLOATS: u8 = 0xFF;
 const VALUES_DECIMAL: u8 = 0;
