@@ -5,7 +5,10 @@
 //! as VictoriaMetrics does; other values are XORed with their predecessor. All numbers are
 //! zigzag varints. Sealed chunks in blocks are compressed both with zstd (over those varints)
 //! and with pco (over the timestamp and value columns, which fits an entropy coder to their
-//! distribution), and the smaller is kept: pco usually wins by about 10 %.
+//! distribution), and the smaller is kept: pco usually wins by about 10 %. Evenly spaced
+//! timestamps are stored as first and step. Longer such chunks are *paged*: their pco pages share
+//! one header and decode on their own, so [`decode_range`] decodes only the pages a query's time
+//! range touches (paged chunks are kept even when up to 2 % larger than zstd).
 
 use strata_model::Sample;
 
@@ -18,7 +21,7 @@ const PCO_REGULAR: u8 = 3;
 const PCO_PAGED: u8 = 4;
 /// About how many samples a page of a paged chunk holds (3 hours at 15 s): a reader of a short
 /// range decodes one or two pages, not the whole chunk, for a few bytes more per page.
-const PAGE_SAMPLES: usize = 720;
+pub const PAGE_SAMPLES: usize = 720;
 /// In a pco chunk: values are floats, not scaled decimals.
 const PCO_FLOATS: u8 = 0xFF;
 const VALUES_DECIMAL: u8 = 0;

@@ -30,13 +30,27 @@ impl SeriesRead {
         }
     }
 
-    /// About how many samples decoding `[start, end]` yields (to share work between threads):
-    /// each chunk's count in proportion to how much of its time span the range covers.
+    /// About how many samples decoding `[start, end]` yields: each chunk's count in proportion
+    /// to how much of its time span the range covers.
     fn weight(&self, start: i64, end: i64) -> usize {
+        self.estimate(start, end, |n, _| n)
+    }
+
+    /// About how many samples decoding `[start, end]` decodes (to share work between threads):
+    /// as [`SeriesRead::weight`], but at least a page of each chunk read.
+    fn work(&self, start: i64, end: i64) -> usize {
+        self.estimate(start, end, |n, count| {
+            n.max(count.min(crate::codec::PAGE_SAMPLES))
+        })
+    }
+
+    /// Sums `f(samples of the chunk in the range, samples of the chunk)` over block chunks,
+    /// plus the head's samples.
+    fn estimate(&self, start: i64, end: i64, f: impl Fn(usize, usize) -> usize) -> usize {
         let part = |min_t: i64, max_t: i64, count: u32| {
             let span = (max_t as i128 - min_t as i128 + 1).max(1);
             let covered = (end.min(max_t) as i128 - start.max(min_t) as i128 + 1).clamp(0, span);
-            (count as i128 * covered / span) as usize
+            f((count as i128 * covered / span) as usize, count as usize)
         };
         self.head.len()
             + self
@@ -87,7 +101,7 @@ pub fn read_all(
 ) -> Result<Vec<SeriesSamples>, StorageError> {
     let weights: Vec<usize> = reads
         .iter()
-        .map(|r| r.weight(hints.start, hints.end))
+        .map(|r| r.work(hints.start, hints.end))
         .collect();
     let total: usize = weights.iter().sum();
     let threads = cores().min(total / MIN_SAMPLES_PER_THREAD).max(1);
