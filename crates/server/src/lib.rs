@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod groups;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod selector;
 pub mod shard;

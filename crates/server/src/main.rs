@@ -75,24 +75,8 @@ enum Command {
     },
 }
 
-/// Keeps freed memory in the process instead of handing it back to the system after every
-/// query: a query over a day of many series allocates and frees tens of megabytes, and glibc's
-/// defaults (trim above 128 KiB free, mmap for large blocks) made every query fault those pages
-/// in again, about a sixth of its time.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    // Safety: mallopt only changes allocator tuning; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
-
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory();
+    strata_server::memory::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -426,18 +426,7 @@ impl Shard {
         }
         self.tsdb.maintain(now_ms())?;
         self.counters.flushes.add(1);
-        release_free_memory();
+        crate::memory::release_free_memory();
         Ok(())
-    }
-}
-
-/// Hands memory freed by a flush (the head it emptied, encoding buffers) back to the system.
-/// glibc's allocator keeps freed memory in its arenas otherwise, so the process would stay at
-/// its peak until the head refills.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

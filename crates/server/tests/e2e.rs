@@ -80,13 +80,7 @@ fn protocols_reads_tenants_and_restart() {
     )]);
     assert_eq!(s.post("/api/v1/write", newer).status().as_u16(), 204);
     assert_eq!(s.export(r#"up{instance="b:9100"}"#)[0].1, vec![(t0, 0.5)]);
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics.contains("strata_ingest_duplicate_samples_total 1"),
         "{metrics}"

@@ -251,13 +251,7 @@ fn malformed_input_table() {
     // Nothing acknowledged was disturbed, and the rejections are counted.
     assert_eq!(s.export("keep")[0].1, vec![(t, 1.0)]);
     assert!(s.export("too_many").is_empty());
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics
             .contains("strata_ingest_rejected_total{protocol=\"influx\",reason=\"string_field\"}"),

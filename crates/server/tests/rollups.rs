@@ -312,13 +312,7 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
     assert!(corrected > 0, "late events corrected some windows");
 
     // What the shards counted.
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(metric(&metrics, "strata_ingest_duplicate_events_total") > 0.0);
     assert!(metric(&metrics, "strata_rollup_late_samples_total") > 0.0);
     assert!(metric(&metrics, "strata_rollup_correction_samples_total") > 0.0);

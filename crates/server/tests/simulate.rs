@@ -32,13 +32,7 @@ fn simulated_fleet_data_flows_and_redeliveries_are_dropped() {
     assert!(temps
         .iter()
         .all(|(m, _)| m["site"].as_str().unwrap().starts_with("site-")));
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     let dup_events = metric(&metrics, "strata_ingest_duplicate_events_total");
     assert!(
         dup_events > 0.0,

@@ -67,12 +67,12 @@ impl ExactSum {
         }
         let limb = (pos / 32) as usize;
         let wide = u128::from(mant) << (pos % 32);
-        let parts = [
+        let pieces = [
             wide as i64 & LIMB_MASK,
             (wide >> 32) as i64 & LIMB_MASK,
             (wide >> 64) as i64,
         ];
-        self.add_limbs(limb, parts, x < 0.0);
+        self.add_limbs(limb, pieces, x < 0.0);
     }
 
     /// Adds `x * x` exactly. Where the square's bits lie inside the grid of 2^-1074 (and far
@@ -91,14 +91,14 @@ impl ExactSum {
             // sq < 2^106, shifted by up to 31: 137 bits in five limbs.
             let low = sq << shift;
             let high = if shift == 0 { 0 } else { sq >> (128 - shift) };
-            let parts = [
+            let pieces = [
                 low as i64 & LIMB_MASK,
                 (low >> 32) as i64 & LIMB_MASK,
                 (low >> 64) as i64 & LIMB_MASK,
                 (low >> 96) as i64 & LIMB_MASK,
                 high as i64,
             ];
-            self.add_limbs(limb, parts, false);
+            self.add_limbs(limb, pieces, false);
             return;
         }
         let p = x * x;
@@ -120,13 +120,13 @@ impl ExactSum {
     }
 
     /// Adds (or subtracts) limb-sized parts, lowest at limb index `limb`.
-    fn add_limbs<const N: usize>(&mut self, limb: usize, parts: [i64; N], negative: bool) {
+    fn add_limbs<const N: usize>(&mut self, limb: usize, pieces: [i64; N], negative: bool) {
         self.ensure(limb, limb + N - 1);
         let at = &mut self.limbs[limb - self.base..][..N];
         if negative {
-            at.iter_mut().zip(parts).for_each(|(l, p)| *l -= p);
+            at.iter_mut().zip(pieces).for_each(|(l, p)| *l -= p);
         } else {
-            at.iter_mut().zip(parts).for_each(|(l, p)| *l += p);
+            at.iter_mut().zip(pieces).for_each(|(l, p)| *l += p);
         }
         self.weight += 1;
         if self.weight >= WEIGHT_LIMIT {

@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use strata_model::{Labels, Matcher, StorageError, Tenant};
+use strata_model::{Labels, Matcher, SeriesKeyRef, StorageError, Tenant};
 use strata_tsdb::{Tsdb, TsdbError};
 
 /// Settings of a shard's rollup stage.
@@ -77,8 +77,8 @@ pub struct RollupStage {
 struct Settling {
     /// The warm place of each series, by its index in the windows.
     warm_ids: Vec<Option<WarmId>>,
-    /// The windows closing: series, start, figures, revision (reused).
-    closing: Vec<(WarmId, i64, Figures, u32)>,
+    /// The windows closing (a buffer reused between calls).
+    closing: Vec<WindowWrite>,
 }
 
 impl RollupStage {
@@ -147,11 +147,7 @@ impl RollupStage {
         let q = &self.opts.quantiles;
         let verify = self.verify_existing.load(Ordering::Relaxed);
         let mut settling = self.settling.lock();
-        let Settling {
-            warm_ids,
-            closing: figures,
-        } = &mut *settling;
-        figures.clear();
+        let Settling { warm_ids, closing } = &mut *settling;
         let mut failed = None;
         let corrections = {
             let mut w = self.windows.write();
@@ -160,13 +156,12 @@ impl RollupStage {
                 if warm_ids.len() <= i {
                     warm_ids.resize(i + 1, None);
                 }
-                let id = *warm_ids[i].get_or_insert_with(|| self.store.series(c.tenant, c.key));
-                let f = c.rollup.figures(q);
+                let series = *warm_ids[i].get_or_insert_with(|| self.store.series(c.tenant, c.key));
+                let figures = c.rollup.figures(q);
                 let revision = if verify {
-                    match self.store.get(c.tenant, c.key, c.start, q) {
-                        Ok(Some(s)) if s.figures == f => return,
-                        Ok(Some(s)) => s.revision + 1,
-                        Ok(None) => 0,
+                    match self.next_revision(c.tenant, c.key, c.start, &figures, 0) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return,
                         Err(e) => {
                             failed.get_or_insert(e);
                             return;
@@ -175,25 +170,20 @@ impl RollupStage {
                 } else {
                     0
                 };
-                figures.push((id, c.start, f, revision));
+                closing.push(WindowWrite {
+                    series,
+                    start: c.start,
+                    figures,
+                    revision,
+                });
             });
             w.take_corrections()
         };
+        self.store.write(closing.drain(..), offset);
+        drop(settling);
         if let Some(e) = failed {
             return Err(e);
         }
-        let writes: Vec<WindowWrite<'_>> = figures
-            .iter()
-            .map(|(series, start, figures, revision)| WindowWrite {
-                series: *series,
-                start: *start,
-                figures,
-                revision: *revision,
-            })
-            .collect();
-        self.store.write(&writes, offset);
-        drop(writes);
-        drop(settling);
         let width = self.opts.windows.window_ms;
         for c in corrections {
             // Published whether or not the figures changed: after a crash, the store may hold a
@@ -207,17 +197,17 @@ impl RollupStage {
             let Some(rollup) = Rollup::of_sorted(&samples, sketch) else {
                 continue;
             };
-            let f = rollup.figures(q);
-            let revision = match self.store.get(&c.tenant, c.key.as_ref(), c.start, q)? {
-                Some(s) if s.figures == f => continue,
-                Some(s) => s.revision + 1,
-                None => 1,
+            let figures = rollup.figures(q);
+            let Some(revision) =
+                self.next_revision(&c.tenant, c.key.as_ref(), c.start, &figures, 1)?
+            else {
+                continue;
             };
             self.store.write(
-                &[WindowWrite {
+                [WindowWrite {
                     series: self.store.series(&c.tenant, c.key.as_ref()),
                     start: c.start,
-                    figures: &f,
+                    figures,
                     revision,
                 }],
                 offset,
@@ -227,6 +217,25 @@ impl RollupStage {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The revision to store `figures` at for a window: `None` when the store holds these
+    /// figures already, the stored revision + 1 when it holds others, `absent` when none.
+    fn next_revision(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        start: i64,
+        figures: &Figures,
+        absent: u32,
+    ) -> Result<Option<u32>, StorageError> {
+        Ok(
+            match self.store.get(tenant, key, start, &self.opts.quantiles)? {
+                Some(s) if &s.figures == figures => None,
+                Some(s) => Some(s.revision + 1),
+                None => Some(absent),
+            },
+        )
     }
 
     /// The windows corrected and not yet marked done (when `publish_corrections` is set).

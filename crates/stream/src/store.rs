@@ -54,13 +54,13 @@ pub struct WarmId(u32);
 
 /// One window to store.
 #[derive(Debug, Clone)]
-pub struct WindowWrite<'a> {
+pub struct WindowWrite {
     /// The raw series.
     pub series: WarmId,
     /// Window start, ms.
     pub start: i64,
     /// What to store.
-    pub figures: &'a Figures,
+    pub figures: Figures,
     /// Its revision.
     pub revision: u32,
 }
@@ -98,7 +98,7 @@ struct StagedWindow {
 }
 
 impl StagedWindow {
-    fn of(w: &WindowWrite<'_>) -> StagedWindow {
+    fn of(w: WindowWrite) -> StagedWindow {
         let f = w.figures;
         StagedWindow {
             start: w.start,
@@ -115,7 +115,7 @@ impl StagedWindow {
                 f.increase,
                 w.revision as f64,
             ],
-            quantiles: f.quantiles.clone(),
+            quantiles: f.quantiles,
         }
     }
 
@@ -304,10 +304,7 @@ impl RollupStore {
     }
 
     /// Stores windows. Readers see each window whole: its figures all, or none of them.
-    pub fn write(&self, windows: &[WindowWrite<'_>], log_offset: u64) {
-        if windows.is_empty() {
-            return;
-        }
+    pub fn write(&self, windows: impl IntoIterator<Item = WindowWrite>, log_offset: u64) {
         let mut warm = self.warm.lock();
         let warm = &mut *warm;
         warm.offset = warm.offset.max(log_offset);
@@ -316,7 +313,7 @@ impl RollupStore {
             let s = &mut warm.series[i as usize];
             let row = StagedWindow::of(w);
             // A correction of a window still staged replaces it there.
-            match s.staged.iter_mut().find(|x| x.start == w.start) {
+            match s.staged.iter_mut().find(|x| x.start == row.start) {
                 Some(x) => *x = row,
                 None => {
                     if !s.pending {
@@ -527,10 +524,10 @@ mod tests {
         assert_eq!(store.series(&t, key.as_ref()), id, "one place per series");
         let w = |start: i64, figures: &Figures, revision: u32| {
             store.write(
-                &[WindowWrite {
+                [WindowWrite {
                     series: id,
                     start,
-                    figures,
+                    figures: figures.clone(),
                     revision,
                 }],
                 1,
@@ -599,14 +596,13 @@ mod tests {
             let store = RollupStore::open(dir.path(), i64::MAX / 4, 7_200_000).unwrap();
             let id = store.series(&t, key.as_ref());
             for n in 0..windows {
-                let f = fig(n as u64 + 1);
                 let w = WindowWrite {
                     series: id,
                     start: base + n * 60_000,
-                    figures: &f,
+                    figures: fig(n as u64 + 1),
                     revision: 0,
                 };
-                store.write(&[w], n as u64);
+                store.write([w], n as u64);
             }
             // Window 1 went to the engine in the first run; the last one is still staged.
             for (n, revision) in [(1, 1), (windows - 1, 2)] {
@@ -615,10 +611,10 @@ mod tests {
                 let w = WindowWrite {
                     series: id,
                     start,
-                    figures: &f,
+                    figures: f.clone(),
                     revision,
                 };
-                store.write(&[w], 1000);
+                store.write([w], 1000);
                 let got = store.get(&t, key.as_ref(), start, &[0.5]).unwrap().unwrap();
                 assert_eq!((got.figures, got.revision), (f, revision));
             }

@@ -24,7 +24,7 @@ use ahash::AHashMap;
 use block::{Block, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 pub use read::{read_all, SeriesRead};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -305,6 +305,15 @@ impl Tsdb {
         self.append_observed(batch, log_offset, |_, _, _| {})
     }
 
+    /// Takes the write lock for an append of log record `log_offset` (recorded as applied);
+    /// also returns the oldest timestamp the retention still accepts.
+    fn begin_write(&self, log_offset: u64) -> (RwLockWriteGuard<'_, Inner>, i64) {
+        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
+        let mut inner = self.inner.write();
+        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        (inner, oldest)
+    }
+
     /// As [`Tsdb::append`], handing `changed(series, samples, slot)` the samples of each series
     /// that changed what storage holds: new values and overwrites, in batch order (exact repeats
     /// and refused samples left out), and the series' [`ObserverSlot`], which the head keeps for
@@ -316,9 +325,7 @@ impl Tsdb {
         mut changed: impl FnMut(&BatchSeries<'_>, &[Sample], &mut ObserverSlot),
     ) -> AppendStats {
         let mut st = AppendStats::default();
-        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
-        let mut inner = self.inner.write();
-        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let (mut inner, oldest) = self.begin_write(log_offset);
         let Inner { heads, blocks, .. } = &mut *inner;
         let tenant = batch.tenant();
         let head = match heads.get_mut(tenant) {
@@ -380,9 +387,7 @@ impl Tsdb {
         log_offset: u64,
     ) -> AppendStats {
         let mut st = AppendStats::default();
-        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
-        let mut inner = self.inner.write();
-        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let (mut inner, oldest) = self.begin_write(log_offset);
         let Inner { heads, blocks, .. } = &mut *inner;
         let Some(head) = heads.get_mut(tenant) else {
             return st;
@@ -410,9 +415,7 @@ impl Tsdb {
         runs: &[(SeriesHandle, &[Sample])],
         log_offset: u64,
     ) -> usize {
-        let oldest = strata_model::time::now_ms().saturating_sub(self.opts.retention_ms);
-        let mut inner = self.inner.write();
-        inner.applied = Some(inner.applied.map_or(log_offset, |a| a.max(log_offset)));
+        let (mut inner, oldest) = self.begin_write(log_offset);
         let Some(head) = inner.heads.get_mut(tenant) else {
             return 0;
         };

@@ -70,6 +70,16 @@ impl Server {
         self.client.post(self.url(path)).body(body).send().unwrap()
     }
 
+    /// The `/metrics` page.
+    pub fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let r = self.client.get(self.url(path)).send().unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());

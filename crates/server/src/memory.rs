@@ -1,0 +1,26 @@
+//! How the process uses glibc's allocator: what it keeps after freeing, and when it gives
+//! memory back. Both are tuning only; elsewhere (other allocators) they do nothing.
+
+/// Keeps freed memory in the process instead of handing it back to the system after every
+/// query: a query over a day of many series allocates and frees tens of megabytes, and glibc's
+/// defaults (trim above 128 KiB free, mmap for large blocks) made every query fault those pages
+/// in again, about a sixth of its time. Call before any other thread exists.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+/// Hands memory freed by a flush (the head it emptied, encoding buffers) back to the system,
+/// which [`keep_freed_memory`] otherwise keeps, so the process would stay at its peak until
+/// the head refills.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
