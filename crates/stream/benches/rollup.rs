@@ -1,10 +1,12 @@
-//! The rollup stage per core: samples through [`Windows::observe`] and the windows they fill
-//! closed by [`Windows::advance`], as a shard does it (one sample per series per event).
+//! The rollup stage per core: samples through [`Windows::observe_at`] and the windows they fill
+//! closed by [`Windows::advance`], as a shard does it (one sample per series per event, each
+//! series found through the slot the raw tier keeps for it).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use strata_model::{Labels, Sample, SeriesId, SeriesKey, Tenant};
 use strata_stream::rollup::Rollup;
 use strata_stream::window::{WindowOptions, Windows};
+use strata_tsdb::ObserverSlot;
 
 const SERIES: usize = 2_000;
 const MINUTES: i64 = 10;
@@ -50,12 +52,13 @@ fn stage(c: &mut Criterion) {
                     ..WindowOptions::default()
                 };
                 let mut w = Windows::new(opts);
+                let mut slots = vec![ObserverSlot::EMPTY; keys.len()];
                 let mut closed = 0usize;
                 for step in 0..steps {
                     let ts = 1_700_000_000_000 + step * EVERY_MS;
                     for (i, (id, k)) in keys.iter().enumerate() {
                         let s = [Sample::new(ts + i as i64, 20.0 + (step % 7) as f64 * 0.1)];
-                        w.observe(&t, *id, k.as_ref(), &s);
+                        w.observe_at(&mut slots[i], &t, *id, k.as_ref(), &s);
                     }
                     w.advance(None, |_| closed += 1);
                 }

@@ -19,7 +19,7 @@ use crate::shadow::{self, DeviceIndex};
 use crate::StreamError;
 use ahash::AHashMap;
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use strata_model::{
     sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant, METRIC_NAME,
@@ -160,16 +160,13 @@ pub struct Correction {
 
 /// One series as the windows know it: found by id and confirmed by tenant and key, kept across
 /// windows so a sample costs one lookup and no allocation once the series is known.
-///
-/// A window's samples are kept inline up to [`INLINE_SAMPLES`] (a minute at 10 s or 15 s):
-/// adding one touches the series' window list only, not a buffer of its own.
 #[derive(Debug)]
 struct SeriesState {
     tenant: Tenant,
     key: SeriesKey,
-    /// Open windows, `(start, samples in arrival order)`: the current one and those still
-    /// within the lateness, so a handful at most.
-    open: Vec<(i64, WindowSamples)>,
+    /// The series' entries in open windows, `(window start, entry index in that window)`: the
+    /// current window and those still within the lateness, so a handful at most.
+    open: SmallVec<[(i64, u32); 4]>,
     /// The device shadow: the newest reading, for series of a device.
     last: Option<Sample>,
     /// Of a device (kept in the shadow).
@@ -207,7 +204,7 @@ impl SeriesTable {
         series.push(SeriesState {
             tenant: tenant.clone(),
             key: key.to_owned(),
-            open: Vec::new(),
+            open: SmallVec::new(),
             last: None,
             device: devices.add(tenant, key, i),
             derived: is_derived(key),
@@ -215,6 +212,27 @@ impl SeriesTable {
         i as usize
     }
 }
+
+/// The samples one series has in one open window, in arrival order; up to [`INLINE_SAMPLES`]
+/// (a minute at 10 s or 15 s) without a heap allocation.
+#[derive(Debug)]
+struct Entry {
+    series: u32,
+    samples: WindowSamples,
+}
+
+/// One open window of the shard: each series' samples in it, in the order the series first
+/// arrived. Telemetry arrives time-major (every series once per step), so consecutive samples
+/// fill neighbouring entries and closing walks the entries in order: memory is touched as a
+/// stream rather than at a random place per sample.
+#[derive(Debug)]
+struct OpenWindow {
+    start: i64,
+    entries: Vec<Entry>,
+}
+
+/// Open windows' entry buffers kept for reuse, so a new window allocates nothing.
+const SPARE_WINDOWS: usize = 4;
 
 /// True for series derived by rollups or recording rules (a `:` in the metric name, the
 /// Prometheus convention): they are not rolled up again.
@@ -239,8 +257,10 @@ pub struct Windows {
     /// Wall-clock time of the last watermark progress, for idleness.
     last_progress_ms: Option<i64>,
     table: SeriesTable,
-    /// Window start → the series with that window open.
-    open: BTreeMap<i64, Vec<u32>>,
+    /// Open windows, by start.
+    open: Vec<OpenWindow>,
+    /// Entry buffers of closed windows, for reuse.
+    spare: Vec<Vec<Entry>>,
     corrections: BTreeSet<Correction>,
     stats: WindowStats,
     /// Each device's series, whose newest readings the table keeps (the device shadows).
@@ -260,7 +280,8 @@ impl Windows {
             first_window: i64::MAX,
             last_progress_ms: None,
             table: SeriesTable::default(),
-            open: BTreeMap::new(),
+            open: Vec::new(),
+            spare: Vec::new(),
             corrections: BTreeSet::new(),
             stats: WindowStats::default(),
             devices: DeviceIndex::default(),
@@ -304,7 +325,7 @@ impl Windows {
 
     /// Windows currently open (series × window).
     pub fn open_windows(&self) -> usize {
-        self.open.values().map(Vec::len).sum()
+        self.open.iter().map(|w| w.entries.len()).sum()
     }
 
     /// Start of the window holding `ts`.
@@ -382,19 +403,34 @@ impl Windows {
         }
     }
 
-    /// Adds a sample to a series' window, opening the window when new.
+    /// Adds a sample to a series' window, opening the window (or the series' entry in it) when
+    /// new.
     fn push(&mut self, i: usize, start: i64, s: Sample) {
         let st = &mut self.table.series[i];
         // The newest window is the usual target; older open ones follow it.
-        match st.open.iter().rposition(|(ws, _)| *ws <= start) {
-            Some(p) if st.open[p].0 == start => st.open[p].1.push(s),
+        let w = match self.open.iter().rposition(|w| w.start <= start) {
+            Some(w) if self.open[w].start == start => w,
             p => {
-                let mut buf = WindowSamples::new();
-                buf.push(s);
-                st.open.insert(p.map_or(0, |p| p + 1), (start, buf));
-                self.open.entry(start).or_default().push(i as u32);
+                let w = p.map_or(0, |p| p + 1);
+                let mut entries = self.spare.pop().unwrap_or_default();
+                entries.clear();
+                self.open.insert(w, OpenWindow { start, entries });
+                w
             }
-        }
+        };
+        let entries = &mut self.open[w].entries;
+        let e = match st.open.iter().rev().find(|(ws, _)| *ws == start) {
+            Some(&(_, e)) => e as usize,
+            None => {
+                st.open.push((start, entries.len() as u32));
+                entries.push(Entry {
+                    series: i as u32,
+                    samples: WindowSamples::new(),
+                });
+                entries.len() - 1
+            }
+        };
+        entries[e].samples.push(s);
     }
 
     /// How a sample at `ts` in the window starting at `start` arrives now.
@@ -443,16 +479,23 @@ impl Windows {
             return;
         }
         self.closed_before = closed;
-        let keep = self.open.split_off(&closed);
-        let done = std::mem::replace(&mut self.open, keep);
-        for (start, members) in done {
-            for i in members {
-                let st = &mut self.table.series[i as usize];
-                let Some(p) = st.open.iter().position(|(ws, _)| *ws == start) else {
-                    continue;
-                };
-                let (_, samples) = st.open.remove(p);
-                let q = self.opts.wants_quantiles(st.key.as_ref());
+        let done = self.open.partition_point(|w| w.start < closed);
+        let Windows {
+            open,
+            spare,
+            table,
+            opts,
+            stats,
+            ..
+        } = self;
+        for OpenWindow { start, mut entries } in open.drain(..done) {
+            for e in entries.drain(..) {
+                let st = &mut table.series[e.series as usize];
+                if let Some(p) = st.open.iter().position(|&(ws, _)| ws == start) {
+                    st.open.remove(p);
+                }
+                let q = opts.wants_quantiles(st.key.as_ref());
+                let samples = e.samples;
                 // Usually already in order: one pass instead of a sort.
                 let rollup = if samples.windows(2).all(|w| w[0].timestamp < w[1].timestamp) {
                     Rollup::of_sorted(&samples, q)
@@ -462,15 +505,18 @@ impl Windows {
                     Rollup::of_sorted(&sorted, q)
                 };
                 if let Some(rollup) = rollup {
-                    self.stats.finalized += 1;
+                    stats.finalized += 1;
                     f(ClosedWindow {
-                        series: i,
+                        series: e.series,
                         tenant: &st.tenant,
                         key: st.key.as_ref(),
                         start,
                         rollup,
                     });
                 }
+            }
+            if spare.len() < SPARE_WINDOWS {
+                spare.push(entries);
             }
         }
     }
@@ -491,21 +537,18 @@ impl Windows {
         mut f: impl FnMut(&SeriesKey, i64, Rollup),
     ) {
         let from = self.window_start(start);
-        for (&ws, members) in self.open.range(from..=end) {
-            for &i in members {
-                let st = &self.table.series[i as usize];
+        for w in self.open.iter().filter(|w| (from..=end).contains(&w.start)) {
+            for e in &w.entries {
+                let st = &self.table.series[e.series as usize];
                 if &st.tenant != tenant || !wanted(st.key.as_ref()) {
                     continue;
                 }
-                let Some((_, samples)) = st.open.iter().find(|(s, _)| *s == ws) else {
-                    continue;
-                };
-                let mut samples = samples.to_vec();
+                let mut samples = e.samples.to_vec();
                 sort_last_wins(&mut samples);
                 if let Some(r) =
                     Rollup::of_sorted(&samples, self.opts.wants_quantiles(st.key.as_ref()))
                 {
-                    f(&st.key, ws, r);
+                    f(&st.key, w.start, r);
                 }
             }
         }
@@ -537,20 +580,15 @@ impl Windows {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&(self.open.len() as u32).to_le_bytes());
-        for (start, members) in &self.open {
-            b.extend_from_slice(&start.to_le_bytes());
-            b.extend_from_slice(&(members.len() as u32).to_le_bytes());
-            for &i in members {
-                let st = &self.table.series[i as usize];
-                let samples = st
-                    .open
-                    .iter()
-                    .find(|(s, _)| s == start)
-                    .map_or(&[][..], |(_, v)| v.as_slice());
+        for w in &self.open {
+            b.extend_from_slice(&w.start.to_le_bytes());
+            b.extend_from_slice(&(w.entries.len() as u32).to_le_bytes());
+            for e in &w.entries {
+                let st = &self.table.series[e.series as usize];
                 put(&mut b, st.tenant.as_str().as_bytes());
                 put(&mut b, st.key.as_bytes());
-                b.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-                for s in samples {
+                b.extend_from_slice(&(e.samples.len() as u32).to_le_bytes());
+                for s in &e.samples {
                     b.extend_from_slice(&s.timestamp.to_le_bytes());
                     b.extend_from_slice(&s.value.to_bits().to_le_bytes());
                 }
