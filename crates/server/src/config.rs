@@ -140,6 +140,9 @@ pub struct RollupsConfig {
     pub idle_timeout: Duration,
     /// How long final windows are kept.
     pub retention: Duration,
+    /// Span of a warm-tier block. Windows come one per series per minute, so warm blocks span
+    /// longer than raw ones to hold as many samples per chunk (fewer, better compressed chunks).
+    pub block_duration: Duration,
     /// Metrics whose windows keep a quantile sketch (DDSketch, 1% relative accuracy).
     pub quantile_metrics: Vec<String>,
     /// Quantiles reported for those metrics.
@@ -172,6 +175,7 @@ impl Default for RollupsConfig {
             correction_horizon: None,
             idle_timeout: Duration(300_000),
             retention: Duration(400 * 86_400_000),
+            block_duration: Duration(86_400_000),
             quantile_metrics: Vec::new(),
             quantiles: vec![0.5, 0.95, 0.99],
             groups: Vec::new(),
@@ -313,6 +317,7 @@ allowed_lateness = "2m"          # windows stay provisional until the watermark 
                                  # windows (default: the raw retention); older ones are too late
 idle_timeout = "5m"              # a shard without event-time progress this long follows the clock
 retention = "400d"               # how long final windows are kept
+block_duration = "24h"           # span of a warm-tier block (one window per series per minute)
 quantile_metrics = []            # metrics whose windows keep a quantile sketch (DDSketch, 1%)
 quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them
 # Group rollups: one metric across series, by labels, written back as ordinary series named

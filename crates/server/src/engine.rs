@@ -79,7 +79,7 @@ impl Engine {
             windows: cfg.window_options(),
             quantiles: cfg.rollups.quantiles.clone(),
             retention_ms: cfg.rollups.retention.0,
-            block_duration_ms: cfg.storage.block_duration.0,
+            block_duration_ms: cfg.rollups.block_duration.0,
             publish_corrections: !cfg.rollups.groups.is_empty(),
         };
         type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);

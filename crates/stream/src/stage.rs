@@ -7,7 +7,7 @@
 use crate::bytes::{put, write_atomically, Reader};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
-use crate::window::{Correction, WindowOptions, WindowState, Windows};
+use crate::window::{Correction, SeriesCorrections, WindowOptions, WindowState, Windows};
 use crate::StreamError;
 use parking_lot::RwLock;
 use std::collections::BTreeSet;
@@ -79,6 +79,20 @@ struct Settling {
     warm_ids: Vec<Option<WarmId>>,
     /// The windows closing (a buffer reused between calls).
     closing: Vec<WindowWrite>,
+}
+
+/// Corrected windows of one series at most this many windows apart are recomputed from one
+/// read: reading the gap costs less than another read.
+const CORRECTION_RUN_GAP: i64 = 16;
+
+/// The revision to store `figures` at over what the store holds: `None` when it holds these
+/// figures already, its revision + 1 when it holds others, `absent` when it holds none.
+fn revision_over(stored: Option<&StoredWindow>, figures: &Figures, absent: u32) -> Option<u32> {
+    match stored {
+        Some(s) if &s.figures == figures => None,
+        Some(s) => Some(s.revision + 1),
+        None => Some(absent),
+    }
 }
 
 impl RollupStage {
@@ -184,38 +198,68 @@ impl RollupStage {
         if let Some(e) = failed {
             return Err(e);
         }
-        let width = self.opts.windows.window_ms;
         for c in corrections {
-            // Published whether or not the figures changed: after a crash, the store may hold a
+            self.correct(raw, c, offset)?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes one series' corrected windows from the raw tier. Neighbouring windows are
+    /// read together (a backfill of old data corrects every window of a series at once), so
+    /// the raw tier and the store are each read once per run of windows, not once per window.
+    fn correct(&self, raw: &Tsdb, c: SeriesCorrections, offset: u64) -> Result<(), StorageError> {
+        let width = self.opts.windows.window_ms;
+        let q = &self.opts.quantiles;
+        let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
+        if self.opts.publish_corrections {
+            // Published whether or not the figures change: after a crash, the store may hold a
             // correction whose group recomputation never ran (see `checkpoint`).
-            if self.opts.publish_corrections {
-                self.corrected.lock().insert(c.clone());
+            let mut queue = self.corrected.lock();
+            for &start in &c.starts {
+                queue.insert(Correction {
+                    tenant: c.tenant.clone(),
+                    key: c.key.clone(),
+                    start,
+                });
             }
-            let samples =
-                raw.read_series(&c.tenant, c.key.as_ref(), c.start, c.start + width - 1)?;
-            let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
-            let Some(rollup) = Rollup::of_sorted(&samples, sketch) else {
-                continue;
-            };
-            let figures = rollup.figures(q);
-            let Some(revision) =
-                self.next_revision(&c.tenant, c.key.as_ref(), c.start, &figures, 1)?
-            else {
-                continue;
-            };
-            self.store.write(
-                [WindowWrite {
-                    series: self.store.series(&c.tenant, c.key.as_ref()),
-                    start: c.start,
+        }
+        let series = self.store.series(&c.tenant, c.key.as_ref());
+        let mut writes = Vec::new();
+        for run in c
+            .starts
+            .chunk_by(|a, b| b - a <= CORRECTION_RUN_GAP * width)
+        {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let samples = raw.read_series(&c.tenant, c.key.as_ref(), first, last + width - 1)?;
+            let stored = self
+                .store
+                .range(&c.tenant, c.key.as_ref(), first, last, q)?;
+            for &start in run {
+                let from = samples.partition_point(|s| s.timestamp < start);
+                let to = samples.partition_point(|s| s.timestamp < start + width);
+                let Some(rollup) = Rollup::of_sorted(&samples[from..to], sketch) else {
+                    continue;
+                };
+                let figures = rollup.figures(q);
+                let was = stored
+                    .binary_search_by_key(&start, |w| w.start)
+                    .ok()
+                    .map(|i| &stored[i]);
+                let Some(revision) = revision_over(was, &figures, 1) else {
+                    continue;
+                };
+                writes.push(WindowWrite {
+                    series,
+                    start,
                     figures,
                     revision,
-                }],
-                offset,
-            );
-            self.counters
-                .corrected_windows
-                .fetch_add(1, Ordering::Relaxed);
+                });
+            }
         }
+        self.counters
+            .corrected_windows
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        self.store.write(writes, offset);
         Ok(())
     }
 
@@ -229,13 +273,8 @@ impl RollupStage {
         figures: &Figures,
         absent: u32,
     ) -> Result<Option<u32>, StorageError> {
-        Ok(
-            match self.store.get(tenant, key, start, &self.opts.quantiles)? {
-                Some(s) if &s.figures == figures => None,
-                Some(s) => Some(s.revision + 1),
-                None => Some(absent),
-            },
-        )
+        let stored = self.store.get(tenant, key, start, &self.opts.quantiles)?;
+        Ok(revision_over(stored.as_ref(), figures, absent))
     }
 
     /// The windows corrected and not yet marked done (when `publish_corrections` is set).
@@ -393,9 +432,14 @@ mod tests {
     use strata_tsdb::{SeriesLimiter, TsdbOptions};
 
     fn feed(stage: &RollupStage, raw: &Tsdb, offset: u64, t: i64, v: f64) {
+        feed_series(stage, raw, offset, "d1", &[Sample::new(t, v)]);
+    }
+
+    /// Writes `samples` of device `device`'s series in one batch, then settles.
+    fn feed_series(stage: &RollupStage, raw: &Tsdb, offset: u64, device: &str, samples: &[Sample]) {
         let mut b = WriteBatch::new(Tenant::default_tenant());
-        let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"t"), (b"device", b"d1")];
-        b.push_series(&mut l, &[Sample::new(t, v)], None, &Limits::default())
+        let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"t"), (b"device", device.as_bytes())];
+        b.push_series(&mut l, samples, None, &Limits::default())
             .unwrap();
         let mut w = stage.observer();
         raw.append_observed(&b, offset, |s, stored, slot| {
@@ -403,6 +447,78 @@ mod tests {
         });
         drop(w);
         stage.settle(raw, None, offset).unwrap();
+    }
+
+    fn open_raw(dir: &Path) -> Tsdb {
+        Tsdb::open(
+            &dir.join("raw"),
+            TsdbOptions {
+                retention_ms: i64::MAX / 4,
+                ..TsdbOptions::default()
+            },
+            SeriesLimiter::new(usize::MAX),
+        )
+        .unwrap()
+    }
+
+    /// Old data of a series arriving after the watermark passed it (a backfill in series
+    /// order) lands in final windows: every window is recomputed from the raw tier, in runs of
+    /// neighbouring windows, and a window already stored gets the next revision.
+    #[test]
+    fn backfill_into_final_windows_rolls_up_every_window() {
+        const MIN: i64 = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StageOptions {
+            windows: WindowOptions::default(),
+            quantiles: Vec::new(),
+            retention_ms: i64::MAX / 4,
+            publish_corrections: false,
+            block_duration_ms: 7_200_000,
+        };
+        let raw = open_raw(dir.path());
+        let base = strata_model::time::now_ms() / MIN * MIN - 600 * MIN;
+        let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
+        // d1 moves the watermark far ahead; its window 3 is final with one sample.
+        feed(&stage, &raw, 1, base + 3 * MIN + 1_000, 1.0);
+        feed(&stage, &raw, 2, base + 200 * MIN, 1.0);
+        // d2's history arrives at once: windows 0..40 and 70..80 (two runs), 4 samples each.
+        let history: Vec<Sample> = (0..40)
+            .chain(70..80)
+            .flat_map(|m| {
+                (0..4).map(move |k| Sample::new(base + m * MIN + k * 15_000, (m * 4 + k) as f64))
+            })
+            .collect();
+        feed_series(&stage, &raw, 3, "d2", &history);
+        // d1's window 3 again: the same sample changes nothing, a new one corrects it.
+        feed(&stage, &raw, 4, base + 3 * MIN + 1_000, 1.0);
+        feed(&stage, &raw, 5, base + 3 * MIN + 2_000, 2.0);
+        stage.store.flush().unwrap();
+        let read = |device: &str| {
+            let m = [Matcher::equal("device", device)];
+            let mut r = stage
+                .read(&Tenant::default_tenant(), &m, base, base + 100 * MIN)
+                .unwrap();
+            assert_eq!(r.len(), 1);
+            r.pop().unwrap().1
+        };
+        let d2 = read("d2");
+        assert_eq!(d2.len(), 50, "every window of the history");
+        for w in &d2 {
+            let m = (w.start - base) / MIN;
+            assert!((0..40).contains(&m) || (70..80).contains(&m));
+            // Final windows that held nothing for the series before: their figures changed.
+            assert_eq!(
+                (w.figures.count, w.revision, w.state),
+                (4, 1, WindowState::Corrected)
+            );
+            assert_eq!(w.figures.sum, (16 * m + 6) as f64);
+            assert_eq!(w.figures.first.value, (4 * m) as f64);
+            assert_eq!(w.figures.last.timestamp, w.start + 45_000);
+        }
+        let d1 = read("d1");
+        assert_eq!(d1.len(), 1);
+        assert_eq!((d1[0].figures.count, d1[0].figures.sum), (2, 3.0));
+        assert_eq!((d1[0].revision, d1[0].state), (1, WindowState::Corrected));
     }
 
     /// A correction stays queued for group rollups across a checkpoint and a reopening until

@@ -337,41 +337,72 @@ impl RollupStore {
         start: i64,
         quantiles: &[f64],
     ) -> Result<Option<StoredWindow>, StorageError> {
-        {
+        Ok(self.range(tenant, key, start, start, quantiles)?.pop())
+    }
+
+    /// The stored windows of one series starting in `[from, to]`, in time order: one read per
+    /// figure for the whole range, so recomputing many windows of a series costs a handful of
+    /// reads, not a handful per window.
+    pub fn range(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        from: i64,
+        to: i64,
+        quantiles: &[f64],
+    ) -> Result<Vec<StoredWindow>, StorageError> {
+        // Taken first: a reader may drain the staging meanwhile, which then only moves these
+        // same windows into the storage engine.
+        let staged: Vec<StoredWindow> = {
             let warm = self.warm.lock();
-            if let Some(i) = warm.find(tenant, key) {
-                let s = &warm.series[i as usize];
-                if let Some(w) = s.staged.iter().find(|w| w.start == start) {
-                    let mut w = w.stored();
-                    w.figures.quantiles.retain(|(q, _)| quantiles.contains(q));
-                    return Ok(Some(w));
-                }
-            }
-        }
-        let read = |name: &str| -> Result<Option<f64>, StorageError> {
-            let k = figure_key(key, name);
+            warm.find(tenant, key).map_or_else(Vec::new, |i| {
+                warm.series[i as usize]
+                    .staged
+                    .iter()
+                    .filter(|w| (from..=to).contains(&w.start))
+                    .map(|w| {
+                        let mut w = w.stored();
+                        w.figures.quantiles.retain(|(q, _)| quantiles.contains(q));
+                        w
+                    })
+                    .collect()
+            })
+        };
+        let mut found: BTreeMap<i64, StoredWindow> = BTreeMap::new();
+        let read = |name: &str| -> Result<Vec<Sample>, StorageError> {
             Ok(self
                 .tsdb
-                .read_series(tenant, k.as_ref(), start, start)?
-                .first()
-                .map(|s| s.value))
+                .read_series(tenant, figure_key(key, name).as_ref(), from, to)?)
         };
-        let Some(count) = read(COUNT)? else {
-            return Ok(None);
-        };
-        let mut w = Assembly::default();
-        w.set(COUNT, count);
-        for &name in &BASE_FIGURES[1..] {
-            if let Some(v) = read(name)? {
-                w.set(name, v);
+        let counts = read(COUNT)?;
+        if !counts.is_empty() {
+            let mut windows: BTreeMap<i64, Assembly> = BTreeMap::new();
+            for s in counts {
+                windows.entry(s.timestamp).or_default().set(COUNT, s.value);
             }
-        }
-        for &q in quantiles {
-            if let Some(v) = read(&quantile_figure(q))? {
-                w.quantiles.push((q, v));
+            for &name in &BASE_FIGURES[1..] {
+                for s in read(name)? {
+                    if let Some(w) = windows.get_mut(&s.timestamp) {
+                        w.set(name, s.value);
+                    }
+                }
             }
+            for &q in quantiles {
+                for s in read(&quantile_figure(q))? {
+                    if let Some(w) = windows.get_mut(&s.timestamp) {
+                        w.quantiles.push((q, s.value));
+                    }
+                }
+            }
+            found.extend(
+                windows
+                    .into_iter()
+                    .filter_map(|(t, w)| Some((t, w.finish(t)?))),
+            );
         }
-        Ok(w.finish(start))
+        // Staged windows are newer than anything the storage engine holds for their start.
+        found.extend(staged.into_iter().map(|w| (w.start, w)));
+        Ok(found.into_values().collect())
     }
 
     /// The stored windows of the series matching `matchers` that start in `[start, end]`, by

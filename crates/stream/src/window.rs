@@ -158,6 +158,18 @@ pub struct Correction {
     pub start: i64,
 }
 
+/// Final windows of one series to recompute from the raw tier, as [`Windows::take_corrections`]
+/// hands them out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesCorrections {
+    /// The series' tenant.
+    pub tenant: Tenant,
+    /// The series.
+    pub key: SeriesKey,
+    /// Window starts, ascending, each once.
+    pub starts: Vec<i64>,
+}
+
 /// One series as the windows know it: found by id and confirmed by tenant and key, kept across
 /// windows so a sample costs one lookup and no allocation once the series is known.
 #[derive(Debug)]
@@ -261,7 +273,9 @@ pub struct Windows {
     open: Vec<OpenWindow>,
     /// Entry buffers of closed windows, for reuse.
     spare: Vec<Vec<Entry>>,
-    corrections: BTreeSet<Correction>,
+    /// Queued corrections, `(series index, window start)`: a bulk backfill of old data may queue
+    /// one per window of every series, so no keys are copied until they are taken.
+    corrections: BTreeSet<(u32, i64)>,
     stats: WindowStats,
     /// Each device's series, whose newest readings the table keeps (the device shadows).
     devices: DeviceIndex,
@@ -387,11 +401,7 @@ impl Windows {
                 }
                 Arrival::Correction => {
                     self.stats.correction_samples += 1;
-                    self.corrections.insert(Correction {
-                        tenant: tenant.clone(),
-                        key: key.to_owned(),
-                        start,
-                    });
+                    self.corrections.insert((i as u32, start));
                     continue;
                 }
                 Arrival::Late => self.stats.late += 1,
@@ -521,9 +531,24 @@ impl Windows {
         }
     }
 
-    /// Takes the queued corrections (each window once, however many samples queued it).
-    pub fn take_corrections(&mut self) -> Vec<Correction> {
-        std::mem::take(&mut self.corrections).into_iter().collect()
+    /// Takes the queued corrections, by series (each window once, however many samples queued
+    /// it).
+    pub fn take_corrections(&mut self) -> Vec<SeriesCorrections> {
+        let mut out: Vec<SeriesCorrections> = Vec::new();
+        let mut last = None;
+        for (i, start) in std::mem::take(&mut self.corrections) {
+            if last != Some(i) {
+                let st = &self.table.series[i as usize];
+                out.push(SeriesCorrections {
+                    tenant: st.tenant.clone(),
+                    key: st.key.clone(),
+                    starts: Vec::new(),
+                });
+                last = Some(i);
+            }
+            out.last_mut().expect("pushed above").starts.push(start);
+        }
+        out
     }
 
     /// Visits the provisional windows of `tenant` overlapping `[start, end]` whose series pass
@@ -779,7 +804,7 @@ mod tests {
         assert_eq!(w.stats().correction_samples, 2);
         let c = w.take_corrections();
         assert_eq!(c.len(), 1);
-        assert_eq!((c[0].start, &c[0].key), (base, &d1.key));
+        assert_eq!((&c[0].starts, &c[0].key), (&vec![base], &d1.key));
         assert!(w.take_corrections().is_empty());
         // Beyond the correction horizon: counted, not rolled up.
         feed(&mut w, &d1, &[(base - 60 * MIN, 1.0)]);

@@ -138,7 +138,7 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
     best.push(RAW);
     best.extend_from_slice(&body);
     if compress {
-        if let Ok(z) = zstd::bulk::compress(&body, ZSTD_LEVEL) {
+        if let Some(z) = zstd_compress(&body) {
             if z.len() + 5 < best.len() {
                 best.clear();
                 best.push(ZSTD);
@@ -159,6 +159,22 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
         }
     }
     best
+}
+
+/// Compresses with zstd through a context kept per thread: a fresh context per chunk costs
+/// more than compressing a small chunk (a flush compresses hundreds of thousands).
+fn zstd_compress(body: &[u8]) -> Option<Vec<u8>> {
+    thread_local! {
+        static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        if z.is_none() {
+            *z = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        z.as_mut()?.compress(body).ok()
+    })
 }
 
 /// The step of `samples` when they are evenly spaced (at least two, positive step).

@@ -441,7 +441,9 @@ impl Tsdb {
         } = &mut *inner;
         let width = self.opts.block_duration_ms.max(1);
         for (tenant, head) in heads.iter_mut() {
-            let mut windows: BTreeMap<i64, Vec<EncodedSeries>> = BTreeMap::new();
+            // Which series have samples in which block window; then one window at a time, so
+            // a flush holds one block's encoded series, not the whole head's.
+            let mut windows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
             let mut buf = Vec::new();
             for (r, s) in head.series.iter().enumerate() {
                 if !s.has_samples() {
@@ -449,19 +451,27 @@ impl Tsdb {
                 }
                 buf.clear();
                 s.read(i64::MIN, i64::MAX, &mut buf);
-                let key = head.index.key(r as u32);
                 for part in buf
                     .chunk_by(|a, b| a.timestamp.div_euclid(width) == b.timestamp.div_euclid(width))
                 {
                     let w = part[0].timestamp.div_euclid(width);
-                    windows
-                        .entry(w)
-                        .or_default()
-                        .push(EncodedSeries::new(key.to_owned(), part));
+                    windows.entry(w).or_default().push(r as u32);
                 }
             }
             let tdir = self.dir.join(tenant.as_str());
-            for (_, series) in windows {
+            for (w, members) in windows {
+                let (start, end) = (
+                    w.saturating_mul(width),
+                    w.saturating_mul(width).saturating_add(width - 1),
+                );
+                let series = members
+                    .into_iter()
+                    .map(|r| {
+                        buf.clear();
+                        head.series[r as usize].read(start, end, &mut buf);
+                        EncodedSeries::new(head.index.key(r).to_owned(), &buf)
+                    })
+                    .collect();
                 let b = Block::write(&tdir, *next_seq, series)?;
                 *next_seq += 1;
                 blocks.entry(tenant.clone()).or_default().push(Arc::new(b));
