@@ -370,9 +370,8 @@ impl RollupStore {
         };
         let mut found: BTreeMap<i64, StoredWindow> = BTreeMap::new();
         let read = |name: &str| -> Result<Vec<Sample>, StorageError> {
-            Ok(self
-                .tsdb
-                .read_series(tenant, figure_key(key, name).as_ref(), from, to)?)
+            self.tsdb
+                .read_series(tenant, figure_key(key, name).as_ref(), from, to)
         };
         let counts = read(COUNT)?;
         if !counts.is_empty() {
