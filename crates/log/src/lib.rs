@@ -70,6 +70,12 @@ pub enum LogError {
     /// The log on disk does not fit how it is being opened.
     #[error("ingest log: {0}")]
     Mismatch(String),
+    /// Another process has the log open: two writers would interleave records and corrupt it.
+    #[error("ingest log {path} is in use by another process (is another strata running on this data directory?)")]
+    InUse {
+        /// The log's lock file.
+        path: PathBuf,
+    },
     /// A second writer was requested for a partition.
     #[error("ingest log partition {0} already has a writer")]
     WriterBusy(u32),

@@ -44,6 +44,9 @@ pub struct LocalLog {
     partitions: Vec<Arc<Partition>>,
     opts: LogOptions,
     stats: Arc<Stats>,
+    /// Held (an exclusive advisory lock on `LOCK`) while the log is open, so a second process
+    /// on the same directory fails to open it instead of writing into the same segments.
+    _lock: File,
 }
 
 impl LocalLog {
@@ -56,6 +59,7 @@ impl LocalLog {
             ));
         }
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock_dir(dir)?;
         check_meta(dir, partitions)?;
         let stats = Arc::new(Stats::default());
         let parts = (0..partitions)
@@ -65,6 +69,7 @@ impl LocalLog {
             partitions: parts,
             opts,
             stats,
+            _lock: lock,
         })
     }
 
@@ -108,8 +113,7 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<(), LogError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let has_data = std::fs::read_dir(dir)
                 .map_err(io_err(dir))?
-                .next()
-                .is_some();
+                .any(|e| e.is_ok_and(|e| e.file_name() != LOCK_FILE));
             if has_data {
                 return Err(LogError::Corrupt {
                     path,
@@ -126,6 +130,25 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<(), LogError> {
             segment::sync_dir(dir)
         }
         Err(e) => Err(LogError::Io { path, source: e }),
+    }
+}
+
+/// The lock file's name, in the log's directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Takes the exclusive lock on `dir/LOCK` (released by the OS when the process dies, however).
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::InUse { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(LogError::Io { path, source: e }),
     }
 }
 

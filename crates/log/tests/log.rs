@@ -199,6 +199,22 @@ fn one_writer_per_partition_and_fixed_partition_count() {
     );
 }
 
+/// A second process (here: a second open) on the same directory is refused while the first
+/// holds the log, so two writers never interleave records in one segment.
+#[test]
+fn a_log_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), 2, 1 << 20);
+    let e = LocalLog::open(dir.path(), 2, LogOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(e, LogError::InUse { .. }), "{e}");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    drop(log);
+    let mut w = open(dir.path(), 2, 1 << 20).writer(0).unwrap();
+    w.append(b"after").unwrap();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
