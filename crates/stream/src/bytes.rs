@@ -1,5 +1,6 @@
 //! Little helpers for the stage's checkpoint files: length-prefixed fields, a bounds-checked
-//! reader that never panics on damaged input, and atomic replacement of a file.
+//! reader that never panics on damaged input, atomic replacement of a file, and the checksummed
+//! frame every checkpoint shares (magic first, CRC32 last).
 
 use crate::StreamError;
 use std::io::Write;
@@ -63,4 +64,45 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StreamError> {
             .map_err(io)?;
     }
     Ok(())
+}
+
+/// Writes a checkpoint atomically: `body` (which starts with its magic) followed by its CRC32.
+pub(crate) fn write_checked(path: &Path, mut body: Vec<u8>) -> Result<(), StreamError> {
+    let crc = crc32fast::hash(&body);
+    body.extend_from_slice(&crc.to_le_bytes());
+    write_atomically(path, &body)
+}
+
+/// Reads what [`write_checked`] wrote: the body (magic included, CRC removed), or `None` when
+/// there is no file. A file shorter than `min_len`, without `magic`, or failing its CRC is an
+/// error naming `what` (e.g. "a window checkpoint").
+pub(crate) fn read_checked(
+    path: &Path,
+    magic: &[u8; 8],
+    min_len: usize,
+    what: &str,
+) -> Result<Option<Vec<u8>>, StreamError> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StreamError::Io {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    let corrupt = |reason: String| StreamError::Corrupt {
+        path: path.into(),
+        reason,
+    };
+    if bytes.len() < min_len.max(12) || &bytes[..8] != magic {
+        return Err(corrupt(format!("not {what}")));
+    }
+    let body_len = bytes.len() - 4;
+    if crc32fast::hash(&bytes[..body_len]).to_le_bytes() != bytes[body_len..] {
+        return Err(corrupt(format!("checksum mismatch in {what}")));
+    }
+    bytes.truncate(body_len);
+    Ok(Some(bytes))
 }

@@ -4,7 +4,7 @@
 //! confirmed by comparing tenant and id bytes, so a hash collision never drops an event. Memory
 //! is bounded by the horizon: entries older than it (by arrival) are forgotten.
 
-use crate::bytes::{put, write_atomically, Reader};
+use crate::bytes::{put, read_checked, write_checked, Reader};
 use crate::StreamError;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -117,36 +117,20 @@ impl EventDedup {
                 put(&mut buf, &e.id);
             }
         }
-        let crc = crc32fast::hash(&buf);
-        buf.extend_from_slice(&crc.to_le_bytes());
-        write_atomically(path, &buf)
+        write_checked(path, buf)
     }
 
     /// Loads ids saved by [`EventDedup::save`]; a missing file is an empty set.
     pub fn load(path: &Path, horizon_ms: i64) -> Result<EventDedup, StreamError> {
         let mut d = EventDedup::new(horizon_ms);
-        let buf = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(d),
-            Err(source) => {
-                return Err(StreamError::Io {
-                    path: path.into(),
-                    source,
-                })
-            }
+        let Some(body) = read_checked(path, MAGIC, 24, "an event-dedup checkpoint")? else {
+            return Ok(d);
         };
         let bad = |why: &str| StreamError::Corrupt {
             path: path.into(),
             reason: format!("event-dedup checkpoint: {why}"),
         };
-        if buf.len() < 24 || &buf[..8] != MAGIC {
-            return Err(bad("bad header"));
-        }
-        let (body, crc) = buf.split_at(buf.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != crc {
-            return Err(bad("checksum mismatch"));
-        }
-        let mut r = Reader::new(body);
+        let mut r = Reader::new(&body);
         r.take(8);
         if r.u32() != Some(VERSION) {
             return Err(bad("unknown version"));

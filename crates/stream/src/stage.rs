@@ -4,7 +4,7 @@
 //! The shard's thread is the only writer (observe, settle, checkpoint); HTTP readers share it
 //! and take the windows' read lock briefly.
 
-use crate::bytes::{put, write_atomically, Reader};
+use crate::bytes::{put, read_checked, write_checked, Reader};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{Correction, SeriesCorrections, WindowOptions, WindowState, Windows};
@@ -379,34 +379,18 @@ fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError
         put(&mut b, c.key.as_bytes());
         b.extend_from_slice(&c.start.to_le_bytes());
     }
-    let crc = crc32fast::hash(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    write_atomically(path, &b)
+    write_checked(path, b)
 }
 
 /// Reads what [`save_corrections`] wrote; nothing when there is no file.
 fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(StreamError::Io {
-                path: path.into(),
-                source,
-            })
-        }
+    let Some(body) = read_checked(path, CORRECTIONS_MAGIC, 20, "a correction queue")? else {
+        return Ok(Vec::new());
     };
     let corrupt = |reason: &str| StreamError::Corrupt {
         path: path.into(),
         reason: reason.into(),
     };
-    if bytes.len() < 20 || &bytes[..8] != CORRECTIONS_MAGIC {
-        return Err(corrupt("not a correction queue"));
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return Err(corrupt("checksum mismatch"));
-    }
     let mut r = Reader::new(&body[8..]);
     let parse = |r: &mut Reader<'_>| -> Option<Vec<Correction>> {
         if r.u32()? != CORRECTIONS_VERSION {
@@ -533,15 +517,7 @@ mod tests {
             publish_corrections: true,
             block_duration_ms: 7_200_000,
         };
-        let raw = Tsdb::open(
-            &dir.path().join("raw"),
-            TsdbOptions {
-                retention_ms: i64::MAX / 4,
-                ..TsdbOptions::default()
-            },
-            SeriesLimiter::new(usize::MAX),
-        )
-        .unwrap();
+        let raw = open_raw(dir.path());
         let base = strata_model::time::now_ms() / 60_000 * 60_000 - 60 * 60_000;
         let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
         feed(&stage, &raw, 1, base + 1_000, 1.0);

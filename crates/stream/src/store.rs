@@ -368,37 +368,29 @@ impl RollupStore {
                     .collect()
             })
         };
-        let mut found: BTreeMap<i64, StoredWindow> = BTreeMap::new();
         let read = |name: &str| -> Result<Vec<Sample>, StorageError> {
             self.tsdb
                 .read_series(tenant, figure_key(key, name).as_ref(), from, to)
         };
-        let counts = read(COUNT)?;
-        if !counts.is_empty() {
-            let mut windows: BTreeMap<i64, Assembly> = BTreeMap::new();
-            for s in counts {
-                windows.entry(s.timestamp).or_default().set(COUNT, s.value);
-            }
-            for &name in &BASE_FIGURES[1..] {
-                for s in read(name)? {
-                    if let Some(w) = windows.get_mut(&s.timestamp) {
-                        w.set(name, s.value);
-                    }
-                }
-            }
-            for &q in quantiles {
-                for s in read(&quantile_figure(q))? {
-                    if let Some(w) = windows.get_mut(&s.timestamp) {
-                        w.quantiles.push((q, s.value));
-                    }
-                }
-            }
-            found.extend(
-                windows
-                    .into_iter()
-                    .filter_map(|(t, w)| Some((t, w.finish(t)?))),
-            );
+        // A window is stored when its count is; the other figures are read only then.
+        let mut windows: BTreeMap<i64, Assembly> = BTreeMap::new();
+        for s in read(COUNT)? {
+            windows.entry(s.timestamp).or_default().set(COUNT, s.value);
         }
+        if !windows.is_empty() {
+            let names = BASE_FIGURES[1..].iter().map(|&f| f.to_owned());
+            for name in names.chain(quantiles.iter().map(|&q| quantile_figure(q))) {
+                for s in read(&name)? {
+                    if let Some(w) = windows.get_mut(&s.timestamp) {
+                        w.set(&name, s.value);
+                    }
+                }
+            }
+        }
+        let mut found: BTreeMap<i64, StoredWindow> = windows
+            .into_iter()
+            .filter_map(|(t, w)| Some((t, w.finish(t)?)))
+            .collect();
         // Staged windows are newer than anything the storage engine holds for their start.
         found.extend(staged.into_iter().map(|w| (w.start, w)));
         Ok(found.into_values().collect())

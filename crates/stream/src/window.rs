@@ -13,7 +13,7 @@
 //! Everything here is driven by the samples in log order and, for idleness, by the time the
 //! caller passes in, so a replay of the log reproduces the same windows.
 
-use crate::bytes::{put, write_atomically, Reader};
+use crate::bytes::{put, read_checked, write_checked, Reader};
 use crate::rollup::Rollup;
 use crate::shadow::{self, DeviceIndex};
 use crate::StreamError;
@@ -534,21 +534,18 @@ impl Windows {
     /// Takes the queued corrections, by series (each window once, however many samples queued
     /// it).
     pub fn take_corrections(&mut self) -> Vec<SeriesCorrections> {
-        let mut out: Vec<SeriesCorrections> = Vec::new();
-        let mut last = None;
-        for (i, start) in std::mem::take(&mut self.corrections) {
-            if last != Some(i) {
-                let st = &self.table.series[i as usize];
-                out.push(SeriesCorrections {
+        let queued: Vec<(u32, i64)> = std::mem::take(&mut self.corrections).into_iter().collect();
+        queued
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|run| {
+                let st = &self.table.series[run[0].0 as usize];
+                SeriesCorrections {
                     tenant: st.tenant.clone(),
                     key: st.key.clone(),
-                    starts: Vec::new(),
-                });
-                last = Some(i);
-            }
-            out.last_mut().expect("pushed above").starts.push(start);
-        }
-        out
+                    starts: run.iter().map(|&(_, start)| start).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Visits the provisional windows of `tenant` overlapping `[start, end]` whose series pass
@@ -629,36 +626,20 @@ impl Windows {
             .collect();
         shadow::encode(readings.into_iter(), &mut b);
         b.extend_from_slice(&((b.len() - shadows) as u64).to_le_bytes());
-        let crc = crc32fast::hash(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        write_atomically(path, &b)
+        write_checked(path, b)
     }
 
     /// Loads what [`Windows::save`] wrote, with the log offset it covers; a missing file gives
     /// empty windows and no offset.
     pub fn load(path: &Path, opts: WindowOptions) -> Result<(Windows, Option<u64>), StreamError> {
         let mut w = Windows::new(opts);
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((w, None)),
-            Err(source) => {
-                return Err(StreamError::Io {
-                    path: path.into(),
-                    source,
-                })
-            }
+        let Some(body) = read_checked(path, CHECKPOINT_MAGIC, 60, "a window checkpoint")? else {
+            return Ok((w, None));
         };
         let bad = |reason: &str| StreamError::Corrupt {
             path: path.into(),
             reason: reason.into(),
         };
-        if bytes.len() < 60 || &bytes[..8] != CHECKPOINT_MAGIC {
-            return Err(bad("not a window checkpoint"));
-        }
-        let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != crc {
-            return Err(bad("checksum mismatch"));
-        }
         // The shadows sit at the end, their length in the last 8 bytes before the checksum.
         let (body, shadow_len) = body.split_at(body.len() - 8);
         let shadow_len = u64::from_le_bytes(shadow_len.try_into().expect("8 bytes")) as usize;

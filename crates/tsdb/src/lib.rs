@@ -446,7 +446,15 @@ impl Tsdb {
             let mut windows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
             let mut buf = Vec::new();
             for (r, s) in head.series.iter().enumerate() {
-                if !s.has_samples() {
+                let Some((min_t, max_t)) = s.range() else {
+                    continue;
+                };
+                // Within one window (the usual case), the range says so without decoding.
+                if min_t.div_euclid(width) == max_t.div_euclid(width) {
+                    windows
+                        .entry(min_t.div_euclid(width))
+                        .or_default()
+                        .push(r as u32);
                     continue;
                 }
                 buf.clear();
