@@ -21,6 +21,73 @@ pub struct SeriesSamples {
     pub samples: Vec<Sample>,
 }
 
+/// Reads one selected series' samples when asked (see [`Storage::select_lazy`]).
+pub trait SampleSource: Send + Sync {
+    /// About how much work [`SampleSource::read`] is, in samples decoded (at least the samples it
+    /// appends): to share work between threads.
+    fn weight(&self) -> usize;
+
+    /// Appends the series' samples in the selected range to `out`: sorted by timestamp, one
+    /// sample per timestamp. Appends nothing when it has none there.
+    fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError>;
+}
+
+/// Samples already in memory, as a [`SampleSource`].
+impl SampleSource for Vec<Sample> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+
+    fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+        out.extend_from_slice(self);
+        Ok(())
+    }
+}
+
+/// One selected series whose samples are decoded where they are used: a query decodes each
+/// series into a buffer its thread reuses and evaluates it there, while the data is in cache,
+/// instead of holding every selected series decoded at once.
+pub struct LazySeries {
+    /// The series' labels, `__name__` included.
+    pub labels: Labels,
+    source: Box<dyn SampleSource>,
+}
+
+impl LazySeries {
+    /// A series reading its samples from `source`.
+    pub fn new(labels: Labels, source: impl SampleSource + 'static) -> LazySeries {
+        LazySeries {
+            labels,
+            source: Box::new(source),
+        }
+    }
+
+    /// About how many samples [`LazySeries::read`] appends.
+    pub fn weight(&self) -> usize {
+        self.source.weight()
+    }
+
+    /// Appends the series' samples in the selected range to `out` (see [`SampleSource::read`]).
+    pub fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+        self.source.read(out)
+    }
+}
+
+impl From<SeriesSamples> for LazySeries {
+    fn from(s: SeriesSamples) -> LazySeries {
+        LazySeries::new(s.labels, s.samples)
+    }
+}
+
+impl std::fmt::Debug for LazySeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazySeries")
+            .field("labels", &self.labels)
+            .field("weight", &self.weight())
+            .finish()
+    }
+}
+
 /// The read side of every storage tier: the raw head and blocks now; rollup tiers later.
 ///
 /// Implementations must return only `tenant`'s data, sorted by labels, and must decode only what
@@ -33,6 +100,22 @@ pub trait Storage: Send + Sync {
         matchers: &[Matcher],
         hints: &SelectHints,
     ) -> Result<Vec<SeriesSamples>, StorageError>;
+
+    /// As [`Storage::select`], but each series' samples are read only when its
+    /// [`LazySeries::read`] is called; series may turn out to have no samples in the range, and
+    /// `hints.max_samples` is left to the reader to enforce. The default selects eagerly.
+    fn select_lazy(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<LazySeries>, StorageError> {
+        Ok(self
+            .select(tenant, matchers, hints)?
+            .into_iter()
+            .map(LazySeries::from)
+            .collect())
+    }
 
     /// Label sets of the series matching all `matchers` that have samples in `[start, end]`.
     fn series(

@@ -1,7 +1,7 @@
 //! Aggregation operators. Groups are computed once per series; values are accumulated step by
 //! step.
 
-use crate::eval::{Collector, Env, Grid, Row, Stepper, Val};
+use crate::eval::{par_map, Collector, Env, Grid, Row, Stepper, Val};
 use crate::labels::{format_float, prom_hash, valid_label_name, Signer};
 use crate::stats::{kahan_inc, quantile};
 use crate::Error;
@@ -245,6 +245,13 @@ fn aggregate(
     grid: Grid,
 ) -> Result<Val, Error> {
     let groups = group_labels.len();
+    // The steps are shared out between threads. Each thread still adds every row in row
+    // order, so the result does not depend on how the steps were split.
+    let work = rows.iter().map(|r| r.points.len()).sum::<usize>() + groups * grid.len();
+    let parts = crate::eval::split_steps(grid.len());
+    let computed = par_map(&parts, work, |_, steps| {
+        aggregate_steps(env, op, rows, group_of, groups, param, grid, steps.clone())
+    });
     let mut out: Vec<Row> = group_labels
         .into_iter()
         .map(|labels| Row {
@@ -253,28 +260,66 @@ fn aggregate(
             points: Vec::new(),
         })
         .collect();
+    for part in computed {
+        for (row, (points, drop_name)) in out.iter_mut().zip(part?) {
+            if !points.is_empty() {
+                row.points.extend(points);
+                row.drop_name = drop_name;
+            }
+        }
+    }
+    out.retain(|r| !r.points.is_empty());
+    env.account(out.iter().map(|r| r.points.len()).sum())?;
+    Ok(Val::Vector(out))
+}
+
+/// The aggregate of every group at the grid's steps `steps`: per group, its points and whether
+/// its last point drops `__name__`.
+#[allow(clippy::too_many_arguments)]
+fn aggregate_steps(
+    env: &Env,
+    op: AggOp,
+    rows: &[Row],
+    group_of: &[usize],
+    groups: usize,
+    param: Option<&[f64]>,
+    grid: Grid,
+    steps: std::ops::Range<usize>,
+) -> Result<Vec<(Vec<(i64, f64)>, bool)>, Error> {
+    let mut out = vec![(Vec::new(), false); groups];
+    if steps.is_empty() {
+        return Ok(out);
+    }
     // Row by row over a block of steps (each row's points are read in order, once), with one
     // accumulator per group and step; every accumulator still sees its rows in row order.
-    let block = (MAX_ACCS / groups.max(1)).clamp(1, grid.len());
+    let block = (MAX_ACCS / groups.max(1)).clamp(1, steps.len());
     let mut accs: Vec<Acc> = vec![Acc::default(); groups * block];
-    let mut pos = vec![0usize; rows.len()];
-    for first in (0..grid.len()).step_by(block) {
+    let first_ts = grid.ts(steps.start);
+    let mut pos: Vec<usize> = rows
+        .iter()
+        .map(|r| r.points.partition_point(|p| p.0 < first_ts))
+        .collect();
+    for first in steps.clone().step_by(block) {
         env.check("expression evaluation")?;
-        let n = block.min(grid.len() - first);
+        let n = block.min(steps.end - first);
         let last_ts = grid.ts(first + n - 1);
         accs.iter_mut().for_each(|a| a.seen = false);
         for (i, row) in rows.iter().enumerate() {
             let g = group_of[i];
             let (pts, p) = (&row.points, &mut pos[i]);
+            // Points are at grid steps, in order: walk a step cursor beside them rather than
+            // divide to find each point's step.
+            let (mut si, mut step_ts) = (0usize, grid.ts(first));
             while *p < pts.len() && pts[*p].0 <= last_ts {
                 let (ts, f) = pts[*p];
                 *p += 1;
-                let off = ts - grid.start;
-                if off < 0 || off % grid.step != 0 {
-                    continue;
+                while step_ts < ts {
+                    step_ts += grid.step;
+                    si += 1;
                 }
-                let si = grid.index(ts) - first;
-                accs[si * groups + g].add(op, f, row.drop_name);
+                if step_ts == ts {
+                    accs[si * groups + g].add(op, f, row.drop_name);
+                }
             }
         }
         for si in 0..n {
@@ -282,15 +327,13 @@ fn aggregate(
             let q = param.map(|p| p[first + si]).unwrap_or(0.0);
             for (g, a) in accs[si * groups..(si + 1) * groups].iter_mut().enumerate() {
                 if a.seen {
-                    out[g].points.push((ts, a.result(op, q)));
-                    out[g].drop_name = a.drop_name;
+                    out[g].0.push((ts, a.result(op, q)));
+                    out[g].1 = a.drop_name;
                 }
             }
         }
     }
-    out.retain(|r| !r.points.is_empty());
-    env.account(out.iter().map(|r| r.points.len()).sum())?;
-    Ok(Val::Vector(out))
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

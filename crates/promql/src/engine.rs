@@ -130,18 +130,18 @@ impl Engine {
             }
             Val::Range(mut rv) => {
                 let (lo, hi) = rv.window(time_ms);
-                apply_drop_name(&mut rv.rows);
+                rv.apply_drop_name();
+                let points = rv.map_rows(&env, 1, |_, pts| {
+                    Ok(pts
+                        .iter()
+                        .copied()
+                        .filter(|p| p.0 > lo && p.0 <= hi)
+                        .collect::<Vec<_>>())
+                })?;
                 let mut out: Vec<Series> = rv
-                    .rows
-                    .into_iter()
-                    .map(|r| Series {
-                        labels: r.labels,
-                        points: r
-                            .points
-                            .into_iter()
-                            .filter(|p| p.0 > lo && p.0 <= hi)
-                            .collect(),
-                    })
+                    .into_labels()
+                    .zip(points)
+                    .map(|((labels, _), points)| Series { labels, points })
                     .filter(|s| !s.points.is_empty())
                     .collect();
                 out.sort_by(|a, b| a.labels.cmp(&b.labels));

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
-use strata_model::{Labels, Matcher, SelectHints, Storage, StorageError, METRIC_NAME};
+use strata_model::{
+    Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
+};
 
 /// The evaluation timestamps of a node: `start`, `start + step`, ... up to `end` inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +65,21 @@ pub(crate) struct Row {
 
 /// A range vector: raw samples (staleness markers removed), windowed per step as
 /// `(ref - range, ref]` with `ref = (at or step) - offset`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RangeVal {
-    pub rows: Vec<Row>,
+    pub rows: RangeRows,
     pub range: i64,
     pub offset: i64,
     pub at: Option<i64>,
+}
+
+/// The series of a range vector.
+#[derive(Debug)]
+pub(crate) enum RangeRows {
+    /// A subquery's rows, evaluated.
+    Points(Vec<Row>),
+    /// A selector's series, decoded by [`RangeVal::map_rows`] where they are used.
+    Lazy(Vec<LazySeries>),
 }
 
 impl RangeVal {
@@ -77,10 +88,75 @@ impl RangeVal {
         let r = self.at.unwrap_or(ts) - self.offset;
         (r - self.range, r)
     }
+
+    /// Removes `__name__` from rows marked to drop it (a selector's series never are).
+    pub fn apply_drop_name(&mut self) {
+        if let RangeRows::Points(rows) = &mut self.rows {
+            apply_drop_name(rows);
+        }
+    }
+
+    /// The number of series.
+    pub fn len(&self) -> usize {
+        match &self.rows {
+            RangeRows::Points(rows) => rows.len(),
+            RangeRows::Lazy(series) => series.len(),
+        }
+    }
+
+    /// Labels and `drop_name` of every series, in order.
+    pub fn into_labels(self) -> impl Iterator<Item = (Labels, bool)> {
+        let (points, lazy) = match self.rows {
+            RangeRows::Points(rows) => (rows, Vec::new()),
+            RangeRows::Lazy(series) => (Vec::new(), series),
+        };
+        points
+            .into_iter()
+            .map(|r| (r.labels, r.drop_name))
+            .chain(lazy.into_iter().map(|s| (s.labels, false)))
+    }
+
+    /// `f(row index, points)` for every series, spread over cores (`steps`: the steps each
+    /// series is evaluated at, to weigh the work). A selector's series are decoded here, one at
+    /// a time per thread into buffers the thread reuses, so each is evaluated while in cache.
+    pub fn map_rows<R: Send>(
+        &self,
+        env: &Env,
+        steps: usize,
+        f: impl Fn(usize, &[(i64, f64)]) -> Result<R, Error> + Sync,
+    ) -> Result<Vec<R>, Error> {
+        match &self.rows {
+            RangeRows::Points(rows) => {
+                let work = rows.iter().map(|r| r.points.len() + steps).sum();
+                par_map(rows, work, |i, r| {
+                    if i.is_multiple_of(256) {
+                        env.check("expression evaluation")?;
+                    }
+                    f(i, &r.points)
+                })
+                .into_iter()
+                .collect()
+            }
+            RangeRows::Lazy(series) => {
+                let work = series.iter().map(|s| s.weight() + steps).sum();
+                par_map_with(
+                    series,
+                    work,
+                    |(samples, points): &mut (Vec<Sample>, Vec<(i64, f64)>), i, s| {
+                        env.read_series(i, s, samples)?;
+                        points_of(samples, points);
+                        f(i, points)
+                    },
+                )
+                .into_iter()
+                .collect()
+            }
+        }
+    }
 }
 
 /// An evaluated node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Val {
     Vector(Vec<Row>),
     Scalar(Vec<f64>),
@@ -167,43 +243,66 @@ impl Env<'_> {
         })
     }
 
-    /// Reads the series of a selector with samples in `[min_t, max_t]`.
+    /// The series of a selector that may have samples in `[min_t, max_t]`, sorted by labels,
+    /// to be read with [`Env::read_series`].
     pub fn select(
         &self,
         vs: &VectorSelector,
         min_t: i64,
         max_t: i64,
-    ) -> Result<Vec<(Labels, Vec<strata_model::Sample>)>, Error> {
+    ) -> Result<Vec<LazySeries>, Error> {
         self.check("query preparation")?;
         let sets = matcher_sets(vs).map_err(Error::BadData)?;
-        let remaining = self
-            .opts
-            .max_samples
-            .saturating_sub(self.loaded.load(Ordering::Relaxed));
         let hints = SelectHints {
             start: min_t,
             end: max_t,
-            max_samples: Some(remaining),
+            max_samples: None,
         };
-        let mut out: Vec<(Labels, Vec<strata_model::Sample>)> = Vec::new();
+        let mut out: Vec<LazySeries> = Vec::new();
         for set in &sets {
             let got = self
                 .storage
-                .select(&self.ctx.tenant, set, &hints)
-                .map_err(|e| match e {
-                    StorageError::TooManySamples { .. } => {
-                        Error::TooManySamples("query preparation", self.opts.max_samples)
-                    }
-                    other => Error::Storage(other.to_string()),
-                })?;
-            out.extend(got.into_iter().map(|s| (s.labels, s.samples)));
+                .select_lazy(&self.ctx.tenant, set, &hints)
+                .map_err(|e| self.storage_error(e))?;
+            out.extend(got);
         }
         if sets.len() > 1 {
-            out.sort_by(|a, b| a.0.cmp(&b.0));
-            out.dedup_by(|a, b| a.0 == b.0);
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            out.dedup_by(|a, b| a.labels == b.labels);
         }
-        self.account(out.iter().map(|s| s.1.len()).sum())?;
         Ok(out)
+    }
+
+    /// Reads series number `i` of a selection into `buf` (cleared first), counting its samples
+    /// against the limit.
+    pub fn read_series(
+        &self,
+        i: usize,
+        s: &LazySeries,
+        buf: &mut Vec<Sample>,
+    ) -> Result<(), Error> {
+        if i.is_multiple_of(256) {
+            self.check("query preparation")?;
+        }
+        buf.clear();
+        s.read(buf).map_err(|e| self.storage_error(e))?;
+        let total = self.loaded.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
+        if total > self.opts.max_samples {
+            return Err(Error::TooManySamples(
+                "query preparation",
+                self.opts.max_samples,
+            ));
+        }
+        Ok(())
+    }
+
+    fn storage_error(&self, e: StorageError) -> Error {
+        match e {
+            StorageError::TooManySamples { .. } => {
+                Error::TooManySamples("query preparation", self.opts.max_samples)
+            }
+            other => Error::Storage(other.to_string()),
+        }
     }
 }
 
@@ -218,35 +317,50 @@ pub(crate) fn par_map<T: Sync, R: Send>(
     work: usize,
     f: impl Fn(usize, &T) -> R + Sync,
 ) -> Vec<R> {
+    par_map_with(items, work, |_: &mut (), i, x| f(i, x))
+}
+
+/// The steps `0..steps` in one contiguous range per core, for [`par_map`] to share out.
+pub(crate) fn split_steps(steps: usize) -> Vec<std::ops::Range<usize>> {
+    let per = steps.div_ceil(cores()).max(1);
+    (0..steps)
+        .step_by(per)
+        .map(|s| s..(s + per).min(steps))
+        .collect()
+}
+
+/// The number of cores to spread work over.
+fn cores() -> usize {
     static CORES: OnceLock<usize> = OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let threads = cores
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// As [`par_map`], with scratch state `S` that each thread creates once and passes to every `f`
+/// it runs (buffers reused from item to item).
+pub(crate) fn par_map_with<S: Default, T: Sync, R: Send>(
+    items: &[T],
+    work: usize,
+    f: impl Fn(&mut S, usize, &T) -> R + Sync,
+) -> Vec<R> {
+    let threads = cores()
         .min(work / MIN_WORK_PER_THREAD)
         .min(items.len())
         .max(1);
     if threads == 1 {
-        return items.iter().enumerate().map(|(i, x)| f(i, x)).collect();
-    }
-    let per = items.len().div_ceil(threads);
-    let f = &f;
-    let run = move |from: usize, part: &[T]| -> Vec<R> {
-        part.iter()
+        let mut scratch = S::default();
+        return items
+            .iter()
             .enumerate()
-            .map(|(i, x)| f(from + i, x))
-            .collect()
-    };
-    std::thread::scope(|s| {
-        let mut parts = items.chunks(per).enumerate();
-        let (_, first) = parts.next().expect("items is not empty");
-        let handles: Vec<_> = parts
-            .map(|(k, part)| s.spawn(move || run(k * per, part)))
+            .map(|(i, x)| f(&mut scratch, i, x))
             .collect();
-        let mut out = run(0, first);
-        for h in handles {
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        out
-    })
+    }
+    use rayon::prelude::*;
+    items
+        .par_iter()
+        .enumerate()
+        .with_min_len(items.len().div_ceil(threads))
+        .map_init(S::default, |scratch, (i, x)| f(scratch, i, x))
+        .collect()
 }
 
 pub(crate) fn system_time_ms(t: SystemTime) -> i64 {
@@ -264,24 +378,23 @@ pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     }
 }
 
-/// A range selector's points: the samples without staleness markers. By value, so the
-/// conversion reuses the samples' allocation; the filter runs only where markers are.
-fn points_of(samples: Vec<strata_model::Sample>) -> Vec<(i64, f64)> {
+/// A range selector's points into `out` (cleared first): the samples without staleness
+/// markers.
+fn points_of(samples: &[Sample], out: &mut Vec<(i64, f64)>) {
+    out.clear();
     // Branch-free within chunks, so the common check (no markers) runs at memory speed.
     let stale = samples
         .chunks(64)
         .any(|c| c.iter().fold(false, |acc, s| acc | s.is_stale()));
     if stale {
-        samples
-            .into_iter()
-            .filter(|s| !s.is_stale())
-            .map(|s| (s.timestamp, s.value))
-            .collect()
+        out.extend(
+            samples
+                .iter()
+                .filter(|s| !s.is_stale())
+                .map(|s| (s.timestamp, s.value)),
+        );
     } else {
-        samples
-            .into_iter()
-            .map(|s| (s.timestamp, s.value))
-            .collect()
+        out.extend(samples.iter().map(|s| (s.timestamp, s.value)));
     }
 }
 
@@ -476,7 +589,7 @@ impl<'a> Env<'a> {
         &self,
         vs: &VectorSelector,
         grid: Grid,
-        pick: impl Fn(&strata_model::Sample) -> f64 + Sync,
+        pick: impl Fn(&Sample) -> f64 + Sync,
     ) -> Result<Vec<Row>, Error> {
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
@@ -486,15 +599,16 @@ impl<'a> Env<'a> {
             None => (grid.start - offset, grid.end - offset),
         };
         let series = self.select(vs, min_ref - lookback + 1, max_ref)?;
-        let latest = |samples: &[strata_model::Sample], j: &mut usize, r: i64| -> Option<f64> {
+        let latest = |samples: &[Sample], j: &mut usize, r: i64| -> Option<f64> {
             while *j < samples.len() && samples[*j].timestamp <= r {
                 *j += 1;
             }
             let s = &samples[j.checked_sub(1)?];
             (s.timestamp > r - lookback && !s.is_stale()).then(|| pick(s))
         };
-        let work = series.iter().map(|s| s.1.len() + grid.len()).sum();
-        let points = par_map(&series, work, |_, (_, samples)| {
+        let work = series.iter().map(|s| s.weight() + grid.len()).sum();
+        let points = par_map_with(&series, work, |samples: &mut Vec<Sample>, i, s| {
+            self.read_series(i, s, samples)?;
             let mut points = Vec::with_capacity(grid.len().min(samples.len()));
             let mut j = 0usize;
             if let Some(t) = at {
@@ -508,18 +622,19 @@ impl<'a> Env<'a> {
                     }
                 }
             }
-            points
+            Ok(points)
         });
-        let rows: Vec<Row> = series
-            .into_iter()
-            .zip(points)
-            .filter(|(_, points)| !points.is_empty())
-            .map(|((labels, _), points)| Row {
-                labels,
-                drop_name: false,
-                points,
-            })
-            .collect();
+        let mut rows = Vec::with_capacity(series.len());
+        for (s, points) in series.into_iter().zip(points) {
+            let points = points?;
+            if !points.is_empty() {
+                rows.push(Row {
+                    labels: s.labels,
+                    drop_name: false,
+                    points,
+                });
+            }
+        }
         self.account(rows.iter().map(|r| r.points.len()).sum())?;
         Ok(rows)
     }
@@ -537,18 +652,8 @@ impl<'a> Env<'a> {
             Some(t) => (t - offset, t - offset),
             None => (grid.start - offset, grid.end - offset),
         };
-        let series = self.select(vs, min_ref - range + 1, max_ref)?;
-        let rows = series
-            .into_iter()
-            .map(|(labels, samples)| Row {
-                labels,
-                drop_name: false,
-                points: points_of(samples),
-            })
-            .filter(|r| !r.points.is_empty())
-            .collect();
         Ok(RangeVal {
-            rows,
+            rows: RangeRows::Lazy(self.select(vs, min_ref - range + 1, max_ref)?),
             range,
             offset,
             at,
@@ -593,7 +698,7 @@ impl<'a> Env<'a> {
             }
         };
         Ok(RangeVal {
-            rows,
+            rows: RangeRows::Points(rows),
             range,
             offset,
             at,

@@ -1,7 +1,7 @@
 //! PromQL functions.
 
 use crate::eval::{
-    merge_same_labelsets, par_map, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
+    merge_same_labelsets, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
 };
 use crate::labels::{go_quote, valid_label_name};
 use crate::stats::{bucket_fraction, bucket_quantile, kahan_inc, quantile, Bucket};
@@ -82,12 +82,17 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         "absent_over_time" => {
             let rv = range_arg(env, args[0], grid)?;
             let mut present = vec![false; grid.len()];
-            for r in &rv.rows {
-                for_each_window(&rv, r, grid, |si, _, w| {
+            let per_row = rv.map_rows(env, grid.len(), |_, pts| {
+                let mut steps = Vec::new();
+                for_each_window(&rv, pts, grid, |si, _, w| {
                     if !w.is_empty() {
-                        present[si] = true;
+                        steps.push(si);
                     }
                 });
+                Ok(steps)
+            })?;
+            for si in per_row.into_iter().flatten() {
+                present[si] = true;
             }
             Ok(Val::Vector(absent_row(args[0], grid, &present)))
         }
@@ -661,7 +666,7 @@ fn range_arg(env: &Env, e: &Expr, grid: Grid) -> Result<RangeVal, Error> {
         Val::Range(mut rv) => {
             if matches!(unwrap_parens(e), Expr::Subquery(_)) {
                 // Series from a subquery carry their evaluated names.
-                crate::eval::apply_drop_name(&mut rv.rows);
+                rv.apply_drop_name();
             }
             Ok(rv)
         }
@@ -675,11 +680,10 @@ fn range_arg(env: &Env, e: &Expr, grid: Grid) -> Result<RangeVal, Error> {
 /// that step's window.
 fn for_each_window(
     rv: &RangeVal,
-    row: &Row,
+    pts: &[(i64, f64)],
     grid: Grid,
     mut f: impl FnMut(usize, i64, &[(i64, f64)]),
 ) {
-    let pts = &row.points;
     if rv.at.is_some() {
         // With `@` every step sees the same window: find it once.
         let (wlo, whi) = rv.window(grid.start);
@@ -744,15 +748,12 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     }
     let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
     let counter = matches!(kind, RangeFn::Rate | RangeFn::Increase);
-    let row_points = |ri: usize, row: &Row| -> Result<Vec<(i64, f64)>, Error> {
-        if ri.is_multiple_of(256) {
-            env.check("expression evaluation")?;
-        }
+    let row_points = |_, pts: &[(i64, f64)]| -> Result<Vec<(i64, f64)>, Error> {
         // Only a series that ever goes down needs its windows scanned for counter resets.
-        let resets = counter && row.points.windows(2).any(|p| p[1].1 < p[0].1);
+        let resets = counter && pts.windows(2).any(|p| p[1].1 < p[0].1);
         let mut scratch: Vec<f64> = Vec::new();
-        let mut points = Vec::with_capacity(grid.len().min(row.points.len()));
-        for_each_window(&rv, row, grid, |si, ts, w| {
+        let mut points = Vec::with_capacity(grid.len().min(pts.len()));
+        for_each_window(&rv, pts, grid, |si, ts, w| {
             if w.is_empty() {
                 return;
             }
@@ -822,17 +823,15 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
         });
         Ok(points)
     };
-    let work = rv.rows.iter().map(|r| r.points.len() + grid.len()).sum();
-    let computed = par_map(&rv.rows, work, row_points);
-    let mut out = Vec::with_capacity(rv.rows.len());
+    let computed = rv.map_rows(env, grid.len(), row_points)?;
+    let mut out = Vec::with_capacity(rv.len());
     let mut warned_counter = false;
-    for (row, points) in rv.rows.into_iter().zip(computed) {
-        let points = points?;
+    for ((labels, drop_name), points) in rv.into_labels().zip(computed) {
         if points.is_empty() {
             continue;
         }
         if counter && !warned_counter {
-            if let Some(n) = row.labels.metric_name() {
+            if let Some(n) = labels.metric_name() {
                 if !(n.ends_with("_total")
                     || n.ends_with("_sum")
                     || n.ends_with("_count")
@@ -847,8 +846,8 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
             }
         }
         out.push(Row {
-            labels: row.labels,
-            drop_name: row.drop_name || !keep_name,
+            labels,
+            drop_name: drop_name || !keep_name,
             points,
         });
     }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_log::{LocalLog, Log, LogOptions};
 use strata_model::{
-    Labels, Matcher, SelectHints, SeriesSamples, Storage, StorageError, Tenant, WriteBatch,
+    Labels, LazySeries, Matcher, SelectHints, SeriesSamples, Storage, StorageError, Tenant,
+    WriteBatch,
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
@@ -529,6 +530,22 @@ impl Drop for Engine {
 
 /// Reads see every shard: series never span shards, so every shard's matching series are
 /// found first and then decoded together, spread over the cores.
+impl Engine {
+    /// What every shard's raw tier holds of the series matching `matchers`, not decoded yet.
+    fn plan(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<strata_tsdb::SeriesRead>, StorageError> {
+        let mut reads = Vec::new();
+        for s in &self.shards {
+            reads.extend(s.tsdb.plan(tenant, matchers, hints.start, hints.end)?);
+        }
+        Ok(reads)
+    }
+}
+
 impl Storage for Engine {
     fn select(
         &self,
@@ -536,11 +553,17 @@ impl Storage for Engine {
         matchers: &[Matcher],
         hints: &SelectHints,
     ) -> Result<Vec<SeriesSamples>, StorageError> {
-        let mut reads = Vec::new();
-        for s in &self.shards {
-            reads.extend(s.tsdb.plan(tenant, matchers, hints.start, hints.end)?);
-        }
-        strata_tsdb::read_all(reads, hints)
+        strata_tsdb::read_all(self.plan(tenant, matchers, hints)?, hints)
+    }
+
+    fn select_lazy(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<LazySeries>, StorageError> {
+        let reads = self.plan(tenant, matchers, hints)?;
+        Ok(strata_tsdb::lazy(reads, hints.start, hints.end))
     }
 
     fn series(

@@ -25,14 +25,14 @@ use block::{Block, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-pub use read::{read_all, SeriesRead};
+pub use read::{lazy, read_all, SeriesRead};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{
-    sort_last_wins, BatchSeries, Labels, Matcher, Sample, SelectHints, SeriesKey, SeriesKeyRef,
-    SeriesSamples, Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
+    sort_last_wins, BatchSeries, Labels, LazySeries, Matcher, Sample, SelectHints, SeriesKey,
+    SeriesKeyRef, SeriesSamples, Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
 };
 
 /// Errors of the storage engine. Messages name the file.
@@ -798,6 +798,16 @@ impl Storage for Tsdb {
         hints: &SelectHints,
     ) -> Result<Vec<SeriesSamples>, StorageError> {
         read_all(self.plan(tenant, matchers, hints.start, hints.end)?, hints)
+    }
+
+    fn select_lazy(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        hints: &SelectHints,
+    ) -> Result<Vec<LazySeries>, StorageError> {
+        let reads = self.plan(tenant, matchers, hints.start, hints.end)?;
+        Ok(lazy(reads, hints.start, hints.end))
     }
 
     fn series(

@@ -5,7 +5,10 @@
 
 use crate::block::Block;
 use std::sync::{Arc, OnceLock};
-use strata_model::{sort_last_wins, Sample, SelectHints, SeriesKey, SeriesSamples, StorageError};
+use strata_model::{
+    sort_last_wins, LazySeries, Sample, SampleSource, SelectHints, SeriesKey, SeriesSamples,
+    StorageError,
+};
 
 /// Below this many samples per thread, spawning a thread costs more than it saves.
 const MIN_SAMPLES_PER_THREAD: usize = 50_000;
@@ -68,28 +71,69 @@ impl SeriesRead {
         // Room for every part up front (the estimate is exact for evenly spaced samples, give
         // or take one per part): growing would copy the whole series once per part.
         let mut out = Vec::with_capacity(self.weight(start, end) + self.blocks.len());
+        self.decode_into(start, end, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends its samples in `[start, end]` to `out`, as [`SeriesRead::decode`] returns them.
+    fn decode_into(&self, start: i64, end: i64, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+        let base = out.len();
         // Each part is sorted and unique: the whole is too when every part starts after the
         // previous one ends, which is usual (parts follow each other in time).
         let mut in_order = true;
         let mut check_seam = |out: &[Sample], from: usize| {
-            if from > 0 && from < out.len() && out[from - 1].timestamp >= out[from].timestamp {
+            if from > base && from < out.len() && out[from - 1].timestamp >= out[from].timestamp {
                 in_order = false;
             }
         };
         for (b, id) in &self.blocks {
             let from = out.len();
-            b.read_range(*id, start, end, &mut out)
+            b.read_range(*id, start, end, out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
-            check_seam(&out, from);
+            check_seam(out, from);
         }
         let from = out.len();
         out.extend_from_slice(&self.head);
-        check_seam(&out, from);
+        check_seam(out, from);
         if !in_order {
-            sort_last_wins(&mut out);
+            let mut own = out.split_off(base);
+            sort_last_wins(&mut own);
+            out.append(&mut own);
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// A [`SeriesRead`] over a time range, decoded when read.
+struct RangedRead {
+    read: SeriesRead,
+    start: i64,
+    end: i64,
+}
+
+impl SampleSource for RangedRead {
+    fn weight(&self) -> usize {
+        // The work of decoding, which is what the weight shares out.
+        self.read.work(self.start, self.end)
+    }
+
+    fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+        self.read.decode_into(self.start, self.end, out)
+    }
+}
+
+/// `reads` (each series once) as series decoded when read, over `[start, end]`, sorted by
+/// labels.
+pub fn lazy(reads: Vec<SeriesRead>, start: i64, end: i64) -> Vec<LazySeries> {
+    let mut out: Vec<LazySeries> = reads
+        .into_iter()
+        .map(|read| LazySeries::new(read.key.labels(), RangedRead { read, start, end }))
+        .collect();
+    // Key order is nearly always label order already.
+    if !out.windows(2).all(|w| w[0].labels <= w[1].labels) {
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    }
+    out
 }
 
 /// Decodes `reads` (each series once) over `hints`' range, on several threads when
@@ -122,26 +166,13 @@ pub fn read_all(
     let pieces: Vec<Result<Vec<SeriesSamples>, StorageError>> = if parts.len() <= 1 {
         vec![decode(&reads)]
     } else {
-        std::thread::scope(|s| {
-            let (last, rest) = parts.split_last().expect("two parts or more");
-            let handles: Vec<_> = rest
-                .iter()
-                .map(|p| {
-                    let part = &reads[p.clone()];
-                    s.spawn(move || decode(part))
-                })
-                .collect();
-            let mine = decode(&reads[last.clone()]);
-            let mut all: Vec<_> = handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(StorageError::Io("decoding panicked".into())))
-                })
-                .collect();
-            all.push(mine);
-            all
-        })
+        // On the shared pool: spawning threads per query costs up to milliseconds.
+        use rayon::prelude::*;
+        parts
+            .par_iter()
+            .with_max_len(1)
+            .map(|p| decode(&reads[p.clone()]))
+            .collect()
     };
     let mut out = Vec::with_capacity(reads.len());
     for p in pieces {
