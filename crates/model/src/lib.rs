@@ -25,5 +25,5 @@ pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use record::{RecordError, SeriesDict};
 pub use sample::{sort_last_wins, Sample, STALE_NAN};
-pub use storage::{LazySeries, SampleSource, SelectHints, SeriesSamples, Storage};
+pub use storage::{Fields, LazySeries, SampleSource, SelectHints, SeriesSamples, Storage};
 pub use tenant::{Tenant, TenantError};

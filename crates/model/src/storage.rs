@@ -9,6 +9,19 @@ pub struct SelectHints {
     pub end: i64,
     /// Fail with [`StorageError::TooManySamples`] past this many samples in total.
     pub max_samples: Option<usize>,
+    /// What the reader needs of each sample.
+    pub fields: Fields,
+}
+
+/// What a reader needs of each sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fields {
+    /// Timestamps and values.
+    #[default]
+    All,
+    /// Timestamps, and which samples are staleness markers: other values may read as 0, so a
+    /// store can skip decoding them (`count_over_time` and the like).
+    Timestamps,
 }
 
 /// One selected series with its samples in the requested range: sorted by timestamp, one sample

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 use strata_model::{
-    Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
+    Fields, Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
 };
 
 /// The evaluation timestamps of a node: `start`, `start + step`, ... up to `end` inclusive.
@@ -250,6 +250,7 @@ impl Env<'_> {
         vs: &VectorSelector,
         min_t: i64,
         max_t: i64,
+        fields: Fields,
     ) -> Result<Vec<LazySeries>, Error> {
         self.check("query preparation")?;
         let sets = matcher_sets(vs).map_err(Error::BadData)?;
@@ -257,6 +258,7 @@ impl Env<'_> {
             start: min_t,
             end: max_t,
             max_samples: None,
+            fields,
         };
         let mut out: Vec<LazySeries> = Vec::new();
         for set in &sets {
@@ -580,7 +582,7 @@ impl<'a> Env<'a> {
     /// An instant vector selector over `grid`: at each step, the latest sample in
     /// `(ref - lookback, ref]`, unless it is a staleness marker.
     pub fn vector_selector(&self, vs: &VectorSelector, grid: Grid) -> Result<Vec<Row>, Error> {
-        self.instant_selector(vs, grid, |s| s.value)
+        self.instant_selector(vs, grid, Fields::All, |s| s.value)
     }
 
     /// The sample an instant selector picks at each step, mapped by `pick` (its value, or for
@@ -589,6 +591,7 @@ impl<'a> Env<'a> {
         &self,
         vs: &VectorSelector,
         grid: Grid,
+        fields: Fields,
         pick: impl Fn(&Sample) -> f64 + Sync,
     ) -> Result<Vec<Row>, Error> {
         let offset = offset_ms(&vs.offset);
@@ -598,7 +601,7 @@ impl<'a> Env<'a> {
             Some(t) => (t - offset, t - offset),
             None => (grid.start - offset, grid.end - offset),
         };
-        let series = self.select(vs, min_ref - lookback + 1, max_ref)?;
+        let series = self.select(vs, min_ref - lookback + 1, max_ref, fields)?;
         let latest = |samples: &[Sample], j: &mut usize, r: i64| -> Option<f64> {
             while *j < samples.len() && samples[*j].timestamp <= r {
                 *j += 1;
@@ -645,6 +648,7 @@ impl<'a> Env<'a> {
         vs: &VectorSelector,
         range: i64,
         grid: Grid,
+        fields: Fields,
     ) -> Result<RangeVal, Error> {
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
@@ -653,7 +657,7 @@ impl<'a> Env<'a> {
             None => (grid.start - offset, grid.end - offset),
         };
         Ok(RangeVal {
-            rows: RangeRows::Lazy(self.select(vs, min_ref - range + 1, max_ref)?),
+            rows: RangeRows::Lazy(self.select(vs, min_ref - range + 1, max_ref, fields)?),
             range,
             offset,
             at,
@@ -737,6 +741,7 @@ impl<'a> Env<'a> {
                 &ms.vs,
                 ms.range.as_millis() as i64,
                 grid,
+                Fields::All,
             )?)),
             Expr::Subquery(sq) => Ok(Val::Range(self.subquery(sq, grid)?)),
             Expr::Call(call) => crate::functions::call(self, call, grid),

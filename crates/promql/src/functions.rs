@@ -9,7 +9,7 @@ use crate::Error;
 use chrono::{DateTime, Datelike, Timelike};
 use promql_parser::parser::{Call, Expr};
 use std::collections::HashMap;
-use strata_model::{Labels, MatchOp, METRIC_NAME};
+use strata_model::{Fields, Labels, MatchOp, METRIC_NAME};
 
 pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
     let name = call.func.name;
@@ -80,7 +80,7 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
             Ok(Val::Vector(absent_row(args[0], grid, &present)))
         }
         "absent_over_time" => {
-            let rv = range_arg(env, args[0], grid)?;
+            let rv = range_arg(env, args[0], grid, Fields::Timestamps)?;
             let mut present = vec![false; grid.len()];
             let per_row = rv.map_rows(env, grid.len(), |_, pts| {
                 let mut steps = Vec::new();
@@ -511,7 +511,9 @@ fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
 fn timestamp(env: &Env, arg: &Expr, grid: Grid) -> Result<Val, Error> {
     if let Expr::VectorSelector(vs) = arg {
         // The timestamp of the selected sample, not of the evaluation step.
-        let mut rows = env.instant_selector(vs, grid, |s| s.timestamp as f64 / 1000.0)?;
+        let mut rows = env.instant_selector(vs, grid, Fields::Timestamps, |s| {
+            s.timestamp as f64 / 1000.0
+        })?;
         rows.iter_mut().for_each(|r| r.drop_name = true);
         return Ok(Val::Vector(rows));
     }
@@ -660,8 +662,12 @@ fn parse_le(s: &str) -> Option<f64> {
     }
 }
 
-/// Evaluates an argument that must be a range vector (selector or subquery).
-fn range_arg(env: &Env, e: &Expr, grid: Grid) -> Result<RangeVal, Error> {
+/// Evaluates an argument that must be a range vector (selector or subquery); `fields`: what
+/// the caller needs of a selector's samples.
+fn range_arg(env: &Env, e: &Expr, grid: Grid, fields: Fields) -> Result<RangeVal, Error> {
+    if let (Expr::MatrixSelector(ms), Fields::Timestamps) = (unwrap_parens(e), fields) {
+        return env.matrix_selector(&ms.vs, ms.range.as_millis() as i64, grid, fields);
+    }
     match env.eval(e, grid)? {
         Val::Range(mut rv) => {
             if matches!(unwrap_parens(e), Expr::Subquery(_)) {
@@ -726,7 +732,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     };
     let kind = RangeFn::from_name(name)
         .ok_or_else(|| Error::BadData(format!("function {:?} is not supported", call.func.name)))?;
-    let rv = range_arg(env, range_expr, grid)?;
+    let rv = range_arg(env, range_expr, grid, kind.fields())?;
     let pos = env.pos(range_expr);
     if kind == RangeFn::QuantileOverTime {
         env.check_quantiles(&scalars[0], &pos);
@@ -886,6 +892,17 @@ enum RangeFn {
 }
 
 impl RangeFn {
+    /// What the function needs of its samples.
+    fn fields(self) -> Fields {
+        match self {
+            RangeFn::CountOverTime
+            | RangeFn::PresentOverTime
+            | RangeFn::TsOfFirstOverTime
+            | RangeFn::TsOfLastOverTime => Fields::Timestamps,
+            _ => Fields::All,
+        }
+    }
+
     fn from_name(n: &str) -> Option<RangeFn> {
         Some(match n {
             "rate" => RangeFn::Rate,

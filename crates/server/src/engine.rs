@@ -563,7 +563,7 @@ impl Storage for Engine {
         hints: &SelectHints,
     ) -> Result<Vec<LazySeries>, StorageError> {
         let reads = self.plan(tenant, matchers, hints)?;
-        Ok(strata_tsdb::lazy(reads, hints.start, hints.end))
+        Ok(strata_tsdb::lazy(reads, hints))
     }
 
     fn series(

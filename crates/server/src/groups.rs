@@ -128,6 +128,7 @@ impl Merger {
             start,
             end: start + self.window_ms - 1,
             max_samples: None,
+            fields: strata_model::Fields::All,
         };
         let limits = Limits {
             max_labels_per_series: usize::MAX,

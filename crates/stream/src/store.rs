@@ -410,6 +410,7 @@ impl RollupStore {
             start,
             end,
             max_samples: None,
+            fields: strata_model::Fields::All,
         };
         let mut series: BTreeMap<Labels, BTreeMap<i64, Assembly>> = BTreeMap::new();
         for s in self.tsdb.select(tenant, matchers, &hints)? {

@@ -14,7 +14,7 @@ use memmap2::Mmap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use strata_model::{Sample, SeriesKey, SeriesKeyRef};
+use strata_model::{Fields, Sample, SeriesKey, SeriesKeyRef};
 
 const MAGIC: &[u8; 8] = b"STRBLK\0\x01";
 const END: &[u8; 4] = b"SBLK";
@@ -265,7 +265,7 @@ impl Block {
 
     /// Decodes series `id`'s samples, appending them to `out`; checks the chunk's CRC.
     pub fn read(&self, id: u32, out: &mut Vec<Sample>) -> Result<(), TsdbError> {
-        self.read_range(id, i64::MIN, i64::MAX, out)
+        self.read_range(id, i64::MIN, i64::MAX, Fields::All, out)
     }
 
     /// Decodes at least series `id`'s samples in `[start, end]` (whole pages of the chunk, see
@@ -275,6 +275,7 @@ impl Block {
         id: u32,
         start: i64,
         end: i64,
+        fields: Fields,
         out: &mut Vec<Sample>,
     ) -> Result<(), TsdbError> {
         let m = self.chunks[id as usize];
@@ -290,7 +291,7 @@ impl Block {
             )));
         }
         let before = out.len();
-        codec::decode_range(data, start, end, out)
+        codec::decode_range(data, start, end, fields, out)
             .map_err(|e| bad(format!("chunk of series {:?}: {e}", self.index.key(id))))?;
         let got = out.len() - before;
         let whole = start <= m.min_t && end >= m.max_t;

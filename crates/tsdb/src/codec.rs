@@ -10,7 +10,7 @@
 //! one header and decode on their own, so [`decode_range`] decodes only the pages a query's time
 //! range touches (paged chunks are kept even when up to 2 % larger than zstd).
 
-use strata_model::Sample;
+use strata_model::{Fields, Sample};
 
 const RAW: u8 = 0;
 const ZSTD: u8 = 1;
@@ -29,6 +29,27 @@ const VALUES_XOR: u8 = 1;
 /// Largest decimal exponent tried (values with up to this many fraction digits).
 const MAX_DECIMALS: i32 = 6;
 const ZSTD_LEVEL: i32 = 9;
+/// Pco's compression level: 6 decodes about 8 % faster than the default 8, for 0.2 % more bytes.
+const PCO_LEVEL: usize = 6;
+
+/// The pco configurations tried on a column; the smallest result is kept. Pco's automatic delta
+/// choice misses plain first-order deltas on some shapes (a counter that rarely moves comes out
+/// 6x larger), while first-order deltas lose on noise around a level.
+fn pco_configs() -> [pco::ChunkConfig; 2] {
+    let auto = pco::ChunkConfig::default().with_compression_level(PCO_LEVEL);
+    let first_order = auto
+        .clone()
+        .with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
+    [auto, first_order]
+}
+
+/// `column` compressed by pco's standalone format, the smaller of [`pco_configs`].
+fn pco_standalone<T: pco::data_types::Number>(column: &[T]) -> Option<Vec<u8>> {
+    pco_configs()
+        .iter()
+        .filter_map(|cfg| pco::standalone::simple_compress(column, cfg).ok())
+        .min_by_key(Vec::len)
+}
 
 /// A chunk that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,10 +258,9 @@ fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
             encode_paged(samples[0].timestamp, step, &column)?
         }
         _ => {
-            let cfg = pco::ChunkConfig::default();
             let vb = match &column {
-                Column::Ints(_, v) => pco::standalone::simple_compress(v, &cfg).ok()?,
-                Column::Floats(v) => pco::standalone::simple_compress(v, &cfg).ok()?,
+                Column::Ints(_, v) => pco_standalone(v)?,
+                Column::Floats(v) => pco_standalone(v)?,
             };
             let mut out = Vec::with_capacity(vb.len() + 32);
             match step {
@@ -253,7 +273,7 @@ fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
                 }
                 None => {
                     let ts: Vec<i64> = samples.iter().map(|s| s.timestamp).collect();
-                    let tsb = pco::standalone::simple_compress(&ts, &cfg).ok()?;
+                    let tsb = pco_standalone(&ts)?;
                     out.push(PCO);
                     put(&mut out, samples.len() as u64);
                     out.push(column.kind());
@@ -294,14 +314,20 @@ fn encode_paged(first: i64, step: i64, column: &Column) -> Option<Vec<u8>> {
         values: &[T],
         counts: Vec<usize>,
     ) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
-        let cfg = pco::ChunkConfig::default().with_paging_spec(pco::PagingSpec::Exact(counts));
-        let fc = pco::wrapped::FileCompressor::default();
-        let mut cc = fc.chunk_compressor(values, &cfg).ok()?;
-        let meta = cc.write_meta(fc.write_header(Vec::new()).ok()?).ok()?;
-        let pages = (0..cc.n_per_page().len())
-            .map(|i| cc.write_page(i, Vec::new()).ok())
-            .collect::<Option<Vec<_>>>()?;
-        Some((meta, pages))
+        let encode = |cfg: pco::ChunkConfig| -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+            let cfg = cfg.with_paging_spec(pco::PagingSpec::Exact(counts.clone()));
+            let fc = pco::wrapped::FileCompressor::default();
+            let mut cc = fc.chunk_compressor(values, &cfg).ok()?;
+            let meta = cc.write_meta(fc.write_header(Vec::new()).ok()?).ok()?;
+            let pages = (0..cc.n_per_page().len())
+                .map(|i| cc.write_page(i, Vec::new()).ok())
+                .collect::<Option<Vec<_>>>()?;
+            Some((meta, pages))
+        };
+        pco_configs()
+            .into_iter()
+            .filter_map(encode)
+            .min_by_key(|(meta, pages)| meta.len() + pages.iter().map(Vec::len).sum::<usize>())
     }
     let n = match column {
         Column::Ints(_, v) => v.len(),
@@ -338,6 +364,7 @@ fn decode_paged(
     rest: &[u8],
     start: i64,
     end: i64,
+    fields: Fields,
     out: &mut Vec<Sample>,
 ) -> Result<(), ChunkError> {
     let mut r = Reader { b: rest, p: 0 };
@@ -393,6 +420,19 @@ fn decode_paged(
         return Ok(());
     }
     out.reserve(wanted.iter().map(|p| p.keep.len()).sum());
+    if fields == Fields::Timestamps && kind != PCO_FLOATS {
+        if kind as i32 > MAX_DECIMALS {
+            return Err(ChunkError("bad decimal exponent"));
+        }
+        for p in &wanted {
+            out.extend(
+                p.keep
+                    .clone()
+                    .map(|i| Sample::new(p.first.wrapping_add((i as i64).wrapping_mul(step)), 0.0)),
+            );
+        }
+        return Ok(());
+    }
     match kind {
         PCO_FLOATS => decode_pages::<f64>(meta, &wanted, step, out, |v| v),
         // Integers need no scaling (and dividing by 1 would cost as much as the rest).
@@ -500,22 +540,25 @@ fn decode_pco(rest: &[u8], regular: bool, out: &mut Vec<Sample>) -> Result<(), C
 
 /// Decodes a chunk, appending its samples to `out`.
 pub fn decode(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
-    decode_range(chunk, i64::MIN, i64::MAX, out)
+    decode_range(chunk, i64::MIN, i64::MAX, Fields::All, out)
 }
 
 /// Decodes the samples of a chunk in `[start, end]`, appending them to `out`. Paged chunks
-/// decode only their pages overlapping the range; other chunks decode whole and are cut.
+/// decode only their pages overlapping the range; other chunks decode whole and are cut. With
+/// [`Fields::Timestamps`], the values of paged chunks of decimals (which cannot hold staleness
+/// markers) are not decoded and read as 0.
 pub fn decode_range(
     chunk: &[u8],
     start: i64,
     end: i64,
+    fields: Fields,
     out: &mut Vec<Sample>,
 ) -> Result<(), ChunkError> {
     if start > end {
         return Ok(());
     }
     if chunk.first() == Some(&PCO_PAGED) {
-        return decode_paged(&chunk[1..], start, end, out);
+        return decode_paged(&chunk[1..], start, end, fields, out);
     }
     let from = out.len();
     decode_whole(chunk, out)?;
@@ -703,7 +746,7 @@ mod tests {
             for &a in &cuts {
                 for &b in cuts.iter().filter(|b| **b >= a) {
                     let mut got = Vec::new();
-                    decode_range(&enc, a, b, &mut got).unwrap();
+                    decode_range(&enc, a, b, Fields::All, &mut got).unwrap();
                     assert!(got.windows(2).all(|w| w[0].timestamp < w[1].timestamp));
                     got.retain(|s| s.timestamp >= a && s.timestamp <= b);
                     let want: Vec<Sample> = samples
@@ -712,6 +755,20 @@ mod tests {
                         .copied()
                         .collect();
                     assert_eq!(bits(&got), bits(&want), "range [{a}, {b}]");
+                    // Timestamps only: the same timestamps; decimals' values are not decoded,
+                    // floats' are (they may hold staleness markers).
+                    let mut ts = Vec::new();
+                    decode_range(&enc, a, b, Fields::Timestamps, &mut ts).unwrap();
+                    ts.retain(|s| s.timestamp >= a && s.timestamp <= b);
+                    let times = |v: &[Sample]| v.iter().map(|s| s.timestamp).collect::<Vec<_>>();
+                    assert_eq!(times(&ts), times(&want), "range [{a}, {b}]");
+                    let decimals =
+                        enc[1..].iter().skip_while(|b| **b >= 0x80).nth(1) != Some(&PCO_FLOATS);
+                    if decimals {
+                        assert!(ts.iter().all(|s| s.value == 0.0));
+                    } else {
+                        assert_eq!(bits(&ts), bits(&want), "range [{a}, {b}]");
+                    }
                 }
             }
         }

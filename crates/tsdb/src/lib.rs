@@ -807,7 +807,7 @@ impl Storage for Tsdb {
         hints: &SelectHints,
     ) -> Result<Vec<LazySeries>, StorageError> {
         let reads = self.plan(tenant, matchers, hints.start, hints.end)?;
-        Ok(lazy(reads, hints.start, hints.end))
+        Ok(lazy(reads, hints))
     }
 
     fn series(

@@ -6,8 +6,8 @@
 use crate::block::Block;
 use std::sync::{Arc, OnceLock};
 use strata_model::{
-    sort_last_wins, LazySeries, Sample, SampleSource, SelectHints, SeriesKey, SeriesSamples,
-    StorageError,
+    sort_last_wins, Fields, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
+    SeriesSamples, StorageError,
 };
 
 /// Below this many samples per thread, spawning a thread costs more than it saves.
@@ -67,16 +67,22 @@ impl SeriesRead {
     }
 
     /// Its samples in `[start, end]`: sorted, one per timestamp, the last write winning.
-    fn decode(&self, start: i64, end: i64) -> Result<Vec<Sample>, StorageError> {
+    fn decode(&self, start: i64, end: i64, fields: Fields) -> Result<Vec<Sample>, StorageError> {
         // Room for every part up front (the estimate is exact for evenly spaced samples, give
         // or take one per part): growing would copy the whole series once per part.
         let mut out = Vec::with_capacity(self.weight(start, end) + self.blocks.len());
-        self.decode_into(start, end, &mut out)?;
+        self.decode_into(start, end, fields, &mut out)?;
         Ok(out)
     }
 
     /// Appends its samples in `[start, end]` to `out`, as [`SeriesRead::decode`] returns them.
-    fn decode_into(&self, start: i64, end: i64, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+    fn decode_into(
+        &self,
+        start: i64,
+        end: i64,
+        fields: Fields,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), StorageError> {
         let base = out.len();
         // Each part is sorted and unique: the whole is too when every part starts after the
         // previous one ends, which is usual (parts follow each other in time).
@@ -88,7 +94,7 @@ impl SeriesRead {
         };
         for (b, id) in &self.blocks {
             let from = out.len();
-            b.read_range(*id, start, end, out)
+            b.read_range(*id, start, end, fields, out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
             check_seam(out, from);
         }
@@ -109,6 +115,7 @@ struct RangedRead {
     read: SeriesRead,
     start: i64,
     end: i64,
+    fields: Fields,
 }
 
 impl SampleSource for RangedRead {
@@ -118,16 +125,25 @@ impl SampleSource for RangedRead {
     }
 
     fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError> {
-        self.read.decode_into(self.start, self.end, out)
+        self.read
+            .decode_into(self.start, self.end, self.fields, out)
     }
 }
 
-/// `reads` (each series once) as series decoded when read, over `[start, end]`, sorted by
+/// `reads` (each series once) as series decoded when read, over `hints`' range, sorted by
 /// labels.
-pub fn lazy(reads: Vec<SeriesRead>, start: i64, end: i64) -> Vec<LazySeries> {
+pub fn lazy(reads: Vec<SeriesRead>, hints: &SelectHints) -> Vec<LazySeries> {
     let mut out: Vec<LazySeries> = reads
         .into_iter()
-        .map(|read| LazySeries::new(read.key.labels(), RangedRead { read, start, end }))
+        .map(|read| {
+            let r = RangedRead {
+                read,
+                start: hints.start,
+                end: hints.end,
+                fields: hints.fields,
+            };
+            LazySeries::new(r.read.key.labels(), r)
+        })
         .collect();
     // Key order is nearly always label order already.
     if !out.windows(2).all(|w| w[0].labels <= w[1].labels) {
@@ -153,7 +169,7 @@ pub fn read_all(
     let decode = |part: &[SeriesRead]| -> Result<Vec<SeriesSamples>, StorageError> {
         let mut out = Vec::with_capacity(part.len());
         for r in part {
-            let samples = r.decode(hints.start, hints.end)?;
+            let samples = r.decode(hints.start, hints.end, hints.fields)?;
             if !samples.is_empty() {
                 out.push(SeriesSamples {
                     labels: r.key.labels(),

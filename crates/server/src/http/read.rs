@@ -86,6 +86,7 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
             start: r.start,
             end: r.end,
             max_samples: Some(EXPORT_MAX_SAMPLES),
+            fields: strata_model::Fields::All,
         };
         let mut seen = BTreeSet::new();
         let mut out = String::new();
