@@ -273,8 +273,10 @@ fn aggregate(
     Ok(Val::Vector(out))
 }
 
-/// The aggregate of every group at the grid's steps `steps`: per group, its points and whether
-/// its last point drops `__name__`.
+/// One group's points over some steps, and whether its last point drops `__name__`.
+type GroupPoints = (Vec<(i64, f64)>, bool);
+
+/// The aggregate of every group at the grid's steps `steps`.
 #[allow(clippy::too_many_arguments)]
 fn aggregate_steps(
     env: &Env,
@@ -285,7 +287,7 @@ fn aggregate_steps(
     param: Option<&[f64]>,
     grid: Grid,
     steps: std::ops::Range<usize>,
-) -> Result<Vec<(Vec<(i64, f64)>, bool)>, Error> {
+) -> Result<Vec<GroupPoints>, Error> {
     let mut out = vec![(Vec::new(), false); groups];
     if steps.is_empty() {
         return Ok(out);
