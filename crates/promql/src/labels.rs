@@ -117,6 +117,45 @@ pub(crate) fn valid_label_name(name: &str) -> bool {
     !name.is_empty()
 }
 
+/// Largest number of decimals [`short_decimal`] tries.
+const SHORT_DECIMALS: usize = 4;
+const POW10: [f64; SHORT_DECIMALS + 1] = [1.0, 10.0, 100.0, 1000.0, 10000.0];
+
+/// `(n, k)` with `f == n / 10^k` for the smallest `k` up to [`SHORT_DECIMALS`], where `n` has at
+/// most 15 digits (sensor readings, counters). Two decimals of at most 15 significant digits
+/// never parse to the same float, so `n / 10^k` is then the shortest round-trip form of `f`.
+fn short_decimal(f: f64) -> Option<(i64, usize)> {
+    if f == 0.0 && f.is_sign_negative() {
+        return None;
+    }
+    POW10.iter().enumerate().find_map(|(k, &p)| {
+        let n = (f * p).round();
+        // `n / p` rounds correctly as parsing "n e-k" does (both are exact below 2^53).
+        (n.abs() < 1e15 && n / p == f).then_some((n as i64, k))
+    })
+}
+
+/// Writes `n / 10^k` in plain decimal notation.
+fn write_decimal(out: &mut String, n: i64, k: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n.unsigned_abs());
+    if n < 0 {
+        out.push('-');
+    }
+    if k == 0 {
+        out.push_str(digits);
+    } else if digits.len() > k {
+        let (int, frac) = digits.split_at(digits.len() - k);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    } else {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', k - digits.len()));
+        out.push_str(digits);
+    }
+}
+
 /// Formats a sample value as Prometheus does in its API and labels: Go's
 /// `strconv.FormatFloat(f, 'f', -1, 64)` (`NaN`, `+Inf`, `-Inf`, shortest round-trip digits).
 pub fn format_float(f: f64) -> String {
@@ -134,6 +173,8 @@ pub fn write_float(out: &mut String, f: f64) {
         out.push_str("+Inf");
     } else if f == f64::NEG_INFINITY {
         out.push_str("-Inf");
+    } else if let Some((n, k)) = short_decimal(f) {
+        write_decimal(out, n, k);
     } else {
         // ryu finds the same shortest round-trip digits as `Display`, several times faster,
         // except that it writes very large and very small magnitudes with an exponent (Go's 'f'
@@ -195,6 +236,10 @@ mod tests {
             x ^= x << 17;
             check(f64::from_bits(x));
             check((x % 2_000_000) as f64 / 100.0 - 5000.0);
+            check((x % 20_000) as f64 / 10.0 - 1000.0);
+            check((x % 200_000_000) as f64 / 10_000.0 - 9999.0);
+            check((x % 2_000_000_000_000_000) as f64 - 1e15);
+            check((x % 7) as f64 / 1000.0);
             check((x >> 11) as f64 / (1u64 << 53) as f64 * 1e6);
         }
     }

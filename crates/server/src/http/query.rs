@@ -205,11 +205,11 @@ fn write_point(out: &mut String, t: i64, v: f64) {
 /// Milliseconds as seconds, formatted as the float `t / 1000` (whole seconds, the usual case,
 /// as integers: the same text, faster).
 fn write_seconds(out: &mut String, t: i64) {
-    let _ = if t % 1000 == 0 {
-        write!(out, "{}", t / 1000)
+    if t % 1000 == 0 {
+        out.push_str(itoa::Buffer::new().format(t / 1000));
     } else {
-        write!(out, "{}", t as f64 / 1000.0)
-    };
+        let _ = write!(out, "{}", t as f64 / 1000.0);
+    }
 }
 
 /// `[{"metric":<labels>...}, ...]`, with `body` writing each element after `"metric":`.
