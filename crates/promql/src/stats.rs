@@ -15,7 +15,7 @@ pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
-/// The `q` quantile of `values` (sorted in place), interpolating between neighbours.
+/// The `q` quantile of `values` (reordered in place), interpolating between neighbours.
 pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
     if values.is_empty() || q.is_nan() {
         return f64::NAN;
@@ -27,18 +27,27 @@ pub(crate) fn quantile(q: f64, values: &mut [f64]) -> f64 {
         return f64::INFINITY;
     }
     // NaN sorts first, as in Prometheus.
-    values.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+    let order = |a: &f64, b: &f64| match (a.is_nan(), b.is_nan()) {
         (true, true) => std::cmp::Ordering::Equal,
         (true, false) => std::cmp::Ordering::Less,
         (false, true) => std::cmp::Ordering::Greater,
         _ => a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal),
-    });
+    };
     let n = values.len() as f64;
     let rank = q * (n - 1.0);
     let lower = rank.floor().max(0.0);
     let upper = (lower + 1.0).min(n - 1.0);
     let weight = rank - rank.floor();
-    values[lower as usize] * (1.0 - weight) + values[upper as usize] * weight
+    // The two neighbours by selection, not a full sort: the lower one in place, the upper one
+    // the smallest of what follows it.
+    let (_, low, above) = values.select_nth_unstable_by(lower as usize, order);
+    let low = *low;
+    let high = if upper > lower {
+        above.iter().copied().min_by(order).unwrap_or(low)
+    } else {
+        low
+    };
+    low * (1.0 - weight) + high * weight
 }
 
 /// One classic histogram bucket: upper bound `le` and cumulative count.
