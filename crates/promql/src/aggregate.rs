@@ -140,6 +140,7 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
 
 impl Acc {
     /// Adds value `f` of a row (`drop_name`: the row asks to drop `__name__`).
+    #[inline(always)]
     fn add(&mut self, op: AggOp, f: f64, drop_name: bool) {
         if !self.seen {
             self.seen = true;
@@ -306,23 +307,21 @@ fn aggregate_steps(
         let n = block.min(steps.end - first);
         let last_ts = grid.ts(first + n - 1);
         accs.iter_mut().for_each(|a| a.seen = false);
-        for (i, row) in rows.iter().enumerate() {
-            let g = group_of[i];
-            let (pts, p) = (&row.points, &mut pos[i]);
-            // Points are at grid steps, in order: walk a step cursor beside them rather than
-            // divide to find each point's step.
-            let (mut si, mut step_ts) = (0usize, grid.ts(first));
-            while *p < pts.len() && pts[*p].0 <= last_ts {
-                let (ts, f) = pts[*p];
-                *p += 1;
-                while step_ts < ts {
-                    step_ts += grid.step;
-                    si += 1;
-                }
-                if step_ts == ts {
-                    accs[si * groups + g].add(op, f, row.drop_name);
-                }
-            }
+        let span = StepSpan {
+            groups,
+            step: grid.step,
+            first_ts: grid.ts(first),
+            last_ts,
+        };
+        // One copy of the loop per common operator, so `Acc::add` is inlined without a
+        // match on the operator per point.
+        match op {
+            AggOp::Sum => span.add_rows(rows, group_of, &mut pos, &mut accs, AggOp::Sum),
+            AggOp::Avg => span.add_rows(rows, group_of, &mut pos, &mut accs, AggOp::Avg),
+            AggOp::Count => span.add_rows(rows, group_of, &mut pos, &mut accs, AggOp::Count),
+            AggOp::Min => span.add_rows(rows, group_of, &mut pos, &mut accs, AggOp::Min),
+            AggOp::Max => span.add_rows(rows, group_of, &mut pos, &mut accs, AggOp::Max),
+            other => span.add_rows(rows, group_of, &mut pos, &mut accs, other),
         }
         for si in 0..n {
             let ts = grid.ts(first + si);
@@ -336,6 +335,47 @@ fn aggregate_steps(
         }
     }
     Ok(out)
+}
+
+/// A block of consecutive steps of a grid, and the number of groups aggregated over it.
+struct StepSpan {
+    groups: usize,
+    step: i64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl StepSpan {
+    /// Adds every row's points in the span to the accumulators (one per step and group, step
+    /// major), advancing each row's position `pos`.
+    #[inline(always)]
+    fn add_rows(
+        &self,
+        rows: &[Row],
+        group_of: &[usize],
+        pos: &mut [usize],
+        accs: &mut [Acc],
+        op: AggOp,
+    ) {
+        for (i, row) in rows.iter().enumerate() {
+            let g = group_of[i];
+            let (pts, p) = (&row.points, &mut pos[i]);
+            // Points are at grid steps, in order: walk a step cursor beside them rather than
+            // divide to find each point's step.
+            let (mut si, mut step_ts) = (0usize, self.first_ts);
+            while *p < pts.len() && pts[*p].0 <= self.last_ts {
+                let (ts, f) = pts[*p];
+                *p += 1;
+                while step_ts < ts {
+                    step_ts += self.step;
+                    si += 1;
+                }
+                if step_ts == ts {
+                    accs[si * self.groups + g].add(op, f, row.drop_name);
+                }
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
