@@ -12,6 +12,20 @@ fn walk(n: usize) -> Vec<Sample> {
         .collect()
 }
 
+/// A noisy sensor: a random walk in tenths, which pco keeps (in pages).
+fn noisy(n: usize) -> Vec<Sample> {
+    let (mut v, mut x) = (20.0f64, 0x2545_F491_4F6C_DD1Du64);
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v = ((v + ((x % 41) as f64 - 20.0) * 0.1) * 10.0).round() / 10.0;
+            Sample::new(1_700_000_000_000 + i as i64 * 15_000, v)
+        })
+        .collect()
+}
+
 fn codec_bench(c: &mut Criterion) {
     let s = walk(5760);
     let enc = codec::encode(&s, true);
@@ -24,6 +38,15 @@ fn codec_bench(c: &mut Criterion) {
             let mut out = Vec::with_capacity(5760);
             codec::decode(&enc, &mut out).unwrap();
             out
+        })
+    });
+    let pco = codec::encode(&noisy(5760), true);
+    g.bench_function("decode_pco_paged_5760", |b| {
+        let mut out = Vec::with_capacity(5760);
+        b.iter(|| {
+            out.clear();
+            codec::decode(&pco, &mut out).unwrap();
+            out.len()
         })
     });
     g.finish();
