@@ -22,6 +22,9 @@ pub enum Fields {
     /// Timestamps, and which samples are staleness markers: other values may read as 0, so a
     /// store can skip decoding them (`count_over_time` and the like).
     Timestamps,
+    /// Only the latest sample in the range (which may be a staleness marker): instant
+    /// selectors at one time. A store may return that sample alone, from chunk metadata.
+    Latest,
 }
 
 /// One selected series with its samples in the requested range: sorted by timestamp, one sample

@@ -601,6 +601,12 @@ impl<'a> Env<'a> {
             Some(t) => (t - offset, t - offset),
             None => (grid.start - offset, grid.end - offset),
         };
+        // At one time, only each series' latest sample matters.
+        let fields = if at.is_some() || grid.is_instant() {
+            Fields::Latest
+        } else {
+            fields
+        };
         let series = self.select(vs, min_ref - lookback + 1, max_ref, fields)?;
         let latest = |samples: &[Sample], j: &mut usize, r: i64| -> Option<f64> {
             while *j < samples.len() && samples[*j].timestamp <= r {

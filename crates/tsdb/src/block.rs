@@ -1,8 +1,8 @@
 //! Blocks: immutable files of compressed chunks for one tenant and one time window.
 //!
 //! Layout: header (magic, version, sequence, min/max time, CRC), then every series' chunk, then
-//! the index section (for each series in key order: key, chunk position, length, time range,
-//! count, chunk CRC), then a footer (index position, length and CRC, closing magic). A block is
+//! the index section (for each series in key order: key, chunk position, length, chunk CRC,
+//! time range, count and, from version 2, the last sample's value), then a footer (index position, length and CRC, closing magic). A block is
 //! written to a temporary file, fsynced and renamed, so a torn block is never visible. The
 //! sequence number orders blocks: where two hold the same timestamp, the higher one was
 //! written later and wins.
@@ -18,7 +18,8 @@ use strata_model::{Fields, Sample, SeriesKey, SeriesKeyRef};
 
 const MAGIC: &[u8; 8] = b"STRBLK\0\x01";
 const END: &[u8; 4] = b"SBLK";
-const VERSION: u32 = 1;
+/// Version 2 adds each chunk's last value to the index; version 1 blocks are still read.
+const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
 const FOOTER_LEN: usize = 8 + 8 + 4 + 4;
 
@@ -34,6 +35,9 @@ pub struct ChunkMeta {
     pub max_t: i64,
     /// Samples in the chunk.
     pub count: u32,
+    /// The value of the last sample (at `max_t`), when the block records it (version 2):
+    /// the latest sample is then known without decoding.
+    pub last: Option<f64>,
 }
 
 /// A series' samples ready to be written: its key and its encoded chunk.
@@ -48,6 +52,8 @@ pub struct EncodedSeries {
     pub max_t: i64,
     /// Samples.
     pub count: u32,
+    /// The last sample's value.
+    pub last: f64,
 }
 
 impl EncodedSeries {
@@ -59,6 +65,7 @@ impl EncodedSeries {
             min_t: samples.first().map_or(0, |s| s.timestamp),
             max_t: samples.last().map_or(0, |s| s.timestamp),
             count: samples.len() as u32,
+            last: samples.last().map_or(0.0, |s| s.value),
         }
     }
 }
@@ -88,7 +95,17 @@ pub fn file_name(seq: u64, min_t: i64, max_t: i64) -> String {
 
 impl Block {
     /// Writes a block of `series` (sorted by key, unique) into `dir` atomically and opens it.
-    pub fn write(dir: &Path, seq: u64, mut series: Vec<EncodedSeries>) -> Result<Block, TsdbError> {
+    pub fn write(dir: &Path, seq: u64, series: Vec<EncodedSeries>) -> Result<Block, TsdbError> {
+        Block::write_version(dir, seq, series, VERSION)
+    }
+
+    /// As [`Block::write`], in format `version` (older versions only for tests).
+    fn write_version(
+        dir: &Path,
+        seq: u64,
+        mut series: Vec<EncodedSeries>,
+        version: u32,
+    ) -> Result<Block, TsdbError> {
         series.sort_by(|a, b| a.key.cmp(&b.key));
         let min_t = series.iter().map(|s| s.min_t).min().unwrap_or(0);
         let max_t = series.iter().map(|s| s.max_t).max().unwrap_or(0);
@@ -100,7 +117,7 @@ impl Block {
                 + 64,
         );
         buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&version.to_le_bytes());
         buf.extend_from_slice(&seq.to_le_bytes());
         buf.extend_from_slice(&min_t.to_le_bytes());
         buf.extend_from_slice(&max_t.to_le_bytes());
@@ -127,6 +144,9 @@ impl Block {
             varint(&mut buf, zig(s.min_t));
             varint(&mut buf, zig(s.max_t));
             varint(&mut buf, s.count as u64);
+            if version >= 2 {
+                buf.extend_from_slice(&s.last.to_bits().to_le_bytes());
+            }
         }
         let index_crc = crc32fast::hash(&buf[index_at..]);
         let index_len = buf.len() - index_at;
@@ -168,8 +188,9 @@ impl Block {
         if crc32fast::hash(&b[..HEADER_LEN - 4]) != rd32(HEADER_LEN - 4) {
             return Err(bad("header checksum mismatch".into()));
         }
-        if rd32(8) != VERSION {
-            return Err(bad(format!("unsupported block version {}", rd32(8))));
+        let version = rd32(8);
+        if !(1..=VERSION).contains(&version) {
+            return Err(bad(format!("unsupported block version {version}")));
         }
         let (seq, min_t, max_t) = (rd64(12), rd64(20) as i64, rd64(28) as i64);
         let f_at = b.len() - FOOTER_LEN;
@@ -201,6 +222,13 @@ impl Block {
                 let min_t = unzig(r.varint()?);
                 let max_t = unzig(r.varint()?);
                 let count = u32::try_from(r.varint()?).ok()?;
+                let last = if version >= 2 {
+                    Some(f64::from_bits(u64::from_le_bytes(
+                        r.bytes(8)?.try_into().ok()?,
+                    )))
+                } else {
+                    None
+                };
                 Some((
                     key,
                     ChunkMeta {
@@ -210,6 +238,7 @@ impl Block {
                         min_t,
                         max_t,
                         count,
+                        last,
                     },
                 ))
             })();
@@ -327,5 +356,36 @@ impl<'a> Reader<'a> {
         let s = self.b.get(self.p..self.p.checked_add(n)?)?;
         self.p += n;
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Block, EncodedSeries};
+    use strata_model::{Sample, SeriesKey};
+
+    fn series(name: &str, n: i64) -> EncodedSeries {
+        let key = SeriesKey::from_sorted_pairs([(&b"__name__"[..], name.as_bytes())]);
+        let samples: Vec<Sample> = (0..n)
+            .map(|i| Sample::new(i * 1000, i as f64 / 4.0))
+            .collect();
+        EncodedSeries::new(key, &samples)
+    }
+
+    /// Version 2 records each chunk's last value; version 1 blocks (without it) still open and
+    /// read the same samples.
+    #[test]
+    fn both_versions_open_and_read_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 =
+            Block::write_version(&dir.path().join("v1"), 1, vec![series("a", 900)], 1).unwrap();
+        let v2 = Block::write(&dir.path().join("v2"), 1, vec![series("a", 900)]).unwrap();
+        assert_eq!(v1.meta(0).last, None);
+        assert_eq!(v2.meta(0).last, Some(899.0 / 4.0));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        Block::open(&v1.path).unwrap().read(0, &mut a).unwrap();
+        Block::open(&v2.path).unwrap().read(0, &mut b).unwrap();
+        assert_eq!(a.len(), 900);
+        assert_eq!(a, b);
     }
 }

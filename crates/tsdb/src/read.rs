@@ -83,6 +83,9 @@ impl SeriesRead {
         fields: Fields,
         out: &mut Vec<Sample>,
     ) -> Result<(), StorageError> {
+        if fields == Fields::Latest {
+            return self.latest_into(start, end, out);
+        }
         let base = out.len();
         // Each part is sorted and unique: the whole is too when every part starts after the
         // previous one ends, which is usual (parts follow each other in time).
@@ -106,6 +109,43 @@ impl SeriesRead {
             sort_last_wins(&mut own);
             out.append(&mut own);
         }
+        Ok(())
+    }
+}
+
+impl SeriesRead {
+    /// Appends its latest sample in `[start, end]`, if any: a chunk that ends by `end` and
+    /// records its last value answers without decoding; others decode only the pages needed.
+    fn latest_into(&self, start: i64, end: i64, out: &mut Vec<Sample>) -> Result<(), StorageError> {
+        let mut best: Option<Sample> = None;
+        // Parts come in write order: on equal timestamps the later one wins.
+        let mut consider = |s: Sample| {
+            if best.is_none_or(|b| s.timestamp >= b.timestamp) {
+                best = Some(s);
+            }
+        };
+        let mut scratch = Vec::new();
+        for (b, id) in &self.blocks {
+            let m = b.meta(*id);
+            if m.max_t < start || m.min_t > end {
+                continue;
+            }
+            match m.last {
+                Some(v) if m.max_t <= end => consider(Sample::new(m.max_t, v)),
+                _ => {
+                    scratch.clear();
+                    b.read_range(*id, start, end, Fields::All, &mut scratch)
+                        .map_err(|e| StorageError::Io(e.to_string()))?;
+                    if let Some(s) = scratch.last() {
+                        consider(*s);
+                    }
+                }
+            }
+        }
+        if let Some(s) = self.head.last() {
+            consider(*s);
+        }
+        out.extend(best);
         Ok(())
     }
 }

@@ -575,5 +575,22 @@ fn lazy_reads_equal_eager_reads() {
         }
         let want: Vec<_> = eager.iter().map(|(l, s)| (l.clone(), times(s))).collect();
         assert_eq!(got, want, "timestamps of range {start}..={end}");
+        // Latest only: the last sample, from chunk metadata where the range ends past a chunk.
+        let hints = SelectHints {
+            fields: strata_model::Fields::Latest,
+            ..hints
+        };
+        let mut got = Vec::new();
+        for s in db.select_lazy(&tenant, &m, &hints).unwrap() {
+            let mut buf = Vec::new();
+            s.read(&mut buf).unwrap();
+            assert!(buf.len() <= 1);
+            got.extend(buf.first().map(|x| (s.labels.clone(), *x)));
+        }
+        let want: Vec<_> = eager
+            .iter()
+            .map(|(l, s)| (l.clone(), *s.last().unwrap()))
+            .collect();
+        assert_eq!(got, want, "latest of range {start}..={end}");
     }
 }
