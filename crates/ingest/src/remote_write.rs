@@ -75,13 +75,14 @@ pub fn decode(
     }
     SCRATCH.with(|s| {
         let mut buf = s.borrow_mut();
-        buf.clear();
-        buf.resize(len, 0);
+        // Decompression overwrites the buffer: it is zeroed only where it grows.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         let n = snap::raw::Decoder::new()
-            .decompress(body, &mut buf)
+            .decompress(body, &mut buf[..len])
             .map_err(|e| IngestError::Snappy(e.to_string()))?;
-        buf.truncate(n);
-        let r = decode_uncompressed(&buf, ctx, out);
+        let r = decode_uncompressed(&buf[..n], ctx, out);
         // Do not keep a huge buffer alive after a huge request.
         if buf.capacity() > 16 << 20 {
             *buf = Vec::new();
