@@ -19,9 +19,10 @@ const PCO: u8 = 2;
 const PCO_REGULAR: u8 = 3;
 /// As `PCO_REGULAR`, with the values in pages that decode on their own (see [`encode_paged`]).
 const PCO_PAGED: u8 = 4;
-/// About how many samples a page of a paged chunk holds (3 hours at 15 s): a reader of a short
-/// range decodes one or two pages, not the whole chunk, for a few bytes more per page.
-pub const PAGE_SAMPLES: usize = 720;
+/// About how many samples a page of a paged chunk holds (6 hours at 15 s): a reader of a short
+/// range decodes one or two pages, not the whole chunk, for a few bytes more per page. Each
+/// page costs pco a decoder setup: 1440 decodes a day 12 % faster than 720, and is smaller.
+pub const PAGE_SAMPLES: usize = 1440;
 /// In a pco chunk: values are floats, not scaled decimals.
 const PCO_FLOATS: u8 = 0xFF;
 const VALUES_DECIMAL: u8 = 0;
