@@ -308,9 +308,10 @@ impl Env<'_> {
     }
 }
 
-/// Below this much work (samples and steps to visit) per thread, a thread costs more than it
-/// saves.
-const MIN_WORK_PER_THREAD: usize = 100_000;
+/// Below this much work (samples and steps to visit) per thread, handing work to the pool
+/// costs more than it saves (a pool thread starts on a job in microseconds, where spawning one
+/// took up to milliseconds).
+const MIN_WORK_PER_THREAD: usize = 20_000;
 
 /// `f(index, item)` for every item, in order; spread over the cores when `work` (about how many
 /// samples and steps all calls visit) is large enough to pay for the threads.

@@ -10,8 +10,8 @@ use strata_model::{
     SeriesSamples, StorageError,
 };
 
-/// Below this many samples per thread, spawning a thread costs more than it saves.
-const MIN_SAMPLES_PER_THREAD: usize = 50_000;
+/// Below this many samples per thread, handing work to the pool costs more than it saves.
+const MIN_SAMPLES_PER_THREAD: usize = 20_000;
 
 /// One selected series, not decoded yet.
 pub struct SeriesRead {
