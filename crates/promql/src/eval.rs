@@ -2,8 +2,9 @@
 //!
 //! Every node is evaluated once for the whole step grid of a query. An instant vector over the
 //! grid is a list of [`Row`]s (one per output series, with a point at each step where it has a
-//! value); a range vector is a [`RangeVal`] whose rows hold raw samples, windowed per step by the
-//! functions that consume it.
+//! value); a range vector is a [`RangeVal`] whose series are windowed per step by the functions
+//! that consume it. Selectors decode each series where it is evaluated, into buffers each
+//! thread reuses, so a query never holds all its selected samples at once.
 
 use crate::error::Warning;
 use crate::{EngineOptions, Error, QueryContext};

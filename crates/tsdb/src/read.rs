@@ -1,7 +1,7 @@
 //! Reading selected series in two steps: [`crate::Tsdb::plan`] finds, under the storage's read
-//! lock, which block chunks and head samples each series needs; [`read_all`] decodes them
-//! without the lock, spread over the machine's cores, so one query over many series (and many
-//! shards) uses every core.
+//! lock, which block chunks and head samples each series needs; then, without the lock,
+//! [`read_all`] decodes them all, spread over the machine's cores, or [`lazy`] hands them out to
+//! be decoded one at a time where a query evaluates them.
 
 use crate::block::Block;
 use std::sync::{Arc, OnceLock};
