@@ -78,7 +78,7 @@ impl LazySeries {
         }
     }
 
-    /// About how many samples [`LazySeries::read`] appends.
+    /// About how much work [`LazySeries::read`] is (see [`SampleSource::weight`]).
     pub fn weight(&self) -> usize {
         self.source.weight()
     }

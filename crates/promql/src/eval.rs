@@ -13,7 +13,6 @@ use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Instant, SystemTime};
 use strata_model::{
     Fields, Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
@@ -218,12 +217,14 @@ impl Env<'_> {
 
     /// Counts `n` samples held by the query against the limit.
     pub fn account(&self, n: usize) -> Result<(), Error> {
+        self.account_in(n, "query execution")
+    }
+
+    /// As [`Env::account`], naming the stage (`what`) that went over the limit.
+    fn account_in(&self, n: usize, what: &'static str) -> Result<(), Error> {
         let total = self.loaded.fetch_add(n, Ordering::Relaxed) + n;
         if total > self.opts.max_samples {
-            return Err(Error::TooManySamples(
-                "query execution",
-                self.opts.max_samples,
-            ));
+            return Err(Error::TooManySamples(what, self.opts.max_samples));
         }
         Ok(())
     }
@@ -289,14 +290,7 @@ impl Env<'_> {
         }
         buf.clear();
         s.read(buf).map_err(|e| self.storage_error(e))?;
-        let total = self.loaded.fetch_add(buf.len(), Ordering::Relaxed) + buf.len();
-        if total > self.opts.max_samples {
-            return Err(Error::TooManySamples(
-                "query preparation",
-                self.opts.max_samples,
-            ));
-        }
-        Ok(())
+        self.account_in(buf.len(), "query preparation")
     }
 
     fn storage_error(&self, e: StorageError) -> Error {
@@ -324,19 +318,13 @@ pub(crate) fn par_map<T: Sync, R: Send>(
     par_map_with(items, work, |_: &mut (), i, x| f(i, x))
 }
 
-/// The steps `0..steps` in one contiguous range per core, for [`par_map`] to share out.
+/// The steps `0..steps` in one contiguous range per pool thread, for [`par_map`] to share out.
 pub(crate) fn split_steps(steps: usize) -> Vec<std::ops::Range<usize>> {
-    let per = steps.div_ceil(cores()).max(1);
+    let per = steps.div_ceil(rayon::current_num_threads()).max(1);
     (0..steps)
         .step_by(per)
         .map(|s| s..(s + per).min(steps))
         .collect()
-}
-
-/// The number of cores to spread work over.
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// As [`par_map`], with scratch state `S` that each thread creates once and passes to every `f`
@@ -346,7 +334,7 @@ pub(crate) fn par_map_with<S: Default, T: Sync, R: Send>(
     work: usize,
     f: impl Fn(&mut S, usize, &T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = cores()
+    let threads = rayon::current_num_threads()
         .min(work / MIN_WORK_PER_THREAD)
         .min(items.len())
         .max(1);

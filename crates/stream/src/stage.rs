@@ -433,6 +433,17 @@ mod tests {
         stage.settle(raw, None, offset).unwrap();
     }
 
+    /// Default windows, no quantiles, windows kept for ever.
+    fn options(publish_corrections: bool) -> StageOptions {
+        StageOptions {
+            windows: WindowOptions::default(),
+            quantiles: Vec::new(),
+            retention_ms: i64::MAX / 4,
+            publish_corrections,
+            block_duration_ms: 7_200_000,
+        }
+    }
+
     fn open_raw(dir: &Path) -> Tsdb {
         Tsdb::open(
             &dir.join("raw"),
@@ -452,13 +463,7 @@ mod tests {
     fn backfill_into_final_windows_rolls_up_every_window() {
         const MIN: i64 = 60_000;
         let dir = tempfile::tempdir().unwrap();
-        let opts = StageOptions {
-            windows: WindowOptions::default(),
-            quantiles: Vec::new(),
-            retention_ms: i64::MAX / 4,
-            publish_corrections: false,
-            block_duration_ms: 7_200_000,
-        };
+        let opts = options(false);
         let raw = open_raw(dir.path());
         let base = strata_model::time::now_ms() / MIN * MIN - 600 * MIN;
         let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
@@ -510,13 +515,7 @@ mod tests {
     #[test]
     fn corrections_stay_queued_until_done() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = StageOptions {
-            windows: WindowOptions::default(),
-            quantiles: Vec::new(),
-            retention_ms: i64::MAX / 4,
-            publish_corrections: true,
-            block_duration_ms: 7_200_000,
-        };
+        let opts = options(true);
         let raw = open_raw(dir.path());
         let base = strata_model::time::now_ms() / 60_000 * 60_000 - 60 * 60_000;
         let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();

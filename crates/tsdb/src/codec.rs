@@ -21,7 +21,7 @@ const PCO_REGULAR: u8 = 3;
 const PCO_PAGED: u8 = 4;
 /// About how many samples a page of a paged chunk holds (6 hours at 15 s): a reader of a short
 /// range decodes one or two pages, not the whole chunk, for a few bytes more per page. Each
-/// page costs pco a decoder setup: 1440 decodes a day 12 % faster than 720, and is smaller.
+/// page costs pco a decoder setup: 1440 decodes a day 19 % faster than 720, and is smaller.
 pub const PAGE_SAMPLES: usize = 1440;
 /// In a pco chunk: values are floats, not scaled decimals.
 const PCO_FLOATS: u8 = 0xFF;
@@ -420,29 +420,25 @@ fn decode_paged(
     if wanted.is_empty() {
         return Ok(());
     }
-    out.reserve(wanted.iter().map(|p| p.keep.len()).sum());
-    if fields == Fields::Timestamps && kind != PCO_FLOATS {
-        if kind as i32 > MAX_DECIMALS {
-            return Err(ChunkError("bad decimal exponent"));
-        }
-        for p in &wanted {
-            out.extend(
-                p.keep
-                    .clone()
-                    .map(|i| Sample::new(p.first.wrapping_add((i as i64).wrapping_mul(step)), 0.0)),
-            );
-        }
-        return Ok(());
+    if kind != PCO_FLOATS && kind as i32 > MAX_DECIMALS {
+        return Err(ChunkError("bad decimal exponent"));
     }
+    out.reserve(wanted.iter().map(|p| p.keep.len()).sum());
     match kind {
         PCO_FLOATS => decode_pages::<f64>(meta, &wanted, step, out, |v| v),
+        // Decimals cannot hold staleness markers: their values need not be decoded at all.
+        _ if fields == Fields::Timestamps => {
+            for p in &wanted {
+                out.extend(p.times(step).map(|t| Sample::new(t, 0.0)));
+            }
+            Ok(())
+        }
         // Integers need no scaling (and dividing by 1 would cost as much as the rest).
         0 => decode_pages::<i64>(meta, &wanted, step, out, |x| x as f64),
-        k if k as i32 <= MAX_DECIMALS => {
+        k => {
             let scale = 10f64.powi(k as i32);
             decode_pages::<i64>(meta, &wanted, step, out, |x| x as f64 / scale)
         }
-        _ => Err(ChunkError("bad decimal exponent")),
     }
 }
 
@@ -456,6 +452,17 @@ struct Page<'a> {
     bytes: &'a [u8],
     /// The samples wanted, by position in the page.
     keep: std::ops::Range<usize>,
+}
+
+impl Page<'_> {
+    /// The timestamps of the samples wanted (`step` apart). An exact-size iterator, so what
+    /// it feeds extends a vector without per-push checks.
+    fn times(&self, step: i64) -> impl ExactSizeIterator<Item = i64> {
+        let first = self.first;
+        self.keep
+            .clone()
+            .map(move |i| first.wrapping_add((i as i64).wrapping_mul(step)))
+    }
 }
 
 /// Decodes the wanted samples of `pages` of the pco chunk described by `meta`.
@@ -480,13 +487,11 @@ fn decode_pages<T: pco::data_types::Number>(
         if progress.n_processed != p.count || !progress.finished {
             return Err(ChunkError("page shorter than its count"));
         }
-        // Enumerate (not zip with an open range) keeps the length known: no per-push checks.
-        let first = p
-            .first
-            .wrapping_add((p.keep.start as i64).wrapping_mul(step));
-        out.extend(buf[p.keep.clone()].iter().enumerate().map(|(i, v)| {
-            Sample::new(first.wrapping_add((i as i64).wrapping_mul(step)), value(*v))
-        }));
+        out.extend(
+            p.times(step)
+                .zip(&buf[p.keep.clone()])
+                .map(|(t, v)| Sample::new(t, value(*v))),
+        );
     }
     Ok(())
 }

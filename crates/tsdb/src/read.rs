@@ -4,9 +4,9 @@
 //! be decoded one at a time where a query evaluates them.
 
 use crate::block::Block;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use strata_model::{
-    sort_last_wins, Fields, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
+    sort_last_wins, Fields, Labels, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
     SeriesSamples, StorageError,
 };
 
@@ -111,9 +111,7 @@ impl SeriesRead {
         }
         Ok(())
     }
-}
 
-impl SeriesRead {
     /// Appends its latest sample in `[start, end]`, if any: a chunk that ends by `end` and
     /// records its last value answers without decoding; others decode only the pages needed.
     fn latest_into(&self, start: i64, end: i64, out: &mut Vec<Sample>) -> Result<(), StorageError> {
@@ -185,11 +183,16 @@ pub fn lazy(reads: Vec<SeriesRead>, hints: &SelectHints) -> Vec<LazySeries> {
             LazySeries::new(r.read.key.labels(), r)
         })
         .collect();
-    // Key order is nearly always label order already.
-    if !out.windows(2).all(|w| w[0].labels <= w[1].labels) {
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    }
+    sort_by_labels(&mut out, |s| &s.labels);
     out
+}
+
+/// Sorts `items` by their labels. Key order is nearly always label order already: checked
+/// first, in one pass.
+fn sort_by_labels<T>(items: &mut [T], labels: impl Fn(&T) -> &Labels) {
+    if !items.windows(2).all(|w| labels(&w[0]) <= labels(&w[1])) {
+        items.sort_by(|a, b| labels(a).cmp(labels(b)));
+    }
 }
 
 /// Decodes `reads` (each series once) over `hints`' range, on several threads when
@@ -204,7 +207,9 @@ pub fn read_all(
         .map(|r| r.work(hints.start, hints.end))
         .collect();
     let total: usize = weights.iter().sum();
-    let threads = cores().min(total / MIN_SAMPLES_PER_THREAD).max(1);
+    let threads = rayon::current_num_threads()
+        .min(total / MIN_SAMPLES_PER_THREAD)
+        .max(1);
     let parts = split_by_weight(&weights, threads);
     let decode = |part: &[SeriesRead]| -> Result<Vec<SeriesSamples>, StorageError> {
         let mut out = Vec::with_capacity(part.len());
@@ -238,10 +243,7 @@ pub fn read_all(
     if let Some(limit) = hints.max_samples.filter(|l| samples > *l) {
         return Err(StorageError::TooManySamples { limit });
     }
-    // Key order is nearly always label order already.
-    if !out.windows(2).all(|w| w[0].labels <= w[1].labels) {
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
-    }
+    sort_by_labels(&mut out, |s| &s.labels);
     Ok(out)
 }
 
@@ -262,12 +264,6 @@ fn split_by_weight(weights: &[usize], n: usize) -> Vec<std::ops::Range<usize>> {
         parts.push(from..weights.len());
     }
     parts
-}
-
-/// The number of cores to decode on.
-fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 #[cfg(test)]

@@ -542,55 +542,56 @@ fn lazy_reads_equal_eager_reads() {
             max_samples: None,
             fields: strata_model::Fields::All,
         };
-        let eager = db.select(&tenant, &m, &hints).unwrap();
-        let mut lazy: Vec<(Labels, Vec<Sample>)> = Vec::new();
-        for s in db.select_lazy(&tenant, &m, &hints).unwrap() {
-            let mut buf = vec![Sample::new(0, 0.0)];
-            s.read(&mut buf).unwrap();
-            assert!(
-                s.weight() + 1 >= buf.len() - 1,
-                "weight covers what is read"
-            );
-            buf.remove(0);
-            if !buf.is_empty() {
-                lazy.push((s.labels, buf));
+        // Each series read lazily with `fields`, appended after a sample already in the buffer;
+        // series that turn out empty left out.
+        let read_lazy = |fields| -> Vec<(Labels, Vec<Sample>)> {
+            let hints = SelectHints { fields, ..hints };
+            let mut got = Vec::new();
+            for s in db.select_lazy(&tenant, &m, &hints).unwrap() {
+                let mut buf = vec![Sample::new(0, 0.0)];
+                s.read(&mut buf).unwrap();
+                assert!(
+                    s.weight() + 1 >= buf.len() - 1,
+                    "weight covers what is read"
+                );
+                buf.remove(0);
+                if !buf.is_empty() {
+                    got.push((s.labels, buf));
+                }
             }
-        }
-        let eager: Vec<(Labels, Vec<Sample>)> =
-            eager.into_iter().map(|s| (s.labels, s.samples)).collect();
-        assert_eq!(lazy, eager, "range {start}..={end}");
+            got
+        };
+        let eager: Vec<(Labels, Vec<Sample>)> = db
+            .select(&tenant, &m, &hints)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.labels, s.samples))
+            .collect();
+        assert_eq!(
+            read_lazy(strata_model::Fields::All),
+            eager,
+            "range {start}..={end}"
+        );
         // Timestamps only: the same timestamps (values may read as 0).
-        let times = |s: &[Sample]| s.iter().map(|x| x.timestamp).collect::<Vec<_>>();
-        let hints = SelectHints {
-            fields: strata_model::Fields::Timestamps,
-            ..hints
+        let times = |v: &[(Labels, Vec<Sample>)]| -> Vec<(Labels, Vec<i64>)> {
+            v.iter()
+                .map(|(l, s)| (l.clone(), s.iter().map(|x| x.timestamp).collect()))
+                .collect()
         };
-        let mut got = Vec::new();
-        for s in db.select_lazy(&tenant, &m, &hints).unwrap() {
-            let mut buf = Vec::new();
-            s.read(&mut buf).unwrap();
-            if !buf.is_empty() {
-                got.push((s.labels, times(&buf)));
-            }
-        }
-        let want: Vec<_> = eager.iter().map(|(l, s)| (l.clone(), times(s))).collect();
-        assert_eq!(got, want, "timestamps of range {start}..={end}");
+        assert_eq!(
+            times(&read_lazy(strata_model::Fields::Timestamps)),
+            times(&eager),
+            "timestamps of range {start}..={end}"
+        );
         // Latest only: the last sample, from chunk metadata where the range ends past a chunk.
-        let hints = SelectHints {
-            fields: strata_model::Fields::Latest,
-            ..hints
-        };
-        let mut got = Vec::new();
-        for s in db.select_lazy(&tenant, &m, &hints).unwrap() {
-            let mut buf = Vec::new();
-            s.read(&mut buf).unwrap();
-            assert!(buf.len() <= 1);
-            got.extend(buf.first().map(|x| (s.labels.clone(), *x)));
-        }
         let want: Vec<_> = eager
             .iter()
-            .map(|(l, s)| (l.clone(), *s.last().unwrap()))
+            .map(|(l, s)| (l.clone(), vec![*s.last().unwrap()]))
             .collect();
-        assert_eq!(got, want, "latest of range {start}..={end}");
+        assert_eq!(
+            read_lazy(strata_model::Fields::Latest),
+            want,
+            "latest of range {start}..={end}"
+        );
     }
 }
