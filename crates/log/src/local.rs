@@ -73,6 +73,12 @@ impl LocalLog {
         })
     }
 
+    /// The partition count of the log in `dir`, as it was created; `None` when there is no log
+    /// there yet.
+    pub fn existing_partitions(dir: &Path) -> Result<Option<u32>, LogError> {
+        read_meta(dir)
+    }
+
     fn partition(&self, p: u32) -> Result<&Arc<Partition>, LogError> {
         self.partitions
             .get(p as usize)
@@ -80,15 +86,9 @@ impl LocalLog {
     }
 }
 
-/// Writes or checks `LOG_META`: the partition count may never change under existing data.
-fn check_meta(dir: &Path, partitions: u32) -> Result<(), LogError> {
+/// Reads `LOG_META`: the partition count the log was created with, `None` when there is none.
+fn read_meta(dir: &Path) -> Result<Option<u32>, LogError> {
     let path = dir.join(META);
-    let mut want = Vec::with_capacity(20);
-    want.extend_from_slice(META_MAGIC);
-    want.extend_from_slice(&1u32.to_le_bytes());
-    want.extend_from_slice(&partitions.to_le_bytes());
-    let crc = crc32fast::hash(&want);
-    want.extend_from_slice(&crc.to_le_bytes());
     match std::fs::read(&path) {
         Ok(got) => {
             if got.len() != 20
@@ -101,36 +101,50 @@ fn check_meta(dir: &Path, partitions: u32) -> Result<(), LogError> {
                     reason: "log metadata damaged".into(),
                 });
             }
-            let have = u32::from_le_bytes([got[12], got[13], got[14], got[15]]);
-            if have != partitions {
-                return Err(LogError::Mismatch(format!(
-                    "{} was created with {have} partitions but is opened with {partitions}; data would be partitioned wrongly",
-                    dir.display()
-                )));
-            }
-            Ok(())
+            Ok(Some(u32::from_le_bytes([
+                got[12], got[13], got[14], got[15],
+            ])))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_data = std::fs::read_dir(dir)
-                .map_err(io_err(dir))?
-                .any(|e| e.is_ok_and(|e| e.file_name() != LOCK_FILE));
-            if has_data {
-                return Err(LogError::Corrupt {
-                    path,
-                    position: 0,
-                    reason: "log metadata missing beside existing data".into(),
-                });
-            }
-            let tmp = dir.join("LOG_META.tmp");
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(&want)
-                .and_then(|_| f.sync_all())
-                .map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
-            segment::sync_dir(dir)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LogError::Io { path, source: e }),
     }
+}
+
+/// Writes or checks `LOG_META`: the partition count may never change under existing data.
+fn check_meta(dir: &Path, partitions: u32) -> Result<(), LogError> {
+    if let Some(have) = read_meta(dir)? {
+        if have != partitions {
+            return Err(LogError::Mismatch(format!(
+                "{} was created with {have} partitions but is opened with {partitions}; data would be partitioned wrongly",
+                dir.display()
+            )));
+        }
+        return Ok(());
+    }
+    let path = dir.join(META);
+    let has_data = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .any(|e| e.is_ok_and(|e| e.file_name() != LOCK_FILE));
+    if has_data {
+        return Err(LogError::Corrupt {
+            path,
+            position: 0,
+            reason: "log metadata missing beside existing data".into(),
+        });
+    }
+    let mut want = Vec::with_capacity(20);
+    want.extend_from_slice(META_MAGIC);
+    want.extend_from_slice(&1u32.to_le_bytes());
+    want.extend_from_slice(&partitions.to_le_bytes());
+    let crc = crc32fast::hash(&want);
+    want.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join("LOG_META.tmp");
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&want)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    segment::sync_dir(dir)
 }
 
 /// The lock file's name, in the log's directory.

@@ -183,7 +183,9 @@ fn truncate_before_keeps_the_rest_and_the_end_offset() {
 #[test]
 fn one_writer_per_partition_and_fixed_partition_count() {
     let dir = tempfile::tempdir().unwrap();
+    assert_eq!(LocalLog::existing_partitions(dir.path()).unwrap(), None);
     let log = open(dir.path(), 3, 1 << 20);
+    assert_eq!(LocalLog::existing_partitions(dir.path()).unwrap(), Some(3));
     let w = log.writer(2).unwrap();
     assert!(matches!(log.writer(2), Err(LogError::WriterBusy(2))));
     drop(w);
@@ -197,6 +199,11 @@ fn one_writer_per_partition_and_fixed_partition_count() {
         e.to_string().contains("3 partitions") && e.to_string().contains("4"),
         "{e}"
     );
+    std::fs::write(dir.path().join("LOG_META"), b"damaged").unwrap();
+    assert!(matches!(
+        LocalLog::existing_partitions(dir.path()),
+        Err(LogError::Corrupt { .. })
+    ));
 }
 
 /// A second process (here: a second open) on the same directory is refused while the first

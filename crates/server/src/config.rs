@@ -18,7 +18,7 @@ pub struct Config {
     /// How long raw samples are kept (Prometheus duration, e.g. `30d`).
     pub retention: Duration,
     /// Number of ingest-log partitions, one shard each. Fixed when the data directory is created.
-    pub partitions: u32,
+    pub partitions: Partitions,
     /// Edge limits.
     pub limits: LimitsConfig,
     /// Storage tuning.
@@ -27,6 +27,53 @@ pub struct Config {
     pub query: QueryConfig,
     /// Event-time rollups (the warm tier).
     pub rollups: RollupsConfig,
+}
+
+/// How many ingest-log partitions (one shard each) to run: `"auto"` or a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitions {
+    /// As many as the data directory was created with; for a new one, one per two CPU cores
+    /// (at least one). A shard takes a fraction of what decoding a write costs, and every
+    /// further partition adds an fsync and a hand-off to each write spread over them: on two
+    /// cores, one partition ingests remote write about 15 % faster than four.
+    #[default]
+    Auto,
+    /// Exactly this many (a data directory keeps the count it was created with).
+    Fixed(u32),
+}
+
+impl Partitions {
+    /// Most partitions a log may have.
+    pub const MAX: u32 = 1024;
+
+    /// The count for a new data directory on this machine: one per two cores.
+    pub fn for_this_machine() -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        (cores / 2).clamp(1, Self::MAX)
+    }
+}
+
+impl<'de> Deserialize<'de> for Partitions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Word(String),
+            Other(serde::de::IgnoredAny),
+        }
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "partitions must be \"auto\" or a number from 1 to {}",
+                Partitions::MAX
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "auto" => Ok(Partitions::Auto),
+            Raw::Count(n) if (1..=Self::MAX as i64).contains(&n) => Ok(Partitions::Fixed(n as u32)),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// A duration written as in Prometheus (`15s`, `2h`, `30d`), kept in milliseconds.
@@ -247,7 +294,7 @@ impl Default for Config {
             listen: "127.0.0.1:9464".parse().expect("static address"),
             data_dir: PathBuf::from("strata-data"),
             retention: Duration(30 * 86_400_000),
-            partitions: 4,
+            partitions: Partitions::Auto,
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
             query: QueryConfig::default(),
@@ -286,7 +333,8 @@ pub const DEFAULT_TOML: &str = r#"# Strata configuration. Every key is optional;
 listen = "127.0.0.1:9464"        # HTTP address
 data_dir = "strata-data"         # log, blocks and checkpoints
 retention = "30d"                # raw samples older than this are refused and deleted
-partitions = 4                   # ingest-log partitions (one shard each); fixed at creation
+partitions = "auto"              # ingest-log partitions (one shard each), fixed at creation;
+                                 # auto: the data directory's count, else half the CPU cores
 
 [limits]
 max_body_bytes = 67108864        # largest request body (decompressed), bytes
@@ -394,6 +442,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("divide a day"));
+    }
+
+    #[test]
+    fn partitions_are_auto_or_a_count() {
+        let parse = |t: &str| toml::from_str::<Config>(t).map(|c| c.partitions);
+        assert_eq!(parse("").unwrap(), Partitions::Auto);
+        assert_eq!(parse("partitions = \"auto\"").unwrap(), Partitions::Auto);
+        assert_eq!(parse("partitions = 3").unwrap(), Partitions::Fixed(3));
+        for bad in ["0", "-1", "1025", "\"many\"", "2.5"] {
+            let e = parse(&format!("partitions = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("\"auto\" or a number from 1 to 1024"),
+                "{bad}: {e}"
+            );
+        }
+        assert!((1..=Partitions::MAX).contains(&Partitions::for_this_machine()));
     }
 
     #[test]

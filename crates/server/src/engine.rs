@@ -1,6 +1,6 @@
 //! The engine: the ingest log, one shard per partition, and a read view over all shards.
 
-use crate::config::Config;
+use crate::config::{Config, Partitions};
 use crate::metrics::Counters;
 use crate::shard::{Job, Shard, ShardConfig, WriteAck};
 use std::fmt::Write;
@@ -53,17 +53,24 @@ pub fn partition_of(entity: u64, partitions: u32) -> u32 {
 impl Engine {
     /// Opens the log and every shard's storage, replays, and starts the shard threads.
     pub fn open(cfg: &Config, rt: tokio::runtime::Handle) -> anyhow::Result<Arc<Engine>> {
-        anyhow::ensure!(
-            cfg.partitions >= 1 && cfg.partitions <= 1024,
-            "partitions must be 1..=1024"
-        );
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
         })?;
+        let log_dir = cfg.data_dir.join("log");
+        let partitions = match cfg.partitions {
+            Partitions::Fixed(n) => n,
+            Partitions::Auto => LocalLog::existing_partitions(&log_dir)?
+                .unwrap_or_else(Partitions::for_this_machine),
+        };
+        anyhow::ensure!(
+            (1..=Partitions::MAX).contains(&partitions),
+            "partitions must be 1..={}, got {partitions}",
+            Partitions::MAX
+        );
         let log = Arc::new(LocalLog::open(
-            &cfg.data_dir.join("log"),
-            cfg.partitions,
+            &log_dir,
+            partitions,
             LogOptions {
                 segment_bytes: cfg.storage.log_segment_bytes,
             },
@@ -85,7 +92,7 @@ impl Engine {
         };
         type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..cfg.partitions)
+            let handles: Vec<_> = (0..partitions)
                 .map(|p| {
                     let (log, counters, limiter, opts, stage_opts) = (
                         log.clone(),

@@ -41,12 +41,13 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         let (stop, rt) = (stop.clone(), rt.handle().clone());
         std::thread::spawn(move || m.run(stop, rt))
     });
+    let partitions = engine.partitions();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), partitions = cfg.partitions, "strata is serving");
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), partitions, "strata is serving");
         if demo {
             let fleet = simulate::FleetConfig {
                 url: format!("http://{addr}/api/v1/events"),

@@ -13,7 +13,11 @@ fn sigkill_under_load_keeps_every_acknowledged_write() {
     // Each writer owns one series and sends increasing timestamps; acked[w] = timestamps acked.
     let acked: Arc<Mutex<BTreeMap<usize, Vec<i64>>>> = Arc::default();
     for round in 0..3 {
-        let s = Server::start(dir.path(), "[storage]\nlog_segment_bytes = 65536\n");
+        // Several partitions whatever the machine: each replays on its own.
+        let s = Server::start(
+            dir.path(),
+            "partitions = 3\n[storage]\nlog_segment_bytes = 65536\n",
+        );
         let stop = Instant::now() + Duration::from_millis(700 + 300 * round as u64);
         let threads: Vec<_> = (0..4)
             .map(|w| {
@@ -49,6 +53,7 @@ fn sigkill_under_load_keeps_every_acknowledged_write() {
             t.join().unwrap();
         }
     }
+    // `partitions = "auto"` (the default) opens the directory with the count it was created with.
     let s = Server::start(dir.path(), "");
     let acked = acked.lock().unwrap();
     assert!(
