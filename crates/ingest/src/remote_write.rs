@@ -97,144 +97,146 @@ pub fn decode_uncompressed(
     ctx: &DecodeContext<'_>,
     out: &mut WriteBatch,
 ) -> Result<Decoded, IngestError> {
-    let mut d = Decoded::default();
-    let mut labels: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut r = Reader { buf: proto, pos: 0 };
-    let mut index = 0;
-    while !r.done() {
-        let (field, wire) = r.key()?;
-        if field == 1 && wire == WIRE_LEN {
-            let start = r.pos;
-            let ts = r.len_delimited()?;
-            series(
-                ts,
-                start,
-                index,
-                ctx,
-                &mut labels,
-                &mut samples,
-                out,
-                &mut d,
-            )?;
-            index += 1;
-        } else {
-            r.skip(wire)?;
+    SEEN.with(|cache| {
+        let mut d = Decoder {
+            ctx,
+            cache: &mut cache.borrow_mut(),
+            samples: Vec::new(),
+            decoded: Decoded::default(),
+        };
+        let mut r = Reader { buf: proto, pos: 0 };
+        let mut index = 0;
+        while !r.done() {
+            let (field, wire) = r.key()?;
+            if field == 1 && wire == WIRE_LEN {
+                let start = r.pos;
+                let ts = r.len_delimited()?;
+                d.series(ts, index, out).map_err(|e| e.shift(start))?;
+                index += 1;
+            } else {
+                r.skip(wire)?;
+            }
         }
-    }
-    Ok(d)
+        Ok(d.decoded)
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn series<'a>(
-    msg: &'a [u8],
-    base: usize,
-    index: usize,
-    ctx: &DecodeContext<'_>,
-    labels: &mut SmallVec<[(&'a [u8], &'a [u8]); 16]>,
-    samples: &mut Vec<Sample>,
-    out: &mut WriteBatch,
-    d: &mut Decoded,
-) -> Result<(), IngestError> {
-    labels.clear();
-    samples.clear();
-    let mut r = Reader { buf: msg, pos: 0 };
-    let mut histograms = 0;
-    let mut bad_ts = None;
-    let mut rejected_samples = 0;
-    // Labels normally come first and together: `raw_end` marks the end of that run.
-    let mut raw_end = 0;
-    let mut raw_labels: SmallVec<[(usize, &'a [u8]); 16]> = SmallVec::new();
-    let mut scattered = false;
-    while !r.done() {
-        let (field, wire) = r.key().map_err(|e| e.shift(base))?;
-        match (field, wire) {
-            (1, WIRE_LEN) => {
-                // Only located here: parsed below when the series is not in the cache.
-                let l = r.len_delimited().map_err(|e| e.shift(base))?;
-                raw_labels.push((base + r.pos - l.len(), l));
-                let field_start = r.pos - l.len() - 1 - varint_len(l.len() as u64);
-                if raw_labels.len() == 1 || raw_end == field_start {
-                    raw_end = r.pos;
-                } else {
+/// The state of one request's decoding.
+struct Decoder<'c, 'l> {
+    ctx: &'c DecodeContext<'l>,
+    cache: &'c mut SeriesCache,
+    /// The current series' samples (reused).
+    samples: Vec<Sample>,
+    decoded: Decoded,
+}
+
+impl Decoder<'_, '_> {
+    /// Decodes the `TimeSeries` message `msg` (error offsets relative to it).
+    fn series(&mut self, msg: &[u8], index: usize, out: &mut WriteBatch) -> Result<(), Malformed> {
+        self.samples.clear();
+        // Labels normally come first and together; when they do, their raw bytes identify the
+        // series in the cache and are parsed only on a miss.
+        let mut r = Reader { buf: msg, pos: 0 };
+        while r.peek() == Some(LABEL_KEY) {
+            r.pos += 1;
+            r.len_delimited()?;
+        }
+        let leading = r.pos;
+        let mut scattered = false;
+        let mut histograms = 0;
+        let mut bad_ts = None;
+        let mut rejected_samples = 0;
+        while !r.done() {
+            let (field, wire) = r.key()?;
+            match (field, wire) {
+                (1, WIRE_LEN) => {
+                    r.len_delimited()?;
                     scattered = true;
                 }
-            }
-            (2, WIRE_LEN) => {
-                let s = r.len_delimited().map_err(|e| e.shift(base))?;
-                let sample = sample(s).map_err(|e| e.shift(base + r.pos - s.len()))?;
-                match ctx.limits.check_timestamp(sample.timestamp, ctx.now_ms) {
-                    Ok(()) => samples.push(sample),
-                    Err(e) => {
-                        rejected_samples += 1;
-                        bad_ts.get_or_insert(e);
+                (2, WIRE_LEN) => {
+                    let s = r.len_delimited()?;
+                    let sample = sample(s).map_err(|e| e.shift(r.pos - s.len()))?;
+                    match self
+                        .ctx
+                        .limits
+                        .check_timestamp(sample.timestamp, self.ctx.now_ms)
+                    {
+                        Ok(()) => self.samples.push(sample),
+                        Err(e) => {
+                            rejected_samples += 1;
+                            bad_ts.get_or_insert(e);
+                        }
                     }
                 }
+                (4, WIRE_LEN) => {
+                    r.len_delimited()?;
+                    histograms += 1;
+                }
+                (_, w) => r.skip(w)?,
             }
-            (4, WIRE_LEN) => {
-                r.len_delimited().map_err(|e| e.shift(base))?;
-                histograms += 1;
-            }
-            (_, w) => r.skip(w).map_err(|e| e.shift(base))?,
         }
-    }
-    if let Some(e) = bad_ts {
-        d.reject(
-            Location::Index(index),
-            RejectReason::Timestamp(e),
-            rejected_samples,
-        );
-    }
-    if histograms > 0 {
-        d.reject(
-            Location::Index(index),
-            RejectReason::Invalid("native histograms are not supported yet".into()),
-            histograms,
-        );
-    }
-    if samples.is_empty() {
-        return Ok(());
-    }
-    let raw = (!scattered && !raw_labels.is_empty()).then(|| &msg[..raw_end]);
-    let hash = raw.map(|raw| SeriesCache::hash(raw, out));
-    if let (Some(raw), Some(hash)) = (raw, hash) {
-        if SEEN.with(|c| {
-            c.borrow_mut()
-                .push_cached(ctx.limits, hash, raw, out, samples)
-        }) {
-            d.accepted_samples += samples.len();
+        let d = &mut self.decoded;
+        if let Some(e) = bad_ts {
+            d.reject(
+                Location::Index(index),
+                RejectReason::Timestamp(e),
+                rejected_samples,
+            );
+        }
+        if histograms > 0 {
+            d.reject(
+                Location::Index(index),
+                RejectReason::Invalid("native histograms are not supported yet".into()),
+                histograms,
+            );
+        }
+        if self.samples.is_empty() {
             return Ok(());
         }
-    }
-    for (at, l) in &raw_labels {
-        labels.push(label(l).map_err(|e| e.shift(*at))?);
-    }
-    match out.push_series(labels, samples, None, ctx.limits) {
-        Ok(()) => {
-            d.accepted_samples += samples.len();
-            if let (Some(raw), Some(hash), Some(s)) = (raw, hash, out.get(out.series_len() - 1)) {
-                SEEN.with(|c| c.borrow_mut().insert(hash, raw, &s));
+        let raw = (!scattered && leading > 0).then(|| &msg[..leading]);
+        let hash = raw.map(|raw| SeriesCache::hash(raw, out));
+        if let (Some(raw), Some(hash)) = (raw, hash) {
+            if self
+                .cache
+                .push_cached(self.ctx.limits, hash, raw, out, &self.samples)
+            {
+                d.accepted_samples += self.samples.len();
+                return Ok(());
             }
         }
-        Err(e) => d.reject(
-            Location::Index(index),
-            RejectReason::Label(e),
-            samples.len(),
-        ),
+        let mut labels: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
+        let mut r = Reader { buf: msg, pos: 0 };
+        while !r.done() {
+            match r.key()? {
+                (1, WIRE_LEN) => {
+                    let l = r.len_delimited()?;
+                    labels.push(label(l).map_err(|e| e.shift(r.pos - l.len()))?);
+                }
+                (_, w) => r.skip(w)?,
+            }
+        }
+        match out.push_series(&mut labels, &self.samples, None, self.ctx.limits) {
+            Ok(()) => {
+                d.accepted_samples += self.samples.len();
+                if let (Some(raw), Some(hash), Some(s)) = (raw, hash, out.get(out.series_len() - 1))
+                {
+                    self.cache.insert(hash, raw, &s);
+                }
+            }
+            Err(e) => d.reject(
+                Location::Index(index),
+                RejectReason::Label(e),
+                self.samples.len(),
+            ),
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
+/// The key byte of a `TimeSeries.labels` field (field 1, length-delimited).
+const LABEL_KEY: u8 = 0x0a;
 
-fn label(msg: &[u8]) -> Result<(&[u8], &[u8]), IngestError> {
+fn label(msg: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
     let mut r = Reader { buf: msg, pos: 0 };
     let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
     while !r.done() {
@@ -247,7 +249,21 @@ fn label(msg: &[u8]) -> Result<(&[u8], &[u8]), IngestError> {
     Ok((name, value))
 }
 
-fn sample(msg: &[u8]) -> Result<Sample, IngestError> {
+fn sample(msg: &[u8]) -> Result<Sample, Malformed> {
+    // As every client encodes it: the value (field 1, fixed64), then the timestamp (field 2,
+    // varint) ending the message.
+    if let (Some(0x09), Some(v), Some(0x10)) = (
+        msg.first(),
+        msg.get(1..9).and_then(|v| <[u8; 8]>::try_from(v).ok()),
+        msg.get(9),
+    ) {
+        let mut r = Reader { buf: msg, pos: 10 };
+        if let Ok(t) = r.varint() {
+            if r.done() {
+                return Ok(Sample::new(t as i64, f64::from_le_bytes(v)));
+            }
+        }
+    }
     let mut r = Reader { buf: msg, pos: 0 };
     let (mut value, mut ts) = (0.0, 0i64);
     while !r.done() {
@@ -270,15 +286,51 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl IngestError {
+/// A protobuf defect at a byte offset: small and `Copy`, so the reader's results stay in
+/// registers; it becomes an [`IngestError`] once, when decoding stops.
+#[derive(Debug, Clone, Copy)]
+struct Malformed {
+    offset: usize,
+    flaw: Flaw,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Flaw {
+    TruncatedVarint,
+    VarintOverflow,
+    VarintTooLong,
+    FieldZero,
+    PastEnd(u64),
+    TruncatedFixed64,
+    TruncatedFixed32,
+    WireType(u8),
+}
+
+impl Malformed {
     /// Moves a nested message's offset into the enclosing message's frame.
-    fn shift(self, by: usize) -> IngestError {
-        match self {
-            IngestError::Protobuf { offset, reason } => IngestError::Protobuf {
-                offset: offset + by,
-                reason,
-            },
-            e => e,
+    fn shift(self, by: usize) -> Malformed {
+        Malformed {
+            offset: self.offset + by,
+            ..self
+        }
+    }
+}
+
+impl From<Malformed> for IngestError {
+    fn from(m: Malformed) -> IngestError {
+        let reason = match m.flaw {
+            Flaw::TruncatedVarint => "truncated varint".to_string(),
+            Flaw::VarintOverflow => "varint overflows 64 bits".to_string(),
+            Flaw::VarintTooLong => "varint longer than 10 bytes".to_string(),
+            Flaw::FieldZero => "field number 0".to_string(),
+            Flaw::PastEnd(n) => format!("length {n} runs past the end of the message"),
+            Flaw::TruncatedFixed64 => "truncated fixed64".to_string(),
+            Flaw::TruncatedFixed32 => "truncated fixed32".to_string(),
+            Flaw::WireType(w) => format!("unsupported wire type {w}"),
+        };
+        IngestError::Protobuf {
+            offset: m.offset,
+            reason,
         }
     }
 }
@@ -288,15 +340,21 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
-    fn err(&self, reason: &str) -> IngestError {
-        IngestError::Protobuf {
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn err(&self, flaw: Flaw) -> Malformed {
+        Malformed {
             offset: self.pos,
-            reason: reason.into(),
+            flaw,
         }
     }
 
-    #[inline]
-    fn varint(&mut self) -> Result<u64, IngestError> {
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, Malformed> {
         if let Some(&b) = self.buf.get(self.pos) {
             if b < 0x80 {
                 self.pos += 1;
@@ -306,73 +364,71 @@ impl<'a> Reader<'a> {
         self.varint_slow()
     }
 
-    fn varint_slow(&mut self) -> Result<u64, IngestError> {
+    fn varint_slow(&mut self) -> Result<u64, Malformed> {
         let mut v = 0u64;
         for shift in (0..70).step_by(7) {
             let Some(&b) = self.buf.get(self.pos) else {
-                return Err(self.err("truncated varint"));
+                return Err(self.err(Flaw::TruncatedVarint));
             };
             self.pos += 1;
             if shift == 63 && b > 1 {
-                return Err(self.err("varint overflows 64 bits"));
+                return Err(self.err(Flaw::VarintOverflow));
             }
             v |= ((b & 0x7f) as u64) << shift;
             if b < 0x80 {
                 return Ok(v);
             }
         }
-        Err(self.err("varint longer than 10 bytes"))
+        Err(self.err(Flaw::VarintTooLong))
     }
 
-    #[inline]
-    fn key(&mut self) -> Result<(u32, u8), IngestError> {
+    #[inline(always)]
+    fn key(&mut self) -> Result<(u32, u8), Malformed> {
         let k = self.varint()?;
         let field = (k >> 3) as u32;
         if field == 0 {
-            return Err(self.err("field number 0"));
+            return Err(self.err(Flaw::FieldZero));
         }
         Ok((field, (k & 7) as u8))
     }
 
-    #[inline]
-    fn len_delimited(&mut self) -> Result<&'a [u8], IngestError> {
+    #[inline(always)]
+    fn len_delimited(&mut self) -> Result<&'a [u8], Malformed> {
         let n = self.varint()?;
-        let end = usize::try_from(n)
-            .ok()
-            .and_then(|n| self.pos.checked_add(n))
-            .filter(|e| *e <= self.buf.len());
-        let Some(end) = end else {
-            return Err(self.err(&format!("length {n} runs past the end of the message")));
-        };
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
+        let rest = (self.buf.len() - self.pos.min(self.buf.len())) as u64;
+        if n > rest {
+            return Err(self.err(Flaw::PastEnd(n)));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
         Ok(s)
     }
 
-    fn fixed64(&mut self) -> Result<u64, IngestError> {
-        let b = self
-            .buf
-            .get(self.pos..self.pos + 8)
-            .ok_or_else(|| self.err("truncated fixed64"))?;
-        self.pos += 8;
-        Ok(u64::from_le_bytes(
-            b.try_into().map_err(|_| self.err("truncated fixed64"))?,
-        ))
+    fn fixed64(&mut self) -> Result<u64, Malformed> {
+        match self.buf.get(self.pos..self.pos + 8) {
+            Some(b) => {
+                let mut v = [0u8; 8];
+                v.copy_from_slice(b);
+                self.pos += 8;
+                Ok(u64::from_le_bytes(v))
+            }
+            None => Err(self.err(Flaw::TruncatedFixed64)),
+        }
     }
 
-    fn skip(&mut self, wire: u8) -> Result<(), IngestError> {
+    fn skip(&mut self, wire: u8) -> Result<(), Malformed> {
         match wire {
             WIRE_VARINT => self.varint().map(|_| ()),
             WIRE_FIXED64 => self.fixed64().map(|_| ()),
             WIRE_LEN => self.len_delimited().map(|_| ()),
             WIRE_FIXED32 => {
                 if self.pos + 4 > self.buf.len() {
-                    return Err(self.err("truncated fixed32"));
+                    return Err(self.err(Flaw::TruncatedFixed32));
                 }
                 self.pos += 4;
                 Ok(())
             }
-            w => Err(self.err(&format!("unsupported wire type {w}"))),
+            w => Err(self.err(Flaw::WireType(w))),
         }
     }
 }

@@ -494,6 +494,70 @@ proptest! {
 }
 
 #[test]
+fn remote_write_fields_in_any_order_decode_alike() {
+    // What other encoders may send: labels after or between samples, a sample's timestamp
+    // before its value, a zero value left out (proto3 defaults), unknown fields inside.
+    let label = |k: &str, v: &str| {
+        let mut l = Vec::new();
+        len_field(&mut l, 1, k.as_bytes());
+        len_field(&mut l, 2, v.as_bytes());
+        let mut f = Vec::new();
+        len_field(&mut f, 1, &l);
+        f
+    };
+    let sample = |fields: &[u8]| {
+        let mut f = Vec::new();
+        len_field(&mut f, 2, fields);
+        f
+    };
+    let mut reversed = vec![0x10];
+    varint(&mut reversed, NOW as u64);
+    reversed.push(0x09);
+    reversed.extend_from_slice(&2.5f64.to_le_bytes());
+    let mut zero = vec![0x10];
+    varint(&mut zero, (NOW + 1) as u64);
+    let mut unknown = vec![0x09];
+    unknown.extend_from_slice(&(-1.0f64).to_le_bytes());
+    unknown.push(0x10);
+    varint(&mut unknown, (NOW + 2) as u64);
+    unknown.extend_from_slice(&[0x18, 0x05]);
+    let series = [
+        label("__name__", "m"),
+        sample(&reversed),
+        label("b", "2"),
+        sample(&zero),
+        label("a", "1"),
+        sample(&unknown),
+    ]
+    .concat();
+    let want = vec![format!(
+        r#"m{{a="1", b="2"}} => [({NOW}, 2.5), ({}, 0.0), ({}, -1.0)]"#,
+        NOW + 1,
+        NOW + 2
+    )];
+    for _ in 0..2 {
+        let (d, b) = rw(&request(&[series.clone()], &[]));
+        assert_eq!(d.unwrap().accepted_samples, 3);
+        assert_eq!(dump(&b), want);
+    }
+    // The same series with its labels leading (the cached shape), twice: alike.
+    let leading = [
+        label("__name__", "m"),
+        label("b", "2"),
+        label("a", "1"),
+        sample(&reversed),
+        sample(&zero),
+        sample(&unknown),
+    ]
+    .concat();
+    for _ in 0..2 {
+        let (d, b) = rw(&request(&[leading.clone()], &[]));
+        assert_eq!(d.unwrap().accepted_samples, 3);
+        assert_eq!(dump(&b), want);
+    }
+}
+
+#[test]
 fn remote_write_series_cache_is_exact() {
     // The second decode of the same labels comes from the per-thread cache; it must give the
     // same series and ids, per tenant, and respect limits changed in between.

@@ -11,6 +11,7 @@
 use crate::codec;
 use crate::index::Index;
 use ahash::AHashMap;
+use smallvec::SmallVec;
 use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef};
 
 /// Samples in an open buffer before it is sealed.
@@ -94,9 +95,13 @@ impl MemSeries {
     /// older than the newest persisted one.
     pub fn append(&mut self, s: Sample, in_blocks: impl FnOnce(i64) -> Option<f64>) -> Appended {
         let newest = self.max_t.max(self.persisted_max_t);
-        let outcome = if s.timestamp > newest {
-            Appended::New
-        } else {
+        if s.timestamp > newest {
+            // The common case, decided without touching the open buffer's last sample (which
+            // `max_t` bounds): with thousands of series that load is a cache miss per sample.
+            self.push(s);
+            return Appended::New;
+        }
+        let outcome = {
             match self.find(s.timestamp).or_else(|| in_blocks(s.timestamp)) {
                 Some(v) if v.to_bits() == s.value.to_bits() => return Appended::Duplicate,
                 Some(_) => Appended::Overwrote,
@@ -117,6 +122,12 @@ impl MemSeries {
         if self.open.last().is_some_and(|l| l.timestamp >= s.timestamp) {
             self.open_sorted = false;
         }
+        self.push(s);
+        outcome
+    }
+
+    /// Adds a sample to the open buffer (the caller settled its order), sealing a full buffer.
+    fn push(&mut self, s: Sample) {
         self.open.push(s);
         self.samples += 1;
         self.min_t = self.min_t.min(s.timestamp);
@@ -124,7 +135,6 @@ impl MemSeries {
         if self.open.len() >= SEAL_AT {
             self.seal();
         }
-        outcome
     }
 
     /// Appends a run of samples, sorted by timestamp with one per timestamp, as one chunk:
@@ -232,7 +242,8 @@ impl MemSeries {
 /// One tenant's head: series by id (with collision lists) and their index.
 #[derive(Default)]
 pub struct TenantHead {
-    ids: AHashMap<u64, Vec<u32>>,
+    /// Series numbers by id: inline, so a lookup follows no pointer but to the key it checks.
+    ids: AHashMap<u64, SmallVec<[u32; 2]>>,
     /// Series in index order.
     pub series: Vec<MemSeries>,
     /// Label index over the series.
