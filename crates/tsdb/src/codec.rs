@@ -108,7 +108,11 @@ fn decimals(samples: &[Sample]) -> Option<(i32, f64)> {
         let scale = 10f64.powi(k);
         for s in samples {
             let x = (s.value * scale).round();
-            if x.is_nan() || x.abs() >= 9.0e15 || (x / scale).to_bits() != s.value.to_bits() {
+            // Checked as decoding rebuilds it, from an integer: -0.0 would come back as 0.0.
+            if x.is_nan()
+                || x.abs() >= 9.0e15
+                || ((x as i64) as f64 / scale).to_bits() != s.value.to_bits()
+            {
                 continue 'k;
             }
         }
@@ -693,6 +697,20 @@ mod tests {
             encode(&dec, true).len()
         );
         round_trip(&[], true);
+    }
+
+    #[test]
+    fn negative_zero_among_decimals_keeps_its_sign() {
+        for n in [4, 3000] {
+            let s: Vec<Sample> = (0..n)
+                .map(|i| {
+                    let v = [1.5, -0.0, 2.0, 0.0][i % 4];
+                    Sample::new(1_700_000_000_000 + i as i64 * 15_000, v)
+                })
+                .collect();
+            round_trip(&s, true);
+            round_trip(&s, false);
+        }
     }
 
     #[test]
