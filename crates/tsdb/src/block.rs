@@ -2,7 +2,9 @@
 //!
 //! Layout: header (magic, version, sequence, min/max time, CRC), then every series' chunk, then
 //! the index section (for each series in key order: key, chunk position, length, chunk CRC,
-//! time range, count and, from version 2, the last sample's value), then a footer (index position, length and CRC, closing magic). A block is
+//! time range, count and, from version 2, the last sample's value; from version 3 zstd
+//! compressed behind its raw length), then a footer (index position, length and CRC, closing
+//! magic). A block is
 //! written to a temporary file, fsynced and renamed, so a torn block is never visible. The
 //! sequence number orders blocks: where two hold the same timestamp, the higher one was
 //! written later and wins.
@@ -18,8 +20,14 @@ use strata_model::{Fields, Sample, SeriesKey, SeriesKeyRef};
 
 const MAGIC: &[u8; 8] = b"STRBLK\0\x01";
 const END: &[u8; 4] = b"SBLK";
-/// Version 2 adds each chunk's last value to the index; version 1 blocks are still read.
-const VERSION: u32 = 2;
+/// Version 2 adds each chunk's last value to the index; version 3 stores the index compressed
+/// (its raw length, then zstd of it: sorted label keys repeat most of their bytes, and the
+/// index of a short block can outweigh its chunks). Versions 1 and 2 are still read.
+const VERSION: u32 = 3;
+/// zstd level of the index: it is compressed once per block and read once per open.
+const INDEX_ZSTD_LEVEL: i32 = 9;
+/// Largest raw index accepted from a block (far above any real one: about 150 bytes a series).
+const MAX_RAW_INDEX: u64 = 1 << 32;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
 const FOOTER_LEN: usize = 8 + 8 + 4 + 4;
 
@@ -133,20 +141,28 @@ impl Block {
             buf.extend_from_slice(&s.chunk);
         }
         let index_at = buf.len();
-        varint(&mut buf, series.len() as u64);
+        let mut raw = Vec::with_capacity(series.len() * 128);
+        varint(&mut raw, series.len() as u64);
         for (s, (off, len, crc)) in series.iter().zip(metas) {
             let k = s.key.as_bytes();
-            varint(&mut buf, k.len() as u64);
-            buf.extend_from_slice(k);
-            varint(&mut buf, off);
-            varint(&mut buf, len);
-            buf.extend_from_slice(&crc.to_le_bytes());
-            varint(&mut buf, zig(s.min_t));
-            varint(&mut buf, zig(s.max_t));
-            varint(&mut buf, s.count as u64);
+            varint(&mut raw, k.len() as u64);
+            raw.extend_from_slice(k);
+            varint(&mut raw, off);
+            varint(&mut raw, len);
+            raw.extend_from_slice(&crc.to_le_bytes());
+            varint(&mut raw, zig(s.min_t));
+            varint(&mut raw, zig(s.max_t));
+            varint(&mut raw, s.count as u64);
             if version >= 2 {
-                buf.extend_from_slice(&s.last.to_bits().to_le_bytes());
+                raw.extend_from_slice(&s.last.to_bits().to_le_bytes());
             }
+        }
+        if version >= 3 {
+            let z = zstd::bulk::compress(&raw, INDEX_ZSTD_LEVEL).map_err(TsdbError::io(dir))?;
+            buf.extend_from_slice(&(raw.len() as u64).to_le_bytes());
+            buf.extend_from_slice(&z);
+        } else {
+            buf.extend_from_slice(&raw);
         }
         let index_crc = crc32fast::hash(&buf[index_at..]);
         let index_len = buf.len() - index_at;
@@ -207,6 +223,23 @@ impl Block {
         if crc32fast::hash(index) != index_crc {
             return Err(bad("index checksum mismatch".into()));
         }
+        let unpacked;
+        let index = if version >= 3 {
+            let (len, z) = index
+                .split_first_chunk::<8>()
+                .ok_or_else(|| bad("index truncated".into()))?;
+            let len = u64::from_le_bytes(*len);
+            if len > MAX_RAW_INDEX {
+                return Err(bad(format!("index of {len} bytes is over the limit")));
+            }
+            unpacked = zstd::bulk::decompress(z, len as usize)
+                .ok()
+                .filter(|u| u.len() as u64 == len)
+                .ok_or_else(|| bad("index does not decompress".into()))?;
+            &unpacked[..]
+        } else {
+            index
+        };
         let mut r = Reader { b: index, p: 0 };
         let n = r.varint().ok_or_else(|| bad("index truncated".into()))?;
         let mut idx = Index::default();
@@ -361,7 +394,7 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Block, EncodedSeries};
+    use super::{Block, EncodedSeries, VERSION};
     use strata_model::{Sample, SeriesKey};
 
     fn series(name: &str, n: i64) -> EncodedSeries {
@@ -372,20 +405,57 @@ mod tests {
         EncodedSeries::new(key, &samples)
     }
 
-    /// Version 2 records each chunk's last value; version 1 blocks (without it) still open and
-    /// read the same samples.
+    /// Version 2 records each chunk's last value, version 3 compresses the index; older blocks
+    /// still open and read the same samples.
     #[test]
-    fn both_versions_open_and_read_alike() {
+    fn every_version_opens_and_reads_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let v1 =
-            Block::write_version(&dir.path().join("v1"), 1, vec![series("a", 900)], 1).unwrap();
-        let v2 = Block::write(&dir.path().join("v2"), 1, vec![series("a", 900)]).unwrap();
-        assert_eq!(v1.meta(0).last, None);
-        assert_eq!(v2.meta(0).last, Some(899.0 / 4.0));
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        Block::open(&v1.path).unwrap().read(0, &mut a).unwrap();
-        Block::open(&v2.path).unwrap().read(0, &mut b).unwrap();
-        assert_eq!(a.len(), 900);
-        assert_eq!(a, b);
+        let all = || vec![series("a", 900), series("b", 10), series("c", 1)];
+        let blocks: Vec<Block> = (1..=VERSION)
+            .map(|v| Block::write_version(&dir.path().join(format!("v{v}")), 1, all(), v).unwrap())
+            .collect();
+        assert_eq!(blocks[0].meta(0).last, None);
+        assert_eq!(blocks[1].meta(0).last, Some(899.0 / 4.0));
+        let current = Block::write(&dir.path().join("now"), 1, all()).unwrap();
+        assert_eq!(
+            std::fs::read(&current.path).unwrap(),
+            std::fs::read(&blocks[VERSION as usize - 1].path).unwrap()
+        );
+        for id in 0..3 {
+            let read = |b: &Block| {
+                let mut out = Vec::new();
+                Block::open(&b.path).unwrap().read(id, &mut out).unwrap();
+                out
+            };
+            let want = read(&blocks[0]);
+            assert_eq!(want.len(), [900, 10, 1][id as usize]);
+            for b in &blocks[1..] {
+                assert_eq!(read(b), want);
+                assert_eq!(b.index.key(id), blocks[0].index.key(id));
+            }
+        }
+        // Keys of a fleet share most of their bytes: the compressed index is much smaller.
+        let fleet = || {
+            (0..400)
+                .map(|i| {
+                    let dev = format!("dev-{:05}", i / 2);
+                    let site = format!("site-{:03}", i / 40);
+                    let name = ["temperature_celsius", "humidity_percent"][i % 2];
+                    let key = SeriesKey::from_sorted_pairs([
+                        (&b"__name__"[..], name.as_bytes()),
+                        (b"device", dev.as_bytes()),
+                        (b"site", site.as_bytes()),
+                    ]);
+                    let samples = [Sample::new(0, i as f64), Sample::new(15_000, 1.5)];
+                    EncodedSeries::new(key, &samples)
+                })
+                .collect::<Vec<_>>()
+        };
+        let size = |v: u32| {
+            let b = Block::write_version(&dir.path().join("fleet"), v.into(), fleet(), v).unwrap();
+            std::fs::metadata(&b.path).unwrap().len()
+        };
+        let (v2, v3) = (size(2), size(3));
+        assert!(v3 * 2 < v2, "version 2: {v2} bytes, version 3: {v3}");
     }
 }
