@@ -536,7 +536,7 @@ fn remote_write_fields_in_any_order_decode_alike() {
         NOW + 2
     )];
     for _ in 0..2 {
-        let (d, b) = rw(&request(&[series.clone()], &[]));
+        let (d, b) = rw(&request(std::slice::from_ref(&series), &[]));
         assert_eq!(d.unwrap().accepted_samples, 3);
         assert_eq!(dump(&b), want);
     }
@@ -551,7 +551,7 @@ fn remote_write_fields_in_any_order_decode_alike() {
     ]
     .concat();
     for _ in 0..2 {
-        let (d, b) = rw(&request(&[leading.clone()], &[]));
+        let (d, b) = rw(&request(std::slice::from_ref(&leading), &[]));
         assert_eq!(d.unwrap().accepted_samples, 3);
         assert_eq!(dump(&b), want);
     }
