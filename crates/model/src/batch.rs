@@ -292,6 +292,20 @@ impl WriteBatch {
         entity: u64,
         samples: &[Sample],
     ) {
+        self.push_identified(key, id, entity, samples, None);
+    }
+
+    /// As [`WriteBatch::push_known`], for a series of an event (`event_id`), as a reader of
+    /// batches it wrote before knows them.
+    pub fn push_identified(
+        &mut self,
+        key: SeriesKeyRef<'_>,
+        id: SeriesId,
+        entity: u64,
+        samples: &[Sample],
+        event_id: Option<&[u8]>,
+    ) {
+        let event = event_id.map(|e| self.event_key(e));
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
         let first = self.samples.len();
@@ -301,7 +315,7 @@ impl WriteBatch {
             entity,
             key: range(start..self.bytes.len()),
             samples: range(first..self.samples.len()),
-            event: None,
+            event,
         });
     }
 

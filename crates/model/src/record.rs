@@ -36,9 +36,10 @@ pub struct RecordError {
 /// segment starts, on the writing and the reading side alike.
 #[derive(Default)]
 pub struct SeriesDict {
-    // id -> (tenant seed, key): a hit must match both, so a hash collision is written inline
-    // instead of being merged with another series.
-    keys: HashMap<u64, (u64, Box<[u8]>), id_hasher::BuildIdHasher>,
+    // id -> (tenant seed, key, entity): a hit must match seed and key, so a hash collision is
+    // written inline instead of being merged with another series. The entity spares a reader
+    // finding it again in the key.
+    keys: HashMap<u64, (u64, Box<[u8]>, u64), id_hasher::BuildIdHasher>,
 }
 
 impl SeriesDict {
@@ -56,6 +57,13 @@ impl SeriesDict {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// How a record names one series, as read.
+enum Named<'a> {
+    Inline(SeriesKeyRef<'a>),
+    Define(u64, SeriesKeyRef<'a>),
+    Reference(u64),
 }
 
 /// Ids are already xxh3 hashes: the map uses them as they are.
@@ -159,7 +167,7 @@ impl WriteBatch {
         for s in self.iter() {
             let k = s.key.as_bytes();
             match dict.keys.get(&s.id.0) {
-                Some((sd, dk)) if *sd == seed && dk.as_ref() == k => {
+                Some((sd, dk, _)) if *sd == seed && dk.as_ref() == k => {
                     out.push(REFERENCE);
                     out.extend_from_slice(&s.id.0.to_le_bytes());
                 }
@@ -169,7 +177,7 @@ impl WriteBatch {
                     out.extend_from_slice(k);
                 }
                 None => {
-                    dict.keys.insert(s.id.0, (seed, k.into()));
+                    dict.keys.insert(s.id.0, (seed, k.into(), s.entity));
                     out.push(DEFINE);
                     out.extend_from_slice(&s.id.0.to_le_bytes());
                     put_varint(out, k.len() as u64);
@@ -210,33 +218,19 @@ impl WriteBatch {
         let mut samples = Vec::new();
         let mut prev = 0i64;
         for _ in 0..n {
+            let at = r.pos;
             let tag = r.bytes(1)?[0];
-            // Keys live either in the record or in the dictionary; copy out of the latter so
-            // the batch owns everything.
-            let key_buf: Box<[u8]>;
-            let key: SeriesKeyRef<'_> = match tag {
+            let named = match tag {
                 INLINE => {
                     let k = r.len_prefixed()?;
-                    r.key(k)?
+                    Named::Inline(r.key(k)?)
                 }
                 DEFINE => {
                     let id = r.u64()?;
                     let k = r.len_prefixed()?;
-                    let key = r.key(k)?;
-                    if SeriesId::of(batch.tenant(), key).0 != id {
-                        return Err(r.err("series definition does not match its id"));
-                    }
-                    dict.keys.insert(id, (seed, k.into()));
-                    key
+                    Named::Define(id, r.key(k)?)
                 }
-                REFERENCE => {
-                    let id = r.u64()?;
-                    match dict.keys.get(&id) {
-                        Some((sd, k)) if *sd == seed => key_buf = k.clone(),
-                        _ => return Err(r.err("reference to a series not defined in this segment")),
-                    }
-                    SeriesKeyRef::new_unchecked(&key_buf)
-                }
+                REFERENCE => Named::Reference(r.u64()?),
                 _ => return Err(r.err("unknown series tag")),
             };
             let event = match r.varint()? {
@@ -255,7 +249,38 @@ impl WriteBatch {
                 let bits = r.u64()?;
                 samples.push(Sample::new(prev, f64::from_bits(bits)));
             }
-            batch.push_key(key, &samples, event);
+            let at_series = |reason| RecordError {
+                position: at,
+                reason,
+            };
+            match named {
+                Named::Inline(key) => batch.push_key(key, &samples, event),
+                Named::Define(id, key) => {
+                    batch.push_key(key, &samples, event);
+                    let pushed = batch.get(batch.series_len() - 1);
+                    match pushed.map(|s| (s.id.0, s.entity)) {
+                        Some((got, entity)) if got == id => {
+                            dict.keys.insert(id, (seed, key.as_bytes().into(), entity));
+                        }
+                        _ => return Err(at_series("series definition does not match its id")),
+                    }
+                }
+                // Known by the dictionary: neither the id nor the entity is hashed again.
+                Named::Reference(id) => match dict.keys.get(&id) {
+                    Some((sd, k, entity)) if *sd == seed => batch.push_identified(
+                        SeriesKeyRef::new_unchecked(k),
+                        SeriesId(id),
+                        *entity,
+                        &samples,
+                        event,
+                    ),
+                    _ => {
+                        return Err(at_series(
+                            "reference to a series not defined in this segment",
+                        ))
+                    }
+                },
+            }
         }
         if r.pos != buf.len() {
             return Err(r.err("trailing bytes after last series"));
@@ -281,8 +306,9 @@ mod tests {
                 .iter()
                 .map(|(t, v)| Sample::new(*t, f64::from_bits(*v)))
                 .collect();
+            // Series of one device share an entity; a reader must find the same one.
             let mut l: Vec<(&[u8], &[u8])> =
-                vec![(b"__name__", name.as_bytes()), (b"x", v.as_bytes())];
+                vec![(b"__name__", name.as_bytes()), (b"device", v.as_bytes())];
             b.push_series(&mut l, &s, ev, &Limits::default()).unwrap();
         }
         b
@@ -293,6 +319,7 @@ mod tests {
         assert_eq!(d.series_len(), b.series_len());
         for (x, y) in d.iter().zip(b.iter()) {
             assert_eq!(x.id, y.id);
+            assert_eq!(x.entity, y.entity);
             assert_eq!(x.key, y.key);
             assert_eq!(x.event_id(), y.event_id());
             assert_eq!(x.event.map(|e| e.hash), y.event.map(|e| e.hash));
@@ -374,6 +401,7 @@ mod tests {
             (
                 tenant_seed(b.tenant()),
                 b"__name__\xffother\xff".to_vec().into(),
+                0,
             ),
         );
         let mut buf = Vec::new();
