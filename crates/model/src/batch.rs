@@ -328,18 +328,7 @@ impl WriteBatch {
     /// partition) without re-validating or re-hashing its key.
     pub fn push_from(&mut self, s: &BatchSeries<'_>) {
         debug_assert_eq!(self.seed, crate::key::tenant_seed(&self.tenant));
-        let event = s.event_id().map(|e| self.event_key(e));
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(s.key.as_bytes());
-        let first = self.samples.len();
-        self.samples.extend_from_slice(s.samples);
-        self.series.push(Entry {
-            id: s.id,
-            entity: s.entity,
-            key: range(start..self.bytes.len()),
-            samples: range(first..self.samples.len()),
-            event,
-        });
+        self.push_identified(s.key, s.id, s.entity, s.samples, s.event_id());
     }
 
     fn push_entry(
