@@ -33,7 +33,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Partitions {
     /// As many as the data directory was created with; for a new one, one per two CPU cores
-    /// (at least one). A shard takes a fraction of what decoding a write costs, and every
+    /// (at least 1, at most [`Partitions::AUTO_MAX`]). A shard takes a fraction of what decoding a write costs, and every
     /// further partition adds an fsync and a hand-off to each write spread over them: on two
     /// cores, one partition ingests remote write about 15 % faster than four.
     #[default]
@@ -45,11 +45,14 @@ pub enum Partitions {
 impl Partitions {
     /// Most partitions a log may have.
     pub const MAX: u32 = 1024;
+    /// Most partitions `auto` chooses: decoding, not the shards, bounds ingest long before
+    /// (ask for more explicitly).
+    pub const AUTO_MAX: u32 = 16;
 
     /// The count for a new data directory on this machine: one per two cores.
     pub fn for_this_machine() -> u32 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        (cores / 2).clamp(1, Self::MAX)
+        (cores / 2).clamp(1, Self::AUTO_MAX)
     }
 }
 
@@ -334,7 +337,7 @@ listen = "127.0.0.1:9464"        # HTTP address
 data_dir = "strata-data"         # log, blocks and checkpoints
 retention = "30d"                # raw samples older than this are refused and deleted
 partitions = "auto"              # ingest-log partitions (one shard each), fixed at creation;
-                                 # auto: the data directory's count, else half the CPU cores
+                                 # auto: the data directory's count, else half the cores (max 16)
 
 [limits]
 max_body_bytes = 67108864        # largest request body (decompressed), bytes
@@ -459,7 +462,7 @@ mod tests {
                 "{bad}: {e}"
             );
         }
-        assert!((1..=Partitions::MAX).contains(&Partitions::for_this_machine()));
+        assert!((1..=Partitions::AUTO_MAX).contains(&Partitions::for_this_machine()));
     }
 
     #[test]
