@@ -33,9 +33,10 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Partitions {
     /// As many as the data directory was created with; for a new one, one per two CPU cores
-    /// (at least 1, at most [`Partitions::AUTO_MAX`]). A shard takes a fraction of what decoding a write costs, and every
-    /// further partition adds an fsync and a hand-off to each write spread over them: on two
-    /// cores, one partition ingests remote write about 15 % faster than four.
+    /// (at least 1, at most [`Partitions::AUTO_MAX`]). A shard takes a fraction of what
+    /// decoding a write costs, and every further partition adds an fsync and a hand-off to
+    /// each write spread over them: on two cores, one partition ingests remote write about
+    /// 15 % faster than four.
     #[default]
     Auto,
     /// Exactly this many (a data directory keeps the count it was created with).
@@ -65,16 +66,13 @@ impl<'de> Deserialize<'de> for Partitions {
             Word(String),
             Other(serde::de::IgnoredAny),
         }
-        let bad = || {
-            serde::de::Error::custom(format!(
-                "partitions must be \"auto\" or a number from 1 to {}",
-                Partitions::MAX
-            ))
-        };
         match Raw::deserialize(d)? {
             Raw::Word(w) if w == "auto" => Ok(Partitions::Auto),
             Raw::Count(n) if (1..=Self::MAX as i64).contains(&n) => Ok(Partitions::Fixed(n as u32)),
-            _ => Err(bad()),
+            _ => Err(serde::de::Error::custom(format!(
+                "partitions must be \"auto\" or a number from 1 to {}",
+                Partitions::MAX
+            ))),
         }
     }
 }

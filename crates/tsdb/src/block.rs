@@ -4,10 +4,9 @@
 //! the index section (for each series in key order: key, chunk position, length, chunk CRC,
 //! time range, count and, from version 2, the last sample's value; from version 3 zstd
 //! compressed behind its raw length), then a footer (index position, length and CRC, closing
-//! magic). A block is
-//! written to a temporary file, fsynced and renamed, so a torn block is never visible. The
-//! sequence number orders blocks: where two hold the same timestamp, the higher one was
-//! written later and wins.
+//! magic). A block is written to a temporary file, fsynced and renamed, so a torn block is
+//! never visible. The sequence number orders blocks: where two hold the same timestamp, the
+//! higher one was written later and wins.
 
 use crate::codec::{self, put as varint, unzig, zig};
 use crate::index::Index;

@@ -139,7 +139,8 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
         prev_d = if i == 0 { 0 } else { d };
         prev_t = s.timestamp;
     }
-    match decimals(samples) {
+    let decimals = decimals(samples);
+    match decimals {
         Some((k, scale)) => {
             body.push(VALUES_DECIMAL);
             body.push(k as u8);
@@ -172,7 +173,7 @@ pub fn encode(samples: &[Sample], compress: bool) -> Vec<u8> {
                 best.extend_from_slice(&z);
             }
         }
-        if let Some(p) = encode_pco(samples) {
+        if let Some(p) = encode_pco(samples, decimals) {
             // Paged chunks let a reader decode only the pages it needs: worth a little size.
             let allowance = if p[0] == PCO_PAGED {
                 best.len() / 50
@@ -225,8 +226,9 @@ enum Column {
 }
 
 impl Column {
-    fn of(samples: &[Sample]) -> Column {
-        match decimals(samples) {
+    /// The column of `samples`, whose [`decimals`] are `decimals`.
+    fn with(samples: &[Sample], decimals: Option<(i32, f64)>) -> Column {
+        match decimals {
             Some((k, scale)) => Column::Ints(
                 k as u8,
                 samples
@@ -251,12 +253,13 @@ impl Column {
 /// or, for evenly spaced timestamps, `PCO_REGULAR, varint n, kind, zig first, zig step, values`
 /// (regular scrapes then cost no timestamp decoding at all), or for more than a page of them
 /// the paged form of [`encode_paged`]. Floats are kept only where pco is bit-exact (NaN
-/// payloads such as staleness markers).
-fn encode_pco(samples: &[Sample]) -> Option<Vec<u8>> {
+/// payloads such as staleness markers). `decimals`: what [`decimals`] found for `samples`
+/// ([`encode`] finds it once for both its forms).
+fn encode_pco(samples: &[Sample], decimals: Option<(i32, f64)>) -> Option<Vec<u8>> {
     if samples.len() < 16 {
         return None;
     }
-    let column = Column::of(samples);
+    let column = Column::with(samples, decimals);
     let step = regular_step(samples);
     let out = match step {
         Some(step) if samples.len() > PAGE_SAMPLES => {
@@ -752,7 +755,12 @@ mod tests {
         }
         for samples in [walk(5760, 1), walk(721, 2), walk(1441, 3), floats] {
             let step = regular_step(&samples).unwrap();
-            let enc = encode_paged(samples[0].timestamp, step, &Column::of(&samples)).unwrap();
+            let enc = encode_paged(
+                samples[0].timestamp,
+                step,
+                &Column::with(&samples, decimals(&samples)),
+            )
+            .unwrap();
             assert_eq!(enc[0], PCO_PAGED, "{} samples", samples.len());
             let (t0, t1) = (samples[0].timestamp, samples[samples.len() - 1].timestamp);
             let cuts = [
@@ -812,7 +820,7 @@ mod tests {
         let _ = decode(&bad, &mut Vec::new());
         assert!(decode(&[9], &mut Vec::new()).is_err());
         let s = walk(2000, 5);
-        let paged = encode_paged(s[0].timestamp, 15_000, &Column::of(&s)).unwrap();
+        let paged = encode_paged(s[0].timestamp, 15_000, &Column::with(&s, decimals(&s))).unwrap();
         for cut in 0..paged.len() {
             assert!(
                 decode(&paged[..cut], &mut Vec::new()).is_err(),

@@ -101,12 +101,10 @@ impl MemSeries {
             self.push(s);
             return Appended::New;
         }
-        let outcome = {
-            match self.find(s.timestamp).or_else(|| in_blocks(s.timestamp)) {
-                Some(v) if v.to_bits() == s.value.to_bits() => return Appended::Duplicate,
-                Some(_) => Appended::Overwrote,
-                None => Appended::New,
-            }
+        let outcome = match self.find(s.timestamp).or_else(|| in_blocks(s.timestamp)) {
+            Some(v) if v.to_bits() == s.value.to_bits() => return Appended::Duplicate,
+            Some(_) => Appended::Overwrote,
+            None => Appended::New,
         };
         if outcome == Appended::Overwrote {
             if let Some(x) = self
