@@ -63,7 +63,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        http::serve::serve(listener, app, &cfg.server, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");

@@ -1,6 +1,6 @@
 //! Read endpoints: export, series, label names and values, build info, flush, self-metrics.
 
-use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
+use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params, MIN_API_TIME_MS};
 use crate::selector::parse_selector;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -25,7 +25,7 @@ pub(super) struct ReadRequest {
 pub(super) fn read_request(req: &ApiRequest) -> Result<ReadRequest, ApiError> {
     let tenant = tenant_of(&req.headers)?;
     let params = req.params();
-    let start = params.time("start", i64::MIN / 2)?;
+    let start = params.time("start", MIN_API_TIME_MS)?;
     let end = params.time("end", now_ms() + 365 * 86_400_000)?;
     if end < start {
         return Err(ApiError::bad_data(

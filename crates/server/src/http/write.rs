@@ -140,6 +140,11 @@ impl ApiError {
     }
 }
 
+/// A 413: the body, as sent or decompressed, is over `limits.max_body_bytes`.
+fn body_too_large(message: String) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", message)
+}
+
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
@@ -147,11 +152,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             .unwrap_or(false)
             || e.to_string().contains("length limit");
         if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_data",
-                format!("request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"),
-            )
+            body_too_large(format!(
+                "request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"
+            ))
         } else {
             ApiError::bad_data(format!("cannot read request body: {e}"))
         }
@@ -181,7 +184,10 @@ async fn ingest_inner(
         }
         (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
     };
-    let decoded = decoded.map_err(|e| ApiError::bad_data(e.to_string()))?;
+    let decoded = decoded.map_err(|e| match e {
+        IngestError::TooLarge { .. } => body_too_large(e.to_string()),
+        e => ApiError::bad_data(e.to_string()),
+    })?;
     let counters = &st.engine.counters;
     for r in &decoded.rejected {
         counters.rejected(p, r.reason.kind(), 1);
