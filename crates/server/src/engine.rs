@@ -13,9 +13,10 @@ use strata_model::{
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Queued writes per shard before senders wait (backpressure).
+/// Queued writes per shard before senders wait (backpressure by count; the byte budget,
+/// [`PendingBudget`], bounds their size).
 const QUEUE: usize = 1024;
 
 /// Why a write was not acknowledged.
@@ -27,12 +28,58 @@ pub enum WriteError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The byte budget for writes in flight stayed full for the whole wait.
+    #[error("too much pending ingest: writes of {limit} bytes are already queued for the shards (limits.max_pending_ingest_bytes); retry later")]
+    Overloaded {
+        /// The budget, in bytes.
+        limit: usize,
+    },
+}
+
+/// The memory budget of decoded writes between the HTTP handlers and the shards: a write
+/// holds its batch's size from before it is queued until it is acknowledged, and waits (at
+/// most `wait`) while the budget is spent. Permits are KiB, so a budget of up to 2^40 bytes
+/// fits the semaphore's `u32` acquisitions.
+struct PendingBudget {
+    kib: Arc<Semaphore>,
+    limit_bytes: usize,
+    wait: Duration,
+}
+
+/// About how much memory one series entry of a batch takes beside its label bytes.
+const BATCH_ENTRY_BYTES: usize = 48;
+
+impl PendingBudget {
+    fn new(limit_bytes: usize, wait: Duration) -> PendingBudget {
+        PendingBudget {
+            kib: Arc::new(Semaphore::new(limit_bytes.div_ceil(1024))),
+            limit_bytes,
+            wait,
+        }
+    }
+
+    /// Waits for room for `batch`; a batch larger than the whole budget waits for all of it.
+    async fn reserve(&self, batch: &WriteBatch) -> Result<OwnedSemaphorePermit, WriteError> {
+        let bytes = batch.payload_bytes()
+            + batch.series_len() * BATCH_ENTRY_BYTES
+            + batch.samples_len() * std::mem::size_of::<strata_model::Sample>();
+        let total = self.limit_bytes.div_ceil(1024);
+        let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(WriteError::ShuttingDown),
+            Err(_) => Err(WriteError::Overloaded {
+                limit: self.limit_bytes,
+            }),
+        }
+    }
 }
 
 /// Everything behind the HTTP API.
 pub struct Engine {
     log: Arc<LocalLog>,
     shards: Vec<ShardHandle>,
+    pending: PendingBudget,
     /// Self-metrics counters.
     pub counters: Arc<Counters>,
 }
@@ -156,6 +203,10 @@ impl Engine {
         Ok(Arc::new(Engine {
             log,
             shards,
+            pending: PendingBudget::new(
+                cfg.limits.max_pending_ingest_bytes,
+                Duration::from_millis(cfg.limits.pending_ingest_timeout.0 as u64),
+            ),
             counters,
         }))
     }
@@ -166,8 +217,10 @@ impl Engine {
     }
 
     /// Splits a batch by partition, hands each part to its shard and waits until every part is
-    /// durable and applied.
+    /// durable and applied. Waits first for room in the pending-bytes budget.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteAck, WriteError> {
+        // Held until every part is acknowledged.
+        let _room = self.pending.reserve(&batch).await?;
         let n = self.partitions();
         let mut parts: Vec<Option<WriteBatch>> = (0..n).map(|_| None).collect();
         if n == 1 {

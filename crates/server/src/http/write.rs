@@ -5,6 +5,7 @@
 //! valid rest is stored.
 
 use super::{json_response, tenant_of, ApiError, AppState, Params};
+use crate::engine::WriteError;
 use crate::metrics::Protocol;
 use crate::shard::WriteAck;
 use axum::body::{Body, Bytes};
@@ -135,8 +136,21 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
             StatusCode::BAD_REQUEST => "malformed_body",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         }
+    }
+}
+
+/// The status of a write the engine did not acknowledge: 503 when retrying later can succeed.
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Overloaded { .. } | WriteError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+        WriteError::Durability(_) => ApiError::internal(e.to_string()),
     }
 }
 
@@ -202,10 +216,7 @@ async fn ingest_inner(
     let ack = if batch.is_empty() {
         WriteAck::default()
     } else {
-        st.engine
-            .write(batch)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        st.engine.write(batch).await.map_err(write_error)?
     };
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
