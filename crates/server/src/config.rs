@@ -136,6 +136,8 @@ pub struct ServerConfig {
     /// A connection that has not sent a complete request head this long after it connected,
     /// or after its last response (an idle keep-alive connection), is closed.
     pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long is abandoned with 408.
+    pub body_read_timeout: Duration,
     /// On shutdown, how long requests in flight may finish before their connections are
     /// dropped.
     pub shutdown_grace: Duration,
@@ -146,6 +148,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 4096,
             header_read_timeout: Duration(30_000),
+            body_read_timeout: Duration(30_000),
             shutdown_grace: Duration(5_000),
         }
     }
@@ -397,6 +400,7 @@ pending_ingest_timeout = "10s"   # a write waiting longer for room fails with 50
 max_connections = 4096           # open connections; one more is answered 503 and closed
 header_read_timeout = "30s"      # close a connection without a whole request head this long
                                  # after connecting or after its last response (idle keep-alive)
+body_read_timeout = "30s"        # a request body sending nothing this long is abandoned (408)
 shutdown_grace = "5s"            # on SIGTERM, requests in flight may finish this long
 
 [storage]
@@ -484,6 +488,7 @@ mod tests {
             d.server.header_read_timeout
         );
         assert_eq!(parsed.server.shutdown_grace, d.server.shutdown_grace);
+        assert_eq!(parsed.server.body_read_timeout, d.server.body_read_timeout);
         assert_eq!(parsed.query.timeout, d.query.timeout);
         assert_eq!(parsed.query.max_samples, d.query.max_samples);
         assert_eq!(parsed.query.lookback_delta, d.query.lookback_delta);

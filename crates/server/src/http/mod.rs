@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
+mod body;
 mod query;
 mod read;
 mod rollups;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Longest a request body may send nothing before it is abandoned.
+    pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
 }
@@ -170,16 +173,24 @@ impl ApiRequest {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiRequest {
+/// Largest form body a read or query request may carry (axum's default limit, kept).
+const MAX_FORM_BYTES: usize = 2 << 20;
+
+impl axum::extract::FromRequest<AppState> for ApiRequest {
     type Rejection = Response;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
-        let method = req.method().clone();
-        let query = req.uri().query().map(str::to_owned);
-        let headers = req.headers().clone();
-        let body = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+    async fn from_request(req: axum::extract::Request, st: &AppState) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let body = body::read_limited(
+            body,
+            MAX_FORM_BYTES,
+            "the most a read or query request's form may carry",
+            st.body_read_timeout,
+        )
+        .await
+        .map_err(IntoResponse::into_response)?;
+        let (method, headers) = (parts.method, parts.headers);
+        let query = parts.uri.query().map(str::to_owned);
         Ok(ApiRequest {
             method,
             query,

@@ -8,7 +8,7 @@ use super::{json_response, tenant_of, ApiError, AppState, Params};
 use crate::engine::WriteError;
 use crate::metrics::Protocol;
 use crate::shard::WriteAck;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -136,6 +136,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
             StatusCode::BAD_REQUEST => "malformed_body",
+            StatusCode::REQUEST_TIMEOUT => "body_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         }
@@ -154,27 +155,6 @@ fn write_error(e: WriteError) -> ApiError {
     }
 }
 
-/// A 413: the body, as sent or decompressed, is over `limits.max_body_bytes`.
-fn body_too_large(message: String) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "bad_data", message)
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .map(|s| s.to_string().contains("length limit"))
-            .unwrap_or(false)
-            || e.to_string().contains("length limit");
-        if too_large {
-            body_too_large(format!(
-                "request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"
-            ))
-        } else {
-            ApiError::bad_data(format!("cannot read request body: {e}"))
-        }
-    })
-}
-
 async fn ingest_inner(
     st: &AppState,
     headers: &HeaderMap,
@@ -184,7 +164,13 @@ async fn ingest_inner(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(headers)?;
     check_headers(headers, p)?;
-    let body = read_body(body, st.max_body_bytes).await?;
+    let body = super::body::read_limited(
+        body,
+        st.max_body_bytes,
+        "limits.max_body_bytes",
+        st.body_read_timeout,
+    )
+    .await?;
     let mut batch = WriteBatch::new(tenant);
     let ctx = DecodeContext {
         limits: &st.limits,
@@ -199,7 +185,7 @@ async fn ingest_inner(
         (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
     };
     let decoded = decoded.map_err(|e| match e {
-        IngestError::TooLarge { .. } => body_too_large(e.to_string()),
+        IngestError::TooLarge { .. } => super::body::too_large(e.to_string()),
         e => ApiError::bad_data(e.to_string()),
     })?;
     let counters = &st.engine.counters;
