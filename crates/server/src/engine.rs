@@ -219,8 +219,7 @@ impl Engine {
     /// Splits a batch by partition, hands each part to its shard and waits until every part is
     /// durable and applied. Waits first for room in the pending-bytes budget.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteAck, WriteError> {
-        // Held until every part is acknowledged.
-        let _room = self.pending.reserve(&batch).await?;
+        let room = self.pending.reserve(&batch).await?;
         let n = self.partitions();
         let mut parts: Vec<Option<WriteBatch>> = (0..n).map(|_| None).collect();
         if n == 1 {
@@ -233,24 +232,34 @@ impl Engine {
                     .push_from(&s);
             }
         }
-        let mut waits = Vec::new();
-        for (p, part) in parts.into_iter().enumerate() {
-            let Some(part) = part.filter(|b| !b.is_empty()) else {
-                continue;
-            };
-            let (ack, rx) = oneshot::channel();
-            self.shards[p]
-                .tx
-                .send(Job::Write { batch: part, ack })
-                .await
-                .map_err(|_| WriteError::ShuttingDown)?;
-            waits.push(rx);
-        }
-        let mut total = WriteAck::default();
-        for w in waits {
-            let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
-            total.merge(&r.map_err(WriteError::Durability)?);
-        }
+        let sends: Vec<(mpsc::Sender<Job>, WriteBatch)> = parts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(p, part)| {
+                Some((self.shards[p].tx.clone(), part.filter(|b| !b.is_empty())?))
+            })
+            .collect();
+        // Queued and acknowledged by a task of its own, which holds the room until the shards
+        // are done with the parts: a client that disconnects drops this future, not the
+        // accounting of what it queued.
+        let queued = tokio::spawn(async move {
+            let _room = room;
+            let mut waits = Vec::with_capacity(sends.len());
+            for (tx, part) in sends {
+                let (ack, rx) = oneshot::channel();
+                tx.send(Job::Write { batch: part, ack })
+                    .await
+                    .map_err(|_| WriteError::ShuttingDown)?;
+                waits.push(rx);
+            }
+            let mut total = WriteAck::default();
+            for w in waits {
+                let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
+                total.merge(&r.map_err(WriteError::Durability)?);
+            }
+            Ok::<_, WriteError>(total)
+        });
+        let total = queued.await.map_err(|_| WriteError::ShuttingDown)??;
         let c = &self.counters;
         c.duplicate_samples.add(total.stats.duplicates as u64);
         c.overwritten_samples.add(total.stats.overwritten as u64);

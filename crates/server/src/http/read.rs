@@ -114,6 +114,7 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
         }
         let mut out = ExportWriter {
             tx,
+            rt: tokio::runtime::Handle::current(),
             buf: String::with_capacity(EXPORT_CHUNK_BYTES * 2),
         };
         // Series met in more than one `match[]` set are written once.
@@ -158,12 +159,17 @@ const EXPORT_CHUNK_BYTES: usize = 64 << 10;
 /// Chunks an export may have ready before its task waits for the client to read.
 const EXPORT_CHUNKS_QUEUED: usize = 4;
 
-/// The client went away: the export stops.
+/// A client that reads nothing of its export for this long is given up on, so it cannot hold
+/// a blocking thread for ever.
+const EXPORT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The client went away (or stopped reading): the export stops.
 struct Disconnected;
 
 /// Writes export lines into a buffer and sends it on whenever it passes a chunk's size.
 struct ExportWriter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rt: tokio::runtime::Handle,
     buf: String,
 }
 
@@ -203,8 +209,11 @@ impl ExportWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(EXPORT_CHUNK_BYTES * 2));
-        self.tx
-            .blocking_send(Ok(Bytes::from(chunk)))
+        self.rt
+            .block_on(
+                self.tx
+                    .send_timeout(Ok(Bytes::from(chunk)), EXPORT_STALL_TIMEOUT),
+            )
             .map_err(|_| Disconnected)
     }
 
@@ -213,7 +222,10 @@ impl ExportWriter {
     fn fail(&mut self, message: String) {
         tracing::warn!("export failed while streaming: {message}");
         let _ = self.flush();
-        let _ = self.tx.blocking_send(Err(std::io::Error::other(message)));
+        let failure = Err(std::io::Error::other(message));
+        let _ = self
+            .rt
+            .block_on(self.tx.send_timeout(failure, EXPORT_STALL_TIMEOUT));
     }
 }
 
