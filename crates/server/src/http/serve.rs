@@ -6,16 +6,24 @@
 //! and slow everyone else down.
 
 use crate::config::ServerConfig;
+use axum::body::{Body, Bytes};
+use axum::http::Request;
+use axum::response::Response;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tower_service::Service;
 
 /// The body of the 503 a connection beyond `server.max_connections` gets before it is closed.
 const TOO_MANY_CONNECTIONS: &str = "too many open connections (server.max_connections)\n";
@@ -57,16 +65,16 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
         let mut stop = stop_rx.clone();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = tracked(app.clone(), busy.clone());
         conns.spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
-            let conn =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => {
@@ -75,7 +83,13 @@ pub async fn serve(
                     }
                     return;
                 }
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                _ = stop.wait_for(|s| *s) => {
+                    // Idle, or still sending a request head: nothing to finish.
+                    if busy.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             if let Err(e) = conn.await {
                 tracing::debug!("connection closed during shutdown: {e}");
@@ -93,6 +107,74 @@ pub async fn serve(
             "requests still in flight after server.shutdown_grace: closing their connections"
         );
         conns.shutdown().await;
+    }
+}
+
+/// `app` as a hyper service that counts, in `busy`, the connection's requests from their
+/// arrival until their response body is written (a streamed export included).
+fn tracked(
+    app: Router,
+    busy: Arc<AtomicUsize>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let guard = InFlight::enter(&busy);
+        let answer = app.clone().call(req);
+        async move {
+            let resp = answer.await?;
+            Ok(resp.map(|body| {
+                Body::new(TrackedBody {
+                    body,
+                    _guard: guard,
+                })
+            }))
+        }
+    })
+}
+
+/// One request of a connection in flight; counted down when dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(busy: &Arc<AtomicUsize>) -> InFlight {
+        busy.fetch_add(1, Ordering::AcqRel);
+        InFlight(busy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted until hyper has written (or dropped) it.
+struct TrackedBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
