@@ -66,10 +66,17 @@ fn read_some(mut c: &TcpStream) -> String {
 #[test]
 fn silent_and_half_sent_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
+    let mut s = Server::start(
         dir.path(),
         "[server]\nheader_read_timeout = \"2s\"\nmax_connections = 1000\n",
     );
+    // The server closes idle connections after 2 s: a pooled one could be reused just as it
+    // closes, so this test's client opens a connection per request.
+    s.client = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let kept = write_keep(&s, now_ms());
     let opened = Instant::now();
     let mut socks = Vec::new();
@@ -116,20 +123,36 @@ fn connection_limit_refuses_new_connections_and_keeps_old_ones() {
     old.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert!(read_some(&old).starts_with("HTTP/1.1 200"));
-    let socks: Vec<TcpStream> = (0..12).map(|_| connect(&s)).collect();
+    // Twelve more keep-alive clients: those given a slot are served and stay open, the rest
+    // get a 503 naming the limit and are closed.
+    let mut socks = Vec::new();
     let mut refused = 0;
-    for c in &socks {
-        let got = read_some(c);
-        if !got.is_empty() {
-            assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    for _ in 0..12 {
+        let mut c = connect(&s);
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let got = read_some(&c);
+        if got.starts_with("HTTP/1.1 503") {
             assert!(got.contains("server.max_connections"), "{got}");
-            assert!(closed_by(c, Instant::now() + Duration::from_secs(5)));
+            assert!(closed_by(&c, Instant::now() + Duration::from_secs(5)));
             refused += 1;
+        } else {
+            assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+            assert_eq!(refused, 0, "a connection was served after one was refused");
         }
+        socks.push(c);
     }
-    // 8 slots: the old connection, the test client's pooled one (if any) and the first silent
-    // ones; the rest were refused.
+    // 8 slots: the old connection, the test client's pooled one (if any) and the first of the
+    // twelve; the rest were refused.
     assert!((5..=7).contains(&refused), "refused {refused} of 12");
+    // A client that sends its request at once (a fresh HTTP client) reads the 503 too.
+    let r = reqwest::blocking::Client::new()
+        .get(s.url("/health"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().unwrap().contains("server.max_connections"));
     // The established connection is served throughout.
     for _ in 0..3 {
         old.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

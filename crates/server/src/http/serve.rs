@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -28,8 +28,12 @@ use tower_service::Service;
 /// The body of the 503 a connection beyond `server.max_connections` gets before it is closed.
 const TOO_MANY_CONNECTIONS: &str = "too many open connections (server.max_connections)\n";
 
-/// How long the refusal may take to write: a client that does not read it is not waited for.
-const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a refused connection's request head is waited for, and then how long its answer
+/// may take to write: a client that sends or reads nothing is not waited for longer.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
+
+/// Most of a refused client's request that is read and discarded before closing.
+const REFUSAL_DISCARD_BYTES: usize = 64 << 10;
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets requests
 /// in flight finish for at most `cfg.shutdown_grace` and drops the connections still open
@@ -178,16 +182,39 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// Answers a connection beyond the limit with a 503 and closes it.
+/// Answers a connection beyond the limit with a 503 and closes it. The client's request head
+/// is awaited first (briefly): HTTP clients take an answer that comes before their request
+/// for a broken connection. What the client sent is read and discarded (a little): closing
+/// with unread data would reset the connection and could destroy the answer.
 async fn refuse(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        let mut read = 0;
+        while read < REFUSAL_DISCARD_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if sink[..n].windows(4).any(|w| w == b"\r\n\r\n") => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nconnection: close\r\n\
          content-length: {}\r\n\r\n{TOO_MANY_CONNECTIONS}",
         TOO_MANY_CONNECTIONS.len()
     );
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
         stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut read = 0;
+        while read < REFUSAL_DISCARD_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::io::Result::Ok(())
     })
     .await;
 }
