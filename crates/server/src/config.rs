@@ -21,6 +21,8 @@ pub struct Config {
     pub partitions: Partitions,
     /// Edge limits.
     pub limits: LimitsConfig,
+    /// Connection handling.
+    pub server: ServerConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// PromQL evaluation limits.
@@ -118,6 +120,38 @@ pub struct LimitsConfig {
     pub max_future_skew: Duration,
     /// How long an event id is remembered to recognise redeliveries.
     pub event_dedup_horizon: Duration,
+    /// Most bytes of decoded writes queued for or being applied by the shards; a write beyond
+    /// it waits for room.
+    pub max_pending_ingest_bytes: usize,
+    /// Longest a write waits for room in `max_pending_ingest_bytes` before it fails with 503.
+    pub pending_ingest_timeout: Duration,
+}
+
+/// Connection handling (`[server]`): how many connections, and how long a silent one is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Most open client connections; a connection beyond it is answered 503 and closed.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after it connected,
+    /// or after its last response (an idle keep-alive connection), is closed.
+    pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long is abandoned with 408.
+    pub body_read_timeout: Duration,
+    /// On shutdown, how long requests in flight may finish before their connections are
+    /// dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 4096,
+            header_read_timeout: Duration(30_000),
+            body_read_timeout: Duration(30_000),
+            shutdown_grace: Duration(5_000),
+        }
+    }
 }
 
 /// Storage tuning.
@@ -285,6 +319,17 @@ impl Config {
         if let Some(q) = r.quantiles.iter().find(|q| !(0.0..=1.0).contains(*q)) {
             anyhow::bail!("rollups.quantiles must lie in [0, 1], got {q}");
         }
+        // Both are semaphore permits: connections are acquired many at once on shutdown (a u32).
+        anyhow::ensure!(
+            (1..=u32::MAX as usize).contains(&self.server.max_connections),
+            "server.max_connections must be at least 1, got {}",
+            self.server.max_connections
+        );
+        anyhow::ensure!(
+            (1..=1usize << 40).contains(&self.limits.max_pending_ingest_bytes),
+            "limits.max_pending_ingest_bytes must be 1 to 2^40, got {}",
+            self.limits.max_pending_ingest_bytes
+        );
         Ok(())
     }
 }
@@ -297,6 +342,7 @@ impl Default for Config {
             retention: Duration(30 * 86_400_000),
             partitions: Partitions::Auto,
             limits: LimitsConfig::default(),
+            server: ServerConfig::default(),
             storage: StorageConfig::default(),
             query: QueryConfig::default(),
             rollups: RollupsConfig::default(),
@@ -315,6 +361,8 @@ impl Default for LimitsConfig {
             max_series_per_metric: l.max_series_per_metric,
             max_future_skew: Duration(l.max_future_skew_ms),
             event_dedup_horizon: Duration(3_600_000),
+            max_pending_ingest_bytes: 256 << 20,
+            pending_ingest_timeout: Duration(10_000),
         }
     }
 }
@@ -345,6 +393,15 @@ max_label_value_len = 2048       # bytes
 max_series_per_metric = 100000   # per tenant; new series beyond it are refused
 max_future_skew = "10m"          # timestamps further ahead than this are refused
 event_dedup_horizon = "1h"       # how long an event_id is remembered
+max_pending_ingest_bytes = 268435456  # decoded writes queued for the shards; more wait for room
+pending_ingest_timeout = "10s"   # a write waiting longer for room fails with 503
+
+[server]
+max_connections = 4096           # open connections; one more is answered 503 and closed
+header_read_timeout = "30s"      # close a connection without a whole request head this long
+                                 # after connecting or after its last response (idle keep-alive)
+body_read_timeout = "30s"        # a request body sending nothing this long is abandoned (408)
+shutdown_grace = "5s"            # on SIGTERM, requests in flight may finish this long
 
 [storage]
 block_duration = "2h"            # span of a freshly cut block
@@ -417,6 +474,21 @@ mod tests {
             d.limits.event_dedup_horizon
         );
         assert_eq!(parsed.storage.flush_interval, d.storage.flush_interval);
+        assert_eq!(
+            parsed.limits.max_pending_ingest_bytes,
+            d.limits.max_pending_ingest_bytes
+        );
+        assert_eq!(
+            parsed.limits.pending_ingest_timeout,
+            d.limits.pending_ingest_timeout
+        );
+        assert_eq!(parsed.server.max_connections, d.server.max_connections);
+        assert_eq!(
+            parsed.server.header_read_timeout,
+            d.server.header_read_timeout
+        );
+        assert_eq!(parsed.server.shutdown_grace, d.server.shutdown_grace);
+        assert_eq!(parsed.server.body_read_timeout, d.server.body_read_timeout);
         assert_eq!(parsed.query.timeout, d.query.timeout);
         assert_eq!(parsed.query.max_samples, d.query.max_samples);
         assert_eq!(parsed.query.lookback_delta, d.query.lookback_delta);

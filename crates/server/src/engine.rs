@@ -13,9 +13,10 @@ use strata_model::{
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// Queued writes per shard before senders wait (backpressure).
+/// Queued writes per shard before senders wait (backpressure by count; the byte budget,
+/// [`PendingBudget`], bounds their size).
 const QUEUE: usize = 1024;
 
 /// Why a write was not acknowledged.
@@ -27,12 +28,58 @@ pub enum WriteError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The byte budget for writes in flight stayed full for the whole wait.
+    #[error("too much pending ingest: writes of {limit} bytes are already queued for the shards (limits.max_pending_ingest_bytes); retry later")]
+    Overloaded {
+        /// The budget, in bytes.
+        limit: usize,
+    },
+}
+
+/// The memory budget of decoded writes between the HTTP handlers and the shards: a write
+/// holds its batch's size from before it is queued until it is acknowledged, and waits (at
+/// most `wait`) while the budget is spent. Permits are KiB, so a budget of up to 2^40 bytes
+/// fits the semaphore's `u32` acquisitions.
+struct PendingBudget {
+    kib: Arc<Semaphore>,
+    limit_bytes: usize,
+    wait: Duration,
+}
+
+/// About how much memory one series entry of a batch takes beside its label bytes.
+const BATCH_ENTRY_BYTES: usize = 48;
+
+impl PendingBudget {
+    fn new(limit_bytes: usize, wait: Duration) -> PendingBudget {
+        PendingBudget {
+            kib: Arc::new(Semaphore::new(limit_bytes.div_ceil(1024))),
+            limit_bytes,
+            wait,
+        }
+    }
+
+    /// Waits for room for `batch`; a batch larger than the whole budget waits for all of it.
+    async fn reserve(&self, batch: &WriteBatch) -> Result<OwnedSemaphorePermit, WriteError> {
+        let bytes = batch.payload_bytes()
+            + batch.series_len() * BATCH_ENTRY_BYTES
+            + batch.samples_len() * std::mem::size_of::<strata_model::Sample>();
+        let total = self.limit_bytes.div_ceil(1024);
+        let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
+        match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(WriteError::ShuttingDown),
+            Err(_) => Err(WriteError::Overloaded {
+                limit: self.limit_bytes,
+            }),
+        }
+    }
 }
 
 /// Everything behind the HTTP API.
 pub struct Engine {
     log: Arc<LocalLog>,
     shards: Vec<ShardHandle>,
+    pending: PendingBudget,
     /// Self-metrics counters.
     pub counters: Arc<Counters>,
 }
@@ -156,6 +203,10 @@ impl Engine {
         Ok(Arc::new(Engine {
             log,
             shards,
+            pending: PendingBudget::new(
+                cfg.limits.max_pending_ingest_bytes,
+                Duration::from_millis(cfg.limits.pending_ingest_timeout.0 as u64),
+            ),
             counters,
         }))
     }
@@ -166,8 +217,9 @@ impl Engine {
     }
 
     /// Splits a batch by partition, hands each part to its shard and waits until every part is
-    /// durable and applied.
+    /// durable and applied. Waits first for room in the pending-bytes budget.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteAck, WriteError> {
+        let room = self.pending.reserve(&batch).await?;
         let n = self.partitions();
         let mut parts: Vec<Option<WriteBatch>> = (0..n).map(|_| None).collect();
         if n == 1 {
@@ -180,24 +232,34 @@ impl Engine {
                     .push_from(&s);
             }
         }
-        let mut waits = Vec::new();
-        for (p, part) in parts.into_iter().enumerate() {
-            let Some(part) = part.filter(|b| !b.is_empty()) else {
-                continue;
-            };
-            let (ack, rx) = oneshot::channel();
-            self.shards[p]
-                .tx
-                .send(Job::Write { batch: part, ack })
-                .await
-                .map_err(|_| WriteError::ShuttingDown)?;
-            waits.push(rx);
-        }
-        let mut total = WriteAck::default();
-        for w in waits {
-            let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
-            total.merge(&r.map_err(WriteError::Durability)?);
-        }
+        let sends: Vec<(mpsc::Sender<Job>, WriteBatch)> = parts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(p, part)| {
+                Some((self.shards[p].tx.clone(), part.filter(|b| !b.is_empty())?))
+            })
+            .collect();
+        // Queued and acknowledged by a task of its own, which holds the room until the shards
+        // are done with the parts: a client that disconnects drops this future, not the
+        // accounting of what it queued.
+        let queued = tokio::spawn(async move {
+            let _room = room;
+            let mut waits = Vec::with_capacity(sends.len());
+            for (tx, part) in sends {
+                let (ack, rx) = oneshot::channel();
+                tx.send(Job::Write { batch: part, ack })
+                    .await
+                    .map_err(|_| WriteError::ShuttingDown)?;
+                waits.push(rx);
+            }
+            let mut total = WriteAck::default();
+            for w in waits {
+                let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
+                total.merge(&r.map_err(WriteError::Durability)?);
+            }
+            Ok::<_, WriteError>(total)
+        });
+        let total = queued.await.map_err(|_| WriteError::ShuttingDown)??;
         let c = &self.counters;
         c.duplicate_samples.add(total.stats.duplicates as u64);
         c.overwritten_samples.add(total.stats.overwritten as u64);

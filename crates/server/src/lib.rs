@@ -26,6 +26,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
+        body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
         promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
     };
     let app = http::router(state);
@@ -42,6 +43,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         std::thread::spawn(move || m.run(stop, rt))
     });
     let partitions = engine.partitions();
+    let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace.0 as u64);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -63,7 +65,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        http::serve::serve(listener, app, &cfg.server, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");
@@ -71,7 +73,22 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     if let Some(m) = merger {
         let _ = m.join();
     }
+    // The shards stop and flush when the engine is dropped, and they need the runtime for it:
+    // wait (bounded) for work still holding the engine (a query past its connection, a write
+    // being acknowledged) while the runtime runs.
+    let sole = rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + grace;
+        while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Arc::strong_count(&engine) == 1
+    });
     drop(engine);
+    if !sole {
+        // Every acknowledged write is in the log; the next start replays it.
+        tracing::warn!("work still running after server.shutdown_grace: exiting without a flush");
+        rt.shutdown_background();
+    }
     Ok(())
 }
 

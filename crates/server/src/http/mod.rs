@@ -1,8 +1,10 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
+mod body;
 mod query;
 mod read;
 mod rollups;
+pub mod serve;
 mod write;
 
 use crate::engine::Engine;
@@ -23,6 +25,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Longest a request body may send nothing before it is abandoned.
+    pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
 }
@@ -128,9 +132,17 @@ pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
     r
 }
 
-/// The request's tenant: `X-Scope-OrgID`, else the default tenant.
+/// The request's tenant: `X-Scope-OrgID`, else the default tenant. More than one such header
+/// is refused: a proxy that appends its own would otherwise let the client's choose the tenant.
 pub fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
-    match headers.get("x-scope-orgid") {
+    let mut values = headers.get_all("x-scope-orgid").iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_data(
+            "more than one X-Scope-OrgID header: send exactly one tenant",
+        ));
+    }
+    match first {
         None => Ok(Tenant::default_tenant()),
         Some(v) => {
             let s = v
@@ -161,16 +173,24 @@ impl ApiRequest {
     }
 }
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiRequest {
+/// Largest form body a read or query request may carry (axum's default limit, kept).
+const MAX_FORM_BYTES: usize = 2 << 20;
+
+impl axum::extract::FromRequest<AppState> for ApiRequest {
     type Rejection = Response;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
-        let method = req.method().clone();
-        let query = req.uri().query().map(str::to_owned);
-        let headers = req.headers().clone();
-        let body = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+    async fn from_request(req: axum::extract::Request, st: &AppState) -> Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let body = body::read_limited(
+            body,
+            MAX_FORM_BYTES,
+            "the most a read or query request's form may carry",
+            st.body_read_timeout,
+        )
+        .await
+        .map_err(IntoResponse::into_response)?;
+        let (method, headers) = (parts.method, parts.headers);
+        let query = parts.uri.query().map(str::to_owned);
         Ok(ApiRequest {
             method,
             query,
@@ -179,6 +199,14 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiRequest {
         })
     }
 }
+
+/// Latest time a client may name, in milliseconds (about 285,000 years after 1970): 2^53, so
+/// every accepted time is exact as an `f64` (PromQL's `time()`), and sums and differences of a
+/// few times and durations stay far inside `i64`.
+pub const MAX_API_TIME_MS: i64 = 1 << 53;
+
+/// Earliest time a client may name, in milliseconds (see [`MAX_API_TIME_MS`]).
+pub const MIN_API_TIME_MS: i64 = -MAX_API_TIME_MS;
 
 /// Query-string and form parameters, in order, with repeats (`match[]`).
 pub struct Params(Vec<(String, String)>);
@@ -221,15 +249,23 @@ impl Params {
             .collect()
     }
 
-    /// A time parameter (RFC 3339 or Unix seconds) or `default`.
+    /// A time parameter (RFC 3339 or Unix seconds) or `default`; a time outside
+    /// [`MIN_API_TIME_MS`, `MAX_API_TIME_MS`] is refused, so later arithmetic cannot overflow.
     pub fn time(&self, name: &str, default: i64) -> Result<i64, ApiError> {
         match self.get(name) {
             None | Some("") => Ok(default),
-            Some(s) => strata_model::time::parse_api_time_ms(s).ok_or_else(|| {
-                ApiError::bad_data(format!(
+            Some(s) => match strata_model::time::parse_api_time_ms(s) {
+                Some(t) if (MIN_API_TIME_MS..=MAX_API_TIME_MS).contains(&t) => Ok(t),
+                Some(_) => Err(ApiError::bad_data(format!(
+                    "invalid parameter {name:?}: {s:?} is outside the supported time range \
+                     (Unix seconds from {} to {})",
+                    MIN_API_TIME_MS / 1000,
+                    MAX_API_TIME_MS / 1000
+                ))),
+                None => Err(ApiError::bad_data(format!(
                     "invalid parameter {name:?}: cannot parse {s:?} to a valid timestamp"
-                ))
-            }),
+                ))),
+            },
         }
     }
 }

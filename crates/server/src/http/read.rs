@@ -1,18 +1,16 @@
 //! Read endpoints: export, series, label names and values, build info, flush, self-metrics.
 
-use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
+use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params, MIN_API_TIME_MS};
 use crate::selector::parse_selector;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use strata_model::time::now_ms;
-use strata_model::{Labels, Matcher, SelectHints, Storage, Tenant};
-
-/// Most samples one export may return before it fails with a clear error.
-const EXPORT_MAX_SAMPLES: usize = 200_000_000;
+use strata_model::{Labels, LazySeries, Matcher, Sample, SelectHints, Storage, Tenant};
+use tokio::sync::{mpsc, oneshot};
 
 /// The parts every read shares: tenant, parameters, time range.
 pub(super) struct ReadRequest {
@@ -25,7 +23,7 @@ pub(super) struct ReadRequest {
 pub(super) fn read_request(req: &ApiRequest) -> Result<ReadRequest, ApiError> {
     let tenant = tenant_of(&req.headers)?;
     let params = req.params();
-    let start = params.time("start", i64::MIN / 2)?;
+    let start = params.time("start", MIN_API_TIME_MS)?;
     let end = params.time("end", now_ms() + 365 * 86_400_000)?;
     if end < start {
         return Err(ApiError::bad_data(
@@ -77,49 +75,175 @@ pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
     )
 }
 
-/// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series.
+/// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series,
+/// streamed: a blocking task decodes one series at a time and hands the text on in chunks of
+/// about [`EXPORT_CHUNK_BYTES`], so memory is bounded by a series and a few chunks whatever
+/// the export's size. A client that goes away stops the task at its next chunk.
 pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
-    let run = || -> Result<Response, ApiError> {
-        let r = read_request(&req)?;
+    let (r, sets) = match read_request(&req).and_then(|r| {
         let sets = matcher_sets(&r.params, true)?;
+        Ok((r, sets))
+    }) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let (started_tx, started_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
+    tokio::task::spawn_blocking(move || {
         let hints = SelectHints {
             start: r.start,
             end: r.end,
-            max_samples: Some(EXPORT_MAX_SAMPLES),
+            max_samples: None,
             fields: strata_model::Fields::All,
         };
+        // Selecting plans every series (labels and where their samples are) but decodes
+        // nothing; errors here still get a status code.
+        let selected: Result<Vec<Vec<LazySeries>>, _> = sets
+            .iter()
+            .map(|set| st.engine.select_lazy(&r.tenant, set, &hints))
+            .collect();
+        let selected = match selected {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = started_tx.send(Err(storage_error(e)));
+                return;
+            }
+        };
+        if started_tx.send(Ok(())).is_err() {
+            return;
+        }
+        let mut out = ExportWriter {
+            tx,
+            rt: tokio::runtime::Handle::current(),
+            buf: String::with_capacity(EXPORT_CHUNK_BYTES * 2),
+        };
+        // Series met in more than one `match[]` set are written once.
         let mut seen = BTreeSet::new();
-        let mut out = String::new();
-        for set in sets {
-            for s in st
-                .engine
-                .select(&r.tenant, &set, &hints)
-                .map_err(storage_error)?
-            {
-                if !seen.insert(s.labels.clone()) {
-                    continue;
-                }
-                let samples: Vec<_> = s.samples.iter().filter(|x| !x.is_stale()).collect();
-                let _ = write!(out, "{{\"metric\":{},\"values\":[", labels_json(&s.labels));
-                for (i, x) in samples.iter().enumerate() {
-                    out.push_str(if i == 0 { "" } else { "," });
-                    write_number(&mut out, x.value);
-                }
-                out.push_str("],\"timestamps\":[");
-                for (i, x) in samples.iter().enumerate() {
-                    let _ = write!(out, "{}{}", if i == 0 { "" } else { "," }, x.timestamp);
-                }
-                out.push_str("]}\n");
+        let dedup = selected.len() > 1;
+        let mut samples = Vec::new();
+        for s in selected.into_iter().flatten() {
+            if dedup && !seen.insert(s.labels.clone()) {
+                continue;
+            }
+            samples.clear();
+            if let Err(e) = s.read(&mut samples) {
+                out.fail(e.to_string());
+                return;
+            }
+            samples.retain(|x| !x.is_stale());
+            if samples.is_empty() {
+                continue;
+            }
+            if out.series(&s.labels, &samples).is_err() {
+                return;
             }
         }
-        let mut resp = Response::new(Body::from(out));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/stream+json"),
+        let _ = out.flush();
+    });
+    match started_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::internal("export task failed").into_response(),
+    }
+    let mut resp = Response::new(Body::new(ChunkBody(rx)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/stream+json"),
+    );
+    resp
+}
+
+/// About how many bytes of export text are handed to the connection at a time.
+const EXPORT_CHUNK_BYTES: usize = 64 << 10;
+
+/// Chunks an export may have ready before its task waits for the client to read.
+const EXPORT_CHUNKS_QUEUED: usize = 4;
+
+/// A client that reads nothing of its export for this long is given up on, so it cannot hold
+/// a blocking thread for ever.
+const EXPORT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The client went away (or stopped reading): the export stops.
+struct Disconnected;
+
+/// Writes export lines into a buffer and sends it on whenever it passes a chunk's size.
+struct ExportWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    rt: tokio::runtime::Handle,
+    buf: String,
+}
+
+impl ExportWriter {
+    /// Writes one series' line.
+    fn series(&mut self, labels: &Labels, samples: &[Sample]) -> Result<(), Disconnected> {
+        let _ = write!(
+            self.buf,
+            "{{\"metric\":{},\"values\":[",
+            labels_json(labels)
         );
-        Ok(resp)
-    };
-    run().unwrap_or_else(|e| e.into_response())
+        for (i, x) in samples.iter().enumerate() {
+            self.buf.push_str(if i == 0 { "" } else { "," });
+            write_number(&mut self.buf, x.value);
+            self.maybe_flush()?;
+        }
+        self.buf.push_str("],\"timestamps\":[");
+        for (i, x) in samples.iter().enumerate() {
+            self.buf.push_str(if i == 0 { "" } else { "," });
+            self.buf.push_str(itoa::Buffer::new().format(x.timestamp));
+            self.maybe_flush()?;
+        }
+        self.buf.push_str("]}\n");
+        self.maybe_flush()
+    }
+
+    fn maybe_flush(&mut self) -> Result<(), Disconnected> {
+        if self.buf.len() >= EXPORT_CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is buffered.
+    fn flush(&mut self) -> Result<(), Disconnected> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(EXPORT_CHUNK_BYTES * 2));
+        self.rt
+            .block_on(
+                self.tx
+                    .send_timeout(Ok(Bytes::from(chunk)), EXPORT_STALL_TIMEOUT),
+            )
+            .map_err(|_| Disconnected)
+    }
+
+    /// Ends the response with an error: the client sees a broken chunked body, not a short
+    /// export that looks complete.
+    fn fail(&mut self, message: String) {
+        tracing::warn!("export failed while streaming: {message}");
+        let _ = self.flush();
+        let failure = Err(std::io::Error::other(message));
+        let _ = self
+            .rt
+            .block_on(self.tx.send_timeout(failure, EXPORT_STALL_TIMEOUT));
+    }
+}
+
+/// A response body fed by a channel of chunks.
+struct ChunkBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|r| r.map(http_body::Frame::data)))
+    }
 }
 
 /// JSON has no NaN or infinities: NaN is written as `null`, infinities as `"+Inf"` / `"-Inf"`,

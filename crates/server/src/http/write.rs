@@ -5,9 +5,10 @@
 //! valid rest is stored.
 
 use super::{json_response, tenant_of, ApiError, AppState, Params};
+use crate::engine::WriteError;
 use crate::metrics::Protocol;
 use crate::shard::WriteAck;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -135,27 +136,23 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "content_type",
             StatusCode::BAD_REQUEST => "malformed_body",
+            StatusCode::REQUEST_TIMEOUT => "body_timeout",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         }
     }
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .map(|s| s.to_string().contains("length limit"))
-            .unwrap_or(false)
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_data",
-                format!("request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"),
-            )
-        } else {
-            ApiError::bad_data(format!("cannot read request body: {e}"))
-        }
-    })
+/// The status of a write the engine did not acknowledge: 503 when retrying later can succeed.
+fn write_error(e: WriteError) -> ApiError {
+    match e {
+        WriteError::Overloaded { .. } | WriteError::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+        WriteError::Durability(_) => ApiError::internal(e.to_string()),
+    }
 }
 
 async fn ingest_inner(
@@ -167,7 +164,13 @@ async fn ingest_inner(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(headers)?;
     check_headers(headers, p)?;
-    let body = read_body(body, st.max_body_bytes).await?;
+    let body = super::body::read_limited(
+        body,
+        st.max_body_bytes,
+        "limits.max_body_bytes",
+        st.body_read_timeout,
+    )
+    .await?;
     let mut batch = WriteBatch::new(tenant);
     let ctx = DecodeContext {
         limits: &st.limits,
@@ -181,7 +184,10 @@ async fn ingest_inner(
         }
         (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
     };
-    let decoded = decoded.map_err(|e| ApiError::bad_data(e.to_string()))?;
+    let decoded = decoded.map_err(|e| match e {
+        IngestError::TooLarge { .. } => super::body::too_large(e.to_string()),
+        e => ApiError::bad_data(e.to_string()),
+    })?;
     let counters = &st.engine.counters;
     for r in &decoded.rejected {
         counters.rejected(p, r.reason.kind(), 1);
@@ -196,10 +202,7 @@ async fn ingest_inner(
     let ack = if batch.is_empty() {
         WriteAck::default()
     } else {
-        st.engine
-            .write(batch)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        st.engine.write(batch).await.map_err(write_error)?
     };
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
