@@ -232,7 +232,9 @@ pub trait PartitionWriter: Send {
 
     /// Syncs and starts a new segment now (when the current one holds records), so that
     /// everything written so far can be truncated once it is persisted elsewhere. Callers reset
-    /// per-segment state afterwards.
+    /// per-segment state afterwards. It is a group commit, answered as a sync is: when only
+    /// the new segment cannot be created, everything appended is durable, the result is `Ok`,
+    /// and the writer, poisoned, starts the segment when it recovers.
     fn roll(&mut self) -> Result<(), LogError>;
 }
 

@@ -687,13 +687,8 @@ impl LocalWriter {
         Ok(())
     }
 
-    /// Makes everything durable, then starts a new segment at the next offset.
-    fn start_segment(&mut self) -> Result<(), LogError> {
-        self.make_durable()?;
-        if self.broken.is_some() {
-            // Recovery starts a new segment anyway.
-            return self.recover();
-        }
+    /// Starts a new segment at the next offset; everything before it must be durable.
+    fn open_next_segment(&mut self) -> Result<(), LogError> {
         let (file, path) = match segment::create(&self.part.io, &self.part.dir, self.next) {
             Ok(created) => created,
             Err(e) => return Err(self.fail(e)),
@@ -723,17 +718,17 @@ impl PartitionWriter for LocalWriter {
         if let Some(cause) = &self.lost {
             return Err(self.poisoned(cause));
         }
-        let mut new_segment = false;
         if let Some(b) = &self.broken {
             if Instant::now() < b.retry_at || self.recover().is_err() {
                 return Err(self.refusal());
             }
-            new_segment = true;
         }
         if self.will_roll(payload.len()) {
-            self.start_segment()?;
-            new_segment = true;
+            // At a group's start: nothing appended is waiting for a sync.
+            self.make_durable()?;
+            self.open_next_segment()?;
         }
+        let new_segment = self.file_bytes == segment::HEADER_LEN as u64;
         if self.buf.len() >= WRITE_CHUNK {
             // Before framing: a failure then refuses this record with the ones before it.
             if let Err(e) = self.write_out() {
@@ -767,8 +762,17 @@ impl PartitionWriter for LocalWriter {
     }
 
     fn roll(&mut self) -> Result<(), LogError> {
-        if self.broken.is_some() || self.file_bytes > segment::HEADER_LEN as u64 {
-            self.start_segment()?;
+        if self.broken.is_none() && self.file_bytes == segment::HEADER_LEN as u64 {
+            return Ok(());
+        }
+        self.sync()?;
+        // Everything appended is durable now, which is what the caller acts on. A writer that
+        // cannot start the new segment is poisoned (logged, counted) and starts it when it
+        // recovers; until then the old segment stays the newest and is not truncated.
+        if self.broken.is_some() {
+            let _ = self.recover();
+        } else {
+            let _ = self.open_next_segment();
         }
         Ok(())
     }
