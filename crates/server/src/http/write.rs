@@ -196,10 +196,15 @@ async fn ingest_inner(
     let ack = if batch.is_empty() {
         WriteAck::default()
     } else {
-        st.engine
-            .write(batch)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        // Nothing of the batch is acknowledged (the log refused it, or the server is
+        // stopping): 503, which senders retry.
+        st.engine.write(batch).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?
     };
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
