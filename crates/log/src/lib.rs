@@ -3,12 +3,13 @@
 //! A write is acknowledged only once it is in this log and fsynced. The log is split into
 //! partitions (one per shard); each partition is a sequence of segment files holding
 //! length-prefixed, checksummed records, addressed by a per-partition [`Offset`] that counts
-//! records from 0 and is never reused. Writers buffer appends and make a whole group durable with
-//! one `fdatasync` ([`PartitionWriter::sync`]): that is group commit.
+//! records from 0; once durable, an offset names the same record for good. Writers buffer appends
+//! and make a whole group durable with one `fdatasync` ([`PartitionWriter::sync`]): that is group
+//! commit. Segments roll only between groups, so a group is durable whole or not at all.
 //!
 //! On open every segment is verified and the newest one is fsynced before its records count as
-//! durable. A torn tail of the newest segment (a crash mid-write) is truncated; damage anywhere
-//! else is reported as [`LogError::Corrupt`], never a panic.
+//! durable. A torn tail of the newest segment (a crash mid-write, or a zero-filled range) is
+//! truncated; damage anywhere else is reported as [`LogError::Corrupt`], never a panic.
 //!
 //! # I/O faults
 //!
@@ -19,21 +20,28 @@
 //! - every record appended since the last successful sync is refused: the sync of that group
 //!   commit (and every append until it) returns an error, so nothing after the failure is
 //!   acknowledged;
-//! - the refused records are dropped from memory, and their offsets are handed out again: no
-//!   reader, replay or acknowledgement ever saw them, so offsets stay contiguous and no offset is
-//!   ever seen with two different payloads;
-//! - the writer *recovers* at once by moving to a fresh segment that starts at the last durable
-//!   offset, written and fsynced with its directory; the old segment's undurable tail is cut back
-//!   to its last synced byte, and where even that fails, replay ignores it (a segment's records
-//!   past the base of the segment after it were never durable);
+//! - the refused records are dropped from memory, not rewritten: their writers were told they
+//!   failed and will retry. Their offsets are handed out again; no reader, replay or
+//!   acknowledgement ever saw them, so offsets stay contiguous and no offset is ever seen with
+//!   two different payloads;
+//! - the writer *recovers* at once by moving to a fresh segment that starts at the durable end
+//!   (created under a temporary name, fsynced, renamed, directory fsynced); the old segment's
+//!   undurable tail is first cut back to its last synced byte, and where even that fails, replay
+//!   ignores it: a segment is read no further than the base of the segment after it;
 //! - if recovery fails too (a full disk, a dead device), appends keep failing fast with
 //!   [`LogError::Poisoned`] (the server answers 503) and recovery is retried at most once a
 //!   second, so the partition heals without a restart once the disk does. Stopping the process
-//!   instead would turn one full disk into an outage of every partition and a replay, and would
+//!   instead would turn one full disk into an outage of every partition plus a replay, and would
 //!   decide nothing a retry cannot.
 //!
+//! One case is left to replay: when the old tail can be neither cut nor superseded and the
+//! process then dies, whole refused records still in that tail are replayed like records a crash
+//! kept (nothing tells them apart). A refused write may then reappear, which the client's retry
+//! turns into a duplicate, never a loss.
+//!
 //! Readers only ever see records up to the durable end. With the `fault-injection` feature,
-//! [`LocalLog::open_with_faults`] and [`faults`] make file operations fail on demand for tests.
+//! `LocalLog::open_with_faults` and the `faults` module make file operations fail on demand, for
+//! tests.
 //!
 //! The log knows nothing of what its payloads mean; a Kafka-backed [`Log`] can stand in for
 //! [`LocalLog`] without changing its users.
