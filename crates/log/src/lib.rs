@@ -3,15 +3,52 @@
 //! A write is acknowledged only once it is in this log and fsynced. The log is split into
 //! partitions (one per shard); each partition is a sequence of segment files holding
 //! length-prefixed, checksummed records, addressed by a per-partition [`Offset`] that counts
-//! records from 0 and is never reused. Writers buffer appends and make a whole group durable with
-//! one `fdatasync` ([`PartitionWriter::sync`]): that is group commit.
+//! records from 0; once durable, an offset names the same record for good. Writers buffer appends
+//! and make a whole group durable with one `fdatasync` ([`PartitionWriter::sync`]): that is group
+//! commit. Segments roll only between groups, so a group is durable whole or not at all.
 //!
-//! On open every segment is verified. A torn tail of the newest segment (a crash mid-write) is
+//! On open every segment is verified and the newest one is fsynced before its records count as
+//! durable. A torn tail of the newest segment (a crash mid-write, or a zero-filled range) is
 //! truncated; damage anywhere else is reported as [`LogError::Corrupt`], never a panic.
+//!
+//! # I/O faults
+//!
+//! A failed write or sync is never retried on the same file, because a later sync that succeeds
+//! proves nothing: after a writeback error Linux drops the dirty pages and reports the error
+//! once (PostgreSQL's "fsyncgate"). Instead the partition's writer is *poisoned*:
+//!
+//! - every record appended since the last successful sync is refused: the sync of that group
+//!   commit (and every append until it) returns an error, so nothing after the failure is
+//!   acknowledged;
+//! - the refused records are dropped from memory, not rewritten: their writers were told they
+//!   failed and will retry. Their offsets are handed out again; no reader, replay or
+//!   acknowledgement ever saw them, so offsets stay contiguous and no offset is ever seen with
+//!   two different payloads;
+//! - the writer *recovers* at once by moving to a fresh segment that starts at the durable end
+//!   (created under a temporary name, fsynced, renamed, directory fsynced); the old segment's
+//!   undurable tail is first cut back to its last synced byte, and where even that fails, replay
+//!   ignores it: a segment is read no further than the base of the segment after it;
+//! - if recovery fails too (a full disk, a dead device), appends keep failing fast with
+//!   [`LogError::Poisoned`] (the server answers 503) and recovery is retried at most once a
+//!   second, so the partition heals without a restart once the disk does. Stopping the process
+//!   instead would turn one full disk into an outage of every partition plus a replay, and would
+//!   decide nothing a retry cannot.
+//!
+//! One case is left to replay: when the old tail can be neither cut nor superseded and the
+//! process then dies, whole refused records still in that tail are replayed like records a crash
+//! kept (nothing tells them apart). A refused write may then reappear, which the client's retry
+//! turns into a duplicate, never a loss.
+//!
+//! Readers only ever see records up to the durable end. With the `fault-injection` feature,
+//! `LocalLog::open_with_faults` and the `faults` module make file operations fail on demand, for
+//! tests.
 //!
 //! The log knows nothing of what its payloads mean; a Kafka-backed [`Log`] can stand in for
 //! [`LocalLog`] without changing its users.
 
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+mod file;
 mod local;
 mod segment;
 
@@ -34,7 +71,9 @@ pub const MAX_RECORD_BYTES: usize = 256 << 20;
 /// Tuning of a [`LocalLog`].
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// A segment is closed and a new one started once it holds this many bytes.
+    /// A segment is closed once it holds this many bytes: the first append after a sync that
+    /// would take it past the limit starts a new one (so a segment can exceed the limit by one
+    /// group commit, and a group is never split between two segments).
     pub segment_bytes: u64,
 }
 
@@ -88,6 +127,19 @@ pub enum LogError {
         /// Payload length.
         len: usize,
     },
+    /// An empty payload: refused, because an all-zero frame is what a zero-filled tail looks
+    /// like, and replay must be able to tell the two apart.
+    #[error("empty records cannot be appended to the ingest log")]
+    EmptyRecord,
+    /// The partition's writer failed to write or sync and refuses records until it has moved to
+    /// a fresh segment (see the crate docs).
+    #[error("ingest log partition {partition} refuses writes after an I/O error: {cause}")]
+    Poisoned {
+        /// The partition.
+        partition: u32,
+        /// The failure, and the last failed recovery when there is one.
+        cause: String,
+    },
 }
 
 /// One record read back.
@@ -130,6 +182,12 @@ pub struct LogStats {
     pub disk_bytes: u64,
     /// Bytes of torn tails truncated at open.
     pub truncated_tail_bytes: u64,
+    /// Writes and syncs that failed (each poisons its partition's writer).
+    pub io_errors: u64,
+    /// Times a poisoned writer moved to a fresh segment and took writes again.
+    pub recoveries: u64,
+    /// Partitions whose writer refuses writes right now (poisoned, not yet recovered).
+    pub failed_partitions: u64,
 }
 
 /// A partitioned, durable, ordered log of opaque records.
@@ -160,11 +218,17 @@ pub trait Log: Send + Sync + 'static {
 }
 
 /// Appends to one partition. Appends are buffered; [`PartitionWriter::sync`] makes them durable.
+///
+/// After any error other than [`LogError::TooLarge`] and [`LogError::EmptyRecord`], records
+/// appended since the last successful sync are lost, their offsets are handed out again, and the
+/// next record starts a new segment: callers treat the records as refused and reset per-segment
+/// state as after a roll.
 pub trait PartitionWriter: Send {
-    /// Buffers a record and returns its offset.
+    /// Buffers a record and returns its offset (final once a sync covering it succeeds).
     fn append(&mut self, payload: &[u8]) -> Result<Appended, LogError>;
 
-    /// Writes and fsyncs everything appended so far: the group-commit point.
+    /// Writes and fsyncs everything appended so far: the group-commit point. An error refuses
+    /// every record appended since the previous call.
     fn sync(&mut self) -> Result<(), LogError>;
 
     /// The offset the next append will get.
@@ -176,7 +240,9 @@ pub trait PartitionWriter: Send {
 
     /// Syncs and starts a new segment now (when the current one holds records), so that
     /// everything written so far can be truncated once it is persisted elsewhere. Callers reset
-    /// per-segment state afterwards.
+    /// per-segment state afterwards. It is a group commit, answered as a sync is: when only
+    /// the new segment cannot be created, everything appended is durable, the result is `Ok`,
+    /// and the writer, poisoned, starts the segment when it recovers.
     fn roll(&mut self) -> Result<(), LogError>;
 }
 

@@ -1,8 +1,9 @@
 //! Segment files: a header, then records framed as `u32 length, u32 crc32, payload`.
 
+use crate::file::{Io, SegmentFile};
 use crate::{io_err, LogError, Offset, MAX_RECORD_BYTES};
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// `STRLOG`, a zero byte, and the format generation.
@@ -18,6 +19,9 @@ pub const FRAME_LEN: usize = 8;
 pub fn file_name(base: Offset) -> String {
     format!("{base:020}.seg")
 }
+
+/// Extension of a segment being created (renamed to `.seg` once its header is durable).
+pub const TMP_EXTENSION: &str = "seg.tmp";
 
 /// Encodes a segment header.
 pub fn header(base: Offset) -> [u8; HEADER_LEN] {
@@ -56,6 +60,9 @@ pub enum Tail {
     Clean,
     /// Bytes from `at` on are not a valid record.
     Bad { at: u64, reason: String },
+    /// The scan stopped at its record limit with bytes from `at` on left unread: the next
+    /// segment starts there, so they were never durable (see `LocalWriter::recover`).
+    Superseded { at: u64 },
 }
 
 /// Reads and checks a header; `None` when the file is too short to hold one.
@@ -94,8 +101,18 @@ pub fn read_header(path: &Path, bytes: &[u8]) -> Result<Option<Offset>, LogError
     )))
 }
 
-/// Scans a whole segment file: its base, record count, and where valid records end.
-pub fn scan(path: &Path) -> Result<(Option<Offset>, u64, u64, Tail), LogError> {
+/// The base offset in a segment's header; `None` when the file is too short to hold one.
+pub fn read_base(path: &Path) -> Result<Option<Offset>, LogError> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    File::open(path)
+        .and_then(|f| f.take(HEADER_LEN as u64).read_to_end(&mut h))
+        .map_err(io_err(path))?;
+    read_header(path, &h)
+}
+
+/// Scans a segment file, at most `limit` records of it: its base, record count, and where
+/// valid records end.
+pub fn scan(path: &Path, limit: Option<u64>) -> Result<(Option<Offset>, u64, u64, Tail), LogError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -114,6 +131,14 @@ pub fn scan(path: &Path) -> Result<(Option<Offset>, u64, u64, Tail), LogError> {
     let mut pos = HEADER_LEN;
     let mut records = 0;
     while pos < bytes.len() {
+        if limit == Some(records) {
+            return Ok((
+                Some(base),
+                records,
+                pos as u64,
+                Tail::Superseded { at: pos as u64 },
+            ));
+        }
         match check_record(&bytes[pos..]) {
             Ok(len) => {
                 pos += FRAME_LEN + len;
@@ -145,6 +170,10 @@ fn check_record(b: &[u8]) -> Result<usize, String> {
     if len > MAX_RECORD_BYTES {
         return Err(format!("record length {len} is over the limit"));
     }
+    if len == 0 {
+        // Appends are never empty: this is a zero-filled tail (a crash, or lost writeback).
+        return Err("empty record (zero-filled bytes)".into());
+    }
     let payload = b
         .get(FRAME_LEN..FRAME_LEN + len)
         .ok_or("incomplete record payload")?;
@@ -154,26 +183,19 @@ fn check_record(b: &[u8]) -> Result<usize, String> {
     Ok(len)
 }
 
-/// Creates a segment file with its header, durable.
-pub fn create(dir: &Path, base: Offset) -> Result<(File, PathBuf), LogError> {
+/// Creates the segment starting at `base` with its header, durable, replacing any file of that
+/// name. The header is made durable under a temporary name first, so the segment appears whole
+/// or not at all.
+pub fn create(io: &Io, dir: &Path, base: Offset) -> Result<(SegmentFile, PathBuf), LogError> {
     let path = dir.join(file_name(base));
-    let mut f = File::options()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    f.write_all(&header(base)).map_err(io_err(&path))?;
-    f.sync_all().map_err(io_err(&path))?;
-    sync_dir(dir)?;
+    let tmp = path.with_extension(TMP_EXTENSION);
+    let mut f = io.create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(&header(base))
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    io.sync_dir(dir).map_err(io_err(dir))?;
     Ok((f, path))
-}
-
-/// fsyncs a directory so a created, renamed or removed entry survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }
 
 /// Streams the records of one segment, at most `records` of them (those durable when the
@@ -222,10 +244,10 @@ impl SegmentReader {
         }
         let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        if len > MAX_RECORD_BYTES {
+        if len > MAX_RECORD_BYTES || len == 0 {
             return Some(Err(corrupt(
                 self.pos,
-                format!("record length {len} is over the limit"),
+                format!("record length {len} is out of range"),
             )));
         }
         let mut payload = vec![0u8; len];

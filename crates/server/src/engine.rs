@@ -337,6 +337,24 @@ impl Engine {
             "Longest ingest-log fsync.",
             l.sync_seconds_max,
         );
+        counter(
+            out,
+            "strata_log_io_errors_total",
+            "Ingest-log writes and syncs that failed (each refuses its group commit).",
+            l.io_errors,
+        );
+        counter(
+            out,
+            "strata_log_recoveries_total",
+            "Times a failed ingest-log partition moved to a fresh segment and took writes again.",
+            l.recoveries,
+        );
+        gauge(
+            out,
+            "strata_log_failed_partitions",
+            "Ingest-log partitions refusing writes after an I/O error (not yet recovered).",
+            l.failed_partitions as f64,
+        );
         gauge(
             out,
             "strata_log_disk_bytes",

@@ -144,15 +144,10 @@ impl ApiError {
 }
 
 /// The status of a write the engine did not acknowledge: 503 when retrying later can succeed.
+/// Nothing of the batch is acknowledged (the log refused it, the pending-ingest budget is full,
+/// or the server is stopping): 503, which senders retry.
 fn write_error(e: WriteError) -> ApiError {
-    match e {
-        WriteError::Overloaded { .. } | WriteError::ShuttingDown => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        ),
-        WriteError::Durability(_) => ApiError::internal(e.to_string()),
-    }
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
 }
 
 async fn ingest_inner(
