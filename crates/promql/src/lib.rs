@@ -17,6 +17,7 @@ mod functions;
 mod labels;
 mod mem;
 pub mod script;
+mod shape;
 mod stats;
 mod value;
 

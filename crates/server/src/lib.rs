@@ -26,7 +26,10 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
-        promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
+        promql: strata_promql::Engine::new(
+            engine.clone(),
+            cfg.query.engine_options(cfg.limits.max_label_value_len),
+        ),
     };
     let app = http::router(state);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
