@@ -306,9 +306,10 @@ impl Engine {
             ctx,
             opts: &self.opts,
             query,
+            // A timeout too long to add to the clock is no deadline.
             deadline: match (self.opts.timeout, ctx.timeout) {
-                (Some(a), Some(b)) => Some(Instant::now() + a.min(b)),
-                (a, b) => a.or(b).map(|t| Instant::now() + t),
+                (Some(a), Some(b)) => Instant::now().checked_add(a.min(b)),
+                (a, b) => a.or(b).and_then(|t| Instant::now().checked_add(t)),
             },
             query_start: grid.start,
             query_end: grid.end,

@@ -30,7 +30,13 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             engine.clone(),
             cfg.query.engine_options(cfg.limits.max_label_value_len),
         ),
+        queries: Arc::new(http::QueryGate::new(
+            cfg.query.max_concurrency,
+            cfg.query.max_queue,
+        )),
     };
+    // Shutdown stops running queries, so the connections waiting on them close promptly.
+    let promql = state.promql.clone();
     let app = http::router(state);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let groups = cfg.group_specs()?;
@@ -66,7 +72,12 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                promql.shut_down();
+            })
+            .await?;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");

@@ -5,6 +5,8 @@ mod read;
 mod rollups;
 mod write;
 
+pub use query::QueryGate;
+
 use crate::engine::Engine;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,6 +27,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
+    /// Admission of queries (`[query]` max_concurrency, max_queue).
+    pub queries: Arc<QueryGate>,
 }
 
 /// All routes.
