@@ -207,6 +207,37 @@ fn hostile_queries_are_refused_naming_the_limit() {
     );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["data"]["result"][0]["value"][1], "50");
+    // Prometheus's annotations reach the answer, as Grafana reads them.
+    let now = now_ms() / 1000;
+    let (start, end) = (format!("{}", now - 600), format!("{now}"));
+    let (st, v) = post(
+        &s,
+        "/api/v1/query_range",
+        &[
+            ("query", "sort(load)"),
+            ("start", &start),
+            ("end", &end),
+            ("step", "60"),
+        ],
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["warnings"][0],
+        "PromQL warning: sort is ineffective for range queries since results are always ordered by labels (1:1)"
+    );
+    let (st, v) = post(
+        &s,
+        "/api/v1/query",
+        &[("query", "sum(rate(load[5m]))"), ("time", t)],
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["infos"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("PromQL info: metric might not be a counter"),
+        "{v}"
+    );
     let peak = peak_rss_kb(&s);
     assert!(peak < PEAK_RSS_CEILING_KB, "peak RSS {peak} kB");
     s.stop();

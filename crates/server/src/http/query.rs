@@ -220,7 +220,11 @@ pub async fn instant(State(st): State<AppState>, req: ApiRequest) -> Response {
         let t = p.time("time", now_ms())?;
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
-        run(&st, ctx, move |ctx| engine.instant(ctx, &query, t)).await
+        // The answer is written on the blocking pool too: a large matrix takes a while.
+        run(&st, ctx, move |ctx| {
+            engine.instant(ctx, &query, t).map(|out| success(&out))
+        })
+        .await
     };
     respond(run_query.await)
 }
@@ -258,18 +262,17 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
         run(&st, ctx, move |ctx| {
-            engine.range(ctx, &query, start, end, step)
+            engine
+                .range(ctx, &query, start, end, step)
+                .map(|out| success(&out))
         })
         .await
     };
     respond(run_query.await)
 }
 
-fn respond(res: Result<QueryOutput, ApiError>) -> Response {
-    match res {
-        Ok(out) => success(&out),
-        Err(e) => e.into_response(),
-    }
+fn respond(res: Result<Response, ApiError>) -> Response {
+    res.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `GET|POST /api/v1/format_query`: the query, pretty-printed (through the gate and on the
