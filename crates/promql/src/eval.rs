@@ -780,24 +780,38 @@ impl<'a> Env<'a> {
             // Sample by sample (not step by step, so a sparse series over a fine grid costs its
             // points, not its steps): a sample is picked at every step whose reference time
             // `ts - offset` lies in [its timestamp, the next sample's), within the lookback.
+            // `si` is the first step not yet given a value; it only jumps (a division) across
+            // a gap, so a dense series over a coarse grid costs one compare per sample.
+            let (n, offset) = (grid.len(), offset as i128);
+            let mut si = 0usize;
             for (j, s) in samples.iter().enumerate() {
-                meter.work(1)?;
-                if s.is_stale() {
-                    continue;
+                if si >= n {
+                    break;
                 }
-                let mut until = s.timestamp as i128 + lookback as i128;
+                meter.work(1)?;
+                let t = s.timestamp as i128;
+                let mut until = t + lookback as i128;
                 if let Some(next) = samples.get(j + 1) {
                     until = until.min(next.timestamp as i128);
                 }
-                let steps =
-                    grid.steps_within(s.timestamp as i128 + offset as i128, until + offset as i128);
-                if steps.is_empty() {
+                let reference = |si: usize| grid.ts(si) as i128 - offset;
+                if reference(si) >= until {
+                    continue;
+                }
+                if reference(si) < t {
+                    si = grid.steps_within(t + offset, i128::MAX).start;
+                    if si >= n || reference(si) >= until {
+                        continue;
+                    }
+                }
+                if s.is_stale() {
                     continue;
                 }
                 let v = pick(s);
-                for si in steps {
+                while si < n && reference(si) < until {
                     meter.point()?;
                     points.push((grid.ts(si), v));
+                    si += 1;
                 }
             }
             Ok(points)
