@@ -455,7 +455,20 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         let sv = r.labels.get(&src).unwrap_or("").to_string();
         if let Some(caps) = re.captures(&sv) {
             res.clear();
-            caps.expand(&repl, &mut res);
+            // At most every `$` brings in the whole source value. When that could pass the
+            // limit, the template is expanded a reference at a time, checking as it goes, so
+            // a long template of `$1`s fails before it builds megabytes.
+            let bound = repl
+                .len()
+                .saturating_add(repl.matches('$').count().saturating_mul(sv.len()));
+            if bound <= env.opts.max_label_value_len {
+                caps.expand(&repl, &mut res);
+            } else {
+                for piece in template_pieces(&repl) {
+                    caps.expand(piece, &mut res);
+                    check_label_len(env, "label_replace", &dst, res.len())?;
+                }
+            }
             check_label_len(env, "label_replace", &dst, res.len())?;
             r.labels.set(&dst, &res);
             if dst == METRIC_NAME {
@@ -518,6 +531,29 @@ fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         }
     }
     Ok(Val::Vector(merge_same_labelsets(rows)?))
+}
+
+/// `template` cut before every `$` that starts a reference (`$$`, an escaped `$`, stays whole),
+/// so each piece holds at most one reference and expanding the pieces one after the other
+/// builds what expanding the whole would.
+fn template_pieces(template: &str) -> impl Iterator<Item = &str> {
+    let b = template.as_bytes();
+    let mut cuts = vec![0];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            if b.get(i + 1) == Some(&b'$') {
+                i += 2;
+                continue;
+            }
+            if i > 0 {
+                cuts.push(i);
+            }
+        }
+        i += 1;
+    }
+    cuts.push(b.len());
+    (0..cuts.len() - 1).map(move |k| &template[cuts[k]..cuts[k + 1]])
 }
 
 /// Refuses a label value a query builds (`len` bytes) longer than a stored one may be, so a
@@ -1194,7 +1230,27 @@ fn double_exponential_smoothing(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f6
 
 #[cfg(test)]
 mod tests {
-    use super::{extreme, fold_cmp};
+    use super::{extreme, fold_cmp, template_pieces};
+
+    /// Expanding the pieces of a template one after the other builds what expanding the whole
+    /// template builds.
+    #[test]
+    fn template_pieces_expand_as_the_whole() {
+        let re = regex::Regex::new("^(?s:(?P<a>x+)-(y*))$").unwrap();
+        let caps = re.captures("xx-yyy").unwrap();
+        for t in [
+            "", "$1", "$1$2", "a$1b$2c", "$$1", "$$$1", "${a}_$2$", "$a$1x", "$", "$$", "x$1$$$2",
+            "${2}${1}", "$1a$", "$10",
+        ] {
+            let (mut whole, mut pieces) = (String::new(), String::new());
+            caps.expand(t, &mut whole);
+            for p in template_pieces(t) {
+                caps.expand(p, &mut pieces);
+            }
+            assert_eq!(pieces, whole, "{t:?}");
+            assert_eq!(template_pieces(t).collect::<String>(), t);
+        }
+    }
 
     /// The fast extremes equal the plain scan Prometheus does, bit for bit, including NaNs,
     /// infinities and the order of 0 and -0.
