@@ -516,15 +516,7 @@ impl<'h> KHeap<'h> {
 
     /// The heap's order (`Less` of Prometheus's heap types): NaN first, then by value.
     fn less(&self, i: usize, j: usize) -> bool {
-        let (a, b) = (self.items[i].1, self.items[j].1);
-        if a.is_nan() {
-            return true;
-        }
-        if self.top {
-            a < b
-        } else {
-            a > b
-        }
+        heap_less(self.top, self.items[i].1, self.items[j].1)
     }
 
     /// Offers one series' value, keeping at most `k`.
@@ -579,43 +571,23 @@ impl<'h> KHeap<'h> {
         i > i0
     }
 
-    /// Best first, as Prometheus's `sort.Sort(sort.Reverse(heap))`: for up to 12 elements Go
-    /// runs an insertion sort, which is what is reproduced here; longer heaps are sorted
-    /// stably (Go's pdqsort may order ties among them differently).
+    /// Best first, as Prometheus's `sort.Sort(sort.Reverse(heap))` leaves it, ties included.
     fn into_sorted(self) {
-        let n = self.items.len();
-        if n <= 12 {
-            for i in 1..n {
-                let mut j = i;
-                // Reverse(h).Less(j, j-1) is h.Less(j-1, j).
-                while j > 0 && self.less(j - 1, j) {
-                    self.items.swap(j, j - 1);
-                    j -= 1;
-                }
-            }
-        } else if self.top {
-            self.items.sort_by(|a, b| cmp_desc_nan_last(a.1, b.1));
-        } else {
-            self.items.sort_by(|a, b| cmp_asc_nan_last(a.1, b.1));
-        }
+        let top = self.top;
+        // Reverse(h).Less(i, j) is h.Less(j, i).
+        crate::gosort::sort(self.items, |x, y| heap_less(top, y.1, x.1));
     }
 }
 
-fn cmp_desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => std::cmp::Ordering::Equal,
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        _ => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
+/// `Less` of Prometheus's `vectorByValueHeap` (`top`) and `vectorByReverseValueHeap`.
+fn heap_less(top: bool, a: f64, b: f64) -> bool {
+    if a.is_nan() {
+        return true;
     }
-}
-
-fn cmp_asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => std::cmp::Ordering::Equal,
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+    if top {
+        a < b
+    } else {
+        a > b
     }
 }
 

@@ -228,8 +228,9 @@ pub(crate) struct Env<'a> {
     pub annotation_attempts: AtomicUsize,
 }
 
-/// Most distinct annotations one query collects: each costs a search of the query text for
-/// its position, and a client cannot make the answer grow with them.
+/// Most annotations one query raises (kept, or dropped as repeats): building each costs a
+/// search of the query text for its position, and a client cannot make the answer grow with
+/// them.
 const MAX_ANNOTATIONS: usize = 64;
 
 impl<'a> Env<'a> {

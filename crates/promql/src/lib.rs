@@ -14,6 +14,7 @@ mod engine;
 mod error;
 mod eval;
 mod functions;
+mod gosort;
 mod labels;
 mod mem;
 pub mod script;
