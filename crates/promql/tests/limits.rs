@@ -167,8 +167,46 @@ fn depth_is_limited() {
         ")[1m:20s])".repeat(max / 4)
     );
     e.instant(&ctx(), &calls, 0).unwrap();
+    // Every kind of node, nested as deep as allowed, within the stack.
+    for (open, close) in [
+        ("label_replace(", ", \"a\", \"$1\", \"__name__\", \"(.*)\")"),
+        ("topk(1, ", ")"),
+        ("count_values(\"v\", ", ")"),
+        ("histogram_quantile(0.5, ", ")"),
+        ("quantile_over_time(0.5, (", ")[1m:30s])"),
+        ("-(", ")"),
+        ("(", " > bool on() group_left x)"),
+        ("(", " or x)"),
+        ("clamp(", ", 0, 1)"),
+    ] {
+        let n = deepest(&e, open, close);
+        assert!(n >= max / 8, "{open}: only {n} levels");
+        let q = wrap(open, close, n);
+        if let Err(err) = e.instant(&ctx(), &q, 0) {
+            assert_ne!(err.error_type(), "bad_data", "{open}: {err}");
+        }
+        e.range(&ctx(), &q, 0, 120_000, 30_000).ok();
+    }
     assert!(e.format(&nested).unwrap().starts_with("sum("));
     assert!(e.format(&chain).unwrap().contains('+'));
+}
+
+/// `x` wrapped `n` times in `open`..`close`.
+fn wrap(open: &str, close: &str, n: usize) -> String {
+    format!("{}x{}", open.repeat(n), close.repeat(n))
+}
+
+/// The most times `open`..`close` can wrap `x` within the depth limit.
+fn deepest(e: &Engine, open: &str, close: &str) -> usize {
+    let within = |n| match e.parse(&wrap(open, close, n)) {
+        Ok(_) => true,
+        Err(err) => !err.to_string().contains("query.max_depth"),
+    };
+    let mut n = 1;
+    while within(n + 1) {
+        n += 1;
+    }
+    n
 }
 
 /// A label built by a query may be no longer than a stored one (`limits.max_label_value_len`).
