@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_model::time::{now_ms, parse_duration_ms};
-use strata_model::Labels;
+use strata_model::{Labels, Tenant};
 use strata_promql::{write_value, Error, QueryContext, QueryOutput, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -196,20 +196,24 @@ async fn run<R: Send + 'static>(
     res.map_err(engine_error)
 }
 
-/// The query's context, and its timeout: the engine's, or the shorter `timeout` parameter.
+/// The query's context (its tenant), and its timeout.
 fn context(
     st: &AppState,
     headers: &HeaderMap,
     p: &Params,
 ) -> Result<(QueryContext, Duration), ApiError> {
-    let ctx = QueryContext::new(tenant_of(headers)?);
+    Ok((QueryContext::new(tenant_of(headers)?), timeout_of(st, p)?))
+}
+
+/// The engine's timeout, or the shorter `timeout` parameter.
+fn timeout_of(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
     let mut timeout = st.promql.options().timeout.unwrap_or(Duration::MAX);
     if let Some(ms) = duration_param(p, "timeout")? {
         if ms > 0 {
             timeout = timeout.min(Duration::from_millis(ms as u64));
         }
     }
-    Ok((ctx, timeout))
+    Ok(timeout)
 }
 
 /// `GET|POST /api/v1/query`.
@@ -281,7 +285,11 @@ pub async fn format(State(st): State<AppState>, req: ApiRequest) -> Response {
     let p = req.params();
     let res = async {
         let query = query_param(&p)?;
-        let ctx = context(&st, &req.headers, &p)?;
+        // Formatting reads no data: no tenant.
+        let ctx = (
+            QueryContext::new(Tenant::default_tenant()),
+            timeout_of(&st, &p)?,
+        );
         let engine = st.promql.clone();
         run(&st, ctx, move |_| engine.format(&query)).await
     };
