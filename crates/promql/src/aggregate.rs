@@ -113,16 +113,16 @@ pub(crate) fn eval(env: &Env, agg: &AggregateExpr, grid: Grid) -> Result<Val, Er
         _ => {
             if op == AggOp::Quantile {
                 let q = param.as_deref().unwrap_or(&[]);
-                let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
+                let at = agg.param.as_deref().expect("quantile parameter");
                 // As Prometheus: one warning each for NaN, the largest and the smallest.
                 if q.iter().any(|q| q.is_nan()) {
-                    env.warn_quantile(f64::NAN, &pos);
+                    env.warn_quantile(f64::NAN, at);
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q > 1.0).reduce(f64::max) {
-                    env.warn_quantile(m, &pos);
+                    env.warn_quantile(m, at);
                 }
                 if let Some(m) = q.iter().copied().filter(|q| *q < 0.0).reduce(f64::min) {
-                    env.warn_quantile(m, &pos);
+                    env.warn_quantile(m, at);
                 }
             }
             aggregate(
@@ -248,7 +248,11 @@ fn aggregate(
     let groups = group_labels.len();
     // The steps are shared out between threads. Each thread still adds every row in row
     // order, so the result does not depend on how the steps were split.
-    let work = rows.iter().map(|r| r.points.len()).sum::<usize>() + groups * grid.len();
+    let work = rows
+        .iter()
+        .map(|r| r.points.len())
+        .sum::<usize>()
+        .saturating_add(groups.saturating_mul(grid.len()));
     let parts = crate::eval::split_steps(grid.len());
     let computed = par_map(&parts, work, |_, steps| {
         aggregate_steps(env, op, rows, group_of, groups, param, grid, steps.clone())
@@ -270,7 +274,6 @@ fn aggregate(
         }
     }
     out.retain(|r| !r.points.is_empty());
-    env.account(out.iter().map(|r| r.points.len()).sum())?;
     Ok(Val::Vector(out))
 }
 
@@ -400,12 +403,12 @@ fn aggregate_k(
             if any_nan {
                 return Err(Error::Execution("Ratio value is NaN".into()));
             }
-            let pos = agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
+            let pos = || agg.param.as_deref().map(|p| env.pos(p)).unwrap_or_default();
             if max > 1.0 {
-                env.warn(format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to 1 {pos}", format_float(max)));
+                env.warn(|| format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to 1 {}", format_float(max), pos()));
             }
             if min < -1.0 {
-                env.warn(format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to -1 {pos}", format_float(min)));
+                env.warn(|| format!("PromQL warning: ratio value should be between -1 and 1, got {}, capping to -1 {}", format_float(min), pos()));
             }
         }
         _ => {
@@ -437,13 +440,11 @@ fn aggregate_k(
     } else {
         Vec::new()
     };
-    let mut out = Collector::new(grid);
+    let mut out = Collector::new(env, grid);
     let mut stepper = Stepper::new(rows);
     let mut heaps: Vec<Vec<(usize, f64)>> = vec![Vec::new(); ngroups];
     for (si, ts) in grid.iter().enumerate() {
-        if si % 64 == 0 {
-            env.check("expression evaluation")?;
-        }
+        out.meter.work(rows.len())?;
         heaps.iter_mut().for_each(|h| h.clear());
         let p = param[si];
         let k = if op == AggOp::LimitRatio {
@@ -475,20 +476,14 @@ fn aggregate_k(
                         h.push((i, f));
                     }
                 }
-                _ => h.push((i, f)),
+                AggOp::TopK => KHeap::top(h).offer((i, f), k as usize),
+                _ => KHeap::bottom(h).offer((i, f), k as usize),
             }
         }
         for h in heaps.iter_mut() {
             match op {
-                AggOp::TopK => {
-                    // Descending by value, NaN last; ties keep input order.
-                    h.sort_by(|a, b| cmp_desc_nan_last(a.1, b.1));
-                    h.truncate(k as usize);
-                }
-                AggOp::BottomK => {
-                    h.sort_by(|a, b| cmp_asc_nan_last(a.1, b.1));
-                    h.truncate(k as usize);
-                }
+                AggOp::TopK => KHeap::top(h).into_sorted(),
+                AggOp::BottomK => KHeap::bottom(h).into_sorted(),
                 _ => {}
             }
             for &(i, f) in h.iter() {
@@ -496,26 +491,103 @@ fn aggregate_k(
             }
         }
     }
-    let rows = out.finish();
-    env.account(rows.iter().map(|r| r.points.len()).sum())?;
-    Ok(Val::Vector(rows))
+    Ok(Val::Vector(out.finish()))
 }
 
-fn cmp_desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => std::cmp::Ordering::Equal,
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        _ => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
+/// The bounded heap `topk` / `bottomk` keep per group, exactly as Prometheus keeps it (Go's
+/// `container/heap` over `vectorByValueHeap` / `vectorByReverseValueHeap`), so that which of
+/// several tied series are kept, and in what order an instant query returns them, match
+/// Prometheus: a later series replaces the heap's root only when strictly better, and the root
+/// of a heap holding ties is whichever the sifts left there.
+struct KHeap<'h> {
+    items: &'h mut Vec<(usize, f64)>,
+    /// `topk`: the root is the smallest (NaN counts as smallest); `bottomk`: the largest.
+    top: bool,
+}
+
+impl<'h> KHeap<'h> {
+    fn top(items: &'h mut Vec<(usize, f64)>) -> KHeap<'h> {
+        KHeap { items, top: true }
+    }
+
+    fn bottom(items: &'h mut Vec<(usize, f64)>) -> KHeap<'h> {
+        KHeap { items, top: false }
+    }
+
+    /// The heap's order (`Less` of Prometheus's heap types): NaN first, then by value.
+    fn less(&self, i: usize, j: usize) -> bool {
+        heap_less(self.top, self.items[i].1, self.items[j].1)
+    }
+
+    /// Offers one series' value, keeping at most `k`.
+    fn offer(&mut self, x: (usize, f64), k: usize) {
+        if self.items.len() < k {
+            self.items.push(x);
+            self.up(self.items.len() - 1);
+            return;
+        }
+        let root = self.items[0].1;
+        let better = if self.top { root < x.1 } else { root > x.1 };
+        if better || (root.is_nan() && !x.1.is_nan()) {
+            self.items[0] = x;
+            if k > 1 {
+                // Go's heap.Fix(h, 0).
+                if !self.down(0) {
+                    self.up(0);
+                }
+            }
+        }
+    }
+
+    fn up(&mut self, mut j: usize) {
+        while j > 0 {
+            let i = (j - 1) / 2;
+            if !self.less(j, i) {
+                break;
+            }
+            self.items.swap(i, j);
+            j = i;
+        }
+    }
+
+    fn down(&mut self, i0: usize) -> bool {
+        let n = self.items.len();
+        let mut i = i0;
+        loop {
+            let j1 = 2 * i + 1;
+            if j1 >= n {
+                break;
+            }
+            let mut j = j1;
+            if j1 + 1 < n && self.less(j1 + 1, j1) {
+                j = j1 + 1;
+            }
+            if !self.less(j, i) {
+                break;
+            }
+            self.items.swap(i, j);
+            i = j;
+        }
+        i > i0
+    }
+
+    /// Best first, as Prometheus's `sort.Sort(sort.Reverse(heap))` leaves it, ties included.
+    fn into_sorted(self) {
+        let top = self.top;
+        // Reverse(h).Less(i, j) is h.Less(j, i).
+        crate::gosort::sort(self.items, |x, y| heap_less(top, y.1, x.1));
     }
 }
 
-fn cmp_asc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => std::cmp::Ordering::Equal,
-        (true, false) => std::cmp::Ordering::Greater,
-        (false, true) => std::cmp::Ordering::Less,
-        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
+/// `Less` of Prometheus's `vectorByValueHeap` (`top`) and `vectorByReverseValueHeap`.
+fn heap_less(top: bool, a: f64, b: f64) -> bool {
+    if a.is_nan() {
+        return true;
+    }
+    if top {
+        a < b
+    } else {
+        a > b
     }
 }
 
@@ -546,8 +618,9 @@ fn count_values(
     let signer = Signer::new(!without, &grouping);
     let rows = env.eval_vector(&agg.expr, grid)?;
     let mut stepper = Stepper::new(rows.as_slice());
-    let mut out = Collector::new(grid);
+    let mut out = Collector::new(env, grid);
     for ts in grid.iter() {
+        out.meter.work(rows.len())?;
         let mut counts: Vec<(Labels, f64)> = Vec::new();
         let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {

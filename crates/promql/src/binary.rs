@@ -114,9 +114,12 @@ pub(crate) fn eval(env: &Env, b: &BinaryExpr, grid: Grid) -> Result<Val, Error> 
     let lhs = env.eval(&b.lhs, grid)?;
     let rhs = env.eval(&b.rhs, grid)?;
     match (lhs, rhs) {
-        (Val::Scalar(l), Val::Scalar(r)) => Ok(Val::Scalar(
-            l.iter().zip(&r).map(|(a, b)| op.scalar(*a, *b)).collect(),
-        )),
+        (Val::Scalar(mut l), Val::Scalar(r)) => {
+            l.iter_mut()
+                .zip(&r)
+                .for_each(|(a, b)| *a = op.scalar(*a, *b));
+            Ok(Val::Scalar(l))
+        }
         (Val::Vector(rows), Val::Scalar(s)) => Ok(Val::Vector(vector_scalar(
             op,
             rows,
@@ -302,14 +305,12 @@ fn set_op(
     let (lo, ro, nsig) = ordinals(m, l, r);
     let mut ls = Stepper::new(l);
     let mut rs = Stepper::new(r);
-    let mut out = Collector::new(grid);
+    let mut out = Collector::new(env, grid);
     let mut present = vec![false; nsig];
     let mut lvals: Vec<(usize, f64)> = Vec::new();
     let mut rvals: Vec<(usize, f64)> = Vec::new();
-    for (si, ts) in grid.iter().enumerate() {
-        if si % 256 == 0 {
-            env.check("expression evaluation")?;
-        }
+    for ts in grid.iter() {
+        out.meter.work(l.len() + r.len())?;
         ls.all_at(l, ts, &mut lvals);
         rs.all_at(r, ts, &mut rvals);
         present.iter_mut().for_each(|p| *p = false);
@@ -372,7 +373,7 @@ fn vector_binop(
     };
     let mut ms = Stepper::new(many);
     let mut os = Stepper::new(one);
-    let mut out = Collector::new(grid);
+    let mut out = Collector::new(env, grid);
     let mut one_by_sig: Vec<Option<usize>> = vec![None; nsig];
     let mut one_val: Vec<f64> = vec![0.0; nsig];
     let mut matched: Vec<bool> = vec![false; nsig];
@@ -381,10 +382,8 @@ fn vector_binop(
         std::collections::HashMap::new();
     let mut mvals: Vec<(usize, f64)> = Vec::new();
     let mut ovals: Vec<(usize, f64)> = Vec::new();
-    for (si, ts) in grid.iter().enumerate() {
-        if si % 256 == 0 {
-            env.check("expression evaluation")?;
-        }
+    for ts in grid.iter() {
+        out.meter.work(many.len() + one.len())?;
         ms.all_at(many, ts, &mut mvals);
         os.all_at(one, ts, &mut ovals);
         if (mvals.is_empty() && ovals.is_empty())

@@ -21,6 +21,12 @@ pub struct EngineOptions {
     /// Step of subqueries that give none (`x[1h:]`); Prometheus uses its global evaluation
     /// interval, 1 minute by default.
     pub default_subquery_step_ms: i64,
+    /// Longest query text accepted, in bytes.
+    pub max_query_length: usize,
+    /// Deepest nesting accepted, as [`crate::shape::depth_bound`] estimates it before parsing.
+    pub max_depth: usize,
+    /// Longest label value a query may build (`label_replace`, `label_join`), in bytes.
+    pub max_label_value_len: usize,
 }
 
 impl Default for EngineOptions {
@@ -30,8 +36,38 @@ impl Default for EngineOptions {
             max_samples: 50_000_000,
             timeout: Some(Duration::from_secs(120)),
             default_subquery_step_ms: 60_000,
+            max_query_length: 256 << 10,
+            max_depth: 128,
+            max_label_value_len: 2048,
         }
     }
+}
+
+/// Queries estimated to nest deeper than this are parsed, evaluated and printed on a thread of
+/// their own with [`DEEP_STACK_BYTES`] of stack: every level recurses, and the threads queries
+/// usually run on have 2 MiB.
+const DEEP_QUERY: usize = 16;
+
+/// Stack of the thread a deep query runs on: every kind of node nested 128 deep fits in 8 MiB
+/// in a debug build (tests/limits.rs), so this leaves room for a `max_depth` several times
+/// the default. Only what is touched is mapped.
+const DEEP_STACK_BYTES: usize = 64 << 20;
+
+/// Runs `f` here, or for a deep query on a thread with a stack large enough for it.
+fn with_stack<R: Send>(depth: usize, f: impl FnOnce() -> R + Send) -> R {
+    if depth <= DEEP_QUERY {
+        return f();
+    }
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .name("strata-deep-query".into())
+            .stack_size(DEEP_STACK_BYTES)
+            .spawn_scoped(s, f)
+        {
+            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(e) => panic!("cannot start a thread for a deep query: {e}"),
+        }
+    })
 }
 
 /// Who runs a query, and how it may be stopped early.
@@ -78,17 +114,42 @@ impl QueryContext {
 pub struct Engine {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) opts: EngineOptions,
+    /// Set by [`Engine::shut_down`]; shared by every clone.
+    shutdown: Arc<AtomicBool>,
 }
 
 impl Engine {
     /// An engine reading from `storage`.
     pub fn new(storage: Arc<dyn Storage>, opts: EngineOptions) -> Engine {
-        Engine { storage, opts }
+        Engine {
+            storage,
+            opts,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// The engine's options.
     pub fn options(&self) -> &EngineOptions {
         &self.opts
+    }
+
+    /// Stops every running query of this engine and its clones (they fail with
+    /// [`Error::ShuttingDown`] within a fraction of a second), and refuses new ones: for a
+    /// server that is shutting down.
+    pub fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// Parses `query` within the engine's length and depth limits.
+    pub fn parse(&self, query: &str) -> Result<Expr, Error> {
+        crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
+        parse_unchecked(query)
+    }
+
+    /// `query`, parsed and pretty-printed as Prometheus's `/api/v1/format_query` does.
+    pub fn format(&self, query: &str) -> Result<String, Error> {
+        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
+        with_stack(depth, || parse_unchecked(query).map(|e| e.prettify()))
     }
 
     /// Evaluates `query` at one instant (`time_ms`).
@@ -98,7 +159,17 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, Error> {
-        let expr = parse(query)?;
+        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
+        with_stack(depth, || self.instant_parsed(ctx, query, time_ms))
+    }
+
+    fn instant_parsed(
+        &self,
+        ctx: &QueryContext,
+        query: &str,
+        time_ms: i64,
+    ) -> Result<QueryOutput, Error> {
+        let expr = parse_unchecked(query)?;
         let grid = Grid {
             start: time_ms,
             end: time_ms,
@@ -171,7 +242,21 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        let expr = parse(query)?;
+        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
+        with_stack(depth, || {
+            self.range_parsed(ctx, query, start_ms, end_ms, step_ms)
+        })
+    }
+
+    fn range_parsed(
+        &self,
+        ctx: &QueryContext,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<QueryOutput, Error> {
+        let expr = parse_unchecked(query)?;
         match expr.value_type() {
             ValueType::Vector | ValueType::Scalar => {}
             other => {
@@ -222,15 +307,18 @@ impl Engine {
             ctx,
             opts: &self.opts,
             query,
+            // A timeout too long to add to the clock is no deadline.
             deadline: match (self.opts.timeout, ctx.timeout) {
-                (Some(a), Some(b)) => Some(Instant::now() + a.min(b)),
-                (a, b) => a.or(b).map(|t| Instant::now() + t),
+                (Some(a), Some(b)) => Instant::now().checked_add(a.min(b)),
+                (a, b) => a.or(b).and_then(|t| Instant::now().checked_add(t)),
             },
             query_start: grid.start,
             query_end: grid.end,
             query_step: if grid.is_instant() { 0 } else { grid.step },
             annotations: Default::default(),
-            loaded: Default::default(),
+            held: Default::default(),
+            shutdown: &self.shutdown,
+            annotation_attempts: Default::default(),
         }
     }
 }
@@ -256,8 +344,15 @@ impl Env<'_> {
     }
 }
 
-/// Parses a query, mapping syntax errors to `bad_data`.
+/// Parses a query within the default length and depth limits (see [`Engine::parse`]),
+/// mapping syntax errors to `bad_data`.
 pub fn parse(query: &str) -> Result<Expr, Error> {
+    let opts = EngineOptions::default();
+    crate::shape::check(query, opts.max_query_length, opts.max_depth)?;
+    parse_unchecked(query)
+}
+
+fn parse_unchecked(query: &str) -> Result<Expr, Error> {
     promql_parser::parser::parse(query)
         .map_err(|e| Error::BadData(format!("invalid parameter \"query\": {e}")))
 }

@@ -12,7 +12,7 @@ pub enum Error {
     #[error("{0}")]
     Execution(String),
     /// The query would load or hold more samples than allowed (`execution`, HTTP 422).
-    #[error("query processing would load too many samples into memory in {0}; the limit is {1} samples: narrow the selector or the time range")]
+    #[error("query processing would load too many samples into memory in {0}; the limit is {1} samples (query.max_samples): narrow the selector or the time range")]
     TooManySamples(&'static str, usize),
     /// The query ran past its timeout (`timeout`, HTTP 503).
     #[error("query timed out in {0}")]
@@ -20,6 +20,9 @@ pub enum Error {
     /// The client went away (`canceled`, HTTP 499 in Prometheus).
     #[error("query was canceled in {0}")]
     Canceled(&'static str),
+    /// The server is shutting down (`unavailable`, HTTP 503).
+    #[error("query was canceled in {0}: the server is shutting down")]
+    ShuttingDown(&'static str),
     /// Storage could not be read (`internal`, HTTP 500).
     #[error("{0}")]
     Storage(String),
@@ -33,6 +36,7 @@ impl Error {
             Error::Execution(_) | Error::TooManySamples(..) => "execution",
             Error::Timeout(_) => "timeout",
             Error::Canceled(_) => "canceled",
+            Error::ShuttingDown(_) => "unavailable",
             Error::Storage(_) => "internal",
         }
     }

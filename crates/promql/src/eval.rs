@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 use strata_model::{
     Fields, Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
@@ -27,20 +27,47 @@ pub(crate) struct Grid {
 }
 
 impl Grid {
+    /// The number of steps; computed in 128 bits, so client times near the ends of `i64` cannot
+    /// overflow (a grid too long to count saturates, and fails the sample limit before use).
     pub fn len(&self) -> usize {
         if self.end < self.start {
             0
         } else {
-            ((self.end - self.start) / self.step) as usize + 1
+            let n = (self.end as i128 - self.start as i128) / self.step.max(1) as i128 + 1;
+            usize::try_from(n).unwrap_or(usize::MAX)
         }
     }
 
-    pub fn ts(&self, i: usize) -> i64 {
-        self.start + i as i64 * self.step
+    /// The indices of the steps with `lo <= ts < hi`.
+    pub fn steps_within(&self, lo: i128, hi: i128) -> std::ops::Range<usize> {
+        let (start, step, n) = (
+            self.start as i128,
+            self.step.max(1) as i128,
+            self.len() as i128,
+        );
+        // The first index whose timestamp is at least `t`.
+        let first_at = |t: i128| {
+            if t <= start {
+                0
+            } else if t > self.end as i128 {
+                n
+            } else {
+                ((t - start + step - 1) / step).min(n)
+            }
+        };
+        let (a, b) = (first_at(lo), first_at(hi));
+        a as usize..b.max(a) as usize
     }
 
+    /// The timestamp of step `i` (below [`Grid::len`]). It lies within the grid, so the
+    /// wrapping arithmetic is exact even where `i * step` alone would not fit.
+    pub fn ts(&self, i: usize) -> i64 {
+        self.start.wrapping_add((i as i64).wrapping_mul(self.step))
+    }
+
+    /// The step at `ts` (a grid timestamp): the distance fits in a `u64`.
     pub fn index(&self, ts: i64) -> usize {
-        ((ts - self.start) / self.step) as usize
+        (ts.wrapping_sub(self.start) as u64 / self.step.max(1) as u64) as usize
     }
 
     pub fn is_instant(&self) -> bool {
@@ -85,8 +112,8 @@ pub(crate) enum RangeRows {
 impl RangeVal {
     /// The window `(lo, hi]` for evaluation time `ts`.
     pub fn window(&self, ts: i64) -> (i64, i64) {
-        let r = self.at.unwrap_or(ts) - self.offset;
-        (r - self.range, r)
+        let r = self.at.unwrap_or(ts).saturating_sub(self.offset);
+        (r.saturating_sub(self.range), r)
     }
 
     /// Removes `__name__` from rows marked to drop it (a selector's series never are).
@@ -127,7 +154,7 @@ impl RangeVal {
     ) -> Result<Vec<R>, Error> {
         match &self.rows {
             RangeRows::Points(rows) => {
-                let work = rows.iter().map(|r| r.points.len() + steps).sum();
+                let work = weigh(rows.iter().map(|r| r.points.len()), steps);
                 par_map(rows, work, |i, r| {
                     if i.is_multiple_of(256) {
                         env.check("expression evaluation")?;
@@ -138,7 +165,7 @@ impl RangeVal {
                 .collect()
             }
             RangeRows::Lazy(series) => {
-                let work = series.iter().map(|s| s.weight() + steps).sum();
+                let work = weigh(series.iter().map(|s| s.weight()), steps);
                 par_map_with(
                     series,
                     work,
@@ -164,6 +191,22 @@ pub(crate) enum Val {
     String(String),
 }
 
+impl Val {
+    /// The samples and points the value holds (a selector's series are decoded where they are
+    /// used, and counted there).
+    pub fn samples(&self) -> usize {
+        match self {
+            Val::Vector(rows) => rows.iter().map(|r| r.points.len()).sum(),
+            Val::Scalar(v) => v.len(),
+            Val::Range(rv) => match &rv.rows {
+                RangeRows::Points(rows) => rows.iter().map(|r| r.points.len()).sum(),
+                RangeRows::Lazy(_) => 0,
+            },
+            Val::String(_) => 0,
+        }
+    }
+}
+
 /// Shared state of one query evaluation.
 pub(crate) struct Env<'a> {
     pub storage: &'a dyn Storage,
@@ -177,12 +220,25 @@ pub(crate) struct Env<'a> {
     /// The query's step (0 for instant queries), for `step()`.
     pub query_step: i64,
     pub annotations: Mutex<Vec<Warning>>,
-    pub loaded: AtomicUsize,
+    /// Samples and points the query holds now (see [`Env::eval`]), against `max_samples`.
+    pub held: AtomicUsize,
+    /// Set when the engine shuts down: every running query stops.
+    pub shutdown: &'a AtomicBool,
+    /// Annotations raised so far, kept or not (see [`Env::annotate`]).
+    pub annotation_attempts: AtomicUsize,
 }
 
-impl Env<'_> {
+/// Most annotations one query raises (kept, or dropped as repeats): building each costs a
+/// search of the query text for its position, and a client cannot make the answer grow with
+/// them.
+const MAX_ANNOTATIONS: usize = 64;
+
+impl<'a> Env<'a> {
     /// Fails when the query timed out or its client went away.
     pub fn check(&self, what: &'static str) -> Result<(), Error> {
+        if self.shutdown.load(Ordering::Relaxed) {
+            return Err(Error::ShuttingDown(what));
+        }
         if self.ctx.is_canceled() {
             return Err(Error::Canceled(what));
         }
@@ -192,47 +248,83 @@ impl Env<'_> {
         Ok(())
     }
 
-    pub fn warn(&self, msg: String) {
-        self.annotations.lock().push(Warning::Warn(msg));
+    /// Adds a warning; `msg` is only built while the query may still collect annotations.
+    pub fn warn(&self, msg: impl FnOnce() -> String) {
+        self.annotate(|| Warning::Warn(msg()));
     }
 
-    /// Prometheus's warning for a quantile outside [0, 1] (or NaN).
-    pub fn warn_quantile(&self, q: f64, pos: &str) {
-        self.warn(format!(
-            "PromQL warning: quantile value should be between 0 and 1, got {} {pos}",
-            crate::labels::format_float(q)
-        ));
-    }
-
-    /// Warns about the first invalid quantile of `qs`, if any.
-    pub fn check_quantiles(&self, qs: &[f64], pos: &str) {
-        if let Some(q) = qs.iter().find(|q| q.is_nan() || !(0.0..=1.0).contains(*q)) {
-            self.warn_quantile(*q, pos);
+    /// Adds an annotation. Building one costs a search of the query text (for its position),
+    /// so a query makes at most [`MAX_ANNOTATIONS`] attempts.
+    fn annotate(&self, a: impl FnOnce() -> Warning) {
+        if self.annotation_attempts.fetch_add(1, Ordering::Relaxed) >= MAX_ANNOTATIONS {
+            return;
+        }
+        let a = a();
+        let mut list = self.annotations.lock();
+        if !list.contains(&a) {
+            list.push(a);
         }
     }
 
-    pub fn info(&self, msg: String) {
-        self.annotations.lock().push(Warning::Info(msg));
+    /// Prometheus's warning for a quantile outside [0, 1] (or NaN).
+    pub fn warn_quantile(&self, q: f64, at: &Expr) {
+        self.warn(|| {
+            format!(
+                "PromQL warning: quantile value should be between 0 and 1, got {} {}",
+                crate::labels::format_float(q),
+                self.pos(at)
+            )
+        });
     }
 
-    /// Counts `n` samples held by the query against the limit.
-    pub fn account(&self, n: usize) -> Result<(), Error> {
-        self.account_in(n, "query execution")
+    /// Warns about the first invalid quantile of `qs`, if any.
+    pub fn check_quantiles(&self, qs: &[f64], at: &Expr) {
+        if let Some(q) = qs.iter().find(|q| q.is_nan() || !(0.0..=1.0).contains(*q)) {
+            self.warn_quantile(*q, at);
+        }
     }
 
-    /// As [`Env::account`], naming the stage (`what`) that went over the limit.
-    fn account_in(&self, n: usize, what: &'static str) -> Result<(), Error> {
-        let total = self.loaded.fetch_add(n, Ordering::Relaxed) + n;
-        if total > self.opts.max_samples {
-            return Err(Error::TooManySamples(what, self.opts.max_samples));
+    /// Adds an info; `msg` is only built while the query may still collect annotations.
+    pub fn info(&self, msg: impl FnOnce() -> String) {
+        self.annotate(|| Warning::Info(msg()));
+    }
+
+    /// Counts `n` more samples or points held by the query, failing past the limit (before the
+    /// caller allocates them).
+    pub fn reserve(&self, n: usize, what: &'static str) -> Result<(), Error> {
+        let max = self.opts.max_samples;
+        // Capped, so a saturated grid length cannot wrap the counter.
+        let n = n.min(max.saturating_add(1));
+        let total = self.held.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if total > max {
+            return Err(Error::TooManySamples(what, max));
         }
         Ok(())
     }
 
+    /// One value per step of `grid`, counted against the limit before it is allocated.
+    pub fn per_step(&self, grid: Grid, f: impl Fn(i64) -> f64) -> Result<Vec<f64>, Error> {
+        self.reserve(grid.len(), "expression evaluation")?;
+        Ok(grid.iter().map(f).collect())
+    }
+
+    /// A meter for one thread's share of a node's work.
+    pub fn meter(&self) -> Meter<'_, 'a> {
+        Meter {
+            env: self,
+            work: 0,
+            points: 0,
+        }
+    }
+
     /// The `(line:col)` position of `expr` in the query, as Prometheus appends to annotations.
     pub fn pos(&self, expr: &Expr) -> String {
-        let text = expr.to_string();
-        let col = self.query.find(&text).map(|i| i + 1).unwrap_or(1);
+        self.pos_of(&expr.to_string())
+    }
+
+    /// The `(line:col)` position of `text` (an expression's text) in the query.
+    pub fn pos_of(&self, text: &str) -> String {
+        let col = self.query.find(text).map(|i| i + 1).unwrap_or(1);
         format!("(1:{col})")
     }
 
@@ -290,7 +382,7 @@ impl Env<'_> {
         }
         buf.clear();
         s.read(buf).map_err(|e| self.storage_error(e))?;
-        self.account_in(buf.len(), "query preparation")
+        self.reserve(buf.len(), "query preparation")
     }
 
     fn storage_error(&self, e: StorageError) -> Error {
@@ -301,6 +393,58 @@ impl Env<'_> {
             other => Error::Storage(other.to_string()),
         }
     }
+}
+
+/// Counts the work (steps and samples visited) and the points one thread produces for a node,
+/// and every [`Meter::EVERY`] units checks the timeout and cancellation and counts the points
+/// against the sample limit, so long loops stop promptly and fail before they allocate more
+/// than the limit.
+pub(crate) struct Meter<'e, 'a> {
+    env: &'e Env<'a>,
+    work: usize,
+    points: usize,
+}
+
+impl Meter<'_, '_> {
+    /// How much work passes between checks (a few hundred microseconds at most).
+    const EVERY: usize = 1 << 14;
+
+    /// Counts `n` units of work.
+    #[inline]
+    pub fn work(&mut self, n: usize) -> Result<(), Error> {
+        self.work = self.work.saturating_add(n);
+        if self.work >= Self::EVERY {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts one point about to be produced.
+    #[inline]
+    pub fn point(&mut self) -> Result<(), Error> {
+        self.points += 1;
+        self.work(1)
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        self.work = 0;
+        let points = std::mem::take(&mut self.points);
+        self.env.reserve(points, "expression evaluation")?;
+        self.env.check("expression evaluation")
+    }
+}
+
+impl Drop for Meter<'_, '_> {
+    /// Counts the points not yet counted, for [`Env::eval`] to check when the node is done.
+    fn drop(&mut self) {
+        self.env.held.fetch_add(self.points, Ordering::Relaxed);
+    }
+}
+
+/// The work of visiting `items` (their sizes) at `steps` steps each, saturating.
+pub(crate) fn weigh(items: impl Iterator<Item = usize>, steps: usize) -> usize {
+    items.fold(0usize, |acc, n| acc.saturating_add(n).saturating_add(steps))
 }
 
 /// Below this much work (samples and steps to visit) per thread, handing work to the pool
@@ -357,16 +501,21 @@ pub(crate) fn par_map_with<S: Default, T: Sync, R: Send>(
 
 pub(crate) fn system_time_ms(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => duration_ms(d),
+        Err(e) => -duration_ms(e.duration()),
     }
+}
+
+/// A duration in milliseconds, saturating (a query may write `offset 100000000y`).
+pub(crate) fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => duration_ms(*d),
+        Some(Offset::Neg(d)) => -duration_ms(*d),
     }
 }
 
@@ -429,24 +578,28 @@ pub fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, String> {
 
 /// Collects per-step results into rows, as Prometheus's range evaluation does: one row per label
 /// set; two samples with one label set at one step is an error (range queries only).
-pub(crate) struct Collector {
+pub(crate) struct Collector<'e, 'a> {
     instant: bool,
     index: HashMap<Labels, usize>,
     last_ts: Vec<i64>,
     pub rows: Vec<Row>,
+    /// Counts the points pushed, and the work of the loop that pushes them.
+    pub meter: Meter<'e, 'a>,
 }
 
-impl Collector {
-    pub fn new(grid: Grid) -> Collector {
+impl<'e, 'a> Collector<'e, 'a> {
+    pub fn new(env: &'e Env<'a>, grid: Grid) -> Collector<'e, 'a> {
         Collector {
             instant: grid.is_instant(),
             index: HashMap::new(),
             last_ts: Vec::new(),
             rows: Vec::new(),
+            meter: env.meter(),
         }
     }
 
     pub fn push(&mut self, ts: i64, labels: &Labels, drop_name: bool, v: f64) -> Result<(), Error> {
+        self.meter.point()?;
         if self.instant {
             self.rows.push(Row {
                 labels: labels.clone(),
@@ -588,8 +741,11 @@ impl<'a> Env<'a> {
         let at = self.at_ms(&vs.at);
         let lookback = self.opts.lookback_delta_ms;
         let (min_ref, max_ref) = match at {
-            Some(t) => (t - offset, t - offset),
-            None => (grid.start - offset, grid.end - offset),
+            Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
+            None => (
+                grid.start.saturating_sub(offset),
+                grid.end.saturating_sub(offset),
+            ),
         };
         // At one time, only each series' latest sample matters.
         let fields = if at.is_some() || grid.is_instant() {
@@ -597,28 +753,66 @@ impl<'a> Env<'a> {
         } else {
             fields
         };
-        let series = self.select(vs, min_ref - lookback + 1, max_ref, fields)?;
-        let latest = |samples: &[Sample], j: &mut usize, r: i64| -> Option<f64> {
-            while *j < samples.len() && samples[*j].timestamp <= r {
-                *j += 1;
-            }
-            let s = &samples[j.checked_sub(1)?];
-            (s.timestamp > r - lookback && !s.is_stale()).then(|| pick(s))
-        };
-        let work = series.iter().map(|s| s.weight() + grid.len()).sum();
+        let series = self.select(
+            vs,
+            min_ref.saturating_sub(lookback).saturating_add(1),
+            max_ref,
+            fields,
+        )?;
+        let work = weigh(series.iter().map(|s| s.weight()), 1);
         let points = par_map_with(&series, work, |samples: &mut Vec<Sample>, i, s| {
             self.read_series(i, s, samples)?;
-            let mut points = Vec::with_capacity(grid.len().min(samples.len()));
-            let mut j = 0usize;
+            let mut meter = self.meter();
+            let mut points = Vec::new();
             if let Some(t) = at {
-                if let Some(v) = latest(samples, &mut j, t - offset) {
-                    points.extend(grid.iter().map(|ts| (ts, v)));
-                }
-            } else {
-                for ts in grid.iter() {
-                    if let Some(v) = latest(samples, &mut j, ts - offset) {
-                        points.push((ts, v));
+                let r = t.saturating_sub(offset);
+                let j = samples.partition_point(|s| s.timestamp <= r);
+                if let Some(s) = j.checked_sub(1).map(|j| &samples[j]) {
+                    if s.timestamp > r.saturating_sub(lookback) && !s.is_stale() {
+                        let v = pick(s);
+                        for ts in grid.iter() {
+                            meter.point()?;
+                            points.push((ts, v));
+                        }
                     }
+                }
+                return Ok(points);
+            }
+            // Sample by sample (not step by step, so a sparse series over a fine grid costs its
+            // points, not its steps): a sample is picked at every step whose reference time
+            // `ts - offset` lies in [its timestamp, the next sample's), within the lookback.
+            // `si` is the first step not yet given a value; it only jumps (a division) across
+            // a gap, so a dense series over a coarse grid costs one compare per sample.
+            let (n, offset) = (grid.len(), offset as i128);
+            let mut si = 0usize;
+            for (j, s) in samples.iter().enumerate() {
+                if si >= n {
+                    break;
+                }
+                meter.work(1)?;
+                let t = s.timestamp as i128;
+                let mut until = t + lookback as i128;
+                if let Some(next) = samples.get(j + 1) {
+                    until = until.min(next.timestamp as i128);
+                }
+                let reference = |si: usize| grid.ts(si) as i128 - offset;
+                if reference(si) >= until {
+                    continue;
+                }
+                if reference(si) < t {
+                    si = grid.steps_within(t + offset, i128::MAX).start;
+                    if si >= n || reference(si) >= until {
+                        continue;
+                    }
+                }
+                if s.is_stale() {
+                    continue;
+                }
+                let v = pick(s);
+                while si < n && reference(si) < until {
+                    meter.point()?;
+                    points.push((grid.ts(si), v));
+                    si += 1;
                 }
             }
             Ok(points)
@@ -634,7 +828,6 @@ impl<'a> Env<'a> {
                 });
             }
         }
-        self.account(rows.iter().map(|r| r.points.len()).sum())?;
         Ok(rows)
     }
 
@@ -649,11 +842,15 @@ impl<'a> Env<'a> {
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
         let (min_ref, max_ref) = match at {
-            Some(t) => (t - offset, t - offset),
-            None => (grid.start - offset, grid.end - offset),
+            Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
+            None => (
+                grid.start.saturating_sub(offset),
+                grid.end.saturating_sub(offset),
+            ),
         };
+        let min_t = min_ref.saturating_sub(range).saturating_add(1);
         Ok(RangeVal {
-            rows: RangeRows::Lazy(self.select(vs, min_ref - range + 1, max_ref, fields)?),
+            rows: RangeRows::Lazy(self.select(vs, min_t, max_ref, fields)?),
             range,
             offset,
             at,
@@ -665,32 +862,36 @@ impl<'a> Env<'a> {
     pub fn subquery(&self, sq: &SubqueryExpr, grid: Grid) -> Result<RangeVal, Error> {
         let offset = offset_ms(&sq.offset);
         let at = self.at_ms(&sq.at);
-        let range = sq.range.as_millis() as i64;
+        let range = duration_ms(sq.range);
         let step = match sq.step {
-            Some(s) if !s.is_zero() => s.as_millis() as i64,
+            Some(s) if !s.is_zero() => duration_ms(s),
             _ => self.opts.default_subquery_step_ms,
-        };
+        }
+        .max(1);
         let (first, last) = match at {
             Some(t) => (t, t),
             None => (grid.start, grid.end),
         };
-        let lo = first - offset - range;
-        let mut start = step * lo.div_euclid(step);
+        let lo = first.saturating_sub(offset).saturating_sub(range);
+        let mut start = step.saturating_mul(lo.div_euclid(step));
         if start <= lo {
-            start += step;
+            start = start.saturating_add(step);
         }
         let inner = Grid {
             start,
-            end: last - offset,
+            end: last.saturating_sub(offset),
             step,
         };
         let rows = match self.eval(&sq.expr, inner)? {
             Val::Vector(rows) => rows,
-            Val::Scalar(vals) => vec![Row {
-                labels: Labels::default(),
-                drop_name: false,
-                points: inner.iter().zip(vals).collect(),
-            }],
+            Val::Scalar(vals) => {
+                self.reserve(vals.len(), "subquery evaluation")?;
+                vec![Row {
+                    labels: Labels::default(),
+                    drop_name: false,
+                    points: inner.iter().zip(vals).collect(),
+                }]
+            }
             _ => {
                 return Err(Error::BadData(
                     "subquery is only allowed on instant vector or scalar expressions".into(),
@@ -705,14 +906,32 @@ impl<'a> Env<'a> {
         })
     }
 
-    /// Evaluates `expr` over `grid`.
+    /// Evaluates `expr` over `grid`. As Prometheus does, the samples a node holds are counted
+    /// while it is computed, and once it is done its inputs are released: the query then holds
+    /// what it held before plus the node's result.
     pub fn eval(&self, expr: &Expr, grid: Grid) -> Result<Val, Error> {
         self.check("expression evaluation")?;
         if grid.len() == 0 {
             return Ok(Val::Vector(Vec::new()));
         }
+        let before = self.held.load(Ordering::Relaxed);
+        let val = self.eval_node(expr, grid)?;
+        // The node's inputs and result, held together at its end.
+        let peak = self.held.load(Ordering::Relaxed);
+        let held = before.saturating_add(val.samples());
+        self.held.store(held, Ordering::Relaxed);
+        if peak.max(held) > self.opts.max_samples {
+            return Err(Error::TooManySamples(
+                "expression evaluation",
+                self.opts.max_samples,
+            ));
+        }
+        Ok(val)
+    }
+
+    fn eval_node(&self, expr: &Expr, grid: Grid) -> Result<Val, Error> {
         match expr {
-            Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; grid.len()])),
+            Expr::NumberLiteral(n) => Ok(Val::Scalar(self.per_step(grid, |_| n.val)?)),
             Expr::StringLiteral(s) => Ok(Val::String(s.val.clone())),
             Expr::Paren(p) => self.eval(&p.expr, grid),
             Expr::Unary(u) => match self.eval(&u.expr, grid)? {
@@ -735,7 +954,7 @@ impl<'a> Env<'a> {
             Expr::VectorSelector(vs) => Ok(Val::Vector(self.vector_selector(vs, grid)?)),
             Expr::MatrixSelector(ms) => Ok(Val::Range(self.matrix_selector(
                 &ms.vs,
-                ms.range.as_millis() as i64,
+                duration_ms(ms.range),
                 grid,
                 Fields::All,
             )?)),

@@ -1,7 +1,7 @@
 //! PromQL functions.
 
 use crate::eval::{
-    merge_same_labelsets, unwrap_parens, Collector, Env, Grid, RangeVal, Row, Stepper, Val,
+    merge_same_labelsets, unwrap_parens, Collector, Env, Grid, Meter, RangeVal, Row, Stepper, Val,
 };
 use crate::labels::{go_quote, valid_label_name};
 use crate::stats::{bucket_fraction, bucket_quantile, kahan_inc, quantile, Bucket};
@@ -15,34 +15,31 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
     let name = call.func.name;
     let args: Vec<&Expr> = call.args.args.iter().map(|a| unwrap_parens(a)).collect();
     match name {
-        "time" => Ok(Val::Scalar(
-            grid.iter().map(|t| t as f64 / 1000.0).collect(),
+        "time" => Ok(Val::Scalar(env.per_step(grid, |t| t as f64 / 1000.0)?)),
+        "pi" => Ok(Val::Scalar(env.per_step(grid, |_| std::f64::consts::PI)?)),
+        "start" => Ok(Val::Scalar(
+            env.per_step(grid, |_| env.query_start as f64 / 1000.0)?,
         )),
-        "pi" => Ok(Val::Scalar(vec![std::f64::consts::PI; grid.len()])),
-        "start" => Ok(Val::Scalar(vec![
-            env.query_start as f64 / 1000.0;
-            grid.len()
-        ])),
-        "end" => Ok(Val::Scalar(vec![env.query_end as f64 / 1000.0; grid.len()])),
-        "range" => Ok(Val::Scalar(vec![
-            (env.query_end - env.query_start) as f64
-                / 1000.0;
-            grid.len()
-        ])),
-        "step" => Ok(Val::Scalar(vec![
-            env.query_step as f64 / 1000.0;
-            grid.len()
-        ])),
+        "end" => Ok(Val::Scalar(
+            env.per_step(grid, |_| env.query_end as f64 / 1000.0)?,
+        )),
+        "range" => {
+            let range = env.query_end.saturating_sub(env.query_start) as f64 / 1000.0;
+            Ok(Val::Scalar(env.per_step(grid, |_| range)?))
+        }
+        "step" => Ok(Val::Scalar(
+            env.per_step(grid, |_| env.query_step as f64 / 1000.0)?,
+        )),
         "min_of" | "max_of" => {
-            let a = env.eval_scalar(args[0], grid)?;
+            let mut a = env.eval_scalar(args[0], grid)?;
             let b = env.eval_scalar(args[1], grid)?;
             let f = if name == "min_of" { go_min } else { go_max };
-            Ok(Val::Scalar(
-                a.iter().zip(&b).map(|(x, y)| f(*x, *y)).collect(),
-            ))
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x = f(*x, *y));
+            Ok(Val::Scalar(a))
         }
         "vector" => {
             let s = env.eval_scalar(args[0], grid)?;
+            env.reserve(s.len(), "expression evaluation")?;
             Ok(Val::Vector(vec![Row {
                 labels: Labels::default(),
                 drop_name: false,
@@ -51,26 +48,26 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         }
         "scalar" => {
             let rows = env.eval_vector(args[0], grid)?;
+            env.reserve(grid.len(), "expression evaluation")?;
             let mut st = Stepper::new(&rows);
-            let out = grid
-                .iter()
-                .map(|ts| {
-                    let mut found = None;
-                    for i in 0..rows.len() {
-                        if let Some(v) = st.at(&rows, i, ts) {
-                            if found.is_some() {
-                                return f64::NAN;
-                            }
-                            found = Some(v);
-                        }
+            let mut meter = env.meter();
+            let mut out = Vec::with_capacity(grid.len());
+            for ts in grid.iter() {
+                meter.work(rows.len())?;
+                let mut found = None;
+                for i in 0..rows.len() {
+                    if let Some(v) = st.at(&rows, i, ts) {
+                        // Two series: NaN (every row still advances past `ts`).
+                        found = Some(if found.is_some() { f64::NAN } else { v });
                     }
-                    found.unwrap_or(f64::NAN)
-                })
-                .collect();
+                }
+                out.push(found.unwrap_or(f64::NAN));
+            }
             Ok(Val::Scalar(out))
         }
         "absent" => {
             let rows = env.eval_vector(args[0], grid)?;
+            env.reserve(grid.len(), "expression evaluation")?;
             let mut present = vec![false; grid.len()];
             for r in &rows {
                 for p in &r.points {
@@ -81,14 +78,12 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         }
         "absent_over_time" => {
             let rv = range_arg(env, args[0], grid, Fields::Timestamps)?;
+            env.reserve(grid.len(), "expression evaluation")?;
             let mut present = vec![false; grid.len()];
             let per_row = rv.map_rows(env, grid.len(), |_, pts| {
                 let mut steps = Vec::new();
-                for_each_window(&rv, pts, grid, |si, _, w| {
-                    if !w.is_empty() {
-                        steps.push(si);
-                    }
-                });
+                let mut meter = env.meter();
+                for_each_window(&rv, pts, grid, &mut meter, |si, _, _| steps.push(si))?;
                 Ok(steps)
             })?;
             for si in per_row.into_iter().flatten() {
@@ -100,6 +95,13 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
             let mut rows = env.eval_vector(args[0], grid)?;
             if grid.is_instant() {
                 sort_rows(name, &args, &mut rows)?;
+            } else {
+                env.warn(|| {
+                    format!(
+                        "PromQL warning: sort is ineffective for range queries since results are always ordered by labels {}",
+                        env.pos_of(&call.to_string())
+                    )
+                });
             }
             Ok(Val::Vector(rows))
         }
@@ -119,6 +121,7 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
         | "month" | "year" => {
             let f = date_fn(name);
             if args.is_empty() {
+                env.reserve(grid.len(), "expression evaluation")?;
                 return Ok(Val::Vector(vec![Row {
                     labels: Labels::default(),
                     drop_name: false,
@@ -134,7 +137,7 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
             let rows = env.eval_vector(args[0], grid)?;
             let to = match args.get(1) {
                 Some(a) => env.eval_scalar(a, grid)?,
-                None => vec![1.0; grid.len()],
+                None => env.per_step(grid, |_| 1.0)?,
             };
             Ok(Val::Vector(map_rows(rows, |t, v| {
                 let inv = 1.0 / to[grid.index(t)];
@@ -150,10 +153,10 @@ pub(crate) fn call(env: &Env, call: &Call, grid: Grid) -> Result<Val, Error> {
                 ),
                 "clamp_min" => (
                     env.eval_scalar(args[1], grid)?,
-                    vec![f64::INFINITY; grid.len()],
+                    env.per_step(grid, |_| f64::INFINITY)?,
                 ),
                 _ => (
-                    vec![f64::NEG_INFINITY; grid.len()],
+                    env.per_step(grid, |_| f64::NEG_INFINITY)?,
                     env.eval_scalar(args[1], grid)?,
                 ),
             };
@@ -447,11 +450,26 @@ fn label_replace(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         )));
     }
     let mut rows = env.eval_vector(args[0], grid)?;
+    let mut res = String::new();
     for r in &mut rows {
         let sv = r.labels.get(&src).unwrap_or("").to_string();
         if let Some(caps) = re.captures(&sv) {
-            let mut res = String::new();
-            caps.expand(&repl, &mut res);
+            res.clear();
+            // At most every `$` brings in the whole source value. When that could pass the
+            // limit, the template is expanded a reference at a time, checking as it goes, so
+            // a long template of `$1`s fails before it builds megabytes.
+            let bound = repl
+                .len()
+                .saturating_add(repl.matches('$').count().saturating_mul(sv.len()));
+            if bound <= env.opts.max_label_value_len {
+                caps.expand(&repl, &mut res);
+            } else {
+                for piece in template_pieces(&repl) {
+                    caps.expand(piece, &mut res);
+                    check_label_len(env, "label_replace", &dst, res.len())?;
+                }
+            }
+            check_label_len(env, "label_replace", &dst, res.len())?;
             r.labels.set(&dst, &res);
             if dst == METRIC_NAME {
                 r.drop_name = false;
@@ -495,6 +513,13 @@ fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
     }
     let mut rows = env.eval_vector(args[0], grid)?;
     for r in &mut rows {
+        // Checked before joining: the value is not built when it would be too long.
+        let len = srcs
+            .iter()
+            .map(|s| r.labels.get(s).map_or(0, str::len))
+            .sum::<usize>()
+            .saturating_add(sep.len().saturating_mul(srcs.len().saturating_sub(1)));
+        check_label_len(env, "label_join", &dst, len)?;
         let joined = srcs
             .iter()
             .map(|s| r.labels.get(s).unwrap_or(""))
@@ -506,6 +531,42 @@ fn label_join(env: &Env, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
         }
     }
     Ok(Val::Vector(merge_same_labelsets(rows)?))
+}
+
+/// `template` cut before every `$` that starts a reference (`$$`, an escaped `$`, stays whole),
+/// so each piece holds at most one reference and expanding the pieces one after the other
+/// builds what expanding the whole would.
+fn template_pieces(template: &str) -> impl Iterator<Item = &str> {
+    let b = template.as_bytes();
+    let mut cuts = vec![0];
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            if b.get(i + 1) == Some(&b'$') {
+                i += 2;
+                continue;
+            }
+            if i > 0 {
+                cuts.push(i);
+            }
+        }
+        i += 1;
+    }
+    cuts.push(b.len());
+    (0..cuts.len() - 1).map(move |k| &template[cuts[k]..cuts[k + 1]])
+}
+
+/// Refuses a label value a query builds (`len` bytes) longer than a stored one may be, so a
+/// query cannot build gigabytes of labels out of a short replacement template.
+fn check_label_len(env: &Env, func: &str, dst: &str, len: usize) -> Result<(), Error> {
+    let max = env.opts.max_label_value_len;
+    if len > max {
+        return Err(Error::Execution(format!(
+            "{func}: the value of label {} would be {len} bytes, more than the limit of {max} bytes (limits.max_label_value_len)",
+            go_quote(dst)
+        )));
+    }
+    Ok(())
 }
 
 fn timestamp(env: &Env, arg: &Expr, grid: Grid) -> Result<Val, Error> {
@@ -547,9 +608,8 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
         ),
     };
     if which != HistFn::Fraction {
-        let pos = env.pos(args[0]);
         for qs in &params {
-            env.check_quantiles(qs, &pos);
+            env.check_quantiles(qs, args[0]);
         }
     }
     let quantile_label = match which {
@@ -561,15 +621,17 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
     let mut groups: HashMap<Labels, usize> = HashMap::new();
     let mut group_of: Vec<Option<(usize, f64)>> = Vec::with_capacity(rows.len());
     let mut group_labels: Vec<Labels> = Vec::new();
-    let pos = env.pos(vec_arg);
     for r in &rows {
         let le = r.labels.get("le").unwrap_or("");
         let Some(upper) = parse_le(le) else {
-            env.warn(format!(
-                "PromQL warning: bucket label \"le\" is missing or has a malformed value of {} for metric name {} {pos}",
-                go_quote(le),
-                go_quote(r.labels.metric_name().unwrap_or(""))
-            ));
+            env.warn(|| {
+                format!(
+                    "PromQL warning: bucket label \"le\" is missing or has a malformed value of {} for metric name {} {}",
+                    go_quote(le),
+                    go_quote(r.labels.metric_name().unwrap_or("")),
+                    env.pos(vec_arg)
+                )
+            });
             group_of.push(None);
             continue;
         };
@@ -582,11 +644,12 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
         }
         group_of.push(Some((g, upper)));
     }
-    let mut out = Collector::new(grid);
+    let mut out = Collector::new(env, grid);
     let mut st = Stepper::new(&rows);
     let mut buckets: Vec<Vec<Bucket>> = vec![Vec::new(); group_labels.len()];
     let mut info_done = false;
     for (si, ts) in grid.iter().enumerate() {
+        out.meter.work(rows.len())?;
         buckets.iter_mut().for_each(|b| b.clear());
         for (i, g) in group_of.iter().enumerate() {
             let Some((g, upper)) = g else { continue };
@@ -608,9 +671,10 @@ fn histogram_fn(env: &Env, args: &[&Expr], grid: Grid, which: HistFn) -> Result<
                         let (v, fix) = bucket_quantile(qs[si], &mut bs);
                         if fix.forced_monotonic && !info_done {
                             info_done = true;
-                            env.info(format!(
-                                "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {} {pos}",
-                                go_quote(group_labels[g].metric_name().unwrap_or(""))
+                            env.info(|| format!(
+                                "PromQL info: input to histogram_quantile needed to be fixed for monotonicity (see https://prometheus.io/docs/prometheus/latest/querying/functions/#histogram_quantile) for metric name {} {}",
+                                go_quote(group_labels[g].metric_name().unwrap_or("")),
+                                env.pos(vec_arg)
                             ));
                         }
                         match &quantile_label {
@@ -666,7 +730,7 @@ fn parse_le(s: &str) -> Option<f64> {
 /// the caller needs of a selector's samples.
 fn range_arg(env: &Env, e: &Expr, grid: Grid, fields: Fields) -> Result<RangeVal, Error> {
     if let (Expr::MatrixSelector(ms), Fields::Timestamps) = (unwrap_parens(e), fields) {
-        return env.matrix_selector(&ms.vs, ms.range.as_millis() as i64, grid, fields);
+        return env.matrix_selector(&ms.vs, crate::eval::duration_ms(ms.range), grid, fields);
     }
     match env.eval(e, grid)? {
         Val::Range(mut rv) => {
@@ -682,26 +746,39 @@ fn range_arg(env: &Env, e: &Expr, grid: Grid, fields: Fields) -> Result<RangeVal
     }
 }
 
-/// Calls `f(step index, ts, window)` for every step of the grid with the samples of `row` in
-/// that step's window.
+/// Calls `f(step index, ts, window)` for every step of the grid whose window holds samples of
+/// `pts`. Steps whose windows are empty are skipped by arithmetic rather than visited, so a
+/// sparse series over a fine grid costs its samples and results, not its steps; `meter` counts
+/// the work and the points (one per step with samples) as it goes.
 fn for_each_window(
     rv: &RangeVal,
     pts: &[(i64, f64)],
     grid: Grid,
+    meter: &mut Meter,
     mut f: impl FnMut(usize, i64, &[(i64, f64)]),
-) {
+) -> Result<(), Error> {
+    if pts.is_empty() {
+        return Ok(());
+    }
     if rv.at.is_some() {
         // With `@` every step sees the same window: find it once.
         let (wlo, whi) = rv.window(grid.start);
         let hi = pts.partition_point(|p| p.0 <= whi);
         let lo = pts[..hi].partition_point(|p| p.0 <= wlo);
+        if lo == hi {
+            return Ok(());
+        }
         for (si, ts) in grid.iter().enumerate() {
+            meter.point()?;
+            meter.work(hi - lo)?;
             f(si, ts, &pts[lo..hi]);
         }
-        return;
+        return Ok(());
     }
     let (mut lo, mut hi) = (0usize, 0usize);
-    for (si, ts) in grid.iter().enumerate() {
+    let (mut si, steps) = (0usize, grid.len());
+    while si < steps {
+        let ts = grid.ts(si);
         let (wlo, whi) = rv.window(ts);
         while hi < pts.len() && pts[hi].0 <= whi {
             hi += 1;
@@ -709,8 +786,24 @@ fn for_each_window(
         while lo < hi && pts[lo].0 <= wlo {
             lo += 1;
         }
+        if lo == hi {
+            if hi == pts.len() {
+                break;
+            }
+            // The next window with a sample is the first whose end, `ts - offset`, reaches it.
+            let next = grid
+                .steps_within(pts[hi].0 as i128 + rv.offset as i128, i128::MAX)
+                .start;
+            si = next.max(si + 1);
+            meter.work(1)?;
+            continue;
+        }
+        meter.point()?;
+        meter.work(hi - lo)?;
         f(si, ts, &pts[lo..hi]);
+        si += 1;
     }
+    Ok(())
 }
 
 fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> Result<Val, Error> {
@@ -733,9 +826,8 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     let kind = RangeFn::from_name(name)
         .ok_or_else(|| Error::BadData(format!("function {:?} is not supported", call.func.name)))?;
     let rv = range_arg(env, range_expr, grid, kind.fields())?;
-    let pos = env.pos(range_expr);
     if kind == RangeFn::QuantileOverTime {
-        env.check_quantiles(&scalars[0], &pos);
+        env.check_quantiles(&scalars[0], range_expr);
     }
     if kind == RangeFn::DoubleExponentialSmoothing {
         for (si, _) in grid.iter().enumerate() {
@@ -759,10 +851,8 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
         let resets = counter && pts.windows(2).any(|p| p[1].1 < p[0].1);
         let mut scratch: Vec<f64> = Vec::new();
         let mut points = Vec::with_capacity(grid.len().min(pts.len()));
-        for_each_window(&rv, pts, grid, |si, ts, w| {
-            if w.is_empty() {
-                return;
-            }
+        let mut meter = env.meter();
+        for_each_window(&rv, pts, grid, &mut meter, |si, ts, w| {
             let (wlo, whi) = rv.window(ts);
             let v = match kind {
                 RangeFn::Rate => extrapolated_rate(w, wlo, whi, rv.range, true, resets, true),
@@ -826,7 +916,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
             if let Some(v) = v {
                 points.push((ts, v));
             }
-        });
+        })?;
         Ok(points)
     };
     let computed = rv.map_rows(env, grid.len(), row_points)?;
@@ -844,9 +934,10 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
                     || n.ends_with("_bucket"))
                 {
                     warned_counter = true;
-                    env.info(format!(
-                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {} {pos}",
-                        go_quote(n)
+                    env.info(|| format!(
+                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {} {}",
+                        go_quote(n),
+                        env.pos(range_expr)
                     ));
                 }
             }
@@ -857,7 +948,6 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
             points,
         });
     }
-    env.account(out.iter().map(|r| r.points.len()).sum())?;
     Ok(Val::Vector(out))
 }
 
@@ -1140,7 +1230,27 @@ fn double_exponential_smoothing(w: &[(i64, f64)], sf: f64, tf: f64) -> Option<f6
 
 #[cfg(test)]
 mod tests {
-    use super::{extreme, fold_cmp};
+    use super::{extreme, fold_cmp, template_pieces};
+
+    /// Expanding the pieces of a template one after the other builds what expanding the whole
+    /// template builds.
+    #[test]
+    fn template_pieces_expand_as_the_whole() {
+        let re = regex::Regex::new("^(?s:(?P<a>x+)-(y*))$").unwrap();
+        let caps = re.captures("xx-yyy").unwrap();
+        for t in [
+            "", "$1", "$1$2", "a$1b$2c", "$$1", "$$$1", "${a}_$2$", "$a$1x", "$", "$$", "x$1$$$2",
+            "${2}${1}", "$1a$", "$10",
+        ] {
+            let (mut whole, mut pieces) = (String::new(), String::new());
+            caps.expand(t, &mut whole);
+            for p in template_pieces(t) {
+                caps.expand(p, &mut pieces);
+            }
+            assert_eq!(pieces, whole, "{t:?}");
+            assert_eq!(template_pieces(t).collect::<String>(), t);
+        }
+    }
 
     /// The fast extremes equal the plain scan Prometheus does, bit for bit, including NaNs,
     /// infinities and the order of 0 and -0.

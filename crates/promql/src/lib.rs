@@ -14,9 +14,11 @@ mod engine;
 mod error;
 mod eval;
 mod functions;
+mod gosort;
 mod labels;
 mod mem;
 pub mod script;
+mod shape;
 mod stats;
 mod value;
 

@@ -178,27 +178,44 @@ pub struct QueryConfig {
     pub lookback_delta: Duration,
     /// Step of subqueries written without one (`x[1h:]`).
     pub default_subquery_step: Duration,
+    /// Most queries evaluated at once (`/api/v1/query`, `query_range`, `format_query`).
+    pub max_concurrency: usize,
+    /// Most queries waiting for a turn; beyond, a query is refused with 503 `unavailable`.
+    pub max_queue: usize,
+    /// Longest query text accepted, in bytes.
+    pub max_query_length: usize,
+    /// Deepest nesting accepted (brackets, plus operators chained within one bracket).
+    pub max_depth: usize,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
+        let engine = strata_promql::EngineOptions::default();
         QueryConfig {
             timeout: Duration(120_000),
             max_samples: 50_000_000,
             lookback_delta: Duration(300_000),
             default_subquery_step: Duration(60_000),
+            max_concurrency: 4,
+            max_queue: 64,
+            max_query_length: engine.max_query_length,
+            max_depth: engine.max_depth,
         }
     }
 }
 
 impl QueryConfig {
-    /// The engine options these settings describe.
-    pub fn engine_options(&self) -> strata_promql::EngineOptions {
+    /// The engine options these settings describe; a label a query builds may be as long as a
+    /// stored one (`max_label_value_len`, from `[limits]`).
+    pub fn engine_options(&self, max_label_value_len: usize) -> strata_promql::EngineOptions {
         strata_promql::EngineOptions {
             lookback_delta_ms: self.lookback_delta.0,
             max_samples: self.max_samples,
             timeout: Some(std::time::Duration::from_millis(self.timeout.0 as u64)),
             default_subquery_step_ms: self.default_subquery_step.0,
+            max_query_length: self.max_query_length,
+            max_depth: self.max_depth,
+            max_label_value_len,
         }
     }
 }
@@ -310,6 +327,10 @@ impl Config {
     /// Checks what serde cannot: values that parse but make no sense together.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.group_specs()?;
+        anyhow::ensure!(
+            self.query.max_concurrency > 0,
+            "query.max_concurrency must be at least 1"
+        );
         let r = &self.rollups;
         anyhow::ensure!(
             86_400_000 % r.window.0 == 0,
@@ -410,9 +431,14 @@ flush_interval = "15m"           # persist the head and truncate the log at leas
 
 [query]
 timeout = "2m"                   # queries running longer fail with errorType "timeout" (503)
-max_samples = 50000000           # most samples one query may load; more fails with a clear error
+max_samples = 50000000           # most samples and points one query may hold at once (selectors,
+                                 # subquery steps, literals, results); more fails with 422
 lookback_delta = "5m"            # how far back an instant selector looks for a sample
 default_subquery_step = "1m"     # step of subqueries written without one, e.g. x[1h:]
+max_concurrency = 4              # queries evaluated at once (each already uses every core)
+max_queue = 64                   # queries waiting for a turn; more are refused with 503
+max_query_length = 262144        # longest query text, bytes (400 beyond)
+max_depth = 128                  # deepest nesting: brackets, plus operators chained in one (400)
 
 [rollups]
 enabled = true                   # roll every raw series up into event-time windows (warm tier)
@@ -496,6 +522,10 @@ mod tests {
             parsed.query.default_subquery_step,
             d.query.default_subquery_step
         );
+        assert_eq!(parsed.query.max_concurrency, d.query.max_concurrency);
+        assert_eq!(parsed.query.max_queue, d.query.max_queue);
+        assert_eq!(parsed.query.max_query_length, d.query.max_query_length);
+        assert_eq!(parsed.query.max_depth, d.query.max_depth);
         assert_eq!(
             parsed.storage.log_segment_bytes,
             d.storage.log_segment_bytes

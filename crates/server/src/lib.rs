@@ -27,8 +27,17 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
-        promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
+        promql: strata_promql::Engine::new(
+            engine.clone(),
+            cfg.query.engine_options(cfg.limits.max_label_value_len),
+        ),
+        queries: Arc::new(http::QueryGate::new(
+            cfg.query.max_concurrency,
+            cfg.query.max_queue,
+        )),
     };
+    // Shutdown stops running queries, so the connections waiting on them close promptly.
+    let promql = state.promql.clone();
     let app = http::router(state);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let groups = cfg.group_specs()?;
@@ -65,7 +74,11 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        http::serve::serve(listener, app, &cfg.server, shutdown_signal()).await;
+        http::serve::serve(listener, app, &cfg.server, async move {
+            shutdown_signal().await;
+            promql.shut_down();
+        })
+        .await;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");

@@ -1,12 +1,15 @@
 //! Series selectors in `match[]` parameters (`up{job=~"a|b"}`), parsed with PromQL's grammar.
 
-use promql_parser::parser::{parse, Expr};
+use promql_parser::parser::Expr;
 use strata_model::Matcher;
 
 /// Parses one selector into alternative matcher sets (more than one only with `or` inside the
 /// braces); a series matches when it matches every matcher of any set.
 pub fn parse_selector(s: &str) -> Result<Vec<Vec<Matcher>>, String> {
-    let expr = parse(s).map_err(|e| format!("invalid series selector {s:?}: {e}"))?;
+    // Within the engine's default length and depth limits: a selector nested 5,000 deep must
+    // not overflow the stack of the async worker parsing it.
+    let expr =
+        strata_promql::parse(s).map_err(|e| format!("invalid series selector {s:?}: {e}"))?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(format!(
             "invalid series selector {s:?}: expected a selector like metric{{label=\"value\"}}"

@@ -7,6 +7,8 @@ mod rollups;
 pub mod serve;
 mod write;
 
+pub use query::QueryGate;
+
 use crate::engine::Engine;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,6 +31,8 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
+    /// Admission of queries (`[query]` max_concurrency, max_queue).
+    pub queries: Arc<QueryGate>,
 }
 
 /// All routes.

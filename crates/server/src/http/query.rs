@@ -1,5 +1,9 @@
 //! PromQL endpoints shaped like Prometheus's: `/api/v1/query`, `/api/v1/query_range`,
 //! `/api/v1/format_query`, `/api/v1/metadata`.
+//!
+//! Queries are admitted by a [`QueryGate`] (`query.max_concurrency` at once, `query.max_queue`
+//! waiting, beyond that 503) and evaluated on the blocking pool, never on the async workers,
+//! so `/health`, `/metrics` and writes answer while they run.
 
 use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
 use axum::body::Body;
@@ -7,11 +11,109 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use strata_model::time::{now_ms, parse_duration_ms};
-use strata_model::Labels;
+use strata_model::{Labels, Tenant};
 use strata_promql::{write_value, Error, QueryContext, QueryOutput, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Admission of queries: at most `max_concurrency` evaluated at once and `max_queue` waiting
+/// for a turn; a query beyond both is refused at once with 503 `unavailable`, and one that
+/// waits past its timeout fails with 503 `timeout`.
+pub struct QueryGate {
+    permits: Arc<Semaphore>,
+    max_concurrency: usize,
+    max_queue: usize,
+    queued: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    refused: AtomicU64,
+}
+
+impl QueryGate {
+    /// A gate for `max_concurrency` queries at once (at least one) and `max_queue` waiting.
+    pub fn new(max_concurrency: usize, max_queue: usize) -> QueryGate {
+        let max_concurrency = max_concurrency.max(1);
+        QueryGate {
+            permits: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
+            max_queue,
+            queued: AtomicUsize::new(0),
+            running: Arc::new(AtomicUsize::new(0)),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// A turn to evaluate, waiting at most `wait` in the queue.
+    async fn admit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "too many queries: {} running (query.max_concurrency) and {} waiting (query.max_queue); retry later",
+                    self.max_concurrency, self.max_queue
+                ),
+            ));
+        }
+        /// Leaves the queue however the wait ends (the client may go away while waiting).
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _leave = Leave(&self.queued);
+        match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(ApiError::internal("the query gate is closed")),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "query timed out in queue: {} queries were running (query.max_concurrency)",
+                    self.max_concurrency
+                ),
+            )),
+        }
+    }
+
+    /// Appends the gate's self-metrics: running and waiting queries, and those refused.
+    pub fn render_metrics(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "# HELP strata_query_running Queries being evaluated.\n# TYPE strata_query_running gauge\nstrata_query_running {}\n\
+             # HELP strata_query_queued Queries waiting for a turn.\n# TYPE strata_query_queued gauge\nstrata_query_queued {}\n\
+             # HELP strata_query_refused_total Queries refused because the queue was full.\n# TYPE strata_query_refused_total counter\nstrata_query_refused_total {}\n",
+            self.running.load(Ordering::Relaxed),
+            self.queued.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// Counts a query as running while it is evaluated (until the evaluation itself returns, not
+/// when its client goes away).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn enter(n: &Arc<AtomicUsize>) -> Running {
+        n.fetch_add(1, Ordering::Relaxed);
+        Running(n.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Prometheus refuses range queries with more points than this per series.
 const MAX_POINTS_PER_SERIES: i64 = 11_000;
@@ -50,7 +152,7 @@ fn engine_error(e: Error) -> ApiError {
     let status = match e.error_type() {
         "bad_data" => StatusCode::BAD_REQUEST,
         "execution" => StatusCode::UNPROCESSABLE_ENTITY,
-        "timeout" => StatusCode::SERVICE_UNAVAILABLE,
+        "timeout" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         // Prometheus answers a query whose client went away with 499.
         "canceled" => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,30 +169,51 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs a query on the blocking pool, cancelling it if the client disconnects.
-async fn run(
-    ctx: QueryContext,
-    f: impl FnOnce(&QueryContext) -> Result<QueryOutput, Error> + Send + 'static,
-) -> Result<QueryOutput, ApiError> {
+/// Runs a query on the blocking pool once the gate admits it, cancelling it if the client
+/// disconnects. Its time in the queue counts against its timeout (`timeout`).
+async fn run<R: Send + 'static>(
+    st: &AppState,
+    (ctx, timeout): (QueryContext, Duration),
+    f: impl FnOnce(&QueryContext) -> Result<R, Error> + Send + 'static,
+) -> Result<R, ApiError> {
+    let queued = Instant::now();
+    let permit = st.queries.admit(timeout).await?;
     let flag = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(flag.clone());
-    let ctx = ctx.with_cancel(flag);
-    let res = tokio::task::spawn_blocking(move || f(&ctx))
-        .await
-        .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?;
+    let ctx = ctx
+        .with_timeout(timeout.saturating_sub(queued.elapsed()))
+        .with_cancel(flag);
+    let running = st.queries.running.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        // The turn is held until the evaluation returns, even if the client has gone.
+        let _turn = (permit, Running::enter(&running));
+        f(&ctx)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("query task failed: {e}")))?;
     // Finished normally: disarm.
     std::mem::forget(guard);
     res.map_err(engine_error)
 }
 
-fn context(headers: &HeaderMap, p: &Params) -> Result<QueryContext, ApiError> {
-    let mut ctx = QueryContext::new(tenant_of(headers)?);
+/// The query's context (its tenant), and its timeout.
+fn context(
+    st: &AppState,
+    headers: &HeaderMap,
+    p: &Params,
+) -> Result<(QueryContext, Duration), ApiError> {
+    Ok((QueryContext::new(tenant_of(headers)?), timeout_of(st, p)?))
+}
+
+/// The engine's timeout, or the shorter `timeout` parameter.
+fn timeout_of(st: &AppState, p: &Params) -> Result<Duration, ApiError> {
+    let mut timeout = st.promql.options().timeout.unwrap_or(Duration::MAX);
     if let Some(ms) = duration_param(p, "timeout")? {
         if ms > 0 {
-            ctx = ctx.with_timeout(std::time::Duration::from_millis(ms as u64));
+            timeout = timeout.min(Duration::from_millis(ms as u64));
         }
     }
-    Ok(ctx)
+    Ok(timeout)
 }
 
 /// `GET|POST /api/v1/query`.
@@ -99,9 +222,13 @@ pub async fn instant(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run_query = async {
         let query = query_param(&p)?;
         let t = p.time("time", now_ms())?;
-        let ctx = context(&req.headers, &p)?;
+        let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
-        run(ctx, move |ctx| engine.instant(ctx, &query, t)).await
+        // The answer is written on the blocking pool too: a large matrix takes a while.
+        run(&st, ctx, move |ctx| {
+            engine.instant(ctx, &query, t).map(|out| success(&out))
+        })
+        .await
     };
     respond(run_query.await)
 }
@@ -131,34 +258,42 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step > MAX_POINTS_PER_SERIES {
+        if (end as i128 - start as i128) / step as i128 > MAX_POINTS_PER_SERIES as i128 {
             return Err(ApiError::bad_data(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));
         }
-        let ctx = context(&req.headers, &p)?;
+        let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
-        run(ctx, move |ctx| engine.range(ctx, &query, start, end, step)).await
+        run(&st, ctx, move |ctx| {
+            engine
+                .range(ctx, &query, start, end, step)
+                .map(|out| success(&out))
+        })
+        .await
     };
     respond(run_query.await)
 }
 
-fn respond(res: Result<QueryOutput, ApiError>) -> Response {
-    match res {
-        Ok(out) => success(&out),
-        Err(e) => e.into_response(),
-    }
+fn respond(res: Result<Response, ApiError>) -> Response {
+    res.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `GET|POST /api/v1/format_query`: the query, pretty-printed.
-pub async fn format(req: ApiRequest) -> Response {
+/// `GET|POST /api/v1/format_query`: the query, pretty-printed (through the gate and on the
+/// blocking pool, like a query: parsing and printing cost time too).
+pub async fn format(State(st): State<AppState>, req: ApiRequest) -> Response {
     let p = req.params();
-    let res = query_param(&p).and_then(|q| {
-        strata_promql::parse(&q)
-            .map(|e| e.prettify())
-            .map_err(engine_error)
-    });
-    match res {
+    let res = async {
+        let query = query_param(&p)?;
+        // Formatting reads no data: no tenant.
+        let ctx = (
+            QueryContext::new(Tenant::default_tenant()),
+            timeout_of(&st, &p)?,
+        );
+        let engine = st.promql.clone();
+        run(&st, ctx, move |_| engine.format(&query)).await
+    };
+    match res.await {
         Ok(s) => json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "success", "data": s}),

@@ -147,7 +147,11 @@ impl ApiError {
 /// Nothing of the batch is acknowledged (the log refused it, the pending-ingest budget is full,
 /// or the server is stopping): 503, which senders retry.
 fn write_error(e: WriteError) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
 }
 
 async fn ingest_inner(
