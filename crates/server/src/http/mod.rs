@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
 mod body;
+mod encoding;
 mod query;
 mod read;
 mod rollups;
