@@ -22,12 +22,14 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let engine = Engine::open(&cfg, rt.handle().clone())?;
+    let http_counters = Arc::new(metrics::HttpCounters::default());
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
         promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
+        http: http_counters.clone(),
     };
     let app = http::router(state);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -65,7 +67,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        http::serve::serve(listener, app, &cfg.server, shutdown_signal()).await;
+        http::serve::serve(listener, app, &cfg.server, http_counters, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
     tracing::info!("shutting down: flushing shards");

@@ -63,6 +63,46 @@ fn read_some(mut c: &TcpStream) -> String {
     }
 }
 
+/// `/metrics` asked over an open connection `c` (keep-alive), read to its Content-Length.
+fn metrics_on(mut c: &TcpStream) -> String {
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no whole /metrics answer");
+        match c.read(&mut buf) {
+            Ok(0) => panic!("connection closed before the /metrics answer"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+const HEADER_TIMEOUTS: &str = "strata_http_connections_closed_total{reason=\"header_timeout\"}";
+const BODY_TIMEOUTS: &str = "strata_http_connections_closed_total{reason=\"body_timeout\"}";
+const REFUSED_408: &str =
+    "strata_http_requests_refused_total{code=\"408\",reason=\"body_timeout\"}";
+const REFUSED_413: &str =
+    "strata_http_requests_refused_total{code=\"413\",reason=\"body_too_large\"}";
+const REFUSED_503: &str =
+    "strata_http_requests_refused_total{code=\"503\",reason=\"pending_ingest\"}";
+
 #[test]
 fn silent_and_half_sent_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +133,9 @@ fn silent_and_half_sent_connections_are_closed() {
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert!(read_some(&idle).starts_with("HTTP/1.1 200"));
-    // The server answers while they are held, and they are still open before the timeout.
+    // The server answers while they are held, and they are still open before the timeout
+    // (counted as open: the 200 held and the idle one, which asks).
+    assert!(metric(&metrics_on(&idle), "strata_http_open_connections") >= 201.0);
     health_ok(&s);
     if opened.elapsed() < Duration::from_millis(1500) {
         assert!(!closed_by(&socks[0], opened + Duration::from_millis(1500)));
@@ -107,6 +149,12 @@ fn silent_and_half_sent_connections_are_closed() {
         "idle keep-alive connection still open"
     );
     health_ok(&s);
+    // Each was closed by the header timeout and counted; none is counted open any longer
+    // (only the connection asking, and perhaps the last one closing).
+    let m = s.metrics();
+    assert!(metric(&m, HEADER_TIMEOUTS) >= 201.0, "{m}");
+    assert!(metric(&m, "strata_http_open_connections") <= 2.0, "{m}");
+    assert_eq!(metric(&m, BODY_TIMEOUTS), 0.0, "{m}");
     assert_eq!(s.export("keep"), kept);
 }
 
@@ -146,6 +194,14 @@ fn connection_limit_refuses_new_connections_and_keeps_old_ones() {
     // 8 slots: the old connection, the test client's pooled one (if any) and the first of the
     // twelve; the rest were refused.
     assert!((5..=7).contains(&refused), "refused {refused} of 12");
+    // All 8 slots are counted open; the refused connections are counted, and not as open.
+    let m = metrics_on(&old);
+    assert_eq!(metric(&m, "strata_http_open_connections"), 8.0, "{m}");
+    assert_eq!(
+        metric(&m, "strata_http_connections_refused_total"),
+        refused as f64,
+        "{m}"
+    );
     // A client that sends its request at once (a fresh HTTP client) reads the 503 too.
     let r = reqwest::blocking::Client::new()
         .get(s.url("/health"))
@@ -172,6 +228,7 @@ fn connection_limit_refuses_new_connections_and_keeps_old_ones() {
         assert!(t.elapsed() < Duration::from_secs(10), "slots not freed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(metric(&s.metrics(), "strata_http_connections_refused_total") > refused as f64);
     assert_eq!(s.export("keep"), kept);
     // SIGTERM with idle and half-sent connections open exits at once: they have no request
     // to finish, so the (long) shutdown grace is not waited out for them.
@@ -258,7 +315,20 @@ fn compression_bombs_and_unsized_bodies_get_413() {
     let got = read_some(&c);
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains("server.body_read_timeout"), "{got}");
+    // The rest of the body may still come: the connection ends with the 408.
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert!(closed_by(&c, Instant::now() + Duration::from_secs(5)));
     health_ok(&s);
+    // Every refusal above is counted: two snappy bombs, three chunked bodies and the one far
+    // over the limit got 413, the stalled body 408 (closing its connection).
+    let m = s.metrics();
+    assert_eq!(metric(&m, REFUSED_413), 6.0, "{m}");
+    assert_eq!(metric(&m, REFUSED_408), 1.0, "{m}");
+    assert_eq!(metric(&m, BODY_TIMEOUTS), 1.0, "{m}");
+    assert_eq!(metric(&m, REFUSED_503), 0.0, "{m}");
     assert_eq!(s.export("keep"), kept);
 }
 
@@ -425,6 +495,8 @@ fn compressed_bodies_are_stored_and_bombs_and_cut_streams_refused() {
         let (code, text) = post_encoded(&s, "/write?precision=ms", enc, junk);
         assert_eq!(code, 400, "{enc} with trailing junk: {text}");
     }
+    // Six bombs and the body just over: seven 413s, counted.
+    assert_eq!(metric(&s.metrics(), REFUSED_413), 7.0);
     assert!(s.export("cut").is_empty());
     assert!(s.export("bomb").is_empty());
     assert!(s.export("over").is_empty());
@@ -741,6 +813,8 @@ fn a_write_flood_past_the_pending_budget_gets_503_and_loses_nothing_acknowledged
         "no write was refused with a 1 KiB budget and a 1 ms wait"
     );
     assert!(!acked.is_empty());
+    // Each 503 is counted as refused for the pending-ingest budget.
+    assert_eq!(metric(&s.metrics(), REFUSED_503), refused as f64);
     health_ok(&s);
     // Every acknowledged write is there in full; refused ones left nothing.
     for id in (0..8).flat_map(|w| (0..15).map(move |k| w * 100 + k)) {

@@ -30,6 +30,8 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
+    /// What the HTTP layer's limits did, for `/metrics`.
+    pub http: Arc<crate::metrics::HttpCounters>,
 }
 
 /// All routes.

@@ -8,7 +8,7 @@
 use super::encoding::{decompress, DecompressError, Encoding};
 use super::{json_response, tenant_of, ApiError, AppState, Params};
 use crate::engine::WriteError;
-use crate::metrics::Protocol;
+use crate::metrics::{Protocol, Refusal};
 use crate::shard::WriteAck;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
@@ -217,7 +217,12 @@ async fn ingest_inner(
     let ack = if batch.is_empty() {
         WriteAck::default()
     } else {
-        st.engine.write(batch).await.map_err(write_error)?
+        st.engine.write(batch).await.map_err(|e| {
+            if matches!(e, WriteError::Overloaded { .. }) {
+                st.http.refused(Refusal::PendingIngest);
+            }
+            write_error(e)
+        })?
     };
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
