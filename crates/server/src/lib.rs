@@ -27,6 +27,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
+        max_metadata_results: cfg.limits.max_metadata_results,
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
         promql: strata_promql::Engine::new(engine.clone(), cfg.query.engine_options()),
         http: http_counters.clone(),

@@ -826,3 +826,109 @@ fn a_write_flood_past_the_pending_budget_gets_503_and_loses_nothing_acknowledged
         }
     }
 }
+
+#[test]
+fn metadata_answers_are_bounded_by_limit_and_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "[limits]\nmax_metadata_results = 1000\n");
+    let t = now_ms() - 60_000;
+    let body: String = (0..1500)
+        .map(|i| format!("meta,dev=d{i:04},rack=r{} value=1 {t}\n", i % 3))
+        .collect();
+    assert_eq!(s.post("/write?precision=ms", body).status().as_u16(), 204);
+    let get = |path: &str, params: &[(&str, &str)]| -> (u16, serde_json::Value) {
+        let r = s.client.get(s.url(path)).query(params).send().unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().unwrap())
+    };
+    let all = ("match[]", "{__name__=~\".+\"}");
+    // Over the cap without a limit: 422 naming the cap, not an answer that looks complete.
+    for (path, params) in [
+        ("/api/v1/series", vec![all]),
+        ("/api/v1/series", vec![all, ("limit", "0")]),
+        ("/api/v1/label/dev/values", vec![]),
+        ("/api/v1/label/dev/values", vec![all]),
+    ] {
+        let (code, v) = get(path, &params);
+        assert_eq!(code, 422, "{path} {params:?}: {v}");
+        assert_eq!(v["errorType"], "execution", "{v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("limits.max_metadata_results"), "{e}");
+        assert!(e.contains("1000"), "{e}");
+        assert!(e.contains("1500"), "{e}");
+    }
+    // With limit=: the first entries in order, and Prometheus' warning.
+    let truncated = serde_json::json!(["results truncated due to limit"]);
+    let (code, v) = get("/api/v1/series", &[all, ("limit", "3")]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["data"],
+        serde_json::json!([
+            {"__name__": "meta", "dev": "d0000", "rack": "r0"},
+            {"__name__": "meta", "dev": "d0001", "rack": "r1"},
+            {"__name__": "meta", "dev": "d0002", "rack": "r2"},
+        ])
+    );
+    assert_eq!(v["warnings"], truncated);
+    let (code, v) = get("/api/v1/label/dev/values", &[("limit", "2")]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"], serde_json::json!(["d0000", "d0001"]));
+    assert_eq!(v["warnings"], truncated);
+    let (_, v) = get("/api/v1/labels", &[("limit", "1")]);
+    assert_eq!(v["data"], serde_json::json!(["__name__"]));
+    assert_eq!(v["warnings"], truncated);
+    // The union of several match[] sets is cut after merging, in order.
+    let (_, v) = get(
+        "/api/v1/label/dev/values",
+        &[
+            ("match[]", "meta{dev=\"d0009\"}"),
+            ("match[]", "meta{dev=\"d0004\"}"),
+            ("match[]", "meta{dev=\"d0007\"}"),
+            ("limit", "2"),
+        ],
+    );
+    assert_eq!(v["data"], serde_json::json!(["d0004", "d0007"]), "{v}");
+    // A limit over the cap takes the first `cap` entries, warned about both.
+    let (code, v) = get("/api/v1/series", &[all, ("limit", "100000")]);
+    assert_eq!(code, 200);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1000);
+    assert_eq!(data[999]["dev"], "d0999");
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w[0], "results truncated due to limit");
+    assert!(
+        w[1].as_str()
+            .unwrap()
+            .contains("limits.max_metadata_results"),
+        "{w:?}"
+    );
+    // Within both, the answer is whole and carries no warnings (a limit exactly reached is
+    // not a truncation).
+    for (path, params) in [
+        (
+            "/api/v1/series",
+            vec![("match[]", "meta{rack=\"r1\",dev=~\"d000.\"}")],
+        ),
+        (
+            "/api/v1/series",
+            vec![
+                ("match[]", "meta{rack=\"r1\",dev=~\"d000.\"}"),
+                ("limit", "3"),
+            ],
+        ),
+        ("/api/v1/labels", vec![]),
+        ("/api/v1/label/rack/values", vec![("limit", "3")]),
+    ] {
+        let (code, v) = get(path, &params);
+        assert_eq!(code, 200, "{path}: {v}");
+        assert!(v.get("warnings").is_none(), "{path} {params:?}: {v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 3, "{path}: {v}");
+    }
+    // A limit that is not a non-negative integer is a 400 naming it.
+    for bad in ["-1", "x", "1.5", "1e3"] {
+        let (code, v) = get("/api/v1/series", &[all, ("limit", bad)]);
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("\"limit\""), "{v}");
+    }
+    health_ok(&s);
+}

@@ -26,6 +26,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Most entries a series, label-names or label-values answer may hold.
+    pub max_metadata_results: usize,
     /// Longest a request body may send nothing before it is abandoned.
     pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
