@@ -145,15 +145,12 @@ fn first_capacity(input_len: usize, limit: usize) -> usize {
         .min(limit.saturating_add(1))
 }
 
-/// Room to add to `out` (full), at most one byte past `limit`: a byte past it proves the
-/// output too large without decompressing further.
-fn grow(out: &mut Vec<u8>, limit: usize) -> bool {
-    let room = limit.saturating_add(1).saturating_sub(out.len());
-    if room == 0 {
-        return false;
-    }
-    out.reserve_exact(out.len().max(4096).min(room));
-    true
+/// The size a full output buffer of `len` bytes grows to (doubling), at most one byte past
+/// `limit` (a byte past it proves the output too large without decompressing further); `None`
+/// when it is already there.
+fn grown(len: usize, limit: usize) -> Option<usize> {
+    let room = limit.saturating_add(1).saturating_sub(len);
+    (room > 0).then(|| len + len.max(4096).min(room))
 }
 
 /// Reads `decoder` to its end into at most `limit` bytes.
@@ -163,22 +160,21 @@ fn read_capped(
     limit: usize,
     encoding: &'static str,
 ) -> Result<Vec<u8>, DecompressError> {
-    let mut out = Vec::with_capacity(first_capacity(input_len, limit));
+    // Readers write into initialised memory only: the buffer is zeroed as it grows (each byte
+    // once), and `filled` says how much of it holds output.
+    let mut out = vec![0u8; first_capacity(input_len, limit)];
+    let mut filled = 0;
     loop {
-        if out.len() == out.capacity() && !grow(&mut out, limit) {
-            return Err(DecompressError::TooLarge { encoding, limit });
+        if filled == out.len() {
+            let Some(len) = grown(out.len(), limit) else {
+                return Err(DecompressError::TooLarge { encoding, limit });
+            };
+            out.resize(len, 0);
         }
-        let start = out.len();
-        // Decoders write into initialised memory only: the spare room is zeroed as it is used.
-        out.resize(out.capacity(), 0);
-        let read = decoder.read(&mut out[start..]);
-        match read {
-            Ok(0) => {
-                out.truncate(start);
-                break;
-            }
-            Ok(n) => out.truncate(start + n),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => out.truncate(start),
+        match decoder.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 return Err(DecompressError::Invalid {
                     encoding,
@@ -187,9 +183,10 @@ fn read_capped(
             }
         }
     }
-    if out.len() > limit {
+    if filled > limit {
         return Err(DecompressError::TooLarge { encoding, limit });
     }
+    out.truncate(filled);
     Ok(out)
 }
 
@@ -204,11 +201,14 @@ fn inflate(raw: &[u8], zlib: bool, limit: usize) -> Result<Vec<u8>, DecompressEr
     let mut d = flate2::Decompress::new(zlib);
     let mut out = Vec::with_capacity(first_capacity(raw.len(), limit));
     loop {
-        if out.len() == out.capacity() && !grow(&mut out, limit) {
-            return Err(DecompressError::TooLarge {
-                encoding: "deflate",
-                limit,
-            });
+        if out.len() == out.capacity() {
+            let Some(cap) = grown(out.len(), limit) else {
+                return Err(DecompressError::TooLarge {
+                    encoding: "deflate",
+                    limit,
+                });
+            };
+            out.reserve_exact(cap - out.len());
         }
         let consumed = d.total_in() as usize;
         let produced = out.len();

@@ -179,12 +179,18 @@ async fn ingest_inner(
     .await?;
     let body = match encoding {
         Encoding::Identity => body,
-        enc => decompress(&body, enc, st.max_body_bytes)
-            .map(Bytes::from)
-            .map_err(|e| match e {
-                DecompressError::TooLarge { .. } => super::body::too_large(e.to_string()),
-                DecompressError::Invalid { .. } => ApiError::bad_data(e.to_string()),
-            })?,
+        // Inflating up to the body limit is CPU work of its own: off the async workers.
+        enc => {
+            let limit = st.max_body_bytes;
+            tokio::task::spawn_blocking(move || decompress(&body, enc, limit))
+                .await
+                .map_err(|e| ApiError::internal(format!("decompression task failed: {e}")))?
+                .map(Bytes::from)
+                .map_err(|e| match e {
+                    DecompressError::TooLarge { .. } => super::body::too_large(e.to_string()),
+                    DecompressError::Invalid { .. } => ApiError::bad_data(e.to_string()),
+                })?
+        }
     };
     let mut batch = WriteBatch::new(tenant);
     let ctx = DecodeContext {
