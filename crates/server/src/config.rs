@@ -125,6 +125,9 @@ pub struct LimitsConfig {
     pub max_pending_ingest_bytes: usize,
     /// Longest a write waits for room in `max_pending_ingest_bytes` before it fails with 503.
     pub pending_ingest_timeout: Duration,
+    /// Most series, label names or label values one `/api/v1/series`, `/api/v1/labels` or
+    /// `/api/v1/label/NAME/values` answer holds (a `limit` parameter cuts it shorter).
+    pub max_metadata_results: usize,
 }
 
 /// Connection handling (`[server]`): how many connections, and how long a silent one is kept.
@@ -347,6 +350,10 @@ impl Config {
             self.server.max_connections
         );
         anyhow::ensure!(
+            self.limits.max_metadata_results >= 1,
+            "limits.max_metadata_results must be at least 1"
+        );
+        anyhow::ensure!(
             (1..=1usize << 40).contains(&self.limits.max_pending_ingest_bytes),
             "limits.max_pending_ingest_bytes must be 1 to 2^40, got {}",
             self.limits.max_pending_ingest_bytes
@@ -384,6 +391,7 @@ impl Default for LimitsConfig {
             event_dedup_horizon: Duration(3_600_000),
             max_pending_ingest_bytes: 256 << 20,
             pending_ingest_timeout: Duration(10_000),
+            max_metadata_results: 100_000,
         }
     }
 }
@@ -416,6 +424,8 @@ max_future_skew = "10m"          # timestamps further ahead than this are refuse
 event_dedup_horizon = "1h"       # how long an event_id is remembered
 max_pending_ingest_bytes = 268435456  # decoded writes queued for the shards; more wait for room
 pending_ingest_timeout = "10s"   # a write waiting longer for room fails with 503
+max_metadata_results = 100000    # most entries of a series/labels/label values answer; more:
+                                 # 422, or cut with a warning when the request has limit=
 
 [server]
 max_connections = 4096           # open connections; one more is answered 503 and closed
@@ -507,6 +517,10 @@ mod tests {
         assert_eq!(
             parsed.limits.pending_ingest_timeout,
             d.limits.pending_ingest_timeout
+        );
+        assert_eq!(
+            parsed.limits.max_metadata_results,
+            d.limits.max_metadata_results
         );
         assert_eq!(parsed.server.max_connections, d.server.max_connections);
         assert_eq!(

@@ -22,10 +22,12 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let engine = Engine::open(&cfg, rt.handle().clone())?;
+    let http_counters = Arc::new(metrics::HttpCounters::default());
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
+        max_metadata_results: cfg.limits.max_metadata_results,
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
         promql: strata_promql::Engine::new(
             engine.clone(),
@@ -35,6 +37,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             cfg.query.max_concurrency,
             cfg.query.max_queue,
         )),
+        http: http_counters.clone(),
     };
     // Shutdown stops running queries, so the connections waiting on them close promptly.
     let promql = state.promql.clone();
@@ -74,7 +77,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
-        http::serve::serve(listener, app, &cfg.server, async move {
+        http::serve::serve(listener, app, &cfg.server, http_counters, async move {
             shutdown_signal().await;
             promql.shut_down();
         })

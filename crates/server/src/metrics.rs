@@ -178,3 +178,125 @@ pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {v}");
 }
+
+/// Why the HTTP layer refused a request, as it appears in `strata_http_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 408: the body sent nothing for `server.body_read_timeout`.
+    BodyTimeout,
+    /// 413: the body, as sent or decompressed, passed its limit.
+    BodyTooLarge,
+    /// 503: a write found no room in `limits.max_pending_ingest_bytes` in time.
+    PendingIngest,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 3] = [
+        Refusal::BodyTimeout,
+        Refusal::BodyTooLarge,
+        Refusal::PendingIngest,
+    ];
+
+    /// The `code` and `reason` labels.
+    fn labels(self) -> (u16, &'static str) {
+        match self {
+            Refusal::BodyTimeout => (408, "body_timeout"),
+            Refusal::BodyTooLarge => (413, "body_too_large"),
+            Refusal::PendingIngest => (503, "pending_ingest"),
+        }
+    }
+}
+
+/// What the HTTP layer's own limits did: connections open, refused and closed, and requests
+/// refused before they reached the engine. Shared by the accept loop and the handlers.
+#[derive(Default)]
+pub struct HttpCounters {
+    open_connections: AtomicU64,
+    connections_refused: Counter,
+    header_timeouts: Counter,
+    body_timeouts: Counter,
+    refused: [Counter; 3],
+}
+
+/// One connection counted as open until it is dropped.
+pub struct OpenConnection(std::sync::Arc<HttpCounters>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl HttpCounters {
+    /// Counts a connection as open for as long as the returned guard lives.
+    pub fn opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Counts a connection refused because `server.max_connections` were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.add(1);
+    }
+
+    /// Counts a connection closed for sending no whole request head within
+    /// `server.header_read_timeout` (idle keep-alive connections included).
+    pub fn header_timeout(&self) {
+        self.header_timeouts.add(1);
+    }
+
+    /// Counts a refused request; a body timeout also closes its connection.
+    pub fn refused(&self, r: Refusal) {
+        self.refused[r as usize].add(1);
+        if r == Refusal::BodyTimeout {
+            self.body_timeouts.add(1);
+        }
+    }
+
+    /// Writes the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        gauge(
+            out,
+            "strata_http_open_connections",
+            "Client connections open (at most server.max_connections).",
+            self.open_connections.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            out,
+            "strata_http_connections_refused_total",
+            "Connections answered 503 and closed because server.max_connections were open.",
+            self.connections_refused.get(),
+        );
+        header(
+            out,
+            "strata_http_connections_closed_total",
+            "counter",
+            "Connections closed by a timeout: header_timeout (no whole request head within \
+             server.header_read_timeout, idle keep-alive included), body_timeout (a request \
+             body silent for server.body_read_timeout).",
+        );
+        for (reason, n) in [
+            ("header_timeout", self.header_timeouts.get()),
+            ("body_timeout", self.body_timeouts.get()),
+        ] {
+            let _ = writeln!(
+                out,
+                "strata_http_connections_closed_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "strata_http_requests_refused_total",
+            "counter",
+            "Requests refused by the HTTP layer's limits, by status code and reason.",
+        );
+        for r in Refusal::ALL {
+            let (code, reason) = r.labels();
+            let _ = writeln!(
+                out,
+                "strata_http_requests_refused_total{{code=\"{code}\",reason=\"{reason}\"}} {}",
+                self.refused[r as usize].get()
+            );
+        }
+    }
+}

@@ -63,6 +63,46 @@ fn read_some(mut c: &TcpStream) -> String {
     }
 }
 
+/// `/metrics` asked over an open connection `c` (keep-alive), read to its Content-Length.
+fn metrics_on(mut c: &TcpStream) -> String {
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&got[end + 4..end + 4 + len]).into_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no whole /metrics answer");
+        match c.read(&mut buf) {
+            Ok(0) => panic!("connection closed before the /metrics answer"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+const HEADER_TIMEOUTS: &str = "strata_http_connections_closed_total{reason=\"header_timeout\"}";
+const BODY_TIMEOUTS: &str = "strata_http_connections_closed_total{reason=\"body_timeout\"}";
+const REFUSED_408: &str =
+    "strata_http_requests_refused_total{code=\"408\",reason=\"body_timeout\"}";
+const REFUSED_413: &str =
+    "strata_http_requests_refused_total{code=\"413\",reason=\"body_too_large\"}";
+const REFUSED_503: &str =
+    "strata_http_requests_refused_total{code=\"503\",reason=\"pending_ingest\"}";
+
 #[test]
 fn silent_and_half_sent_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +133,9 @@ fn silent_and_half_sent_connections_are_closed() {
     idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     assert!(read_some(&idle).starts_with("HTTP/1.1 200"));
-    // The server answers while they are held, and they are still open before the timeout.
+    // The server answers while they are held, and they are still open before the timeout
+    // (counted as open: the 200 held and the idle one, which asks).
+    assert!(metric(&metrics_on(&idle), "strata_http_open_connections") >= 201.0);
     health_ok(&s);
     if opened.elapsed() < Duration::from_millis(1500) {
         assert!(!closed_by(&socks[0], opened + Duration::from_millis(1500)));
@@ -107,6 +149,12 @@ fn silent_and_half_sent_connections_are_closed() {
         "idle keep-alive connection still open"
     );
     health_ok(&s);
+    // Each was closed by the header timeout and counted; none is counted open any longer
+    // (only the connection asking, and perhaps the last one closing).
+    let m = s.metrics();
+    assert!(metric(&m, HEADER_TIMEOUTS) >= 201.0, "{m}");
+    assert!(metric(&m, "strata_http_open_connections") <= 2.0, "{m}");
+    assert_eq!(metric(&m, BODY_TIMEOUTS), 0.0, "{m}");
     assert_eq!(s.export("keep"), kept);
 }
 
@@ -146,6 +194,14 @@ fn connection_limit_refuses_new_connections_and_keeps_old_ones() {
     // 8 slots: the old connection, the test client's pooled one (if any) and the first of the
     // twelve; the rest were refused.
     assert!((5..=7).contains(&refused), "refused {refused} of 12");
+    // All 8 slots are counted open; the refused connections are counted, and not as open.
+    let m = metrics_on(&old);
+    assert_eq!(metric(&m, "strata_http_open_connections"), 8.0, "{m}");
+    assert_eq!(
+        metric(&m, "strata_http_connections_refused_total"),
+        refused as f64,
+        "{m}"
+    );
     // A client that sends its request at once (a fresh HTTP client) reads the 503 too.
     let r = reqwest::blocking::Client::new()
         .get(s.url("/health"))
@@ -172,6 +228,7 @@ fn connection_limit_refuses_new_connections_and_keeps_old_ones() {
         assert!(t.elapsed() < Duration::from_secs(10), "slots not freed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(metric(&s.metrics(), "strata_http_connections_refused_total") > refused as f64);
     assert_eq!(s.export("keep"), kept);
     // SIGTERM with idle and half-sent connections open exits at once: they have no request
     // to finish, so the (long) shutdown grace is not waited out for them.
@@ -217,17 +274,6 @@ fn compression_bombs_and_unsized_bodies_get_413() {
     let mut forged = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
     forged.extend_from_slice(b"\x00\x01\x02");
     expect_413(s.post("/api/v1/write", forged), "forged snappy length");
-    // Compressed Influx and JSON bodies are not decompressed at all.
-    for path in ["/write", "/api/v1/events"] {
-        let r = s
-            .client
-            .post(s.url(path))
-            .header("Content-Encoding", "gzip")
-            .body(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0])
-            .send()
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 415, "{path} gzip");
-    }
     // Bodies without a Content-Length (chunked) are counted as they arrive: 150 KB in 10 KB
     // chunks gets the 413 (the overshoot is read and discarded, so the answer arrives).
     for path in ["/write", "/api/v1/events", "/api/v1/write"] {
@@ -269,6 +315,195 @@ fn compression_bombs_and_unsized_bodies_get_413() {
     let got = read_some(&c);
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(got.contains("server.body_read_timeout"), "{got}");
+    // The rest of the body may still come: the connection ends with the 408.
+    assert!(
+        got.to_ascii_lowercase().contains("connection: close"),
+        "{got}"
+    );
+    assert!(closed_by(&c, Instant::now() + Duration::from_secs(5)));
+    health_ok(&s);
+    // Every refusal above is counted: two snappy bombs, three chunked bodies and the one far
+    // over the limit got 413, the stalled body 408 (closing its connection).
+    let m = s.metrics();
+    assert_eq!(metric(&m, REFUSED_413), 6.0, "{m}");
+    assert_eq!(metric(&m, REFUSED_408), 1.0, "{m}");
+    assert_eq!(metric(&m, BODY_TIMEOUTS), 1.0, "{m}");
+    assert_eq!(metric(&m, REFUSED_503), 0.0, "{m}");
+    assert_eq!(s.export("keep"), kept);
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+fn post_encoded(s: &Server, path: &str, encoding: &str, body: Vec<u8>) -> (u16, String) {
+    let r = s
+        .client
+        .post(s.url(path))
+        .header("Content-Encoding", encoding)
+        .body(body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn compressed_bodies_are_stored_and_bombs_and_cut_streams_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "[limits]\nmax_body_bytes = 100000\n");
+    let kept = write_keep(&s, now_ms());
+    let t = now_ms() - 60_000;
+    // Every endpoint and encoding stores what it decodes, as Telegraf's influxdb_v2 output
+    // sends it (gzip to /api/v2/write) and the others alike.
+    let influx = |metric: &str| -> Vec<u8> {
+        (0..500)
+            .map(|i| format!("{metric},dev=d{i:03} value={i} {}\n", t + i))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let events = |metric: &str| -> Vec<u8> {
+        (0..300)
+            .map(|i| {
+                format!(
+                    "{{\"device_id\":\"d{i:03}\",\"timestamp\":{},\"readings\":{{\"{metric}\":{i}}}}}\n",
+                    t + i
+                )
+            })
+            .collect::<String>()
+            .into_bytes()
+    };
+    let cases: Vec<(&str, &str, &str, Vec<u8>, usize)> = vec![
+        (
+            "/api/v2/write?precision=ms",
+            "gzip",
+            "gz_v2",
+            gzip(&influx("gz_v2")),
+            500,
+        ),
+        (
+            "/write?precision=ms",
+            "GZIP",
+            "gz_v1",
+            gzip(&influx("gz_v1")),
+            500,
+        ),
+        (
+            "/write?precision=ms",
+            "deflate",
+            "zl_v1",
+            zlib(&influx("zl_v1")),
+            500,
+        ),
+        (
+            "/api/v2/write?precision=ms",
+            "zstd",
+            "zs_v2",
+            zstd(&influx("zs_v2")),
+            500,
+        ),
+        (
+            "/api/v1/events",
+            "gzip",
+            "gz_ev",
+            gzip(&events("gz_ev")),
+            300,
+        ),
+        (
+            "/api/v1/events",
+            "deflate",
+            "zl_ev",
+            zlib(&events("zl_ev")),
+            300,
+        ),
+        (
+            "/api/v1/events",
+            "zstd",
+            "zs_ev",
+            zstd(&events("zs_ev")),
+            300,
+        ),
+    ];
+    for (path, enc, metric, body, n) in &cases {
+        let (code, text) = post_encoded(&s, path, enc, body.clone());
+        assert!(code == 200 || code == 204, "{path} {enc}: {code} {text}");
+        let got = s.export(metric);
+        assert_eq!(got.len(), *n, "{path} {enc}");
+        for (labels, samples) in got {
+            let i: i64 = labels["dev"]
+                .as_str()
+                .or(labels["device"].as_str())
+                .unwrap()[1..]
+                .parse()
+                .unwrap();
+            assert_eq!(samples, vec![(t + i, i as f64)], "{path} {enc} {labels}");
+        }
+    }
+    // Bombs: 20 MB of one repeated line, a few KB compressed, well under the raw limit; each
+    // is refused with the 413 naming the decompressed limit, and the server stays up.
+    let line = format!("bomb,dev=x value=1 {t}\n");
+    let huge = line.repeat((20 << 20) / line.len()).into_bytes();
+    for (enc, body) in [
+        ("gzip", gzip(&huge)),
+        ("deflate", zlib(&huge)),
+        ("zstd", zstd(&huge)),
+    ] {
+        assert!(body.len() < 100_000, "{enc} bomb is {} bytes", body.len());
+        for path in ["/api/v2/write", "/api/v1/events"] {
+            let (code, text) = post_encoded(&s, path, enc, body.clone());
+            assert_eq!(code, 413, "{path} {enc}: {text}");
+            assert!(
+                text.contains("limits.max_body_bytes"),
+                "{path} {enc}: {text}"
+            );
+            assert!(text.contains("100000"), "{path} {enc}: {text}");
+            assert!(text.contains(enc), "{path} {enc}: {text}");
+        }
+    }
+    // Just over the limit when decompressed, just under it compressed: refused too.
+    let over = influx("over");
+    assert!(over.len() > 10_000);
+    let over: Vec<u8> = over.repeat(100_001 / over.len() + 1);
+    let (code, text) = post_encoded(&s, "/write?precision=ms", "gzip", gzip(&over));
+    assert_eq!(code, 413, "{text}");
+    // A cut-off or damaged stream is a 400 naming the encoding, and stores nothing of what
+    // decoded before the cut.
+    let whole = influx("cut");
+    for (enc, body) in [
+        ("gzip", gzip(&whole)),
+        ("deflate", zlib(&whole)),
+        ("zstd", zstd(&whole)),
+    ] {
+        for cut in [body.len() / 2, body.len() - 1] {
+            let (code, text) = post_encoded(&s, "/write?precision=ms", enc, body[..cut].to_vec());
+            assert_eq!(code, 400, "{enc} cut at {cut}: {text}");
+            assert!(text.contains(&format!("not valid {enc}")), "{enc}: {text}");
+        }
+        let mut junk = body.clone();
+        junk.extend_from_slice(b"\x00garbage");
+        let (code, text) = post_encoded(&s, "/write?precision=ms", enc, junk);
+        assert_eq!(code, 400, "{enc} with trailing junk: {text}");
+    }
+    // Six bombs and the body just over: seven 413s, counted.
+    assert_eq!(metric(&s.metrics(), REFUSED_413), 7.0);
+    assert!(s.export("cut").is_empty());
+    assert!(s.export("bomb").is_empty());
+    assert!(s.export("over").is_empty());
+    // Encodings not spoken are 415, naming those that are.
+    let (code, text) = post_encoded(&s, "/write", "br", gzip(&whole));
+    assert_eq!(code, 415, "{text}");
+    assert!(text.contains("gzip, deflate, zstd"), "{text}");
     health_ok(&s);
     assert_eq!(s.export("keep"), kept);
 }
@@ -578,6 +813,8 @@ fn a_write_flood_past_the_pending_budget_gets_503_and_loses_nothing_acknowledged
         "no write was refused with a 1 KiB budget and a 1 ms wait"
     );
     assert!(!acked.is_empty());
+    // Each 503 is counted as refused for the pending-ingest budget.
+    assert_eq!(metric(&s.metrics(), REFUSED_503), refused as f64);
     health_ok(&s);
     // Every acknowledged write is there in full; refused ones left nothing.
     for id in (0..8).flat_map(|w| (0..15).map(move |k| w * 100 + k)) {
@@ -588,4 +825,110 @@ fn a_write_flood_past_the_pending_budget_gets_503_and_loses_nothing_acknowledged
             assert_eq!(n, 0, "write {id}");
         }
     }
+}
+
+#[test]
+fn metadata_answers_are_bounded_by_limit_and_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "[limits]\nmax_metadata_results = 1000\n");
+    let t = now_ms() - 60_000;
+    let body: String = (0..1500)
+        .map(|i| format!("meta,dev=d{i:04},rack=r{} value=1 {t}\n", i % 3))
+        .collect();
+    assert_eq!(s.post("/write?precision=ms", body).status().as_u16(), 204);
+    let get = |path: &str, params: &[(&str, &str)]| -> (u16, serde_json::Value) {
+        let r = s.client.get(s.url(path)).query(params).send().unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().unwrap())
+    };
+    let all = ("match[]", "{__name__=~\".+\"}");
+    // Over the cap without a limit: 422 naming the cap, not an answer that looks complete.
+    for (path, params) in [
+        ("/api/v1/series", vec![all]),
+        ("/api/v1/series", vec![all, ("limit", "0")]),
+        ("/api/v1/label/dev/values", vec![]),
+        ("/api/v1/label/dev/values", vec![all]),
+    ] {
+        let (code, v) = get(path, &params);
+        assert_eq!(code, 422, "{path} {params:?}: {v}");
+        assert_eq!(v["errorType"], "execution", "{v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("limits.max_metadata_results"), "{e}");
+        assert!(e.contains("1000"), "{e}");
+        assert!(e.contains("1500"), "{e}");
+    }
+    // With limit=: the first entries in order, and Prometheus' warning.
+    let truncated = serde_json::json!(["results truncated due to limit"]);
+    let (code, v) = get("/api/v1/series", &[all, ("limit", "3")]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["data"],
+        serde_json::json!([
+            {"__name__": "meta", "dev": "d0000", "rack": "r0"},
+            {"__name__": "meta", "dev": "d0001", "rack": "r1"},
+            {"__name__": "meta", "dev": "d0002", "rack": "r2"},
+        ])
+    );
+    assert_eq!(v["warnings"], truncated);
+    let (code, v) = get("/api/v1/label/dev/values", &[("limit", "2")]);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"], serde_json::json!(["d0000", "d0001"]));
+    assert_eq!(v["warnings"], truncated);
+    let (_, v) = get("/api/v1/labels", &[("limit", "1")]);
+    assert_eq!(v["data"], serde_json::json!(["__name__"]));
+    assert_eq!(v["warnings"], truncated);
+    // The union of several match[] sets is cut after merging, in order.
+    let (_, v) = get(
+        "/api/v1/label/dev/values",
+        &[
+            ("match[]", "meta{dev=\"d0009\"}"),
+            ("match[]", "meta{dev=\"d0004\"}"),
+            ("match[]", "meta{dev=\"d0007\"}"),
+            ("limit", "2"),
+        ],
+    );
+    assert_eq!(v["data"], serde_json::json!(["d0004", "d0007"]), "{v}");
+    // A limit over the cap takes the first `cap` entries, warned about both.
+    let (code, v) = get("/api/v1/series", &[all, ("limit", "100000")]);
+    assert_eq!(code, 200);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1000);
+    assert_eq!(data[999]["dev"], "d0999");
+    let w = v["warnings"].as_array().unwrap();
+    assert_eq!(w[0], "results truncated due to limit");
+    assert!(
+        w[1].as_str()
+            .unwrap()
+            .contains("limits.max_metadata_results"),
+        "{w:?}"
+    );
+    // Within both, the answer is whole and carries no warnings (a limit exactly reached is
+    // not a truncation).
+    for (path, params) in [
+        (
+            "/api/v1/series",
+            vec![("match[]", "meta{rack=\"r1\",dev=~\"d000.\"}")],
+        ),
+        (
+            "/api/v1/series",
+            vec![
+                ("match[]", "meta{rack=\"r1\",dev=~\"d000.\"}"),
+                ("limit", "3"),
+            ],
+        ),
+        ("/api/v1/labels", vec![]),
+        ("/api/v1/label/rack/values", vec![("limit", "3")]),
+    ] {
+        let (code, v) = get(path, &params);
+        assert_eq!(code, 200, "{path}: {v}");
+        assert!(v.get("warnings").is_none(), "{path} {params:?}: {v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 3, "{path}: {v}");
+    }
+    // A limit that is not a non-negative integer is a 400 naming it.
+    for bad in ["-1", "x", "1.5", "1e3"] {
+        let (code, v) = get("/api/v1/series", &[all, ("limit", bad)]);
+        assert_eq!(code, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("\"limit\""), "{v}");
+    }
+    health_ok(&s);
 }

@@ -96,11 +96,41 @@ fn malformed_input_table() {
         Case {
             headers: vec![("Content-Encoding", "gzip")],
             ..case(
-                "influx gzip",
+                "influx says gzip, sends plain text",
+                "/write",
+                b"m value=1".to_vec(),
+                400,
+                "not valid gzip",
+            )
+        },
+        Case {
+            headers: vec![("Content-Encoding", "zstd")],
+            ..case(
+                "events say zstd, send plain text",
+                "/api/v1/events",
+                b"{}".to_vec(),
+                400,
+                "not valid zstd",
+            )
+        },
+        Case {
+            headers: vec![("Content-Encoding", "br")],
+            ..case(
+                "influx brotli",
                 "/write",
                 b"m value=1".to_vec(),
                 415,
-                "Content-Encoding",
+                "gzip, deflate, zstd or identity",
+            )
+        },
+        Case {
+            headers: vec![("Content-Encoding", "gzip")],
+            ..case(
+                "remote write gzip",
+                "/api/v1/write",
+                valid_rw.clone(),
+                415,
+                "snappy",
             )
         },
         case(

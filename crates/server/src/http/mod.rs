@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
 mod body;
+mod encoding;
 mod query;
 mod read;
 mod rollups;
@@ -27,12 +28,16 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Most entries a series, label-names or label-values answer may hold.
+    pub max_metadata_results: usize,
     /// Longest a request body may send nothing before it is abandoned.
     pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
     /// Admission of queries (`[query]` max_concurrency, max_queue).
     pub queries: Arc<QueryGate>,
+    /// What the HTTP layer's limits did, for `/metrics`.
+    pub http: Arc<crate::metrics::HttpCounters>,
 }
 
 /// All routes.

@@ -260,47 +260,30 @@ fn write_number(out: &mut String, v: f64) {
 
 /// `GET|POST /api/v1/series`.
 pub async fn series(State(st): State<AppState>, req: ApiRequest) -> Response {
-    let run = || -> Result<Response, ApiError> {
-        let r = read_request(&req)?;
-        let mut all = BTreeSet::new();
-        for set in matcher_sets(&r.params, true)? {
-            all.extend(
-                st.engine
-                    .series(&r.tenant, &set, r.start, r.end)
-                    .map_err(storage_error)?,
-            );
-        }
-        Ok(success(all.iter().map(labels_json).collect()))
+    let prepared = read_request(&req).and_then(|r| {
+        let sets = matcher_sets(&r.params, true)?;
+        let limit = AnswerLimit::parse(&r.params, st.max_metadata_results)?;
+        Ok((r, sets, limit))
+    });
+    let (r, sets, limit) = match prepared {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
     };
-    run().unwrap_or_else(|e| e.into_response())
-}
-
-/// Runs a names-or-values read once per `match[]` set (once unfiltered without any) and
-/// answers the sorted union.
-fn union_over_sets(
-    sets: Vec<Vec<Matcher>>,
-    read: impl Fn(&[Matcher]) -> Result<Vec<String>, strata_model::StorageError>,
-) -> Result<Response, ApiError> {
-    let mut all = BTreeSet::new();
-    if sets.is_empty() {
-        all.extend(read(&[]).map_err(storage_error)?);
-    }
-    for set in sets {
-        all.extend(read(&set).map_err(storage_error)?);
-    }
-    Ok(success(all.into_iter().collect()))
+    off_the_workers(move || {
+        let lists = sets
+            .iter()
+            .map(|set| st.engine.series(&r.tenant, set, r.start, r.end))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_error)?;
+        let (all, warnings) = limit.apply(lists, "series")?;
+        Ok(metadata_answer(&all, &warnings, write_labels))
+    })
+    .await
 }
 
 /// `GET|POST /api/v1/labels`.
 pub async fn labels(State(st): State<AppState>, req: ApiRequest) -> Response {
-    let run = || -> Result<Response, ApiError> {
-        let r = read_request(&req)?;
-        let sets = matcher_sets(&r.params, false)?;
-        union_over_sets(sets, |m| {
-            st.engine.label_names(&r.tenant, m, r.start, r.end)
-        })
-    };
-    run().unwrap_or_else(|e| e.into_response())
+    names_or_values(st, req, None).await
 }
 
 /// `GET /api/v1/label/<name>/values`.
@@ -309,14 +292,190 @@ pub async fn label_values(
     Path(name): Path<String>,
     req: ApiRequest,
 ) -> Response {
-    let run = || -> Result<Response, ApiError> {
-        let r = read_request(&req)?;
+    names_or_values(st, req, Some(name)).await
+}
+
+/// Label names (`label` = `None`) or one label's values: read once per `match[]` set (once
+/// unfiltered without any), answered as their sorted union within the answer limit.
+async fn names_or_values(st: AppState, req: ApiRequest, label: Option<String>) -> Response {
+    let prepared = read_request(&req).and_then(|r| {
         let sets = matcher_sets(&r.params, false)?;
-        union_over_sets(sets, |m| {
-            st.engine.label_values(&r.tenant, &name, m, r.start, r.end)
-        })
+        let limit = AnswerLimit::parse(&r.params, st.max_metadata_results)?;
+        Ok((r, sets, limit))
+    });
+    let (r, mut sets, limit) = match prepared {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
     };
-    run().unwrap_or_else(|e| e.into_response())
+    if sets.is_empty() {
+        sets.push(Vec::new());
+    }
+    off_the_workers(move || {
+        let read = |m: &[Matcher]| match &label {
+            None => st.engine.label_names(&r.tenant, m, r.start, r.end),
+            Some(name) => st.engine.label_values(&r.tenant, name, m, r.start, r.end),
+        };
+        let lists = sets
+            .iter()
+            .map(|set| read(set))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_error)?;
+        let what = if label.is_some() {
+            "label values"
+        } else {
+            "label names"
+        };
+        let (all, warnings) = limit.apply(lists, what)?;
+        Ok(metadata_answer(&all, &warnings, |out, s: &String| {
+            write_json_str(out, s)
+        }))
+    })
+    .await
+}
+
+/// The warning Prometheus sends with an answer its `limit` parameter cut short (Grafana looks
+/// for exactly this text).
+pub const TRUNCATED_WARNING: &str = "results truncated due to limit";
+
+/// How many entries a metadata answer (series, label names, label values) may hold: what the
+/// client's `limit` asks for (0 or none: no limit, as in Prometheus), within
+/// `limits.max_metadata_results`.
+struct AnswerLimit {
+    /// The client's `limit`, if it set one.
+    requested: Option<usize>,
+    /// `limits.max_metadata_results`.
+    cap: usize,
+}
+
+impl AnswerLimit {
+    fn parse(params: &Params, cap: usize) -> Result<AnswerLimit, ApiError> {
+        let requested = match params.get("limit") {
+            None | Some("") => None,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Err(_) => {
+                    return Err(ApiError::bad_data(format!(
+                        "invalid parameter \"limit\": {v:?} is not a non-negative integer"
+                    )))
+                }
+            },
+        };
+        Ok(AnswerLimit { requested, cap })
+    }
+
+    /// The sorted, deduplicated union of `lists` (each sorted), with the warnings to answer
+    /// beside it. Past the client's `limit` the answer is cut to it, with Prometheus' warning;
+    /// past the cap, a client that set a `limit` (and so takes partial answers) gets the
+    /// first `cap` entries and both warnings, one that did not a 422 naming the cap, rather
+    /// than an answer it would take for complete.
+    fn apply<T: Ord>(
+        &self,
+        lists: Vec<Vec<T>>,
+        what: &str,
+    ) -> Result<(Vec<T>, Vec<String>), ApiError> {
+        let mut all = if lists.len() == 1 {
+            lists.into_iter().next().unwrap_or_default()
+        } else {
+            let mut all: Vec<T> = lists.into_iter().flatten().collect();
+            all.sort_unstable();
+            all.dedup();
+            all
+        };
+        let mut warnings = Vec::new();
+        let keep = self.requested.unwrap_or(usize::MAX).min(self.cap);
+        if all.len() > keep {
+            if self.requested.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "execution",
+                    format!(
+                        "the answer would hold {} {what}, more than the limit of {} \
+                         (limits.max_metadata_results): narrow match[] or the time range, or \
+                         pass limit= to receive the first ones",
+                        all.len(),
+                        self.cap
+                    ),
+                ));
+            }
+            all.truncate(keep);
+            warnings.push(TRUNCATED_WARNING.to_owned());
+            if keep == self.cap {
+                warnings.push(format!(
+                    "at most {} {what} are answered (limits.max_metadata_results)",
+                    self.cap
+                ));
+            }
+        }
+        Ok((all, warnings))
+    }
+}
+
+/// Runs a read and builds its answer on a blocking thread: index reads and answers over many
+/// series are CPU work that would otherwise hold an async worker, and `/health` and writes
+/// behind it.
+async fn off_the_workers(
+    f: impl FnOnce() -> Result<Response, ApiError> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.unwrap_or_else(IntoResponse::into_response),
+        Err(e) => ApiError::internal(format!("read task failed: {e}")).into_response(),
+    }
+}
+
+/// A metadata answer, `{"status":"success","data":[...]}` with `warnings` when there are
+/// some, written straight to text (no JSON tree of every entry).
+fn metadata_answer<T>(
+    items: &[T],
+    warnings: &[String],
+    write: impl Fn(&mut Vec<u8>, &T),
+) -> Response {
+    let mut out = Vec::with_capacity(64 + items.len() * 32);
+    out.extend_from_slice(b"{\"status\":\"success\",\"data\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(&mut out, item);
+    }
+    out.push(b']');
+    if !warnings.is_empty() {
+        out.extend_from_slice(b",\"warnings\":[");
+        for (i, w) in warnings.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, w);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A JSON string, escaped.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A label set as a JSON object.
+fn write_labels(out: &mut Vec<u8>, l: &Labels) {
+    out.push(b'{');
+    for (i, l) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, &l.name);
+        out.push(b':');
+        write_json_str(out, &l.value);
+    }
+    out.push(b'}');
 }
 
 /// `GET /api/v1/status/buildinfo`, shaped as Prometheus'.
@@ -345,6 +504,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::with_capacity(8192);
     st.engine.render_metrics(&mut out);
     st.queries.render_metrics(&mut out);
+    st.http.render(&mut out);
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -6,8 +6,9 @@
 //! and slow everyone else down.
 
 use crate::config::ServerConfig;
+use crate::metrics::{HttpCounters, Refusal};
 use axum::body::{Body, Bytes};
-use axum::http::Request;
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
@@ -37,11 +38,12 @@ const REFUSAL_DISCARD_BYTES: usize = 64 << 10;
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets requests
 /// in flight finish for at most `cfg.shutdown_grace` and drops the connections still open
-/// (which cancels their handlers).
+/// (which cancels their handlers). What the limits do is counted in `counters`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     cfg: &ServerConfig,
+    counters: Arc<HttpCounters>,
     shutdown: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -65,15 +67,18 @@ pub async fn serve(
         while conns.try_join_next().is_some() {}
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Over the limit: answer and close at once, off the accept loop.
+            counters.connection_refused();
             tokio::spawn(refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
         let mut stop = stop_rx.clone();
         let busy = Arc::new(AtomicUsize::new(0));
-        let service = tracked(app.clone(), busy.clone());
+        let service = tracked(app.clone(), busy.clone(), counters.clone());
+        let open = counters.opened();
+        let counters = counters.clone();
         conns.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, open);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -83,6 +88,9 @@ pub async fn serve(
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
+                        if e.is_timeout() {
+                            counters.header_timeout();
+                        }
                         tracing::debug!("connection closed: {e}");
                     }
                     return;
@@ -115,10 +123,12 @@ pub async fn serve(
 }
 
 /// `app` as a hyper service that counts, in `busy`, the connection's requests from their
-/// arrival until their response body is written (a streamed export included).
+/// arrival until their response body is written (a streamed export included), and counts
+/// the requests refused for their body in `counters`.
 fn tracked(
     app: Router,
     busy: Arc<AtomicUsize>,
+    counters: Arc<HttpCounters>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response,
@@ -128,8 +138,20 @@ fn tracked(
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let guard = InFlight::enter(&busy);
         let answer = app.clone().call(req);
+        let counters = counters.clone();
         async move {
-            let resp = answer.await?;
+            let mut resp = answer.await?;
+            match resp.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => counters.refused(Refusal::BodyTooLarge),
+                StatusCode::REQUEST_TIMEOUT => {
+                    // The rest of a stalled body may still come, and must not be read as the
+                    // next request: the connection ends with this answer.
+                    counters.refused(Refusal::BodyTimeout);
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                _ => {}
+            }
             Ok(resp.map(|body| {
                 Body::new(TrackedBody {
                     body,

@@ -1,14 +1,16 @@
 //! Write endpoints: Prometheus remote write, Influx line protocol, JSON device events.
 //!
+//! Influx and JSON bodies may come compressed (gzip, deflate, zstd; see [`super::encoding`]).
 //! Each decodes into one `WriteBatch`, hands it to the engine, and answers only once the stored
 //! part is durable. Refused items are listed (the first few) and counted in the response; the
 //! valid rest is stored.
 
+use super::encoding::{decompress, DecompressError, Encoding};
 use super::{json_response, tenant_of, ApiError, AppState, Params};
 use crate::engine::WriteError;
-use crate::metrics::Protocol;
+use crate::metrics::{Protocol, Refusal};
 use crate::shard::WriteAck;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,8 +54,9 @@ pub async fn events(State(st): State<AppState>, headers: HeaderMap, body: Body) 
     ingest(st, headers, body, Protocol::Events, None).await
 }
 
-/// Refuses content types and encodings the protocol does not speak.
-fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<(), ApiError> {
+/// Refuses content types and encodings the protocol does not speak; returns the body's
+/// encoding (remote write's snappy is the decoder's business, so it counts as identity here).
+fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<Encoding, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -66,8 +69,7 @@ fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<(), ApiError> {
         .to_ascii_lowercase();
     let encoding = headers
         .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .map(|v| v.to_str().unwrap_or("(not ASCII)"));
     let unsupported = |m: String| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data", m);
     match p {
         Protocol::RemoteWrite => {
@@ -76,18 +78,22 @@ fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<(), ApiError> {
                     "remote write needs Content-Type application/x-protobuf, got {ctype:?}"
                 )));
             }
-            if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("snappy") {
+            if let Some(e) = encoding.filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("snappy"))
+            {
                 return Err(unsupported(format!(
-                    "remote write needs Content-Encoding snappy, got {encoding:?}"
+                    "remote write needs Content-Encoding snappy, got {e:?}"
                 )));
             }
+            Ok(Encoding::Identity)
         }
         Protocol::Influx | Protocol::Events => {
-            if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+            let Some(enc) = Encoding::from_header(encoding) else {
                 return Err(unsupported(format!(
-                    "unsupported Content-Encoding {encoding:?}: send the body uncompressed"
+                    "unsupported Content-Encoding {:?}: send the body as {}",
+                    encoding.unwrap_or(""),
+                    super::encoding::SUPPORTED
                 )));
-            }
+            };
             let ok = match p {
                 Protocol::Events => [
                     "",
@@ -107,9 +113,9 @@ fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<(), ApiError> {
                     "unsupported Content-Type {ctype:?} for this endpoint"
                 )));
             }
+            Ok(enc)
         }
     }
-    Ok(())
 }
 
 async fn ingest(
@@ -162,7 +168,7 @@ async fn ingest_inner(
     precision: Option<influx::Precision>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(headers)?;
-    check_headers(headers, p)?;
+    let encoding = check_headers(headers, p)?;
     let body = super::body::read_limited(
         body,
         st.max_body_bytes,
@@ -170,6 +176,21 @@ async fn ingest_inner(
         st.body_read_timeout,
     )
     .await?;
+    let body = match encoding {
+        Encoding::Identity => body,
+        // Inflating up to the body limit is CPU work of its own: off the async workers.
+        enc => {
+            let limit = st.max_body_bytes;
+            tokio::task::spawn_blocking(move || decompress(&body, enc, limit))
+                .await
+                .map_err(|e| ApiError::internal(format!("decompression task failed: {e}")))?
+                .map(Bytes::from)
+                .map_err(|e| match e {
+                    DecompressError::TooLarge { .. } => super::body::too_large(e.to_string()),
+                    DecompressError::Invalid { .. } => ApiError::bad_data(e.to_string()),
+                })?
+        }
+    };
     let mut batch = WriteBatch::new(tenant);
     let ctx = DecodeContext {
         limits: &st.limits,
@@ -201,7 +222,12 @@ async fn ingest_inner(
     let ack = if batch.is_empty() {
         WriteAck::default()
     } else {
-        st.engine.write(batch).await.map_err(write_error)?
+        st.engine.write(batch).await.map_err(|e| {
+            if matches!(e, WriteError::Overloaded { .. }) {
+                st.http.refused(Refusal::PendingIngest);
+            }
+            write_error(e)
+        })?
     };
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
