@@ -132,6 +132,20 @@ pub fn migrate(dir: &Path) -> Result<(), TsdbError> {
     Ok(())
 }
 
+/// Creates a tenant's directory when it does not exist yet and makes its entry durable: a
+/// checkpoint written after the tenant's first blocks must not outlive the directory holding
+/// them.
+pub fn ensure_dir(tdir: &Path) -> Result<(), TsdbError> {
+    if tdir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(tdir).map_err(TsdbError::io(tdir))?;
+    match tdir.parent() {
+        Some(root) => sync_dir(root),
+        None => Ok(()),
+    }
+}
+
 /// Makes the entries of directory `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<(), TsdbError> {
     std::fs::File::open(dir)

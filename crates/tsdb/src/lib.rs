@@ -496,8 +496,14 @@ impl Tsdb {
                 }
             }
             let tdir = layout::tenant_dir(&self.dir, tenant);
-            let mut written = Ok(());
+            let mut written = match windows.is_empty() {
+                true => Ok(()),
+                false => layout::ensure_dir(&tdir),
+            };
             for (w, members) in windows {
+                if written.is_err() {
+                    break;
+                }
                 let (start, end) = (
                     w.saturating_mul(width),
                     w.saturating_mul(width).saturating_add(width - 1),
