@@ -419,7 +419,7 @@ impl Shard {
         self.last_flush = Instant::now();
         // Counted from the attempt: a tier that keeps failing is retried by time or after as
         // many bytes again, not at every commit.
-        self.logged_bytes = 0;
+        let log_bytes = std::mem::take(&mut self.logged_bytes);
         let logged = self.writer.next_offset().checked_sub(1);
         // Rollups first: a crash before the raw flush then replays records the windows have
         // seen, which they ignore (replay applies each part past its own checkpoint).
@@ -449,6 +449,13 @@ impl Shard {
         let maintained = self.tsdb.maintain(now_ms());
         if raw.is_ok() {
             self.counters.flushes.add(1);
+            // Ingest on this partition waited this long: worth seeing next to the log size.
+            tracing::info!(
+                partition = self.partition,
+                log_bytes,
+                seconds = self.last_flush.elapsed().as_secs_f64(),
+                "flushed the head into blocks and cut the log"
+            );
         }
         crate::memory::release_free_memory();
         windows_done?;
