@@ -101,9 +101,9 @@ impl Default for TsdbOptions {
 /// Blocks are compacted up to this many block durations per window.
 const COMPACT_FACTOR: i64 = 12;
 
-/// Blocks a compaction window the clock is still in needs before they are merged. Flushes come
-/// as often as the log grows (see the server's `checkpoint_log_bytes`); merging at every one
-/// would rewrite the day's data each time.
+/// Blocks a compaction window still being written (the latest flush added to it) needs before
+/// they are merged. Flushes come as often as the log grows (see the server's
+/// `checkpoint_log_bytes`); merging at every one would rewrite the window's data each time.
 const COMPACT_OPEN_BLOCKS: usize = 8;
 
 /// What one append did.
@@ -230,6 +230,9 @@ struct Inner {
     /// Per tenant, blocks in ascending sequence.
     blocks: AHashMap<Tenant, Vec<Arc<Block>>>,
     next_seq: u64,
+    /// Blocks from this sequence on were written by the latest flush: their compaction
+    /// windows are still being written.
+    fresh_from: u64,
     applied: Option<u64>,
     checkpoint: Option<u64>,
 }
@@ -268,6 +271,7 @@ impl Tsdb {
             heads: AHashMap::new(),
             blocks: AHashMap::new(),
             next_seq: 1,
+            fresh_from: u64::MAX,
             applied: checkpoint,
             checkpoint,
         };
@@ -464,9 +468,11 @@ impl Tsdb {
             heads,
             blocks,
             next_seq,
+            fresh_from,
             applied,
             checkpoint,
         } = &mut *inner;
+        *fresh_from = *next_seq;
         let width = self.opts.block_duration_ms.max(1);
         let mut failed = None;
         for (tenant, head) in heads.iter_mut() {
@@ -565,9 +571,9 @@ impl Tsdb {
     }
 
     /// Deletes blocks older than the retention and merges blocks sharing a compaction window:
-    /// a window the clock has left (its end a block duration past) as soon as it holds two
-    /// blocks, the window still being written only from [`COMPACT_OPEN_BLOCKS`] on, so that
-    /// frequent flushes do not rewrite it each time.
+    /// as soon as it holds two blocks when the latest flush wrote none of them (or none was
+    /// written since opening), from [`COMPACT_OPEN_BLOCKS`] on while the latest flush added to
+    /// it, so that frequent flushes do not rewrite a window being written each time.
     ///
     /// Each tenant's work stands alone: a failure is logged and counted, the other tenants'
     /// blocks are still merged and deleted, and the first failure is returned at the end.
@@ -575,10 +581,10 @@ impl Tsdb {
         let mut st = MaintainStats::default();
         let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
         let window = self.opts.block_duration_ms.max(1) * COMPACT_FACTOR;
-        let closed_before = now_ms.saturating_sub(self.opts.block_duration_ms);
         // Plan under the read lock; merging reads blocks without blocking queries.
         let (expired, groups) = {
             let inner = self.inner.read();
+            let fresh_from = inner.fresh_from;
             let mut expired = Vec::new();
             let mut groups = Vec::new();
             for (tenant, bs) in &inner.blocks {
@@ -595,12 +601,12 @@ impl Tsdb {
                 }
                 groups.extend(
                     by_window
-                        .into_iter()
-                        .filter(|(w, g)| {
-                            let closed = (w + 1).saturating_mul(window) <= closed_before;
-                            g.len() >= if closed { 2 } else { COMPACT_OPEN_BLOCKS }
+                        .into_values()
+                        .filter(|g| {
+                            let open = g.iter().any(|b| b.seq >= fresh_from);
+                            g.len() >= if open { COMPACT_OPEN_BLOCKS } else { 2 }
                         })
-                        .map(|(_, g)| (tenant.clone(), g)),
+                        .map(|g| (tenant.clone(), g)),
                 );
             }
             (expired, groups)

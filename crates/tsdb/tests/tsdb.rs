@@ -68,8 +68,7 @@ const UP_A: &[(&str, &str)] = &[("__name__", "up"), ("job", "a")];
 #[test]
 fn order_duplicates_and_conflicts_across_head_blocks_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    // In a compaction window the clock has left, so that two blocks are merged.
-    let t = now() - 30 * H;
+    let t = now() - 10 * H;
     let db = open(dir.path());
     let st = db.append(
         &batch(
@@ -672,4 +671,40 @@ fn a_failing_tenant_fails_only_its_own_compaction() {
     // good: two expired deleted, two merged into one; bad: its two blocks left as they were.
     assert_eq!(db.stats().blocks, 3);
     assert_eq!(all(&db, "good", "up")[0].1, vec![(t, 1.0), (t + 1, 2.0)]);
+}
+
+/// A compaction window the latest flush wrote to is merged only once it holds eight blocks, so
+/// frequent flushes do not rewrite it each time; once flushes leave it alone it is merged from
+/// two blocks on.
+#[test]
+fn a_window_being_written_is_merged_only_from_eight_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let t = now() - H;
+    let flush_one = |i: i64| {
+        db.append(&batch("default", &[(UP_A, t + i, i as f64)]), i as u64);
+        db.flush().unwrap();
+    };
+    for i in 0..2 {
+        flush_one(i);
+    }
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 0);
+    for i in 2..8 {
+        flush_one(i);
+        let merged = db.maintain(now()).unwrap().compacted_blocks;
+        assert_eq!(
+            merged,
+            if i == 7 { 8 } else { 0 },
+            "after {} flushes",
+            i + 1
+        );
+    }
+    assert_eq!(db.stats().blocks, 1);
+    flush_one(8);
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 0);
+    // A flush that writes nothing there: the window is quiet, its two blocks are merged.
+    db.flush().unwrap();
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 2);
+    let want: Vec<(i64, f64)> = (0..9).map(|i| (t + i, i as f64)).collect();
+    assert_eq!(all(&db, "default", "up")[0].1, want);
 }
