@@ -252,3 +252,46 @@ fn a_data_directory_in_the_old_layout_is_migrated_on_open() {
         check_tenant(&s, &ids, i, &[("old", 10), ("new", 5)], base);
     }
 }
+
+/// One tenant whose directory cannot be created (a file stands in its place) fails its own
+/// flush only: the flush reports it, the other tenant's samples reach blocks, the failure is
+/// counted, and once the obstacle is gone everything, the failing tenant's samples included,
+/// is flushed and survives a restart.
+#[test]
+fn a_tenant_that_cannot_be_flushed_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = ["victim", "bystander"].map(String::from).to_vec();
+    let base = now_ms() - 3_600_000;
+    let cfg = "partitions = 1\n[rollups]\nenabled = false\n";
+    let s = Server::start(dir.path(), cfg);
+    let store = dir.path().join("data/shards/0000/tsdb");
+    let obstacle = store.join("@tenants/victim");
+    std::fs::write(&obstacle, b"in the way").unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(write(&s, id, &probe_lines(i, "p", base, 10)), 204);
+    }
+    let r = s.client.post(s.url("/api/v1/admin/flush")).send().unwrap();
+    let (status, body) = (r.status().as_u16(), r.text().unwrap());
+    assert!(status >= 500 && body.contains("victim"), "{status} {body}");
+    let m = s.metrics();
+    assert_eq!(metric(&m, "strata_tsdb_tenant_errors_total"), 1.0);
+    assert!(
+        metric(&m, "strata_tsdb_blocks") >= 1.0,
+        "the bystander was flushed"
+    );
+    assert!(
+        !store.join("checkpoint").exists(),
+        "the checkpoint waits for the victim"
+    );
+    for i in 0..ids.len() {
+        check_tenant(&s, &ids, i, &[("p", 10)], base);
+    }
+    std::fs::remove_file(&obstacle).unwrap();
+    s.flush();
+    assert!(store.join("checkpoint").is_file());
+    s.kill9();
+    let s = Server::start(dir.path(), cfg);
+    for i in 0..ids.len() {
+        check_tenant(&s, &ids, i, &[("p", 10)], base);
+    }
+}
