@@ -59,7 +59,7 @@ pub enum TsdbError {
         reason: String,
     },
     /// Work on one tenant's data failed (the other tenants' went ahead).
-    #[error("{what} of tenant {tenant:?} failed: {source}")]
+    #[error("{what} of tenant \"{tenant}\" failed: {source}")]
     Tenant {
         /// The tenant.
         tenant: Tenant,
@@ -502,9 +502,10 @@ impl Tsdb {
                 }
             }
             let tdir = layout::tenant_dir(&self.dir, tenant);
-            let mut written = match windows.is_empty() {
-                true => Ok(()),
-                false => layout::ensure_dir(&tdir),
+            let mut written = if windows.is_empty() {
+                Ok(())
+            } else {
+                layout::ensure_dir(&tdir)
             };
             for (w, members) in windows {
                 if written.is_err() {
