@@ -157,6 +157,7 @@ impl Engine {
                             flush_interval: Duration::from_millis(
                                 cfg.storage.flush_interval.0 as u64,
                             ),
+                            checkpoint_log_bytes: cfg.storage.checkpoint_log_bytes,
                         };
                         let rollups = if cfg.rollups.enabled {
                             let stage = RollupStage::open(&dir.join("rollups"), stage_opts)?;
@@ -412,6 +413,12 @@ impl Engine {
             "strata_tsdb_retention_deleted_blocks_total",
             "Blocks deleted by retention.",
             t.retention_deleted_blocks_total,
+        );
+        counter(
+            out,
+            "strata_tsdb_tenant_errors_total",
+            "Flushes, compactions or deletions of one tenant's data that failed (the other tenants' went ahead).",
+            t.tenant_errors_total,
         );
         self.render_rollup_metrics(out);
     }

@@ -67,6 +67,9 @@ pub struct ShardConfig {
     pub dedup_horizon_ms: i64,
     /// Longest time between flushes.
     pub flush_interval: Duration,
+    /// Flush once this many bytes were logged since the last flush (0: by time only), so the
+    /// log a restart replays stays short however fast writes come.
+    pub checkpoint_log_bytes: u64,
 }
 
 /// One shard, ready to run on its own thread.
@@ -83,6 +86,8 @@ pub struct Shard {
     /// Series named in full in the current log segment (later records name them by id).
     dict: SeriesDict,
     last_flush: Instant,
+    /// Record bytes in the log since the last flush (those replayed at open included).
+    logged_bytes: u64,
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
@@ -116,7 +121,7 @@ impl Shard {
             .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
         let from = raw_from.min(windows_from);
         let started = Instant::now();
-        let (mut records, mut samples) = (0u64, 0u64);
+        let (mut records, mut samples, mut bytes) = (0u64, 0u64, 0u64);
         let mut last_report = Instant::now();
         let now = now_ms();
         // Reading starts at a segment start, so every reference follows its definition; the
@@ -159,6 +164,7 @@ impl Shard {
                     .map_err(|e| anyhow::anyhow!("partition {partition}: rollups: {e}"))?;
             }
             records += 1;
+            bytes += rec.payload.len() as u64;
             if last_report.elapsed() >= Duration::from_secs(5) {
                 last_report = Instant::now();
                 let end = log.end_offset(partition);
@@ -194,6 +200,7 @@ impl Shard {
             record: Vec::new(),
             dict: SeriesDict::default(),
             last_flush: Instant::now(),
+            logged_bytes: bytes,
             last_maintain: Instant::now(),
             last_settle: Instant::now(),
         })
@@ -236,7 +243,10 @@ impl Shard {
                     } else {
                         self.encode(&batch);
                         match self.writer.append(&self.record) {
-                            Ok(a) => Some(a.offset),
+                            Ok(a) => {
+                                self.logged_bytes += self.record.len() as u64;
+                                Some(a.offset)
+                            }
                             Err(e) => {
                                 // Definitions in the lost record must be written again, and
                                 // its events must be accepted when the client retries.
@@ -390,7 +400,9 @@ impl Shard {
                 );
             }
         }
-        if self.last_flush.elapsed() >= self.cfg.flush_interval {
+        let log_full =
+            self.cfg.checkpoint_log_bytes > 0 && self.logged_bytes >= self.cfg.checkpoint_log_bytes;
+        if log_full || self.last_flush.elapsed() >= self.cfg.flush_interval {
             if let Err(e) = self.flush() {
                 tracing::error!(partition = self.partition, "periodic flush failed: {e}");
             }
@@ -399,34 +411,56 @@ impl Shard {
 
     /// Persists the rollups, the dedup state and the head, then drops log segments all of them
     /// cover.
+    ///
+    /// A failure confined to one tenant's data (in either tier) stops neither the other tier's
+    /// flush nor maintenance: each tier's checkpoint stays where it was, the log is cut only
+    /// below both, and the first failure is returned once everything else is done.
     fn flush(&mut self) -> anyhow::Result<()> {
         self.last_flush = Instant::now();
+        // Counted from the attempt: a tier that keeps failing is retried by time or after as
+        // many bytes again, not at every commit.
+        let log_bytes = std::mem::take(&mut self.logged_bytes);
         let logged = self.writer.next_offset().checked_sub(1);
         // Rollups first: a crash before the raw flush then replays records the windows have
         // seen, which they ignore (replay applies each part past its own checkpoint).
-        if let Some(r) = &self.rollups {
-            r.checkpoint(logged)?;
-        }
+        let windows_done = match &self.rollups {
+            Some(r) => r.checkpoint(logged).map_err(anyhow::Error::from),
+            None => Ok(()),
+        };
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        let raw = self.tsdb.flush()?;
-        let windows = match &self.rollups {
-            Some(r) => r.checkpoint_offset(),
-            None => raw,
-        };
-        if let (Some(raw), Some(windows)) = (raw, windows) {
-            let covered = raw.min(windows);
-            // Everything logged is now in blocks: start a new segment so all of it can go.
-            if covered + 1 == self.writer.next_offset() {
-                self.writer.roll()?;
-                self.dict.clear();
+        let raw = self.tsdb.flush();
+        if let Ok(raw) = &raw {
+            let windows = match &self.rollups {
+                Some(r) => r.checkpoint_offset(),
+                None => *raw,
+            };
+            if let (Some(raw), Some(windows)) = (*raw, windows) {
+                let covered = raw.min(windows);
+                // Everything logged is now in blocks: start a new segment so all of it can go.
+                if covered + 1 == self.writer.next_offset() {
+                    self.writer.roll()?;
+                    self.dict.clear();
+                }
+                self.log.truncate_before(self.partition, covered + 1)?;
             }
-            self.log.truncate_before(self.partition, covered + 1)?;
         }
-        self.tsdb.maintain(now_ms())?;
-        self.counters.flushes.add(1);
+        let maintained = self.tsdb.maintain(now_ms());
+        if raw.is_ok() {
+            self.counters.flushes.add(1);
+            // Ingest on this partition waited this long: worth seeing next to the log size.
+            tracing::info!(
+                partition = self.partition,
+                log_bytes,
+                seconds = self.last_flush.elapsed().as_secs_f64(),
+                "flushed the head into blocks and cut the log"
+            );
+        }
         crate::memory::release_free_memory();
+        windows_done?;
+        raw?;
+        maintained?;
         Ok(())
     }
 }

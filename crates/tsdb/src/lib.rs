@@ -1,9 +1,12 @@
 //! The raw tier of one shard: an in-memory head, immutable compressed blocks on disk
 //! partitioned by time and tenant, a label index, compaction and retention.
 //!
-//! - **Layout.** `dir/<tenant>/<seq>_<min>_<max>.blk`: tenants never share a file, so a read for
-//!   one tenant cannot see another's data, and per-tenant retention needs no format change.
-//!   `dir/checkpoint` records the ingest-log offset whose data is all in blocks.
+//! - **Layout.** `dir/@tenants/<tenant>/<seq>_<min>_<max>.blk`: tenants never share a file, so a
+//!   read for one tenant cannot see another's data, and per-tenant retention needs no format
+//!   change. Tenant directories have a namespace of their own, named so that no tenant id can
+//!   collide with another or with the engine's files (see [`layout`]); a failure in one
+//!   tenant's directory is that tenant's alone. `dir/checkpoint` records the ingest-log offset
+//!   whose data is all in blocks.
 //! - **Any order.** Samples of any age inside the retention are accepted in any order.
 //! - **Duplicates and conflicts.** An exact repeat of (series, timestamp, value) is dropped and
 //!   counted. A different value for the same (series, timestamp) replaces the stored one: the
@@ -18,6 +21,7 @@ mod block;
 pub mod codec;
 mod head;
 mod index;
+pub mod layout;
 mod read;
 
 use ahash::AHashMap;
@@ -54,6 +58,16 @@ pub enum TsdbError {
         /// What is wrong.
         reason: String,
     },
+    /// Work on one tenant's data failed (the other tenants' went ahead).
+    #[error("{what} of tenant \"{tenant}\" failed: {source}")]
+    Tenant {
+        /// The tenant.
+        tenant: Tenant,
+        /// What was being done: flush, compaction or retention.
+        what: &'static str,
+        /// The failure.
+        source: Box<TsdbError>,
+    },
 }
 
 impl TsdbError {
@@ -86,6 +100,11 @@ impl Default for TsdbOptions {
 
 /// Blocks are compacted up to this many block durations per window.
 const COMPACT_FACTOR: i64 = 12;
+
+/// Blocks a compaction window still being written (the latest flush added to it) needs before
+/// they are merged. Flushes come as often as the log grows (see the server's
+/// `checkpoint_log_bytes`); merging at every one would rewrite the window's data each time.
+const COMPACT_OPEN_BLOCKS: usize = 8;
 
 /// What one append did.
 #[derive(Debug, Default, Clone)]
@@ -157,6 +176,9 @@ pub struct TsdbStats {
     pub compactions_total: u64,
     /// Blocks deleted by retention.
     pub retention_deleted_blocks_total: u64,
+    /// Flushes, compactions or deletions of one tenant's data that failed (the other tenants'
+    /// went ahead).
+    pub tenant_errors_total: u64,
 }
 
 impl TsdbStats {
@@ -169,6 +191,7 @@ impl TsdbStats {
         self.block_bytes += o.block_bytes;
         self.compactions_total += o.compactions_total;
         self.retention_deleted_blocks_total += o.retention_deleted_blocks_total;
+        self.tenant_errors_total += o.tenant_errors_total;
     }
 }
 
@@ -207,6 +230,9 @@ struct Inner {
     /// Per tenant, blocks in ascending sequence.
     blocks: AHashMap<Tenant, Vec<Arc<Block>>>,
     next_seq: u64,
+    /// Blocks from this sequence on were written by the latest flush: their compaction
+    /// windows are still being written.
+    fresh_from: u64,
     applied: Option<u64>,
     checkpoint: Option<u64>,
 }
@@ -223,39 +249,40 @@ pub struct Tsdb {
     inner: RwLock<Inner>,
     compactions: AtomicU64,
     deleted: AtomicU64,
+    tenant_errors: AtomicU64,
 }
 
 const CHECKPOINT: &str = "checkpoint";
 const CHECKPOINT_MAGIC: &[u8; 8] = b"STRCKPT\x01";
 
 impl Tsdb {
-    /// Opens the storage in `dir`: loads and verifies every block, removes leftovers of
-    /// interrupted writes, reads the checkpoint.
+    /// Opens the storage in `dir`: moves tenant directories of the old layout into place, loads
+    /// and verifies every block, removes leftovers of interrupted writes, reads the checkpoint.
     pub fn open(
         dir: &Path,
         opts: TsdbOptions,
         limiter: Arc<SeriesLimiter>,
     ) -> Result<Tsdb, TsdbError> {
         std::fs::create_dir_all(dir).map_err(TsdbError::io(dir))?;
+        // Before the checkpoint is read: in the old layout a tenant could own `checkpoint`.
+        layout::migrate(dir)?;
         let checkpoint = read_checkpoint(&dir.join(CHECKPOINT))?;
         let mut inner = Inner {
             heads: AHashMap::new(),
             blocks: AHashMap::new(),
             next_seq: 1,
+            fresh_from: u64::MAX,
             applied: checkpoint,
             checkpoint,
         };
-        for entry in std::fs::read_dir(dir).map_err(TsdbError::io(dir))? {
-            let entry = entry.map_err(TsdbError::io(dir))?;
+        let root = dir.join(layout::TENANTS_DIR);
+        for entry in std::fs::read_dir(&root).map_err(TsdbError::io(&root))? {
+            let entry = entry.map_err(TsdbError::io(&root))?;
             let tdir = entry.path();
-            if !tdir.is_dir() {
-                continue;
-            }
-            let Some(tenant) = tdir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| Tenant::new(n).ok())
-            else {
+            let tenant = entry.file_name().to_str().and_then(layout::tenant_of);
+            let is_dir = entry.file_type().map_err(TsdbError::io(&tdir))?.is_dir();
+            let Some(tenant) = tenant.filter(|_| is_dir) else {
+                tracing::warn!(path = %tdir.display(), "ignoring what is not a tenant directory");
                 continue;
             };
             let mut blocks = Vec::new();
@@ -297,6 +324,7 @@ impl Tsdb {
             inner: RwLock::new(inner),
             compactions: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
+            tenant_errors: AtomicU64::new(0),
         })
     }
 
@@ -430,16 +458,23 @@ impl Tsdb {
 
     /// Persists the whole head into blocks (one per tenant and block window), records the
     /// checkpoint and empties the head. Returns the log offset now covered by blocks.
+    ///
+    /// A tenant whose blocks cannot be written keeps its head (logged and counted) while the
+    /// others are flushed; the checkpoint then stays where it was, since the log still holds
+    /// the only durable copy of that tenant's samples, and the first such failure is returned.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
         let mut inner = self.inner.write();
         let Inner {
             heads,
             blocks,
             next_seq,
+            fresh_from,
             applied,
             checkpoint,
         } = &mut *inner;
+        *fresh_from = *next_seq;
         let width = self.opts.block_duration_ms.max(1);
+        let mut failed = None;
         for (tenant, head) in heads.iter_mut() {
             // Which series have samples in which block window; then one window at a time, so
             // a flush holds one block's encoded series, not the whole head's.
@@ -466,8 +501,16 @@ impl Tsdb {
                     windows.entry(w).or_default().push(r as u32);
                 }
             }
-            let tdir = self.dir.join(tenant.as_str());
+            let tdir = layout::tenant_dir(&self.dir, tenant);
+            let mut written = if windows.is_empty() {
+                Ok(())
+            } else {
+                layout::ensure_dir(&tdir)
+            };
             for (w, members) in windows {
+                if written.is_err() {
+                    break;
+                }
                 let (start, end) = (
                     w.saturating_mul(width),
                     w.saturating_mul(width).saturating_add(width - 1),
@@ -480,13 +523,28 @@ impl Tsdb {
                         EncodedSeries::new(head.index.key(r).to_owned(), &buf)
                     })
                     .collect();
-                let b = Block::write(&tdir, *next_seq, series)?;
+                match Block::write(&tdir, *next_seq, series) {
+                    Ok(b) => blocks.entry(tenant.clone()).or_default().push(Arc::new(b)),
+                    Err(e) => {
+                        written = Err(e);
+                        break;
+                    }
+                }
                 *next_seq += 1;
-                blocks.entry(tenant.clone()).or_default().push(Arc::new(b));
+            }
+            // Blocks written before a failure stay: the next flush writes the same samples
+            // again, with a higher sequence, which changes no answer.
+            if let Err(e) = written {
+                let e = self.tenant_failed(tenant, "flush", e);
+                failed.get_or_insert(e);
+                continue;
             }
             for s in &mut head.series {
                 s.clear_persisted();
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if *applied != *checkpoint {
             if let Some(off) = *applied {
@@ -497,12 +555,29 @@ impl Tsdb {
         Ok(*checkpoint)
     }
 
+    /// Logs and counts a failure scoped to one tenant's data.
+    fn tenant_failed(&self, tenant: &Tenant, what: &'static str, e: TsdbError) -> TsdbError {
+        self.tenant_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(tenant = %tenant, dir = %self.dir.display(), "{what} failed: {e}");
+        TsdbError::Tenant {
+            tenant: tenant.clone(),
+            what,
+            source: Box::new(e),
+        }
+    }
+
     /// The log offset whose data is all in blocks (read from disk at open).
     pub fn checkpoint_offset(&self) -> Option<u64> {
         self.inner.read().checkpoint
     }
 
-    /// Deletes blocks older than the retention and merges blocks sharing a compaction window.
+    /// Deletes blocks older than the retention and merges blocks sharing a compaction window:
+    /// as soon as it holds two blocks when the latest flush wrote none of them (or none was
+    /// written since opening), from [`COMPACT_OPEN_BLOCKS`] on while the latest flush added to
+    /// it, so that frequent flushes do not rewrite a window being written each time.
+    ///
+    /// Each tenant's work stands alone: a failure is logged and counted, the other tenants'
+    /// blocks are still merged and deleted, and the first failure is returned at the end.
     pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let mut st = MaintainStats::default();
         let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
@@ -510,6 +585,7 @@ impl Tsdb {
         // Plan under the read lock; merging reads blocks without blocking queries.
         let (expired, groups) = {
             let inner = self.inner.read();
+            let fresh_from = inner.fresh_from;
             let mut expired = Vec::new();
             let mut groups = Vec::new();
             for (tenant, bs) in &inner.blocks {
@@ -527,47 +603,71 @@ impl Tsdb {
                 groups.extend(
                     by_window
                         .into_values()
-                        .filter(|g| g.len() > 1)
+                        .filter(|g| {
+                            let open = g.iter().any(|b| b.seq >= fresh_from);
+                            g.len() >= if open { COMPACT_OPEN_BLOCKS } else { 2 }
+                        })
                         .map(|g| (tenant.clone(), g)),
                 );
             }
             (expired, groups)
         };
+        let mut failed = None;
         let mut merged = Vec::new();
         for (tenant, group) in groups {
-            let series = merge_blocks(&group)?;
-            let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
             // Same sequence as the newest input: nothing outside the window overlaps it.
-            let tmp_dir = self.dir.join(tenant.as_str());
-            let b = Block::write(&tmp_dir, seq, series)?;
-            merged.push((tenant, group, Arc::new(b)));
+            let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
+            let tdir = layout::tenant_dir(&self.dir, &tenant);
+            match merge_blocks(&group).and_then(|series| Block::write(&tdir, seq, series)) {
+                Ok(b) => merged.push((tenant, group, Arc::new(b))),
+                Err(e) => {
+                    failed.get_or_insert(self.tenant_failed(&tenant, "compaction", e));
+                }
+            }
         }
         let mut inner = self.inner.write();
         for (tenant, b) in expired {
+            match std::fs::remove_file(&b.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    // Kept, so the next maintenance tries again.
+                    let e = TsdbError::io(&b.path)(e);
+                    failed.get_or_insert(self.tenant_failed(&tenant, "retention", e));
+                    continue;
+                }
+                _ => {}
+            }
             if let Some(v) = inner.blocks.get_mut(&tenant) {
                 v.retain(|x| !Arc::ptr_eq(x, &b));
             }
-            std::fs::remove_file(&b.path).map_err(TsdbError::io(&b.path))?;
             st.deleted_blocks += 1;
         }
         for (tenant, group, new) in merged {
-            let v = inner.blocks.entry(tenant).or_default();
-            v.retain(|x| !group.iter().any(|g| Arc::ptr_eq(g, x)));
             for g in &group {
-                // The new block has the newest input's name only if min/max match; remove the rest.
+                // The new block has the newest input's name only if min/max match; remove the
+                // rest. One left behind holds only what the new block holds, at a sequence
+                // below or equal to it, so it changes no answer when it is loaded again.
                 if g.path != new.path {
-                    std::fs::remove_file(&g.path).map_err(TsdbError::io(&g.path))?;
+                    if let Err(e) = std::fs::remove_file(&g.path) {
+                        let e = TsdbError::io(&g.path)(e);
+                        failed.get_or_insert(self.tenant_failed(&tenant, "compaction", e));
+                    }
                 }
             }
+            let v = inner.blocks.entry(tenant).or_default();
+            v.retain(|x| !group.iter().any(|g| Arc::ptr_eq(g, x)));
             v.push(new);
             v.sort_by_key(|b| b.seq);
             st.compacted_blocks += group.len();
         }
+        drop(inner);
         self.compactions
             .fetch_add(st.compacted_blocks as u64, Ordering::Relaxed);
         self.deleted
             .fetch_add(st.deleted_blocks as u64, Ordering::Relaxed);
-        Ok(st)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(st),
+        }
     }
 
     /// The samples of one series in `[start, end]`, sorted, one per timestamp.
@@ -622,6 +722,7 @@ impl Tsdb {
         let mut st = TsdbStats {
             compactions_total: self.compactions.load(Ordering::Relaxed),
             retention_deleted_blocks_total: self.deleted.load(Ordering::Relaxed),
+            tenant_errors_total: self.tenant_errors.load(Ordering::Relaxed),
             ..TsdbStats::default()
         };
         for h in inner.heads.values() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use strata_model::{
     Labels, Limits, Matcher, Sample, SelectHints, Storage, StorageError, Tenant, WriteBatch,
 };
+use strata_tsdb::layout::tenant_dir;
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
 
 const H: i64 = 3_600_000;
@@ -127,7 +128,9 @@ fn tenants_are_isolated_on_disk_and_in_reads() {
     db.append(&batch("other", &[(UP_A, t, 2.0)]), 1);
     assert_eq!(all(&db, "acme", "up")[0].1, vec![(t, 1.0)]);
     db.flush().unwrap();
-    assert!(dir.path().join("acme").is_dir() && dir.path().join("other").is_dir());
+    for t in ["acme", "other"] {
+        assert!(tenant_dir(dir.path(), &Tenant::new(t).unwrap()).is_dir());
+    }
     assert_eq!(all(&db, "acme", "up")[0].1, vec![(t, 1.0)]);
     assert_eq!(all(&db, "other", "up")[0].1, vec![(t, 2.0)]);
     assert!(all(&db, "nobody", "up").is_empty());
@@ -240,7 +243,7 @@ fn damaged_blocks_are_reported_and_torn_writes_removed() {
         db.append(&batch("default", &[(UP_A, t, 1.0)]), 0);
         db.flush().unwrap();
     }
-    let tdir = dir.path().join("default");
+    let tdir = tenant_dir(dir.path(), &Tenant::default());
     std::fs::write(tdir.join("0000000000000099_0_1.tmp"), b"half a block").unwrap();
     let db = open(dir.path());
     assert!(!tdir.join("0000000000000099_0_1.tmp").exists());
@@ -594,4 +597,114 @@ fn lazy_reads_equal_eager_reads() {
             "latest of range {start}..={end}"
         );
     }
+}
+
+/// One tenant whose directory cannot be written fails its own flush, not the others': they are
+/// flushed, the checkpoint waits (the log holds the failing tenant's only copy), and once the
+/// obstacle is gone the next flush catches up with nothing lost.
+#[test]
+fn a_failing_tenant_fails_only_its_own_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - H;
+    let db = open(dir.path());
+    db.append(&batch("good", &[(UP_A, t, 1.0)]), 0);
+    db.append(&batch("bad", &[(UP_A, t, 2.0)]), 1);
+    // A file where the tenant's directory belongs.
+    let bad = tenant_dir(dir.path(), &Tenant::new("bad").unwrap());
+    std::fs::write(&bad, b"in the way").unwrap();
+    match db.flush() {
+        Err(TsdbError::Tenant { tenant, what, .. }) => {
+            assert_eq!((tenant.as_str(), what), ("bad", "flush"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.stats().tenant_errors_total, 1);
+    assert_eq!(db.checkpoint_offset(), None, "held back");
+    assert_eq!(db.stats().blocks, 1, "the good tenant was flushed");
+    assert_eq!(db.stats().head_samples, 1, "the bad tenant kept its head");
+    assert_eq!(all(&db, "bad", "up")[0].1, vec![(t, 2.0)]);
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(db.flush().unwrap(), Some(1));
+    drop(db);
+    let db = open(dir.path());
+    assert_eq!(all(&db, "good", "up")[0].1, vec![(t, 1.0)]);
+    assert_eq!(all(&db, "bad", "up")[0].1, vec![(t, 2.0)]);
+}
+
+/// A tenant with a damaged block fails its own compaction; the other tenant's blocks are still
+/// merged and its expired blocks still deleted.
+#[test]
+fn a_failing_tenant_fails_only_its_own_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TsdbOptions {
+        retention_ms: 100 * H,
+        ..TsdbOptions::default()
+    };
+    let db = open_with(dir.path(), opts.clone());
+    let t = now() - 50 * H;
+    for (i, v) in [1.0, 2.0].into_iter().enumerate() {
+        let off = 3 * i as u64;
+        db.append(&batch("good", &[(UP_A, t + i as i64, v)]), off);
+        db.append(&batch("bad", &[(UP_A, t + i as i64, v)]), off + 1);
+        db.append(&batch("good", &[(UP_A, now() - 99 * H, v)]), off + 2);
+        db.flush().unwrap();
+    }
+    drop(db);
+    // Damage every chunk of the bad tenant: the index still opens, the merge cannot read.
+    let bad = tenant_dir(dir.path(), &Tenant::new("bad").unwrap());
+    for f in std::fs::read_dir(&bad).unwrap() {
+        let p = f.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        b[40] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    let db = open_with(dir.path(), opts);
+    assert_eq!(db.stats().blocks, 6);
+    // Two hours on, the good tenant's oldest blocks are past the retention.
+    match db.maintain(now() + 2 * H) {
+        Err(TsdbError::Tenant { tenant, what, .. }) => {
+            assert_eq!((tenant.as_str(), what), ("bad", "compaction"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.stats().tenant_errors_total, 1);
+    // good: two expired deleted, two merged into one; bad: its two blocks left as they were.
+    assert_eq!(db.stats().blocks, 3);
+    assert_eq!(all(&db, "good", "up")[0].1, vec![(t, 1.0), (t + 1, 2.0)]);
+}
+
+/// A compaction window the latest flush wrote to is merged only once it holds eight blocks, so
+/// frequent flushes do not rewrite it each time; once flushes leave it alone it is merged from
+/// two blocks on.
+#[test]
+fn a_window_being_written_is_merged_only_from_eight_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let t = now() - H;
+    let flush_one = |i: i64| {
+        db.append(&batch("default", &[(UP_A, t + i, i as f64)]), i as u64);
+        db.flush().unwrap();
+    };
+    for i in 0..2 {
+        flush_one(i);
+    }
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 0);
+    for i in 2..8 {
+        flush_one(i);
+        let merged = db.maintain(now()).unwrap().compacted_blocks;
+        assert_eq!(
+            merged,
+            if i == 7 { 8 } else { 0 },
+            "after {} flushes",
+            i + 1
+        );
+    }
+    assert_eq!(db.stats().blocks, 1);
+    flush_one(8);
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 0);
+    // A flush that writes nothing there: the window is quiet, its two blocks are merged.
+    db.flush().unwrap();
+    assert_eq!(db.maintain(now()).unwrap().compacted_blocks, 2);
+    let want: Vec<(i64, f64)> = (0..9).map(|i| (t + i, i as f64)).collect();
+    assert_eq!(all(&db, "default", "up")[0].1, want);
 }
