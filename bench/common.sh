@@ -94,7 +94,7 @@ write_config() {
 describe_build() {
   local rev
   rev=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
-  echo "# strata $rev ($STRATA_BIN), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), rollups ${ROLLUPS:-off}"
+  echo "# repo $rev, $STRATA_BIN built $(date -u -r "$STRATA_BIN" +%Y-%m-%dT%H:%MZ); $(nproc) cores; run $(date -u +%Y-%m-%dT%H:%MZ); rollups ${ROLLUPS:-off}"
 }
 
 # strata_default KEY: the default value of a configuration key, as `strata config` prints it.
