@@ -40,10 +40,6 @@ wait_http() {
   done
 }
 
-# Resident and peak resident memory of a process, in MB.
-rss_mb() { awk '/^VmRSS/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
-hwm_mb() { awk '/^VmHWM/ {printf "%d", $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
 # metric BASE NAME: the sum of a self-metric's samples (all label sets) from BASE/metrics.
 metric() {
   curl -fs --max-time 60 "$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 {s += $NF} END {printf "%.0f", s}'
@@ -67,6 +63,19 @@ start_strata() {
   STRATA_PID=$!
   STARTED_PIDS+=("$STRATA_PID")
 }
+
+# timed_start DATA_DIR PORT CONFIG LOG STOP [--query NAME PROMQL TIME EXPECTED]...: starts strata
+# under bench/timed_start.py, which times /health and the queries, reads its memory and stops
+# it (STOP: kill or term); prints its key=value line.
+timed_start() {
+  local dir=$1 port=$2 config=$3 log=$4 stop=$5; shift 5
+  python3 "$BENCH_DIR/timed_start.py" --url "http://127.0.0.1:$port" --log "$log" --stop "$stop" "$@" -- \
+    env RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 "$STRATA_BIN" serve --data-dir "$dir" --listen "127.0.0.1:$port" --config "$config" \
+    || die "timed start of strata failed (see $log)"
+}
+
+# kv LINE KEY: the value of KEY in a line of key=value pairs.
+kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"; }
 
 # stop_pid PID [SIGNAL]: signals one started process and waits for it.
 stop_pid() {
@@ -112,13 +121,6 @@ series_limits() {
     [ "$d" -ge "$want" ] || out+=("$key = $want")
   done
   [ ${#out[@]} -eq 0 ] || { echo "[limits]"; printf '%s\n' "${out[@]}"; }
-}
-
-# query_scalar BASE QUERY TIME: the single value of an instant query's answer ("" when the
-# answer is empty or not a success).
-query_scalar() {
-  curl -fs --max-time 300 "$1/api/v1/query" --data-urlencode "query=$2" --data-urlencode "time=$3" 2>/dev/null \
-    | jq -r 'if .status == "success" and (.data.result | length) > 0 then .data.result[0].value[1] else "" end' 2>/dev/null || true
 }
 
 # blast ARGS...: tsbench blast (ingest), dying unless every request was acknowledged.

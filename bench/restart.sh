@@ -44,27 +44,17 @@ log_bytes=$(du -sb "$dir/log" | cut -f1)
 {
   describe_build
   echo "# SERIES=$SERIES POINTS=$POINTS samples=$expected; config: defaults + retention 100y; storage.checkpoint_log_bytes default: $ckpt"
-  printf '%-4s %12s %17s %9s %9s %11s %8s\n' run log_bytes blocks_before_kill replay_s health_s full_count_s rss_MB
+  printf '%-4s %12s %17s %9s %9s %12s %8s\n' run log_bytes blocks_before_kill replay_s health_s full_count_s rss_MB
 } | tee "$OUT/summary.txt"
 for i in $(seq 1 "$REPEAT"); do
+  now_log=$(du -sb "$dir/log" | cut -f1)
   : >"$OUT/restart-$i.log"
-  t0=$(now_s)
-  start_strata "$dir" "$p" "$OUT/strata.toml" "$OUT/restart-$i.log"
-  wait_http "$base/health" 600
-  health_s=$(elapsed "$t0")
-  deadline=$(( $(date +%s) + 600 ))
-  until [ "$(query_scalar "$base" "$q" "$qtime")" = "$expected" ]; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "after restart $i the query never returned $expected samples (got '$(query_scalar "$base" "$q" "$qtime")'): $q"
-    sleep 0.05
-  done
-  full_s=$(elapsed "$t0")
-  rss=$(rss_mb "$STRATA_PID")
+  r=$(timed_start "$dir" "$p" "$OUT/strata.toml" "$OUT/restart-$i.log" kill --query full_count "$q" "$qtime" "$expected")
   # The shards log how long their replay took; with several partitions the slowest counts.
   replay_s=$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/restart-$i.log" | grep 'replayed ingest log' \
     | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' | sort -g | tail -1 | xargs -r printf '%.3f')
-  now_log=$(du -sb "$dir/log" | cut -f1)
-  stop_pid "$STRATA_PID" KILL
-  printf '%-4s %12s %17s %9s %9s %11s %8s\n' "$i" "$now_log" "$blocks" "${replay_s:-?}" "$health_s" "$full_s" "$rss" | tee -a "$OUT/summary.txt"
+  printf '%-4s %12s %17s %9s %9s %12s %8s\n' "$i" "$now_log" "$blocks" "${replay_s:-?}" "$(kv "$r" health_s)" \
+    "$(kv "$r" full_count_s)" "$(kv "$r" rss_MB)" | tee -a "$OUT/summary.txt"
 done
 [ "$log_bytes" -gt 0 ] || die "the log was empty at the kill"
 [ "$blocks" = 0 ] || note "the server flushed before the kill ($blocks blocks; checkpoint_log_bytes $ckpt): the log held only what came after; a smaller workload (POINTS) keeps the whole blast in the log"

@@ -3,8 +3,9 @@
 # Builds a data directory of BLOCKS raw blocks of the same SERIES series (tsbench's labels,
 # SAMPLES samples each per block): one round per block, each round's samples a compaction
 # window (12 blocks' spans) later than the last, so no two blocks merge, a flush after each.
-# Then stops the server (SIGTERM), and REPEAT times: starts it, times /health, the first query
-# (the newest block's series) and a query over every block, and reads its resident memory.
+# Then stops the server (SIGTERM), and REPEAT times: starts it, times /health and the first
+# query (the newest block's series; seconds since the start), then a query over every block
+# (its own milliseconds), and reads its resident memory.
 #
 #   cargo build --release -p strata-server && bench/startup.sh
 #
@@ -65,24 +66,12 @@ q_all="count(count_over_time(power_watts[${span}s]))"
 {
   describe_build
   echo "# $params: $(du -sh "$dir" | cut -f1) on disk; config: defaults + retention 100y, block_duration ${BLOCK_DURATION_H}h"
-  printf '%-4s %7s %9s %14s %17s %13s %16s %7s\n' run blocks health_s first_query_s all_blocks_query_s rss_health_MB rss_after_all_MB hwm_MB
+  printf '%-4s %9s %14s %17s %13s %16s %7s\n' run health_s first_query_s all_blocks_query_ms rss_health_MB rss_after_all_MB hwm_MB
 } | tee "$OUT/summary.txt"
 for i in $(seq 1 "$REPEAT"); do
-  t0=$(now_s)
-  start_strata "$dir" "$p" "$OUT/strata.toml" "$OUT/start-$i.log"
-  wait_http "$base/health" 600
-  health_s=$(elapsed "$t0")
-  rss_health=$(rss_mb "$STRATA_PID")
-  got=$(query_scalar "$base" "$q_first" "$last")
-  first_s=$(elapsed "$t0")
-  [ "$got" = "$per_metric" ] || die "$q_first answered '$got', expected $per_metric"
-  t1=$(now_s)
-  got=$(query_scalar "$base" "$q_all" "$last")
-  all_s=$(elapsed "$t1")
-  [ "$got" = "$per_metric" ] || die "$q_all answered '$got', expected $per_metric"
-  blocks=$(metric "$base" strata_tsdb_blocks)
-  printf '%-4s %7s %9s %14s %17s %13s %16s %7s\n' "$i" "$blocks" "$health_s" "$first_s" "$all_s" "$rss_health" \
-    "$(rss_mb "$STRATA_PID")" "$(hwm_mb "$STRATA_PID")" | tee -a "$OUT/summary.txt"
-  stop_pid "$STRATA_PID"
+  r=$(timed_start "$dir" "$p" "$OUT/strata.toml" "$OUT/start-$i.log" term \
+    --query first "$q_first" "$last" "$per_metric" --query all_blocks "$q_all" "$last" "$per_metric")
+  printf '%-4s %9s %14s %17s %13s %16s %7s\n' "$i" "$(kv "$r" health_s)" "$(kv "$r" first_s)" \
+    "$(kv "$r" all_blocks_ms)" "$(kv "$r" rss_health_MB)" "$(kv "$r" rss_MB)" "$(kv "$r" hwm_MB)" | tee -a "$OUT/summary.txt"
 done
 echo "results in $OUT"
