@@ -20,7 +20,7 @@ source "$(dirname "$0")/common.sh"
 SIZES=${SIZES:-500000 2000000} POINTS=${POINTS:-12} TARGETS=${TARGETS:-strata vm}
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 need_strata
-[ -n "$SHARED_BENCH" ] || die "shared/bench/peers.sh not found beside the repository; set SHARED_BENCH"
+[ -x "$SHARED_BENCH/peers.sh" ] || die "no peers.sh in SHARED_BENCH=${SHARED_BENCH:-} (shared/bench beside the repository)"
 
 rows=()
 for series in $SIZES; do
