@@ -39,7 +39,7 @@ b=$(blast --url "$base/api/v1/write" --format rw --series "$SERIES" --points "$P
 note "blast: $b"
 blocks=$(metric "$base" strata_tsdb_blocks)
 stop_pid "$STRATA_PID" KILL
-log_bytes=$(du -sb "$dir/log" | cut -f1)
+[ "$(du -sb "$dir/log" | cut -f1)" -gt 0 ] || die "the log was empty at the kill"
 
 {
   describe_build
@@ -56,6 +56,5 @@ for i in $(seq 1 "$REPEAT"); do
   printf '%-4s %12s %17s %9s %9s %12s %8s\n' "$i" "$now_log" "$blocks" "${replay_s:-?}" "$(kv "$r" health_s)" \
     "$(kv "$r" full_count_s)" "$(kv "$r" rss_MB)" | tee -a "$OUT/summary.txt"
 done
-[ "$log_bytes" -gt 0 ] || die "the log was empty at the kill"
 [ "$blocks" = 0 ] || note "the server flushed before the kill ($blocks blocks; checkpoint_log_bytes $ckpt): the log held only what came after; a smaller workload (POINTS) keeps the whole blast in the log"
 echo "results in $OUT"
