@@ -1,0 +1,595 @@
+//! Fuzzing every decoder: Prometheus remote write, Influx line protocol, JSON events.
+//!
+//! Each decoder gets generated valid bodies, which must decode to exactly the series and
+//! sample bits they were built from, and the same bodies mutated (truncated, flipped, spliced,
+//! with huge varints and lengths) as well as random bytes, which must decode to an error or a
+//! batch without panicking and without any single allocation out of proportion to the body.
+
+#[path = "../../model/tests/fuzz_support/mod.rs"]
+mod fuzz_support;
+
+use fuzz_support::{allocation_bound, config, float, largest_allocation, mutate, mutations};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use strata_ingest::{events, influx, remote_write, DecodeContext, Decoded, IngestError};
+use strata_model::{Limits, Sample, SeriesKey, SeriesKeyRef, Tenant, WriteBatch};
+
+const NOW: i64 = 1_700_000_000_000;
+/// The decompressed-size limit in these tests: small, so a body that declares more is refused.
+const MAX_DECOMPRESSED: usize = 256 << 10;
+
+fn ctx(limits: &Limits) -> DecodeContext<'_> {
+    DecodeContext {
+        limits,
+        now_ms: NOW,
+        max_decompressed_bytes: MAX_DECOMPRESSED,
+    }
+}
+
+/// Series as (key bytes, samples as (t, value bits)), in batch order.
+type Dump = Vec<(Vec<u8>, Vec<(i64, u64)>)>;
+
+fn dump(b: &WriteBatch) -> Dump {
+    b.iter()
+        .map(|s| {
+            let samples = s
+                .samples
+                .iter()
+                .map(|x| (x.timestamp, x.value.to_bits()))
+                .collect();
+            (s.key.as_bytes().to_vec(), samples)
+        })
+        .collect()
+}
+
+/// The canonical key of `pairs` (any order, unique names): empty values dropped, sorted.
+fn key(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut p: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    p.sort();
+    SeriesKey::from_sorted_pairs(p).as_bytes().to_vec()
+}
+
+/// What holds for any body a decoder accepted, valid or not: the counts agree with the batch,
+/// and every series has a well-formed key with a metric name.
+fn check_outcome(r: &Result<Decoded, IngestError>, out: &WriteBatch) -> Result<(), TestCaseError> {
+    match r {
+        Ok(d) => {
+            prop_assert_eq!(d.accepted_samples, out.samples_len());
+            prop_assert!(d.rejected.len() <= strata_ingest::MAX_LISTED_REJECTIONS);
+            prop_assert!(d.rejected.len() <= d.rejected_total);
+            for s in out.iter() {
+                prop_assert!(SeriesKeyRef::parse(s.key.as_bytes()).is_some());
+                prop_assert!(s.key.get(b"__name__").is_some_and(|n| !n.is_empty()));
+            }
+        }
+        Err(e) => prop_assert!(!e.to_string().is_empty()),
+    }
+    Ok(())
+}
+
+/// Default limits, each call's different from the last: the decoders' per-thread series
+/// caches start over when the limits change, so what a decode allocates depends on its own
+/// body, not on the bodies decoded before it on the thread.
+fn fresh_limits() -> Limits {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    Limits {
+        max_series_per_metric: 100_000 + CALLS.fetch_add(1, Ordering::Relaxed),
+        ..Limits::default()
+    }
+}
+
+/// A decoder under test.
+type DecodeFn<'a> =
+    &'a dyn Fn(&[u8], &DecodeContext<'_>, &mut WriteBatch) -> Result<Decoded, IngestError>;
+
+/// Runs `decode` into a fresh batch with fresh limits (see [`run_with`]).
+fn run(
+    body: &[u8],
+    fixed: usize,
+    decode: DecodeFn<'_>,
+) -> Result<(Result<Decoded, IngestError>, WriteBatch), TestCaseError> {
+    run_with(&fresh_limits(), body, fixed, decode)
+}
+
+/// Runs `decode` into a fresh batch, checking the largest allocation against the body's size
+/// plus `fixed`, and checking the outcome.
+fn run_with(
+    limits: &Limits,
+    body: &[u8],
+    fixed: usize,
+    decode: DecodeFn<'_>,
+) -> Result<(Result<Decoded, IngestError>, WriteBatch), TestCaseError> {
+    let mut out = WriteBatch::new(Tenant::default());
+    let (r, largest) = largest_allocation(|| decode(body, &ctx(limits), &mut out));
+    prop_assert!(
+        largest <= allocation_bound(body.len(), fixed),
+        "{} bytes allocated at once for a body of {}",
+        largest,
+        body.len()
+    );
+    check_outcome(&r, &out)?;
+    Ok((r, out))
+}
+
+/// Label names other than `__name__`.
+fn label_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z_][a-zA-Z0-9_]{0,6}".prop_filter("not the metric name", |n| n != "__name__")
+}
+
+/// Label values: empty (dropped), ASCII, escapes' characters, any Unicode.
+fn label_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-z0-9]{1,6}",
+        "[ ,=\\\\\"a]{1,4}",
+        "\\PC{1,5}",
+    ]
+}
+
+// ---- remote write ----
+
+/// One series to encode: metric name, other labels, samples (some outside the accepted window).
+type RwSeries = (String, BTreeMap<String, String>, Vec<Sample>);
+
+fn rw_series() -> impl Strategy<Value = RwSeries> {
+    let t = prop_oneof![
+        // Inside the default window (30 days back, 10 minutes ahead).
+        4 => (NOW - 29 * 86_400_000)..(NOW + 500_000),
+        1 => fuzz_support::timestamp(),
+    ];
+    (
+        "[a-zA-Z_:][a-zA-Z0-9_:]{0,8}",
+        proptest::collection::btree_map(label_name(), label_value(), 0..5),
+        proptest::collection::vec((t, float()).prop_map(|(t, v)| Sample::new(t, v)), 0..6),
+    )
+}
+
+/// The series and samples a receiver must store for `series`, and the samples it must refuse.
+fn rw_expected(series: &[RwSeries], limits: &Limits) -> (Dump, usize) {
+    let mut want = Vec::new();
+    let mut refused = 0;
+    for (name, labels, samples) in series {
+        let mut pairs: Vec<(String, String)> = labels.clone().into_iter().collect();
+        pairs.push(("__name__".into(), name.clone()));
+        let kept: Vec<(i64, u64)> = samples
+            .iter()
+            .filter(|s| limits.check_timestamp(s.timestamp, NOW).is_ok())
+            .map(|s| (s.timestamp, s.value.to_bits()))
+            .collect();
+        refused += samples.len() - kept.len();
+        if !kept.is_empty() {
+            want.push((key(&pairs), kept));
+        }
+    }
+    (want, refused)
+}
+
+fn rw_encode(series: &[RwSeries]) -> Vec<u8> {
+    let pairs: Vec<Vec<(&str, &str)>> = series
+        .iter()
+        .map(|(name, labels, _)| {
+            // Labels in any order: the metric name last, as some clients send it.
+            let mut l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            l.push(("__name__", name));
+            l
+        })
+        .collect();
+    let input: Vec<remote_write::SeriesToEncode<'_>> = pairs
+        .iter()
+        .zip(series)
+        .map(|(l, (_, _, s))| (l.as_slice(), s.as_slice()))
+        .collect();
+    remote_write::encode(&input)
+}
+
+fn rw_decode(
+    body: &[u8],
+    ctx: &DecodeContext<'_>,
+    out: &mut WriteBatch,
+) -> Result<Decoded, IngestError> {
+    remote_write::decode(body, ctx, out)
+}
+
+fn rw_decode_raw(
+    body: &[u8],
+    ctx: &DecodeContext<'_>,
+    out: &mut WriteBatch,
+) -> Result<Decoded, IngestError> {
+    remote_write::decode_uncompressed(body, ctx, out)
+}
+
+/// The allowance of a snappy body: it may decompress to [`MAX_DECOMPRESSED`] bytes of
+/// protobuf from a few bytes, which decode to several times as many bytes of batch (and the
+/// reused decompression buffer grows by doubling).
+const RW_FIXED: usize = 16 * MAX_DECOMPRESSED;
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Requests built as Prometheus builds them decode to exactly their series and sample bits
+    /// (NaN payloads included); samples outside the window are refused and counted. Decoding
+    /// twice (the second time from the per-thread series cache) gives the same batch.
+    #[test]
+    fn remote_write_round_trips(series in proptest::collection::vec(rw_series(), 0..6)) {
+        let body = rw_encode(&series);
+        let (want, refused) = rw_expected(&series, &Limits::default());
+        let limits = fresh_limits();
+        for _ in 0..2 {
+            let (r, out) = run_with(&limits, &body, RW_FIXED, &rw_decode)?;
+            let d = r.unwrap();
+            prop_assert_eq!(d.rejected_total, refused);
+            prop_assert_eq!(&dump(&out), &want);
+        }
+    }
+
+    /// Mutated requests, compressed again (so the protobuf reader sees them) and as they are
+    /// (so snappy does), are errors or batches, never panics or huge allocations.
+    #[test]
+    fn remote_write_mutated(series in proptest::collection::vec(rw_series(), 1..4), ms in mutations(), compressed in any::<bool>()) {
+        let body = rw_encode(&series);
+        let mut proto = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        if compressed {
+            let mut bad = body.clone();
+            mutate(&mut bad, &ms);
+            let _ = run(&bad, RW_FIXED, &rw_decode)?;
+        } else {
+            mutate(&mut proto, &ms);
+            let _ = run(&proto, 64 << 10, &rw_decode_raw)?;
+            let again = snap::raw::Encoder::new().compress_vec(&proto).unwrap();
+            let _ = run(&again, RW_FIXED, &rw_decode)?;
+        }
+    }
+
+    /// Random bytes, as a snappy body and as a protobuf.
+    #[test]
+    fn remote_write_random(bytes in fuzz_support::random_bytes(400)) {
+        let _ = run(&bytes, RW_FIXED, &rw_decode)?;
+        let _ = run(&bytes, 64 << 10, &rw_decode_raw)?;
+    }
+}
+
+/// A snappy body declaring a huge decompressed size is refused before anything is allocated.
+#[test]
+fn remote_write_huge_declared_size_is_refused() {
+    for declared in [
+        MAX_DECOMPRESSED as u64 + 1,
+        1 << 32,
+        (1 << 62) - 1,
+        u64::MAX,
+    ] {
+        let mut body = Vec::new();
+        fuzz_support::put_varint(&mut body, declared);
+        body.extend_from_slice(&[0x00, 0x01, 0x02]);
+        let mut out = WriteBatch::new(Tenant::default());
+        let limits = Limits::default();
+        let (r, largest) = largest_allocation(|| rw_decode(&body, &ctx(&limits), &mut out));
+        assert!(r.is_err(), "declared {declared}");
+        assert!(largest < 1 << 16, "{largest} bytes for declared {declared}");
+    }
+}
+
+// ---- Influx line protocol ----
+
+/// A field value of a line, as written, and the value stored (`None`: refused).
+fn influx_value() -> impl Strategy<Value = (String, Option<f64>)> {
+    prop_oneof![
+        float().prop_map(|v| {
+            // Rust prints finite floats so that they parse back to the same bits.
+            let text = format!("{v:?}");
+            (text, v.is_finite().then_some(v))
+        }),
+        any::<i64>().prop_map(|v| (format!("{v}i"), Some(v as f64))),
+        any::<u64>().prop_map(|v| (format!("{v}u"), Some(v as f64))),
+        prop_oneof![Just("t"), Just("TRUE"), Just("true")].prop_map(|t| (t.to_string(), Some(1.0))),
+        prop_oneof![Just("f"), Just("False")].prop_map(|t| (t.to_string(), Some(0.0))),
+        "[a-z ,=]{0,5}".prop_map(|s| (format!("\"{s}\""), None)),
+    ]
+}
+
+/// One line: measurement, tags, fields, timestamp (in the precision of the body).
+type Line = (
+    String,
+    BTreeMap<String, String>,
+    BTreeMap<String, (String, Option<f64>)>,
+    Option<i64>,
+);
+
+fn influx_line() -> impl Strategy<Value = Line> {
+    (
+        // Spaces and commas in a measurement are escaped, and become `_` in the metric name.
+        "[a-z][a-z0-9_]{0,5}( |,)?[a-z]{0,2}",
+        proptest::collection::btree_map("[a-z][a-z0-9_]{0,4}", "[a-z0-9 ,=é]{1,5}", 0..4),
+        proptest::collection::btree_map(
+            prop_oneof![Just("value".to_string()), "[a-z][a-z0-9_]{0,4}"],
+            influx_value(),
+            1..4,
+        ),
+        proptest::option::of(0i64..(20 * 86_400)),
+    )
+}
+
+fn precision() -> impl Strategy<Value = influx::Precision> {
+    prop_oneof![
+        Just(influx::Precision::Ns),
+        Just(influx::Precision::Us),
+        Just(influx::Precision::Ms),
+        Just(influx::Precision::S),
+    ]
+}
+
+/// `ago` seconds before [`NOW`] in `p`'s unit.
+fn influx_time(p: influx::Precision, ago: i64) -> i64 {
+    let ms = NOW - ago * 1000;
+    match p {
+        influx::Precision::Ns => ms * 1_000_000,
+        influx::Precision::Us => ms * 1_000,
+        influx::Precision::Ms => ms,
+        influx::Precision::S => ms / 1000,
+    }
+}
+
+fn escape(s: &str, chars: &[char]) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if chars.contains(&c) || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The metric-name form of a measurement or field key: bytes outside `[a-zA-Z0-9_:]` become `_`.
+fn sanitized(s: &str) -> String {
+    let out: String = s
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b':' {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{out}")
+    } else {
+        out
+    }
+}
+
+/// A body of `lines` and what it must decode to.
+fn influx_body(lines: &[Line], p: influx::Precision) -> (String, Dump, usize) {
+    let mut body = String::new();
+    let mut want = Vec::new();
+    let mut refused = 0;
+    for (m, tags, fields, ago) in lines {
+        body.push_str(&escape(m, &[' ', ',']));
+        for (k, v) in tags {
+            body.push_str(&format!(",{k}={}", escape(v, &[' ', ',', '='])));
+        }
+        let fs: Vec<String> = fields
+            .iter()
+            .map(|(k, (text, _))| format!("{k}={text}"))
+            .collect();
+        body.push(' ');
+        body.push_str(&fs.join(","));
+        let t = match ago {
+            Some(ago) => {
+                body.push_str(&format!(" {}", influx_time(p, *ago)));
+                // Rounded down to milliseconds.
+                p.to_ms(influx_time(p, *ago)).unwrap()
+            }
+            None => NOW,
+        };
+        body.push('\n');
+        for (k, (_, v)) in fields {
+            let Some(v) = v else {
+                refused += 1;
+                continue;
+            };
+            let name = if k == "value" {
+                sanitized(m)
+            } else {
+                format!("{}_{}", sanitized(m), sanitized(k))
+            };
+            let mut pairs: Vec<(String, String)> = tags.clone().into_iter().collect();
+            pairs.push(("__name__".into(), name));
+            want.push((key(&pairs), vec![(t, v.to_bits())]));
+        }
+    }
+    (body, want, refused)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Lines with escapes, every field type and every precision decode to exactly the series
+    /// and value bits written; string fields are refused and counted, the rest of the line
+    /// kept. Decoding twice (the second time from the series cache) gives the same batch.
+    #[test]
+    fn influx_round_trips(lines in proptest::collection::vec(influx_line(), 0..6), p in precision(), crlf in any::<bool>()) {
+        let (mut body, want, refused) = influx_body(&lines, p);
+        if crlf {
+            body = body.replace('\n', "\r\n");
+        }
+        let limits = fresh_limits();
+        let decode = |b: &[u8], c: &DecodeContext<'_>, out: &mut WriteBatch| influx::decode(b, p, c, out);
+        for _ in 0..2 {
+            let (r, out) = run_with(&limits, body.as_bytes(), 64 << 10, &decode)?;
+            let d = r.unwrap();
+            prop_assert_eq!(d.rejected_total, refused, "{}", body);
+            prop_assert_eq!(&dump(&out), &want, "{}", body);
+        }
+    }
+
+    /// Mutated bodies never panic nor allocate out of proportion.
+    #[test]
+    fn influx_mutated(lines in proptest::collection::vec(influx_line(), 1..5), p in precision(), ms in mutations()) {
+        let (body, _, _) = influx_body(&lines, p);
+        let mut bad = body.into_bytes();
+        mutate(&mut bad, &ms);
+        let _ = run(&bad, 64 << 10, &|b, c, out| influx::decode(b, p, c, out))?;
+    }
+
+    /// Random bytes, and random text made of the protocol's own punctuation.
+    #[test]
+    fn influx_random(bytes in fuzz_support::random_bytes(400), text in "[a-z0-9 ,=\\\\\"\n#.\\-+ieutf]{0,200}") {
+        for b in [&bytes[..], text.as_bytes()] {
+            let _ = run(b, 64 << 10, &|b, c, out| influx::decode(b, influx::Precision::Ns, c, out))?;
+        }
+    }
+}
+
+// ---- JSON events ----
+
+/// A reading's JSON and its stored value (`None`: skipped or refused).
+fn reading() -> impl Strategy<Value = (serde_json::Value, Option<f64>, bool)> {
+    // (json, stored value, refused)
+    prop_oneof![
+        4 => float().prop_filter("finite", |v| v.is_finite()).prop_map(|v| (serde_json::json!(v), Some(v), false)),
+        1 => any::<bool>().prop_map(|b| (serde_json::json!(b), Some(f64::from(u8::from(b))), false)),
+        1 => Just((serde_json::Value::Null, None, false)),
+        1 => "[a-z]{0,3}".prop_map(|s| (serde_json::json!(s), None, true)),
+        1 => Just((serde_json::json!([1]), None, true)),
+    ]
+}
+
+/// One device event: event id, device, timestamp (ms before now; as RFC 3339 or a number),
+/// labels, readings.
+type Event = (
+    Option<String>,
+    String,
+    Option<(i64, bool)>,
+    BTreeMap<String, String>,
+    BTreeMap<String, (serde_json::Value, Option<f64>, bool)>,
+);
+
+fn event() -> impl Strategy<Value = Event> {
+    (
+        proptest::option::of("\\PC{0,6}"),
+        "\\PC{1,6}",
+        proptest::option::of((0i64..(20 * 86_400_000), any::<bool>())),
+        proptest::collection::btree_map(
+            label_name().prop_filter("device_id wins", |n| n != "device"),
+            "\\PC{1,5}",
+            0..3,
+        ),
+        proptest::collection::btree_map("[a-zA-Z_:][a-zA-Z0-9_:]{0,6}", reading(), 0..4),
+    )
+}
+
+/// The body (one object, an array, or NDJSON) and what it must decode to.
+fn events_body(evs: &[Event], shape: u8) -> (String, Dump, usize) {
+    let mut objs = Vec::new();
+    let mut want = Vec::new();
+    let mut refused = 0;
+    for (id, device, ts, labels, readings) in evs {
+        let mut o = serde_json::Map::new();
+        if let Some(id) = id {
+            o.insert("event_id".into(), serde_json::json!(id));
+        }
+        o.insert("device_id".into(), serde_json::json!(device));
+        let t = match ts {
+            Some((ago, rfc)) => {
+                let t = NOW - ago;
+                let v = if *rfc {
+                    serde_json::json!(strata_model::time::format_rfc3339_ms(t))
+                } else {
+                    serde_json::json!(t)
+                };
+                o.insert("timestamp".into(), v);
+                t
+            }
+            None => NOW,
+        };
+        o.insert("labels".into(), serde_json::json!(labels));
+        let r: serde_json::Map<String, serde_json::Value> = readings
+            .iter()
+            .map(|(k, (v, _, _))| (k.clone(), v.clone()))
+            .collect();
+        o.insert("readings".into(), serde_json::Value::Object(r));
+        objs.push(serde_json::Value::Object(o));
+        for (name, (_, v, bad)) in readings {
+            refused += usize::from(*bad);
+            let Some(v) = v else { continue };
+            let mut pairs: Vec<(String, String)> = labels.clone().into_iter().collect();
+            pairs.push(("__name__".into(), name.clone()));
+            pairs.push(("device".into(), device.clone()));
+            want.push((key(&pairs), vec![(t, v.to_bits())]));
+        }
+    }
+    let body = match shape {
+        0 if objs.len() == 1 => serde_json::to_string_pretty(&objs[0]).unwrap(),
+        1 => serde_json::to_string(&objs).unwrap(),
+        _ => objs.iter().map(|o| format!("{o}\n")).collect(),
+    };
+    (body, want, refused)
+}
+
+fn ev_decode(
+    body: &[u8],
+    ctx: &DecodeContext<'_>,
+    out: &mut WriteBatch,
+) -> Result<Decoded, IngestError> {
+    events::decode(body, ctx, out)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Events in every shape decode to exactly their readings' series and value bits;
+    /// strings and arrays are refused and counted, nulls skipped.
+    #[test]
+    fn events_round_trip(evs in proptest::collection::vec(event(), 1..4), shape in 0u8..3) {
+        let (body, want, refused) = events_body(&evs, shape);
+        let (r, out) = run(body.as_bytes(), 64 << 10, &ev_decode)?;
+        let d = r.unwrap();
+        prop_assert_eq!(d.rejected_total, refused, "{}", body);
+        prop_assert_eq!(dump(&out), want, "{}", body);
+    }
+
+    /// Mutated bodies never panic nor allocate out of proportion.
+    #[test]
+    fn events_mutated(evs in proptest::collection::vec(event(), 1..4), shape in 0u8..3, ms in mutations()) {
+        let (body, _, _) = events_body(&evs, shape);
+        let mut bad = body.into_bytes();
+        mutate(&mut bad, &ms);
+        let _ = run(&bad, 64 << 10, &ev_decode)?;
+    }
+
+    /// Random bytes, and random text made of JSON's own punctuation.
+    #[test]
+    fn events_random(bytes in fuzz_support::random_bytes(400), text in "[\\[\\]{}\":,0-9a-z\\\\ \n.e+\\-]{0,200}") {
+        for b in [&bytes[..], text.as_bytes()] {
+            let _ = run(b, 64 << 10, &ev_decode)?;
+        }
+    }
+}
+
+/// Nesting far deeper than any event is refused by the JSON parser's depth limit, not by a
+/// stack overflow.
+#[test]
+fn deeply_nested_events_are_errors() {
+    for body in [
+        "[".repeat(100_000),
+        format!(
+            "{{\"device_id\":\"d\",\"readings\":{{\"a\":{}}}}}",
+            "[".repeat(100_000)
+        ),
+        format!("{}1{}", "[".repeat(5000), "]".repeat(5000)),
+    ] {
+        let mut out = WriteBatch::new(Tenant::default());
+        let r = ev_decode(body.as_bytes(), &ctx(&Limits::default()), &mut out);
+        assert!(r.is_err() || r.unwrap().accepted_samples == 0);
+        assert_eq!(out.samples_len(), 0);
+    }
+}
