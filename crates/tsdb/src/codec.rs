@@ -205,6 +205,21 @@ fn zstd_compress(body: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Decompresses zstd `data` that must hold exactly `len` bytes, `None` when it does not. The
+/// declared length is only a claim: the buffer grows with what the data holds (sized up front
+/// for ordinary ratios), so a damaged length allocates nothing.
+pub(crate) fn zstd_exact(data: &[u8], len: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(
+        usize::try_from(len)
+            .ok()?
+            .min(data.len().saturating_mul(16)),
+    );
+    zstd::stream::read::Decoder::with_buffer(data)
+        .and_then(|d| d.take(len.saturating_add(1)).read_to_end(&mut out))
+        .ok()?;
+    (out.len() as u64 == len).then_some(out)
+}
+
 /// The step of `samples` when they are evenly spaced (at least two, positive step).
 fn regular_step(samples: &[Sample]) -> Option<i64> {
     let step = samples
@@ -610,17 +625,7 @@ fn decode_whole(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
             if len > 1 << 30 {
                 return Err(ChunkError("declared size too large"));
             }
-            // The declared size is only a claim: the buffer grows with what the data holds
-            // (sized up front for ordinary ratios), so a damaged size allocates nothing.
-            let data = &rest[r.p..];
-            let mut body = Vec::with_capacity((len as usize).min(data.len().saturating_mul(16)));
-            zstd::stream::read::Decoder::with_buffer(data)
-                .and_then(|d| d.take(len + 1).read_to_end(&mut body))
-                .map_err(|_| ChunkError("zstd data damaged"))?;
-            if body.len() as u64 != len {
-                return Err(ChunkError("zstd data damaged"));
-            }
-            owned = body;
+            owned = zstd_exact(&rest[r.p..], len).ok_or(ChunkError("zstd data damaged"))?;
             &owned
         }
         PCO => return decode_pco(rest, false, out),
