@@ -256,6 +256,185 @@ proptest! {
     }
 }
 
+/// A field of a message that remote write does not define (or defines and Strata skips):
+/// field number and wire type with a payload.
+#[derive(Debug, Clone)]
+enum Unknown {
+    Varint(u32, u64),
+    Fixed64(u32, u64),
+    Len(u32, Vec<u8>),
+    Fixed32(u32, u32),
+}
+
+/// An unknown field numbered by `numbers`.
+fn unknown(numbers: BoxedStrategy<u32>) -> impl Strategy<Value = Unknown> {
+    prop_oneof![
+        (numbers.clone(), any::<u64>()).prop_map(|(n, v)| Unknown::Varint(n, v)),
+        (numbers.clone(), any::<u64>()).prop_map(|(n, v)| Unknown::Fixed64(n, v)),
+        (numbers.clone(), fuzz_support::random_bytes(12)).prop_map(|(n, v)| Unknown::Len(n, v)),
+        (numbers, any::<u32>()).prop_map(|(n, v)| Unknown::Fixed32(n, v)),
+    ]
+}
+
+fn put_key(out: &mut Vec<u8>, number: u32, wire: u8) {
+    fuzz_support::put_varint(out, u64::from(number << 3 | u32::from(wire)));
+}
+
+fn put_len(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
+    put_key(out, number, 2);
+    fuzz_support::put_varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+impl Unknown {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Unknown::Varint(n, v) => {
+                put_key(&mut out, *n, 0);
+                fuzz_support::put_varint(&mut out, *v);
+            }
+            Unknown::Fixed64(n, v) => {
+                put_key(&mut out, *n, 1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Unknown::Len(n, v) => put_len(&mut out, *n, v),
+            Unknown::Fixed32(n, v) => {
+                put_key(&mut out, *n, 5);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+}
+
+/// How one message's fields are laid out: the parts in `order` (a permutation, applied where
+/// the message allows), unknown fields inserted at positions.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Insert each unknown field before the part at this position.
+    unknown: Vec<(proptest::sample::Index, Unknown)>,
+    /// Where the labels go among the samples (which keep their order).
+    labels_at: Vec<proptest::sample::Index>,
+    /// Samples with their timestamp first.
+    time_first: bool,
+    /// Leave out a zero value or timestamp, as proto3 encoders do.
+    omit_defaults: bool,
+}
+
+/// A layout whose unknown fields are numbered by `numbers`.
+fn layout(numbers: BoxedStrategy<u32>) -> impl Strategy<Value = Layout> {
+    (
+        proptest::collection::vec((any::<proptest::sample::Index>(), unknown(numbers)), 0..3),
+        proptest::collection::vec(any::<proptest::sample::Index>(), 0..8),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(unknown, labels_at, time_first, omit_defaults)| Layout {
+            unknown,
+            labels_at,
+            time_first,
+            omit_defaults,
+        })
+}
+
+/// Inserts `layout`'s unknown fields among `parts` and joins them.
+fn with_unknown(mut parts: Vec<Vec<u8>>, layout: &Layout) -> Vec<u8> {
+    for (i, u) in &layout.unknown {
+        let at = i.index(parts.len() + 1);
+        parts.insert(at, u.encode());
+    }
+    parts.concat()
+}
+
+/// A `WriteRequest` for `series` as any conforming encoder may write it: labels anywhere among
+/// the samples, sample fields in either order, zero values left out, unknown fields (and the
+/// exemplars and metadata Strata skips) between all of them.
+fn rw_encode_any_order(series: &[RwSeries], layouts: &[Layout], request: &Layout) -> Vec<u8> {
+    let mut req = Vec::new();
+    for ((name, labels, samples), l) in series.iter().zip(layouts.iter().cycle()) {
+        let mut parts: Vec<Vec<u8>> = samples
+            .iter()
+            .map(|s| {
+                let mut value = Vec::new();
+                if !(l.omit_defaults && s.value.to_bits() == 0) {
+                    put_key(&mut value, 1, 1);
+                    value.extend_from_slice(&s.value.to_le_bytes());
+                }
+                let mut time = Vec::new();
+                if !(l.omit_defaults && s.timestamp == 0) {
+                    put_key(&mut time, 2, 0);
+                    fuzz_support::put_varint(&mut time, s.timestamp as u64);
+                }
+                let fields = if l.time_first {
+                    vec![time, value]
+                } else {
+                    vec![value, time]
+                };
+                let mut out = Vec::new();
+                put_len(&mut out, 2, &with_unknown(fields, l));
+                out
+            })
+            .collect();
+        let mut pairs: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.push(("__name__", name));
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            let fields = vec![
+                {
+                    let mut f = Vec::new();
+                    put_len(&mut f, 1, k.as_bytes());
+                    f
+                },
+                {
+                    let mut f = Vec::new();
+                    put_len(&mut f, 2, v.as_bytes());
+                    f
+                },
+            ];
+            let mut label = Vec::new();
+            let fields = if l.time_first {
+                fields.into_iter().rev().collect()
+            } else {
+                fields
+            };
+            put_len(&mut label, 1, &with_unknown(fields, l));
+            let at = l.labels_at.get(i).map_or(0, |x| x.index(parts.len() + 1));
+            parts.insert(at, label);
+        }
+        let mut ts = Vec::new();
+        put_len(&mut ts, 1, &with_unknown(parts, l));
+        req.push(ts);
+    }
+    with_unknown(req, request)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// Requests laid out in any order a conforming encoder may use decode to exactly what
+    /// Prometheus' own layout decodes to.
+    #[test]
+    fn remote_write_any_layout_decodes_alike(
+        series in proptest::collection::vec(rw_series(), 0..5),
+        // Series may hold exemplars (3), never histograms (4): those are refused.
+        layouts in proptest::collection::vec(layout(prop_oneof![Just(3u32), 5u32..30].boxed()), 1..4),
+        request in layout((2u32..30).boxed()),
+    ) {
+        let body = rw_encode_any_order(&series, &layouts, &request);
+        let (want, refused) = rw_expected(&series, &Limits::default());
+        let limits = fresh_limits();
+        for _ in 0..2 {
+            let (r, out) = run_with(&limits, &body, 64 << 10, &rw_decode_raw)?;
+            let d = r.unwrap();
+            prop_assert_eq!(d.rejected_total, refused);
+            prop_assert_eq!(&dump(&out), &want);
+        }
+    }
+}
+
 /// A snappy body declaring a huge decompressed size is refused before anything is allocated.
 #[test]
 fn remote_write_huge_declared_size_is_refused() {

@@ -22,69 +22,12 @@ use strata_promql::{Engine, EngineOptions, MemStorage, QueryContext, Value};
 /// Samples lie in `[0, END]`, every 15 s with gaps.
 const END: i64 = 600_000;
 
-/// The series every query reads.
+/// An engine over [`storage`].
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        let st = Arc::new(MemStorage::new());
-        let t = Tenant::default();
-        let specials = [
-            f64::NAN,
-            STALE_NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            -0.0,
-            0.0,
-            1e308,
-            -5.5,
-        ];
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        for (name, a, b) in [
-            ("m", "x", "1"),
-            ("m", "x", "2"),
-            ("m", "y", "1"),
-            ("c", "x", "1"),
-            ("c", "y", "2"),
-            ("g", "y", "2"),
-        ] {
-            let labels = Labels::from_pairs([("__name__", name), ("a", a), ("b", b)]).unwrap();
-            let mut v = 0.0;
-            let samples: Vec<Sample> = (0..=END / 15_000)
-                .filter_map(|i| {
-                    let r = next();
-                    // Gaps: about one sample in eight is missing.
-                    if r % 8 == 0 {
-                        return None;
-                    }
-                    v = match name {
-                        // A counter with resets.
-                        "c" if r % 13 == 0 => 0.0,
-                        "c" => v + (r % 50) as f64,
-                        _ if r % 11 == 0 => specials[(r >> 8) as usize % specials.len()],
-                        _ => (r % 2000) as f64 / 10.0 - 50.0,
-                    };
-                    Some(Sample::new(i * 15_000, v))
-                })
-                .collect();
-            st.append(&t, labels, &samples);
-        }
-        // A classic histogram.
-        for (i, le) in ["0.1", "1", "10", "+Inf"].iter().enumerate() {
-            let labels =
-                Labels::from_pairs([("__name__", "h_bucket"), ("a", "x"), ("le", le)]).unwrap();
-            let samples: Vec<Sample> = (0..=END / 15_000)
-                .map(|s| Sample::new(s * 15_000, (s * (i as i64 + 1)) as f64))
-                .collect();
-            st.append(&t, labels, &samples);
-        }
         Engine::new(
-            st,
+            storage(),
             EngineOptions {
                 max_samples: 200_000,
                 timeout: Some(Duration::from_secs(20)),
@@ -92,6 +35,88 @@ fn engine() -> &'static Engine {
             },
         )
     })
+}
+
+/// An engine over [`storage`] whose sample limit most queries reach: the paths that give up
+/// half way through.
+fn tight_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::new(
+            storage(),
+            EngineOptions {
+                max_samples: 40,
+                ..EngineOptions::default()
+            },
+        )
+    })
+}
+
+/// The series every query reads.
+fn storage() -> Arc<MemStorage> {
+    static STORAGE: OnceLock<Arc<MemStorage>> = OnceLock::new();
+    STORAGE
+        .get_or_init(|| {
+            let st = Arc::new(MemStorage::new());
+            let t = Tenant::default();
+            let specials = [
+                f64::NAN,
+                STALE_NAN,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                -0.0,
+                0.0,
+                1e308,
+                -5.5,
+            ];
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for (name, a, b) in [
+                ("m", "x", "1"),
+                ("m", "x", "2"),
+                ("m", "y", "1"),
+                ("c", "x", "1"),
+                ("c", "y", "2"),
+                ("g", "y", "2"),
+            ] {
+                let labels = Labels::from_pairs([("__name__", name), ("a", a), ("b", b)]).unwrap();
+                let mut v = 0.0;
+                let samples: Vec<Sample> = (0..=END / 15_000)
+                    .filter_map(|i| {
+                        let r = next();
+                        // Gaps: about one sample in eight is missing.
+                        if r % 8 == 0 {
+                            return None;
+                        }
+                        v = match name {
+                            // A counter with resets.
+                            "c" if r % 13 == 0 => 0.0,
+                            "c" => v + (r % 50) as f64,
+                            _ if r % 11 == 0 => specials[(r >> 8) as usize % specials.len()],
+                            _ => (r % 2000) as f64 / 10.0 - 50.0,
+                        };
+                        Some(Sample::new(i * 15_000, v))
+                    })
+                    .collect();
+                st.append(&t, labels, &samples);
+            }
+            // A classic histogram.
+            for (i, le) in ["0.1", "1", "10", "+Inf"].iter().enumerate() {
+                let labels =
+                    Labels::from_pairs([("__name__", "h_bucket"), ("a", "x"), ("le", le)]).unwrap();
+                let samples: Vec<Sample> = (0..=END / 15_000)
+                    .map(|s| Sample::new(s * 15_000, (s * (i as i64 + 1)) as f64))
+                    .collect();
+                st.append(&t, labels, &samples);
+            }
+            st
+        })
+        .clone()
 }
 
 // ---- the generator: strings of well-typed PromQL ----
@@ -437,13 +462,14 @@ proptest! {
     #![proptest_config(config(512))]
 
     /// Every generated query parses, and evaluates as an instant query and as a range query
-    /// to a result or an error, never a panic.
+    /// to a result or an error, never a panic, also where the sample limit stops it.
     #[test]
     fn generated_queries_evaluate_or_fail_cleanly(q in query(), (t, start, end, step) in grid()) {
         prop_assert!(strata_promql::parse(&q).is_ok(), "does not parse: {} ({:?})", q, strata_promql::parse(&q).err());
-        let e = engine();
-        let _ = e.instant(&ctx(), &q, t);
-        let _ = e.range(&ctx(), &q, start, end, step);
+        for e in [engine(), tight_engine()] {
+            let _ = e.instant(&ctx(), &q, t);
+            let _ = e.range(&ctx(), &q, start, end, step);
+        }
     }
 
     /// A range query's value at each step is the instant query's value at that time.
