@@ -754,6 +754,77 @@ proptest! {
     }
 }
 
+/// Number literals JSON allows and does not, at the edges of f64.
+fn json_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(
+            &[
+                "1e400",
+                "-1e400",
+                "1e-400",
+                "0e0",
+                "-0",
+                "-0.0",
+                "1.0000000000000000000000001",
+                "123456789012345678901234567890",
+                "4.9e-324",
+                "2.2250738585072014e-308",
+                "1.7976931348623157e308",
+                "1.7976931348623159e308",
+                "9007199254740993",
+                "0x10",
+                "NaN",
+                "Infinity",
+                "01",
+                "1.",
+                ".5",
+                "+1",
+                "1e",
+                "-",
+                "1E+2",
+                "1e-0",
+                "true",
+                "null",
+            ][..]
+        )
+        .prop_map(str::to_string),
+        (any::<i64>(), -400i32..400).prop_map(|(m, e)| format!("{m}e{e}")),
+        (any::<u64>(), any::<u32>()).prop_map(|(a, b)| format!("{a}.{b}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A reading's number, whatever its literal: stored as exactly what Rust parses it to when
+    /// that is finite and JSON allows the literal, refused otherwise; the event's timestamp in
+    /// the same way, rounded to milliseconds inside the accepted window.
+    #[test]
+    fn event_numbers_are_exact_or_refused(value in json_number(), ts_ago in prop_oneof![Just(None), (0i64..1_000_000).prop_map(Some)], frac in 0u32..1000) {
+        let ts = ts_ago.map(|ago| format!("{}.{frac:03}", NOW - ago));
+        let body = match &ts {
+            Some(t) => format!(r#"{{"device_id":"d","timestamp":{t},"readings":{{"r":{value}}}}}"#),
+            None => format!(r#"{{"device_id":"d","readings":{{"r":{value}}}}}"#),
+        };
+        let (r, out) = run(body.as_bytes(), 64 << 10, &ev_decode)?;
+        let d = r.unwrap();
+        let json_ok = serde_json::from_str::<serde_json::Value>(&value).is_ok();
+        let want = match value.as_str() {
+            "true" => Some(1.0),
+            "null" => None,
+            _ => value.parse::<f64>().ok().filter(|v| v.is_finite() && json_ok),
+        };
+        let t = ts.map_or(NOW, |t| t.parse::<f64>().unwrap().round() as i64);
+        match want {
+            Some(v) => {
+                prop_assert_eq!(d.accepted_samples, 1, "{}", body);
+                prop_assert_eq!(dump(&out)[0].1.clone(), vec![(t, v.to_bits())], "{}", body);
+            }
+            None => prop_assert_eq!(d.accepted_samples, 0, "{}", body),
+        }
+    }
+}
+
 /// Nesting far deeper than any event is refused by the JSON parser's depth limit, not by a
 /// stack overflow.
 #[test]
