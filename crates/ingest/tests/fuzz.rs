@@ -435,6 +435,86 @@ proptest! {
     }
 }
 
+/// The positions of every length prefix in a well-formed protobuf message and the messages
+/// inside it (remote write nests three deep: request, series, label or sample).
+/// Each as (position, width, length, nesting level: 0 for the request's own fields).
+fn length_prefixes(msg: &[u8], base: usize, depth: u32, out: &mut Vec<(usize, usize, u64, u32)>) {
+    let read = |p: &mut usize| -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *msg.get(*p)?;
+            *p += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    };
+    let mut p = 0;
+    while p < msg.len() {
+        let Some(key) = read(&mut p) else { return };
+        match key & 7 {
+            0 => {
+                if read(&mut p).is_none() {
+                    return;
+                }
+            }
+            1 => p += 8,
+            5 => p += 4,
+            2 => {
+                let at = p;
+                let Some(len) = read(&mut p) else { return };
+                out.push((base + at, p - at, len, 3 - depth));
+                let Some(inner) = msg.get(p..p + len as usize) else {
+                    return;
+                };
+                if depth > 0 {
+                    length_prefixes(inner, base + p, depth - 1, out);
+                }
+                p += len as usize;
+            }
+            _ => return,
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A length prefix anywhere in a request (of the request's series, a series' labels or
+    /// samples, a label's name or value) made longer, shorter or huge: the decoder reports
+    /// the protobuf as malformed or decodes what is still well formed, never reads past the
+    /// message nor allocates what the length claims.
+    #[test]
+    fn remote_write_lengths_changed(
+        series in proptest::collection::vec(rw_series(), 1..4),
+        which in any::<proptest::sample::Index>(),
+        change in prop_oneof![(-3i64..=3).prop_map(Some), Just(None)],
+        huge in prop_oneof![Just(u64::MAX), Just(1u64 << 62), Just(1u64 << 32), Just(i64::MAX as u64)],
+    ) {
+        let body = rw_encode(&series);
+        let proto = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let mut prefixes = Vec::new();
+        length_prefixes(&proto, 0, 3, &mut prefixes);
+        prop_assume!(!prefixes.is_empty());
+        let (at, width, len, level) = prefixes[which.index(prefixes.len())];
+        let last_series = prefixes.iter().filter(|p| p.3 == 0).map(|p| p.0).max() == Some(at);
+        let new = match change {
+            Some(d) => len.saturating_add_signed(d),
+            None => huge,
+        };
+        let mut bad = proto[..at].to_vec();
+        fuzz_support::put_varint(&mut bad, new);
+        bad.extend_from_slice(&proto[at + width..]);
+        let (r, _) = run(&bad, 64 << 10, &rw_decode_raw)?;
+        if new > len && level == 0 && last_series {
+            // The last series now runs past the end of the request.
+            prop_assert!(r.is_err());
+        }
+    }
+}
+
 /// A snappy body declaring a huge decompressed size is refused before anything is allocated.
 #[test]
 fn remote_write_huge_declared_size_is_refused() {
