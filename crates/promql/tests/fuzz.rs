@@ -505,6 +505,46 @@ proptest! {
         }
     }
 
+    /// `count by (a)` and `sum by (a)` of any generated vector agree with counting and
+    /// summing that vector's samples by their `a` label in the test.
+    #[test]
+    fn aggregations_agree_with_the_samples_they_aggregate(inner in prop_oneof![vector(0), vector(1), vector(2)], t in 0i64..END) {
+        let e = engine();
+        let Ok(out) = e.instant(&ctx(), &inner, t) else { return Ok(()) };
+        let Value::Vector(rows) = out.value else { return Ok(()) };
+        let mut want: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
+        for r in &rows {
+            let key = r.labels.get("a").map_or("{}".to_string(), |a| format!("{{a=\"{a}\"}}"));
+            let g = want.entry(key).or_default();
+            g.0 += 1;
+            g.1.push(r.v);
+        }
+        let got = |agg: &str| -> Vec<(String, f64)> {
+            match e.instant(&ctx(), &format!("{agg} by (a) ({inner})"), t).map(|o| o.value) {
+                Ok(Value::Vector(v)) => {
+                    let mut v: Vec<(String, f64)> = v.into_iter().map(|s| (s.labels.to_string(), s.v)).collect();
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v
+                }
+                other => panic!("{agg} by (a) ({inner}): {other:?}"),
+            }
+        };
+        let counts = got("count");
+        prop_assert_eq!(
+            counts.iter().map(|(l, v)| (l.clone(), *v as usize)).collect::<Vec<_>>(),
+            want.iter().map(|(l, g)| (l.clone(), g.0)).collect::<Vec<_>>(),
+            "count by (a) ({})", inner
+        );
+        for ((l, sum), (wl, (_, vals))) in got("sum").iter().zip(&want) {
+            prop_assert_eq!(l, wl);
+            // Only where the order of addition cannot matter much.
+            if vals.iter().all(|v| v.is_finite() && v.abs() < 1e12) {
+                let exact: f64 = vals.iter().sum();
+                prop_assert!((sum - exact).abs() <= 1e-6 * exact.abs().max(1.0), "sum by (a) ({}) {}: {} vs {}", inner, l, sum, exact);
+            }
+        }
+    }
+
     /// Generated queries mutated byte by byte: parsing and evaluating never panic.
     #[test]
     fn mutated_queries_fail_cleanly(q in query(), ms in mutations(), t in 0i64..END) {
