@@ -208,6 +208,10 @@ impl Block {
             return Err(bad(format!("unsupported block version {version}")));
         }
         let (seq, min_t, max_t) = (rd64(12), rd64(20) as i64, rd64(28) as i64);
+        // The storage numbers the next block after the highest sequence it finds.
+        if seq == u64::MAX {
+            return Err(bad("sequence number out of range".into()));
+        }
         let f_at = b.len() - FOOTER_LEN;
         let (index_at, index_len, index_crc) = (
             rd64(f_at) as usize,
@@ -231,10 +235,8 @@ impl Block {
             if len > MAX_RAW_INDEX {
                 return Err(bad(format!("index of {len} bytes is over the limit")));
             }
-            unpacked = zstd::bulk::decompress(z, len as usize)
-                .ok()
-                .filter(|u| u.len() as u64 == len)
-                .ok_or_else(|| bad("index does not decompress".into()))?;
+            unpacked =
+                codec::zstd_exact(z, len).ok_or_else(|| bad("index does not decompress".into()))?;
             &unpacked[..]
         } else {
             index
@@ -275,7 +277,8 @@ impl Block {
                 ))
             })();
             let (key, meta) = entry.ok_or_else(|| bad(format!("index entry {i} damaged")))?;
-            if meta.offset < HEADER_LEN as u64 || meta.offset + meta.len as u64 > index_at as u64 {
+            let end = meta.offset.checked_add(meta.len as u64);
+            if meta.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > index_at as u64) {
                 return Err(bad(format!("index entry {i} points outside the chunks")));
             }
             if prev.as_ref().is_some_and(|p| *p >= key) {

@@ -10,6 +10,7 @@
 //! one header and decode on their own, so [`decode_range`] decodes only the pages a query's time
 //! range touches (paged chunks are kept even when up to 2 % larger than zstd).
 
+use std::io::Read;
 use strata_model::{Fields, Sample};
 
 const RAW: u8 = 0;
@@ -204,6 +205,21 @@ fn zstd_compress(body: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Decompresses zstd `data` that must hold exactly `len` bytes, `None` when it does not. The
+/// declared length is only a claim: the buffer grows with what the data holds (sized up front
+/// for ordinary ratios), so a damaged length allocates nothing.
+pub(crate) fn zstd_exact(data: &[u8], len: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(
+        usize::try_from(len)
+            .ok()?
+            .min(data.len().saturating_mul(16)),
+    );
+    zstd::stream::read::Decoder::with_buffer(data)
+        .and_then(|d| d.take(len.saturating_add(1)).read_to_end(&mut out))
+        .ok()?;
+    (out.len() as u64 == len).then_some(out)
+}
+
 /// The step of `samples` when they are evenly spaced (at least two, positive step).
 fn regular_step(samples: &[Sample]) -> Option<i64> {
     let step = samples
@@ -384,6 +400,16 @@ fn decode_paged(
     if pages == 0 || pages > n || pages > rest.len() || step <= 0 {
         return Err(ChunkError("bad page count or step"));
     }
+    // The encoder's pages hold at most PAGE_SAMPLES (never lowered, so older chunks' pages are
+    // smaller): this bounds what a damaged count makes a reader allocate, and the timestamps
+    // must stay inside i64 for the page arithmetic below.
+    if n.div_ceil(pages) > PAGE_SAMPLES
+        || first
+            .checked_add((n as i64 - 1).saturating_mul(step))
+            .is_none()
+    {
+        return Err(ChunkError("bad sample count"));
+    }
     let mut lens = Vec::with_capacity(pages);
     for _ in 0..pages {
         lens.push(r.varint()? as usize);
@@ -401,15 +427,17 @@ fn decode_paged(
         let hi = lo.wrapping_add((count as i64 - 1).wrapping_mul(step));
         if hi >= start && lo <= end {
             // The samples of the page inside the range (step > 0, checked above).
+            // In i128: the range's ends may lie anywhere in i64, far from the page.
+            let (lo_w, step_w) = (lo as i128, step as i128);
             let skip = if lo < start {
-                (start - lo - 1) / step + 1
+                (start as i128 - lo_w - 1) / step_w + 1
             } else {
                 0
             };
             let keep = if hi > end {
-                (end - lo) / step + 1
+                (end as i128 - lo_w) / step_w + 1
             } else {
-                count as i64
+                count as i128
             };
             wanted.push(Page {
                 first: lo,
@@ -593,12 +621,11 @@ fn decode_whole(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
         RAW => rest,
         ZSTD => {
             let mut r = Reader { b: rest, p: 0 };
-            let len = r.varint()? as usize;
+            let len = r.varint()?;
             if len > 1 << 30 {
                 return Err(ChunkError("declared size too large"));
             }
-            owned = zstd::bulk::decompress(&rest[r.p..], len)
-                .map_err(|_| ChunkError("zstd data damaged"))?;
+            owned = zstd_exact(&rest[r.p..], len).ok_or(ChunkError("zstd data damaged"))?;
             &owned
         }
         PCO => return decode_pco(rest, false, out),

@@ -13,6 +13,10 @@ use strata_model::{
 /// Below this many samples per thread, handing work to the pool costs more than it saves.
 const MIN_SAMPLES_PER_THREAD: usize = 20_000;
 
+/// Most samples reserved up front for one series: the counts come from block indexes, which a
+/// damaged file can make anything (2^32 samples asked for 64 GiB); longer series grow.
+const MAX_RESERVE: usize = 1 << 22;
+
 /// One selected series, not decoded yet.
 pub struct SeriesRead {
     /// The series.
@@ -70,7 +74,8 @@ impl SeriesRead {
     fn decode(&self, start: i64, end: i64, fields: Fields) -> Result<Vec<Sample>, StorageError> {
         // Room for every part up front (the estimate is exact for evenly spaced samples, give
         // or take one per part): growing would copy the whole series once per part.
-        let mut out = Vec::with_capacity(self.weight(start, end) + self.blocks.len());
+        let reserve = (self.weight(start, end) + self.blocks.len()).min(MAX_RESERVE);
+        let mut out = Vec::with_capacity(reserve);
         self.decode_into(start, end, fields, &mut out)?;
         Ok(out)
     }
