@@ -114,6 +114,10 @@ pub struct LimitsConfig {
     pub max_label_value_len: usize,
     /// Most series per metric name and tenant; new series beyond it are refused.
     pub max_series_per_metric: usize,
+    /// Most live (head) series per tenant; new series beyond it are refused.
+    pub max_series_per_tenant: usize,
+    /// Most live (head) series of all tenants together; new series beyond it are refused.
+    pub max_series_total: usize,
     /// How far in the future a timestamp may be.
     pub max_future_skew: Duration,
     /// How long an event id is remembered to recognise redeliveries.
@@ -313,6 +317,8 @@ impl Default for LimitsConfig {
             max_label_name_len: l.max_label_name_len,
             max_label_value_len: l.max_label_value_len,
             max_series_per_metric: l.max_series_per_metric,
+            max_series_per_tenant: 1_000_000,
+            max_series_total: 2_000_000,
             max_future_skew: Duration(l.max_future_skew_ms),
             event_dedup_horizon: Duration(3_600_000),
         }
@@ -343,6 +349,8 @@ max_labels_per_series = 30       # __name__ included
 max_label_name_len = 1024        # bytes
 max_label_value_len = 2048       # bytes
 max_series_per_metric = 100000   # per tenant; new series beyond it are refused
+max_series_per_tenant = 1000000  # live series (written in the last flush interval or 5m)
+max_series_total = 2000000       # live series of all tenants; new series beyond either are refused
 max_future_skew = "10m"          # timestamps further ahead than this are refused
 event_dedup_horizon = "1h"       # how long an event_id is remembered
 

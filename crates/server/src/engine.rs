@@ -12,7 +12,7 @@ use strata_model::{
     WriteBatch,
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
-use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
+use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot};
 
 /// Queued writes per shard before senders wait (backpressure).
@@ -35,6 +35,8 @@ pub struct Engine {
     shards: Vec<ShardHandle>,
     /// Self-metrics counters.
     pub counters: Arc<Counters>,
+    /// The live-series caps, shared by every shard's storage.
+    pub limiter: Arc<SeriesLimiter>,
 }
 
 struct ShardHandle {
@@ -76,7 +78,11 @@ impl Engine {
             },
         )?);
         let counters = Arc::new(Counters::default());
-        let limiter = SeriesLimiter::new(cfg.limits.max_series_per_metric);
+        let limiter = SeriesLimiter::with_caps(SeriesCaps {
+            per_metric: cfg.limits.max_series_per_metric,
+            per_tenant: cfg.limits.max_series_per_tenant,
+            total: cfg.limits.max_series_total,
+        });
         let opts = TsdbOptions {
             block_duration_ms: cfg.storage.block_duration.0,
             retention_ms: cfg.retention.0,
@@ -157,6 +163,7 @@ impl Engine {
             log,
             shards,
             counters,
+            limiter,
         }))
     }
 

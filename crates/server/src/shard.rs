@@ -53,6 +53,7 @@ impl WriteAck {
         a.overwritten += b.overwritten;
         a.new_series += b.new_series;
         a.rejected_series_limit += b.rejected_series_limit;
+        a.refused.merge(&b.refused);
         a.too_old += b.too_old;
         self.duplicate_events += o.duplicate_events;
         self.duplicate_event_samples += o.duplicate_event_samples;

@@ -5,8 +5,10 @@
 //! any order: chunks may then overlap in time, and reads resolve them by write order, so the
 //! last write for a timestamp wins.
 //!
-//! The head also remembers every series it has seen, including those whose samples are only in
-//! blocks, so the cardinality limit and out-of-order checks know them.
+//! A series lives in the head while it receives samples: one that received none since the last
+//! flush and whose newest sample is older than the lookback leaves it at the next flush (its
+//! samples are all in blocks by then), and is created again, under the same id, if it returns.
+//! So the head, and the cardinality limits counting its series, follow the live series.
 
 use crate::codec;
 use crate::index::Index;
@@ -240,6 +242,9 @@ impl MemSeries {
 /// One tenant's head: series by id (with collision lists) and their index.
 #[derive(Default)]
 pub struct TenantHead {
+    /// Handles were handed out (see [`crate::Tsdb::series_handle`]): they are series numbers,
+    /// valid for the life of the storage, so no series ever leaves this head.
+    pub pinned: bool,
     /// Series numbers by id: inline, so a lookup follows no pointer but to the key it checks.
     ids: AHashMap<u64, SmallVec<[u32; 2]>>,
     /// Series in index order.
@@ -264,6 +269,37 @@ impl TenantHead {
         self.series.push(MemSeries::new());
         self.ids.entry(id.0).or_default().push(r);
         r
+    }
+
+    /// Keeps the series whose `keep` entry is true (one per series), renumbering them in
+    /// order; the others leave the head.
+    pub fn retain(&mut self, keep: &[bool]) {
+        debug_assert_eq!(keep.len(), self.series.len());
+        let remap = self.index.retain(keep);
+        let mut i = 0;
+        self.series.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        shrink(&mut self.series);
+        self.ids.retain(|_, rows| {
+            rows.retain(|r| {
+                *r = remap[*r as usize];
+                *r != u32::MAX
+            });
+            !rows.is_empty()
+        });
+        if self.ids.capacity() > 2 * self.ids.len() + 64 {
+            self.ids.shrink_to_fit();
+        }
+    }
+}
+
+/// Gives back a vector's spare room once it holds less than half of it, so a head that
+/// shrank does not keep the memory of its peak.
+pub fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() > 2 * v.len() + 16 {
+        v.shrink_to_fit();
     }
 }
 

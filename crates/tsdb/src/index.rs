@@ -30,6 +30,42 @@ impl Index {
         id
     }
 
+    /// Keeps the series whose `keep` entry is true (one per series), renumbering them in
+    /// order. Returns each old number's new one (`u32::MAX` for series removed).
+    pub fn retain(&mut self, keep: &[bool]) -> Vec<u32> {
+        let mut next = 0u32;
+        let remap: Vec<u32> = keep
+            .iter()
+            .map(|&k| {
+                if k {
+                    next += 1;
+                    next - 1
+                } else {
+                    u32::MAX
+                }
+            })
+            .collect();
+        // Renumbering keeps the order, so postings stay ascending.
+        self.postings.retain(|_, values| {
+            values.retain(|_, list| {
+                list.retain_mut(|id| {
+                    *id = remap[*id as usize];
+                    *id != u32::MAX
+                });
+                crate::head::shrink(list);
+                !list.is_empty()
+            });
+            !values.is_empty()
+        });
+        let mut i = 0;
+        self.keys.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        crate::head::shrink(&mut self.keys);
+        remap
+    }
+
     /// The key of series `id`.
     pub fn key(&self, id: u32) -> SeriesKeyRef<'_> {
         self.keys[id as usize].as_ref()

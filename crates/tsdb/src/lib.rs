@@ -84,6 +84,11 @@ impl Default for TsdbOptions {
     }
 }
 
+/// How far behind the clock a series' newest sample may be for it to stay in the head while it
+/// receives nothing (Prometheus' default lookback): a series idle for a whole flush interval but
+/// still current in an instant query keeps its place, and is not re-created at its next sample.
+pub const HEAD_LOOKBACK_MS: i64 = 5 * 60_000;
+
 /// Blocks are compacted up to this many block durations per window.
 const COMPACT_FACTOR: i64 = 12;
 
@@ -98,8 +103,10 @@ pub struct AppendStats {
     pub overwritten: usize,
     /// Series created.
     pub new_series: usize,
-    /// Samples refused because their metric has too many series.
+    /// Samples refused because a series cap was reached (any of them; see `refused`).
     pub rejected_series_limit: usize,
+    /// Series and samples refused, by the cap they ran into.
+    pub refused: SeriesRefusals,
     /// Samples older than the retention.
     pub too_old: usize,
 }
@@ -175,30 +182,192 @@ impl TsdbStats {
 /// A metric name within a tenant.
 type MetricOfTenant = (Tenant, Box<[u8]>);
 
-/// The cardinality limit, shared by all shards; locked only when a series is created.
+/// The live-series caps one [`SeriesLimiter`] enforces (`usize::MAX`: no cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesCaps {
+    /// Most live series per metric name and tenant.
+    pub per_metric: usize,
+    /// Most live series per tenant.
+    pub per_tenant: usize,
+    /// Most live series in all.
+    pub total: usize,
+}
+
+/// The cap a new series ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesLimit {
+    /// [`SeriesCaps::per_metric`].
+    PerMetric,
+    /// [`SeriesCaps::per_tenant`].
+    PerTenant,
+    /// [`SeriesCaps::total`].
+    Total,
+}
+
+/// Series refused by one cap, and their samples.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Series refused.
+    pub series: usize,
+    /// Their samples.
+    pub samples: usize,
+}
+
+/// What each series cap refused in one append.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRefusals {
+    /// By [`SeriesCaps::per_metric`].
+    pub per_metric: Refused,
+    /// By [`SeriesCaps::per_tenant`].
+    pub per_tenant: Refused,
+    /// By [`SeriesCaps::total`].
+    pub total: Refused,
+}
+
+impl SeriesRefusals {
+    /// The figures of `limit`.
+    pub fn of(&mut self, limit: SeriesLimit) -> &mut Refused {
+        match limit {
+            SeriesLimit::PerMetric => &mut self.per_metric,
+            SeriesLimit::PerTenant => &mut self.per_tenant,
+            SeriesLimit::Total => &mut self.total,
+        }
+    }
+
+    /// Adds another append's refusals.
+    pub fn merge(&mut self, o: &SeriesRefusals) {
+        for (a, b) in [
+            (&mut self.per_metric, o.per_metric),
+            (&mut self.per_tenant, o.per_tenant),
+            (&mut self.total, o.total),
+        ] {
+            a.series += b.series;
+            a.samples += b.samples;
+        }
+    }
+}
+
+/// Live series counted by the [`SeriesLimiter`].
+#[derive(Default)]
+struct LiveCounts {
+    metrics: AHashMap<MetricOfTenant, usize>,
+    tenants: AHashMap<Tenant, usize>,
+    total: usize,
+}
+
+/// The cardinality limits, shared by all shards: counts the series living in the heads (a
+/// series leaving its head is released), per metric and tenant, per tenant and in all. Locked
+/// only when a series enters or leaves a head.
 pub struct SeriesLimiter {
-    max: usize,
-    counts: Mutex<AHashMap<MetricOfTenant, usize>>,
+    caps: SeriesCaps,
+    live: Mutex<LiveCounts>,
 }
 
 impl SeriesLimiter {
-    /// A limiter allowing `max_series_per_metric` series per (tenant, metric).
+    /// A limiter allowing `max_series_per_metric` live series per (tenant, metric), with no
+    /// per-tenant or total cap.
     pub fn new(max_series_per_metric: usize) -> Arc<SeriesLimiter> {
-        Arc::new(SeriesLimiter {
-            max: max_series_per_metric,
-            counts: Mutex::default(),
+        SeriesLimiter::with_caps(SeriesCaps {
+            per_metric: max_series_per_metric,
+            per_tenant: usize::MAX,
+            total: usize::MAX,
         })
     }
 
-    fn admit(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, enforce: bool) -> bool {
+    /// A limiter enforcing `caps`.
+    pub fn with_caps(caps: SeriesCaps) -> Arc<SeriesLimiter> {
+        Arc::new(SeriesLimiter {
+            caps,
+            live: Mutex::default(),
+        })
+    }
+
+    /// The caps enforced.
+    pub fn caps(&self) -> SeriesCaps {
+        self.caps
+    }
+
+    /// Live series in all.
+    pub fn live_total(&self) -> usize {
+        self.live.lock().total
+    }
+
+    /// Live series of `tenant`.
+    pub fn live_in_tenant(&self, tenant: &Tenant) -> usize {
+        self.live.lock().tenants.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Live series of `tenant`'s metric `name`.
+    pub fn live_in_metric(&self, tenant: &Tenant, name: &str) -> usize {
+        let key = (tenant.clone(), Box::<[u8]>::from(name.as_bytes()));
+        self.live.lock().metrics.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Counts a new live series with `key`; when `enforce`, refuses it (counting nothing) if a
+    /// cap is reached, naming the cap.
+    fn admit(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        enforce: bool,
+    ) -> Result<(), SeriesLimit> {
         let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
-        let mut counts = self.counts.lock();
-        let n = counts.entry((tenant.clone(), metric.into())).or_default();
-        if enforce && *n >= self.max {
-            return false;
+        let mut guard = self.live.lock();
+        let live = &mut *guard;
+        if enforce {
+            // The most specific cap is named first.
+            let in_metric = live
+                .metrics
+                .get(&(tenant.clone(), metric.into()))
+                .copied()
+                .unwrap_or(0);
+            if in_metric >= self.caps.per_metric {
+                return Err(SeriesLimit::PerMetric);
+            }
+            if live.tenants.get(tenant).copied().unwrap_or(0) >= self.caps.per_tenant {
+                return Err(SeriesLimit::PerTenant);
+            }
+            if live.total >= self.caps.total {
+                return Err(SeriesLimit::Total);
+            }
         }
-        *n += 1;
-        true
+        *live
+            .metrics
+            .entry((tenant.clone(), metric.into()))
+            .or_default() += 1;
+        match live.tenants.get_mut(tenant) {
+            Some(n) => *n += 1,
+            None => {
+                live.tenants.insert(tenant.clone(), 1);
+            }
+        }
+        live.total += 1;
+        Ok(())
+    }
+
+    /// Releases series of `tenant` that left the head, by key, under one lock.
+    fn release<'a>(&self, tenant: &Tenant, keys: impl IntoIterator<Item = SeriesKeyRef<'a>>) {
+        let mut guard = self.live.lock();
+        let live = &mut *guard;
+        let mut n = 0;
+        let mut probe = (tenant.clone(), Box::<[u8]>::default());
+        for key in keys {
+            probe.1 = key.get(METRIC_NAME.as_bytes()).unwrap_or_default().into();
+            if let Some(c) = live.metrics.get_mut(&probe) {
+                *c -= 1;
+                if *c == 0 {
+                    live.metrics.remove(&probe);
+                }
+            }
+            n += 1;
+        }
+        if let Some(c) = live.tenants.get_mut(tenant) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                live.tenants.remove(tenant);
+            }
+        }
+        live.total = live.total.saturating_sub(n);
     }
 }
 
@@ -271,22 +440,9 @@ impl Tsdb {
                 }
             }
             blocks.sort_by_key(|b| b.seq);
-            let head = inner.heads.entry(tenant.clone()).or_default();
+            // Series only in blocks stay out of the head (and the limiter) until written again.
             for b in &blocks {
                 inner.next_seq = inner.next_seq.max(b.seq + 1);
-                for id in 0..b.len() as u32 {
-                    let key = b.index.key(id);
-                    let sid = strata_model::SeriesId::of(&tenant, key);
-                    let r = match head.get(sid, key) {
-                        Some(r) => r,
-                        None => {
-                            limiter.admit(&tenant, key, false);
-                            head.create(sid, key.to_owned())
-                        }
-                    };
-                    let s = &mut head.series[r as usize];
-                    s.persisted_max_t = s.persisted_max_t.max(b.meta(id).max_t);
-                }
             }
             inner.blocks.insert(tenant, blocks);
         }
@@ -338,12 +494,16 @@ impl Tsdb {
             let r = match head.get(s.id, s.key) {
                 Some(r) => r,
                 None => {
-                    if !self.limiter.admit(tenant, s.key, true) {
+                    if let Err(limit) = self.limiter.admit(tenant, s.key, true) {
                         st.rejected_series_limit += s.samples.len();
+                        let r = st.refused.of(limit);
+                        r.series += 1;
+                        r.samples += s.samples.len();
                         continue;
                     }
                     st.new_series += 1;
-                    head.create(s.id, s.key.to_owned())
+                    let since = s.samples.iter().map(|x| x.timestamp).min();
+                    create(head, tblocks, s.id, s.key, since.unwrap_or(i64::MAX))
                 }
             };
             let series = &mut head.series[r as usize];
@@ -362,16 +522,21 @@ impl Tsdb {
 
     /// The handle of `tenant`'s series with `key`, creating the series when new (without the
     /// series limit: for derived series, whose raw series were admitted already). Handles stay
-    /// valid for the life of the storage, so a writer of many series can skip key lookups.
+    /// valid for the life of the storage, so a writer of many series can skip key lookups; a
+    /// tenant's head that handed out handles therefore keeps all its series.
     pub fn series_handle(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesHandle {
         let id = strata_model::SeriesId::of(tenant, key);
-        let mut inner = self.inner.write();
-        let head = inner.heads.entry(tenant.clone()).or_default();
+        let mut guard = self.inner.write();
+        let Inner { heads, blocks, .. } = &mut *guard;
+        let head = heads.entry(tenant.clone()).or_default();
+        head.pinned = true;
         let r = match head.get(id, key) {
             Some(r) => r,
             None => {
-                self.limiter.admit(tenant, key, false);
-                head.create(id, key.to_owned())
+                // Unenforced: it cannot fail.
+                let _ = self.limiter.admit(tenant, key, false);
+                let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
+                create(head, tblocks, id, key, i64::MIN)
             }
         };
         SeriesHandle(r)
@@ -429,8 +594,11 @@ impl Tsdb {
     }
 
     /// Persists the whole head into blocks (one per tenant and block window), records the
-    /// checkpoint and empties the head. Returns the log offset now covered by blocks.
+    /// checkpoint and empties the head. Series that received no samples since the previous
+    /// flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leave the head and the
+    /// limiter's counts. Returns the log offset now covered by blocks.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
+        let now = strata_model::time::now_ms();
         let mut inner = self.inner.write();
         let Inner {
             heads,
@@ -484,10 +652,22 @@ impl Tsdb {
                 *next_seq += 1;
                 blocks.entry(tenant.clone()).or_default().push(Arc::new(b));
             }
+            // Series without samples since the last flush are all in blocks: those also
+            // outside the lookback leave the head.
+            let cutoff = now.saturating_sub(HEAD_LOOKBACK_MS);
+            let mut keep = Vec::with_capacity(head.series.len());
             for s in &mut head.series {
+                keep.push(head.pinned || s.has_samples() || s.persisted_max_t >= cutoff);
                 s.clear_persisted();
             }
+            if keep.contains(&false) {
+                let gone = keep.iter().enumerate().filter(|(_, k)| !**k);
+                self.limiter
+                    .release(tenant, gone.map(|(r, _)| head.index.key(r as u32)));
+                head.retain(&keep);
+            }
         }
+        heads.retain(|_, h| h.pinned || !h.series.is_empty());
         if *applied != *checkpoint {
             if let Some(off) = *applied {
                 write_checkpoint(&self.dir, off)?;
@@ -699,6 +879,31 @@ impl Tsdb {
         }
         found.into_values().collect()
     }
+}
+
+/// Adds `key` to `head` (the caller checked it is new and admitted it). The series may return
+/// after leaving the head: it learns the newest timestamp `blocks` hold of it, looking only in
+/// blocks reaching `since` or later, where `since` is the oldest sample about to be appended.
+/// Older blocks need not be searched: once the head holds a sample at `since`, every sample
+/// at or before it is checked against the blocks anyway (see [`head::MemSeries::append`]).
+fn create(
+    head: &mut TenantHead,
+    blocks: &[Arc<Block>],
+    id: strata_model::SeriesId,
+    key: SeriesKeyRef<'_>,
+    since: i64,
+) -> u32 {
+    let r = head.create(id, key.to_owned());
+    let mut persisted = i64::MIN;
+    for b in blocks.iter().filter(|b| b.max_t >= since) {
+        if b.max_t > persisted {
+            if let Some(i) = b.find(key) {
+                persisted = persisted.max(b.meta(i).max_t);
+            }
+        }
+    }
+    head.series[r as usize].persisted_max_t = persisted;
+    r
 }
 
 /// The value blocks hold for `key` at `t`, newest block first.

@@ -1,0 +1,170 @@
+//! Memory follows live series: series that stop receiving samples leave the head (and the
+//! limiter's counts) once flushed and outside the lookback, come back with their data whole,
+//! and the live-series caps refuse naming the cap. The churn test writes millions of distinct
+//! series over time and checks the head and the process' memory stay bounded.
+
+use std::path::Path;
+use std::sync::Arc;
+use strata_model::{Fields, Limits, Matcher, Sample, SelectHints, Storage, Tenant, WriteBatch};
+use strata_tsdb::{SeriesCaps, SeriesLimit, SeriesLimiter, Tsdb, TsdbOptions, HEAD_LOOKBACK_MS};
+
+const H: i64 = 3_600_000;
+
+fn now() -> i64 {
+    strata_model::time::now_ms()
+}
+
+fn open(dir: &Path, lim: &Arc<SeriesLimiter>) -> Tsdb {
+    Tsdb::open(dir, TsdbOptions::default(), Arc::clone(lim)).unwrap()
+}
+
+/// One sample for each series `metric{d="<i>"}`, `i` in `ids`, at `t` with value `v`.
+fn batch(tenant: &str, metric: &str, ids: std::ops::Range<usize>, t: i64, v: f64) -> WriteBatch {
+    let mut b = WriteBatch::new(Tenant::new(tenant).unwrap());
+    for i in ids {
+        let d = i.to_string();
+        let mut l: Vec<(&[u8], &[u8])> =
+            vec![(b"__name__", metric.as_bytes()), (b"d", d.as_bytes())];
+        b.push_series(&mut l, &[Sample::new(t, v)], None, &Limits::default())
+            .unwrap();
+    }
+    b
+}
+
+fn samples(db: &Tsdb, tenant: &str, metric: &str, d: &str) -> Vec<(i64, f64)> {
+    let hints = SelectHints {
+        start: 0,
+        end: i64::MAX / 2,
+        max_samples: None,
+        fields: Fields::All,
+    };
+    let ms = [Matcher::equal("__name__", metric), Matcher::equal("d", d)];
+    let got = db
+        .select(&Tenant::new(tenant).unwrap(), &ms, &hints)
+        .unwrap();
+    got.into_iter()
+        .flat_map(|s| s.samples)
+        .map(|s| (s.timestamp, s.value))
+        .collect()
+}
+
+#[test]
+fn idle_series_leave_the_head_after_flush_and_lookback() {
+    let dir = tempfile::tempdir().unwrap();
+    let lim = SeriesLimiter::new(1000);
+    let db = open(dir.path(), &lim);
+    let t = Tenant::default();
+    let old = now() - H;
+    db.append(&batch("default", "old", 0..10, old, 1.0), 0);
+    db.append(&batch("default", "fresh", 0..5, now(), 1.0), 1);
+    assert_eq!(db.stats().series, 15);
+    assert_eq!(lim.live_in_metric(&t, "old"), 10);
+    // Flushed, but written since the previous flush: still live.
+    db.flush().unwrap();
+    assert_eq!(db.stats().series, 15);
+    assert_eq!(lim.live_total(), 15);
+    // Nothing new since: the old ones leave; those inside the lookback stay.
+    db.flush().unwrap();
+    assert_eq!(db.stats().series, 5);
+    assert_eq!(lim.live_in_metric(&t, "old"), 0);
+    assert_eq!(lim.live_in_metric(&t, "fresh"), 5);
+    assert_eq!((lim.live_in_tenant(&t), lim.live_total()), (5, 5));
+    // Their samples are all in blocks.
+    assert_eq!(samples(&db, "default", "old", "3"), vec![(old, 1.0)]);
+    // Reopening puts nothing in the head: series only in blocks are not live.
+    drop(db);
+    let lim = SeriesLimiter::new(1000);
+    let db = open(dir.path(), &lim);
+    assert_eq!((db.stats().series, lim.live_total()), (0, 0));
+    assert_eq!(samples(&db, "default", "fresh", "4").len(), 1);
+}
+
+#[test]
+fn a_returning_series_keeps_its_data_and_its_duplicate_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let lim = SeriesLimiter::new(1000);
+    let db = open(dir.path(), &lim);
+    let t0 = now() - 2 * H;
+    db.append(&batch("default", "m", 0..3, t0, 1.0), 0);
+    db.flush().unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.stats().series, 0, "gone from the head");
+    // Back: one new sample, one exact repeat of what blocks hold, one conflicting value.
+    let st = db.append(&batch("default", "m", 0..1, t0 + 1000, 2.0), 1);
+    assert_eq!((st.new_series, st.appended), (1, 1));
+    let st = db.append(&batch("default", "m", 0..1, t0, 1.0), 2);
+    assert_eq!(
+        st.duplicates, 1,
+        "the repeat is recognised against the blocks"
+    );
+    let st = db.append(&batch("default", "m", 1..2, t0, 5.0), 3);
+    assert_eq!((st.new_series, st.overwritten), (1, 1));
+    assert_eq!(
+        samples(&db, "default", "m", "0"),
+        vec![(t0, 1.0), (t0 + 1000, 2.0)]
+    );
+    assert_eq!(samples(&db, "default", "m", "1"), vec![(t0, 5.0)]);
+    db.flush().unwrap();
+    drop(db);
+    let db = open(dir.path(), &SeriesLimiter::new(1000));
+    assert_eq!(
+        samples(&db, "default", "m", "0"),
+        vec![(t0, 1.0), (t0 + 1000, 2.0)]
+    );
+    assert_eq!(samples(&db, "default", "m", "1"), vec![(t0, 5.0)]);
+    assert_eq!(samples(&db, "default", "m", "2"), vec![(t0, 1.0)]);
+}
+
+#[test]
+fn caps_refuse_naming_the_cap_and_free_room_when_series_leave() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let lim = SeriesLimiter::with_caps(SeriesCaps {
+        per_metric: 4,
+        per_tenant: 6,
+        total: 8,
+    });
+    // Two shards share the limiter.
+    let (a, b) = (open(dirs.0.path(), &lim), open(dirs.1.path(), &lim));
+    let t = now() - H;
+    let st = a.append(&batch("default", "x", 0..6, t, 1.0), 0);
+    assert_eq!((st.new_series, st.refused.per_metric.series), (4, 2));
+    assert_eq!(st.refused.per_metric.samples, 2);
+    assert_eq!(st.rejected_series_limit, 2);
+    let st = b.append(&batch("default", "y", 0..4, t, 1.0), 0);
+    assert_eq!((st.new_series, st.refused.per_tenant.series), (2, 2));
+    let st = b.append(&batch("other", "x", 0..4, t, 1.0), 1);
+    assert_eq!((st.new_series, st.refused.total.series), (2, 2));
+    let mut refused = st.refused;
+    refused.of(SeriesLimit::PerMetric).series += 1;
+    assert_eq!(refused.per_metric.series, 1);
+    assert_eq!(lim.live_total(), 8);
+    // Live series keep being written.
+    assert_eq!(
+        a.append(&batch("default", "x", 0..4, t + 1, 1.0), 2)
+            .appended,
+        4
+    );
+    // Shard b's series go idle and leave; their room is free again.
+    b.flush().unwrap();
+    b.flush().unwrap();
+    assert_eq!(lim.live_total(), 4);
+    let st = b.append(&batch("other", "x", 0..4, t, 1.0), 2);
+    assert_eq!((st.new_series, st.rejected_series_limit), (4, 0));
+    // The server is full again (4 + 4): the total cap is named.
+    let st = b.append(&batch("default", "z", 0..4, t, 1.0), 3);
+    assert_eq!((st.new_series, st.refused.total.series), (0, 4));
+}
+
+#[test]
+fn series_written_within_the_lookback_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let lim = SeriesLimiter::new(1000);
+    let db = open(dir.path(), &lim);
+    // Just inside the lookback (with a minute's margin for a slow run).
+    let t = now() - HEAD_LOOKBACK_MS + 60_000;
+    db.append(&batch("default", "m", 0..3, t, 1.0), 0);
+    for _ in 0..3 {
+        db.flush().unwrap();
+    }
+    assert_eq!((db.stats().series, lim.live_total()), (3, 3));
+}
