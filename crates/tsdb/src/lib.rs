@@ -21,7 +21,8 @@ mod index;
 mod read;
 
 use ahash::AHashMap;
-use block::{Block, EncodedSeries};
+pub use block::{set_index_cache_bytes, DEFAULT_INDEX_CACHE_BYTES};
+use block::{Block, BlockIndex, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -762,11 +763,11 @@ impl Tsdb {
         let mut out = Vec::new();
         if let Some(bs) = inner.blocks.get(tenant) {
             for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
-                if let Some(id) = b.find(key) {
-                    let m = b.meta(id);
+                let ix = b.index().map_err(storage_error)?;
+                if let Some(id) = ix.find(key) {
+                    let m = ix.meta(id);
                     if m.max_t >= start && m.min_t <= end {
-                        b.read(id, &mut out)
-                            .map_err(|e| StorageError::Io(e.to_string()))?;
+                        b.read(&m, key, &mut out).map_err(storage_error)?;
                     }
                 }
             }
@@ -830,7 +831,7 @@ impl Tsdb {
         if matchers.iter().all(|m| m.matches_empty()) {
             return Err(StorageError::EmptyMatch);
         }
-        Ok(self.find(tenant, matchers, start, end, true))
+        self.find(tenant, matchers, start, end, true)
     }
 
     /// Every series of `tenant` matching `matchers` with data overlapping the range, sorted by
@@ -842,23 +843,30 @@ impl Tsdb {
         start: i64,
         end: i64,
         with_samples: bool,
-    ) -> Vec<SeriesRead> {
+    ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
+        let indexes: Vec<(&Arc<Block>, Arc<BlockIndex>)> = match inner.blocks.get(tenant) {
+            Some(bs) => bs
+                .iter()
+                .filter(|b| b.max_t >= start && b.min_t <= end)
+                .map(|b| Ok((b, b.index()?)))
+                .collect::<Result<_, TsdbError>>()
+                .map_err(storage_error)?,
+            None => Vec::new(),
+        };
         let mut found: BTreeMap<SeriesKeyRef<'_>, SeriesRead> = BTreeMap::new();
-        if let Some(bs) = inner.blocks.get(tenant) {
-            for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
-                for id in b.index.select(matchers) {
-                    let m = b.meta(id);
-                    if m.max_t < start || m.min_t > end {
-                        continue;
-                    }
-                    let key = b.index.key(id);
-                    found
-                        .entry(key)
-                        .or_insert_with(|| SeriesRead::new(key.to_owned()))
-                        .blocks
-                        .push((b.clone(), id));
+        for (b, ix) in &indexes {
+            for id in ix.index.select(matchers) {
+                let m = ix.meta(id);
+                if m.max_t < start || m.min_t > end {
+                    continue;
                 }
+                let key = ix.index.key(id);
+                found
+                    .entry(key)
+                    .or_insert_with(|| SeriesRead::new(key.to_owned()))
+                    .blocks
+                    .push((Arc::clone(b), m));
             }
         }
         if let Some(h) = inner.heads.get(tenant) {
@@ -877,7 +885,7 @@ impl Tsdb {
                 }
             }
         }
-        found.into_values().collect()
+        Ok(found.into_values().collect())
     }
 }
 
@@ -897,8 +905,15 @@ fn create(
     let mut persisted = i64::MIN;
     for b in blocks.iter().filter(|b| b.max_t >= since) {
         if b.max_t > persisted {
-            if let Some(i) = b.find(key) {
-                persisted = persisted.max(b.meta(i).max_t);
+            match b.index() {
+                Ok(ix) => {
+                    if let Some(i) = ix.find(key) {
+                        persisted = persisted.max(ix.meta(i).max_t);
+                    }
+                }
+                // Unreadable: as if it had the series up to its end, so every sample it
+                // might hold is checked against it (and finds nothing).
+                Err(_) => persisted = b.max_t,
             }
         }
     }
@@ -906,17 +921,23 @@ fn create(
     r
 }
 
+fn storage_error(e: TsdbError) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
 /// The value blocks hold for `key` at `t`, newest block first.
 fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option<f64> {
     let mut buf = Vec::new();
     for b in blocks.iter().rev().filter(|b| b.min_t <= t && t <= b.max_t) {
-        let Some(id) = b.find(key) else { continue };
-        let m = b.meta(id);
+        // A block that cannot be read answers nothing: reads report its damage.
+        let Ok(ix) = b.index() else { continue };
+        let Some(id) = ix.find(key) else { continue };
+        let m = ix.meta(id);
         if t < m.min_t || t > m.max_t {
             continue;
         }
         buf.clear();
-        if b.read(id, &mut buf).is_ok() {
+        if b.read(&m, key, &mut buf).is_ok() {
             if let Ok(i) = buf.binary_search_by_key(&t, |s| s.timestamp) {
                 return Some(buf[i].value);
             }
@@ -928,11 +949,14 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
 /// Merges blocks' series; where they overlap, the higher sequence wins. Works one series at a
 /// time, so memory holds one series' samples plus the compressed output.
 fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
-    let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
-    ordered.sort_by_key(|b| b.seq);
+    let mut ordered: Vec<(&Arc<Block>, Arc<BlockIndex>)> = group
+        .iter()
+        .map(|b| Ok((b, b.index()?)))
+        .collect::<Result<_, TsdbError>>()?;
+    ordered.sort_by_key(|(b, _)| b.seq);
     let mut keys: Vec<SeriesKey> = Vec::new();
-    for b in &ordered {
-        keys.extend((0..b.len() as u32).map(|id| b.index.key(id).to_owned()));
+    for (_, ix) in &ordered {
+        keys.extend((0..ix.len() as u32).map(|id| ix.index.key(id).to_owned()));
     }
     keys.sort();
     keys.dedup();
@@ -940,9 +964,9 @@ fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
     let mut buf = Vec::new();
     for key in keys {
         buf.clear();
-        for b in &ordered {
-            if let Some(id) = b.find(key.as_ref()) {
-                b.read(id, &mut buf)?;
+        for (b, ix) in &ordered {
+            if let Some(id) = ix.find(key.as_ref()) {
+                b.read(&ix.meta(id), key.as_ref(), &mut buf)?;
             }
         }
         sort_last_wins(&mut buf);
@@ -1023,7 +1047,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<Labels>, StorageError> {
         let mut out: Vec<Labels> = self
-            .find(tenant, matchers, start, end, false)
+            .find(tenant, matchers, start, end, false)?
             .iter()
             .map(|r| r.key.labels())
             .collect();
@@ -1039,7 +1063,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut names = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false) {
+        for r in self.find(tenant, matchers, start, end, false)? {
             for (n, _) in r.key.as_ref().pairs() {
                 if !names.contains(n) {
                     names.insert(n.to_vec());
@@ -1061,7 +1085,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut values = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false) {
+        for r in self.find(tenant, matchers, start, end, false)? {
             if let Some(v) = r.key.as_ref().get(name.as_bytes()) {
                 if !values.contains(v) {
                     values.insert(v.to_vec());

@@ -168,3 +168,84 @@ fn series_written_within_the_lookback_stay() {
     }
     assert_eq!((db.stats().series, lim.live_total()), (3, 3));
 }
+
+/// Resident anonymous memory of this process, bytes: resident minus file-backed pages (the
+/// page cache behind memory-mapped blocks is the kernel's, given back under pressure).
+fn anon_rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let f: Vec<u64> = statm
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[1] - f[2]) * 4096
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Millions of distinct series over time (rounds of 100,000 with a rotating label, flushing
+/// between rounds): the head holds one round's series and resident memory stays near what
+/// the first rounds took. By default 25 rounds (2.5 million series, about 45 s in a debug
+/// build); `STRATA_CHURN_ROUNDS=50` runs the 5 million (about 95 s), and
+/// `STRATA_CHURN_SERIES` changes the round's size.
+#[test]
+fn churn_keeps_the_head_and_memory_bounded() {
+    let rounds = env("STRATA_CHURN_ROUNDS", 25);
+    let per_round = env("STRATA_CHURN_SERIES", 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    // While a round is written, the previous round's series are still live: they leave at
+    // the flush after it.
+    let lim = SeriesLimiter::with_caps(SeriesCaps {
+        per_metric: 2 * per_round,
+        per_tenant: 2 * per_round,
+        total: 2 * per_round,
+    });
+    let db = open(dir.path(), &lim);
+    let base = now() - 12 * H;
+    let mut settled = 0;
+    for round in 0..rounds {
+        // Each round a new value of `gen`: none of the previous round's series returns.
+        let t = base + round as i64 * 1000;
+        let g = round.to_string();
+        let mut b = WriteBatch::new(Tenant::default());
+        for i in 0..per_round {
+            let d = i.to_string();
+            let mut l: Vec<(&[u8], &[u8])> = vec![
+                (b"__name__", b"churn"),
+                (b"d", d.as_bytes()),
+                (b"gen", g.as_bytes()),
+            ];
+            b.push_series(&mut l, &[Sample::new(t, 1.0)], None, &Limits::default())
+                .unwrap();
+        }
+        let st = db.append(&b, round as u64);
+        assert_eq!(st.new_series, per_round, "round {round}: {st:?}");
+        db.flush().unwrap();
+        // The previous round's series were idle through this flush.
+        assert_eq!(db.stats().series, per_round as u64, "round {round}");
+        assert_eq!(lim.live_total(), per_round);
+        if round == 4.min(rounds - 1) {
+            settled = anon_rss();
+        }
+        if round % 10 == 9 {
+            eprintln!("round {round}: anon RSS {} MB", anon_rss() >> 20);
+        }
+    }
+    let end = anon_rss();
+    eprintln!(
+        "{rounds} rounds of {per_round} series: anon RSS {} MB after 5 rounds, {} MB at the end",
+        settled >> 20,
+        end >> 20
+    );
+    assert!(
+        end < settled + settled / 2,
+        "resident memory grew with series over time: {settled} -> {end} bytes"
+    );
+    // Every round's data is still there.
+    let got = samples(&db, "default", "churn", "7");
+    assert_eq!(got.len(), rounds);
+}
