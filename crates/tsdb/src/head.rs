@@ -1,7 +1,8 @@
 //! The head: recent samples of one shard in memory, per tenant, with its own label index.
 //!
-//! Each series appends to an open buffer; every [`SEAL_AT`] samples the buffer is sorted,
-//! deduplicated and sealed into a compact (varint, uncompressed) chunk. Samples may arrive in
+//! Each series appends to an open buffer (encoded as samples come, see [`crate::open`]); every
+//! [`SEAL_AT`] samples the buffer is sorted, deduplicated and sealed into a compact (varint,
+//! uncompressed) chunk. Samples may arrive in
 //! any order: chunks may then overlap in time, and reads resolve them by write order, so the
 //! last write for a timestamp wins.
 //!
@@ -12,6 +13,7 @@
 
 use crate::codec;
 use crate::index::Index;
+use crate::open::OpenBuffer;
 use ahash::AHashMap;
 use smallvec::SmallVec;
 use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef};
@@ -29,20 +31,23 @@ struct Sealed {
 /// One series in the head.
 #[derive(Default)]
 pub struct MemSeries {
-    open: Vec<Sample>,
-    /// The open buffer is ascending with unique timestamps.
-    open_sorted: bool,
+    open: OpenBuffer,
     sealed: Vec<Sealed>,
     /// Time range of samples held in the head (`min > max` when none).
     min_t: i64,
     max_t: i64,
     /// Newest timestamp already written to blocks.
     pub persisted_max_t: i64,
-    samples: usize,
+    /// Samples written to the head (overwrites included) since the last flush.
+    samples: u32,
+    /// Samples in the open buffer.
+    open_len: u32,
     /// What the observer of appends keeps for this series (see [`Tsdb::append_observed`]).
     ///
     /// [`Tsdb::append_observed`]: crate::Tsdb::append_observed
     pub observer: ObserverSlot,
+    /// The open buffer is ascending with unique timestamps.
+    open_sorted: bool,
 }
 
 /// A value an observer of appends keeps per series, typically its own index for the series,
@@ -108,18 +113,8 @@ impl MemSeries {
             Some(_) => Appended::Overwrote,
             None => Appended::New,
         };
-        if outcome == Appended::Overwrote {
-            if let Some(x) = self
-                .open
-                .iter_mut()
-                .rev()
-                .find(|x| x.timestamp == s.timestamp)
-            {
-                x.value = s.value;
-                return outcome;
-            }
-        }
-        if self.open.last().is_some_and(|l| l.timestamp >= s.timestamp) {
+        // An overwrite is appended too: the buffer's later sample wins when it is read.
+        if self.open.last_t().is_some_and(|l| l >= s.timestamp) {
             self.open_sorted = false;
         }
         self.push(s);
@@ -130,9 +125,10 @@ impl MemSeries {
     fn push(&mut self, s: Sample) {
         self.open.push(s);
         self.samples += 1;
+        self.open_len += 1;
         self.min_t = self.min_t.min(s.timestamp);
         self.max_t = self.max_t.max(s.timestamp);
-        if self.open.len() >= SEAL_AT {
+        if self.open_len as usize >= SEAL_AT {
             self.seal();
         }
     }
@@ -152,17 +148,18 @@ impl MemSeries {
             max_t: last.timestamp,
             data: codec::encode(run, false).into_boxed_slice(),
         });
-        self.samples += run.len();
+        self.samples += run.len() as u32;
         self.min_t = self.min_t.min(first.timestamp);
         self.max_t = self.max_t.max(last.timestamp);
     }
 
     /// The newest head value at `t`, if any.
     fn find(&self, t: i64) -> Option<f64> {
-        if let Some(x) = self.open.iter().rev().find(|x| x.timestamp == t) {
+        let mut buf = Vec::new();
+        self.open.decode(&mut buf);
+        if let Some(x) = buf.iter().rev().find(|x| x.timestamp == t) {
             return Some(x.value);
         }
-        let mut buf = Vec::new();
         for c in self
             .sealed
             .iter()
@@ -183,19 +180,18 @@ impl MemSeries {
         if self.open.is_empty() {
             return;
         }
+        let mut open = Vec::with_capacity(self.open_len as usize);
+        self.open.decode(&mut open);
         if !self.open_sorted {
-            sort_last_wins(&mut self.open);
+            sort_last_wins(&mut open);
         }
-        let (min_t, max_t) = (
-            self.open[0].timestamp,
-            self.open[self.open.len() - 1].timestamp,
-        );
         self.sealed.push(Sealed {
-            min_t,
-            max_t,
-            data: codec::encode(&self.open, false).into_boxed_slice(),
+            min_t: open[0].timestamp,
+            max_t: open[open.len() - 1].timestamp,
+            data: codec::encode(&open, false).into_boxed_slice(),
         });
         self.open.clear();
+        self.open_len = 0;
         self.open_sorted = true;
     }
 
@@ -210,7 +206,7 @@ impl MemSeries {
             // Sealed chunks were verified when written; in memory they cannot be damaged.
             let _ = codec::decode(&c.data, out);
         }
-        out.extend_from_slice(&self.open);
+        self.open.decode(out);
         let mut part = out.split_off(from);
         part.retain(|s| s.timestamp >= start && s.timestamp <= end);
         sort_last_wins(&mut part);
@@ -220,7 +216,8 @@ impl MemSeries {
     /// Empties the head part after a flush to blocks.
     pub fn clear_persisted(&mut self) {
         self.persisted_max_t = self.persisted_max_t.max(self.max_t);
-        self.open = Vec::new();
+        self.open.clear();
+        self.open_len = 0;
         self.open_sorted = true;
         self.sealed = Vec::new();
         self.min_t = i64::MAX;
@@ -230,12 +227,12 @@ impl MemSeries {
 
     /// Approximate bytes held.
     pub fn bytes(&self) -> usize {
-        self.open.capacity() * 16 + self.sealed.iter().map(|c| c.data.len() + 24).sum::<usize>()
+        self.open.bytes() + self.sealed.iter().map(|c| c.data.len() + 24).sum::<usize>()
     }
 
     /// Samples held.
     pub fn samples(&self) -> usize {
-        self.samples
+        self.samples as usize
     }
 }
 

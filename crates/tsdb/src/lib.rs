@@ -18,6 +18,7 @@ mod block;
 pub mod codec;
 mod head;
 mod index;
+mod open;
 mod read;
 
 use ahash::AHashMap;

@@ -249,3 +249,52 @@ fn churn_keeps_the_head_and_memory_bounded() {
     let got = samples(&db, "default", "churn", "7");
     assert_eq!(got.len(), rounds);
 }
+
+/// What the head holds per series, measured: resident memory after writing `STRATA_HEAD_SERIES`
+/// (default 200,000) series of the benchmark's shape (8 metrics of a fleet of devices, 5
+/// labels) and 12 samples each, less before. Printed for the record (`--nocapture`), and
+/// bounded so a regression shows.
+#[test]
+fn head_memory_per_series() {
+    let n = env("STRATA_HEAD_SERIES", 200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let lim = SeriesLimiter::new(usize::MAX);
+    let db = open(dir.path(), &lim);
+    const METRICS: [&str; 8] = [
+        "cpu", "mem", "disk", "net_in", "net_out", "temp", "load", "up",
+    ];
+    let start = now() - H;
+    let labels = |i: usize| {
+        let device = i / METRICS.len();
+        let site = device / 100;
+        [
+            ("__name__", METRICS[i % METRICS.len()].to_string()),
+            ("device", format!("dev-{device:05}")),
+            ("region", format!("r{}", site % 4)),
+            ("site", format!("site-{site:03}")),
+            ("type", ["a", "b", "c"][device % 3].to_string()),
+        ]
+    };
+    let before = anon_rss();
+    // Points are sent time-major, as scrapes and the benchmark's writer send them.
+    for p in 0..12i64 {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let mut b = WriteBatch::new(Tenant::default());
+            for &i in chunk {
+                let l = labels(i);
+                let mut pairs: Vec<(&[u8], &[u8])> = l
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+                    .collect();
+                let s = Sample::new(start + p * 15_000, (i as i64 + p) as f64);
+                b.push_series(&mut pairs, &[s], None, &Limits::default())
+                    .unwrap();
+            }
+            db.append(&b, p as u64);
+        }
+    }
+    let per_series = anon_rss().saturating_sub(before) / n as u64;
+    eprintln!("head: {per_series} bytes per series ({n} series of 12 samples)");
+    assert_eq!(db.stats().series, n as u64);
+    assert!(per_series < 1500, "{per_series} bytes per series");
+}
