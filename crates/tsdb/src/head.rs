@@ -14,9 +14,8 @@
 use crate::codec;
 use crate::index::Index;
 use crate::open::OpenBuffer;
-use ahash::AHashMap;
-use smallvec::SmallVec;
-use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef};
+use hashbrown::HashTable;
+use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
 
 /// Samples in an open buffer before it is sealed.
 pub const SEAL_AT: usize = 240;
@@ -236,14 +235,15 @@ impl MemSeries {
     }
 }
 
-/// One tenant's head: series by id (with collision lists) and their index.
-#[derive(Default)]
+/// One tenant's head: series by id and their index.
 pub struct TenantHead {
+    tenant: Tenant,
     /// Handles were handed out (see [`crate::Tsdb::series_handle`]): they are series numbers,
     /// valid for the life of the storage, so no series ever leaves this head.
     pub pinned: bool,
-    /// Series numbers by id: inline, so a lookup follows no pointer but to the key it checks.
-    ids: AHashMap<u64, SmallVec<[u32; 2]>>,
+    /// Series numbers hashed by their id (4 bytes a series; ids that collide are told apart
+    /// by their keys). Ids are computed again from the keys when the table grows.
+    ids: HashTable<u32>,
     /// Series in index order.
     pub series: Vec<MemSeries>,
     /// Label index over the series.
@@ -251,20 +251,31 @@ pub struct TenantHead {
 }
 
 impl TenantHead {
-    /// The series with `key`, if known.
-    pub fn get(&self, id: SeriesId, key: SeriesKeyRef<'_>) -> Option<u32> {
-        self.ids
-            .get(&id.0)?
-            .iter()
-            .copied()
-            .find(|&r| self.index.key(r) == key)
+    /// An empty head of `tenant`.
+    pub fn new(tenant: &Tenant) -> TenantHead {
+        TenantHead {
+            tenant: tenant.clone(),
+            pinned: false,
+            ids: HashTable::new(),
+            series: Vec::new(),
+            index: Index::default(),
+        }
     }
 
-    /// Adds a series (the caller checked it is new and allowed).
+    /// The series with `key`, if known.
+    pub fn get(&self, id: SeriesId, key: SeriesKeyRef<'_>) -> Option<u32> {
+        self.ids.find(id.0, |&r| self.index.key(r) == key).copied()
+    }
+
+    /// Adds a series (the caller checked it is new and allowed); `id` is
+    /// `SeriesId::of(tenant, key)`.
     pub fn create(&mut self, id: SeriesId, key: SeriesKey) -> u32 {
         let r = self.index.add(key);
         self.series.push(MemSeries::new());
-        self.ids.entry(id.0).or_default().push(r);
+        let TenantHead {
+            tenant, ids, index, ..
+        } = self;
+        ids.insert_unique(id.0, r, |&r| SeriesId::of(tenant, index.key(r)).0);
         r
     }
 
@@ -279,15 +290,15 @@ impl TenantHead {
             keep[i - 1]
         });
         shrink(&mut self.series);
-        self.ids.retain(|_, rows| {
-            rows.retain(|r| {
-                *r = remap[*r as usize];
-                *r != u32::MAX
-            });
-            !rows.is_empty()
+        self.ids.retain(|r| {
+            *r = remap[*r as usize];
+            *r != u32::MAX
         });
         if self.ids.capacity() > 2 * self.ids.len() + 64 {
-            self.ids.shrink_to_fit();
+            let TenantHead {
+                tenant, ids, index, ..
+            } = self;
+            ids.shrink_to_fit(|&r| SeriesId::of(tenant, index.key(r)).0);
         }
     }
 }
@@ -307,9 +318,11 @@ mod tests {
 
     #[test]
     fn colliding_ids_make_two_series() {
-        let mut h = TenantHead::default();
+        let mut h = TenantHead::new(&strata_model::Tenant::default());
         let a = Labels::from_pairs([("__name__", "a")]).unwrap().key();
         let b = Labels::from_pairs([("__name__", "b")]).unwrap().key();
+        // A forced id stands for a collision of real ids (which the table recomputes when it
+        // grows; two series do not make it grow).
         let forced = SeriesId(42);
         let ra = h.create(forced, a.clone());
         assert_eq!(

@@ -488,7 +488,9 @@ impl Tsdb {
         let tenant = batch.tenant();
         let head = match heads.get_mut(tenant) {
             Some(h) => h,
-            None => heads.entry(tenant.clone()).or_default(),
+            None => heads
+                .entry(tenant.clone())
+                .or_insert_with(|| TenantHead::new(tenant)),
         };
         let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
         let mut stored = Vec::new();
@@ -530,7 +532,9 @@ impl Tsdb {
         let id = strata_model::SeriesId::of(tenant, key);
         let mut guard = self.inner.write();
         let Inner { heads, blocks, .. } = &mut *guard;
-        let head = heads.entry(tenant.clone()).or_default();
+        let head = heads
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantHead::new(tenant));
         head.pinned = true;
         let r = match head.get(id, key) {
             Some(r) => r,

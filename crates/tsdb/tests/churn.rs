@@ -169,9 +169,16 @@ fn series_written_within_the_lookback_stay() {
     assert_eq!((db.stats().series, lim.live_total()), (3, 3));
 }
 
+/// Held by tests that measure the process' memory, so tests running beside them do not skew it.
+static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Resident anonymous memory of this process, bytes: resident minus file-backed pages (the
 /// page cache behind memory-mapped blocks is the kernel's, given back under pressure).
 fn anon_rss() -> u64 {
+    assert!(
+        MEASURING.try_lock().is_err(),
+        "hold MEASURING while measuring"
+    );
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let f: Vec<u64> = statm
         .split_whitespace()
@@ -189,12 +196,13 @@ fn env(name: &str, default: usize) -> usize {
 
 /// Millions of distinct series over time (rounds of 100,000 with a rotating label, flushing
 /// between rounds): the head holds one round's series and resident memory stays near what
-/// the first rounds took. By default 25 rounds (2.5 million series, about 45 s in a debug
-/// build); `STRATA_CHURN_ROUNDS=50` runs the 5 million (about 95 s), and
+/// the first rounds took. By default 20 rounds (2 million series, about 30 s of CPU in a debug
+/// build); `STRATA_CHURN_ROUNDS=50` runs the 5 million (about 75 s of CPU), and
 /// `STRATA_CHURN_SERIES` changes the round's size.
 #[test]
 fn churn_keeps_the_head_and_memory_bounded() {
-    let rounds = env("STRATA_CHURN_ROUNDS", 25);
+    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let rounds = env("STRATA_CHURN_ROUNDS", 20);
     let per_round = env("STRATA_CHURN_SERIES", 100_000);
     let dir = tempfile::tempdir().unwrap();
     // While a round is written, the previous round's series are still live: they leave at
@@ -256,6 +264,7 @@ fn churn_keeps_the_head_and_memory_bounded() {
 /// bounded so a regression shows.
 #[test]
 fn head_memory_per_series() {
+    let _measuring = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
     let n = env("STRATA_HEAD_SERIES", 200_000);
     let dir = tempfile::tempdir().unwrap();
     let lim = SeriesLimiter::new(usize::MAX);
