@@ -134,6 +134,8 @@ pub struct StorageConfig {
     pub log_segment_bytes: u64,
     /// Persist the head into blocks and truncate the log at least this often, bounding replay.
     pub flush_interval: Duration,
+    /// Most memory held by parsed block indexes (all shards and tiers together), bytes.
+    pub index_cache_bytes: usize,
 }
 
 /// PromQL evaluation limits.
@@ -331,6 +333,7 @@ impl Default for StorageConfig {
             block_duration: Duration(2 * 3_600_000),
             log_segment_bytes: 64 << 20,
             flush_interval: Duration(15 * 60_000),
+            index_cache_bytes: strata_tsdb::DEFAULT_INDEX_CACHE_BYTES,
         }
     }
 }
@@ -358,6 +361,7 @@ event_dedup_horizon = "1h"       # how long an event_id is remembered
 block_duration = "2h"            # span of a freshly cut block
 log_segment_bytes = 67108864     # ingest-log segment size
 flush_interval = "15m"           # persist the head and truncate the log at least this often
+index_cache_bytes = 268435456    # parsed block indexes kept in memory (least recently used go)
 
 [query]
 timeout = "2m"                   # queries running longer fail with errorType "timeout" (503)
@@ -425,6 +429,15 @@ mod tests {
             d.limits.event_dedup_horizon
         );
         assert_eq!(parsed.storage.flush_interval, d.storage.flush_interval);
+        assert_eq!(
+            parsed.storage.index_cache_bytes,
+            d.storage.index_cache_bytes
+        );
+        assert_eq!(
+            parsed.limits.max_series_per_tenant,
+            d.limits.max_series_per_tenant
+        );
+        assert_eq!(parsed.limits.max_series_total, d.limits.max_series_total);
         assert_eq!(parsed.query.timeout, d.query.timeout);
         assert_eq!(parsed.query.max_samples, d.query.max_samples);
         assert_eq!(parsed.query.lookback_delta, d.query.lookback_delta);

@@ -78,6 +78,7 @@ impl Engine {
             },
         )?);
         let counters = Arc::new(Counters::default());
+        strata_tsdb::set_index_cache_bytes(cfg.storage.index_cache_bytes);
         let limiter = SeriesLimiter::with_caps(SeriesCaps {
             per_metric: cfg.limits.max_series_per_metric,
             per_tenant: cfg.limits.max_series_per_tenant,
