@@ -2,10 +2,15 @@
 //! by the head and by every block.
 
 use ahash::AHashMap;
+use smallvec::SmallVec;
 use strata_model::{MatchOp, Matcher, SeriesKey, SeriesKeyRef};
 
-/// Label value -> series having it, ascending.
-type ValuePostings = AHashMap<Box<[u8]>, Vec<u32>>;
+/// Series having one label value, ascending: up to four inline (as large as a `Vec`), so the
+/// many values held by a few series each (device or instance names) take no allocation.
+type Postings = SmallVec<[u32; 4]>;
+
+/// Label value -> series having it.
+type ValuePostings = AHashMap<Box<[u8]>, Postings>;
 
 /// Postings over series numbered `0..n` in the order they were added.
 #[derive(Default)]
@@ -52,7 +57,9 @@ impl Index {
                     *id = remap[*id as usize];
                     *id != u32::MAX
                 });
-                crate::head::shrink(list);
+                if list.spilled() && list.capacity() > 2 * list.len() + 16 {
+                    list.shrink_to_fit();
+                }
                 !list.is_empty()
             });
             !values.is_empty()
@@ -106,7 +113,7 @@ impl Index {
         let Some(values) = self.postings.get(m.name.as_bytes()) else {
             return Vec::new();
         };
-        let mut lists: Vec<&Vec<u32>> = Vec::new();
+        let mut lists: Vec<&Postings> = Vec::new();
         match (&m.op, m.literal_alternatives()) {
             (MatchOp::Equal, _) => lists.extend(values.get(m.value.as_bytes())),
             (_, Some(alts)) => lists.extend(alts.iter().filter_map(|a| values.get(a.as_bytes()))),
@@ -119,7 +126,7 @@ impl Index {
         }
         match lists.len() {
             0 => Vec::new(),
-            1 => lists[0].clone(),
+            1 => lists[0].to_vec(),
             _ => {
                 let mut all: Vec<u32> = lists.into_iter().flatten().copied().collect();
                 all.sort_unstable();

@@ -179,6 +179,13 @@ fn anon_rss() -> u64 {
         MEASURING.try_lock().is_err(),
         "hold MEASURING while measuring"
     );
+    // What the server does after every flush (strata_server::memory::release_free_memory):
+    // memory freed is handed back, so what remains is what is held, not the allocator's spare.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let f: Vec<u64> = statm
         .split_whitespace()
@@ -240,7 +247,12 @@ fn churn_keeps_the_head_and_memory_bounded() {
             settled = anon_rss();
         }
         if round % 10 == 9 {
-            eprintln!("round {round}: anon RSS {} MB", anon_rss() >> 20);
+            let st = db.stats();
+            eprintln!(
+                "round {round}: anon RSS {} MB, head {} series",
+                anon_rss() >> 20,
+                st.series
+            );
         }
     }
     let end = anon_rss();
