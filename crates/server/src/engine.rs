@@ -302,8 +302,14 @@ impl Engine {
         gauge(
             out,
             "strata_tsdb_series",
-            "Series in storage (head).",
+            "Live series: those in the in-memory head.",
             t.series as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_index_cache_bytes",
+            "Memory held by parsed block indexes (storage.index_cache_bytes bounds it).",
+            strata_tsdb::index_cache_bytes() as f64,
         );
         gauge(
             out,

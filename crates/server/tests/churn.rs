@@ -58,5 +58,7 @@ fn caps_name_the_limit_and_idle_series_free_their_room() {
     assert_eq!(code, 204, "{v}");
     assert_eq!(s.export_as("m", Some("a")).len(), 5);
     assert_eq!(s.export_as("n", Some("a")).len(), 5);
+    // Reading the blocks parsed their indexes into the cache.
+    assert!(metric(&s.metrics(), "strata_tsdb_index_cache_bytes") > 0.0);
     s.stop();
 }

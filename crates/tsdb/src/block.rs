@@ -180,6 +180,11 @@ pub fn set_index_cache_bytes(bytes: usize) {
     c.evict();
 }
 
+/// Bytes held by the index cache now (about).
+pub fn index_cache_bytes() -> usize {
+    INDEX_CACHE.lock().used
+}
+
 impl IndexCache {
     /// Marks `uid`'s entry used now, adding it (holding `index`) when missing.
     fn touch(&mut self, uid: u64, index: &Arc<BlockIndex>, bytes: usize) {

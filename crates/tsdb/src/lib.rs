@@ -22,7 +22,7 @@ mod open;
 mod read;
 
 use ahash::AHashMap;
-pub use block::{set_index_cache_bytes, DEFAULT_INDEX_CACHE_BYTES};
+pub use block::{index_cache_bytes, set_index_cache_bytes, DEFAULT_INDEX_CACHE_BYTES};
 use block::{Block, BlockIndex, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
@@ -498,6 +498,11 @@ impl Tsdb {
             let r = match head.get(s.id, s.key) {
                 Some(r) => r,
                 None => {
+                    // Nothing to keep: no series to make (it would hold a place until flush).
+                    if s.samples.iter().all(|x| x.timestamp < oldest) {
+                        st.too_old += s.samples.len();
+                        continue;
+                    }
                     if let Err(limit) = self.limiter.admit(tenant, s.key, true) {
                         st.rejected_series_limit += s.samples.len();
                         let r = st.refused.of(limit);

@@ -71,6 +71,9 @@ fn idle_series_leave_the_head_after_flush_and_lookback() {
     assert_eq!((lim.live_in_tenant(&t), lim.live_total()), (5, 5));
     // Their samples are all in blocks.
     assert_eq!(samples(&db, "default", "old", "3"), vec![(old, 1.0)]);
+    // A new series with nothing but samples older than the retention takes no place.
+    let st = db.append(&batch("default", "ancient", 0..3, 1000, 1.0), 2);
+    assert_eq!((st.too_old, st.new_series, lim.live_total()), (3, 0, 5));
     // Reopening puts nothing in the head: series only in blocks are not live.
     drop(db);
     let lim = SeriesLimiter::new(1000);
