@@ -11,6 +11,11 @@
 //!   Across blocks the higher sequence number wins; the head beats every block.
 //! - **Identity.** Series are found by their tenant-seeded id and confirmed by their key bytes:
 //!   a hash collision makes two series, never one.
+//! - **Live series.** The head holds the series written lately: one that received nothing
+//!   since the last flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leaves it
+//!   at the next flush, and the [`SeriesLimiter`] (per metric, per tenant, in all) counts only
+//!   series in heads. Block indexes are parsed on demand into a cache bounded in bytes, so
+//!   memory follows the live series, not every series ever written.
 //!
 //! This crate does no networking and knows nothing of the ingest log beyond offsets it is told.
 
