@@ -551,6 +551,43 @@ mod tests {
         EncodedSeries::new(key, &samples)
     }
 
+    /// Past the cache's budget, the least recently used index is dropped (once no reader holds
+    /// it) and parsed again when next needed.
+    #[test]
+    fn indexes_past_the_budget_are_dropped_and_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks: Vec<Block> = (1..=3)
+            .map(|seq| {
+                Block::write(dir.path(), seq, vec![series("a", 10), series("b", 5)]).unwrap()
+            })
+            .collect();
+        assert!(
+            blocks.iter().all(|b| b.loaded.lock().upgrade().is_none()),
+            "none parsed at open"
+        );
+        super::set_index_cache_bytes(1);
+        for b in &blocks {
+            drop(b.index().unwrap());
+        }
+        // Only the newest stays; a reader's index stays while it is held.
+        let held = blocks[2].index().unwrap();
+        assert!(blocks[0].loaded.lock().upgrade().is_none());
+        assert!(blocks[1].loaded.lock().upgrade().is_none());
+        drop(blocks[0].index().unwrap());
+        assert!(
+            blocks[2].loaded.lock().upgrade().is_some(),
+            "held by a reader"
+        );
+        super::set_index_cache_bytes(super::DEFAULT_INDEX_CACHE_BYTES);
+        let ix = blocks[1].index().unwrap();
+        let mut out = Vec::new();
+        blocks[1]
+            .read(&ix.meta(0), ix.index.key(0), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 10);
+        assert_eq!(held.len(), 2);
+    }
+
     /// Version 2 records each chunk's last value, version 3 compresses the index; older blocks
     /// still open and read the same samples.
     #[test]
