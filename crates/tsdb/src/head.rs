@@ -15,6 +15,7 @@ use crate::codec;
 use crate::index::Index;
 use crate::open::OpenBuffer;
 use hashbrown::HashTable;
+use std::sync::Arc;
 use strata_model::{sort_last_wins, Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
 
 /// Samples in an open buffer before it is sealed.
@@ -27,17 +28,63 @@ struct Sealed {
     data: Box<[u8]>,
 }
 
+/// A series' head samples taken by a flush (see [`MemSeries::freeze`]): still read and
+/// checked against as head samples, written before any the series received since.
+pub struct Frozen {
+    chunks: Vec<Sealed>,
+    min_t: i64,
+    max_t: i64,
+    samples: u32,
+}
+
+impl Frozen {
+    /// Its samples in `[start, end]`, sorted, one per timestamp (the last written wins).
+    pub fn read(&self, start: i64, end: i64, out: &mut Vec<Sample>) {
+        read_chunks(&self.chunks, None, start, end, out);
+    }
+
+    /// Time range.
+    pub fn range(&self) -> (i64, i64) {
+        (self.min_t, self.max_t)
+    }
+}
+
+/// Appends the samples of `chunks` then `open` (in write order) in `[start, end]` to `out`,
+/// sorted, one per timestamp, the last written winning.
+fn read_chunks(
+    chunks: &[Sealed],
+    open: Option<&OpenBuffer>,
+    start: i64,
+    end: i64,
+    out: &mut Vec<Sample>,
+) {
+    let from = out.len();
+    for c in chunks.iter().filter(|c| c.max_t >= start && c.min_t <= end) {
+        // Sealed chunks were verified when written; in memory they cannot be damaged.
+        let _ = codec::decode(&c.data, out);
+    }
+    if let Some(open) = open {
+        open.decode(out);
+    }
+    let mut part = out.split_off(from);
+    part.retain(|s| s.timestamp >= start && s.timestamp <= end);
+    sort_last_wins(&mut part);
+    out.extend(part);
+}
+
 /// One series in the head.
 #[derive(Default)]
 pub struct MemSeries {
     open: OpenBuffer,
     sealed: Vec<Sealed>,
-    /// Time range of samples held in the head (`min > max` when none).
+    /// Samples a flush in progress is writing to blocks.
+    frozen: Option<Arc<Frozen>>,
+    /// Time range of the samples in `open` and `sealed` (`min > max` when none).
     min_t: i64,
     max_t: i64,
     /// Newest timestamp already written to blocks.
     pub persisted_max_t: i64,
-    /// Samples written to the head (overwrites included) since the last flush.
+    /// Samples in `open` and `sealed` (overwrites included).
     samples: u32,
     /// Samples in the open buffer.
     open_len: u32,
@@ -89,18 +136,72 @@ impl MemSeries {
 
     /// True when the head holds samples of this series.
     pub fn has_samples(&self) -> bool {
-        self.samples > 0
+        self.samples > 0 || self.frozen.is_some()
     }
 
     /// Head time range, if any samples.
     pub fn range(&self) -> Option<(i64, i64)> {
-        self.has_samples().then_some((self.min_t, self.max_t))
+        let own = (self.samples > 0).then_some((self.min_t, self.max_t));
+        match (own, &self.frozen) {
+            (Some((lo, hi)), Some(f)) => Some((lo.min(f.min_t), hi.max(f.max_t))),
+            (None, Some(f)) => Some((f.min_t, f.max_t)),
+            (own, None) => own,
+        }
+    }
+
+    /// Takes the head samples for a flush to write (None when there are none). They stay
+    /// readable through the series until [`MemSeries::persisted`] (written) or
+    /// [`MemSeries::thaw`] (not written); samples appended meanwhile are kept apart.
+    pub fn freeze(&mut self) -> Option<Arc<Frozen>> {
+        debug_assert!(self.frozen.is_none(), "one flush at a time");
+        if self.samples == 0 {
+            return None;
+        }
+        self.seal();
+        let f = Arc::new(Frozen {
+            chunks: std::mem::take(&mut self.sealed),
+            min_t: self.min_t,
+            max_t: self.max_t,
+            samples: self.samples,
+        });
+        self.frozen = Some(Arc::clone(&f));
+        self.min_t = i64::MAX;
+        self.max_t = i64::MIN;
+        self.samples = 0;
+        Some(f)
+    }
+
+    /// The frozen samples are in blocks: the head lets them go.
+    pub fn persisted(&mut self) {
+        if let Some(f) = self.frozen.take() {
+            self.persisted_max_t = self.persisted_max_t.max(f.max_t);
+        }
+    }
+
+    /// The flush failed: the frozen samples are head samples again, written before the rest.
+    pub fn thaw(&mut self) {
+        let Some(f) = self.frozen.take() else { return };
+        let mut chunks: Vec<Sealed> = f
+            .chunks
+            .iter()
+            .map(|c| Sealed {
+                min_t: c.min_t,
+                max_t: c.max_t,
+                data: c.data.clone(),
+            })
+            .collect();
+        chunks.append(&mut self.sealed);
+        self.sealed = chunks;
+        self.min_t = self.min_t.min(f.min_t);
+        self.max_t = self.max_t.max(f.max_t);
+        self.samples += f.samples;
     }
 
     /// Appends one sample. `in_blocks` answers what blocks hold at a timestamp, for samples
     /// older than the newest persisted one.
     pub fn append(&mut self, s: Sample, in_blocks: impl FnOnce(i64) -> Option<f64>) -> Appended {
-        let newest = self.max_t.max(self.persisted_max_t);
+        let frozen_max = self.frozen.as_ref().map_or(i64::MIN, |f| f.max_t);
+        let newest = self.max_t.max(self.persisted_max_t).max(frozen_max);
         if s.timestamp > newest {
             // The common case, decided without touching the open buffer's last sample (which
             // `max_t` bounds): with thousands of series that load is a cache miss per sample.
@@ -159,10 +260,13 @@ impl MemSeries {
         if let Some(x) = buf.iter().rev().find(|x| x.timestamp == t) {
             return Some(x.value);
         }
+        // Newest first: the frozen chunks were written before the sealed ones.
+        let frozen = self.frozen.as_ref().map_or(&[][..], |f| &f.chunks[..]);
         for c in self
             .sealed
             .iter()
             .rev()
+            .chain(frozen.iter().rev())
             .filter(|c| c.min_t <= t && t <= c.max_t)
         {
             buf.clear();
@@ -196,42 +300,35 @@ impl MemSeries {
 
     /// All head samples in `[start, end]`, sorted, one per timestamp (the last written wins).
     pub fn read(&self, start: i64, end: i64, out: &mut Vec<Sample>) {
-        let from = out.len();
-        for c in self
-            .sealed
-            .iter()
-            .filter(|c| c.max_t >= start && c.min_t <= end)
-        {
-            // Sealed chunks were verified when written; in memory they cannot be damaged.
-            let _ = codec::decode(&c.data, out);
+        match &self.frozen {
+            None => read_chunks(&self.sealed, Some(&self.open), start, end, out),
+            Some(f) => {
+                // Rare (a flush is running): frozen chunks, written first, lose ties.
+                let from = out.len();
+                read_chunks(&f.chunks, None, start, end, out);
+                read_chunks(&self.sealed, Some(&self.open), start, end, out);
+                let mut part = out.split_off(from);
+                sort_last_wins(&mut part);
+                out.extend(part);
+            }
         }
-        self.open.decode(out);
-        let mut part = out.split_off(from);
-        part.retain(|s| s.timestamp >= start && s.timestamp <= end);
-        sort_last_wins(&mut part);
-        out.extend(part);
-    }
-
-    /// Empties the head part after a flush to blocks.
-    pub fn clear_persisted(&mut self) {
-        self.persisted_max_t = self.persisted_max_t.max(self.max_t);
-        self.open.clear();
-        self.open_len = 0;
-        self.open_sorted = true;
-        self.sealed = Vec::new();
-        self.min_t = i64::MAX;
-        self.max_t = i64::MIN;
-        self.samples = 0;
     }
 
     /// Approximate bytes held.
     pub fn bytes(&self) -> usize {
-        self.open.bytes() + self.sealed.iter().map(|c| c.data.len() + 24).sum::<usize>()
+        let frozen = self.frozen.as_ref().map_or(&[][..], |f| &f.chunks[..]);
+        self.open.bytes()
+            + self
+                .sealed
+                .iter()
+                .chain(frozen)
+                .map(|c| c.data.len() + 24)
+                .sum::<usize>()
     }
 
     /// Samples held.
     pub fn samples(&self) -> usize {
-        self.samples as usize
+        self.samples as usize + self.frozen.as_ref().map_or(0, |f| f.samples as usize)
     }
 }
 
@@ -356,7 +453,23 @@ mod tests {
         let mut part = Vec::new();
         s.read(100, 199, &mut part);
         assert_eq!(part.len(), 100);
-        s.clear_persisted();
+        let frozen = s.freeze().unwrap();
+        assert_eq!(frozen.range(), (0, 999));
+        // Written while frozen: read together, the later write winning.
+        assert_eq!(s.append(Sample::new(10, -3.0), none), Appended::Overwrote);
+        let mut both = Vec::new();
+        s.read(i64::MIN, i64::MAX, &mut both);
+        assert_eq!(
+            (both.len(), both[10].value, both[11].value),
+            (1000, -3.0, 11.0)
+        );
+        s.thaw();
+        let mut thawed = Vec::new();
+        s.read(i64::MIN, i64::MAX, &mut thawed);
+        assert_eq!(thawed, both, "thawed, the order of writes holds");
+        assert_eq!(s.samples(), 1003, "writes, overwrites included");
+        s.freeze().unwrap();
+        s.persisted();
         assert!(!s.has_samples());
         // Older than what blocks hold: the blocks are asked.
         assert_eq!(

@@ -387,6 +387,9 @@ struct Inner {
     checkpoint: Option<u64>,
 }
 
+/// The samples a flush took from one tenant's head: series number, key, samples.
+type TakenTenant = (Tenant, Vec<(u32, SeriesKey, Arc<head::Frozen>)>);
+
 /// A series of one tenant's head, for [`Tsdb::append_handles`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesHandle(u32);
@@ -397,6 +400,8 @@ pub struct Tsdb {
     opts: TsdbOptions,
     limiter: Arc<SeriesLimiter>,
     inner: RwLock<Inner>,
+    /// Held by a flush: its series numbers must not move until it is done.
+    flushing: Mutex<()>,
     compactions: AtomicU64,
     deleted: AtomicU64,
 }
@@ -458,6 +463,7 @@ impl Tsdb {
             opts,
             limiter,
             inner: RwLock::new(inner),
+            flushing: Mutex::new(()),
             compactions: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
         })
@@ -613,41 +619,118 @@ impl Tsdb {
     /// checkpoint and empties the head. Series that received no samples since the previous
     /// flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leave the head and the
     /// limiter's counts. Returns the log offset now covered by blocks.
+    ///
+    /// The head's samples are taken under the write lock, then encoded and written with no
+    /// lock held, so appends and reads go on meanwhile (they see the samples being written as
+    /// head samples); the blocks replace them under the write lock again.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
+        let _one_at_a_time = self.flushing.lock();
         let now = strata_model::time::now_ms();
+        // 1. Take the samples, and the log offset they cover.
+        let (taken, covered, first_seq) = {
+            let mut inner = self.inner.write();
+            let Inner { heads, applied, .. } = &mut *inner;
+            let mut taken: Vec<TakenTenant> = Vec::new();
+            for (tenant, head) in heads.iter_mut() {
+                let mut series = Vec::new();
+                for (r, s) in head.series.iter_mut().enumerate() {
+                    if let Some(f) = s.freeze() {
+                        series.push((r as u32, head.index.key(r as u32).to_owned(), f));
+                    }
+                }
+                taken.push((tenant.clone(), series));
+            }
+            (taken, *applied, inner.next_seq)
+        };
+        // 2. Write them, unlocked.
+        let mut written: Vec<(Tenant, Block)> = Vec::new();
+        let mut seq = first_seq;
+        let outcome = self.write_taken(&taken, &mut seq, &mut written);
+        // 3. Put the blocks in their place.
         let mut inner = self.inner.write();
         let Inner {
             heads,
             blocks,
             next_seq,
-            applied,
             checkpoint,
+            ..
         } = &mut *inner;
+        *next_seq = (*next_seq).max(seq);
+        // Blocks written before a failure hold their samples too (whole, fsynced): keep them.
+        for (tenant, b) in written {
+            blocks.entry(tenant).or_default().push(Arc::new(b));
+        }
+        let cutoff = now.saturating_sub(HEAD_LOOKBACK_MS);
+        for (tenant, series) in &taken {
+            let Some(head) = heads.get_mut(tenant) else {
+                continue;
+            };
+            let mut flushed = vec![false; head.series.len()];
+            for (r, _, _) in series {
+                let s = &mut head.series[*r as usize];
+                match outcome {
+                    Ok(()) => s.persisted(),
+                    Err(_) => s.thaw(),
+                }
+                flushed[*r as usize] = true;
+            }
+            if outcome.is_err() {
+                continue;
+            }
+            // Series without samples since the last flush are all in blocks: those also
+            // outside the lookback leave the head.
+            let keep: Vec<bool> = head
+                .series
+                .iter()
+                .zip(&flushed)
+                .map(|(s, &f)| head.pinned || f || s.has_samples() || s.persisted_max_t >= cutoff)
+                .collect();
+            if keep.contains(&false) {
+                let gone = keep.iter().enumerate().filter(|(_, k)| !**k);
+                self.limiter
+                    .release(tenant, gone.map(|(r, _)| head.index.key(r as u32)));
+                head.retain(&keep);
+            }
+        }
+        outcome?;
+        heads.retain(|_, h| h.pinned || !h.series.is_empty());
+        if covered != *checkpoint {
+            if let Some(off) = covered {
+                write_checkpoint(&self.dir, off)?;
+            }
+            *checkpoint = covered;
+        }
+        Ok(*checkpoint)
+    }
+
+    /// Writes the samples a flush took into blocks, one per tenant and block window, numbered
+    /// from `seq` on (advanced past the last one written); the blocks written go to `written`.
+    fn write_taken(
+        &self,
+        taken: &[TakenTenant],
+        seq: &mut u64,
+        written: &mut Vec<(Tenant, Block)>,
+    ) -> Result<(), TsdbError> {
         let width = self.opts.block_duration_ms.max(1);
-        for (tenant, head) in heads.iter_mut() {
+        let mut buf = Vec::new();
+        for (tenant, series) in taken {
             // Which series have samples in which block window; then one window at a time, so
             // a flush holds one block's encoded series, not the whole head's.
-            let mut windows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-            let mut buf = Vec::new();
-            for (r, s) in head.series.iter().enumerate() {
-                let Some((min_t, max_t)) = s.range() else {
-                    continue;
-                };
+            let mut windows: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            for (i, (_, _, f)) in series.iter().enumerate() {
+                let (min_t, max_t) = f.range();
                 // Within one window (the usual case), the range says so without decoding.
                 if min_t.div_euclid(width) == max_t.div_euclid(width) {
-                    windows
-                        .entry(min_t.div_euclid(width))
-                        .or_default()
-                        .push(r as u32);
+                    windows.entry(min_t.div_euclid(width)).or_default().push(i);
                     continue;
                 }
                 buf.clear();
-                s.read(i64::MIN, i64::MAX, &mut buf);
+                f.read(i64::MIN, i64::MAX, &mut buf);
                 for part in buf
                     .chunk_by(|a, b| a.timestamp.div_euclid(width) == b.timestamp.div_euclid(width))
                 {
                     let w = part[0].timestamp.div_euclid(width);
-                    windows.entry(w).or_default().push(r as u32);
+                    windows.entry(w).or_default().push(i);
                 }
             }
             let tdir = self.dir.join(tenant.as_str());
@@ -656,41 +739,20 @@ impl Tsdb {
                     w.saturating_mul(width),
                     w.saturating_mul(width).saturating_add(width - 1),
                 );
-                let series = members
+                let encoded = members
                     .into_iter()
-                    .map(|r| {
+                    .map(|i| {
+                        let (_, key, f) = &series[i];
                         buf.clear();
-                        head.series[r as usize].read(start, end, &mut buf);
-                        EncodedSeries::new(head.index.key(r).to_owned(), &buf)
+                        f.read(start, end, &mut buf);
+                        EncodedSeries::new(key.clone(), &buf)
                     })
                     .collect();
-                let b = Block::write(&tdir, *next_seq, series)?;
-                *next_seq += 1;
-                blocks.entry(tenant.clone()).or_default().push(Arc::new(b));
-            }
-            // Series without samples since the last flush are all in blocks: those also
-            // outside the lookback leave the head.
-            let cutoff = now.saturating_sub(HEAD_LOOKBACK_MS);
-            let mut keep = Vec::with_capacity(head.series.len());
-            for s in &mut head.series {
-                keep.push(head.pinned || s.has_samples() || s.persisted_max_t >= cutoff);
-                s.clear_persisted();
-            }
-            if keep.contains(&false) {
-                let gone = keep.iter().enumerate().filter(|(_, k)| !**k);
-                self.limiter
-                    .release(tenant, gone.map(|(r, _)| head.index.key(r as u32)));
-                head.retain(&keep);
+                written.push((tenant.clone(), Block::write(&tdir, *seq, encoded)?));
+                *seq += 1;
             }
         }
-        heads.retain(|_, h| h.pinned || !h.series.is_empty());
-        if *applied != *checkpoint {
-            if let Some(off) = *applied {
-                write_checkpoint(&self.dir, off)?;
-            }
-            *checkpoint = *applied;
-        }
-        Ok(*checkpoint)
+        Ok(())
     }
 
     /// The log offset whose data is all in blocks (read from disk at open).
