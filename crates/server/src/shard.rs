@@ -378,12 +378,7 @@ impl Shard {
             self.last_maintain = Instant::now();
             let now = now_ms();
             self.dedup.expire(now);
-            if let Err(e) = self.tsdb.maintain(now) {
-                tracing::error!(
-                    partition = self.partition,
-                    "storage maintenance failed: {e}"
-                );
-            }
+            self.maintain_in_background(now);
             if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
                 tracing::error!(
                     partition = self.partition,
@@ -395,6 +390,22 @@ impl Shard {
             if let Err(e) = self.flush() {
                 tracing::error!(partition = self.partition, "periodic flush failed: {e}");
             }
+        }
+    }
+
+    /// Compacts blocks and applies retention on a thread of its own: merging a day's blocks
+    /// must not hold the shard's writes (the storage runs one maintenance at a time).
+    fn maintain_in_background(&self, now: i64) {
+        let (tsdb, partition) = (Arc::clone(&self.tsdb), self.partition);
+        let spawned = std::thread::Builder::new()
+            .name(format!("maintain-{partition}"))
+            .spawn(move || {
+                if let Err(e) = tsdb.maintain(now) {
+                    tracing::error!(partition, "storage maintenance failed: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(partition, "cannot start storage maintenance: {e}");
         }
     }
 
@@ -425,7 +436,7 @@ impl Shard {
             }
             self.log.truncate_before(self.partition, covered + 1)?;
         }
-        self.tsdb.maintain(now_ms())?;
+        self.maintain_in_background(now_ms());
         self.counters.flushes.add(1);
         crate::memory::release_free_memory();
         Ok(())

@@ -402,6 +402,8 @@ pub struct Tsdb {
     inner: RwLock<Inner>,
     /// Held by a flush: its series numbers must not move until it is done.
     flushing: Mutex<()>,
+    /// Held by a maintenance: two would merge the same blocks.
+    maintaining: Mutex<()>,
     compactions: AtomicU64,
     deleted: AtomicU64,
 }
@@ -464,6 +466,7 @@ impl Tsdb {
             limiter,
             inner: RwLock::new(inner),
             flushing: Mutex::new(()),
+            maintaining: Mutex::new(()),
             compactions: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
         })
@@ -761,8 +764,13 @@ impl Tsdb {
     }
 
     /// Deletes blocks older than the retention and merges blocks sharing a compaction window.
+    /// Appends, reads and flushes go on meanwhile (it locks only to plan and to swap blocks);
+    /// while another maintenance runs it returns at once, doing nothing.
     pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let mut st = MaintainStats::default();
+        let Some(_one_at_a_time) = self.maintaining.try_lock() else {
+            return Ok(st);
+        };
         let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
         let window = self.opts.block_duration_ms.max(1) * COMPACT_FACTOR;
         // Plan under the read lock; merging reads blocks without blocking queries.
