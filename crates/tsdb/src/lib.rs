@@ -549,9 +549,9 @@ impl Tsdb {
     /// tenant's head that handed out handles therefore keeps all its series.
     pub fn series_handle(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesHandle {
         let id = strata_model::SeriesId::of(tenant, key);
-        let mut guard = self.inner.write();
-        let Inner { heads, blocks, .. } = &mut *guard;
-        let head = heads
+        let mut inner = self.inner.write();
+        let head = inner
+            .heads
             .entry(tenant.clone())
             .or_insert_with(|| TenantHead::new(tenant));
         head.pinned = true;
@@ -560,8 +560,12 @@ impl Tsdb {
             None => {
                 // Unenforced: it cannot fail.
                 let _ = self.limiter.admit(tenant, key, false);
-                let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
-                create(head, tblocks, id, key, i64::MIN)
+                let r = head.create(id, key.to_owned());
+                // What blocks hold is not looked up here (a writer of runs, the usual user of
+                // handles, needs none of it, and searching every block per series would slow
+                // its start): unknown, so each single sample appended asks the blocks.
+                head.series[r as usize].persisted_max_t = i64::MAX;
+                r
             }
         };
         SeriesHandle(r)
