@@ -14,7 +14,7 @@ use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
 use strata_stream::dedup::EventDedup;
 use strata_stream::stage::RollupStage;
-use strata_tsdb::{AppendStats, Tsdb};
+use strata_tsdb::{AppendStats, Tsdb, TsdbError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most queued writes taken into one group commit.
@@ -84,6 +84,8 @@ pub struct Shard {
     /// Series named in full in the current log segment (later records name them by id).
     dict: SeriesDict,
     last_flush: Instant,
+    /// The raw tier's flush running on a thread of its own (see [`Shard::flush_in_background`]).
+    flushing: Option<std::thread::JoinHandle<Result<Option<u64>, TsdbError>>>,
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
@@ -195,6 +197,7 @@ impl Shard {
             record: Vec::new(),
             dict: SeriesDict::default(),
             last_flush: Instant::now(),
+            flushing: None,
             last_maintain: Instant::now(),
             last_settle: Instant::now(),
         })
@@ -386,8 +389,11 @@ impl Shard {
                 );
             }
         }
+        if let Err(e) = self.finish_flush(false) {
+            tracing::error!(partition = self.partition, "periodic flush failed: {e}");
+        }
         if self.last_flush.elapsed() >= self.cfg.flush_interval {
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.flush_in_background() {
                 tracing::error!(partition = self.partition, "periodic flush failed: {e}");
             }
         }
@@ -410,8 +416,49 @@ impl Shard {
     }
 
     /// Persists the rollups, the dedup state and the head, then drops log segments all of them
-    /// cover.
+    /// cover; returns when done.
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.finish_flush(true)?;
+        self.prepare_flush()?;
+        let raw = self.tsdb.flush()?;
+        self.flushed(raw)
+    }
+
+    /// As [`Shard::flush`], the raw tier's part on a thread of its own, so the shard's writes
+    /// are not held while it encodes and writes blocks (the storage locks only to take the head
+    /// and to swap blocks in); [`Shard::finish_flush`] completes it. Does nothing while one
+    /// runs.
+    fn flush_in_background(&mut self) -> anyhow::Result<()> {
+        if self.flushing.is_some() {
+            return Ok(());
+        }
+        self.prepare_flush()?;
+        let tsdb = Arc::clone(&self.tsdb);
+        self.flushing = Some(
+            std::thread::Builder::new()
+                .name(format!("flush-{}", self.partition))
+                .spawn(move || tsdb.flush())?,
+        );
+        Ok(())
+    }
+
+    /// Completes a flush started by [`Shard::flush_in_background`] once its thread is done
+    /// (waiting for it when `wait`).
+    fn finish_flush(&mut self, wait: bool) -> anyhow::Result<()> {
+        match &self.flushing {
+            Some(t) if wait || t.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let thread = self.flushing.take().expect("checked above");
+        let raw = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the flush thread panicked"))??;
+        self.flushed(raw)
+    }
+
+    /// Checkpoints what must be persisted before the raw tier is: the rollups and the dedup
+    /// state.
+    fn prepare_flush(&mut self) -> anyhow::Result<()> {
         self.last_flush = Instant::now();
         let logged = self.writer.next_offset().checked_sub(1);
         // Rollups first: a crash before the raw flush then replays records the windows have
@@ -422,7 +469,12 @@ impl Shard {
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        let raw = self.tsdb.flush()?;
+        Ok(())
+    }
+
+    /// After the raw tier flushed up to log offset `raw`: drops the log segments every part
+    /// covers.
+    fn flushed(&mut self, raw: Option<u64>) -> anyhow::Result<()> {
         let windows = match &self.rollups {
             Some(r) => r.checkpoint_offset(),
             None => raw,
