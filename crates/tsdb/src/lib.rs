@@ -186,9 +186,6 @@ impl TsdbStats {
     }
 }
 
-/// A metric name within a tenant.
-type MetricOfTenant = (Tenant, Box<[u8]>);
-
 /// The live-series caps one [`SeriesLimiter`] enforces (`usize::MAX`: no cap).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesCaps {
@@ -257,9 +254,15 @@ impl SeriesRefusals {
 /// Live series counted by the [`SeriesLimiter`].
 #[derive(Default)]
 struct LiveCounts {
-    metrics: AHashMap<MetricOfTenant, usize>,
-    tenants: AHashMap<Tenant, usize>,
+    tenants: AHashMap<Tenant, TenantCounts>,
     total: usize,
+}
+
+/// One tenant's live series, in all and per metric name.
+#[derive(Default)]
+struct TenantCounts {
+    total: usize,
+    metrics: AHashMap<Box<[u8]>, usize>,
 }
 
 /// The cardinality limits, shared by all shards: counts the series living in the heads (a
@@ -301,13 +304,16 @@ impl SeriesLimiter {
 
     /// Live series of `tenant`.
     pub fn live_in_tenant(&self, tenant: &Tenant) -> usize {
-        self.live.lock().tenants.get(tenant).copied().unwrap_or(0)
+        self.live.lock().tenants.get(tenant).map_or(0, |t| t.total)
     }
 
     /// Live series of `tenant`'s metric `name`.
     pub fn live_in_metric(&self, tenant: &Tenant, name: &str) -> usize {
-        let key = (tenant.clone(), Box::<[u8]>::from(name.as_bytes()));
-        self.live.lock().metrics.get(&key).copied().unwrap_or(0)
+        let live = self.live.lock();
+        let counts = live.tenants.get(tenant);
+        counts
+            .and_then(|t| t.metrics.get(name.as_bytes()).copied())
+            .unwrap_or(0)
     }
 
     /// Counts a new live series with `key`; when `enforce`, refuses it (counting nothing) if a
@@ -321,33 +327,32 @@ impl SeriesLimiter {
         let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
         let mut guard = self.live.lock();
         let live = &mut *guard;
+        let counts = live.tenants.get(tenant);
         if enforce {
             // The most specific cap is named first.
-            let in_metric = live
-                .metrics
-                .get(&(tenant.clone(), metric.into()))
-                .copied()
-                .unwrap_or(0);
-            if in_metric >= self.caps.per_metric {
+            let in_metric = counts.and_then(|t| t.metrics.get(metric).copied());
+            if in_metric.unwrap_or(0) >= self.caps.per_metric {
                 return Err(SeriesLimit::PerMetric);
             }
-            if live.tenants.get(tenant).copied().unwrap_or(0) >= self.caps.per_tenant {
+            if counts.map_or(0, |t| t.total) >= self.caps.per_tenant {
                 return Err(SeriesLimit::PerTenant);
             }
             if live.total >= self.caps.total {
                 return Err(SeriesLimit::Total);
             }
         }
-        *live
-            .metrics
-            .entry((tenant.clone(), metric.into()))
-            .or_default() += 1;
-        match live.tenants.get_mut(tenant) {
+        // Allocating only for a tenant or metric seen for the first time.
+        let counts = match live.tenants.get_mut(tenant) {
+            Some(t) => t,
+            None => live.tenants.entry(tenant.clone()).or_default(),
+        };
+        match counts.metrics.get_mut(metric) {
             Some(n) => *n += 1,
             None => {
-                live.tenants.insert(tenant.clone(), 1);
+                counts.metrics.insert(metric.into(), 1);
             }
         }
+        counts.total += 1;
         live.total += 1;
         Ok(())
     }
@@ -356,25 +361,24 @@ impl SeriesLimiter {
     fn release<'a>(&self, tenant: &Tenant, keys: impl IntoIterator<Item = SeriesKeyRef<'a>>) {
         let mut guard = self.live.lock();
         let live = &mut *guard;
-        let mut n = 0;
-        let mut probe = (tenant.clone(), Box::<[u8]>::default());
+        let Some(counts) = live.tenants.get_mut(tenant) else {
+            return;
+        };
         for key in keys {
-            probe.1 = key.get(METRIC_NAME.as_bytes()).unwrap_or_default().into();
-            if let Some(c) = live.metrics.get_mut(&probe) {
-                *c -= 1;
-                if *c == 0 {
-                    live.metrics.remove(&probe);
+            let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
+            if let Some(n) = counts.metrics.get_mut(metric) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.metrics.remove(metric);
                 }
             }
-            n += 1;
+            // Every series in a head was admitted: these cannot go below zero.
+            counts.total = counts.total.saturating_sub(1);
+            live.total = live.total.saturating_sub(1);
         }
-        if let Some(c) = live.tenants.get_mut(tenant) {
-            *c = c.saturating_sub(n);
-            if *c == 0 {
-                live.tenants.remove(tenant);
-            }
+        if counts.total == 0 {
+            live.tenants.remove(tenant);
         }
-        live.total = live.total.saturating_sub(n);
     }
 }
 
