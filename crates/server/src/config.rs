@@ -116,6 +116,10 @@ pub struct LimitsConfig {
     pub max_label_value_len: usize,
     /// Most series per metric name and tenant; new series beyond it are refused.
     pub max_series_per_metric: usize,
+    /// Most live (head) series per tenant; new series beyond it are refused.
+    pub max_series_per_tenant: usize,
+    /// Most live (head) series of all tenants together; new series beyond it are refused.
+    pub max_series_total: usize,
     /// How far in the future a timestamp may be.
     pub max_future_skew: Duration,
     /// How long an event id is remembered to recognise redeliveries.
@@ -170,6 +174,8 @@ pub struct StorageConfig {
     /// Also persist and truncate once a partition has logged this many bytes since its last
     /// flush (0: by time only). Replay after a crash reads at most this much per partition.
     pub checkpoint_log_bytes: u64,
+    /// Most memory held by parsed block indexes (all shards and tiers together), bytes.
+    pub index_cache_bytes: usize,
 }
 
 /// PromQL evaluation limits.
@@ -390,6 +396,8 @@ impl Default for LimitsConfig {
             max_label_name_len: l.max_label_name_len,
             max_label_value_len: l.max_label_value_len,
             max_series_per_metric: l.max_series_per_metric,
+            max_series_per_tenant: 1_000_000,
+            max_series_total: 2_000_000,
             max_future_skew: Duration(l.max_future_skew_ms),
             event_dedup_horizon: Duration(3_600_000),
             max_pending_ingest_bytes: 256 << 20,
@@ -408,6 +416,7 @@ impl Default for StorageConfig {
             // Replay reads about 130 MB/s per partition (6.8 M samples/s at 19 bytes a
             // sample, docs/benchmarks.md): about 2 s.
             checkpoint_log_bytes: 256 << 20,
+            index_cache_bytes: strata_tsdb::DEFAULT_INDEX_CACHE_BYTES,
         }
     }
 }
@@ -426,6 +435,8 @@ max_labels_per_series = 30       # __name__ included
 max_label_name_len = 1024        # bytes
 max_label_value_len = 2048       # bytes
 max_series_per_metric = 100000   # per tenant; new series beyond it are refused
+max_series_per_tenant = 1000000  # live series (written in the last flush interval or 5m)
+max_series_total = 2000000       # live series of all tenants; new series beyond either are refused
 max_future_skew = "10m"          # timestamps further ahead than this are refused
 event_dedup_horizon = "1h"       # how long an event_id is remembered
 max_pending_ingest_bytes = 268435456  # decoded writes queued for the shards; more wait for room
@@ -446,6 +457,7 @@ log_segment_bytes = 67108864     # ingest-log segment size
 flush_interval = "15m"           # persist the head and truncate the log at least this often
 checkpoint_log_bytes = 268435456 # ... and once a partition logged this much (0: by time only);
                                  # bounds the replay after a crash (about 2 s per 256 MiB)
+index_cache_bytes = 268435456    # parsed block indexes kept in memory (least recently used go)
 
 [query]
 timeout = "2m"                   # queries running longer fail with errorType "timeout" (503)
@@ -541,6 +553,15 @@ mod tests {
             parsed.storage.checkpoint_log_bytes,
             d.storage.checkpoint_log_bytes
         );
+        assert_eq!(
+            parsed.storage.index_cache_bytes,
+            d.storage.index_cache_bytes
+        );
+        assert_eq!(
+            parsed.limits.max_series_per_tenant,
+            d.limits.max_series_per_tenant
+        );
+        assert_eq!(parsed.limits.max_series_total, d.limits.max_series_total);
         assert_eq!(parsed.query.timeout, d.query.timeout);
         assert_eq!(parsed.query.max_samples, d.query.max_samples);
         assert_eq!(parsed.query.lookback_delta, d.query.lookback_delta);

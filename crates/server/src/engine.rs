@@ -12,7 +12,7 @@ use strata_model::{
     WriteBatch,
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
-use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
+use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Queued writes per shard before senders wait (backpressure by count; the byte budget,
@@ -82,6 +82,8 @@ pub struct Engine {
     pending: PendingBudget,
     /// Self-metrics counters.
     pub counters: Arc<Counters>,
+    /// The live-series caps, shared by every shard's storage.
+    pub limiter: Arc<SeriesLimiter>,
 }
 
 struct ShardHandle {
@@ -123,7 +125,12 @@ impl Engine {
             },
         )?);
         let counters = Arc::new(Counters::default());
-        let limiter = SeriesLimiter::new(cfg.limits.max_series_per_metric);
+        strata_tsdb::set_index_cache_bytes(cfg.storage.index_cache_bytes);
+        let limiter = SeriesLimiter::with_caps(SeriesCaps {
+            per_metric: cfg.limits.max_series_per_metric,
+            per_tenant: cfg.limits.max_series_per_tenant,
+            total: cfg.limits.max_series_total,
+        });
         let opts = TsdbOptions {
             block_duration_ms: cfg.storage.block_duration.0,
             retention_ms: cfg.retention.0,
@@ -209,6 +216,7 @@ impl Engine {
                 Duration::from_millis(cfg.limits.pending_ingest_timeout.0 as u64),
             ),
             counters,
+            limiter,
         }))
     }
 
@@ -375,8 +383,14 @@ impl Engine {
         gauge(
             out,
             "strata_tsdb_series",
-            "Series in storage (head).",
+            "Live series: those in the in-memory head.",
             t.series as f64,
+        );
+        gauge(
+            out,
+            "strata_tsdb_index_cache_bytes",
+            "Memory held by parsed block indexes (storage.index_cache_bytes bounds it).",
+            strata_tsdb::index_cache_bytes() as f64,
         );
         gauge(
             out,

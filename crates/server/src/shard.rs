@@ -14,7 +14,7 @@ use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
 use strata_stream::dedup::EventDedup;
 use strata_stream::stage::RollupStage;
-use strata_tsdb::{AppendStats, Tsdb};
+use strata_tsdb::{AppendStats, Tsdb, TsdbError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most queued writes taken into one group commit.
@@ -53,6 +53,7 @@ impl WriteAck {
         a.overwritten += b.overwritten;
         a.new_series += b.new_series;
         a.rejected_series_limit += b.rejected_series_limit;
+        a.refused.merge(&b.refused);
         a.too_old += b.too_old;
         self.duplicate_events += o.duplicate_events;
         self.duplicate_event_samples += o.duplicate_event_samples;
@@ -88,6 +89,10 @@ pub struct Shard {
     last_flush: Instant,
     /// Record bytes in the log since the last flush (those replayed at open included).
     logged_bytes: u64,
+    /// What `logged_bytes` was when the latest flush started, for its log line.
+    flush_log_bytes: u64,
+    /// The raw tier's flush running on a thread of its own (see [`Shard::flush_in_background`]).
+    flushing: Option<std::thread::JoinHandle<Result<Option<u64>, TsdbError>>>,
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
@@ -201,6 +206,8 @@ impl Shard {
             dict: SeriesDict::default(),
             last_flush: Instant::now(),
             logged_bytes: bytes,
+            flush_log_bytes: 0,
+            flushing: None,
             last_maintain: Instant::now(),
             last_settle: Instant::now(),
         })
@@ -387,12 +394,7 @@ impl Shard {
             self.last_maintain = Instant::now();
             let now = now_ms();
             self.dedup.expire(now);
-            if let Err(e) = self.tsdb.maintain(now) {
-                tracing::error!(
-                    partition = self.partition,
-                    "storage maintenance failed: {e}"
-                );
-            }
+            self.maintain_in_background(now);
             if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
                 tracing::error!(
                     partition = self.partition,
@@ -400,26 +402,91 @@ impl Shard {
                 );
             }
         }
+        if let Err(e) = self.finish_flush(false) {
+            tracing::error!(partition = self.partition, "periodic flush failed: {e}");
+        }
         let log_full =
             self.cfg.checkpoint_log_bytes > 0 && self.logged_bytes >= self.cfg.checkpoint_log_bytes;
         if log_full || self.last_flush.elapsed() >= self.cfg.flush_interval {
-            if let Err(e) = self.flush() {
+            if let Err(e) = self.flush_in_background() {
                 tracing::error!(partition = self.partition, "periodic flush failed: {e}");
             }
         }
     }
 
+    /// Compacts blocks and applies retention on a thread of its own: merging a day's blocks
+    /// must not hold the shard's writes (the storage runs one maintenance at a time).
+    fn maintain_in_background(&self, now: i64) {
+        let (tsdb, partition) = (Arc::clone(&self.tsdb), self.partition);
+        let spawned = std::thread::Builder::new()
+            .name(format!("maintain-{partition}"))
+            .spawn(move || {
+                if let Err(e) = tsdb.maintain(now) {
+                    tracing::error!(partition, "storage maintenance failed: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(partition, "cannot start storage maintenance: {e}");
+        }
+    }
+
     /// Persists the rollups, the dedup state and the head, then drops log segments all of them
-    /// cover.
+    /// cover; returns when done.
     ///
     /// A failure confined to one tenant's data (in either tier) stops neither the other tier's
     /// flush nor maintenance: each tier's checkpoint stays where it was, the log is cut only
     /// below both, and the first failure is returned once everything else is done.
     fn flush(&mut self) -> anyhow::Result<()> {
+        self.finish_flush(true)?;
+        let windows_done = self.prepare_flush()?;
+        let raw = self.tsdb.flush();
+        let raw_done = self.flushed(raw);
+        windows_done?;
+        raw_done
+    }
+
+    /// As [`Shard::flush`], the raw tier's part on a thread of its own, so the shard's writes
+    /// are not held while it encodes and writes blocks (the storage locks only to take the head
+    /// and to swap blocks in); [`Shard::finish_flush`] completes it. Does nothing while one
+    /// runs.
+    fn flush_in_background(&mut self) -> anyhow::Result<()> {
+        if self.flushing.is_some() {
+            return Ok(());
+        }
+        let windows_done = self.prepare_flush()?;
+        let tsdb = Arc::clone(&self.tsdb);
+        self.flushing = Some(
+            std::thread::Builder::new()
+                .name(format!("flush-{}", self.partition))
+                .spawn(move || tsdb.flush())?,
+        );
+        windows_done
+    }
+
+    /// Completes a flush started by [`Shard::flush_in_background`] once its thread is done
+    /// (waiting for it when `wait`).
+    fn finish_flush(&mut self, wait: bool) -> anyhow::Result<()> {
+        match &self.flushing {
+            Some(t) if wait || t.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let thread = self.flushing.take().expect("checked above");
+        let raw = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the flush thread panicked"))?;
+        self.flushed(raw)
+    }
+
+    /// Checkpoints what must be persisted before the raw tier is: the rollups and the dedup
+    /// state. The outer error (the dedup state could not be saved) stops the flush: the log
+    /// must keep what the saved state does not remember. The inner one (the rollups'
+    /// checkpoint) is the caller's to report once the raw tier has flushed too: the log is
+    /// cut only below both tiers' checkpoints, so the raw flush can go ahead.
+    fn prepare_flush(&mut self) -> anyhow::Result<anyhow::Result<()>> {
         self.last_flush = Instant::now();
         // Counted from the attempt: a tier that keeps failing is retried by time or after as
         // many bytes again, not at every commit.
-        let log_bytes = std::mem::take(&mut self.logged_bytes);
+        self.flush_log_bytes = std::mem::take(&mut self.logged_bytes);
         let logged = self.writer.next_offset().checked_sub(1);
         // Rollups first: a crash before the raw flush then replays records the windows have
         // seen, which they ignore (replay applies each part past its own checkpoint).
@@ -430,37 +497,46 @@ impl Shard {
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        let raw = self.tsdb.flush();
-        if let Ok(raw) = &raw {
-            let windows = match &self.rollups {
-                Some(r) => r.checkpoint_offset(),
-                None => *raw,
-            };
-            if let (Some(raw), Some(windows)) = (*raw, windows) {
-                let covered = raw.min(windows);
-                // Everything logged is now in blocks: start a new segment so all of it can go.
-                if covered + 1 == self.writer.next_offset() {
-                    self.writer.roll()?;
-                    self.dict.clear();
-                }
-                self.log.truncate_before(self.partition, covered + 1)?;
-            }
-        }
-        let maintained = self.tsdb.maintain(now_ms());
+        Ok(windows_done)
+    }
+
+    /// After the raw tier's flush (up to log offset `raw` when it succeeded): drops the log
+    /// segments every part covers, and starts maintenance either way.
+    fn flushed(&mut self, raw: Result<Option<u64>, TsdbError>) -> anyhow::Result<()> {
+        let cut = match &raw {
+            Ok(raw) => self.cut_log(*raw),
+            Err(_) => Ok(()),
+        };
+        self.maintain_in_background(now_ms());
         if raw.is_ok() {
             self.counters.flushes.add(1);
-            // Ingest on this partition waited this long: worth seeing next to the log size.
             tracing::info!(
                 partition = self.partition,
-                log_bytes,
+                log_bytes = self.flush_log_bytes,
                 seconds = self.last_flush.elapsed().as_secs_f64(),
                 "flushed the head into blocks and cut the log"
             );
         }
         crate::memory::release_free_memory();
-        windows_done?;
         raw?;
-        maintained?;
+        cut
+    }
+
+    /// Drops the log segments below what both tiers cover, the raw tier up to `raw`.
+    fn cut_log(&mut self, raw: Option<u64>) -> anyhow::Result<()> {
+        let windows = match &self.rollups {
+            Some(r) => r.checkpoint_offset(),
+            None => raw,
+        };
+        if let (Some(raw), Some(windows)) = (raw, windows) {
+            let covered = raw.min(windows);
+            // Everything logged is now in blocks: start a new segment so all of it can go.
+            if covered + 1 == self.writer.next_offset() {
+                self.writer.roll()?;
+                self.dict.clear();
+            }
+            self.log.truncate_before(self.partition, covered + 1)?;
+        }
         Ok(())
     }
 }

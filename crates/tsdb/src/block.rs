@@ -7,14 +7,22 @@
 //! magic). A block is written to a temporary file, fsynced and renamed, so a torn block is
 //! never visible. The sequence number orders blocks: where two hold the same timestamp, the
 //! higher one was written later and wins.
+//!
+//! Opening a block verifies its header, footer and index checksum but keeps only the mapping:
+//! the index is parsed when first needed and kept in a process-wide cache bounded in bytes
+//! ([`set_index_cache_bytes`]), so memory does not grow with series times blocks. Readers
+//! keep the chunk positions they planned with, not the index.
 
 use crate::codec::{self, put as varint, unzig, zig};
 use crate::index::Index;
 use crate::TsdbError;
 use memmap2::Mmap;
+use parking_lot::Mutex;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use strata_model::{Fields, Sample, SeriesKey, SeriesKeyRef};
 
 const MAGIC: &[u8; 8] = b"STRBLK\0\x01";
@@ -77,7 +85,7 @@ impl EncodedSeries {
     }
 }
 
-/// An open block.
+/// An open block: its file mapped, its index parsed on demand (see [`Block::index`]).
 pub struct Block {
     /// Its file.
     pub path: PathBuf,
@@ -89,10 +97,138 @@ pub struct Block {
     pub max_t: i64,
     /// Bytes on disk.
     pub bytes: u64,
+    version: u32,
+    /// Where the index section lies in the file (its checksum verified at open).
+    index_at: usize,
+    index_end: usize,
+    /// This block's entry in the index cache.
+    uid: u64,
+    /// The parsed index while anyone (the cache or a reader) holds it.
+    loaded: Mutex<Weak<BlockIndex>>,
+    map: Mmap,
+}
+
+/// A block's parsed index: its series, numbered in key order, and where their chunks lie.
+pub struct BlockIndex {
     /// Series, numbered in key order.
     pub index: Index,
     chunks: Vec<ChunkMeta>,
-    map: Mmap,
+    /// About how much memory it holds.
+    bytes: usize,
+}
+
+impl BlockIndex {
+    /// The chunk metadata of series `id`.
+    pub fn meta(&self, id: u32) -> ChunkMeta {
+        self.chunks[id as usize]
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The series with `key`, if present (keys are sorted).
+    pub fn find(&self, key: SeriesKeyRef<'_>) -> Option<u32> {
+        let (mut lo, mut hi) = (0usize, self.chunks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.index.key(mid as u32).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid as u32),
+            }
+        }
+        None
+    }
+}
+
+/// Default bound of the index cache, bytes.
+pub const DEFAULT_INDEX_CACHE_BYTES: usize = 256 << 20;
+
+/// Parsed block indexes, the least recently used dropped first past the byte budget. Shared
+/// by every storage in the process, so the bound holds however many shards there are.
+struct IndexCache {
+    budget: usize,
+    used: usize,
+    tick: u64,
+    /// Few (one per block read lately): a list is quicker than a map to keep in order.
+    entries: Vec<CacheEntry>,
+}
+
+struct CacheEntry {
+    uid: u64,
+    tick: u64,
+    bytes: usize,
+    index: Arc<BlockIndex>,
+}
+
+static INDEX_CACHE: Mutex<IndexCache> = Mutex::new(IndexCache {
+    budget: DEFAULT_INDEX_CACHE_BYTES,
+    used: 0,
+    tick: 0,
+    entries: Vec::new(),
+});
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(0);
+
+/// Bounds the memory held by parsed block indexes (of all storages in the process together).
+/// An index a reader is using stays until the reader is done, even past the bound.
+pub fn set_index_cache_bytes(bytes: usize) {
+    let mut c = INDEX_CACHE.lock();
+    c.budget = bytes;
+    c.evict();
+}
+
+/// Bytes held by the index cache now (about).
+pub fn index_cache_bytes() -> usize {
+    INDEX_CACHE.lock().used
+}
+
+impl IndexCache {
+    /// Marks `uid`'s entry used now, adding it (holding `index`) when missing.
+    fn touch(&mut self, uid: u64, index: &Arc<BlockIndex>, bytes: usize) {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.iter_mut().find(|e| e.uid == uid) {
+            Some(e) => e.tick = tick,
+            None => {
+                self.entries.push(CacheEntry {
+                    uid,
+                    tick,
+                    bytes,
+                    index: Arc::clone(index),
+                });
+                self.used += bytes;
+                self.evict();
+            }
+        }
+    }
+
+    /// Drops the least recently used entries until within the budget; the newest stays.
+    fn evict(&mut self) {
+        while self.used > self.budget && self.entries.len() > 1 {
+            let Some((i, _)) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.tick) else {
+                break;
+            };
+            let e = self.entries.swap_remove(i);
+            self.used -= e.bytes;
+            drop(e.index);
+        }
+    }
+
+    fn remove(&mut self, uid: u64) {
+        if let Some(i) = self.entries.iter().position(|e| e.uid == uid) {
+            let e = self.entries.swap_remove(i);
+            self.used -= e.bytes;
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        INDEX_CACHE.lock().remove(self.uid);
+    }
 }
 
 /// The file name of a block.
@@ -226,6 +362,43 @@ impl Block {
         if crc32fast::hash(index) != index_crc {
             return Err(bad("index checksum mismatch".into()));
         }
+        Ok(Block {
+            path: path.to_path_buf(),
+            seq,
+            min_t,
+            max_t,
+            bytes: b.len() as u64,
+            version,
+            index_at,
+            index_end: f_at,
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            loaded: Mutex::new(Weak::new()),
+            map,
+        })
+    }
+
+    /// The block's index: from the cache, else parsed from the file (and cached).
+    pub fn index(&self) -> Result<Arc<BlockIndex>, TsdbError> {
+        let mut loaded = self.loaded.lock();
+        if let Some(ix) = loaded.upgrade() {
+            let bytes = ix.bytes;
+            INDEX_CACHE.lock().touch(self.uid, &ix, bytes);
+            return Ok(ix);
+        }
+        let ix = Arc::new(self.parse_index()?);
+        INDEX_CACHE.lock().touch(self.uid, &ix, ix.bytes);
+        *loaded = Arc::downgrade(&ix);
+        Ok(ix)
+    }
+
+    /// Parses the index section (its checksum was verified at open).
+    fn parse_index(&self) -> Result<BlockIndex, TsdbError> {
+        let (path, version, index_at) = (&self.path, self.version, self.index_at);
+        let bad = |reason: String| TsdbError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let index = &self.map[index_at..self.index_end];
         let unpacked;
         let index = if version >= 3 {
             let (len, z) = index
@@ -291,78 +464,52 @@ impl Block {
         if r.p != index.len() {
             return Err(bad("trailing bytes in index".into()));
         }
-        Ok(Block {
-            path: path.to_path_buf(),
-            seq,
-            min_t,
-            max_t,
-            bytes: b.len() as u64,
+        Ok(BlockIndex {
+            bytes: chunks.len() * (std::mem::size_of::<ChunkMeta>() + 48) + index.len() * 2,
             index: idx,
             chunks,
-            map,
         })
     }
 
-    /// The chunk metadata of series `id`.
-    pub fn meta(&self, id: u32) -> ChunkMeta {
-        self.chunks[id as usize]
+    /// Decodes all of the chunk `m` (of series `key`), appending its samples to `out`; checks
+    /// the chunk's CRC.
+    pub fn read(
+        &self,
+        m: &ChunkMeta,
+        key: SeriesKeyRef<'_>,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), TsdbError> {
+        self.read_range(m, key, i64::MIN, i64::MAX, Fields::All, out)
     }
 
-    /// Number of series.
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    /// The series with `key`, if present (keys are sorted).
-    pub fn find(&self, key: SeriesKeyRef<'_>) -> Option<u32> {
-        let (mut lo, mut hi) = (0usize, self.chunks.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.index.key(mid as u32).cmp(&key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid as u32),
-            }
-        }
-        None
-    }
-
-    /// Decodes series `id`'s samples, appending them to `out`; checks the chunk's CRC.
-    pub fn read(&self, id: u32, out: &mut Vec<Sample>) -> Result<(), TsdbError> {
-        self.read_range(id, i64::MIN, i64::MAX, Fields::All, out)
-    }
-
-    /// Decodes at least series `id`'s samples in `[start, end]` (whole pages of the chunk, see
-    /// [`codec::decode_range`]), appending them to `out`; checks the chunk's CRC.
+    /// Decodes at least the samples in `[start, end]` of chunk `m` (of series `key`; whole
+    /// pages of the chunk, see [`codec::decode_range`]), appending them to `out`; checks the
+    /// chunk's CRC.
     pub fn read_range(
         &self,
-        id: u32,
+        m: &ChunkMeta,
+        key: SeriesKeyRef<'_>,
         start: i64,
         end: i64,
         fields: Fields,
         out: &mut Vec<Sample>,
     ) -> Result<(), TsdbError> {
-        let m = self.chunks[id as usize];
         let data = &self.map[m.offset as usize..m.offset as usize + m.len as usize];
         let bad = |reason: String| TsdbError::Corrupt {
             path: self.path.clone(),
             reason,
         };
         if crc32fast::hash(data) != m.crc {
-            return Err(bad(format!(
-                "chunk of series {:?} fails its checksum",
-                self.index.key(id)
-            )));
+            return Err(bad(format!("chunk of series {key:?} fails its checksum")));
         }
         let before = out.len();
         codec::decode_range(data, start, end, fields, out)
-            .map_err(|e| bad(format!("chunk of series {:?}: {e}", self.index.key(id))))?;
+            .map_err(|e| bad(format!("chunk of series {key:?}: {e}")))?;
         let got = out.len() - before;
         let whole = start <= m.min_t && end >= m.max_t;
         if got > m.count as usize || (whole && got != m.count as usize) {
             return Err(bad(format!(
-                "chunk of series {:?} holds a different sample count than its index",
-                self.index.key(id)
+                "chunk of series {key:?} holds a different sample count than its index"
             )));
         }
         Ok(())
@@ -407,6 +554,43 @@ mod tests {
         EncodedSeries::new(key, &samples)
     }
 
+    /// Past the cache's budget, the least recently used index is dropped (once no reader holds
+    /// it) and parsed again when next needed.
+    #[test]
+    fn indexes_past_the_budget_are_dropped_and_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks: Vec<Block> = (1..=3)
+            .map(|seq| {
+                Block::write(dir.path(), seq, vec![series("a", 10), series("b", 5)]).unwrap()
+            })
+            .collect();
+        assert!(
+            blocks.iter().all(|b| b.loaded.lock().upgrade().is_none()),
+            "none parsed at open"
+        );
+        super::set_index_cache_bytes(1);
+        for b in &blocks {
+            drop(b.index().unwrap());
+        }
+        // Only the newest stays; a reader's index stays while it is held.
+        let held = blocks[2].index().unwrap();
+        assert!(blocks[0].loaded.lock().upgrade().is_none());
+        assert!(blocks[1].loaded.lock().upgrade().is_none());
+        drop(blocks[0].index().unwrap());
+        assert!(
+            blocks[2].loaded.lock().upgrade().is_some(),
+            "held by a reader"
+        );
+        super::set_index_cache_bytes(super::DEFAULT_INDEX_CACHE_BYTES);
+        let ix = blocks[1].index().unwrap();
+        let mut out = Vec::new();
+        blocks[1]
+            .read(&ix.meta(0), ix.index.key(0), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 10);
+        assert_eq!(held.len(), 2);
+    }
+
     /// Version 2 records each chunk's last value, version 3 compresses the index; older blocks
     /// still open and read the same samples.
     #[test]
@@ -416,8 +600,8 @@ mod tests {
         let blocks: Vec<Block> = (1..=VERSION)
             .map(|v| Block::write_version(&dir.path().join(format!("v{v}")), 1, all(), v).unwrap())
             .collect();
-        assert_eq!(blocks[0].meta(0).last, None);
-        assert_eq!(blocks[1].meta(0).last, Some(899.0 / 4.0));
+        assert_eq!(blocks[0].index().unwrap().meta(0).last, None);
+        assert_eq!(blocks[1].index().unwrap().meta(0).last, Some(899.0 / 4.0));
         let current = Block::write(&dir.path().join("now"), 1, all()).unwrap();
         assert_eq!(
             std::fs::read(&current.path).unwrap(),
@@ -426,14 +610,17 @@ mod tests {
         for id in 0..3 {
             let read = |b: &Block| {
                 let mut out = Vec::new();
-                Block::open(&b.path).unwrap().read(id, &mut out).unwrap();
+                let b = Block::open(&b.path).unwrap();
+                let ix = b.index().unwrap();
+                b.read(&ix.meta(id), ix.index.key(id), &mut out).unwrap();
                 out
             };
             let want = read(&blocks[0]);
             assert_eq!(want.len(), [900, 10, 1][id as usize]);
             for b in &blocks[1..] {
                 assert_eq!(read(b), want);
-                assert_eq!(b.index.key(id), blocks[0].index.key(id));
+                let (ix, first) = (b.index().unwrap(), blocks[0].index().unwrap());
+                assert_eq!(ix.index.key(id), first.index.key(id));
             }
         }
         // Keys of a fleet share most of their bytes: the compressed index is much smaller.

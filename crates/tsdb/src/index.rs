@@ -2,10 +2,15 @@
 //! by the head and by every block.
 
 use ahash::AHashMap;
+use smallvec::SmallVec;
 use strata_model::{MatchOp, Matcher, SeriesKey, SeriesKeyRef};
 
-/// Label value -> series having it, ascending.
-type ValuePostings = AHashMap<Box<[u8]>, Vec<u32>>;
+/// Series having one label value, ascending: up to four inline (as large as a `Vec`), so the
+/// many values held by a few series each (device or instance names) take no allocation.
+type Postings = SmallVec<[u32; 4]>;
+
+/// Label value -> series having it.
+type ValuePostings = AHashMap<Box<[u8]>, Postings>;
 
 /// Postings over series numbered `0..n` in the order they were added.
 #[derive(Default)]
@@ -28,6 +33,44 @@ impl Index {
         }
         self.keys.push(key);
         id
+    }
+
+    /// Keeps the series whose `keep` entry is true (one per series), renumbering them in
+    /// order. Returns each old number's new one (`u32::MAX` for series removed).
+    pub fn retain(&mut self, keep: &[bool]) -> Vec<u32> {
+        let mut next = 0u32;
+        let remap: Vec<u32> = keep
+            .iter()
+            .map(|&k| {
+                if k {
+                    next += 1;
+                    next - 1
+                } else {
+                    u32::MAX
+                }
+            })
+            .collect();
+        // Renumbering keeps the order, so postings stay ascending.
+        self.postings.retain(|_, values| {
+            values.retain(|_, list| {
+                list.retain_mut(|id| {
+                    *id = remap[*id as usize];
+                    *id != u32::MAX
+                });
+                if list.spilled() && list.capacity() > 2 * list.len() + 16 {
+                    list.shrink_to_fit();
+                }
+                !list.is_empty()
+            });
+            !values.is_empty()
+        });
+        let mut i = 0;
+        self.keys.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        crate::head::shrink(&mut self.keys);
+        remap
     }
 
     /// The key of series `id`.
@@ -70,7 +113,7 @@ impl Index {
         let Some(values) = self.postings.get(m.name.as_bytes()) else {
             return Vec::new();
         };
-        let mut lists: Vec<&Vec<u32>> = Vec::new();
+        let mut lists: Vec<&Postings> = Vec::new();
         match (&m.op, m.literal_alternatives()) {
             (MatchOp::Equal, _) => lists.extend(values.get(m.value.as_bytes())),
             (_, Some(alts)) => lists.extend(alts.iter().filter_map(|a| values.get(a.as_bytes()))),
@@ -83,7 +126,7 @@ impl Index {
         }
         match lists.len() {
             0 => Vec::new(),
-            1 => lists[0].clone(),
+            1 => lists[0].to_vec(),
             _ => {
                 let mut all: Vec<u32> = lists.into_iter().flatten().copied().collect();
                 all.sort_unstable();

@@ -14,6 +14,11 @@
 //!   Across blocks the higher sequence number wins; the head beats every block.
 //! - **Identity.** Series are found by their tenant-seeded id and confirmed by their key bytes:
 //!   a hash collision makes two series, never one.
+//! - **Live series.** The head holds the series written lately: one that received nothing
+//!   since the last flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leaves it
+//!   at the next flush, and the [`SeriesLimiter`] (per metric, per tenant, in all) counts only
+//!   series in heads. Block indexes are parsed on demand into a cache bounded in bytes, so
+//!   memory follows the live series, not every series ever written.
 //!
 //! This crate does no networking and knows nothing of the ingest log beyond offsets it is told.
 
@@ -22,10 +27,12 @@ pub mod codec;
 mod head;
 mod index;
 pub mod layout;
+mod open;
 mod read;
 
 use ahash::AHashMap;
-use block::{Block, EncodedSeries};
+pub use block::{index_cache_bytes, set_index_cache_bytes, DEFAULT_INDEX_CACHE_BYTES};
+use block::{Block, BlockIndex, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -98,6 +105,11 @@ impl Default for TsdbOptions {
     }
 }
 
+/// How far behind the clock a series' newest sample may be for it to stay in the head while it
+/// receives nothing (Prometheus' default lookback): a series idle for a whole flush interval but
+/// still current in an instant query keeps its place, and is not re-created at its next sample.
+pub const HEAD_LOOKBACK_MS: i64 = 5 * 60_000;
+
 /// Blocks are compacted up to this many block durations per window.
 const COMPACT_FACTOR: i64 = 12;
 
@@ -117,8 +129,10 @@ pub struct AppendStats {
     pub overwritten: usize,
     /// Series created.
     pub new_series: usize,
-    /// Samples refused because their metric has too many series.
+    /// Samples refused because a series cap was reached (any of them; see `refused`).
     pub rejected_series_limit: usize,
+    /// Series and samples refused, by the cap they ran into.
+    pub refused: SeriesRefusals,
     /// Samples older than the retention.
     pub too_old: usize,
 }
@@ -195,33 +209,199 @@ impl TsdbStats {
     }
 }
 
-/// A metric name within a tenant.
-type MetricOfTenant = (Tenant, Box<[u8]>);
+/// The live-series caps one [`SeriesLimiter`] enforces (`usize::MAX`: no cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesCaps {
+    /// Most live series per metric name and tenant.
+    pub per_metric: usize,
+    /// Most live series per tenant.
+    pub per_tenant: usize,
+    /// Most live series in all.
+    pub total: usize,
+}
 
-/// The cardinality limit, shared by all shards; locked only when a series is created.
+/// The cap a new series ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesLimit {
+    /// [`SeriesCaps::per_metric`].
+    PerMetric,
+    /// [`SeriesCaps::per_tenant`].
+    PerTenant,
+    /// [`SeriesCaps::total`].
+    Total,
+}
+
+/// Series refused by one cap, and their samples.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Series refused.
+    pub series: usize,
+    /// Their samples.
+    pub samples: usize,
+}
+
+/// What each series cap refused in one append.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SeriesRefusals {
+    /// By [`SeriesCaps::per_metric`].
+    pub per_metric: Refused,
+    /// By [`SeriesCaps::per_tenant`].
+    pub per_tenant: Refused,
+    /// By [`SeriesCaps::total`].
+    pub total: Refused,
+}
+
+impl SeriesRefusals {
+    /// The figures of `limit`.
+    pub fn of(&mut self, limit: SeriesLimit) -> &mut Refused {
+        match limit {
+            SeriesLimit::PerMetric => &mut self.per_metric,
+            SeriesLimit::PerTenant => &mut self.per_tenant,
+            SeriesLimit::Total => &mut self.total,
+        }
+    }
+
+    /// Adds another append's refusals.
+    pub fn merge(&mut self, o: &SeriesRefusals) {
+        for (a, b) in [
+            (&mut self.per_metric, o.per_metric),
+            (&mut self.per_tenant, o.per_tenant),
+            (&mut self.total, o.total),
+        ] {
+            a.series += b.series;
+            a.samples += b.samples;
+        }
+    }
+}
+
+/// Live series counted by the [`SeriesLimiter`].
+#[derive(Default)]
+struct LiveCounts {
+    tenants: AHashMap<Tenant, TenantCounts>,
+    total: usize,
+}
+
+/// One tenant's live series, in all and per metric name.
+#[derive(Default)]
+struct TenantCounts {
+    total: usize,
+    metrics: AHashMap<Box<[u8]>, usize>,
+}
+
+/// The cardinality limits, shared by all shards: counts the series living in the heads (a
+/// series leaving its head is released), per metric and tenant, per tenant and in all. Locked
+/// only when a series enters or leaves a head.
 pub struct SeriesLimiter {
-    max: usize,
-    counts: Mutex<AHashMap<MetricOfTenant, usize>>,
+    caps: SeriesCaps,
+    live: Mutex<LiveCounts>,
 }
 
 impl SeriesLimiter {
-    /// A limiter allowing `max_series_per_metric` series per (tenant, metric).
+    /// A limiter allowing `max_series_per_metric` live series per (tenant, metric), with no
+    /// per-tenant or total cap.
     pub fn new(max_series_per_metric: usize) -> Arc<SeriesLimiter> {
-        Arc::new(SeriesLimiter {
-            max: max_series_per_metric,
-            counts: Mutex::default(),
+        SeriesLimiter::with_caps(SeriesCaps {
+            per_metric: max_series_per_metric,
+            per_tenant: usize::MAX,
+            total: usize::MAX,
         })
     }
 
-    fn admit(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, enforce: bool) -> bool {
+    /// A limiter enforcing `caps`.
+    pub fn with_caps(caps: SeriesCaps) -> Arc<SeriesLimiter> {
+        Arc::new(SeriesLimiter {
+            caps,
+            live: Mutex::default(),
+        })
+    }
+
+    /// The caps enforced.
+    pub fn caps(&self) -> SeriesCaps {
+        self.caps
+    }
+
+    /// Live series in all.
+    pub fn live_total(&self) -> usize {
+        self.live.lock().total
+    }
+
+    /// Live series of `tenant`.
+    pub fn live_in_tenant(&self, tenant: &Tenant) -> usize {
+        self.live.lock().tenants.get(tenant).map_or(0, |t| t.total)
+    }
+
+    /// Live series of `tenant`'s metric `name`.
+    pub fn live_in_metric(&self, tenant: &Tenant, name: &str) -> usize {
+        let live = self.live.lock();
+        let counts = live.tenants.get(tenant);
+        counts
+            .and_then(|t| t.metrics.get(name.as_bytes()).copied())
+            .unwrap_or(0)
+    }
+
+    /// Counts a new live series with `key`; when `enforce`, refuses it (counting nothing) if a
+    /// cap is reached, naming the cap.
+    fn admit(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        enforce: bool,
+    ) -> Result<(), SeriesLimit> {
         let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
-        let mut counts = self.counts.lock();
-        let n = counts.entry((tenant.clone(), metric.into())).or_default();
-        if enforce && *n >= self.max {
-            return false;
+        let mut guard = self.live.lock();
+        let live = &mut *guard;
+        let counts = live.tenants.get(tenant);
+        if enforce {
+            // The most specific cap is named first.
+            let in_metric = counts.and_then(|t| t.metrics.get(metric).copied());
+            if in_metric.unwrap_or(0) >= self.caps.per_metric {
+                return Err(SeriesLimit::PerMetric);
+            }
+            if counts.map_or(0, |t| t.total) >= self.caps.per_tenant {
+                return Err(SeriesLimit::PerTenant);
+            }
+            if live.total >= self.caps.total {
+                return Err(SeriesLimit::Total);
+            }
         }
-        *n += 1;
-        true
+        // Allocating only for a tenant or metric seen for the first time.
+        let counts = match live.tenants.get_mut(tenant) {
+            Some(t) => t,
+            None => live.tenants.entry(tenant.clone()).or_default(),
+        };
+        match counts.metrics.get_mut(metric) {
+            Some(n) => *n += 1,
+            None => {
+                counts.metrics.insert(metric.into(), 1);
+            }
+        }
+        counts.total += 1;
+        live.total += 1;
+        Ok(())
+    }
+
+    /// Releases series of `tenant` that left the head, by key, under one lock.
+    fn release<'a>(&self, tenant: &Tenant, keys: impl IntoIterator<Item = SeriesKeyRef<'a>>) {
+        let mut guard = self.live.lock();
+        let live = &mut *guard;
+        let Some(counts) = live.tenants.get_mut(tenant) else {
+            return;
+        };
+        for key in keys {
+            let metric = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
+            if let Some(n) = counts.metrics.get_mut(metric) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.metrics.remove(metric);
+                }
+            }
+            // Every series in a head was admitted: these cannot go below zero.
+            counts.total = counts.total.saturating_sub(1);
+            live.total = live.total.saturating_sub(1);
+        }
+        if counts.total == 0 {
+            live.tenants.remove(tenant);
+        }
     }
 }
 
@@ -237,6 +417,12 @@ struct Inner {
     checkpoint: Option<u64>,
 }
 
+/// The samples a flush took from one tenant's head: series number, key, samples.
+type TakenTenant = (Tenant, Vec<TakenSeries>);
+
+/// One series a flush took: its number in the head, its key, its samples.
+type TakenSeries = (u32, SeriesKey, Arc<head::Frozen>);
+
 /// A series of one tenant's head, for [`Tsdb::append_handles`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesHandle(u32);
@@ -247,6 +433,10 @@ pub struct Tsdb {
     opts: TsdbOptions,
     limiter: Arc<SeriesLimiter>,
     inner: RwLock<Inner>,
+    /// Held by a flush: its series numbers must not move until it is done.
+    flushing: Mutex<()>,
+    /// Held by a maintenance: two would merge the same blocks.
+    maintaining: Mutex<()>,
     compactions: AtomicU64,
     deleted: AtomicU64,
     tenant_errors: AtomicU64,
@@ -298,22 +488,9 @@ impl Tsdb {
                 }
             }
             blocks.sort_by_key(|b| b.seq);
-            let head = inner.heads.entry(tenant.clone()).or_default();
+            // Series only in blocks stay out of the head (and the limiter) until written again.
             for b in &blocks {
                 inner.next_seq = inner.next_seq.max(b.seq + 1);
-                for id in 0..b.len() as u32 {
-                    let key = b.index.key(id);
-                    let sid = strata_model::SeriesId::of(&tenant, key);
-                    let r = match head.get(sid, key) {
-                        Some(r) => r,
-                        None => {
-                            limiter.admit(&tenant, key, false);
-                            head.create(sid, key.to_owned())
-                        }
-                    };
-                    let s = &mut head.series[r as usize];
-                    s.persisted_max_t = s.persisted_max_t.max(b.meta(id).max_t);
-                }
             }
             inner.blocks.insert(tenant, blocks);
         }
@@ -322,6 +499,8 @@ impl Tsdb {
             opts,
             limiter,
             inner: RwLock::new(inner),
+            flushing: Mutex::new(()),
+            maintaining: Mutex::new(()),
             compactions: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             tenant_errors: AtomicU64::new(0),
@@ -358,7 +537,9 @@ impl Tsdb {
         let tenant = batch.tenant();
         let head = match heads.get_mut(tenant) {
             Some(h) => h,
-            None => heads.entry(tenant.clone()).or_default(),
+            None => heads
+                .entry(tenant.clone())
+                .or_insert_with(|| TenantHead::new(tenant)),
         };
         let tblocks = blocks.get(tenant).map(|v| v.as_slice()).unwrap_or(&[]);
         let mut stored = Vec::new();
@@ -366,12 +547,21 @@ impl Tsdb {
             let r = match head.get(s.id, s.key) {
                 Some(r) => r,
                 None => {
-                    if !self.limiter.admit(tenant, s.key, true) {
+                    // Nothing to keep: no series to make (it would hold a place until flush).
+                    if s.samples.iter().all(|x| x.timestamp < oldest) {
+                        st.too_old += s.samples.len();
+                        continue;
+                    }
+                    if let Err(limit) = self.limiter.admit(tenant, s.key, true) {
                         st.rejected_series_limit += s.samples.len();
+                        let r = st.refused.of(limit);
+                        r.series += 1;
+                        r.samples += s.samples.len();
                         continue;
                     }
                     st.new_series += 1;
-                    head.create(s.id, s.key.to_owned())
+                    let since = s.samples.iter().map(|x| x.timestamp).min();
+                    create(head, tblocks, s.id, s.key, since.unwrap_or(i64::MAX))
                 }
             };
             let series = &mut head.series[r as usize];
@@ -390,16 +580,27 @@ impl Tsdb {
 
     /// The handle of `tenant`'s series with `key`, creating the series when new (without the
     /// series limit: for derived series, whose raw series were admitted already). Handles stay
-    /// valid for the life of the storage, so a writer of many series can skip key lookups.
+    /// valid for the life of the storage, so a writer of many series can skip key lookups; a
+    /// tenant's head that handed out handles therefore keeps all its series.
     pub fn series_handle(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesHandle {
         let id = strata_model::SeriesId::of(tenant, key);
         let mut inner = self.inner.write();
-        let head = inner.heads.entry(tenant.clone()).or_default();
+        let head = inner
+            .heads
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantHead::new(tenant));
+        head.pinned = true;
         let r = match head.get(id, key) {
             Some(r) => r,
             None => {
-                self.limiter.admit(tenant, key, false);
-                head.create(id, key.to_owned())
+                // Unenforced: it cannot fail.
+                let _ = self.limiter.admit(tenant, key, false);
+                let r = head.create(id, key.to_owned());
+                // What blocks hold is not looked up here (a writer of runs, the usual user of
+                // handles, needs none of it, and searching every block per series would slow
+                // its start): unknown, so each single sample appended asks the blocks.
+                head.series[r as usize].persisted_max_t = i64::MAX;
+                r
             }
         };
         SeriesHandle(r)
@@ -457,102 +658,167 @@ impl Tsdb {
     }
 
     /// Persists the whole head into blocks (one per tenant and block window), records the
-    /// checkpoint and empties the head. Returns the log offset now covered by blocks.
+    /// checkpoint and empties the head. Series that received no samples since the previous
+    /// flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leave the head and the
+    /// limiter's counts. Returns the log offset now covered by blocks.
+    ///
+    /// The head's samples are taken under the write lock, then encoded and written with no
+    /// lock held, so appends and reads go on meanwhile (they see the samples being written as
+    /// head samples); the blocks replace them under the write lock again.
     ///
     /// A tenant whose blocks cannot be written keeps its head (logged and counted) while the
     /// others are flushed; the checkpoint then stays where it was, since the log still holds
     /// the only durable copy of that tenant's samples, and the first such failure is returned.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
+        let _one_at_a_time = self.flushing.lock();
+        let now = strata_model::time::now_ms();
+        // 1. Take the samples, and the log offset they cover.
+        let (taken, covered, first_seq) = {
+            let mut inner = self.inner.write();
+            let Inner { heads, applied, .. } = &mut *inner;
+            let mut taken: Vec<TakenTenant> = Vec::new();
+            for (tenant, head) in heads.iter_mut() {
+                let mut series = Vec::new();
+                for (r, s) in head.series.iter_mut().enumerate() {
+                    if let Some(f) = s.freeze() {
+                        series.push((r as u32, head.index.key(r as u32).to_owned(), f));
+                    }
+                }
+                taken.push((tenant.clone(), series));
+            }
+            (taken, *applied, inner.next_seq)
+        };
+        // 2. Write them, unlocked, each tenant on its own.
+        let mut written: Vec<(Tenant, Block)> = Vec::new();
+        let mut seq = first_seq;
+        let mut failed: Vec<Tenant> = Vec::new();
+        let mut first_error = None;
+        for (tenant, series) in &taken {
+            if let Err(e) = self.write_taken(tenant, series, &mut seq, &mut written) {
+                let e = self.tenant_failed(tenant, "flush", e);
+                first_error.get_or_insert(e);
+                failed.push(tenant.clone());
+            }
+        }
+        // 3. Put the blocks in their place.
         let mut inner = self.inner.write();
         let Inner {
             heads,
             blocks,
             next_seq,
             fresh_from,
-            applied,
             checkpoint,
+            ..
         } = &mut *inner;
-        *fresh_from = *next_seq;
-        let width = self.opts.block_duration_ms.max(1);
-        let mut failed = None;
-        for (tenant, head) in heads.iter_mut() {
-            // Which series have samples in which block window; then one window at a time, so
-            // a flush holds one block's encoded series, not the whole head's.
-            let mut windows: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-            let mut buf = Vec::new();
-            for (r, s) in head.series.iter().enumerate() {
-                let Some((min_t, max_t)) = s.range() else {
-                    continue;
-                };
-                // Within one window (the usual case), the range says so without decoding.
-                if min_t.div_euclid(width) == max_t.div_euclid(width) {
-                    windows
-                        .entry(min_t.div_euclid(width))
-                        .or_default()
-                        .push(r as u32);
-                    continue;
-                }
-                buf.clear();
-                s.read(i64::MIN, i64::MAX, &mut buf);
-                for part in buf
-                    .chunk_by(|a, b| a.timestamp.div_euclid(width) == b.timestamp.div_euclid(width))
-                {
-                    let w = part[0].timestamp.div_euclid(width);
-                    windows.entry(w).or_default().push(r as u32);
-                }
-            }
-            let tdir = layout::tenant_dir(&self.dir, tenant);
-            let mut written = if windows.is_empty() {
-                Ok(())
-            } else {
-                layout::ensure_dir(&tdir)
+        *next_seq = (*next_seq).max(seq);
+        *fresh_from = first_seq;
+        // Blocks written before a failure hold their samples too (whole, fsynced): keep them.
+        // The next flush writes the same samples again, with a higher sequence, which changes
+        // no answer.
+        for (tenant, b) in written {
+            blocks.entry(tenant).or_default().push(Arc::new(b));
+        }
+        let cutoff = now.saturating_sub(HEAD_LOOKBACK_MS);
+        for (tenant, series) in &taken {
+            let Some(head) = heads.get_mut(tenant) else {
+                continue;
             };
-            for (w, members) in windows {
-                if written.is_err() {
-                    break;
+            let ok = !failed.contains(tenant);
+            let mut flushed = vec![false; head.series.len()];
+            for (r, _, _) in series {
+                let s = &mut head.series[*r as usize];
+                if ok {
+                    s.persisted();
+                } else {
+                    s.thaw();
                 }
-                let (start, end) = (
-                    w.saturating_mul(width),
-                    w.saturating_mul(width).saturating_add(width - 1),
-                );
-                let series = members
-                    .into_iter()
-                    .map(|r| {
-                        buf.clear();
-                        head.series[r as usize].read(start, end, &mut buf);
-                        EncodedSeries::new(head.index.key(r).to_owned(), &buf)
-                    })
-                    .collect();
-                match Block::write(&tdir, *next_seq, series) {
-                    Ok(b) => blocks.entry(tenant.clone()).or_default().push(Arc::new(b)),
-                    Err(e) => {
-                        written = Err(e);
-                        break;
-                    }
-                }
-                *next_seq += 1;
+                flushed[*r as usize] = true;
             }
-            // Blocks written before a failure stay: the next flush writes the same samples
-            // again, with a higher sequence, which changes no answer.
-            if let Err(e) = written {
-                let e = self.tenant_failed(tenant, "flush", e);
-                failed.get_or_insert(e);
+            if !ok {
                 continue;
             }
-            for s in &mut head.series {
-                s.clear_persisted();
+            // Series without samples since the last flush are all in blocks: those also
+            // outside the lookback leave the head.
+            let keep: Vec<bool> = head
+                .series
+                .iter()
+                .zip(&flushed)
+                .map(|(s, &f)| head.pinned || f || s.has_samples() || s.persisted_max_t >= cutoff)
+                .collect();
+            if keep.contains(&false) {
+                let gone = keep.iter().enumerate().filter(|(_, k)| !**k);
+                self.limiter
+                    .release(tenant, gone.map(|(r, _)| head.index.key(r as u32)));
+                head.retain(&keep);
             }
         }
-        if let Some(e) = failed {
+        heads.retain(|_, h| h.pinned || !h.series.is_empty());
+        if let Some(e) = first_error {
             return Err(e);
         }
-        if *applied != *checkpoint {
-            if let Some(off) = *applied {
+        if covered != *checkpoint {
+            if let Some(off) = covered {
                 write_checkpoint(&self.dir, off)?;
             }
-            *checkpoint = *applied;
+            *checkpoint = covered;
         }
         Ok(*checkpoint)
+    }
+
+    /// Writes the samples a flush took from one tenant into blocks, one per block window,
+    /// numbered from `seq` on (advanced past the last one written); the blocks written go to
+    /// `written`.
+    fn write_taken(
+        &self,
+        tenant: &Tenant,
+        series: &[TakenSeries],
+        seq: &mut u64,
+        written: &mut Vec<(Tenant, Block)>,
+    ) -> Result<(), TsdbError> {
+        let width = self.opts.block_duration_ms.max(1);
+        let mut buf = Vec::new();
+        // Which series have samples in which block window; then one window at a time, so a
+        // flush holds one block's encoded series, not the whole head's.
+        let mut windows: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, (_, _, f)) in series.iter().enumerate() {
+            let (min_t, max_t) = f.range();
+            // Within one window (the usual case), the range says so without decoding.
+            if min_t.div_euclid(width) == max_t.div_euclid(width) {
+                windows.entry(min_t.div_euclid(width)).or_default().push(i);
+                continue;
+            }
+            buf.clear();
+            f.read(i64::MIN, i64::MAX, &mut buf);
+            for part in
+                buf.chunk_by(|a, b| a.timestamp.div_euclid(width) == b.timestamp.div_euclid(width))
+            {
+                let w = part[0].timestamp.div_euclid(width);
+                windows.entry(w).or_default().push(i);
+            }
+        }
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let tdir = layout::tenant_dir(&self.dir, tenant);
+        layout::ensure_dir(&tdir)?;
+        for (w, members) in windows {
+            let (start, end) = (
+                w.saturating_mul(width),
+                w.saturating_mul(width).saturating_add(width - 1),
+            );
+            let encoded = members
+                .into_iter()
+                .map(|i| {
+                    let (_, key, f) = &series[i];
+                    buf.clear();
+                    f.read(start, end, &mut buf);
+                    EncodedSeries::new(key.clone(), &buf)
+                })
+                .collect();
+            written.push((tenant.clone(), Block::write(&tdir, *seq, encoded)?));
+            *seq += 1;
+        }
+        Ok(())
     }
 
     /// Logs and counts a failure scoped to one tenant's data.
@@ -578,8 +844,14 @@ impl Tsdb {
     ///
     /// Each tenant's work stands alone: a failure is logged and counted, the other tenants'
     /// blocks are still merged and deleted, and the first failure is returned at the end.
+    ///
+    /// Appends, reads and flushes go on meanwhile (it locks only to plan and to swap blocks);
+    /// while another maintenance runs it returns at once, doing nothing.
     pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let mut st = MaintainStats::default();
+        let Some(_one_at_a_time) = self.maintaining.try_lock() else {
+            return Ok(st);
+        };
         let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
         let window = self.opts.block_duration_ms.max(1) * COMPACT_FACTOR;
         // Plan under the read lock; merging reads blocks without blocking queries.
@@ -682,11 +954,11 @@ impl Tsdb {
         let mut out = Vec::new();
         if let Some(bs) = inner.blocks.get(tenant) {
             for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
-                if let Some(id) = b.find(key) {
-                    let m = b.meta(id);
+                let ix = b.index().map_err(storage_error)?;
+                if let Some(id) = ix.find(key) {
+                    let m = ix.meta(id);
                     if m.max_t >= start && m.min_t <= end {
-                        b.read(id, &mut out)
-                            .map_err(|e| StorageError::Io(e.to_string()))?;
+                        b.read(&m, key, &mut out).map_err(storage_error)?;
                     }
                 }
             }
@@ -751,7 +1023,7 @@ impl Tsdb {
         if matchers.iter().all(|m| m.matches_empty()) {
             return Err(StorageError::EmptyMatch);
         }
-        Ok(self.find(tenant, matchers, start, end, true))
+        self.find(tenant, matchers, start, end, true)
     }
 
     /// Every series of `tenant` matching `matchers` with data overlapping the range, sorted by
@@ -763,23 +1035,30 @@ impl Tsdb {
         start: i64,
         end: i64,
         with_samples: bool,
-    ) -> Vec<SeriesRead> {
+    ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
+        let indexes: Vec<(&Arc<Block>, Arc<BlockIndex>)> = match inner.blocks.get(tenant) {
+            Some(bs) => bs
+                .iter()
+                .filter(|b| b.max_t >= start && b.min_t <= end)
+                .map(|b| Ok((b, b.index()?)))
+                .collect::<Result<_, TsdbError>>()
+                .map_err(storage_error)?,
+            None => Vec::new(),
+        };
         let mut found: BTreeMap<SeriesKeyRef<'_>, SeriesRead> = BTreeMap::new();
-        if let Some(bs) = inner.blocks.get(tenant) {
-            for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
-                for id in b.index.select(matchers) {
-                    let m = b.meta(id);
-                    if m.max_t < start || m.min_t > end {
-                        continue;
-                    }
-                    let key = b.index.key(id);
-                    found
-                        .entry(key)
-                        .or_insert_with(|| SeriesRead::new(key.to_owned()))
-                        .blocks
-                        .push((b.clone(), id));
+        for (b, ix) in &indexes {
+            for id in ix.index.select(matchers) {
+                let m = ix.meta(id);
+                if m.max_t < start || m.min_t > end {
+                    continue;
                 }
+                let key = ix.index.key(id);
+                found
+                    .entry(key)
+                    .or_insert_with(|| SeriesRead::new(key.to_owned()))
+                    .blocks
+                    .push((Arc::clone(b), m));
             }
         }
         if let Some(h) = inner.heads.get(tenant) {
@@ -798,21 +1077,59 @@ impl Tsdb {
                 }
             }
         }
-        found.into_values().collect()
+        Ok(found.into_values().collect())
     }
+}
+
+/// Adds `key` to `head` (the caller checked it is new and admitted it). The series may return
+/// after leaving the head: it learns the newest timestamp `blocks` hold of it, looking only in
+/// blocks reaching `since` or later, where `since` is the oldest sample about to be appended.
+/// Older blocks need not be searched: once the head holds a sample at `since`, every sample
+/// at or before it is checked against the blocks anyway (see [`head::MemSeries::append`]).
+fn create(
+    head: &mut TenantHead,
+    blocks: &[Arc<Block>],
+    id: strata_model::SeriesId,
+    key: SeriesKeyRef<'_>,
+    since: i64,
+) -> u32 {
+    let r = head.create(id, key.to_owned());
+    let mut persisted = i64::MIN;
+    for b in blocks.iter().filter(|b| b.max_t >= since) {
+        if b.max_t > persisted {
+            match b.index() {
+                Ok(ix) => {
+                    if let Some(i) = ix.find(key) {
+                        persisted = persisted.max(ix.meta(i).max_t);
+                    }
+                }
+                // Unreadable: as if it had the series up to its end, so every sample it
+                // might hold is checked against it (and finds nothing).
+                Err(_) => persisted = b.max_t,
+            }
+        }
+    }
+    head.series[r as usize].persisted_max_t = persisted;
+    r
+}
+
+fn storage_error(e: TsdbError) -> StorageError {
+    StorageError::Io(e.to_string())
 }
 
 /// The value blocks hold for `key` at `t`, newest block first.
 fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option<f64> {
     let mut buf = Vec::new();
     for b in blocks.iter().rev().filter(|b| b.min_t <= t && t <= b.max_t) {
-        let Some(id) = b.find(key) else { continue };
-        let m = b.meta(id);
+        // A block that cannot be read answers nothing: reads report its damage.
+        let Ok(ix) = b.index() else { continue };
+        let Some(id) = ix.find(key) else { continue };
+        let m = ix.meta(id);
         if t < m.min_t || t > m.max_t {
             continue;
         }
         buf.clear();
-        if b.read(id, &mut buf).is_ok() {
+        if b.read(&m, key, &mut buf).is_ok() {
             if let Ok(i) = buf.binary_search_by_key(&t, |s| s.timestamp) {
                 return Some(buf[i].value);
             }
@@ -824,11 +1141,14 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
 /// Merges blocks' series; where they overlap, the higher sequence wins. Works one series at a
 /// time, so memory holds one series' samples plus the compressed output.
 fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
-    let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
-    ordered.sort_by_key(|b| b.seq);
+    let mut ordered: Vec<(&Arc<Block>, Arc<BlockIndex>)> = group
+        .iter()
+        .map(|b| Ok((b, b.index()?)))
+        .collect::<Result<_, TsdbError>>()?;
+    ordered.sort_by_key(|(b, _)| b.seq);
     let mut keys: Vec<SeriesKey> = Vec::new();
-    for b in &ordered {
-        keys.extend((0..b.len() as u32).map(|id| b.index.key(id).to_owned()));
+    for (_, ix) in &ordered {
+        keys.extend((0..ix.len() as u32).map(|id| ix.index.key(id).to_owned()));
     }
     keys.sort();
     keys.dedup();
@@ -836,9 +1156,9 @@ fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
     let mut buf = Vec::new();
     for key in keys {
         buf.clear();
-        for b in &ordered {
-            if let Some(id) = b.find(key.as_ref()) {
-                b.read(id, &mut buf)?;
+        for (b, ix) in &ordered {
+            if let Some(id) = ix.find(key.as_ref()) {
+                b.read(&ix.meta(id), key.as_ref(), &mut buf)?;
             }
         }
         sort_last_wins(&mut buf);
@@ -919,7 +1239,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<Labels>, StorageError> {
         let mut out: Vec<Labels> = self
-            .find(tenant, matchers, start, end, false)
+            .find(tenant, matchers, start, end, false)?
             .iter()
             .map(|r| r.key.labels())
             .collect();
@@ -935,7 +1255,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut names = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false) {
+        for r in self.find(tenant, matchers, start, end, false)? {
             for (n, _) in r.key.as_ref().pairs() {
                 if !names.contains(n) {
                     names.insert(n.to_vec());
@@ -957,7 +1277,7 @@ impl Storage for Tsdb {
         end: i64,
     ) -> Result<Vec<String>, StorageError> {
         let mut values = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false) {
+        for r in self.find(tenant, matchers, start, end, false)? {
             if let Some(v) = r.key.as_ref().get(name.as_bytes()) {
                 if !values.contains(v) {
                     values.insert(v.to_vec());

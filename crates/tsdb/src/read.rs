@@ -3,7 +3,7 @@
 //! [`read_all`] decodes them all, spread over the machine's cores, or [`lazy`] hands them out to
 //! be decoded one at a time where a query evaluates them.
 
-use crate::block::Block;
+use crate::block::{Block, ChunkMeta};
 use std::sync::Arc;
 use strata_model::{
     sort_last_wins, Fields, Labels, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
@@ -23,7 +23,7 @@ pub struct SeriesRead {
     pub key: SeriesKey,
     /// Its chunks in blocks overlapping the range, in ascending block sequence: on equal
     /// timestamps the later block wins.
-    pub(crate) blocks: Vec<(Arc<Block>, u32)>,
+    pub(crate) blocks: Vec<(Arc<Block>, ChunkMeta)>,
     /// Its head samples in the range, sorted and unique: they win over every block.
     pub(crate) head: Vec<Sample>,
 }
@@ -63,10 +63,7 @@ impl SeriesRead {
             + self
                 .blocks
                 .iter()
-                .map(|(b, id)| {
-                    let m = b.meta(*id);
-                    part(m.min_t, m.max_t, m.count)
-                })
+                .map(|(_, m)| part(m.min_t, m.max_t, m.count))
                 .sum::<usize>()
     }
 
@@ -100,9 +97,9 @@ impl SeriesRead {
                 in_order = false;
             }
         };
-        for (b, id) in &self.blocks {
+        for (b, m) in &self.blocks {
             let from = out.len();
-            b.read_range(*id, start, end, fields, out)
+            b.read_range(m, self.key.as_ref(), start, end, fields, out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
             check_seam(out, from);
         }
@@ -128,8 +125,7 @@ impl SeriesRead {
             }
         };
         let mut scratch = Vec::new();
-        for (b, id) in &self.blocks {
-            let m = b.meta(*id);
+        for (b, m) in &self.blocks {
             if m.max_t < start || m.min_t > end {
                 continue;
             }
@@ -137,7 +133,7 @@ impl SeriesRead {
                 Some(v) if m.max_t <= end => consider(Sample::new(m.max_t, v)),
                 _ => {
                     scratch.clear();
-                    b.read_range(*id, start, end, Fields::All, &mut scratch)
+                    b.read_range(m, self.key.as_ref(), start, end, Fields::All, &mut scratch)
                         .map_err(|e| StorageError::Io(e.to_string()))?;
                     if let Some(s) = scratch.last() {
                         consider(*s);

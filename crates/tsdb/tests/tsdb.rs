@@ -708,3 +708,82 @@ fn a_window_being_written_is_merged_only_from_eight_blocks() {
     let want: Vec<(i64, f64)> = (0..9).map(|i| (t + i, i as f64)).collect();
     assert_eq!(all(&db, "default", "up")[0].1, want);
 }
+
+/// A flush encodes and writes with no lock held: appends and reads go on while it runs, reads
+/// see every sample throughout (those being written included), and what was appended during
+/// the flush is kept for the next one.
+#[test]
+fn appends_and_reads_go_on_during_a_flush() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(open(dir.path()));
+    let t0 = now() - H;
+    // Enough series that the flush takes a while.
+    let n = 100_000;
+    let names: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+    let fill = |range: std::ops::Range<usize>, t: i64| {
+        let mut w = WriteBatch::new(Tenant::default());
+        for d in &names[range] {
+            let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"big"), (b"d", d.as_bytes())];
+            w.push_series(&mut l, &[Sample::new(t, 1.0)], None, &Limits::default())
+                .unwrap();
+        }
+        w
+    };
+    db.append(&fill(0..n, t0), 0);
+    let flushing = Arc::new(AtomicBool::new(true));
+    let flusher = {
+        let (db, flushing) = (Arc::clone(&db), Arc::clone(&flushing));
+        std::thread::spawn(move || {
+            let r = db.flush();
+            flushing.store(false, Ordering::SeqCst);
+            r.unwrap()
+        })
+    };
+    let count = |name: &str| all(&db, "default", name).len();
+    let key = |l: &[(&str, &str)]| Labels::from_pairs(l.to_vec()).unwrap().key();
+    // The last append that finished before the flush put its block in place.
+    let (mut last_during, mut offset) = (0, 1);
+    while flushing.load(Ordering::SeqCst) {
+        db.append(&fill(0..10, t0 + offset as i64), offset);
+        if db.stats().blocks == 0 {
+            last_during = offset;
+        }
+        offset += 1;
+        // A series the flush is writing is still there to read.
+        let d = &names[(offset as usize * 7919) % n];
+        let got = db
+            .read_series(
+                &Tenant::default(),
+                key(&[("__name__", "big"), ("d", d)]).as_ref(),
+                0,
+                i64::MAX,
+            )
+            .unwrap();
+        assert!(!got.is_empty(), "{d} not found during the flush");
+    }
+    let appended = offset - 1;
+    // The flush covers the log records it took, not those appended after.
+    let covered = flusher.join().unwrap().unwrap();
+    assert!(covered < appended, "covered {covered} of {appended}");
+    // Appends after the flush took the head finished before its block was in place: the
+    // flush did not hold them while it wrote.
+    assert!(
+        last_during >= covered + 10,
+        "the flush took the head at {covered}; appends finished before its block up to {last_during}"
+    );
+    assert_eq!(count("big"), n);
+    let samples_of = |db: &Tsdb| -> usize {
+        all(db, "default", "big")
+            .iter()
+            .filter(|s| s.0.contains("d0\""))
+            .map(|s| s.1.len())
+            .sum()
+    };
+    assert_eq!(samples_of(&db), 1 + appended as usize);
+    assert_eq!(db.flush().unwrap(), Some(appended));
+    assert_eq!(samples_of(&db), 1 + appended as usize);
+    drop(db);
+    let db = open(dir.path());
+    assert_eq!(samples_of(&db), 1 + appended as usize);
+}

@@ -242,11 +242,33 @@ async fn ingest_inner(
             .take(QUOTED)
             .map(|r| r.to_string())
             .collect();
-        if s.rejected_series_limit > 0 {
-            msgs.push(format!(
-                "{} samples refused: their metric already has the most series allowed (limits.max_series_per_metric = {})",
-                s.rejected_series_limit, st.limits.max_series_per_metric
-            ));
+        let caps = st.engine.limiter.caps();
+        for (r, what, option, cap) in [
+            (
+                s.refused.per_metric,
+                "their metric",
+                "max_series_per_metric",
+                caps.per_metric,
+            ),
+            (
+                s.refused.per_tenant,
+                "the tenant",
+                "max_series_per_tenant",
+                caps.per_tenant,
+            ),
+            (
+                s.refused.total,
+                "the server",
+                "max_series_total",
+                caps.total,
+            ),
+        ] {
+            if r.series > 0 {
+                msgs.push(format!(
+                    "{} samples of {} new series refused: {what} already has the most live series allowed (limits.{option} = {cap})",
+                    r.samples, r.series
+                ));
+            }
         }
         if s.too_old > 0 {
             msgs.push(format!(
