@@ -209,6 +209,13 @@ fn duration_in_range(literal: &str) -> bool {
         return false;
     } else if !literal.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
         return true;
+    } else if literal.contains(['x', 'X'])
+        && !literal.starts_with("0x")
+        && !literal.starts_with("0X")
+    {
+        // No number (the lexer reads an `x` only after a leading `0`), and one that
+        // `parse_str_radix` would panic on.
+        return true;
     } else if let Ok(secs) = promql_parser::util::parse_str_radix(literal) {
         // A number of seconds, read as the parser reads it (hex, octal, exponents).
         secs * 1000.0
@@ -370,6 +377,10 @@ mod tests {
             "m offset 9223372036854ms",
             "m[1h:1m] offset 1e9",
             "m[0x10]",
+            // No numbers: left to the parser.
+            "m[1x]",
+            "m offset 5x",
+            "m[5m:1.2.3]",
             // `offset` as a name, followed by numbers that are no durations.
             "offset - Inf",
             "offset + 1e400",
