@@ -140,6 +140,12 @@ pub enum LogError {
         /// The failure, and the last failed recovery when there is one.
         cause: String,
     },
+    /// The partition's next record would need an offset past `u64::MAX` (only a segment made
+    /// or damaged by hand can start that close to the end).
+    #[error(
+        "ingest log partition {0} has no offsets left: the next record would be past u64::MAX"
+    )]
+    OffsetsExhausted(u32),
 }
 
 /// One record read back.

@@ -270,15 +270,22 @@ fn open_partition(id: u32, dir: &Path, io: &Io, stats: &Stats) -> Result<Partiti
             newest_synced = last;
         }
         let base = base.unwrap_or(0);
+        if base.checked_add(records).is_none() {
+            // A checksummed header the log never wrote: no offset is left for these records.
+            return Err(LogError::Corrupt {
+                path,
+                position: 0,
+                reason: format!(
+                    "segment starts at offset {base}: its {records} records would end past u64::MAX"
+                ),
+            });
+        }
         if let Some(prev) = segments.last() {
-            if prev.base + prev.records != base {
+            if prev.end() != base {
                 return Err(LogError::Corrupt {
                     path,
                     position: 0,
-                    reason: format!(
-                        "segment starts at offset {base}, expected {}",
-                        prev.base + prev.records
-                    ),
+                    reason: format!("segment starts at offset {base}, expected {}", prev.end()),
                 });
             }
         }
@@ -308,7 +315,7 @@ fn open_partition(id: u32, dir: &Path, io: &Io, stats: &Stats) -> Result<Partiti
             .and_then(|f| f.sync_all())
             .map_err(io_err(path))?;
     }
-    let end = segments.last().map_or(0, |s| s.base + s.records);
+    let end = segments.last().map_or(0, SegmentInfo::end);
     Ok(Partition {
         id,
         dir: dir.to_path_buf(),
@@ -333,7 +340,7 @@ impl Log for LocalLog {
         let (path, bytes, next) = {
             let segs = part.segments.lock();
             let last = segs.last().expect("a partition always has a segment");
-            (last.path.clone(), last.bytes, last.base + last.records)
+            (last.path.clone(), last.bytes, last.end())
         };
         let file = match part.io.open_at(&path, bytes) {
             Ok(f) => f,
@@ -391,7 +398,7 @@ impl Log for LocalLog {
         let part = self.partition(partition)?;
         let mut segs = part.segments.lock();
         let mut removed = false;
-        while segs.len() > 1 && segs[0].base + segs[0].records <= offset {
+        while segs.len() > 1 && segs[0].end() <= offset {
             let s = segs.remove(0);
             std::fs::remove_file(&s.path).map_err(io_err(&s.path))?;
             removed = true;
@@ -543,7 +550,8 @@ impl LocalWriter {
         self.buf.clear();
         let mut segs = self.part.segments.lock();
         if let Some(last) = segs.last_mut() {
-            last.records += self.buffered_records;
+            // Within the offsets `append` handed out, so it cannot overflow.
+            last.records = last.records.saturating_add(self.buffered_records);
             last.bytes = self.file_bytes;
         }
         self.buffered_records = 0;
@@ -593,7 +601,8 @@ impl LocalWriter {
     fn fail(&mut self, e: LogError) -> LogError {
         self.stats.io_errors.fetch_add(1, Ordering::Relaxed);
         let durable = self.part.durable_end.load(Ordering::Acquire);
-        let lost = self.next - durable;
+        // The durable end never passes the next offset.
+        let lost = self.next.saturating_sub(durable);
         tracing::error!(
             partition = self.part.id,
             error = %e,
@@ -611,7 +620,7 @@ impl LocalWriter {
         {
             let mut segs = self.part.segments.lock();
             let last = segs.last_mut().expect("a partition always has a segment");
-            last.records = durable - last.base;
+            last.records = durable.saturating_sub(last.base);
             last.bytes = self.synced_bytes;
         }
         self.part.failed.store(true, Ordering::Release);
@@ -715,6 +724,9 @@ impl PartitionWriter for LocalWriter {
         if payload.is_empty() {
             return Err(LogError::EmptyRecord);
         }
+        let Some(after) = self.next.checked_add(1) else {
+            return Err(LogError::OffsetsExhausted(self.part.id));
+        };
         if let Some(cause) = &self.lost {
             return Err(self.poisoned(cause));
         }
@@ -743,7 +755,7 @@ impl PartitionWriter for LocalWriter {
             .appended_bytes
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
         let offset = self.next;
-        self.next += 1;
+        self.next = after;
         Ok(Appended {
             offset,
             new_segment,

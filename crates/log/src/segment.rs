@@ -54,6 +54,15 @@ pub struct SegmentInfo {
     pub path: PathBuf,
 }
 
+impl SegmentInfo {
+    /// The offset after its last record. `base + records` fits in an offset: opening checks it
+    /// for every segment on disk, and the writer never hands out an offset past `u64::MAX`; it
+    /// saturates rather than wrap should that ever not hold.
+    pub fn end(&self) -> Offset {
+        self.base.saturating_add(self.records)
+    }
+}
+
 /// How a scan ended.
 pub enum Tail {
     /// Every byte belonged to a valid record.
@@ -220,7 +229,7 @@ impl SegmentReader {
             reader,
             path: info.path.clone(),
             next: info.base,
-            end: info.base + info.records,
+            end: info.end(),
             pos: HEADER_LEN as u64,
         })
     }

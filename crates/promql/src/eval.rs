@@ -578,9 +578,15 @@ pub fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, String> {
 
 /// Collects per-step results into rows, as Prometheus's range evaluation does: one row per label
 /// set; two samples with one label set at one step is an error (range queries only).
+///
+/// A row that will drop its `__name__` is a different series from one with the same labels that
+/// keeps it (`rate(m[5m]) or m` answers `{a="x"}` and `m{a="x"}`, as Prometheus, which drops the
+/// name at once, does): rows are keyed by label set and `drop_name`. Rows that end up with one
+/// label set once names are dropped are merged by [`merge_same_labelsets`].
 pub(crate) struct Collector<'e, 'a> {
     instant: bool,
-    index: HashMap<Labels, usize>,
+    /// Row of each label set, for rows keeping their name (`[0]`) and dropping it (`[1]`).
+    index: [HashMap<Labels, usize>; 2],
     last_ts: Vec<i64>,
     pub rows: Vec<Row>,
     /// Counts the points pushed, and the work of the loop that pushes them.
@@ -591,7 +597,7 @@ impl<'e, 'a> Collector<'e, 'a> {
     pub fn new(env: &'e Env<'a>, grid: Grid) -> Collector<'e, 'a> {
         Collector {
             instant: grid.is_instant(),
-            index: HashMap::new(),
+            index: Default::default(),
             last_ts: Vec::new(),
             rows: Vec::new(),
             meter: env.meter(),
@@ -608,7 +614,8 @@ impl<'e, 'a> Collector<'e, 'a> {
             });
             return Ok(());
         }
-        match self.index.get(labels) {
+        let index = &mut self.index[usize::from(drop_name)];
+        match index.get(labels) {
             Some(&i) => {
                 if self.last_ts[i] == ts {
                     return Err(dup_labelset());
@@ -617,7 +624,7 @@ impl<'e, 'a> Collector<'e, 'a> {
                 self.rows[i].points.push((ts, v));
             }
             None => {
-                self.index.insert(labels.clone(), self.rows.len());
+                index.insert(labels.clone(), self.rows.len());
                 self.last_ts.push(ts);
                 self.rows.push(Row {
                     labels: labels.clone(),

@@ -93,7 +93,7 @@ fn hostile_queries_are_refused_naming_the_limit() {
         "$1".repeat(50_000)
     );
     // Query, endpoint, status, errorType, what the message must name.
-    let cases: Vec<(&str, &str, u16, &str, &str)> = vec![
+    let mut cases: Vec<(&str, &str, u16, &str, &str)> = vec![
         (
             "count_over_time(vector(1)[1y:1ms])",
             "/api/v1/query",
@@ -165,6 +165,19 @@ fn hostile_queries_are_refused_naming_the_limit() {
             "query.max_query_length",
         ),
     ];
+    // Durations out of Prometheus's range panicked the parser (a 500 from /api/v1/query, a
+    // dropped connection from /api/v1/format_query).
+    for q in [
+        "load offset NaN",
+        "load offset -Inf",
+        "load offset 1e20",
+        "load[1e20]",
+        "max_over_time(load[5m:1e20])",
+    ] {
+        for path in ["/api/v1/query", "/api/v1/format_query"] {
+            cases.push((q, path, 400, "bad_data", "duration out of range"));
+        }
+    }
     for (q, path, status, kind, names) in cases {
         let started = Instant::now();
         let (st, v) = post(&s, path, &[("query", q), ("time", t)]);

@@ -436,8 +436,13 @@ mod tests {
     /// tree once pinned.
     #[test]
     fn shared_script_queries_round_trip() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/promql-tests");
+        // As tests/conformance.rs: `STRATA_PROMQL_TESTS`, else beside the repository.
+        let dir = std::env::var_os("STRATA_PROMQL_TESTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../../shared/promql-tests")
+            });
         let Ok(entries) = std::fs::read_dir(&dir) else {
             panic!("cannot read {}", dir.display());
         };
