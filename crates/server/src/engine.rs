@@ -491,6 +491,22 @@ impl Engine {
         let sum = |f: &dyn Fn(&strata_stream::window::WindowStats) -> u64| {
             per_shard.iter().map(|p| f(&p.4)).sum::<u64>()
         };
+        let (series, warm) = stages.iter().fold((0, 0), |(s, w), (_, r)| {
+            let (rs, rw) = r.live_series();
+            (s + rs as u64, w + rw)
+        });
+        crate::metrics::gauge(
+            out,
+            "strata_rollup_series",
+            "Series the rollup windows hold: those seen lately, and devices' (for their shadows).",
+            series as f64,
+        );
+        crate::metrics::gauge(
+            out,
+            "strata_rollup_warm_series",
+            "Live figure series of the warm tier: those in its in-memory head.",
+            warm as f64,
+        );
         crate::metrics::gauge(
             out,
             "strata_rollup_open_windows",

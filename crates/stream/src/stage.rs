@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_model::{Labels, Matcher, SeriesKeyRef, StorageError, Tenant};
-use strata_tsdb::{Tsdb, TsdbError};
+use strata_tsdb::{Tsdb, TsdbError, HEAD_LOOKBACK_MS};
 
 /// Settings of a shard's rollup stage.
 #[derive(Debug, Clone)]
@@ -308,7 +308,49 @@ impl RollupStage {
         self.covered
             .store(offset.unwrap_or(u64::MAX), Ordering::Release);
         self.verify_existing.store(false, Ordering::Relaxed);
+        self.forget_idle();
         Ok(())
+    }
+
+    /// Drops what memory holds for series gone idle (see [`Windows::forget_idle`]): once the
+    /// store is flushed their final windows are all in the warm tier's blocks, where a
+    /// correction finds them (it recomputes from the raw tier and compares with what the
+    /// store holds, needing no state of its own). Idle means no sample since the previous
+    /// checkpoint and none within the raw head's lookback or the lateness behind the
+    /// watermark, so a series leaves about when its raw series leaves the raw head.
+    fn forget_idle(&self) {
+        let w = &self.opts.windows;
+        let idle_ms = HEAD_LOOKBACK_MS.max(w.allowed_lateness_ms.saturating_add(w.window_ms));
+        let mut settling = self.settling.lock();
+        let mut windows = self.windows.write();
+        let watermark = windows.watermark();
+        if watermark == i64::MIN {
+            return;
+        }
+        let mut gone = Vec::new();
+        windows.forget_idle(watermark.saturating_sub(idle_ms), |i, tenant, key| {
+            if let Some(id) = settling.warm_ids.get_mut(i as usize) {
+                *id = None;
+            }
+            gone.push((tenant.clone(), key.to_owned()));
+        });
+        drop(windows);
+        let ids = &mut settling.warm_ids;
+        while ids.last().is_some_and(Option::is_none) {
+            ids.pop();
+        }
+        if ids.capacity() > 2 * ids.len() + 16 {
+            ids.shrink_to_fit();
+        }
+        drop(settling);
+        self.store.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
+    }
+
+    /// Series whose rollup state memory holds: in the windows, and figure series in the warm
+    /// tier's head.
+    pub fn live_series(&self) -> (usize, u64) {
+        let windows = self.windows.read().series_count();
+        (windows, self.store.tsdb().stats().series)
     }
 
     /// Retention of the warm tier.

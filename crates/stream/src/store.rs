@@ -19,7 +19,7 @@ use strata_model::{
     Labels, Matcher, Sample, SelectHints, SeriesId, SeriesKey, SeriesKeyRef, Storage, StorageError,
     Tenant,
 };
-use strata_tsdb::{SeriesHandle, SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
+use strata_tsdb::{Renumbering, SeriesHandle, SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
 
 /// The label naming which figure a warm series holds.
 pub const FIGURE_LABEL: &str = "__rollup__";
@@ -132,7 +132,10 @@ impl StagedWindow {
 /// The warm series by raw series, and where staged windows wait.
 #[derive(Default)]
 struct WarmSeriesTable {
-    series: Vec<WarmSeries>,
+    /// By [`WarmId`]; `None` for a place given back by [`RollupStore::forget`] (in `free`).
+    series: Vec<Option<WarmSeries>>,
+    /// Places to reuse, so the table is as large as the most series it held at once.
+    free: Vec<u32>,
     /// [`SeriesId`] to indexes in `series` (a list, since ids may collide).
     by_id: AHashMap<u64, Vec<u32>>,
     /// Series with staged windows.
@@ -147,14 +150,23 @@ impl WarmSeriesTable {
     fn find(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> Option<u32> {
         let id = SeriesId::of(tenant, key);
         self.by_id.get(&id.0)?.iter().copied().find(|&i| {
-            let s = &self.series[i as usize];
+            let s = self.get(i);
             s.key.as_ref() == key && &s.tenant == tenant
         })
     }
 
+    /// The series at a place handed out and not given back.
+    fn get(&self, i: u32) -> &WarmSeries {
+        self.series[i as usize]
+            .as_ref()
+            .expect("a warm id outlived its series")
+    }
+
     /// Hands series `i`'s staged windows to `tsdb`: one run per figure series.
     fn drain(&mut self, tsdb: &Tsdb, i: u32) {
-        let s = &mut self.series[i as usize];
+        let Some(s) = self.series[i as usize].as_mut() else {
+            return;
+        };
         if s.staged.is_empty() {
             return;
         }
@@ -205,9 +217,35 @@ impl WarmSeriesTable {
         tsdb.append_runs(&s.tenant, &runs, self.offset);
     }
 
+    /// Follows the storage engine's renumbering of `tenant`'s handles; a series whose figure
+    /// series left although it holds a place (impossible while staged windows are drained
+    /// first, but cheap to survive) gets its handles again.
+    fn renumber(&mut self, tsdb: &Tsdb, tenant: &Tenant, moved: &Renumbering) {
+        for s in self.series.iter_mut().flatten() {
+            if &s.tenant != tenant {
+                continue;
+            }
+            for (f, h) in s.base.iter_mut().enumerate() {
+                *h = moved.get(*h).unwrap_or_else(|| {
+                    tsdb.series_handle(tenant, figure_key(s.key.as_ref(), BASE_FIGURES[f]).as_ref())
+                });
+            }
+            for (q, h) in &mut s.quantiles {
+                *h = moved.get(*h).unwrap_or_else(|| {
+                    tsdb.series_handle(
+                        tenant,
+                        figure_key(s.key.as_ref(), &quantile_figure(*q)).as_ref(),
+                    )
+                });
+            }
+        }
+    }
+
     fn drain_all(&mut self, tsdb: &Tsdb) {
         for i in std::mem::take(&mut self.pending) {
-            self.series[i as usize].pending = false;
+            if let Some(s) = self.series[i as usize].as_mut() {
+                s.pending = false;
+            }
             self.drain(tsdb, i);
         }
     }
@@ -227,6 +265,13 @@ const BASE_FIGURES: [&str; 11] = [
     INCREASE,
     REVISION,
 ];
+
+/// Gives back a map's spare room once it holds less than a quarter of it.
+fn shrink_map<K: std::hash::Hash + Eq, V>(m: &mut AHashMap<K, V>) {
+    if m.capacity() > 4 * m.len() + 64 {
+        m.shrink_to_fit();
+    }
+}
 
 /// The key of one figure's series: the raw key with `__rollup__="figure"` in name order.
 fn figure_key(key: SeriesKeyRef<'_>, figure: &str) -> SeriesKey {
@@ -287,20 +332,77 @@ impl RollupStore {
         }
         let base =
             BASE_FIGURES.map(|f| self.tsdb.series_handle(tenant, figure_key(key, f).as_ref()));
-        let i = warm.series.len() as u32;
-        warm.series.push(WarmSeries {
+        let series = WarmSeries {
             tenant: tenant.clone(),
             key: key.to_owned(),
             base,
             quantiles: Vec::new(),
             staged: Vec::new(),
             pending: false,
-        });
+        };
+        let i = match warm.free.pop() {
+            Some(i) => {
+                warm.series[i as usize] = Some(series);
+                i
+            }
+            None => {
+                warm.series.push(Some(series));
+                warm.series.len() as u32 - 1
+            }
+        };
         warm.by_id
             .entry(SeriesId::of(tenant, key).0)
             .or_default()
             .push(i);
         WarmId(i)
+    }
+
+    /// Gives back the warm places of raw series gone idle: their figure series may leave the
+    /// storage engine's head (all their windows are in its blocks: call it after
+    /// [`RollupStore::flush`]) and their [`WarmId`]s are void, to be reused. A series with
+    /// windows staged since (pending) stays. Their windows still answer, and a series written again
+    /// gets a new place.
+    pub fn forget<'a>(&self, series: impl IntoIterator<Item = (&'a Tenant, SeriesKeyRef<'a>)>) {
+        let mut warm = self.warm.lock();
+        let warm = &mut *warm;
+        let mut gone: AHashMap<Tenant, Vec<SeriesHandle>> = AHashMap::new();
+        for (tenant, key) in series {
+            let Some(i) = warm.find(tenant, key) else {
+                continue;
+            };
+            let Some(s) = warm.series[i as usize].take_if(|s| !s.pending) else {
+                continue;
+            };
+            let id = SeriesId::of(tenant, key).0;
+            if let Some(slots) = warm.by_id.get_mut(&id) {
+                slots.retain(|&x| x != i);
+                if slots.is_empty() {
+                    warm.by_id.remove(&id);
+                }
+            }
+            warm.free.push(i);
+            let handles = gone.entry(s.tenant).or_default();
+            handles.extend(s.base);
+            handles.extend(s.quantiles.iter().map(|&(_, h)| h));
+        }
+        for (tenant, handles) in gone {
+            let moved = self.tsdb.release_handles(&tenant, &handles);
+            warm.renumber(&self.tsdb, &tenant, &moved);
+        }
+        if warm.free.len() == warm.series.len() {
+            // Everything left: give the memory back too.
+            *warm = WarmSeriesTable {
+                offset: warm.offset,
+                ..WarmSeriesTable::default()
+            };
+        }
+        shrink_map(&mut warm.by_id);
+    }
+
+    /// Series places in use (raw series with figures in the warm tier's memory).
+    pub fn series_count(&self) -> usize {
+        let warm = self.warm.lock();
+        warm.series.len() - warm.free.len()
     }
 
     /// Stores windows. Readers see each window whole: its figures all, or none of them.
@@ -310,7 +412,9 @@ impl RollupStore {
         warm.offset = warm.offset.max(log_offset);
         for w in windows {
             let i = w.series.0;
-            let s = &mut warm.series[i as usize];
+            let s = warm.series[i as usize]
+                .as_mut()
+                .expect("a warm id outlived its series");
             let row = StagedWindow::of(w);
             // A correction of a window still staged replaces it there.
             match s.staged.iter_mut().find(|x| x.start == row.start) {
@@ -356,7 +460,7 @@ impl RollupStore {
         let staged: Vec<StoredWindow> = {
             let warm = self.warm.lock();
             warm.find(tenant, key).map_or_else(Vec::new, |i| {
-                warm.series[i as usize]
+                warm.get(i)
                     .staged
                     .iter()
                     .filter(|w| (from..=to).contains(&w.start))

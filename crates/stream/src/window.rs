@@ -185,13 +185,22 @@ struct SeriesState {
     device: bool,
     /// Derived (a `:` in the name): not rolled up again.
     derived: bool,
+    /// Highest event time seen.
+    newest: i64,
+    /// Samples arrived since the last [`Windows::forget_idle`].
+    touched: bool,
+    /// Samples arrived since [`Windows::forget_idle`] last reported the series idle.
+    warm: bool,
 }
 
-/// Every series seen, by id (collisions chained).
+/// Every series seen lately, by id (collisions chained).
 #[derive(Debug, Default)]
 struct SeriesTable {
     by_id: AHashMap<u64, Vec<u32>>,
-    series: Vec<SeriesState>,
+    /// By index; `None` for a series forgotten (its index in `free`).
+    series: Vec<Option<SeriesState>>,
+    /// Indexes to reuse, so the table is as large as the most series it held at once.
+    free: Vec<u32>,
 }
 
 impl SeriesTable {
@@ -205,23 +214,94 @@ impl SeriesTable {
     ) -> usize {
         let slots = self.by_id.entry(id.0).or_default();
         let series = &mut self.series;
-        if let Some(i) = slots.iter().copied().find(|&i| {
-            let o = &series[i as usize];
-            o.key.as_ref() == key && &o.tenant == tenant
-        }) {
+        if let Some(i) = slots
+            .iter()
+            .copied()
+            .find(|&i| SeriesTable::holds(series, i, tenant, key))
+        {
             return i as usize;
         }
-        let i = series.len() as u32;
+        let i = self.free.pop().unwrap_or_else(|| {
+            series.push(None);
+            series.len() as u32 - 1
+        });
         slots.push(i);
-        series.push(SeriesState {
+        series[i as usize] = Some(SeriesState {
             tenant: tenant.clone(),
             key: key.to_owned(),
             open: SmallVec::new(),
             last: None,
             device: devices.add(tenant, key, i),
             derived: is_derived(key),
+            newest: i64::MIN,
+            touched: false,
+            warm: false,
         });
         i as usize
+    }
+
+    /// True when index `i` holds `tenant`'s series `key`.
+    fn holds(
+        series: &[Option<SeriesState>],
+        i: u32,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+    ) -> bool {
+        series
+            .get(i as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|o| o.key.as_ref() == key && &o.tenant == tenant)
+    }
+
+    /// The series at an index in use.
+    fn get(&self, i: u32) -> &SeriesState {
+        self.series[i as usize]
+            .as_ref()
+            .expect("an index outlived its series")
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut SeriesState {
+        self.series[i as usize]
+            .as_mut()
+            .expect("an index outlived its series")
+    }
+
+    /// Series held.
+    fn len(&self) -> usize {
+        self.series.len() - self.free.len()
+    }
+
+    /// Forgets series `i` (in use); its index is reused.
+    fn remove(&mut self, i: u32) {
+        let Some(st) = self.series[i as usize].take() else {
+            return;
+        };
+        let id = SeriesId::of(&st.tenant, st.key.as_ref()).0;
+        if let Some(slots) = self.by_id.get_mut(&id) {
+            slots.retain(|&x| x != i);
+            if slots.is_empty() {
+                self.by_id.remove(&id);
+            }
+        }
+        self.free.push(i);
+    }
+
+    /// Gives back the memory of series forgotten, as far as indexes still in use allow.
+    fn shrink(&mut self) {
+        let before = self.series.len();
+        while self.series.last().is_some_and(Option::is_none) {
+            self.series.pop();
+        }
+        if self.series.len() < before {
+            let len = self.series.len() as u32;
+            self.free.retain(|&i| i < len);
+        }
+        if self.series.capacity() > 2 * self.series.len() + 16 {
+            self.series.shrink_to_fit();
+        }
+        if self.by_id.capacity() > 4 * self.by_id.len() + 64 {
+            self.by_id.shrink_to_fit();
+        }
     }
 }
 
@@ -322,7 +402,7 @@ impl Windows {
         self.devices
             .series(tenant, device)
             .iter()
-            .map(|&i| &self.table.series[i as usize])
+            .map(|&i| self.table.get(i))
             .filter_map(|st| Some((st.key.clone(), st.last?)))
             .collect()
     }
@@ -374,18 +454,19 @@ impl Windows {
         let Some(newest) = shadow::newest(samples) else {
             return; // nothing but NaNs: no reading, nothing to roll up
         };
+        // A slot may name an index given to another series since this one was forgotten.
         let i = match *slot {
-            ObserverSlot::EMPTY => {
+            ObserverSlot(i) if SeriesTable::holds(&self.table.series, i, tenant, key) => i as usize,
+            _ => {
                 let i = self.table.index(&mut self.devices, tenant, id, key);
                 *slot = ObserverSlot(i as u32);
                 i
             }
-            ObserverSlot(i) => {
-                debug_assert!(self.table.series[i as usize].key.as_ref() == key);
-                i as usize
-            }
         };
-        let st = &mut self.table.series[i];
+        let st = self.table.get_mut(i as u32);
+        st.newest = st.newest.max(newest.timestamp);
+        st.touched = true;
+        st.warm = true;
         if st.device {
             shadow::update(&mut st.last, newest);
         }
@@ -416,7 +497,7 @@ impl Windows {
     /// Adds a sample to a series' window, opening the window (or the series' entry in it) when
     /// new.
     fn push(&mut self, i: usize, start: i64, s: Sample) {
-        let st = &mut self.table.series[i];
+        let st = self.table.get_mut(i as u32);
         // The newest window is the usual target; older open ones follow it.
         let w = match self.open.iter().rposition(|w| w.start <= start) {
             Some(w) if self.open[w].start == start => w,
@@ -500,7 +581,7 @@ impl Windows {
         } = self;
         for OpenWindow { start, mut entries } in open.drain(..done) {
             for e in entries.drain(..) {
-                let st = &mut table.series[e.series as usize];
+                let st = table.get_mut(e.series);
                 if let Some(p) = st.open.iter().position(|&(ws, _)| ws == start) {
                     st.open.remove(p);
                 }
@@ -531,6 +612,48 @@ impl Windows {
         }
     }
 
+    /// Series the windows hold: those seen lately, and every device's (for its shadow).
+    pub fn series_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Forgets the series gone idle, handing each to `gone` first (so the caller drops what it
+    /// keeps for it): no sample since the last call, none with an event time at or after
+    /// `before`, no open window and no queued correction. A device's series stays for its
+    /// shadow (reported once until it has samples again). A series that comes back is looked
+    /// up again; its final windows are wherever the caller persisted them, and a late sample
+    /// for one queues a correction as for any series.
+    pub fn forget_idle(
+        &mut self,
+        before: i64,
+        mut gone: impl FnMut(u32, &Tenant, SeriesKeyRef<'_>),
+    ) {
+        for i in 0..self.table.series.len() as u32 {
+            let Some(st) = self.table.series[i as usize].as_mut() else {
+                continue;
+            };
+            if std::mem::take(&mut st.touched)
+                || !st.warm
+                || !st.open.is_empty()
+                || st.newest >= before
+                || self
+                    .corrections
+                    .range((i, i64::MIN)..=(i, i64::MAX))
+                    .next()
+                    .is_some()
+            {
+                continue;
+            }
+            gone(i, &st.tenant, st.key.as_ref());
+            if st.device {
+                st.warm = false;
+            } else {
+                self.table.remove(i);
+            }
+        }
+        self.table.shrink();
+    }
+
     /// Takes the queued corrections, by series (each window once, however many samples queued
     /// it).
     pub fn take_corrections(&mut self) -> Vec<SeriesCorrections> {
@@ -538,7 +661,7 @@ impl Windows {
         queued
             .chunk_by(|a, b| a.0 == b.0)
             .map(|run| {
-                let st = &self.table.series[run[0].0 as usize];
+                let st = self.table.get(run[0].0);
                 SeriesCorrections {
                     tenant: st.tenant.clone(),
                     key: st.key.clone(),
@@ -561,7 +684,7 @@ impl Windows {
         let from = self.window_start(start);
         for w in self.open.iter().filter(|w| (from..=end).contains(&w.start)) {
             for e in &w.entries {
-                let st = &self.table.series[e.series as usize];
+                let st = self.table.get(e.series);
                 if &st.tenant != tenant || !wanted(st.key.as_ref()) {
                     continue;
                 }
@@ -606,7 +729,7 @@ impl Windows {
             b.extend_from_slice(&w.start.to_le_bytes());
             b.extend_from_slice(&(w.entries.len() as u32).to_le_bytes());
             for e in &w.entries {
-                let st = &self.table.series[e.series as usize];
+                let st = self.table.get(e.series);
                 put(&mut b, st.tenant.as_str().as_bytes());
                 put(&mut b, st.key.as_bytes());
                 b.extend_from_slice(&(e.samples.len() as u32).to_le_bytes());
@@ -621,6 +744,7 @@ impl Windows {
             .table
             .series
             .iter()
+            .flatten()
             .filter(|st| st.device)
             .filter_map(|st| Some((&st.tenant, &st.key, st.last?)))
             .collect();
@@ -650,7 +774,7 @@ impl Windows {
         for (tenant, key, last) in shadow::decode(shadows, path)? {
             let id = SeriesId::of(&tenant, key.as_ref());
             let i = w.table.index(&mut w.devices, &tenant, id, key.as_ref());
-            w.table.series[i].last = Some(last);
+            w.table.get_mut(i as u32).last = Some(last);
         }
         let mut r = Reader::new(body);
         r.take(8);
@@ -675,6 +799,8 @@ impl Windows {
                     for _ in 0..n {
                         let t = r.i64()?;
                         w.push(i, start, Sample::new(t, f64::from_bits(r.u64()?)));
+                        let st = w.table.get_mut(i as u32);
+                        (st.newest, st.touched, st.warm) = (st.newest.max(t), true, true);
                     }
                 }
             }

@@ -336,8 +336,9 @@ impl MemSeries {
 pub struct TenantHead {
     tenant: Tenant,
     /// Handles were handed out (see [`crate::Tsdb::series_handle`]): they are series numbers,
-    /// valid for the life of the storage, so no series ever leaves this head.
-    pub pinned: bool,
+    /// so a flush lets none of these series go; their holder does, by
+    /// [`crate::Tsdb::release_handles`], and renumbers what it still holds.
+    pub handles: bool,
     /// Series numbers hashed by their id (4 bytes a series; ids that collide are told apart
     /// by their keys). Ids are computed again from the keys when the table grows.
     ids: HashTable<u32>,
@@ -352,7 +353,7 @@ impl TenantHead {
     pub fn new(tenant: &Tenant) -> TenantHead {
         TenantHead {
             tenant: tenant.clone(),
-            pinned: false,
+            handles: false,
             ids: HashTable::new(),
             series: Vec::new(),
             index: Index::default(),
@@ -377,8 +378,8 @@ impl TenantHead {
     }
 
     /// Keeps the series whose `keep` entry is true (one per series), renumbering them in
-    /// order; the others leave the head.
-    pub fn retain(&mut self, keep: &[bool]) {
+    /// order; the others leave the head. Returns each old number's new one (`u32::MAX`: gone).
+    pub fn retain(&mut self, keep: &[bool]) -> Vec<u32> {
         debug_assert_eq!(keep.len(), self.series.len());
         let remap = self.index.retain(keep);
         let mut i = 0;
@@ -397,6 +398,7 @@ impl TenantHead {
             } = self;
             ids.shrink_to_fit(|&r| SeriesId::of(tenant, index.key(r)).0);
         }
+        remap
     }
 }
 

@@ -427,6 +427,24 @@ type TakenSeries = (u32, SeriesKey, Arc<head::Frozen>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesHandle(u32);
 
+/// How [`Tsdb::release_handles`] renumbered a tenant's handles.
+#[derive(Debug, Clone)]
+pub struct Renumbering(Option<Vec<u32>>);
+
+impl Renumbering {
+    /// The new handle of the series `old` named, `None` when it left the head.
+    pub fn get(&self, old: SeriesHandle) -> Option<SeriesHandle> {
+        match &self.0 {
+            None => Some(old),
+            Some(m) => m
+                .get(old.0 as usize)
+                .copied()
+                .filter(|&r| r != u32::MAX)
+                .map(SeriesHandle),
+        }
+    }
+}
+
 /// One shard's storage. Appends come from the shard's thread; reads from any thread.
 pub struct Tsdb {
     dir: PathBuf,
@@ -579,9 +597,10 @@ impl Tsdb {
     }
 
     /// The handle of `tenant`'s series with `key`, creating the series when new (without the
-    /// series limit: for derived series, whose raw series were admitted already). Handles stay
-    /// valid for the life of the storage, so a writer of many series can skip key lookups; a
-    /// tenant's head that handed out handles therefore keeps all its series.
+    /// series limit: for derived series, whose raw series were admitted already), so a writer
+    /// of many series can skip key lookups. Handles are series numbers: a flush lets none of a
+    /// tenant's series go once it handed out handles, and they stay valid until their holder
+    /// gives some back by [`Tsdb::release_handles`], which renumbers the rest.
     pub fn series_handle(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesHandle {
         let id = strata_model::SeriesId::of(tenant, key);
         let mut inner = self.inner.write();
@@ -589,7 +608,7 @@ impl Tsdb {
             .heads
             .entry(tenant.clone())
             .or_insert_with(|| TenantHead::new(tenant));
-        head.pinned = true;
+        head.handles = true;
         let r = match head.get(id, key) {
             Some(r) => r,
             None => {
@@ -604,6 +623,36 @@ impl Tsdb {
             }
         };
         SeriesHandle(r)
+    }
+
+    /// Lets the series of `tenant` behind `gone` leave the head and the limiter's counts (their
+    /// samples are in blocks: call it after a flush; a series still holding head samples
+    /// stays). Every handle of the tenant changes: the answer maps each old handle to its new
+    /// one, `None` for a series that left.
+    pub fn release_handles(&self, tenant: &Tenant, gone: &[SeriesHandle]) -> Renumbering {
+        // A flush's series numbers must not move under it.
+        let _no_flush = self.flushing.lock();
+        let mut inner = self.inner.write();
+        let Some(head) = inner.heads.get_mut(tenant) else {
+            return Renumbering(None);
+        };
+        let mut keep = vec![true; head.series.len()];
+        for &SeriesHandle(r) in gone {
+            if let Some(k) = keep.get_mut(r as usize) {
+                *k = head.series[r as usize].has_samples();
+            }
+        }
+        if !keep.contains(&false) {
+            return Renumbering(None);
+        }
+        let left = keep.iter().enumerate().filter(|(_, k)| !**k);
+        self.limiter
+            .release(tenant, left.map(|(r, _)| head.index.key(r as u32)));
+        let remap = head.retain(&keep);
+        if head.series.is_empty() {
+            inner.heads.remove(tenant);
+        }
+        Renumbering(Some(remap))
     }
 
     /// Appends samples to series by handle (see [`Tsdb::series_handle`]), as one write: readers
@@ -743,7 +792,7 @@ impl Tsdb {
                 .series
                 .iter()
                 .zip(&flushed)
-                .map(|(s, &f)| head.pinned || f || s.has_samples() || s.persisted_max_t >= cutoff)
+                .map(|(s, &f)| head.handles || f || s.has_samples() || s.persisted_max_t >= cutoff)
                 .collect();
             if keep.contains(&false) {
                 let gone = keep.iter().enumerate().filter(|(_, k)| !**k);
@@ -752,7 +801,7 @@ impl Tsdb {
                 head.retain(&keep);
             }
         }
-        heads.retain(|_, h| h.pinned || !h.series.is_empty());
+        heads.retain(|_, h| h.handles || !h.series.is_empty());
         if let Some(e) = first_error {
             return Err(e);
         }

@@ -428,6 +428,60 @@ fn runs_by_handle_overwrite_in_write_order() {
     assert_eq!(all(&db, "default", "w")[0].1, want, "reopened");
 }
 
+/// A flush lets no series of a head that handed out handles go; released handles let their
+/// series leave once flushed (one with head samples stays), the others are renumbered and
+/// still write to their own series, and what left still answers from blocks.
+#[test]
+fn released_handles_leave_and_the_rest_are_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Tenant::default_tenant();
+    let db = open(dir.path());
+    let key = |i: usize| {
+        Labels::from_pairs([("__name__", "h"), ("device", &format!("d{i}"))])
+            .unwrap()
+            .key()
+    };
+    let base = now() / 60_000 * 60_000 - 3_600_000;
+    let hs: Vec<_> = (0..4)
+        .map(|i| db.series_handle(&t, key(i).as_ref()))
+        .collect();
+    for (i, &h) in hs.iter().enumerate() {
+        db.append_runs(&t, &[(h, &[Sample::new(base, i as f64)])], 1);
+    }
+    db.flush().unwrap();
+    db.flush().unwrap();
+    assert_eq!(db.stats().series, 4, "a flush keeps series behind handles");
+    // d3 gets a sample the flush has not persisted: released, it stays.
+    db.append_runs(&t, &[(hs[3], &[Sample::new(base + 1, 3.5)])], 2);
+    let r = db.release_handles(&t, &[hs[0], hs[2], hs[3]]);
+    assert_eq!(db.stats().series, 2);
+    assert!(r.get(hs[0]).is_none() && r.get(hs[2]).is_none());
+    let (d1, d3) = (r.get(hs[1]).unwrap(), r.get(hs[3]).unwrap());
+    db.append_runs(&t, &[(d1, &[Sample::new(base + 2, 11.0)])], 3);
+    db.append_runs(&t, &[(d3, &[Sample::new(base + 2, 13.0)])], 3);
+    // A released series comes back as a new one.
+    let d0 = db.series_handle(&t, key(0).as_ref());
+    db.append_runs(&t, &[(d0, &[Sample::new(base + 2, 10.0)])], 3);
+    let want = vec![
+        (
+            "h{device=\"d0\"}".to_owned(),
+            vec![(base, 0.0), (base + 2, 10.0)],
+        ),
+        (
+            "h{device=\"d1\"}".to_owned(),
+            vec![(base, 1.0), (base + 2, 11.0)],
+        ),
+        ("h{device=\"d2\"}".to_owned(), vec![(base, 2.0)]),
+        (
+            "h{device=\"d3\"}".to_owned(),
+            vec![(base, 3.0), (base + 1, 3.5), (base + 2, 13.0)],
+        ),
+    ];
+    assert_eq!(all(&db, "default", "h"), want);
+    db.flush().unwrap();
+    assert_eq!(all(&db, "default", "h"), want);
+}
+
 #[test]
 fn partial_reads_equal_full_reads_across_pages_blocks_and_head() {
     let dir = tempfile::tempdir().unwrap();
