@@ -7,7 +7,7 @@ use crate::block::{Block, ChunkMeta};
 use std::sync::Arc;
 use strata_model::{
     sort_last_wins, Fields, Labels, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
-    SeriesSamples, StorageError,
+    SeriesKeyRef, SeriesSamples, StorageError,
 };
 
 /// Below this many samples per thread, handing work to the pool costs more than it saves.
@@ -186,6 +186,23 @@ pub fn lazy(reads: Vec<SeriesRead>, hints: &SelectHints) -> Vec<LazySeries> {
         .collect();
     sort_by_labels(&mut out, |s| &s.labels);
     out
+}
+
+/// A series key ordered as its labels are (see [`SeriesKeyRef::cmp_as_labels`]): metadata
+/// reads keep the first series in label order without decoding every key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByLabels<'a>(pub(crate) SeriesKeyRef<'a>);
+
+impl Ord for ByLabels<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp_as_labels(&other.0)
+    }
+}
+
+impl PartialOrd for ByLabels<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Sorts `items` by their labels. Key order is nearly always label order already: checked
