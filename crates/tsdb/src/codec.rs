@@ -11,6 +11,7 @@
 //! range touches (paged chunks are kept even when up to 2 % larger than zstd).
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
 use strata_model::{Fields, Sample};
 
 const RAW: u8 = 0;
@@ -587,6 +588,16 @@ pub fn decode(chunk: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
 /// Decodes the samples of a chunk in `[start, end]`, appending them to `out`. Paged chunks
 /// decode only their pages overlapping the range; other chunks decode whole and are cut. With
 /// [`Fields::Timestamps`], the values of paged chunks of decimals (which cannot hold staleness
+/// Samples decoded from chunks by this process, all stores together (one relaxed add per chunk
+/// read): shows what a read decoded, e.g. that a refused one decoded nothing.
+static DECODED: AtomicU64 = AtomicU64::new(0);
+
+/// Samples decoded from block chunks so far by this process, all stores together (see
+/// [`decode_range`]; pages of a paged chunk outside the range are not decoded, so not counted).
+pub fn decoded_samples_total() -> u64 {
+    DECODED.load(Ordering::Relaxed)
+}
+
 /// markers) are not decoded and read as 0.
 pub fn decode_range(
     chunk: &[u8],
@@ -598,11 +609,14 @@ pub fn decode_range(
     if start > end {
         return Ok(());
     }
-    if chunk.first() == Some(&PCO_PAGED) {
-        return decode_paged(&chunk[1..], start, end, fields, out);
-    }
     let from = out.len();
+    if chunk.first() == Some(&PCO_PAGED) {
+        let r = decode_paged(&chunk[1..], start, end, fields, out);
+        DECODED.fetch_add((out.len() - from) as u64, Ordering::Relaxed);
+        return r;
+    }
     decode_whole(chunk, out)?;
+    DECODED.fetch_add((out.len() - from) as u64, Ordering::Relaxed);
     let part = &out[from..];
     let (lo, hi) = (
         part.partition_point(|s| s.timestamp < start),
