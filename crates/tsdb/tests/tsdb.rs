@@ -813,7 +813,7 @@ fn metadata_limits_answer_the_first_entries_in_order() {
         .map(|i: u32| {
             // Scrambled so no write order or hash order happens to be sorted.
             let v = format!("v{:04}", (i * 7919) % 600);
-            let name = if i % 3 == 0 { "a" } else { "ab" };
+            let name = if i.is_multiple_of(3) { "a" } else { "ab" };
             (name.to_owned(), v, format!("z{}", i % 37))
         })
         .collect();

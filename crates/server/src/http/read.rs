@@ -80,7 +80,8 @@ pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
 /// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series,
 /// streamed: a blocking task decodes one series at a time and hands the text on in chunks of
 /// about [`EXPORT_CHUNK_BYTES`], so memory is bounded by a series and a few chunks whatever
-/// the export's size. A client that goes away stops the task at its next chunk.
+/// the export's size; a series is bounded by `query.max_samples` (past it the export ends
+/// with an error naming the limit). A client that goes away stops the task at its next chunk.
 pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     let (r, sets) = match read_request(&req).and_then(|r| {
         let sets = matcher_sets(&r.params, true)?;
@@ -91,11 +92,14 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     };
     let (started_tx, started_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
+    // One series is decoded whole into memory before its line is written: it may hold at most
+    // what a query may, refused from its chunk headers before decoding when they show it.
+    let per_series = st.promql.options().max_samples;
     tokio::task::spawn_blocking(move || {
         let hints = SelectHints {
             start: r.start,
             end: r.end,
-            max_samples: None,
+            max_samples: Some(per_series),
             fields: strata_model::Fields::All,
         };
         // Selecting plans every series (labels and where their samples are) but decodes
@@ -129,7 +133,14 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
             }
             samples.clear();
             if let Err(e) = s.read(&mut samples) {
-                out.fail(e.to_string());
+                out.fail(match e {
+                    strata_model::StorageError::TooManySamples { limit } => format!(
+                        "series {} holds more than {limit} samples in the range, the most one \
+                         export line may hold (query.max_samples): narrow the time range",
+                        s.labels
+                    ),
+                    e => e.to_string(),
+                });
                 return;
             }
             samples.retain(|x| !x.is_stale());
