@@ -84,20 +84,18 @@ impl SeriesRead {
         spans.windows(2).all(|w| w[0].1 < w[1].0)
     }
 
-    /// How many samples in `[start, end]` it surely has, known from chunk headers without
-    /// decoding anything: its head samples and the chunks the range covers whole (of chunks
-    /// it covers in part only an upper bound is known). When parts overlap in time, only the
-    /// largest such part is sure.
+    /// How many samples in `[start, end]` it surely has, known without decoding anything: its
+    /// head samples and what chunk headers show (see [`Block::known_in_range`]). When parts
+    /// overlap in time, only the largest part is sure.
     fn sure_samples(&self, start: i64, end: i64) -> usize {
-        let whole = self
+        let known = self
             .blocks
             .iter()
-            .filter(|(_, m)| start <= m.min_t && m.max_t <= end)
-            .map(|(_, m)| m.count as usize);
+            .map(|(b, m)| b.known_in_range(m, start, end));
         if self.parts_disjoint() {
-            self.head.len() + whole.sum::<usize>()
+            self.head.len() + known.sum::<usize>()
         } else {
-            whole.max().unwrap_or(0).max(self.head.len())
+            known.max().unwrap_or(0).max(self.head.len())
         }
     }
 
@@ -155,8 +153,7 @@ impl SeriesRead {
         for (b, m) in &self.blocks {
             let from = out.len();
             if let Some(limit) = counted {
-                let whole = start <= m.min_t && m.max_t <= end;
-                if whole && from - base + m.count as usize > limit {
+                if from - base + b.known_in_range(m, start, end) > limit {
                     return too_many(limit);
                 }
             }

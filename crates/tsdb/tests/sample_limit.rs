@@ -67,8 +67,8 @@ fn a_series_past_max_samples_is_refused_from_its_headers() {
         "refused from chunk headers, nothing decoded"
     );
 
-    // A range covering chunks only in part cannot be refused from headers: decoding stops
-    // at the chunk that passes the limit, well short of the whole series.
+    // A range cutting through chunks of evenly spaced samples: their headers give the exact
+    // count in the range, so this too is refused without decoding.
     let before = decoded_samples_total();
     let e = db
         .select(&tenant, &m, &hints(Some(1000), start + 500, end - 500))
@@ -77,7 +77,35 @@ fn a_series_past_max_samples_is_refused_from_its_headers() {
         matches!(e, StorageError::TooManySamples { limit: 1000 }),
         "{e}"
     );
+    assert_eq!(decoded_samples_total(), before, "counted from headers");
+    // Irregular samples, a range inside one chunk: the chunk is decoded to be counted, and
+    // decoding stops there, well short of the whole series.
+    let mut b = WriteBatch::new(tenant.clone());
+    let jagged: Vec<Sample> = (0..n)
+        .map(|i| Sample::new(t0 + i * 1000 + (i * i) % 7, i as f64))
+        .collect();
+    let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"jagged")];
+    b.push_series(&mut l, &jagged, None, &Limits::default())
+        .unwrap();
+    db.append(&b, 100);
+    db.flush().unwrap();
+    let before = decoded_samples_total();
+    let e = db
+        .select(
+            &tenant,
+            &[Matcher::equal("__name__", "jagged")],
+            &hints(Some(1000), t0 + 500, t0 + 3_000_000),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::TooManySamples { limit: 1000 }),
+        "{e}"
+    );
     let decoded = decoded_samples_total() - before;
+    assert!(
+        decoded > 0,
+        "a chunk cut by the range must be decoded to be counted"
+    );
     assert!(decoded < n as u64 / 2, "decoded {decoded} of {n}");
 
     // Within the limit the series reads whole, and the limit counts samples in the range
