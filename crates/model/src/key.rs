@@ -107,6 +107,13 @@ impl<'a> SeriesKeyRef<'a> {
         std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
     }
 
+    /// Compares as the keys' [`Labels`] compare, which byte order does not (`a` sorts before
+    /// `ab` as a label name, after it as key bytes, the separator being 0xFF): for answers
+    /// sorted by labels without decoding every key.
+    pub fn cmp_as_labels(&self, other: &SeriesKeyRef<'_>) -> std::cmp::Ordering {
+        self.pairs().cmp(other.pairs())
+    }
+
     /// The value of `name`, if present.
     pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
         self.pairs().find(|(n, _)| *n == name).map(|(_, v)| v)
@@ -154,6 +161,30 @@ impl fmt::Debug for SeriesKeyRef<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn key_label_order_is_labels_order(
+            a in proptest::collection::btree_map("[a-c_]{1,3}", "[a-c]{1,3}", 0..4),
+            b in proptest::collection::btree_map("[a-c_]{1,3}", "[a-c]{1,3}", 0..4),
+        ) {
+            let (la, lb) = (Labels::from_pairs(a).unwrap(), Labels::from_pairs(b).unwrap());
+            let (ka, kb) = (la.key(), lb.key());
+            prop_assert_eq!(ka.as_ref().cmp_as_labels(&kb.as_ref()), la.cmp(&lb));
+        }
+    }
+
+    #[test]
+    fn key_label_order_differs_from_byte_order() {
+        let a = Labels::from_pairs([("a", "x")]).unwrap();
+        let ab = Labels::from_pairs([("ab", "x")]).unwrap();
+        assert!(a < ab);
+        assert!(
+            a.key() > ab.key(),
+            "the separator sorts after every name byte"
+        );
+        assert!(a.key().as_ref().cmp_as_labels(&ab.key().as_ref()).is_lt());
+    }
 
     #[test]
     fn ids_differ_by_tenant() {

@@ -25,5 +25,8 @@ pub use labels::{Label, Labels, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use record::{RecordError, SeriesDict};
 pub use sample::{sort_last_wins, Sample, STALE_NAN};
-pub use storage::{Fields, LazySeries, SampleSource, SelectHints, SeriesSamples, Storage};
+pub use storage::{
+    Fields, FirstSorted, LazySeries, MetadataHints, SampleSource, SelectHints, SeriesSamples,
+    Storage,
+};
 pub use tenant::{Tenant, TenantError};

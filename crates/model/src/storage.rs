@@ -13,6 +13,84 @@ pub struct SelectHints {
     pub fields: Fields,
 }
 
+/// What a metadata read ([`Storage::series`], [`Storage::label_names`],
+/// [`Storage::label_values`]) covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataHints {
+    /// First millisecond wanted (inclusive).
+    pub start: i64,
+    /// Last millisecond wanted (inclusive).
+    pub end: i64,
+    /// Answer at most this many entries: the first ones in sorted order.
+    pub limit: Option<usize>,
+}
+
+impl MetadataHints {
+    /// Every entry with data in `[start, end]`.
+    pub fn range(start: i64, end: i64) -> MetadataHints {
+        MetadataHints {
+            start,
+            end,
+            limit: None,
+        }
+    }
+}
+
+/// The distinct smallest entries offered, at most `limit` of them: what a metadata read keeps
+/// while it walks matching series, so its memory follows the limit, not the series.
+#[derive(Debug)]
+pub struct FirstSorted<T: Ord> {
+    kept: std::collections::BTreeSet<T>,
+    limit: usize,
+}
+
+impl<T: Ord> FirstSorted<T> {
+    /// Keeps at most `limit` entries (all when `None`).
+    pub fn new(limit: Option<usize>) -> FirstSorted<T> {
+        FirstSorted {
+            kept: std::collections::BTreeSet::new(),
+            limit: limit.unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Whether `item` would be kept: it is not there yet and sorts before the largest kept
+    /// when full. Lets a caller skip building an owned entry that would be dropped.
+    pub fn wants<Q>(&self, item: &Q) -> bool
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        if self.limit == 0 || self.kept.contains(item) {
+            return false;
+        }
+        self.kept.len() < self.limit
+            || self
+                .kept
+                .last()
+                .is_some_and(|last| item < std::borrow::Borrow::<Q>::borrow(last))
+    }
+
+    /// Offers `item`, built by `own` only when it is kept; the largest entry goes when there
+    /// are more than the limit.
+    pub fn offer_with<Q>(&mut self, item: &Q, own: impl FnOnce(&Q) -> T)
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        if self.wants(item) {
+            self.kept.insert(own(item));
+            if self.kept.len() > self.limit {
+                self.kept.pop_last();
+            }
+        }
+    }
+
+    /// The kept entries, ascending.
+    pub fn into_sorted(self) -> Vec<T> {
+        self.kept.into_iter().collect()
+    }
+}
+
 /// What a reader needs of each sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fields {
@@ -133,51 +211,81 @@ pub trait Storage: Send + Sync {
             .collect())
     }
 
-    /// Label sets of the series matching all `matchers` that have samples in `[start, end]`.
+    /// Label sets of the series matching all `matchers` that have samples in `[start, end]`,
+    /// sorted; with a `limit`, only the first `limit` of them in that order (a caller that asks
+    /// for one more than it answers learns whether its answer was cut short), so memory follows
+    /// the limit rather than the number of matching series.
     fn series(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<Labels>, StorageError>;
 
-    /// Sorted label names of series matching `matchers` (all series when empty) in the range.
-    /// The default reads them off [`Storage::series`]; an index can answer faster.
+    /// Sorted label names of series matching `matchers` (all series when empty) in the range;
+    /// with a limit, only the first ones (see [`Storage::series`]). The default reads them off
+    /// every matching series; an index can answer faster.
     fn label_names(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        let mut names: Vec<String> = self
-            .series(tenant, matchers, start, end)?
-            .iter()
-            .flat_map(|l| l.iter().map(|l| l.name.clone()))
-            .collect();
-        names.sort();
-        names.dedup();
-        Ok(names)
+        let all = MetadataHints {
+            limit: None,
+            ..*range
+        };
+        let mut names = FirstSorted::new(range.limit);
+        for l in self.series(tenant, matchers, &all)? {
+            for l in l.iter() {
+                names.offer_with(&l.name, |n| n.to_owned());
+            }
+        }
+        Ok(names.into_sorted())
     }
 
-    /// Sorted values of label `name` over series matching `matchers` in the range. The default
-    /// reads them off [`Storage::series`]; an index can answer faster.
+    /// Sorted values of label `name` over series matching `matchers` in the range; with a
+    /// limit, only the first ones (see [`Storage::series`]). The default reads them off every
+    /// matching series; an index can answer faster.
     fn label_values(
         &self,
         tenant: &Tenant,
         name: &str,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        let mut values: Vec<String> = self
-            .series(tenant, matchers, start, end)?
-            .iter()
-            .filter_map(|l| l.get(name).map(str::to_string))
-            .collect();
-        values.sort();
-        values.dedup();
-        Ok(values)
+        let all = MetadataHints {
+            limit: None,
+            ..*range
+        };
+        let mut values = FirstSorted::new(range.limit);
+        for l in self.series(tenant, matchers, &all)? {
+            if let Some(v) = l.get(name) {
+                values.offer_with(v, |v| v.to_owned());
+            }
+        }
+        Ok(values.into_sorted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FirstSorted;
+
+    #[test]
+    fn first_sorted_keeps_the_smallest_distinct() {
+        let mut f = FirstSorted::new(Some(3));
+        for v in ["d", "b", "b", "e", "a", "c", "a"] {
+            f.offer_with(v, str::to_owned);
+        }
+        assert_eq!(f.into_sorted(), vec!["a", "b", "c"]);
+        let mut all = FirstSorted::new(None);
+        for v in [3, 1, 2, 1] {
+            all.offer_with(&v, |v| *v);
+        }
+        assert_eq!(all.into_sorted(), vec![1, 2, 3]);
+        let mut none = FirstSorted::new(Some(0));
+        none.offer_with(&1, |v| *v);
+        assert!(none.into_sorted().is_empty());
     }
 }

@@ -348,10 +348,12 @@ impl<'a> Env<'a> {
     ) -> Result<Vec<LazySeries>, Error> {
         self.check("query preparation")?;
         let sets = matcher_sets(vs).map_err(Error::BadData)?;
+        // One series alone may not pass the limit (`read_series` counts the rest): the storage
+        // then refuses it from its chunk headers, before decoding it.
         let hints = SelectHints {
             start: min_t,
             end: max_t,
-            max_samples: None,
+            max_samples: Some(self.opts.max_samples),
             fields,
         };
         let mut out: Vec<LazySeries> = Vec::new();

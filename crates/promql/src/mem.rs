@@ -3,7 +3,8 @@
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use strata_model::{
-    Labels, Matcher, Sample, SelectHints, SeriesSamples, Storage, StorageError, Tenant,
+    Labels, Matcher, MetadataHints, Sample, SelectHints, SeriesSamples, Storage, StorageError,
+    Tenant,
 };
 
 /// Series kept in memory, sorted by tenant and labels. Appends merge by timestamp (a later
@@ -86,13 +87,17 @@ impl Storage for MemStorage {
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<Labels>, StorageError> {
         let map = self.series.read();
+        // The map is sorted by labels within a tenant: the first matches are the answer.
         Ok(Self::matching(&map, tenant, matchers)
-            .filter(|(_, s)| s.iter().any(|x| x.timestamp >= start && x.timestamp <= end))
+            .filter(|(_, s)| {
+                s.iter()
+                    .any(|x| x.timestamp >= range.start && x.timestamp <= range.end)
+            })
             .map(|(l, _)| l.clone())
+            .take(range.limit.unwrap_or(usize::MAX))
             .collect())
     }
 }

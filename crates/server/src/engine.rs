@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use strata_log::{LocalLog, Log, LogOptions};
 use strata_model::{
-    Labels, LazySeries, Matcher, SelectHints, SeriesSamples, Storage, StorageError, Tenant,
-    WriteBatch,
+    Labels, LazySeries, Matcher, MetadataHints, SelectHints, SeriesSamples, Storage, StorageError,
+    Tenant, WriteBatch,
 };
 use strata_stream::stage::{RollupStage, StageOptions, WindowView};
 use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
@@ -631,9 +631,12 @@ impl Engine {
         out
     }
 
-    /// The sorted union of one read over every shard.
+    /// The sorted union of one metadata read over every shard, the first `limit` entries when
+    /// there is a limit: each shard answers its own first `limit` in sorted order, and the first
+    /// `limit` of the union are among them, so memory is shards times the limit.
     fn union<T: Ord>(
         &self,
+        limit: Option<usize>,
         read: impl Fn(&Tsdb) -> Result<Vec<T>, StorageError>,
     ) -> Result<Vec<T>, StorageError> {
         let mut all = Vec::new();
@@ -642,6 +645,9 @@ impl Engine {
         }
         all.sort();
         all.dedup();
+        if let Some(limit) = limit {
+            all.truncate(limit);
+        }
         Ok(all)
     }
 }
@@ -694,20 +700,18 @@ impl Storage for Engine {
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<Labels>, StorageError> {
-        self.union(|t| t.series(tenant, matchers, start, end))
+        self.union(range.limit, |t| t.series(tenant, matchers, range))
     }
 
     fn label_names(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        self.union(|t| t.label_names(tenant, matchers, start, end))
+        self.union(range.limit, |t| t.label_names(tenant, matchers, range))
     }
 
     fn label_values(
@@ -715,9 +719,10 @@ impl Storage for Engine {
         tenant: &Tenant,
         name: &str,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        self.union(|t| t.label_values(tenant, name, matchers, start, end))
+        self.union(range.limit, |t| {
+            t.label_values(tenant, name, matchers, range)
+        })
     }
 }

@@ -471,6 +471,27 @@ impl Block {
         })
     }
 
+    /// How many samples of chunk `m` lie in `[start, end]`, as far as known without decoding:
+    /// all of them when the range covers the chunk, an exact count from the header of a chunk
+    /// of evenly spaced samples (when it agrees with the index), else 0.
+    pub fn known_in_range(&self, m: &ChunkMeta, start: i64, end: i64) -> usize {
+        if start <= m.min_t && m.max_t <= end {
+            return m.count as usize;
+        }
+        let Some(data) = self
+            .map
+            .get(m.offset as usize..(m.offset as usize).saturating_add(m.len as usize))
+        else {
+            return 0;
+        };
+        match codec::regular_in_range(data, start, end) {
+            Some((k, n, first)) if n == u64::from(m.count) && first == m.min_t => {
+                k.min(m.count as usize)
+            }
+            _ => 0,
+        }
+    }
+
     /// Decodes all of the chunk `m` (of series `key`), appending its samples to `out`; checks
     /// the chunk's CRC.
     pub fn read(

@@ -36,14 +36,16 @@ use block::{Block, BlockIndex, EncodedSeries};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use read::ByLabels;
 pub use read::{lazy, read_all, SeriesRead};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{
-    sort_last_wins, BatchSeries, Labels, LazySeries, Matcher, Sample, SelectHints, SeriesKey,
-    SeriesKeyRef, SeriesSamples, Storage, StorageError, Tenant, WriteBatch, METRIC_NAME,
+    sort_last_wins, BatchSeries, FirstSorted, Labels, LazySeries, Matcher, MetadataHints, Sample,
+    SelectHints, SeriesKey, SeriesKeyRef, SeriesSamples, Storage, StorageError, Tenant, WriteBatch,
+    METRIC_NAME,
 };
 
 /// Errors of the storage engine. Messages name the file.
@@ -1072,31 +1074,22 @@ impl Tsdb {
         if matchers.iter().all(|m| m.matches_empty()) {
             return Err(StorageError::EmptyMatch);
         }
-        self.find(tenant, matchers, start, end, true)
+        self.find(tenant, matchers, start, end)
     }
 
     /// Every series of `tenant` matching `matchers` with data overlapping the range, sorted by
-    /// key; with its head samples in the range when `with_samples`.
+    /// key, with its head samples in the range.
     fn find(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
         end: i64,
-        with_samples: bool,
     ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
-        let indexes: Vec<(&Arc<Block>, Arc<BlockIndex>)> = match inner.blocks.get(tenant) {
-            Some(bs) => bs
-                .iter()
-                .filter(|b| b.max_t >= start && b.min_t <= end)
-                .map(|b| Ok((b, b.index()?)))
-                .collect::<Result<_, TsdbError>>()
-                .map_err(storage_error)?,
-            None => Vec::new(),
-        };
+        let scope = ReadScope::new(&inner, tenant, start, end)?;
         let mut found: BTreeMap<SeriesKeyRef<'_>, SeriesRead> = BTreeMap::new();
-        for (b, ix) in &indexes {
+        for (b, ix) in &scope.blocks {
             for id in ix.index.select(matchers) {
                 let m = ix.meta(id);
                 if m.max_t < start || m.min_t > end {
@@ -1110,23 +1103,79 @@ impl Tsdb {
                     .push((Arc::clone(b), m));
             }
         }
-        if let Some(h) = inner.heads.get(tenant) {
-            for id in h.index.select(matchers) {
-                let s = &h.series[id as usize];
-                match s.range() {
-                    Some((lo, hi)) if hi >= start && lo <= end => {}
-                    _ => continue,
-                }
-                let key = h.index.key(id);
-                let r = found
-                    .entry(key)
-                    .or_insert_with(|| SeriesRead::new(key.to_owned()));
-                if with_samples {
-                    s.read(start, end, &mut r.head);
+        scope.each_head_match(matchers, |key, s| {
+            let r = found
+                .entry(key)
+                .or_insert_with(|| SeriesRead::new(key.to_owned()));
+            s.read(start, end, &mut r.head);
+        });
+        Ok(found.into_values().collect())
+    }
+}
+
+/// What one tenant's read sees under the storage's read lock: the head and the indexes of the
+/// blocks overlapping the range, held so the keys they lend stay valid for the whole read.
+struct ReadScope<'a> {
+    blocks: Vec<(&'a Arc<Block>, Arc<BlockIndex>)>,
+    head: Option<&'a TenantHead>,
+    start: i64,
+    end: i64,
+}
+
+impl<'a> ReadScope<'a> {
+    fn new(
+        inner: &'a Inner,
+        tenant: &Tenant,
+        start: i64,
+        end: i64,
+    ) -> Result<ReadScope<'a>, StorageError> {
+        let blocks = match inner.blocks.get(tenant) {
+            Some(bs) => bs
+                .iter()
+                .filter(|b| b.max_t >= start && b.min_t <= end)
+                .map(|b| Ok((b, b.index()?)))
+                .collect::<Result<_, TsdbError>>()
+                .map_err(storage_error)?,
+            None => Vec::new(),
+        };
+        Ok(ReadScope {
+            blocks,
+            head: inner.heads.get(tenant),
+            start,
+            end,
+        })
+    }
+
+    /// Calls `f` with the key of every series matching `matchers` with data in the range: once
+    /// for each block and for the head holding it, so a series may come more than once. Holds
+    /// nothing per series, so a metadata read keeps only what its limit lets it answer.
+    fn each_match<'s>(&'s self, matchers: &[Matcher], mut f: impl FnMut(SeriesKeyRef<'s>)) {
+        for (_, ix) in &self.blocks {
+            for id in ix.index.select(matchers) {
+                let m = ix.meta(id);
+                if m.max_t >= self.start && m.min_t <= self.end {
+                    f(ix.index.key(id));
                 }
             }
         }
-        Ok(found.into_values().collect())
+        self.each_head_match(matchers, |key, _| f(key));
+    }
+
+    /// Calls `f` with every head series matching `matchers` with samples in the range.
+    fn each_head_match<'s>(
+        &'s self,
+        matchers: &[Matcher],
+        mut f: impl FnMut(SeriesKeyRef<'s>, &'s head::MemSeries),
+    ) {
+        let Some(h) = self.head else { return };
+        for id in h.index.select(matchers) {
+            let s = &h.series[id as usize];
+            if let Some((lo, hi)) = s.range() {
+                if hi >= self.start && lo <= self.end {
+                    f(h.index.key(id), s);
+                }
+            }
+        }
     }
 }
 
@@ -1284,37 +1333,30 @@ impl Storage for Tsdb {
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<Labels>, StorageError> {
-        let mut out: Vec<Labels> = self
-            .find(tenant, matchers, start, end, false)?
-            .iter()
-            .map(|r| r.key.labels())
-            .collect();
-        out.sort();
-        Ok(out)
+        let inner = self.inner.read();
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let mut first = FirstSorted::new(range.limit);
+        scope.each_match(matchers, |key| first.offer_with(&ByLabels(key), |k| *k));
+        Ok(first.into_sorted().iter().map(|k| k.0.labels()).collect())
     }
 
     fn label_names(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        let mut names = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false)? {
-            for (n, _) in r.key.as_ref().pairs() {
-                if !names.contains(n) {
-                    names.insert(n.to_vec());
-                }
+        let inner = self.inner.read();
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let mut names = FirstSorted::<Vec<u8>>::new(range.limit);
+        scope.each_match(matchers, |key| {
+            for (n, _) in key.pairs() {
+                names.offer_with(n, <[u8]>::to_vec);
             }
-        }
-        Ok(names
-            .into_iter()
-            .map(|n| String::from_utf8_lossy(&n).into_owned())
-            .collect())
+        });
+        Ok(lossy_strings(names))
     }
 
     fn label_values(
@@ -1322,20 +1364,27 @@ impl Storage for Tsdb {
         tenant: &Tenant,
         name: &str,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
-        let mut values = std::collections::BTreeSet::new();
-        for r in self.find(tenant, matchers, start, end, false)? {
-            if let Some(v) = r.key.as_ref().get(name.as_bytes()) {
-                if !values.contains(v) {
-                    values.insert(v.to_vec());
-                }
+        let inner = self.inner.read();
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let mut values = FirstSorted::<Vec<u8>>::new(range.limit);
+        scope.each_match(matchers, |key| {
+            if let Some(v) = key.get(name.as_bytes()) {
+                values.offer_with(v, <[u8]>::to_vec);
             }
-        }
-        Ok(values
-            .into_iter()
-            .map(|n| String::from_utf8_lossy(&n).into_owned())
-            .collect())
+        });
+        Ok(lossy_strings(values))
     }
+}
+
+/// Label names or values as text, in the order kept (UTF-8 bytes sort as their text does).
+fn lossy_strings(kept: FirstSorted<Vec<u8>>) -> Vec<String> {
+    kept.into_sorted()
+        .into_iter()
+        .map(|b| {
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        })
+        .collect()
 }

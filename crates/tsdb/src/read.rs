@@ -4,10 +4,11 @@
 //! be decoded one at a time where a query evaluates them.
 
 use crate::block::{Block, ChunkMeta};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_model::{
     sort_last_wins, Fields, Labels, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
-    SeriesSamples, StorageError,
+    SeriesKeyRef, SeriesSamples, StorageError,
 };
 
 /// Below this many samples per thread, handing work to the pool costs more than it saves.
@@ -67,27 +68,79 @@ impl SeriesRead {
                 .sum::<usize>()
     }
 
+    /// Whether its parts (block chunks and head samples) cover disjoint time spans, as they
+    /// nearly always do: no timestamp is then in two parts, so the parts' counts add up to the
+    /// series' count.
+    fn parts_disjoint(&self) -> bool {
+        let mut spans: smallvec::SmallVec<[(i64, i64); 8]> = self
+            .blocks
+            .iter()
+            .map(|(_, m)| (m.min_t, m.max_t))
+            .collect();
+        if let (Some(f), Some(l)) = (self.head.first(), self.head.last()) {
+            spans.push((f.timestamp, l.timestamp));
+        }
+        spans.sort_unstable();
+        spans.windows(2).all(|w| w[0].1 < w[1].0)
+    }
+
+    /// How many samples in `[start, end]` it surely has, known without decoding anything: its
+    /// head samples and what chunk headers show (see [`Block::known_in_range`]). When parts
+    /// overlap in time, only the largest part is sure.
+    fn sure_samples(&self, start: i64, end: i64) -> usize {
+        let known = self
+            .blocks
+            .iter()
+            .map(|(b, m)| b.known_in_range(m, start, end));
+        if self.parts_disjoint() {
+            self.head.len() + known.sum::<usize>()
+        } else {
+            known.max().unwrap_or(0).max(self.head.len())
+        }
+    }
+
     /// Its samples in `[start, end]`: sorted, one per timestamp, the last write winning.
-    fn decode(&self, start: i64, end: i64, fields: Fields) -> Result<Vec<Sample>, StorageError> {
+    /// Fails past `limit` samples, before decoding a chunk that would pass it when that is
+    /// known from its header.
+    fn decode(
+        &self,
+        start: i64,
+        end: i64,
+        fields: Fields,
+        limit: Option<usize>,
+    ) -> Result<Vec<Sample>, StorageError> {
         // Room for every part up front (the estimate is exact for evenly spaced samples, give
         // or take one per part): growing would copy the whole series once per part.
-        let reserve = (self.weight(start, end) + self.blocks.len()).min(MAX_RESERVE);
+        let reserve = (self.weight(start, end) + self.blocks.len())
+            .min(limit.unwrap_or(usize::MAX).saturating_add(1))
+            .min(MAX_RESERVE);
         let mut out = Vec::with_capacity(reserve);
-        self.decode_into(start, end, fields, &mut out)?;
+        self.decode_into(start, end, fields, limit, &mut out)?;
         Ok(out)
     }
 
-    /// Appends its samples in `[start, end]` to `out`, as [`SeriesRead::decode`] returns them.
+    /// Appends its samples in `[start, end]` to `out`, as [`SeriesRead::decode`] returns them
+    /// (and failing as it does past `limit`).
     fn decode_into(
         &self,
         start: i64,
         end: i64,
         fields: Fields,
+        limit: Option<usize>,
         out: &mut Vec<Sample>,
     ) -> Result<(), StorageError> {
         if fields == Fields::Latest {
             return self.latest_into(start, end, out);
         }
+        let too_many = |limit| Err(StorageError::TooManySamples { limit });
+        // Refused from headers alone when they show enough: nothing decoded, nothing
+        // allocated for a series larger than the whole query may be.
+        if let Some(limit) = limit.filter(|l| self.sure_samples(start, end) > *l) {
+            return too_many(limit);
+        }
+        // With disjoint parts every decoded sample counts, so decoding stops at the chunk that
+        // passes the limit; overlapping parts are counted once merged, below.
+        let counted = limit.filter(|_| self.parts_disjoint());
         let base = out.len();
         // Each part is sorted and unique: the whole is too when every part starts after the
         // previous one ends, which is usual (parts follow each other in time).
@@ -99,8 +152,16 @@ impl SeriesRead {
         };
         for (b, m) in &self.blocks {
             let from = out.len();
+            if let Some(limit) = counted {
+                if from - base + b.known_in_range(m, start, end) > limit {
+                    return too_many(limit);
+                }
+            }
             b.read_range(m, self.key.as_ref(), start, end, fields, out)
                 .map_err(|e| StorageError::Io(e.to_string()))?;
+            if let Some(limit) = counted.filter(|l| out.len() - base > *l) {
+                return too_many(limit);
+            }
             check_seam(out, from);
         }
         let from = out.len();
@@ -110,6 +171,9 @@ impl SeriesRead {
             let mut own = out.split_off(base);
             sort_last_wins(&mut own);
             out.append(&mut own);
+        }
+        if let Some(limit) = limit.filter(|l| out.len() - base > *l) {
+            return too_many(limit);
         }
         Ok(())
     }
@@ -155,6 +219,9 @@ struct RangedRead {
     start: i64,
     end: i64,
     fields: Fields,
+    /// The query's `max_samples`: one series alone may not pass it (the reader counts the
+    /// total), so a series larger than that is refused before it is decoded.
+    max_samples: Option<usize>,
 }
 
 impl SampleSource for RangedRead {
@@ -165,7 +232,7 @@ impl SampleSource for RangedRead {
 
     fn read(&self, out: &mut Vec<Sample>) -> Result<(), StorageError> {
         self.read
-            .decode_into(self.start, self.end, self.fields, out)
+            .decode_into(self.start, self.end, self.fields, self.max_samples, out)
     }
 }
 
@@ -180,12 +247,30 @@ pub fn lazy(reads: Vec<SeriesRead>, hints: &SelectHints) -> Vec<LazySeries> {
                 start: hints.start,
                 end: hints.end,
                 fields: hints.fields,
+                max_samples: hints.max_samples,
             };
             LazySeries::new(r.read.key.labels(), r)
         })
         .collect();
     sort_by_labels(&mut out, |s| &s.labels);
     out
+}
+
+/// A series key ordered as its labels are (see [`SeriesKeyRef::cmp_as_labels`]): metadata
+/// reads keep the first series in label order without decoding every key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ByLabels<'a>(pub(crate) SeriesKeyRef<'a>);
+
+impl Ord for ByLabels<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp_as_labels(&other.0)
+    }
+}
+
+impl PartialOrd for ByLabels<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Sorts `items` by their labels. Key order is nearly always label order already: checked
@@ -198,7 +283,8 @@ fn sort_by_labels<T>(items: &mut [T], labels: impl Fn(&T) -> &Labels) {
 
 /// Decodes `reads` (each series once) over `hints`' range, on several threads when
 /// there is enough work. Series without samples in the range are left out; the result is
-/// sorted by labels. Fails past `hints.max_samples` samples in total.
+/// sorted by labels. Fails past `hints.max_samples` samples in total: from chunk headers
+/// before decoding when they show it, else at the chunk that passes it.
 pub fn read_all(
     reads: Vec<SeriesRead>,
     hints: &SelectHints,
@@ -211,11 +297,36 @@ pub fn read_all(
     let threads = rayon::current_num_threads()
         .min(total / MIN_SAMPLES_PER_THREAD)
         .max(1);
+    if let Some(limit) = hints.max_samples {
+        // What chunk headers already show is refused before anything is decoded.
+        let sure: usize = reads
+            .iter()
+            .map(|r| r.sure_samples(hints.start, hints.end))
+            .fold(0, usize::saturating_add);
+        if sure > limit {
+            return Err(StorageError::TooManySamples { limit });
+        }
+    }
+    // Samples decoded so far over every thread: each series may take only what is left, so
+    // memory stays within the limit and a chunk or so per thread.
+    let taken = AtomicUsize::new(0);
     let parts = split_by_weight(&weights, threads);
     let decode = |part: &[SeriesRead]| -> Result<Vec<SeriesSamples>, StorageError> {
         let mut out = Vec::with_capacity(part.len());
         for r in part {
-            let samples = r.decode(hints.start, hints.end, hints.fields)?;
+            let left = hints
+                .max_samples
+                .map(|l| l.saturating_sub(taken.load(Ordering::Relaxed)));
+            let samples = r
+                .decode(hints.start, hints.end, hints.fields, left)
+                .map_err(|e| match (e, hints.max_samples) {
+                    // Named by the query's limit, not by what was left of it.
+                    (StorageError::TooManySamples { .. }, Some(limit)) => {
+                        StorageError::TooManySamples { limit }
+                    }
+                    (e, _) => e,
+                })?;
+            taken.fetch_add(samples.len(), Ordering::Relaxed);
             if !samples.is_empty() {
                 out.push(SeriesSamples {
                     labels: r.key.labels(),
@@ -240,8 +351,7 @@ pub fn read_all(
     for p in pieces {
         out.extend(p?);
     }
-    let samples: usize = out.iter().map(|s| s.samples.len()).sum();
-    if let Some(limit) = hints.max_samples.filter(|l| samples > *l) {
+    if let Some(limit) = hints.max_samples.filter(|l| taken.into_inner() > *l) {
         return Err(StorageError::TooManySamples { limit });
     }
     sort_by_labels(&mut out, |s| &s.labels);

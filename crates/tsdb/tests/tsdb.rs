@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 use strata_model::{
-    Labels, Limits, Matcher, Sample, SelectHints, Storage, StorageError, Tenant, WriteBatch,
+    Labels, Limits, Matcher, MetadataHints, Sample, SelectHints, Storage, StorageError, Tenant,
+    WriteBatch,
 };
 use strata_tsdb::layout::tenant_dir;
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
@@ -135,7 +136,11 @@ fn tenants_are_isolated_on_disk_and_in_reads() {
     assert_eq!(all(&db, "other", "up")[0].1, vec![(t, 2.0)]);
     assert!(all(&db, "nobody", "up").is_empty());
     let names = db
-        .label_names(&Tenant::new("acme").unwrap(), &[], i64::MIN, i64::MAX)
+        .label_names(
+            &Tenant::new("acme").unwrap(),
+            &[],
+            &MetadataHints::range(i64::MIN, i64::MAX),
+        )
         .unwrap();
     assert_eq!(names, vec!["__name__", "job"]);
 }
@@ -197,15 +202,22 @@ fn select_ranges_limits_and_metadata() {
         Err(StorageError::EmptyMatch)
     ));
     db.flush().unwrap();
-    let series = db.series(&tenant, &m, t + 40_000, t + 60_000).unwrap();
+    let series = db
+        .series(&tenant, &m, &MetadataHints::range(t + 40_000, t + 60_000))
+        .unwrap();
     assert_eq!(series.len(), 2);
     assert_eq!(
         series[1],
         Labels::from_pairs([("__name__", "up"), ("job", "b")]).unwrap()
     );
     assert_eq!(
-        db.label_values(&tenant, "job", &m, t + 70_000, t + 80_000)
-            .unwrap(),
+        db.label_values(
+            &tenant,
+            "job",
+            &m,
+            &MetadataHints::range(t + 70_000, t + 80_000)
+        )
+        .unwrap(),
         vec!["a"]
     );
 }
@@ -840,4 +852,84 @@ fn appends_and_reads_go_on_during_a_flush() {
     drop(db);
     let db = open(dir.path());
     assert_eq!(samples_of(&db), 1 + appended as usize);
+}
+
+/// Metadata reads with a limit answer exactly the first entries of the unlimited answer, in
+/// label order (not key byte order: names `a` and `ab` sort differently there), over series in
+/// blocks, in the head and in both, and within the time range.
+#[test]
+fn metadata_limits_answer_the_first_entries_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now() - 5 * H;
+    let db = open(dir.path());
+    let tenant = Tenant::default();
+    let owned: Vec<(String, String, String)> = (0..600)
+        .map(|i: u32| {
+            // Scrambled so no write order or hash order happens to be sorted.
+            let v = format!("v{:04}", (i * 7919) % 600);
+            let name = if i.is_multiple_of(3) { "a" } else { "ab" };
+            (name.to_owned(), v, format!("z{}", i % 37))
+        })
+        .collect();
+    let rows_of = |range: std::ops::Range<usize>, at: i64| -> Vec<(Vec<(&str, &str)>, i64)> {
+        owned[range]
+            .iter()
+            .map(|(n, v, z)| {
+                (
+                    vec![
+                        ("__name__", "m"),
+                        (n.as_str(), v.as_str()),
+                        ("zone", z.as_str()),
+                    ],
+                    at,
+                )
+            })
+            .collect()
+    };
+    let write = |rows: Vec<(Vec<(&str, &str)>, i64)>, offset: u64| {
+        let rows: Vec<Row<'_>> = rows
+            .iter()
+            .map(|(l, at)| (l.as_slice(), *at, 1.0))
+            .collect();
+        db.append(&batch("default", &rows), offset);
+    };
+    // 0..400 flushed to a block; 300..600 in the head (300..400 in both).
+    write(rows_of(0..400, t), 0);
+    db.flush().unwrap();
+    write(rows_of(300..600, t + 1000), 1);
+    // A series outside the range must never be answered.
+    write(
+        vec![(vec![("__name__", "m"), ("a", "0000early")], t - 2 * H)],
+        2,
+    );
+    let m = [Matcher::equal("__name__", "m")];
+    let range = |limit| MetadataHints {
+        start: t - H,
+        end: t + H,
+        limit,
+    };
+    let all = db.series(&tenant, &m, &range(None)).unwrap();
+    assert_eq!(all.len(), 600);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
+    assert!(all.iter().all(|l| l.get("a") != Some("0000early")));
+    for limit in [1, 2, 99, 400, 599, 600, 601, 10_000] {
+        let first = db.series(&tenant, &m, &range(Some(limit))).unwrap();
+        assert_eq!(first, all[..limit.min(all.len())], "series, limit {limit}");
+    }
+    let zones = db.label_values(&tenant, "zone", &m, &range(None)).unwrap();
+    assert_eq!(zones.len(), 37);
+    assert!(zones.windows(2).all(|w| w[0] < w[1]));
+    for limit in [1, 5, 36, 37, 38] {
+        let first = db
+            .label_values(&tenant, "zone", &m, &range(Some(limit)))
+            .unwrap();
+        assert_eq!(first, zones[..limit.min(37)], "values, limit {limit}");
+    }
+    let names = db.label_names(&tenant, &m, &range(None)).unwrap();
+    assert_eq!(names, vec!["__name__", "a", "ab", "zone"]);
+    assert_eq!(
+        db.label_names(&tenant, &m, &range(Some(2))).unwrap(),
+        vec!["__name__", "a"]
+    );
+    assert!(db.series(&tenant, &m, &range(Some(0))).unwrap().is_empty());
 }

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use strata_model::time::now_ms;
-use strata_model::{Labels, LazySeries, Matcher, Sample, SelectHints, Storage, Tenant};
+use strata_model::{
+    Labels, LazySeries, Matcher, MetadataHints, Sample, SelectHints, Storage, Tenant,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// The parts every read shares: tenant, parameters, time range.
@@ -78,7 +80,8 @@ pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
 /// `GET|POST /api/v1/export`: VictoriaMetrics' JSON-lines export, one line per series,
 /// streamed: a blocking task decodes one series at a time and hands the text on in chunks of
 /// about [`EXPORT_CHUNK_BYTES`], so memory is bounded by a series and a few chunks whatever
-/// the export's size. A client that goes away stops the task at its next chunk.
+/// the export's size; a series is bounded by `query.max_samples` (past it the export ends
+/// with an error naming the limit). A client that goes away stops the task at its next chunk.
 pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     let (r, sets) = match read_request(&req).and_then(|r| {
         let sets = matcher_sets(&r.params, true)?;
@@ -89,11 +92,14 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     };
     let (started_tx, started_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
+    // One series is decoded whole into memory before its line is written: it may hold at most
+    // what a query may, refused from its chunk headers before decoding when they show it.
+    let per_series = st.promql.options().max_samples;
     tokio::task::spawn_blocking(move || {
         let hints = SelectHints {
             start: r.start,
             end: r.end,
-            max_samples: None,
+            max_samples: Some(per_series),
             fields: strata_model::Fields::All,
         };
         // Selecting plans every series (labels and where their samples are) but decodes
@@ -127,7 +133,14 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
             }
             samples.clear();
             if let Err(e) = s.read(&mut samples) {
-                out.fail(e.to_string());
+                out.fail(match e {
+                    strata_model::StorageError::TooManySamples { limit } => format!(
+                        "series {} holds more than {limit} samples in the range, the most one \
+                         export line may hold (query.max_samples): narrow the time range",
+                        s.labels
+                    ),
+                    e => e.to_string(),
+                });
                 return;
             }
             samples.retain(|x| !x.is_stale());
@@ -272,7 +285,7 @@ pub async fn series(State(st): State<AppState>, req: ApiRequest) -> Response {
     off_the_workers(move || {
         let lists = sets
             .iter()
-            .map(|set| st.engine.series(&r.tenant, set, r.start, r.end))
+            .map(|set| st.engine.series(&r.tenant, set, &limit.hints(&r)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage_error)?;
         let (all, warnings) = limit.apply(lists, "series")?;
@@ -311,9 +324,10 @@ async fn names_or_values(st: AppState, req: ApiRequest, label: Option<String>) -
         sets.push(Vec::new());
     }
     off_the_workers(move || {
+        let hints = limit.hints(&r);
         let read = |m: &[Matcher]| match &label {
-            None => st.engine.label_names(&r.tenant, m, r.start, r.end),
-            Some(name) => st.engine.label_values(&r.tenant, name, m, r.start, r.end),
+            None => st.engine.label_names(&r.tenant, m, &hints),
+            Some(name) => st.engine.label_values(&r.tenant, name, m, &hints),
         };
         let lists = sets
             .iter()
@@ -364,7 +378,23 @@ impl AnswerLimit {
         Ok(AnswerLimit { requested, cap })
     }
 
-    /// The sorted, deduplicated union of `lists` (each sorted), with the warnings to answer
+    /// Most entries answered.
+    fn keep(&self) -> usize {
+        self.requested.unwrap_or(usize::MAX).min(self.cap)
+    }
+
+    /// What to ask the storage for: one entry more than is answered, so a cut answer is told
+    /// from a whole one while no read holds more than the limit.
+    fn hints(&self, r: &ReadRequest) -> MetadataHints {
+        MetadataHints {
+            start: r.start,
+            end: r.end,
+            limit: Some(self.keep().saturating_add(1)),
+        }
+    }
+
+    /// The sorted, deduplicated union of `lists` (each sorted and read with [`Self::hints`]'s
+    /// limit), with the warnings to answer
     /// beside it. Past the client's `limit` the answer is cut to it, with Prometheus' warning;
     /// past the cap, a client that set a `limit` (and so takes partial answers) gets the
     /// first `cap` entries and both warnings, one that did not a 422 naming the cap, rather
@@ -383,17 +413,16 @@ impl AnswerLimit {
             all
         };
         let mut warnings = Vec::new();
-        let keep = self.requested.unwrap_or(usize::MAX).min(self.cap);
+        let keep = self.keep();
         if all.len() > keep {
             if self.requested.is_none() {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "execution",
                     format!(
-                        "the answer would hold {} {what}, more than the limit of {} \
+                        "the answer would hold more than {} {what}, the limit \
                          (limits.max_metadata_results): narrow match[] or the time range, or \
                          pass limit= to receive the first ones",
-                        all.len(),
                         self.cap
                     ),
                 ));
