@@ -14,7 +14,7 @@
 //! keep the chunk positions they planned with, not the index.
 
 use crate::codec::{self, put as varint, unzig, zig};
-use crate::index::Index;
+use crate::index::FrozenIndex;
 use crate::TsdbError;
 use memmap2::Mmap;
 use parking_lot::Mutex;
@@ -111,7 +111,7 @@ pub struct Block {
 /// A block's parsed index: its series, numbered in key order, and where their chunks lie.
 pub struct BlockIndex {
     /// Series, numbered in key order.
-    pub index: Index,
+    pub index: FrozenIndex,
     chunks: Vec<ChunkMeta>,
     /// About how much memory it holds.
     bytes: usize,
@@ -416,13 +416,15 @@ impl Block {
         };
         let mut r = Reader { b: index, p: 0 };
         let n = r.varint().ok_or_else(|| bad("index truncated".into()))?;
-        let mut idx = Index::default();
-        let mut chunks = Vec::new();
-        let mut prev: Option<SeriesKey> = None;
+        // Keys and metadata take at least 20 bytes a series: a count beyond that is damage.
+        let room = index.len() / 20;
+        let mut keys = Vec::with_capacity(index.len() / 2);
+        let mut ends: Vec<u32> = Vec::with_capacity((n as usize).min(room));
+        let mut chunks = Vec::with_capacity((n as usize).min(room));
         for i in 0..n {
             let entry = (|| {
                 let klen = r.varint()? as usize;
-                let key = SeriesKey::from_bytes(r.bytes(klen)?)?;
+                let key = SeriesKeyRef::parse(r.bytes(klen)?)?;
                 let offset = r.varint()?;
                 let len = u32::try_from(r.varint()?).ok()?;
                 let crc = u32::from_le_bytes(r.bytes(4)?.try_into().ok()?);
@@ -454,19 +456,28 @@ impl Block {
             if meta.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > index_at as u64) {
                 return Err(bad(format!("index entry {i} points outside the chunks")));
             }
-            if prev.as_ref().is_some_and(|p| *p >= key) {
+            // The previous key runs from the end of the one before it to the buffer's end.
+            let prev_at = ends.len().checked_sub(2).map_or(0, |j| ends[j] as usize);
+            if i > 0 && SeriesKeyRef::new_unchecked(&keys[prev_at..]) >= key {
                 return Err(bad(format!("index entry {i} out of order")));
             }
-            prev = Some(key.clone());
-            idx.add(key);
+            keys.extend_from_slice(key.as_bytes());
+            let end = u32::try_from(keys.len()).map_err(|_| bad("index keys over 4 GiB".into()))?;
+            ends.push(end);
             chunks.push(meta);
         }
         if r.p != index.len() {
             return Err(bad("trailing bytes in index".into()));
         }
+        keys.shrink_to_fit();
+        chunks.shrink_to_fit();
+        let index =
+            FrozenIndex::build(keys, ends).ok_or_else(|| bad("index keys over 4 GiB".into()))?;
         Ok(BlockIndex {
-            bytes: chunks.len() * (std::mem::size_of::<ChunkMeta>() + 48) + index.len() * 2,
-            index: idx,
+            bytes: std::mem::size_of::<BlockIndex>()
+                + index.heap_bytes()
+                + chunks.capacity() * std::mem::size_of::<ChunkMeta>(),
+            index,
             chunks,
         })
     }
