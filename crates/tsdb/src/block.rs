@@ -432,7 +432,9 @@ impl Block {
         let n = r.varint().ok_or_else(|| bad("index truncated".into()))?;
         // Keys and metadata take at least 20 bytes a series: a count beyond that is damage.
         let room = index.len() / 20;
-        let mut keys = Vec::with_capacity(index.len() / 2);
+        // Keys are part of the index: its length bounds theirs, so the buffer never grows by
+        // copying (the unused end is given back below).
+        let mut keys = Vec::with_capacity(index.len());
         let mut ends: Vec<u32> = Vec::with_capacity((n as usize).min(room));
         let mut chunks = Vec::with_capacity((n as usize).min(room));
         for i in 0..n {
