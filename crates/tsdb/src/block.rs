@@ -14,12 +14,12 @@
 //! keep the chunk positions they planned with, not the index.
 
 use crate::codec::{self, put as varint, unzig, zig};
-use crate::index::Index;
+use crate::index::FrozenIndex;
 use crate::TsdbError;
 use memmap2::Mmap;
 use parking_lot::Mutex;
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -111,7 +111,7 @@ pub struct Block {
 /// A block's parsed index: its series, numbered in key order, and where their chunks lie.
 pub struct BlockIndex {
     /// Series, numbered in key order.
-    pub index: Index,
+    pub index: FrozenIndex,
     chunks: Vec<ChunkMeta>,
     /// About how much memory it holds.
     bytes: usize,
@@ -243,6 +243,10 @@ impl Block {
     }
 
     /// As [`Block::write`], in format `version` (older versions only for tests).
+    ///
+    /// Streams to the file: each chunk is freed once written and each key once indexed, and
+    /// the index is compressed as it is produced, so a flush holds neither a copy of the block
+    /// nor its raw index.
     fn write_version(
         dir: &Path,
         seq: u64,
@@ -252,67 +256,77 @@ impl Block {
         series.sort_by(|a, b| a.key.cmp(&b.key));
         let min_t = series.iter().map(|s| s.min_t).min().unwrap_or(0);
         let max_t = series.iter().map(|s| s.max_t).max().unwrap_or(0);
-        let mut buf = Vec::with_capacity(
-            series
-                .iter()
-                .map(|s| s.chunk.len() + s.key.as_bytes().len() + 32)
-                .sum::<usize>()
-                + 64,
-        );
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&version.to_le_bytes());
-        buf.extend_from_slice(&seq.to_le_bytes());
-        buf.extend_from_slice(&min_t.to_le_bytes());
-        buf.extend_from_slice(&max_t.to_le_bytes());
-        let crc = crc32fast::hash(&buf);
-        buf.extend_from_slice(&crc.to_le_bytes());
-        let mut metas = Vec::with_capacity(series.len());
-        for s in &series {
-            metas.push((
-                buf.len() as u64,
-                s.chunk.len() as u64,
-                crc32fast::hash(&s.chunk),
-            ));
-            buf.extend_from_slice(&s.chunk);
-        }
-        let index_at = buf.len();
-        let mut raw = Vec::with_capacity(series.len() * 128);
-        varint(&mut raw, series.len() as u64);
-        for (s, (off, len, crc)) in series.iter().zip(metas) {
-            let k = s.key.as_bytes();
-            varint(&mut raw, k.len() as u64);
-            raw.extend_from_slice(k);
-            varint(&mut raw, off);
-            varint(&mut raw, len);
-            raw.extend_from_slice(&crc.to_le_bytes());
-            varint(&mut raw, zig(s.min_t));
-            varint(&mut raw, zig(s.max_t));
-            varint(&mut raw, s.count as u64);
-            if version >= 2 {
-                raw.extend_from_slice(&s.last.to_bits().to_le_bytes());
-            }
-        }
-        if version >= 3 {
-            let z = zstd::bulk::compress(&raw, INDEX_ZSTD_LEVEL).map_err(TsdbError::io(dir))?;
-            buf.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-            buf.extend_from_slice(&z);
-        } else {
-            buf.extend_from_slice(&raw);
-        }
-        let index_crc = crc32fast::hash(&buf[index_at..]);
-        let index_len = buf.len() - index_at;
-        buf.extend_from_slice(&(index_at as u64).to_le_bytes());
-        buf.extend_from_slice(&(index_len as u64).to_le_bytes());
-        buf.extend_from_slice(&index_crc.to_le_bytes());
-        buf.extend_from_slice(END);
-
         std::fs::create_dir_all(dir).map_err(TsdbError::io(dir))?;
         let path = dir.join(file_name(seq, min_t, max_t));
         let tmp = path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(TsdbError::io(&tmp))?;
-        f.write_all(&buf)
-            .and_then(|_| f.sync_all())
-            .map_err(TsdbError::io(&tmp))?;
+        let f = File::create(&tmp).map_err(TsdbError::io(&tmp))?;
+        let mut w = Checksummed {
+            out: BufWriter::with_capacity(1 << 20, f),
+            crc: crc32fast::Hasher::new(),
+            at: 0,
+        };
+        let io = |source: std::io::Error| TsdbError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&version.to_le_bytes());
+        header.extend_from_slice(&seq.to_le_bytes());
+        header.extend_from_slice(&min_t.to_le_bytes());
+        header.extend_from_slice(&max_t.to_le_bytes());
+        let crc = crc32fast::hash(&header);
+        header.extend_from_slice(&crc.to_le_bytes());
+        w.write_all(&header).map_err(&io)?;
+        let mut metas = Vec::with_capacity(series.len());
+        for s in &mut series {
+            let chunk = std::mem::take(&mut s.chunk);
+            metas.push((w.at, chunk.len() as u64, crc32fast::hash(&chunk)));
+            w.write_all(&chunk).map_err(&io)?;
+        }
+        let index_at = w.at;
+        w.crc = crc32fast::Hasher::new();
+        let mut index = if version >= 3 {
+            IndexSink::Zstd(
+                zstd::stream::Encoder::new(Vec::new(), INDEX_ZSTD_LEVEL).map_err(&io)?,
+                0,
+            )
+        } else {
+            IndexSink::Plain(&mut w)
+        };
+        let mut entry = Vec::with_capacity(256);
+        varint(&mut entry, series.len() as u64);
+        for (s, (off, len, crc)) in series.into_iter().zip(metas) {
+            let k = s.key.as_bytes();
+            varint(&mut entry, k.len() as u64);
+            entry.extend_from_slice(k);
+            varint(&mut entry, off);
+            varint(&mut entry, len);
+            entry.extend_from_slice(&crc.to_le_bytes());
+            varint(&mut entry, zig(s.min_t));
+            varint(&mut entry, zig(s.max_t));
+            varint(&mut entry, s.count as u64);
+            if version >= 2 {
+                entry.extend_from_slice(&s.last.to_bits().to_le_bytes());
+            }
+            index.write_all(&entry).map_err(&io)?;
+            entry.clear();
+        }
+        if let IndexSink::Zstd(z, raw_len) = index {
+            let z = z.finish().map_err(&io)?;
+            w.write_all(&raw_len.to_le_bytes()).map_err(&io)?;
+            w.write_all(&z).map_err(&io)?;
+        }
+        let index_crc = w.crc.clone().finalize();
+        let index_len = w.at - index_at;
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&index_at.to_le_bytes());
+        footer.extend_from_slice(&index_len.to_le_bytes());
+        footer.extend_from_slice(&index_crc.to_le_bytes());
+        footer.extend_from_slice(END);
+        w.write_all(&footer).map_err(&io)?;
+        let f = w.out.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(&io)?;
         drop(f);
         std::fs::rename(&tmp, &path).map_err(TsdbError::io(&path))?;
         File::open(dir)
@@ -416,13 +430,17 @@ impl Block {
         };
         let mut r = Reader { b: index, p: 0 };
         let n = r.varint().ok_or_else(|| bad("index truncated".into()))?;
-        let mut idx = Index::default();
-        let mut chunks = Vec::new();
-        let mut prev: Option<SeriesKey> = None;
+        // Keys and metadata take at least 20 bytes a series: a count beyond that is damage.
+        let room = index.len() / 20;
+        // Keys are part of the index: its length bounds theirs, so the buffer never grows by
+        // copying (the unused end is given back below).
+        let mut keys = Vec::with_capacity(index.len());
+        let mut ends: Vec<u32> = Vec::with_capacity((n as usize).min(room));
+        let mut chunks = Vec::with_capacity((n as usize).min(room));
         for i in 0..n {
             let entry = (|| {
                 let klen = r.varint()? as usize;
-                let key = SeriesKey::from_bytes(r.bytes(klen)?)?;
+                let key = SeriesKeyRef::parse(r.bytes(klen)?)?;
                 let offset = r.varint()?;
                 let len = u32::try_from(r.varint()?).ok()?;
                 let crc = u32::from_le_bytes(r.bytes(4)?.try_into().ok()?);
@@ -454,19 +472,28 @@ impl Block {
             if meta.offset < HEADER_LEN as u64 || end.is_none_or(|e| e > index_at as u64) {
                 return Err(bad(format!("index entry {i} points outside the chunks")));
             }
-            if prev.as_ref().is_some_and(|p| *p >= key) {
+            // The previous key runs from the end of the one before it to the buffer's end.
+            let prev_at = ends.len().checked_sub(2).map_or(0, |j| ends[j] as usize);
+            if i > 0 && SeriesKeyRef::new_unchecked(&keys[prev_at..]) >= key {
                 return Err(bad(format!("index entry {i} out of order")));
             }
-            prev = Some(key.clone());
-            idx.add(key);
+            keys.extend_from_slice(key.as_bytes());
+            let end = u32::try_from(keys.len()).map_err(|_| bad("index keys over 4 GiB".into()))?;
+            ends.push(end);
             chunks.push(meta);
         }
         if r.p != index.len() {
             return Err(bad("trailing bytes in index".into()));
         }
+        keys.shrink_to_fit();
+        chunks.shrink_to_fit();
+        let index =
+            FrozenIndex::build(keys, ends).ok_or_else(|| bad("index keys over 4 GiB".into()))?;
         Ok(BlockIndex {
-            bytes: chunks.len() * (std::mem::size_of::<ChunkMeta>() + 48) + index.len() * 2,
-            index: idx,
+            bytes: std::mem::size_of::<BlockIndex>()
+                + index.heap_bytes()
+                + chunks.capacity() * std::mem::size_of::<ChunkMeta>(),
+            index,
             chunks,
         })
     }
@@ -534,6 +561,52 @@ impl Block {
             )));
         }
         Ok(())
+    }
+}
+
+/// A file being written, with its position and the CRC of what was written since the last
+/// reset.
+struct Checksummed {
+    out: BufWriter<File>,
+    crc: crc32fast::Hasher,
+    at: u64,
+}
+
+impl Write for Checksummed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Where index entries go: straight into the file (versions 1 and 2), or through zstd,
+/// counting the raw bytes (version 3 writes their count before the compressed index).
+enum IndexSink<'a> {
+    Plain(&'a mut Checksummed),
+    Zstd(zstd::stream::Encoder<'static, Vec<u8>>, u64),
+}
+
+impl Write for IndexSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            IndexSink::Plain(w) => w.write(buf),
+            IndexSink::Zstd(z, raw) => {
+                let n = z.write(buf)?;
+                *raw += n as u64;
+                Ok(n)
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            IndexSink::Plain(w) => w.flush(),
+            IndexSink::Zstd(z, _) => z.flush(),
+        }
     }
 }
 
