@@ -105,6 +105,18 @@ struct Pending {
     result: WriteAck,
 }
 
+/// How a flush runs the storage's maintenance (compaction, retention) after it.
+#[derive(Debug, Clone, Copy)]
+enum Maintenance {
+    /// On a thread of its own: periodic flushes must not hold the shard's writes.
+    Background,
+    /// Before the flush returns (the final flush at shutdown).
+    Now,
+    /// Not at all: the caller starts it (an explicit flush, answered once its blocks are
+    /// merged too, from the maintenance thread).
+    Caller,
+}
+
 impl Shard {
     /// Opens the shard: loads its dedup checkpoint and replays the log since the storage
     /// checkpoint, so every acknowledged write is back before new ones are taken.
@@ -233,7 +245,7 @@ impl Shard {
             self.process(&mut jobs);
             self.background();
         }
-        if let Err(e) = self.flush() {
+        if let Err(e) = self.flush(Maintenance::Now) {
             tracing::error!(partition = self.partition, "final flush failed: {e}");
         }
     }
@@ -273,7 +285,14 @@ impl Shard {
                 }
                 Job::Flush { ack } => {
                     self.commit(&mut pending);
-                    let _ = ack.send(self.flush().map_err(|e| e.to_string()));
+                    // Answered once the new blocks are merged too, so what is read next comes
+                    // from compacted blocks; the merge runs off this thread, so writes go on.
+                    match self.flush(Maintenance::Caller) {
+                        Ok(()) => self.maintain_in_background(now_ms(), Some(ack)),
+                        Err(e) => {
+                            let _ = ack.send(Err(e.to_string()));
+                        }
+                    }
                 }
             }
         }
@@ -394,7 +413,7 @@ impl Shard {
             self.last_maintain = Instant::now();
             let now = now_ms();
             self.dedup.expire(now);
-            self.maintain_in_background(now);
+            self.maintain_in_background(now, None);
             if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
                 tracing::error!(
                     partition = self.partition,
@@ -416,13 +435,23 @@ impl Shard {
 
     /// Compacts blocks and applies retention on a thread of its own: merging a day's blocks
     /// must not hold the shard's writes (the storage runs one maintenance at a time).
-    fn maintain_in_background(&self, now: i64) {
+    ///
+    /// With `done`, it waits for a maintenance already running, then runs anyway, and answers
+    /// `done` with the outcome.
+    fn maintain_in_background(&self, now: i64, done: Option<oneshot::Sender<Result<(), String>>>) {
         let (tsdb, partition) = (Arc::clone(&self.tsdb), self.partition);
         let spawned = std::thread::Builder::new()
             .name(format!("maintain-{partition}"))
             .spawn(move || {
-                if let Err(e) = tsdb.maintain(now) {
+                let res = match done {
+                    Some(_) => tsdb.maintain_now(now),
+                    None => tsdb.maintain(now),
+                };
+                if let Err(e) = &res {
                     tracing::error!(partition, "storage maintenance failed: {e}");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(res.map(|_| ()).map_err(|e| e.to_string()));
                 }
             });
         if let Err(e) = spawned {
@@ -436,11 +465,11 @@ impl Shard {
     /// A failure confined to one tenant's data (in either tier) stops neither the other tier's
     /// flush nor maintenance: each tier's checkpoint stays where it was, the log is cut only
     /// below both, and the first failure is returned once everything else is done.
-    fn flush(&mut self) -> anyhow::Result<()> {
+    fn flush(&mut self, maintenance: Maintenance) -> anyhow::Result<()> {
         self.finish_flush(true)?;
         let windows_done = self.prepare_flush()?;
         let raw = self.tsdb.flush();
-        let raw_done = self.flushed(raw);
+        let raw_done = self.flushed(raw, maintenance);
         windows_done?;
         raw_done
     }
@@ -474,7 +503,7 @@ impl Shard {
         let raw = thread
             .join()
             .map_err(|_| anyhow::anyhow!("the flush thread panicked"))?;
-        self.flushed(raw)
+        self.flushed(raw, Maintenance::Background)
     }
 
     /// Checkpoints what must be persisted before the raw tier is: the rollups and the dedup
@@ -501,13 +530,24 @@ impl Shard {
     }
 
     /// After the raw tier's flush (up to log offset `raw` when it succeeded): drops the log
-    /// segments every part covers, and starts maintenance either way.
-    fn flushed(&mut self, raw: Result<Option<u64>, TsdbError>) -> anyhow::Result<()> {
+    /// segments every part covers, and runs maintenance either way.
+    fn flushed(
+        &mut self,
+        raw: Result<Option<u64>, TsdbError>,
+        maintenance: Maintenance,
+    ) -> anyhow::Result<()> {
         let cut = match &raw {
             Ok(raw) => self.cut_log(*raw),
             Err(_) => Ok(()),
         };
-        self.maintain_in_background(now_ms());
+        let maintained = match maintenance {
+            Maintenance::Background => {
+                self.maintain_in_background(now_ms(), None);
+                Ok(())
+            }
+            Maintenance::Now => self.tsdb.maintain_now(now_ms()).map(|_| ()),
+            Maintenance::Caller => Ok(()),
+        };
         if raw.is_ok() {
             self.counters.flushes.add(1);
             tracing::info!(
@@ -519,7 +559,8 @@ impl Shard {
         }
         crate::memory::release_free_memory();
         raw?;
-        cut
+        cut?;
+        Ok(maintained?)
     }
 
     /// Drops the log segments below what both tiers cover, the raw tier up to `raw`.

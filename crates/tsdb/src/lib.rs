@@ -899,10 +899,22 @@ impl Tsdb {
     /// Appends, reads and flushes go on meanwhile (it locks only to plan and to swap blocks);
     /// while another maintenance runs it returns at once, doing nothing.
     pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
+        match self.maintaining.try_lock() {
+            Some(_one_at_a_time) => self.maintain_locked(now_ms),
+            None => Ok(MaintainStats::default()),
+        }
+    }
+
+    /// As [`Tsdb::maintain`], but waits for a maintenance already running to finish first,
+    /// then runs: for an explicit flush, which returns with the blocks compacted.
+    pub fn maintain_now(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
+        let _one_at_a_time = self.maintaining.lock();
+        self.maintain_locked(now_ms)
+    }
+
+    /// The work of [`Tsdb::maintain`], with the maintenance lock held.
+    fn maintain_locked(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let mut st = MaintainStats::default();
-        let Some(_one_at_a_time) = self.maintaining.try_lock() else {
-            return Ok(st);
-        };
         let cutoff = now_ms.saturating_sub(self.opts.retention_ms);
         let window = self.opts.block_duration_ms.max(1) * COMPACT_FACTOR;
         // Plan under the read lock; merging reads blocks without blocking queries.
