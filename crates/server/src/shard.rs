@@ -93,6 +93,8 @@ pub struct Shard {
     flush_log_bytes: u64,
     /// The raw tier's flush running on a thread of its own (see [`Shard::flush_in_background`]).
     flushing: Option<std::thread::JoinHandle<Result<Option<u64>, TsdbError>>>,
+    /// Explicit flushes waiting for the running one: answered once its blocks are merged too.
+    flush_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
@@ -112,7 +114,7 @@ enum Maintenance {
     Background,
     /// Before the flush returns (the final flush at shutdown).
     Now,
-    /// Not at all: the caller starts it (an explicit flush, answered once its blocks are
+    /// Not at all: the caller starts it (for explicit flushes, answered once their blocks are
     /// merged too, from the maintenance thread).
     Caller,
 }
@@ -220,6 +222,7 @@ impl Shard {
             logged_bytes: bytes,
             flush_log_bytes: 0,
             flushing: None,
+            flush_waiters: Vec::new(),
             last_maintain: Instant::now(),
             last_settle: Instant::now(),
         })
@@ -229,9 +232,13 @@ impl Shard {
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>, rt: tokio::runtime::Handle) {
         let mut jobs = Vec::with_capacity(MAX_GROUP);
         loop {
-            match rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(1), rx.recv()).await })
-            {
+            // While a flush runs on its thread, look for its end often: explicit flushes wait.
+            let idle = if self.flushing.is_some() {
+                Duration::from_millis(10)
+            } else {
+                Duration::from_secs(1)
+            };
+            match rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await }) {
                 Ok(Some(job)) => jobs.push(job),
                 Ok(None) => break,
                 Err(_) => {}
@@ -285,10 +292,15 @@ impl Shard {
                 }
                 Job::Flush { ack } => {
                     self.commit(&mut pending);
-                    // Answered once the new blocks are merged too, so what is read next comes
-                    // from compacted blocks; the merge runs off this thread, so writes go on.
-                    match self.flush(Maintenance::Caller) {
-                        Ok(()) => self.maintain_in_background(now_ms(), Some(ack)),
+                    // A flush running now may have taken the head before these writes: it
+                    // ends first. The new one writes on its own thread, so writes go on, and
+                    // is answered once its blocks are merged too (so what is read next comes
+                    // from compacted blocks), from the maintenance thread.
+                    let started = self
+                        .finish_flush(true)
+                        .and_then(|()| self.flush_in_background());
+                    match started {
+                        Ok(()) => self.flush_waiters.push(ack),
                         Err(e) => {
                             let _ = ack.send(Err(e.to_string()));
                         }
@@ -413,7 +425,7 @@ impl Shard {
             self.last_maintain = Instant::now();
             let now = now_ms();
             self.dedup.expire(now);
-            self.maintain_in_background(now, None);
+            self.maintain_in_background(now, Vec::new());
             if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
                 tracing::error!(
                     partition = self.partition,
@@ -436,22 +448,24 @@ impl Shard {
     /// Compacts blocks and applies retention on a thread of its own: merging a day's blocks
     /// must not hold the shard's writes (the storage runs one maintenance at a time).
     ///
-    /// With `done`, it waits for a maintenance already running, then runs anyway, and answers
-    /// `done` with the outcome.
-    fn maintain_in_background(&self, now: i64, done: Option<oneshot::Sender<Result<(), String>>>) {
+    /// With callers in `done`, it waits for a maintenance already running, then runs anyway,
+    /// and answers them with the outcome.
+    fn maintain_in_background(&self, now: i64, done: Vec<oneshot::Sender<Result<(), String>>>) {
         let (tsdb, partition) = (Arc::clone(&self.tsdb), self.partition);
         let spawned = std::thread::Builder::new()
             .name(format!("maintain-{partition}"))
             .spawn(move || {
-                let res = match done {
-                    Some(_) => tsdb.maintain_now(now),
-                    None => tsdb.maintain(now),
+                let res = if done.is_empty() {
+                    tsdb.maintain(now)
+                } else {
+                    tsdb.maintain_now(now)
                 };
                 if let Err(e) = &res {
                     tracing::error!(partition, "storage maintenance failed: {e}");
                 }
-                if let Some(done) = done {
-                    let _ = done.send(res.map(|_| ()).map_err(|e| e.to_string()));
+                let res = res.map(|_| ()).map_err(|e| e.to_string());
+                for d in done {
+                    let _ = d.send(res.clone());
                 }
             });
         if let Err(e) = spawned {
@@ -503,7 +517,20 @@ impl Shard {
         let raw = thread
             .join()
             .map_err(|_| anyhow::anyhow!("the flush thread panicked"))?;
-        self.flushed(raw, Maintenance::Background)
+        let waiters = std::mem::take(&mut self.flush_waiters);
+        if waiters.is_empty() {
+            return self.flushed(raw, Maintenance::Background);
+        }
+        let res = self.flushed(raw, Maintenance::Caller);
+        match &res {
+            Ok(()) => self.maintain_in_background(now_ms(), waiters),
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(e.to_string()));
+                }
+            }
+        }
+        res
     }
 
     /// Checkpoints what must be persisted before the raw tier is: the rollups and the dedup
@@ -542,7 +569,7 @@ impl Shard {
         };
         let maintained = match maintenance {
             Maintenance::Background => {
-                self.maintain_in_background(now_ms(), None);
+                self.maintain_in_background(now_ms(), Vec::new());
                 Ok(())
             }
             Maintenance::Now => self.tsdb.maintain_now(now_ms()).map(|_| ()),
