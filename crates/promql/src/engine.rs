@@ -140,16 +140,25 @@ impl Engine {
         self.shutdown.store(true, Ordering::Relaxed);
     }
 
+    /// Checks `query` against the engine's length and depth limits, then runs `f` (which
+    /// parses it) on a stack deep enough for its nesting.
+    fn within_limits<R: Send>(
+        &self,
+        query: &str,
+        f: impl FnOnce() -> Result<R, Error> + Send,
+    ) -> Result<R, Error> {
+        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
+        with_stack(depth, f)
+    }
+
     /// Parses `query` within the engine's length and depth limits.
     pub fn parse(&self, query: &str) -> Result<Expr, Error> {
-        crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
-        parse_unchecked(query)
+        self.within_limits(query, || parse_unchecked(query))
     }
 
     /// `query`, parsed and pretty-printed as Prometheus's `/api/v1/format_query` does.
     pub fn format(&self, query: &str) -> Result<String, Error> {
-        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
-        with_stack(depth, || parse_unchecked(query).map(|e| e.prettify()))
+        self.within_limits(query, || parse_unchecked(query).map(|e| e.prettify()))
     }
 
     /// Evaluates `query` at one instant (`time_ms`).
@@ -159,8 +168,7 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, Error> {
-        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
-        with_stack(depth, || self.instant_parsed(ctx, query, time_ms))
+        self.within_limits(query, || self.instant_parsed(ctx, query, time_ms))
     }
 
     fn instant_parsed(
@@ -242,8 +250,7 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        let depth = crate::shape::check(query, self.opts.max_query_length, self.opts.max_depth)?;
-        with_stack(depth, || {
+        self.within_limits(query, || {
             self.range_parsed(ctx, query, start_ms, end_ms, step_ms)
         })
     }

@@ -2,6 +2,7 @@
 
 mod body;
 mod encoding;
+mod json;
 mod query;
 mod read;
 mod rollups;

@@ -5,6 +5,7 @@
 //! waiting, beyond that 503) and evaluated on the blocking pool, never on the async workers,
 //! so `/health`, `/metrics` and writes answer while they run.
 
+use super::json::{write_labels, write_str};
 use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
 use axum::body::Body;
 use axum::extract::State;
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_model::time::{now_ms, parse_duration_ms};
-use strata_model::{Labels, Tenant};
+use strata_model::Tenant;
 use strata_promql::{write_value, Error, QueryContext, QueryOutput, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -311,23 +312,6 @@ pub async fn metadata() -> Response {
     )
 }
 
-fn write_labels(out: &mut String, l: &Labels) {
-    out.push('{');
-    for (i, lab) in l.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, &lab.name);
-        out.push(':');
-        write_json_str(out, &lab.value);
-    }
-    out.push('}');
-}
-
-fn write_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::Value::from(s).to_string());
-}
-
 /// `[<seconds>, "<value>"]`.
 fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
@@ -370,11 +354,10 @@ fn success(out: &QueryOutput) -> Response {
     match &out.value {
         Value::Scalar { t, v } => write_point(&mut s, *t, *v),
         Value::String { t, s: v } => {
-            let quoted = serde_json::Value::from(v.as_str()).to_string();
             s.push('[');
             write_seconds(&mut s, *t);
             s.push(',');
-            s.push_str(&quoted);
+            write_str(&mut s, v);
             s.push(']');
         }
         Value::Vector(v) => write_series(&mut s, v, |s, x| {

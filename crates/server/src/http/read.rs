@@ -1,5 +1,6 @@
 //! Read endpoints: export, series, label names and values, build info, flush, self-metrics.
 
+use super::json::{write_labels, write_str};
 use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params, MIN_API_TIME_MS};
 use crate::selector::parse_selector;
 use axum::body::{Body, Bytes};
@@ -189,11 +190,9 @@ struct ExportWriter {
 impl ExportWriter {
     /// Writes one series' line.
     fn series(&mut self, labels: &Labels, samples: &[Sample]) -> Result<(), Disconnected> {
-        let _ = write!(
-            self.buf,
-            "{{\"metric\":{},\"values\":[",
-            labels_json(labels)
-        );
+        self.buf.push_str("{\"metric\":");
+        write_labels(&mut self.buf, labels);
+        self.buf.push_str(",\"values\":[");
         for (i, x) in samples.iter().enumerate() {
             self.buf.push_str(if i == 0 { "" } else { "," });
             write_number(&mut self.buf, x.value);
@@ -341,7 +340,7 @@ async fn names_or_values(st: AppState, req: ApiRequest, label: Option<String>) -
         };
         let (all, warnings) = limit.apply(lists, what)?;
         Ok(metadata_answer(&all, &warnings, |out, s: &String| {
-            write_json_str(out, s)
+            write_str(out, s)
         }))
     })
     .await
@@ -457,28 +456,28 @@ async fn off_the_workers(
 fn metadata_answer<T>(
     items: &[T],
     warnings: &[String],
-    write: impl Fn(&mut Vec<u8>, &T),
+    write: impl Fn(&mut String, &T),
 ) -> Response {
-    let mut out = Vec::with_capacity(64 + items.len() * 32);
-    out.extend_from_slice(b"{\"status\":\"success\",\"data\":[");
+    let mut out = String::with_capacity(64 + items.len() * 32);
+    out.push_str("{\"status\":\"success\",\"data\":[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         write(&mut out, item);
     }
-    out.push(b']');
+    out.push(']');
     if !warnings.is_empty() {
-        out.extend_from_slice(b",\"warnings\":[");
+        out.push_str(",\"warnings\":[");
         for (i, w) in warnings.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.push(',');
             }
-            write_json_str(&mut out, w);
+            write_str(&mut out, w);
         }
-        out.push(b']');
+        out.push(']');
     }
-    out.push(b'}');
+    out.push('}');
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -488,25 +487,6 @@ fn metadata_answer<T>(
 }
 
 /// A JSON string, escaped.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// A label set as a JSON object.
-fn write_labels(out: &mut Vec<u8>, l: &Labels) {
-    out.push(b'{');
-    for (i, l) in l.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_json_str(out, &l.name);
-        out.push(b':');
-        write_json_str(out, &l.value);
-    }
-    out.push(b'}');
-}
-
 /// `GET /api/v1/status/buildinfo`, shaped as Prometheus'.
 pub async fn buildinfo() -> Response {
     success(serde_json::json!({
