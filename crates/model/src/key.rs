@@ -145,6 +145,14 @@ pub(crate) fn encode_pair(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     buf.push(SEP);
 }
 
+/// A key borrows as its bytes (it orders, hashes and compares as them), so maps of keys are
+/// searched with bytes decoded into a buffer.
+impl std::borrow::Borrow<[u8]> for SeriesKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl fmt::Debug for SeriesKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.labels())

@@ -78,10 +78,21 @@ impl<T: Ord> FirstSorted<T> {
         Q: Ord + ?Sized,
     {
         if self.wants(item) {
-            self.kept.insert(own(item));
-            if self.kept.len() > self.limit {
-                self.kept.pop_last();
-            }
+            self.keep(own(item));
+        }
+    }
+
+    /// Offers an owned `item` (see [`FirstSorted::offer_with`]).
+    pub fn offer(&mut self, item: T) {
+        if self.wants(&item) {
+            self.keep(item);
+        }
+    }
+
+    fn keep(&mut self, item: T) {
+        self.kept.insert(item);
+        if self.kept.len() > self.limit {
+            self.kept.pop_last();
         }
     }
 

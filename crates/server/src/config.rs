@@ -174,8 +174,6 @@ pub struct StorageConfig {
     /// Also persist and truncate once a partition has logged this many bytes since its last
     /// flush (0: by time only). Replay after a crash reads at most this much per partition.
     pub checkpoint_log_bytes: u64,
-    /// Most memory held by parsed block indexes (all shards and tiers together), bytes.
-    pub index_cache_bytes: usize,
 }
 
 /// PromQL evaluation limits.
@@ -416,7 +414,6 @@ impl Default for StorageConfig {
             // Replay reads about 130 MB/s per partition (6.8 M samples/s at 19 bytes a
             // sample, docs/benchmarks.md): about 2 s.
             checkpoint_log_bytes: 256 << 20,
-            index_cache_bytes: strata_tsdb::DEFAULT_INDEX_CACHE_BYTES,
         }
     }
 }
@@ -457,7 +454,6 @@ log_segment_bytes = 67108864     # ingest-log segment size
 flush_interval = "15m"           # persist the head and truncate the log at least this often
 checkpoint_log_bytes = 268435456 # ... and once a partition logged this much (0: by time only);
                                  # bounds the replay after a crash (about 2 s per 256 MiB)
-index_cache_bytes = 268435456    # parsed block indexes kept in memory (least recently used go)
 
 [query]
 timeout = "2m"                   # queries running longer fail with errorType "timeout" (503)
@@ -552,10 +548,6 @@ mod tests {
         assert_eq!(
             parsed.storage.checkpoint_log_bytes,
             d.storage.checkpoint_log_bytes
-        );
-        assert_eq!(
-            parsed.storage.index_cache_bytes,
-            d.storage.index_cache_bytes
         );
         assert_eq!(
             parsed.limits.max_series_per_tenant,

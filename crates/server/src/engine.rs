@@ -125,7 +125,6 @@ impl Engine {
             },
         )?);
         let counters = Arc::new(Counters::default());
-        strata_tsdb::set_index_cache_bytes(cfg.storage.index_cache_bytes);
         let limiter = SeriesLimiter::with_caps(SeriesCaps {
             per_metric: cfg.limits.max_series_per_metric,
             per_tenant: cfg.limits.max_series_per_tenant,
@@ -385,12 +384,6 @@ impl Engine {
             "strata_tsdb_series",
             "Live series: those in the in-memory head.",
             t.series as f64,
-        );
-        gauge(
-            out,
-            "strata_tsdb_index_cache_bytes",
-            "Memory held by parsed block indexes (storage.index_cache_bytes bounds it).",
-            strata_tsdb::index_cache_bytes() as f64,
         );
         gauge(
             out,

@@ -58,8 +58,6 @@ fn caps_name_the_limit_and_idle_series_free_their_room() {
     assert_eq!(code, 204, "{v}");
     assert_eq!(s.export_as("m", Some("a")).len(), 5);
     assert_eq!(s.export_as("n", Some("a")).len(), 5);
-    // Reading the blocks parsed their indexes into the cache.
-    assert!(metric(&s.metrics(), "strata_tsdb_index_cache_bytes") > 0.0);
     s.stop();
 }
 
@@ -118,9 +116,7 @@ fn rollup_state_follows_live_series_under_churn() {
     const SERIES: usize = 3_000;
     const ROUNDS: i64 = 16;
     let dir = tempfile::tempdir().unwrap();
-    // A small index cache: parsed block indexes (bounded on their own) would fill the default
-    // one over the rounds and hide what this test looks for.
-    let cfg = "[storage]\nindex_cache_bytes = 1048576\n[rollups]\nenabled = true\n";
+    let cfg = "[rollups]\nenabled = true\n";
     let s = Server::start(dir.path(), cfg);
     // Each round ten minutes of event time after the last: it closes the last round's
     // windows, and its series are outside the lookback by the next round.

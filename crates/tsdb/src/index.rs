@@ -1,5 +1,5 @@
-//! The label index: postings lists (label name → value → series) over one set of series, used
-//! by the head and by every block.
+//! The head's label index: postings lists (label name → value → series) over its series, and
+//! the selection rule it shares with the blocks' indexes (see [`crate::block_index`]).
 
 use ahash::AHashMap;
 use smallvec::SmallVec;
@@ -85,7 +85,15 @@ impl Index {
             self.keys.len(),
             matchers,
             |m| self.postings_for(m),
-            |id| self.key(id),
+            |ids, rest| {
+                ids.retain(|&id| {
+                    let key = self.key(id);
+                    rest.iter().all(|m| {
+                        let v = key.get(m.name.as_bytes()).unwrap_or(b"");
+                        m.matches(std::str::from_utf8(v).unwrap_or(""))
+                    })
+                })
+            },
         )
     }
 
@@ -113,196 +121,15 @@ impl Index {
     }
 }
 
-/// A label index built once over series given in key order, for a block's parsed index: every
-/// key in one buffer, all postings in one array, each label value pointing at its first
-/// occurrence in the keys. No allocation per series or per value, so it holds about the key
-/// bytes plus four bytes per label of each series ([`Index`], built to grow, holds several
-/// times that), and a block's index stays in the index cache's budget.
-pub struct FrozenIndex {
-    keys: Vec<u8>,
-    /// Where each key ends in `keys` (series `i` is `ends[i - 1]..ends[i]`).
-    ends: Vec<u32>,
-    /// Label names in byte order, each with its range of `values`.
-    names: Vec<(Box<[u8]>, u32, u32)>,
-    /// Each name's values in byte order.
-    values: Vec<ValueEntry>,
-    /// Series of each value, ascending, value after value.
-    postings: Vec<u32>,
-}
-
-/// One label value of a [`FrozenIndex`]: its bytes in the keys and its postings.
-#[derive(Clone, Copy)]
-struct ValueEntry {
-    at: u32,
-    len: u32,
-    from: u32,
-    to: u32,
-}
-
-impl FrozenIndex {
-    /// Indexes the well-formed keys `keys[ends[i - 1]..ends[i]]` (series numbered in that
-    /// order). `None` when the keys do not fit in 4 GiB (offsets are 32-bit).
-    pub fn build(keys: Vec<u8>, ends: Vec<u32>) -> Option<FrozenIndex> {
-        u32::try_from(keys.len()).ok()?;
-        let key_at = |i: usize| {
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            SeriesKeyRef::new_unchecked(&keys[start..ends[i] as usize])
-        };
-        // First pass: number the names and values, count each value's series.
-        let mut name_ids: AHashMap<&[u8], u32> = AHashMap::new();
-        let mut value_ids: AHashMap<(u32, &[u8]), u32> = AHashMap::new();
-        // (name id, value entry) of each value seen, and the value of every label in order.
-        let mut seen: Vec<(u32, ValueEntry)> = Vec::new();
-        let mut label_values: Vec<u32> = Vec::new();
-        for i in 0..ends.len() {
-            for (n, v) in key_at(i).pairs() {
-                let next = name_ids.len() as u32;
-                let nid = *name_ids.entry(n).or_insert(next);
-                let vid = *value_ids.entry((nid, v)).or_insert_with(|| {
-                    let at = (v.as_ptr() as usize - keys.as_ptr() as usize) as u32;
-                    let len = v.len() as u32;
-                    let e = ValueEntry {
-                        at,
-                        len,
-                        from: 0,
-                        to: 0,
-                    };
-                    seen.push((nid, e));
-                    seen.len() as u32 - 1
-                });
-                seen[vid as usize].1.to += 1;
-                label_values.push(vid);
-            }
-        }
-        drop(value_ids);
-        let mut names: Vec<(&[u8], u32)> = name_ids.into_iter().collect();
-        names.sort_unstable();
-        let mut name_rank = vec![0u32; names.len()];
-        for (rank, (_, nid)) in names.iter().enumerate() {
-            name_rank[*nid as usize] = rank as u32;
-        }
-        // Values in (name, bytes) order; postings laid out in that order.
-        let bytes = |e: &ValueEntry| &keys[e.at as usize..(e.at + e.len) as usize];
-        let mut order: Vec<u32> = (0..seen.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (na, ea) = &seen[a as usize];
-            let (nb, eb) = &seen[b as usize];
-            (name_rank[*na as usize], bytes(ea)).cmp(&(name_rank[*nb as usize], bytes(eb)))
-        });
-        let mut rank = vec![0u32; seen.len()];
-        let mut values = Vec::with_capacity(seen.len());
-        let mut name_ranges = vec![(u32::MAX, 0u32); names.len()];
-        let mut total = 0u32;
-        for (pos, &vid) in order.iter().enumerate() {
-            let (nid, mut e) = seen[vid as usize];
-            rank[vid as usize] = pos as u32;
-            let count = e.to;
-            (e.from, e.to) = (total, total);
-            total += count;
-            values.push(e);
-            let r = &mut name_ranges[name_rank[nid as usize] as usize];
-            r.0 = r.0.min(pos as u32);
-            r.1 = pos as u32 + 1;
-        }
-        drop((seen, order));
-        // Second pass: series numbers into each value's postings, ascending as numbered.
-        let mut postings = vec![0u32; total as usize];
-        let mut labels = label_values.iter();
-        for i in 0..ends.len() {
-            for _ in key_at(i).pairs() {
-                let e = &mut values[rank[*labels.next()? as usize] as usize];
-                postings[e.to as usize] = i as u32;
-                e.to += 1;
-            }
-        }
-        let names = names
-            .iter()
-            .zip(name_ranges)
-            .map(|((n, _), (from, to))| (Box::from(*n), from, to))
-            .collect();
-        Some(FrozenIndex {
-            keys,
-            ends,
-            names,
-            values,
-            postings,
-        })
-    }
-
-    /// Number of series.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Bytes it holds on the heap.
-    pub fn heap_bytes(&self) -> usize {
-        self.keys.capacity()
-            + self.ends.capacity() * 4
-            + self.names.iter().map(|(n, ..)| n.len() + 24).sum::<usize>()
-            + self.values.capacity() * std::mem::size_of::<ValueEntry>()
-            + self.postings.capacity() * 4
-    }
-
-    /// The key of series `id`.
-    pub fn key(&self, id: u32) -> SeriesKeyRef<'_> {
-        let i = id as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        SeriesKeyRef::new_unchecked(&self.keys[start..self.ends[i] as usize])
-    }
-
-    /// Series matching every matcher, ascending, as [`Index::select`].
-    pub fn select(&self, matchers: &[Matcher]) -> Vec<u32> {
-        select(
-            self.len(),
-            matchers,
-            |m| self.postings_for(m),
-            |id| self.key(id),
-        )
-    }
-
-    fn value(&self, e: &ValueEntry) -> &[u8] {
-        &self.keys[e.at as usize..(e.at + e.len) as usize]
-    }
-
-    /// Series whose label `m.name` is present and matches `m`.
-    fn postings_for(&self, m: &Matcher) -> Vec<u32> {
-        let Ok(n) = self
-            .names
-            .binary_search_by(|(n, ..)| n.as_ref().cmp(m.name.as_bytes()))
-        else {
-            return Vec::new();
-        };
-        let (_, from, to) = self.names[n];
-        let values = &self.values[from as usize..to as usize];
-        let list = |e: &ValueEntry| &self.postings[e.from as usize..e.to as usize];
-        let find = |v: &[u8]| {
-            values
-                .binary_search_by(|e| self.value(e).cmp(v))
-                .ok()
-                .map(|i| list(&values[i]))
-        };
-        let mut lists: Vec<&[u32]> = Vec::new();
-        match (&m.op, m.literal_alternatives()) {
-            (MatchOp::Equal, _) => lists.extend(find(m.value.as_bytes())),
-            (_, Some(alts)) => lists.extend(alts.iter().filter_map(|a| find(a.as_bytes()))),
-            _ => lists.extend(
-                values
-                    .iter()
-                    .filter(|e| m.matches(std::str::from_utf8(self.value(e)).unwrap_or("")))
-                    .map(list),
-            ),
-        }
-        union(lists)
-    }
-}
-
 /// Series among `0..n` matching every matcher, ascending, given the postings of a matcher's
-/// label (`postings_for`) and each series' key: the one selection rule of both indexes.
-fn select<'k>(
+/// label (`postings_for`) and a filter keeping the series whose labels match every matcher
+/// that matches the empty string (`retain_rest`): the one selection rule of the head's index
+/// and the blocks'.
+pub(crate) fn select(
     n: usize,
     matchers: &[Matcher],
-    postings_for: impl Fn(&Matcher) -> Vec<u32>,
-    key: impl Fn(u32) -> SeriesKeyRef<'k>,
+    mut postings_for: impl FnMut(&Matcher) -> Vec<u32>,
+    retain_rest: impl FnOnce(&mut Vec<u32>, &[&Matcher]),
 ) -> Vec<u32> {
     // Start from the most selective matcher that needs the label to be present.
     let mut candidates: Option<Vec<u32>> = None;
@@ -319,13 +146,7 @@ fn select<'k>(
     let mut ids = candidates.unwrap_or_else(|| (0..n as u32).collect());
     let rest: Vec<&Matcher> = matchers.iter().filter(|m| m.matches_empty()).collect();
     if !rest.is_empty() {
-        ids.retain(|&id| {
-            let key = key(id);
-            rest.iter().all(|m| {
-                let v = key.get(m.name.as_bytes()).unwrap_or(b"");
-                m.matches(std::str::from_utf8(v).unwrap_or(""))
-            })
-        });
+        retain_rest(&mut ids, &rest);
     }
     ids
 }
@@ -413,19 +234,8 @@ mod tests {
             (vec![Matcher::equal("nope", "x")], vec![]),
             (vec![Matcher::not_equal("job", "a")], vec![1, 2]),
         ];
-        let mut keys = Vec::new();
-        let mut ends = Vec::new();
-        for id in 0..4 {
-            keys.extend_from_slice(i.key(id).as_bytes());
-            ends.push(keys.len() as u32);
-        }
-        let frozen = FrozenIndex::build(keys, ends).unwrap();
         for (ms, want) in cases {
             assert_eq!(i.select(&ms), want, "{ms:?}");
-            assert_eq!(frozen.select(&ms), want, "frozen: {ms:?}");
-        }
-        for id in 0..4 {
-            assert_eq!(frozen.key(id), i.key(id));
         }
     }
 }

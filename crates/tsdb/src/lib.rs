@@ -17,22 +17,23 @@
 //! - **Live series.** The head holds the series written lately: one that received nothing
 //!   since the last flush and whose newest sample is older than [`HEAD_LOOKBACK_MS`] leaves it
 //!   at the next flush, and the [`SeriesLimiter`] (per metric, per tenant, in all) counts only
-//!   series in heads. Block indexes are parsed on demand into a cache bounded in bytes, so
-//!   memory follows the live series, not every series ever written.
+//!   series in heads. Block indexes are read in place from their files (nothing is parsed or
+//!   kept per series), so memory follows the live series, not every series ever written.
 //!
 //! This crate does no networking and knows nothing of the ingest log beyond offsets it is told.
 
 mod block;
+mod block_index;
 pub mod codec;
 mod head;
 mod index;
 pub mod layout;
+mod legacy;
 mod open;
 mod read;
 
 use ahash::AHashMap;
-pub use block::{index_cache_bytes, set_index_cache_bytes, DEFAULT_INDEX_CACHE_BYTES};
-use block::{Block, BlockIndex, EncodedSeries};
+use block::{Block, BlockWriter};
 pub use head::ObserverSlot;
 use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
@@ -852,21 +853,22 @@ impl Tsdb {
         }
         let tdir = layout::tenant_dir(&self.dir, tenant);
         layout::ensure_dir(&tdir)?;
-        for (w, members) in windows {
+        for (w, mut members) in windows {
             let (start, end) = (
                 w.saturating_mul(width),
                 w.saturating_mul(width).saturating_add(width - 1),
             );
-            let encoded = members
-                .into_iter()
-                .map(|i| {
-                    let (_, key, f) = &series[i];
-                    buf.clear();
-                    f.read(start, end, &mut buf);
-                    EncodedSeries::new(key.clone(), &buf)
-                })
-                .collect();
-            written.push((tenant.clone(), Block::write(&tdir, *seq, encoded)?));
+            // In key order, so the block's chunks lie as its index does (a query reads
+            // neighbouring chunks) and the index needs no sort.
+            members.sort_unstable_by(|&a, &b| series[a].1.cmp(&series[b].1));
+            let mut block = BlockWriter::create(&tdir, *seq)?;
+            for i in members {
+                let (_, key, f) = &series[i];
+                buf.clear();
+                f.read(start, end, &mut buf);
+                block.push(key.as_ref(), &buf)?;
+            }
+            written.push((tenant.clone(), block.finish()?));
             *seq += 1;
         }
         Ok(())
@@ -953,7 +955,7 @@ impl Tsdb {
             // Same sequence as the newest input: nothing outside the window overlaps it.
             let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
             let tdir = layout::tenant_dir(&self.dir, &tenant);
-            match merge_blocks(&group).and_then(|series| Block::write(&tdir, seq, series)) {
+            match merge_blocks(&tdir, seq, &group) {
                 Ok(b) => merged.push((tenant, group, Arc::new(b))),
                 Err(e) => {
                     failed.get_or_insert(self.tenant_failed(&tenant, "compaction", e));
@@ -1017,9 +1019,7 @@ impl Tsdb {
         let mut out = Vec::new();
         if let Some(bs) = inner.blocks.get(tenant) {
             for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
-                let ix = b.index().map_err(storage_error)?;
-                if let Some(id) = ix.find(key) {
-                    let m = ix.meta(id);
+                if let Some(m) = b.find(key).map_err(storage_error)? {
                     if m.max_t >= start && m.min_t <= end {
                         b.read(&m, key, &mut out).map_err(storage_error)?;
                     }
@@ -1099,78 +1099,85 @@ impl Tsdb {
         end: i64,
     ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
-        let scope = ReadScope::new(&inner, tenant, start, end)?;
-        let mut found: BTreeMap<SeriesKeyRef<'_>, SeriesRead> = BTreeMap::new();
-        for (b, ix) in &scope.blocks {
-            for id in ix.index.select(matchers) {
-                let m = ix.meta(id);
+        let scope = ReadScope::new(&inner, tenant, start, end);
+        let mut found: BTreeMap<SeriesKey, SeriesRead> = BTreeMap::new();
+        let mut key = Vec::new();
+        for b in &scope.blocks {
+            for id in b.select(matchers).map_err(storage_error)? {
+                let m = b.entry(id, &mut key).map_err(storage_error)?;
                 if m.max_t < start || m.min_t > end {
                     continue;
                 }
-                let key = ix.index.key(id);
-                found
-                    .entry(key)
-                    .or_insert_with(|| SeriesRead::new(key.to_owned()))
-                    .blocks
-                    .push((Arc::clone(b), m));
+                let part = (Arc::clone(b), m);
+                match found.get_mut(key.as_slice()) {
+                    Some(r) => r.blocks.push(part),
+                    None => {
+                        let k = SeriesKeyRef::new_unchecked(&key).to_owned();
+                        let mut r = SeriesRead::new(k.clone());
+                        r.blocks.push(part);
+                        found.insert(k, r);
+                    }
+                }
             }
         }
         scope.each_head_match(matchers, |key, s| {
-            let r = found
-                .entry(key)
-                .or_insert_with(|| SeriesRead::new(key.to_owned()));
+            let r = match found.get_mut(key.as_bytes()) {
+                Some(r) => r,
+                None => found
+                    .entry(key.to_owned())
+                    .or_insert_with(|| SeriesRead::new(key.to_owned())),
+            };
             s.read(start, end, &mut r.head);
         });
         Ok(found.into_values().collect())
     }
 }
 
-/// What one tenant's read sees under the storage's read lock: the head and the indexes of the
-/// blocks overlapping the range, held so the keys they lend stay valid for the whole read.
+/// What one tenant's read sees under the storage's read lock: the head and the blocks
+/// overlapping the range.
 struct ReadScope<'a> {
-    blocks: Vec<(&'a Arc<Block>, Arc<BlockIndex>)>,
+    blocks: Vec<&'a Arc<Block>>,
     head: Option<&'a TenantHead>,
     start: i64,
     end: i64,
 }
 
 impl<'a> ReadScope<'a> {
-    fn new(
-        inner: &'a Inner,
-        tenant: &Tenant,
-        start: i64,
-        end: i64,
-    ) -> Result<ReadScope<'a>, StorageError> {
+    fn new(inner: &'a Inner, tenant: &Tenant, start: i64, end: i64) -> ReadScope<'a> {
         let blocks = match inner.blocks.get(tenant) {
             Some(bs) => bs
                 .iter()
                 .filter(|b| b.max_t >= start && b.min_t <= end)
-                .map(|b| Ok((b, b.index()?)))
-                .collect::<Result<_, TsdbError>>()
-                .map_err(storage_error)?,
+                .collect(),
             None => Vec::new(),
         };
-        Ok(ReadScope {
+        ReadScope {
             blocks,
             head: inner.heads.get(tenant),
             start,
             end,
-        })
+        }
     }
 
     /// Calls `f` with the key of every series matching `matchers` with data in the range: once
     /// for each block and for the head holding it, so a series may come more than once. Holds
     /// nothing per series, so a metadata read keeps only what its limit lets it answer.
-    fn each_match<'s>(&'s self, matchers: &[Matcher], mut f: impl FnMut(SeriesKeyRef<'s>)) {
-        for (_, ix) in &self.blocks {
-            for id in ix.index.select(matchers) {
-                let m = ix.meta(id);
+    fn each_match(
+        &self,
+        matchers: &[Matcher],
+        mut f: impl FnMut(SeriesKeyRef<'_>),
+    ) -> Result<(), StorageError> {
+        let mut key = Vec::new();
+        for b in &self.blocks {
+            for id in b.select(matchers).map_err(storage_error)? {
+                let m = b.entry(id, &mut key).map_err(storage_error)?;
                 if m.max_t >= self.start && m.min_t <= self.end {
-                    f(ix.index.key(id));
+                    f(SeriesKeyRef::new_unchecked(&key));
                 }
             }
         }
         self.each_head_match(matchers, |key, _| f(key));
+        Ok(())
     }
 
     /// Calls `f` with every head series matching `matchers` with samples in the range.
@@ -1207,12 +1214,9 @@ fn create(
     let mut persisted = i64::MIN;
     for b in blocks.iter().filter(|b| b.max_t >= since) {
         if b.max_t > persisted {
-            match b.index() {
-                Ok(ix) => {
-                    if let Some(i) = ix.find(key) {
-                        persisted = persisted.max(ix.meta(i).max_t);
-                    }
-                }
+            match b.find(key) {
+                Ok(Some(m)) => persisted = persisted.max(m.max_t),
+                Ok(None) => {}
                 // Unreadable: as if it had the series up to its end, so every sample it
                 // might hold is checked against it (and finds nothing).
                 Err(_) => persisted = b.max_t,
@@ -1232,9 +1236,7 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
     let mut buf = Vec::new();
     for b in blocks.iter().rev().filter(|b| b.min_t <= t && t <= b.max_t) {
         // A block that cannot be read answers nothing: reads report its damage.
-        let Ok(ix) = b.index() else { continue };
-        let Some(id) = ix.find(key) else { continue };
-        let m = ix.meta(id);
+        let Ok(Some(m)) = b.find(key) else { continue };
         if t < m.min_t || t > m.max_t {
             continue;
         }
@@ -1248,35 +1250,60 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
     None
 }
 
-/// Merges blocks' series; where they overlap, the higher sequence wins. Works one series at a
-/// time, so memory holds one series' samples plus the compressed output.
-fn merge_blocks(group: &[Arc<Block>]) -> Result<Vec<EncodedSeries>, TsdbError> {
-    let mut ordered: Vec<(&Arc<Block>, Arc<BlockIndex>)> = group
-        .iter()
-        .map(|b| Ok((b, b.index()?)))
-        .collect::<Result<_, TsdbError>>()?;
-    ordered.sort_by_key(|(b, _)| b.seq);
-    let mut keys: Vec<SeriesKey> = Vec::new();
-    for (_, ix) in &ordered {
-        keys.extend((0..ix.len() as u32).map(|id| ix.index.key(id).to_owned()));
+/// Merges blocks' series into block `seq` in `dir`; where they overlap, the higher sequence
+/// wins. Streams: walks the blocks' series in key order together (each block numbers its
+/// series in key order), so memory holds one series' samples and the index being built, and
+/// gives back the input pages read as it goes.
+fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, TsdbError> {
+    /// Input bytes read between giving their pages back.
+    const RELEASE_EVERY: u64 = 64 << 20;
+    let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
+    ordered.sort_by_key(|b| b.seq);
+    // Each block's next series and its key.
+    let mut next: Vec<(u32, Vec<u8>, Option<block::ChunkMeta>)> =
+        ordered.iter().map(|_| (0, Vec::new(), None)).collect();
+    let advance = |b: &Block, c: &mut (u32, Vec<u8>, Option<block::ChunkMeta>)| {
+        c.2 = None;
+        if (c.0 as usize) < b.len() {
+            c.2 = Some(b.entry(c.0, &mut c.1)?);
+            c.0 += 1;
+        }
+        Ok::<(), TsdbError>(())
+    };
+    for (b, c) in ordered.iter().zip(&mut next) {
+        advance(b, c)?;
     }
-    keys.sort();
-    keys.dedup();
-    let mut out = Vec::with_capacity(keys.len());
-    let mut buf = Vec::new();
-    for key in keys {
+    let mut out = BlockWriter::create(dir, seq)?;
+    let (mut buf, mut key, mut read) = (Vec::new(), Vec::new(), 0u64);
+    loop {
+        let Some(min) = next
+            .iter()
+            .filter(|c| c.2.is_some())
+            .map(|c| c.1.as_slice())
+            .min()
+        else {
+            break;
+        };
+        key.clear();
+        key.extend_from_slice(min);
         buf.clear();
-        for (b, ix) in &ordered {
-            if let Some(id) = ix.find(key.as_ref()) {
-                b.read(&ix.meta(id), key.as_ref(), &mut buf)?;
+        // Ascending sequence: on equal timestamps the later block's sample comes last and wins.
+        for (b, c) in ordered.iter().zip(&mut next) {
+            if let Some(m) = c.2.filter(|_| c.1 == key) {
+                b.read(&m, SeriesKeyRef::new_unchecked(&key), &mut buf)?;
+                read += u64::from(m.len());
+                advance(b, c)?;
             }
         }
         sort_last_wins(&mut buf);
-        if !buf.is_empty() {
-            out.push(EncodedSeries::new(key, &buf));
+        out.push(SeriesKeyRef::new_unchecked(&key), &buf)?;
+        if read >= RELEASE_EVERY {
+            ordered.iter().for_each(|b| b.release_pages());
+            read = 0;
         }
     }
-    Ok(out)
+    ordered.iter().for_each(|b| b.release_pages());
+    out.finish()
 }
 
 fn read_checkpoint(path: &Path) -> Result<Option<u64>, TsdbError> {
@@ -1348,9 +1375,9 @@ impl Storage for Tsdb {
         range: &MetadataHints,
     ) -> Result<Vec<Labels>, StorageError> {
         let inner = self.inner.read();
-        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end);
         let mut first = FirstSorted::new(range.limit);
-        scope.each_match(matchers, |key| first.offer_with(&ByLabels(key), |k| *k));
+        scope.each_match(matchers, |key| first.offer(ByLabels(key.to_owned())))?;
         Ok(first.into_sorted().iter().map(|k| k.0.labels()).collect())
     }
 
@@ -1361,13 +1388,13 @@ impl Storage for Tsdb {
         range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
         let inner = self.inner.read();
-        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end);
         let mut names = FirstSorted::<Vec<u8>>::new(range.limit);
         scope.each_match(matchers, |key| {
             for (n, _) in key.pairs() {
                 names.offer_with(n, <[u8]>::to_vec);
             }
-        });
+        })?;
         Ok(lossy_strings(names))
     }
 
@@ -1379,13 +1406,13 @@ impl Storage for Tsdb {
         range: &MetadataHints,
     ) -> Result<Vec<String>, StorageError> {
         let inner = self.inner.read();
-        let scope = ReadScope::new(&inner, tenant, range.start, range.end)?;
+        let scope = ReadScope::new(&inner, tenant, range.start, range.end);
         let mut values = FirstSorted::<Vec<u8>>::new(range.limit);
         scope.each_match(matchers, |key| {
             if let Some(v) = key.get(name.as_bytes()) {
                 values.offer_with(v, <[u8]>::to_vec);
             }
-        });
+        })?;
         Ok(lossy_strings(values))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_model::{
     sort_last_wins, Fields, Labels, LazySeries, Sample, SampleSource, SelectHints, SeriesKey,
-    SeriesKeyRef, SeriesSamples, StorageError,
+    SeriesSamples, StorageError,
 };
 
 /// Below this many samples per thread, handing work to the pool costs more than it saves.
@@ -258,16 +258,16 @@ pub fn lazy(reads: Vec<SeriesRead>, hints: &SelectHints) -> Vec<LazySeries> {
 
 /// A series key ordered as its labels are (see [`SeriesKeyRef::cmp_as_labels`]): metadata
 /// reads keep the first series in label order without decoding every key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ByLabels<'a>(pub(crate) SeriesKeyRef<'a>);
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ByLabels(pub(crate) SeriesKey);
 
-impl Ord for ByLabels<'_> {
+impl Ord for ByLabels {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp_as_labels(&other.0)
+        self.0.as_ref().cmp_as_labels(&other.0.as_ref())
     }
 }
 
-impl PartialOrd for ByLabels<'_> {
+impl PartialOrd for ByLabels {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
