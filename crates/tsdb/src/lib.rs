@@ -1100,36 +1100,75 @@ impl Tsdb {
     ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
         let scope = ReadScope::new(&inner, tenant, start, end);
-        let mut found: BTreeMap<SeriesKey, SeriesRead> = BTreeMap::new();
+        // Each block's matches come in key order (its series are numbered so), the head's are
+        // sorted: merged, they give each series once, its blocks in ascending sequence.
+        let mut runs: Vec<BlockMatches<'_>> = Vec::with_capacity(scope.blocks.len());
         let mut key = Vec::new();
         for b in &scope.blocks {
+            let mut run = BlockMatches {
+                block: b,
+                keys: Vec::new(),
+                ends: Vec::new(),
+                metas: Vec::new(),
+            };
             for id in b.select(matchers).map_err(storage_error)? {
                 let m = b.entry(id, &mut key).map_err(storage_error)?;
-                if m.max_t < start || m.min_t > end {
-                    continue;
-                }
-                let part = (Arc::clone(b), m);
-                match found.get_mut(key.as_slice()) {
-                    Some(r) => r.blocks.push(part),
-                    None => {
-                        let k = SeriesKeyRef::new_unchecked(&key).to_owned();
-                        let mut r = SeriesRead::new(k.clone());
-                        r.blocks.push(part);
-                        found.insert(k, r);
-                    }
+                if m.max_t >= start && m.min_t <= end {
+                    run.keys.extend_from_slice(&key);
+                    run.ends.push(run.keys.len());
+                    run.metas.push(m);
                 }
             }
+            runs.push(run);
         }
-        scope.each_head_match(matchers, |key, s| {
-            let r = match found.get_mut(key.as_bytes()) {
-                Some(r) => r,
-                None => found
-                    .entry(key.to_owned())
-                    .or_insert_with(|| SeriesRead::new(key.to_owned())),
-            };
-            s.read(start, end, &mut r.head);
-        });
-        Ok(found.into_values().collect())
+        let mut head = Vec::new();
+        scope.each_head_match(matchers, |key, s| head.push((key, s)));
+        head.sort_unstable_by_key(|(k, _)| *k);
+        // Ties pop in source order: blocks by sequence, the head last.
+        let mut next: std::collections::BinaryHeap<std::cmp::Reverse<(&[u8], usize, usize)>> =
+            std::collections::BinaryHeap::new();
+        let key_of = |src: usize, i: usize| -> Option<&[u8]> {
+            match runs.get(src) {
+                Some(r) => r.key(i),
+                None => head.get(i).map(|(k, _)| k.as_bytes()),
+            }
+        };
+        for src in 0..=runs.len() {
+            if let Some(k) = key_of(src, 0) {
+                next.push(std::cmp::Reverse((k, src, 0)));
+            }
+        }
+        let mut found: Vec<SeriesRead> = Vec::new();
+        while let Some(std::cmp::Reverse((k, src, i))) = next.pop() {
+            if found.last().is_none_or(|r| r.key.as_bytes() != k) {
+                found.push(SeriesRead::new(SeriesKeyRef::new_unchecked(k).to_owned()));
+            }
+            let r = found.last_mut().expect("pushed above");
+            match runs.get(src) {
+                Some(run) => r.blocks.push((Arc::clone(run.block), run.metas[i])),
+                None => head[i].1.read(start, end, &mut r.head),
+            }
+            if let Some(k) = key_of(src, i + 1) {
+                next.push(std::cmp::Reverse((k, src, i + 1)));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One block's series matching a read, in key order: their keys in one buffer.
+struct BlockMatches<'a> {
+    block: &'a Arc<Block>,
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    metas: Vec<block::ChunkMeta>,
+}
+
+impl BlockMatches<'_> {
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.keys[start..end])
     }
 }
 
