@@ -157,3 +157,47 @@ pub(crate) fn write(
     std::fs::write(&path, &file).unwrap();
     path
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{SeriesLimiter, Tsdb, TsdbOptions};
+    use strata_model::{Labels, Sample, Tenant};
+
+    /// A data directory whose blocks are all of older formats opens: they are rewritten, the
+    /// samples read back, newer writes merge with them.
+    #[test]
+    fn a_data_directory_of_old_blocks_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = Tenant::new("acme").unwrap();
+        let tdir = crate::layout::tenant_dir(dir.path(), &tenant);
+        let key = |i: u32| {
+            Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())])
+                .unwrap()
+                .key()
+        };
+        for v in 1..crate::block::VERSION {
+            let mut series: Vec<_> = (0..50u32)
+                .map(|i| (key(i), vec![Sample::new(i64::from(v) * 1000, f64::from(i))]))
+                .collect();
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            super::write(&tdir, u64::from(v), &series, v);
+        }
+        let opts = TsdbOptions {
+            retention_ms: i64::MAX / 2,
+            ..TsdbOptions::default()
+        };
+        let db = Tsdb::open(dir.path(), opts.clone(), SeriesLimiter::new(1000).into()).unwrap();
+        for i in [0u32, 17, 49] {
+            let got = db.read_series(&tenant, key(i).as_ref(), i64::MIN, i64::MAX).unwrap();
+            let want: Vec<Sample> = (1..crate::block::VERSION)
+                .map(|v| Sample::new(i64::from(v) * 1000, f64::from(i)))
+                .collect();
+            assert_eq!(got, want);
+        }
+        drop(db);
+        for f in std::fs::read_dir(&tdir).unwrap() {
+            let b = std::fs::read(f.unwrap().path()).unwrap();
+            assert_eq!(b[8], crate::block::VERSION as u8);
+        }
+    }
+}

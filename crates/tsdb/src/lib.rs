@@ -497,8 +497,11 @@ impl Tsdb {
                 continue;
             };
             let mut blocks = Vec::new();
-            for f in std::fs::read_dir(&tdir).map_err(TsdbError::io(&tdir))? {
-                let p = f.map_err(TsdbError::io(&tdir))?.path();
+            // Listed first: opening an old block rewrites it in this directory.
+            let files = std::fs::read_dir(&tdir)
+                .and_then(|d| d.map(|f| f.map(|f| f.path())).collect::<Result<Vec<_>, _>>())
+                .map_err(TsdbError::io(&tdir))?;
+            for p in files {
                 match p.extension().and_then(|e| e.to_str()) {
                     Some("tmp") => {
                         tracing::warn!(path = %p.display(), "removing a block left half-written by a crash");
