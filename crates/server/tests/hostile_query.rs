@@ -353,7 +353,17 @@ fn beyond_the_concurrency_limit_queries_get_503() {
             .contains("query.max_concurrency"),
         "{v}"
     );
-    assert!(metric(&s.metrics(), "strata_query_refused_total") >= 1.0);
+    // Exports take the same turns.
+    let (st, v) = post(&s, "/api/v1/export", &[("match[]", "{__name__=~\".+\"}")]);
+    assert_eq!(st, 503, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("query.max_concurrency"),
+        "{v}"
+    );
+    assert!(metric(&s.metrics(), "strata_query_refused_total") >= 2.0);
     assert!(q.join().unwrap().is_none());
     wait_running(&s, 0.0, Duration::from_secs(10));
     // With the turn free again, queries answer.

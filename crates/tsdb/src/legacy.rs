@@ -188,7 +188,9 @@ mod tests {
         };
         let db = Tsdb::open(dir.path(), opts.clone(), SeriesLimiter::new(1000).into()).unwrap();
         for i in [0u32, 17, 49] {
-            let got = db.read_series(&tenant, key(i).as_ref(), i64::MIN, i64::MAX).unwrap();
+            let got = db
+                .read_series(&tenant, key(i).as_ref(), i64::MIN, i64::MAX)
+                .unwrap();
             let want: Vec<Sample> = (1..crate::block::VERSION)
                 .map(|v| Sample::new(i64::from(v) * 1000, f64::from(i)))
                 .collect();

@@ -499,7 +499,10 @@ impl Tsdb {
             let mut blocks = Vec::new();
             // Listed first: opening an old block rewrites it in this directory.
             let files = std::fs::read_dir(&tdir)
-                .and_then(|d| d.map(|f| f.map(|f| f.path())).collect::<Result<Vec<_>, _>>())
+                .and_then(|d| {
+                    d.map(|f| f.map(|f| f.path()))
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .map_err(TsdbError::io(&tdir))?;
             for p in files {
                 match p.extension().and_then(|e| e.to_str()) {

@@ -85,6 +85,13 @@ impl QueryGate {
         }
     }
 
+    /// A turn for work as heavy as a query that is not one (an export), waiting at most `wait`;
+    /// held, and counted as running, until the returned value is dropped.
+    pub(super) async fn turn(&self, wait: Duration) -> Result<Turn, ApiError> {
+        let permit = self.admit(wait).await?;
+        Ok(Turn(permit, Running::enter(&self.running)))
+    }
+
     /// Appends the gate's self-metrics: running and waiting queries, and those refused.
     pub fn render_metrics(&self, out: &mut String) {
         let _ = write!(
@@ -98,6 +105,12 @@ impl QueryGate {
         );
     }
 }
+
+/// A turn given by [`QueryGate::turn`].
+pub(super) struct Turn(
+    #[allow(dead_code)] OwnedSemaphorePermit,
+    #[allow(dead_code)] Running,
+);
 
 /// Counts a query as running while it is evaluated (until the evaluation itself returns, not
 /// when its client goes away).

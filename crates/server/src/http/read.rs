@@ -83,6 +83,8 @@ pub(super) fn labels_json(l: &Labels) -> serde_json::Value {
 /// about [`EXPORT_CHUNK_BYTES`], so memory is bounded by a series and a few chunks whatever
 /// the export's size; a series is bounded by `query.max_samples` (past it the export ends
 /// with an error naming the limit). A client that goes away stops the task at its next chunk.
+/// An export takes a turn of the query gate (`query.max_concurrency`, `query.max_queue`), held
+/// until its last line is sent.
 pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
     let (r, sets) = match read_request(&req).and_then(|r| {
         let sets = matcher_sets(&r.params, true)?;
@@ -91,12 +93,22 @@ pub async fn export(State(st): State<AppState>, req: ApiRequest) -> Response {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    let wait = st
+        .promql
+        .options()
+        .timeout
+        .unwrap_or(std::time::Duration::MAX);
+    let turn = match st.queries.turn(wait).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
     let (started_tx, started_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
     // One series is decoded whole into memory before its line is written: it may hold at most
     // what a query may, refused from its chunk headers before decoding when they show it.
     let per_series = st.promql.options().max_samples;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let hints = SelectHints {
             start: r.start,
             end: r.end,

@@ -15,6 +15,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use strata_ingest::{influx, DecodeContext, Decoded, IngestError};
+
+/// Bodies up to this size are decoded on the async worker that read them (quicker than
+/// handing them to the blocking pool); larger ones on the blocking pool.
+const INLINE_DECODE_BYTES: usize = 64 << 10;
 use strata_model::time::now_ms;
 use strata_model::WriteBatch;
 
@@ -191,20 +195,35 @@ async fn ingest_inner(
                 })?
         }
     };
-    let mut batch = WriteBatch::new(tenant);
-    let ctx = DecodeContext {
-        limits: &st.limits,
-        now_ms: now_ms(),
-        max_decompressed_bytes: st.max_body_bytes,
+    let (limits, max, body_len) = (st.limits.clone(), st.max_body_bytes, body.len());
+    let decode = move || {
+        let mut batch = WriteBatch::new(tenant);
+        let ctx = DecodeContext {
+            limits: &limits,
+            now_ms: now_ms(),
+            max_decompressed_bytes: max,
+        };
+        let decoded = match (p, precision) {
+            (Protocol::RemoteWrite, _) => {
+                strata_ingest::remote_write::decode(&body, &ctx, &mut batch)
+            }
+            (Protocol::Influx, pr) => {
+                influx::decode(&body, pr.unwrap_or(influx::Precision::Ns), &ctx, &mut batch)
+            }
+            (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
+        };
+        decoded.map(|d| (d, batch))
     };
-    let decoded: Result<Decoded, IngestError> = match (p, precision) {
-        (Protocol::RemoteWrite, _) => strata_ingest::remote_write::decode(&body, &ctx, &mut batch),
-        (Protocol::Influx, pr) => {
-            influx::decode(&body, pr.unwrap_or(influx::Precision::Ns), &ctx, &mut batch)
-        }
-        (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
+    // A large body takes milliseconds to decode: off the async workers, so `/health` and
+    // other requests answer meanwhile; a small one is quicker decoded than handed over.
+    let decoded: Result<(Decoded, WriteBatch), IngestError> = if body_len > INLINE_DECODE_BYTES {
+        tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))?
+    } else {
+        decode()
     };
-    let decoded = decoded.map_err(|e| match e {
+    let (decoded, batch) = decoded.map_err(|e| match e {
         IngestError::TooLarge { .. } => super::body::too_large(e.to_string()),
         e => ApiError::bad_data(e.to_string()),
     })?;
