@@ -13,7 +13,8 @@ use strata_log::{Log, PartitionWriter};
 use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
 use strata_stream::dedup::EventDedup;
-use strata_stream::stage::RollupStage;
+use strata_stream::stage::{RollupCheckpoint, RollupStage};
+use strata_stream::StreamError;
 use strata_tsdb::{AppendStats, Tsdb, TsdbError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,7 +93,7 @@ pub struct Shard {
     /// What `logged_bytes` was when the latest flush started, for its log line.
     flush_log_bytes: u64,
     /// The raw tier's flush running on a thread of its own (see [`Shard::flush_in_background`]).
-    flushing: Option<std::thread::JoinHandle<Result<Option<u64>, TsdbError>>>,
+    flushing: Option<std::thread::JoinHandle<FlushOutcome>>,
     /// Explicit flushes waiting for the running one: answered once its blocks are merged too.
     flush_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     last_maintain: Instant,
@@ -105,6 +106,36 @@ struct Pending {
     batch: WriteBatch,
     ack: oneshot::Sender<Result<WriteAck, String>>,
     result: WriteAck,
+}
+
+/// The slow part of a flush, run on the shard's thread or on one of its own: the rollups'
+/// checkpoint taken by [`Shard::prepare_flush`] is written (the warm tier flushed), then the
+/// raw tier is flushed.
+struct FlushJob {
+    /// The rollups' checkpoint (or why it could not be begun) and the log offset it covers.
+    windows: Option<(Result<RollupCheckpoint, StreamError>, Option<u64>)>,
+}
+
+/// What a [`FlushJob`] did.
+struct FlushOutcome {
+    /// The rollups' checkpoint: the offset it covers once written.
+    windows: Option<Result<Option<u64>, StreamError>>,
+    /// The raw tier's flush.
+    raw: Result<Option<u64>, TsdbError>,
+}
+
+impl FlushJob {
+    fn run(self, tsdb: &Tsdb) -> FlushOutcome {
+        // Rollups first: a crash before the raw flush then replays records the windows have
+        // seen, which they ignore (replay applies each part past its own checkpoint).
+        let windows = self
+            .windows
+            .map(|(job, offset)| job.and_then(|j| j.write()).map(|()| offset));
+        FlushOutcome {
+            windows,
+            raw: tsdb.flush(),
+        }
+    }
 }
 
 /// How a flush runs the storage's maintenance (compaction, retention) after it.
@@ -481,11 +512,9 @@ impl Shard {
     /// below both, and the first failure is returned once everything else is done.
     fn flush(&mut self, maintenance: Maintenance) -> anyhow::Result<()> {
         self.finish_flush(true)?;
-        let windows_done = self.prepare_flush()?;
-        let raw = self.tsdb.flush();
-        let raw_done = self.flushed(raw, maintenance);
-        windows_done?;
-        raw_done
+        let job = self.prepare_flush()?;
+        let outcome = job.run(&self.tsdb);
+        self.completed(outcome, maintenance)
     }
 
     /// As [`Shard::flush`], the raw tier's part on a thread of its own, so the shard's writes
@@ -496,14 +525,14 @@ impl Shard {
         if self.flushing.is_some() {
             return Ok(());
         }
-        let windows_done = self.prepare_flush()?;
+        let job = self.prepare_flush()?;
         let tsdb = Arc::clone(&self.tsdb);
         self.flushing = Some(
             std::thread::Builder::new()
                 .name(format!("flush-{}", self.partition))
-                .spawn(move || tsdb.flush())?,
+                .spawn(move || job.run(&tsdb))?,
         );
-        windows_done
+        Ok(())
     }
 
     /// Completes a flush started by [`Shard::flush_in_background`] once its thread is done
@@ -514,14 +543,14 @@ impl Shard {
             _ => return Ok(()),
         }
         let thread = self.flushing.take().expect("checked above");
-        let raw = thread
+        let outcome = thread
             .join()
             .map_err(|_| anyhow::anyhow!("the flush thread panicked"))?;
         let waiters = std::mem::take(&mut self.flush_waiters);
         if waiters.is_empty() {
-            return self.flushed(raw, Maintenance::Background);
+            return self.completed(outcome, Maintenance::Background);
         }
-        let res = self.flushed(raw, Maintenance::Caller);
+        let res = self.completed(outcome, Maintenance::Caller);
         match &res {
             Ok(()) => self.maintain_in_background(now_ms(), waiters),
             Err(e) => {
@@ -533,27 +562,45 @@ impl Shard {
         res
     }
 
-    /// Checkpoints what must be persisted before the raw tier is: the rollups and the dedup
-    /// state. The outer error (the dedup state could not be saved) stops the flush: the log
-    /// must keep what the saved state does not remember. The inner one (the rollups'
-    /// checkpoint) is the caller's to report once the raw tier has flushed too: the log is
-    /// cut only below both tiers' checkpoints, so the raw flush can go ahead.
-    fn prepare_flush(&mut self) -> anyhow::Result<anyhow::Result<()>> {
+    /// Takes what must be persisted before the raw tier is: the rollups' state (begun here,
+    /// written by the returned job) and the dedup state (saved here). An error saving the
+    /// dedup state stops the flush: the log must keep what the saved state does not remember.
+    /// The rollups' error is the caller's to report once the raw tier has flushed too.
+    fn prepare_flush(&mut self) -> anyhow::Result<FlushJob> {
         self.last_flush = Instant::now();
         // Counted from the attempt: a tier that keeps failing is retried by time or after as
         // many bytes again, not at every commit.
         self.flush_log_bytes = std::mem::take(&mut self.logged_bytes);
         let logged = self.writer.next_offset().checked_sub(1);
-        // Rollups first: a crash before the raw flush then replays records the windows have
-        // seen, which they ignore (replay applies each part past its own checkpoint).
-        let windows_done = match &self.rollups {
-            Some(r) => r.checkpoint(logged).map_err(anyhow::Error::from),
-            None => Ok(()),
-        };
+        // What the rollups hold at `logged` is taken here; the job writes it before the raw
+        // tier's flush.
+        let windows = self
+            .rollups
+            .as_ref()
+            .map(|r| (r.begin_checkpoint(logged), logged));
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        Ok(windows_done)
+        Ok(FlushJob { windows })
+    }
+
+    /// After a flush job: completes the rollups' checkpoint, then as [`Shard::flushed`]; the
+    /// rollups' failure is returned after the raw tier's work is done (the log is cut only
+    /// below both tiers' checkpoints, so the raw flush went ahead).
+    fn completed(&mut self, outcome: FlushOutcome, maintenance: Maintenance) -> anyhow::Result<()> {
+        let windows_done = match outcome.windows {
+            Some(Ok(offset)) => {
+                if let Some(r) = &self.rollups {
+                    r.end_checkpoint(offset);
+                }
+                Ok(())
+            }
+            Some(Err(e)) => Err(anyhow::Error::from(e)),
+            None => Ok(()),
+        };
+        let raw_done = self.flushed(outcome.raw, maintenance);
+        windows_done?;
+        raw_done
     }
 
     /// After the raw tier's flush (up to log offset `raw` when it succeeded): drops the log

@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use strata_model::{Labels, Matcher, SeriesKeyRef, StorageError, Tenant};
 use strata_tsdb::{Tsdb, TsdbError, HEAD_LOOKBACK_MS};
 
@@ -54,11 +55,33 @@ pub struct StageCounters {
     pub corrected_windows: AtomicU64,
 }
 
+/// A checkpoint begun by [`RollupStage::begin_checkpoint`], to be written on any thread.
+pub struct RollupCheckpoint {
+    store: Arc<RollupStore>,
+    path: PathBuf,
+    snapshot: Vec<u8>,
+}
+
+impl RollupCheckpoint {
+    /// Flushes the warm store (its windows into blocks), then writes the open windows: in
+    /// this order a crash between them replays windows the store already holds.
+    pub fn write(self) -> Result<(), StreamError> {
+        self.store
+            .tsdb()
+            .flush()
+            .map_err(|e| StreamError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        Windows::write_snapshot(&self.path, self.snapshot)
+    }
+}
+
 /// The rollup stage of one shard.
 pub struct RollupStage {
     opts: StageOptions,
     windows: RwLock<Windows>,
-    store: RollupStore,
+    store: Arc<RollupStore>,
     checkpoint: PathBuf,
     /// Log offset the window checkpoint covers (`u64::MAX`: none).
     covered: AtomicU64,
@@ -112,7 +135,7 @@ impl RollupStage {
         Ok(RollupStage {
             opts,
             windows: RwLock::new(windows),
-            store,
+            store: Arc::new(store),
             checkpoint,
             covered: AtomicU64::new(covered.unwrap_or(u64::MAX)),
             // A fresh store cannot hold windows from before a crash.
@@ -295,21 +318,38 @@ impl RollupStage {
     /// already holds, which closing tolerates (it compares before writing), and corrections
     /// whose windows are in the store are still queued, or published again by replay.
     pub fn checkpoint(&self, offset: Option<u64>) -> Result<(), StreamError> {
-        let tsdb_err = |e: TsdbError| StreamError::Corrupt {
-            path: self.checkpoint.clone(),
-            reason: e.to_string(),
-        };
+        self.begin_checkpoint(offset)?.write()?;
+        self.end_checkpoint(offset);
+        Ok(())
+    }
+
+    /// The part of [`RollupStage::checkpoint`] that must see the stage as it is at `offset`,
+    /// on the thread applying writes: the corrections queue saved, staged windows moved into
+    /// the warm store's head, the open windows encoded. [`RollupCheckpoint::write`] does the
+    /// slow part (the warm store's flush) on any thread while writes go on, then
+    /// [`RollupStage::end_checkpoint`] completes it. Windows closed in between may be flushed
+    /// too: replay finds them in the store and leaves them (it compares before writing).
+    pub fn begin_checkpoint(&self, offset: Option<u64>) -> Result<RollupCheckpoint, StreamError> {
         if self.opts.publish_corrections {
             let queue: Vec<Correction> = self.corrected.lock().iter().cloned().collect();
             save_corrections(&self.corrections_path, &queue)?;
         }
-        self.store.flush().map_err(tsdb_err)?;
-        self.windows.read().save(&self.checkpoint, offset)?;
+        self.store.stage_all();
+        let snapshot = self.windows.read().encode(offset);
+        Ok(RollupCheckpoint {
+            store: Arc::clone(&self.store),
+            path: self.checkpoint.clone(),
+            snapshot,
+        })
+    }
+
+    /// Completes a checkpoint whose [`RollupCheckpoint::write`] succeeded: the log is covered
+    /// up to `offset`, and series gone idle leave memory.
+    pub fn end_checkpoint(&self, offset: Option<u64>) {
         self.covered
             .store(offset.unwrap_or(u64::MAX), Ordering::Release);
         self.verify_existing.store(false, Ordering::Relaxed);
         self.forget_idle();
-        Ok(())
     }
 
     /// Drops what memory holds for series gone idle (see [`Windows::forget_idle`]): once the

@@ -320,8 +320,14 @@ impl RollupStore {
 
     /// Persists every window written so far into blocks; returns the log offset covered.
     pub fn flush(&self) -> Result<Option<u64>, TsdbError> {
-        self.warm.lock().drain_all(&self.tsdb);
+        self.stage_all();
         self.tsdb.flush()
+    }
+
+    /// Moves every window written so far into the storage's head, where its next flush
+    /// ([`RollupStore::tsdb`], then `flush`, on any thread) persists it.
+    pub fn stage_all(&self) {
+        self.warm.lock().drain_all(&self.tsdb);
     }
 
     /// The warm place of `tenant`'s raw series `key`, made when new.

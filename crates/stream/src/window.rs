@@ -707,6 +707,12 @@ impl Windows {
     /// Writes the open windows and the watermark, with the log offset they cover, atomically
     /// (temporary file, fsync, rename). Queued corrections must have been taken first.
     pub fn save(&self, path: &Path, offset: Option<u64>) -> Result<(), StreamError> {
+        write_checked(path, self.encode(offset))
+    }
+
+    /// What [`Windows::save`] writes (before its checksum): a snapshot to be written later,
+    /// off the thread that applies writes.
+    pub fn encode(&self, offset: Option<u64>) -> Vec<u8> {
         debug_assert!(
             self.corrections.is_empty(),
             "corrections pending at checkpoint"
@@ -750,7 +756,12 @@ impl Windows {
             .collect();
         shadow::encode(readings.into_iter(), &mut b);
         b.extend_from_slice(&((b.len() - shadows) as u64).to_le_bytes());
-        write_checked(path, b)
+        b
+    }
+
+    /// Writes a snapshot made by [`Windows::encode`] where [`Windows::load`] finds it.
+    pub fn write_snapshot(path: &Path, snapshot: Vec<u8>) -> Result<(), StreamError> {
+        write_checked(path, snapshot)
     }
 
     /// Loads what [`Windows::save`] wrote, with the log offset it covers; a missing file gives

@@ -186,7 +186,7 @@ mod tests {
             retention_ms: i64::MAX / 2,
             ..TsdbOptions::default()
         };
-        let db = Tsdb::open(dir.path(), opts.clone(), SeriesLimiter::new(1000).into()).unwrap();
+        let db = Tsdb::open(dir.path(), opts.clone(), SeriesLimiter::new(1000)).unwrap();
         for i in [0u32, 17, 49] {
             let got = db
                 .read_series(&tenant, key(i).as_ref(), i64::MIN, i64::MAX)
