@@ -29,7 +29,6 @@ use metrics::{add, Counters};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parking_lot::RwLock;
-use tokio::sync::Mutex;
 use rows::ColdRow;
 use schema::{arrow_schema, reserved_column, StoredSeries};
 use std::collections::{BTreeMap, HashSet};
@@ -38,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{Labels, Matcher, Sample, SeriesSamples, Tenant, METRIC_NAME};
 use thiserror::Error;
+use tokio::sync::Mutex;
 
 /// Files read at once by a scan or a compaction (object store latency, not CPU, bounds them).
 const READ_CONCURRENCY: usize = 8;
