@@ -42,12 +42,7 @@ pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Target, Co
         let loopback = b
             .get_config_value(&AmazonS3ConfigKey::Endpoint)
             .is_some_and(|e| loopback_http(&e));
-        if loopback
-            && b.get_config_value(&AmazonS3ConfigKey::Client(
-                object_store::ClientConfigKey::AllowHttp,
-            ))
-            .is_none()
-        {
+        if loopback {
             b = b.with_allow_http(true);
         }
         let store = b.build().map_err(|e| bad(e.to_string()))?;
