@@ -246,6 +246,9 @@ fn compaction_merges_small_files_and_keeps_every_row_once() {
     assert_eq!(m.files_compacted, 33);
     assert_eq!(m.files_written, 33 + 3);
     assert_eq!(m.errors, 0);
+    assert_eq!((m.visible_files, m.visible_rows), (3, 170));
+    let on_disk: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert_eq!(m.visible_bytes, on_disk);
     drop(store);
     assert_eq!(open(dir.path()).metrics().leftovers_removed, 0);
 }

@@ -23,6 +23,12 @@ pub struct ColdMetrics {
     pub leftovers_removed: u64,
     /// Failed operations (writes, reads, deletes, manifest updates).
     pub errors: u64,
+    /// Files the manifest lists now.
+    pub visible_files: u64,
+    /// Their bytes: the cold tier's size.
+    pub visible_bytes: u64,
+    /// Their rows.
+    pub visible_rows: u64,
 }
 
 /// The live counters behind [`ColdMetrics`].
@@ -57,6 +63,7 @@ impl Counters {
             files_compacted: g(&self.files_compacted),
             leftovers_removed: g(&self.leftovers_removed),
             errors: g(&self.errors),
+            ..ColdMetrics::default()
         }
     }
 }

@@ -324,9 +324,15 @@ impl ColdStore {
         self.run(self.compact_all())
     }
 
-    /// The store's counters.
+    /// The store's counters, and the size of what the manifest lists.
     pub fn metrics(&self) -> ColdMetrics {
-        self.counters.snapshot()
+        let mut m = self.counters.snapshot();
+        for f in &self.manifest.read().files {
+            m.visible_files += 1;
+            m.visible_bytes += f.bytes;
+            m.visible_rows += f.rows;
+        }
+        m
     }
 
     fn run<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -395,11 +401,9 @@ impl ColdStore {
         if entries.is_empty() {
             return Ok(summary);
         }
-        let committed = self.commit(entries.clone(), &[]).await;
-        if let Err(err) = self.count_error(committed) {
-            self.forget(&entries).await;
-            return Err(err);
-        }
+        // On a failed commit the files stay: the manifest PUT may have landed all the same, and
+        // if it did not they are orphans, removed on the next open.
+        self.count_error(self.commit(entries, &[]).await)?;
         self.count_written(&summary);
         Ok(summary)
     }
@@ -459,7 +463,7 @@ impl ColdStore {
         })
     }
 
-    /// Deletes files that were never committed (best effort: what stays is removed on open).
+    /// Deletes files whose commit was never tried (best effort: what stays is removed on open).
     async fn forget(&self, entries: &[FileEntry]) {
         let paths: Vec<String> = entries.iter().map(|e| e.path.clone()).collect();
         self.delete(&paths).await;
@@ -623,10 +627,8 @@ impl ColdStore {
             }
         }
         let old: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        if let Err(err) = self.commit(entries.clone(), &old).await {
-            self.forget(&entries).await;
-            return Err(err);
-        }
+        // As in a write, a failed commit leaves every file where it is.
+        self.commit(entries, &old).await?;
         self.count_written(&out);
         self.delete(&old).await;
         Ok((rows_in, out))

@@ -69,7 +69,13 @@ pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Target, Co
         path: dir.clone(),
         source,
     })?;
-    let store = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+    // fsync before the rename that publishes a file, so a power cut cannot leave a published
+    // name over unwritten blocks (nor a manifest naming such a file); automatic cleanup removes
+    // a day directory once compaction has deleted its last file.
+    let store = LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| bad(e.to_string()))?
+        .with_fsync(true)
+        .with_automatic_cleanup(true);
     Ok(Target {
         store: Arc::new(store),
         root: Path::default(),
