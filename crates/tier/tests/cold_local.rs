@@ -331,3 +331,51 @@ fn a_higher_revision_supersedes() {
     assert_eq!(hour2.len(), 1);
     assert_eq!(hour2[0].3, Some(1));
 }
+
+#[test]
+fn raw_compaction_merges_only_runs_of_small_files_and_the_newest_sample_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = tenant("acme");
+    let store = open(dir.path());
+    let at = |v: f64| {
+        let mut r = raw(1, 1);
+        r[0].samples[0].value = v;
+        r
+    };
+    store.write_raw(&acme, &at(1.0)).unwrap(); // small, oldest
+    let mut big = raw(1, 20);
+    big[0].samples[0].value = 2.0;
+    store.write_raw(&acme, &big).unwrap(); // large
+    store.write_raw(&acme, &at(3.0)).unwrap(); // small
+    store.write_raw(&acme, &at(4.0)).unwrap(); // small, newest
+    drop(store);
+    let sizes: Vec<u64> = parquet_files(dir.path())
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .collect();
+    let large = *sizes.iter().max().unwrap();
+    assert!(sizes.iter().filter(|&&s| s < large).count() == 3);
+    let options = ColdOptions {
+        target_file_bytes: 2 * large,
+        ..ColdOptions::default()
+    };
+    let store = ColdStore::open(dir.path().to_str().unwrap(), options).unwrap();
+    let first = |store: &ColdStore| {
+        store.scan_raw(&acme, &[], i64::MIN, i64::MAX).unwrap()[0].samples[0].value
+    };
+    assert_eq!(first(&store), 4.0);
+    let c = store.compact().unwrap();
+    // The large file separates the oldest small file from the other two: only those merge.
+    assert_eq!(
+        (c.partitions, c.files_in, c.files_out, c.rows_out),
+        (1, 2, 1, 4)
+    );
+    assert_eq!(parquet_files(dir.path()).len(), 3);
+    assert_eq!(first(&store), 4.0);
+    assert_eq!(
+        store.scan_raw(&acme, &[], i64::MIN, i64::MAX).unwrap()[0]
+            .samples
+            .len(),
+        80
+    );
+}

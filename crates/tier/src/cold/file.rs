@@ -6,6 +6,7 @@ use super::schema::{
     dictionary_column, projected_columns, series_matches, BatchBuilder, BatchView, StoredSeries,
     METRIC,
 };
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -15,6 +16,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -25,7 +27,7 @@ use parquet::file::statistics::Statistics;
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use std::ops::Range;
 use std::sync::Arc;
-use strata_model::{MatchOp, Matcher, METRIC_NAME};
+use strata_model::{Labels, MatchOp, Matcher, METRIC_NAME};
 
 /// How files are cut.
 #[derive(Debug, Clone, Copy)]
@@ -89,39 +91,81 @@ impl Open {
     }
 }
 
-/// Encodes series (sorted by metric then labels, rows in time order) into files of about
-/// `cut.target_bytes` each, keeping each series' rows contiguous.
+/// Writes series (sorted by metric then labels, rows in time order) into files of about
+/// `cut.target_bytes` each, keeping each series' rows contiguous; holds at most one file.
+pub(crate) struct FileWriter {
+    schema: SchemaRef,
+    props: WriterProperties,
+    cut: Cut,
+    open: Open,
+    batch: BatchBuilder,
+}
+
+impl FileWriter {
+    pub fn new(
+        schema: &SchemaRef,
+        promoted: &[String],
+        cut: Cut,
+    ) -> Result<FileWriter, ParquetError> {
+        let props = writer_properties(schema, cut);
+        Ok(FileWriter {
+            open: Open::new(schema, &props)?,
+            batch: BatchBuilder::new(schema.clone(), promoted),
+            schema: schema.clone(),
+            props,
+            cut,
+        })
+    }
+
+    /// Appends a series; files completed on the way go to `done`.
+    pub fn push<T: ColdRow>(
+        &mut self,
+        s: &StoredSeries<T>,
+        done: &mut Vec<EncodedFile>,
+    ) -> Result<(), ParquetError> {
+        for row in &s.rows {
+            self.batch.push(&s.metric, &s.rest, row);
+            let (lo, hi) = row.span();
+            let open = &mut self.open;
+            open.rows += 1;
+            open.min_time = open.min_time.min(lo);
+            open.max_time = open.max_time.max(hi);
+            if self.batch.len() >= self.cut.row_group_rows {
+                self.open.writer.write(&self.batch.finish())?;
+                if self.open.writer.bytes_written() as u64 >= self.cut.target_bytes {
+                    let next = Open::new(&self.schema, &self.props)?;
+                    done.push(std::mem::replace(&mut self.open, next).close()?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the last file.
+    pub fn finish(mut self, done: &mut Vec<EncodedFile>) -> Result<(), ParquetError> {
+        if self.batch.len() > 0 {
+            self.open.writer.write(&self.batch.finish())?;
+        }
+        if self.open.rows > 0 {
+            done.push(self.open.close()?);
+        }
+        Ok(())
+    }
+}
+
+/// Encodes series (sorted by metric then labels) into files, as [`FileWriter`] cuts them.
 pub(crate) fn encode<T: ColdRow>(
     series: &[StoredSeries<T>],
     schema: &SchemaRef,
     promoted: &[String],
     cut: Cut,
 ) -> Result<Vec<EncodedFile>, ParquetError> {
-    let props = writer_properties(schema, cut);
+    let mut w = FileWriter::new(schema, promoted, cut)?;
     let mut files = Vec::new();
-    let mut open = Open::new(schema, &props)?;
-    let mut batch = BatchBuilder::new(schema.clone(), promoted);
     for s in series {
-        for row in &s.rows {
-            batch.push(&s.metric, &s.rest, row);
-            let (lo, hi) = row.span();
-            open.rows += 1;
-            open.min_time = open.min_time.min(lo);
-            open.max_time = open.max_time.max(hi);
-            if batch.len() >= cut.row_group_rows {
-                open.writer.write(&batch.finish())?;
-                if open.writer.bytes_written() as u64 >= cut.target_bytes {
-                    files.push(std::mem::replace(&mut open, Open::new(schema, &props)?).close()?);
-                }
-            }
-        }
+        w.push(s, &mut files)?;
     }
-    if batch.len() > 0 {
-        open.writer.write(&batch.finish())?;
-    }
-    if open.rows > 0 {
-        files.push(open.close()?);
-    }
+    w.finish(&mut files)?;
     Ok(files)
 }
 
@@ -189,6 +233,108 @@ impl Leaves {
     }
 }
 
+/// Reads one file's selected series one at a time, in file order (metric, labels, time):
+/// memory holds one batch and one series, whatever the file's size.
+pub(crate) struct SeriesReader<T> {
+    stream: ParquetRecordBatchStream<ObjectReader>,
+    batch: Option<RecordBatch>,
+    /// Next row of `batch` to look at.
+    pos: usize,
+    /// The series of the previous row, and whether the matchers selected it.
+    cur: Option<(String, Labels, bool)>,
+    /// The selected series being gathered (it may span batches).
+    pending: Option<StoredSeries<T>>,
+}
+
+impl<T: ColdRow> SeriesReader<T> {
+    /// Opens the file, keeping only row groups whose statistics may hold selected rows.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        path: &Path,
+        size: u64,
+        sel: &Selection<'_>,
+    ) -> Result<SeriesReader<T>, ReadError> {
+        let reader = ObjectReader {
+            store,
+            path: path.clone(),
+            size,
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let meta = builder.metadata().clone();
+        let descr = meta.file_metadata().schema_descr();
+        let leaves = Leaves::of(descr, T::TIME_BOUNDS);
+        let groups: Vec<usize> = (0..meta.num_row_groups())
+            .filter(|&i| sel.may_match(meta.row_group(i), &leaves))
+            .collect();
+        let mask = ProjectionMask::columns(descr, projected_columns::<T>());
+        let stream = builder
+            .with_row_groups(groups)
+            .with_projection(mask)
+            .with_batch_size(8192)
+            .build()?;
+        Ok(SeriesReader {
+            stream,
+            batch: None,
+            pos: 0,
+            cur: None,
+            pending: None,
+        })
+    }
+
+    /// The next selected series with its rows in `sel`'s time range; `None` at the end.
+    pub async fn next(
+        &mut self,
+        sel: &Selection<'_>,
+    ) -> Result<Option<StoredSeries<T>>, ReadError> {
+        loop {
+            if self.batch.as_ref().is_none_or(|b| self.pos >= b.num_rows()) {
+                match self.stream.try_next().await? {
+                    Some(b) => {
+                        self.batch = Some(b);
+                        self.pos = 0;
+                        continue;
+                    }
+                    None => return Ok(self.pending.take().filter(|s| !s.rows.is_empty())),
+                }
+            }
+            let batch = self.batch.as_ref().expect("checked above");
+            let view = BatchView::new(batch).map_err(ReadError::Schema)?;
+            while self.pos < view.len() {
+                let i = self.pos;
+                let same = self
+                    .cur
+                    .as_ref()
+                    .is_some_and(|(m, r, _)| view.same_series(i, m, r));
+                if !same {
+                    let (metric, rest) = view.series(i);
+                    let matched = series_matches(sel.matchers, &metric, &rest);
+                    let finished = self.pending.take();
+                    if matched {
+                        self.pending = Some(StoredSeries {
+                            metric: metric.clone(),
+                            rest: rest.clone(),
+                            rows: Vec::new(),
+                        });
+                    }
+                    self.cur = Some((metric, rest, matched));
+                    if let Some(f) = finished.filter(|s| !s.rows.is_empty()) {
+                        // Row `i` is looked at again on the next call, as part of `cur`.
+                        return Ok(Some(f));
+                    }
+                }
+                self.pos += 1;
+                if let Some(p) = &mut self.pending {
+                    let row = T::decode(&view, i).map_err(ReadError::Schema)?;
+                    let (lo, hi) = row.span();
+                    if lo <= sel.end && hi >= sel.start {
+                        p.rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reads the selected series of one file, in file order (metric, labels, time).
 pub(crate) async fn read<T: ColdRow>(
     store: Arc<dyn ObjectStore>,
@@ -196,60 +342,10 @@ pub(crate) async fn read<T: ColdRow>(
     size: u64,
     sel: &Selection<'_>,
 ) -> Result<Vec<StoredSeries<T>>, ReadError> {
-    let reader = ObjectReader {
-        store,
-        path: path.clone(),
-        size,
-    };
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-    let meta = builder.metadata().clone();
-    let descr = meta.file_metadata().schema_descr();
-    let leaves = Leaves::of(descr, T::TIME_BOUNDS);
-    let groups: Vec<usize> = (0..meta.num_row_groups())
-        .filter(|&i| sel.may_match(meta.row_group(i), &leaves))
-        .collect();
-    let mask = ProjectionMask::columns(descr, projected_columns::<T>());
-    let mut stream = builder
-        .with_row_groups(groups)
-        .with_projection(mask)
-        .with_batch_size(8192)
-        .build()?;
-    let mut out: Vec<StoredSeries<T>> = Vec::new();
-    // The series of the previous row, and whether the matchers selected it.
-    let mut cur: Option<(String, strata_model::Labels, bool)> = None;
-    while let Some(batch) = stream.try_next().await? {
-        let view = BatchView::new(&batch).map_err(ReadError::Schema)?;
-        for i in 0..view.len() {
-            let same = cur
-                .as_ref()
-                .is_some_and(|(m, r, _)| view.same_series(i, m, r));
-            if !same {
-                let (metric, rest) = view.series(i);
-                let matched = series_matches(sel.matchers, &metric, &rest);
-                if matched {
-                    if out.last().is_some_and(|s| s.rows.is_empty()) {
-                        out.pop();
-                    }
-                    out.push(StoredSeries {
-                        metric: metric.clone(),
-                        rest: rest.clone(),
-                        rows: Vec::new(),
-                    });
-                }
-                cur = Some((metric, rest, matched));
-            }
-            if !cur.as_ref().is_some_and(|c| c.2) {
-                continue;
-            }
-            let row = T::decode(&view, i).map_err(ReadError::Schema)?;
-            let (lo, hi) = row.span();
-            if lo <= sel.end && hi >= sel.start {
-                out.last_mut().expect("pushed above").rows.push(row);
-            }
-        }
-    }
-    if out.last().is_some_and(|s| s.rows.is_empty()) {
-        out.pop();
+    let mut r = SeriesReader::<T>::open(store, path, size, sel).await?;
+    let mut out = Vec::new();
+    while let Some(s) = r.next(sel).await? {
+        out.push(s);
     }
     Ok(out)
 }

@@ -316,10 +316,11 @@ impl ColdStore {
             .collect())
     }
 
-    /// Merges the files of every partition (tenant, tier, day) that has two or more files, one of
-    /// them small, into files of about the target size; superseded revisions and duplicate rows
-    /// are dropped. The manifest swaps the files atomically, then the old files are deleted.
-    /// A partition is merged in memory: its decoded rows must fit.
+    /// Merges small files into files of about the target size, per partition (tenant, tier,
+    /// day): a window partition with two or more files, one of them small, is rewritten whole
+    /// with only the winning revision of each window; in a raw partition, runs of small files
+    /// are merged (duplicates dropped). The manifest swaps the files atomically, then the old
+    /// files are deleted. Streams: memory holds about one output file.
     pub fn compact(&self) -> Result<CompactionSummary, ColdError> {
         self.run(self.compact_all())
     }
@@ -537,13 +538,7 @@ impl ColdStore {
                 file::read::<T>(self.store.clone(), &path, f.bytes, sel)
                     .await
                     .map(|s| (f.seq, s))
-                    .map_err(|e| ColdError::File {
-                        path: path.to_string(),
-                        reason: match e {
-                            ReadError::Parquet(e) => e.to_string(),
-                            ReadError::Schema(s) => s,
-                        },
-                    })
+                    .map_err(|e| read_error(&path, e))
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()
@@ -560,78 +555,181 @@ impl ColdStore {
                 .or_default()
                 .push(f);
         }
-        let small = self.cut.target_bytes / 2;
         let mut summary = CompactionSummary::default();
-        for ((tenant, tier, day), files) in parts {
-            if files.len() < 2 || files.iter().all(|f| f.bytes >= small) {
-                continue;
+        for ((tenant, tier, day), mut files) in parts {
+            files.sort_by_key(|f| f.seq);
+            let groups = self.compaction_groups(tier, &files);
+            if !groups.is_empty() {
+                summary.partitions += 1;
+                add(&self.counters.compactions, 1);
             }
-            let r = match tier {
-                Tier::Raw => {
-                    self.compact_partition::<Sample>(tenant, tier, day, &files)
-                        .await
-                }
-                _ => {
-                    self.compact_partition::<Window>(tenant, tier, day, &files)
-                        .await
-                }
-            };
-            let (rows_in, out) = self.count_error(r)?;
-            summary.partitions += 1;
-            summary.files_in += files.len() as u64;
-            summary.files_out += out.files;
-            summary.rows_in += rows_in;
-            summary.rows_out += out.rows;
-            add(&self.counters.compactions, 1);
-            add(&self.counters.files_compacted, files.len() as u64);
+            for group in groups {
+                let r = match tier {
+                    Tier::Raw => self.compact_group::<Sample>(tenant, tier, day, group).await,
+                    _ => self.compact_group::<Window>(tenant, tier, day, group).await,
+                };
+                let out = self.count_error(r)?;
+                summary.files_in += group.len() as u64;
+                summary.files_out += out.files;
+                summary.rows_in += group.iter().map(|f| f.rows).sum::<u64>();
+                summary.rows_out += out.rows;
+                add(&self.counters.files_compacted, group.len() as u64);
+            }
         }
         Ok(summary)
     }
 
-    /// Merges one partition's files; returns the rows read and what was written.
-    async fn compact_partition<T: ColdRow>(
+    /// Which files of a partition (sorted by `seq`) are merged together. A window partition
+    /// (a tenant-day of windows, a bounded size) is merged whole once it has two files, one of
+    /// them small, so a correction replaces its row in place and an outside reader sees each
+    /// window once. A raw partition can be far larger than a target file: only runs of small
+    /// files adjacent in `seq` are merged, so no other file's data is newer than part of a run
+    /// and older than the rest (which would change which duplicate wins).
+    fn compaction_groups<'f>(
+        &self,
+        tier: Tier,
+        files: &'f [&'f FileEntry],
+    ) -> Vec<&'f [&'f FileEntry]> {
+        let small = |f: &FileEntry| f.bytes < self.cut.target_bytes / 2;
+        if tier != Tier::Raw {
+            let merge = files.len() >= 2 && files.iter().any(|f| small(f));
+            return if merge { vec![files] } else { vec![] };
+        }
+        files
+            .chunk_by(|a, b| small(a) == small(b))
+            .filter(|run| run.len() >= 2 && small(run[0]))
+            .collect()
+    }
+
+    /// Merges a group of one partition's files, streaming: each input is read one series at a
+    /// time and output files are written as they fill, so memory holds a file, not a partition.
+    async fn compact_group<T: ColdRow>(
         &self,
         tenant: &str,
         tier: Tier,
         day: &str,
         files: &[&FileEntry],
-    ) -> Result<(u64, WriteSummary), ColdError> {
-        let all = Selection {
-            matchers: &[],
-            start: i64::MIN,
-            end: i64::MAX,
-        };
-        let rows_in = files.iter().map(|f| f.rows).sum();
-        let seq = files.iter().map(|f| f.seq).max().unwrap_or(0);
-        let merged = merge(self.read_files::<T>(files, &all).await?);
-        let partition = layout::partition(tenant, tier, day);
+    ) -> Result<WriteSummary, ColdError> {
         let mut entries = Vec::new();
-        let mut out = WriteSummary::default();
-        for f in self.encode(&merged)? {
-            let name_seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            // The output is as new as its newest input, so a write made meanwhile still wins.
-            let e = self
-                .put_file(&partition, tenant, tier, day, name_seq, seq, f)
-                .await;
-            match e {
-                Ok(e) => {
-                    out.files += 1;
-                    out.rows += e.rows;
-                    out.bytes += e.bytes;
-                    entries.push(e);
-                }
-                Err(err) => {
-                    self.forget(&entries).await;
-                    return Err(err);
-                }
-            }
+        if let Err(e) = self
+            .merge_into_files::<T>(tenant, tier, day, files, &mut entries)
+            .await
+        {
+            self.forget(&entries).await;
+            return Err(e);
         }
+        let out = WriteSummary {
+            files: entries.len() as u64,
+            rows: entries.iter().map(|e| e.rows).sum(),
+            bytes: entries.iter().map(|e| e.bytes).sum(),
+        };
         let old: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         // As in a write, a failed commit leaves every file where it is.
         self.commit(entries, &old).await?;
         self.count_written(&out);
         self.delete(&old).await;
-        Ok((rows_in, out))
+        Ok(out)
+    }
+
+    /// The k-way merge of `files` (each sorted by series) into new files, PUT as they fill and
+    /// described in `entries`.
+    async fn merge_into_files<T: ColdRow>(
+        &self,
+        tenant: &str,
+        tier: Tier,
+        day: &str,
+        files: &[&FileEntry],
+        entries: &mut Vec<FileEntry>,
+    ) -> Result<(), ColdError> {
+        let all = Selection {
+            matchers: &[],
+            start: i64::MIN,
+            end: i64::MAX,
+        };
+        struct Input<T> {
+            seq: u64,
+            path: Path,
+            reader: file::SeriesReader<T>,
+            head: Option<StoredSeries<T>>,
+        }
+        let mut inputs = Vec::with_capacity(files.len());
+        for f in files {
+            let path = join(&self.root, &f.path);
+            add(&self.counters.files_read, 1);
+            let mut reader =
+                file::SeriesReader::<T>::open(self.store.clone(), &path, f.bytes, &all)
+                    .await
+                    .map_err(|e| read_error(&path, e))?;
+            let head = reader.next(&all).await.map_err(|e| read_error(&path, e))?;
+            inputs.push(Input {
+                seq: f.seq,
+                path,
+                reader,
+                head,
+            });
+        }
+        // The output is as new as its newest input, so a write made meanwhile still wins.
+        let seq = files.iter().map(|f| f.seq).max().unwrap_or(0);
+        let partition = layout::partition(tenant, tier, day);
+        let write_error = |e: parquet::errors::ParquetError| ColdError::File {
+            path: format!("{partition}/(new file)"),
+            reason: e.to_string(),
+        };
+        let mut writer =
+            file::FileWriter::new(&self.schema, &self.promoted, self.cut).map_err(write_error)?;
+        let mut done = Vec::new();
+        while let Some((metric, rest)) = inputs
+            .iter()
+            .filter_map(|i| i.head.as_ref())
+            .map(|s| (&s.metric, &s.rest))
+            .min()
+            .map(|(m, r)| (m.clone(), r.clone()))
+        {
+            let mut parts = Vec::new();
+            for i in &mut inputs {
+                if i.head
+                    .as_ref()
+                    .is_some_and(|s| s.metric == metric && s.rest == rest)
+                {
+                    parts.push((i.seq, vec![i.head.take().expect("checked")]));
+                    i.head = i
+                        .reader
+                        .next(&all)
+                        .await
+                        .map_err(|e| read_error(&i.path, e))?;
+                }
+            }
+            for s in merge(parts) {
+                writer.push(&s, &mut done).map_err(write_error)?;
+            }
+            self.put_done(&partition, tenant, tier, day, seq, &mut done, entries)
+                .await?;
+        }
+        writer.finish(&mut done).map_err(write_error)?;
+        self.put_done(&partition, tenant, tier, day, seq, &mut done, entries)
+            .await
+    }
+
+    /// PUTs the files in `done` (emptying it), describing them in `entries`.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_done(
+        &self,
+        partition: &str,
+        tenant: &str,
+        tier: Tier,
+        day: &str,
+        seq: u64,
+        done: &mut Vec<EncodedFile>,
+        entries: &mut Vec<FileEntry>,
+    ) -> Result<(), ColdError> {
+        for f in done.drain(..) {
+            let name_seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            entries.push(
+                self.put_file(partition, tenant, tier, day, name_seq, seq, f)
+                    .await?,
+            );
+        }
+        Ok(())
     }
 }
 
@@ -642,6 +740,16 @@ impl Drop for ColdStore {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+fn read_error(path: &Path, e: ReadError) -> ColdError {
+    ColdError::File {
+        path: path.to_string(),
+        reason: match e {
+            ReadError::Parquet(e) => e.to_string(),
+            ReadError::Schema(s) => s,
+        },
     }
 }
 

@@ -300,3 +300,35 @@ fn bad_input_is_refused() {
         );
     }
 }
+
+#[test]
+fn series_spanning_batches_and_row_groups_read_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(
+        dir.path(),
+        ColdOptions {
+            row_group_rows: 1000,
+            ..ColdOptions::default()
+        },
+    );
+    let tenant = Tenant::new("acme").unwrap();
+    // 3 x 5000 rows: the reader's batches of 8192 rows end inside the second series.
+    let raw: Vec<SeriesSamples> = (0..3)
+        .map(|d| SeriesSamples {
+            labels: Labels::from_pairs([("__name__", "m"), ("device", &format!("d{d}"))]).unwrap(),
+            samples: (0..5000)
+                .map(|i| Sample::new(1_767_225_600_000 + i * 1000, (d * 5000 + i) as f64))
+                .collect(),
+        })
+        .collect();
+    store.write_raw(&tenant, &raw).unwrap();
+    assert_eq!(
+        store.scan_raw(&tenant, &[], i64::MIN, i64::MAX).unwrap(),
+        raw
+    );
+    let m = [Matcher::equal("device", "d1")];
+    assert_eq!(
+        store.scan_raw(&tenant, &m, i64::MIN, i64::MAX).unwrap(),
+        raw[1..2]
+    );
+}
