@@ -70,7 +70,9 @@
 //! series and `start`, the row with the highest revision (then the one in the newest file);
 //! raw samples keep one row per series and timestamp, the newest. Until a partition is
 //! compacted its files may hold both revisions, so an outside reader of the raw files sees the
-//! older row too; [`cold::ColdStore::compact`] rewrites each partition with only the winners.
+//! older row too; [`cold::ColdStore::compact`] rewrites a window partition whole with only the
+//! winners. Raw partitions (which can be far larger than a file) merge only their small files,
+//! so a sample archived twice (a retried archive) may stay duplicated in two large files.
 //! One process writes a root at a time.
 
 pub mod cold;
