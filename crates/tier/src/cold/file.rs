@@ -153,22 +153,6 @@ impl FileWriter {
     }
 }
 
-/// Encodes series (sorted by metric then labels) into files, as [`FileWriter`] cuts them.
-pub(crate) fn encode<T: ColdRow>(
-    series: &[StoredSeries<T>],
-    schema: &SchemaRef,
-    promoted: &[String],
-    cut: Cut,
-) -> Result<Vec<EncodedFile>, ParquetError> {
-    let mut w = FileWriter::new(schema, promoted, cut)?;
-    let mut files = Vec::new();
-    for s in series {
-        w.push(s, &mut files)?;
-    }
-    w.finish(&mut files)?;
-    Ok(files)
-}
-
 /// What a read selects.
 pub(crate) struct Selection<'a> {
     pub matchers: &'a [Matcher],

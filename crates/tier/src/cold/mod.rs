@@ -154,6 +154,43 @@ pub struct WriteSummary {
     pub bytes: u64,
 }
 
+impl WriteSummary {
+    fn of(entries: &[FileEntry]) -> WriteSummary {
+        WriteSummary {
+            files: entries.len() as u64,
+            rows: entries.iter().map(|e| e.rows).sum(),
+            bytes: entries.iter().map(|e| e.bytes).sum(),
+        }
+    }
+}
+
+/// One partition being written.
+struct Partition<'a> {
+    tenant: &'a str,
+    tier: Tier,
+    day: &'a str,
+    /// Its directory, relative to the root.
+    dir: String,
+}
+
+impl<'a> Partition<'a> {
+    fn new(tenant: &'a str, tier: Tier, day: &'a str) -> Partition<'a> {
+        Partition {
+            tenant,
+            tier,
+            day,
+            dir: layout::partition(tenant, tier, day),
+        }
+    }
+
+    fn write_error(&self, e: parquet::errors::ParquetError) -> ColdError {
+        ColdError::File {
+            path: format!("{}/(new file)", self.dir),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionSummary {
@@ -374,31 +411,19 @@ impl ColdStore {
                 });
             }
         }
+        // One rank for the whole write: its files never hold the same key twice.
+        let rank = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut entries = Vec::new();
-        let mut summary = WriteSummary::default();
         for (day, series) in by_day {
+            let part = Partition::new(tenant.as_str(), tier, &day);
             // Sorts series and rows and folds repeats within this write (the later one wins).
             let series = merge(vec![(0, series)]);
-            let files = self.encode(&series)?;
-            let partition = layout::partition(tenant.as_str(), tier, &day);
-            for f in files {
-                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                let e = self
-                    .put_file(&partition, tenant.as_str(), tier, &day, seq, seq, f)
-                    .await;
-                let e = match self.count_error(e) {
-                    Ok(e) => e,
-                    Err(err) => {
-                        self.forget(&entries).await;
-                        return Err(err);
-                    }
-                };
-                summary.files += 1;
-                summary.rows += e.rows;
-                summary.bytes += e.bytes;
-                entries.push(e);
+            if let Err(e) = self.write_files(&part, rank, &series, &mut entries).await {
+                self.forget(&entries).await;
+                return self.count_error(Err(e));
             }
         }
+        let summary = WriteSummary::of(&entries);
         if entries.is_empty() {
             return Ok(summary);
         }
@@ -409,17 +434,27 @@ impl ColdStore {
         Ok(summary)
     }
 
-    fn encode<T: ColdRow>(
+    /// Writes sorted series into files of one partition, PUT as they fill.
+    async fn write_files<T: ColdRow>(
         &self,
+        part: &Partition<'_>,
+        rank: u64,
         series: &[StoredSeries<T>],
-    ) -> Result<Vec<EncodedFile>, ColdError> {
-        let r = file::encode(series, &self.schema, &self.promoted, self.cut).map_err(|e| {
-            ColdError::File {
-                path: "(new file)".into(),
-                reason: e.to_string(),
-            }
-        });
-        self.count_error(r)
+        entries: &mut Vec<FileEntry>,
+    ) -> Result<(), ColdError> {
+        let mut writer = self.file_writer(part)?;
+        let mut done = Vec::new();
+        for s in series {
+            writer.push(s, &mut done).map_err(|e| part.write_error(e))?;
+            self.put_done(part, rank, &mut done, entries).await?;
+        }
+        writer.finish(&mut done).map_err(|e| part.write_error(e))?;
+        self.put_done(part, rank, &mut done, entries).await
+    }
+
+    fn file_writer(&self, part: &Partition<'_>) -> Result<file::FileWriter, ColdError> {
+        file::FileWriter::new(&self.schema, &self.promoted, self.cut)
+            .map_err(|e| part.write_error(e))
     }
 
     fn count_written(&self, s: &WriteSummary) {
@@ -428,19 +463,16 @@ impl ColdStore {
         add(&self.counters.bytes_written, s.bytes);
     }
 
-    /// PUTs one encoded file (a single PUT: visible whole or not at all) and describes it.
-    #[allow(clippy::too_many_arguments)]
+    /// PUTs one encoded file (a single PUT: visible whole or not at all) and describes it;
+    /// `rank` is the age of its data (see [`FileEntry::seq`]).
     async fn put_file(
         &self,
-        partition: &str,
-        tenant: &str,
-        tier: Tier,
-        day: &str,
-        name_seq: u64,
-        seq: u64,
+        part: &Partition<'_>,
+        rank: u64,
         f: EncodedFile,
     ) -> Result<FileEntry, ColdError> {
-        let rel = layout::file_name(partition, name_seq, self.nonce);
+        let name_seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let rel = layout::file_name(&part.dir, name_seq, self.nonce);
         let path = join(&self.root, &rel);
         let bytes = f.bytes.len() as u64;
         self.store
@@ -453,15 +485,29 @@ impl ColdStore {
             })?;
         Ok(FileEntry {
             path: rel,
-            tenant: tenant.to_string(),
-            tier,
-            day: day.to_string(),
-            seq,
+            tenant: part.tenant.to_string(),
+            tier: part.tier,
+            day: part.day.to_string(),
+            seq: rank,
             rows: f.rows,
             bytes,
             min_time: f.min_time,
             max_time: f.max_time,
         })
+    }
+
+    /// PUTs the files in `done` (emptying it), describing them in `entries`.
+    async fn put_done(
+        &self,
+        part: &Partition<'_>,
+        rank: u64,
+        done: &mut Vec<EncodedFile>,
+        entries: &mut Vec<FileEntry>,
+    ) -> Result<(), ColdError> {
+        for f in done.drain(..) {
+            entries.push(self.put_file(part, rank, f).await?);
+        }
+        Ok(())
     }
 
     /// Deletes files whose commit was never tried (best effort: what stays is removed on open).
@@ -564,9 +610,10 @@ impl ColdStore {
                 add(&self.counters.compactions, 1);
             }
             for group in groups {
+                let part = Partition::new(tenant, tier, day);
                 let r = match tier {
-                    Tier::Raw => self.compact_group::<Sample>(tenant, tier, day, group).await,
-                    _ => self.compact_group::<Window>(tenant, tier, day, group).await,
+                    Tier::Raw => self.compact_group::<Sample>(&part, group).await,
+                    _ => self.compact_group::<Window>(&part, group).await,
                 };
                 let out = self.count_error(r)?;
                 summary.files_in += group.len() as u64;
@@ -605,24 +652,15 @@ impl ColdStore {
     /// time and output files are written as they fill, so memory holds a file, not a partition.
     async fn compact_group<T: ColdRow>(
         &self,
-        tenant: &str,
-        tier: Tier,
-        day: &str,
+        part: &Partition<'_>,
         files: &[&FileEntry],
     ) -> Result<WriteSummary, ColdError> {
         let mut entries = Vec::new();
-        if let Err(e) = self
-            .merge_into_files::<T>(tenant, tier, day, files, &mut entries)
-            .await
-        {
+        if let Err(e) = self.merge_into_files::<T>(part, files, &mut entries).await {
             self.forget(&entries).await;
             return Err(e);
         }
-        let out = WriteSummary {
-            files: entries.len() as u64,
-            rows: entries.iter().map(|e| e.rows).sum(),
-            bytes: entries.iter().map(|e| e.bytes).sum(),
-        };
+        let out = WriteSummary::of(&entries);
         let old: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         // As in a write, a failed commit leaves every file where it is.
         self.commit(entries, &old).await?;
@@ -635,9 +673,7 @@ impl ColdStore {
     /// described in `entries`.
     async fn merge_into_files<T: ColdRow>(
         &self,
-        tenant: &str,
-        tier: Tier,
-        day: &str,
+        part: &Partition<'_>,
         files: &[&FileEntry],
         entries: &mut Vec<FileEntry>,
     ) -> Result<(), ColdError> {
@@ -669,14 +705,8 @@ impl ColdStore {
             });
         }
         // The output is as new as its newest input, so a write made meanwhile still wins.
-        let seq = files.iter().map(|f| f.seq).max().unwrap_or(0);
-        let partition = layout::partition(tenant, tier, day);
-        let write_error = |e: parquet::errors::ParquetError| ColdError::File {
-            path: format!("{partition}/(new file)"),
-            reason: e.to_string(),
-        };
-        let mut writer =
-            file::FileWriter::new(&self.schema, &self.promoted, self.cut).map_err(write_error)?;
+        let rank = files.iter().map(|f| f.seq).max().unwrap_or(0);
+        let mut writer = self.file_writer(part)?;
         let mut done = Vec::new();
         while let Some((metric, rest)) = inputs
             .iter()
@@ -700,36 +730,14 @@ impl ColdStore {
                 }
             }
             for s in merge(parts) {
-                writer.push(&s, &mut done).map_err(write_error)?;
+                writer
+                    .push(&s, &mut done)
+                    .map_err(|e| part.write_error(e))?;
             }
-            self.put_done(&partition, tenant, tier, day, seq, &mut done, entries)
-                .await?;
+            self.put_done(part, rank, &mut done, entries).await?;
         }
-        writer.finish(&mut done).map_err(write_error)?;
-        self.put_done(&partition, tenant, tier, day, seq, &mut done, entries)
-            .await
-    }
-
-    /// PUTs the files in `done` (emptying it), describing them in `entries`.
-    #[allow(clippy::too_many_arguments)]
-    async fn put_done(
-        &self,
-        partition: &str,
-        tenant: &str,
-        tier: Tier,
-        day: &str,
-        seq: u64,
-        done: &mut Vec<EncodedFile>,
-        entries: &mut Vec<FileEntry>,
-    ) -> Result<(), ColdError> {
-        for f in done.drain(..) {
-            let name_seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            entries.push(
-                self.put_file(partition, tenant, tier, day, name_seq, seq, f)
-                    .await?,
-            );
-        }
-        Ok(())
+        writer.finish(&mut done).map_err(|e| part.write_error(e))?;
+        self.put_done(part, rank, &mut done, entries).await
     }
 }
 
