@@ -14,6 +14,8 @@ use futures::FutureExt;
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
@@ -25,6 +27,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use strata_model::{Labels, MatchOp, Matcher, METRIC_NAME};
@@ -237,13 +240,23 @@ impl<T: ColdRow> SeriesReader<T> {
         path: &Path,
         size: u64,
         sel: &Selection<'_>,
+        footers: &FooterCache,
     ) -> Result<SeriesReader<T>, ReadError> {
-        let reader = ObjectReader {
+        let mut reader = ObjectReader {
             store,
             path: path.clone(),
             size,
         };
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let cached = footers.0.lock().get(path.as_ref()).cloned();
+        let footer = match cached {
+            Some(f) => f,
+            None => {
+                let f = ArrowReaderMetadata::load_async(&mut reader, Default::default()).await?;
+                footers.insert(path, f.clone());
+                f
+            }
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
         let meta = builder.metadata().clone();
         let descr = meta.file_metadata().schema_descr();
         let leaves = Leaves::of(descr, T::TIME_BOUNDS);
@@ -325,13 +338,37 @@ pub(crate) async fn read<T: ColdRow>(
     path: &Path,
     size: u64,
     sel: &Selection<'_>,
+    footers: &FooterCache,
 ) -> Result<Vec<StoredSeries<T>>, ReadError> {
-    let mut r = SeriesReader::<T>::open(store, path, size, sel).await?;
+    let mut r = SeriesReader::<T>::open(store, path, size, sel, footers).await?;
     let mut out = Vec::new();
     while let Some(s) = r.next(sel).await? {
         out.push(s);
     }
     Ok(out)
+}
+
+/// Decoded footers of files read before: files never change, so a scan over two years of day
+/// partitions does not fetch hundreds of footers again.
+#[derive(Default)]
+pub(crate) struct FooterCache(Mutex<HashMap<String, ArrowReaderMetadata>>);
+
+/// Footers kept at most (a few KiB each); past it the cache starts over.
+const FOOTERS_KEPT: usize = 8192;
+
+impl FooterCache {
+    fn insert(&self, path: &Path, footer: ArrowReaderMetadata) {
+        let mut m = self.0.lock();
+        if m.len() >= FOOTERS_KEPT {
+            m.clear();
+        }
+        m.insert(path.to_string(), footer);
+    }
+
+    /// Forgets the footer of a file that is gone.
+    pub fn remove(&self, path: &Path) {
+        self.0.lock().remove(path.as_ref());
+    }
 }
 
 /// Ranged reads of one object whose size the manifest knows (so the footer takes one request).

@@ -225,6 +225,7 @@ pub struct ColdStore {
     /// Distinguishes this process' file names from a crashed one's with the same `seq`.
     nonce: u32,
     counters: Counters,
+    footers: file::FooterCache,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -272,6 +273,7 @@ impl ColdStore {
             compacting: Mutex::new(()),
             nonce: nanos ^ std::process::id().rotate_left(16),
             counters,
+            footers: file::FooterCache::default(),
             runtime: Some(runtime),
         })
     }
@@ -519,6 +521,7 @@ impl ColdStore {
     async fn delete(&self, rel: &[String]) {
         for r in rel {
             let path = join(&self.root, r);
+            self.footers.remove(&path);
             match self.store.delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => {
@@ -581,7 +584,7 @@ impl ColdStore {
             .map(|f| async move {
                 let path = join(&self.root, &f.path);
                 add(&self.counters.files_read, 1);
-                file::read::<T>(self.store.clone(), &path, f.bytes, sel)
+                file::read::<T>(self.store.clone(), &path, f.bytes, sel, &self.footers)
                     .await
                     .map(|s| (f.seq, s))
                     .map_err(|e| read_error(&path, e))
@@ -692,10 +695,15 @@ impl ColdStore {
         for f in files {
             let path = join(&self.root, &f.path);
             add(&self.counters.files_read, 1);
-            let mut reader =
-                file::SeriesReader::<T>::open(self.store.clone(), &path, f.bytes, &all)
-                    .await
-                    .map_err(|e| read_error(&path, e))?;
+            let mut reader = file::SeriesReader::<T>::open(
+                self.store.clone(),
+                &path,
+                f.bytes,
+                &all,
+                &self.footers,
+            )
+            .await
+            .map_err(|e| read_error(&path, e))?;
             let head = reader.next(&all).await.map_err(|e| read_error(&path, e))?;
             inputs.push(Input {
                 seq: f.seq,

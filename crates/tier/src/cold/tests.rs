@@ -244,6 +244,7 @@ fn row_groups_are_pruned_by_metric_and_time() {
             &path,
             entry.bytes,
             &sel,
+            &store.footers,
         ))
         .unwrap();
     assert_eq!(got.len(), 1);
