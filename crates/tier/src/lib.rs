@@ -75,4 +75,6 @@
 //! so a sample archived twice (a retried archive) may stay duplicated in two large files.
 //! One process writes a root at a time.
 
+#![warn(missing_docs)]
+
 pub mod cold;
