@@ -473,3 +473,53 @@ fn sigkill_mid_write_leaves_a_consistent_store() {
     let keys: HashSet<_> = rows.iter().map(|r| (r.1.clone(), r.2)).collect();
     assert_eq!(keys.len(), rows.len(), "no duplicate rows visible");
 }
+
+#[test]
+fn concurrent_writers_and_compaction_lose_nothing() {
+    fn shared<T: Send + Sync>(t: T) -> std::sync::Arc<T> {
+        std::sync::Arc::new(t)
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = shared(open(dir.path()));
+    let acme = tenant("acme");
+    let full = fleet(8, 12, 0);
+    let writers: Vec<_> = full
+        .chunks(2)
+        .map(|chunk| {
+            let (store, acme, chunk) = (store.clone(), acme.clone(), chunk.to_vec());
+            std::thread::spawn(move || {
+                for h in 0..12 {
+                    let one: Vec<SeriesWindows> = chunk
+                        .iter()
+                        .map(|s| SeriesWindows {
+                            labels: s.labels.clone(),
+                            windows: vec![s.windows[h].clone()],
+                        })
+                        .collect();
+                    store.write_windows(&acme, Tier::Hour, &one).unwrap();
+                }
+            })
+        })
+        .collect();
+    let compactor = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for _ in 0..6 {
+                store.compact().unwrap();
+            }
+        })
+    };
+    for t in writers {
+        t.join().unwrap();
+    }
+    compactor.join().unwrap();
+    store.compact().unwrap();
+    let mut expected = full.clone();
+    expected.sort_by(|a, b| a.labels.cmp(&b.labels));
+    assert_eq!(all(&store, &acme, Tier::Hour), expected);
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 1);
+    assert_eq!(foreign_rows(&files).len(), 96);
+    drop(store);
+    assert_eq!(open(dir.path()).metrics().leftovers_removed, 0);
+}
