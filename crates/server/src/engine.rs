@@ -143,6 +143,10 @@ impl Engine {
             retention_ms: cfg.rollups.retention.0,
             block_duration_ms: cfg.rollups.block_duration.0,
             publish_corrections: !cfg.rollups.groups.is_empty(),
+            hours: Some(strata_stream::hour::HourOptions {
+                retention_ms: cfg.rollups.hour_retention.0,
+                ..Default::default()
+            }),
         };
         type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {

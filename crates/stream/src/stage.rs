@@ -1,10 +1,12 @@
-//! One shard's rollup stage: its [`Windows`], its warm [`RollupStore`], and the steps that
-//! connect them to the raw tier (closing windows, applying corrections, checkpoints, reads).
+//! One shard's rollup stage: its [`Windows`], its warm [`RollupStore`], its 1-hour tier
+//! ([`HourStage`]), and the steps that connect them to the raw tier (closing windows, applying
+//! corrections, checkpoints, retention, reads).
 //!
 //! The shard's thread is the only writer (observe, settle, checkpoint); HTTP readers share it
 //! and take the windows' read lock briefly.
 
 use crate::bytes::{put, read_checked, write_checked, Reader};
+use crate::hour::{hour_start, HourOptions, HourStage, HOUR_MS};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{Correction, SeriesCorrections, WindowOptions, WindowState, Windows};
@@ -30,6 +32,8 @@ pub struct StageOptions {
     pub publish_corrections: bool,
     /// Span of a warm-tier block.
     pub block_duration_ms: i64,
+    /// The 1-hour tier, when wanted (windows must divide an hour).
+    pub hours: Option<HourOptions>,
 }
 
 /// A window as a reader sees it.
@@ -70,6 +74,8 @@ pub struct RollupStage {
     corrected: parking_lot::Mutex<BTreeSet<Correction>>,
     corrections_path: PathBuf,
     settling: parking_lot::Mutex<Settling>,
+    /// The 1-hour tier.
+    hours: Option<HourStage>,
 }
 
 /// What settling keeps between calls.
@@ -77,6 +83,8 @@ pub struct RollupStage {
 struct Settling {
     /// The warm place of each series, by its index in the windows.
     warm_ids: Vec<Option<WarmId>>,
+    /// Its place in the hour store, likewise.
+    hour_ids: Vec<Option<WarmId>>,
     /// The windows closing (a buffer reused between calls).
     closing: Vec<WindowWrite>,
 }
@@ -87,7 +95,11 @@ const CORRECTION_RUN_GAP: i64 = 16;
 
 /// The revision to store `figures` at over what the store holds: `None` when it holds these
 /// figures already, its revision + 1 when it holds others, `absent` when it holds none.
-fn revision_over(stored: Option<&StoredWindow>, figures: &Figures, absent: u32) -> Option<u32> {
+pub(crate) fn revision_over(
+    stored: Option<&StoredWindow>,
+    figures: &Figures,
+    absent: u32,
+) -> Option<u32> {
     match stored {
         Some(s) if &s.figures == figures => None,
         Some(s) => Some(s.revision + 1),
@@ -96,7 +108,8 @@ fn revision_over(stored: Option<&StoredWindow>, figures: &Figures, absent: u32) 
 }
 
 impl RollupStage {
-    /// Opens the stage kept in `dir`: the warm store and the window checkpoint.
+    /// Opens the stage kept in `dir`: the warm store, the hour tier (in `dir/1h`) and the
+    /// window checkpoint.
     pub fn open(dir: &Path, opts: StageOptions) -> Result<RollupStage, StreamError> {
         let tsdb_err = |e: TsdbError| StreamError::Corrupt {
             path: dir.join("warm"),
@@ -109,7 +122,22 @@ impl RollupStage {
         let (windows, covered) = Windows::load(&checkpoint, opts.windows.clone())?;
         let corrections_path = dir.join("corrected.ckpt");
         let corrected = load_corrections(&corrections_path)?;
+        let width = opts.windows.window_ms;
+        let hours = match &opts.hours {
+            Some(h) if HOUR_MS % width == 0 => {
+                Some(HourStage::open(&dir.join("1h"), width, h.clone())?)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    window_ms = width,
+                    "rollup windows do not divide an hour: no 1-hour tier"
+                );
+                None
+            }
+            None => None,
+        };
         Ok(RollupStage {
+            hours,
             opts,
             windows: RwLock::new(windows),
             store,
@@ -160,10 +188,15 @@ impl RollupStage {
     pub fn settle(&self, raw: &Tsdb, now_ms: Option<i64>, offset: u64) -> Result<(), StorageError> {
         let q = &self.opts.quantiles;
         let verify = self.verify_existing.load(Ordering::Relaxed);
+        let width = self.opts.windows.window_ms;
         let mut settling = self.settling.lock();
-        let Settling { warm_ids, closing } = &mut *settling;
+        let Settling {
+            warm_ids,
+            hour_ids,
+            closing,
+        } = &mut *settling;
         let mut failed = None;
-        let corrections = {
+        let (corrections, closed_before, watermark) = {
             let mut w = self.windows.write();
             w.advance(now_ms, |c| {
                 let i = c.series as usize;
@@ -171,6 +204,13 @@ impl RollupStage {
                     warm_ids.resize(i + 1, None);
                 }
                 let series = *warm_ids[i].get_or_insert_with(|| self.store.series(c.tenant, c.key));
+                if let Some(h) = &self.hours {
+                    if hour_ids.len() <= i {
+                        hour_ids.resize(i + 1, None);
+                    }
+                    let id = *hour_ids[i].get_or_insert_with(|| h.series(c.tenant, c.key));
+                    h.merge(id, c.tenant, c.key, c.start, &c.rollup);
+                }
                 let figures = c.rollup.figures(q);
                 let revision = if verify {
                     match self.next_revision(c.tenant, c.key, c.start, &figures, 0) {
@@ -187,19 +227,28 @@ impl RollupStage {
                 closing.push(WindowWrite {
                     series,
                     start: c.start,
+                    state: crate::state::for_store(&c.rollup, revision, width),
                     figures,
                     revision,
                 });
             });
-            w.take_corrections()
+            (w.take_corrections(), w.closed_before(), w.watermark())
         };
         self.store.write(closing.drain(..), offset);
         drop(settling);
         if let Some(e) = failed {
             return Err(e);
         }
+        if let Some(h) = &self.hours {
+            h.advance(closed_before, q, offset)?;
+        }
+        // Minutes older than this may have left the warm tier (by its retention): their hours
+        // are not rebuilt from what remains.
+        let expired_before = now_ms
+            .unwrap_or(watermark)
+            .saturating_sub(self.opts.retention_ms);
         for c in corrections {
-            self.correct(raw, c, offset)?;
+            self.correct(raw, c, offset, expired_before)?;
         }
         Ok(())
     }
@@ -207,7 +256,15 @@ impl RollupStage {
     /// Recomputes one series' corrected windows from the raw tier. Neighbouring windows are
     /// read together (a backfill of old data corrects every window of a series at once), so
     /// the raw tier and the store are each read once per run of windows, not once per window.
-    fn correct(&self, raw: &Tsdb, c: SeriesCorrections, offset: u64) -> Result<(), StorageError> {
+    /// The hours holding changed windows are recomputed from the warm tier (see
+    /// [`HourStage::recompute`]).
+    fn correct(
+        &self,
+        raw: &Tsdb,
+        c: SeriesCorrections,
+        offset: u64,
+        expired_before: i64,
+    ) -> Result<(), StorageError> {
         let width = self.opts.windows.window_ms;
         let q = &self.opts.quantiles;
         let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
@@ -233,7 +290,7 @@ impl RollupStage {
             let samples = raw.read_series(&c.tenant, c.key.as_ref(), first, last + width - 1)?;
             let stored = self
                 .store
-                .range(&c.tenant, c.key.as_ref(), first, last, q)?;
+                .range(&c.tenant, c.key.as_ref(), first, last, q, None)?;
             for &start in run {
                 let from = samples.partition_point(|s| s.timestamp < start);
                 let to = samples.partition_point(|s| s.timestamp < start + width);
@@ -251,6 +308,7 @@ impl RollupStage {
                 writes.push(WindowWrite {
                     series,
                     start,
+                    state: crate::state::for_store(&rollup, revision, width),
                     figures,
                     revision,
                 });
@@ -259,7 +317,19 @@ impl RollupStage {
         self.counters
             .corrected_windows
             .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        let hours: BTreeSet<i64> = writes.iter().map(|w| hour_start(w.start)).collect();
         self.store.write(writes, offset);
+        if let Some(h) = &self.hours {
+            h.recompute(
+                &self.store,
+                &c.tenant,
+                c.key.as_ref(),
+                &hours,
+                expired_before,
+                q,
+                offset,
+            )?;
+        }
         Ok(())
     }
 
@@ -290,10 +360,12 @@ impl RollupStage {
         }
     }
 
-    /// Persists the queue of corrected windows, the warm store, then the open windows with the
-    /// log offset they cover. In this order a crash between steps replays windows the store
-    /// already holds, which closing tolerates (it compares before writing), and corrections
-    /// whose windows are in the store are still queued, or published again by replay.
+    /// Persists the queue of corrected windows, the warm store, the hour tier (its store, then
+    /// its open hours), then the open windows with the log offset they cover. In this order a
+    /// crash between steps replays windows the stores already hold, which closing tolerates
+    /// (it compares before writing; an open hour skips windows it merged already, a final one
+    /// takes none), and corrections whose windows are in the store are still queued, or
+    /// published again by replay (recomputing an hour is idempotent).
     pub fn checkpoint(&self, offset: Option<u64>) -> Result<(), StreamError> {
         let tsdb_err = |e: TsdbError| StreamError::Corrupt {
             path: self.checkpoint.clone(),
@@ -304,6 +376,9 @@ impl RollupStage {
             save_corrections(&self.corrections_path, &queue)?;
         }
         self.store.flush().map_err(tsdb_err)?;
+        if let Some(h) = &self.hours {
+            h.checkpoint()?;
+        }
         self.windows.read().save(&self.checkpoint, offset)?;
         self.covered
             .store(offset.unwrap_or(u64::MAX), Ordering::Release);
@@ -332,18 +407,28 @@ impl RollupStage {
             if let Some(id) = settling.warm_ids.get_mut(i as usize) {
                 *id = None;
             }
+            if let Some(id) = settling.hour_ids.get_mut(i as usize) {
+                *id = None;
+            }
             gone.push((tenant.clone(), key.to_owned()));
         });
         drop(windows);
-        let ids = &mut settling.warm_ids;
-        while ids.last().is_some_and(Option::is_none) {
-            ids.pop();
-        }
-        if ids.capacity() > 2 * ids.len() + 16 {
-            ids.shrink_to_fit();
+        let Settling {
+            warm_ids, hour_ids, ..
+        } = &mut *settling;
+        for ids in [warm_ids, hour_ids] {
+            while ids.last().is_some_and(Option::is_none) {
+                ids.pop();
+            }
+            if ids.capacity() > 2 * ids.len() + 16 {
+                ids.shrink_to_fit();
+            }
         }
         drop(settling);
         self.store.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
+        if let Some(h) = &self.hours {
+            h.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
+        }
     }
 
     /// Series whose rollup state memory holds: in the windows, and figure series in the warm
@@ -353,9 +438,45 @@ impl RollupStage {
         (windows, self.store.tsdb().stats().series)
     }
 
-    /// Retention of the warm tier.
+    /// Retention of the warm tier and the hour tier. A window leaves the warm tier only once
+    /// its hour is final and in the hour store's blocks: the warm tier's clock is held at the
+    /// first hour not yet flushed final plus its retention, so no gap opens at the boundary.
     pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
-        self.store.tsdb().maintain(now_ms).map(|_| ())
+        let warm_now = match &self.hours {
+            Some(h) => now_ms.min(
+                h.flushed_final_before()
+                    .saturating_add(self.opts.retention_ms),
+            ),
+            None => now_ms,
+        };
+        let warm = self.store.tsdb().maintain(warm_now).map(|_| ());
+        let hours = self.hours.as_ref().map_or(Ok(()), |h| h.maintain(now_ms));
+        warm.and(hours)
+    }
+
+    /// The warm store of final windows (sizes, direct reads; windows still staged are flushed
+    /// by [`RollupStage::checkpoint`]).
+    pub fn store(&self) -> &RollupStore {
+        &self.store
+    }
+
+    /// The 1-hour tier, when configured.
+    pub fn hours(&self) -> Option<&HourStage> {
+        self.hours.as_ref()
+    }
+
+    /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off).
+    pub fn read_hours(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        match &self.hours {
+            Some(h) => h.read(tenant, matchers, start, end, &self.opts.quantiles),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`:
@@ -412,7 +533,7 @@ const CORRECTIONS_VERSION: u32 = 1;
 
 /// Writes the queue of corrected windows: magic, version, count, then tenant, key and start
 /// of each, and a CRC of all of it.
-fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
+pub(crate) fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
     let mut b = CORRECTIONS_MAGIC.to_vec();
     b.extend_from_slice(&CORRECTIONS_VERSION.to_le_bytes());
     b.extend_from_slice(&(queue.len() as u32).to_le_bytes());
@@ -425,7 +546,7 @@ fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError
 }
 
 /// Reads what [`save_corrections`] wrote; nothing when there is no file.
-fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
+pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
     let Some(body) = read_checked(path, CORRECTIONS_MAGIC, 20, "a correction queue")? else {
         return Ok(Vec::new());
     };
@@ -483,6 +604,7 @@ mod tests {
             retention_ms: i64::MAX / 4,
             publish_corrections,
             block_duration_ms: 7_200_000,
+            hours: None,
         }
     }
 
