@@ -11,7 +11,7 @@ use strata_model::{
     Labels, LazySeries, Matcher, MetadataHints, SelectHints, SeriesSamples, Storage, StorageError,
     Tenant, WriteBatch,
 };
-use strata_stream::stage::{RollupStage, StageOptions, WindowView};
+use strata_stream::stage::{RollupStage, StageOptions, Tier, WindowView};
 use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -561,10 +561,11 @@ impl Engine {
         self.shards.iter().any(|s| s.rollups.is_some())
     }
 
-    /// The rollup windows of series matching `matchers` that overlap `[start, end]`, sorted by
-    /// labels (series never span shards).
+    /// The rollup windows of one tier of series matching `matchers` that overlap
+    /// `[start, end]`, sorted by labels (series never span shards).
     pub fn rollups(
         &self,
+        tier: Tier,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
@@ -572,7 +573,7 @@ impl Engine {
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
         let mut out = Vec::new();
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            out.extend(r.read(tenant, matchers, start, end)?);
+            out.extend(r.read_tier(tier, tenant, matchers, start, end)?);
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)

@@ -51,6 +51,26 @@ pub struct WindowView {
     pub revision: u32,
 }
 
+/// Which tier of a stage a read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The stage's windows (1 minute by default): the warm tier.
+    Window,
+    /// The 1-hour tier.
+    Hour,
+}
+
+impl Tier {
+    /// Parses the API's names: `1m` (the windows, whatever their length) or `1h`.
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "1m" => Some(Tier::Window),
+            "1h" => Some(Tier::Hour),
+            _ => None,
+        }
+    }
+}
+
 /// Counters of window transitions not kept by [`Windows`].
 #[derive(Debug, Default)]
 pub struct StageCounters {
@@ -463,6 +483,21 @@ impl RollupStage {
     /// The 1-hour tier, when configured.
     pub fn hours(&self) -> Option<&HourStage> {
         self.hours.as_ref()
+    }
+
+    /// [`RollupStage::read`] or [`RollupStage::read_hours`], by tier.
+    pub fn read_tier(
+        &self,
+        tier: Tier,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        match tier {
+            Tier::Window => self.read(tenant, matchers, start, end),
+            Tier::Hour => self.read_hours(tenant, matchers, start, end),
+        }
     }
 
     /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off).
