@@ -109,6 +109,21 @@ struct Settling {
     closing: Vec<WindowWrite>,
 }
 
+/// True when a stored window's state (what its figures round) differs from `fresh`, the
+/// window recomputed with equal figures: an exact sum changed below the rounding, or the sketch.
+/// An unreadable state counts as changed, so it is written again.
+fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
+    match crate::state::of_stored(&stored.figures, stored.revision, stored.state.as_deref()) {
+        Ok(r) => {
+            r.sum != fresh.sum
+                || r.sum_squares != fresh.sum_squares
+                || r.increase != fresh.increase
+                || (r.quantiles.is_some() && r.quantiles != fresh.quantiles)
+        }
+        Err(_) => true,
+    }
+}
+
 /// Corrected windows of one series at most this many windows apart are recomputed from one
 /// read: reading the gap costs less than another read.
 const CORRECTION_RUN_GAP: i64 = 16;
@@ -308,9 +323,11 @@ impl RollupStage {
         {
             let (first, last) = (run[0], run[run.len() - 1]);
             let samples = raw.read_series(&c.tenant, c.key.as_ref(), first, last + width - 1)?;
-            let stored = self
-                .store
-                .range(&c.tenant, c.key.as_ref(), first, last, q, None)?;
+            // With an hour tier, states too: it merges what lies below the figures' rounding.
+            let state_width = self.hours.as_ref().map(|_| width);
+            let stored =
+                self.store
+                    .range(&c.tenant, c.key.as_ref(), first, last, q, state_width)?;
             for &start in run {
                 let from = samples.partition_point(|s| s.timestamp < start);
                 let to = samples.partition_point(|s| s.timestamp < start + width);
@@ -322,8 +339,12 @@ impl RollupStage {
                     .binary_search_by_key(&start, |w| w.start)
                     .ok()
                     .map(|i| &stored[i]);
-                let Some(revision) = revision_over(was, &figures, 1) else {
-                    continue;
+                let revision = match (revision_over(was, &figures, 1), was) {
+                    (Some(r), _) => r,
+                    (None, Some(w)) if state_width.is_some() && state_changed(w, &rollup) => {
+                        w.revision + 1
+                    }
+                    (None, _) => continue,
                 };
                 writes.push(WindowWrite {
                     series,

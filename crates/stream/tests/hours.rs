@@ -353,3 +353,58 @@ fn a_restart_keeps_every_hour_equal_to_its_raw_samples() {
         );
     }
 }
+
+/// The warm tier deletes a window only once its hour is final and flushed into the hour store:
+/// with a clock far past the warm retention, the windows of an open hour (or of a final one not
+/// yet checkpointed) stay; after the checkpoint they go, and the hour answers for them.
+#[test]
+fn windows_leave_the_warm_tier_only_once_their_hour_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = open_raw(dir.path());
+    let day = 86_400_000;
+    let opts = StageOptions {
+        retention_ms: day,
+        block_duration_ms: HOUR_MS,
+        ..options()
+    };
+    let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
+    let h = base();
+    let mut off = 0;
+    for r in hour_of_d1(h) {
+        off += 1;
+        apply(&stage, &raw, off, &r);
+    }
+    off += 1;
+    apply(&stage, &raw, off, &clock(closing(h + HOUR_MS) - 1));
+    let minutes = |stage: &RollupStage| {
+        stage
+            .read(
+                &Tenant::default_tenant(),
+                &[Matcher::equal("device", "d1")],
+                h,
+                h + HOUR_MS - 1,
+            )
+            .unwrap()
+            .pop()
+            .map_or(0, |(_, ws)| {
+                ws.iter()
+                    .filter(|w| w.state != WindowState::Provisional)
+                    .count()
+            })
+    };
+    let far = h + 3 * day;
+    stage.checkpoint(Some(off)).unwrap();
+    stage.maintain(far).unwrap();
+    assert_eq!(minutes(&stage), 59, "the hour is open: its windows stay");
+    off += 1;
+    apply(&stage, &raw, off, &clock(closing(h + HOUR_MS)));
+    stage.maintain(far).unwrap();
+    assert_eq!(minutes(&stage), 60, "final, but not flushed: they stay");
+    stage.checkpoint(Some(off)).unwrap();
+    stage.maintain(far).unwrap();
+    assert_eq!(minutes(&stage), 0, "the hour is stored: they go");
+    let hour = hours_of_d1(&stage, h, h);
+    assert_eq!(hour.len(), 1);
+    assert_eq!(hour[0].figures, raw_hour(&raw, h));
+    assert_eq!(hour[0].state, WindowState::Final);
+}
