@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use strata_model::{Labels, Matcher, SeriesKey, SeriesKeyRef, StorageError, Tenant};
 use strata_tsdb::TsdbError;
 
@@ -107,6 +107,8 @@ pub struct HourStage {
     /// Until the first checkpoint after opening, an hour becoming final may be stored already
     /// (from before a crash): compare instead of writing revision 0 blindly.
     verify_existing: AtomicBool,
+    /// See [`HourStage::generation`].
+    generation: AtomicU64,
 }
 
 fn tsdb_error(path: &Path) -> impl Fn(TsdbError) -> StreamError + '_ {
@@ -157,6 +159,7 @@ impl HourStage {
             checkpoint,
             queue_path,
             verify_existing: AtomicBool::new(had_hours),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -352,6 +355,11 @@ impl HourStage {
 
     /// Persists the store, then the open hours and the queue of hours for the next stage. The
     /// caller saves its window checkpoint after this (see [`crate::stage::RollupStage::checkpoint`]).
+    ///
+    /// When hours became final since the previous checkpoint, the places of series without an
+    /// open hour are given back (their hours are all in the store's blocks now), so memory holds
+    /// only the series of open hours however many series were ever seen; a series that goes on
+    /// gets a place again with its next window (see [`HourStage::generation`]).
     pub fn checkpoint(&self) -> Result<(), StreamError> {
         self.store.flush().map_err(tsdb_error(&self.checkpoint))?;
         let mut hours = self.hours.lock();
@@ -360,7 +368,13 @@ impl HourStage {
             let queue: Vec<HourKey> = hours.queue.iter().cloned().collect();
             save_corrections(&self.queue_path, &queue)?;
         }
-        hours.flushed_final_before = hours.final_before;
+        if hours.flushed_final_before != hours.final_before {
+            hours.flushed_final_before = hours.final_before;
+            let series = &hours.series;
+            self.store
+                .forget_where(|id| series.get(id.index()).is_none_or(Option::is_none));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.verify_existing.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -405,21 +419,10 @@ impl HourStage {
         }
     }
 
-    /// Gives back the store places of series gone idle that have no open hour (see
-    /// [`RollupStore::forget`]); call after a checkpoint.
-    pub fn forget<'a>(&self, series: impl IntoIterator<Item = (&'a Tenant, SeriesKeyRef<'a>)>) {
-        let hours = self.hours.lock();
-        let open: BTreeSet<(&Tenant, &[u8])> = hours
-            .series
-            .iter()
-            .flatten()
-            .map(|s| (&s.tenant, s.key.as_bytes()))
-            .collect();
-        let idle: Vec<(&Tenant, SeriesKeyRef<'_>)> = series
-            .into_iter()
-            .filter(|(t, k)| !open.contains(&(*t, k.as_bytes())))
-            .collect();
-        self.store.forget(idle);
+    /// Changes each time places of the hour store are given back: a caller keeping
+    /// [`WarmId`]s from [`HourStage::series`] drops them when it changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]`: final

@@ -103,8 +103,9 @@ pub struct RollupStage {
 struct Settling {
     /// The warm place of each series, by its index in the windows.
     warm_ids: Vec<Option<WarmId>>,
-    /// Its place in the hour store, likewise.
+    /// Its place in the hour store, likewise, valid for one [`HourStage::generation`].
     hour_ids: Vec<Option<WarmId>>,
+    hour_generation: u64,
     /// The windows closing (a buffer reused between calls).
     closing: Vec<WindowWrite>,
 }
@@ -228,8 +229,15 @@ impl RollupStage {
         let Settling {
             warm_ids,
             hour_ids,
+            hour_generation,
             closing,
         } = &mut *settling;
+        if let Some(h) = &self.hours {
+            if h.generation() != *hour_generation {
+                hour_ids.clear();
+                *hour_generation = h.generation();
+            }
+        }
         let mut failed = None;
         let (corrections, closed_before, watermark) = {
             let mut w = self.windows.write();
@@ -467,9 +475,6 @@ impl RollupStage {
         }
         drop(settling);
         self.store.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
-        if let Some(h) = &self.hours {
-            h.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
-        }
     }
 
     /// Series whose rollup state memory holds: in the windows, and figure series in the warm

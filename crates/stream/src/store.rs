@@ -463,16 +463,31 @@ impl RollupStore {
     /// gets a new place.
     pub fn forget<'a>(&self, series: impl IntoIterator<Item = (&'a Tenant, SeriesKeyRef<'a>)>) {
         let mut warm = self.warm.lock();
-        let warm = &mut *warm;
+        let places: Vec<u32> = series
+            .into_iter()
+            .filter_map(|(tenant, key)| warm.find(tenant, key))
+            .collect();
+        self.release(&mut warm, places);
+    }
+
+    /// As [`RollupStore::forget`], for every place `idle` picks (the caller keeps per-place
+    /// state and knows which places it no longer needs).
+    pub fn forget_where(&self, mut idle: impl FnMut(WarmId) -> bool) {
+        let mut warm = self.warm.lock();
+        let places: Vec<u32> = (0..warm.series.len() as u32)
+            .filter(|&i| warm.series[i as usize].is_some() && idle(WarmId(i)))
+            .collect();
+        self.release(&mut warm, places);
+    }
+
+    /// Gives back `places` (those without staged windows).
+    fn release(&self, warm: &mut WarmSeriesTable, places: Vec<u32>) {
         let mut gone: AHashMap<Tenant, Vec<SeriesHandle>> = AHashMap::new();
-        for (tenant, key) in series {
-            let Some(i) = warm.find(tenant, key) else {
-                continue;
-            };
+        for i in places {
             let Some(s) = warm.series[i as usize].take_if(|s| !s.pending) else {
                 continue;
             };
-            let id = SeriesId::of(tenant, key).0;
+            let id = SeriesId::of(&s.tenant, s.key.as_ref()).0;
             if let Some(slots) = warm.by_id.get_mut(&id) {
                 slots.retain(|&x| x != i);
                 if slots.is_empty() {

@@ -403,6 +403,12 @@ fn windows_leave_the_warm_tier_only_once_their_hour_is_stored() {
     stage.checkpoint(Some(off)).unwrap();
     stage.maintain(far).unwrap();
     assert_eq!(minutes(&stage), 0, "the hour is stored: they go");
+    let hours = stage.hours().unwrap();
+    assert_eq!(
+        hours.store().series_count(),
+        0,
+        "no open hour: the hour store's memory gave d1's place back"
+    );
     let hour = hours_of_d1(&stage, h, h);
     assert_eq!(hour.len(), 1);
     assert_eq!(hour[0].figures, raw_hour(&raw, h));
