@@ -3,15 +3,18 @@
 //! ones exactly, long after their samples left memory.
 //!
 //! Layout (little-endian): version (`u8`), the window's revision (varint), a flags byte, then
-//! each part its flag announces: the base figures (count as a varint, min, max, first and last
-//! timestamp and value), sum, sum of squares and increase ([`ExactSum::encode`]), the quantile
-//! sketch ([`Quantiles::encode`]); last a CRC32 of everything before it.
+//! each part its flags announce: the base figures (count as a varint, min, max, first and last
+//! timestamp and value); sum, sum of squares and increase, each either whole
+//! ([`ExactSum::encode`]) or as the `f64` residual that, added to its rounded figure, gives it
+//! exactly (two bits of the flags each: absent, whole, residual); the quantile sketch
+//! ([`Quantiles::encode`]); last a CRC32 of everything before it.
 //!
-//! Two forms share the layout. *Full* carries every part (checkpoints of open hours). *Over
-//! figures* carries only what the stored figures cannot give back: a sum only when it is not
-//! exactly its rounded figure, the sketch when there is one; windows whose figures suffice
-//! ([`figures_suffice`]) need no state at all. The revision lets a reader ignore a state left
-//! over from an earlier revision of the window.
+//! Two forms share the layout. *Full* carries every part whole (checkpoints of open hours).
+//! *Over figures* carries only what the stored figures cannot give back: a sum only when it is
+//! not exactly its rounded figure (as a residual when one `f64` holds the difference, as for
+//! sums of a few readings with decimals), the sketch when there is one; windows whose figures
+//! suffice ([`figures_suffice`]) need no state at all. The revision lets a reader ignore a state
+//! left over from an earlier revision of the window.
 
 use crate::exact::ExactSum;
 use crate::rollup::{Figures, Rollup};
@@ -22,11 +25,15 @@ use strata_model::Sample;
 pub const STATE_VERSION: u8 = 1;
 
 const BASE: u8 = 1;
-const SUM: u8 = 2;
-const SUM_SQUARES: u8 = 4;
-const INCREASE: u8 = 8;
-const QUANTILES: u8 = 16;
-const KNOWN: u8 = BASE | SUM | SUM_SQUARES | INCREASE | QUANTILES;
+const QUANTILES: u8 = 2;
+/// Where the two bits of the first sum's form start (the others follow).
+const SUM_FORM_SHIFT: u32 = 2;
+/// A sum's form: the figure itself.
+const ABSENT: u8 = 0;
+/// A sum's form: encoded whole.
+const WHOLE: u8 = 1;
+/// A sum's form: an `f64` residual over its figure.
+const RESIDUAL: u8 = 2;
 
 /// Why bytes are not a window state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,24 +76,42 @@ pub fn figures_suffice(r: &Rollup) -> bool {
         && exact_as_figure(&r.increase)
 }
 
+/// The residual `x` with `s` = its rounded value + `x` exactly, when one `f64` holds it.
+fn residual(s: &ExactSum) -> Option<f64> {
+    let hi = s.value();
+    let mut diff = s.clone();
+    diff.add(-hi);
+    let x = diff.value();
+    let mut back = exact(hi);
+    back.add(x);
+    (hi.is_finite() && &back == s).then_some(x)
+}
+
 /// Encodes `r` at `revision`: every part when `full`, else only what its figures cannot give
 /// back (see the module doc).
 pub fn encode(r: &Rollup, revision: u32, full: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(STATE_VERSION);
     put_varint(&mut out, u64::from(revision));
-    let mut flags = if full { BASE } else { 0 };
-    for (bit, s) in [
-        (SUM, &r.sum),
-        (SUM_SQUARES, &r.sum_squares),
-        (INCREASE, &r.increase),
-    ] {
-        if full || !exact_as_figure(s) {
-            flags |= bit;
+    let sums = [&r.sum, &r.sum_squares, &r.increase];
+    let forms = sums.map(|s| {
+        if full {
+            (WHOLE, None)
+        } else if exact_as_figure(s) {
+            (ABSENT, None)
+        } else {
+            match residual(s) {
+                Some(x) => (RESIDUAL, Some(x)),
+                None => (WHOLE, None),
+            }
         }
-    }
+    });
+    let mut flags = if full { BASE } else { 0 };
     if r.quantiles.is_some() {
         flags |= QUANTILES;
+    }
+    for (k, (form, _)) in forms.iter().enumerate() {
+        flags |= form << (SUM_FORM_SHIFT + 2 * k as u32);
     }
     out.push(flags);
     if full {
@@ -99,13 +124,11 @@ pub fn encode(r: &Rollup, revision: u32, full: bool) -> Vec<u8> {
             out.extend_from_slice(&s.value.to_le_bytes());
         }
     }
-    for (bit, s) in [
-        (SUM, &r.sum),
-        (SUM_SQUARES, &r.sum_squares),
-        (INCREASE, &r.increase),
-    ] {
-        if flags & bit != 0 {
-            s.encode(&mut out);
+    for (s, (form, x)) in sums.iter().zip(forms) {
+        match (form, x) {
+            (WHOLE, _) => s.encode(&mut out),
+            (RESIDUAL, Some(x)) => out.extend_from_slice(&x.to_le_bytes()),
+            _ => {}
         }
     }
     if let Some(q) = &r.quantiles {
@@ -151,7 +174,8 @@ pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), 
         .ok_or(damaged("revision"))?;
     let (&flags, rest) = cur.split_first().ok_or(damaged("flags"))?;
     cur = rest;
-    if flags & !KNOWN != 0 {
+    let form = |k: u32| (flags >> (SUM_FORM_SHIFT + 2 * k)) & 3;
+    if (0..3).any(|k| form(k) > RESIDUAL) {
         return Err(damaged("unknown flags"));
     }
     let mut r = if flags & BASE != 0 {
@@ -174,13 +198,23 @@ pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), 
     } else {
         of_figures(figures.ok_or(StateError::NoFigures)?)
     };
-    for (bit, s, what) in [
-        (SUM, &mut r.sum, "sum"),
-        (SUM_SQUARES, &mut r.sum_squares, "sum of squares"),
-        (INCREASE, &mut r.increase, "increase"),
-    ] {
-        if flags & bit != 0 {
-            *s = ExactSum::decode(&mut cur).ok_or(damaged(what))?;
+    let base_sums = [r.sum.value(), r.sum_squares.value(), r.increase.value()];
+    for (k, (s, what)) in [
+        (&mut r.sum, "sum"),
+        (&mut r.sum_squares, "sum of squares"),
+        (&mut r.increase, "increase"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match form(k as u32) {
+            WHOLE => *s = ExactSum::decode(&mut cur).ok_or(damaged(what))?,
+            RESIDUAL if flags & BASE == 0 => {
+                *s = exact(base_sums[k]);
+                s.add(get_f64(&mut cur).ok_or(damaged(what))?);
+            }
+            RESIDUAL => return Err(damaged("a residual without figures")),
+            _ => {}
         }
     }
     if flags & QUANTILES != 0 {
@@ -289,6 +323,23 @@ mod tests {
                 assert_eq!(of_stored(&f, 5, Some(&over)).unwrap(), of_figures(&f));
             }
         }
+    }
+
+    #[test]
+    fn sums_of_a_few_decimals_take_a_residual_each() {
+        let r = rollup(&[20.1, 20.3, 19.7, 20.6], false);
+        assert!(!figures_suffice(&r));
+        // Version, revision, flags, a residual per inexact sum, CRC.
+        let sums = [&r.sum, &r.sum_squares, &r.increase];
+        let inexact = sums.iter().filter(|s| !exact_as_figure(s)).count();
+        assert!(inexact > 0);
+        assert!(sums.iter().all(|s| residual(s).is_some()));
+        assert_eq!(encode(&r, 0, false).len(), 3 + inexact * 8 + 4);
+        let f = r.figures(&[]);
+        assert_eq!(
+            of_stored(&f, 0, for_store(&r, 0, 60_000).as_deref()).unwrap(),
+            r
+        );
     }
 
     #[test]
