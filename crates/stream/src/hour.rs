@@ -11,8 +11,8 @@
 //!   pairs not inside one window are exactly those boundary pairs, so the hour's increase equals
 //!   the one computed over its raw samples, resets inside and between windows included.
 //!   Windows of a series close in time order, so each merge appends at the hour's end.
-//! - **Life.** An hour is *provisional* while any of its windows is not final (its figures are
-//!   those of its final windows so far), and *final* once the stage has closed every window
+//! - **Life.** An hour is *provisional* while any of its windows is not final (it holds its
+//!   final windows so far; a reader also sees the windows still open merged in), and *final* once the stage has closed every window
 //!   starting before its end; it is then written to the store at revision 0. A corrected window
 //!   recomputes its hour from the windows the warm store holds (their figures and stored state,
 //!   see [`crate::state`]); a final hour whose figures change is written again at revision + 1.
@@ -31,6 +31,7 @@ use crate::window::{Correction, WindowState};
 use crate::StreamError;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -426,8 +427,9 @@ impl HourStage {
     }
 
     /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]`: final
-    /// and corrected ones from the store, provisional ones (their final windows so far) from
-    /// memory.
+    /// and corrected ones from the store, provisional ones from memory: their final windows so
+    /// far merged with `open_windows` (the windows still open, of those series, from the
+    /// caller's windows).
     pub fn read(
         &self,
         tenant: &Tenant,
@@ -435,6 +437,7 @@ impl HourStage {
         start: i64,
         end: i64,
         quantiles: &[f64],
+        mut open_windows: Vec<(SeriesKey, i64, Rollup)>,
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
         let mut out: BTreeMap<Labels, Vec<WindowView>> = BTreeMap::new();
         for (labels, ws) in
@@ -452,29 +455,42 @@ impl HourStage {
                 }));
         }
         let from = hour_start(start);
+        let mut provisional: BTreeMap<(SeriesKey, i64), Rollup> = BTreeMap::new();
         let hours = self.hours.lock();
         for s in hours.series.iter().flatten() {
             if &s.tenant != tenant || !Matcher::all_match(matchers, s.key.as_ref()) {
                 continue;
             }
-            for o in &s.open {
-                let Some(r) = o
-                    .rollup
-                    .as_ref()
-                    .filter(|_| (from..=end).contains(&o.start))
-                else {
-                    continue;
-                };
-                out.entry(s.key.labels()).or_default().push(WindowView {
-                    start: o.start,
-                    end: o.start + HOUR_MS,
-                    figures: r.figures(quantiles),
-                    state: WindowState::Provisional,
-                    revision: 0,
-                });
+            for o in s.open.iter().filter(|o| (from..=end).contains(&o.start)) {
+                if let Some(r) = &o.rollup {
+                    provisional.insert((s.key.clone(), o.start), r.clone());
+                }
             }
         }
         drop(hours);
+        // Open windows are later than every final one: merged in time order, each appends.
+        open_windows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        for (key, ws, r) in open_windows {
+            let h = hour_start(ws);
+            if !(from..=end).contains(&h) {
+                continue;
+            }
+            match provisional.entry((key, h)) {
+                Entry::Occupied(mut e) => e.get_mut().merge_in_time(&r),
+                Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+            }
+        }
+        for ((key, h), r) in provisional {
+            out.entry(key.labels()).or_default().push(WindowView {
+                start: h,
+                end: h + HOUR_MS,
+                figures: r.figures(quantiles),
+                state: WindowState::Provisional,
+                revision: 0,
+            });
+        }
         Ok(out
             .into_iter()
             .map(|(l, mut ws)| {
@@ -705,10 +721,11 @@ mod tests {
         let h = hour_start(strata_model::time::now_ms()) - 10 * HOUR_MS;
         let minute =
             |m: i64| Rollup::of_sorted(&[Sample::new(h + m * MIN, m as f64)], false).unwrap();
-        for m in [0, 1, 1, 59, 0] {
+        // Minute 1 twice and minute 0 again (replayed after a crash): merged once each.
+        for m in [0, 1, 1, 0] {
             stage.merge(id, &t, key.as_ref(), h + m * MIN, &minute(m));
         }
-        let read = |stage: &HourStage| {
+        let read = |stage: &HourStage, open: Vec<(SeriesKey, i64, Rollup)>| {
             stage
                 .read(
                     &t,
@@ -716,27 +733,34 @@ mod tests {
                     h,
                     h + 2 * HOUR_MS,
                     &[],
+                    open,
                 )
                 .unwrap()
                 .pop()
                 .unwrap()
                 .1
         };
-        let open = read(&stage);
+        let open = read(&stage, Vec::new());
         assert_eq!(open.len(), 1);
         assert_eq!(
             (open[0].state, open[0].figures.count),
-            (WindowState::Provisional, 3)
+            (WindowState::Provisional, 2)
         );
+        // A window still open joins the provisional hour as a reader sees it.
+        let with_open = read(&stage, vec![(key.clone(), h + 59 * MIN, minute(59))]);
+        assert_eq!(with_open[0].figures.count, 3);
+        assert_eq!(with_open[0].figures.last, Sample::new(h + 59 * MIN, 59.0));
+        assert_eq!(read(&stage, Vec::new()), open, "and leaves it as it was");
+        stage.merge(id, &t, key.as_ref(), h + 59 * MIN, &minute(59));
         stage.advance(h + HOUR_MS - MIN, &[], 1).unwrap();
         assert_eq!(
-            read(&stage)[0].state,
+            read(&stage, Vec::new())[0].state,
             WindowState::Provisional,
-            "minute 59 is open"
+            "minute 59 is not final"
         );
         stage.advance(h + HOUR_MS, &[], 1).unwrap();
         assert_eq!(stage.final_before(), h + HOUR_MS);
-        let fin = read(&stage);
+        let fin = read(&stage, Vec::new());
         assert_eq!(
             (fin[0].state, fin[0].figures.count),
             (WindowState::Final, 3)
@@ -744,6 +768,6 @@ mod tests {
         assert_eq!(fin[0].figures.sum, 60.0);
         // A window of a final hour (a replay after a crash) is not merged again.
         stage.merge(id, &t, key.as_ref(), h + 5 * MIN, &minute(5));
-        assert_eq!(read(&stage), fin);
+        assert_eq!(read(&stage, Vec::new()), fin);
     }
 }

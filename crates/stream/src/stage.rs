@@ -526,7 +526,8 @@ impl RollupStage {
         }
     }
 
-    /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off).
+    /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off): a provisional
+    /// hour holds its final windows and those still open.
     pub fn read_hours(
         &self,
         tenant: &Tenant,
@@ -534,10 +535,19 @@ impl RollupStage {
         start: i64,
         end: i64,
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
-        match &self.hours {
-            Some(h) => h.read(tenant, matchers, start, end, &self.opts.quantiles),
-            None => Ok(Vec::new()),
-        }
+        let Some(h) = &self.hours else {
+            return Ok(Vec::new());
+        };
+        // The windows still open in the hours asked for join their provisional hours.
+        let mut open = Vec::new();
+        self.windows.read().provisional(
+            tenant,
+            hour_start(start),
+            hour_start(end).saturating_add(HOUR_MS - 1),
+            |key| Matcher::all_match(matchers, key),
+            |key, ws, r| open.push((key.clone(), ws, r)),
+        );
+        h.read(tenant, matchers, start, end, &self.opts.quantiles, open)
     }
 
     /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`:
