@@ -415,3 +415,61 @@ fn windows_leave_the_warm_tier_only_once_their_hour_is_stored() {
     assert_eq!(hour[0].figures, raw_hour(&raw, h));
     assert_eq!(hour[0].state, WindowState::Final);
 }
+
+/// A correction that leaves a window's rounded figures as they were but changes its exact sum
+/// still reaches its hour: the hour's sum is the exact one of its raw samples, which the
+/// windows' rounded sums could not give (1e16 + 1.5 and 1e16 + 1.75 both round to 1e16 + 2).
+#[test]
+fn a_correction_below_the_rounding_of_a_window_reaches_its_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = open_raw(dir.path());
+    let opts = StageOptions {
+        windows: WindowOptions::default(),
+        ..options()
+    };
+    let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
+    let h = base();
+    let d1 = |samples: &[(i64, f64)]| Record {
+        device: "d1",
+        samples: samples
+            .iter()
+            .map(|&(t, v)| Sample::new(h + t, v))
+            .collect(),
+    };
+    let records = [
+        d1(&[(1_000, 0.5), (2_000, 1.0), (3_000, 1e16)]),
+        d1(&[(61_000, -1e16)]),
+        clock(closing(h + HOUR_MS)),
+    ];
+    for (i, r) in records.iter().enumerate() {
+        apply(&stage, &raw, i as u64 + 1, r);
+    }
+    let hour = |stage: &RollupStage| hours_of_d1(stage, h, h).pop().unwrap();
+    assert_eq!((hour(&stage).figures.sum, hour(&stage).revision), (1.5, 0));
+    let minute = |stage: &RollupStage| {
+        stage
+            .read(
+                &Tenant::default_tenant(),
+                &[Matcher::equal("device", "d1")],
+                h,
+                h,
+            )
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1
+            .remove(0)
+    };
+    let before = minute(&stage);
+    assert_eq!(before.figures.sum, 1e16 + 2.0);
+    // The middle sample replaced (last write wins): the same rounded figures.
+    apply(&stage, &raw, 4, &d1(&[(2_000, 1.25)]));
+    let after = minute(&stage);
+    assert_eq!(after.figures, before.figures);
+    assert_eq!(after.revision, 1, "its exact state changed");
+    let fixed = hour(&stage);
+    assert_eq!((fixed.figures.sum, fixed.revision), (1.75, 1));
+    let mut want = raw_hour(&raw, h);
+    want.quantiles.clear(); // no sketch for this series
+    assert_eq!(fixed.figures, want);
+}
