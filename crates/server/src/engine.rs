@@ -620,6 +620,37 @@ impl Engine {
         }
     }
 
+    /// Final and corrected 1-hour windows queued for the next tier, over all shards, read from
+    /// the hour stores: the cold tier's hook. Queued only with
+    /// [`strata_stream::hour::HourOptions::publish_final`] (off until a consumer runs).
+    pub fn pending_final_hours(
+        &self,
+    ) -> Result<
+        Vec<(
+            strata_stream::hour::HourKey,
+            Labels,
+            strata_stream::store::StoredWindow,
+        )>,
+        StorageError,
+    > {
+        let mut out = Vec::new();
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            out.extend(r.pending_final_hours()?);
+        }
+        Ok(out)
+    }
+
+    /// Marks queued hours as taken by the next tier (each shard drops those it holds).
+    pub fn done_final_hours(&self, done: &[strata_stream::hour::HourKey]) {
+        for h in self
+            .shards
+            .iter()
+            .filter_map(|s| s.rollups.as_ref()?.hours())
+        {
+            h.done_final(done);
+        }
+    }
+
     /// The last reading of every metric of `device` (the shard of its entity holds them all).
     pub fn device_latest(
         &self,

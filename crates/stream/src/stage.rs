@@ -511,6 +511,17 @@ impl RollupStage {
         self.hours.as_ref()
     }
 
+    /// The hours queued for the next tier ([`HourStage::pending_final`]) with their labels and
+    /// stored figures (quantiles as configured); nothing without an hour tier.
+    pub fn pending_final_hours(
+        &self,
+    ) -> Result<Vec<(crate::hour::HourKey, Labels, StoredWindow)>, StorageError> {
+        match &self.hours {
+            Some(h) => h.final_windows(&h.pending_final(), &self.opts.quantiles),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// [`RollupStage::read`] or [`RollupStage::read_hours`], by tier.
     pub fn read_tier(
         &self,

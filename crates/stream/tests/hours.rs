@@ -197,8 +197,14 @@ fn an_hour_is_final_after_its_last_minute_with_the_figures_of_its_raw_samples() 
     let w = windows.iter().find(|(k, _, _)| k == d1[0]).unwrap();
     assert_eq!(w.2.figures, want);
     assert_eq!(w.1.get("device"), Some("d1"));
+    let through_stage = stage.pending_final_hours().unwrap();
+    assert_eq!(through_stage.len(), windows.len());
+    assert!(through_stage
+        .iter()
+        .any(|(k, _, w)| k == d1[0] && w.figures == want));
     hours.done_final(&queued);
     assert!(hours.pending_final().is_empty());
+    assert!(stage.pending_final_hours().unwrap().is_empty());
 }
 
 #[test]
