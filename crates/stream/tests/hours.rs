@@ -353,6 +353,16 @@ fn a_restart_keeps_every_hour_equal_to_its_raw_samples() {
         let again = hours_of_d1(&stage, h, h + HOUR_MS);
         assert_eq!(again[0], fin[0], "{crash:?}");
         assert_eq!(again[1].state, WindowState::Provisional, "{crash:?}");
+        // The hour waits for the next tier, once, across the restarts.
+        let queued: Vec<_> = stage
+            .hours()
+            .unwrap()
+            .pending_final()
+            .into_iter()
+            .filter(|k| k.key.as_ref().get(b"device") == Some(&b"d1"[..]))
+            .map(|k| k.start)
+            .collect();
+        assert_eq!(queued, vec![h], "{crash:?}");
         assert_eq!(
             again[1].figures.count,
             5 * 4,
