@@ -230,6 +230,22 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("tier"));
 
+    // The device summary over the hour, from the hour tier.
+    let summary = s.get_json(&format!(
+        "/api/v1/devices/d3/summary?metric=temperature&tier=1h&start={}&end={}",
+        base / 1000,
+        base / 1000
+    ));
+    let sm = &summary["data"]["metrics"][0];
+    assert_eq!(sm["windows"], 1, "{summary}");
+    assert_eq!(sm["count"], 120);
+    let v: Vec<f64> = truth["d3"].iter().map(|s| s.1).collect();
+    assert_eq!(
+        f(sm, "max"),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+    );
+    assert_eq!(f(sm, "average"), v.iter().sum::<f64>() / v.len() as f64);
+
     // Group hours, at the hour's end: across both shards.
     let counts = |truth: &BTreeMap<String, Vec<(i64, f64)>>| {
         let mut out: BTreeMap<(String, i64), f64> = BTreeMap::new();

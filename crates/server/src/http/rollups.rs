@@ -209,9 +209,9 @@ impl Summary {
     }
 }
 
-/// `GET /api/v1/devices/<id>/summary?metric=&start=&end=`: current, average, min, max and count
-/// of each metric of the device (or of `metric`) over the range (default: the last hour),
-/// answered from rollup windows overlapping the range.
+/// `GET /api/v1/devices/<id>/summary?metric=&start=&end=&tier=`: current, average, min, max and
+/// count of each metric of the device (or of `metric`) over the range (default: the last hour),
+/// answered from rollup windows of the tier (`1m` by default, `1h`) overlapping the range.
 pub async fn summary(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -219,6 +219,7 @@ pub async fn summary(
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
+        let tier = tier_of(&r)?;
         let id = device_id(&id)?;
         let mut matchers = vec![Matcher::equal("device", id)];
         if let Some(m) = r.params.get("metric").filter(|m| !m.is_empty()) {
@@ -226,7 +227,7 @@ pub async fn summary(
         }
         let series = st
             .engine
-            .rollups(Tier::Window, &r.tenant, &matchers, r.start, r.end)
+            .rollups(tier, &r.tenant, &matchers, r.start, r.end)
             .map_err(storage_error)?;
         let data: Vec<Value> = series
             .iter()
