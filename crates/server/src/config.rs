@@ -249,6 +249,8 @@ pub struct RollupsConfig {
     pub idle_timeout: Duration,
     /// How long final windows are kept.
     pub retention: Duration,
+    /// How long final 1-hour windows are kept (the 1-hour tier; windows must divide an hour).
+    pub hour_retention: Duration,
     /// Span of a warm-tier block. Windows come one per series per minute, so warm blocks span
     /// longer than raw ones to hold as many samples per chunk (fewer, better compressed chunks).
     pub block_duration: Duration,
@@ -284,6 +286,7 @@ impl Default for RollupsConfig {
             correction_horizon: None,
             idle_timeout: Duration(300_000),
             retention: Duration(400 * 86_400_000),
+            hour_retention: Duration(3 * 31_536_000_000),
             block_duration: Duration(86_400_000),
             quantile_metrics: Vec::new(),
             quantiles: vec![0.5, 0.95, 0.99],
@@ -475,6 +478,8 @@ allowed_lateness = "2m"          # windows stay provisional until the watermark 
                                  # windows (default: the raw retention); older ones are too late
 idle_timeout = "5m"              # a shard without event-time progress this long follows the clock
 retention = "400d"               # how long final windows are kept
+hour_retention = "3y"            # how long final 1-hour windows are kept (1-hour tier); a
+                                 # minute leaves only once its hour is final and stored
 block_duration = "24h"           # span of a warm-tier block (one window per series per minute)
 quantile_metrics = []            # metrics whose windows keep a quantile sketch (DDSketch, 1%)
 quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them
@@ -574,6 +579,7 @@ mod tests {
         assert_eq!(parsed.rollups.out_of_orderness, d.rollups.out_of_orderness);
         assert_eq!(parsed.rollups.idle_timeout, d.rollups.idle_timeout);
         assert_eq!(parsed.rollups.retention, d.rollups.retention);
+        assert_eq!(parsed.rollups.hour_retention, d.rollups.hour_retention);
         assert_eq!(parsed.rollups.quantiles, d.rollups.quantiles);
         assert_eq!(parsed.rollups.correction_horizon, None);
         parsed.validate().unwrap();

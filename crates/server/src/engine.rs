@@ -11,7 +11,7 @@ use strata_model::{
     Labels, LazySeries, Matcher, MetadataHints, SelectHints, SeriesSamples, Storage, StorageError,
     Tenant, WriteBatch,
 };
-use strata_stream::stage::{RollupStage, StageOptions, WindowView};
+use strata_stream::stage::{RollupStage, StageOptions, Tier, WindowView};
 use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -142,6 +142,10 @@ impl Engine {
             retention_ms: cfg.rollups.retention.0,
             block_duration_ms: cfg.rollups.block_duration.0,
             publish_corrections: !cfg.rollups.groups.is_empty(),
+            hours: Some(strata_stream::hour::HourOptions {
+                retention_ms: cfg.rollups.hour_retention.0,
+                ..Default::default()
+            }),
         };
         type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
@@ -550,10 +554,11 @@ impl Engine {
         self.shards.iter().any(|s| s.rollups.is_some())
     }
 
-    /// The rollup windows of series matching `matchers` that overlap `[start, end]`, sorted by
-    /// labels (series never span shards).
+    /// The rollup windows of one tier of series matching `matchers` that overlap
+    /// `[start, end]`, sorted by labels (series never span shards).
     pub fn rollups(
         &self,
+        tier: Tier,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
@@ -561,7 +566,7 @@ impl Engine {
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
         let mut out = Vec::new();
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            out.extend(r.read(tenant, matchers, start, end)?);
+            out.extend(r.read_tier(tier, tenant, matchers, start, end)?);
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -605,6 +610,37 @@ impl Engine {
     pub fn done_corrected(&self, done: &[strata_stream::window::Correction]) {
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
             r.done_corrected(done);
+        }
+    }
+
+    /// Final and corrected 1-hour windows queued for the next tier, over all shards, read from
+    /// the hour stores: the cold tier's hook. Queued only with
+    /// [`strata_stream::hour::HourOptions::publish_final`] (off until a consumer runs).
+    pub fn pending_final_hours(
+        &self,
+    ) -> Result<
+        Vec<(
+            strata_stream::hour::HourKey,
+            Labels,
+            strata_stream::store::StoredWindow,
+        )>,
+        StorageError,
+    > {
+        let mut out = Vec::new();
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            out.extend(r.pending_final_hours()?);
+        }
+        Ok(out)
+    }
+
+    /// Marks queued hours as taken by the next tier (each shard drops those it holds).
+    pub fn done_final_hours(&self, done: &[strata_stream::hour::HourKey]) {
+        for h in self
+            .shards
+            .iter()
+            .filter_map(|s| s.rollups.as_ref()?.hours())
+        {
+            h.done_final(done);
         }
     }
 

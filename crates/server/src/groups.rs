@@ -3,6 +3,12 @@
 //! engine like any write (durable in the log); recomputes a group window when one of its member
 //! windows is corrected. Progress (the first window not yet computed) is checkpointed, so a
 //! restart neither skips nor repeats windows (a repeat would only rewrite the same values).
+//!
+//! Groups get 1-hour windows too (`<metric>:1h_by_<labels>_<output>`, when the windows divide
+//! an hour and are shorter): an hour is computed once every shard has closed its last window,
+//! from the raw samples of the hour (so counts of series and distinct values count each once
+//! over the hour), and again when a member window in it is corrected; its progress has a
+//! checkpoint of its own (`<checkpoint>-1h`).
 
 use crate::engine::Engine;
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +21,7 @@ use strata_model::{
     METRIC_NAME,
 };
 use strata_stream::group::GroupSpec;
+use strata_stream::hour::{hour_start, HOUR_MS};
 
 const MAGIC: &[u8; 8] = b"STRGROUP";
 
@@ -56,9 +63,22 @@ fn save(path: &Path, next: i64) -> Result<(), strata_stream::StreamError> {
 }
 
 impl Merger {
+    /// Where the 1-hour groups' progress is kept.
+    fn hour_checkpoint(&self) -> PathBuf {
+        let mut p = self.checkpoint.clone().into_os_string();
+        p.push("-1h");
+        p.into()
+    }
+
+    /// True when groups get 1-hour windows besides theirs.
+    fn with_hours(&self) -> bool {
+        self.window_ms < HOUR_MS && HOUR_MS % self.window_ms == 0
+    }
+
     /// Runs until `stop` is set, checking twice a second.
     pub fn run(self, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) {
-        let mut next = match load(&self.checkpoint) {
+        let loaded = load(&self.checkpoint).and_then(|n| Ok((n, load(&self.hour_checkpoint())?)));
+        let (mut next, mut next_hour) = match loaded {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("group rollups stopped: {e}");
@@ -66,35 +86,62 @@ impl Merger {
             }
         };
         while !stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.step(&mut next, &rt) {
+            if let Err(e) = self.step(&mut next, &mut next_hour, &rt) {
                 tracing::error!("group rollups: {e}");
             }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
 
-    /// Computes every window all shards have closed, then the corrected ones.
-    fn step(&self, next: &mut Option<i64>, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
-        let Some((closed, first)) = self.engine.group_progress() else {
-            return Ok(());
-        };
+    /// Computes every window of `window_ms` from `next` (or from `first`) that ends by
+    /// `closed`, and saves the progress at `path`; returns where it stands.
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &self,
+        next: &mut Option<i64>,
+        first: i64,
+        closed: i64,
+        window_ms: i64,
+        path: &Path,
+        rt: &tokio::runtime::Handle,
+    ) -> anyhow::Result<i64> {
         let mut start = next.unwrap_or(first);
         let before = start;
-        let tenants = if start < closed {
+        let tenants = if start + window_ms <= closed {
             self.engine.tenants()
         } else {
             Vec::new()
         };
-        while start < closed {
+        while start + window_ms <= closed {
             for tenant in &tenants {
-                self.compute_tenant(tenant, start, rt)?;
+                self.compute_tenant(tenant, start, window_ms, rt)?;
             }
-            start += self.window_ms;
+            start += window_ms;
         }
         if start != before || next.is_none() {
-            save(&self.checkpoint, start)?;
+            save(path, start)?;
             *next = Some(start);
         }
+        Ok(start)
+    }
+
+    /// Computes every window all shards have closed (and every hour), then the corrected ones.
+    fn step(
+        &self,
+        next: &mut Option<i64>,
+        next_hour: &mut Option<i64>,
+        rt: &tokio::runtime::Handle,
+    ) -> anyhow::Result<()> {
+        let Some((closed, first)) = self.engine.group_progress() else {
+            return Ok(());
+        };
+        let start = self.advance(next, first, closed, self.window_ms, &self.checkpoint, rt)?;
+        let hours_from = if self.with_hours() {
+            let path = self.hour_checkpoint();
+            self.advance(next_hour, hour_start(first), closed, HOUR_MS, &path, rt)?
+        } else {
+            i64::MIN
+        };
         // Windows computed already whose members were corrected since. Each correction stays
         // queued (and checkpointed with its shard) until its group window is written again.
         let pending = self.engine.pending_corrected();
@@ -109,24 +156,34 @@ impl Merger {
             })
             .map(|c| (c.tenant.clone(), c.start))
             .collect();
-        for (tenant, ws) in redo {
-            self.compute_tenant(&tenant, ws, rt)?;
+        for (tenant, ws) in &redo {
+            self.compute_tenant(tenant, *ws, self.window_ms, rt)?;
+        }
+        let redo_hours: BTreeSet<(&Tenant, i64)> = redo
+            .iter()
+            .map(|(t, ws)| (t, hour_start(*ws)))
+            .filter(|&(_, h)| h < hours_from)
+            .collect();
+        for (tenant, h) in redo_hours {
+            self.compute_tenant(tenant, h, HOUR_MS, rt)?;
         }
         // Windows not computed yet will be, with the correction in them.
         self.engine.done_corrected(&pending);
         Ok(())
     }
 
-    /// Computes and writes every group of one tenant for the window starting at `start`.
+    /// Computes and writes every group of one tenant for the window of `window_ms` starting
+    /// at `start`.
     fn compute_tenant(
         &self,
         tenant: &Tenant,
         start: i64,
+        window_ms: i64,
         rt: &tokio::runtime::Handle,
     ) -> anyhow::Result<()> {
         let hints = SelectHints {
             start,
-            end: start + self.window_ms - 1,
+            end: start + window_ms - 1,
             max_samples: None,
             fields: strata_model::Fields::All,
         };
@@ -152,7 +209,7 @@ impl Merger {
                 keys.iter()
                     .zip(members)
                     .map(|(k, m)| (k.as_ref(), m.samples.as_slice())),
-                self.window_ms,
+                window_ms,
             );
             for (labels, v) in outputs {
                 let mut pairs: Vec<(&[u8], &[u8])> = labels
@@ -162,7 +219,7 @@ impl Merger {
                 batch
                     .push_series(
                         &mut pairs,
-                        &[Sample::new(start + self.window_ms, v)],
+                        &[Sample::new(start + window_ms, v)],
                         None,
                         &limits,
                     )

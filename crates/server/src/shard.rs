@@ -13,7 +13,7 @@ use strata_log::{Log, PartitionWriter};
 use strata_model::time::now_ms;
 use strata_model::{SeriesDict, WriteBatch};
 use strata_stream::dedup::EventDedup;
-use strata_stream::stage::{RollupCheckpoint, RollupStage};
+use strata_stream::stage::{RollupCheckpoint, RollupCheckpointDone, RollupStage};
 use strata_stream::StreamError;
 use strata_tsdb::{AppendStats, Tsdb, TsdbError};
 use tokio::sync::{mpsc, oneshot};
@@ -112,14 +112,14 @@ struct Pending {
 /// checkpoint taken by [`Shard::prepare_flush`] is written (the warm tier flushed), then the
 /// raw tier is flushed.
 struct FlushJob {
-    /// The rollups' checkpoint (or why it could not be begun) and the log offset it covers.
-    windows: Option<(Result<RollupCheckpoint, StreamError>, Option<u64>)>,
+    /// The rollups' checkpoint, or why it could not be begun.
+    windows: Option<Result<RollupCheckpoint, StreamError>>,
 }
 
 /// What a [`FlushJob`] did.
 struct FlushOutcome {
-    /// The rollups' checkpoint: the offset it covers once written.
-    windows: Option<Result<Option<u64>, StreamError>>,
+    /// The rollups' checkpoint, once written.
+    windows: Option<Result<RollupCheckpointDone, StreamError>>,
     /// The raw tier's flush.
     raw: Result<Option<u64>, TsdbError>,
 }
@@ -130,7 +130,7 @@ impl FlushJob {
         // seen, which they ignore (replay applies each part past its own checkpoint).
         let windows = self
             .windows
-            .map(|(job, offset)| job.and_then(|j| j.write()).map(|()| offset));
+            .map(|job| job.and_then(RollupCheckpoint::write));
         FlushOutcome {
             windows,
             raw: tsdb.flush(),
@@ -574,10 +574,7 @@ impl Shard {
         let logged = self.writer.next_offset().checked_sub(1);
         // What the rollups hold at `logged` is taken here; the job writes it before the raw
         // tier's flush.
-        let windows = self
-            .rollups
-            .as_ref()
-            .map(|r| (r.begin_checkpoint(logged), logged));
+        let windows = self.rollups.as_ref().map(|r| r.begin_checkpoint(logged));
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
@@ -589,9 +586,9 @@ impl Shard {
     /// below both tiers' checkpoints, so the raw flush went ahead).
     fn completed(&mut self, outcome: FlushOutcome, maintenance: Maintenance) -> anyhow::Result<()> {
         let windows_done = match outcome.windows {
-            Some(Ok(offset)) => {
+            Some(Ok(done)) => {
                 if let Some(r) = &self.rollups {
-                    r.end_checkpoint(offset);
+                    r.end_checkpoint(&done);
                 }
                 Ok(())
             }

@@ -176,9 +176,11 @@ fn every_valid_tenant_id_is_flushed_and_restored_alone() {
         only(&shard.join("tsdb"), &["checkpoint", "@tenants"]);
         only(
             &shard.join("rollups"),
-            &["warm", "windows.ckpt", "corrected.ckpt"],
+            &["warm", "1h", "windows.ckpt", "corrected.ckpt"],
         );
         only(&shard.join("rollups/warm"), &["checkpoint", "@tenants"]);
+        only(&shard.join("rollups/1h"), &["store", "hours.ckpt"]);
+        only(&shard.join("rollups/1h/store"), &["checkpoint", "@tenants"]);
     }
     let s = Server::start(dir.path(), cfg);
     let parts = [("flushed", 20), ("logged", 7), ("unflushed", 3)];

@@ -9,6 +9,8 @@
 //! - [`exact`] and [`sketch`]: the exact sum and the mergeable sketches those figures use.
 //! - [`group`]: rollups of one metric across series, by labels, written back as series.
 //! - [`store`]: final windows of one shard, kept in a storage engine of their own.
+//! - [`state`]: a window's full mergeable state as checked bytes, stored beside its figures.
+//! - [`hour`]: the 1-hour tier: final windows merged into hours, corrected with them.
 //! - [`shadow`]: each device's last known reading of every metric.
 //! - [`stage`]: the shard's rollup stage tying windows, store and raw tier together.
 //!
@@ -19,10 +21,12 @@ mod bytes;
 pub mod dedup;
 pub mod exact;
 pub mod group;
+pub mod hour;
 pub mod rollup;
 pub mod shadow;
 pub mod sketch;
 pub mod stage;
+pub mod state;
 pub mod store;
 pub mod window;
 

@@ -480,7 +480,8 @@ fn tau(mut x: f64) -> f64 {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
@@ -488,7 +489,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(cur: &mut &[u8]) -> Option<u64> {
+/// Reads a LEB128 varint; `None` when truncated or too long.
+pub(crate) fn get_varint(cur: &mut &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let (&b, rest) = cur.split_first()?;
@@ -504,7 +506,8 @@ fn get_varint(cur: &mut &[u8]) -> Option<u64> {
     None
 }
 
-fn get_f64(cur: &mut &[u8]) -> Option<f64> {
+/// Reads a little-endian `f64`.
+pub(crate) fn get_f64(cur: &mut &[u8]) -> Option<f64> {
     let (b, rest) = cur.split_first_chunk::<8>()?;
     *cur = rest;
     Some(f64::from_le_bytes(*b))

@@ -1,10 +1,12 @@
-//! One shard's rollup stage: its [`Windows`], its warm [`RollupStore`], and the steps that
-//! connect them to the raw tier (closing windows, applying corrections, checkpoints, reads).
+//! One shard's rollup stage: its [`Windows`], its warm [`RollupStore`], its 1-hour tier
+//! ([`HourStage`]), and the steps that connect them to the raw tier (closing windows, applying
+//! corrections, checkpoints, retention, reads).
 //!
 //! The shard's thread is the only writer (observe, settle, checkpoint); HTTP readers share it
 //! and take the windows' read lock briefly.
 
 use crate::bytes::{put, read_checked, write_checked, Reader};
+use crate::hour::{hour_start, HourCheckpoint, HourOptions, HourStage, HOUR_MS};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{Correction, SeriesCorrections, WindowOptions, WindowState, Windows};
@@ -31,6 +33,8 @@ pub struct StageOptions {
     pub publish_corrections: bool,
     /// Span of a warm-tier block.
     pub block_duration_ms: i64,
+    /// The 1-hour tier, when wanted (windows must divide an hour).
+    pub hours: Option<HourOptions>,
 }
 
 /// A window as a reader sees it.
@@ -48,6 +52,26 @@ pub struct WindowView {
     pub revision: u32,
 }
 
+/// Which tier of a stage a read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// The stage's windows (1 minute by default): the warm tier.
+    Window,
+    /// The 1-hour tier.
+    Hour,
+}
+
+impl Tier {
+    /// Parses the API's names: `1m` (the windows, whatever their length) or `1h`.
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "1m" => Some(Tier::Window),
+            "1h" => Some(Tier::Hour),
+            _ => None,
+        }
+    }
+}
+
 /// Counters of window transitions not kept by [`Windows`].
 #[derive(Debug, Default)]
 pub struct StageCounters {
@@ -58,14 +82,25 @@ pub struct StageCounters {
 /// A checkpoint begun by [`RollupStage::begin_checkpoint`], to be written on any thread.
 pub struct RollupCheckpoint {
     store: Arc<RollupStore>,
+    hours: Option<HourCheckpoint>,
     path: PathBuf,
     snapshot: Vec<u8>,
+    offset: Option<u64>,
+}
+
+/// A written [`RollupCheckpoint`], for [`RollupStage::end_checkpoint`].
+#[derive(Debug, Clone, Copy)]
+pub struct RollupCheckpointDone {
+    /// The log offset it covers.
+    pub offset: Option<u64>,
+    hours_final_before: Option<i64>,
 }
 
 impl RollupCheckpoint {
-    /// Flushes the warm store (its windows into blocks), then writes the open windows: in
-    /// this order a crash between them replays windows the store already holds.
-    pub fn write(self) -> Result<(), StreamError> {
+    /// Flushes the warm store (its windows into blocks), then the hour tier (its store, then
+    /// its open hours), then writes the open windows: in this order a crash between steps
+    /// replays windows the stores already hold.
+    pub fn write(self) -> Result<RollupCheckpointDone, StreamError> {
         self.store
             .tsdb()
             .flush()
@@ -73,7 +108,19 @@ impl RollupCheckpoint {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-        Windows::write_snapshot(&self.path, self.snapshot)
+        let hours_final_before = match self.hours {
+            Some(h) => {
+                let f = h.final_before;
+                h.write()?;
+                Some(f)
+            }
+            None => None,
+        };
+        Windows::write_snapshot(&self.path, self.snapshot)?;
+        Ok(RollupCheckpointDone {
+            offset: self.offset,
+            hours_final_before,
+        })
     }
 }
 
@@ -93,6 +140,8 @@ pub struct RollupStage {
     corrected: parking_lot::Mutex<BTreeSet<Correction>>,
     corrections_path: PathBuf,
     settling: parking_lot::Mutex<Settling>,
+    /// The 1-hour tier.
+    hours: Option<HourStage>,
 }
 
 /// What settling keeps between calls.
@@ -100,8 +149,26 @@ pub struct RollupStage {
 struct Settling {
     /// The warm place of each series, by its index in the windows.
     warm_ids: Vec<Option<WarmId>>,
+    /// Its place in the hour store, likewise, valid for one [`HourStage::generation`].
+    hour_ids: Vec<Option<WarmId>>,
+    hour_generation: u64,
     /// The windows closing (a buffer reused between calls).
     closing: Vec<WindowWrite>,
+}
+
+/// True when a stored window's state (what its figures round) differs from `fresh`, the
+/// window recomputed with equal figures: an exact sum changed below the rounding, or the sketch.
+/// An unreadable state counts as changed, so it is written again.
+fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
+    match crate::state::of_stored(&stored.figures, stored.revision, stored.state.as_deref()) {
+        Ok(r) => {
+            r.sum != fresh.sum
+                || r.sum_squares != fresh.sum_squares
+                || r.increase != fresh.increase
+                || (r.quantiles.is_some() && r.quantiles != fresh.quantiles)
+        }
+        Err(_) => true,
+    }
 }
 
 /// Corrected windows of one series at most this many windows apart are recomputed from one
@@ -110,7 +177,11 @@ const CORRECTION_RUN_GAP: i64 = 16;
 
 /// The revision to store `figures` at over what the store holds: `None` when it holds these
 /// figures already, its revision + 1 when it holds others, `absent` when it holds none.
-fn revision_over(stored: Option<&StoredWindow>, figures: &Figures, absent: u32) -> Option<u32> {
+pub(crate) fn revision_over(
+    stored: Option<&StoredWindow>,
+    figures: &Figures,
+    absent: u32,
+) -> Option<u32> {
     match stored {
         Some(s) if &s.figures == figures => None,
         Some(s) => Some(s.revision + 1),
@@ -119,7 +190,8 @@ fn revision_over(stored: Option<&StoredWindow>, figures: &Figures, absent: u32) 
 }
 
 impl RollupStage {
-    /// Opens the stage kept in `dir`: the warm store and the window checkpoint.
+    /// Opens the stage kept in `dir`: the warm store, the hour tier (in `dir/1h`) and the
+    /// window checkpoint.
     pub fn open(dir: &Path, opts: StageOptions) -> Result<RollupStage, StreamError> {
         let tsdb_err = |e: TsdbError| StreamError::Corrupt {
             path: dir.join("warm"),
@@ -132,7 +204,22 @@ impl RollupStage {
         let (windows, covered) = Windows::load(&checkpoint, opts.windows.clone())?;
         let corrections_path = dir.join("corrected.ckpt");
         let corrected = load_corrections(&corrections_path)?;
+        let width = opts.windows.window_ms;
+        let hours = match &opts.hours {
+            Some(h) if HOUR_MS % width == 0 => {
+                Some(HourStage::open(&dir.join("1h"), width, h.clone())?)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    window_ms = width,
+                    "rollup windows do not divide an hour: no 1-hour tier"
+                );
+                None
+            }
+            None => None,
+        };
         Ok(RollupStage {
+            hours,
             opts,
             windows: RwLock::new(windows),
             store: Arc::new(store),
@@ -183,10 +270,22 @@ impl RollupStage {
     pub fn settle(&self, raw: &Tsdb, now_ms: Option<i64>, offset: u64) -> Result<(), StorageError> {
         let q = &self.opts.quantiles;
         let verify = self.verify_existing.load(Ordering::Relaxed);
+        let width = self.opts.windows.window_ms;
         let mut settling = self.settling.lock();
-        let Settling { warm_ids, closing } = &mut *settling;
+        let Settling {
+            warm_ids,
+            hour_ids,
+            hour_generation,
+            closing,
+        } = &mut *settling;
+        if let Some(h) = &self.hours {
+            if h.generation() != *hour_generation {
+                hour_ids.clear();
+                *hour_generation = h.generation();
+            }
+        }
         let mut failed = None;
-        let corrections = {
+        let (corrections, closed_before, watermark) = {
             let mut w = self.windows.write();
             w.advance(now_ms, |c| {
                 let i = c.series as usize;
@@ -194,6 +293,13 @@ impl RollupStage {
                     warm_ids.resize(i + 1, None);
                 }
                 let series = *warm_ids[i].get_or_insert_with(|| self.store.series(c.tenant, c.key));
+                if let Some(h) = &self.hours {
+                    if hour_ids.len() <= i {
+                        hour_ids.resize(i + 1, None);
+                    }
+                    let id = *hour_ids[i].get_or_insert_with(|| h.series(c.tenant, c.key));
+                    h.merge(id, c.tenant, c.key, c.start, &c.rollup);
+                }
                 let figures = c.rollup.figures(q);
                 let revision = if verify {
                     match self.next_revision(c.tenant, c.key, c.start, &figures, 0) {
@@ -210,19 +316,28 @@ impl RollupStage {
                 closing.push(WindowWrite {
                     series,
                     start: c.start,
+                    state: crate::state::for_store(&c.rollup, revision, width),
                     figures,
                     revision,
                 });
             });
-            w.take_corrections()
+            (w.take_corrections(), w.closed_before(), w.watermark())
         };
         self.store.write(closing.drain(..), offset);
         drop(settling);
         if let Some(e) = failed {
             return Err(e);
         }
+        if let Some(h) = &self.hours {
+            h.advance(closed_before, q, offset)?;
+        }
+        // Minutes older than this may have left the warm tier (by its retention): their hours
+        // are not rebuilt from what remains.
+        let expired_before = now_ms
+            .unwrap_or(watermark)
+            .saturating_sub(self.opts.retention_ms);
         for c in corrections {
-            self.correct(raw, c, offset)?;
+            self.correct(raw, c, offset, expired_before)?;
         }
         Ok(())
     }
@@ -230,7 +345,15 @@ impl RollupStage {
     /// Recomputes one series' corrected windows from the raw tier. Neighbouring windows are
     /// read together (a backfill of old data corrects every window of a series at once), so
     /// the raw tier and the store are each read once per run of windows, not once per window.
-    fn correct(&self, raw: &Tsdb, c: SeriesCorrections, offset: u64) -> Result<(), StorageError> {
+    /// The hours holding changed windows are recomputed from the warm tier (see
+    /// [`HourStage::recompute`]).
+    fn correct(
+        &self,
+        raw: &Tsdb,
+        c: SeriesCorrections,
+        offset: u64,
+        expired_before: i64,
+    ) -> Result<(), StorageError> {
         let width = self.opts.windows.window_ms;
         let q = &self.opts.quantiles;
         let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
@@ -254,9 +377,11 @@ impl RollupStage {
         {
             let (first, last) = (run[0], run[run.len() - 1]);
             let samples = raw.read_series(&c.tenant, c.key.as_ref(), first, last + width - 1)?;
-            let stored = self
-                .store
-                .range(&c.tenant, c.key.as_ref(), first, last, q)?;
+            // With an hour tier, states too: it merges what lies below the figures' rounding.
+            let state_width = self.hours.as_ref().map(|_| width);
+            let stored =
+                self.store
+                    .range(&c.tenant, c.key.as_ref(), first, last, q, state_width)?;
             for &start in run {
                 let from = samples.partition_point(|s| s.timestamp < start);
                 let to = samples.partition_point(|s| s.timestamp < start + width);
@@ -268,12 +393,17 @@ impl RollupStage {
                     .binary_search_by_key(&start, |w| w.start)
                     .ok()
                     .map(|i| &stored[i]);
-                let Some(revision) = revision_over(was, &figures, 1) else {
-                    continue;
+                let revision = match (revision_over(was, &figures, 1), was) {
+                    (Some(r), _) => r,
+                    (None, Some(w)) if state_width.is_some() && state_changed(w, &rollup) => {
+                        w.revision + 1
+                    }
+                    (None, _) => continue,
                 };
                 writes.push(WindowWrite {
                     series,
                     start,
+                    state: crate::state::for_store(&rollup, revision, width),
                     figures,
                     revision,
                 });
@@ -282,7 +412,19 @@ impl RollupStage {
         self.counters
             .corrected_windows
             .fetch_add(writes.len() as u64, Ordering::Relaxed);
+        let hours: BTreeSet<i64> = writes.iter().map(|w| hour_start(w.start)).collect();
         self.store.write(writes, offset);
+        if let Some(h) = &self.hours {
+            h.recompute(
+                &self.store,
+                &c.tenant,
+                c.key.as_ref(),
+                &hours,
+                expired_before,
+                q,
+                offset,
+            )?;
+        }
         Ok(())
     }
 
@@ -313,13 +455,15 @@ impl RollupStage {
         }
     }
 
-    /// Persists the queue of corrected windows, the warm store, then the open windows with the
-    /// log offset they cover. In this order a crash between steps replays windows the store
-    /// already holds, which closing tolerates (it compares before writing), and corrections
-    /// whose windows are in the store are still queued, or published again by replay.
+    /// Persists the queue of corrected windows, the warm store, the hour tier (its store, then
+    /// its open hours), then the open windows with the log offset they cover. In this order a
+    /// crash between steps replays windows the stores already hold, which closing tolerates
+    /// (it compares before writing; an open hour skips windows it merged already, a final one
+    /// takes none), and corrections whose windows are in the store are still queued, or
+    /// published again by replay (recomputing an hour is idempotent).
     pub fn checkpoint(&self, offset: Option<u64>) -> Result<(), StreamError> {
-        self.begin_checkpoint(offset)?.write()?;
-        self.end_checkpoint(offset);
+        let done = self.begin_checkpoint(offset)?.write()?;
+        self.end_checkpoint(&done);
         Ok(())
     }
 
@@ -335,17 +479,25 @@ impl RollupStage {
             save_corrections(&self.corrections_path, &queue)?;
         }
         self.store.stage_all();
+        let hours = self.hours.as_ref().map(HourStage::begin_checkpoint);
         let snapshot = self.windows.read().encode(offset);
         Ok(RollupCheckpoint {
             store: Arc::clone(&self.store),
+            hours,
             path: self.checkpoint.clone(),
             snapshot,
+            offset,
         })
     }
 
     /// Completes a checkpoint whose [`RollupCheckpoint::write`] succeeded: the log is covered
-    /// up to `offset`, and series gone idle leave memory.
-    pub fn end_checkpoint(&self, offset: Option<u64>) {
+    /// up to its offset, the hours final when it was begun are in their store's blocks, and
+    /// series gone idle leave memory.
+    pub fn end_checkpoint(&self, done: &RollupCheckpointDone) {
+        if let (Some(h), Some(final_before)) = (&self.hours, done.hours_final_before) {
+            h.end_checkpoint(final_before);
+        }
+        let offset = done.offset;
         self.covered
             .store(offset.unwrap_or(u64::MAX), Ordering::Release);
         self.verify_existing.store(false, Ordering::Relaxed);
@@ -372,15 +524,22 @@ impl RollupStage {
             if let Some(id) = settling.warm_ids.get_mut(i as usize) {
                 *id = None;
             }
+            if let Some(id) = settling.hour_ids.get_mut(i as usize) {
+                *id = None;
+            }
             gone.push((tenant.clone(), key.to_owned()));
         });
         drop(windows);
-        let ids = &mut settling.warm_ids;
-        while ids.last().is_some_and(Option::is_none) {
-            ids.pop();
-        }
-        if ids.capacity() > 2 * ids.len() + 16 {
-            ids.shrink_to_fit();
+        let Settling {
+            warm_ids, hour_ids, ..
+        } = &mut *settling;
+        for ids in [warm_ids, hour_ids] {
+            while ids.last().is_some_and(Option::is_none) {
+                ids.pop();
+            }
+            if ids.capacity() > 2 * ids.len() + 16 {
+                ids.shrink_to_fit();
+            }
         }
         drop(settling);
         self.store.forget(gone.iter().map(|(t, k)| (t, k.as_ref())));
@@ -393,9 +552,81 @@ impl RollupStage {
         (windows, self.store.tsdb().stats().series)
     }
 
-    /// Retention of the warm tier.
+    /// Retention of the warm tier and the hour tier. A window leaves the warm tier only once
+    /// its hour is final and in the hour store's blocks: the warm tier's clock is held at the
+    /// first hour not yet flushed final plus its retention, so no gap opens at the boundary.
     pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
-        self.store.tsdb().maintain(now_ms).map(|_| ())
+        let warm_now = match &self.hours {
+            Some(h) => now_ms.min(
+                h.flushed_final_before()
+                    .saturating_add(self.opts.retention_ms),
+            ),
+            None => now_ms,
+        };
+        let warm = self.store.tsdb().maintain(warm_now).map(|_| ());
+        let hours = self.hours.as_ref().map_or(Ok(()), |h| h.maintain(now_ms));
+        warm.and(hours)
+    }
+
+    /// The warm store of final windows (sizes, direct reads; windows still staged are flushed
+    /// by [`RollupStage::checkpoint`]).
+    pub fn store(&self) -> &RollupStore {
+        &self.store
+    }
+
+    /// The 1-hour tier, when configured.
+    pub fn hours(&self) -> Option<&HourStage> {
+        self.hours.as_ref()
+    }
+
+    /// The hours queued for the next tier ([`HourStage::pending_final`]) with their labels and
+    /// stored figures (quantiles as configured); nothing without an hour tier.
+    pub fn pending_final_hours(
+        &self,
+    ) -> Result<Vec<(crate::hour::HourKey, Labels, StoredWindow)>, StorageError> {
+        match &self.hours {
+            Some(h) => h.final_windows(&h.pending_final(), &self.opts.quantiles),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// [`RollupStage::read`] or [`RollupStage::read_hours`], by tier.
+    pub fn read_tier(
+        &self,
+        tier: Tier,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        match tier {
+            Tier::Window => self.read(tenant, matchers, start, end),
+            Tier::Hour => self.read_hours(tenant, matchers, start, end),
+        }
+    }
+
+    /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off): a provisional
+    /// hour holds its final windows and those still open.
+    pub fn read_hours(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        let Some(h) = &self.hours else {
+            return Ok(Vec::new());
+        };
+        // The windows still open in the hours asked for join their provisional hours.
+        let mut open = Vec::new();
+        self.windows.read().provisional(
+            tenant,
+            hour_start(start),
+            hour_start(end).saturating_add(HOUR_MS - 1),
+            |key| Matcher::all_match(matchers, key),
+            |key, ws, r| open.push((key.clone(), ws, r)),
+        );
+        h.read(tenant, matchers, start, end, &self.opts.quantiles, open)
     }
 
     /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`:
@@ -452,7 +683,12 @@ const CORRECTIONS_VERSION: u32 = 1;
 
 /// Writes the queue of corrected windows: magic, version, count, then tenant, key and start
 /// of each, and a CRC of all of it.
-fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
+pub(crate) fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
+    write_checked(path, encode_corrections(queue))
+}
+
+/// What [`save_corrections`] writes (before its checksum).
+pub(crate) fn encode_corrections(queue: &[Correction]) -> Vec<u8> {
     let mut b = CORRECTIONS_MAGIC.to_vec();
     b.extend_from_slice(&CORRECTIONS_VERSION.to_le_bytes());
     b.extend_from_slice(&(queue.len() as u32).to_le_bytes());
@@ -461,11 +697,11 @@ fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError
         put(&mut b, c.key.as_bytes());
         b.extend_from_slice(&c.start.to_le_bytes());
     }
-    write_checked(path, b)
+    b
 }
 
 /// Reads what [`save_corrections`] wrote; nothing when there is no file.
-fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
+pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
     let Some(body) = read_checked(path, CORRECTIONS_MAGIC, 20, "a correction queue")? else {
         return Ok(Vec::new());
     };
@@ -523,6 +759,7 @@ mod tests {
             retention_ms: i64::MAX / 4,
             publish_corrections,
             block_duration_ms: 7_200_000,
+            hours: None,
         }
     }
 

@@ -7,6 +7,13 @@
 //! append, so its figures are never seen half-written; a correction writes the window again at
 //! the same timestamps and, the storage rule being "last write wins", replaces it.
 //!
+//! A window whose figures do not give back its mergeable state (a quantile sketch, sums not
+//! exactly their rounded figures; see [`crate::state`]) also keeps that state, as bytes, in the
+//! figure series `state`: at the window's start the byte length, then six bytes per sample at
+//! the following milliseconds, each as an integer below 2^48 (exactly an `f64`, so any lossless
+//! codec keeps it). A state must fit the window (a sample per millisecond); the state carries
+//! its revision, so one left over from a longer earlier revision is recognized and ignored.
+//!
 //! The store is derived data: it is rebuilt from the ingest log on replay, so it needs no log of
 //! its own (see the shard's checkpoint order).
 
@@ -35,6 +42,56 @@ const LAST: &str = "last";
 const LAST_TS: &str = "last_ts";
 const INCREASE: &str = "increase";
 const REVISION: &str = "revision";
+/// The figure series holding windows' mergeable state (see the module doc).
+pub const STATE_FIGURE: &str = "state";
+/// State bytes per sample of the `state` series.
+const STATE_BYTES_PER_SAMPLE: usize = 6;
+
+/// Samples (timestamps from the window start) a state of `len` bytes takes in the store.
+pub fn state_samples(len: usize) -> i64 {
+    1 + len.div_ceil(STATE_BYTES_PER_SAMPLE) as i64
+}
+
+/// The `state` series' samples for `bytes` of a window starting at `start`.
+fn state_to_samples(start: i64, bytes: &[u8], out: &mut Vec<Sample>) {
+    out.push(Sample::new(start, bytes.len() as f64));
+    for (i, six) in bytes.chunks(STATE_BYTES_PER_SAMPLE).enumerate() {
+        let mut w = [0u8; 8];
+        w[..six.len()].copy_from_slice(six);
+        out.push(Sample::new(
+            start + 1 + i as i64,
+            u64::from_le_bytes(w) as f64,
+        ));
+    }
+}
+
+/// The state bytes of the window starting at `start` from the `state` series' samples (sorted),
+/// `None` when it has none; an error when its samples are incomplete.
+fn state_from_samples(start: i64, samples: &[Sample]) -> Result<Option<Vec<u8>>, StorageError> {
+    let at = samples.partition_point(|s| s.timestamp < start);
+    let Some(head) = samples.get(at).filter(|s| s.timestamp == start) else {
+        return Ok(None);
+    };
+    let len = head.value as usize;
+    let n = state_samples(len) as usize - 1;
+    let body = samples.get(at + 1..at + 1 + n).unwrap_or(&[]);
+    let whole = body.len() == n
+        && body
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.timestamp == start + 1 + i as i64 && s.value < (1u64 << 48) as f64);
+    if !whole || head.value != len as f64 {
+        return Err(StorageError::Io(format!(
+            "warm tier: the state of the window at {start} is incomplete"
+        )));
+    }
+    let mut out = Vec::with_capacity(n * STATE_BYTES_PER_SAMPLE);
+    for s in body {
+        out.extend_from_slice(&(s.value as u64).to_le_bytes()[..STATE_BYTES_PER_SAMPLE]);
+    }
+    out.truncate(len);
+    Ok(Some(out))
+}
 
 /// A final window as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,12 +102,27 @@ pub struct StoredWindow {
     pub figures: Figures,
     /// 0 when first final; each correction adds one.
     pub revision: u32,
+    /// Its mergeable state (see [`crate::state`]) when one was stored and asked for; it may be
+    /// one left from another revision (the state says which).
+    pub state: Option<Vec<u8>>,
 }
 
 /// A raw series' place in the warm tier (see [`RollupStore::series`]): writing a window by it
 /// costs no key building, hashing or lookups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WarmId(u32);
+
+impl WarmId {
+    /// The place as an index (dense: a consumer may keep per-series state in a vector).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The place at `index`, as [`WarmId::index`] gave it.
+    pub(crate) fn from_index(index: usize) -> WarmId {
+        WarmId(index as u32)
+    }
+}
 
 /// One window to store.
 #[derive(Debug, Clone)]
@@ -63,6 +135,9 @@ pub struct WindowWrite {
     pub figures: Figures,
     /// Its revision.
     pub revision: u32,
+    /// Its mergeable state when its figures do not give it back (see [`crate::state`]); at most
+    /// as many bytes as [`state_samples`] fits into the window.
+    pub state: Option<Vec<u8>>,
 }
 
 /// Final windows of one shard.
@@ -83,6 +158,8 @@ struct WarmSeries {
     /// In the order of [`BASE_FIGURES`].
     base: [SeriesHandle; BASE_FIGURES.len()],
     quantiles: Vec<(f64, SeriesHandle)>,
+    /// The `state` series, made with the first state.
+    state: Option<SeriesHandle>,
     /// At most one per window start, at most [`STAGED_WINDOWS`].
     staged: Vec<StagedWindow>,
     /// Listed in [`WarmSeriesTable::pending`].
@@ -95,6 +172,7 @@ struct StagedWindow {
     /// In the order of [`BASE_FIGURES`].
     values: [f64; BASE_FIGURES.len()],
     quantiles: Vec<(f64, f64)>,
+    state: Option<Vec<u8>>,
 }
 
 impl StagedWindow {
@@ -116,6 +194,7 @@ impl StagedWindow {
                 w.revision as f64,
             ],
             quantiles: f.quantiles,
+            state: w.state,
         }
     }
 
@@ -125,7 +204,9 @@ impl StagedWindow {
             a.set(name, v);
         }
         a.quantiles = self.quantiles.clone();
-        a.finish(self.start).expect("a staged window has a count")
+        let mut w = a.finish(self.start).expect("a staged window has a count");
+        w.state = self.state.clone();
+        w
     }
 }
 
@@ -211,6 +292,18 @@ impl WarmSeriesTable {
             }));
             handles.push((handle, from..run.len()));
         }
+        if s.staged.iter().any(|w| w.state.is_some()) {
+            let handle = *s.state.get_or_insert_with(|| {
+                tsdb.series_handle(&s.tenant, figure_key(s.key.as_ref(), STATE_FIGURE).as_ref())
+            });
+            let from = run.len();
+            for w in &s.staged {
+                if let Some(b) = &w.state {
+                    state_to_samples(w.start, b, run);
+                }
+            }
+            handles.push((handle, from..run.len()));
+        }
         s.staged.clear();
         let runs: Vec<(SeriesHandle, &[Sample])> =
             handles.into_iter().map(|(h, r)| (h, &run[r])).collect();
@@ -236,6 +329,11 @@ impl WarmSeriesTable {
                         tenant,
                         figure_key(s.key.as_ref(), &quantile_figure(*q)).as_ref(),
                     )
+                });
+            }
+            if let Some(h) = &mut s.state {
+                *h = moved.get(*h).unwrap_or_else(|| {
+                    tsdb.series_handle(tenant, figure_key(s.key.as_ref(), STATE_FIGURE).as_ref())
                 });
             }
         }
@@ -343,6 +441,7 @@ impl RollupStore {
             key: key.to_owned(),
             base,
             quantiles: Vec::new(),
+            state: None,
             staged: Vec::new(),
             pending: false,
         };
@@ -370,16 +469,31 @@ impl RollupStore {
     /// gets a new place.
     pub fn forget<'a>(&self, series: impl IntoIterator<Item = (&'a Tenant, SeriesKeyRef<'a>)>) {
         let mut warm = self.warm.lock();
-        let warm = &mut *warm;
+        let places: Vec<u32> = series
+            .into_iter()
+            .filter_map(|(tenant, key)| warm.find(tenant, key))
+            .collect();
+        self.release(&mut warm, places);
+    }
+
+    /// As [`RollupStore::forget`], for every place `idle` picks (the caller keeps per-place
+    /// state and knows which places it no longer needs).
+    pub fn forget_where(&self, mut idle: impl FnMut(WarmId) -> bool) {
+        let mut warm = self.warm.lock();
+        let places: Vec<u32> = (0..warm.series.len() as u32)
+            .filter(|&i| warm.series[i as usize].is_some() && idle(WarmId(i)))
+            .collect();
+        self.release(&mut warm, places);
+    }
+
+    /// Gives back `places` (those without staged windows).
+    fn release(&self, warm: &mut WarmSeriesTable, places: Vec<u32>) {
         let mut gone: AHashMap<Tenant, Vec<SeriesHandle>> = AHashMap::new();
-        for (tenant, key) in series {
-            let Some(i) = warm.find(tenant, key) else {
-                continue;
-            };
+        for i in places {
             let Some(s) = warm.series[i as usize].take_if(|s| !s.pending) else {
                 continue;
             };
-            let id = SeriesId::of(tenant, key).0;
+            let id = SeriesId::of(&s.tenant, s.key.as_ref()).0;
             if let Some(slots) = warm.by_id.get_mut(&id) {
                 slots.retain(|&x| x != i);
                 if slots.is_empty() {
@@ -390,6 +504,7 @@ impl RollupStore {
             let handles = gone.entry(s.tenant).or_default();
             handles.extend(s.base);
             handles.extend(s.quantiles.iter().map(|&(_, h)| h));
+            handles.extend(s.state);
         }
         for (tenant, handles) in gone {
             let moved = self.tsdb.release_handles(&tenant, &handles);
@@ -447,12 +562,15 @@ impl RollupStore {
         start: i64,
         quantiles: &[f64],
     ) -> Result<Option<StoredWindow>, StorageError> {
-        Ok(self.range(tenant, key, start, start, quantiles)?.pop())
+        Ok(self
+            .range(tenant, key, start, start, quantiles, None)?
+            .pop())
     }
 
     /// The stored windows of one series starting in `[from, to]`, in time order: one read per
     /// figure for the whole range, so recomputing many windows of a series costs a handful of
-    /// reads, not a handful per window.
+    /// reads, not a handful per window. With `state_width` (the windows' length) their stored
+    /// states are read too.
     pub fn range(
         &self,
         tenant: &Tenant,
@@ -460,6 +578,7 @@ impl RollupStore {
         from: i64,
         to: i64,
         quantiles: &[f64],
+        state_width: Option<i64>,
     ) -> Result<Vec<StoredWindow>, StorageError> {
         // Taken first: a reader may drain the staging meanwhile, which then only moves these
         // same windows into the storage engine.
@@ -473,6 +592,9 @@ impl RollupStore {
                     .map(|w| {
                         let mut w = w.stored();
                         w.figures.quantiles.retain(|(q, _)| quantiles.contains(q));
+                        if state_width.is_none() {
+                            w.state = None;
+                        }
                         w
                     })
                     .collect()
@@ -501,6 +623,17 @@ impl RollupStore {
             .into_iter()
             .filter_map(|(t, w)| Some((t, w.finish(t)?)))
             .collect();
+        if let (Some(width), false) = (state_width, found.is_empty()) {
+            let states = self.tsdb.read_series(
+                tenant,
+                figure_key(key, STATE_FIGURE).as_ref(),
+                from,
+                to.saturating_add(width - 1),
+            )?;
+            for (&start, w) in &mut found {
+                w.state = state_from_samples(start, &states)?;
+            }
+        }
         // Staged windows are newer than anything the storage engine holds for their start.
         found.extend(staged.into_iter().map(|w| (w.start, w)));
         Ok(found.into_values().collect())
@@ -516,6 +649,10 @@ impl RollupStore {
         end: i64,
     ) -> Result<Vec<(Labels, Vec<StoredWindow>)>, StorageError> {
         self.warm.lock().drain_all(&self.tsdb);
+        // States are read per series, by `range`.
+        let mut matchers = matchers.to_vec();
+        matchers.push(Matcher::not_equal(FIGURE_LABEL, STATE_FIGURE));
+        let matchers = &matchers[..];
         let hints = SelectHints {
             start,
             end,
@@ -600,6 +737,7 @@ impl Assembly {
         self.quantiles.sort_by(|a, b| a.0.total_cmp(&b.0));
         Some(StoredWindow {
             start,
+            state: None,
             revision: self.revision.unwrap_or(0.0) as u32,
             figures: Figures {
                 count: self.count? as u64,
@@ -662,6 +800,7 @@ mod tests {
                     start,
                     figures: figures.clone(),
                     revision,
+                    state: None,
                 }],
                 1,
             )
@@ -713,6 +852,23 @@ mod tests {
             quantiles: vec![(0.5, 1.5)],
         };
         let windows = 2 * STAGED_WINDOWS as i64 + 3;
+        // Every third window keeps a state of a length that is not a multiple of six.
+        let state = |n: i64| (n % 3 == 0).then(|| (0..n as u8 * 5 + 1).collect::<Vec<u8>>());
+        let states = |store: &RollupStore| -> Vec<Option<Vec<u8>>> {
+            let to = base + windows * 60_000;
+            let got = store
+                .range(&t, key.as_ref(), base, to, &[], Some(60_000))
+                .unwrap();
+            assert_eq!(got.len(), windows as usize);
+            got.into_iter().map(|w| w.state).collect()
+        };
+        let expected_states: Vec<Option<Vec<u8>>> = (0..windows)
+            .map(|n| match n {
+                1 => Some(vec![0xab; 100]),
+                n if n == windows - 1 => None,
+                n => state(n),
+            })
+            .collect();
         let expected = |store: &RollupStore| {
             let got = store
                 .select(
@@ -734,6 +890,7 @@ mod tests {
                     start: base + n * 60_000,
                     figures: fig(n as u64 + 1),
                     revision: 0,
+                    state: state(n),
                 };
                 store.write([w], n as u64);
             }
@@ -746,6 +903,9 @@ mod tests {
                     start,
                     figures: f.clone(),
                     revision,
+                    // Window 1 gets a longer state, the last one none (its old one stays
+                    // behind in the engine, unread).
+                    state: (n == 1).then(|| vec![0xab; 100]),
                 };
                 store.write([w], 1000);
                 let got = store.get(&t, key.as_ref(), start, &[0.5]).unwrap().unwrap();
@@ -757,10 +917,17 @@ mod tests {
             assert_eq!(all[1].figures.count, 101);
             assert_eq!(all[1].revision, 1);
             assert_eq!(all[windows as usize - 1].revision, 2);
+            assert_eq!(states(&store), expected_states, "staged and in the engine");
             assert_eq!(store.flush().unwrap(), Some(1000));
+            assert_eq!(states(&store), expected_states, "flushed");
         }
         let store = RollupStore::open(dir.path(), i64::MAX / 4, 7_200_000).unwrap();
         let all = expected(&store);
+        assert_eq!(states(&store), expected_states, "reopened");
+        assert!(
+            all.iter().all(|w| w.state.is_none()),
+            "select reads no states"
+        );
         assert_eq!(all.len(), windows as usize);
         assert_eq!(all[1].figures.count, 101);
         assert_eq!(

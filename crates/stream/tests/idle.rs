@@ -24,6 +24,8 @@ fn options() -> StageOptions {
         retention_ms: i64::MAX / 4,
         publish_corrections: true,
         block_duration_ms: 7_200_000,
+        // The hour tier too: its places follow live series like the warm store's.
+        hours: Some(strata_stream::hour::HourOptions::default()),
     }
 }
 
@@ -138,8 +140,8 @@ fn idle_series_leave_and_come_back_with_right_windows() {
     let (windows, warm) = stage.live_series();
     assert_eq!(windows, 2, "the clock and the device's shadow");
     assert_eq!(
-        warm, 13,
-        "the clock's figures only (counts, sums, ..., two quantiles)"
+        warm, 14,
+        "the clock's figures only (counts, sums, ..., two quantiles, the sketch's state)"
     );
     assert_eq!(
         stage.device(&Tenant::default_tenant(), "d1").len(),
@@ -208,7 +210,7 @@ fn idle_series_leave_and_come_back_with_right_windows() {
         clock(&stage, &mut off, base + 41 * MIN);
         stage.checkpoint(Some(off)).unwrap();
     }
-    assert_eq!(stage.live_series(), (2, 13));
+    assert_eq!(stage.live_series(), (2, 14));
     let before = check(&stage, &raw, base, base + 60 * MIN);
     drop(stage);
     let stage = RollupStage::open(&stage_dir, options()).unwrap();

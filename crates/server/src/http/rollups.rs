@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use strata_model::time::now_ms;
 use strata_model::{Labels, Matcher, METRIC_NAME};
 use strata_stream::exact::ExactSum;
-use strata_stream::stage::WindowView;
+use strata_stream::stage::{Tier, WindowView};
 
 /// Most windows one request may return.
 const MAX_WINDOWS: usize = 5_000_000;
@@ -79,18 +79,32 @@ fn rollup_request(st: &AppState, req: &ApiRequest) -> Result<ReadRequest, ApiErr
     Ok(r)
 }
 
-/// `GET|POST /api/v1/rollups?match[]=&start=&end=`: every window of the matching series that
-/// overlaps the range (default: the last hour), with its state and revision.
+/// The tier a request names with `tier=1m|1h` (default: the windows, `1m`).
+fn tier_of(r: &ReadRequest) -> Result<Tier, ApiError> {
+    match r.params.get("tier") {
+        None => Ok(Tier::Window),
+        Some(t) => Tier::parse(t).ok_or_else(|| {
+            ApiError::bad_data(format!(
+                "invalid parameter \"tier\": expected 1m or 1h, got {t:?}"
+            ))
+        }),
+    }
+}
+
+/// `GET|POST /api/v1/rollups?match[]=&start=&end=&tier=`: every window of the matching series
+/// that overlaps the range (default: the last hour), with its state and revision, from the
+/// windows (`tier=1m`, the default) or the 1-hour tier (`tier=1h`).
 pub async fn rollups(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
+        let tier = tier_of(&r)?;
         let sets = matcher_sets(&r.params, true)?;
         let mut seen = std::collections::BTreeMap::new();
         let mut windows = 0usize;
         for set in sets {
             for (labels, ws) in st
                 .engine
-                .rollups(&r.tenant, &set, r.start, r.end)
+                .rollups(tier, &r.tenant, &set, r.start, r.end)
                 .map_err(storage_error)?
             {
                 if seen.contains_key(&labels) {
@@ -195,9 +209,9 @@ impl Summary {
     }
 }
 
-/// `GET /api/v1/devices/<id>/summary?metric=&start=&end=`: current, average, min, max and count
-/// of each metric of the device (or of `metric`) over the range (default: the last hour),
-/// answered from rollup windows overlapping the range.
+/// `GET /api/v1/devices/<id>/summary?metric=&start=&end=&tier=`: current, average, min, max and
+/// count of each metric of the device (or of `metric`) over the range (default: the last hour),
+/// answered from rollup windows of the tier (`1m` by default, `1h`) overlapping the range.
 pub async fn summary(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -205,6 +219,7 @@ pub async fn summary(
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
+        let tier = tier_of(&r)?;
         let id = device_id(&id)?;
         let mut matchers = vec![Matcher::equal("device", id)];
         if let Some(m) = r.params.get("metric").filter(|m| !m.is_empty()) {
@@ -212,7 +227,7 @@ pub async fn summary(
         }
         let series = st
             .engine
-            .rollups(&r.tenant, &matchers, r.start, r.end)
+            .rollups(tier, &r.tenant, &matchers, r.start, r.end)
             .map_err(storage_error)?;
         let data: Vec<Value> = series
             .iter()

@@ -1,0 +1,820 @@
+//! The 1-hour tier of one shard: every final window of the rollup stage (1 minute by default)
+//! merged into its clock-aligned hour, exactly, and kept in a [`RollupStore`] of its own.
+//!
+//! - **Merging.** A closing window's [`Rollup`] joins its series' open hour by
+//!   [`Rollup::merge_in_time`]: counts, exact sums and sketches add, min and max combine, first
+//!   and last are the hour's earliest and latest samples. The counter increase is the minutes'
+//!   increases plus one step across each boundary between consecutive windows holding samples:
+//!   from the earlier window's last value to the later one's first, a drop counting as a reset
+//!   (the later first value is the increase since the restart), else the difference. Raw
+//!   increase is the sum of those steps over consecutive samples, and the only consecutive
+//!   pairs not inside one window are exactly those boundary pairs, so the hour's increase equals
+//!   the one computed over its raw samples, resets inside and between windows included.
+//!   Windows of a series close in time order, so each merge appends at the hour's end.
+//! - **Life.** An hour is *provisional* while any of its windows is not final (it holds its
+//!   final windows so far; a reader also sees the windows still open merged in), and *final* once the stage has closed every window
+//!   starting before its end; it is then written to the store at revision 0. A corrected window
+//!   recomputes its hour from the windows the warm store holds (their figures and stored state,
+//!   see [`crate::state`]); a final hour whose figures change is written again at revision + 1.
+//! - **Durability.** The store is derived data, flushed at the stage's checkpoints. Open hours
+//!   are saved then too, each with the windows merged into it, so a replay of the log after a
+//!   crash skips windows an hour already holds and merges the rest.
+//! - **The next stage.** With [`HourOptions::publish_final`], each hour written (final or
+//!   corrected) is queued, checkpointed, until a consumer (the cold tier) takes it:
+//!   [`HourStage::pending_final`], [`HourStage::final_windows`], [`HourStage::done_final`].
+
+use crate::rollup::Rollup;
+use crate::stage::{encode_corrections, load_corrections, revision_over, WindowView};
+use crate::state::{self, StateError};
+use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
+use crate::window::{Correction, WindowState};
+use crate::StreamError;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use strata_model::{Labels, Matcher, SeriesKey, SeriesKeyRef, StorageError, Tenant};
+use strata_tsdb::TsdbError;
+
+/// Length of a window of this tier.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A final or corrected hour queued for the next stage: its series and start.
+pub type HourKey = Correction;
+
+/// Settings of the 1-hour tier.
+#[derive(Debug, Clone)]
+pub struct HourOptions {
+    /// How long final hours are kept.
+    pub retention_ms: i64,
+    /// Span of a block of the hour store.
+    pub block_duration_ms: i64,
+    /// Queue every hour written for a next stage (see [`HourStage::pending_final`]).
+    pub publish_final: bool,
+}
+
+impl Default for HourOptions {
+    fn default() -> Self {
+        HourOptions {
+            retention_ms: 3 * 365 * 86_400_000,
+            block_duration_ms: 30 * 86_400_000,
+            publish_final: false,
+        }
+    }
+}
+
+/// Words of the bitmap of windows merged into an open hour, inline.
+type Merged = SmallVec<[u64; 1]>;
+
+/// One series' hour still taking windows.
+#[derive(Debug, Clone)]
+struct OpenHour {
+    start: i64,
+    rollup: Option<Rollup>,
+    /// Bit `i`: the window starting at `start + i * window` is merged.
+    merged: Merged,
+}
+
+/// One series' open hours (two at most around an hour's end, while its last windows close).
+struct HourSeries {
+    tenant: Tenant,
+    key: SeriesKey,
+    open: SmallVec<[OpenHour; 2]>,
+}
+
+/// The state behind the stage's lock.
+struct Hours {
+    /// By [`WarmId`] of the hour store; `None` for series with no open hour.
+    series: Vec<Option<HourSeries>>,
+    /// Every hour starting before this is final (`i64::MIN`: none yet).
+    final_before: i64,
+    /// What `final_before` was at the latest checkpoint: those hours are in the store's blocks.
+    flushed_final_before: i64,
+    /// Hours written since the consumer last took them.
+    queue: BTreeSet<HourKey>,
+}
+
+/// The 1-hour tier of one shard (see the module doc). The shard's rollup stage drives it.
+pub struct HourStage {
+    opts: HourOptions,
+    /// Length of the windows merged (divides an hour).
+    window_ms: i64,
+    store: Arc<RollupStore>,
+    hours: Mutex<Hours>,
+    checkpoint: PathBuf,
+    queue_path: PathBuf,
+    /// Until the first checkpoint after opening, an hour becoming final may be stored already
+    /// (from before a crash): compare instead of writing revision 0 blindly.
+    verify_existing: AtomicBool,
+    /// See [`HourStage::generation`].
+    generation: AtomicU64,
+}
+
+fn tsdb_error(path: &Path) -> impl Fn(TsdbError) -> StreamError + '_ {
+    move |e| StreamError::Corrupt {
+        path: path.into(),
+        reason: e.to_string(),
+    }
+}
+
+/// A stored window's state that does not decode, as a read error naming the window.
+fn state_error(key: SeriesKeyRef<'_>, start: i64) -> impl Fn(StateError) -> StorageError + '_ {
+    move |e| {
+        StorageError::Io(format!(
+            "warm tier: the window of {:?} at {start}: {e}",
+            key.labels()
+        ))
+    }
+}
+
+/// The start of the hour holding `ts`.
+pub fn hour_start(ts: i64) -> i64 {
+    ts.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+impl HourStage {
+    /// Opens the tier kept in `dir` (its store in `dir/store`) for windows of `window_ms`,
+    /// which must divide an hour.
+    pub fn open(dir: &Path, window_ms: i64, opts: HourOptions) -> Result<HourStage, StreamError> {
+        assert!(
+            window_ms > 0 && HOUR_MS % window_ms == 0,
+            "the hour tier needs windows that divide an hour"
+        );
+        let store_dir = dir.join("store");
+        let store = RollupStore::open(&store_dir, opts.retention_ms, opts.block_duration_ms)
+            .map_err(tsdb_error(&store_dir))?;
+        let had_hours = store.tsdb().stats().series > 0;
+        let checkpoint = dir.join("hours.ckpt");
+        let queue_path = dir.join("final-hours.ckpt");
+        let mut hours = load_hours(&checkpoint, &store)?;
+        if opts.publish_final {
+            hours.queue = load_corrections(&queue_path)?.into_iter().collect();
+        }
+        Ok(HourStage {
+            opts,
+            window_ms,
+            store: Arc::new(store),
+            hours: Mutex::new(hours),
+            checkpoint,
+            queue_path,
+            verify_existing: AtomicBool::new(had_hours),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The store of final hours (sizes, direct reads).
+    pub fn store(&self) -> &RollupStore {
+        &self.store
+    }
+
+    /// Every hour starting before this is final and written (`i64::MIN` before the first).
+    pub fn final_before(&self) -> i64 {
+        self.hours.lock().final_before
+    }
+
+    /// Every hour starting before this is final and in the store's blocks (as of the latest
+    /// checkpoint): the finer tier may delete what lies before it.
+    pub fn flushed_final_before(&self) -> i64 {
+        self.hours.lock().flushed_final_before
+    }
+
+    /// The hour store's place of a series (made when new), for [`HourStage::merge`].
+    pub fn series(&self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> WarmId {
+        self.store.series(tenant, key)
+    }
+
+    /// Merges a final window (of `tenant`'s series `key`, placed at `id`) into its hour. A
+    /// window already merged (replayed after a crash) or of an hour already final is skipped.
+    pub fn merge(
+        &self,
+        id: WarmId,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        start: i64,
+        rollup: &Rollup,
+    ) {
+        let h = hour_start(start);
+        let bit = ((start - h) / self.window_ms) as usize;
+        let mut hours = self.hours.lock();
+        if h < hours.final_before {
+            return;
+        }
+        let open = open_hour(&mut hours, id, tenant, key, h, self.words());
+        let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+        if open.merged[word] & mask != 0 {
+            return;
+        }
+        open.merged[word] |= mask;
+        match &mut open.rollup {
+            Some(acc) => acc.merge_in_time(rollup),
+            None => open.rollup = Some(rollup.clone()),
+        }
+    }
+
+    /// Words of an hour's bitmap of windows.
+    fn words(&self) -> usize {
+        ((HOUR_MS / self.window_ms) as usize).div_ceil(64)
+    }
+
+    /// Makes final every hour ending at or before `closed_before` (every window starting
+    /// before it is final), writing them at log offset `offset`.
+    pub fn advance(
+        &self,
+        closed_before: i64,
+        quantiles: &[f64],
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        if closed_before == i64::MIN {
+            return Ok(());
+        }
+        let boundary = hour_start(closed_before);
+        let verify = self.verify_existing.load(Ordering::Relaxed);
+        let mut writes = Vec::new();
+        let mut hours = self.hours.lock();
+        if boundary <= hours.final_before {
+            return Ok(());
+        }
+        hours.final_before = boundary;
+        let Hours { series, queue, .. } = &mut *hours;
+        for (i, slot) in series.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            let done = s.open.iter().filter(|o| o.start < boundary).count();
+            if done == 0 {
+                continue;
+            }
+            s.open.sort_by_key(|o| o.start);
+            for o in s.open.drain(..done) {
+                let Some(rollup) = o.rollup else { continue };
+                let figures = rollup.figures(quantiles);
+                let revision = if verify {
+                    let stored = self
+                        .store
+                        .get(&s.tenant, s.key.as_ref(), o.start, quantiles)?;
+                    match revision_over(stored.as_ref(), &figures, 0) {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                } else {
+                    0
+                };
+                if self.opts.publish_final {
+                    queue.insert(HourKey {
+                        tenant: s.tenant.clone(),
+                        key: s.key.clone(),
+                        start: o.start,
+                    });
+                }
+                writes.push(WindowWrite {
+                    series: WarmId::from_index(i),
+                    start: o.start,
+                    state: self.state_of(&rollup, revision),
+                    figures,
+                    revision,
+                });
+            }
+            if s.open.is_empty() {
+                *slot = None;
+            }
+        }
+        drop(hours);
+        self.store.write(writes, offset);
+        Ok(())
+    }
+
+    /// The state to store beside an hour's figures, when they do not give it back.
+    fn state_of(&self, rollup: &Rollup, revision: u32) -> Option<Vec<u8>> {
+        state::for_store(rollup, revision, HOUR_MS)
+    }
+
+    /// Recomputes the hours starting at `starts` of `tenant`'s series `key` from the windows
+    /// `minutes` holds, after some of those windows were corrected: an open hour takes them as
+    /// its windows so far; a final one whose figures change is written at revision + 1 (at 1
+    /// when it held nothing). Hours starting before `expired_before` are left alone: the warm
+    /// store may have deleted some of their windows, and an hour is never rebuilt from a part.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recompute(
+        &self,
+        minutes: &RollupStore,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        starts: &BTreeSet<i64>,
+        expired_before: i64,
+        quantiles: &[f64],
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        let id = self.store.series(tenant, key);
+        let mut writes = Vec::new();
+        for &h in starts.iter().filter(|&&h| h >= expired_before) {
+            let windows =
+                minutes.range(tenant, key, h, h + HOUR_MS - 1, &[], Some(self.window_ms))?;
+            let mut merged: Merged = SmallVec::from_elem(0, self.words());
+            let mut acc: Option<Rollup> = None;
+            for w in &windows {
+                let r = state::of_stored(&w.figures, w.revision, w.state.as_deref())
+                    .map_err(state_error(key, w.start))?;
+                let bit = ((w.start - h) / self.window_ms) as usize;
+                merged[bit / 64] |= 1 << (bit % 64);
+                match &mut acc {
+                    Some(a) => a.merge_in_time(&r),
+                    None => acc = Some(r),
+                }
+            }
+            let mut hours = self.hours.lock();
+            if h >= hours.final_before {
+                let open = open_hour(&mut hours, id, tenant, key, h, self.words());
+                open.rollup = acc;
+                open.merged = merged;
+                continue;
+            }
+            drop(hours);
+            let Some(rollup) = acc else { continue };
+            let figures = rollup.figures(quantiles);
+            let stored = self.store.get(tenant, key, h, quantiles)?;
+            let Some(revision) = revision_over(stored.as_ref(), &figures, 1) else {
+                continue;
+            };
+            if self.opts.publish_final {
+                self.hours.lock().queue.insert(HourKey {
+                    tenant: tenant.clone(),
+                    key: key.to_owned(),
+                    start: h,
+                });
+            }
+            writes.push(WindowWrite {
+                series: id,
+                start: h,
+                state: self.state_of(&rollup, revision),
+                figures,
+                revision,
+            });
+        }
+        self.store.write(writes, offset);
+        Ok(())
+    }
+
+    /// Persists the store, then the open hours and the queue of hours for the next stage. The
+    /// caller saves its window checkpoint after this (see [`crate::stage::RollupStage::checkpoint`]).
+    ///
+    /// When hours became final since the previous checkpoint, the places of series without an
+    /// open hour are given back (their hours are all in the store's blocks now), so memory holds
+    /// only the series of open hours however many series were ever seen; a series that goes on
+    /// gets a place again with its next window (see [`HourStage::generation`]).
+    pub fn checkpoint(&self) -> Result<(), StreamError> {
+        let c = self.begin_checkpoint();
+        let final_before = c.final_before;
+        c.write()?;
+        self.end_checkpoint(final_before);
+        Ok(())
+    }
+
+    /// The part of [`HourStage::checkpoint`] that must see the hours as they are, on the
+    /// thread applying writes: hours written so far staged in the store's head, the open hours
+    /// and the queue encoded. [`HourCheckpoint::write`] persists them on any thread, then
+    /// [`HourStage::end_checkpoint`] completes it.
+    pub fn begin_checkpoint(&self) -> HourCheckpoint {
+        self.store.stage_all();
+        let hours = self.hours.lock();
+        let queue = self.opts.publish_final.then(|| {
+            let queue: Vec<HourKey> = hours.queue.iter().cloned().collect();
+            (self.queue_path.clone(), encode_corrections(&queue))
+        });
+        HourCheckpoint {
+            store: Arc::clone(&self.store),
+            path: self.checkpoint.clone(),
+            hours: encode_hours(&hours),
+            queue,
+            final_before: hours.final_before,
+        }
+    }
+
+    /// Completes a checkpoint begun when every hour before `final_before` was final: those are
+    /// in the store's blocks now.
+    pub fn end_checkpoint(&self, final_before: i64) {
+        let mut hours = self.hours.lock();
+        if hours.flushed_final_before < final_before {
+            hours.flushed_final_before = final_before;
+            let series = &hours.series;
+            self.store
+                .forget_where(|id| series.get(id.index()).is_none_or(Option::is_none));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.verify_existing.store(false, Ordering::Relaxed);
+    }
+
+    /// Retention of the hour store.
+    pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
+        self.store.tsdb().maintain(now_ms).map(|_| ())
+    }
+
+    /// Hours written (final or corrected) and not yet marked done, when
+    /// [`HourOptions::publish_final`] is set: the hook of the next stage (the cold tier). Each
+    /// stays queued, across checkpoints and restarts, until [`HourStage::done_final`].
+    pub fn pending_final(&self) -> Vec<HourKey> {
+        self.hours.lock().queue.iter().cloned().collect()
+    }
+
+    /// The stored hours of `keys` (those still stored), with their series' labels, for a
+    /// consumer of [`HourStage::pending_final`].
+    pub fn final_windows(
+        &self,
+        keys: &[HourKey],
+        quantiles: &[f64],
+    ) -> Result<Vec<(HourKey, Labels, StoredWindow)>, StorageError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(w) = self
+                .store
+                .get(&k.tenant, k.key.as_ref(), k.start, quantiles)?
+            {
+                out.push((k.clone(), k.key.labels(), w));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks queued hours as taken by the next stage: they leave the queue (and its next
+    /// checkpoint).
+    pub fn done_final(&self, done: &[HourKey]) {
+        let mut hours = self.hours.lock();
+        for k in done {
+            hours.queue.remove(k);
+        }
+    }
+
+    /// Changes each time places of the hour store are given back: a caller keeping
+    /// [`WarmId`]s from [`HourStage::series`] drops them when it changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]`: final
+    /// and corrected ones from the store, provisional ones from memory: their final windows so
+    /// far merged with `open_windows` (the windows still open, of those series, from the
+    /// caller's windows).
+    pub fn read(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        start: i64,
+        end: i64,
+        quantiles: &[f64],
+        mut open_windows: Vec<(SeriesKey, i64, Rollup)>,
+    ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        let mut out: BTreeMap<Labels, Vec<WindowView>> = BTreeMap::new();
+        for (labels, ws) in
+            self.store
+                .select(tenant, matchers, start.saturating_sub(HOUR_MS - 1), end)?
+        {
+            out.entry(labels)
+                .or_default()
+                .extend(ws.into_iter().map(|w| WindowView {
+                    start: w.start,
+                    end: w.start + HOUR_MS,
+                    state: WindowState::of_revision(w.revision),
+                    revision: w.revision,
+                    figures: w.figures,
+                }));
+        }
+        let from = hour_start(start);
+        let mut provisional: BTreeMap<(SeriesKey, i64), Rollup> = BTreeMap::new();
+        let hours = self.hours.lock();
+        for s in hours.series.iter().flatten() {
+            if &s.tenant != tenant || !Matcher::all_match(matchers, s.key.as_ref()) {
+                continue;
+            }
+            for o in s.open.iter().filter(|o| (from..=end).contains(&o.start)) {
+                if let Some(r) = &o.rollup {
+                    provisional.insert((s.key.clone(), o.start), r.clone());
+                }
+            }
+        }
+        drop(hours);
+        // Open windows are later than every final one: merged in time order, each appends.
+        open_windows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        for (key, ws, r) in open_windows {
+            let h = hour_start(ws);
+            if !(from..=end).contains(&h) {
+                continue;
+            }
+            match provisional.entry((key, h)) {
+                Entry::Occupied(mut e) => e.get_mut().merge_in_time(&r),
+                Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+            }
+        }
+        for ((key, h), r) in provisional {
+            out.entry(key.labels()).or_default().push(WindowView {
+                start: h,
+                end: h + HOUR_MS,
+                figures: r.figures(quantiles),
+                state: WindowState::Provisional,
+                revision: 0,
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|(l, mut ws)| {
+                ws.sort_by_key(|w| w.start);
+                (l, ws)
+            })
+            .collect())
+    }
+}
+
+/// The open hour `h` of series `id`, made (with the series' entry) when new.
+fn open_hour<'a>(
+    hours: &'a mut Hours,
+    id: WarmId,
+    tenant: &Tenant,
+    key: SeriesKeyRef<'_>,
+    h: i64,
+    words: usize,
+) -> &'a mut OpenHour {
+    let i = id.index();
+    if hours.series.len() <= i {
+        hours.series.resize_with(i + 1, || None);
+    }
+    let s = hours.series[i].get_or_insert_with(|| HourSeries {
+        tenant: tenant.clone(),
+        key: key.to_owned(),
+        open: SmallVec::new(),
+    });
+    let at = match s.open.iter().position(|o| o.start == h) {
+        Some(at) => at,
+        None => {
+            s.open.push(OpenHour {
+                start: h,
+                rollup: None,
+                merged: SmallVec::from_elem(0, words),
+            });
+            s.open.len() - 1
+        }
+    };
+    &mut s.open[at]
+}
+
+const HOURS_MAGIC: &[u8; 8] = b"STRHOURS";
+const HOURS_VERSION: u32 = 1;
+
+/// Writes the open hours: magic, version, `final_before`, the count of open hours, then each
+/// one's tenant, key, start, bitmap (word count and words) and full state
+/// ([`state::encode`]), and a CRC of all of it.
+fn encode_hours(hours: &Hours) -> Vec<u8> {
+    use crate::bytes::put;
+    let mut b = HOURS_MAGIC.to_vec();
+    b.extend_from_slice(&HOURS_VERSION.to_le_bytes());
+    b.extend_from_slice(&hours.final_before.to_le_bytes());
+    let open: Vec<(&HourSeries, &OpenHour, &Rollup)> = hours
+        .series
+        .iter()
+        .flatten()
+        .flat_map(|s| {
+            s.open
+                .iter()
+                .filter_map(move |o| Some((s, o, o.rollup.as_ref()?)))
+        })
+        .collect();
+    b.extend_from_slice(&(open.len() as u32).to_le_bytes());
+    for (s, o, r) in open {
+        put(&mut b, s.tenant.as_str().as_bytes());
+        put(&mut b, s.key.as_bytes());
+        b.extend_from_slice(&o.start.to_le_bytes());
+        b.extend_from_slice(&(o.merged.len() as u32).to_le_bytes());
+        for w in &o.merged {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        put(&mut b, &state::encode(r, 0, true));
+    }
+    b
+}
+
+/// A checkpoint begun by [`HourStage::begin_checkpoint`], to be written on any thread.
+pub struct HourCheckpoint {
+    store: Arc<RollupStore>,
+    path: PathBuf,
+    hours: Vec<u8>,
+    queue: Option<(PathBuf, Vec<u8>)>,
+    /// Every hour before this was final when it was begun.
+    pub final_before: i64,
+}
+
+impl HourCheckpoint {
+    /// Flushes the store, then writes the open hours and the queue of hours for the next
+    /// stage.
+    pub fn write(self) -> Result<(), StreamError> {
+        self.store.tsdb().flush().map_err(tsdb_error(&self.path))?;
+        crate::bytes::write_checked(&self.path, self.hours)?;
+        if let Some((path, queue)) = self.queue {
+            crate::bytes::write_checked(&path, queue)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads what [`encode_hours`] encoded (nothing when there is no file), placing each series in
+/// `store`.
+fn load_hours(path: &Path, store: &RollupStore) -> Result<Hours, StreamError> {
+    use crate::bytes::{read_checked, Reader};
+    let mut hours = Hours {
+        series: Vec::new(),
+        final_before: i64::MIN,
+        flushed_final_before: i64::MIN,
+        queue: BTreeSet::new(),
+    };
+    let Some(body) = read_checked(path, HOURS_MAGIC, 28, "an hour checkpoint")? else {
+        return Ok(hours);
+    };
+    let mut r = Reader::new(&body[8..]);
+    let parsed = (|| {
+        if r.u32()? != HOURS_VERSION {
+            return None;
+        }
+        hours.final_before = r.i64()?;
+        hours.flushed_final_before = hours.final_before;
+        for _ in 0..r.u32()? {
+            let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
+            let key = SeriesKey::from_bytes(r.field()?)?;
+            let start = r.i64()?;
+            let words = r.u32()? as usize;
+            let merged: Merged = (0..words).map(|_| r.u64()).collect::<Option<_>>()?;
+            let (rollup, _) = state::decode(r.field()?, None).ok()?;
+            let id = store.series(&tenant, key.as_ref());
+            let open = open_hour(&mut hours, id, &tenant, key.as_ref(), start, words);
+            open.rollup = Some(rollup);
+            open.merged = merged;
+        }
+        r.is_done().then_some(())
+    })();
+    parsed.map(|()| hours).ok_or_else(|| StreamError::Corrupt {
+        path: path.into(),
+        reason: "unreadable open hour or unknown version".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sketch::Distinct;
+    use proptest::prelude::*;
+    use strata_model::Sample;
+
+    const MIN: i64 = 60_000;
+
+    /// Readings of one hour: any values (decimals, so sums are inexact; drops, so counters
+    /// reset), or a counter that climbs and restarts now and then.
+    fn hour_samples() -> impl Strategy<Value = Vec<Sample>> {
+        let value = prop_oneof![
+            (0u32..100_000).prop_map(|x| f64::from(x) / 10.0),
+            -1e6f64..1e6,
+            (0u32..50).prop_map(f64::from),
+        ];
+        let readings = prop::collection::btree_map(0i64..HOUR_MS, value, 1..400)
+            .prop_map(|m| m.into_iter().map(|(t, v)| Sample::new(t, v)).collect());
+        let counter = prop::collection::btree_map(
+            0i64..HOUR_MS,
+            (0u32..1_000, prop::bool::weighted(0.05)),
+            1..400,
+        )
+        .prop_map(|m| {
+            let mut c = 0.0;
+            m.into_iter()
+                .map(|(t, (step, reset))| {
+                    c = if reset {
+                        f64::from(step) / 4.0
+                    } else {
+                        c + f64::from(step) / 4.0
+                    };
+                    Sample::new(t, c)
+                })
+                .collect()
+        });
+        prop_oneof![readings, counter]
+    }
+
+    /// The hour merged from its minutes, each taken through the warm tier's stored form
+    /// (figures and state) as a recomputation reads it.
+    fn merged_from_minutes(samples: &[Sample]) -> Rollup {
+        let mut acc: Option<Rollup> = None;
+        for minute in samples.chunk_by(|a, b| a.timestamp / MIN == b.timestamp / MIN) {
+            let r = Rollup::of_sorted(minute, true).unwrap();
+            let figures = r.figures(&[]);
+            let st = state::for_store(&r, 2, MIN);
+            let stored = state::of_stored(&figures, 2, st.as_deref()).unwrap();
+            assert_eq!(stored, r, "a minute's stored form gives its state back");
+            match &mut acc {
+                Some(a) => a.merge_in_time(&stored),
+                None => acc = Some(stored),
+            }
+        }
+        acc.unwrap()
+    }
+
+    proptest! {
+        /// Every figure of an hour merged from its minutes equals the one computed from its raw
+        /// samples: count, exact sums, min, max, first, last, increase across resets inside
+        /// and between minutes, mean, and the quantile sketch (so every quantile).
+        #[test]
+        fn hour_from_minutes_equals_hour_from_raw(samples in hour_samples()) {
+            let whole = Rollup::of_sorted(&samples, true).unwrap();
+            let merged = merged_from_minutes(&samples);
+            prop_assert_eq!(merged.count, whole.count);
+            prop_assert_eq!(&merged.sum, &whole.sum);
+            prop_assert_eq!(&merged.sum_squares, &whole.sum_squares);
+            prop_assert_eq!(merged.min.to_bits(), whole.min.to_bits());
+            prop_assert_eq!(merged.max.to_bits(), whole.max.to_bits());
+            prop_assert_eq!(merged.first, whole.first);
+            prop_assert_eq!(merged.last, whole.last);
+            prop_assert_eq!(&merged.increase, &whole.increase);
+            prop_assert_eq!(merged.mean().to_bits(), whole.mean().to_bits());
+            prop_assert_eq!(&merged.quantiles, &whole.quantiles);
+            let q = [0.0, 0.5, 0.9, 0.99, 1.0];
+            prop_assert_eq!(merged.figures(&q), whole.figures(&q));
+            prop_assert_eq!(merged, whole);
+        }
+
+        /// Distinct-count sketches of an hour's minutes merge into the sketch of the hour.
+        #[test]
+        fn distinct_of_minutes_merges_into_the_hour(
+            values in prop::collection::vec((0i64..60, 0u32..3_000), 0..3_000),
+        ) {
+            let mut minutes: BTreeMap<i64, Distinct> = BTreeMap::new();
+            let mut hour = Distinct::new();
+            for (m, v) in &values {
+                minutes.entry(*m).or_default().add(&v.to_le_bytes());
+                hour.add(&v.to_le_bytes());
+            }
+            let mut merged = Distinct::new();
+            for d in minutes.values() {
+                merged.merge(d);
+            }
+            prop_assert_eq!(merged.estimate(), hour.estimate());
+            prop_assert_eq!(merged, hour);
+        }
+    }
+
+    #[test]
+    fn replayed_windows_are_merged_once_and_final_hours_take_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let stage = HourStage::open(dir.path(), MIN, HourOptions::default()).unwrap();
+        let t = Tenant::default_tenant();
+        let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
+            .unwrap()
+            .key();
+        let id = stage.series(&t, key.as_ref());
+        let h = hour_start(strata_model::time::now_ms()) - 10 * HOUR_MS;
+        let minute =
+            |m: i64| Rollup::of_sorted(&[Sample::new(h + m * MIN, m as f64)], false).unwrap();
+        // Minute 1 twice and minute 0 again (replayed after a crash): merged once each.
+        for m in [0, 1, 1, 0] {
+            stage.merge(id, &t, key.as_ref(), h + m * MIN, &minute(m));
+        }
+        let read = |stage: &HourStage, open: Vec<(SeriesKey, i64, Rollup)>| {
+            stage
+                .read(
+                    &t,
+                    &[Matcher::equal("device", "d1")],
+                    h,
+                    h + 2 * HOUR_MS,
+                    &[],
+                    open,
+                )
+                .unwrap()
+                .pop()
+                .unwrap()
+                .1
+        };
+        let open = read(&stage, Vec::new());
+        assert_eq!(open.len(), 1);
+        assert_eq!(
+            (open[0].state, open[0].figures.count),
+            (WindowState::Provisional, 2)
+        );
+        // A window still open joins the provisional hour as a reader sees it.
+        let with_open = read(&stage, vec![(key.clone(), h + 59 * MIN, minute(59))]);
+        assert_eq!(with_open[0].figures.count, 3);
+        assert_eq!(with_open[0].figures.last, Sample::new(h + 59 * MIN, 59.0));
+        assert_eq!(read(&stage, Vec::new()), open, "and leaves it as it was");
+        stage.merge(id, &t, key.as_ref(), h + 59 * MIN, &minute(59));
+        stage.advance(h + HOUR_MS - MIN, &[], 1).unwrap();
+        assert_eq!(
+            read(&stage, Vec::new())[0].state,
+            WindowState::Provisional,
+            "minute 59 is not final"
+        );
+        stage.advance(h + HOUR_MS, &[], 1).unwrap();
+        assert_eq!(stage.final_before(), h + HOUR_MS);
+        let fin = read(&stage, Vec::new());
+        assert_eq!(
+            (fin[0].state, fin[0].figures.count),
+            (WindowState::Final, 3)
+        );
+        assert_eq!(fin[0].figures.sum, 60.0);
+        // A window of a final hour (a replay after a crash) is not merged again.
+        stage.merge(id, &t, key.as_ref(), h + 5 * MIN, &minute(5));
+        assert_eq!(read(&stage, Vec::new()), fin);
+    }
+}
