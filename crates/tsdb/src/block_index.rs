@@ -231,7 +231,13 @@ impl<'a> IndexView<'a> {
             key.extend_from_slice(self.symbol(sym(s)?)?);
             key.push(0xFF);
         }
-        if SeriesKeyRef::parse(key).is_none() {
+        // Well formed, and its names ascending and each once, as `Labels` hold them.
+        let ascending = |k: SeriesKeyRef<'_>| {
+            let mut names = k.pairs().map(|(n, _)| n);
+            let mut prev = names.next();
+            names.all(|n| prev.replace(n).is_some_and(|p| p < n))
+        };
+        if !SeriesKeyRef::parse(key).is_some_and(ascending) {
             return damaged(format!("series {id}'s key is not well formed"));
         }
         Ok(rec.meta)
@@ -318,7 +324,11 @@ impl<'a> IndexView<'a> {
         let mut id = 0u64;
         for k in 0..count {
             let d = r.varint().ok_or_else(bad)?;
-            id = if k == 0 { d } else { id + d.max(1) };
+            id = if k == 0 {
+                d
+            } else {
+                id.saturating_add(d.max(1))
+            };
             if id >= u64::from(self.d.series) {
                 return Err(bad());
             }
@@ -552,7 +562,8 @@ impl IndexBuilder {
             if self.pairs_of(w[0] as usize) == self.pairs_of(w[1] as usize) {
                 let mut key = Vec::new();
                 for &s in self.pairs_of(w[0] as usize) {
-                    key.extend_from_slice(&self.strings[s as usize]);
+                    // Symbols are ranks now; the strings are still in the order first seen.
+                    key.extend_from_slice(&self.strings[order[s as usize] as usize]);
                     key.push(0xFF);
                 }
                 return Err(BuildError::Duplicate(key));
@@ -867,15 +878,17 @@ mod tests {
         }
     }
 
+    /// A key pushed twice is refused, and named as it was pushed (its strings first seen in
+    /// an order other than key order: the error once named `a y z b`, names out of order).
     #[test]
     fn duplicates_are_refused() {
         let mut b = IndexBuilder::new();
-        let k = key(&[("a", "1")]);
+        let k = key(&[("a", "z"), ("b", "y")]);
         b.push(SeriesKeyRef::parse(&k).unwrap(), &meta(0), 0.0);
         b.push(SeriesKeyRef::parse(&k).unwrap(), &meta(1), 0.0);
-        assert!(matches!(
-            b.write(0, &mut Vec::new()),
-            Err(BuildError::Duplicate(_))
-        ));
+        match b.write(0, &mut Vec::new()) {
+            Err(BuildError::Duplicate(d)) => assert_eq!(d, k),
+            _ => panic!("a duplicate written"),
+        }
     }
 }

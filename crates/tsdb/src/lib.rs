@@ -1275,15 +1275,12 @@ fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, Tsd
     }
     let mut out = BlockWriter::create(dir, seq)?;
     let (mut buf, mut key, mut read) = (Vec::new(), Vec::new(), 0u64);
-    loop {
-        let Some(min) = next
-            .iter()
-            .filter(|c| c.2.is_some())
-            .map(|c| c.1.as_slice())
-            .min()
-        else {
-            break;
-        };
+    while let Some(min) = next
+        .iter()
+        .filter(|c| c.2.is_some())
+        .map(|c| c.1.as_slice())
+        .min()
+    {
         key.clear();
         key.extend_from_slice(min);
         buf.clear();
