@@ -33,6 +33,11 @@ use strata_model::{MatchOp, Matcher, SeriesKeyRef};
 /// Bytes of the directory that ends the section.
 const DIRECTORY_LEN: usize = 6 * 4 + 8;
 
+/// Longest key read from a block: far above any the ingestion limits let in (by default 30
+/// labels, names of at most 1 KiB and values of 2 KiB), and a bound on the key a damaged
+/// record naming one long symbol many times would build (its pairs times the section).
+const MAX_KEY: usize = 1 << 24;
+
 /// The order of symbols: bytewise, a string after every string it starts with (as if each
 /// ended in `0xFF`, which UTF-8 never holds).
 pub(crate) fn key_order(a: &[u8], b: &[u8]) -> Ordering {
@@ -228,7 +233,11 @@ impl<'a> IndexView<'a> {
         let mut r = Reader { b: rec.pairs, p: 0 };
         for _ in 0..rec.npairs * 2 {
             let s = r.varint().expect("checked when the record was read");
-            key.extend_from_slice(self.symbol(sym(s)?)?);
+            let s = self.symbol(sym(s)?)?;
+            if key.len() + s.len() >= MAX_KEY {
+                return damaged(format!("series {id}'s key is over {MAX_KEY} bytes"));
+            }
+            key.extend_from_slice(s);
             key.push(0xFF);
         }
         // Well formed, and its names ascending and each once, as `Labels` hold them.
@@ -375,6 +384,13 @@ impl<'a> IndexView<'a> {
         let mut out = Vec::new();
         for &i in &entries {
             self.postings(i, &mut out)?;
+            // A series has one value of a name: the name's values hold it once in all.
+            if out.len() > self.len() {
+                return damaged(format!(
+                    "postings of label name {:?} hold more than its block's series",
+                    m.name
+                ));
+            }
         }
         if entries.len() > 1 {
             out.sort_unstable();

@@ -480,6 +480,24 @@ enum Damage {
     /// position (0) or length (1) set, or (2) the position moved by up to 96 bytes with the
     /// length following.
     Footer(u8, u64),
+    /// A field damage's field set to its own value plus a small difference (off by one).
+    Near(Box<Damage>, i64),
+}
+
+/// Damages setting one field (value symbol, offset, count...) to a value of `v`.
+fn field(v: BoxedStrategy<u64>) -> impl Strategy<Value = Damage> {
+    let which = any::<u8>();
+    prop_oneof![
+        1 => (0u8..3, v.clone()).prop_map(|(f, v)| Damage::HeaderField(f, v)),
+        1 => (0u8..7, v.clone()).prop_map(|(f, v)| Damage::Directory(f, v)),
+        1 => (0u8..3, which, v.clone()).prop_map(|(f, w, v)| Damage::Count(f, w, v)),
+        2 => (which, 0u8..RECORD_FIELDS + 6, v.clone())
+            .prop_map(|(w, f, v)| Damage::Record(w, f, v)),
+        1 => (which, v.clone()).prop_map(|(w, v)| Damage::SymbolEnd(w, v)),
+        1 => (which, 0u8..3, v.clone()).prop_map(|(w, f, v)| Damage::Value(w, f, v)),
+        1 => (which, 0u8..3, v.clone()).prop_map(|(w, f, v)| Damage::Name(w, f, v)),
+        1 => (0u8..3, v).prop_map(|(f, v)| Damage::Footer(f, v)),
+    ]
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -496,24 +514,15 @@ fn damage() -> impl Strategy<Value = Damage> {
         0u64..4000,
         any::<u64>()
     ];
-    let which = any::<u8>();
     prop_oneof![
         1 => mutations().prop_map(Damage::Bytes),
         3 => mutations().prop_map(Damage::Index),
         1 => (any::<Index>(), mutations()).prop_map(|(i, m)| Damage::Chunk(i, m)),
         2 => (0u8..2, mutations()).prop_map(|(s, m)| Damage::Section(s, m)),
         1 => mutations().prop_map(Damage::Header),
-        1 => (0u8..3, extreme.clone()).prop_map(|(f, v)| Damage::HeaderField(f, v)),
-        1 => (0u8..7, extreme.clone()).prop_map(|(f, v)| Damage::Directory(f, v)),
-        1 => (0u8..3, which, extreme.clone())
-            .prop_map(|(f, w, v)| Damage::Count(f, w, v)),
-        2 => (which, 0u8..RECORD_FIELDS + 6, extreme.clone())
-            .prop_map(|(w, f, v)| Damage::Record(w, f, v)),
-        1 => (which, extreme.clone()).prop_map(|(w, v)| Damage::SymbolEnd(w, v)),
-        1 => (which, 0u8..3, extreme.clone())
-            .prop_map(|(w, f, v)| Damage::Value(w, f, v)),
-        1 => (which, 0u8..3, extreme.clone()).prop_map(|(w, f, v)| Damage::Name(w, f, v)),
-        1 => (0u8..3, extreme).prop_map(|(f, v)| Damage::Footer(f, v)),
+        6 => field(extreme.boxed()),
+        3 => (field(Just(0).boxed()), -3i64..=3)
+            .prop_map(|(f, d)| Damage::Near(Box::new(f), d)),
     ]
 }
 
@@ -524,8 +533,13 @@ fn pick(w: u8, n: usize) -> Option<usize> {
 
 fn damaged(file: &[u8], d: &Damage) -> Vec<u8> {
     let mut b = Block::parse(file);
+    if let Damage::Near(f, by) = d {
+        let own = current(&b, f).unwrap_or(0);
+        return damaged(file, &f.with(own.wrapping_add_signed(*by)));
+    }
     let ix = &mut b.index;
     match d {
+        Damage::Near(..) => unreachable!("applied above"),
         Damage::Bytes(ms) => {
             let mut out = file.to_vec();
             mutate(&mut out, ms);
@@ -668,16 +682,15 @@ fn current(b: &Block, d: &Damage) -> Option<u64> {
     let dir = bytes.len() - DIRECTORY;
     let series_at = le32(&bytes, dir) as usize;
     let at = |w: usize| le32(&bytes, series_at + 4 + 4 * w) as u64;
-    let record = |w: u8| &ix.records[w as usize % ix.records.len()];
     Some(match *d {
         Damage::HeaderField(f, _) => le64(&b.header, 12 + 8 * f as usize),
         Damage::Directory(6, _) => ix.base_t,
         Damage::Directory(f, _) => le32(&bytes, dir + 4 * f as usize) as u64,
         Damage::Count(0, _, _) => ix.symbol_count as u64,
         Damage::Count(1, _, _) => ix.series_count as u64,
-        Damage::Count(_, w, _) => at(w as usize % ix.records.len()),
+        Damage::Count(_, w, _) => at(pick(w, ix.records.len())?),
         Damage::Record(w, f, _) => {
-            let r = record(w);
+            let r = &ix.records[pick(w, ix.records.len())?];
             match f {
                 0 => r.offset,
                 1 => r.len,
@@ -687,14 +700,12 @@ fn current(b: &Block, d: &Damage) -> Option<u64> {
                 5 => r.count,
                 6 => r.npairs,
                 7 => u64::from_le_bytes(r.last),
-                s => *r
-                    .symbols
-                    .get((s - RECORD_FIELDS) as usize % r.symbols.len())?,
+                s => r.symbols[pick(s - RECORD_FIELDS, r.symbols.len())?],
             }
         }
-        Damage::SymbolEnd(w, _) => ix.symbol_ends[w as usize % ix.symbol_ends.len()] as u64,
-        Damage::Value(w, f, _) => ix.values[w as usize % ix.values.len()][f as usize % 3] as u64,
-        Damage::Name(w, f, _) => ix.names[w as usize % ix.names.len()][f as usize % 3] as u64,
+        Damage::SymbolEnd(w, _) => ix.symbol_ends[pick(w, ix.symbol_ends.len())?] as u64,
+        Damage::Value(w, f, _) => ix.values[pick(w, ix.values.len())?][f as usize % 3] as u64,
+        Damage::Name(w, f, _) => ix.names[pick(w, ix.names.len())?][f as usize % 3] as u64,
         Damage::Footer(0, _) => (HEADER + b.chunks.len()) as u64,
         Damage::Footer(1, _) => bytes.len() as u64,
         _ => return None,
@@ -920,4 +931,65 @@ fn records_with_names_out_of_order_are_errors() {
         let e = select_all(&db).expect_err("the keys are damaged");
         assert!(e.to_string().contains("not well formed"), "{e}");
     }
+}
+
+/// Regression: a record naming one long symbol many times is damage once its key passes a
+/// limit far above real keys, not a key of its pairs times the section (a block of 100 KiB
+/// made a read allocate 200 MiB at once).
+#[test]
+fn keys_of_a_long_symbol_many_times_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = strata_model::time::now_ms();
+    let (path, file, _) = one_block(dir.path(), now);
+    let mut b = Block::parse(&file);
+    // A symbol running on over 100 KB of postings (the one after it then out of range).
+    let n = b.index.symbol_ends.len();
+    b.index.symbol_ends[n - 2] = 100_000;
+    b.index.postings.resize(b.index.postings.len() + 100_000, 0);
+    let r = &mut b.index.records[0];
+    r.npairs = 2000;
+    r.symbols = (0..2000).flat_map(|_| [0, n as u64 - 2]).collect();
+    let bad = b.write();
+    std::fs::write(&path, &bad).unwrap();
+    let db = open(dir.path()).unwrap();
+    let (r, largest) = largest_allocation(|| select_all(&db).map(drop));
+    let e = r.expect_err("the key is damaged").to_string();
+    assert!(e.contains("key is over"), "{e}");
+    assert!(
+        largest <= READ_ALLOWANCE,
+        "{largest} bytes for a block of {}",
+        bad.len()
+    );
+}
+
+/// Regression: a label name's values whose postings hold the same series many times are
+/// damage, not a list of values times series (a block of 84 KB made a read allocate 16 MB at
+/// once, and answered).
+#[test]
+fn postings_holding_a_series_twice_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = strata_model::time::now_ms();
+    let (path, file, _) = one_block(dir.path(), now);
+    let mut b = Block::parse(&file);
+    // 2000 series, and 2000 values of the first name each holding all of them.
+    let n = 2000u32;
+    b.index.records = vec![b.index.records[0].clone(); n as usize];
+    b.index.series_count = n;
+    b.index.postings.clear();
+    for k in 0..n {
+        fuzz_support::put_varint(&mut b.index.postings, u64::from(k > 0));
+    }
+    b.index.values = vec![[1, 0, n]; n as usize];
+    b.index.names = vec![[0, 0, n]];
+    let bad = b.write();
+    std::fs::write(&path, &bad).unwrap();
+    let db = open(dir.path()).unwrap();
+    let (r, largest) = largest_allocation(|| select_all(&db).map(drop));
+    let e = r.expect_err("the postings are damaged").to_string();
+    assert!(e.contains("hold more than"), "{e}");
+    assert!(
+        largest <= allocation_bound(bad.len(), 1 << 20),
+        "{largest} bytes for a block of {}",
+        bad.len()
+    );
 }
