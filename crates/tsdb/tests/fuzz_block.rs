@@ -445,6 +445,159 @@ impl Block {
     }
 }
 
+/// One entry of a format 1 to 3 index (a list of entries parsed whole), fields as stored
+/// (times zigzag encoded; the last value from version 2).
+#[derive(Clone)]
+struct LegacyEntry {
+    key: Vec<u8>,
+    offset: u64,
+    len: u64,
+    crc: u32,
+    min_t: u64,
+    max_t: u64,
+    count: u64,
+    last: [u8; 8],
+}
+
+fn zig(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzig(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+impl Block {
+    /// The block's series as entries of a format 1 to 3 index.
+    fn legacy_entries(&self) -> Vec<LegacyEntry> {
+        let ix = &self.index;
+        let symbol = |s: u64| {
+            let start = if s == 0 {
+                0
+            } else {
+                ix.symbol_ends[s as usize - 1]
+            };
+            &ix.symbol_bytes[start as usize..ix.symbol_ends[s as usize] as usize]
+        };
+        ix.records
+            .iter()
+            .map(|r| {
+                let min_t = (ix.base_t as i64) + unzig(r.min_d);
+                LegacyEntry {
+                    key: r
+                        .symbols
+                        .iter()
+                        .flat_map(|&s| symbol(s).iter().copied().chain([0xFF]))
+                        .collect(),
+                    offset: r.offset,
+                    len: r.len,
+                    crc: r.crc,
+                    min_t: zig(min_t),
+                    max_t: zig(min_t + r.max_d as i64),
+                    count: r.count,
+                    last: r.last,
+                }
+            })
+            .collect()
+    }
+
+    /// The file in format `version` (1 to 3) with `raw` as its raw index (declared as
+    /// `raw_len` bytes from version 3, which compresses it), every CRC right.
+    fn write_legacy(&self, version: u32, raw: &[u8], raw_len: u64) -> Vec<u8> {
+        let mut b = self.clone();
+        b.header[8..12].copy_from_slice(&version.to_le_bytes());
+        let index = if version >= 3 {
+            let mut packed = raw_len.to_le_bytes().to_vec();
+            packed.extend_from_slice(&zstd::bulk::compress(raw, 3).unwrap());
+            packed
+        } else {
+            raw.to_vec()
+        };
+        b.write_index(&index)
+    }
+}
+
+/// The raw index of format `version` holding `entries`.
+fn legacy_raw(version: u32, entries: &[LegacyEntry]) -> Vec<u8> {
+    let v = fuzz_support::put_varint;
+    let mut raw = Vec::new();
+    v(&mut raw, entries.len() as u64);
+    for e in entries {
+        v(&mut raw, e.key.len() as u64);
+        raw.extend_from_slice(&e.key);
+        v(&mut raw, e.offset);
+        v(&mut raw, e.len);
+        raw.extend_from_slice(&e.crc.to_le_bytes());
+        for x in [e.min_t, e.max_t, e.count] {
+            v(&mut raw, x);
+        }
+        if version >= 2 {
+            raw.extend_from_slice(&e.last);
+        }
+    }
+    raw
+}
+
+/// How a block rewritten in an older format is damaged.
+#[derive(Debug, Clone)]
+enum LegacyDamage {
+    /// None: the block as it was, in the older format.
+    None,
+    /// The raw index mutated, with its checksum right.
+    Index(Vec<Mutation>),
+    /// An entry's field (0: offset, 1: length, 2: min time, 3: max time, 4: count, 5: key
+    /// length, the key cut to it, 6: CRC) of entry `entry % entries` set to a value.
+    Field(u8, u8, u64),
+    /// The index declares a raw length other than its own (version 3).
+    RawLength(u64),
+}
+
+fn legacy_damage() -> impl Strategy<Value = LegacyDamage> {
+    let v = prop_oneof![
+        Just(u64::MAX),
+        Just(1u64 << 62),
+        Just(1u64 << 32),
+        Just(u32::MAX as u64),
+        Just(0u64),
+        0u64..4000,
+        any::<u64>()
+    ];
+    prop_oneof![
+        1 => Just(LegacyDamage::None),
+        4 => mutations().prop_map(LegacyDamage::Index),
+        3 => (any::<u8>(), 0u8..7, v.clone()).prop_map(|(e, f, v)| LegacyDamage::Field(e, f, v)),
+        1 => v.prop_map(LegacyDamage::RawLength),
+    ]
+}
+
+fn damaged_legacy(b: &Block, version: u32, d: &LegacyDamage) -> Vec<u8> {
+    let mut entries = b.legacy_entries();
+    let mut raw_len = None;
+    let mut mutations: &[Mutation] = &[];
+    match d {
+        LegacyDamage::None => {}
+        LegacyDamage::Index(ms) => mutations = ms,
+        LegacyDamage::Field(e, f, v) => {
+            let n = entries.len();
+            let e = &mut entries[*e as usize % n];
+            match f {
+                0 => e.offset = *v,
+                1 => e.len = *v,
+                2 => e.min_t = *v,
+                3 => e.max_t = *v,
+                4 => e.count = *v,
+                5 => e.key.truncate(*v as usize % (e.key.len() + 1)),
+                _ => e.crc = *v as u32,
+            }
+        }
+        LegacyDamage::RawLength(v) => raw_len = Some(*v),
+    }
+    let mut raw = legacy_raw(version, &entries);
+    mutate(&mut raw, mutations);
+    let len = raw_len.unwrap_or(raw.len() as u64);
+    b.write_legacy(version, &raw, len)
+}
+
 /// How a block is damaged. Fields are named by number; which of several (a record, a
 /// symbol, a table entry) by a number taken modulo how many there are.
 #[derive(Debug, Clone)]
@@ -482,6 +635,9 @@ enum Damage {
     Footer(u8, u64),
     /// A field damage's field set to its own value plus a small difference (off by one).
     Near(Box<Damage>, i64),
+    /// The block written in format 1, 2 or 3 (which opening rewrites in the current one),
+    /// damaged there with every checksum right.
+    Legacy(u8, LegacyDamage),
 }
 
 /// Damages setting one field (value symbol, offset, count...) to a value of `v`.
@@ -521,6 +677,7 @@ fn damage() -> impl Strategy<Value = Damage> {
         2 => (0u8..2, mutations()).prop_map(|(s, m)| Damage::Section(s, m)),
         1 => mutations().prop_map(Damage::Header),
         6 => field(extreme.boxed()),
+        3 => (1u8..4, legacy_damage()).prop_map(|(v, d)| Damage::Legacy(v, d)),
         3 => (field(Just(0).boxed()), -3i64..=3)
             .prop_map(|(f, d)| Damage::Near(Box::new(f), d)),
     ]
@@ -540,6 +697,7 @@ fn damaged(file: &[u8], d: &Damage) -> Vec<u8> {
     let ix = &mut b.index;
     match d {
         Damage::Near(..) => unreachable!("applied above"),
+        Damage::Legacy(v, d) => return damaged_legacy(&b, u32::from(*v), d),
         Damage::Bytes(ms) => {
             let mut out = file.to_vec();
             mutate(&mut out, ms);
@@ -865,6 +1023,20 @@ fn every_field_at_every_extreme() {
             .flat_map(|c| [c.wrapping_sub(1), c.wrapping_add(1)]);
         damages.extend(extremes.into_iter().chain(near).map(|v| f.with(v)));
     }
+    // Blocks of formats 1 and 3 (rewritten when opened): the first and last entries' fields.
+    let last = ix.records.len() as u8 - 1;
+    for version in [1, 3] {
+        damages.push(Damage::Legacy(version, LegacyDamage::None));
+        for v in extremes {
+            for e in [0, last] {
+                damages
+                    .extend((0..7).map(|f| Damage::Legacy(version, LegacyDamage::Field(e, f, v))));
+            }
+            if version == 3 {
+                damages.push(Damage::Legacy(version, LegacyDamage::RawLength(v)));
+            }
+        }
+    }
     for d in &damages {
         restore(dir.path(), &snap);
         std::fs::write(&path, damaged(&file, d)).unwrap();
@@ -992,4 +1164,26 @@ fn postings_holding_a_series_twice_are_errors() {
         "{largest} bytes for a block of {}",
         bad.len()
     );
+}
+
+/// The test's own writer of formats 1 to 3 is right: undamaged, its blocks open (rewritten in
+/// the current format) and read as the block they were made from.
+#[test]
+fn older_formats_the_damage_starts_from_read_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = strata_model::time::now_ms();
+    let (path, file, snap) = one_block(dir.path(), now);
+    let want = contents(&open(dir.path()).unwrap());
+    assert_eq!(want.len(), 4);
+    for version in 1..4 {
+        restore(dir.path(), &snap);
+        let d = Damage::Legacy(version, LegacyDamage::None);
+        std::fs::write(&path, damaged(&file, &d)).unwrap();
+        assert_eq!(
+            contents(&open(dir.path()).unwrap()),
+            want,
+            "version {version}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap()[8], 4, "rewritten");
+    }
 }
