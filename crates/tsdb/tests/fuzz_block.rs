@@ -5,7 +5,9 @@
 //! or an allocation out of proportion to the file.
 //!
 //! The structure-aware mutations know the block layout described in `src/block.rs` (header,
-//! chunks, index, footer); [`Block`] is the only place that does.
+//! chunks, index, footer) and the index section's in `src/block_index.rs` (format 4), and how
+//! blocks of formats 1 to 3 held their index (which opening rewrites in format 4); [`Block`],
+//! [`Index4`], [`Record`] and [`LegacyEntry`] are the only places that do.
 
 #[path = "../../model/tests/fuzz_support/mod.rs"]
 mod fuzz_support;
@@ -638,6 +640,8 @@ enum Damage {
     /// The block written in format 1, 2 or 3 (which opening rewrites in the current one),
     /// damaged there with every checksum right.
     Legacy(u8, LegacyDamage),
+    /// Several fields set at once (damage that one field alone does not make).
+    Many(Vec<Damage>),
 }
 
 /// Damages setting one field (value symbol, offset, count...) to a value of `v`.
@@ -676,8 +680,9 @@ fn damage() -> impl Strategy<Value = Damage> {
         1 => (any::<Index>(), mutations()).prop_map(|(i, m)| Damage::Chunk(i, m)),
         2 => (0u8..2, mutations()).prop_map(|(s, m)| Damage::Section(s, m)),
         1 => mutations().prop_map(Damage::Header),
-        6 => field(extreme.boxed()),
+        6 => field(extreme.clone().boxed()),
         3 => (1u8..4, legacy_damage()).prop_map(|(v, d)| Damage::Legacy(v, d)),
+        2 => proptest::collection::vec(field(extreme.boxed()), 2..5).prop_map(Damage::Many),
         3 => (field(Just(0).boxed()), -3i64..=3)
             .prop_map(|(f, d)| Damage::Near(Box::new(f), d)),
     ]
@@ -728,6 +733,16 @@ fn damaged(file: &[u8], d: &Damage) -> Vec<u8> {
             fields.resize(HEADER - 16, 0);
             b.header[12..HEADER - 4].copy_from_slice(&fields);
         }
+        Damage::Many(ds) => ds.iter().for_each(|d| set(&mut b, d)),
+        d => set(&mut b, d),
+    }
+    b.write()
+}
+
+/// Applies field damage `d` to `b`.
+fn set(b: &mut Block, d: &Damage) {
+    let ix = &mut b.index;
+    match d {
         Damage::HeaderField(f, v) => {
             let at = 12 + 8 * *f as usize;
             b.header[at..at + 8].copy_from_slice(&v.to_le_bytes());
@@ -773,8 +788,8 @@ fn damaged(file: &[u8], d: &Damage) -> Vec<u8> {
             }
         }
         Damage::Footer(f, v) => b.footer = Some((*f, *v)),
+        _ => unreachable!("{d:?} is not a field damage"),
     }
-    b.write()
 }
 
 /// Reads the storage every way a query does; errors are fine, panics are not.
@@ -972,9 +987,10 @@ fn one_block(dir: &Path, now: i64) -> (PathBuf, Vec<u8>, Snapshot) {
 }
 
 /// Every header, directory, section-count, record, symbol-end, table-entry and footer field
-/// of a real block at every extreme value, each with its checksums right (and the rest of the
-/// layout consistent): open and read fail or succeed, never panic, and never allocate what a
-/// damaged count or length asks for.
+/// of a real block at every extreme value and one either side of its own, and every index
+/// entry field of the block written in formats 1 and 3 at every extreme, each with its
+/// checksums right (and the rest of the layout consistent): open and read fail or succeed,
+/// never panic, and never allocate what a damaged count or length asks for.
 #[test]
 fn every_field_at_every_extreme() {
     let extremes = [
