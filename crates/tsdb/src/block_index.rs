@@ -33,6 +33,11 @@ use strata_model::{MatchOp, Matcher, SeriesKeyRef};
 /// Bytes of the directory that ends the section.
 const DIRECTORY_LEN: usize = 6 * 4 + 8;
 
+/// Longest key read from a block: far above any the ingestion limits let in (by default 30
+/// labels, names of at most 1 KiB and values of 2 KiB), and a bound on the key a damaged
+/// record naming one long symbol many times would build (its pairs times the section).
+const MAX_KEY: usize = 1 << 24;
+
 /// The order of symbols: bytewise, a string after every string it starts with (as if each
 /// ended in `0xFF`, which UTF-8 never holds).
 pub(crate) fn key_order(a: &[u8], b: &[u8]) -> Ordering {
@@ -228,10 +233,20 @@ impl<'a> IndexView<'a> {
         let mut r = Reader { b: rec.pairs, p: 0 };
         for _ in 0..rec.npairs * 2 {
             let s = r.varint().expect("checked when the record was read");
-            key.extend_from_slice(self.symbol(sym(s)?)?);
+            let s = self.symbol(sym(s)?)?;
+            if key.len() + s.len() >= MAX_KEY {
+                return damaged(format!("series {id}'s key is over {MAX_KEY} bytes"));
+            }
+            key.extend_from_slice(s);
             key.push(0xFF);
         }
-        if SeriesKeyRef::parse(key).is_none() {
+        // Well formed, and its names ascending and each once, as `Labels` hold them.
+        let ascending = |k: SeriesKeyRef<'_>| {
+            let mut names = k.pairs().map(|(n, _)| n);
+            let mut prev = names.next();
+            names.all(|n| prev.replace(n).is_some_and(|p| p < n))
+        };
+        if !SeriesKeyRef::parse(key).is_some_and(ascending) {
             return damaged(format!("series {id}'s key is not well formed"));
         }
         Ok(rec.meta)
@@ -318,7 +333,11 @@ impl<'a> IndexView<'a> {
         let mut id = 0u64;
         for k in 0..count {
             let d = r.varint().ok_or_else(bad)?;
-            id = if k == 0 { d } else { id + d.max(1) };
+            id = if k == 0 {
+                d
+            } else {
+                id.saturating_add(d.max(1))
+            };
             if id >= u64::from(self.d.series) {
                 return Err(bad());
             }
@@ -365,6 +384,13 @@ impl<'a> IndexView<'a> {
         let mut out = Vec::new();
         for &i in &entries {
             self.postings(i, &mut out)?;
+            // A series has one value of a name: the name's values hold it once in all.
+            if out.len() > self.len() {
+                return damaged(format!(
+                    "postings of label name {:?} hold more than its block's series",
+                    m.name
+                ));
+            }
         }
         if entries.len() > 1 {
             out.sort_unstable();
@@ -552,7 +578,8 @@ impl IndexBuilder {
             if self.pairs_of(w[0] as usize) == self.pairs_of(w[1] as usize) {
                 let mut key = Vec::new();
                 for &s in self.pairs_of(w[0] as usize) {
-                    key.extend_from_slice(&self.strings[s as usize]);
+                    // Symbols are ranks now; the strings are still in the order first seen.
+                    key.extend_from_slice(&self.strings[order[s as usize] as usize]);
                     key.push(0xFF);
                 }
                 return Err(BuildError::Duplicate(key));
@@ -867,15 +894,17 @@ mod tests {
         }
     }
 
+    /// A key pushed twice is refused, and named as it was pushed (its strings first seen in
+    /// an order other than key order: the error once named `a y z b`, names out of order).
     #[test]
     fn duplicates_are_refused() {
         let mut b = IndexBuilder::new();
-        let k = key(&[("a", "1")]);
+        let k = key(&[("a", "z"), ("b", "y")]);
         b.push(SeriesKeyRef::parse(&k).unwrap(), &meta(0), 0.0);
         b.push(SeriesKeyRef::parse(&k).unwrap(), &meta(1), 0.0);
-        assert!(matches!(
-            b.write(0, &mut Vec::new()),
-            Err(BuildError::Duplicate(_))
-        ));
+        match b.write(0, &mut Vec::new()) {
+            Err(BuildError::Duplicate(d)) => assert_eq!(d, k),
+            _ => panic!("a duplicate written"),
+        }
     }
 }
