@@ -410,6 +410,18 @@ impl Block {
         self.checked(id, m)
     }
 
+    /// Calls `f` with every label name of the block's series.
+    pub fn label_names(&self, f: impl FnMut(&[u8])) -> Result<(), TsdbError> {
+        self.view().label_names(f).map_err(|e| self.damaged(e))
+    }
+
+    /// Calls `f` with every value of label `name` among the block's series.
+    pub fn label_values(&self, name: &[u8], f: impl FnMut(&[u8])) -> Result<(), TsdbError> {
+        self.view()
+            .label_values(name, f)
+            .map_err(|e| self.damaged(e))
+    }
+
     /// The chunk of the series with `key`, if the block holds it.
     pub fn find(&self, key: SeriesKeyRef<'_>) -> Result<Option<ChunkMeta>, TsdbError> {
         match self.view().find(key).map_err(|e| self.damaged(e))? {

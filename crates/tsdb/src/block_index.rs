@@ -444,6 +444,24 @@ impl<'a> IndexView<'a> {
     pub fn len(&self) -> usize {
         self.d.len()
     }
+
+    /// Calls `f` with every label name, in order.
+    pub fn label_names(&self, mut f: impl FnMut(&'a [u8])) -> Result<(), Damaged> {
+        for k in 0..self.d.name_count as usize {
+            f(self.symbol(u32_at(self.b, self.d.names + 12 * k)?)?);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every value of label `name`, in key order.
+    pub fn label_values(&self, name: &[u8], mut f: impl FnMut(&'a [u8])) -> Result<(), Damaged> {
+        if let Some((_, range)) = self.values_of(name)? {
+            for i in range {
+                f(self.symbol(self.value_entry(i)?.0)?);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn sym(v: u64) -> Result<u32, Damaged> {

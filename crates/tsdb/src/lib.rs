@@ -1214,14 +1214,50 @@ impl<'a> ReadScope<'a> {
     ) -> Result<(), StorageError> {
         let mut key = Vec::new();
         for b in &self.blocks {
-            for id in b.select(matchers).map_err(storage_error)? {
-                let m = b.entry(id, &mut key).map_err(storage_error)?;
-                if m.max_t >= self.start && m.min_t <= self.end {
-                    f(SeriesKeyRef::new_unchecked(&key));
-                }
-            }
+            self.each_block_match(b, matchers, &mut key, &mut f)?;
         }
         self.each_head_match(matchers, |key, _| f(key));
+        Ok(())
+    }
+
+    /// Calls `f` with the key of every series of block `b` matching `matchers` with data in the
+    /// range (`key` is the buffer keys are decoded into).
+    fn each_block_match(
+        &self,
+        b: &Block,
+        matchers: &[Matcher],
+        key: &mut Vec<u8>,
+        f: &mut dyn FnMut(SeriesKeyRef<'_>),
+    ) -> Result<(), StorageError> {
+        for id in b.select(matchers).map_err(storage_error)? {
+            let m = b.entry(id, key).map_err(storage_error)?;
+            if m.max_t >= self.start && m.min_t <= self.end {
+                f(SeriesKeyRef::new_unchecked(key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the label names or values (`of_key` picks them from a key, `of_block`
+    /// from a block's tables) of every series matching `matchers` with data in the range. With
+    /// no matchers, a block lying wholly inside the range answers from its tables, without
+    /// visiting its series (as Grafana's variable queries ask, over every series).
+    fn each_label(
+        &self,
+        matchers: &[Matcher],
+        of_block: impl Fn(&Block, &mut dyn FnMut(&[u8])) -> Result<(), TsdbError>,
+        of_key: impl Fn(SeriesKeyRef<'_>, &mut dyn FnMut(&[u8])),
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), StorageError> {
+        let mut key = Vec::new();
+        for b in &self.blocks {
+            if matchers.is_empty() && self.start <= b.min_t && b.max_t <= self.end {
+                of_block(b, &mut f).map_err(storage_error)?;
+            } else {
+                self.each_block_match(b, matchers, &mut key, &mut |k| of_key(k, &mut f))?;
+            }
+        }
+        self.each_head_match(matchers, |key, _| of_key(key, &mut f));
         Ok(())
     }
 
@@ -1432,11 +1468,12 @@ impl Storage for Tsdb {
         let inner = self.inner.read();
         let scope = ReadScope::new(&inner, tenant, range.start, range.end);
         let mut names = FirstSorted::<Vec<u8>>::new(range.limit);
-        scope.each_match(matchers, |key| {
-            for (n, _) in key.pairs() {
-                names.offer_with(n, <[u8]>::to_vec);
-            }
-        })?;
+        scope.each_label(
+            matchers,
+            |b, f| b.label_names(f),
+            |key, f| key.pairs().for_each(|(n, _)| f(n)),
+            |n| names.offer_with(n, <[u8]>::to_vec),
+        )?;
         Ok(lossy_strings(names))
     }
 
@@ -1450,11 +1487,13 @@ impl Storage for Tsdb {
         let inner = self.inner.read();
         let scope = ReadScope::new(&inner, tenant, range.start, range.end);
         let mut values = FirstSorted::<Vec<u8>>::new(range.limit);
-        scope.each_match(matchers, |key| {
-            if let Some(v) = key.get(name.as_bytes()) {
-                values.offer_with(v, <[u8]>::to_vec);
-            }
-        })?;
+        let name = name.as_bytes();
+        scope.each_label(
+            matchers,
+            |b, f| b.label_values(name, f),
+            |key, f| key.get(name).into_iter().for_each(f),
+            |v| values.offer_with(v, <[u8]>::to_vec),
+        )?;
         Ok(lossy_strings(values))
     }
 }

@@ -932,4 +932,29 @@ fn metadata_limits_answer_the_first_entries_in_order() {
         vec!["__name__", "a"]
     );
     assert!(db.series(&tenant, &m, &range(Some(0))).unwrap().is_empty());
+    // Without matchers, blocks wholly inside the range answer from their tables: the same
+    // names and values as walking every series, with limits; a block only partly inside is
+    // walked, so the early series stays out of a range that does not reach it.
+    db.flush().unwrap();
+    let wide = |limit| MetadataHints {
+        start: t - 3 * H,
+        end: t + H,
+        limit,
+    };
+    let every = [Matcher::regex("__name__", ".+", false).unwrap()];
+    for limit in [None, Some(1), Some(3), Some(37), Some(100)] {
+        assert_eq!(
+            db.label_values(&tenant, "zone", &[], &wide(limit)).unwrap(),
+            db.label_values(&tenant, "zone", &every, &wide(limit))
+                .unwrap(),
+        );
+        assert_eq!(
+            db.label_names(&tenant, &[], &wide(limit)).unwrap(),
+            db.label_names(&tenant, &every, &wide(limit)).unwrap(),
+        );
+    }
+    let a = db.label_values(&tenant, "a", &[], &wide(None)).unwrap();
+    assert!(a.contains(&"0000early".to_string()));
+    let a = db.label_values(&tenant, "a", &[], &range(None)).unwrap();
+    assert!(!a.contains(&"0000early".to_string()), "outside the range");
 }
