@@ -507,21 +507,15 @@ impl HourStage {
             }
         }
         for ((key, h), r) in provisional {
-            out.entry(key.labels()).or_default().push(WindowView {
-                start: h,
-                end: h + HOUR_MS,
-                figures: r.figures(quantiles),
-                state: WindowState::Provisional,
-                revision: 0,
-            });
+            out.entry(key.labels())
+                .or_default()
+                .push(WindowView::provisional(
+                    h,
+                    h + HOUR_MS,
+                    r.figures(quantiles),
+                ));
         }
-        Ok(out
-            .into_iter()
-            .map(|(l, mut ws)| {
-                ws.sort_by_key(|w| w.start);
-                (l, ws)
-            })
-            .collect())
+        Ok(crate::stage::by_start(out))
     }
 }
 

@@ -52,6 +52,32 @@ pub struct WindowView {
     pub revision: u32,
 }
 
+impl WindowView {
+    /// A window still open.
+    pub(crate) fn provisional(start: i64, end: i64, figures: Figures) -> WindowView {
+        WindowView {
+            start,
+            end,
+            figures,
+            state: WindowState::Provisional,
+            revision: 0,
+        }
+    }
+}
+
+/// Each series' windows, in start order.
+pub(crate) fn by_start(
+    views: std::collections::BTreeMap<Labels, Vec<WindowView>>,
+) -> Vec<(Labels, Vec<WindowView>)> {
+    views
+        .into_iter()
+        .map(|(l, mut ws)| {
+            ws.sort_by_key(|w| w.start);
+            (l, ws)
+        })
+        .collect()
+}
+
 /// Which tier of a stage a read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -659,22 +685,12 @@ impl RollupStage {
             end,
             |key| Matcher::all_match(matchers, key),
             |key, ws, r| {
-                out.entry(key.labels()).or_default().push(WindowView {
-                    start: ws,
-                    end: ws + width,
-                    figures: r.figures(q),
-                    state: WindowState::Provisional,
-                    revision: 0,
-                })
+                out.entry(key.labels())
+                    .or_default()
+                    .push(WindowView::provisional(ws, ws + width, r.figures(q)))
             },
         );
-        Ok(out
-            .into_iter()
-            .map(|(l, mut ws)| {
-                ws.sort_by_key(|w| w.start);
-                (l, ws)
-            })
-            .collect())
+        Ok(by_start(out))
     }
 }
 

@@ -1117,14 +1117,11 @@ impl Tsdb {
                 ends: Vec::new(),
                 metas: Vec::new(),
             };
-            for id in b.select(matchers).map_err(storage_error)? {
-                let m = b.entry(id, &mut key).map_err(storage_error)?;
-                if m.max_t >= start && m.min_t <= end {
-                    run.keys.extend_from_slice(&key);
-                    run.ends.push(run.keys.len());
-                    run.metas.push(m);
-                }
-            }
+            scope.each_block_match(b, matchers, &mut key, &mut |k, m| {
+                run.keys.extend_from_slice(k.as_bytes());
+                run.ends.push(run.keys.len());
+                run.metas.push(m);
+            })?;
             runs.push(run);
         }
         let mut head = Vec::new();
@@ -1214,25 +1211,25 @@ impl<'a> ReadScope<'a> {
     ) -> Result<(), StorageError> {
         let mut key = Vec::new();
         for b in &self.blocks {
-            self.each_block_match(b, matchers, &mut key, &mut f)?;
+            self.each_block_match(b, matchers, &mut key, &mut |k, _| f(k))?;
         }
         self.each_head_match(matchers, |key, _| f(key));
         Ok(())
     }
 
-    /// Calls `f` with the key of every series of block `b` matching `matchers` with data in the
-    /// range (`key` is the buffer keys are decoded into).
+    /// Calls `f` with the key and chunk of every series of block `b` matching `matchers` with
+    /// data in the range, in key order (`key` is the buffer keys are decoded into).
     fn each_block_match(
         &self,
         b: &Block,
         matchers: &[Matcher],
         key: &mut Vec<u8>,
-        f: &mut dyn FnMut(SeriesKeyRef<'_>),
+        f: &mut dyn FnMut(SeriesKeyRef<'_>, block::ChunkMeta),
     ) -> Result<(), StorageError> {
         for id in b.select(matchers).map_err(storage_error)? {
             let m = b.entry(id, key).map_err(storage_error)?;
             if m.max_t >= self.start && m.min_t <= self.end {
-                f(SeriesKeyRef::new_unchecked(key));
+                f(SeriesKeyRef::new_unchecked(key), m);
             }
         }
         Ok(())
@@ -1254,7 +1251,7 @@ impl<'a> ReadScope<'a> {
             if matchers.is_empty() && self.start <= b.min_t && b.max_t <= self.end {
                 of_block(b, &mut f).map_err(storage_error)?;
             } else {
-                self.each_block_match(b, matchers, &mut key, &mut |k| of_key(k, &mut f))?;
+                self.each_block_match(b, matchers, &mut key, &mut |k, _| of_key(k, &mut f))?;
             }
         }
         self.each_head_match(matchers, |key, _| of_key(key, &mut f));
