@@ -554,6 +554,17 @@ impl Engine {
         self.shards.iter().any(|s| s.rollups.is_some())
     }
 
+    /// The rollup tier a read of `[start, end]` names none of is answered from (see
+    /// [`RollupStage::tier_for`]; shards share their settings).
+    pub fn rollup_tier_for(&self, start: i64, end: i64) -> Tier {
+        self.shards
+            .iter()
+            .find_map(|s| s.rollups.as_ref())
+            .map_or(Tier::Window, |r| {
+                r.tier_for(start, end, strata_model::time::now_ms())
+            })
+    }
+
     /// The rollup windows of one tier of series matching `matchers` that overlap
     /// `[start, end]`, sorted by labels (series never span shards).
     pub fn rollups(

@@ -229,6 +229,34 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("tier"));
+    // Without `tier`: the minutes for ranges up to a day, the hours beyond; the header says.
+    let default_tier = |from: i64, to: i64| {
+        let r = s
+            .client
+            .get(s.url("/api/v1/rollups"))
+            .query(&[
+                ("match[]", "temperature{device=\"d3\"}"),
+                ("start", &(from / 1000).to_string()),
+                ("end", &(to / 1000).to_string()),
+            ])
+            .send()
+            .unwrap();
+        let tier = r.headers()["strata-tiers"].to_str().unwrap().to_string();
+        let body: Value = r.json().unwrap();
+        (tier, body["data"][0]["windows"].as_array().unwrap().len())
+    };
+    assert_eq!(default_tier(base, base + HOUR - 1), ("1m".to_string(), 60));
+    assert_eq!(
+        default_tier(base - 47 * HOUR, base + 1),
+        ("1h".to_string(), 1)
+    );
+    let long = s.get_json(&format!(
+        "/api/v1/devices/d3/summary?metric=temperature&start={}&end={}",
+        (base - 47 * HOUR) / 1000,
+        base / 1000
+    ));
+    assert_eq!(long["data"]["tier"], "1h", "{long}");
+    assert_eq!(long["data"]["metrics"][0]["windows"], 1, "{long}");
 
     // The device summary over the hour, from the hour tier.
     let summary = s.get_json(&format!(

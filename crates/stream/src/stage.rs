@@ -96,7 +96,19 @@ impl Tier {
             _ => None,
         }
     }
+
+    /// The API's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Window => "1m",
+            Tier::Hour => "1h",
+        }
+    }
 }
+
+/// Reads of ranges longer than this come from the hours when no tier is named: a day is 1,440
+/// windows of a minute per series, 24 hours.
+pub const WINDOWS_UP_TO_MS: i64 = 86_400_000;
 
 /// Counters of window transitions not kept by [`Windows`].
 #[derive(Debug, Default)]
@@ -603,6 +615,19 @@ impl RollupStage {
     /// The 1-hour tier, when configured.
     pub fn hours(&self) -> Option<&HourStage> {
         self.hours.as_ref()
+    }
+
+    /// The tier to read `[start, end]` from when none is named: the windows while the range
+    /// is at most [`WINDOWS_UP_TO_MS`] long and within their retention at `now`, else the hours
+    /// (a year's summary reads hours), when kept.
+    pub fn tier_for(&self, start: i64, end: i64, now: i64) -> Tier {
+        let windows_from = now.saturating_sub(self.opts.retention_ms);
+        let long = end.saturating_sub(start) > WINDOWS_UP_TO_MS;
+        if self.hours.is_some() && (long || start < windows_from) {
+            Tier::Hour
+        } else {
+            Tier::Window
+        }
     }
 
     /// The hours queued for the next tier ([`HourStage::pending_final`]) with their labels and

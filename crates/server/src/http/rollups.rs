@@ -79,10 +79,11 @@ fn rollup_request(st: &AppState, req: &ApiRequest) -> Result<ReadRequest, ApiErr
     Ok(r)
 }
 
-/// The tier a request names with `tier=1m|1h` (default: the windows, `1m`).
-fn tier_of(r: &ReadRequest) -> Result<Tier, ApiError> {
+/// The tier a request names with `tier=1m|1h`; by default the windows for ranges up to a day
+/// within their retention, else the hours (see `RollupStage::tier_for`).
+fn tier_of(st: &AppState, r: &ReadRequest) -> Result<Tier, ApiError> {
     match r.params.get("tier") {
-        None => Ok(Tier::Window),
+        None => Ok(st.engine.rollup_tier_for(r.start, r.end)),
         Some(t) => Tier::parse(t).ok_or_else(|| {
             ApiError::bad_data(format!(
                 "invalid parameter \"tier\": expected 1m or 1h, got {t:?}"
@@ -97,7 +98,7 @@ fn tier_of(r: &ReadRequest) -> Result<Tier, ApiError> {
 pub async fn rollups(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
-        let tier = tier_of(&r)?;
+        let tier = tier_of(&st, &r)?;
         let sets = matcher_sets(&r.params, true)?;
         let mut seen = std::collections::BTreeMap::new();
         let mut windows = 0usize;
@@ -130,9 +131,18 @@ pub async fn rollups(State(st): State<AppState>, req: ApiRequest) -> Response {
                 })
             })
             .collect();
-        Ok(success(Value::Array(data)))
+        Ok(with_tier(success(Value::Array(data)), tier))
     };
     run().unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Says which tier answered, in the `Strata-Tiers` header (as query answers do).
+fn with_tier(mut resp: Response, tier: Tier) -> Response {
+    resp.headers_mut().insert(
+        "strata-tiers",
+        axum::http::HeaderValue::from_static(tier.as_str()),
+    );
+    resp
 }
 
 fn device_id(id: &str) -> Result<&str, ApiError> {
@@ -219,7 +229,7 @@ pub async fn summary(
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
-        let tier = tier_of(&r)?;
+        let tier = tier_of(&st, &r)?;
         let id = device_id(&id)?;
         let mut matchers = vec![Matcher::equal("device", id)];
         if let Some(m) = r.params.get("metric").filter(|m| !m.is_empty()) {
@@ -248,8 +258,11 @@ pub async fn summary(
                 })
             })
             .collect();
-        Ok(success(
-            json!({"device": id, "start": r.start, "end": r.end, "metrics": data}),
+        Ok(with_tier(
+            success(json!({
+                "device": id, "start": r.start, "end": r.end, "tier": tier.as_str(), "metrics": data
+            })),
+            tier,
         ))
     };
     run().unwrap_or_else(IntoResponse::into_response)
