@@ -393,7 +393,7 @@ impl Block {
     }
 
     /// Series matching every matcher (not all matching the empty string), ascending, which
-    /// is key order.
+    /// is label order.
     pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<u32>, TsdbError> {
         self.view().select(matchers).map_err(|e| self.damaged(e))
     }
@@ -621,10 +621,10 @@ mod tests {
         }
     }
 
-    /// Series may come in any key order; the index numbers them in key order, each chunk where
+    /// Series may come in any order; the index numbers them in label order, each chunk where
     /// it was written, and selects as the head does.
     #[test]
-    fn any_order_in_key_order_out() {
+    fn any_order_in_label_order_out() {
         let dir = tempfile::tempdir().unwrap();
         let series = fleet(200);
         let mut w = BlockWriter::create(dir.path(), 3).unwrap();

@@ -16,10 +16,11 @@
 //! directory u32 offsets of the six sections above' ends and counts, i64 base time (below)
 //! ```
 //!
-//! Symbols are every label name and value once, sorted in *key order*: a string sorts after
-//! the strings it starts with, as the `0xFF` separators of keys make it. So comparing two
-//! series' symbol numbers pair by pair compares their keys, series are numbered in key order,
-//! and a name's values are in key order too. A record is `varint pairs`, then `pairs` times
+//! Symbols are every label name and value once, sorted bytewise (as strings sort). So comparing
+//! two series' symbol numbers pair by pair compares their label sets the way Prometheus orders
+//! series ([`SeriesKeyRef::cmp_as_labels`]): series are numbered in *label order*, which is the
+//! order every read answers in (no sort after a block read), and a name's values are in order
+//! too. A record is `varint pairs`, then `pairs` times
 //! `varint name, varint value` (symbols), then its chunk: `varint offset, varint length,
 //! u32 crc, varint zigzag(min_t - base), varint (max_t - min_t), varint count, f64 last`.
 
@@ -38,11 +39,9 @@ const DIRECTORY_LEN: usize = 6 * 4 + 8;
 /// record naming one long symbol many times would build (its pairs times the section).
 const MAX_KEY: usize = 1 << 24;
 
-/// The order of symbols: bytewise, a string after every string it starts with (as if each
-/// ended in `0xFF`, which UTF-8 never holds).
-pub(crate) fn key_order(a: &[u8], b: &[u8]) -> Ordering {
-    let n = a.len().min(b.len());
-    a[..n].cmp(&b[..n]).then(b.len().cmp(&a.len()))
+/// The order of series in a block: as their label sets sort.
+pub(crate) fn label_order(a: &[u8], b: &[u8]) -> Ordering {
+    SeriesKeyRef::new_unchecked(a).cmp_as_labels(&SeriesKeyRef::new_unchecked(b))
 }
 
 /// Where the parts of an index section lie: read and checked once at open.
@@ -169,7 +168,7 @@ impl<'a> IndexView<'a> {
         let (mut lo, mut hi) = (0u32, self.d.symbols);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match key_order(self.symbol(mid)?, s) {
+            match self.symbol(mid)?.cmp(s) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Ok(Some(mid)),
@@ -266,14 +265,14 @@ impl<'a> IndexView<'a> {
         Ok(None)
     }
 
-    /// The series with `key`, if present (series are numbered in key order).
+    /// The series with `key`, if present (series are numbered in label order).
     pub fn find(&self, key: SeriesKeyRef<'_>) -> Result<Option<u32>, Damaged> {
         let (mut lo, mut hi) = (0u32, self.d.series);
         let mut buf = Vec::with_capacity(key.as_bytes().len() + 16);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             self.entry(mid, &mut buf)?;
-            match buf.as_slice().cmp(key.as_bytes()) {
+            match label_order(&buf, key.as_bytes()) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Ok(Some(mid)),
@@ -357,7 +356,7 @@ impl<'a> IndexView<'a> {
             let (mut lo, mut hi) = (range.start, range.end);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
-                match key_order(value(mid)?, v) {
+                match value(mid)?.cmp(v) {
                     Ordering::Less => lo = mid + 1,
                     Ordering::Greater => hi = mid,
                     Ordering::Equal => return Ok(Some(mid)),
@@ -526,7 +525,7 @@ impl IndexBuilder {
         if self.sorted {
             let k = key.as_bytes();
             match &mut self.last_key {
-                Some(prev) if prev.as_slice() >= k => self.sorted = false,
+                Some(prev) if label_order(prev, k) != Ordering::Less => self.sorted = false,
                 Some(prev) => {
                     prev.clear();
                     prev.extend_from_slice(k);
@@ -573,9 +572,7 @@ impl IndexBuilder {
         let too_large = |n: usize| u32::try_from(n).map_err(|_| BuildError::TooLarge);
         // Symbols in key order; series' symbols renumbered.
         let mut order: Vec<u32> = (0..self.strings.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            key_order(&self.strings[a as usize], &self.strings[b as usize])
-        });
+        order.sort_unstable_by(|&a, &b| self.strings[a as usize].cmp(&self.strings[b as usize]));
         let mut rank = vec![0u32; order.len()];
         for (r, &s) in order.iter().enumerate() {
             rank[s as usize] = r as u32;
@@ -799,19 +796,16 @@ mod tests {
             .to_vec()
     }
 
-    /// Symbols sort as the keys holding them do.
+    /// Series sort as their label sets do, where key bytes would not (a value before the
+    /// values it starts with).
     #[test]
-    fn key_order_is_the_order_of_keys() {
+    fn label_order_is_the_order_of_label_sets() {
         let words = ["a", "ab", "abc", "b", "", "a\u{e9}", "z", "zz"];
         for x in words {
             for y in words {
-                let kx = key(&[("n", x), ("o", "1")]);
-                let ky = key(&[("n", y), ("o", "1")]);
-                assert_eq!(
-                    key_order(x.as_bytes(), y.as_bytes()),
-                    kx.cmp(&ky),
-                    "{x:?} {y:?}"
-                );
+                let set = |v: &str| Labels::from_pairs([("n", v), ("o", "1")]).unwrap();
+                let (kx, ky) = (key(&[("n", x), ("o", "1")]), key(&[("n", y), ("o", "1")]));
+                assert_eq!(label_order(&kx, &ky), set(x).cmp(&set(y)), "{x:?} {y:?}");
             }
         }
     }
@@ -842,7 +836,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = sets.iter().map(|s| key(s)).collect();
         let mut head = crate::index::Index::default();
         let mut sorted = keys.clone();
-        sorted.sort();
+        sorted.sort_by(|a, b| label_order(a, b));
         for k in &sorted {
             head.add(strata_model::SeriesKey::from_bytes(k).unwrap());
         }

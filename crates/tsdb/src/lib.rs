@@ -864,9 +864,11 @@ impl Tsdb {
                 w.saturating_mul(width),
                 w.saturating_mul(width).saturating_add(width - 1),
             );
-            // In key order, so the block's chunks lie as its index does (a query reads
-            // neighbouring chunks) and the index needs no sort.
-            members.sort_unstable_by(|&a, &b| series[a].1.cmp(&series[b].1));
+            // In label order, so the block's chunks lie as its index numbers them (a query
+            // reads neighbouring chunks) and the index needs no sort.
+            members.sort_unstable_by(|&a, &b| {
+                series[a].1.as_ref().cmp_as_labels(&series[b].1.as_ref())
+            });
             let mut block = BlockWriter::create(&tdir, *seq)?;
             for i in members {
                 let (_, key, f) = &series[i];
@@ -1106,7 +1108,7 @@ impl Tsdb {
     ) -> Result<Vec<SeriesRead>, StorageError> {
         let inner = self.inner.read();
         let scope = ReadScope::new(&inner, tenant, start, end);
-        // Each block's matches come in key order (its series are numbered so), the head's are
+        // Each block's matches come in label order (its series are numbered so), the head's are
         // sorted: merged, they give each series once, its blocks in ascending sequence.
         let mut runs: Vec<BlockMatches<'_>> = Vec::with_capacity(scope.blocks.len());
         let mut key = Vec::new();
@@ -1126,10 +1128,12 @@ impl Tsdb {
         }
         let mut head = Vec::new();
         scope.each_head_match(matchers, |key, s| head.push((key, s)));
-        head.sort_unstable_by_key(|(k, _)| *k);
-        // Ties pop in source order: blocks by sequence, the head last.
-        let mut next: std::collections::BinaryHeap<std::cmp::Reverse<(&[u8], usize, usize)>> =
-            std::collections::BinaryHeap::new();
+        head.sort_unstable_by(|(a, _), (b, _)| a.cmp_as_labels(b));
+        // In label order (the blocks' order, and every read's); ties pop in source order:
+        // blocks by sequence, the head last.
+        let mut next: std::collections::BinaryHeap<
+            std::cmp::Reverse<(LabelOrder<'_>, usize, usize)>,
+        > = std::collections::BinaryHeap::new();
         let key_of = |src: usize, i: usize| -> Option<&[u8]> {
             match runs.get(src) {
                 Some(r) => r.key(i),
@@ -1138,11 +1142,11 @@ impl Tsdb {
         };
         for src in 0..=runs.len() {
             if let Some(k) = key_of(src, 0) {
-                next.push(std::cmp::Reverse((k, src, 0)));
+                next.push(std::cmp::Reverse((LabelOrder(k), src, 0)));
             }
         }
         let mut found: Vec<SeriesRead> = Vec::new();
-        while let Some(std::cmp::Reverse((k, src, i))) = next.pop() {
+        while let Some(std::cmp::Reverse((LabelOrder(k), src, i))) = next.pop() {
             if found.last().is_none_or(|r| r.key.as_bytes() != k) {
                 found.push(SeriesRead::new(SeriesKeyRef::new_unchecked(k).to_owned()));
             }
@@ -1152,14 +1156,30 @@ impl Tsdb {
                 None => head[i].1.read(start, end, &mut r.head),
             }
             if let Some(k) = key_of(src, i + 1) {
-                next.push(std::cmp::Reverse((k, src, i + 1)));
+                next.push(std::cmp::Reverse((LabelOrder(k), src, i + 1)));
             }
         }
         Ok(found)
     }
 }
 
-/// One block's series matching a read, in key order: their keys in one buffer.
+/// Key bytes ordered as their label sets are (see [`SeriesKeyRef::cmp_as_labels`]).
+#[derive(PartialEq, Eq)]
+struct LabelOrder<'a>(&'a [u8]);
+
+impl Ord for LabelOrder<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        block_index::label_order(self.0, other.0)
+    }
+}
+
+impl PartialOrd for LabelOrder<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// One block's series matching a read, in label order: their keys in one buffer.
 struct BlockMatches<'a> {
     block: &'a Arc<Block>,
     keys: Vec<u8>,
@@ -1218,7 +1238,7 @@ impl<'a> ReadScope<'a> {
     }
 
     /// Calls `f` with the key and chunk of every series of block `b` matching `matchers` with
-    /// data in the range, in key order (`key` is the buffer keys are decoded into).
+    /// data in the range, in label order (`key` is the buffer keys are decoded into).
     fn each_block_match(
         &self,
         b: &Block,
@@ -1329,8 +1349,8 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
 }
 
 /// Merges blocks' series into block `seq` in `dir`; where they overlap, the higher sequence
-/// wins. Streams: walks the blocks' series in key order together (each block numbers its
-/// series in key order), so memory holds one series' samples and the index being built, and
+/// wins. Streams: walks the blocks' series in label order together (each block numbers its
+/// series in label order), so memory holds one series' samples and the index being built, and
 /// gives back the input pages read as it goes.
 fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, TsdbError> {
     /// Input bytes read between giving their pages back.
@@ -1356,8 +1376,9 @@ fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, Tsd
     while let Some(min) = next
         .iter()
         .filter(|c| c.2.is_some())
-        .map(|c| c.1.as_slice())
+        .map(|c| LabelOrder(c.1.as_slice()))
         .min()
+        .map(|k| k.0)
     {
         key.clear();
         key.extend_from_slice(min);
