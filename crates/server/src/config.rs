@@ -196,6 +196,10 @@ pub struct QueryConfig {
     pub max_query_length: usize,
     /// Deepest nesting accepted (brackets, plus operators chained within one bracket).
     pub max_depth: usize,
+    /// Most bytes the range query result cache may hold (0 turns it off).
+    pub cache_bytes: u64,
+    /// Steps newer than this are never cached: data for them may still arrive on time.
+    pub cache_freshness: Duration,
 }
 
 impl Default for QueryConfig {
@@ -210,6 +214,8 @@ impl Default for QueryConfig {
             max_queue: 64,
             max_query_length: engine.max_query_length,
             max_depth: engine.max_depth,
+            cache_bytes: 256 << 20,
+            cache_freshness: Duration(600_000),
         }
     }
 }
@@ -226,6 +232,15 @@ impl QueryConfig {
             max_query_length: self.max_query_length,
             max_depth: self.max_depth,
             max_label_value_len,
+        }
+    }
+
+    /// The result cache's options these settings describe.
+    pub fn cache_options(&self) -> crate::http::cache::CacheOptions {
+        crate::http::cache::CacheOptions {
+            max_bytes: self.cache_bytes,
+            freshness_ms: self.cache_freshness.0,
+            lookback_ms: self.lookback_delta.0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! waiting, beyond that 503) and evaluated on the blocking pool, never on the async workers,
 //! so `/health`, `/metrics` and writes answer while they run.
 
+use super::cache::Outcome;
 use super::json::{write_labels, write_str};
 use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
 use axum::body::Body;
@@ -279,10 +280,22 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
         }
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
+        let nocache = matches!(p.get("nocache"), Some("1" | "true"));
+        let cache = st.cache.clone();
         run(&st, ctx, move |ctx| {
-            engine
-                .range(ctx, &query, start, end, step)
-                .map(|out| success(&out))
+            let (out, outcome) = if nocache {
+                cache.bypassed();
+                let out = engine.range(ctx, &query, start, end, step)?;
+                (out, Outcome::Bypass)
+            } else {
+                cache.range(&engine, ctx, &query, (start, end, step), now_ms())?
+            };
+            let mut r = success(&out);
+            r.headers_mut().insert(
+                "strata-cache",
+                header::HeaderValue::from_static(outcome.as_str()),
+            );
+            Ok(r)
         })
         .await
     };
