@@ -17,6 +17,7 @@
 //! range of that tenant overlapping those steps is trimmed to what is unaffected, or dropped.
 //! Results that carry warnings or infos are not kept (they are not known per step).
 
+use super::json::write_point;
 use crate::engine::LateWrites;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{Labels, Tenant};
-use strata_promql::{Engine, Error, QueryContext, QueryOutput, Series, Value};
+use strata_promql::{Engine, Error, QueryContext, QueryOutput, Value};
 
 /// The storage tier a cached result was computed from (part of the key, so a tier-routed
 /// answer is never served for another tier's).
@@ -81,13 +82,77 @@ struct Key {
     tier: Tier,
 }
 
-/// One kept range: the matrix of steps `from..=to` (both on the key's step grid).
+/// One kept range: the matrix of steps `from..=to` (both on the key's step grid), each series'
+/// points kept as the answer's JSON text, so a hit copies text instead of formatting numbers.
 struct Kept {
     from: i64,
     to: i64,
     /// The query's [`Plan::reach`].
     reach: Option<(i64, i64)>,
-    series: Vec<Series>,
+    series: Vec<KeptSeries>,
+}
+
+/// One series of a kept range: its points' timestamps, and their JSON text (`[t,"v"]`, comma
+/// separated) with the end of each point in it.
+struct KeptSeries {
+    labels: Labels,
+    ts: Vec<i64>,
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl KeptSeries {
+    fn new(labels: Labels) -> KeptSeries {
+        KeptSeries {
+            labels,
+            ts: Vec::new(),
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Appends points (later than those held), written as the answer writes them.
+    fn push_points(&mut self, points: &[(i64, f64)]) {
+        for &(t, v) in points {
+            if !self.text.is_empty() {
+                self.text.push(',');
+            }
+            write_point(&mut self.text, t, v);
+            self.ts.push(t);
+            self.ends.push(self.text.len() as u32);
+        }
+    }
+
+    /// Appends the points `r` (indexes) of `other` (later than those held).
+    fn push_from(&mut self, other: &KeptSeries, r: std::ops::Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push(',');
+        }
+        let (from, to) = other.bytes(r.clone());
+        let base = self.text.len() as i64 - from as i64;
+        self.text.push_str(&other.text[from..to]);
+        self.ts.extend_from_slice(&other.ts[r.clone()]);
+        self.ends
+            .extend(other.ends[r].iter().map(|&e| (e as i64 + base) as u32));
+    }
+
+    /// The indexes of the points in `from..=to`.
+    fn points_in(&self, from: i64, to: i64) -> std::ops::Range<usize> {
+        self.ts.partition_point(|&t| t < from)..self.ts.partition_point(|&t| t <= to)
+    }
+
+    /// The text of the points `r` (not empty).
+    fn bytes(&self, r: std::ops::Range<usize>) -> (usize, usize) {
+        let from = if r.start == 0 {
+            0
+        } else {
+            self.ends[r.start - 1] as usize + 1
+        };
+        (from, self.ends[r.end - 1] as usize)
+    }
 }
 
 impl Kept {
@@ -95,7 +160,7 @@ impl Kept {
     fn weight(&self) -> u32 {
         let mut b = 64usize;
         for s in &self.series {
-            b += 64 + 16 * s.points.len();
+            b += 96 + s.text.len() + 12 * s.ts.len();
             b += s
                 .labels
                 .iter()
@@ -106,19 +171,122 @@ impl Kept {
     }
 
     /// The steps of `from..=to` only (series left with no step dropped).
-    fn slice(&self, from: i64, to: i64) -> Vec<Series> {
-        self.series
+    fn slice(&self, from: i64, to: i64) -> Kept {
+        let series = self
+            .series
             .iter()
             .filter_map(|s| {
-                let a = s.points.partition_point(|p| p.0 < from);
-                let b = s.points.partition_point(|p| p.0 <= to);
-                (a < b).then(|| Series {
-                    labels: s.labels.clone(),
-                    points: s.points[a..b].to_vec(),
+                let r = s.points_in(from, to);
+                (!r.is_empty()).then(|| {
+                    let mut k = KeptSeries::new(s.labels.clone());
+                    k.push_from(s, r);
+                    k
                 })
             })
-            .collect()
+            .collect();
+        Kept {
+            from,
+            to,
+            reach: self.reach,
+            series,
+        }
     }
+}
+
+/// A range query's answer made of evaluated parts and a kept part, merged by labels: what
+/// [`Merged::series`] writes is what one evaluation of the whole range answers.
+pub struct Merged {
+    rows: Vec<MergedRow>,
+    kept: Arc<Kept>,
+    /// The evaluated parts' warnings, sorted and deduplicated.
+    pub warnings: Vec<String>,
+    /// The evaluated parts' infos, sorted and deduplicated.
+    pub infos: Vec<String>,
+}
+
+/// One series of a [`Merged`]: points before the kept part, the kept points (series index and
+/// point indexes), points after.
+struct MergedRow {
+    labels: Labels,
+    head: Vec<(i64, f64)>,
+    kept: Option<(usize, std::ops::Range<usize>)>,
+    tail: Vec<(i64, f64)>,
+}
+
+impl MergedRow {
+    fn new(labels: Labels) -> MergedRow {
+        MergedRow {
+            labels,
+            head: Vec::new(),
+            kept: None,
+            tail: Vec::new(),
+        }
+    }
+}
+
+impl Merged {
+    /// The series, in label order, each with a writer of its points' JSON text (no brackets).
+    pub fn series(&self) -> impl Iterator<Item = (&Labels, impl Fn(&mut String) + '_)> + '_ {
+        self.rows.iter().map(move |r| {
+            let write = move |out: &mut String| {
+                let mut first = true;
+                let mut sep = |out: &mut String| {
+                    if !std::mem::take(&mut first) {
+                        out.push(',');
+                    }
+                };
+                for &(t, v) in &r.head {
+                    sep(out);
+                    write_point(out, t, v);
+                }
+                if let Some((i, range)) = &r.kept {
+                    let k = &self.kept.series[*i];
+                    let (a, b) = k.bytes(range.clone());
+                    sep(out);
+                    out.push_str(&k.text[a..b]);
+                }
+                for &(t, v) in &r.tail {
+                    sep(out);
+                    write_point(out, t, v);
+                }
+            };
+            (&r.labels, write)
+        })
+    }
+
+    /// The steps up to `to` as a range to keep, from `from`.
+    fn keep(&self, from: i64, to: i64) -> Kept {
+        let series = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let mut k = KeptSeries::new(r.labels.clone());
+                let upto = |p: &[(i64, f64)]| p.partition_point(|x| x.0 <= to);
+                k.push_points(&r.head[..upto(&r.head)]);
+                if let Some((i, range)) = &r.kept {
+                    let s = &self.kept.series[*i];
+                    let end = range.start + s.ts[range.clone()].partition_point(|&t| t <= to);
+                    k.push_from(s, range.start..end);
+                }
+                k.push_points(&r.tail[..upto(&r.tail)]);
+                (!k.ts.is_empty()).then_some(k)
+            })
+            .collect();
+        Kept {
+            from,
+            to,
+            reach: self.kept.reach,
+            series,
+        }
+    }
+}
+
+/// What [`ResultCache::range`] answers.
+pub enum Answer {
+    /// Evaluated whole.
+    Evaluated(QueryOutput),
+    /// Partly or wholly from the cache.
+    Merged(Merged),
 }
 
 /// Late spans reported since the last time they were applied, and per-tenant generations
@@ -295,11 +463,11 @@ impl ResultCache {
         query: &str,
         (start, end, step): (i64, i64, i64),
         now: i64,
-    ) -> Result<(QueryOutput, Outcome), Error> {
+    ) -> Result<(Answer, Outcome), Error> {
         let eval = |from: i64, to: i64| engine.range(ctx, query, from, to, step);
         let Some(kept) = &self.kept else {
             self.bypassed();
-            return Ok((eval(start, end)?, Outcome::Bypass));
+            return Ok((Answer::Evaluated(eval(start, end)?), Outcome::Bypass));
         };
         // An unparsable query, or one of the wrong type, fails in the engine as it would uncached.
         let plan = engine.parse(query).ok().and_then(|e| {
@@ -310,7 +478,7 @@ impl ResultCache {
         });
         let Some(plan) = plan else {
             self.bypassed();
-            return Ok((eval(start, end)?, Outcome::Bypass));
+            return Ok((Answer::Evaluated(eval(start, end)?), Outcome::Bypass));
         };
         self.apply_late();
         let key = Key {
@@ -330,8 +498,8 @@ impl ResultCache {
             last_step_at_or_before(start, step, cutoff.saturating_sub(1)).map(|t| t.min(end));
 
         let cached = kept.get(&key).filter(|k| k.from <= end && k.to >= start);
-        let (out, outcome) = match &cached {
-            None => (eval(start, end)?, Outcome::Miss),
+        let (answer, outcome) = match cached {
+            None => (Answer::Evaluated(eval(start, end)?), Outcome::Miss),
             Some(k) => {
                 let (from, to) = (k.from.max(start), k.to.min(end));
                 let head = (start < from)
@@ -343,7 +511,7 @@ impl ResultCache {
                 } else {
                     Outcome::Partial
                 };
-                (merge(head, k.slice(from, to), tail), outcome)
+                (Answer::Merged(merge(head, k, (from, to), tail)), outcome)
             }
         };
         match outcome {
@@ -353,36 +521,42 @@ impl ResultCache {
         }
         .fetch_add(1, Ordering::Relaxed);
         let Some(final_to) = final_to else {
-            return Ok((out, outcome));
+            return Ok((answer, outcome));
         };
-        let unchanged = cached
-            .as_ref()
-            .is_some_and(|k| k.from == start && k.to == final_to);
-        if !unchanged && out.warnings.is_empty() && out.infos.is_empty() {
-            if let Value::Matrix(m) = &out.value {
-                let series = Kept {
-                    from: start,
-                    to: final_to,
-                    reach: plan.reach,
-                    series: m.clone(),
-                }
-                .slice(start, final_to);
-                let late = self.late.lock();
-                // A late write since this evaluation began may not be in what it read.
-                if late.generation.get(&ctx.tenant).copied().unwrap_or(0) == generation {
-                    kept.insert(
-                        key,
-                        Arc::new(Kept {
-                            from: start,
-                            to: final_to,
-                            reach: plan.reach,
-                            series,
-                        }),
-                    );
+        let keep = match &answer {
+            Answer::Merged(m) if m.kept.from == start && m.kept.to == final_to => None,
+            Answer::Merged(m) if m.warnings.is_empty() && m.infos.is_empty() => {
+                Some(m.keep(start, final_to))
+            }
+            Answer::Evaluated(out) if out.warnings.is_empty() && out.infos.is_empty() => {
+                match &out.value {
+                    Value::Matrix(m) => Some(Kept {
+                        from: start,
+                        to: final_to,
+                        reach: plan.reach,
+                        series: m
+                            .iter()
+                            .filter_map(|s| {
+                                let n = s.points.partition_point(|p| p.0 <= final_to);
+                                let mut k = KeptSeries::new(s.labels.clone());
+                                k.push_points(&s.points[..n]);
+                                (n > 0).then_some(k)
+                            })
+                            .collect(),
+                    }),
+                    _ => None,
                 }
             }
+            _ => None,
+        };
+        if let Some(k) = keep {
+            let late = self.late.lock();
+            // A late write since this evaluation began may not be in what it read.
+            if late.generation.get(&ctx.tenant).copied().unwrap_or(0) == generation {
+                kept.insert(key, Arc::new(k));
+            }
         }
-        Ok((out, outcome))
+        Ok((answer, outcome))
     }
 
     fn generation(&self, tenant: &Tenant) -> u64 {
@@ -432,19 +606,7 @@ impl ResultCache {
             let key = (*key).clone();
             match range {
                 None => kept.invalidate(&key),
-                Some((from, to)) => {
-                    let series = k.slice(from, to);
-                    let reach = k.reach;
-                    kept.insert(
-                        key,
-                        Arc::new(Kept {
-                            from,
-                            to,
-                            reach,
-                            series,
-                        }),
-                    );
-                }
+                Some((from, to)) => kept.insert(key, Arc::new(k.slice(from, to))),
             }
         }
     }
@@ -533,40 +695,52 @@ impl LateWrites for ResultCache {
     }
 }
 
-/// The matrix of the head, kept and tail parts (each sorted by labels, in time order one after
-/// the other), merged by labels: what one evaluation of the whole range gives.
-fn merge(head: Option<QueryOutput>, kept: Vec<Series>, tail: Option<QueryOutput>) -> QueryOutput {
+/// The head, the kept steps `from..=to` and the tail (each sorted by labels, in time order one
+/// after the other), merged by labels.
+fn merge(
+    head: Option<QueryOutput>,
+    kept: Arc<Kept>,
+    (from, to): (i64, i64),
+    tail: Option<QueryOutput>,
+) -> Merged {
     let mut warnings = Vec::new();
     let mut infos = Vec::new();
-    let mut by_labels: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
-    let mut add = |series: Vec<Series>| {
-        for s in series {
-            by_labels.entry(s.labels).or_default().extend(s.points);
-        }
-    };
-    let mut part = |o: Option<QueryOutput>, add: &mut dyn FnMut(Vec<Series>)| {
-        if let Some(o) = o {
+    let mut rows: BTreeMap<Labels, MergedRow> = BTreeMap::new();
+    let mut parts =
+        |o: Option<QueryOutput>, is_head: bool, rows: &mut BTreeMap<Labels, MergedRow>| {
+            let Some(o) = o else { return };
             warnings.extend(o.warnings);
             infos.extend(o.infos);
-            if let Value::Matrix(m) = o.value {
-                add(m);
+            let Value::Matrix(m) = o.value else { return };
+            for s in m {
+                let r = rows
+                    .entry(s.labels.clone())
+                    .or_insert_with(|| MergedRow::new(s.labels));
+                if is_head {
+                    r.head = s.points;
+                } else {
+                    r.tail = s.points;
+                }
             }
+        };
+    parts(head, true, &mut rows);
+    parts(tail, false, &mut rows);
+    for (i, s) in kept.series.iter().enumerate() {
+        let range = s.points_in(from, to);
+        if range.is_empty() {
+            continue;
         }
-    };
-    part(head, &mut add);
-    add(kept);
-    part(tail, &mut add);
+        rows.entry(s.labels.clone())
+            .or_insert_with(|| MergedRow::new(s.labels.clone()))
+            .kept = Some((i, range));
+    }
     for list in [&mut warnings, &mut infos] {
         list.sort();
         list.dedup();
     }
-    QueryOutput {
-        value: Value::Matrix(
-            by_labels
-                .into_iter()
-                .map(|(labels, points)| Series { labels, points })
-                .collect(),
-        ),
+    Merged {
+        rows: rows.into_values().collect(),
+        kept,
         warnings,
         infos,
     }
@@ -617,8 +791,25 @@ mod tests {
         }
     }
 
+    fn text(points: &[(i64, f64)]) -> String {
+        let mut k = KeptSeries::new(Labels::default());
+        k.push_points(points);
+        k.text
+    }
+
+    fn series_text(m: &Merged) -> Vec<(Labels, String)> {
+        m.series()
+            .map(|(l, w)| {
+                let mut s = String::new();
+                w(&mut s);
+                (l.clone(), s)
+            })
+            .collect()
+    }
+
     #[test]
     fn merge_joins_parts_by_labels_in_time_order() {
+        use strata_promql::Series;
         let l = |v: &str| Labels::from_pairs([("a", v)]).unwrap();
         let s = |v: &str, pts: &[(i64, f64)]| Series {
             labels: l(v),
@@ -629,19 +820,40 @@ mod tests {
             warnings: vec![],
             infos: vec!["i".into()],
         };
+        let mut x = KeptSeries::new(l("x"));
+        x.push_points(&[(1000, 0.5), (2000, 2.0), (3000, 1e-9)]);
+        let mut y = KeptSeries::new(l("y"));
+        y.push_points(&[(2000, 5.0)]);
+        let kept = Arc::new(Kept {
+            from: 1000,
+            to: 3000,
+            reach: None,
+            series: vec![x, y],
+        });
         let m = merge(
-            Some(out(vec![s("x", &[(1, 1.0)])])),
-            vec![s("x", &[(2, 2.0)]), s("y", &[(2, 5.0)])],
-            Some(out(vec![s("w", &[(3, 0.0)]), s("x", &[(3, 3.0)])])),
+            Some(out(vec![s("x", &[(0, 1.0)])])),
+            kept,
+            (2000, 3000),
+            Some(out(vec![s("w", &[(4000, 0.0)]), s("x", &[(4000, 3.0)])])),
         );
+        let x_all = [(0, 1.0), (2000, 2.0), (3000, 1e-9), (4000, 3.0)];
         assert_eq!(
-            m.value,
-            Value::Matrix(vec![
-                s("w", &[(3, 0.0)]),
-                s("x", &[(1, 1.0), (2, 2.0), (3, 3.0)]),
-                s("y", &[(2, 5.0)]),
-            ])
+            series_text(&m),
+            vec![
+                (l("w"), text(&[(4000, 0.0)])),
+                (l("x"), text(&x_all)),
+                (l("y"), text(&[(2000, 5.0)])),
+            ]
         );
         assert_eq!(m.infos, vec!["i".to_string()]);
+        // What is kept of it, up to a step, is that prefix; a slice of it, the slice.
+        let k = m.keep(0, 3000);
+        assert_eq!(k.series.len(), 2, "w has no step up to 3000");
+        assert_eq!(k.series[0].text, text(&x_all[..3]));
+        assert_eq!(k.series[0].ts, vec![0, 2000, 3000]);
+        let sl = k.slice(2000, 2000);
+        assert_eq!(sl.series[0].text, text(&[(2000, 2.0)]));
+        assert_eq!(sl.series[1].text, text(&[(2000, 5.0)]));
+        assert_eq!(sl.series[0].ends, vec![sl.series[0].text.len() as u32]);
     }
 }
