@@ -483,6 +483,8 @@ max_concurrency = 4              # queries evaluated at once (each already uses 
 max_queue = 64                   # queries waiting for a turn; more are refused with 503
 max_query_length = 262144        # longest query text, bytes (400 beyond)
 max_depth = 128                  # deepest nesting: brackets, plus operators chained in one (400)
+cache_bytes = 268435456          # range query result cache, bytes (0: off); see "Result cache"
+cache_freshness = "10m"          # steps newer than this are never cached (data may still arrive)
 
 [rollups]
 enabled = true                   # roll every raw series up into event-time windows (warm tier)
@@ -538,6 +540,8 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         let d = Config::default();
         assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.query.cache_bytes, d.query.cache_bytes);
+        assert_eq!(parsed.query.cache_freshness, d.query.cache_freshness);
         assert_eq!(parsed.retention, d.retention);
         assert_eq!(parsed.partitions, d.partitions);
         assert_eq!(parsed.limits.max_body_bytes, d.limits.max_body_bytes);
