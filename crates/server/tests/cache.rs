@@ -91,6 +91,9 @@ const QUERIES: &[&str] = &[
     "avg_over_time(temp_celsius[5m] offset 30m)",
     "temp_celsius offset -5m",
     "scalar(sum(temp_celsius)) * time()",
+    "topk(2, temp_celsius)",
+    "timestamp(temp_celsius)",
+    "increase(reqs_total[1h:5m])",
 ];
 
 #[test]
@@ -129,6 +132,14 @@ fn repeated_and_moved_queries_come_from_the_cache_and_equal_uncached_answers() {
     // The parser's formatting is the key: spacing does not matter.
     let (outcome, _) = cached(&s, None, "sum by(site)(rate( reqs_total [5m] ))", first);
     assert_eq!(outcome, "hit");
+    // An answer with an info (rate of a gauge) is not kept: its annotations are not per step.
+    let (outcome, info) = cached(&s, None, "rate(temp_celsius[5m])", first);
+    assert!(
+        info["infos"].as_array().is_some_and(|i| !i.is_empty()),
+        "{info}"
+    );
+    assert_eq!(outcome, "miss");
+    assert_eq!(cached(&s, None, "rate(temp_celsius[5m])", first).0, "miss");
     let m = s.metrics();
     assert!(metric(&m, "strata_query_cache_hits_total") >= 2.0 * QUERIES.len() as f64);
     assert!(metric(&m, "strata_query_cache_partial_hits_total") >= 3.0 * QUERIES.len() as f64);
