@@ -15,7 +15,10 @@
 //! only steps in `[t + lo, t + hi]`, where `lo..=hi` is the query's reach (its offsets, and its
 //! look-back: the lookback delta or its largest range selector or subquery window); every kept
 //! range of that tenant overlapping those steps is trimmed to what is unaffected, or dropped.
-//! Results that carry warnings or infos are not kept (they are not known per step).
+//! Results that carry warnings or infos are not kept (they are not known per step). A result
+//! evaluated while a late write of its tenant landed is not kept either (it may predate it):
+//! the write path bumps a per-tenant generation after the shards applied the write.
+//! Kept series hold the answer's JSON text, so a hit copies text rather than formatting numbers.
 
 use super::json::write_point;
 use crate::engine::LateWrites;
@@ -297,8 +300,8 @@ struct Late {
     generation: HashMap<Tenant, u64>,
 }
 
-/// Most separate late spans kept per tenant between applications; beyond, they are merged
-/// into one (wider, so still safe).
+/// Most separate late spans kept per tenant between applications; beyond, the closest are
+/// merged (wider, so still safe).
 const MAX_SPANS: usize = 64;
 
 #[derive(Default)]
@@ -679,19 +682,32 @@ impl LateWrites for ResultCache {
         }
         let mut late = self.late.lock();
         *late.generation.entry(tenant.clone()).or_default() += 1;
-        let spans = late.spans.entry(tenant.clone()).or_default();
-        match spans
-            .iter_mut()
-            .find(|s| s.0 <= newest.saturating_add(1) && oldest <= s.1.saturating_add(1))
-        {
-            Some(s) => *s = (s.0.min(oldest), s.1.max(newest)),
-            None => spans.push((oldest, newest)),
+        add_span(
+            late.spans.entry(tenant.clone()).or_default(),
+            (oldest, newest),
+        );
+    }
+}
+
+/// Adds a late span to a tenant's (sorted, disjoint) spans, merging those it overlaps or
+/// touches; past [`MAX_SPANS`], the two closest are merged (wider, so still safe).
+fn add_span(spans: &mut Vec<(i64, i64)>, (mut lo, mut hi): (i64, i64)) {
+    spans.retain(|&(a, b)| {
+        let touches = a <= hi.saturating_add(1) && lo <= b.saturating_add(1);
+        if touches {
+            lo = lo.min(a);
+            hi = hi.max(b);
         }
-        if spans.len() > MAX_SPANS {
-            let lo = spans.iter().map(|s| s.0).min().unwrap_or(oldest);
-            let hi = spans.iter().map(|s| s.1).max().unwrap_or(newest);
-            *spans = vec![(lo, hi)];
-        }
+        !touches
+    });
+    let at = spans.partition_point(|s| s.0 < lo);
+    spans.insert(at, (lo, hi));
+    if spans.len() > MAX_SPANS {
+        let closest = (1..spans.len())
+            .min_by_key(|&i| spans[i].0.saturating_sub(spans[i - 1].1))
+            .unwrap_or(1);
+        spans[closest - 1].1 = spans[closest].1;
+        spans.remove(closest);
     }
 }
 
@@ -775,6 +791,23 @@ mod tests {
             plan("rate(x[5m])").unwrap().normalized,
             plan("rate( x [5m] )").unwrap().normalized
         );
+    }
+
+    #[test]
+    fn late_spans_merge_when_they_touch_and_stay_bounded() {
+        let mut v = Vec::new();
+        add_span(&mut v, (10, 20));
+        add_span(&mut v, (40, 50));
+        add_span(&mut v, (21, 25));
+        assert_eq!(v, vec![(10, 25), (40, 50)]);
+        add_span(&mut v, (0, 45));
+        assert_eq!(v, vec![(0, 50)]);
+        let mut v = Vec::new();
+        for i in 0..=MAX_SPANS as i64 {
+            add_span(&mut v, (i * 100, i * 100 + if i == 7 { 95 } else { 10 }));
+        }
+        assert_eq!(v.len(), MAX_SPANS);
+        assert_eq!(v[7], (700, 810), "the closest two were merged");
     }
 
     #[test]
