@@ -302,12 +302,21 @@ impl Engine {
                         .map_err(|_| WriteError::ShuttingDown)?;
                     waits.push(rx);
                 }
+                // Every part's answer is awaited, so none is still being applied afterwards.
                 let mut total = WriteAck::default();
+                let mut failed = None;
                 for w in waits {
-                    let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
-                    total.merge(&r.map_err(WriteError::Durability)?);
+                    let e = match w.await {
+                        Ok(Ok(ack)) => {
+                            total.merge(&ack);
+                            continue;
+                        }
+                        Ok(Err(e)) => WriteError::Durability(e),
+                        Err(_) => WriteError::ShuttingDown,
+                    };
+                    failed.get_or_insert(e);
                 }
-                Ok::<_, WriteError>(total)
+                failed.map_or(Ok(total), Err)
             }
             .await;
             // After the shards applied their parts, so a query that reads the cache after this
