@@ -246,3 +246,31 @@ fn queries_whose_meaning_follows_the_range_are_not_cached() {
         assert_ne!(at(&a), at(&b), "{q}");
     }
 }
+
+#[test]
+fn fresh_data_never_meets_a_cached_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), "");
+    let base = now_ms() / MIN * MIN;
+    load(&s, None, base, 1.0);
+    let live = (base - HOUR, base, MIN);
+    // A negative offset reads ahead of its step: its cached steps end that much earlier.
+    for q in ["temp_celsius offset -5m", "sum(temp_celsius)"] {
+        cached(&s, None, q, live);
+    }
+    // Fresh data (newer than the freshness window: not reported as late) for a new device.
+    write(
+        &s,
+        None,
+        format!("temp,device=q,site=s9 celsius=99 {}\n", base - 7 * MIN),
+    );
+    let (_, after) = cached(&s, None, "temp_celsius offset -5m", live);
+    let sites: Vec<&Value> = after["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["metric"]["site"])
+        .collect();
+    assert!(sites.contains(&&Value::from("s9")), "{sites:?}");
+    cached(&s, None, "sum(temp_celsius)", live);
+}
