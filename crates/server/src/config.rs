@@ -196,6 +196,10 @@ pub struct QueryConfig {
     pub max_query_length: usize,
     /// Deepest nesting accepted (brackets, plus operators chained within one bracket).
     pub max_depth: usize,
+    /// Most bytes the range query result cache may hold (0 turns it off).
+    pub cache_bytes: u64,
+    /// Steps newer than this are never cached: data for them may still arrive on time.
+    pub cache_freshness: Duration,
 }
 
 impl Default for QueryConfig {
@@ -210,6 +214,8 @@ impl Default for QueryConfig {
             max_queue: 64,
             max_query_length: engine.max_query_length,
             max_depth: engine.max_depth,
+            cache_bytes: 256 << 20,
+            cache_freshness: Duration(600_000),
         }
     }
 }
@@ -226,6 +232,15 @@ impl QueryConfig {
             max_query_length: self.max_query_length,
             max_depth: self.max_depth,
             max_label_value_len,
+        }
+    }
+
+    /// The result cache's options these settings describe.
+    pub fn cache_options(&self) -> crate::http::cache::CacheOptions {
+        crate::http::cache::CacheOptions {
+            max_bytes: self.cache_bytes,
+            freshness_ms: self.cache_freshness.0,
+            lookback_ms: self.lookback_delta.0,
         }
     }
 }
@@ -468,6 +483,8 @@ max_concurrency = 4              # queries evaluated at once (each already uses 
 max_queue = 64                   # queries waiting for a turn; more are refused with 503
 max_query_length = 262144        # longest query text, bytes (400 beyond)
 max_depth = 128                  # deepest nesting: brackets, plus operators chained in one (400)
+cache_bytes = 268435456          # range query result cache, bytes (0: off); see "Result cache"
+cache_freshness = "10m"          # steps newer than this are never cached (data may still arrive)
 
 [rollups]
 enabled = true                   # roll every raw series up into event-time windows (warm tier)
@@ -523,6 +540,8 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         let d = Config::default();
         assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.query.cache_bytes, d.query.cache_bytes);
+        assert_eq!(parsed.query.cache_freshness, d.query.cache_freshness);
         assert_eq!(parsed.retention, d.retention);
         assert_eq!(parsed.partitions, d.partitions);
         assert_eq!(parsed.limits.max_body_bytes, d.limits.max_body_bytes);

@@ -75,6 +75,28 @@ impl PendingBudget {
     }
 }
 
+/// Told, after each write, of the span of its samples older than a cutoff it names: how the
+/// query result cache learns which cached ranges late data touched.
+pub trait LateWrites: Send + Sync {
+    /// Samples at or after this time (ms) are fresh and not reported.
+    fn cutoff(&self) -> i64;
+    /// A write of `tenant` (applied, or failed part-way) held samples older than the cutoff,
+    /// the oldest at `oldest` and the newest at `newest` (ms).
+    fn written(&self, tenant: &Tenant, oldest: i64, newest: i64);
+}
+
+/// The oldest and newest timestamps of `batch` before `cutoff`, if any: one pass, no allocation.
+fn late_span(batch: &WriteBatch, cutoff: i64) -> Option<(i64, i64)> {
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    for s in batch.iter() {
+        for x in s.samples.iter().filter(|x| x.timestamp < cutoff) {
+            lo = lo.min(x.timestamp);
+            hi = hi.max(x.timestamp);
+        }
+    }
+    (lo <= hi).then_some((lo, hi))
+}
+
 /// Everything behind the HTTP API.
 pub struct Engine {
     log: Arc<LocalLog>,
@@ -84,6 +106,8 @@ pub struct Engine {
     pub counters: Arc<Counters>,
     /// The live-series caps, shared by every shard's storage.
     pub limiter: Arc<SeriesLimiter>,
+    /// Who is told of late writes (the query result cache), once set.
+    late: std::sync::OnceLock<Arc<dyn LateWrites>>,
 }
 
 struct ShardHandle {
@@ -220,6 +244,7 @@ impl Engine {
             ),
             counters,
             limiter,
+            late: std::sync::OnceLock::new(),
         }))
     }
 
@@ -228,10 +253,22 @@ impl Engine {
         self.shards.len() as u32
     }
 
+    /// Sets who is told of late writes (at most once; a second call is ignored).
+    pub fn observe_late_writes(&self, observer: Arc<dyn LateWrites>) {
+        let _ = self.late.set(observer);
+    }
+
     /// Splits a batch by partition, hands each part to its shard and waits until every part is
-    /// durable and applied. Waits first for room in the pending-bytes budget.
+    /// durable and applied. Waits first for room in the pending-bytes budget. Then tells the
+    /// [`LateWrites`] observer, whatever the outcome (a failed write may have applied parts),
+    /// even if the caller went away.
     pub async fn write(&self, batch: WriteBatch) -> Result<WriteAck, WriteError> {
         let room = self.pending.reserve(&batch).await?;
+        let late = self
+            .late
+            .get()
+            .and_then(|o| Some((o, late_span(&batch, o.cutoff())?)))
+            .map(|(o, span)| (o.clone(), batch.tenant().clone(), span));
         let n = self.partitions();
         let mut parts: Vec<Option<WriteBatch>> = (0..n).map(|_| None).collect();
         if n == 1 {
@@ -256,20 +293,38 @@ impl Engine {
         // accounting of what it queued.
         let queued = tokio::spawn(async move {
             let _room = room;
-            let mut waits = Vec::with_capacity(sends.len());
-            for (tx, part) in sends {
-                let (ack, rx) = oneshot::channel();
-                tx.send(Job::Write { batch: part, ack })
-                    .await
-                    .map_err(|_| WriteError::ShuttingDown)?;
-                waits.push(rx);
+            let res = async {
+                let mut waits = Vec::with_capacity(sends.len());
+                for (tx, part) in sends {
+                    let (ack, rx) = oneshot::channel();
+                    tx.send(Job::Write { batch: part, ack })
+                        .await
+                        .map_err(|_| WriteError::ShuttingDown)?;
+                    waits.push(rx);
+                }
+                // Every part's answer is awaited, so none is still being applied afterwards.
+                let mut total = WriteAck::default();
+                let mut failed = None;
+                for w in waits {
+                    let e = match w.await {
+                        Ok(Ok(ack)) => {
+                            total.merge(&ack);
+                            continue;
+                        }
+                        Ok(Err(e)) => WriteError::Durability(e),
+                        Err(_) => WriteError::ShuttingDown,
+                    };
+                    failed.get_or_insert(e);
+                }
+                failed.map_or(Ok(total), Err)
             }
-            let mut total = WriteAck::default();
-            for w in waits {
-                let r = w.await.map_err(|_| WriteError::ShuttingDown)?;
-                total.merge(&r.map_err(WriteError::Durability)?);
+            .await;
+            // After the shards applied their parts, so a query that reads the cache after this
+            // also reads the late samples from storage.
+            if let Some((o, tenant, (oldest, newest))) = late {
+                o.written(&tenant, oldest, newest);
             }
-            Ok::<_, WriteError>(total)
+            res
         });
         let total = queued.await.map_err(|_| WriteError::ShuttingDown)??;
         let c = &self.counters;

@@ -23,6 +23,8 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .build()?;
     let engine = Engine::open(&cfg, rt.handle().clone())?;
     let http_counters = Arc::new(metrics::HttpCounters::default());
+    let cache = Arc::new(http::cache::ResultCache::new(cfg.query.cache_options()));
+    engine.observe_late_writes(cache.clone());
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
@@ -38,6 +40,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             cfg.query.max_queue,
         )),
         http: http_counters.clone(),
+        cache,
     };
     // Shutdown stops running queries, so the connections waiting on them close promptly.
     let promql = state.promql.clone();

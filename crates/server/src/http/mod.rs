@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
 mod body;
+pub mod cache;
 mod encoding;
 mod json;
 mod query;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub promql: strata_promql::Engine,
     /// Admission of queries (`[query]` max_concurrency, max_queue).
     pub queries: Arc<QueryGate>,
+    /// The range query result cache (`[query]` cache_bytes, cache_freshness).
+    pub cache: Arc<cache::ResultCache>,
     /// What the HTTP layer's limits did, for `/metrics`.
     pub http: Arc<crate::metrics::HttpCounters>,
 }

@@ -5,7 +5,8 @@
 //! waiting, beyond that 503) and evaluated on the blocking pool, never on the async workers,
 //! so `/health`, `/metrics` and writes answer while they run.
 
-use super::json::{write_labels, write_str};
+use super::cache::{Answer, Merged, Outcome};
+use super::json::{write_labels, write_point, write_seconds, write_str};
 use super::{json_response, tenant_of, ApiError, ApiRequest, AppState, Params};
 use axum::body::Body;
 use axum::extract::State;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_model::time::{now_ms, parse_duration_ms};
 use strata_model::Tenant;
-use strata_promql::{write_value, Error, QueryContext, QueryOutput, Value};
+use strata_promql::{Error, QueryContext, QueryOutput, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Admission of queries: at most `max_concurrency` evaluated at once and `max_queue` waiting
@@ -279,10 +280,25 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
         }
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
+        let nocache = matches!(p.get("nocache"), Some("1" | "true"));
+        let cache = st.cache.clone();
         run(&st, ctx, move |ctx| {
-            engine
-                .range(ctx, &query, start, end, step)
-                .map(|out| success(&out))
+            let (answer, outcome) = if nocache {
+                cache.bypassed();
+                let out = engine.range(ctx, &query, start, end, step)?;
+                (Answer::Evaluated(out), Outcome::Bypass)
+            } else {
+                cache.range(&engine, ctx, &query, (start, end, step), now_ms())?
+            };
+            let mut r = match &answer {
+                Answer::Evaluated(out) => success(out),
+                Answer::Merged(m) => success_merged(m),
+            };
+            r.headers_mut().insert(
+                "strata-cache",
+                header::HeaderValue::from_static(outcome.as_str()),
+            );
+            Ok(r)
         })
         .await
     };
@@ -325,29 +341,14 @@ pub async fn metadata() -> Response {
     )
 }
 
-/// `[<seconds>, "<value>"]`.
-fn write_point(out: &mut String, t: i64, v: f64) {
-    out.push('[');
-    write_seconds(out, t);
-    out.push_str(",\"");
-    write_value(out, v);
-    out.push_str("\"]");
-}
-
-/// Milliseconds as seconds, formatted as the float `t / 1000` (whole seconds, the usual case,
-/// as integers: the same text, faster).
-fn write_seconds(out: &mut String, t: i64) {
-    if t % 1000 == 0 {
-        out.push_str(itoa::Buffer::new().format(t / 1000));
-    } else {
-        let _ = write!(out, "{}", t as f64 / 1000.0);
-    }
-}
-
 /// `[{"metric":<labels>...}, ...]`, with `body` writing each element after `"metric":`.
-fn write_series<T>(out: &mut String, items: &[T], body: impl Fn(&mut String, &T)) {
+fn write_series<T>(
+    out: &mut String,
+    items: impl IntoIterator<Item = T>,
+    body: impl Fn(&mut String, T),
+) {
     out.push('[');
-    for (i, x) in items.iter().enumerate() {
+    for (i, x) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -358,42 +359,74 @@ fn write_series<T>(out: &mut String, items: &[T], body: impl Fn(&mut String, &T)
     out.push(']');
 }
 
-/// The success body, written directly: matrices can be large.
+/// A matrix row after `"metric":`: its labels and `"values"`, which `points` writes.
+fn write_values(s: &mut String, labels: &strata_model::Labels, points: impl Fn(&mut String)) {
+    write_labels(s, labels);
+    s.push_str(",\"values\":[");
+    points(s);
+    s.push(']');
+}
+
+/// The success body of a query, written directly: matrices can be large.
 fn success(out: &QueryOutput) -> Response {
+    success_with(
+        out.value.type_name(),
+        &out.warnings,
+        &out.infos,
+        |s| match &out.value {
+            Value::Scalar { t, v } => write_point(s, *t, *v),
+            Value::String { t, s: v } => {
+                s.push('[');
+                write_seconds(s, *t);
+                s.push(',');
+                write_str(s, v);
+                s.push(']');
+            }
+            Value::Vector(v) => write_series(s, v, |s, x| {
+                write_labels(s, &x.labels);
+                s.push_str(",\"value\":");
+                write_point(s, x.t, x.v);
+            }),
+            Value::Matrix(m) => write_series(s, m, |s, x| {
+                write_values(s, &x.labels, |s| {
+                    for (j, (t, v)) in x.points.iter().enumerate() {
+                        if j > 0 {
+                            s.push(',');
+                        }
+                        write_point(s, *t, *v);
+                    }
+                })
+            }),
+        },
+    )
+}
+
+/// The success body of a range query answered (partly) from the cache: the same text as
+/// [`success`] writes for the same matrix.
+fn success_merged(m: &Merged) -> Response {
+    success_with("matrix", &m.warnings, &m.infos, |s| {
+        write_series(s, m.series(), |s, (labels, points)| {
+            write_values(s, labels, points)
+        })
+    })
+}
+
+/// The success body around a result of type `type_name` that `result` writes.
+fn success_with(
+    type_name: &str,
+    warnings: &[String],
+    infos: &[String],
+    result: impl FnOnce(&mut String),
+) -> Response {
     let mut s = String::with_capacity(256);
     s.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"");
-    s.push_str(out.value.type_name());
+    s.push_str(type_name);
     s.push_str("\",\"result\":");
-    match &out.value {
-        Value::Scalar { t, v } => write_point(&mut s, *t, *v),
-        Value::String { t, s: v } => {
-            s.push('[');
-            write_seconds(&mut s, *t);
-            s.push(',');
-            write_str(&mut s, v);
-            s.push(']');
-        }
-        Value::Vector(v) => write_series(&mut s, v, |s, x| {
-            write_labels(s, &x.labels);
-            s.push_str(",\"value\":");
-            write_point(s, x.t, x.v);
-        }),
-        Value::Matrix(m) => write_series(&mut s, m, |s, x| {
-            write_labels(s, &x.labels);
-            s.push_str(",\"values\":[");
-            for (j, (t, v)) in x.points.iter().enumerate() {
-                if j > 0 {
-                    s.push(',');
-                }
-                write_point(s, *t, *v);
-            }
-            s.push(']');
-        }),
-    }
+    result(&mut s);
     s.push('}');
-    for (key, list) in [("warnings", &out.warnings), ("infos", &out.infos)] {
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
         if !list.is_empty() {
-            let _ = write!(s, ",\"{key}\":{}", serde_json::Value::from(list.clone()));
+            let _ = write!(s, ",\"{key}\":{}", serde_json::Value::from(list.to_vec()));
         }
     }
     s.push('}');

@@ -525,6 +525,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let mut out = String::with_capacity(8192);
     st.engine.render_metrics(&mut out);
     st.queries.render_metrics(&mut out);
+    st.cache.render_metrics(&mut out);
     st.http.render(&mut out);
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
