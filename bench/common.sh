@@ -87,8 +87,9 @@ stop_pid() {
 }
 
 # write_config FILE [TOML lines...]: a strata configuration (top-level keys first, then
-# sections, since [rollups] is appended last); ROLLUPS=on keeps the default rollups
-# (the peers keep none, so every bench turns them off unless asked, as bench/strata-bench.toml).
+# sections, since [rollups] and [query] are appended last); ROLLUPS=on keeps the default rollups
+# (the peers keep none, so every bench turns them off unless asked, as bench/strata-bench.toml),
+# CACHE=on the query result cache.
 write_config() {
   local file=$1; shift
   {
@@ -96,6 +97,8 @@ write_config() {
     local line
     for line in "$@"; do printf '%s\n' "$line"; done
     [ "${ROLLUPS:-off}" = on ] || printf '[rollups]\nenabled = false\n'
+    # Queries are measured evaluated, not answered from the result cache (CACHE=on keeps it).
+    [ "${CACHE:-off}" = on ] || printf '[query]\ncache_bytes = 0\n'
   } >"$file"
 }
 
