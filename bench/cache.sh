@@ -12,6 +12,7 @@
 # Strata-Cache header said.
 source "$(dirname "$0")/common.sh"
 SERIES=${SERIES:-2000} POINTS=${POINTS:-5760} REPEAT=${REPEAT:-10}
+CACHE=on  # write_config turns the result cache off for every other bench
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
 trap 'stop_started' EXIT
 need_strata
