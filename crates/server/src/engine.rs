@@ -84,6 +84,8 @@ pub struct Engine {
     pub counters: Arc<Counters>,
     /// The live-series caps, shared by every shard's storage.
     pub limiter: Arc<SeriesLimiter>,
+    /// The Parquet cold tier and its archiver, when enabled.
+    cold: Option<crate::cold::ColdTier>,
 }
 
 struct ShardHandle {
@@ -135,6 +137,8 @@ impl Engine {
             retention_ms: cfg.retention.0,
             max_series_per_metric: cfg.limits.max_series_per_metric,
         };
+        let cold = crate::cold::ColdTier::open(cfg)?;
+        let raw_archive = cold.as_ref().and_then(|c| c.raw_archive());
         // Open and replay shards in parallel: replay time is the restart time.
         let stage_opts = StageOptions {
             windows: cfg.window_options(),
@@ -144,6 +148,8 @@ impl Engine {
             publish_corrections: !cfg.rollups.groups.is_empty(),
             hours: Some(strata_stream::hour::HourOptions {
                 retention_ms: cfg.rollups.hour_retention.0,
+                // The cold tier takes every final hour.
+                publish_final: cold.is_some(),
                 ..Default::default()
             }),
         };
@@ -151,16 +157,20 @@ impl Engine {
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..partitions)
                 .map(|p| {
-                    let (log, counters, limiter, opts, stage_opts) = (
+                    let (log, counters, limiter, opts, stage_opts, raw_archive) = (
                         log.clone(),
                         counters.clone(),
                         limiter.clone(),
                         opts.clone(),
                         stage_opts.clone(),
+                        raw_archive.clone(),
                     );
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
                         let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
+                        if let Some(a) = raw_archive {
+                            tsdb.set_expiry_archive(a);
+                        }
                         let shard_cfg = ShardConfig {
                             dir: dir.clone(),
                             dedup_horizon_ms: cfg.limits.event_dedup_horizon.0,
@@ -211,6 +221,9 @@ impl Engine {
                 thread: Some(thread),
             });
         }
+        if let Some(c) = &cold {
+            c.start(shards.iter().filter_map(|s| s.rollups.clone()).collect())?;
+        }
         Ok(Arc::new(Engine {
             log,
             shards,
@@ -220,6 +233,7 @@ impl Engine {
             ),
             counters,
             limiter,
+            cold,
         }))
     }
 
@@ -279,7 +293,8 @@ impl Engine {
         Ok(total)
     }
 
-    /// Returns once everything acknowledged before the call is in blocks on disk.
+    /// Returns once everything acknowledged before the call is in blocks on disk, and every
+    /// final hour in the cold tier.
     pub async fn flush(&self) -> Result<(), WriteError> {
         let mut waits = Vec::new();
         for s in &self.shards {
@@ -294,11 +309,17 @@ impl Engine {
                 .map_err(|_| WriteError::ShuttingDown)?
                 .map_err(WriteError::Durability)?;
         }
+        if let Some(c) = &self.cold {
+            c.sync().await.map_err(WriteError::Durability)?;
+        }
         Ok(())
     }
 
     /// Stops the shards after they drain their queues and flush.
     pub fn shutdown(&mut self) {
+        if let Some(c) = &self.cold {
+            c.stop();
+        }
         for s in &mut self.shards {
             let (tx, _) = mpsc::channel(1);
             drop(std::mem::replace(&mut s.tx, tx));
@@ -432,6 +453,9 @@ impl Engine {
             t.tenant_errors_total,
         );
         self.render_rollup_metrics(out);
+        if let Some(c) = &self.cold {
+            c.render_metrics(out);
+        }
     }
 
     fn render_rollup_metrics(&self, out: &mut String) {
