@@ -96,10 +96,6 @@ impl ColdTier {
             store: Arc::clone(&self.store),
             counters: Arc::clone(&self.counters),
             stages,
-            // Hours that may have been final before this process started (data runs at most
-            // a little ahead of the clock; an hour a window still open).
-            verify_before: strata_stream::hour::hour_start(strata_model::time::now_ms())
-                + 2 * HOUR_MS,
             wrote: false,
         };
         let interval = self.interval;
@@ -245,10 +241,6 @@ struct Archiver {
     store: Arc<ColdStore>,
     counters: Arc<Counters>,
     stages: Vec<Arc<RollupStage>>,
-    /// Hours starting before this may be in the store already (written by an earlier process
-    /// that crashed before its checkpoint recorded them as done, or queued again by the log's
-    /// replay): they are compared with the store instead of being written twice.
-    verify_before: i64,
     /// Something was written since the last compaction.
     wrote: bool,
 }
@@ -294,9 +286,15 @@ impl Archiver {
             let keys: Vec<HourKey> = batch.iter().map(|(k, _)| k.clone()).collect();
             // Quantiles are not cold columns: the sketch state is what a reader would merge.
             let read = hours.final_windows(&keys, &[]).map_err(|e| e.to_string())?;
-            let mut by_tenant: BTreeMap<Tenant, Vec<(Labels, StoredWindow)>> = BTreeMap::new();
+            let marks: BTreeMap<&HourKey, u64> = batch.iter().map(|(k, m)| (k, *m)).collect();
+            let mut by_tenant: BTreeMap<Tenant, Vec<(Labels, StoredWindow, bool)>> =
+                BTreeMap::new();
             for (k, labels, w) in read {
-                by_tenant.entry(k.tenant).or_default().push((labels, w));
+                let old = marks.get(&k).is_none_or(|&m| hours.may_predate_open(m));
+                by_tenant
+                    .entry(k.tenant)
+                    .or_default()
+                    .push((labels, w, old));
             }
             for (tenant, windows) in by_tenant {
                 let series = self.unwritten(&tenant, windows)?;
@@ -318,18 +316,15 @@ impl Archiver {
         Ok(())
     }
 
-    /// `windows` as cold series, leaving out those that may predate this process (see
-    /// [`Archiver::verify_before`]) and that the cold store holds already at the same or a
-    /// higher revision.
+    /// `windows` as cold series, leaving out those the cold store holds already at the same or
+    /// a higher revision, when they may predate this process (the third field, see
+    /// [`HourStage::may_predate_open`]): only then is the store read.
     fn unwritten(
         &self,
         tenant: &Tenant,
-        windows: Vec<(Labels, StoredWindow)>,
+        windows: Vec<(Labels, StoredWindow, bool)>,
     ) -> Result<Vec<SeriesWindows>, String> {
-        let old = windows
-            .iter()
-            .map(|w| w.1.start)
-            .filter(|&s| s < self.verify_before);
+        let old = windows.iter().filter(|w| w.2).map(|w| w.1.start);
         let (from, to) = old.fold((i64::MAX, i64::MIN), |(a, b), s| (a.min(s), b.max(s)));
         let stored: HashMap<(Labels, i64), u64> = if from <= to {
             self.store
@@ -347,7 +342,7 @@ impl Archiver {
             HashMap::new()
         };
         let mut by_series: BTreeMap<Labels, Vec<Window>> = BTreeMap::new();
-        for (labels, w) in windows {
+        for (labels, w, _) in windows {
             let revision = u64::from(w.revision);
             if stored
                 .get(&(labels.clone(), w.start))

@@ -435,3 +435,155 @@ fn raw_samples_are_archived_before_retention_deletes_their_blocks() {
         .collect();
     assert_eq!(got, samples);
 }
+
+#[test]
+fn a_bad_cold_url_stops_the_server_at_startup_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("strata.toml");
+    std::fs::write(&cfg, "[cold]\nurl = \"gs://bucket/prefix\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cold.url") && err.contains("gs://bucket/prefix"),
+        "{err}"
+    );
+}
+
+/// Kills the moto server this test started when the test ends, however it ends.
+struct Moto(std::process::Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts moto's S3 server on a free loopback port; `None` when it is not installed.
+fn start_moto() -> Option<(Moto, u16)> {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let mut moto = match child {
+        Ok(c) => Moto(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("moto_server did not start: {e}"),
+    };
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((moto, port));
+        }
+        if let Some(status) = moto.0.try_wait().unwrap() {
+            panic!("moto_server exited with {status} before listening");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("moto_server did not listen on port {port} within 30 s");
+}
+
+#[test]
+fn the_cold_tier_on_a_real_s3_server() {
+    let Some((_moto, port)) = start_moto() else {
+        println!("SKIPPED the_cold_tier_on_a_real_s3_server: moto_server not found (pip install \"moto[server]\")");
+        return;
+    };
+    let s3 = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AWS_ENDPOINT_URL", s3.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    boto3(&env, &["create", "strata"]);
+    let config = format!("{CONFIG}url = \"s3://strata/fleet/cold\"\n");
+    let s = Server::start_with_env(dir.path(), &config, &env);
+    let base = (now_ms() - 5 * HOUR).div_euclid(HOUR) * HOUR;
+    let truth = write_final_hours(&s, base, 2);
+    s.flush();
+    assert_eq!(
+        metric(&s.metrics(), "strata_cold_hours_archived_total"),
+        (DEVICES * 2) as f64
+    );
+    assert!(
+        !dir.path().join("data/cold").exists(),
+        "nothing written locally"
+    );
+    // The bucket holds the files under the prefix, in the same layout; downloaded as they
+    // are (by boto3, which moto brings), DuckDB answers the README's query from them.
+    let local = tempfile::tempdir().unwrap();
+    let keys = boto3(
+        &env,
+        &[
+            "download",
+            "strata",
+            "fleet/",
+            &local.path().join("data").display().to_string(),
+        ],
+    );
+    assert!(
+        keys.iter().any(|k| k == "fleet/cold/_strata/manifest.json"),
+        "{keys:?}"
+    );
+    let files: Vec<&String> = keys.iter().filter(|k| k.ends_with(".parquet")).collect();
+    assert!(!files.is_empty(), "{keys:?}");
+    for k in &files {
+        assert!(
+            k.starts_with("fleet/cold/tenant=default/tier=1h/day="),
+            "{k}"
+        );
+    }
+    let Some(duck) = find_duckdb("the_cold_tier_on_a_real_s3_server (DuckDB part)") else {
+        return;
+    };
+    let got = duck_site_averages(&duck, local.path());
+    let want = site_averages(&truth);
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (site, avg) in &want {
+        assert!(close(got[site], *avg), "{site}: {} vs {avg}", got[site]);
+    }
+    assert!(duck_rows(&duck, local.path()).values().all(|&n| n == 1));
+}
+
+/// Runs a small boto3 script against moto: `create BUCKET`, or `download BUCKET PREFIX DIR`
+/// (every object under PREFIX into DIR, the prefix cut off); prints and returns the keys.
+fn boto3(env: &[(&str, &str)], args: &[&str]) -> Vec<String> {
+    const SCRIPT: &str = "import boto3, os, sys\n\
+        s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'])\n\
+        if sys.argv[1] == 'create':\n    s3.create_bucket(Bucket=sys.argv[2])\n\
+        else:\n    \
+            _, _, bucket, prefix, out = sys.argv\n    \
+            for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix):\n        \
+                for o in page.get('Contents', []):\n            \
+                    path = os.path.join(out, o['Key'][len(prefix):])\n            \
+                    os.makedirs(os.path.dirname(path), exist_ok=True)\n            \
+                    s3.download_file(bucket, o['Key'], path)\n            \
+                    print(o['Key'])\n";
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

@@ -100,6 +100,10 @@ struct Hours {
     queue: BTreeMap<HourKey, u64>,
     /// The last mark given.
     marks: u64,
+    /// Hours queued with a mark up to this one may have been taken by a consumer of an earlier
+    /// process already (queued again by the log's replay, or taken but not yet checkpointed as
+    /// done): until the first checkpoint after opening, every one.
+    predating: u64,
 }
 
 impl Hours {
@@ -420,6 +424,9 @@ impl HourStage {
     /// in the store's blocks now.
     pub fn end_checkpoint(&self, final_before: i64) {
         let mut hours = self.hours.lock();
+        if hours.predating == u64::MAX {
+            hours.predating = hours.marks;
+        }
         if hours.flushed_final_before < final_before {
             hours.flushed_final_before = final_before;
             let series = &hours.series;
@@ -448,6 +455,13 @@ impl HourStage {
     pub fn pending_final_marked(&self) -> Vec<(HourKey, u64)> {
         let hours = self.hours.lock();
         hours.queue.iter().map(|(k, m)| (k.clone(), *m)).collect()
+    }
+
+    /// True when the hour queued with `mark` may have been taken by a consumer before this
+    /// process opened the tier (a crash lost the record of it): the consumer compares with what
+    /// it holds instead of taking it twice. Hours queued after the first checkpoint are new.
+    pub fn may_predate_open(&self, mark: u64) -> bool {
+        mark <= self.hours.lock().predating
     }
 
     /// Marks queued hours as taken, each only if it was not queued again since its mark was
@@ -670,6 +684,7 @@ fn load_hours(path: &Path, store: &RollupStore) -> Result<Hours, StreamError> {
         flushed_final_before: i64::MIN,
         queue: BTreeMap::new(),
         marks: 0,
+        predating: u64::MAX,
     };
     let Some(body) = read_checked(path, HOURS_MAGIC, 28, "an hour checkpoint")? else {
         return Ok(hours);
