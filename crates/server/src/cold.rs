@@ -137,7 +137,7 @@ impl ColdTier {
             .lock()
             .iter()
             .filter_map(|s| s.hours())
-            .map(|h| h.pending_final().len())
+            .map(HourStage::pending_final_count)
             .sum();
         gauge(
             out,
@@ -247,13 +247,16 @@ struct Archiver {
 
 impl Archiver {
     fn run(&mut self, rx: mpsc::Receiver<Reply>, interval: Duration) {
+        // Timed passes keep their pace however many flushes ask for passes in between.
+        let mut next = std::time::Instant::now() + interval;
         loop {
-            match rx.recv_timeout(interval) {
+            match rx.recv_timeout(next.saturating_duration_since(std::time::Instant::now())) {
                 Ok(reply) => {
                     let r = self.pass();
                     let _ = reply.send(r);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    next = std::time::Instant::now() + interval;
                     if self.pass().is_ok() && self.wrote {
                         self.compact();
                     }
@@ -282,6 +285,7 @@ impl Archiver {
     /// Archives the hours one shard's hour tier queued, in batches.
     fn archive(&mut self, hours: &HourStage) -> Result<(), String> {
         let queued = hours.pending_final_marked();
+        let mut written = false;
         for batch in queued.chunks(BATCH_HOURS) {
             let keys: Vec<HourKey> = batch.iter().map(|(k, _)| k.clone()).collect();
             // Quantiles are not cold columns: the sketch state is what a reader would merge.
@@ -306,12 +310,17 @@ impl Archiver {
                     .write_windows(&tenant, Tier::Hour, &series)
                     .map_err(|e| e.to_string())?;
                 self.wrote = true;
+                written = true;
                 self.counters
                     .hours_archived
                     .fetch_add(n as u64, Ordering::Relaxed);
             }
             // Hours no longer stored (expired) have nothing to archive: they leave too.
             hours.done_final_marked(batch);
+        }
+        if written {
+            // Encoding buffers, as a flush's: the allocator would keep them otherwise.
+            crate::memory::release_free_memory();
         }
         Ok(())
     }

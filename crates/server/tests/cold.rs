@@ -587,3 +587,47 @@ fn boto3(env: &[(&str, &str)], args: &[&str]) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn timed_passes_compact_a_corrected_day_so_outside_readers_see_each_hour_once() {
+    let Some(duck) = find_duckdb("timed_passes_compact_a_corrected_day") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &CONFIG.replace("\"1h\"", "\"1s\""));
+    let base = (now_ms() - 5 * HOUR).div_euclid(HOUR) * HOUR;
+    let mut truth = write_final_hours(&s, base, 1);
+    s.flush();
+    let late_ts = base + 30 * MIN + 1_000;
+    assert!(s
+        .post("/api/v1/events", event("late-2", 1, late_ts, -40.0))
+        .status()
+        .is_success());
+    truth.get_mut(&(1, base)).unwrap().push(-40.0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while hour_states(&s, base, base)[&("d1".to_string(), base)].1 != 1 {
+        assert!(std::time::Instant::now() < deadline, "hour not corrected");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    s.flush();
+    // The next timed pass merges the day's files, keeping only the newest revision.
+    while metric(&s.metrics(), "strata_cold_files_compacted_total") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "never compacted");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(parquet_files(dir.path()).len(), 1);
+    let rows = query(
+        &duck,
+        &format!(
+            "select device, count(*), max(revision), min(min) from {} where metric='temperature_celsius' group by device order by device",
+            glob(dir.path())
+        ),
+    );
+    assert_eq!(rows.len(), DEVICES);
+    for r in &rows {
+        assert_eq!(r[1], "1", "{r:?}");
+        let want_rev = if r[0] == "d1" { "1" } else { "0" };
+        assert_eq!(r[2], want_rev, "{r:?}");
+    }
+    assert_eq!(num(&rows[1][3]), -40.0);
+}

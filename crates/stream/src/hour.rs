@@ -449,6 +449,11 @@ impl HourStage {
         self.hours.lock().queue.keys().cloned().collect()
     }
 
+    /// How many hours [`HourStage::pending_final`] would give.
+    pub fn pending_final_count(&self) -> usize {
+        self.hours.lock().queue.len()
+    }
+
     /// As [`HourStage::pending_final`], each hour with the mark of its latest queuing, for
     /// [`HourStage::done_final_marked`]. An hour is queued after its window is written, so a
     /// window read after this call is at least as new as its mark.
