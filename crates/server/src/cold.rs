@@ -287,18 +287,13 @@ impl Archiver {
         let queued = hours.pending_final_marked();
         let mut written = false;
         for batch in queued.chunks(BATCH_HOURS) {
-            let keys: Vec<HourKey> = batch.iter().map(|(k, _)| k.clone()).collect();
-            // Quantiles are not cold columns: the sketch state is what a reader would merge.
-            let read = hours.final_windows(&keys, &[]).map_err(|e| e.to_string())?;
-            let marks: BTreeMap<&HourKey, u64> = batch.iter().map(|(k, m)| (k, *m)).collect();
             let mut by_tenant: BTreeMap<Tenant, Vec<(Labels, StoredWindow, bool)>> =
                 BTreeMap::new();
-            for (k, labels, w) in read {
-                let old = marks.get(&k).is_none_or(|&m| hours.may_predate_open(m));
-                by_tenant
-                    .entry(k.tenant)
-                    .or_default()
-                    .push((labels, w, old));
+            for (tenant, series) in read_hours(hours, batch)? {
+                let windows = by_tenant.entry(tenant).or_default();
+                for (labels, w, mark) in series {
+                    windows.push((labels, w, hours.may_predate_open(mark)));
+                }
             }
             for (tenant, windows) in by_tenant {
                 let series = self.unwritten(&tenant, windows)?;
@@ -381,6 +376,50 @@ impl Archiver {
             }
         }
     }
+}
+
+/// The stored windows of the queued hours `batch` (with their marks), by tenant: one read of
+/// each series' pending span, not one per hour (a backfill queues years of a series at once).
+/// Quantiles are not cold columns: none are read. Hours no longer stored are left out.
+#[allow(clippy::type_complexity)]
+fn read_hours(
+    hours: &HourStage,
+    batch: &[(HourKey, u64)],
+) -> Result<Vec<(Tenant, Vec<(Labels, StoredWindow, u64)>)>, String> {
+    let err = |e: strata_model::StorageError| e.to_string();
+    // Tenant -> series -> start -> mark (keys sort by tenant, series, start).
+    let mut wanted: BTreeMap<&Tenant, BTreeMap<&strata_model::SeriesKey, BTreeMap<i64, u64>>> =
+        BTreeMap::new();
+    for (k, mark) in batch {
+        wanted
+            .entry(&k.tenant)
+            .or_default()
+            .entry(&k.key)
+            .or_default()
+            .insert(k.start, *mark);
+    }
+    let store = hours.store();
+    let mut out = Vec::new();
+    for (tenant, series) in wanted {
+        let mut got = Vec::new();
+        for (key, starts) in series {
+            let (first, last) = (starts.keys().next(), starts.keys().next_back());
+            let (Some(&first), Some(&last)) = (first, last) else {
+                continue;
+            };
+            let labels = key.labels();
+            for w in store
+                .range(tenant, key.as_ref(), first, last, &[], None)
+                .map_err(err)?
+            {
+                if let Some(&mark) = starts.get(&w.start) {
+                    got.push((labels.clone(), w, mark));
+                }
+            }
+        }
+        out.push((tenant.clone(), got));
+    }
+    Ok(out)
 }
 
 /// A stored hour as a cold row: every figure, the revision.
