@@ -380,7 +380,8 @@ impl Archiver {
 
 /// The stored windows of the queued hours `batch` (with their marks), by tenant: one read of
 /// each series' pending span, not one per hour (a backfill queues years of a series at once).
-/// Quantiles are not cold columns: none are read. Hours no longer stored are left out.
+/// Quantiles are not cold columns: none are read, but the hours' states are (the sketch column).
+/// Hours no longer stored are left out.
 #[allow(clippy::type_complexity)]
 fn read_hours(
     hours: &HourStage,
@@ -409,7 +410,7 @@ fn read_hours(
             };
             let labels = key.labels();
             for w in store
-                .range(tenant, key.as_ref(), first, last, &[], None)
+                .range(tenant, key.as_ref(), first, last, &[], Some(HOUR_MS))
                 .map_err(err)?
             {
                 if let Some(&mark) = starts.get(&w.start) {
@@ -422,7 +423,9 @@ fn read_hours(
     Ok(out)
 }
 
-/// A stored hour as a cold row: every figure, the revision.
+/// A stored hour as a cold row: every figure, the revision, and as `sketch` the hour's mergeable
+/// state ([`strata_stream::state`]: sketches, exact sums) when its figures do not give it back
+/// and it is the state of this revision.
 fn cold_window(w: &StoredWindow) -> Window {
     let f = &w.figures;
     Window {
@@ -437,7 +440,10 @@ fn cold_window(w: &StoredWindow) -> Window {
         last: f.last,
         increase: f.increase,
         revision: u64::from(w.revision),
-        sketch: None,
+        sketch: w
+            .state
+            .clone()
+            .filter(|s| strata_stream::state::revision(s) == Ok(w.revision)),
     }
 }
 

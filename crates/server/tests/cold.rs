@@ -24,6 +24,7 @@ window = "1m"
 out_of_orderness = "10s"
 allowed_lateness = "2m"
 idle_timeout = "1h"
+quantile_metrics = ["temperature_celsius"]
 [cold]
 interval = "1h"
 "#;
@@ -271,6 +272,15 @@ fn final_hours_reach_parquet_that_duckdb_reads_and_corrections_follow() {
     for (site, avg) in &want {
         assert!(close(got[site], *avg), "{site}: {} vs {avg}", got[site]);
     }
+    // Sketched: each hour carries its state (the merged DDSketch) for later merges.
+    let sketched = query(
+        &duck,
+        &format!(
+            "select count(*), count(sketch) from {} where metric='temperature_celsius'",
+            glob(dir.path())
+        ),
+    );
+    assert_eq!(sketched[0], vec![(DEVICES * 2).to_string(); 2]);
     // Every hour once, with every figure of its samples.
     let rows = duck_rows(&duck, dir.path());
     assert_eq!(rows.len(), DEVICES * 2);
