@@ -350,12 +350,17 @@ fn a_sigkill_while_archiving_loses_nothing_and_duplicates_nothing() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), CONFIG);
+    let timed = CONFIG.replace("\"1h\"", "\"1s\"");
+    let s = Server::start(dir.path(), &timed);
     let base = (now_ms() - 8 * HOUR).div_euclid(HOUR) * HOUR;
     let truth = write_final_hours(&s, base, 3);
-    // Archived, but the shards' checkpoints (taken before the archiver ran) still list the
-    // hours as queued: a restart finds them queued again.
-    s.flush();
+    // Archived by a timed pass, before any checkpoint recorded them as taken (or the hours
+    // themselves): a restart replays them final and queued again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while metric(&s.metrics(), "strata_cold_hours_archived_total") < (DEVICES * 3) as f64 {
+        assert!(std::time::Instant::now() < deadline, "no timed pass");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(duck_rows(&duck, dir.path()).len(), DEVICES * 3);
     s.kill9();
     let s = Server::start(dir.path(), CONFIG);
