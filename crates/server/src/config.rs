@@ -29,6 +29,46 @@ pub struct Config {
     pub query: QueryConfig,
     /// Event-time rollups (the warm tier).
     pub rollups: RollupsConfig,
+    /// The Parquet cold tier (`[cold]`).
+    pub cold: ColdConfig,
+}
+
+/// The Parquet cold tier (`[cold]`): where final 1-hour windows and expiring raw samples go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdConfig {
+    /// Archive to the cold tier at all.
+    pub enabled: bool,
+    /// A directory, `file://` URL or `s3://bucket/prefix`; default `<data_dir>/cold`.
+    pub url: Option<String>,
+    /// Also archive raw samples before retention deletes their blocks.
+    pub archive_raw: bool,
+    /// How often final hours are archived (and cold files compacted).
+    pub interval: Duration,
+    /// Compaction merges small cold files into files of about this size.
+    pub target_file_bytes: u64,
+}
+
+impl Default for ColdConfig {
+    fn default() -> Self {
+        ColdConfig {
+            enabled: true,
+            url: None,
+            archive_raw: true,
+            interval: Duration(60_000),
+            target_file_bytes: 128 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// The cold tier's URL: `cold.url`, else `<data_dir>/cold`.
+    pub fn cold_url(&self) -> String {
+        self.cold
+            .url
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cold").to_string_lossy().into_owned())
+    }
 }
 
 /// How many ingest-log partitions (one shard each) to run: `"auto"` or a number.
@@ -383,6 +423,23 @@ impl Config {
             "limits.max_pending_ingest_bytes must be 1 to 2^40, got {}",
             self.limits.max_pending_ingest_bytes
         );
+        if self.cold.enabled {
+            let url = self.cold_url();
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            anyhow::ensure!(
+                matches!(scheme, None | Some("s3" | "file")),
+                "cold.url {url:?}: only s3://bucket/prefix, file:// URLs and directory paths are supported"
+            );
+            anyhow::ensure!(
+                !url.starts_with("s3://") || url.len() > 5 && !url[5..].starts_with('/'),
+                "cold.url {url:?}: no bucket name (expected s3://bucket/prefix)"
+            );
+            anyhow::ensure!(
+                self.cold.target_file_bytes >= 1 << 20,
+                "cold.target_file_bytes must be at least 1 MiB, got {}",
+                self.cold.target_file_bytes
+            );
+        }
         Ok(())
     }
 }
@@ -399,6 +456,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             query: QueryConfig::default(),
             rollups: RollupsConfig::default(),
+            cold: ColdConfig::default(),
         }
     }
 }
@@ -508,6 +566,13 @@ quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them
 # by = ["site"]
 # outputs = ["avg", "quantiles(0.95)", "distinct(device)"]   # also count_samples, sum_samples,
 #                                  # min, max, stddev, stdvar, increase, count_series
+
+[cold]
+enabled = true                   # archive final 1-hour windows as Parquet (the cold tier)
+# url = "s3://bucket/prefix"     # default: <data_dir>/cold; S3 settings from AWS_* variables
+archive_raw = true               # also archive raw samples before retention deletes them
+interval = "1m"                  # how often final hours are archived and cold files compacted
+target_file_bytes = 134217728    # compaction merges small cold files into files this large
 "#;
 
 impl Config {
@@ -594,6 +659,11 @@ mod tests {
             d.storage.log_segment_bytes
         );
         assert_eq!(parsed.rollups.window, d.rollups.window);
+        assert_eq!(parsed.cold.enabled, d.cold.enabled);
+        assert_eq!(parsed.cold.archive_raw, d.cold.archive_raw);
+        assert_eq!(parsed.cold.interval, d.cold.interval);
+        assert_eq!(parsed.cold.target_file_bytes, d.cold.target_file_bytes);
+        assert_eq!(parsed.cold.url, d.cold.url);
         assert_eq!(parsed.rollups.allowed_lateness, d.rollups.allowed_lateness);
         assert_eq!(parsed.rollups.out_of_orderness, d.rollups.out_of_orderness);
         assert_eq!(parsed.rollups.idle_timeout, d.rollups.idle_timeout);
@@ -609,6 +679,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("divide a day"));
+    }
+
+    #[test]
+    fn cold_urls_are_checked() {
+        let cfg = |t: &str| toml::from_str::<Config>(t).unwrap();
+        assert!(cfg("").validate().is_ok());
+        assert_eq!(cfg("data_dir = \"d\"").cold_url(), "d/cold");
+        assert!(cfg("[cold]\nurl = \"s3://b/p\"").validate().is_ok());
+        for bad in ["gs://b/p", "s3://", "s3:///p"] {
+            let e = cfg(&format!("[cold]\nurl = \"{bad}\""))
+                .validate()
+                .unwrap_err();
+            assert!(e.to_string().contains("cold.url"), "{bad}: {e}");
+        }
+        assert!(cfg("[cold]\nenabled = false\nurl = \"gs://x\"")
+            .validate()
+            .is_ok());
     }
 
     #[test]

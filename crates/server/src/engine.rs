@@ -108,6 +108,8 @@ pub struct Engine {
     pub limiter: Arc<SeriesLimiter>,
     /// Who is told of late writes (the query result cache), once set.
     late: std::sync::OnceLock<Arc<dyn LateWrites>>,
+    /// The Parquet cold tier and its archiver, when enabled.
+    cold: Option<crate::cold::ColdTier>,
 }
 
 struct ShardHandle {
@@ -159,6 +161,8 @@ impl Engine {
             retention_ms: cfg.retention.0,
             max_series_per_metric: cfg.limits.max_series_per_metric,
         };
+        let cold = crate::cold::ColdTier::open(cfg)?;
+        let raw_archive = cold.as_ref().and_then(|c| c.raw_archive());
         // Open and replay shards in parallel: replay time is the restart time.
         let stage_opts = StageOptions {
             windows: cfg.window_options(),
@@ -168,6 +172,8 @@ impl Engine {
             publish_corrections: !cfg.rollups.groups.is_empty(),
             hours: Some(strata_stream::hour::HourOptions {
                 retention_ms: cfg.rollups.hour_retention.0,
+                // The cold tier takes every final hour.
+                publish_final: cold.is_some(),
                 ..Default::default()
             }),
         };
@@ -175,16 +181,20 @@ impl Engine {
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..partitions)
                 .map(|p| {
-                    let (log, counters, limiter, opts, stage_opts) = (
+                    let (log, counters, limiter, opts, stage_opts, raw_archive) = (
                         log.clone(),
                         counters.clone(),
                         limiter.clone(),
                         opts.clone(),
                         stage_opts.clone(),
+                        raw_archive.clone(),
                     );
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
                         let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
+                        if let Some(a) = raw_archive {
+                            tsdb.set_expiry_archive(a);
+                        }
                         let shard_cfg = ShardConfig {
                             dir: dir.clone(),
                             dedup_horizon_ms: cfg.limits.event_dedup_horizon.0,
@@ -235,6 +245,9 @@ impl Engine {
                 thread: Some(thread),
             });
         }
+        if let Some(c) = &cold {
+            c.start(shards.iter().filter_map(|s| s.rollups.clone()).collect())?;
+        }
         Ok(Arc::new(Engine {
             log,
             shards,
@@ -245,6 +258,7 @@ impl Engine {
             counters,
             limiter,
             late: std::sync::OnceLock::new(),
+            cold,
         }))
     }
 
@@ -334,8 +348,13 @@ impl Engine {
         Ok(total)
     }
 
-    /// Returns once everything acknowledged before the call is in blocks on disk.
+    /// Returns once everything acknowledged before the call is in blocks on disk, and every
+    /// final hour in the cold tier.
     pub async fn flush(&self) -> Result<(), WriteError> {
+        // Hours final now are archived first, while the hour stores hold them in memory, so
+        // the checkpoints below record them as taken; a second pass takes what the flush made
+        // final.
+        self.sync_cold().await?;
         let mut waits = Vec::new();
         for s in &self.shards {
             let (ack, rx) = oneshot::channel();
@@ -349,11 +368,22 @@ impl Engine {
                 .map_err(|_| WriteError::ShuttingDown)?
                 .map_err(WriteError::Durability)?;
         }
-        Ok(())
+        self.sync_cold().await
+    }
+
+    /// One pass of the cold tier's archiver, now.
+    async fn sync_cold(&self) -> Result<(), WriteError> {
+        match &self.cold {
+            Some(c) => c.sync().await.map_err(WriteError::Durability),
+            None => Ok(()),
+        }
     }
 
     /// Stops the shards after they drain their queues and flush.
     pub fn shutdown(&mut self) {
+        if let Some(c) = &self.cold {
+            c.stop();
+        }
         for s in &mut self.shards {
             let (tx, _) = mpsc::channel(1);
             drop(std::mem::replace(&mut s.tx, tx));
@@ -487,6 +517,9 @@ impl Engine {
             t.tenant_errors_total,
         );
         self.render_rollup_metrics(out);
+        if let Some(c) = &self.cold {
+            c.render_metrics(out);
+        }
     }
 
     fn render_rollup_metrics(&self, out: &mut String) {

@@ -179,7 +179,10 @@ fn every_valid_tenant_id_is_flushed_and_restored_alone() {
             &["warm", "1h", "windows.ckpt", "corrected.ckpt"],
         );
         only(&shard.join("rollups/warm"), &["checkpoint", "@tenants"]);
-        only(&shard.join("rollups/1h"), &["store", "hours.ckpt"]);
+        only(
+            &shard.join("rollups/1h"),
+            &["store", "hours.ckpt", "final-hours.ckpt"],
+        );
         only(&shard.join("rollups/1h/store"), &["checkpoint", "@tenants"]);
     }
     let s = Server::start(dir.path(), cfg);

@@ -20,8 +20,10 @@
 //!   are saved then too, each with the windows merged into it, so a replay of the log after a
 //!   crash skips windows an hour already holds and merges the rest.
 //! - **The next stage.** With [`HourOptions::publish_final`], each hour written (final or
-//!   corrected) is queued, checkpointed, until a consumer (the cold tier) takes it:
-//!   [`HourStage::pending_final`], [`HourStage::final_windows`], [`HourStage::done_final`].
+//!   corrected) is queued (after it is written), checkpointed, until a consumer (the cold tier)
+//!   takes it; a consumer taking it by its mark leaves an hour corrected meanwhile queued:
+//!   [`HourStage::pending_final_marked`], [`HourStage::final_windows`],
+//!   [`HourStage::done_final_marked`] (or, unconditionally, [`HourStage::done_final`]).
 
 use crate::rollup::Rollup;
 use crate::stage::{encode_corrections, load_corrections, revision_over, WindowView};
@@ -93,8 +95,27 @@ struct Hours {
     final_before: i64,
     /// What `final_before` was at the latest checkpoint: those hours are in the store's blocks.
     flushed_final_before: i64,
-    /// Hours written since the consumer last took them.
-    queue: BTreeSet<HourKey>,
+    /// Hours written since the consumer last took them, each with the mark of its latest
+    /// queuing (see [`HourStage::pending_final_marked`]).
+    queue: BTreeMap<HourKey, u64>,
+    /// The last mark given.
+    marks: u64,
+    /// Hours queued with a mark up to this one may have been taken by a consumer of an earlier
+    /// process already (queued again by the log's replay, or taken but not yet checkpointed as
+    /// done): until the first checkpoint after opening, every one.
+    predating: u64,
+}
+
+impl Hours {
+    /// Queues `keys` for the next stage, after their windows were written to the store: a
+    /// consumer that read an hour before this write holds an older mark, so taking it does not
+    /// drop the newer revision.
+    fn enqueue(&mut self, keys: Vec<HourKey>) {
+        for k in keys {
+            self.marks += 1;
+            self.queue.insert(k, self.marks);
+        }
+    }
 }
 
 /// The 1-hour tier of one shard (see the module doc). The shard's rollup stage drives it.
@@ -151,7 +172,8 @@ impl HourStage {
         let queue_path = dir.join("final-hours.ckpt");
         let mut hours = load_hours(&checkpoint, &store)?;
         if opts.publish_final {
-            hours.queue = load_corrections(&queue_path)?.into_iter().collect();
+            let queued = load_corrections(&queue_path)?;
+            hours.enqueue(queued);
         }
         Ok(HourStage {
             opts,
@@ -238,7 +260,8 @@ impl HourStage {
             return Ok(());
         }
         hours.final_before = boundary;
-        let Hours { series, queue, .. } = &mut *hours;
+        let mut queued = Vec::new();
+        let Hours { series, .. } = &mut *hours;
         for (i, slot) in series.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             let done = s.open.iter().filter(|o| o.start < boundary).count();
@@ -261,7 +284,7 @@ impl HourStage {
                     0
                 };
                 if self.opts.publish_final {
-                    queue.insert(HourKey {
+                    queued.push(HourKey {
                         tenant: s.tenant.clone(),
                         key: s.key.clone(),
                         start: o.start,
@@ -281,6 +304,9 @@ impl HourStage {
         }
         drop(hours);
         self.store.write(writes, offset);
+        if !queued.is_empty() {
+            self.hours.lock().enqueue(queued);
+        }
         Ok(())
     }
 
@@ -307,6 +333,7 @@ impl HourStage {
     ) -> Result<(), StorageError> {
         let id = self.store.series(tenant, key);
         let mut writes = Vec::new();
+        let mut queued = Vec::new();
         for &h in starts.iter().filter(|&&h| h >= expired_before) {
             let windows =
                 minutes.range(tenant, key, h, h + HOUR_MS - 1, &[], Some(self.window_ms))?;
@@ -337,7 +364,7 @@ impl HourStage {
                 continue;
             };
             if self.opts.publish_final {
-                self.hours.lock().queue.insert(HourKey {
+                queued.push(HourKey {
                     tenant: tenant.clone(),
                     key: key.to_owned(),
                     start: h,
@@ -352,6 +379,9 @@ impl HourStage {
             });
         }
         self.store.write(writes, offset);
+        if !queued.is_empty() {
+            self.hours.lock().enqueue(queued);
+        }
         Ok(())
     }
 
@@ -378,7 +408,7 @@ impl HourStage {
         self.store.stage_all();
         let hours = self.hours.lock();
         let queue = self.opts.publish_final.then(|| {
-            let queue: Vec<HourKey> = hours.queue.iter().cloned().collect();
+            let queue: Vec<HourKey> = hours.queue.keys().cloned().collect();
             (self.queue_path.clone(), encode_corrections(&queue))
         });
         HourCheckpoint {
@@ -394,6 +424,9 @@ impl HourStage {
     /// in the store's blocks now.
     pub fn end_checkpoint(&self, final_before: i64) {
         let mut hours = self.hours.lock();
+        if hours.predating == u64::MAX {
+            hours.predating = hours.marks;
+        }
         if hours.flushed_final_before < final_before {
             hours.flushed_final_before = final_before;
             let series = &hours.series;
@@ -413,7 +446,38 @@ impl HourStage {
     /// [`HourOptions::publish_final`] is set: the hook of the next stage (the cold tier). Each
     /// stays queued, across checkpoints and restarts, until [`HourStage::done_final`].
     pub fn pending_final(&self) -> Vec<HourKey> {
-        self.hours.lock().queue.iter().cloned().collect()
+        self.hours.lock().queue.keys().cloned().collect()
+    }
+
+    /// How many hours [`HourStage::pending_final`] would give.
+    pub fn pending_final_count(&self) -> usize {
+        self.hours.lock().queue.len()
+    }
+
+    /// As [`HourStage::pending_final`], each hour with the mark of its latest queuing, for
+    /// [`HourStage::done_final_marked`]. An hour is queued after its window is written, so a
+    /// window read after this call is at least as new as its mark.
+    pub fn pending_final_marked(&self) -> Vec<(HourKey, u64)> {
+        let hours = self.hours.lock();
+        hours.queue.iter().map(|(k, m)| (k.clone(), *m)).collect()
+    }
+
+    /// True when the hour queued with `mark` may have been taken by a consumer before this
+    /// process opened the tier (a crash lost the record of it): the consumer compares with what
+    /// it holds instead of taking it twice. Hours queued after the first checkpoint are new.
+    pub fn may_predate_open(&self, mark: u64) -> bool {
+        mark <= self.hours.lock().predating
+    }
+
+    /// Marks queued hours as taken, each only if it was not queued again since its mark was
+    /// read (a correction written meanwhile stays queued, for its newer revision).
+    pub fn done_final_marked(&self, done: &[(HourKey, u64)]) {
+        let mut hours = self.hours.lock();
+        for (k, m) in done {
+            if hours.queue.get(k) == Some(m) {
+                hours.queue.remove(k);
+            }
+        }
     }
 
     /// The stored hours of `keys` (those still stored), with their series' labels, for a
@@ -617,7 +681,9 @@ fn load_hours(path: &Path, store: &RollupStore) -> Result<Hours, StreamError> {
         series: Vec::new(),
         final_before: i64::MIN,
         flushed_final_before: i64::MIN,
-        queue: BTreeSet::new(),
+        queue: BTreeMap::new(),
+        marks: 0,
+        predating: u64::MAX,
     };
     let Some(body) = read_checked(path, HOURS_MAGIC, 28, "an hour checkpoint")? else {
         return Ok(hours);

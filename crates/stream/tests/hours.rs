@@ -222,10 +222,9 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
     apply(&stage, &raw, off, &clock(closing(h + HOUR_MS) + 5 * MIN));
     let before = hours_of_d1(&stage, h, h);
     assert_eq!(before[0].revision, 0);
-    stage
-        .hours()
-        .unwrap()
-        .done_final(&stage.hours().unwrap().pending_final());
+    // A consumer reads the final hour (its mark), and a correction lands before it is done.
+    let taken = stage.hours().unwrap().pending_final_marked();
+    assert_eq!(taken.len(), 1);
     // A late sample in minute 10 (a new timestamp, a high value): minute and hour corrected.
     let late = Record {
         device: "d1",
@@ -259,6 +258,18 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
         1,
         "the corrected hour goes to the next stage again"
     );
+    // Taking what was read before the correction leaves the corrected hour queued.
+    let hours = stage.hours().unwrap();
+    hours.done_final_marked(&taken);
+    let again = hours.pending_final_marked();
+    assert_eq!(again.len(), 1, "revision 1 is still to be taken");
+    assert!(again[0].1 > taken[0].1);
+    let read = hours
+        .final_windows(&[again[0].0.clone()], QUANTILES)
+        .unwrap();
+    assert_eq!(read[0].2.revision, 1);
+    hours.done_final_marked(&again);
+    assert!(hours.pending_final().is_empty());
     // The same sample again changes nothing.
     off += 1;
     apply(&stage, &raw, off, &late);

@@ -78,6 +78,14 @@ pub enum TsdbError {
         /// The failure.
         source: Box<TsdbError>,
     },
+    /// The [`ExpiryArchive`] refused part of an expiring block: the block is kept.
+    #[error("archiving expiring block {path} failed (the block is kept): {reason}")]
+    Archive {
+        /// The block.
+        path: PathBuf,
+        /// The archive's error.
+        reason: String,
+    },
 }
 
 impl TsdbError {
@@ -86,6 +94,19 @@ impl TsdbError {
         move |source| TsdbError::Io { path, source }
     }
 }
+
+/// Where the samples of blocks leaving by retention go first (the cold tier's raw archive): a
+/// block is deleted only once every sample it holds was archived. Set with
+/// [`Tsdb::set_expiry_archive`].
+pub trait ExpiryArchive: Send + Sync {
+    /// Archives `series` (each with every sample it has in the expiring block) of `tenant`.
+    /// A block is handed over in batches of about [`ARCHIVE_BATCH_SAMPLES`] samples; an error
+    /// keeps the block, and the next maintenance hands all of it over again.
+    fn archive(&self, tenant: &Tenant, series: &[SeriesSamples]) -> Result<(), String>;
+}
+
+/// About how many samples one [`ExpiryArchive::archive`] call receives (bounds its memory).
+pub const ARCHIVE_BATCH_SAMPLES: usize = 1 << 20;
 
 /// Tuning.
 #[derive(Debug, Clone)]
@@ -461,6 +482,8 @@ pub struct Tsdb {
     compactions: AtomicU64,
     deleted: AtomicU64,
     tenant_errors: AtomicU64,
+    /// Takes expiring blocks' samples before they are deleted, when set.
+    archive: std::sync::OnceLock<Arc<dyn ExpiryArchive>>,
 }
 
 const CHECKPOINT: &str = "checkpoint";
@@ -531,7 +554,14 @@ impl Tsdb {
             compactions: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             tenant_errors: AtomicU64::new(0),
+            archive: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes retention hand each expiring block to `archive` before deleting it (see
+    /// [`ExpiryArchive`]). Set once, before the first maintenance; a second call is ignored.
+    pub fn set_expiry_archive(&self, archive: Arc<dyn ExpiryArchive>) {
+        let _ = self.archive.set(archive);
     }
 
     /// Appends every series of `batch`; `log_offset` is the ingest-log record it came from.
@@ -958,6 +988,20 @@ impl Tsdb {
             (expired, groups)
         };
         let mut failed = None;
+        // Archived before the write lock: readers and writers go on meanwhile.
+        let expired: Vec<_> = match self.archive.get() {
+            None => expired,
+            Some(a) => expired
+                .into_iter()
+                .filter(|(tenant, b)| match archive_block(&**a, tenant, b) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed.get_or_insert(self.tenant_failed(tenant, "archive", e));
+                        false
+                    }
+                })
+                .collect(),
+        };
         let mut merged = Vec::new();
         for (tenant, group) in groups {
             // Same sequence as the newest input: nothing outside the window overlaps it.
@@ -1352,6 +1396,40 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
 /// wins. Streams: walks the blocks' series in label order together (each block numbers its
 /// series in label order), so memory holds one series' samples and the index being built, and
 /// gives back the input pages read as it goes.
+/// Hands every sample of block `b` (of `tenant`) to `archive`, in batches of about
+/// [`ARCHIVE_BATCH_SAMPLES`].
+fn archive_block(archive: &dyn ExpiryArchive, tenant: &Tenant, b: &Block) -> Result<(), TsdbError> {
+    let send = |batch: &mut Vec<SeriesSamples>| {
+        let r = archive.archive(tenant, batch);
+        batch.clear();
+        r.map_err(|reason| TsdbError::Archive {
+            path: b.path.clone(),
+            reason,
+        })
+    };
+    let (mut key, mut batch, mut held) = (Vec::new(), Vec::new(), 0);
+    for id in 0..b.len() as u32 {
+        let m = b.entry(id, &mut key)?;
+        let k = SeriesKeyRef::new_unchecked(&key);
+        let mut samples = Vec::with_capacity(m.count as usize);
+        b.read(&m, k, &mut samples)?;
+        held += samples.len();
+        batch.push(SeriesSamples {
+            labels: k.labels(),
+            samples,
+        });
+        if held >= ARCHIVE_BATCH_SAMPLES {
+            send(&mut batch)?;
+            held = 0;
+        }
+    }
+    if !batch.is_empty() {
+        send(&mut batch)?;
+    }
+    b.release_pages();
+    Ok(())
+}
+
 fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, TsdbError> {
     /// Input bytes read between giving their pages back.
     const RELEASE_EVERY: u64 = 64 << 20;

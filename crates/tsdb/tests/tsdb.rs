@@ -246,6 +246,88 @@ fn retention_deletes_whole_old_blocks() {
     assert_eq!(db.stats().blocks, 1);
 }
 
+/// An archive that records what it is given and refuses while `fail` is set.
+#[derive(Default)]
+struct Archive {
+    fail: std::sync::atomic::AtomicBool,
+    got: parking_lot::Mutex<Vec<(Tenant, strata_model::SeriesSamples)>>,
+}
+
+impl strata_tsdb::ExpiryArchive for Archive {
+    fn archive(
+        &self,
+        tenant: &Tenant,
+        series: &[strata_model::SeriesSamples],
+    ) -> Result<(), String> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("store unreachable".into());
+        }
+        let mut got = self.got.lock();
+        got.extend(series.iter().map(|s| (tenant.clone(), s.clone())));
+        Ok(())
+    }
+}
+
+#[test]
+fn expiring_blocks_are_archived_before_deletion_and_kept_when_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TsdbOptions {
+        retention_ms: 48 * H,
+        ..TsdbOptions::default()
+    };
+    let db = open_with(dir.path(), opts);
+    let archive = Arc::new(Archive::default());
+    db.set_expiry_archive(archive.clone());
+    let n = now();
+    db.append(
+        &batch(
+            "default",
+            &[
+                (UP_A, n - 40 * H, 1.0),
+                (UP_A, n - 40 * H + 15_000, 1.5),
+                (&[("__name__", "up"), ("job", "b")], n - 40 * H, 3.0),
+            ],
+        ),
+        0,
+    );
+    db.append(&batch("default", &[(UP_A, n - H, 2.0)]), 1);
+    db.flush().unwrap();
+    assert_eq!(db.stats().blocks, 2);
+    // The archive fails: the expired block stays, readable, and the error names it.
+    archive
+        .fail
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let e = db.maintain(n + 10 * H).unwrap_err();
+    assert!(e.to_string().contains("store unreachable"), "{e}");
+    assert_eq!(db.stats().blocks, 2);
+    assert_eq!(all(&db, "default", "up")[0].1.len(), 3);
+    // It recovers: the block's samples are archived, then the block goes.
+    archive
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let m = db.maintain(n + 10 * H).unwrap();
+    assert_eq!(m.deleted_blocks, 1);
+    assert_eq!(db.stats().blocks, 1);
+    let got: Vec<(String, Vec<(i64, f64)>)> = archive
+        .got
+        .lock()
+        .iter()
+        .map(|(t, s)| {
+            assert_eq!(t, &Tenant::default());
+            (
+                s.labels.to_string(),
+                s.samples.iter().map(|x| (x.timestamp, x.value)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got[0].1,
+        vec![(n - 40 * H, 1.0), (n - 40 * H + 15_000, 1.5)]
+    );
+    assert_eq!(got[1].1, vec![(n - 40 * H, 3.0)]);
+}
+
 #[test]
 fn damaged_blocks_are_reported_and_torn_writes_removed() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,11 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts `strata serve` on `dir` with extra config TOML, and waits until it answers.
     pub fn start(dir: &Path, extra_toml: &str) -> Server {
+        Server::start_with_env(dir, extra_toml, &[])
+    }
+
+    /// As [`Server::start`], with environment variables for the server alone.
+    pub fn start_with_env(dir: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Server {
         let port = free_port();
         let cfg = dir.join("strata.toml");
         std::fs::write(&cfg, extra_toml).unwrap();
@@ -32,6 +37,7 @@ impl Server {
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
