@@ -7,7 +7,10 @@
 //! tests that need it skip, saying so, when neither is installed.
 
 mod common;
+#[path = "../../tier/tests/duckdb_support/mod.rs"]
+mod duckdb_support;
 use common::*;
+use duckdb_support::{close, find_duckdb, query, Duck};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -29,59 +32,8 @@ quantile_metrics = ["temperature_celsius"]
 interval = "1h"
 "#;
 
-/// How DuckDB is run here.
-enum Duck {
-    Cli,
-    Python,
-}
-
-fn find_duckdb(test: &str) -> Option<Duck> {
-    let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
-    if ok(Command::new("duckdb").arg("-version")) {
-        Some(Duck::Cli)
-    } else if ok(Command::new("python3").args(["-c", "import duckdb"])) {
-        Some(Duck::Python)
-    } else {
-        println!("SKIPPED {test}: no duckdb CLI or Python duckdb (pip install duckdb)");
-        None
-    }
-}
-
-/// Runs one query; rows of comma-separated values.
-fn query(duck: &Duck, sql: &str) -> Vec<Vec<String>> {
-    let out = match duck {
-        Duck::Cli => Command::new("duckdb")
-            .args(["-csv", "-noheader", "-c", sql])
-            .output(),
-        Duck::Python => Command::new("python3")
-            .args([
-                "-c",
-                "import duckdb, sys\n\
-                 for row in duckdb.sql(sys.argv[1]).fetchall():\n    \
-                 print(','.join('' if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))",
-                sql,
-            ])
-            .output(),
-    }
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect()
-}
-
 fn num(s: &str) -> f64 {
     s.parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// The glob over every Parquet file of the server's cold directory.

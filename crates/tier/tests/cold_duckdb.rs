@@ -4,67 +4,17 @@
 //! when neither is installed.
 
 mod common;
+mod duckdb_support;
 
 use common::*;
+use duckdb_support::{close, find_duckdb, query};
 use std::collections::BTreeMap;
-use std::process::Command;
 use strata_model::Tenant;
 use strata_tier::cold::{ColdOptions, ColdStore, SeriesWindows, Tier};
 
-/// How DuckDB is run here.
-enum Duck {
-    Cli,
-    Python,
-}
-
-fn find_duckdb() -> Option<Duck> {
-    let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
-    if ok(Command::new("duckdb").arg("-version")) {
-        Some(Duck::Cli)
-    } else if ok(Command::new("python3").args(["-c", "import duckdb"])) {
-        Some(Duck::Python)
-    } else {
-        None
-    }
-}
-
-/// Runs one query; rows of comma-separated values.
-fn query(duck: &Duck, sql: &str) -> Vec<Vec<String>> {
-    let out = match duck {
-        Duck::Cli => Command::new("duckdb")
-            .args(["-csv", "-noheader", "-c", sql])
-            .output(),
-        Duck::Python => Command::new("python3")
-            .args([
-                "-c",
-                "import duckdb, sys\n\
-                 for row in duckdb.sql(sys.argv[1]).fetchall():\n    \
-                 print(','.join('' if v is None else repr(v) if isinstance(v, float) else str(v) for v in row))",
-                sql,
-            ])
-            .output(),
-    }
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "duckdb failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
 #[test]
 fn duckdb_reads_the_cold_directory() {
-    let Some(duck) = find_duckdb() else {
-        println!("SKIPPED duckdb_reads_the_cold_directory: no duckdb CLI or Python duckdb (pip install duckdb)");
+    let Some(duck) = find_duckdb("duckdb_reads_the_cold_directory") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
