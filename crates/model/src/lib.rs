@@ -17,6 +17,7 @@ mod sample;
 mod storage;
 mod tenant;
 pub mod time;
+mod windows;
 
 pub use batch::{BatchSeries, EventKey, Limits, SampleError, WriteBatch};
 pub use error::{LabelError, StorageError};
@@ -30,3 +31,7 @@ pub use storage::{
     Storage,
 };
 pub use tenant::{Tenant, TenantError};
+pub use windows::{
+    Coverage, FigureNeeds, QuantileSketch, Resolution, Resolutions, SeriesWindows, WindowFigures,
+    WindowStorage,
+};

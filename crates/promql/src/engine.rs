@@ -7,7 +7,7 @@ use promql_parser::parser::{value::ValueType, Expr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_model::{Storage, Tenant};
+use strata_model::{Resolution, Resolutions, Storage, Tenant, WindowStorage};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -77,6 +77,7 @@ pub struct QueryContext {
     pub tenant: Tenant,
     cancel: Option<Arc<AtomicBool>>,
     timeout: Option<Duration>,
+    pub(crate) max_resolution: Resolution,
 }
 
 impl QueryContext {
@@ -86,7 +87,15 @@ impl QueryContext {
             tenant,
             cancel: None,
             timeout: None,
+            max_resolution: Resolution::Hour,
         }
+    }
+
+    /// Reads no tier coarser than `r` (the API's `max_source_resolution`): with `raw`, a
+    /// query sees only raw samples, as a Prometheus would.
+    pub fn with_max_source_resolution(mut self, r: Resolution) -> QueryContext {
+        self.max_resolution = r;
+        self
     }
 
     /// Shortens the timeout for this query (the engine's own timeout still applies).
@@ -113,6 +122,8 @@ impl QueryContext {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) storage: Arc<dyn Storage>,
+    /// The rollup tiers the router may answer from (none: raw samples only).
+    pub(crate) tiers: Option<Arc<dyn WindowStorage>>,
     pub(crate) opts: EngineOptions,
     /// Set by [`Engine::shut_down`]; shared by every clone.
     shutdown: Arc<AtomicBool>,
@@ -123,9 +134,17 @@ impl Engine {
     pub fn new(storage: Arc<dyn Storage>, opts: EngineOptions) -> Engine {
         Engine {
             storage,
+            tiers: None,
             opts,
             shutdown: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The same engine, answering from the rollup `tiers` where raw samples are gone or the
+    /// step is coarse (see the `tiers` module of this crate).
+    pub fn with_tiers(mut self, tiers: Arc<dyn WindowStorage>) -> Engine {
+        self.tiers = Some(tiers);
+        self
     }
 
     /// The engine's options.
@@ -309,8 +328,14 @@ impl Engine {
     }
 
     fn env<'a>(&'a self, ctx: &'a QueryContext, query: &'a str, grid: Grid) -> Env<'a> {
+        let tiers = self.tiers.as_deref();
         Env {
             storage: self.storage.as_ref(),
+            tiers,
+            coverage: tiers.map_or(strata_model::Coverage::RAW_ONLY, |t| {
+                t.coverage(&ctx.tenant)
+            }),
+            used: Default::default(),
             ctx,
             opts: &self.opts,
             query,
@@ -347,6 +372,7 @@ impl Env<'_> {
             value,
             warnings,
             infos,
+            tiers: Resolutions::from_bits(self.used.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 }

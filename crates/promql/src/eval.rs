@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 use strata_model::{
-    Fields, Labels, LazySeries, Matcher, Sample, SelectHints, Storage, StorageError, METRIC_NAME,
+    Coverage, Fields, Labels, LazySeries, Matcher, Resolution, Resolutions, Sample, SelectHints,
+    Storage, StorageError, WindowStorage, METRIC_NAME,
 };
 
 /// The evaluation timestamps of a node: `start`, `start + step`, ... up to `end` inclusive.
@@ -210,6 +211,12 @@ impl Val {
 /// Shared state of one query evaluation.
 pub(crate) struct Env<'a> {
     pub storage: &'a dyn Storage,
+    /// The rollup tiers, when the engine has them.
+    pub tiers: Option<&'a dyn WindowStorage>,
+    /// From when each tier holds the tenant's data, read once per query.
+    pub coverage: Coverage,
+    /// The tiers read so far (bits of [`Resolutions`]).
+    pub used: std::sync::atomic::AtomicU8,
     pub ctx: &'a QueryContext,
     pub opts: &'a EngineOptions,
     pub query: &'a str,
@@ -356,6 +363,7 @@ impl<'a> Env<'a> {
             max_samples: Some(self.opts.max_samples),
             fields,
         };
+        self.mark_used(Resolution::Raw);
         let mut out: Vec<LazySeries> = Vec::new();
         for set in &sets {
             let got = self
@@ -387,7 +395,14 @@ impl<'a> Env<'a> {
         self.reserve(buf.len(), "query preparation")
     }
 
-    fn storage_error(&self, e: StorageError) -> Error {
+    /// Records that tier `r` answered part of the query.
+    pub fn mark_used(&self, r: Resolution) {
+        let mut one = Resolutions::default();
+        one.insert(r);
+        self.used.fetch_or(one.bits(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn storage_error(&self, e: StorageError) -> Error {
         match e {
             StorageError::TooManySamples { .. } => {
                 Error::TooManySamples("query preparation", self.opts.max_samples)
@@ -746,6 +761,9 @@ impl<'a> Env<'a> {
         fields: Fields,
         pick: impl Fn(&Sample) -> f64 + Sync,
     ) -> Result<Vec<Row>, Error> {
+        if let Some(rows) = crate::tiers::instant_selector(self, vs, grid, &pick)? {
+            return Ok(rows);
+        }
         let offset = offset_ms(&vs.offset);
         let at = self.at_ms(&vs.at);
         let lookback = self.opts.lookback_delta_ms;

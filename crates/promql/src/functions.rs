@@ -825,10 +825,17 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     };
     let kind = RangeFn::from_name(name)
         .ok_or_else(|| Error::BadData(format!("function {:?} is not supported", call.func.name)))?;
-    let rv = range_arg(env, range_expr, grid, kind.fields())?;
     if kind == RangeFn::QuantileOverTime {
         env.check_quantiles(&scalars[0], range_expr);
     }
+    if let Expr::MatrixSelector(ms) = unwrap_parens(range_expr) {
+        let range = crate::eval::duration_ms(ms.range);
+        if let Some(rows) = crate::tiers::range_fn(env, kind, name, &ms.vs, range, grid, &scalars)?
+        {
+            return Ok(Val::Vector(rows));
+        }
+    }
+    let rv = range_arg(env, range_expr, grid, kind.fields())?;
     if kind == RangeFn::DoubleExponentialSmoothing {
         for (si, _) in grid.iter().enumerate() {
             let (sf, tf) = (scalars[0][si], scalars[1][si]);
@@ -951,8 +958,9 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     Ok(Val::Vector(out))
 }
 
+/// The functions of a range vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RangeFn {
+pub(crate) enum RangeFn {
     Rate,
     Increase,
     Delta,
@@ -993,7 +1001,7 @@ impl RangeFn {
         }
     }
 
-    fn from_name(n: &str) -> Option<RangeFn> {
+    pub(crate) fn from_name(n: &str) -> Option<RangeFn> {
         Some(match n {
             "rate" => RangeFn::Rate,
             "increase" => RangeFn::Increase,
@@ -1121,7 +1129,6 @@ fn extrapolated_rate(
         return None;
     }
     let n1 = w.len() - 1;
-    let (first_t, last_t) = (w[0].0, w[n1].0);
     let mut result = w[n1].1 - w[0].1;
     if is_counter && resets {
         for p in w.windows(2) {
@@ -1130,31 +1137,67 @@ fn extrapolated_rate(
             }
         }
     }
-    let mut to_start = (first_t - range_start) as f64 / 1000.0;
-    let mut to_end = (range_end - last_t) as f64 / 1000.0;
-    let sampled = (last_t - first_t) as f64 / 1000.0;
-    let avg = sampled / n1 as f64;
-    let threshold = avg * 1.1;
-    if to_start >= threshold {
-        to_start = avg / 2.0;
-    }
-    if is_counter {
-        let mut to_zero = to_start;
-        if result > 0.0 && w[0].1 >= 0.0 {
-            to_zero = sampled * (w[0].1 / result);
+    let change = Change {
+        first: w[0],
+        last: w[n1],
+        count: w.len(),
+        result,
+    };
+    Some(change.extrapolate(range_start, range_end, range, is_counter, is_rate))
+}
+
+/// What `rate`, `increase` and `delta` need of a window's samples: its first and last samples,
+/// how many there are, and the change between them (for a counter, with its resets added
+/// back). Raw samples and rollup figures both give it, so both extrapolate the same way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Change {
+    pub first: (i64, f64),
+    pub last: (i64, f64),
+    /// Samples in the window, at least 2.
+    pub count: usize,
+    pub result: f64,
+}
+
+impl Change {
+    /// The change extrapolated towards the window's edges, as Prometheus does: to an edge
+    /// when the samples reach within 1.1 average intervals of it, else half an interval; a
+    /// counter not below zero.
+    pub fn extrapolate(
+        &self,
+        range_start: i64,
+        range_end: i64,
+        range: i64,
+        is_counter: bool,
+        is_rate: bool,
+    ) -> f64 {
+        let (first_t, last_t) = (self.first.0, self.last.0);
+        let result = self.result;
+        let mut to_start = (first_t - range_start) as f64 / 1000.0;
+        let mut to_end = (range_end - last_t) as f64 / 1000.0;
+        let sampled = (last_t - first_t) as f64 / 1000.0;
+        let avg = sampled / (self.count - 1) as f64;
+        let threshold = avg * 1.1;
+        if to_start >= threshold {
+            to_start = avg / 2.0;
         }
-        if to_zero < to_start {
-            to_start = to_zero;
+        if is_counter {
+            let mut to_zero = to_start;
+            if result > 0.0 && self.first.1 >= 0.0 {
+                to_zero = sampled * (self.first.1 / result);
+            }
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
         }
+        if to_end >= threshold {
+            to_end = avg / 2.0;
+        }
+        let mut factor = (sampled + to_start + to_end) / sampled;
+        if is_rate {
+            factor /= range as f64 / 1000.0;
+        }
+        result * factor
     }
-    if to_end >= threshold {
-        to_end = avg / 2.0;
-    }
-    let mut factor = (sampled + to_start + to_end) / sampled;
-    if is_rate {
-        factor /= range as f64 / 1000.0;
-    }
-    Some(result * factor)
 }
 
 /// `irate` and `idelta`: from the last two samples.

@@ -20,6 +20,7 @@ mod mem;
 pub mod script;
 mod shape;
 mod stats;
+mod tiers;
 mod value;
 
 pub use engine::{parse, Engine, EngineOptions, QueryContext};

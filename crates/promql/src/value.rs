@@ -66,4 +66,6 @@ pub struct QueryOutput {
     pub warnings: Vec<String>,
     /// Informational notes (`infos` in the API response).
     pub infos: Vec<String>,
+    /// The tiers that answered (the `Strata-Tiers` header).
+    pub tiers: strata_model::Resolutions,
 }

@@ -1,0 +1,658 @@
+//! The tier router: which tier answers each part of a selector's time, and how functions are
+//! computed from rollup figures.
+//!
+//! Each selector is planned on its own ([`plan`]): by default the raw tier answers, as in
+//! Prometheus; a coarser tier answers when the step is at least five times its window (as
+//! Thanos' auto-downsampling does) and the function maps onto figures, unless the query caps
+//! the resolution (`max_source_resolution`). Where the chosen tier no longer holds the data,
+//! the next coarser one answers the older part: time is split on the coarser tier's window
+//! edges, so every piece is whole windows, and a range function's window that crosses a split
+//! merges the pieces' figures in time order.
+//!
+//! Windows hold `(start, end]`, PromQL's side of the edge, so on windows aligned to a tier's
+//! buckets its count, sum, min, max, avg, last and increase equal the raw answer. `rate`,
+//! `increase` and `delta` extrapolate from the first and last samples and the count, exactly
+//! as on raw samples. Approximate, and said so in an info annotation: windows whose edges do
+//! not fall on the tier's buckets (rounded to whole windows), `stddev`/`stdvar` (from the sum
+//! of squares), `quantile_over_time` (the merged sketches' accuracy). A function no figure can
+//! answer (`irate`, `resets`, ...) over time only a rollup tier still holds fails with an error
+//! naming the function, never a silently partial answer.
+
+use crate::eval::{matcher_sets, offset_ms, par_map_with, weigh, Env, Grid, Row};
+use crate::functions::{Change, RangeFn};
+use crate::stats::{kahan_inc, quantile};
+use crate::Error;
+use promql_parser::parser::VectorSelector;
+use std::collections::BTreeMap;
+use strata_model::{
+    Fields, FigureNeeds, Labels, LazySeries, QuantileSketch, Resolution, Sample, WindowFigures,
+};
+
+/// A steps' data must be this many times coarser than a tier's window before the tier answers
+/// in place of a finer one that holds the data (Thanos' rule).
+const STEP_FACTOR: i64 = 5;
+
+/// Where each part of time is answered from: `(switch, tier)` by time, a tier answering times
+/// in `(its switch, the next switch]`; the first switch is `i64::MIN`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    parts: Vec<(i64, Resolution)>,
+}
+
+impl Plan {
+    fn raw_only(&self) -> bool {
+        self.parts.iter().all(|p| p.1 == Resolution::Raw)
+    }
+
+    /// The tier answering time `t`.
+    fn at(&self, t: i64) -> Resolution {
+        let k = self.parts.partition_point(|p| p.0 < t);
+        self.parts[k.max(1) - 1].1
+    }
+
+    /// The pieces of `(lo, hi]`, in time order, each with its tier.
+    fn pieces(&self, lo: i64, hi: i64, mut f: impl FnMut(Resolution, i64, i64)) {
+        for (k, &(switch, r)) in self.parts.iter().enumerate() {
+            let next = self.parts.get(k + 1).map_or(i64::MAX, |p| p.0);
+            let (a, b) = (lo.max(switch), hi.min(next));
+            if a < b {
+                f(r, a, b);
+            }
+        }
+    }
+
+    /// The time tier `r` answers, `(from, to]`, if it answers any.
+    fn span(&self, r: Resolution) -> Option<(i64, i64)> {
+        let k = self.parts.iter().position(|p| p.1 == r)?;
+        let next = self.parts.get(k + 1).map_or(i64::MAX, |p| p.0);
+        Some((self.parts[k].0, next))
+    }
+}
+
+/// The smallest multiple of `w` at or above `t`.
+fn ceil_to(t: i64, w: i64) -> i64 {
+    let r = t.rem_euclid(w);
+    if r == 0 {
+        t
+    } else {
+        t.saturating_add(w - r)
+    }
+}
+
+/// Plans a selector whose windows reach back to `(earliest, ...]`: `range` is its range (0 for
+/// an instant selector), `step` the grid's (0 at one instant), `mapped` whether the function
+/// consuming it has figures to answer from.
+pub(crate) fn plan(
+    env: &Env,
+    what: &str,
+    mapped: bool,
+    range: i64,
+    step: i64,
+    earliest: i64,
+) -> Result<Plan, Error> {
+    let cov = env.coverage;
+    let max = env.ctx.max_resolution;
+    let kept =
+        |r: Resolution| r == Resolution::Raw || (env.tiers.is_some() && r <= max && cov.keeps(r));
+    let aligned = |r: Resolution| {
+        let w = r.window_ms();
+        range == 0 || (range >= w && range % w == 0)
+    };
+    if !mapped {
+        // Only raw samples answer; they must hold the time asked for when a tier holds more.
+        let older_in_tiers = [Resolution::Minute, Resolution::Hour]
+            .into_iter()
+            .any(|r| kept(r) && cov.from(r) < cov.raw);
+        if older_in_tiers && earliest.saturating_add(1) < cov.raw {
+            return Err(Error::Execution(format!(
+                "{what} cannot be computed from rollup windows, and raw samples before {} are \
+                 no longer kept (the raw tier's retention): query a more recent range, or use a \
+                 function the rollup tiers answer (rate, increase, delta, *_over_time, plain \
+                 selectors)",
+                crate::labels::format_float(cov.raw as f64 / 1000.0)
+            )));
+        }
+        return Ok(Plan {
+            parts: vec![(i64::MIN, Resolution::Raw)],
+        });
+    }
+    let mut preferred = Resolution::Raw;
+    if step > 0 {
+        for r in [Resolution::Hour, Resolution::Minute] {
+            if kept(r) && aligned(r) && step >= STEP_FACTOR * r.window_ms() {
+                preferred = r;
+                break;
+            }
+        }
+    }
+    let chain: Vec<Resolution> = Resolution::ALL
+        .into_iter()
+        .filter(|&r| r >= preferred && kept(r) && (r == preferred || r != Resolution::Raw))
+        .collect();
+    let mut rev = Vec::new();
+    for (i, &tier) in chain.iter().enumerate() {
+        let from = cov.from(tier);
+        match chain.get(i + 1) {
+            Some(&coarser) if earliest.saturating_add(1) < from => {
+                rev.push((ceil_to(from.saturating_sub(1), coarser.window_ms()), tier));
+            }
+            _ => {
+                rev.push((i64::MIN, tier));
+                break;
+            }
+        }
+    }
+    rev.reverse();
+    Ok(Plan { parts: rev })
+}
+
+/// What a range function needs of the figures, `None` when none answers it.
+fn needs(kind: RangeFn) -> Option<FigureNeeds> {
+    let none = FigureNeeds::default();
+    Some(match kind {
+        RangeFn::Rate | RangeFn::Increase => FigureNeeds {
+            first: true,
+            last: true,
+            increase: true,
+            ..none
+        },
+        RangeFn::Delta => FigureNeeds {
+            first: true,
+            last: true,
+            ..none
+        },
+        RangeFn::AvgOverTime | RangeFn::SumOverTime => FigureNeeds { sum: true, ..none },
+        RangeFn::CountOverTime | RangeFn::PresentOverTime => none,
+        RangeFn::MinOverTime => FigureNeeds { min: true, ..none },
+        RangeFn::MaxOverTime => FigureNeeds { max: true, ..none },
+        RangeFn::LastOverTime | RangeFn::TsOfLastOverTime => FigureNeeds { last: true, ..none },
+        RangeFn::FirstOverTime | RangeFn::TsOfFirstOverTime => FigureNeeds {
+            first: true,
+            ..none
+        },
+        RangeFn::StddevOverTime | RangeFn::StdvarOverTime => FigureNeeds {
+            sum: true,
+            sum_squares: true,
+            ..none
+        },
+        RangeFn::QuantileOverTime => FigureNeeds {
+            sketch: true,
+            ..none
+        },
+        _ => return None,
+    })
+}
+
+/// A selected series with what each tier holds of it.
+struct Source {
+    labels: Labels,
+    raw: Option<LazySeries>,
+    minutes: Vec<WindowFigures>,
+    hours: Vec<WindowFigures>,
+}
+
+impl Source {
+    fn windows(&self, r: Resolution) -> &[WindowFigures] {
+        match r {
+            Resolution::Minute => &self.minutes,
+            Resolution::Hour => &self.hours,
+            Resolution::Raw => &[],
+        }
+    }
+}
+
+/// Reads what `plan` needs of `vs` for windows ending in `(earliest, latest]`: raw samples
+/// (from `raw_back` before the raw tier's part, for an instant selector's lookback) and
+/// windows, merged by series.
+fn read_sources(
+    env: &Env,
+    vs: &VectorSelector,
+    plan: &Plan,
+    earliest: i64,
+    latest: i64,
+    raw_back: i64,
+    needs: FigureNeeds,
+) -> Result<Vec<Source>, Error> {
+    let mut by_labels: BTreeMap<Labels, Source> = BTreeMap::new();
+    fn entry(m: &mut BTreeMap<Labels, Source>, labels: Labels) -> &mut Source {
+        m.entry(labels.clone()).or_insert_with(|| Source {
+            labels,
+            raw: None,
+            minutes: Vec::new(),
+            hours: Vec::new(),
+        })
+    }
+    if let Some((from, to)) = plan.span(Resolution::Raw) {
+        let lo = earliest.max(from).saturating_sub(raw_back);
+        let hi = latest.min(to);
+        if lo < hi {
+            for s in env.select(vs, lo.saturating_add(1), hi, Fields::All)? {
+                let labels = s.labels.clone();
+                entry(&mut by_labels, labels).raw = Some(s);
+            }
+        }
+    }
+    let tiers = env.tiers.expect("a plan with rollup tiers has them");
+    let sets = matcher_sets(vs).map_err(Error::BadData)?;
+    for r in [Resolution::Minute, Resolution::Hour] {
+        let Some((from, to)) = plan.span(r) else {
+            continue;
+        };
+        let lo = earliest.max(from);
+        let hi = latest.min(to);
+        if lo >= hi {
+            continue;
+        }
+        env.check("query preparation")?;
+        for set in &sets {
+            let got = tiers
+                .windows(&env.ctx.tenant, set, r, lo.saturating_add(1), hi, needs)
+                .map_err(|e| env.storage_error(e))?;
+            for s in got {
+                if s.windows.is_empty() {
+                    continue;
+                }
+                env.mark_used(r);
+                env.reserve(s.windows.len(), "query preparation")?;
+                let src = entry(&mut by_labels, s.labels);
+                let list = match r {
+                    Resolution::Minute => &mut src.minutes,
+                    _ => &mut src.hours,
+                };
+                if list.is_empty() {
+                    *list = s.windows;
+                } else {
+                    // Another matcher set selected the series too: keep one copy of each window.
+                    list.extend(s.windows);
+                    list.sort_by_key(|w| w.end);
+                    list.dedup_by_key(|w| w.end);
+                }
+            }
+        }
+    }
+    Ok(by_labels.into_values().collect())
+}
+
+/// Figures accumulated over the pieces of one window, in time order.
+#[derive(Default)]
+struct Acc<'a> {
+    count: u64,
+    sum: (f64, f64),
+    sum_squares: (f64, f64),
+    min: f64,
+    max: f64,
+    first: Option<(i64, f64)>,
+    last: (i64, f64),
+    increase: (f64, f64),
+    sketches: Vec<&'a dyn QuantileSketch>,
+    /// Raw values, for a quantile over a window that mixes raw samples and sketches.
+    values: Vec<f64>,
+    /// A rollup window without the sketch a quantile needs.
+    missing_sketch: bool,
+}
+
+/// Adds `v` to a Kahan-compensated `(sum, compensation)`.
+fn add(acc: &mut (f64, f64), v: f64) {
+    *acc = kahan_inc(v, acc.0, acc.1);
+}
+
+/// The value of a Kahan-compensated sum.
+fn total(acc: (f64, f64)) -> f64 {
+    if acc.0.is_infinite() {
+        acc.0
+    } else {
+        acc.0 + acc.1
+    }
+}
+
+impl<'a> Acc<'a> {
+    /// The counter step from the last value so far to `next` (a drop is a reset).
+    fn step_to(&mut self, next: f64) {
+        if self.count > 0 {
+            let prev = self.last.1;
+            add(
+                &mut self.increase,
+                if next < prev { next } else { next - prev },
+            );
+        }
+    }
+
+    fn extremes(&mut self, min: f64, max: f64) {
+        // As Prometheus' min/max_over_time: NaN gives way to any number.
+        if self.count == 0 || self.min.is_nan() || min < self.min {
+            self.min = min;
+        }
+        if self.count == 0 || self.max.is_nan() || max > self.max {
+            self.max = max;
+        }
+    }
+
+    fn add_sample(&mut self, t: i64, v: f64, keep_values: bool) {
+        self.step_to(v);
+        self.extremes(v, v);
+        if self.count == 0 {
+            self.first = Some((t, v));
+        }
+        self.count += 1;
+        add(&mut self.sum, v);
+        add(&mut self.sum_squares, v * v);
+        self.last = (t, v);
+        if keep_values {
+            self.values.push(v);
+        }
+    }
+
+    fn add_window(&mut self, w: &'a WindowFigures) {
+        self.step_to(w.first.value);
+        self.extremes(w.min, w.max);
+        if self.count == 0 {
+            self.first = Some((w.first.timestamp, w.first.value));
+        }
+        self.count += w.count;
+        add(&mut self.sum, w.sum);
+        add(&mut self.sum_squares, w.sum_squares);
+        add(&mut self.increase, w.increase);
+        self.last = (w.last.timestamp, w.last.value);
+        match &w.sketch {
+            Some(s) => self.sketches.push(s.as_ref()),
+            None => self.missing_sketch = true,
+        }
+    }
+
+    /// The function's value over `(lo, hi]`, `None` where it has none.
+    fn value(&mut self, kind: RangeFn, lo: i64, hi: i64, range: i64, q: f64) -> Option<f64> {
+        let first = self.first?;
+        let n = self.count as f64;
+        let change = |result: f64| Change {
+            first,
+            last: self.last,
+            count: self.count as usize,
+            result,
+        };
+        Some(match kind {
+            RangeFn::Rate | RangeFn::Increase if self.count >= 2 => {
+                change(total(self.increase)).extrapolate(lo, hi, range, true, kind == RangeFn::Rate)
+            }
+            RangeFn::Delta if self.count >= 2 => {
+                change(self.last.1 - first.1).extrapolate(lo, hi, range, false, false)
+            }
+            RangeFn::Rate | RangeFn::Increase | RangeFn::Delta => return None,
+            RangeFn::AvgOverTime => total(self.sum) / n,
+            RangeFn::SumOverTime => total(self.sum),
+            RangeFn::CountOverTime => n,
+            RangeFn::PresentOverTime => 1.0,
+            RangeFn::MinOverTime => self.min,
+            RangeFn::MaxOverTime => self.max,
+            RangeFn::LastOverTime => self.last.1,
+            RangeFn::FirstOverTime => first.1,
+            RangeFn::TsOfLastOverTime => self.last.0 as f64 / 1000.0,
+            RangeFn::TsOfFirstOverTime => first.0 as f64 / 1000.0,
+            RangeFn::StdvarOverTime | RangeFn::StddevOverTime => {
+                let mean = total(self.sum) / n;
+                let var = (total(self.sum_squares) / n - mean * mean).max(0.0);
+                if kind == RangeFn::StddevOverTime {
+                    var.sqrt()
+                } else {
+                    var
+                }
+            }
+            RangeFn::QuantileOverTime => match self.sketches.split_first() {
+                // Raw values of a window that mixes tiers join the merge as points.
+                Some((head, rest)) => head.merged_quantile(rest, &self.values, q)?,
+                None => quantile(q, &mut self.values),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// Whether `(a, b]` falls on `r`'s window edges.
+fn on_edges(r: Resolution, a: i64, b: i64) -> bool {
+    let w = r.window_ms();
+    a.rem_euclid(w) == 0 && b.rem_euclid(w) == 0
+}
+
+/// The windows of `ws` (by end) ending in `(a, b]`.
+fn ending_in(ws: &[WindowFigures], a: i64, b: i64) -> &[WindowFigures] {
+    let lo = ws.partition_point(|w| w.end <= a);
+    let hi = ws.partition_point(|w| w.end <= b);
+    &ws[lo..hi.max(lo)]
+}
+
+/// `kind` over the range selector `vs[range]` on `grid`, when the router sends part of it to a
+/// rollup tier; `None` when raw samples answer all of it (the caller evaluates it as usual).
+pub(crate) fn range_fn(
+    env: &Env,
+    kind: RangeFn,
+    name: &str,
+    vs: &VectorSelector,
+    range: i64,
+    grid: Grid,
+    scalars: &[Vec<f64>],
+) -> Result<Option<Vec<Row>>, Error> {
+    if env.tiers.is_none() {
+        return Ok(None);
+    }
+    let offset = offset_ms(&vs.offset);
+    let at = env.at_ms(&vs.at);
+    let (min_ref, max_ref) = match at {
+        Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
+        None => (
+            grid.start.saturating_sub(offset),
+            grid.end.saturating_sub(offset),
+        ),
+    };
+    let earliest = min_ref.saturating_sub(range);
+    let step = if grid.is_instant() || at.is_some() {
+        0
+    } else {
+        grid.step
+    };
+    let need = needs(kind);
+    let plan = plan(env, name, need.is_some(), range, step, earliest)?;
+    let (Some(need), false) = (need, plan.raw_only()) else {
+        return Ok(None);
+    };
+    let sources = read_sources(env, vs, &plan, earliest, max_ref, 0, need)?;
+    let quantile_q = |si: usize| scalars.first().map_or(0.0, |qs| qs[si]);
+    let window = |ts: i64| {
+        let r = at.unwrap_or(ts).saturating_sub(offset);
+        (r.saturating_sub(range), r)
+    };
+    let rounded = std::sync::atomic::AtomicBool::new(false);
+    let missing_sketch = std::sync::atomic::AtomicBool::new(false);
+    let work = weigh(
+        sources
+            .iter()
+            .map(|s| s.raw.as_ref().map_or(0, |r| r.weight()) + s.minutes.len() + s.hours.len()),
+        grid.len(),
+    );
+    let computed = par_map_with(
+        &sources,
+        work,
+        |buf: &mut Vec<Sample>, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
+            buf.clear();
+            if let Some(raw) = &src.raw {
+                env.read_series(i, raw, buf)?;
+                buf.retain(|s| !s.is_stale());
+            }
+            let mut meter = env.meter();
+            let mut points = Vec::new();
+            for (si, ts) in grid.iter().enumerate() {
+                let (lo, hi) = window(ts);
+                let mut acc = Acc::default();
+                let keep_values = kind == RangeFn::QuantileOverTime;
+                plan.pieces(lo, hi, |r, a, b| {
+                    if r == Resolution::Raw {
+                        let from = buf.partition_point(|s| s.timestamp <= a);
+                        let to = buf.partition_point(|s| s.timestamp <= b);
+                        for s in &buf[from..to.max(from)] {
+                            acc.add_sample(s.timestamp, s.value, keep_values);
+                        }
+                    } else {
+                        if !on_edges(r, a, b) {
+                            rounded.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        for w in ending_in(src.windows(r), a, b) {
+                            acc.add_window(w);
+                        }
+                    }
+                });
+                meter.work(1)?;
+                if acc.count == 0 {
+                    continue;
+                }
+                if kind == RangeFn::QuantileOverTime && acc.missing_sketch {
+                    missing_sketch.store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                if let Some(v) = acc.value(kind, lo, hi, range, quantile_q(si)) {
+                    meter.point()?;
+                    points.push((ts, v));
+                }
+            }
+            Ok(points)
+        },
+    );
+    if missing_sketch.into_inner() {
+        return Err(Error::Execution(format!(
+            "quantile_over_time over {vs}: the rollup tiers answering this range keep no \
+             quantile sketch for it (configure rollups.quantiles for the metric), and raw \
+             samples no longer cover it"
+        )));
+    }
+    note_rounding(env, rounded.into_inner(), vs);
+    let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
+    let mut rows = Vec::with_capacity(sources.len());
+    for (src, points) in sources.into_iter().zip(computed) {
+        let points = points?;
+        if !points.is_empty() {
+            rows.push(Row {
+                labels: src.labels,
+                drop_name: !keep_name,
+                points,
+            });
+        }
+    }
+    Ok(Some(rows))
+}
+
+fn note_rounding(env: &Env, rounded: bool, vs: &VectorSelector) {
+    if rounded {
+        env.info(|| {
+            format!(
+                "PromQL info: {vs} was partly answered from rollup windows whose edges do not \
+                 fall on the query's window edges; those windows were rounded to whole rollup \
+                 windows"
+            )
+        });
+    }
+}
+
+/// The instant selector `vs` on `grid` (each step's value mapped by `pick`), when the router
+/// sends part of it to a rollup tier: a window's `last` sample answers, the lookback widened
+/// to the tier's window. `None` when raw samples answer all of it.
+pub(crate) fn instant_selector(
+    env: &Env,
+    vs: &VectorSelector,
+    grid: Grid,
+    pick: &(dyn Fn(&Sample) -> f64 + Sync),
+) -> Result<Option<Vec<Row>>, Error> {
+    if env.tiers.is_none() {
+        return Ok(None);
+    }
+    let offset = offset_ms(&vs.offset);
+    let at = env.at_ms(&vs.at);
+    let lookback = env.opts.lookback_delta_ms;
+    let (min_ref, max_ref) = match at {
+        Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
+        None => (
+            grid.start.saturating_sub(offset),
+            grid.end.saturating_sub(offset),
+        ),
+    };
+    let step = if grid.is_instant() || at.is_some() {
+        0
+    } else {
+        grid.step
+    };
+    let earliest = min_ref.saturating_sub(lookback);
+    let plan = plan(env, "a selector", true, 0, step, earliest)?;
+    if plan.raw_only() {
+        return Ok(None);
+    }
+    let need = FigureNeeds {
+        last: true,
+        ..FigureNeeds::default()
+    };
+    // A tier's window may hold the latest sample anywhere in it: read one window further back.
+    let widest = plan
+        .parts
+        .iter()
+        .map(|p| p.1.window_ms())
+        .max()
+        .unwrap_or(0);
+    let sources = read_sources(
+        env,
+        vs,
+        &plan,
+        earliest.saturating_sub(widest),
+        max_ref,
+        lookback,
+        need,
+    )?;
+    let work = weigh(
+        sources
+            .iter()
+            .map(|s| s.raw.as_ref().map_or(0, |r| r.weight()) + s.minutes.len() + s.hours.len()),
+        grid.len(),
+    );
+    let computed = par_map_with(
+        &sources,
+        work,
+        |buf: &mut Vec<Sample>, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
+            buf.clear();
+            if let Some(raw) = &src.raw {
+                env.read_series(i, raw, buf)?;
+            }
+            let mut meter = env.meter();
+            let mut points = Vec::new();
+            for ts in grid.iter() {
+                let r = at.unwrap_or(ts).saturating_sub(offset);
+                meter.work(1)?;
+                let tier = plan.at(r);
+                let found = if tier == Resolution::Raw {
+                    let j = buf.partition_point(|s| s.timestamp <= r);
+                    j.checked_sub(1)
+                        .map(|j| buf[j])
+                        .filter(|s| s.timestamp > r.saturating_sub(lookback) && !s.is_stale())
+                } else {
+                    let back = lookback.max(tier.window_ms());
+                    let ws = src.windows(tier);
+                    let j = ws.partition_point(|w| w.end <= r);
+                    j.checked_sub(1)
+                        .map(|j| &ws[j])
+                        .filter(|w| w.end > r.saturating_sub(back))
+                        .map(|w| w.last)
+                };
+                if let Some(s) = found {
+                    meter.point()?;
+                    points.push((ts, pick(&s)));
+                }
+            }
+            Ok(points)
+        },
+    );
+    let mut rows = Vec::with_capacity(sources.len());
+    for (src, points) in sources.into_iter().zip(computed) {
+        let points = points?;
+        if !points.is_empty() {
+            rows.push(Row {
+                labels: src.labels,
+                drop_name: false,
+                points,
+            });
+        }
+    }
+    Ok(Some(rows))
+}
