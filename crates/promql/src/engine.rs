@@ -111,6 +111,11 @@ impl QueryContext {
         self
     }
 
+    /// The coarsest tier the query may read (see [`QueryContext::with_max_source_resolution`]).
+    pub fn max_source_resolution(&self) -> Resolution {
+        self.max_resolution
+    }
+
     pub(crate) fn is_canceled(&self) -> bool {
         self.cancel
             .as_ref()

@@ -125,25 +125,45 @@ pub(crate) fn plan(
             }
         }
     }
-    let chain: Vec<Resolution> = Resolution::ALL
-        .into_iter()
-        .filter(|&r| r >= preferred && kept(r) && (r == preferred || r != Resolution::Raw))
-        .collect();
-    let mut rev = Vec::new();
-    for (i, &tier) in chain.iter().enumerate() {
+    // Back in time from the preferred tier: where a tier's data ends, the finest tier holding
+    // older data takes over, on the coarser one's window edge.
+    let candidates: Vec<Resolution> = Resolution::ALL.into_iter().filter(|&r| kept(r)).collect();
+    let mut parts = Vec::new();
+    let mut tier = preferred;
+    loop {
         let from = cov.from(tier);
-        match chain.get(i + 1) {
-            Some(&coarser) if earliest.saturating_add(1) < from => {
-                rev.push((ceil_to(from.saturating_sub(1), coarser.window_ms()), tier));
+        let older = candidates
+            .iter()
+            .copied()
+            .filter(|&r| cov.from(r) < from)
+            .min();
+        match older {
+            Some(o) if earliest.saturating_add(1) < from => {
+                let w = tier.window_ms().max(o.window_ms());
+                parts.push((ceil_to(from.saturating_sub(1), w), tier));
+                tier = o;
             }
             _ => {
-                rev.push((i64::MIN, tier));
+                parts.push((i64::MIN, tier));
                 break;
             }
         }
     }
-    rev.reverse();
-    Ok(Plan { parts: rev })
+    parts.reverse();
+    // A finer tier whose older end rounds past the newer switch answers nothing: drop it.
+    let mut k = 1;
+    while k + 1 < parts.len() {
+        if parts[k].0 >= parts[k + 1].0 {
+            parts.remove(k);
+            let w = parts[k - 1].1.window_ms().max(parts[k].1.window_ms());
+            parts[k].0 = parts[k]
+                .0
+                .max(ceil_to(cov.from(parts[k].1).saturating_sub(1), w));
+        } else {
+            k += 1;
+        }
+    }
+    Ok(Plan { parts })
 }
 
 /// What a range function needs of the figures, `None` when none answers it.

@@ -399,3 +399,36 @@ fn off_edge_windows_are_rounded_and_say_so() {
         got.infos
     );
 }
+
+#[test]
+fn tiers_that_start_late_leave_older_time_to_raw_samples() {
+    // Rollups switched on after two days of raw data: a coarse step prefers hours, whose data
+    // starts later; before that the raw samples answer, split on an hour edge.
+    let all = Arc::new(MemStorage::new());
+    fill(&all, &MemStorage::new(), i64::MAX);
+    let copy = MemStorage::new();
+    fill(&copy, &MemStorage::new(), i64::MAX);
+    let late = T0 + 2 * 24 * HOUR + 10 * MIN;
+    let tiers = Windows {
+        all: copy,
+        coverage: Coverage {
+            raw: i64::MIN,
+            minute: late,
+            hour: late,
+        },
+    };
+    let raw = Engine::new(all.clone(), EngineOptions::default());
+    let tiered = Engine::new(all, EngineOptions::default()).with_tiers(Arc::new(tiers));
+    let end = T0 + DAYS * 24 * HOUR;
+    for f in EXACT {
+        let q = f.replace("{r}", "1d");
+        let want = raw
+            .range(&ctx(), &q, T0 + 24 * HOUR, end, 6 * HOUR)
+            .unwrap();
+        let got = tiered
+            .range(&ctx(), &q, T0 + 24 * HOUR, end, 6 * HOUR)
+            .unwrap();
+        same(&q, &want.value, &got.value);
+        assert_eq!(got.tiers.header_value(), "raw,1h", "{q}");
+    }
+}

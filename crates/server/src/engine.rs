@@ -110,6 +110,8 @@ pub struct Engine {
     late: std::sync::OnceLock<Arc<dyn LateWrites>>,
     /// The Parquet cold tier and its archiver, when enabled.
     cold: Option<crate::cold::ColdTier>,
+    /// How long the raw tier keeps samples (its part of the query router's coverage).
+    raw_retention_ms: i64,
 }
 
 struct ShardHandle {
@@ -258,6 +260,7 @@ impl Engine {
             counters,
             limiter,
             late: std::sync::OnceLock::new(),
+            raw_retention_ms: cfg.retention.0,
             cold,
         }))
     }
@@ -852,5 +855,90 @@ impl Storage for Engine {
         self.union(range.limit, |t| {
             t.label_values(tenant, name, matchers, range)
         })
+    }
+}
+
+/// The rollup tiers as the query router reads them: each shard's windows and hours, final and
+/// provisional, with their sketches when a quantile needs them.
+impl strata_model::WindowStorage for Engine {
+    fn coverage(&self, _tenant: &Tenant) -> strata_model::Coverage {
+        let now = strata_model::time::now_ms();
+        // A tier holds a time only where every shard holding data does.
+        let (mut minute, mut hour) = (i64::MIN, i64::MIN);
+        let mut any = false;
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            let (m, h) = r.held_from(now);
+            if m != i64::MAX {
+                any = true;
+                minute = minute.max(m);
+                hour = hour.max(h);
+            }
+        }
+        if !any {
+            (minute, hour) = (i64::MAX, i64::MAX);
+        }
+        strata_model::Coverage {
+            raw: now.saturating_sub(self.raw_retention_ms),
+            minute,
+            hour,
+        }
+    }
+
+    fn windows(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        resolution: strata_model::Resolution,
+        start: i64,
+        end: i64,
+        needs: strata_model::FigureNeeds,
+    ) -> Result<Vec<strata_model::SeriesWindows>, StorageError> {
+        let (tier, width) = match resolution {
+            strata_model::Resolution::Minute => (Tier::Window, 60_000),
+            strata_model::Resolution::Hour => (Tier::Hour, strata_stream::hour::HOUR_MS),
+            strata_model::Resolution::Raw => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            for (labels, views) in r.read_tier(tier, tenant, matchers, start - width, end)? {
+                let sketches = if needs.sketch {
+                    r.sketches(tier, tenant, labels.key().as_ref(), start - width, end)?
+                } else {
+                    Vec::new()
+                };
+                let windows: Vec<strata_model::WindowFigures> = views
+                    .iter()
+                    .filter(|w| w.end >= start && w.end <= end && w.figures.count > 0)
+                    .map(|w| {
+                        let f = &w.figures;
+                        let sketch =
+                            sketches
+                                .binary_search_by_key(&w.start, |s| s.0)
+                                .ok()
+                                .map(|i| {
+                                    Arc::new(sketches[i].1.clone())
+                                        as Arc<dyn strata_model::QuantileSketch>
+                                });
+                        strata_model::WindowFigures {
+                            end: w.end,
+                            count: f.count,
+                            sum: f.sum,
+                            sum_squares: f.sum_squares,
+                            min: f.min,
+                            max: f.max,
+                            first: f.first,
+                            last: f.last,
+                            increase: f.increase,
+                            sketch,
+                        }
+                    })
+                    .collect();
+                if !windows.is_empty() {
+                    out.push(strata_model::SeriesWindows { labels, windows });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
     }
 }

@@ -35,7 +35,8 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         promql: strata_promql::Engine::new(
             engine.clone(),
             cfg.query.engine_options(cfg.limits.max_label_value_len),
-        ),
+        )
+        .with_tiers(engine.clone()),
         queries: Arc::new(http::QueryGate::new(
             cfg.query.max_concurrency,
             cfg.query.max_queue,

@@ -187,6 +187,11 @@ impl HourStage {
         })
     }
 
+    /// How long the tier keeps an hour, ms.
+    pub fn retention_ms(&self) -> i64 {
+        self.opts.retention_ms
+    }
+
     /// The store of final hours (sizes, direct reads).
     pub fn store(&self) -> &RollupStore {
         &self.store

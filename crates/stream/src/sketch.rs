@@ -513,6 +513,31 @@ pub(crate) fn get_f64(cur: &mut &[u8]) -> Option<f64> {
     Some(f64::from_le_bytes(*b))
 }
 
+/// The query router merges a range's sketches through this (see `strata_promql`'s tiers).
+impl strata_model::QuantileSketch for Quantiles {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn merged_quantile(
+        &self,
+        others: &[&dyn strata_model::QuantileSketch],
+        extra: &[f64],
+        q: f64,
+    ) -> Option<f64> {
+        let mut all = self.clone();
+        for o in others {
+            if let Some(o) = o.as_any().downcast_ref::<Quantiles>() {
+                all.merge(o);
+            }
+        }
+        for &v in extra {
+            all.add(v);
+        }
+        all.quantile(q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -768,6 +768,50 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
     parse(&mut r).ok_or_else(|| corrupt("unreadable entry or unknown version"))
 }
 
+/// What the query router asks of a shard's tiers.
+impl RollupStage {
+    /// From when this shard's tiers hold data at `now`, as `(windows, hours)`: since the
+    /// earliest window it ever opened, within each tier's retention; `i64::MAX` for a tier not
+    /// kept or still empty.
+    pub fn held_from(&self, now: i64) -> (i64, i64) {
+        let first = self.windows.read().first_window();
+        if first == i64::MAX {
+            return (i64::MAX, i64::MAX);
+        }
+        let windows = now.saturating_sub(self.opts.retention_ms).max(first);
+        let hours = self.hours.as_ref().map_or(i64::MAX, |h| {
+            now.saturating_sub(h.retention_ms()).max(hour_start(first))
+        });
+        (windows, hours)
+    }
+
+    /// The quantile sketches of `key`'s final windows of `tier` starting in `[from, to]`, by
+    /// start; windows that keep none are left out.
+    pub fn sketches(
+        &self,
+        tier: Tier,
+        tenant: &Tenant,
+        key: strata_model::SeriesKeyRef<'_>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, crate::sketch::Quantiles)>, StorageError> {
+        let (store, width) = match (tier, &self.hours) {
+            (Tier::Window, _) => (self.store.as_ref(), self.opts.windows.window_ms),
+            (Tier::Hour, Some(h)) => (h.store(), HOUR_MS),
+            (Tier::Hour, None) => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for w in store.range(tenant, key, from, to, &[], Some(width))? {
+            let r = crate::state::of_stored(&w.figures, w.revision, w.state.as_deref())
+                .map_err(|e| StorageError::Io(format!("rollup state at {}: {e}", w.start)))?;
+            if let Some(q) = r.quantiles {
+                out.push((w.start, q));
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,14 +32,6 @@ use std::sync::Arc;
 use strata_model::{Labels, Tenant};
 use strata_promql::{Engine, Error, QueryContext, QueryOutput, Value};
 
-/// The storage tier a cached result was computed from (part of the key, so a tier-routed
-/// answer is never served for another tier's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Tier {
-    /// Raw samples.
-    Raw,
-}
-
 /// What the cache did for one query (the `Strata-Cache` response header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -82,7 +74,9 @@ struct Key {
     query: Arc<str>,
     step: i64,
     align: i64,
-    tier: Tier,
+    /// The coarsest tier the query may read (`max_source_resolution`), so an answer capped
+    /// at one tier is never served for another cap.
+    tier: strata_model::Resolution,
 }
 
 /// One kept range: the matrix of steps `from..=to` (both on the key's step grid), each series'
@@ -93,6 +87,8 @@ struct Kept {
     /// The query's [`Plan::reach`].
     reach: Option<(i64, i64)>,
     series: Vec<KeptSeries>,
+    /// The tiers that answered it.
+    tiers: strata_model::Resolutions,
 }
 
 /// One series of a kept range: its points' timestamps, and their JSON text (`[t,"v"]`, comma
@@ -192,6 +188,7 @@ impl Kept {
             to,
             reach: self.reach,
             series,
+            tiers: self.tiers,
         }
     }
 }
@@ -205,6 +202,8 @@ pub struct Merged {
     pub warnings: Vec<String>,
     /// The evaluated parts' infos, sorted and deduplicated.
     pub infos: Vec<String>,
+    /// The tiers that answered the parts (the `Strata-Tiers` header).
+    pub tiers: strata_model::Resolutions,
 }
 
 /// One series of a [`Merged`]: points before the kept part, the kept points (series index and
@@ -280,6 +279,7 @@ impl Merged {
             to,
             reach: self.kept.reach,
             series,
+            tiers: self.tiers,
         }
     }
 }
@@ -489,7 +489,7 @@ impl ResultCache {
             query: plan.normalized.into(),
             step,
             align: start.rem_euclid(step),
-            tier: Tier::Raw,
+            tier: ctx.max_source_resolution(),
         };
         let generation = self.generation(&ctx.tenant);
         // Steps before this read only data older than the freshness window.
@@ -537,6 +537,7 @@ impl ResultCache {
                         from: start,
                         to: final_to,
                         reach: plan.reach,
+                        tiers: out.tiers,
                         series: m
                             .iter()
                             .filter_map(|s| {
@@ -721,10 +722,12 @@ fn merge(
 ) -> Merged {
     let mut warnings = Vec::new();
     let mut infos = Vec::new();
+    let mut tiers = kept.tiers;
     let mut rows: BTreeMap<Labels, MergedRow> = BTreeMap::new();
     let mut parts =
         |o: Option<QueryOutput>, is_head: bool, rows: &mut BTreeMap<Labels, MergedRow>| {
             let Some(o) = o else { return };
+            tiers = tiers.union(o.tiers);
             warnings.extend(o.warnings);
             infos.extend(o.infos);
             let Value::Matrix(m) = o.value else { return };
@@ -759,6 +762,7 @@ fn merge(
         kept,
         warnings,
         infos,
+        tiers,
     }
 }
 
@@ -852,6 +856,7 @@ mod tests {
             value: Value::Matrix(m),
             warnings: vec![],
             infos: vec!["i".into()],
+            tiers: Default::default(),
         };
         let mut x = KeptSeries::new(l("x"));
         x.push_points(&[(1000, 0.5), (2000, 2.0), (3000, 1e-9)]);
@@ -862,6 +867,7 @@ mod tests {
             to: 3000,
             reach: None,
             series: vec![x, y],
+            tiers: Default::default(),
         });
         let m = merge(
             Some(out(vec![s("x", &[(0, 1.0)])])),

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_model::time::{now_ms, parse_duration_ms};
-use strata_model::Tenant;
+use strata_model::{Resolution, Resolutions, Tenant};
 use strata_promql::{Error, QueryContext, QueryOutput, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -31,6 +31,8 @@ pub struct QueryGate {
     queued: AtomicUsize,
     running: Arc<AtomicUsize>,
     refused: AtomicU64,
+    /// Queries answered in part by each tier (raw, 1m, 1h).
+    by_tier: [AtomicU64; 3],
 }
 
 impl QueryGate {
@@ -44,6 +46,7 @@ impl QueryGate {
             queued: AtomicUsize::new(0),
             running: Arc::new(AtomicUsize::new(0)),
             refused: AtomicU64::new(0),
+            by_tier: Default::default(),
         }
     }
 
@@ -93,8 +96,28 @@ impl QueryGate {
         Ok(Turn(permit, Running::enter(&self.running)))
     }
 
-    /// Appends the gate's self-metrics: running and waiting queries, and those refused.
+    /// Counts a query answered by `tiers`.
+    fn answered(&self, tiers: Resolutions) {
+        for r in tiers.iter() {
+            self.by_tier[r as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends the gate's self-metrics: running and waiting queries, those refused, and
+    /// queries per tier.
     pub fn render_metrics(&self, out: &mut String) {
+        out.push_str(
+            "# HELP strata_query_tier_total Queries answered (in part) by each storage tier.\n\
+             # TYPE strata_query_tier_total counter\n",
+        );
+        for r in Resolution::ALL {
+            let _ = writeln!(
+                out,
+                "strata_query_tier_total{{tier=\"{}\"}} {}",
+                r.name(),
+                self.by_tier[r as usize].load(Ordering::Relaxed)
+            );
+        }
         let _ = write!(
             out,
             "# HELP strata_query_running Queries being evaluated.\n# TYPE strata_query_running gauge\nstrata_query_running {}\n\
@@ -217,7 +240,31 @@ fn context(
     headers: &HeaderMap,
     p: &Params,
 ) -> Result<(QueryContext, Duration), ApiError> {
-    Ok((QueryContext::new(tenant_of(headers)?), timeout_of(st, p)?))
+    let mut ctx = QueryContext::new(tenant_of(headers)?);
+    if let Some(r) = p.get("max_source_resolution").filter(|v| !v.is_empty()) {
+        let r = Resolution::parse(r).ok_or_else(|| {
+            ApiError::bad_data(format!(
+                "invalid parameter \"max_source_resolution\": {r:?} is not one of raw, 1m, 1h"
+            ))
+        })?;
+        ctx = ctx.with_max_source_resolution(r);
+    }
+    Ok((ctx, timeout_of(st, p)?))
+}
+
+/// Sets the `Strata-Tiers` header (the tiers that answered, finest first; `none` when the
+/// query read no data) and counts the query per tier.
+fn with_tiers(st: &QueryGate, mut r: Response, tiers: Resolutions) -> Response {
+    st.answered(tiers);
+    let v = if tiers.is_empty() {
+        "none".to_owned()
+    } else {
+        tiers.header_value()
+    };
+    if let Ok(v) = header::HeaderValue::from_str(&v) {
+        r.headers_mut().insert("strata-tiers", v);
+    }
+    r
 }
 
 /// The engine's timeout, or the shorter `timeout` parameter.
@@ -239,9 +286,12 @@ pub async fn instant(State(st): State<AppState>, req: ApiRequest) -> Response {
         let t = p.time("time", now_ms())?;
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
+        let gate = st.queries.clone();
         // The answer is written on the blocking pool too: a large matrix takes a while.
         run(&st, ctx, move |ctx| {
-            engine.instant(ctx, &query, t).map(|out| success(&out))
+            engine
+                .instant(ctx, &query, t)
+                .map(|out| with_tiers(&gate, success(&out), out.tiers))
         })
         .await
     };
@@ -282,6 +332,7 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
         let engine = st.promql.clone();
         let nocache = matches!(p.get("nocache"), Some("1" | "true"));
         let cache = st.cache.clone();
+        let gate = st.queries.clone();
         run(&st, ctx, move |ctx| {
             let (answer, outcome) = if nocache {
                 cache.bypassed();
@@ -291,8 +342,8 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
                 cache.range(&engine, ctx, &query, (start, end, step), now_ms())?
             };
             let mut r = match &answer {
-                Answer::Evaluated(out) => success(out),
-                Answer::Merged(m) => success_merged(m),
+                Answer::Evaluated(out) => with_tiers(&gate, success(out), out.tiers),
+                Answer::Merged(m) => with_tiers(&gate, success_merged(m), m.tiers),
             };
             r.headers_mut().insert(
                 "strata-cache",
