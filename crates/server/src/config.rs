@@ -276,11 +276,18 @@ impl QueryConfig {
     }
 
     /// The result cache's options these settings describe.
-    pub fn cache_options(&self) -> crate::http::cache::CacheOptions {
+    /// The result cache's settings; `tiers`: the router may answer selectors from rollup
+    /// windows, whose lookback widens to an hour (so late data invalidates that far).
+    pub fn cache_options(&self, tiers: bool) -> crate::http::cache::CacheOptions {
+        let lookback = self.lookback_delta.0;
         crate::http::cache::CacheOptions {
             max_bytes: self.cache_bytes,
             freshness_ms: self.cache_freshness.0,
-            lookback_ms: self.lookback_delta.0,
+            lookback_ms: if tiers {
+                lookback.max(strata_stream::hour::HOUR_MS)
+            } else {
+                lookback
+            },
         }
     }
 }

@@ -24,7 +24,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .build()?;
     let engine = Engine::open(&cfg, rt.handle().clone())?;
     let http_counters = Arc::new(metrics::HttpCounters::default());
-    let cache = Arc::new(http::cache::ResultCache::new(cfg.query.cache_options()));
+    let cache = Arc::new(http::cache::ResultCache::new(
+        cfg.query.cache_options(engine.rollups_enabled()),
+    ));
     engine.observe_late_writes(cache.clone());
     let state = http::AppState {
         engine: engine.clone(),
