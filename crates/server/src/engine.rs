@@ -112,7 +112,15 @@ pub struct Engine {
     cold: Option<crate::cold::ColdTier>,
     /// How long the raw tier keeps samples (its part of the query router's coverage).
     raw_retention_ms: i64,
+    /// The rollup tiers' coverage per tenant, with when it was read: it walks the tiers'
+    /// stores, so queries share it for [`COVERAGE_TTL`].
+    coverage:
+        parking_lot::Mutex<std::collections::HashMap<Tenant, (std::time::Instant, (i64, i64))>>,
 }
+
+/// How long a tenant's tier coverage is reused (a tier's data begins or ends on a block, so it
+/// moves at most by a block a flush: a second behind is nothing).
+const COVERAGE_TTL: Duration = Duration::from_secs(1);
 
 struct ShardHandle {
     tx: mpsc::Sender<Job>,
@@ -261,6 +269,7 @@ impl Engine {
             limiter,
             late: std::sync::OnceLock::new(),
             raw_retention_ms: cfg.retention.0,
+            coverage: Default::default(),
             cold,
         }))
     }
@@ -861,22 +870,36 @@ impl Storage for Engine {
 /// The rollup tiers as the query router reads them: each shard's windows and hours, final and
 /// provisional, with their sketches when a quantile needs them.
 impl strata_model::WindowStorage for Engine {
-    fn coverage(&self, _tenant: &Tenant) -> strata_model::Coverage {
+    fn coverage(&self, tenant: &Tenant) -> strata_model::Coverage {
         let now = strata_model::time::now_ms();
-        // A tier holds a time only where every shard holding data does.
-        let (mut minute, mut hour) = (i64::MIN, i64::MIN);
-        let mut any = false;
-        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            let (m, h) = r.held_from(now);
-            if m != i64::MAX {
-                any = true;
-                minute = minute.max(m);
-                hour = hour.max(h);
+        let cached = self
+            .coverage
+            .lock()
+            .get(tenant)
+            .filter(|(at, _)| at.elapsed() < COVERAGE_TTL)
+            .map(|c| c.1);
+        let (minute, hour) = cached.unwrap_or_else(|| {
+            // A tier holds a time only where every shard holding data does.
+            let (mut minute, mut hour) = (i64::MIN, i64::MIN);
+            let mut any = false;
+            for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+                let (m, h) = r.held_from(tenant);
+                if m != i64::MAX {
+                    any = true;
+                    minute = minute.max(m);
+                    hour = hour.max(h);
+                }
             }
-        }
-        if !any {
-            (minute, hour) = (i64::MAX, i64::MAX);
-        }
+            if !any {
+                (minute, hour) = (i64::MAX, i64::MAX);
+            }
+            let mut map = self.coverage.lock();
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(tenant.clone(), (std::time::Instant::now(), (minute, hour)));
+            (minute, hour)
+        });
         strata_model::Coverage {
             raw: now.saturating_sub(self.raw_retention_ms),
             minute,

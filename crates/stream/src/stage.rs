@@ -770,17 +770,26 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
 
 /// What the query router asks of a shard's tiers.
 impl RollupStage {
-    /// From when this shard's tiers hold data at `now`, as `(windows, hours)`: since the
-    /// earliest window it ever opened, within each tier's retention; `i64::MAX` for a tier not
-    /// kept or still empty.
-    pub fn held_from(&self, now: i64) -> (i64, i64) {
-        let first = self.windows.read().first_window();
-        if first == i64::MAX {
-            return (i64::MAX, i64::MAX);
-        }
-        let windows = now.saturating_sub(self.opts.retention_ms).max(first);
+    /// From when this shard's tiers hold `tenant`'s data, as `(windows, hours)`: from the
+    /// earliest window stored or open (retention deletes whole blocks, so what is left is
+    /// complete from there); `i64::MAX` for a tier not kept or still empty.
+    pub fn held_from(&self, tenant: &Tenant) -> (i64, i64) {
+        let open = self.windows.read().first_window();
+        let earliest = |store: &RollupStore, open: i64| {
+            let stored = store.tsdb().min_time(tenant).unwrap_or(i64::MAX);
+            // A window keyed `start` holds what follows it.
+            stored.min(open).saturating_add(1)
+        };
+        let windows = earliest(&self.store, open);
         let hours = self.hours.as_ref().map_or(i64::MAX, |h| {
-            now.saturating_sub(h.retention_ms()).max(hour_start(first))
+            earliest(
+                h.store(),
+                if open == i64::MAX {
+                    open
+                } else {
+                    hour_start(open)
+                },
+            )
         });
         (windows, hours)
     }

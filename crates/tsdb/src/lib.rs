@@ -1103,6 +1103,24 @@ impl Tsdb {
         t
     }
 
+    /// The earliest timestamp `tenant` has data at, in blocks or the head (walks the head's
+    /// series: for stores of modest size, such as the rollup tiers').
+    pub fn min_time(&self, tenant: &Tenant) -> Option<i64> {
+        let inner = self.inner.read();
+        let blocks = inner
+            .blocks
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .map(|b| b.min_t);
+        let head = inner
+            .heads
+            .get(tenant)
+            .into_iter()
+            .flat_map(|h| h.series.iter().filter_map(|s| s.range().map(|r| r.0)));
+        blocks.chain(head).min()
+    }
+
     /// Sizes and counters.
     pub fn stats(&self) -> TsdbStats {
         let inner = self.inner.read();
