@@ -119,6 +119,62 @@ impl ColdTier {
             .map_err(|_| "the cold-tier archiver stopped".to_string())?
     }
 
+    /// Where the cold tier's hours of `tenant` begin (see [`ColdStore::earliest`]): a window
+    /// keyed `start` holds what follows it.
+    pub fn hours_from(&self, tenant: &Tenant) -> Option<i64> {
+        self.store
+            .earliest(tenant, Tier::Hour)
+            .map(|t| t.saturating_add(1))
+    }
+
+    /// The cold tier's hours of `tenant`'s series matching `matchers` ending in `[start, end]`,
+    /// as the query router reads windows (sketches decoded when `sketches`).
+    pub fn hours(
+        &self,
+        tenant: &Tenant,
+        matchers: &[strata_model::Matcher],
+        (start, end): (i64, i64),
+        sketches: bool,
+    ) -> Result<Vec<strata_model::SeriesWindows>, strata_model::StorageError> {
+        let got = self
+            .store
+            .scan_windows(tenant, Tier::Hour, matchers, start - HOUR_MS, end)
+            .map_err(|e| strata_model::StorageError::Io(format!("cold tier: {e}")))?;
+        Ok(got
+            .into_iter()
+            .map(|s| strata_model::SeriesWindows {
+                labels: s.labels,
+                windows: s
+                    .windows
+                    .into_iter()
+                    .filter(|w| w.end >= start && w.end <= end)
+                    .map(|w| {
+                        let sketch = w
+                            .sketch
+                            .as_deref()
+                            .filter(|_| sketches)
+                            .and_then(|b| strata_stream::state::decode(b, None).ok())
+                            .and_then(|(r, _)| r.quantiles)
+                            .map(|q| Arc::new(q) as Arc<dyn strata_model::QuantileSketch>);
+                        strata_model::WindowFigures {
+                            end: w.end,
+                            count: w.count,
+                            sum: w.sum,
+                            sum_squares: w.sum_squares,
+                            min: w.min,
+                            max: w.max,
+                            first: w.first,
+                            last: w.last,
+                            increase: w.increase,
+                            sketch,
+                        }
+                    })
+                    .collect(),
+            })
+            .filter(|s| !s.windows.is_empty())
+            .collect())
+    }
+
     /// Stops the archiver (after the pass it is in); queued hours stay queued.
     pub fn stop(&self) {
         drop(self.tx.lock().take());

@@ -867,18 +867,17 @@ impl Storage for Engine {
     }
 }
 
-/// The rollup tiers as the query router reads them: each shard's windows and hours, final and
-/// provisional, with their sketches when a quantile needs them.
-impl strata_model::WindowStorage for Engine {
-    fn coverage(&self, tenant: &Tenant) -> strata_model::Coverage {
-        let now = strata_model::time::now_ms();
+impl Engine {
+    /// From when the shards' 1-minute and 1-hour tiers hold `tenant`'s data (see
+    /// [`RollupStage::held_from`]), reused for [`COVERAGE_TTL`].
+    fn tier_marks(&self, tenant: &Tenant) -> (i64, i64) {
         let cached = self
             .coverage
             .lock()
             .get(tenant)
             .filter(|(at, _)| at.elapsed() < COVERAGE_TTL)
             .map(|c| c.1);
-        let (minute, hour) = cached.unwrap_or_else(|| {
+        cached.unwrap_or_else(|| {
             // A tier holds a time only where every shard holding data does.
             let (mut minute, mut hour) = (i64::MIN, i64::MIN);
             let mut any = false;
@@ -899,11 +898,21 @@ impl strata_model::WindowStorage for Engine {
             }
             map.insert(tenant.clone(), (std::time::Instant::now(), (minute, hour)));
             (minute, hour)
-        });
+        })
+    }
+}
+
+/// The rollup tiers as the query router reads them: each shard's windows and hours, final and
+/// provisional, with their sketches when a quantile needs them.
+impl strata_model::WindowStorage for Engine {
+    fn coverage(&self, tenant: &Tenant) -> strata_model::Coverage {
+        let now = strata_model::time::now_ms();
+        let (minute, hour) = self.tier_marks(tenant);
+        let cold = self.cold.as_ref().and_then(|c| c.hours_from(tenant));
         strata_model::Coverage {
             raw: now.saturating_sub(self.raw_retention_ms),
             minute,
-            hour,
+            hour: cold.map_or(hour, |c| c.min(hour)),
         }
     }
 
@@ -922,6 +931,16 @@ impl strata_model::WindowStorage for Engine {
             strata_model::Resolution::Raw => return Ok(Vec::new()),
         };
         let mut out = Vec::new();
+        // Hours older than the hour tier holds come from the cold tier.
+        let mut start = start;
+        if let (Some(cold), Tier::Hour) = (&self.cold, tier) {
+            let local_from = self.tier_marks(tenant).1;
+            if start < local_from {
+                let upto = end.min(local_from.saturating_sub(1));
+                out.extend(cold.hours(tenant, matchers, (start, upto), needs.sketch)?);
+                start = upto.saturating_add(1);
+            }
+        }
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
             for (labels, views) in r.read_tier(tier, tenant, matchers, start - width, end)? {
                 let sketches = if needs.sketch {
@@ -961,7 +980,19 @@ impl strata_model::WindowStorage for Engine {
                 }
             }
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        // One entry per series: the cold part first, then the hour tier's.
+        out.sort_by(|a, b| {
+            a.labels
+                .cmp(&b.labels)
+                .then(a.windows[0].end.cmp(&b.windows[0].end))
+        });
+        out.dedup_by(|later, earlier| {
+            if later.labels != earlier.labels {
+                return false;
+            }
+            earlier.windows.append(&mut later.windows);
+            true
+        });
         Ok(out)
     }
 }

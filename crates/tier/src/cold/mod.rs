@@ -304,6 +304,17 @@ impl ColdStore {
         self.run(self.write_rows(tenant, Tier::Raw, input))
     }
 
+    /// The earliest millisecond `tenant`'s files of `tier` cover, from the manifest (no
+    /// request to the store); `None` when it has none.
+    pub fn earliest(&self, tenant: &Tenant, tier: Tier) -> Option<i64> {
+        let m = self.manifest.read().clone();
+        m.files
+            .iter()
+            .filter(|f| f.tenant == tenant.as_str() && f.tier == tier)
+            .map(|f| f.min_time)
+            .min()
+    }
+
     /// `tenant`'s windows of `tier` that overlap `[start, end]` (inclusive milliseconds; a
     /// window covers `[w.start, w.end)`) of the series the matchers select: each series once,
     /// sorted by metric name then labels, its windows in time order with the highest revision
