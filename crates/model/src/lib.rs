@@ -32,6 +32,6 @@ pub use storage::{
 };
 pub use tenant::{Tenant, TenantError};
 pub use windows::{
-    Coverage, FigureNeeds, QuantileSketch, Resolution, Resolutions, SeriesWindows, WindowFigures,
-    WindowStorage,
+    Coverage, FigureNeeds, LazyWindows, QuantileSketch, Resolution, Resolutions, SeriesWindows,
+    WindowFigures, WindowSource, WindowStorage,
 };

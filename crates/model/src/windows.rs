@@ -192,6 +192,80 @@ pub struct SeriesWindows {
     pub windows: Vec<WindowFigures>,
 }
 
+/// Reads one selected series' windows when asked (see [`WindowStorage::windows`]).
+pub trait WindowSource: Send + Sync {
+    /// About how much work [`WindowSource::read`] is, in windows.
+    fn weight(&self) -> usize;
+
+    /// Appends the series' windows in the selected range to `out`, by end, one per end.
+    fn read(&self, out: &mut Vec<WindowFigures>) -> Result<(), StorageError>;
+}
+
+/// Windows already in memory, as a [`WindowSource`].
+impl WindowSource for Vec<WindowFigures> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+
+    fn read(&self, out: &mut Vec<WindowFigures>) -> Result<(), StorageError> {
+        out.extend_from_slice(self);
+        Ok(())
+    }
+}
+
+/// One selected series whose windows are read where they are used: a query reads each series
+/// into a buffer its thread reuses, instead of holding every selected window at once.
+pub struct LazyWindows {
+    /// The series' labels, `__name__` included.
+    pub labels: Labels,
+    sources: Vec<Box<dyn WindowSource>>,
+}
+
+impl LazyWindows {
+    /// A series reading its windows from `source`.
+    pub fn new(labels: Labels, source: impl WindowSource + 'static) -> LazyWindows {
+        LazyWindows {
+            labels,
+            sources: vec![Box::new(source)],
+        }
+    }
+
+    /// The same series with `later` read after this one's windows (an older store, then a
+    /// newer one): `later` holds only windows ending after this one's.
+    pub fn then(mut self, later: LazyWindows) -> LazyWindows {
+        self.sources.extend(later.sources);
+        self
+    }
+
+    /// About how much work [`LazyWindows::read`] is.
+    pub fn weight(&self) -> usize {
+        self.sources.iter().map(|s| s.weight()).sum()
+    }
+
+    /// Appends the series' windows to `out`, by end.
+    pub fn read(&self, out: &mut Vec<WindowFigures>) -> Result<(), StorageError> {
+        for s in &self.sources {
+            s.read(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<SeriesWindows> for LazyWindows {
+    fn from(s: SeriesWindows) -> LazyWindows {
+        LazyWindows::new(s.labels, s.windows)
+    }
+}
+
+impl std::fmt::Debug for LazyWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyWindows")
+            .field("labels", &self.labels)
+            .field("weight", &self.weight())
+            .finish()
+    }
+}
+
 /// From when each tier holds a tenant's data completely: a tier answers for times at or after
 /// its mark. `i64::MAX` for a tier that is not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +308,7 @@ pub trait WindowStorage: Send + Sync {
 
     /// The windows of `resolution` (not [`Resolution::Raw`]) of `tenant`'s series matching all
     /// `matchers` whose end lies in `[start, end]`, with the figures `needs` names; series
-    /// sorted by labels, windows by end. Final and provisional windows alike.
+    /// sorted by labels, each once, read when asked. Final and provisional windows alike.
     fn windows(
         &self,
         tenant: &Tenant,
@@ -243,5 +317,5 @@ pub trait WindowStorage: Send + Sync {
         start: i64,
         end: i64,
         needs: FigureNeeds,
-    ) -> Result<Vec<SeriesWindows>, StorageError>;
+    ) -> Result<Vec<LazyWindows>, StorageError>;
 }

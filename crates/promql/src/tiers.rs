@@ -25,7 +25,8 @@ use crate::Error;
 use promql_parser::parser::VectorSelector;
 use std::collections::BTreeMap;
 use strata_model::{
-    Fields, FigureNeeds, Labels, LazySeries, QuantileSketch, Resolution, Sample, WindowFigures,
+    Fields, FigureNeeds, Labels, LazySeries, LazyWindows, QuantileSketch, Resolution, Sample,
+    WindowFigures,
 };
 
 /// A steps' data must be this many times coarser than a tier's window before the tier answers
@@ -203,15 +204,50 @@ fn needs(kind: RangeFn) -> Option<FigureNeeds> {
     })
 }
 
-/// A selected series with what each tier holds of it.
+/// A selected series with what each tier holds of it, read where it is evaluated.
 struct Source {
     labels: Labels,
     raw: Option<LazySeries>,
+    minutes: Option<LazyWindows>,
+    hours: Option<LazyWindows>,
+}
+
+impl Source {
+    fn weight(&self) -> usize {
+        self.raw.as_ref().map_or(0, |r| r.weight())
+            + self.minutes.as_ref().map_or(0, |w| w.weight())
+            + self.hours.as_ref().map_or(0, |w| w.weight())
+    }
+}
+
+/// A thread's buffers for one series at a time: raw samples, minutes, hours.
+#[derive(Default)]
+struct Buffers {
+    raw: Vec<Sample>,
     minutes: Vec<WindowFigures>,
     hours: Vec<WindowFigures>,
 }
 
-impl Source {
+impl Buffers {
+    /// Reads series number `i` into the buffers, counting what it holds against the limit.
+    fn read(&mut self, env: &Env, i: usize, src: &Source) -> Result<(), Error> {
+        self.raw.clear();
+        if let Some(raw) = &src.raw {
+            env.read_series(i, raw, &mut self.raw)?;
+        }
+        for (lazy, buf) in [
+            (&src.minutes, &mut self.minutes),
+            (&src.hours, &mut self.hours),
+        ] {
+            buf.clear();
+            if let Some(w) = lazy {
+                w.read(buf).map_err(|e| env.storage_error(e))?;
+                env.reserve(buf.len(), "query preparation")?;
+            }
+        }
+        Ok(())
+    }
+
     fn windows(&self, r: Resolution) -> &[WindowFigures] {
         match r {
             Resolution::Minute => &self.minutes,
@@ -238,8 +274,8 @@ fn read_sources(
         m.entry(labels.clone()).or_insert_with(|| Source {
             labels,
             raw: None,
-            minutes: Vec::new(),
-            hours: Vec::new(),
+            minutes: None,
+            hours: None,
         })
     }
     if let Some((from, to)) = plan.span(Resolution::Raw) {
@@ -269,24 +305,14 @@ fn read_sources(
                 .windows(&env.ctx.tenant, set, r, lo.saturating_add(1), hi, needs)
                 .map_err(|e| env.storage_error(e))?;
             for s in got {
-                if s.windows.is_empty() {
-                    continue;
-                }
                 env.mark_used(r);
-                env.reserve(s.windows.len(), "query preparation")?;
-                let src = entry(&mut by_labels, s.labels);
-                let list = match r {
+                let src = entry(&mut by_labels, s.labels.clone());
+                let slot = match r {
                     Resolution::Minute => &mut src.minutes,
                     _ => &mut src.hours,
                 };
-                if list.is_empty() {
-                    *list = s.windows;
-                } else {
-                    // Another matcher set selected the series too: keep one copy of each window.
-                    list.extend(s.windows);
-                    list.sort_by_key(|w| w.end);
-                    list.dedup_by_key(|w| w.end);
-                }
+                // Another matcher set may select the series too: it is the same series.
+                slot.get_or_insert(s);
             }
         }
     }
@@ -481,21 +507,15 @@ pub(crate) fn range_fn(
     };
     let rounded = std::sync::atomic::AtomicBool::new(false);
     let missing_sketch = std::sync::atomic::AtomicBool::new(false);
-    let work = weigh(
-        sources
-            .iter()
-            .map(|s| s.raw.as_ref().map_or(0, |r| r.weight()) + s.minutes.len() + s.hours.len()),
-        grid.len(),
-    );
+    let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
         &sources,
         work,
-        |buf: &mut Vec<Sample>, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
-            buf.clear();
-            if let Some(raw) = &src.raw {
-                env.read_series(i, raw, buf)?;
-                buf.retain(|s| !s.is_stale());
-            }
+        |bufs: &mut Buffers, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
+            bufs.read(env, i, src)?;
+            bufs.raw.retain(|s| !s.is_stale());
+            let bufs = &*bufs;
+            let buf = &bufs.raw;
             let mut meter = env.meter();
             let mut points = Vec::new();
             for (si, ts) in grid.iter().enumerate() {
@@ -513,7 +533,7 @@ pub(crate) fn range_fn(
                         if !on_edges(r, a, b) {
                             rounded.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        for w in ending_in(src.windows(r), a, b) {
+                        for w in ending_in(bufs.windows(r), a, b) {
                             acc.add_window(w);
                         }
                     }
@@ -522,7 +542,12 @@ pub(crate) fn range_fn(
                 if acc.count == 0 {
                     continue;
                 }
-                if kind == RangeFn::QuantileOverTime && acc.missing_sketch {
+                // Provisional windows keep no sketch; a metric none of whose windows has one
+                // is not sketched at all.
+                if kind == RangeFn::QuantileOverTime
+                    && acc.missing_sketch
+                    && acc.sketches.is_empty()
+                {
                     missing_sketch.store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
@@ -621,20 +646,13 @@ pub(crate) fn instant_selector(
         lookback,
         need,
     )?;
-    let work = weigh(
-        sources
-            .iter()
-            .map(|s| s.raw.as_ref().map_or(0, |r| r.weight()) + s.minutes.len() + s.hours.len()),
-        grid.len(),
-    );
+    let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
         &sources,
         work,
-        |buf: &mut Vec<Sample>, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
-            buf.clear();
-            if let Some(raw) = &src.raw {
-                env.read_series(i, raw, buf)?;
-            }
+        |bufs: &mut Buffers, i, src: &Source| -> Result<Vec<(i64, f64)>, Error> {
+            bufs.read(env, i, src)?;
+            let buf = &bufs.raw;
             let mut meter = env.meter();
             let mut points = Vec::new();
             for ts in grid.iter() {
@@ -648,7 +666,7 @@ pub(crate) fn instant_selector(
                         .filter(|s| s.timestamp > r.saturating_sub(lookback) && !s.is_stale())
                 } else {
                     let back = lookback.max(tier.window_ms());
-                    let ws = src.windows(tier);
+                    let ws = bufs.windows(tier);
                     let j = ws.partition_point(|w| w.end <= r);
                     j.checked_sub(1)
                         .map(|j| &ws[j])

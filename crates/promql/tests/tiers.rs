@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 use strata_model::{
-    Coverage, FigureNeeds, Labels, Matcher, Resolution, Resolutions, Sample, SelectHints,
-    SeriesWindows, Storage, StorageError, Tenant, WindowFigures, WindowStorage,
+    Coverage, FigureNeeds, Labels, LazyWindows, Matcher, Resolution, Resolutions, Sample,
+    SelectHints, SeriesWindows, Storage, StorageError, Tenant, WindowFigures, WindowStorage,
 };
 use strata_promql::{Engine, EngineOptions, Error, MemStorage, QueryContext, Value};
 
@@ -37,7 +37,7 @@ impl WindowStorage for Windows {
         start: i64,
         end: i64,
         _needs: FigureNeeds,
-    ) -> Result<Vec<SeriesWindows>, StorageError> {
+    ) -> Result<Vec<LazyWindows>, StorageError> {
         let w = resolution.window_ms();
         let hints = SelectHints {
             start: start - w,
@@ -85,10 +85,10 @@ impl WindowStorage for Windows {
                 });
             }
             if !windows.is_empty() {
-                out.push(SeriesWindows {
+                out.push(LazyWindows::from(SeriesWindows {
                     labels: s.labels,
                     windows,
-                });
+                }));
             }
         }
         Ok(out)

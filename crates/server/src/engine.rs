@@ -114,9 +114,12 @@ pub struct Engine {
     raw_retention_ms: i64,
     /// The rollup tiers' coverage per tenant, with when it was read: it walks the tiers'
     /// stores, so queries share it for [`COVERAGE_TTL`].
-    coverage:
-        parking_lot::Mutex<std::collections::HashMap<Tenant, (std::time::Instant, (i64, i64))>>,
+    coverage: parking_lot::Mutex<std::collections::HashMap<Tenant, TierMarks>>,
 }
+
+/// When a tenant's tier coverage was read, and from when its 1-minute and 1-hour tiers hold
+/// data.
+type TierMarks = (std::time::Instant, (i64, i64));
 
 /// How long a tenant's tier coverage is reused (a tier's data begins or ends on a block, so it
 /// moves at most by a block a flush: a second behind is nothing).
@@ -924,75 +927,41 @@ impl strata_model::WindowStorage for Engine {
         start: i64,
         end: i64,
         needs: strata_model::FigureNeeds,
-    ) -> Result<Vec<strata_model::SeriesWindows>, StorageError> {
-        let (tier, width) = match resolution {
-            strata_model::Resolution::Minute => (Tier::Window, 60_000),
-            strata_model::Resolution::Hour => (Tier::Hour, strata_stream::hour::HOUR_MS),
+    ) -> Result<Vec<strata_model::LazyWindows>, StorageError> {
+        let tier = match resolution {
+            strata_model::Resolution::Minute => Tier::Window,
+            strata_model::Resolution::Hour => Tier::Hour,
             strata_model::Resolution::Raw => return Ok(Vec::new()),
         };
-        let mut out = Vec::new();
+        let mut out: Vec<strata_model::LazyWindows> = Vec::new();
         // Hours older than the hour tier holds come from the cold tier.
         let mut start = start;
         if let (Some(cold), Tier::Hour) = (&self.cold, tier) {
             let local_from = self.tier_marks(tenant).1;
             if start < local_from {
                 let upto = end.min(local_from.saturating_sub(1));
-                out.extend(cold.hours(tenant, matchers, (start, upto), needs.sketch)?);
+                let got = cold.hours(tenant, matchers, (start, upto), needs.sketch)?;
+                out.extend(got.into_iter().map(strata_model::LazyWindows::from));
                 start = upto.saturating_add(1);
             }
         }
-        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            for (labels, views) in r.read_tier(tier, tenant, matchers, start - width, end)? {
-                let sketches = if needs.sketch {
-                    r.sketches(tier, tenant, labels.key().as_ref(), start - width, end)?
-                } else {
-                    Vec::new()
-                };
-                let windows: Vec<strata_model::WindowFigures> = views
-                    .iter()
-                    .filter(|w| w.end >= start && w.end <= end && w.figures.count > 0)
-                    .map(|w| {
-                        let f = &w.figures;
-                        let sketch =
-                            sketches
-                                .binary_search_by_key(&w.start, |s| s.0)
-                                .ok()
-                                .map(|i| {
-                                    Arc::new(sketches[i].1.clone())
-                                        as Arc<dyn strata_model::QuantileSketch>
-                                });
-                        strata_model::WindowFigures {
-                            end: w.end,
-                            count: f.count,
-                            sum: f.sum,
-                            sum_squares: f.sum_squares,
-                            min: f.min,
-                            max: f.max,
-                            first: f.first,
-                            last: f.last,
-                            increase: f.increase,
-                            sketch,
-                        }
-                    })
-                    .collect();
-                if !windows.is_empty() {
-                    out.push(strata_model::SeriesWindows { labels, windows });
-                }
+        if start <= end {
+            for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+                out.extend(r.read_lazy(tier, tenant, matchers, (start, end), needs)?);
             }
         }
-        // One entry per series: the cold part first, then the hour tier's.
-        out.sort_by(|a, b| {
-            a.labels
-                .cmp(&b.labels)
-                .then(a.windows[0].end.cmp(&b.windows[0].end))
-        });
-        out.dedup_by(|later, earlier| {
-            if later.labels != earlier.labels {
-                return false;
+        // One entry per series (series never span shards): the cold part first.
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let mut merged: Vec<strata_model::LazyWindows> = Vec::with_capacity(out.len());
+        for s in out {
+            match merged.last_mut() {
+                Some(prev) if prev.labels == s.labels => {
+                    let prev = merged.pop().expect("just seen");
+                    merged.push(prev.then(s));
+                }
+                _ => merged.push(s),
             }
-            earlier.windows.append(&mut later.windows);
-            true
-        });
-        Ok(out)
+        }
+        Ok(merged)
     }
 }

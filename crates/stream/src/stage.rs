@@ -53,6 +53,23 @@ pub struct WindowView {
 }
 
 impl WindowView {
+    /// The window as the query router reads it (no sketch: a provisional window's is not kept).
+    pub fn to_window_figures(&self) -> strata_model::WindowFigures {
+        let f = &self.figures;
+        strata_model::WindowFigures {
+            end: self.end,
+            count: f.count,
+            sum: f.sum,
+            sum_squares: f.sum_squares,
+            min: f.min,
+            max: f.max,
+            first: f.first,
+            last: f.last,
+            increase: f.increase,
+            sketch: None,
+        }
+    }
+
     /// A window still open.
     pub(crate) fn provisional(start: i64, end: i64, figures: Figures) -> WindowView {
         WindowView {
@@ -792,6 +809,66 @@ impl RollupStage {
             )
         });
         (windows, hours)
+    }
+
+    /// The windows of `tier` of `tenant`'s series matching `matchers` ending in `[start, end]`,
+    /// with the figures `needs` names, by series: final windows from the store, each series
+    /// read only when asked; windows not final yet (open, provisional) read now.
+    pub fn read_lazy(
+        &self,
+        tier: Tier,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        (start, end): (i64, i64),
+        needs: strata_model::FigureNeeds,
+    ) -> Result<Vec<strata_model::LazyWindows>, StorageError> {
+        use strata_model::LazyWindows;
+        let (store, width, open_from) = match (tier, &self.hours) {
+            (Tier::Window, _) => (
+                self.store.as_ref(),
+                self.opts.windows.window_ms,
+                self.windows.read().closed_before(),
+            ),
+            (Tier::Hour, Some(h)) => (h.store(), HOUR_MS, h.final_before()),
+            (Tier::Hour, None) => return Ok(Vec::new()),
+        };
+        // Windows are keyed by start: those ending in [start, end].
+        let (first_key, last_key) = (start.saturating_sub(width), end.saturating_sub(width));
+        let stored_to = last_key.min(open_from.saturating_sub(1));
+        let mut out: std::collections::BTreeMap<Labels, LazyWindows> = Default::default();
+        if first_key <= stored_to {
+            let range = (first_key, stored_to);
+            for (labels, mut figures) in
+                store.select_figures(tenant, matchers, range, width, needs)?
+            {
+                if needs.sketch {
+                    let key = labels.key();
+                    figures.sketches =
+                        self.sketches(tier, tenant, key.as_ref(), first_key, stored_to)?;
+                }
+                out.insert(labels.clone(), LazyWindows::new(labels, figures));
+            }
+        }
+        if last_key >= open_from {
+            let from_key = first_key.max(open_from);
+            for (labels, views) in self.read_tier(tier, tenant, matchers, from_key + 1, end)? {
+                let windows: Vec<strata_model::WindowFigures> = views
+                    .iter()
+                    .filter(|w| w.start >= from_key && w.end <= end && w.figures.count > 0)
+                    .map(WindowView::to_window_figures)
+                    .collect();
+                if windows.is_empty() {
+                    continue;
+                }
+                let recent = LazyWindows::new(labels.clone(), windows);
+                let joined = match out.remove(&labels) {
+                    Some(stored) => stored.then(recent),
+                    None => recent,
+                };
+                out.insert(labels, joined);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// The quantile sketches of `key`'s final windows of `tier` starting in `[from, to]`, by

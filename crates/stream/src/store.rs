@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::Path;
 use strata_model::{
-    Labels, Matcher, Sample, SelectHints, SeriesId, SeriesKey, SeriesKeyRef, Storage, StorageError,
-    Tenant,
+    FigureNeeds, Labels, LazySeries, Matcher, Sample, SelectHints, SeriesId, SeriesKey,
+    SeriesKeyRef, Storage, StorageError, Tenant, WindowFigures,
 };
 use strata_tsdb::{Renumbering, SeriesHandle, SeriesLimiter, Tsdb, TsdbError, TsdbOptions};
 
@@ -690,6 +690,165 @@ impl RollupStore {
             })
             .filter(|(_, ws): &(Labels, Vec<StoredWindow>)| !ws.is_empty())
             .collect())
+    }
+}
+
+/// The figure series a query needs (the count always: a window exists where it has one).
+fn figure_names(needs: FigureNeeds) -> Vec<&'static str> {
+    let mut f = vec![COUNT];
+    let pairs = [
+        (needs.sum, &[SUM][..]),
+        (needs.sum_squares, &[SUM_SQUARES]),
+        (needs.min, &[MIN]),
+        (needs.max, &[MAX]),
+        (needs.first, &[FIRST, FIRST_TS]),
+        (needs.last, &[LAST, LAST_TS]),
+        (needs.increase, &[INCREASE]),
+    ];
+    for (wanted, names) in pairs {
+        if wanted {
+            f.extend_from_slice(names);
+        }
+    }
+    f
+}
+
+impl RollupStore {
+    /// The figure series `needs` names of the series matching `matchers` with windows
+    /// starting in `[start, end]`, grouped by series (sorted by labels), each a
+    /// [`StoredFigures`] of windows `width` long, read only when asked.
+    pub fn select_figures(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        (start, end): (i64, i64),
+        width: i64,
+        needs: FigureNeeds,
+    ) -> Result<Vec<(Labels, StoredFigures)>, StorageError> {
+        self.warm.lock().drain_all(&self.tsdb);
+        let names = figure_names(needs);
+        let mut matchers = matchers.to_vec();
+        let alternatives = names.join("|");
+        matchers.push(
+            Matcher::regex(FIGURE_LABEL, &alternatives, false)
+                .map_err(|e| StorageError::Io(e.to_string()))?,
+        );
+        let hints = SelectHints {
+            start,
+            end,
+            max_samples: None,
+            fields: strata_model::Fields::All,
+        };
+        let mut series: AHashMap<Labels, StoredFigures> = AHashMap::new();
+        for s in self.tsdb.select_lazy(tenant, &matchers, &hints)? {
+            let Some(figure) = s
+                .labels
+                .get(FIGURE_LABEL)
+                .and_then(|f| names.iter().find(|n| **n == f).copied())
+            else {
+                continue;
+            };
+            let labels = Labels::from_sorted(
+                s.labels
+                    .iter()
+                    .filter(|l| l.name != FIGURE_LABEL)
+                    .cloned()
+                    .collect(),
+            );
+            series
+                .entry(labels)
+                .or_insert_with(|| StoredFigures {
+                    width,
+                    figures: Vec::new(),
+                    sketches: Vec::new(),
+                })
+                .figures
+                .push((figure, s));
+        }
+        let mut out: Vec<(Labels, StoredFigures)> = series
+            .into_iter()
+            .filter(|(_, f)| f.figures.iter().any(|(n, _)| *n == COUNT))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+}
+
+/// One series' stored windows as figure series, assembled into windows when read (see
+/// [`RollupStore::select_figures`]).
+pub struct StoredFigures {
+    width: i64,
+    figures: Vec<(&'static str, LazySeries)>,
+    /// The windows' quantile sketches by start, where asked for.
+    pub sketches: Vec<(i64, crate::sketch::Quantiles)>,
+}
+
+impl strata_model::WindowSource for StoredFigures {
+    fn weight(&self) -> usize {
+        self.figures.iter().map(|(_, s)| s.weight()).sum()
+    }
+
+    fn read(&self, out: &mut Vec<WindowFigures>) -> Result<(), StorageError> {
+        let Some((_, count)) = self.figures.iter().find(|(n, _)| *n == COUNT) else {
+            return Ok(());
+        };
+        let mut samples = Vec::new();
+        count.read(&mut samples)?;
+        let at = out.len();
+        let nan = Sample::new(0, f64::NAN);
+        out.extend(samples.iter().map(|s| WindowFigures {
+            end: s.timestamp + self.width,
+            count: s.value as u64,
+            sum: f64::NAN,
+            sum_squares: f64::NAN,
+            min: f64::NAN,
+            max: f64::NAN,
+            first: nan,
+            last: nan,
+            increase: f64::NAN,
+            sketch: None,
+        }));
+        let windows = &mut out[at..];
+        for (name, series) in &self.figures {
+            if *name == COUNT {
+                continue;
+            }
+            samples.clear();
+            series.read(&mut samples)?;
+            // Both in time order, at the same window starts: one walk.
+            let mut j = 0;
+            for s in &samples {
+                let start = s.timestamp;
+                while j < windows.len() && windows[j].end - self.width < start {
+                    j += 1;
+                }
+                let Some(w) = windows.get_mut(j).filter(|w| w.end - self.width == start) else {
+                    continue;
+                };
+                let v = s.value;
+                match *name {
+                    SUM => w.sum = v,
+                    SUM_SQUARES => w.sum_squares = v,
+                    MIN => w.min = v,
+                    MAX => w.max = v,
+                    FIRST => w.first.value = v,
+                    FIRST_TS => w.first.timestamp = v as i64,
+                    LAST => w.last.value = v,
+                    LAST_TS => w.last.timestamp = v as i64,
+                    INCREASE => w.increase = v,
+                    _ => {}
+                }
+            }
+        }
+        if !self.sketches.is_empty() {
+            for w in windows.iter_mut() {
+                let start = w.end - self.width;
+                if let Ok(i) = self.sketches.binary_search_by_key(&start, |s| s.0) {
+                    w.sketch = Some(std::sync::Arc::new(self.sketches[i].1.clone()));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
