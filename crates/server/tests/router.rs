@@ -220,4 +220,37 @@ fn tiers_answer_as_raw_samples_do_on_aligned_windows() {
     assert!(metric(&m, "strata_query_tier_total{tier=\"1h\"}") > 0.0);
     assert!(metric(&m, "strata_query_tier_total{tier=\"1m\"}") > 0.0);
     assert!(metric(&m, "strata_query_tier_total{tier=\"raw\"}") > 0.0);
+
+    // The cold tier answers alone: a new node on the first one's cold files (no raw samples,
+    // no local hours) gives the raw answers from the archived hours.
+    let checks = [
+        "avg_over_time(temperature[2h])",
+        "increase(energy_total[2h])",
+        "max by (site) (max_over_time(temperature[2h]))",
+    ];
+    let grid = (base + 2 * HOUR, done, 6 * HOUR);
+    let want: Vec<_> = checks
+        .iter()
+        .map(|q| range(&s, q, grid, Some("raw")).1)
+        .collect();
+    s.stop();
+    let other = tempfile::tempdir().unwrap();
+    let cold = dir.path().join("data").join("cold");
+    let config = format!(
+        "{CONFIG}\n[cold]\nurl = {:?}\n",
+        cold.to_str().unwrap()
+    );
+    let b = Server::start(other.path(), &config);
+    for (q, want) in checks.iter().zip(&want) {
+        let (tiers, got) = range(&b, q, grid, None);
+        assert_eq!(tiers, "1h", "{q}");
+        assert_eq!(&got.len(), &want.len(), "{q}");
+        for ((wn, wp), (gn, gp)) in want.iter().zip(&got) {
+            assert_eq!(wn, gn);
+            for (a, b) in wp.iter().zip(gp) {
+                assert!(close(a.1, b.1, 1e-9), "cold {q} {wn}: raw {} cold {}", a.1, b.1);
+            }
+        }
+    }
+    b.stop();
 }
