@@ -3,6 +3,9 @@
 //! engine like any write (durable in the log); recomputes a group window when one of its member
 //! windows is corrected. Progress (the first window not yet computed) is checkpointed, so a
 //! restart neither skips nor repeats windows (a repeat would only rewrite the same values).
+//! A group window keyed `start` holds its members' samples in `(start, start + window]`, as
+//! their windows do (see [`strata_stream::window::window_of`]), and is written at its end: a
+//! sample exactly on an edge belongs to the earlier window, as `x[window]` at the end sees it.
 //!
 //! Groups get 1-hour windows too (`<metric>:1h_by_<labels>_<output>`, when the windows divide
 //! an hour and are shorter): an hour is computed once every shard has closed its last window,
@@ -93,8 +96,10 @@ impl Merger {
         }
     }
 
-    /// Computes every window of `window_ms` from `next` (or from `first`) that ends by
-    /// `closed`, and saves the progress at `path`; returns where it stands.
+    /// Computes every window of `window_ms` from `next` (or from `first`) whose member windows
+    /// are all final (`closed` is a window key: every window keyed before it is final in every
+    /// shard, so a group window keyed `start` is complete when `start + window_ms <= closed`),
+    /// and saves the progress at `path`; returns where it stands.
     #[allow(clippy::too_many_arguments)]
     fn advance(
         &self,
@@ -172,8 +177,8 @@ impl Merger {
         Ok(())
     }
 
-    /// Computes and writes every group of one tenant for the window of `window_ms` starting
-    /// at `start`.
+    /// Computes and writes every group of one tenant for the window of `window_ms` keyed
+    /// `start`: from the raw samples in `(start, start + window_ms]`, written at its end.
     fn compute_tenant(
         &self,
         tenant: &Tenant,
@@ -182,8 +187,8 @@ impl Merger {
         rt: &tokio::runtime::Handle,
     ) -> anyhow::Result<()> {
         let hints = SelectHints {
-            start,
-            end: start + window_ms - 1,
+            start: start + 1,
+            end: start + window_ms,
             max_samples: None,
             fields: strata_model::Fields::All,
         };

@@ -128,7 +128,8 @@ fn rollup_state_follows_live_series_under_churn() {
     for round in 0..ROUNDS {
         let t = t0 + round * 600_000;
         let ids = round as usize * SERIES..(round as usize + 1) * SERIES;
-        let body = lines("churn", ids.clone(), t) + &lines("churn", ids, t + 30_000);
+        // Two samples a series in the window `(t, t + 1m]`, the second on its end.
+        let body = lines("churn", ids.clone(), t + 30_000) + &lines("churn", ids, t + 60_000);
         let (code, v) = write(&s, "default", body);
         assert_eq!(code, 204, "{v}");
         s.flush();

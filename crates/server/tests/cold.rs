@@ -57,12 +57,14 @@ fn event(id: &str, d: usize, ts: i64, v: f64) -> String {
 }
 
 /// Every device's readings over `hours` hours from `base`, and what each device's hours hold.
+/// Hours are left-open, `(start, start + 1h]`: reading `i` is at the end of minute `i`, the
+/// 60th of an hour on the hour's end.
 fn fleet(base: i64, hours: i64) -> (String, BTreeMap<(usize, i64), Vec<f64>>) {
     let mut body = String::new();
     let mut truth: BTreeMap<(usize, i64), Vec<f64>> = BTreeMap::new();
     for i in 0..hours * HOUR / EVERY_MS {
         for d in 0..DEVICES {
-            let (ts, v) = (base + i * EVERY_MS, reading(d, i));
+            let (ts, v) = (base + (i + 1) * EVERY_MS, reading(d, i));
             body.push_str(&event(&format!("e{d}-{ts}"), d, ts, v));
             let h = base + (i * EVERY_MS) / HOUR * HOUR;
             truth.entry((d, h)).or_default().push(v);
@@ -80,12 +82,17 @@ fn ticks(t: i64) -> String {
         .collect()
 }
 
-/// (device, start) -> (state, revision) of every temperature hour from `from`.
+/// Milliseconds as the API's seconds, to the millisecond.
+fn secs(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
+/// (device, start) -> (state, revision) of every temperature hour overlapping `[from, to]`.
 fn hour_states(s: &Server, from: i64, to: i64) -> BTreeMap<(String, i64), (String, u64)> {
     let body = s.get_json(&format!(
         "/api/v1/rollups?match[]=temperature_celsius&tier=1h&start={}&end={}",
-        from / 1000,
-        to / 1000
+        secs(from),
+        secs(to)
     ));
     let mut out = BTreeMap::new();
     for series in body["data"].as_array().unwrap() {
@@ -107,7 +114,7 @@ fn hour_states(s: &Server, from: i64, to: i64) -> BTreeMap<(String, i64), (Strin
 fn wait_final(s: &Server, base: i64, hours: i64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let st = hour_states(s, base, base + (hours - 1) * HOUR);
+        let st = hour_states(s, base + 1, base + hours * HOUR);
         let done = st.len() == DEVICES * hours as usize
             && st.values().all(|(state, _)| state != "provisional");
         if done {
@@ -240,7 +247,7 @@ fn final_hours_reach_parquet_that_duckdb_reads_and_corrections_follow() {
     let figures = query(
         &duck,
         &format!(
-            "select device, start, \"end\", count, sum, min, max, first, last, revision, labels['site'] from {} where metric='temperature_celsius' order by device, start",
+            "select device, start, \"end\", count, sum, min, max, first, last, revision, labels['site'], first_ts, last_ts from {} where metric='temperature_celsius' order by device, start",
             glob(dir.path())
         ),
     );
@@ -260,6 +267,9 @@ fn final_hours_reach_parquet_that_duckdb_reads_and_corrections_follow() {
         assert_eq!(num(&r[8]), v[v.len() - 1]);
         assert_eq!(r[9], "0");
         assert_eq!(r[10], format!("s{}", d % 2));
+        // `(start, end]`: the reading on the hour's end is its last, none on its start.
+        assert_eq!(r[11].parse::<i64>().unwrap(), start + MIN);
+        assert_eq!(r[12].parse::<i64>().unwrap(), start + HOUR);
     }
 
     // A late event corrects d0's first hour: archived again at revision 1.
@@ -270,7 +280,7 @@ fn final_hours_reach_parquet_that_duckdb_reads_and_corrections_follow() {
         .is_success());
     truth.get_mut(&(0, base)).unwrap().push(500.0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while hour_states(&s, base, base)[&("d0".to_string(), base)].1 != 1 {
+    while hour_states(&s, base + 1, base + HOUR)[&("d0".to_string(), base)].1 != 1 {
         assert!(std::time::Instant::now() < deadline, "hour not corrected");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -572,7 +582,7 @@ fn timed_passes_compact_a_corrected_day_so_outside_readers_see_each_hour_once() 
         .is_success());
     truth.get_mut(&(1, base)).unwrap().push(-40.0);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while hour_states(&s, base, base)[&("d1".to_string(), base)].1 != 1 {
+    while hour_states(&s, base + 1, base + HOUR)[&("d1".to_string(), base)].1 != 1 {
         assert!(std::time::Instant::now() < deadline, "hour not corrected");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }

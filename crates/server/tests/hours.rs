@@ -45,13 +45,14 @@ fn event(id: &str, d: usize, ts: i64, v: f64) -> String {
     ) + "\n"
 }
 
-/// Every device's hour: 120 readings.
+/// Every device's hour keyed `base`: 120 readings in `(base, base + 1h]` (windows are
+/// left-open), on every minute's edge and the last on the hour's end.
 fn hour_events(base: i64) -> (String, BTreeMap<String, Vec<(i64, f64)>>) {
     let mut body = String::new();
     let mut truth: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
     for i in 0..HOUR / EVERY_MS {
         for d in 0..DEVICES {
-            let (ts, v) = (base + i * EVERY_MS, reading(d, i));
+            let (ts, v) = (base + (i + 1) * EVERY_MS, reading(d, i));
             body.push_str(&event(&format!("e{d}-{i}"), d, ts, v));
             truth.entry(format!("d{d}")).or_default().push((ts, v));
         }
@@ -68,6 +69,11 @@ fn ticks(t: i64) -> String {
         .collect()
 }
 
+/// Milliseconds as the API's seconds, to the millisecond.
+fn secs(ms: i64) -> String {
+    format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
+}
+
 /// Each device's temperature windows of `tier` overlapping `[from, to]`.
 fn windows(s: &Server, tier: &str, from: i64, to: i64) -> BTreeMap<String, Vec<Value>> {
     let resp = s
@@ -76,8 +82,8 @@ fn windows(s: &Server, tier: &str, from: i64, to: i64) -> BTreeMap<String, Vec<V
         .query(&[
             ("match[]", "temperature"),
             ("tier", tier),
-            ("start", &(from / 1000).to_string()),
-            ("end", &(to / 1000).to_string()),
+            ("start", &secs(from)),
+            ("end", &secs(to)),
         ])
         .send()
         .unwrap();
@@ -174,7 +180,7 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         .is_success());
     // Windows settle just after the acknowledgement: wait for the 59th minute to close.
     let states = |s: &Server| -> Vec<(String, u64)> {
-        windows(s, "1h", base, base)
+        windows(s, "1h", base + 1, base + HOUR)
             .values()
             .map(|ws| {
                 (
@@ -189,7 +195,7 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         vec![("provisional".to_string(), 120); DEVICES],
         || states(&s),
     );
-    let open = windows(&s, "1h", base, base);
+    let open = windows(&s, "1h", base + 1, base + HOUR);
     assert_eq!(open.len(), DEVICES);
     for ws in open.values() {
         assert_eq!(ws.len(), 1);
@@ -206,7 +212,7 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         vec![("final".to_string(), 120); DEVICES],
         || states(&s),
     );
-    let fin = windows(&s, "1h", base, base);
+    let fin = windows(&s, "1h", base + 1, base + HOUR);
     for (dev, ws) in &fin {
         assert_eq!(
             (ws[0]["state"].as_str(), ws[0]["revision"].as_u64()),
@@ -214,8 +220,29 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         );
         check_hour(&ws[0], base, &truth[dev]);
     }
+    // A window holds its end, not its start: a range on `base` reaches the hour before (no
+    // data), one on `base + 1h` this hour; the minutes likewise.
+    assert!(windows(&s, "1h", base, base).values().all(Vec::is_empty));
+    let at_end = windows(&s, "1h", base + HOUR, base + HOUR);
+    assert_eq!(at_end.len(), DEVICES);
+    assert!(at_end
+        .values()
+        .all(|ws| ws.len() == 1 && ws[0]["start"] == base));
+    let on_edge = windows(&s, "1m", base + MIN, base + MIN);
+    for ws in on_edge.values() {
+        assert_eq!(ws.len(), 1);
+        assert_eq!(
+            (ws[0]["start"].as_i64(), ws[0]["end"].as_i64()),
+            (Some(base), Some(base + MIN))
+        );
+        assert_eq!(
+            ws[0]["count"], 2,
+            "the readings at :30 and on the minute's end"
+        );
+        assert_eq!(ws[0]["last_timestamp"], base + MIN);
+    }
     // The minutes are still there, and agree.
-    let minutes = windows(&s, "1m", base, base + HOUR - 1);
+    let minutes = windows(&s, "1m", base + 1, base + HOUR);
     for (dev, ws) in &minutes {
         assert_eq!(ws.len(), 60, "{dev}");
         let n: u64 = ws.iter().map(|w| w["count"].as_u64().unwrap()).sum();
@@ -236,8 +263,8 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
             .get(s.url("/api/v1/rollups"))
             .query(&[
                 ("match[]", "temperature{device=\"d3\"}"),
-                ("start", &(from / 1000).to_string()),
-                ("end", &(to / 1000).to_string()),
+                ("start", &secs(from)),
+                ("end", &secs(to)),
             ])
             .send()
             .unwrap();
@@ -245,15 +272,15 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         let body: Value = r.json().unwrap();
         (tier, body["data"][0]["windows"].as_array().unwrap().len())
     };
-    assert_eq!(default_tier(base, base + HOUR - 1), ("1m".to_string(), 60));
+    assert_eq!(default_tier(base + 1, base + HOUR), ("1m".to_string(), 60));
     assert_eq!(
         default_tier(base - 47 * HOUR, base + 1),
         ("1h".to_string(), 1)
     );
     let long = s.get_json(&format!(
         "/api/v1/devices/d3/summary?metric=temperature&start={}&end={}",
-        (base - 47 * HOUR) / 1000,
-        base / 1000
+        secs(base - 47 * HOUR),
+        secs(base + 1)
     ));
     assert_eq!(long["data"]["tier"], "1h", "{long}");
     assert_eq!(long["data"]["metrics"][0]["windows"], 1, "{long}");
@@ -261,8 +288,8 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
     // The device summary over the hour, from the hour tier.
     let summary = s.get_json(&format!(
         "/api/v1/devices/d3/summary?metric=temperature&tier=1h&start={}&end={}",
-        base / 1000,
-        base / 1000
+        secs(base + HOUR),
+        secs(base + HOUR)
     ));
     let sm = &summary["data"]["metrics"][0];
     assert_eq!(sm["windows"], 1, "{summary}");
@@ -310,9 +337,9 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
     d0.push((late_ts, 99.5));
     d0.sort_by_key(|s| s.0);
     eventually("corrected hour", Some(1), || {
-        windows(&s, "1h", base, base)["d0"][0]["revision"].as_u64()
+        windows(&s, "1h", base + 1, base + HOUR)["d0"][0]["revision"].as_u64()
     });
-    let hour = windows(&s, "1h", base, base);
+    let hour = windows(&s, "1h", base + 1, base + HOUR);
     assert_eq!(hour["d0"][0]["state"], "corrected");
     assert_eq!(hour["d0"][0]["revision"], 1);
     check_hour(&hour["d0"][0], base, &truth["d0"]);
@@ -323,11 +350,11 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
     // SIGKILL, restart, replay: the same hours.
     s.kill9();
     s = Server::start(dir.path(), CONFIG);
-    let again = windows(&s, "1h", base, base);
+    let again = windows(&s, "1h", base + 1, base + HOUR);
     assert_eq!(again, hour);
     // And after a flush and a clean restart.
     s.flush();
     s.stop();
     let s = Server::start(dir.path(), CONFIG);
-    assert_eq!(windows(&s, "1h", base, base), hour);
+    assert_eq!(windows(&s, "1h", base + 1, base + HOUR), hour);
 }

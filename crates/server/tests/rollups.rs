@@ -27,6 +27,12 @@ by = ["site"]
 outputs = ["avg", "count_samples", "min", "max", "count_series", "distinct(device)", "quantiles(0.5)"]
 "#;
 
+/// The key (start) of the window holding a sample at `ts`: windows are left-open like PromQL's
+/// ranges, `(start, start + 1m]`, so a sample on the minute is in the window ending there.
+fn window_key(ts: i64) -> i64 {
+    (ts - 1).div_euclid(MIN) * MIN
+}
+
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
 
@@ -220,10 +226,12 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
     assert_eq!(r.status().as_u16(), 400);
     assert!(r.text().unwrap().contains("future"));
 
-    // Batch recomputation from the deduplicated ground truth.
+    // Batch recomputation from the deduplicated ground truth. Device 0 reports on every
+    // minute's edge: those samples are in the window ending there.
+    assert!(truth.iter().any(|e| e.device == 0 && e.ts == base));
     let mut want: BTreeMap<(String, String, i64), Vec<(i64, f64)>> = BTreeMap::new();
     for e in &truth {
-        let w = e.ts.div_euclid(MIN) * MIN;
+        let w = window_key(e.ts);
         let dev = format!("d{:02}", e.device);
         want.entry(("temperature".into(), dev.clone(), w))
             .or_default()
@@ -359,7 +367,7 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
     // merge step has caught up, then compare every window with the ground truth.
     let mut by_site: BTreeMap<(String, i64), Vec<(usize, f64)>> = BTreeMap::new();
     for e in &truth {
-        let w = e.ts.div_euclid(MIN) * MIN;
+        let w = window_key(e.ts);
         by_site
             .entry((format!("s{}", e.device % 4), w + MIN))
             .or_default()
@@ -407,31 +415,40 @@ fn rollups_equal_batch_recomputation_after_chaos_and_sigkill() {
         );
     }
 
-    // One more event, long after its window's group was computed: the series window and the
-    // group window are both corrected.
+    // Two more events, long after their window's group was computed: the series windows and
+    // the group window are corrected. The second sits exactly on the window's end (a new
+    // timestamp for d04): it corrects that group window, not the next one.
     let ws = base + 5 * MIN;
     let late = format!(
-        r#"{{"event_id":"late-1","device_id":"d00","timestamp":{},"readings":{{"temperature":100}},"labels":{{"site":"s0"}}}}"#,
-        ws + 1
+        concat!(
+            r#"{{"event_id":"late-1","device_id":"d00","timestamp":{},"readings":{{"temperature":100}},"labels":{{"site":"s0"}}}}"#,
+            "\n",
+            r#"{{"event_id":"late-2","device_id":"d04","timestamp":{},"readings":{{"temperature":50}},"labels":{{"site":"s0"}}}}"#,
+        ),
+        ws + 1,
+        ws + MIN
     );
+    assert!(!truth.iter().any(|e| e.device == 4 && e.ts == ws + MIN));
     assert!(s.post("/api/v1/events", late).status().is_success());
     let k = ("s0".to_string(), ws + MIN);
+    let next = ("s0".to_string(), ws + 2 * MIN);
     let mut v: Vec<f64> = by_site[&k].iter().map(|m| m.1).collect();
-    v.push(100.0);
+    v.extend([100.0, 50.0]);
     let want = (
         Some(v.len() as f64),
         Some(100.0),
         Some(v.iter().sum::<f64>() / v.len() as f64),
+        Some(by_site[&next].len() as f64),
     );
     // The outputs are separate series, possibly on separate shards: poll until all show it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
+        let counts = read("temperature:1m_by_site_count_samples");
         let got = (
-            read("temperature:1m_by_site_count_samples")
-                .get(&k)
-                .copied(),
+            counts.get(&k).copied(),
             read("temperature:1m_by_site_max").get(&k).copied(),
             read("temperature:1m_by_site_avg").get(&k).copied(),
+            counts.get(&next).copied(),
         );
         if got == want {
             break;

@@ -3,8 +3,9 @@
 //! stream aggregation names them: `<metric>:<window>_by_<labels>_<output>`, e.g.
 //! `temperature_celsius:1m_by_site_avg`, so PromQL and Grafana read them like any other.
 //!
-//! A group window is computed from the raw samples of every member series once every shard has
-//! closed the window (so all shards' data is in), and computed again when a member window is
+//! A group window is computed from the raw samples of every member series in it (`(start, end]`,
+//! as the members' windows: see [`crate::window::window_of`]), written at its end, once every
+//! shard has closed the window (so all shards' data is in), and computed again when a member window is
 //! corrected. Per-series [`Rollup`]s merge exactly across series, so the result does not depend
 //! on how the members are spread over shards.
 

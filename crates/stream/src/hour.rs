@@ -1,6 +1,9 @@
 //! The 1-hour tier of one shard: every final window of the rollup stage (1 minute by default)
 //! merged into its clock-aligned hour, exactly, and kept in a [`RollupStore`] of its own.
 //!
+//! - **Membership.** Hours are left-open like their windows (see [`crate::window::window_of`]):
+//!   the hour keyed `h` merges the windows keyed `h` to `h + HOUR_MS - w`, so it holds the
+//!   samples in `(h, h + HOUR_MS]`, the range `x[1h]` evaluated at `h + HOUR_MS` sees.
 //! - **Merging.** A closing window's [`Rollup`] joins its series' open hour by
 //!   [`Rollup::merge_in_time`]: counts, exact sums and sketches add, min and max combine, first
 //!   and last are the hour's earliest and latest samples. The counter increase is the minutes'
@@ -29,7 +32,7 @@ use crate::rollup::Rollup;
 use crate::stage::{encode_corrections, load_corrections, revision_over, WindowView};
 use crate::state::{self, StateError};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
-use crate::window::{Correction, WindowState};
+use crate::window::{window_of, Correction, WindowState};
 use crate::StreamError;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -151,9 +154,12 @@ fn state_error(key: SeriesKeyRef<'_>, start: i64) -> impl Fn(StateError) -> Stor
     }
 }
 
-/// The start of the hour holding `ts`.
-pub fn hour_start(ts: i64) -> i64 {
-    ts.div_euclid(HOUR_MS) * HOUR_MS
+/// The hour holding the window (of a width dividing an hour) keyed `window_start`: the hour
+/// keyed `h` holds the windows keyed `h, h + w, ..., h + HOUR_MS - w`, so its samples are those
+/// in `(h, h + HOUR_MS]`, as the windows' are. A key, not a timestamp: the hour of a sample at
+/// `ts` is [`window_of`]`(ts, HOUR_MS)` (a sample on the hour belongs to the hour ending there).
+pub fn hour_start(window_start: i64) -> i64 {
+    window_start.div_euclid(HOUR_MS) * HOUR_MS
 }
 
 impl HourStage {
@@ -246,8 +252,9 @@ impl HourStage {
         ((HOUR_MS / self.window_ms) as usize).div_ceil(64)
     }
 
-    /// Makes final every hour ending at or before `closed_before` (every window starting
-    /// before it is final), writing them at log offset `offset`.
+    /// Makes final every hour ending at or before `closed_before`, a window key (every window
+    /// keyed before it is final, so is every hour whose windows all are: `h + HOUR_MS <=
+    /// closed_before`), writing them at log offset `offset`.
     pub fn advance(
         &self,
         closed_before: i64,
@@ -519,10 +526,10 @@ impl HourStage {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]`: final
-    /// and corrected ones from the store, provisional ones from memory: their final windows so
-    /// far merged with `open_windows` (the windows still open, of those series, from the
-    /// caller's windows).
+    /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]` (the hour
+    /// keyed `h` holds `(h, h + HOUR_MS]`): final and corrected ones from the store,
+    /// provisional ones from memory: their final windows so far merged with `open_windows`
+    /// (the windows still open, of those series, from the caller's windows).
     pub fn read(
         &self,
         tenant: &Tenant,
@@ -533,10 +540,12 @@ impl HourStage {
         mut open_windows: Vec<(SeriesKey, i64, Rollup)>,
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
         let mut out: BTreeMap<Labels, Vec<WindowView>> = BTreeMap::new();
-        for (labels, ws) in
-            self.store
-                .select(tenant, matchers, start.saturating_sub(HOUR_MS - 1), end)?
-        {
+        for (labels, ws) in self.store.select(
+            tenant,
+            matchers,
+            start.saturating_sub(HOUR_MS),
+            end.saturating_sub(1),
+        )? {
             out.entry(labels)
                 .or_default()
                 .extend(ws.into_iter().map(|w| WindowView {
@@ -547,14 +556,15 @@ impl HourStage {
                     figures: w.figures,
                 }));
         }
-        let from = hour_start(start);
+        // Keys of the hours overlapping the range.
+        let keys = window_of(start, HOUR_MS)..end;
         let mut provisional: BTreeMap<(SeriesKey, i64), Rollup> = BTreeMap::new();
         let hours = self.hours.lock();
         for s in hours.series.iter().flatten() {
             if &s.tenant != tenant || !Matcher::all_match(matchers, s.key.as_ref()) {
                 continue;
             }
-            for o in s.open.iter().filter(|o| (from..=end).contains(&o.start)) {
+            for o in s.open.iter().filter(|o| keys.contains(&o.start)) {
                 if let Some(r) = &o.rollup {
                     provisional.insert((s.key.clone(), o.start), r.clone());
                 }
@@ -565,7 +575,7 @@ impl HourStage {
         open_windows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         for (key, ws, r) in open_windows {
             let h = hour_start(ws);
-            if !(from..=end).contains(&h) {
+            if !keys.contains(&h) {
                 continue;
             }
             match provisional.entry((key, h)) {
@@ -729,34 +739,34 @@ mod tests {
 
     const MIN: i64 = 60_000;
 
-    /// Readings of one hour: any values (decimals, so sums are inexact; drops, so counters
-    /// reset), or a counter that climbs and restarts now and then.
+    /// Readings of the hour keyed 0, `(0, HOUR_MS]` (windows are left-open: a reading on a
+    /// minute's edge, often drawn, belongs to the minute ending there, the last one to the
+    /// hour): any values (decimals, so sums are inexact; drops, so counters reset), or a
+    /// counter that climbs and restarts now and then.
     fn hour_samples() -> impl Strategy<Value = Vec<Sample>> {
         let value = prop_oneof![
             (0u32..100_000).prop_map(|x| f64::from(x) / 10.0),
             -1e6f64..1e6,
             (0u32..50).prop_map(f64::from),
         ];
-        let readings = prop::collection::btree_map(0i64..HOUR_MS, value, 1..400)
+        let at = || prop_oneof![1i64..=HOUR_MS, (1i64..=60).prop_map(|m| m * MIN)];
+        let readings = prop::collection::btree_map(at(), value, 1..400)
             .prop_map(|m| m.into_iter().map(|(t, v)| Sample::new(t, v)).collect());
-        let counter = prop::collection::btree_map(
-            0i64..HOUR_MS,
-            (0u32..1_000, prop::bool::weighted(0.05)),
-            1..400,
-        )
-        .prop_map(|m| {
-            let mut c = 0.0;
-            m.into_iter()
-                .map(|(t, (step, reset))| {
-                    c = if reset {
-                        f64::from(step) / 4.0
-                    } else {
-                        c + f64::from(step) / 4.0
-                    };
-                    Sample::new(t, c)
-                })
-                .collect()
-        });
+        let counter =
+            prop::collection::btree_map(at(), (0u32..1_000, prop::bool::weighted(0.05)), 1..400)
+                .prop_map(|m| {
+                    let mut c = 0.0;
+                    m.into_iter()
+                        .map(|(t, (step, reset))| {
+                            c = if reset {
+                                f64::from(step) / 4.0
+                            } else {
+                                c + f64::from(step) / 4.0
+                            };
+                            Sample::new(t, c)
+                        })
+                        .collect()
+                });
         prop_oneof![readings, counter]
     }
 
@@ -764,7 +774,13 @@ mod tests {
     /// (figures and state) as a recomputation reads it.
     fn merged_from_minutes(samples: &[Sample]) -> Rollup {
         let mut acc: Option<Rollup> = None;
-        for minute in samples.chunk_by(|a, b| a.timestamp / MIN == b.timestamp / MIN) {
+        let minute_of = |s: &Sample| window_of(s.timestamp, MIN);
+        for minute in samples.chunk_by(|a, b| minute_of(a) == minute_of(b)) {
+            assert_eq!(
+                hour_start(minute_of(&minute[0])),
+                0,
+                "a minute of the hour keyed 0"
+            );
             let r = Rollup::of_sorted(minute, true).unwrap();
             let figures = r.figures(&[]);
             let st = state::for_store(&r, 2, MIN);
@@ -831,8 +847,9 @@ mod tests {
             .key();
         let id = stage.series(&t, key.as_ref());
         let h = hour_start(strata_model::time::now_ms()) - 10 * HOUR_MS;
+        // Minute `m` (keyed `h + m`) with one sample on its end, where it belongs.
         let minute =
-            |m: i64| Rollup::of_sorted(&[Sample::new(h + m * MIN, m as f64)], false).unwrap();
+            |m: i64| Rollup::of_sorted(&[Sample::new(h + (m + 1) * MIN, m as f64)], false).unwrap();
         // Minute 1 twice and minute 0 again (replayed after a crash): merged once each.
         for m in [0, 1, 1, 0] {
             stage.merge(id, &t, key.as_ref(), h + m * MIN, &minute(m));
@@ -861,7 +878,7 @@ mod tests {
         // A window still open joins the provisional hour as a reader sees it.
         let with_open = read(&stage, vec![(key.clone(), h + 59 * MIN, minute(59))]);
         assert_eq!(with_open[0].figures.count, 3);
-        assert_eq!(with_open[0].figures.last, Sample::new(h + 59 * MIN, 59.0));
+        assert_eq!(with_open[0].figures.last, Sample::new(h + HOUR_MS, 59.0));
         assert_eq!(read(&stage, Vec::new()), open, "and leaves it as it was");
         stage.merge(id, &t, key.as_ref(), h + 59 * MIN, &minute(59));
         stage.advance(h + HOUR_MS - MIN, &[], 1).unwrap();

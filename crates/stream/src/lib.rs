@@ -2,8 +2,9 @@
 //! and the warm tier that keeps final windows.
 //!
 //! - [`dedup`]: exact recognition of redelivered events by `event_id`.
-//! - [`window`]: which window a sample belongs to, the shard's watermark, and each window's
-//!   life from provisional to final to corrected.
+//! - [`window`]: which window a sample belongs to (windows are left-open like PromQL's ranges:
+//!   the window keyed `start` holds `(start, start + width]`, [`window::window_of`]), the
+//!   shard's watermark, and each window's life from provisional to final to corrected.
 //! - [`rollup`]: the figures a window keeps (count, sums, min, max, first, last, increase,
 //!   quantiles), all of which merge exactly.
 //! - [`exact`] and [`sketch`]: the exact sum and the mergeable sketches those figures use.

@@ -9,7 +9,9 @@ use crate::bytes::{put, read_checked, write_checked, Reader};
 use crate::hour::{hour_start, HourCheckpoint, HourOptions, HourStage, HOUR_MS};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
-use crate::window::{Correction, SeriesCorrections, WindowOptions, WindowState, Windows};
+use crate::window::{
+    window_of, Correction, SeriesCorrections, WindowOptions, WindowState, Windows,
+};
 use crate::StreamError;
 use parking_lot::RwLock;
 use std::collections::BTreeSet;
@@ -37,12 +39,12 @@ pub struct StageOptions {
     pub hours: Option<HourOptions>,
 }
 
-/// A window as a reader sees it.
+/// A window as a reader sees it: it holds the samples in `(start, end]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowView {
-    /// Window start, ms.
+    /// Window start (exclusive), ms.
     pub start: i64,
-    /// Window end (exclusive), ms.
+    /// Window end (inclusive), ms.
     pub end: i64,
     /// Its figures.
     pub figures: Figures,
@@ -431,15 +433,16 @@ impl RollupStage {
             .chunk_by(|a, b| b - a <= CORRECTION_RUN_GAP * width)
         {
             let (first, last) = (run[0], run[run.len() - 1]);
-            let samples = raw.read_series(&c.tenant, c.key.as_ref(), first, last + width - 1)?;
+            // The windows hold `(start, start + width]`.
+            let samples = raw.read_series(&c.tenant, c.key.as_ref(), first + 1, last + width)?;
             // With an hour tier, states too: it merges what lies below the figures' rounding.
             let state_width = self.hours.as_ref().map(|_| width);
             let stored =
                 self.store
                     .range(&c.tenant, c.key.as_ref(), first, last, q, state_width)?;
             for &start in run {
-                let from = samples.partition_point(|s| s.timestamp < start);
-                let to = samples.partition_point(|s| s.timestamp < start + width);
+                let from = samples.partition_point(|s| s.timestamp <= start);
+                let to = samples.partition_point(|s| s.timestamp <= start + width);
                 let Some(rollup) = Rollup::of_sorted(&samples[from..to], sketch) else {
                     continue;
                 };
@@ -640,7 +643,9 @@ impl RollupStage {
     pub fn tier_for(&self, start: i64, end: i64, now: i64) -> Tier {
         let windows_from = now.saturating_sub(self.opts.retention_ms);
         let long = end.saturating_sub(start) > WINDOWS_UP_TO_MS;
-        if self.hours.is_some() && (long || start < windows_from) {
+        // The first window the range needs is the one holding `start` (keyed before it).
+        let first = window_of(start, self.opts.windows.window_ms);
+        if self.hours.is_some() && (long || first < windows_from) {
             Tier::Hour
         } else {
             Tier::Window
@@ -685,20 +690,23 @@ impl RollupStage {
         let Some(h) = &self.hours else {
             return Ok(Vec::new());
         };
-        // The windows still open in the hours asked for join their provisional hours.
+        // The windows still open in the hours asked for join their provisional hours: those
+        // overlapping the hours' span, from just after the first one's start to the last one's
+        // end (whose windows are keyed below it).
         let mut open = Vec::new();
         self.windows.read().provisional(
             tenant,
-            hour_start(start),
-            hour_start(end).saturating_add(HOUR_MS - 1),
+            window_of(start, HOUR_MS).saturating_add(1),
+            window_of(end, HOUR_MS).saturating_add(HOUR_MS),
             |key| Matcher::all_match(matchers, key),
             |key, ws, r| open.push((key.clone(), ws, r)),
         );
         h.read(tenant, matchers, start, end, &self.opts.quantiles, open)
     }
 
-    /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`:
-    /// final and corrected ones from the store, provisional ones from memory.
+    /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`
+    /// (a window `(s, s + width]` does when `s < end` and `s + width >= start`): final and
+    /// corrected ones from the store, provisional ones from memory.
     pub fn read(
         &self,
         tenant: &Tenant,
@@ -716,7 +724,12 @@ impl RollupStage {
         };
         let mut out: std::collections::BTreeMap<Labels, Vec<WindowView>> = self
             .store
-            .select(tenant, matchers, start.saturating_sub(width - 1), end)?
+            .select(
+                tenant,
+                matchers,
+                start.saturating_sub(width),
+                end.saturating_sub(1),
+            )?
             .into_iter()
             .map(|(l, ws)| (l, ws.into_iter().map(view).collect()))
             .collect();
@@ -960,7 +973,8 @@ mod tests {
         // d1 moves the watermark far ahead; its window 3 is final with one sample.
         feed(&stage, &raw, 1, base + 3 * MIN + 1_000, 1.0);
         feed(&stage, &raw, 2, base + 200 * MIN, 1.0);
-        // d2's history arrives at once: windows 0..40 and 70..80 (two runs), 4 samples each.
+        // d2's history arrives at once: minutes 0..40 and 70..80 (two runs), 4 samples each,
+        // the first of each on the minute: in the window ending there (`(s, s + 1m]`).
         let history: Vec<Sample> = (0..40)
             .chain(70..80)
             .flat_map(|m| {
@@ -981,23 +995,99 @@ mod tests {
             r.pop().unwrap().1
         };
         let d2 = read("d2");
-        assert_eq!(d2.len(), 50, "every window of the history");
+        let keys: Vec<i64> = d2.iter().map(|w| (w.start - base) / MIN).collect();
+        let want: Vec<i64> = (-1..40).chain(69..80).collect();
+        assert_eq!(
+            keys, want,
+            "every window of the history, edges in the earlier one"
+        );
         for w in &d2 {
-            let m = (w.start - base) / MIN;
-            assert!((0..40).contains(&m) || (70..80).contains(&m));
+            let inside: Vec<&Sample> = history
+                .iter()
+                .filter(|s| s.timestamp > w.start && s.timestamp <= w.end)
+                .collect();
             // Final windows that held nothing for the series before: their figures changed.
             assert_eq!(
                 (w.figures.count, w.revision, w.state),
-                (4, 1, WindowState::Corrected)
+                (inside.len() as u64, 1, WindowState::Corrected)
             );
-            assert_eq!(w.figures.sum, (16 * m + 6) as f64);
-            assert_eq!(w.figures.first.value, (4 * m) as f64);
-            assert_eq!(w.figures.last.timestamp, w.start + 45_000);
+            assert_eq!(w.figures.sum, inside.iter().map(|s| s.value).sum::<f64>());
+            assert_eq!(w.figures.first, *inside[0]);
+            assert_eq!(w.figures.last, *inside[inside.len() - 1]);
         }
+        // Window 0 holds 0:15, 0:30, 0:45 and 1:00 (on its end); 0:00 is in window -1.
+        let w0 = &d2[1];
+        assert_eq!((w0.figures.count, w0.figures.sum), (4, 10.0));
+        assert_eq!(w0.figures.last, Sample::new(base + MIN, 4.0));
+        assert_eq!((d2[0].figures.count, d2[0].figures.sum), (1, 0.0));
+        assert_eq!(d2[40].figures.count, 3, "minute 39's last window: no 40:00");
         let d1 = read("d1");
         assert_eq!(d1.len(), 1);
         assert_eq!((d1[0].figures.count, d1[0].figures.sum), (2, 3.0));
         assert_eq!((d1[0].revision, d1[0].state), (1, WindowState::Corrected));
+    }
+
+    /// A late sample exactly on a final window's end recomputes that window (it holds
+    /// `(start, end]`) from the raw samples in it, edge included; the next window stays.
+    #[test]
+    fn a_correction_on_a_window_end_recomputes_that_window() {
+        const MIN: i64 = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        let raw = open_raw(dir.path());
+        let base = strata_model::time::now_ms() / MIN * MIN - 600 * MIN;
+        let stage = RollupStage::open(&dir.path().join("stage"), options(true)).unwrap();
+        feed(&stage, &raw, 1, base + 30_000, 1.0);
+        feed(&stage, &raw, 2, base + MIN + 30_000, 7.0);
+        feed_series(
+            &stage,
+            &raw,
+            3,
+            "clock",
+            &[Sample::new(base + 10 * MIN, 0.0)],
+        );
+        // Late, on the end of window `base`, which is final.
+        feed(&stage, &raw, 4, base + MIN, 9.0);
+        assert_eq!(
+            stage
+                .pending_corrected()
+                .iter()
+                .map(|c| c.start)
+                .collect::<Vec<_>>(),
+            vec![base]
+        );
+        let got = stage
+            .read(
+                &Tenant::default_tenant(),
+                &[Matcher::equal("device", "d1")],
+                base + 1,
+                base + 2 * MIN,
+            )
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
+        assert_eq!(got.len(), 2);
+        let (w0, w1) = (&got[0], &got[1]);
+        assert_eq!((w0.start, w0.end, w0.revision), (base, base + MIN, 1));
+        assert_eq!((w0.figures.count, w0.figures.sum), (2, 10.0));
+        assert_eq!(w0.figures.last, Sample::new(base + MIN, 9.0));
+        assert_eq!(
+            (w1.start, w1.revision, w1.figures.count),
+            (base + MIN, 0, 1)
+        );
+        // A read ending on `base + 1m` sees window `base` (its end), not window `base + 1m`.
+        let edge = stage
+            .read(
+                &Tenant::default_tenant(),
+                &[Matcher::equal("device", "d1")],
+                base + MIN,
+                base + MIN,
+            )
+            .unwrap()
+            .pop()
+            .unwrap()
+            .1;
+        assert_eq!(edge.iter().map(|w| w.start).collect::<Vec<_>>(), vec![base]);
     }
 
     /// A correction stays queued for group rollups across a checkpoint and a reopening until

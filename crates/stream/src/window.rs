@@ -1,10 +1,14 @@
 //! Event-time windows of one shard: which window a sample belongs to, the shard's watermark,
 //! and each window's life from *provisional* to *final* to *corrected*.
 //!
-//! Windows are tumbling, aligned to the clock (a 1-minute window starts on a whole minute).
+//! Windows are tumbling, aligned to the clock (a 1-minute window starts on a whole minute),
+//! and left-open as PromQL's ranges are: the window keyed `s` holds the samples in
+//! `(s, s + w]` (see [`window_of`]), so a window's figures answer `x[w]` evaluated at its end
+//! exactly, samples on the edge included.
 //! The watermark is the highest event time seen minus the allowed out-of-orderness; it never
-//! moves back. A window `[s, s + w)` stays *provisional*, buffering its samples, until the
-//! watermark passes `s + w + allowed_lateness`; then it becomes *final* and its [`Rollup`] is
+//! moves back. A window `(s, s + w]` stays *provisional*, buffering its samples, until the
+//! watermark minus the allowed lateness has passed its inclusive end `s + w` (a sample at
+//! exactly `s + w` may still come until then); then it becomes *final* and its [`Rollup`] is
 //! handed out once. A sample for a final window inside the correction horizon queues a
 //! *correction*: the owner recomputes the window from the raw tier. Older samples are counted
 //! as too late. A shard that stops receiving events must not hold windows open forever: after
@@ -141,7 +145,7 @@ pub struct ClosedWindow<'a> {
     pub tenant: &'a Tenant,
     /// The series.
     pub key: SeriesKeyRef<'a>,
-    /// Window start (inclusive), ms.
+    /// Window start (exclusive: the window holds `(start, start + width]`), ms.
     pub start: i64,
     /// Its figures.
     pub rollup: Rollup,
@@ -326,6 +330,17 @@ struct OpenWindow {
 /// Open windows' entry buffers kept for reuse, so a new window allocates nothing.
 const SPARE_WINDOWS: usize = 4;
 
+/// The key of the window of `width` holding a sample at `ts`: the window's start, its exclusive
+/// lower bound. Windows are left-open like PromQL's ranges: the window keyed `s` holds
+/// `s < ts <= s + width`, so a sample exactly on a clock edge (`12:01:00.000`) belongs to the
+/// window ending there (keyed `12:00`), as `x[1m]` evaluated at `12:01:00` sees it. Keys are
+/// multiples of `width` (`width > 0`); near `i64::MIN`, where the key would not fit, it
+/// saturates to `i64::MIN` rather than overflowing.
+pub fn window_of(ts: i64, width: i64) -> i64 {
+    debug_assert!(width > 0, "window width must be positive");
+    ts.saturating_sub(1).div_euclid(width).saturating_mul(width)
+}
+
 /// True for series derived by rollups or recording rules (a `:` in the metric name, the
 /// Prometheus convention): they are not rolled up again.
 pub fn is_derived(key: SeriesKeyRef<'_>) -> bool {
@@ -422,9 +437,9 @@ impl Windows {
         self.open.iter().map(|w| w.entries.len()).sum()
     }
 
-    /// Start of the window holding `ts`.
+    /// Start (exclusive) of the window holding `ts`: [`window_of`] for this width.
     pub fn window_start(&self, ts: i64) -> i64 {
-        ts.div_euclid(self.opts.window_ms) * self.opts.window_ms
+        window_of(ts, self.opts.window_ms)
     }
 
     /// Takes the samples the raw tier just stored for one series (new values and
@@ -563,9 +578,10 @@ impl Windows {
         if self.watermark == i64::MIN {
             return;
         }
-        // Windows ending at or before `horizon` are final.
+        // Windows whose inclusive end `horizon` has passed (end < horizon) are final: the
+        // window holding `horizon` itself (end >= horizon) may still take a sample on its end.
         let horizon = self.watermark.saturating_sub(self.opts.allowed_lateness_ms);
-        let closed = horizon.div_euclid(self.opts.window_ms) * self.opts.window_ms;
+        let closed = self.window_start(horizon);
         if closed <= self.closed_before {
             return;
         }
@@ -671,8 +687,9 @@ impl Windows {
             .collect()
     }
 
-    /// Visits the provisional windows of `tenant` overlapping `[start, end]` whose series pass
-    /// `wanted`, with their current rollup.
+    /// Visits the provisional windows of `tenant` overlapping `[start, end]` (a window keyed
+    /// `s` overlaps it when `s < end` and `s + width >= start`) whose series pass `wanted`,
+    /// with their current rollup.
     pub fn provisional(
         &self,
         tenant: &Tenant,
@@ -682,7 +699,7 @@ impl Windows {
         mut f: impl FnMut(&SeriesKey, i64, Rollup),
     ) {
         let from = self.window_start(start);
-        for w in self.open.iter().filter(|w| (from..=end).contains(&w.start)) {
+        for w in self.open.iter().filter(|w| (from..end).contains(&w.start)) {
             for e in &w.entries {
                 let st = self.table.get(e.series);
                 if &st.tenant != tenant || !wanted(st.key.as_ref()) {
@@ -897,17 +914,28 @@ mod tests {
             "15 s is behind the watermark, its window still open"
         );
         assert_eq!(w.stats().on_time, 3);
-        let mut seen = Vec::new();
-        w.provisional(
-            &d1.tenant,
-            base,
-            base,
-            |_| true,
-            |_, s, r| seen.push((s, r.count)),
-        );
-        assert_eq!(seen, vec![(base, 3)]);
-        // The watermark passes the window's end plus the lateness: final, once.
+        let seen = |from: i64, to: i64| {
+            let mut seen = Vec::new();
+            w.provisional(
+                &d1.tenant,
+                from,
+                to,
+                |_| true,
+                |_, s, r| seen.push((s, r.count)),
+            );
+            seen
+        };
+        // The window `(base, base + 1m]` overlaps a range that reaches past `base`, up to its
+        // inclusive end; not one that ends at `base` or starts after its end.
+        assert_eq!(seen(base + 1, base + 1), vec![(base, 3)]);
+        assert_eq!(seen(base + MIN, base + 2 * MIN), vec![(base, 3)]);
+        assert_eq!(seen(base - MIN, base), vec![]);
+        assert_eq!(seen(base + MIN + 1, base + 2 * MIN), vec![]);
+        // The horizon (watermark minus lateness) reaches the window's end: not final yet.
         feed(&mut w, &d1, &[(base + 3 * MIN + 5_000, 7.0)]);
+        assert!(close(&mut w, None).is_empty(), "the horizon is at the end");
+        // It passes the end: final, once.
+        feed(&mut w, &d1, &[(base + 3 * MIN + 5_001, 7.0)]);
         let closed = close(&mut w, None);
         assert_eq!(closed.len(), 1);
         let r = &closed[0].rollup;
@@ -928,6 +956,67 @@ mod tests {
         feed(&mut w, &d1, &[(base - 60 * MIN, 1.0)]);
         assert_eq!(w.stats().too_late, 1);
         assert!(w.take_corrections().is_empty());
+    }
+
+    #[test]
+    fn window_of_puts_a_sample_on_an_edge_in_the_window_ending_there() {
+        let noon = 12 * 60 * MIN;
+        // 12:01:00.000 is in the window keyed 12:00, `(12:00, 12:01]`, as `x[1m]` at 12:01.
+        assert_eq!(window_of(noon + MIN, MIN), noon);
+        assert_eq!(window_of(noon + MIN + 1, MIN), noon + MIN);
+        assert_eq!(window_of(noon + 1, MIN), noon);
+        assert_eq!(window_of(noon, MIN), noon - MIN);
+        // Its hour likewise: 13:00:00.000 is in the hour keyed 12:00.
+        let hour = 60 * MIN;
+        assert_eq!(window_of(noon + hour, hour), noon);
+        assert_eq!(window_of(noon + hour + 1, hour), noon + hour);
+        // Around zero and at the ends of time, no overflow.
+        assert_eq!((window_of(0, MIN), window_of(1, MIN)), (-MIN, 0));
+        assert_eq!(window_of(-MIN + 1, MIN), -MIN);
+        assert_eq!(window_of(i64::MIN, MIN), i64::MIN);
+        assert_eq!(window_of(i64::MIN + 1, MIN), i64::MIN);
+        let top = window_of(i64::MAX, MIN);
+        assert!(top < i64::MAX && i64::MAX - top <= MIN && top % MIN == 0);
+        let w = Windows::new(opts());
+        assert_eq!(w.window_start(noon + MIN), noon);
+    }
+
+    #[test]
+    fn a_sample_on_the_end_lands_until_the_horizon_passes_the_end() {
+        let mut w = Windows::new(opts());
+        let (d1, d2) = (series("d1"), series("d2"));
+        let base = 100 * MIN;
+        let end = base + MIN;
+        feed(&mut w, &d1, &[(base + 30_000, 1.0), (end, 2.0)]);
+        // The horizon (watermark - 2 m lateness, watermark = newest - 5 s) reaches `end`.
+        feed(&mut w, &d2, &[(end + 2 * MIN + 5_000, 0.0)]);
+        assert!(close(&mut w, None).is_empty(), "the horizon is on the end");
+        assert_eq!(
+            w.closed_before(),
+            base,
+            "the window keyed `base` is still open"
+        );
+        // Another sample exactly on the end, just before the horizon passes: it lands.
+        feed(&mut w, &d2, &[(end, 5.0)]);
+        assert_eq!((w.stats().late, w.stats().correction_samples), (1, 0));
+        // One millisecond on: the window is final with both edge samples in it.
+        feed(&mut w, &d2, &[(end + 2 * MIN + 5_001, 0.0)]);
+        let mut closed = close(&mut w, None);
+        closed.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(closed.len(), 2);
+        assert!(closed.iter().all(|c| c.start == base));
+        let (r1, r2) = (&closed[0].rollup, &closed[1].rollup);
+        assert_eq!((r1.count, r1.last), (2, Sample::new(end, 2.0)));
+        assert_eq!((r2.count, r2.first), (1, Sample::new(end, 5.0)));
+        assert_eq!(w.closed_before(), end);
+        // Now a sample on the end corrects that window, not the next one.
+        feed(&mut w, &d1, &[(end, 3.0)]);
+        assert_eq!(w.stats().correction_samples, 1);
+        let c = w.take_corrections();
+        assert_eq!((c.len(), &c[0].starts), (1, &vec![base]));
+        // The next window's first millisecond is the next window's.
+        feed(&mut w, &d1, &[(end + 1, 3.0)]);
+        assert_eq!(w.stats().correction_samples, 1, "window `end` is open");
     }
 
     #[test]

@@ -83,7 +83,9 @@ fn base() -> i64 {
 }
 
 /// An hour of `d1` at 15 s, one record per minute: decimal readings that climb and reset (to
-/// exercise exact sums and the counter increase inside and between minutes).
+/// exercise exact sums and the counter increase inside and between minutes). Windows are
+/// left-open, so the hour keyed `h` holds `(h, h + 1h]`: its minute `m` holds the readings at
+/// `:15`, `:30`, `:45` and the one on the next minute's edge, its last one at `h + 1h`.
 fn hour_of_d1(h: i64) -> Vec<Record> {
     (0..60)
         .map(|m| Record {
@@ -99,7 +101,7 @@ fn hour_of_d1(h: i64) -> Vec<Record> {
                     } else {
                         i as f64 * 1.1 + 5.0
                     };
-                    Sample::new(h + i * 15_000, v)
+                    Sample::new(h + (i + 1) * 15_000, v)
                 })
                 .collect(),
         })
@@ -115,9 +117,10 @@ fn clock(t: i64) -> Record {
 }
 
 /// A clock time that makes every window starting before `closed` final (out-of-orderness
-/// 10 s, lateness 2 m) and no later one.
+/// 10 s, lateness 2 m: the horizon passes the end of the window keyed just before `closed`)
+/// and no later one.
 fn closing(closed: i64) -> i64 {
-    closed + 130_000
+    closed + 130_001
 }
 
 /// d1's hours overlapping `[from, to]`.
@@ -134,13 +137,20 @@ fn hours_of_d1(stage: &RollupStage, from: i64, to: i64) -> Vec<WindowView> {
     got.pop().map(|(_, ws)| ws).unwrap_or_default()
 }
 
-/// The figures of d1's hour at `h` computed from its raw samples.
+/// d1's hour keyed `h` (holding `(h, h + 1h]`), as a read of that span finds it.
+fn hour_of(stage: &RollupStage, h: i64) -> Vec<WindowView> {
+    let got = hours_of_d1(stage, h + 1, h + HOUR_MS);
+    assert!(got.iter().all(|w| w.start == h), "only the hour {h}");
+    got
+}
+
+/// The figures of d1's hour at `h` computed from its raw samples in `(h, h + 1h]`.
 fn raw_hour(raw: &Tsdb, h: i64) -> strata_stream::rollup::Figures {
     let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
         .unwrap()
         .key();
     let samples = raw
-        .read_series(&Tenant::default_tenant(), key.as_ref(), h, h + HOUR_MS - 1)
+        .read_series(&Tenant::default_tenant(), key.as_ref(), h + 1, h + HOUR_MS)
         .unwrap();
     Rollup::of_sorted(&samples, true)
         .unwrap()
@@ -161,7 +171,7 @@ fn an_hour_is_final_after_its_last_minute_with_the_figures_of_its_raw_samples() 
     // Every window but the hour's last is final.
     off += 1;
     apply(&stage, &raw, off, &clock(closing(h + HOUR_MS) - 1));
-    let open = hours_of_d1(&stage, h, h);
+    let open = hour_of(&stage, h);
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].state, WindowState::Provisional);
     // 59 final minutes and the open one: already the figures of all the hour's samples.
@@ -170,7 +180,7 @@ fn an_hour_is_final_after_its_last_minute_with_the_figures_of_its_raw_samples() 
     // The last one too: the hour is final, equal to the rollup of its raw samples.
     off += 1;
     apply(&stage, &raw, off, &clock(closing(h + HOUR_MS)));
-    let fin = hours_of_d1(&stage, h, h);
+    let fin = hour_of(&stage, h);
     assert_eq!(fin.len(), 1);
     assert_eq!((fin[0].start, fin[0].end), (h, h + HOUR_MS));
     assert_eq!((fin[0].state, fin[0].revision), (WindowState::Final, 0));
@@ -220,7 +230,7 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
     }
     off += 1;
     apply(&stage, &raw, off, &clock(closing(h + HOUR_MS) + 5 * MIN));
-    let before = hours_of_d1(&stage, h, h);
+    let before = hour_of(&stage, h);
     assert_eq!(before[0].revision, 0);
     // A consumer reads the final hour (its mark), and a correction lands before it is done.
     let taken = stage.hours().unwrap().pending_final_marked();
@@ -236,8 +246,8 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
         .read(
             &Tenant::default_tenant(),
             &[Matcher::equal("device", "d1")],
-            h + 10 * MIN,
-            h + 10 * MIN,
+            h + 10 * MIN + 1,
+            h + 11 * MIN,
         )
         .unwrap()
         .pop()
@@ -245,7 +255,7 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
         .1;
     let minute = minute.iter().find(|w| w.start == h + 10 * MIN).unwrap();
     assert_eq!((minute.revision, minute.figures.count), (1, 5));
-    let after = hours_of_d1(&stage, h, h);
+    let after = hour_of(&stage, h);
     assert_eq!(
         (after[0].state, after[0].revision),
         (WindowState::Corrected, 1)
@@ -273,7 +283,7 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
     // The same sample again changes nothing.
     off += 1;
     apply(&stage, &raw, off, &late);
-    assert_eq!(hours_of_d1(&stage, h, h), after);
+    assert_eq!(hour_of(&stage, h), after);
     // A correction still open: a late sample for a final minute of the next, open hour.
     let next = h + HOUR_MS;
     let in_next = Record {
@@ -282,17 +292,72 @@ fn a_late_event_corrects_its_minute_and_its_hour() {
     };
     off += 1;
     apply(&stage, &raw, off, &in_next);
-    let open = hours_of_d1(&stage, next, next);
+    let open = hour_of(&stage, next);
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].state, WindowState::Provisional);
     assert_eq!(open[0].figures.count, 1);
     off += 1;
     apply(&stage, &raw, off, &clock(closing(next + HOUR_MS)));
-    let fin = hours_of_d1(&stage, next, next);
+    let fin = hour_of(&stage, next);
     assert_eq!(
         (fin[0].state, fin[0].figures.clone()),
         (WindowState::Final, raw_hour(&raw, next))
     );
+}
+
+/// A meter reporting exactly on :00 and :05 puts a sample on every fifth minute's edge and on
+/// every hour's: each hour keyed `h` merged from its minutes holds the samples in
+/// `(h, h + 1h]` (:05 to the next :00), equal to the hour computed from those raw samples, and
+/// the sample on `h` is in the hour before.
+#[test]
+fn an_hour_of_samples_on_the_edges_equals_its_raw_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = open_raw(dir.path());
+    let stage = RollupStage::open(&dir.path().join("stage"), options()).unwrap();
+    let h = base();
+    let mut off = 0;
+    for k in 0..=36 {
+        off += 1;
+        let v = (k * 7 % 11) as f64 * 0.1 + k as f64;
+        let r = Record {
+            device: "d1",
+            samples: vec![Sample::new(h + k * 5 * MIN, v)],
+        };
+        apply(&stage, &raw, off, &r);
+    }
+    off += 1;
+    apply(&stage, &raw, off, &clock(closing(h + 3 * HOUR_MS)));
+    let hours = hours_of_d1(&stage, h - HOUR_MS + 1, h + 3 * HOUR_MS);
+    let starts: Vec<i64> = hours.iter().map(|w| w.start).collect();
+    assert_eq!(starts, [-1, 0, 1, 2].map(|i| h + i * HOUR_MS));
+    assert!(hours.iter().all(|w| w.state == WindowState::Final));
+    // The sample on `h` closes the hour before it.
+    assert_eq!(hours[0].figures.count, 1);
+    assert_eq!(hours[0].figures.last.timestamp, h);
+    for w in &hours[1..] {
+        assert_eq!(w.figures, raw_hour(&raw, w.start));
+        assert_eq!(w.figures.count, 12);
+        assert_eq!(w.figures.first.timestamp, w.start + 5 * MIN);
+        assert_eq!(w.figures.last.timestamp, w.end);
+    }
+    // The minute ending on :05 holds the :05 sample.
+    let minutes = stage
+        .read(
+            &Tenant::default_tenant(),
+            &[Matcher::equal("device", "d1")],
+            h + 5 * MIN,
+            h + 5 * MIN,
+        )
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
+    assert_eq!(minutes.len(), 1);
+    assert_eq!(
+        (minutes[0].start, minutes[0].end),
+        (h + 4 * MIN, h + 5 * MIN)
+    );
+    assert_eq!(minutes[0].figures.count, 1);
 }
 
 /// How a run is interrupted before the restart.
@@ -353,7 +418,7 @@ fn a_restart_keeps_every_hour_equal_to_its_raw_samples() {
                 apply(&stage, &raw, off, r);
             }
         }
-        let fin = hours_of_d1(&stage, h, h);
+        let fin = hour_of(&stage, h);
         assert_eq!(fin.len(), 1, "{crash:?}");
         assert_eq!(fin[0].figures, raw_hour(&raw, h), "{crash:?}");
         assert_eq!(fin[0].state, WindowState::Final, "{crash:?}");
@@ -361,7 +426,9 @@ fn a_restart_keeps_every_hour_equal_to_its_raw_samples() {
         stage.checkpoint(Some(records.len() as u64)).unwrap();
         drop(stage);
         let stage = RollupStage::open(&stage_dir, options()).unwrap();
-        let again = hours_of_d1(&stage, h, h + HOUR_MS);
+        // Both hours overlap `[h + 1, h + 1h + 1]`; the one ending at `h` does not.
+        let again = hours_of_d1(&stage, h + 1, h + HOUR_MS + 1);
+        assert_eq!(again.len(), 2, "{crash:?}");
         assert_eq!(again[0], fin[0], "{crash:?}");
         assert_eq!(again[1].state, WindowState::Provisional, "{crash:?}");
         // The hour waits for the next tier, once, across the restarts.
@@ -409,8 +476,8 @@ fn windows_leave_the_warm_tier_only_once_their_hour_is_stored() {
             .read(
                 &Tenant::default_tenant(),
                 &[Matcher::equal("device", "d1")],
-                h,
-                h + HOUR_MS - 1,
+                h + 1,
+                h + HOUR_MS,
             )
             .unwrap()
             .pop()
@@ -437,7 +504,7 @@ fn windows_leave_the_warm_tier_only_once_their_hour_is_stored() {
         0,
         "no open hour: the hour store's memory gave d1's place back"
     );
-    let hour = hours_of_d1(&stage, h, h);
+    let hour = hour_of(&stage, h);
     assert_eq!(hour.len(), 1);
     assert_eq!(hour[0].figures, raw_hour(&raw, h));
     assert_eq!(hour[0].state, WindowState::Final);
@@ -471,15 +538,15 @@ fn a_correction_below_the_rounding_of_a_window_reaches_its_hour() {
     for (i, r) in records.iter().enumerate() {
         apply(&stage, &raw, i as u64 + 1, r);
     }
-    let hour = |stage: &RollupStage| hours_of_d1(stage, h, h).pop().unwrap();
+    let hour = |stage: &RollupStage| hour_of(stage, h).pop().unwrap();
     assert_eq!((hour(&stage).figures.sum, hour(&stage).revision), (1.5, 0));
     let minute = |stage: &RollupStage| {
         stage
             .read(
                 &Tenant::default_tenant(),
                 &[Matcher::equal("device", "d1")],
-                h,
-                h,
+                h + 1,
+                h + 1,
             )
             .unwrap()
             .pop()

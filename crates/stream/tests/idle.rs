@@ -75,8 +75,9 @@ fn check(stage: &RollupStage, raw: &Tsdb, from: i64, to: i64) -> Finals {
                 .iter()
                 .filter(|w| w.state != WindowState::Provisional)
             {
+                // A window holds `(start, end]`.
                 let samples = raw
-                    .read_series(&t, key.as_ref(), w.start, w.end - 1)
+                    .read_series(&t, key.as_ref(), w.start + 1, w.end)
                     .unwrap();
                 let want = Rollup::of_sorted(&samples, true)
                     .unwrap()
@@ -96,12 +97,13 @@ fn idle_series_leave_and_come_back_with_right_windows() {
     let stage_dir = dir.path().join("stage");
     let stage = RollupStage::open(&stage_dir, options()).unwrap();
     let base = strata_model::time::now_ms() / MIN * MIN - 600 * MIN;
-    // 50 series with three windows each, and a device, then a clock series moves the
-    // watermark 20 minutes on: all their windows are final.
+    // 50 series with three windows each (four samples in each, the last on its end), and a
+    // device, then a clock series moves the watermark 20 minutes on: all their windows are
+    // final.
     let three = |v: f64| -> Vec<Sample> {
         (0..3)
             .flat_map(|m| {
-                (0..4).map(move |k| Sample::new(base + m * MIN + k * 15_000, v + k as f64))
+                (0..4).map(move |k| Sample::new(base + m * MIN + (k + 1) * 15_000, v + k as f64))
             })
             .collect()
     };
@@ -123,7 +125,7 @@ fn idle_series_leave_and_come_back_with_right_windows() {
         *off += 1;
         feed(stage, &raw, *off, "host", "clock", &[Sample::new(t, 0.0)]);
     };
-    // The clock's own window 5 is final: its figure series stay live, renumbered when the
+    // The clock's own window 4 (its sample on that window's end) is final: its figure series stay live, renumbered when the
     // others leave, and still written right (checked below).
     clock(&stage, &mut off, base + 5 * MIN);
     clock(&stage, &mut off, base + 20 * MIN);
@@ -174,7 +176,7 @@ fn idle_series_leave_and_come_back_with_right_windows() {
         off,
         "host",
         "h8",
-        &[Sample::new(base + 15_000, 9.0)],
+        &[Sample::new(base + 30_000, 9.0)],
     );
     off += 1;
     feed(

@@ -31,8 +31,8 @@
 //! | `metric` | string, dictionary | all | the metric name (`__name__`) |
 //! | `labels` | map<string, string>, dictionary | all | every other label of the series |
 //! | `site`, `device`, `job`, `instance` | string, nullable | all | promoted labels: copies of map entries (configurable) |
-//! | `start` | int64 | windows | window start, ms since the epoch (inclusive) |
-//! | `end` | int64 | windows | window end, ms since the epoch (exclusive) |
+//! | `start` | int64 | windows | window start, ms since the epoch (exclusive: a window holds `(start, end]`) |
+//! | `end` | int64 | windows | window end, ms since the epoch (inclusive) |
 //! | `count` | int64 | windows | samples in the window |
 //! | `sum`, `min`, `max`, `mean` | double | windows | figures of the values (`mean` = `sum / count`) |
 //! | `first`, `first_ts` | double, int64 | windows | earliest sample and its time (ms) |

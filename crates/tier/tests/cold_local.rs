@@ -50,8 +50,8 @@ fn windows_and_raw_round_trip() {
     assert_eq!(all(&store, &tenant("other"), Tier::Hour).len(), 1);
     assert!(all(&store, &tenant("nobody"), Tier::Hour).is_empty());
 
-    // Matchers and a time range crossing the day boundary: windows overlapping
-    // [T0 + 23h + 30m, T0 + 25h - 1ms] are those starting at 23h and 24h.
+    // Matchers and a time range crossing the day boundary: windows (`(start, end]`)
+    // overlapping [T0 + 23h + 30m, T0 + 25h - 1ms] are those starting at 23h and 24h.
     let m = [
         Matcher::equal("__name__", "temperature_celsius"),
         Matcher::regex("site", "site-(0|2)", false).unwrap(),
@@ -77,6 +77,21 @@ fn windows_and_raw_round_trip() {
         let orig = written.iter().find(|w| w.labels == s.labels).unwrap();
         assert_eq!(s.windows[..], orig.windows[23..25]);
     }
+    // On the edges: a window holds its end, not its start. [T0 + 24h, T0 + 24h] is in the
+    // window keyed 23h only; [T0 + 24h + 1ms, T0 + 25h] in the one keyed 24h only.
+    let starts = |from: i64, to: i64| -> Vec<i64> {
+        let got = store.scan_windows(&acme, Tier::Hour, &m, from, to).unwrap();
+        assert_eq!(got.len(), 3);
+        let first = got[0].windows.iter().map(|w| w.start).collect::<Vec<_>>();
+        assert!(got.iter().all(|s| s.windows.len() == first.len()));
+        first
+    };
+    assert_eq!(starts(T0 + 24 * HOUR, T0 + 24 * HOUR), [T0 + 23 * HOUR]);
+    assert_eq!(starts(T0 + 24 * HOUR + 1, T0 + 25 * HOUR), [T0 + 24 * HOUR]);
+    assert_eq!(
+        starts(T0 + 24 * HOUR, T0 + 24 * HOUR + 1),
+        [T0 + 23 * HOUR, T0 + 24 * HOUR]
+    );
     // A missing label matches as empty.
     let none = [Matcher::equal("zone", "x")];
     assert!(store

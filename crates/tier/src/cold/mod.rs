@@ -316,7 +316,7 @@ impl ColdStore {
     }
 
     /// `tenant`'s windows of `tier` that overlap `[start, end]` (inclusive milliseconds; a
-    /// window covers `[w.start, w.end)`) of the series the matchers select: each series once,
+    /// window covers `(w.start, w.end]`) of the series the matchers select: each series once,
     /// sorted by metric name then labels, its windows in time order with the highest revision
     /// of each.
     pub fn scan_windows(

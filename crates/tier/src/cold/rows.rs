@@ -4,12 +4,14 @@
 use super::schema::{BatchBuilder, BatchView, END, RAW_COLUMNS, START, TIMESTAMP, WINDOW_COLUMNS};
 use strata_model::{Labels, Sample};
 
-/// One rollup window of one series: the figures of its samples in `[start, end)`.
+/// One rollup window of one series: the figures of its samples in `(start, end]` (left-open,
+/// as PromQL's ranges: a sample exactly on a clock edge belongs to the window ending there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
-    /// First millisecond of the window (inclusive).
+    /// Start of the window (exclusive: its first millisecond is `start + 1`), milliseconds
+    /// since the epoch; the window's key.
     pub start: i64,
-    /// End of the window (exclusive), milliseconds since the epoch.
+    /// End of the window (inclusive), milliseconds since the epoch.
     pub end: i64,
     /// Samples aggregated (at least 1).
     pub count: u64,
@@ -75,8 +77,8 @@ impl ColdRow for Window {
         self.revision
     }
     fn span(&self) -> (i64, i64) {
-        // `end` is exclusive.
-        (self.start, self.end.max(self.start + 1) - 1)
+        // `(start, end]`: `start` is exclusive.
+        (self.start.saturating_add(1), self.end.max(self.start + 1))
     }
     fn encode(&self, b: &mut BatchBuilder) {
         b.encode_window(self)

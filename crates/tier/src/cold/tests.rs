@@ -15,8 +15,9 @@ fn window(start: i64, v: f64) -> Window {
         sum_squares: 4.0 * v * v,
         min: v - 1.0,
         max: v + 1.0,
-        first: Sample::new(start, v - 1.0),
-        last: Sample::new(start + 3_599_000, v + 1.0),
+        // A window holds `(start, end]`.
+        first: Sample::new(start + 15_000, v - 1.0),
+        last: Sample::new(start + 3_600_000, v + 1.0),
         increase: 2.0,
         revision: 0,
         sketch: Some(vec![1, 2, 3]),

@@ -9,7 +9,7 @@ use strata_tier::cold::{SeriesWindows, Window};
 pub const T0: i64 = 1_767_225_600_000;
 pub const HOUR: i64 = 3_600_000;
 
-/// A 1-hour window whose figures all derive from `v`.
+/// A 1-hour window whose figures all derive from `v`: a sample a minute in `(start, end]`.
 pub fn window(start: i64, v: f64, revision: u64) -> Window {
     Window {
         start,
@@ -19,8 +19,8 @@ pub fn window(start: i64, v: f64, revision: u64) -> Window {
         sum_squares: 60.0 * v * v + 1.0,
         min: v - 2.0,
         max: v + 2.0,
-        first: Sample::new(start, v - 1.0),
-        last: Sample::new(start + HOUR - 60_000, v + 1.0),
+        first: Sample::new(start + 60_000, v - 1.0),
+        last: Sample::new(start + HOUR, v + 1.0),
         increase: v.abs(),
         revision,
         sketch: revision.is_multiple_of(2).then(|| v.to_le_bytes().to_vec()),
