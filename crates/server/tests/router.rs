@@ -62,19 +62,28 @@ fn ticks(t: i64) -> String {
 type Series = (String, Vec<(f64, f64)>);
 
 /// A range query's series (by device) and the `Strata-Tiers` header.
-fn range(
+fn range(s: &Server, q: &str, grid: (i64, i64, i64), cap: Option<&str>) -> (String, Vec<Series>) {
+    let (tiers, _, series) = range_cached(s, q, grid, cap, false);
+    (tiers, series)
+}
+
+/// As [`range`], through the result cache when `cached`; also the `Strata-Cache` header.
+fn range_cached(
     s: &Server,
     q: &str,
     (start, end, step): (i64, i64, i64),
     cap: Option<&str>,
-) -> (String, Vec<Series>) {
+    cached: bool,
+) -> (String, String, Vec<Series>) {
     let mut params = vec![
         ("query", q.to_string()),
         ("start", (start / 1000).to_string()),
         ("end", (end / 1000).to_string()),
         ("step", format!("{}s", step / 1000)),
-        ("nocache", "1".into()),
     ];
+    if !cached {
+        params.push(("nocache", "1".into()));
+    }
     if let Some(c) = cap {
         params.push(("max_source_resolution", c.into()));
     }
@@ -86,6 +95,10 @@ fn range(
         .unwrap();
     assert!(r.status().is_success(), "{q}: {}", r.status());
     let tiers = r.headers()["strata-tiers"].to_str().unwrap().to_string();
+    let cache = r.headers()["strata-cache"]
+        .to_str()
+        .unwrap_or("")
+        .to_string();
     let body: Value = r.json().unwrap();
     let series = body["data"]["result"]
         .as_array()
@@ -107,7 +120,27 @@ fn range(
             (name, pts)
         })
         .collect();
-    (tiers, series)
+    (tiers, cache, series)
+}
+
+/// Asserts two answers are equal to `rel`.
+fn same(q: &str, want: &[Series], got: &[Series], rel: f64) {
+    assert_eq!(want.len(), got.len(), "{q}");
+    assert!(!want.is_empty(), "{q}");
+    for ((wn, wp), (gn, gp)) in want.iter().zip(got) {
+        assert_eq!(wn, gn, "{q}");
+        assert_eq!(wp.len(), gp.len(), "{q} {wn}");
+        for (a, b) in wp.iter().zip(gp) {
+            assert_eq!(a.0, b.0, "{q}");
+            assert!(
+                close(a.1, b.1, rel),
+                "{q} {wn} at {}: want {} got {}",
+                a.0,
+                a.1,
+                b.1
+            );
+        }
+    }
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -221,6 +254,41 @@ fn tiers_answer_as_raw_samples_do_on_aligned_windows() {
     assert!(metric(&m, "strata_query_tier_total{tier=\"1m\"}") > 0.0);
     assert!(metric(&m, "strata_query_tier_total{tier=\"raw\"}") > 0.0);
 
+    // A late reading corrects the minute and the hour it falls in, and the cached range that
+    // covers it: the next answer is the raw one again, not the cached one.
+    let q = "sum_over_time(temperature[2h])";
+    let grid = (base + 2 * HOUR, done, 6 * HOUR);
+    let (_, first, before) = range_cached(&s, q, grid, None, true);
+    let (tiers, again, cached) = range_cached(&s, q, grid, None, true);
+    assert_eq!(
+        (first.as_str(), again.as_str(), tiers.as_str()),
+        ("miss", "hit", "1h")
+    );
+    same(q, &before, &cached, 0.0);
+    let late = base + 7 * HOUR + 15_000;
+    assert!(s
+        .post("/api/v1/events", event("late-1", 0, late, 1000.0, 0.0))
+        .status()
+        .is_success());
+    s.flush();
+    let hour = s.get_json(&format!(
+        "/api/v1/rollups?match[]=temperature{{device=\"d0\"}}&tier=1h&start={}&end={}",
+        (late - 1) / 1000,
+        (late + 1) / 1000
+    ));
+    assert_eq!(hour["data"][0]["windows"][0]["revision"], 1, "{hour}");
+    let minute = s.get_json(&format!(
+        "/api/v1/rollups?match[]=temperature{{device=\"d0\"}}&tier=1m&start={}&end={}",
+        late / 1000,
+        late / 1000
+    ));
+    assert_eq!(minute["data"][0]["windows"][0]["revision"], 1, "{minute}");
+    let (_, after_cache, after) = range_cached(&s, q, grid, None, true);
+    assert_ne!(after_cache, "hit");
+    let (_, raw) = range(&s, q, grid, Some("raw"));
+    same(q, &raw, &after, 1e-9);
+    assert_ne!(before, after, "the late reading changed the sum");
+
     // The cold tier answers alone: a new node on the first one's cold files (no raw samples,
     // no local hours) gives the raw answers from the archived hours.
     let checks = [
@@ -236,21 +304,12 @@ fn tiers_answer_as_raw_samples_do_on_aligned_windows() {
     s.stop();
     let other = tempfile::tempdir().unwrap();
     let cold = dir.path().join("data").join("cold");
-    let config = format!(
-        "{CONFIG}\n[cold]\nurl = {:?}\n",
-        cold.to_str().unwrap()
-    );
+    let config = format!("{CONFIG}\n[cold]\nurl = {:?}\n", cold.to_str().unwrap());
     let b = Server::start(other.path(), &config);
     for (q, want) in checks.iter().zip(&want) {
         let (tiers, got) = range(&b, q, grid, None);
         assert_eq!(tiers, "1h", "{q}");
-        assert_eq!(&got.len(), &want.len(), "{q}");
-        for ((wn, wp), (gn, gp)) in want.iter().zip(&got) {
-            assert_eq!(wn, gn);
-            for (a, b) in wp.iter().zip(gp) {
-                assert!(close(a.1, b.1, 1e-9), "cold {q} {wn}: raw {} cold {}", a.1, b.1);
-            }
-        }
+        same(q, want, &got, 1e-9);
     }
     b.stop();
 }
