@@ -185,4 +185,19 @@ fn cold_tier_on_s3() {
         .unwrap();
     assert_eq!(got, expected);
     assert_eq!(store.metrics().errors, 0);
+
+    // An endpoint nothing listens on: opening fails (retries bounded), naming the object.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let opts = ColdOptions {
+        store_options: vec![("aws_endpoint".into(), closed)],
+        ..ColdOptions::default()
+    };
+    let Err(err) = ColdStore::open("s3://strata/unreachable", opts) else {
+        panic!("opened a store nothing serves");
+    };
+    assert!(
+        err.to_string()
+            .contains("unreachable/_strata/manifest.json"),
+        "{err}"
+    );
 }

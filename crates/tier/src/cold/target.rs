@@ -33,7 +33,20 @@ pub(crate) fn open(url: &str, options: &[(String, String)]) -> Result<Target, Co
         if bucket.is_empty() {
             return Err(bad("no bucket name".into()));
         }
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // An unreachable endpoint fails within about half a minute (the default retries for
+        // three minutes, so a wrong URL held startup that long); requests still retry.
+        let retry = object_store::RetryConfig {
+            max_retries: 5,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
+        let client = object_store::ClientOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(5))
+            .with_timeout(std::time::Duration::from_secs(60));
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_client_options(client);
         for (k, v) in options {
             let key: AmazonS3ConfigKey =
                 k.parse().map_err(|e| bad(format!("option {k:?}: {e}")))?;
