@@ -802,7 +802,8 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
 impl RollupStage {
     /// From when this shard's tiers hold `tenant`'s data, as `(windows, hours)`: from the
     /// earliest window stored or open (retention deletes whole blocks, so what is left is
-    /// complete from there); `i64::MAX` for a tier not kept or still empty.
+    /// complete from there); `i64::MAX` for a tier not kept or still empty, and for windows
+    /// other than 1 minute long.
     pub fn held_from(&self, tenant: &Tenant) -> (i64, i64) {
         let open = self.windows.read().first_window();
         let earliest = |store: &RollupStore, open: i64| {
@@ -810,7 +811,12 @@ impl RollupStage {
             // A window keyed `start` holds what follows it.
             stored.min(open).saturating_add(1)
         };
-        let windows = earliest(&self.store, open);
+        // The router reads the warm tier as 1-minute windows: another width is not offered.
+        let windows = if self.opts.windows.window_ms == 60_000 {
+            earliest(&self.store, open)
+        } else {
+            i64::MAX
+        };
         let hours = self.hours.as_ref().map_or(i64::MAX, |h| {
             earliest(
                 h.store(),
