@@ -483,6 +483,12 @@ impl Shard {
     /// and answers them with the outcome.
     fn maintain_in_background(&self, now: i64, done: Vec<oneshot::Sender<Result<(), String>>>) {
         let (tsdb, partition) = (Arc::clone(&self.tsdb), self.partition);
+        // Raw samples expire only once the windows they roll up into are final: the next tier
+        // holds them first (a shard whose windows lag keeps its raw samples longer).
+        let now = self.rollups.as_ref().map_or(now, |r| {
+            let closed = r.windows().closed_before();
+            now.min(closed.saturating_add(tsdb.retention_ms()))
+        });
         let spawned = std::thread::Builder::new()
             .name(format!("maintain-{partition}"))
             .spawn(move || {

@@ -1103,6 +1103,11 @@ impl Tsdb {
         t
     }
 
+    /// How long samples are kept, ms.
+    pub fn retention_ms(&self) -> i64 {
+        self.opts.retention_ms
+    }
+
     /// The earliest timestamp `tenant` has data at, in blocks or the head (walks the head's
     /// series: for stores of modest size, such as the rollup tiers').
     pub fn min_time(&self, tenant: &Tenant) -> Option<i64> {
