@@ -197,7 +197,7 @@ struct Settling {
 /// True when a stored window's state (what its figures round) differs from `fresh`, the
 /// window recomputed with equal figures: an exact sum changed below the rounding, or the sketch.
 /// An unreadable state counts as changed, so it is written again.
-fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
+pub(crate) fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
     match crate::state::of_stored(&stored.figures, stored.revision, stored.state.as_deref()) {
         Ok(r) => {
             r.sum != fresh.sum
@@ -270,6 +270,11 @@ impl RollupStage {
             corrections_path,
             settling: parking_lot::Mutex::new(Settling::default()),
         })
+    }
+
+    /// The stage's settings.
+    pub fn options(&self) -> &StageOptions {
+        &self.opts
     }
 
     /// The log offset the stage's checkpoint covers (replay starts after it).
