@@ -371,6 +371,37 @@ impl Engine {
         self.sync_cold().await
     }
 
+    /// Runs `work` on shard `partition`'s thread (see [`Job::Exclusive`]) and returns its answer.
+    pub async fn on_shard<T: Send + 'static>(
+        &self,
+        partition: u32,
+        work: impl FnOnce(Option<&RollupStage>, u64) -> T + Send + 'static,
+    ) -> Result<T, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move |stage: Option<&RollupStage>, offset| {
+            let _ = tx.send(work(stage, offset));
+        });
+        self.shards[partition as usize]
+            .tx
+            .send(Job::Exclusive { work })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)
+    }
+
+    /// The cold tier's archive of raw samples, when `cold.archive_raw` is on.
+    pub fn cold_raw_archive(&self) -> Option<Arc<dyn strata_tsdb::ExpiryArchive>> {
+        self.cold.as_ref()?.raw_archive()
+    }
+
+    /// Tells the [`LateWrites`] observer of `tenant`'s samples from `oldest` to `newest` (ms)
+    /// stored other than by [`Engine::write`] (a backfill).
+    pub fn late_written(&self, tenant: &Tenant, oldest: i64, newest: i64) {
+        if let Some(o) = self.late.get() {
+            o.written(tenant, oldest, newest);
+        }
+    }
+
     /// One pass of the cold tier's archiver, now.
     async fn sync_cold(&self) -> Result<(), WriteError> {
         match &self.cold {
