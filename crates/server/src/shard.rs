@@ -40,9 +40,7 @@ pub enum Job {
     /// flush is running, with the rollup stage and the last log offset applied: work that
     /// writes the stage's stores outside the log (a backfill) never races settling or a
     /// checkpoint.
-    Exclusive {
-        work: ShardWork,
-    },
+    Exclusive { work: ShardWork },
 }
 
 /// What happened to one acknowledged write.
