@@ -3,6 +3,7 @@
 //!
 //! This crate wires the others together; storage, decoding and the log live in their own crates.
 
+pub mod backfill;
 pub mod cold;
 pub mod config;
 pub mod engine;

@@ -495,3 +495,67 @@ fn bad_backfills_are_refused_whole_naming_the_problem() {
     );
     s.stop();
 }
+
+/// `strata backfill` sends a line-protocol file, its lines in any order, as requests of whole
+/// series-hours: the hours equal those of the samples however the file was cut.
+#[test]
+fn the_cli_sends_a_file_in_whole_series_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        "partitions = 2\nretention = \"2d\"\n[cold]\ninterval = \"1h\"\n",
+    );
+    let h0 = (now_ms() - 20 * DAY).div_euclid(HOUR) * HOUR;
+    let mut want: BTreeMap<(String, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut lines = Vec::new();
+    // Time-major, as exports often are: every series at each step.
+    for i in 0..30 * 12 {
+        for d in 0..2 {
+            let (t, v) = (h0 + i * 5 * MIN, ((i * 3 + d * 7) % 41) as f64 / 4.0);
+            lines.push(format!(
+                "cli_metric,device=c{d},site=s1 value={v} {}",
+                t / 1000
+            ));
+            want.entry((format!("c{d}"), t.div_euclid(HOUR) * HOUR))
+                .or_default()
+                .push((t, v));
+        }
+    }
+    let file = dir.path().join("history.lp");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args([
+            "backfill",
+            "--url",
+            &s.base,
+            "--precision",
+            "s",
+            "--request-bytes",
+            "800",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("hours={}", lines.len())),
+        "{stdout}"
+    );
+    let requests: u64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(requests >= 10, "cut into many requests: {stdout}");
+    s.flush();
+    let got = tier(&s, "1h", h0, h0 + 30 * HOUR - 1);
+    let mut n = 0;
+    for ((d, start), samples) in &want {
+        let (fig, revision, _) = &got[&(d.clone(), "cli_metric".to_owned())][start];
+        assert!(same(fig, &figures(samples)), "{d} {start}");
+        assert_eq!(*revision, 0);
+        n += 1;
+    }
+    assert_eq!(n, 60);
+}
