@@ -63,6 +63,11 @@ impl PendingBudget {
         let bytes = batch.payload_bytes()
             + batch.series_len() * BATCH_ENTRY_BYTES
             + batch.samples_len() * std::mem::size_of::<strata_model::Sample>();
+        self.reserve_bytes(bytes).await
+    }
+
+    /// Waits for room for `bytes`, as [`PendingBudget::reserve`].
+    async fn reserve_bytes(&self, bytes: usize) -> Result<OwnedSemaphorePermit, WriteError> {
         let total = self.limit_bytes.div_ceil(1024);
         let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
         match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await {
@@ -369,6 +374,13 @@ impl Engine {
                 .map_err(WriteError::Durability)?;
         }
         self.sync_cold().await
+    }
+
+    /// Waits for room for `bytes` of samples held for the shards outside [`Engine::write`] (a
+    /// backfill's older part) in the pending-ingest budget; the room is freed when the permit
+    /// is dropped. Do not hold it across an [`Engine::write`] of the same request.
+    pub async fn reserve_pending(&self, bytes: usize) -> Result<OwnedSemaphorePermit, WriteError> {
+        self.pending.reserve_bytes(bytes).await
     }
 
     /// Runs `work` on shard `partition`'s thread (see [`Job::Exclusive`]) and returns its answer.

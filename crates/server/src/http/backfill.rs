@@ -220,6 +220,19 @@ async fn run(
         Some(b) => Some(st.engine.write(b).await.map_err(unavailable)?),
         None => None,
     };
+    // Held in the pending-ingest budget, as writes are, until the shards are done with it.
+    let held: usize = old
+        .values()
+        .flat_map(|m| m.iter())
+        .map(|(k, v)| k.as_bytes().len() + 48 + v.len() * std::mem::size_of::<Sample>())
+        .sum();
+    // Each shard's task holds it: a client going away does not free it before they finish.
+    let room = match held {
+        0 => None,
+        n => Some(Arc::new(
+            st.engine.reserve_pending(n).await.map_err(unavailable)?,
+        )),
+    };
     // The shards' parts and the raw archive run at once; each is durable when it answers.
     let mut cold_rows: Vec<SeriesSamples> = Vec::new();
     let mut shards = Vec::new();
@@ -238,8 +251,9 @@ async fn run(
                 samples: v.clone(),
             }));
         }
-        let (engine, tenant) = (st.engine.clone(), tenant.clone());
+        let (engine, tenant, room) = (st.engine.clone(), tenant.clone(), room.clone());
         shards.push(tokio::spawn(async move {
+            let _room = room;
             engine
                 .on_shard(p, move |stage, offset| {
                     let stage = stage.ok_or("rollups are disabled")?;
