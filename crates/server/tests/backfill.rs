@@ -334,6 +334,23 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
         &figures(&expected(&changed[..1], HOUR)[k][&target])
     ));
     assert_eq!(after[k][&(target - HOUR)], hours[k][&(target - HOUR)]);
+    let m = s.metrics();
+    let line = |l: &str| {
+        m.lines()
+            .find_map(|x| x.strip_prefix(l).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {l}"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line("strata_backfill_requests_total{outcome=\"completed\"}"),
+        3
+    );
+    let third_hours = third["hours"].as_u64().unwrap();
+    assert_eq!(
+        line("strata_backfill_samples_total{to=\"hours\"}"),
+        2 * backfilled as u64 + third_hours
+    );
     s.stop();
 
     // The cold tier: every backfilled raw sample, and the hours.
@@ -492,6 +509,15 @@ fn bad_backfills_are_refused_whole_naming_the_problem() {
             .unwrap()
             .contains("rollups.hour_retention"),
         "{v}"
+    );
+    let m = s.metrics();
+    assert!(
+        m.contains("strata_backfill_requests_total{outcome=\"failed\"} 6\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("strata_backfill_samples_total{to=\"refused_too_old\"} 1\n"),
+        "{m}"
     );
     s.stop();
 }

@@ -130,9 +130,16 @@ pub async fn backfill(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let counters = &st.engine.counters.backfill;
     match run(&st, q.as_deref(), &headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+        Ok(r) => {
+            counters.completed.add(1);
+            r
+        }
+        Err(e) => {
+            counters.failed.add(1);
+            e.into_response()
+        }
     }
 }
 
@@ -324,6 +331,12 @@ async fn run(
         )
     });
     let too_old = too_old + raw_too_old;
+    let c = &st.engine.counters.backfill;
+    c.raw.add(raw as u64);
+    c.windows.add(applied.window_samples);
+    c.hours.add(applied.hour_samples);
+    c.cold_raw.add(cold_raw as u64);
+    c.too_old.add(too_old as u64);
     let mut warnings = Vec::new();
     if too_old > 0 {
         warnings.push(format!(
