@@ -41,23 +41,34 @@ need_strata
 
 if [ -n "${WORK:-}" ]; then mkdir -p "$WORK"; else WORK=$(mktemp -d); fi
 cleanup() { stop_started; [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+# Everything but the workload is made fresh.
+rm -rf "$WORK"/strata "$WORK"/raw1y "$WORK"/vm "$WORK"/*-answers "$WORK"/lp1y
 trap cleanup EXIT
 note "work dir $WORK"
 ROLLUPS=on describe_build
 
-# --- The workload: gzip'd line protocol, whole series per file, two generators at once. ---
-END_S=$(date +%s)
-gen_started=$(now_s)
-for part in 0 1; do
-  $PY gen --out "$WORK/lp" --end "$END_S" --days "$DAYS" --sites "$SITES" --per-site "$PER_SITE" \
-    --per-file "$PER_FILE" --parts 2 --part "$part" >"$WORK/gen-$part.txt" &
-done
-wait
+# --- The workload: gzip'd line protocol, whole series per file, two generators at once (kept in
+# WORK/lp and reused by a later run with the same WORK and settings, ending when it was made). ---
+stamp="days=$DAYS sites=$SITES per_site=$PER_SITE per_file=$PER_FILE"
+if [ -f "$WORK/lp/.done" ] && [ "$(cat "$WORK/lp/.done")" = "$stamp" ]; then
+  note "reusing the workload in $WORK/lp"
+else
+  rm -rf "$WORK/lp"
+  END_S=$(date +%s)
+  gen_started=$(now_s)
+  for part in 0 1; do
+    $PY gen --out "$WORK/lp" --end "$END_S" --days "$DAYS" --sites "$SITES" --per-site "$PER_SITE" \
+      --per-file "$PER_FILE" --parts 2 --part "$part" >"$WORK/gen-$part.txt" &
+  done
+  wait
+  note "generated in $(elapsed "$gen_started") s"
+  echo "$stamp" >"$WORK/lp/.done"
+fi
 SERIES=$(kv "$(cat "$WORK/gen-0.txt")" series)
 SAMPLES=$(( $(kv "$(cat "$WORK/gen-0.txt")" samples) + $(kv "$(cat "$WORK/gen-1.txt")" samples) ))
 LP_BYTES=$(( $(kv "$(cat "$WORK/gen-0.txt")" bytes) + $(kv "$(cat "$WORK/gen-1.txt")" bytes) ))
 END_S=$(kv "$(cat "$WORK/gen-0.txt")" end)
-note "generated $SERIES series, $SAMPLES samples ($LP_BYTES gzip'd bytes) in $(elapsed "$gen_started") s"
+note "workload: $SERIES series, $SAMPLES samples ($LP_BYTES gzip'd bytes), ending at $END_S"
 YEARS=$(python3 -c "print($DAYS / 365)")
 
 # post_all URL DIR OUT: POSTs every gzip'd file of DIR to URL, CONNS at a time, each answer in
@@ -129,6 +140,7 @@ cold_1h_b=$(bytes_of "$d"/cold/tenant=*/tier=1h)
 cold_raw_b=$(bytes_of "$d"/cold/tenant=*/tier=raw)
 cold_hours=$(metric "$base" strata_cold_hours_archived_total)
 cold_raw_rows=$(metric "$base" strata_cold_raw_samples_archived_total)
+note "strata bytes: raw $raw_b, warm $warm_b, 1h $hour_b, cold 1h $cold_1h_b ($cold_hours hours), cold raw $cold_raw_b, $cold_files cold files"
 cold_raw_years=$(python3 -c "print(max($DAYS - ${RAW_RETENTION%d}, 0) / 365)")
 
 # --- Queries (run against any Prometheus-compatible base URL). ---
@@ -163,6 +175,7 @@ run_queries() {
   done
 }
 run_queries strata "$base"
+note "strata queries:"; sed 's/^/#   /' "$WORK/q-strata" >&2
 stop_pid "$STRATA_PID"
 
 # --- The raw tier's own bytes per series-year: one year of RAW_SERIES series, raw only. ---
@@ -192,6 +205,7 @@ if [ "$VM" = on ]; then
   post_all "$vbase/write?precision=s" "$WORK/lp" "$WORK/vm-answers"
   curl -fs "$vbase/internal/force_flush" >/dev/null || die "VictoriaMetrics force_flush failed"
   vm_load_s=$(elapsed "$t0")
+  note "VictoriaMetrics loaded in $vm_load_s s"
   sleep 10
   run_queries vm "$vbase"
   vm_b=$(bytes_of "$WORK/vm")
