@@ -17,9 +17,9 @@
 //!   the cold tier saved), before the request is acknowledged.
 
 use crate::hour::HOUR_MS;
-use crate::rollup::{Figures, Rollup};
-use crate::stage::{revision_over, state_changed, RollupStage};
-use crate::store::{StoredWindow, WindowWrite};
+use crate::rollup::Rollup;
+use crate::stage::{revision_for, RollupStage};
+use crate::store::WindowWrite;
 use crate::window::is_derived;
 use crate::StreamError;
 use strata_model::{Sample, SeriesKey, StorageError, Tenant};
@@ -79,22 +79,6 @@ pub fn plan_series(
         });
     }
     out
-}
-
-/// The revision to write `fresh` (with `figures`) at over what a tier holds, `None` when it
-/// holds it already: figures and, when `states` are compared (the tier keeps them), the state
-/// below their rounding. Nothing held: revision 0.
-pub(crate) fn replacing_revision(
-    was: Option<&StoredWindow>,
-    fresh: &Rollup,
-    figures: &Figures,
-    states: bool,
-) -> Option<u32> {
-    match (revision_over(was, figures, 0), was) {
-        (Some(r), _) => Some(r),
-        (None, Some(w)) if states && state_changed(w, fresh) => Some(w.revision + 1),
-        (None, _) => None,
-    }
 }
 
 /// What [`apply`] did with one request's samples for one shard.
@@ -172,7 +156,7 @@ pub fn apply(
                     .binary_search_by_key(start, |w| w.start)
                     .ok()
                     .map(|i| &stored[i]);
-                let Some(revision) = replacing_revision(was, rollup, &figures, true) else {
+                let Some(revision) = revision_for(was, rollup, &figures, 0, true) else {
                     done.windows_unchanged += 1;
                     continue;
                 };

@@ -25,9 +25,8 @@
 //!   [`HourStage::pending_final_marked`], [`HourStage::final_windows`],
 //!   [`HourStage::done_final_marked`] (or, unconditionally, [`HourStage::done_final`]).
 
-use crate::backfill::replacing_revision;
 use crate::rollup::Rollup;
-use crate::stage::{encode_corrections, load_corrections, revision_over, WindowView};
+use crate::stage::{encode_corrections, load_corrections, revision_for, revision_over, WindowView};
 use crate::state::{self, StateError};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{Correction, WindowState};
@@ -413,7 +412,7 @@ impl HourStage {
                 .binary_search_by_key(&start, |w| w.start)
                 .ok()
                 .map(|i| &stored[i]);
-            let Some(revision) = replacing_revision(was, rollup, &figures, true) else {
+            let Some(revision) = revision_for(was, rollup, &figures, 0, true) else {
                 continue;
             };
             writes.push(WindowWrite {

@@ -197,7 +197,7 @@ struct Settling {
 /// True when a stored window's state (what its figures round) differs from `fresh`, the
 /// window recomputed with equal figures: an exact sum changed below the rounding, or the sketch.
 /// An unreadable state counts as changed, so it is written again.
-pub(crate) fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
+fn state_changed(stored: &StoredWindow, fresh: &Rollup) -> bool {
     match crate::state::of_stored(&stored.figures, stored.revision, stored.state.as_deref()) {
         Ok(r) => {
             r.sum != fresh.sum
@@ -224,6 +224,23 @@ pub(crate) fn revision_over(
         Some(s) if &s.figures == figures => None,
         Some(s) => Some(s.revision + 1),
         None => Some(absent),
+    }
+}
+
+/// As [`revision_over`] for `fresh` (whose figures are `figures`), also comparing, when
+/// `states` (the store keeps them), the state below the figures' rounding: equal figures over a
+/// changed state are written again at revision + 1.
+pub(crate) fn revision_for(
+    stored: Option<&StoredWindow>,
+    fresh: &Rollup,
+    figures: &Figures,
+    absent: u32,
+    states: bool,
+) -> Option<u32> {
+    match (revision_over(stored, figures, absent), stored) {
+        (Some(r), _) => Some(r),
+        (None, Some(w)) if states && state_changed(w, fresh) => Some(w.revision + 1),
+        (None, _) => None,
     }
 }
 
@@ -436,12 +453,9 @@ impl RollupStage {
                     .binary_search_by_key(&start, |w| w.start)
                     .ok()
                     .map(|i| &stored[i]);
-                let revision = match (revision_over(was, &figures, 1), was) {
-                    (Some(r), _) => r,
-                    (None, Some(w)) if state_width.is_some() && state_changed(w, &rollup) => {
-                        w.revision + 1
-                    }
-                    (None, _) => continue,
+                let Some(revision) = revision_for(was, &rollup, &figures, 1, state_width.is_some())
+                else {
+                    continue;
                 };
                 writes.push(WindowWrite {
                     series,
