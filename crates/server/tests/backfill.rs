@@ -585,3 +585,58 @@ fn the_cli_sends_a_file_in_whole_series_hours() {
     }
     assert_eq!(n, 60);
 }
+
+/// An answered backfill is durable: after a SIGKILL right after the answer, the restarted
+/// server holds its windows and hours, and the hours still reach the cold tier.
+#[test]
+fn an_answered_backfill_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "partitions = 2\nretention = \"2d\"\n[cold]\ninterval = \"1h\"\n";
+    let s = Server::start(dir.path(), cfg);
+    let now = now_ms();
+    // Only history older than the raw tier keeps: nothing of it is in the ingest log.
+    let h: History = history(now)
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().filter(|x| x.0 < now - 3 * DAY).collect()))
+        .collect();
+    let (status, answer) = backfill(&s, body_of(&h));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["raw"], 0);
+    s.kill9();
+    let s = Server::start(dir.path(), cfg);
+    s.flush();
+    let want = expected(&h, HOUR);
+    let hours = tier(&s, "1h", now - 11 * DAY, now);
+    let minutes = tier(&s, "1m", now - 11 * DAY, now);
+    for (k, want) in &want {
+        assert_eq!(hours[k].len(), want.len(), "{k:?}: every hour");
+        for (start, samples) in want {
+            assert!(same(&hours[k][start].0, &figures(samples)), "{k:?} {start}");
+        }
+        let in_minutes: usize = minutes[k].values().map(|w| w.0.count as usize).sum();
+        assert_eq!(in_minutes, h.iter().find(|x| &x.0 == k).unwrap().1.len());
+    }
+    s.stop();
+    let cold = ColdStore::open(
+        dir.path().join("data/cold").to_str().unwrap(),
+        ColdOptions::default(),
+    )
+    .unwrap();
+    let t = Tenant::default_tenant();
+    let cold_hours = cold
+        .scan_windows(&t, Tier::Hour, &[Matcher::equal("site", "s1")], 0, now)
+        .unwrap();
+    let n: usize = cold_hours.iter().map(|s| s.windows.len()).sum();
+    assert_eq!(
+        n,
+        want.values().map(|w| w.len()).sum::<usize>(),
+        "every hour archived after the restart"
+    );
+    let raw: usize = cold
+        .scan_raw(&t, &[Matcher::equal("site", "s1")], 0, now)
+        .unwrap()
+        .iter()
+        .map(|s| s.samples.len())
+        .sum();
+    assert_eq!(raw, h.iter().map(|x| x.1.len()).sum::<usize>());
+}
