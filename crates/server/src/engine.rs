@@ -414,8 +414,8 @@ impl Engine {
         }
     }
 
-    /// One pass of the cold tier's archiver, now.
-    async fn sync_cold(&self) -> Result<(), WriteError> {
+    /// One pass of the cold tier's archiver, now (nothing without a cold tier).
+    pub async fn sync_cold(&self) -> Result<(), WriteError> {
         match &self.cold {
             Some(c) => c.sync().await.map_err(WriteError::Durability),
             None => Ok(()),

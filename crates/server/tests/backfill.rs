@@ -226,6 +226,11 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
     assert!(first["windows"].as_u64().unwrap() > 0);
     assert!(first["windows"].as_u64().unwrap() < backfilled as u64);
     assert!(first["hours_written"].as_u64().unwrap() > 0);
+    // The hours reached the cold tier before the answer.
+    assert!(
+        common::metric(&s.metrics(), "strata_cold_hours_archived_total")
+            >= first["hours_written"].as_f64().unwrap()
+    );
     s.flush();
 
     // Every final hour of the ten days, backfilled or live, as the samples give it: no gap

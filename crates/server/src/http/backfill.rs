@@ -312,6 +312,17 @@ async fn run(
     if let Some((oldest, newest)) = span {
         st.engine.late_written(&tenant, oldest, newest);
     }
+    let mut warnings = Vec::new();
+    if failed.is_none() && applied.hours_written > 0 {
+        // The hours written are queued for the cold tier (durably): one archiver pass takes
+        // them now, so a backfill of years never piles them up in the queue. A failure leaves
+        // them queued for the archiver's next passes.
+        if let Err(e) = st.engine.sync_cold().await {
+            warnings.push(format!(
+                "the backfilled hours are stored and queued for the cold tier, whose archiver failed (it retries): {e}"
+            ));
+        }
+    }
     if let Some(e) = failed {
         // Retrying is safe: what was written is written again unchanged.
         return Err(ApiError::new(
