@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Helpers of bench/twoyear.sh (no third-party modules).
 
-  twoyear.py gen --out DIR --end S [--days D] [--sites N] [--per-site N] [--per-file N] [--seed N]
+  twoyear.py gen --out DIR --end S [--days D] [--sites N] [--per-site N] [--chunk-days N] [--seed N]
                    [--max-series N] [--part I --parts N]
-      Writes the workload as gzip'd Influx line protocol (precision=s), whole series per file:
+      Writes the workload as gzip'd Influx line protocol (precision=s), a file per CHUNK days of
+      every series:
       every device's `temperature_celsius` (gauge) and `energy_wh_total` (counter, resetting
       now and then), and for every other device `vibration_mm_s` (the sketched metric), one
       sample per 5 minutes on the clock's 5-minute edges for D days up to S. Deterministic for a
@@ -47,29 +48,28 @@ def series_list(sites, per_site):
     return out
 
 
-def lines(metric, site, device, start, end, rng):
-    """One series' lines, as one string."""
+def lines(i, metric, site, device, start, end, seed):
+    """Series `i`'s lines for `[start, end]`, as one string: a pure function of the series and
+    the time (the RNG is seeded by series and chunk), so chunks are made in any order."""
     prefix = f"{metric},site={site},device={device} value="
     ts = range(start, end + 1, STEP_S)
+    traits = random.Random(f"{seed}-{i}")
+    rng = random.Random(f"{seed}-{i}-{start}")
     if metric == "temperature_celsius":
-        phase = rng.random() * 6.283
-        base = 15.0 + rng.random() * 10.0
-        day = 86400.0
-        vals = (
-            base + 6.0 * math.sin(t / day * 6.283 + phase) + rng.gauss(0.0, 0.4)
+        phase = traits.random() * 6.283
+        base = 15.0 + traits.random() * 10.0
+        body = [
+            f"{prefix}{base + 6.0 * math.sin(t / 86400.0 * 6.283 + phase) + rng.gauss(0.0, 0.4):.1f} {t}\n"
             for t in ts
-        )
-        body = [f"{prefix}{v:.1f} {t}\n" for v, t in zip(vals, ts)]
+        ]
     elif metric == "energy_wh_total":
-        c = rng.random() * 1e5
-        body = []
-        for t in ts:
-            if rng.random() < 1.0 / 20000:  # a meter replaced: the counter restarts
-                c = 0.0
-            c += rng.random() * 40.0
-            body.append(f"{prefix}{c:.1f} {t}\n")
+        # Wh at a steady rate, the meter replaced (restarting from 0) every 40 to 100 days.
+        rate = 0.01 + traits.random() * 0.05
+        period = int((40 + traits.random() * 60) * 86400)
+        phase = int(traits.random() * period)
+        body = [f"{prefix}{rate * ((t + phase) % period):.1f} {t}\n" for t in ts]
     else:
-        mu = rng.random()
+        mu = traits.random()
         body = [f"{prefix}{rng.lognormvariate(mu, 0.6):.2f} {t}\n" for t in ts]
     return "".join(body)
 
@@ -77,21 +77,24 @@ def lines(metric, site, device, start, end, rng):
 def gen(a):
     os.makedirs(a.out, exist_ok=True)
     end = a.end // STEP_S * STEP_S
-    start = end - a.days * 86400
-    start = start // STEP_S * STEP_S
+    start = (end - a.days * 86400) // STEP_S * STEP_S
     all_series = series_list(a.sites, a.per_site)
     if a.max_series:
         all_series = all_series[: a.max_series]
     samples = 0
     total_bytes = 0
-    for n, i in enumerate(range(0, len(all_series), a.per_file)):
+    # Time-major files: each holds every series for `chunk_days` (whole UTC days, so whole
+    # hours), as exports by time range come.
+    chunk = a.chunk_days * 86400
+    first = start // 86400 * 86400
+    for n, c0 in enumerate(range(first, end + 1, chunk)):
         if n % a.parts != a.part:
             continue
+        lo, hi = max(c0, start), min(c0 + chunk - STEP_S, end)
         path = os.path.join(a.out, f"part-{n:05d}.lp.gz")
         with gzip.open(path, "wt", compresslevel=1) as f:
-            for j, (m, s, d) in enumerate(all_series[i : i + a.per_file]):
-                rng = random.Random(a.seed * 1_000_003 + i + j)
-                text = lines(m, s, d, start, end, rng)
+            for i, (m, s, d) in enumerate(all_series):
+                text = lines(i, m, s, d, lo, hi, a.seed)
                 samples += text.count("\n")
                 f.write(text)
         total_bytes += os.path.getsize(path)
@@ -148,10 +151,10 @@ def main():
     g.add_argument("--days", type=int, default=730)
     g.add_argument("--sites", type=int, default=10)
     g.add_argument("--per-site", type=int, default=20)
-    g.add_argument("--per-file", type=int, default=3)
+    g.add_argument("--chunk-days", type=int, default=2)
     g.add_argument("--max-series", type=int, default=0)
     g.add_argument("--seed", type=int, default=15)
-    g.add_argument("--part", type=int, default=0, help="write files n with n %% parts == part")
+    g.add_argument("--part", type=int, default=0, help="write chunks n with n %% parts == part")
     g.add_argument("--parts", type=int, default=1)
     q = sub.add_parser("query")
     q.add_argument("--url", required=True)

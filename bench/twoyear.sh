@@ -12,9 +12,9 @@
 #                                              energy_wh_total (counter), every other one
 #                                              vibration_mm_s (quantile sketch): 500 series
 #   RAW_RETENTION [7d]  WARM_RETENTION [90d]   Strata's retention, rollups.retention
-#   PER_FILE [15]  series per request (whole histories; a 2-year series is about 14 MB of line
-#                  protocol, so the bench raises limits.max_body_bytes to 256 MiB: fewer,
-#                  larger requests make fewer cold-tier files, one per request and day)
+#   CHUNK_DAYS [2] days of every series per request (about 18 MB of line protocol for 500
+#                  series): requests by time range, as exports come, each touching few blocks
+#                  of each tier and few cold-tier files (one per request and day)
 #   CONNS [2]      requests in flight while loading
 #   REPEAT [5]     runs of each query (the median is reported)
 #   RAW_SERIES [50]  series loaded for one year into a raw-only Strata, to measure raw bytes
@@ -34,7 +34,7 @@ source "$(dirname "$0")/common.sh"
 
 DAYS=${DAYS:-730} SITES=${SITES:-10} PER_SITE=${PER_SITE:-20}
 RAW_RETENTION=${RAW_RETENTION:-7d} WARM_RETENTION=${WARM_RETENTION:-90d}
-PER_FILE=${PER_FILE:-15} CONNS=${CONNS:-2} REPEAT=${REPEAT:-5} RAW_SERIES=${RAW_SERIES:-50} VM=${VM:-on}
+CHUNK_DAYS=${CHUNK_DAYS:-2} CONNS=${CONNS:-2} REPEAT=${REPEAT:-5} RAW_SERIES=${RAW_SERIES:-50} VM=${VM:-on}
 PY="python3 $BENCH_DIR/twoyear.py"
 need_strata
 [ "$VM" != on ] || command -v victoria-metrics >/dev/null || die "victoria-metrics not installed (apt-get install victoria-metrics), or run with VM=off"
@@ -47,9 +47,9 @@ trap cleanup EXIT
 note "work dir $WORK"
 ROLLUPS=on describe_build
 
-# --- The workload: gzip'd line protocol, whole series per file, two generators at once (kept in
+# --- The workload: gzip'd line protocol, a file per CHUNK_DAYS of every series, two generators at once (kept in
 # WORK/lp and reused by a later run with the same WORK and settings, ending when it was made). ---
-stamp="days=$DAYS sites=$SITES per_site=$PER_SITE per_file=$PER_FILE"
+stamp="days=$DAYS sites=$SITES per_site=$PER_SITE chunk_days=$CHUNK_DAYS v2"
 if [ -f "$WORK/lp/.done" ] && [ "$(cat "$WORK/lp/.done")" = "$stamp" ]; then
   note "reusing the workload in $WORK/lp"
 else
@@ -58,7 +58,7 @@ else
   gen_started=$(now_s)
   for part in 0 1; do
     $PY gen --out "$WORK/lp" --end "$END_S" --days "$DAYS" --sites "$SITES" --per-site "$PER_SITE" \
-      --per-file "$PER_FILE" --parts 2 --part "$part" >"$WORK/gen-$part.txt" &
+      --chunk-days "$CHUNK_DAYS" --parts 2 --part "$part" >"$WORK/gen-$part.txt" &
   done
   wait
   note "generated in $(elapsed "$gen_started") s"
@@ -107,7 +107,7 @@ per() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); p
 # --- Strata: backfill. ---
 cfg=$WORK/strata.toml
 ROLLUPS=on CACHE=on write_config "$cfg" \
-  "retention = \"$RAW_RETENTION\"" '[limits]' 'max_body_bytes = 268435456' \
+  "retention = \"$RAW_RETENTION\"" \
   '[rollups]' "retention = \"$WARM_RETENTION\"" 'quantile_metrics = ["vibration_mm_s"]' \
   '[cold]' 'interval = "1m"'
 port=$(free_port); base=http://127.0.0.1:$port
@@ -181,7 +181,7 @@ stop_pid "$STRATA_PID"
 # --- The raw tier's own bytes per series-year: one year of RAW_SERIES series, raw only. ---
 raw1y_b=0
 if [ "$RAW_SERIES" -gt 0 ]; then
-  $PY gen --out "$WORK/lp1y" --end "$END_S" --days 365 --sites "$SITES" --per-site "$PER_SITE" --max-series "$RAW_SERIES" >"$WORK/gen-1y.txt"
+  $PY gen --out "$WORK/lp1y" --end "$END_S" --days 365 --sites "$SITES" --per-site "$PER_SITE" --chunk-days 30 --max-series "$RAW_SERIES" >"$WORK/gen-1y.txt"
   write_config "$WORK/raw.toml" 'retention = "400d"' '[cold]' 'enabled = false'
   port=$(free_port); rbase=http://127.0.0.1:$port
   start_strata "$WORK/raw1y" "$port" "$WORK/raw.toml" "$WORK/raw1y.log"
