@@ -30,6 +30,9 @@ use strata_tier::cold::{ColdOptions, ColdStore, SeriesWindows, Tier, Window};
 /// Most hours read and written in one cold write (bounds the archiver's memory).
 const BATCH_HOURS: usize = 50_000;
 
+/// A cold partition's span: a UTC day.
+const DAY_MS: i64 = 86_400_000;
+
 /// The archiver's counters.
 #[derive(Debug, Default)]
 struct Counters {
@@ -340,7 +343,14 @@ impl Archiver {
 
     /// Archives the hours one shard's hour tier queued, in batches.
     fn archive(&mut self, hours: &HourStage) -> Result<(), String> {
-        let queued = hours.pending_final_marked();
+        let mut queued = hours.pending_final_marked();
+        // Day-major, as the cold tier partitions: a batch then spans few days and writes few
+        // files. A backfill queues years of each series at once; series-major, every batch of
+        // it would write a file into each day of those years.
+        queued.sort_by(|(a, _), (b, _)| {
+            let day = |k: &HourKey| k.start.div_euclid(DAY_MS);
+            (&a.tenant, day(a), &a.key, a.start).cmp(&(&b.tenant, day(b), &b.key, b.start))
+        });
         let mut written = false;
         for batch in queued.chunks(BATCH_HOURS) {
             let mut by_tenant: BTreeMap<Tenant, Vec<(Labels, StoredWindow, bool)>> =

@@ -63,6 +63,11 @@ impl PendingBudget {
         let bytes = batch.payload_bytes()
             + batch.series_len() * BATCH_ENTRY_BYTES
             + batch.samples_len() * std::mem::size_of::<strata_model::Sample>();
+        self.reserve_bytes(bytes).await
+    }
+
+    /// Waits for room for `bytes`, as [`PendingBudget::reserve`].
+    async fn reserve_bytes(&self, bytes: usize) -> Result<OwnedSemaphorePermit, WriteError> {
         let total = self.limit_bytes.div_ceil(1024);
         let kib = bytes.div_ceil(1024).clamp(1, total) as u32;
         match tokio::time::timeout(self.wait, self.kib.clone().acquire_many_owned(kib)).await {
@@ -386,8 +391,46 @@ impl Engine {
         self.sync_cold().await
     }
 
-    /// One pass of the cold tier's archiver, now.
-    async fn sync_cold(&self) -> Result<(), WriteError> {
+    /// Waits for room for `bytes` of samples held for the shards outside [`Engine::write`] (a
+    /// backfill's older part) in the pending-ingest budget; the room is freed when the permit
+    /// is dropped. Do not hold it across an [`Engine::write`] of the same request.
+    pub async fn reserve_pending(&self, bytes: usize) -> Result<OwnedSemaphorePermit, WriteError> {
+        self.pending.reserve_bytes(bytes).await
+    }
+
+    /// Runs `work` on shard `partition`'s thread (see [`Job::Exclusive`]) and returns its answer.
+    pub async fn on_shard<T: Send + 'static>(
+        &self,
+        partition: u32,
+        work: impl FnOnce(Option<&RollupStage>, u64) -> T + Send + 'static,
+    ) -> Result<T, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        let work = Box::new(move |stage: Option<&RollupStage>, offset| {
+            let _ = tx.send(work(stage, offset));
+        });
+        self.shards[partition as usize]
+            .tx
+            .send(Job::Exclusive { work })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        rx.await.map_err(|_| WriteError::ShuttingDown)
+    }
+
+    /// The cold tier's archive of raw samples, when `cold.archive_raw` is on.
+    pub fn cold_raw_archive(&self) -> Option<Arc<dyn strata_tsdb::ExpiryArchive>> {
+        self.cold.as_ref()?.raw_archive()
+    }
+
+    /// Tells the [`LateWrites`] observer of `tenant`'s samples from `oldest` to `newest` (ms)
+    /// stored other than by [`Engine::write`] (a backfill).
+    pub fn late_written(&self, tenant: &Tenant, oldest: i64, newest: i64) {
+        if let Some(o) = self.late.get() {
+            o.written(tenant, oldest, newest);
+        }
+    }
+
+    /// One pass of the cold tier's archiver, now (nothing without a cold tier).
+    pub async fn sync_cold(&self) -> Result<(), WriteError> {
         match &self.cold {
             Some(c) => c.sync().await.map_err(WriteError::Durability),
             None => Ok(()),

@@ -3,6 +3,7 @@
 //!
 //! This crate wires the others together; storage, decoding and the log live in their own crates.
 
+pub mod backfill;
 pub mod cold;
 pub mod config;
 pub mod engine;
@@ -45,6 +46,11 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         )),
         http: http_counters.clone(),
         cache,
+        retentions: http::backfill::Retentions {
+            raw_ms: cfg.retention.0,
+            windows_ms: cfg.rollups.retention.0,
+            hours_ms: cfg.rollups.hour_retention.0,
+        },
     };
     // Shutdown stops running queries, so the connections waiting on them close promptly.
     let promql = state.promql.clone();

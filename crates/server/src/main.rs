@@ -64,6 +64,29 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// Load history of any age into a running server's tiers (POST /api/v1/admin/backfill):
+    /// files of Influx line protocol or Prometheus remote-write requests, gzip'd or not, sent
+    /// as requests of whole series-hours.
+    Backfill {
+        /// Server base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9464")]
+        url: String,
+        /// Tenant (X-Scope-OrgID); the default tenant when absent.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `lp` (Influx line protocol) or `rw` (one remote-write request per file).
+        #[arg(long, default_value = "lp")]
+        format: String,
+        /// Timestamp precision of line protocol: ns, us, ms or s.
+        #[arg(long, default_value = "ns")]
+        precision: String,
+        /// About how many bytes of samples each request carries.
+        #[arg(long, default_value_t = 16 << 20)]
+        request_bytes: usize,
+        /// Files to send.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print the default configuration file, documented.
     Config,
     /// Run PromQL test scripts (Prometheus's `load` / `eval` / `expect` format) against the
@@ -147,6 +170,43 @@ fn main() -> anyhow::Result<()> {
             }
             let sent = strata_server::simulate::run(&fleet)?;
             eprintln!("sent {sent} events");
+            Ok(())
+        }
+        Command::Backfill {
+            url,
+            tenant,
+            format,
+            precision,
+            request_bytes,
+            files,
+        } => {
+            let precision = match format.as_str() {
+                "lp" => Some(
+                    strata_ingest::influx::Precision::parse(&precision).ok_or_else(|| {
+                        anyhow::anyhow!("--precision {precision:?}: expected ns, us, ms or s")
+                    })?,
+                ),
+                "rw" => None,
+                f => anyhow::bail!("--format {f:?}: expected lp or rw"),
+            };
+            let started = std::time::Instant::now();
+            let t = strata_server::backfill::run(&strata_server::backfill::BackfillArgs {
+                url,
+                tenant,
+                precision,
+                request_bytes,
+                files,
+                progress: true,
+            })?;
+            let secs = started.elapsed().as_secs_f64();
+            let n = t.fields.get("samples").copied().unwrap_or(0);
+            let fields: Vec<String> = t.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "backfill: {} requests in {secs:.2} s ({:.0} samples/s): {}",
+                t.requests,
+                n as f64 / secs,
+                fields.join(" ")
+            );
             Ok(())
         }
         Command::Config => {

@@ -50,6 +50,62 @@ impl Protocol {
     }
 }
 
+/// What `POST /api/v1/admin/backfill` did.
+#[derive(Default)]
+pub struct BackfillCounters {
+    /// Requests completed.
+    pub completed: Counter,
+    /// Requests refused (4xx) or not completed (5xx).
+    pub failed: Counter,
+    /// Samples sent through the ordinary write path.
+    pub raw: Counter,
+    /// Samples rolled up into backfilled windows.
+    pub windows: Counter,
+    /// Samples rolled up into backfilled hours.
+    pub hours: Counter,
+    /// Samples archived as raw rows to the cold tier.
+    pub cold_raw: Counter,
+    /// Samples refused as older than the 1-hour tier keeps.
+    pub too_old: Counter,
+}
+
+impl BackfillCounters {
+    fn render(&self, out: &mut String) {
+        header(
+            out,
+            "strata_backfill_requests_total",
+            "counter",
+            "Backfill requests, by outcome (completed; failed: refused or not completed).",
+        );
+        for (o, c) in [("completed", &self.completed), ("failed", &self.failed)] {
+            let _ = writeln!(
+                out,
+                "strata_backfill_requests_total{{outcome=\"{o}\"}} {}",
+                c.get()
+            );
+        }
+        header(
+            out,
+            "strata_backfill_samples_total",
+            "counter",
+            "Samples of completed backfills, by where they went (a sample of an old hour counts in hours, and in windows and cold_raw when it went there too).",
+        );
+        for (to, c) in [
+            ("raw", &self.raw),
+            ("windows", &self.windows),
+            ("hours", &self.hours),
+            ("cold_raw", &self.cold_raw),
+            ("refused_too_old", &self.too_old),
+        ] {
+            let _ = writeln!(
+                out,
+                "strata_backfill_samples_total{{to=\"{to}\"}} {}",
+                c.get()
+            );
+        }
+    }
+}
+
 /// Counters updated by the HTTP layer and the shards.
 #[derive(Default)]
 pub struct Counters {
@@ -65,6 +121,8 @@ pub struct Counters {
     pub replayed_records: Counter,
     /// Flushes of the head into blocks.
     pub flushes: Counter,
+    /// What backfills did.
+    pub backfill: BackfillCounters,
     rejected: Mutex<BTreeMap<(Protocol, &'static str), u64>>,
 }
 
@@ -159,6 +217,7 @@ impl Counters {
             "Flushes of the head into blocks.",
             self.flushes.get(),
         );
+        self.backfill.render(out);
     }
 }
 

@@ -21,6 +21,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Most queued writes taken into one group commit.
 const MAX_GROUP: usize = 512;
 
+/// Work run on a shard's thread with its rollup stage and last applied log offset (see
+/// [`Job::Exclusive`]).
+pub type ShardWork = Box<dyn FnOnce(Option<&RollupStage>, u64) + Send>;
+
 /// Work sent to a shard.
 pub enum Job {
     /// Make a batch durable and queryable, then answer.
@@ -32,6 +36,11 @@ pub enum Job {
     Flush {
         ack: oneshot::Sender<Result<(), String>>,
     },
+    /// Run `work` on the shard's thread once the writes queued before it are applied and no
+    /// flush is running, with the rollup stage and the last log offset applied: work that
+    /// writes the stage's stores outside the log (a backfill) never races settling or a
+    /// checkpoint.
+    Exclusive { work: ShardWork },
 }
 
 /// What happened to one acknowledged write.
@@ -336,6 +345,16 @@ impl Shard {
                             let _ = ack.send(Err(e.to_string()));
                         }
                     }
+                }
+                Job::Exclusive { work } => {
+                    self.commit(&mut pending);
+                    if let Err(e) = self.finish_flush(true) {
+                        tracing::error!(partition = self.partition, "flush failed: {e}");
+                    }
+                    work(
+                        self.rollups.as_deref(),
+                        self.writer.next_offset().saturating_sub(1),
+                    );
                 }
             }
         }

@@ -29,7 +29,7 @@
 //!   [`HourStage::done_final_marked`] (or, unconditionally, [`HourStage::done_final`]).
 
 use crate::rollup::Rollup;
-use crate::stage::{encode_corrections, load_corrections, revision_over, WindowView};
+use crate::stage::{encode_corrections, load_corrections, revision_for, revision_over, WindowView};
 use crate::state::{self, StateError};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{window_of, Correction, WindowState};
@@ -393,6 +393,80 @@ impl HourStage {
         self.store.write(writes, offset);
         if !queued.is_empty() {
             self.hours.lock().enqueue(queued);
+        }
+        Ok(())
+    }
+
+    /// Writes backfilled hours of `tenant`'s series `key` (`(start, rollup)`, ascending, see
+    /// [`crate::backfill`]) over what the store holds: each at revision + 1 when it held other
+    /// figures, not at all when it held these; an open hour of the live path at the same start
+    /// is dropped (it would overwrite the store when final). Written hours are queued for the
+    /// next stage. Returns how many were written.
+    pub fn replace(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        hours: &[(i64, &Rollup)],
+        quantiles: &[f64],
+        offset: u64,
+    ) -> Result<usize, StorageError> {
+        let (Some(first), Some(last)) = (hours.first(), hours.last()) else {
+            return Ok(0);
+        };
+        let stored = self
+            .store
+            .range(tenant, key, first.0, last.0, quantiles, Some(HOUR_MS))?;
+        let id = self.store.series(tenant, key);
+        let mut writes = Vec::new();
+        for &(start, rollup) in hours {
+            let figures = rollup.figures(quantiles);
+            let was = stored
+                .binary_search_by_key(&start, |w| w.start)
+                .ok()
+                .map(|i| &stored[i]);
+            let Some(revision) = revision_for(was, rollup, &figures, 0, true) else {
+                continue;
+            };
+            writes.push(WindowWrite {
+                series: id,
+                start,
+                state: self.state_of(rollup, revision),
+                figures,
+                revision,
+            });
+        }
+        let queued: Vec<HourKey> = writes
+            .iter()
+            .filter(|_| self.opts.publish_final)
+            .map(|w| HourKey {
+                tenant: tenant.clone(),
+                key: key.to_owned(),
+                start: w.start,
+            })
+            .collect();
+        let written = writes.len();
+        {
+            let mut open = self.hours.lock();
+            if let Some(Some(s)) = open.series.get_mut(id.index()) {
+                s.open
+                    .retain(|o| hours.binary_search_by_key(&o.start, |h| h.0).is_err());
+            }
+        }
+        self.store.write(writes, offset);
+        if !queued.is_empty() {
+            self.hours.lock().enqueue(queued);
+        }
+        Ok(written)
+    }
+
+    /// Makes hours written outside a checkpoint ([`HourStage::replace`]) durable: the store
+    /// flushed into blocks, then the queue of hours for the next stage saved. Open hours and the
+    /// checkpoint's other state are left to the next checkpoint.
+    pub fn persist_written(&self) -> Result<(), StreamError> {
+        self.store.flush().map_err(tsdb_error(&self.checkpoint))?;
+        if self.opts.publish_final {
+            let queue: Vec<HourKey> = self.hours.lock().queue.keys().cloned().collect();
+            crate::bytes::write_checked(&self.queue_path, encode_corrections(&queue))?;
         }
         Ok(())
     }

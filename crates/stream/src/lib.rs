@@ -14,10 +14,12 @@
 //! - [`hour`]: the 1-hour tier: final windows merged into hours, corrected with them.
 //! - [`shadow`]: each device's last known reading of every metric.
 //! - [`stage`]: the shard's rollup stage tying windows, store and raw tier together.
+//! - [`backfill`]: history older than the raw tier written straight into windows and hours.
 //!
 //! This crate does no networking and knows nothing of protocols; the shard that owns it feeds it
 //! samples in log order and reads the raw tier for corrections.
 
+pub mod backfill;
 mod bytes;
 pub mod dedup;
 pub mod exact;

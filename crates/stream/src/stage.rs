@@ -246,6 +246,23 @@ pub(crate) fn revision_over(
     }
 }
 
+/// As [`revision_over`] for `fresh` (whose figures are `figures`), also comparing, when
+/// `states` (the store keeps them), the state below the figures' rounding: equal figures over a
+/// changed state are written again at revision + 1.
+pub(crate) fn revision_for(
+    stored: Option<&StoredWindow>,
+    fresh: &Rollup,
+    figures: &Figures,
+    absent: u32,
+    states: bool,
+) -> Option<u32> {
+    match (revision_over(stored, figures, absent), stored) {
+        (Some(r), _) => Some(r),
+        (None, Some(w)) if states && state_changed(w, fresh) => Some(w.revision + 1),
+        (None, _) => None,
+    }
+}
+
 impl RollupStage {
     /// Opens the stage kept in `dir`: the warm store, the hour tier (in `dir/1h`) and the
     /// window checkpoint.
@@ -289,6 +306,11 @@ impl RollupStage {
             corrections_path,
             settling: parking_lot::Mutex::new(Settling::default()),
         })
+    }
+
+    /// The stage's settings.
+    pub fn options(&self) -> &StageOptions {
+        &self.opts
     }
 
     /// The log offset the stage's checkpoint covers (replay starts after it).
@@ -451,12 +473,9 @@ impl RollupStage {
                     .binary_search_by_key(&start, |w| w.start)
                     .ok()
                     .map(|i| &stored[i]);
-                let revision = match (revision_over(was, &figures, 1), was) {
-                    (Some(r), _) => r,
-                    (None, Some(w)) if state_width.is_some() && state_changed(w, &rollup) => {
-                        w.revision + 1
-                    }
-                    (None, _) => continue,
+                let Some(revision) = revision_for(was, &rollup, &figures, 1, state_width.is_some())
+                else {
+                    continue;
                 };
                 writes.push(WindowWrite {
                     series,

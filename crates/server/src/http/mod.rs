@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
+pub mod backfill;
 mod body;
 pub mod cache;
 mod encoding;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub cache: Arc<cache::ResultCache>,
     /// What the HTTP layer's limits did, for `/metrics`.
     pub http: Arc<crate::metrics::HttpCounters>,
+    /// Each tier's retention, for cutting backfills.
+    pub retentions: backfill::Retentions,
 }
 
 /// All routes.
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/status/buildinfo", get(read::buildinfo))
         .route("/api/v1/admin/flush", post(read::flush))
+        .route("/api/v1/admin/backfill", post(backfill::backfill))
         .route("/health", get(|| async { "OK\n" }))
         .route("/metrics", get(read::metrics))
         .fallback(|| async {

@@ -38,20 +38,21 @@ pub async fn influx(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let params = Params::parse(q.as_deref(), None);
-    let precision = match params.get("precision") {
-        None | Some("") => influx::Precision::Ns,
-        Some(p) => match influx::Precision::parse(p) {
-            Some(p) => p,
-            None => {
-                return ApiError::bad_data(format!(
-                    "invalid precision {p:?}: expected ns, us, ms or s"
-                ))
-                .into_response()
-            }
-        },
-    };
-    ingest(st, headers, body, Protocol::Influx, Some(precision)).await
+    match precision_of(q.as_deref()) {
+        Ok(precision) => ingest(st, headers, body, Protocol::Influx, Some(precision)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `precision` parameter of an Influx write (ns when absent).
+pub(super) fn precision_of(query: Option<&str>) -> Result<influx::Precision, ApiError> {
+    let params = Params::parse(query, None);
+    match params.get("precision") {
+        None | Some("") => Ok(influx::Precision::Ns),
+        Some(p) => influx::Precision::parse(p).ok_or_else(|| {
+            ApiError::bad_data(format!("invalid precision {p:?}: expected ns, us, ms or s"))
+        }),
+    }
 }
 
 /// `POST /api/v1/events`: JSON device events (object, array or NDJSON).
@@ -61,7 +62,7 @@ pub async fn events(State(st): State<AppState>, headers: HeaderMap, body: Body) 
 
 /// Refuses content types and encodings the protocol does not speak; returns the body's
 /// encoding (remote write's snappy is the decoder's business, so it counts as identity here).
-fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<Encoding, ApiError> {
+pub(super) fn check_headers(headers: &HeaderMap, p: Protocol) -> Result<Encoding, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -173,61 +174,8 @@ async fn ingest_inner(
     precision: Option<influx::Precision>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(headers)?;
-    let encoding = check_headers(headers, p)?;
-    let body = super::body::read_limited(
-        body,
-        st.max_body_bytes,
-        "limits.max_body_bytes",
-        st.body_read_timeout,
-    )
-    .await?;
-    let body = match encoding {
-        Encoding::Identity => body,
-        // Inflating up to the body limit is CPU work of its own: off the async workers.
-        enc => {
-            let limit = st.max_body_bytes;
-            tokio::task::spawn_blocking(move || decompress(&body, enc, limit))
-                .await
-                .map_err(|e| ApiError::internal(format!("decompression task failed: {e}")))?
-                .map(Bytes::from)
-                .map_err(|e| match e {
-                    DecompressError::TooLarge { .. } => super::body::too_large(e.to_string()),
-                    DecompressError::Invalid { .. } => ApiError::bad_data(e.to_string()),
-                })?
-        }
-    };
-    let (limits, max, body_len) = (st.limits.clone(), st.max_body_bytes, body.len());
-    let decode = move || {
-        let mut batch = WriteBatch::new(tenant);
-        let ctx = DecodeContext {
-            limits: &limits,
-            now_ms: now_ms(),
-            max_decompressed_bytes: max,
-        };
-        let decoded = match (p, precision) {
-            (Protocol::RemoteWrite, _) => {
-                strata_ingest::remote_write::decode(&body, &ctx, &mut batch)
-            }
-            (Protocol::Influx, pr) => {
-                influx::decode(&body, pr.unwrap_or(influx::Precision::Ns), &ctx, &mut batch)
-            }
-            (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
-        };
-        decoded.map(|d| (d, batch))
-    };
-    // A large body takes milliseconds to decode: off the async workers, so `/health` and
-    // other requests answer meanwhile; a small one is quicker decoded than handed over.
-    let decoded: Result<(Decoded, WriteBatch), IngestError> = if body_len > INLINE_DECODE_BYTES {
-        tokio::task::spawn_blocking(decode)
-            .await
-            .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))?
-    } else {
-        decode()
-    };
-    let (decoded, batch) = decoded.map_err(|e| match e {
-        IngestError::TooLarge { .. } => super::body::too_large(e.to_string()),
-        e => ApiError::bad_data(e.to_string()),
-    })?;
+    let (decoded, batch) =
+        read_and_decode(st, headers, body, p, precision, tenant, st.limits.clone()).await?;
     let counters = &st.engine.counters;
     for r in &decoded.rejected {
         counters.rejected(p, r.reason.kind(), 1);
@@ -321,5 +269,75 @@ async fn ingest_inner(
             }),
         ),
         _ => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// Reads a write's body (within `limits.max_body_bytes`, decompressed as its headers say)
+/// and decodes it into a batch of `tenant` under `limits`: the valid part, and what was
+/// refused. The body as a whole unreadable: 400, 413 past the size limit, 415 for a content
+/// type or encoding the protocol does not speak.
+pub(super) async fn read_and_decode(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    p: Protocol,
+    precision: Option<influx::Precision>,
+    tenant: strata_model::Tenant,
+    limits: std::sync::Arc<strata_model::Limits>,
+) -> Result<(Decoded, WriteBatch), ApiError> {
+    let encoding = check_headers(headers, p)?;
+    let body = super::body::read_limited(
+        body,
+        st.max_body_bytes,
+        "limits.max_body_bytes",
+        st.body_read_timeout,
+    )
+    .await?;
+    let body = match encoding {
+        Encoding::Identity => body,
+        // Inflating up to the body limit is CPU work of its own: off the async workers.
+        enc => {
+            let limit = st.max_body_bytes;
+            tokio::task::spawn_blocking(move || decompress(&body, enc, limit))
+                .await
+                .map_err(|e| ApiError::internal(format!("decompression task failed: {e}")))?
+                .map(Bytes::from)
+                .map_err(|e| match e {
+                    DecompressError::TooLarge { .. } => super::body::too_large(e.to_string()),
+                    DecompressError::Invalid { .. } => ApiError::bad_data(e.to_string()),
+                })?
+        }
+    };
+    let (max, body_len) = (st.max_body_bytes, body.len());
+    let decode = move || {
+        let mut batch = WriteBatch::new(tenant);
+        let ctx = DecodeContext {
+            limits: &limits,
+            now_ms: now_ms(),
+            max_decompressed_bytes: max,
+        };
+        let decoded = match (p, precision) {
+            (Protocol::RemoteWrite, _) => {
+                strata_ingest::remote_write::decode(&body, &ctx, &mut batch)
+            }
+            (Protocol::Influx, pr) => {
+                influx::decode(&body, pr.unwrap_or(influx::Precision::Ns), &ctx, &mut batch)
+            }
+            (Protocol::Events, _) => strata_ingest::events::decode(&body, &ctx, &mut batch),
+        };
+        decoded.map(|d| (d, batch))
+    };
+    // A large body takes milliseconds to decode: off the async workers, so `/health` and
+    // other requests answer meanwhile; a small one is quicker decoded than handed over.
+    let decoded: Result<(Decoded, WriteBatch), IngestError> = if body_len > INLINE_DECODE_BYTES {
+        tokio::task::spawn_blocking(decode)
+            .await
+            .map_err(|e| ApiError::internal(format!("decoding task failed: {e}")))?
+    } else {
+        decode()
+    };
+    decoded.map_err(|e| match e {
+        IngestError::TooLarge { .. } => super::body::too_large(e.to_string()),
+        e => ApiError::bad_data(e.to_string()),
     })
 }
