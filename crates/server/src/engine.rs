@@ -955,8 +955,13 @@ impl strata_model::WindowStorage for Engine {
         let now = strata_model::time::now_ms();
         let (minute, hour) = self.tier_marks(tenant);
         let cold = self.cold.as_ref().and_then(|c| c.hours_from(tenant));
+        // The hour holding the raw tier's oldest time may have been backfilled whole into the
+        // rollup tiers (see the backfill path): raw samples answer from the next hour on.
+        let oldest = now.saturating_sub(self.raw_retention_ms);
+        let raw_from = strata_stream::window::window_of(oldest, strata_stream::hour::HOUR_MS)
+            .saturating_add(strata_stream::hour::HOUR_MS + 1);
         strata_model::Coverage {
-            raw: now.saturating_sub(self.raw_retention_ms),
+            raw: raw_from,
             minute,
             hour: cold.map_or(hour, |c| c.min(hour)),
         }

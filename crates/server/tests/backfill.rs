@@ -9,6 +9,7 @@ use common::{now_ms, remote_write_body, Server};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use strata_model::{Matcher, Sample, Tenant};
+use strata_stream::window::window_of;
 use strata_tier::cold::{ColdOptions, ColdStore, Tier};
 
 const MIN: i64 = 60_000;
@@ -196,9 +197,7 @@ fn expected(
     for (k, s) in h {
         let b = out.entry(k.clone()).or_default();
         for &(t, v) in s {
-            b.entry(t.div_euclid(width) * width)
-                .or_default()
-                .push((t, v));
+            b.entry(window_of(t, width)).or_default().push((t, v));
         }
     }
     out
@@ -213,8 +212,8 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
     let total: usize = h.iter().map(|x| x.1.len()).sum();
     // Hours up to the one holding the raw tier's oldest time are backfilled; later ones
     // go through the ordinary write path.
-    let raw_hour = (now - 2 * DAY).div_euclid(HOUR) * HOUR;
-    let old = |t: i64| t.div_euclid(HOUR) * HOUR <= raw_hour;
+    let raw_hour = window_of(now - 2 * DAY, HOUR);
+    let old = |t: i64| window_of(t, HOUR) <= raw_hour;
     let backfilled: usize = h.iter().flat_map(|x| &x.1).filter(|x| old(x.0)).count();
     let (status, first) = backfill(&s, body_of(&h));
     assert_eq!(status, 200, "{first}");
@@ -305,13 +304,79 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
     assert_eq!(tier(&s, "1h", now - 11 * DAY, now), hours);
     assert_eq!(tier(&s, "1m", from, to), minutes);
 
+    // PromQL over the ten days: the raw tier for the last two, minutes for the three before,
+    // hours before that, merged with no gap and nothing counted twice.
+    let temps = &h
+        .iter()
+        .find(|x| x.0 == ("d0".to_owned(), "temperature_celsius".to_owned()))
+        .unwrap()
+        .1;
+    let t = final_before;
+    let inside: Vec<f64> = temps
+        .iter()
+        .filter(|x| x.0 > t - 9 * DAY && x.0 <= t)
+        .map(|x| x.1)
+        .collect();
+    for (f, want) in [
+        ("count_over_time", inside.len() as f64),
+        ("sum_over_time", inside.iter().sum::<f64>()),
+        (
+            "max_over_time",
+            inside.iter().copied().fold(f64::MIN, f64::max),
+        ),
+    ] {
+        let q = format!("{f}(temperature_celsius{{device=\"d0\"}}[9d])");
+        let r = s
+            .client
+            .get(s.url("/api/v1/query"))
+            .query(&[("query", q.as_str()), ("time", &(t / 1000).to_string())])
+            .send()
+            .unwrap();
+        assert_eq!(r.headers()["strata-tiers"], "raw,1m,1h", "{q}");
+        let v: Value = r.json().unwrap();
+        let got: f64 = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(close(got, want), "{q}: {got} vs {want}");
+    }
+    // Every hour of the ten days at an hourly step, each from the tier that holds it.
+    let r = s
+        .client
+        .get(s.url("/api/v1/query_range"))
+        .query(&[
+            (
+                "query",
+                "sum_over_time(temperature_celsius{device=\"d0\"}[1h])",
+            ),
+            ("start", &((t - 9 * DAY) / 1000).to_string()),
+            ("end", &(t / 1000).to_string()),
+            ("step", "3600"),
+            ("nocache", "1"),
+        ])
+        .send()
+        .unwrap();
+    let tiers = r.headers()["strata-tiers"].to_str().unwrap().to_owned();
+    assert!(tiers.contains("1m") && tiers.contains("1h"), "{tiers}");
+    let v: Value = r.json().unwrap();
+    let points = v["data"]["result"][0]["values"].as_array().unwrap();
+    let by_hour = &want_hours[&("d0".to_owned(), "temperature_celsius".to_owned())];
+    assert_eq!(points.len() as i64, 9 * 24 + 1);
+    for p in points {
+        let end = (p[0].as_f64().unwrap() * 1000.0) as i64;
+        let got: f64 = p[1].as_str().unwrap().parse().unwrap();
+        let want: f64 = by_hour[&(end - HOUR)].iter().map(|x| x.1).sum();
+        assert!(close(got, want), "hour ending {end}: {got} vs {want}");
+    }
+
     // One hour's samples changed: that hour is replaced at revision 1, its neighbours stay.
     let target = raw_hour - 24 * HOUR;
     let mut changed = h.clone();
     for x in changed[0]
         .1
         .iter_mut()
-        .filter(|x| x.0.div_euclid(HOUR) * HOUR == target)
+        .filter(|x| window_of(x.0, HOUR) == target)
     {
         x.1 += 100.0;
     }
@@ -321,7 +386,7 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
             let hour: Vec<(i64, f64)> = v
                 .iter()
                 .copied()
-                .filter(|x| x.0.div_euclid(HOUR) * HOUR == target)
+                .filter(|x| window_of(x.0, HOUR) == target)
                 .collect();
             (k.clone(), hour)
         })
@@ -542,12 +607,12 @@ fn the_cli_sends_a_file_in_whole_series_hours() {
     // Time-major, as exports often are: every series at each step.
     for i in 0..30 * 12 {
         for d in 0..2 {
-            let (t, v) = (h0 + i * 5 * MIN, ((i * 3 + d * 7) % 41) as f64 / 4.0);
+            let (t, v) = (h0 + (i + 1) * 5 * MIN, ((i * 3 + d * 7) % 41) as f64 / 4.0);
             lines.push(format!(
                 "cli_metric,device=c{d},site=s1 value={v} {}",
                 t / 1000
             ));
-            want.entry((format!("c{d}"), t.div_euclid(HOUR) * HOUR))
+            want.entry((format!("c{d}"), window_of(t, HOUR)))
                 .or_default()
                 .push((t, v));
         }

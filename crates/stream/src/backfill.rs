@@ -20,16 +20,15 @@ use crate::hour::HOUR_MS;
 use crate::rollup::Rollup;
 use crate::stage::{revision_for, RollupStage};
 use crate::store::WindowWrite;
-use crate::window::is_derived;
+use crate::window::{is_derived, window_of};
 use crate::StreamError;
 use strata_model::{Sample, SeriesKey, StorageError, Tenant};
 
-/// The start of the bucket of `width` (a window or an hour) that holds `ts`: the one place
-/// backfill cuts time, so it follows the live path's windows if their bounds ever change.
-/// Every sample's window and hour are both computed here, from its timestamp (never one from
-/// the other), so they nest whichever side of a bound a bucket keeps.
+/// The start of the bucket of `width` (a window or an hour) that holds `ts`: the live path's
+/// [`window_of`] (buckets hold `(start, start + width]`). Every sample's window and hour are
+/// both computed here, from its timestamp (never one from the other), so they nest.
 pub fn bucket_of(ts: i64, width: i64) -> i64 {
-    ts.div_euclid(width) * width
+    window_of(ts, width)
 }
 
 /// One series-hour of a backfill: the hour's rollup and those of its windows to keep.
@@ -244,7 +243,7 @@ mod tests {
                 let raw: Vec<Sample> = samples
                     .iter()
                     .copied()
-                    .filter(|s| (p.start..p.start + HOUR_MS).contains(&s.timestamp))
+                    .filter(|s| (p.start + 1..=p.start + HOUR_MS).contains(&s.timestamp))
                     .collect();
                 prop_assert_eq!(&p.hour, &Rollup::of_sorted(&raw, true).unwrap());
                 let mut merged: Option<Rollup> = None;
@@ -333,9 +332,10 @@ mod tests {
             .unwrap()
             .key();
         let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
-        // Three hours at 5-minute steps; windows kept from the second hour on.
+        // Three hours at 5-minute steps, the last of each on its end; windows kept from the
+        // second hour on.
         let samples: Vec<Sample> = (0..36)
-            .map(|i| Sample::new(h0 + i * 5 * MIN, (i % 7) as f64 * 1.5))
+            .map(|i| Sample::new(h0 + (i + 1) * 5 * MIN, (i % 7) as f64 * 1.5))
             .collect();
         let series = vec![(key.clone(), samples.clone())];
         let from = h0 + HOUR_MS;
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(queued.len(), 1, "the queue survived reopening");
         assert_eq!(queued[0].start, h0 + 2 * HOUR_MS);
         let w = read(&st, Tier::Window, h0, h0 + 3 * HOUR_MS);
-        let w30 = w.iter().find(|w| w.start == h0 + 150 * MIN).unwrap();
+        let w30 = w.iter().find(|w| w.start == h0 + 154 * MIN).unwrap();
         assert_eq!((w30.revision, w30.figures.max), (1, 100.0));
     }
 
@@ -412,7 +412,7 @@ mod tests {
             .unwrap()
             .key();
         let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 10 * HOUR_MS;
-        let s = vec![Sample::new(h0, 1.0)];
+        let s = vec![Sample::new(h0 + 30 * MIN, 1.0)];
         let a = apply(&st, &t, &[(derived, s.clone())], i64::MIN, 1).unwrap();
         assert_eq!(
             (a.derived_samples, a.hour_samples, a.hours_written),
