@@ -81,14 +81,18 @@ fn ceil_to(t: i64, w: i64) -> i64 {
 }
 
 /// Plans a selector whose windows reach back to `(earliest, ...]`: `range` is its range (0 for
-/// an instant selector), `step` the grid's (0 at one instant), `mapped` whether the function
-/// consuming it has figures to answer from.
+/// an instant selector), `step` the grid's (0 at one instant) and `first` its first window's
+/// end, `mapped` whether the function consuming it has figures to answer from.
+///
+/// A range function whose every window is whole windows of a tier (range, first end and step
+/// on its edges, the step at least a window) reads the coarsest such tier: the answer is the
+/// same as from raw samples, from fewer values. Otherwise a tier answers when the step is at
+/// least [`STEP_FACTOR`] windows (the edges then rounded, and said so).
 pub(crate) fn plan(
     env: &Env,
     what: &str,
     mapped: bool,
-    range: i64,
-    step: i64,
+    (range, step, first): (i64, i64, i64),
     earliest: i64,
 ) -> Result<Plan, Error> {
     let cov = env.coverage;
@@ -117,10 +121,14 @@ pub(crate) fn plan(
             parts: vec![(i64::MIN, Resolution::Raw)],
         });
     }
+    let on_edges = |r: Resolution| {
+        let w = r.window_ms();
+        range > 0 && step >= w && step % w == 0 && first.rem_euclid(w) == 0
+    };
     let mut preferred = Resolution::Raw;
     if step > 0 {
         for r in [Resolution::Hour, Resolution::Minute] {
-            if kept(r) && aligned(r) && step >= STEP_FACTOR * r.window_ms() {
+            if kept(r) && aligned(r) && (on_edges(r) || step >= STEP_FACTOR * r.window_ms()) {
                 preferred = r;
                 break;
             }
@@ -495,7 +503,7 @@ pub(crate) fn range_fn(
         grid.step
     };
     let need = needs(kind);
-    let plan = plan(env, name, need.is_some(), range, step, earliest)?;
+    let plan = plan(env, name, need.is_some(), (range, step, min_ref), earliest)?;
     let (Some(need), false) = (need, plan.raw_only()) else {
         return Ok(None);
     };
@@ -622,7 +630,7 @@ pub(crate) fn instant_selector(
         grid.step
     };
     let earliest = min_ref.saturating_sub(lookback);
-    let plan = plan(env, "a selector", true, 0, step, earliest)?;
+    let plan = plan(env, "a selector", true, (0, step, min_ref), earliest)?;
     if plan.raw_only() {
         return Ok(None);
     }
