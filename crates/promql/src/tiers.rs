@@ -396,20 +396,32 @@ impl<'a> Acc<'a> {
         }
     }
 
-    fn add_window(&mut self, w: &'a WindowFigures) {
-        self.step_to(w.first.value);
-        self.extremes(w.min, w.max);
+    /// Adds a window's figures, those `needs` names (the others were not read).
+    #[inline]
+    fn add_window(&mut self, w: &'a WindowFigures, needs: &FigureNeeds) {
+        if needs.increase {
+            self.step_to(w.first.value);
+            add(&mut self.increase, w.increase);
+        }
+        if needs.min || needs.max {
+            self.extremes(w.min, w.max);
+        }
         if self.count == 0 {
             self.first = Some((w.first.timestamp, w.first.value));
         }
         self.count += w.count;
-        add(&mut self.sum, w.sum);
-        add(&mut self.sum_squares, w.sum_squares);
-        add(&mut self.increase, w.increase);
+        if needs.sum {
+            add(&mut self.sum, w.sum);
+        }
+        if needs.sum_squares {
+            add(&mut self.sum_squares, w.sum_squares);
+        }
         self.last = (w.last.timestamp, w.last.value);
-        match &w.sketch {
-            Some(s) => self.sketches.push(s.as_ref()),
-            None => self.missing_sketch = true,
+        if needs.sketch {
+            match &w.sketch {
+                Some(s) => self.sketches.push(s.as_ref()),
+                None => self.missing_sketch = true,
+            }
         }
     }
 
@@ -466,11 +478,44 @@ fn on_edges(r: Resolution, a: i64, b: i64) -> bool {
     a.rem_euclid(w) == 0 && b.rem_euclid(w) == 0
 }
 
-/// The windows of `ws` (by end) ending in `(a, b]`.
-fn ending_in(ws: &[WindowFigures], a: i64, b: i64) -> &[WindowFigures] {
-    let lo = ws.partition_point(|w| w.end <= a);
-    let hi = ws.partition_point(|w| w.end <= b);
-    &ws[lo..hi.max(lo)]
+/// Where the last step's part of a sorted list began and ended: the next step's part, whose
+/// bounds are no earlier, is found by walking on from there (a binary search when far).
+#[derive(Default, Clone, Copy)]
+struct Cursor {
+    lo: usize,
+    hi: usize,
+}
+
+impl Cursor {
+    /// The items of `items` (sorted by `at`) with `a < at <= b`.
+    fn within<T>(
+        &mut self,
+        items: &[T],
+        a: i64,
+        b: i64,
+        at: impl Fn(&T) -> i64,
+    ) -> std::ops::Range<usize> {
+        let advance = |from: usize, bound: i64| {
+            let mut i = from.min(items.len());
+            // A few steps on, or a binary search over the rest.
+            for _ in 0..8 {
+                if i < items.len() && at(&items[i]) <= bound {
+                    i += 1;
+                } else {
+                    return i;
+                }
+            }
+            i + items[i..].partition_point(|x| at(x) <= bound)
+        };
+        // Bounds that went back (an `@` or a new piece) start over.
+        let past = |i: usize, bound: i64| i > 0 && i <= items.len() && at(&items[i - 1]) > bound;
+        if past(self.lo, a) || past(self.hi, b) {
+            *self = Cursor::default();
+        }
+        self.lo = advance(self.lo, a);
+        self.hi = advance(self.hi.max(self.lo), b);
+        self.lo..self.hi
+    }
 }
 
 /// `kind` over the range selector `vs[range]` on `grid`, when the router sends part of it to a
@@ -515,6 +560,19 @@ pub(crate) fn range_fn(
     };
     let rounded = std::sync::atomic::AtomicBool::new(false);
     let missing_sketch = std::sync::atomic::AtomicBool::new(false);
+    // Every window on a tier's edges (then each piece is, switches being on edges too), or
+    // pieces are checked one by one.
+    let step_edges = |r: Resolution| {
+        let w = r.window_ms();
+        range % w == 0
+            && min_ref.rem_euclid(w) == 0
+            && (step == 0 || step % w == 0)
+    };
+    let aligned = [
+        true,
+        step_edges(Resolution::Minute),
+        step_edges(Resolution::Hour),
+    ];
     let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
         &sources,
@@ -526,23 +584,26 @@ pub(crate) fn range_fn(
             let buf = &bufs.raw;
             let mut meter = env.meter();
             let mut points = Vec::new();
+            // Windows' bounds only move forward from step to step: cursors per tier.
+            let mut cursors = [Cursor::default(); 3];
             for (si, ts) in grid.iter().enumerate() {
                 let (lo, hi) = window(ts);
                 let mut acc = Acc::default();
                 let keep_values = kind == RangeFn::QuantileOverTime;
                 plan.pieces(lo, hi, |r, a, b| {
+                    let cursor = &mut cursors[r as usize];
                     if r == Resolution::Raw {
-                        let from = buf.partition_point(|s| s.timestamp <= a);
-                        let to = buf.partition_point(|s| s.timestamp <= b);
-                        for s in &buf[from..to.max(from)] {
+                        let part = cursor.within(buf, a, b, |s| s.timestamp);
+                        for s in &buf[part] {
                             acc.add_sample(s.timestamp, s.value, keep_values);
                         }
                     } else {
-                        if !on_edges(r, a, b) {
+                        if !aligned[r as usize] && !on_edges(r, a, b) {
                             rounded.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
-                        for w in ending_in(bufs.windows(r), a, b) {
-                            acc.add_window(w);
+                        let ws = bufs.windows(r);
+                        for w in &ws[cursor.within(ws, a, b, |w| w.end)] {
+                            acc.add_window(w, &need);
                         }
                     }
                 });

@@ -322,8 +322,11 @@ impl HourStage {
         Ok(())
     }
 
-    /// The state to store beside an hour's figures, when they do not give it back.
+    /// The state to store beside an hour's figures: only for a sketch. No tier is built from
+    /// hours (a corrected hour is recomputed from its minutes), so the exact sums below the
+    /// figures' rounding, which cost most hours of decimal readings 20 bytes, serve nothing.
     fn state_of(&self, rollup: &Rollup, revision: u32) -> Option<Vec<u8>> {
+        rollup.quantiles.as_ref()?;
         state::for_store(rollup, revision, HOUR_MS)
     }
 
@@ -424,7 +427,9 @@ impl HourStage {
                 .binary_search_by_key(&start, |w| w.start)
                 .ok()
                 .map(|i| &stored[i]);
-            let Some(revision) = revision_for(was, rollup, &figures, 0, true) else {
+            // An hour keeps a state only for its sketch (see `state_of`).
+            let states = rollup.quantiles.is_some();
+            let Some(revision) = revision_for(was, rollup, &figures, 0, states) else {
                 continue;
             };
             writes.push(WindowWrite {
@@ -523,9 +528,14 @@ impl HourStage {
         self.verify_existing.store(false, Ordering::Relaxed);
     }
 
-    /// Retention of the hour store.
+    /// Retention of the hour store. An hour still queued for the next tier (the cold tier) is
+    /// not deleted: retention waits until it is taken.
     pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
-        self.store.tsdb().maintain(now_ms).map(|_| ())
+        let oldest_queued = self.hours.lock().queue.keys().map(|k| k.start).min();
+        let now = oldest_queued.map_or(now_ms, |start| {
+            now_ms.min(start.saturating_add(self.opts.retention_ms))
+        });
+        self.store.tsdb().maintain(now).map(|_| ())
     }
 
     /// Hours written (final or corrected) and not yet marked done, when

@@ -156,6 +156,60 @@ impl Quantiles {
         Some(self.max)
     }
 
+    /// [`Quantiles::quantile`] of the merge of `parts`, without building it: their buckets are
+    /// walked in value order (the same answer as merging and asking; a query over a range of
+    /// windows asks this once per step).
+    pub fn quantile_of_merge(parts: &[&Quantiles], q: f64) -> Option<f64> {
+        let first = *parts.first()?;
+        if parts.iter().any(|p| p.alpha != first.alpha) {
+            let mut all = first.clone();
+            parts[1..].iter().for_each(|p| all.merge(p));
+            return all.quantile(q);
+        }
+        let count = parts.iter().fold(0u64, |a, p| a.saturating_add(p.count));
+        if count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
+        let max = parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max);
+        if q == 0.0 {
+            return Some(min);
+        }
+        if q == 1.0 {
+            return Some(max);
+        }
+        let rank = (q * (count - 1) as f64) as u64;
+        // Ascending order: negatives from the largest magnitude down, zeros, positives up.
+        let mut negative: Vec<(i32, u64)> = parts
+            .iter()
+            .flat_map(|p| p.negative.iter().map(|(&k, &c)| (k, c)))
+            .collect();
+        negative.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        let mut seen = 0u64;
+        for &(k, c) in &negative {
+            seen = seen.saturating_add(c);
+            if rank < seen {
+                return Some((-first.representative(k)).max(min).min(max));
+            }
+        }
+        seen = seen.saturating_add(parts.iter().fold(0u64, |a, p| a.saturating_add(p.zero)));
+        if rank < seen {
+            return Some(0.0f64.max(min).min(max));
+        }
+        let mut positive: Vec<(i32, u64)> = parts
+            .iter()
+            .flat_map(|p| p.positive.iter().map(|(&k, &c)| (k, c)))
+            .collect();
+        positive.sort_unstable_by_key(|b| b.0);
+        for &(k, c) in &positive {
+            seen = seen.saturating_add(c);
+            if rank < seen {
+                return Some(first.representative(k).max(min).min(max));
+            }
+        }
+        Some(max)
+    }
+
     /// Values added (NaN excluded).
     pub fn count(&self) -> u64 {
         self.count
@@ -525,16 +579,21 @@ impl strata_model::QuantileSketch for Quantiles {
         extra: &[f64],
         q: f64,
     ) -> Option<f64> {
-        let mut all = self.clone();
-        for o in others {
-            if let Some(o) = o.as_any().downcast_ref::<Quantiles>() {
-                all.merge(o);
-            }
+        let mut parts: Vec<&Quantiles> = Vec::with_capacity(others.len() + 2);
+        parts.push(self);
+        parts.extend(
+            others
+                .iter()
+                .filter_map(|o| o.as_any().downcast_ref::<Quantiles>()),
+        );
+        let single;
+        if !extra.is_empty() {
+            let mut s = Quantiles::build(self.alpha);
+            extra.iter().for_each(|&v| s.add(v));
+            single = s;
+            parts.push(&single);
         }
-        for &v in extra {
-            all.add(v);
-        }
-        all.quantile(q)
+        Quantiles::quantile_of_merge(&parts, q)
     }
 }
 
@@ -761,6 +820,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn quantile_of_merge_equals_the_merged_sketch(
+            parts in prop::collection::vec(prop::collection::vec(value(), 0..40), 1..12),
+            q in 0.0f64..=1.0,
+        ) {
+            let sketches: Vec<Quantiles> = parts.iter().map(|p| sketch(p)).collect();
+            let refs: Vec<&Quantiles> = sketches.iter().collect();
+            let mut merged = Quantiles::new();
+            sketches.iter().for_each(|s| merged.merge(s));
+            for q in [q, 0.0, 0.5, 0.99, 1.0] {
+                prop_assert_eq!(Quantiles::quantile_of_merge(&refs, q), merged.quantile(q));
+            }
+        }
+
         #[test]
         fn quantiles_within_relative_accuracy(xs in prop::collection::vec(value(), 1..400)) {
             assert_accurate(&sketch(&xs), &xs, 0.01);

@@ -876,14 +876,7 @@ impl RollupStage {
         let mut out: std::collections::BTreeMap<Labels, LazyWindows> = Default::default();
         if first_key <= stored_to {
             let range = (first_key, stored_to);
-            for (labels, mut figures) in
-                store.select_figures(tenant, matchers, range, width, needs)?
-            {
-                if needs.sketch {
-                    let key = labels.key();
-                    figures.sketches =
-                        self.sketches(tier, tenant, key.as_ref(), first_key, stored_to)?;
-                }
+            for (labels, figures) in store.select_figures(tenant, matchers, range, width, needs)? {
                 out.insert(labels.clone(), LazyWindows::new(labels, figures));
             }
         }
@@ -907,32 +900,6 @@ impl RollupStage {
             }
         }
         Ok(out.into_values().collect())
-    }
-
-    /// The quantile sketches of `key`'s final windows of `tier` starting in `[from, to]`, by
-    /// start; windows that keep none are left out.
-    pub fn sketches(
-        &self,
-        tier: Tier,
-        tenant: &Tenant,
-        key: strata_model::SeriesKeyRef<'_>,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<(i64, crate::sketch::Quantiles)>, StorageError> {
-        let (store, width) = match (tier, &self.hours) {
-            (Tier::Window, _) => (self.store.as_ref(), self.opts.windows.window_ms),
-            (Tier::Hour, Some(h)) => (h.store(), HOUR_MS),
-            (Tier::Hour, None) => return Ok(Vec::new()),
-        };
-        let mut out = Vec::new();
-        for w in store.range(tenant, key, from, to, &[], Some(width))? {
-            let r = crate::state::of_stored(&w.figures, w.revision, w.state.as_deref())
-                .map_err(|e| StorageError::Io(format!("rollup state at {}: {e}", w.start)))?;
-            if let Some(q) = r.quantiles {
-                out.push((w.start, q));
-            }
-        }
-        Ok(out)
     }
 }
 

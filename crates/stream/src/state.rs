@@ -226,6 +226,24 @@ pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), 
     Ok((r, revision))
 }
 
+/// The quantile sketch a state keeps, if any (its figures are not needed: the rest is read
+/// past).
+pub fn sketch_of(bytes: &[u8]) -> Result<Option<Quantiles>, StateError> {
+    let none = Sample::new(0, 0.0);
+    let placeholder = Figures {
+        count: 0,
+        sum: 0.0,
+        sum_squares: 0.0,
+        min: 0.0,
+        max: 0.0,
+        first: none,
+        last: none,
+        increase: 0.0,
+        quantiles: Vec::new(),
+    };
+    decode(bytes, Some(&placeholder)).map(|(r, _)| r.quantiles)
+}
+
 /// The rollup stored figures stand for: exact where [`figures_suffice`] held, no sketch.
 pub fn of_figures(f: &Figures) -> Rollup {
     Rollup {

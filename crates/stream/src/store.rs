@@ -710,6 +710,10 @@ fn figure_names(needs: FigureNeeds) -> Vec<&'static str> {
             f.extend_from_slice(names);
         }
     }
+    if needs.sketch {
+        // A state counts only for the revision it was written at.
+        f.extend_from_slice(&[REVISION, STATE_FIGURE]);
+    }
     f
 }
 
@@ -733,9 +737,10 @@ impl RollupStore {
             Matcher::regex(FIGURE_LABEL, &alternatives, false)
                 .map_err(|e| StorageError::Io(e.to_string()))?,
         );
+        // A window's state runs on past its start (see the module doc).
         let hints = SelectHints {
             start,
-            end,
+            end: end.saturating_add(width - 1),
             max_samples: None,
             fields: strata_model::Fields::All,
         };
@@ -759,8 +764,8 @@ impl RollupStore {
                 .entry(labels)
                 .or_insert_with(|| StoredFigures {
                     width,
+                    to: end,
                     figures: Vec::new(),
-                    sketches: Vec::new(),
                 })
                 .figures
                 .push((figure, s));
@@ -778,9 +783,9 @@ impl RollupStore {
 /// [`RollupStore::select_figures`]).
 pub struct StoredFigures {
     width: i64,
+    /// The last window start wanted.
+    to: i64,
     figures: Vec<(&'static str, LazySeries)>,
-    /// The windows' quantile sketches by start, where asked for.
-    pub sketches: Vec<(i64, crate::sketch::Quantiles)>,
 }
 
 impl strata_model::WindowSource for StoredFigures {
@@ -796,6 +801,7 @@ impl strata_model::WindowSource for StoredFigures {
         count.read(&mut samples)?;
         let at = out.len();
         let nan = Sample::new(0, f64::NAN);
+        samples.truncate(samples.partition_point(|s| s.timestamp <= self.to));
         out.extend(samples.iter().map(|s| WindowFigures {
             end: s.timestamp + self.width,
             count: s.value as u64,
@@ -809,9 +815,18 @@ impl strata_model::WindowSource for StoredFigures {
             sketch: None,
         }));
         let windows = &mut out[at..];
+        let mut revisions: Vec<u32> = Vec::new();
+        let mut states: Vec<Sample> = Vec::new();
         for (name, series) in &self.figures {
             if *name == COUNT {
                 continue;
+            }
+            if *name == STATE_FIGURE {
+                series.read(&mut states)?;
+                continue;
+            }
+            if *name == REVISION {
+                revisions = vec![0; windows.len()];
             }
             samples.clear();
             series.read(&mut samples)?;
@@ -836,15 +851,20 @@ impl strata_model::WindowSource for StoredFigures {
                     LAST => w.last.value = v,
                     LAST_TS => w.last.timestamp = v as i64,
                     INCREASE => w.increase = v,
+                    REVISION => revisions[j] = v as u32,
                     _ => {}
                 }
             }
         }
-        if !self.sketches.is_empty() {
-            for w in windows.iter_mut() {
+        if !states.is_empty() {
+            for (j, w) in windows.iter_mut().enumerate() {
                 let start = w.end - self.width;
-                if let Ok(i) = self.sketches.binary_search_by_key(&start, |s| s.0) {
-                    w.sketch = Some(std::sync::Arc::new(self.sketches[i].1.clone()));
+                let Some(bytes) = state_from_samples(start, &states)? else {
+                    continue;
+                };
+                let current = crate::state::revision(&bytes).ok() == revisions.get(j).copied();
+                if let (true, Ok(Some(q))) = (current, crate::state::sketch_of(&bytes)) {
+                    w.sketch = Some(std::sync::Arc::new(q));
                 }
             }
         }
