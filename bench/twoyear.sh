@@ -162,7 +162,8 @@ run_queries() {
   : >"$WORK/q-$name"
   for q in "${QUERIES[@]}"; do
     IFS='|' read -r span start step expr <<<"$q"
-    r=$($PY query --url "$url" --query "$expr" --start "$start" --end "$END_S" --step "$step" --repeat "$REPEAT" --param nocache=1)
+    # Start and end on multiples of the step, as Grafana sends a dashboard's range.
+    r=$($PY query --url "$url" --query "$expr" --start "$((start / step * step))" --end "$((END_S / step * step))" --step "$step" --repeat "$REPEAT" --param nocache=1)
     echo "$span|$expr|$(kv "$r" median_ms)|$(kv "$r" status)|$(kv "$r" series)|$(kv "$r" tiers)" >>"$WORK/q-$name"
   done
   for cache in on off; do

@@ -497,8 +497,8 @@ impl Cursor {
     ) -> std::ops::Range<usize> {
         let advance = |from: usize, bound: i64| {
             let mut i = from.min(items.len());
-            // A few steps on, or a binary search over the rest.
-            for _ in 0..8 {
+            // A window's worth of steps on (in memory order), or a binary search over the rest.
+            for _ in 0..64 {
                 if i < items.len() && at(&items[i]) <= bound {
                     i += 1;
                 } else {
