@@ -2,9 +2,9 @@
 //! write request per file; gzip'd or not) to a server's `POST /api/v1/admin/backfill`.
 //!
 //! Each file is decoded whole with the server's own decoders, its samples grouped by series and
-//! sent as remote-write requests of about `request_bytes`, cut only on hour boundaries: every
-//! request carries whole series-hours, as the endpoint requires (see README, "Backfilling
-//! history"), however the file orders its lines. Requests go one at a time; a failed one stops
+//! sent as remote-write requests of about `request_bytes`, cut by time on UTC day boundaries:
+//! every request carries whole series-days, so whole series-hours, as the endpoint requires
+//! (see README, "Backfilling history"), however the file orders its lines. Requests go one at a time; a failed one stops
 //! the run naming the file and the server's answer (a rerun is safe: backfills are idempotent).
 
 use anyhow::Context;
@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use strata_ingest::{influx, DecodeContext};
 use strata_model::{sort_last_wins, Limits, Sample, SeriesKey, Tenant, WriteBatch};
 use strata_stream::backfill::bucket_of;
-use strata_stream::hour::HOUR_MS;
 
 /// What to send where.
 pub struct BackfillArgs {
@@ -98,35 +97,37 @@ fn decode(
         .collect())
 }
 
-/// Cuts series into requests of about `budget` bytes of samples, on hour boundaries only.
+/// A UTC day: the cold tier's partition, and the unit requests are cut in.
+const DAY_MS: i64 = 86_400_000;
+
+/// Cuts series into requests of about `budget` bytes of samples, by time: day by day, each
+/// series' samples of a day in one request (a day is whole hours), so a request touches few
+/// days of each tier (few blocks, few cold-tier files) however the file was ordered.
 fn requests(
     series: &[(SeriesKey, Vec<Sample>)],
     budget: usize,
 ) -> Vec<Vec<(&SeriesKey, &[Sample])>> {
     const SAMPLE_BYTES: usize = 16;
+    let mut days: BTreeMap<i64, Vec<(&SeriesKey, &[Sample])>> = BTreeMap::new();
+    for (key, samples) in series {
+        for day in samples
+            .chunk_by(|a, b| bucket_of(a.timestamp, DAY_MS) == bucket_of(b.timestamp, DAY_MS))
+        {
+            days.entry(bucket_of(day[0].timestamp, DAY_MS))
+                .or_default()
+                .push((key, day));
+        }
+    }
     let mut out = Vec::new();
     let (mut cur, mut bytes): (Vec<(&SeriesKey, &[Sample])>, usize) = (Vec::new(), 0);
-    for (key, samples) in series {
-        let (mut from, mut at) = (0, 0);
-        for hour in samples
-            .chunk_by(|a, b| bucket_of(a.timestamp, HOUR_MS) == bucket_of(b.timestamp, HOUR_MS))
-        {
-            let size = hour.len() * SAMPLE_BYTES;
-            if bytes > 0 && bytes + size > budget {
-                if at > from {
-                    cur.push((key, &samples[from..at]));
-                    from = at;
-                }
-                out.push(std::mem::take(&mut cur));
-                bytes = 0;
-            }
-            bytes += size;
-            at += hour.len();
+    for (key, day) in days.into_values().flatten() {
+        let size = day.len() * SAMPLE_BYTES + key.as_bytes().len();
+        if bytes > 0 && bytes + size > budget {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
         }
-        if from < samples.len() {
-            cur.push((key, &samples[from..]));
-        }
-        bytes += key.as_bytes().len();
+        cur.push((key, day));
+        bytes += size;
     }
     if !cur.is_empty() {
         out.push(cur);
@@ -226,38 +227,41 @@ mod tests {
     use strata_model::Labels;
 
     #[test]
-    fn requests_carry_whole_series_hours() {
+    fn requests_carry_whole_series_days_in_time_order() {
         let key = |d: &str| {
             Labels::from_pairs([("__name__", "m"), ("device", d)])
                 .unwrap()
                 .key()
         };
-        let hourly = |n: i64| -> Vec<Sample> {
-            (0..n * 12)
-                .map(|i| Sample::new(i * 300_000, i as f64))
+        // Every 5 minutes from a day's start: 288 samples a day.
+        let days = |n: i64| -> Vec<Sample> {
+            (0..n * 288)
+                .map(|i| Sample::new(10 * DAY_MS + i * 300_000, i as f64))
                 .collect()
         };
-        let series = vec![(key("a"), hourly(5)), (key("b"), hourly(2))];
-        // 12 samples an hour, 16 bytes each: about two hours a request.
-        let reqs = requests(&series, 2 * 12 * 16 + 100);
-        let mut seen: Vec<(String, i64, usize)> = Vec::new();
+        let series = vec![(key("a"), days(3)), (key("b"), days(2))];
+        // About one series-day a request.
+        let reqs = requests(&series, 288 * 16 + 100);
+        assert_eq!(reqs.len(), 5);
+        let mut last_day = i64::MIN;
+        let mut total = 0;
         for r in &reqs {
-            for (k, s) in r {
-                assert!(!s.is_empty());
-                assert_eq!(s[0].timestamp % HOUR_MS, 0, "a part starts on an hour");
-                assert_eq!(s.len() % 12, 0, "whole hours");
-                seen.push((
-                    k.labels().get("device").unwrap().to_owned(),
-                    s[0].timestamp,
-                    s.len(),
-                ));
-            }
+            assert_eq!(r.len(), 1);
+            let (_, s) = r[0];
+            assert_eq!((s[0].timestamp % DAY_MS, s.len()), (0, 288), "a whole day");
+            assert!(s[0].timestamp >= last_day, "in time order");
+            last_day = s[0].timestamp;
+            total += s.len();
         }
-        let total: usize = seen.iter().map(|x| x.2).sum();
-        assert_eq!(total, 7 * 12, "every sample once");
-        assert!(reqs.len() >= 3, "{seen:?}");
+        assert_eq!(total, 5 * 288, "every sample once");
+        let two_days = requests(&series, 4 * 288 * 16 + 100);
+        assert_eq!(
+            two_days.len(),
+            2,
+            "the first two days of both, then the third of a"
+        );
+        assert_eq!(two_days[0].len(), 4);
         let one = requests(&series, usize::MAX);
-        assert_eq!(one.len(), 1);
-        assert_eq!(one[0].len(), 2);
+        assert_eq!((one.len(), one[0].len()), (1, 5));
     }
 }

@@ -170,8 +170,8 @@ pub fn apply(
             done.windows_written += writes.len() as u64;
             store.write(writes, offset);
         }
-        done.hour_samples += plans.iter().map(|p| p.hour.count).sum::<u64>();
         if let Some(h) = stage.hours() {
+            done.hour_samples += plans.iter().map(|p| p.hour.count).sum::<u64>();
             let hours: Vec<(i64, &Rollup)> = plans.iter().map(|p| (p.start, &p.hour)).collect();
             let written = h.replace(tenant, key.as_ref(), &hours, q, offset)?;
             done.hours_written += written as u64;

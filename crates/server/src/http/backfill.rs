@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_model::time::now_ms;
-use strata_model::{sort_last_wins, Limits, Sample, SeriesKey, SeriesSamples, WriteBatch};
+use strata_model::{sort_last_wins, Limits, Sample, SeriesKey, SeriesSamples, Tenant, WriteBatch};
 use strata_stream::backfill::{self, bucket_of, Applied};
 use strata_stream::hour::HOUR_MS;
 
@@ -216,17 +216,91 @@ async fn run(
         span,
     } = split(&batch, cut, st.engine.partitions());
     drop(batch);
-    let unavailable = |e: WriteError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    };
     let live_ack = match live {
         Some(b) => Some(st.engine.write(b).await.map_err(unavailable)?),
         None => None,
     };
+    let (applied, cold_raw, failed) = write_old(st, &tenant, old, cut).await?;
+    if let Some((oldest, newest)) = span {
+        st.engine.late_written(&tenant, oldest, newest);
+    }
+    let mut warnings = Vec::new();
+    if failed.is_none() && applied.hours_written > 0 {
+        // The hours written are queued for the cold tier (durably): one archiver pass takes
+        // them now, so a backfill of years never piles them up in the queue. A failure leaves
+        // them queued for the archiver's next passes.
+        if let Err(e) = st.engine.sync_cold().await {
+            warnings.push(format!(
+                "the backfilled hours are stored and queued for the cold tier, whose archiver failed (it retries): {e}"
+            ));
+        }
+    }
+    if let Some(e) = failed {
+        // Retrying is safe: what was written is written again unchanged.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "backfill not completed (retry it; what was written is not written twice): {e}"
+            ),
+        ));
+    }
+    let (raw, raw_too_old, series_limit) = live_ack.map_or((0, 0, 0), |a| {
+        let s = &a.stats;
+        (
+            s.appended + s.overwritten + s.duplicates,
+            s.too_old,
+            s.rejected_series_limit,
+        )
+    });
+    let too_old = too_old + raw_too_old;
+    let c = &st.engine.counters.backfill;
+    c.raw.add(raw as u64);
+    c.windows.add(applied.window_samples);
+    c.hours.add(applied.hour_samples);
+    c.cold_raw.add(cold_raw as u64);
+    c.too_old.add(too_old as u64);
+    let mut warnings = Vec::new();
+    if too_old > 0 {
+        warnings.push(format!(
+            "{too_old} samples refused: older than the 1-hour tier's retention (rollups.hour_retention = {} ms)",
+            st.retentions.hours_ms
+        ));
+    }
+    if series_limit > 0 {
+        warnings.push(format!(
+            "{series_limit} samples of recent hours refused: their series are past the live-series limits"
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "status": "success",
+            "samples": samples,
+            "raw": raw,
+            "windows": applied.window_samples,
+            "hours": applied.hour_samples,
+            "cold_raw": cold_raw,
+            "derived_not_rolled_up": applied.derived_samples,
+            "windows_written": applied.windows_written,
+            "windows_unchanged": applied.windows_unchanged,
+            "hours_written": applied.hours_written,
+            "hours_unchanged": applied.hours_unchanged,
+            "refused": { "too_old": too_old, "series_limit": series_limit },
+            "warnings": warnings,
+        }),
+    ))
+}
+
+/// Writes a request's older part: each shard's series on its thread (windows and hours,
+/// persisted), and the raw rows to the cold tier, at once. Returns what the shards did, the raw
+/// rows archived, and the first failure (after waiting for every part).
+async fn write_old(
+    st: &AppState,
+    tenant: &Tenant,
+    old: BTreeMap<u32, BTreeMap<SeriesKey, Vec<Sample>>>,
+    cut: Cut,
+) -> Result<(Applied, usize, Option<String>), ApiError> {
     // Held in the pending-ingest budget, as writes are, until the shards are done with it.
     let held: usize = old
         .values()
@@ -309,81 +383,20 @@ async fn run(
             }
         }
     }
-    if let Some((oldest, newest)) = span {
-        st.engine.late_written(&tenant, oldest, newest);
-    }
-    let mut warnings = Vec::new();
-    if failed.is_none() && applied.hours_written > 0 {
-        // The hours written are queued for the cold tier (durably): one archiver pass takes
-        // them now, so a backfill of years never piles them up in the queue. A failure leaves
-        // them queued for the archiver's next passes.
-        if let Err(e) = st.engine.sync_cold().await {
-            warnings.push(format!(
-                "the backfilled hours are stored and queued for the cold tier, whose archiver failed (it retries): {e}"
-            ));
-        }
-    }
-    if let Some(e) = failed {
-        // Retrying is safe: what was written is written again unchanged.
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!(
-                "backfill not completed (retry it; what was written is not written twice): {e}"
-            ),
-        ));
-    }
-    let (raw, raw_too_old, series_limit) = live_ack.map_or((0, 0, 0), |a| {
-        let s = &a.stats;
-        (
-            s.appended + s.overwritten + s.duplicates,
-            s.too_old,
-            s.rejected_series_limit,
-        )
-    });
-    let too_old = too_old + raw_too_old;
-    let c = &st.engine.counters.backfill;
-    c.raw.add(raw as u64);
-    c.windows.add(applied.window_samples);
-    c.hours.add(applied.hour_samples);
-    c.cold_raw.add(cold_raw as u64);
-    c.too_old.add(too_old as u64);
-    let mut warnings = Vec::new();
-    if too_old > 0 {
-        warnings.push(format!(
-            "{too_old} samples refused: older than the 1-hour tier's retention (rollups.hour_retention = {} ms)",
-            st.retentions.hours_ms
-        ));
-    }
-    if series_limit > 0 {
-        warnings.push(format!(
-            "{series_limit} samples of recent hours refused: their series are past the live-series limits"
-        ));
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "status": "success",
-            "samples": samples,
-            "raw": raw,
-            "windows": applied.window_samples,
-            "hours": applied.hour_samples,
-            "cold_raw": cold_raw,
-            "derived_not_rolled_up": applied.derived_samples,
-            "windows_written": applied.windows_written,
-            "windows_unchanged": applied.windows_unchanged,
-            "hours_written": applied.hours_written,
-            "hours_unchanged": applied.hours_unchanged,
-            "refused": { "too_old": too_old, "series_limit": series_limit },
-            "warnings": warnings,
-        }),
-    ))
+    Ok((applied, cold_raw, failed))
+}
+
+fn unavailable(e: WriteError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        e.to_string(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_model::Tenant;
 
     #[test]
     fn samples_are_cut_by_their_hour() {
