@@ -564,9 +564,7 @@ pub(crate) fn range_fn(
     // pieces are checked one by one.
     let step_edges = |r: Resolution| {
         let w = r.window_ms();
-        range % w == 0
-            && min_ref.rem_euclid(w) == 0
-            && (step == 0 || step % w == 0)
+        range % w == 0 && min_ref.rem_euclid(w) == 0 && (step == 0 || step % w == 0)
     };
     let aligned = [
         true,

@@ -399,6 +399,37 @@ mod tests {
         assert_eq!((w30.revision, w30.figures.max), (1, 100.0));
     }
 
+    /// Hour retention waits for the next tier: an hour queued for the cold tier outlives its
+    /// retention until it is taken, then goes.
+    #[test]
+    fn hour_retention_waits_for_hours_queued_for_the_cold_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenant::default_tenant();
+        let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
+            .unwrap()
+            .key();
+        let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
+        let samples: Vec<Sample> = (1..=24)
+            .map(|i| Sample::new(h0 + i * 5 * MIN, 1.0))
+            .collect();
+        let st = stage(dir.path());
+        apply(&st, &t, &[(key, samples)], i64::MAX, 1).unwrap();
+        persist(&st).unwrap();
+        let hours = st.hours().unwrap();
+        let later = h0 + 10 * 365 * 24 * HOUR_MS;
+        hours.maintain(later).unwrap();
+        assert_eq!(
+            read_hours(&st, h0).len(),
+            2,
+            "queued hours outlive their retention"
+        );
+        let queued = hours.pending_final();
+        assert_eq!(queued.len(), 2);
+        hours.done_final(&queued);
+        hours.maintain(later).unwrap();
+        assert!(read_hours(&st, h0).is_empty(), "taken hours expire");
+    }
+
     fn read_hours(st: &RollupStage, h0: i64) -> Vec<WindowView> {
         read(st, Tier::Hour, h0, h0 + 3 * HOUR_MS - 1)
     }

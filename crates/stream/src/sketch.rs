@@ -171,7 +171,10 @@ impl Quantiles {
             return None;
         }
         let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
-        let max = parts.iter().map(|p| p.max).fold(f64::NEG_INFINITY, f64::max);
+        let max = parts
+            .iter()
+            .map(|p| p.max)
+            .fold(f64::NEG_INFINITY, f64::max);
         if q == 0.0 {
             return Some(min);
         }
