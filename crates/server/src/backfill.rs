@@ -233,10 +233,10 @@ mod tests {
                 .unwrap()
                 .key()
         };
-        // Every 5 minutes from a day's start: 288 samples a day.
+        // Every 5 minutes, the last of each day on its end: 288 samples a day.
         let days = |n: i64| -> Vec<Sample> {
             (0..n * 288)
-                .map(|i| Sample::new(10 * DAY_MS + i * 300_000, i as f64))
+                .map(|i| Sample::new(10 * DAY_MS + (i + 1) * 300_000, i as f64))
                 .collect()
         };
         let series = vec![(key("a"), days(3)), (key("b"), days(2))];
@@ -248,7 +248,11 @@ mod tests {
         for r in &reqs {
             assert_eq!(r.len(), 1);
             let (_, s) = r[0];
-            assert_eq!((s[0].timestamp % DAY_MS, s.len()), (0, 288), "a whole day");
+            assert_eq!(
+                (s[0].timestamp % DAY_MS, s.len()),
+                (300_000, 288),
+                "a whole day"
+            );
             assert!(s[0].timestamp >= last_day, "in time order");
             last_day = s[0].timestamp;
             total += s.len();

@@ -415,7 +415,7 @@ mod tests {
             990 * HOUR_MS + 5, // its hour starts before it too
             991 * HOUR_MS + 5, // kept as an hour
             998 * HOUR_MS + 1, // the hour holding the raw tier's oldest time: backfilled
-            999 * HOUR_MS,     // the next hour: the ordinary path
+            999 * HOUR_MS + 1, // the next hour: the ordinary path
             1_000 * HOUR_MS + 1,
         ];
         let samples: Vec<Sample> = ts.iter().map(|&t| Sample::new(t, 1.0)).collect();
