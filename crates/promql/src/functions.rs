@@ -830,7 +830,8 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
     }
     if let Expr::MatrixSelector(ms) = unwrap_parens(range_expr) {
         let range = crate::eval::duration_ms(ms.range);
-        if let Some(rows) = crate::tiers::range_fn(env, kind, name, &ms.vs, range, grid, &scalars)?
+        if let Some(rows) =
+            crate::tiers::range_fn(env, kind, name, (&ms.vs, range_expr), range, grid, &scalars)?
         {
             return Ok(Val::Vector(rows));
         }
@@ -934,20 +935,7 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
             continue;
         }
         if counter && !warned_counter {
-            if let Some(n) = labels.metric_name() {
-                if !(n.ends_with("_total")
-                    || n.ends_with("_sum")
-                    || n.ends_with("_count")
-                    || n.ends_with("_bucket"))
-                {
-                    warned_counter = true;
-                    env.info(|| format!(
-                        "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {} {}",
-                        go_quote(n),
-                        env.pos(range_expr)
-                    ));
-                }
-            }
+            warned_counter = not_a_counter_info(env, &labels, range_expr);
         }
         out.push(Row {
             labels,
@@ -956,6 +944,28 @@ fn range_fn(env: &Env, call: &Call, name: &str, args: &[&Expr], grid: Grid) -> R
         });
     }
     Ok(Val::Vector(out))
+}
+
+/// Prometheus' info on `rate`/`increase` of a series whose name does not say it is a counter;
+/// true when it gave it.
+pub(crate) fn not_a_counter_info(env: &Env, labels: &Labels, at: &Expr) -> bool {
+    let Some(n) = labels.metric_name() else {
+        return false;
+    };
+    if ["_total", "_sum", "_count", "_bucket"]
+        .iter()
+        .any(|s| n.ends_with(s))
+    {
+        return false;
+    }
+    env.info(|| {
+        format!(
+            "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {} {}",
+            go_quote(n),
+            env.pos(at)
+        )
+    });
+    true
 }
 
 /// The functions of a range vector.

@@ -524,7 +524,7 @@ pub(crate) fn range_fn(
     env: &Env,
     kind: RangeFn,
     name: &str,
-    vs: &VectorSelector,
+    (vs, at_expr): (&VectorSelector, &promql_parser::parser::Expr),
     range: i64,
     grid: Grid,
     scalars: &[Vec<f64>],
@@ -635,10 +635,15 @@ pub(crate) fn range_fn(
     }
     note_rounding(env, rounded.into_inner(), vs);
     let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
+    let counter = matches!(kind, RangeFn::Rate | RangeFn::Increase);
+    let mut warned_counter = false;
     let mut rows = Vec::with_capacity(sources.len());
     for (src, points) in sources.into_iter().zip(computed) {
         let points = points?;
         if !points.is_empty() {
+            if counter && !warned_counter {
+                warned_counter = crate::functions::not_a_counter_info(env, &src.labels, at_expr);
+            }
             rows.push(Row {
                 labels: src.labels,
                 drop_name: !keep_name,
