@@ -357,7 +357,9 @@ fn raw_samples_are_archived_before_retention_deletes_their_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
         dir.path(),
-        "partitions = 1\nretention = \"2m\"\n[storage]\nblock_duration = \"1m\"\n[cold]\ninterval = \"1h\"\n",
+        // Raw samples expire only once their windows are final: an idle shard's windows close
+        // by the clock after `idle_timeout`.
+        "partitions = 1\nretention = \"2m\"\n[storage]\nblock_duration = \"1m\"\n[rollups]\nidle_timeout = \"5s\"\nallowed_lateness = \"5s\"\n[cold]\ninterval = \"1h\"\n",
     );
     let t0 = now_ms() - 100_000;
     let samples: Vec<(i64, f64)> = (0..20).map(|i| (t0 + i * 1000, i as f64 * 0.5)).collect();
