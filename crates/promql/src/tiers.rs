@@ -84,10 +84,11 @@ fn ceil_to(t: i64, w: i64) -> i64 {
 /// an instant selector), `step` the grid's (0 at one instant) and `first` its first window's
 /// end, `mapped` whether the function consuming it has figures to answer from.
 ///
-/// A range function whose every window is whole windows of a tier (range, first end and step
-/// on its edges, the step at least a window) reads the coarsest such tier: the answer is the
-/// same as from raw samples, from fewer values. Otherwise a tier answers when the step is at
-/// least [`STEP_FACTOR`] windows (the edges then rounded, and said so).
+/// Over a range raw samples no longer hold all of, a range function whose every window is
+/// whole windows of a tier (range, first end and step on its edges, the step at least a window)
+/// reads the coarsest such tier: the answer is the same as from raw samples, from fewer values.
+/// Otherwise a tier answers when the step is at least [`STEP_FACTOR`] windows (the edges then
+/// rounded, and said so).
 pub(crate) fn plan(
     env: &Env,
     what: &str,
@@ -121,9 +122,13 @@ pub(crate) fn plan(
             parts: vec![(i64::MIN, Resolution::Raw)],
         });
     }
+    // Whole windows of a tier give the raw answer from fewer values: worth it where raw
+    // samples no longer hold all of the range (a range raw samples hold they answer, as a
+    // Prometheus would).
+    let raw_holds_all = earliest.saturating_add(1) >= cov.raw;
     let on_edges = |r: Resolution| {
         let w = r.window_ms();
-        range > 0 && step >= w && step % w == 0 && first.rem_euclid(w) == 0
+        !raw_holds_all && range > 0 && step >= w && step % w == 0 && first.rem_euclid(w) == 0
     };
     let mut preferred = Resolution::Raw;
     if step > 0 {

@@ -862,7 +862,9 @@ impl strata_model::WindowSource for StoredFigures {
                 let Some(bytes) = state_from_samples(start, &states)? else {
                     continue;
                 };
-                let current = crate::state::revision(&bytes).ok() == revisions.get(j).copied();
+                // No revision series: every window at revision 0.
+                let revision = revisions.get(j).copied().unwrap_or(0);
+                let current = crate::state::revision(&bytes).ok() == Some(revision);
                 if let (true, Ok(Some(q))) = (current, crate::state::sketch_of(&bytes)) {
                     w.sketch = Some(std::sync::Arc::new(q));
                 }
