@@ -230,11 +230,10 @@ impl LazyWindows {
         }
     }
 
-    /// The same series with `later` read after this one's windows (an older store, then a
-    /// newer one): `later` holds only windows ending after this one's.
-    pub fn then(mut self, later: LazyWindows) -> LazyWindows {
+    /// Reads `later` after this series's windows (an older store, then a newer one): `later`
+    /// holds only windows ending after this one's.
+    pub fn append(&mut self, later: LazyWindows) {
         self.sources.extend(later.sources);
-        self
     }
 
     /// About how much work [`LazyWindows::read`] is.

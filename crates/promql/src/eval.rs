@@ -745,7 +745,52 @@ pub(crate) fn apply_drop_name(rows: &mut [Row]) {
     }
 }
 
+/// When a selector on a grid looks: its offset, its `@` time, and the first and last reference
+/// times (`step - offset`, or the `@` time).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SelectorTimes {
+    pub offset: i64,
+    pub at: Option<i64>,
+    pub min_ref: i64,
+    pub max_ref: i64,
+}
+
+impl SelectorTimes {
+    /// The step between reference times: 0 when they are one time (an instant, or `@`).
+    pub fn step(&self, grid: Grid) -> i64 {
+        if grid.is_instant() || self.at.is_some() {
+            0
+        } else {
+            grid.step
+        }
+    }
+
+    /// The reference time of step `ts`.
+    pub fn reference(&self, ts: i64) -> i64 {
+        self.at.unwrap_or(ts).saturating_sub(self.offset)
+    }
+}
+
 impl<'a> Env<'a> {
+    /// When selector `vs` looks on `grid`.
+    pub fn selector_times(&self, vs: &VectorSelector, grid: Grid) -> SelectorTimes {
+        let offset = offset_ms(&vs.offset);
+        let at = self.at_ms(&vs.at);
+        let (min_ref, max_ref) = match at {
+            Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
+            None => (
+                grid.start.saturating_sub(offset),
+                grid.end.saturating_sub(offset),
+            ),
+        };
+        SelectorTimes {
+            offset,
+            at,
+            min_ref,
+            max_ref,
+        }
+    }
+
     /// An instant vector selector over `grid`: at each step, the latest sample in
     /// `(ref - lookback, ref]`, unless it is a staleness marker.
     pub fn vector_selector(&self, vs: &VectorSelector, grid: Grid) -> Result<Vec<Row>, Error> {
@@ -764,16 +809,13 @@ impl<'a> Env<'a> {
         if let Some(rows) = crate::tiers::instant_selector(self, vs, grid, &pick)? {
             return Ok(rows);
         }
-        let offset = offset_ms(&vs.offset);
-        let at = self.at_ms(&vs.at);
+        let SelectorTimes {
+            offset,
+            at,
+            min_ref,
+            max_ref,
+        } = self.selector_times(vs, grid);
         let lookback = self.opts.lookback_delta_ms;
-        let (min_ref, max_ref) = match at {
-            Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
-            None => (
-                grid.start.saturating_sub(offset),
-                grid.end.saturating_sub(offset),
-            ),
-        };
         // At one time, only each series' latest sample matters.
         let fields = if at.is_some() || grid.is_instant() {
             Fields::Latest
@@ -866,15 +908,12 @@ impl<'a> Env<'a> {
         grid: Grid,
         fields: Fields,
     ) -> Result<RangeVal, Error> {
-        let offset = offset_ms(&vs.offset);
-        let at = self.at_ms(&vs.at);
-        let (min_ref, max_ref) = match at {
-            Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
-            None => (
-                grid.start.saturating_sub(offset),
-                grid.end.saturating_sub(offset),
-            ),
-        };
+        let SelectorTimes {
+            offset,
+            at,
+            min_ref,
+            max_ref,
+        } = self.selector_times(vs, grid);
         let min_t = min_ref.saturating_sub(range).saturating_add(1);
         Ok(RangeVal {
             rows: RangeRows::Lazy(self.select(vs, min_t, max_ref, fields)?),

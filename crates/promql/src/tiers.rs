@@ -18,7 +18,7 @@
 //! answer (`irate`, `resets`, ...) over time only a rollup tier still holds fails with an error
 //! naming the function, never a silently partial answer.
 
-use crate::eval::{matcher_sets, offset_ms, par_map_with, weigh, Env, Grid, Row};
+use crate::eval::{matcher_sets, par_map_with, weigh, Env, Grid, Row};
 use crate::functions::{Change, RangeFn};
 use crate::stats::{kahan_inc, quantile};
 use crate::Error;
@@ -127,8 +127,7 @@ pub(crate) fn plan(
     // Prometheus would).
     let raw_holds_all = earliest.saturating_add(1) >= cov.raw;
     let on_edges = |r: Resolution| {
-        let w = r.window_ms();
-        !raw_holds_all && range > 0 && step >= w && step % w == 0 && first.rem_euclid(w) == 0
+        !raw_holds_all && range > 0 && step >= r.window_ms() && whole_windows(r, range, step, first)
     };
     let mut preferred = Resolution::Raw;
     if step > 0 {
@@ -477,6 +476,13 @@ impl<'a> Acc<'a> {
     }
 }
 
+/// Whether every step's window `(t - range, t]` is whole windows of `r`: the range, the first
+/// step's `t` (`first`) and the step (0: one time) all on its edges.
+fn whole_windows(r: Resolution, range: i64, step: i64, first: i64) -> bool {
+    let w = r.window_ms();
+    range % w == 0 && first.rem_euclid(w) == 0 && (step == 0 || step % w == 0)
+}
+
 /// Whether `(a, b]` falls on `r`'s window edges.
 fn on_edges(r: Resolution, a: i64, b: i64) -> bool {
     let w = r.window_ms();
@@ -537,21 +543,10 @@ pub(crate) fn range_fn(
     if env.tiers.is_none() {
         return Ok(None);
     }
-    let offset = offset_ms(&vs.offset);
-    let at = env.at_ms(&vs.at);
-    let (min_ref, max_ref) = match at {
-        Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
-        None => (
-            grid.start.saturating_sub(offset),
-            grid.end.saturating_sub(offset),
-        ),
-    };
+    let times = env.selector_times(vs, grid);
+    let (min_ref, max_ref) = (times.min_ref, times.max_ref);
     let earliest = min_ref.saturating_sub(range);
-    let step = if grid.is_instant() || at.is_some() {
-        0
-    } else {
-        grid.step
-    };
+    let step = times.step(grid);
     let need = needs(kind);
     let plan = plan(env, name, need.is_some(), (range, step, min_ref), earliest)?;
     let (Some(need), false) = (need, plan.raw_only()) else {
@@ -560,21 +555,17 @@ pub(crate) fn range_fn(
     let sources = read_sources(env, vs, &plan, earliest, max_ref, 0, need)?;
     let quantile_q = |si: usize| scalars.first().map_or(0.0, |qs| qs[si]);
     let window = |ts: i64| {
-        let r = at.unwrap_or(ts).saturating_sub(offset);
+        let r = times.reference(ts);
         (r.saturating_sub(range), r)
     };
     let rounded = std::sync::atomic::AtomicBool::new(false);
     let missing_sketch = std::sync::atomic::AtomicBool::new(false);
     // Every window on a tier's edges (then each piece is, switches being on edges too), or
     // pieces are checked one by one.
-    let step_edges = |r: Resolution| {
-        let w = r.window_ms();
-        range % w == 0 && min_ref.rem_euclid(w) == 0 && (step == 0 || step % w == 0)
-    };
     let aligned = [
         true,
-        step_edges(Resolution::Minute),
-        step_edges(Resolution::Hour),
+        whole_windows(Resolution::Minute, range, step, min_ref),
+        whole_windows(Resolution::Hour, range, step, min_ref),
     ];
     let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
@@ -640,23 +631,35 @@ pub(crate) fn range_fn(
     }
     note_rounding(env, rounded.into_inner(), vs);
     let keep_name = matches!(kind, RangeFn::LastOverTime | RangeFn::FirstOverTime);
-    let counter = matches!(kind, RangeFn::Rate | RangeFn::Increase);
-    let mut warned_counter = false;
+    let rows = rows_of(sources, computed, !keep_name)?;
+    if matches!(kind, RangeFn::Rate | RangeFn::Increase) {
+        for r in &rows {
+            if crate::functions::not_a_counter_info(env, &r.labels, at_expr) {
+                break;
+            }
+        }
+    }
+    Ok(Some(rows))
+}
+
+/// The rows of the series that have points, in the sources' order.
+fn rows_of(
+    sources: Vec<Source>,
+    computed: Vec<Result<Vec<(i64, f64)>, Error>>,
+    drop_name: bool,
+) -> Result<Vec<Row>, Error> {
     let mut rows = Vec::with_capacity(sources.len());
     for (src, points) in sources.into_iter().zip(computed) {
         let points = points?;
         if !points.is_empty() {
-            if counter && !warned_counter {
-                warned_counter = crate::functions::not_a_counter_info(env, &src.labels, at_expr);
-            }
             rows.push(Row {
                 labels: src.labels,
-                drop_name: !keep_name,
+                drop_name,
                 points,
             });
         }
     }
-    Ok(Some(rows))
+    Ok(rows)
 }
 
 fn note_rounding(env: &Env, rounded: bool, vs: &VectorSelector) {
@@ -683,21 +686,10 @@ pub(crate) fn instant_selector(
     if env.tiers.is_none() {
         return Ok(None);
     }
-    let offset = offset_ms(&vs.offset);
-    let at = env.at_ms(&vs.at);
+    let times = env.selector_times(vs, grid);
+    let (min_ref, max_ref) = (times.min_ref, times.max_ref);
     let lookback = env.opts.lookback_delta_ms;
-    let (min_ref, max_ref) = match at {
-        Some(t) => (t.saturating_sub(offset), t.saturating_sub(offset)),
-        None => (
-            grid.start.saturating_sub(offset),
-            grid.end.saturating_sub(offset),
-        ),
-    };
-    let step = if grid.is_instant() || at.is_some() {
-        0
-    } else {
-        grid.step
-    };
+    let step = times.step(grid);
     let earliest = min_ref.saturating_sub(lookback);
     let plan = plan(env, "a selector", true, (0, step, min_ref), earliest)?;
     if plan.raw_only() {
@@ -733,7 +725,7 @@ pub(crate) fn instant_selector(
             let mut meter = env.meter();
             let mut points = Vec::new();
             for ts in grid.iter() {
-                let r = at.unwrap_or(ts).saturating_sub(offset);
+                let r = times.reference(ts);
                 meter.work(1)?;
                 let tier = plan.at(r);
                 let found = if tier == Resolution::Raw {
@@ -758,16 +750,5 @@ pub(crate) fn instant_selector(
             Ok(points)
         },
     );
-    let mut rows = Vec::with_capacity(sources.len());
-    for (src, points) in sources.into_iter().zip(computed) {
-        let points = points?;
-        if !points.is_empty() {
-            rows.push(Row {
-                labels: src.labels,
-                drop_name: false,
-                points,
-            });
-        }
-    }
-    Ok(Some(rows))
+    Ok(Some(rows_of(sources, computed, false)?))
 }

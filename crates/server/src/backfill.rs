@@ -13,7 +13,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use strata_ingest::{influx, DecodeContext};
 use strata_model::{sort_last_wins, Limits, Sample, SeriesKey, Tenant, WriteBatch};
-use strata_stream::backfill::bucket_of;
+use strata_stream::window::window_of;
 
 /// What to send where.
 pub struct BackfillArgs {
@@ -111,9 +111,9 @@ fn requests(
     let mut days: BTreeMap<i64, Vec<(&SeriesKey, &[Sample])>> = BTreeMap::new();
     for (key, samples) in series {
         for day in samples
-            .chunk_by(|a, b| bucket_of(a.timestamp, DAY_MS) == bucket_of(b.timestamp, DAY_MS))
+            .chunk_by(|a, b| window_of(a.timestamp, DAY_MS) == window_of(b.timestamp, DAY_MS))
         {
-            days.entry(bucket_of(day[0].timestamp, DAY_MS))
+            days.entry(window_of(day[0].timestamp, DAY_MS))
                 .or_default()
                 .push((key, day));
         }

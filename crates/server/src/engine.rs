@@ -1003,10 +1003,7 @@ impl strata_model::WindowStorage for Engine {
         let mut merged: Vec<strata_model::LazyWindows> = Vec::with_capacity(out.len());
         for s in out {
             match merged.last_mut() {
-                Some(prev) if prev.labels == s.labels => {
-                    let prev = merged.pop().expect("just seen");
-                    merged.push(prev.then(s));
-                }
+                Some(prev) if prev.labels == s.labels => prev.append(s),
                 _ => merged.push(s),
             }
         }

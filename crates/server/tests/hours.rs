@@ -60,15 +60,6 @@ fn hour_events(base: i64) -> (String, BTreeMap<String, Vec<(i64, f64)>>) {
     (body, truth)
 }
 
-/// Moves every shard's watermark to `t`.
-fn ticks(t: i64) -> String {
-    (0..16)
-        .map(|k| {
-            format!(r#"{{"device_id":"tick{k}","timestamp":{t},"readings":{{"tick":1}}}}"#) + "\n"
-        })
-        .collect()
-}
-
 /// Milliseconds as the API's seconds, to the millisecond.
 fn secs(ms: i64) -> String {
     format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))

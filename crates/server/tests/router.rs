@@ -50,14 +50,6 @@ fn readings(base: i64) -> String {
     body
 }
 
-fn ticks(t: i64) -> String {
-    (0..16)
-        .map(|k| {
-            format!(r#"{{"device_id":"tick{k}","timestamp":{t},"readings":{{"tick":1}}}}"#) + "\n"
-        })
-        .collect()
-}
-
 /// One answered series: its labels (as JSON text) and points.
 type Series = (String, Vec<(f64, f64)>);
 

@@ -24,17 +24,10 @@ use crate::window::{is_derived, window_of};
 use crate::StreamError;
 use strata_model::{Sample, SeriesKey, StorageError, Tenant};
 
-/// The start of the bucket of `width` (a window or an hour) that holds `ts`: the live path's
-/// [`window_of`] (buckets hold `(start, start + width]`). Every sample's window and hour are
-/// both computed here, from its timestamp (never one from the other), so they nest.
-pub fn bucket_of(ts: i64, width: i64) -> i64 {
-    window_of(ts, width)
-}
-
 /// One series-hour of a backfill: the hour's rollup and those of its windows to keep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HourPlan {
-    /// The hour's start ([`bucket_of`] its samples' timestamps and an hour).
+    /// The hour's start ([`window_of`] of its samples' timestamps and an hour).
     pub start: i64,
     /// The hour, from every sample of the request in it.
     pub hour: Rollup,
@@ -56,15 +49,15 @@ pub fn plan_series(
     debug_assert!(samples.windows(2).all(|p| p[0].timestamp < p[1].timestamp));
     let mut out = Vec::new();
     for hour in
-        samples.chunk_by(|a, b| bucket_of(a.timestamp, HOUR_MS) == bucket_of(b.timestamp, HOUR_MS))
+        samples.chunk_by(|a, b| window_of(a.timestamp, HOUR_MS) == window_of(b.timestamp, HOUR_MS))
     {
         let Some(rollup) = Rollup::of_sorted(hour, sketch) else {
             continue;
         };
         let windows = hour
-            .chunk_by(|a, b| bucket_of(a.timestamp, window_ms) == bucket_of(b.timestamp, window_ms))
+            .chunk_by(|a, b| window_of(a.timestamp, window_ms) == window_of(b.timestamp, window_ms))
             .filter_map(|w| {
-                let start = bucket_of(w[0].timestamp, window_ms);
+                let start = window_of(w[0].timestamp, window_ms);
                 if start < windows_from {
                     return None;
                 }
@@ -72,7 +65,7 @@ pub fn plan_series(
             })
             .collect();
         out.push(HourPlan {
-            start: bucket_of(hour[0].timestamp, HOUR_MS),
+            start: window_of(hour[0].timestamp, HOUR_MS),
             hour: rollup,
             windows,
         });
@@ -331,7 +324,7 @@ mod tests {
         let key = Labels::from_pairs([("__name__", "lat"), ("device", "d1")])
             .unwrap()
             .key();
-        let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
+        let h0 = window_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
         // Three hours at 5-minute steps, the last of each on its end; windows kept from the
         // second hour on.
         let samples: Vec<Sample> = (0..36)
@@ -408,7 +401,7 @@ mod tests {
         let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
             .unwrap()
             .key();
-        let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
+        let h0 = window_of(strata_model::time::now_ms(), HOUR_MS) - 400 * 24 * HOUR_MS;
         let samples: Vec<Sample> = (1..=24)
             .map(|i| Sample::new(h0 + i * 5 * MIN, 1.0))
             .collect();
@@ -442,7 +435,7 @@ mod tests {
         let derived = Labels::from_pairs([("__name__", "a:b"), ("device", "d1")])
             .unwrap()
             .key();
-        let h0 = bucket_of(strata_model::time::now_ms(), HOUR_MS) - 10 * HOUR_MS;
+        let h0 = window_of(strata_model::time::now_ms(), HOUR_MS) - 10 * HOUR_MS;
         let s = vec![Sample::new(h0 + 30 * MIN, 1.0)];
         let a = apply(&st, &t, &[(derived, s.clone())], i64::MIN, 1).unwrap();
         assert_eq!(

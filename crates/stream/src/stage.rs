@@ -892,11 +892,14 @@ impl RollupStage {
                     continue;
                 }
                 let recent = LazyWindows::new(labels.clone(), windows);
-                let joined = match out.remove(&labels) {
-                    Some(stored) => stored.then(recent),
-                    None => recent,
-                };
-                out.insert(labels, joined);
+                match out.entry(labels) {
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        e.get_mut().append(recent)
+                    }
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(recent);
+                    }
+                }
             }
         }
         Ok(out.into_values().collect())

@@ -664,14 +664,7 @@ impl RollupStore {
             let Some(figure) = s.labels.get(FIGURE_LABEL).map(str::to_owned) else {
                 continue;
             };
-            let labels = Labels::from_sorted(
-                s.labels
-                    .into_vec()
-                    .into_iter()
-                    .filter(|l| l.name != FIGURE_LABEL)
-                    .collect(),
-            );
-            let windows = series.entry(labels).or_default();
+            let windows = series.entry(series_labels(s.labels)).or_default();
             for x in s.samples {
                 windows
                     .entry(x.timestamp)
@@ -691,6 +684,17 @@ impl RollupStore {
             .filter(|(_, ws): &(Labels, Vec<StoredWindow>)| !ws.is_empty())
             .collect())
     }
+}
+
+/// The labels of the raw series a figure series belongs to: its own without the figure label.
+fn series_labels(figure: Labels) -> Labels {
+    Labels::from_sorted(
+        figure
+            .into_vec()
+            .into_iter()
+            .filter(|l| l.name != FIGURE_LABEL)
+            .collect(),
+    )
 }
 
 /// The figure series a query needs (the count always: a window exists where it has one).
@@ -753,15 +757,8 @@ impl RollupStore {
             else {
                 continue;
             };
-            let labels = Labels::from_sorted(
-                s.labels
-                    .iter()
-                    .filter(|l| l.name != FIGURE_LABEL)
-                    .cloned()
-                    .collect(),
-            );
             series
-                .entry(labels)
+                .entry(series_labels(s.labels.clone()))
                 .or_insert_with(|| StoredFigures {
                     width,
                     to: end,

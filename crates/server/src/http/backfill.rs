@@ -30,8 +30,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_model::time::now_ms;
 use strata_model::{sort_last_wins, Limits, Sample, SeriesKey, SeriesSamples, Tenant, WriteBatch};
-use strata_stream::backfill::{self, bucket_of, Applied};
+use strata_stream::backfill::{self, Applied};
 use strata_stream::hour::HOUR_MS;
+use strata_stream::window::window_of;
 
 /// Rejections quoted in an error message.
 const QUOTED: usize = 10;
@@ -61,7 +62,7 @@ struct Cut {
 impl Cut {
     fn at(now: i64, r: &Retentions) -> Cut {
         Cut {
-            raw_hour: bucket_of(now.saturating_sub(r.raw_ms), HOUR_MS),
+            raw_hour: window_of(now.saturating_sub(r.raw_ms), HOUR_MS),
             hours_from: now.saturating_sub(r.hours_ms),
             windows_from: now.saturating_sub(r.windows_ms),
         }
@@ -92,7 +93,7 @@ fn split(batch: &WriteBatch, cut: Cut, partitions: u32) -> Split {
         scratch_live.clear();
         scratch_old.clear();
         for x in s.samples {
-            let hour = bucket_of(x.timestamp, HOUR_MS);
+            let hour = window_of(x.timestamp, HOUR_MS);
             if hour > cut.raw_hour {
                 scratch_live.push(*x);
             } else if hour < cut.hours_from {

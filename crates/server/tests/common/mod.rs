@@ -200,3 +200,13 @@ pub fn now_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// JSON device events from 16 devices at `t`: moves every shard's watermark there (each shard
+/// sees at least one of them).
+pub fn ticks(t: i64) -> String {
+    (0..16)
+        .map(|k| {
+            format!(r#"{{"device_id":"tick{k}","timestamp":{t},"readings":{{"tick":1}}}}"#) + "\n"
+        })
+        .collect()
+}
