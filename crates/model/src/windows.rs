@@ -18,11 +18,21 @@ pub enum Resolution {
     Minute,
     /// 1-hour windows (the hour tier, and the cold tier behind it).
     Hour,
+    /// 1-day windows (the day tier, merged from the hours).
+    Day,
 }
 
 impl Resolution {
     /// Every resolution, finest first.
-    pub const ALL: [Resolution; 3] = [Resolution::Raw, Resolution::Minute, Resolution::Hour];
+    pub const ALL: [Resolution; 4] = [
+        Resolution::Raw,
+        Resolution::Minute,
+        Resolution::Hour,
+        Resolution::Day,
+    ];
+
+    /// The rollup tiers (every resolution but raw), finest first.
+    pub const ROLLUPS: [Resolution; 3] = [Resolution::Minute, Resolution::Hour, Resolution::Day];
 
     /// Window length in milliseconds (0 for raw samples).
     pub fn window_ms(self) -> i64 {
@@ -30,25 +40,28 @@ impl Resolution {
             Resolution::Raw => 0,
             Resolution::Minute => 60_000,
             Resolution::Hour => 3_600_000,
+            Resolution::Day => 86_400_000,
         }
     }
 
-    /// The name APIs use: `raw`, `1m`, `1h`.
+    /// The name APIs use: `raw`, `1m`, `1h`, `1d`.
     pub fn name(self) -> &'static str {
         match self {
             Resolution::Raw => "raw",
             Resolution::Minute => "1m",
             Resolution::Hour => "1h",
+            Resolution::Day => "1d",
         }
     }
 
     /// Parses [`Resolution::name`] (also `0s`/`5m`-style spellings Thanos accepts: `0s`, `1m`,
-    /// `1h`; `5m` reads as 1m, the finest tier no coarser than it).
+    /// `1h`, `1d`; `5m` reads as 1m, the finest tier no coarser than it).
     pub fn parse(s: &str) -> Option<Resolution> {
         Some(match s {
             "raw" | "0" | "0s" => Resolution::Raw,
             "1m" | "5m" | "60s" => Resolution::Minute,
             "1h" | "60m" | "3600s" => Resolution::Hour,
+            "1d" | "24h" | "86400s" => Resolution::Day,
             _ => return None,
         })
     }
@@ -106,7 +119,7 @@ impl Resolutions {
 
     /// A set from [`Resolutions::bits`].
     pub fn from_bits(bits: u8) -> Resolutions {
-        Resolutions(bits & 0b111)
+        Resolutions(bits & 0b1111)
     }
 }
 
@@ -275,6 +288,8 @@ pub struct Coverage {
     pub minute: i64,
     /// Oldest time the 1-hour tier (with the cold tier behind it) still holds.
     pub hour: i64,
+    /// Oldest time the 1-day tier still holds.
+    pub day: i64,
 }
 
 impl Coverage {
@@ -283,6 +298,7 @@ impl Coverage {
         raw: i64::MIN,
         minute: i64::MAX,
         hour: i64::MAX,
+        day: i64::MAX,
     };
 
     /// The mark of `r`.
@@ -291,6 +307,7 @@ impl Coverage {
             Resolution::Raw => self.raw,
             Resolution::Minute => self.minute,
             Resolution::Hour => self.hour,
+            Resolution::Day => self.day,
         }
     }
 

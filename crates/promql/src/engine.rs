@@ -87,7 +87,7 @@ impl QueryContext {
             tenant,
             cancel: None,
             timeout: None,
-            max_resolution: Resolution::Hour,
+            max_resolution: Resolution::Day,
         }
     }
 

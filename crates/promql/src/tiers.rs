@@ -106,7 +106,7 @@ pub(crate) fn plan(
     };
     if !mapped {
         // Only raw samples answer; they must hold the time asked for when a tier holds more.
-        let older_in_tiers = [Resolution::Minute, Resolution::Hour]
+        let older_in_tiers = Resolution::ROLLUPS
             .into_iter()
             .any(|r| kept(r) && cov.from(r) < cov.raw);
         if older_in_tiers && earliest.saturating_add(1) < cov.raw {
@@ -131,7 +131,7 @@ pub(crate) fn plan(
     };
     let mut preferred = Resolution::Raw;
     if step > 0 {
-        for r in [Resolution::Hour, Resolution::Minute] {
+        for r in Resolution::ROLLUPS.into_iter().rev() {
             if kept(r) && aligned(r) && (on_edges(r) || step >= STEP_FACTOR * r.window_ms()) {
                 preferred = r;
                 break;
@@ -220,24 +220,27 @@ fn needs(kind: RangeFn) -> Option<FigureNeeds> {
 struct Source {
     labels: Labels,
     raw: Option<LazySeries>,
-    minutes: Option<LazyWindows>,
-    hours: Option<LazyWindows>,
+    /// By rollup tier ([`Resolution::ROLLUPS`], see [`rollup_index`]).
+    windows: [Option<LazyWindows>; 3],
+}
+
+/// Where a rollup tier's windows are kept in [`Source`] and [`Buffers`].
+fn rollup_index(r: Resolution) -> usize {
+    (r as usize).saturating_sub(1)
 }
 
 impl Source {
     fn weight(&self) -> usize {
         self.raw.as_ref().map_or(0, |r| r.weight())
-            + self.minutes.as_ref().map_or(0, |w| w.weight())
-            + self.hours.as_ref().map_or(0, |w| w.weight())
+            + self.windows.iter().flatten().map(|w| w.weight()).sum::<usize>()
     }
 }
 
-/// A thread's buffers for one series at a time: raw samples, minutes, hours.
+/// A thread's buffers for one series at a time: raw samples, then windows by rollup tier.
 #[derive(Default)]
 struct Buffers {
     raw: Vec<Sample>,
-    minutes: Vec<WindowFigures>,
-    hours: Vec<WindowFigures>,
+    windows: [Vec<WindowFigures>; 3],
 }
 
 impl Buffers {
@@ -247,10 +250,7 @@ impl Buffers {
         if let Some(raw) = &src.raw {
             env.read_series(i, raw, &mut self.raw)?;
         }
-        for (lazy, buf) in [
-            (&src.minutes, &mut self.minutes),
-            (&src.hours, &mut self.hours),
-        ] {
+        for (lazy, buf) in src.windows.iter().zip(&mut self.windows) {
             buf.clear();
             if let Some(w) = lazy {
                 w.read(buf).map_err(|e| env.storage_error(e))?;
@@ -262,9 +262,8 @@ impl Buffers {
 
     fn windows(&self, r: Resolution) -> &[WindowFigures] {
         match r {
-            Resolution::Minute => &self.minutes,
-            Resolution::Hour => &self.hours,
             Resolution::Raw => &[],
+            _ => &self.windows[rollup_index(r)],
         }
     }
 }
@@ -286,8 +285,7 @@ fn read_sources(
         m.entry(labels.clone()).or_insert_with(|| Source {
             labels,
             raw: None,
-            minutes: None,
-            hours: None,
+            windows: Default::default(),
         })
     }
     if let Some((from, to)) = plan.span(Resolution::Raw) {
@@ -302,7 +300,7 @@ fn read_sources(
     }
     let tiers = env.tiers.expect("a plan with rollup tiers has them");
     let sets = matcher_sets(vs).map_err(Error::BadData)?;
-    for r in [Resolution::Minute, Resolution::Hour] {
+    for r in Resolution::ROLLUPS {
         let Some((from, to)) = plan.span(r) else {
             continue;
         };
@@ -319,10 +317,7 @@ fn read_sources(
             for s in got {
                 env.mark_used(r);
                 let src = entry(&mut by_labels, s.labels.clone());
-                let slot = match r {
-                    Resolution::Minute => &mut src.minutes,
-                    _ => &mut src.hours,
-                };
+                let slot = &mut src.windows[rollup_index(r)];
                 // Another matcher set may select the series too: it is the same series.
                 slot.get_or_insert(s);
             }
@@ -562,11 +557,7 @@ pub(crate) fn range_fn(
     let missing_sketch = std::sync::atomic::AtomicBool::new(false);
     // Every window on a tier's edges (then each piece is, switches being on edges too), or
     // pieces are checked one by one.
-    let aligned = [
-        true,
-        whole_windows(Resolution::Minute, range, step, min_ref),
-        whole_windows(Resolution::Hour, range, step, min_ref),
-    ];
+    let aligned = Resolution::ALL.map(|r| r == Resolution::Raw || whole_windows(r, range, step, min_ref));
     let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
         &sources,
@@ -579,7 +570,7 @@ pub(crate) fn range_fn(
             let mut meter = env.meter();
             let mut points = Vec::new();
             // Windows' bounds only move forward from step to step: cursors per tier.
-            let mut cursors = [Cursor::default(); 3];
+            let mut cursors = [Cursor::default(); Resolution::ALL.len()];
             for (si, ts) in grid.iter().enumerate() {
                 let (lo, hi) = window(ts);
                 let mut acc = Acc::default();

@@ -143,7 +143,8 @@ struct Setup {
     tiered: Engine,
 }
 
-/// Raw data from the last day only; 1-minute windows for the last two days; hours for all.
+/// Raw data from the last day only; 1-minute windows for the last two days; days from the
+/// second day on; hours for all.
 fn setup() -> Setup {
     let all = Arc::new(MemStorage::new());
     let recent = Arc::new(MemStorage::new());
@@ -157,6 +158,7 @@ fn setup() -> Setup {
             raw: raw_from,
             minute: T0 + (DAYS - 2) * 24 * HOUR + 23 * MIN,
             hour: i64::MIN,
+            day: T0 + 24 * HOUR + 1,
         },
     };
     Setup {
@@ -238,9 +240,13 @@ fn tiers_of(out: &strata_promql::QueryOutput) -> Resolutions {
 fn range_queries_on_each_tier_equal_raw_answers() {
     let s = setup();
     let end = T0 + DAYS * 24 * HOUR;
-    // step, range: 1h windows at a day's step; minute windows at a 10-minute step.
+    // step, range: days at a day's step (two-day windows reach back before the day tier:
+    // their first day from hours), 1h windows at a 6-hour step; minute windows at a 10-minute
+    // step.
     for (step, range, tier) in [
-        (24 * HOUR, "1d", Resolution::Hour),
+        (24 * HOUR, "1d", Resolution::Day),
+        (24 * HOUR, "2d", Resolution::Day),
+        (6 * HOUR, "1d", Resolution::Hour),
         (6 * HOUR, "1h", Resolution::Hour),
         (10 * MIN, "10m", Resolution::Minute),
         (5 * MIN, "1m", Resolution::Minute),
@@ -249,7 +255,7 @@ fn range_queries_on_each_tier_equal_raw_answers() {
             let q = f.replace("{r}", range);
             // Minute windows from when the 1-minute tier holds them (plus its first hour,
             // which the hours answer) on; hours over two days.
-            let span = if tier == Resolution::Hour {
+            let span = if tier >= Resolution::Hour {
                 48 * HOUR
             } else {
                 36 * HOUR
@@ -416,6 +422,7 @@ fn tiers_that_start_late_leave_older_time_to_raw_samples() {
             raw: i64::MIN,
             minute: late,
             hour: late,
+            day: late,
         },
     };
     let raw = Engine::new(all.clone(), EngineOptions::default());

@@ -11,7 +11,7 @@ use strata_model::{
     Labels, LazySeries, Matcher, MetadataHints, SelectHints, SeriesSamples, Storage, StorageError,
     Tenant, WriteBatch,
 };
-use strata_stream::stage::{RollupStage, StageOptions, Tier, WindowView};
+use strata_stream::stage::{HeldFrom, RollupStage, StageOptions, Tier, WindowView};
 use strata_tsdb::{SeriesCaps, SeriesLimiter, Tsdb, TsdbOptions};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -124,7 +124,7 @@ pub struct Engine {
 
 /// When a tenant's tier coverage was read, and from when its 1-minute and 1-hour tiers hold
 /// data.
-type TierMarks = (std::time::Instant, (i64, i64));
+type TierMarks = (std::time::Instant, HeldFrom);
 
 /// How long a tenant's tier coverage is reused (a tier's data begins or ends on a block, so it
 /// moves at most by a block a flush: a second behind is nothing).
@@ -192,6 +192,11 @@ impl Engine {
                 retention_ms: cfg.rollups.hour_retention.0,
                 // The cold tier takes every final hour.
                 publish_final: cold.is_some(),
+                days: (cfg.rollups.day_retention.0 > 0).then(|| {
+                    Box::new(strata_stream::hour::HourOptions::day_tier(
+                        cfg.rollups.day_retention.0,
+                    ))
+                }),
                 ..Default::default()
             }),
         };
@@ -914,9 +919,9 @@ impl Storage for Engine {
 }
 
 impl Engine {
-    /// From when the shards' 1-minute and 1-hour tiers hold `tenant`'s data (see
+    /// From when the shards' 1-minute, 1-hour and 1-day tiers hold `tenant`'s data (see
     /// [`RollupStage::held_from`]), reused for [`COVERAGE_TTL`].
-    fn tier_marks(&self, tenant: &Tenant) -> (i64, i64) {
+    fn tier_marks(&self, tenant: &Tenant) -> HeldFrom {
         let cached = self
             .coverage
             .lock()
@@ -925,25 +930,34 @@ impl Engine {
             .map(|c| c.1);
         cached.unwrap_or_else(|| {
             // A tier holds a time only where every shard holding data does.
-            let (mut minute, mut hour) = (i64::MIN, i64::MIN);
+            let mut marks = HeldFrom {
+                windows: i64::MIN,
+                hours: i64::MIN,
+                days: i64::MIN,
+            };
             let mut any = false;
             for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-                let (m, h) = r.held_from(tenant);
-                if m != i64::MAX {
+                let h = r.held_from(tenant);
+                if h.windows != i64::MAX {
                     any = true;
-                    minute = minute.max(m);
-                    hour = hour.max(h);
+                    marks.windows = marks.windows.max(h.windows);
+                    marks.hours = marks.hours.max(h.hours);
+                    marks.days = marks.days.max(h.days);
                 }
             }
             if !any {
-                (minute, hour) = (i64::MAX, i64::MAX);
+                marks = HeldFrom {
+                    windows: i64::MAX,
+                    hours: i64::MAX,
+                    days: i64::MAX,
+                };
             }
             let mut map = self.coverage.lock();
             if map.len() > 10_000 {
                 map.clear();
             }
-            map.insert(tenant.clone(), (std::time::Instant::now(), (minute, hour)));
-            (minute, hour)
+            map.insert(tenant.clone(), (std::time::Instant::now(), marks));
+            marks
         })
     }
 }
@@ -953,7 +967,7 @@ impl Engine {
 impl strata_model::WindowStorage for Engine {
     fn coverage(&self, tenant: &Tenant) -> strata_model::Coverage {
         let now = strata_model::time::now_ms();
-        let (minute, hour) = self.tier_marks(tenant);
+        let marks = self.tier_marks(tenant);
         let cold = self.cold.as_ref().and_then(|c| c.hours_from(tenant));
         // The hour holding the raw tier's oldest time may have been backfilled whole into the
         // rollup tiers (see the backfill path): raw samples answer from the next hour on.
@@ -962,8 +976,9 @@ impl strata_model::WindowStorage for Engine {
             .saturating_add(strata_stream::hour::HOUR_MS + 1);
         strata_model::Coverage {
             raw: raw_from,
-            minute,
-            hour: cold.map_or(hour, |c| c.min(hour)),
+            minute: marks.windows,
+            hour: cold.map_or(marks.hours, |c| c.min(marks.hours)),
+            day: marks.days,
         }
     }
 
@@ -979,13 +994,14 @@ impl strata_model::WindowStorage for Engine {
         let tier = match resolution {
             strata_model::Resolution::Minute => Tier::Window,
             strata_model::Resolution::Hour => Tier::Hour,
+            strata_model::Resolution::Day => Tier::Day,
             strata_model::Resolution::Raw => return Ok(Vec::new()),
         };
         let mut out: Vec<strata_model::LazyWindows> = Vec::new();
         // Hours older than the hour tier holds come from the cold tier.
         let mut start = start;
         if let (Some(cold), Tier::Hour) = (&self.cold, tier) {
-            let local_from = self.tier_marks(tenant).1;
+            let local_from = self.tier_marks(tenant).hours;
             if start < local_from {
                 let upto = end.min(local_from.saturating_sub(1));
                 let got = cold.hours(tenant, matchers, (start, upto), needs.sketch)?;

@@ -59,6 +59,23 @@ pub struct HourOptions {
     pub block_duration_ms: i64,
     /// Queue every hour written for a next stage (see [`HourStage::pending_final`]).
     pub publish_final: bool,
+    /// The 1-day tier above this one (the same stage over hours), when kept.
+    pub days: Option<Box<HourOptions>>,
+}
+
+/// Length of a window of the 1-day tier.
+pub const DAY_MS: i64 = 86_400_000;
+
+impl HourOptions {
+    /// The 1-day tier's settings: days kept `retention_ms`, in blocks of 360 days.
+    pub fn day_tier(retention_ms: i64) -> HourOptions {
+        HourOptions {
+            retention_ms,
+            block_duration_ms: 360 * DAY_MS,
+            publish_final: false,
+            days: None,
+        }
+    }
 }
 
 impl Default for HourOptions {
@@ -67,6 +84,7 @@ impl Default for HourOptions {
             retention_ms: 3 * 365 * 86_400_000,
             block_duration_ms: 30 * 86_400_000,
             publish_final: false,
+            days: Some(Box::new(HourOptions::day_tier(3 * 365 * DAY_MS))),
         }
     }
 }
@@ -124,8 +142,15 @@ impl Hours {
 /// The 1-hour tier of one shard (see the module doc). The shard's rollup stage drives it.
 pub struct HourStage {
     opts: HourOptions,
-    /// Length of the windows merged (divides an hour).
+    /// Length of the windows merged (divides `width`).
     window_ms: i64,
+    /// Length of this tier's windows: an hour, or a day for the tier above the hours.
+    width: i64,
+    /// The 1-day tier, fed this tier's final hours.
+    next: Option<Box<HourStage>>,
+    /// Windows of this tier starting before this may be gone (its retention, as of the latest
+    /// [`HourStage::maintain`]): the next tier is not rebuilt from what remains of them.
+    expired_before: std::sync::atomic::AtomicI64,
     store: Arc<RollupStore>,
     hours: Mutex<Hours>,
     checkpoint: PathBuf,
@@ -164,12 +189,32 @@ pub fn hour_start(window_start: i64) -> i64 {
 
 impl HourStage {
     /// Opens the tier kept in `dir` (its store in `dir/store`) for windows of `window_ms`,
-    /// which must divide an hour.
+    /// which must divide an hour, and the 1-day tier above it in `dir/1d` when
+    /// [`HourOptions::days`] asks for one.
     pub fn open(dir: &Path, window_ms: i64, opts: HourOptions) -> Result<HourStage, StreamError> {
+        HourStage::open_tier(dir, window_ms, HOUR_MS, opts)
+    }
+
+    /// Opens a tier of windows `width` long merging windows of `window_ms`, which divides it.
+    fn open_tier(
+        dir: &Path,
+        window_ms: i64,
+        width: i64,
+        mut opts: HourOptions,
+    ) -> Result<HourStage, StreamError> {
         assert!(
-            window_ms > 0 && HOUR_MS % window_ms == 0,
-            "the hour tier needs windows that divide an hour"
+            window_ms > 0 && width % window_ms == 0,
+            "a tier merges windows that divide its own"
         );
+        let next = match opts.days.take() {
+            Some(d) => Some(Box::new(HourStage::open_tier(
+                &dir.join("1d"),
+                width,
+                DAY_MS,
+                *d,
+            )?)),
+            None => None,
+        };
         let store_dir = dir.join("store");
         let store = RollupStore::open(&store_dir, opts.retention_ms, opts.block_duration_ms)
             .map_err(tsdb_error(&store_dir))?;
@@ -184,6 +229,9 @@ impl HourStage {
         Ok(HourStage {
             opts,
             window_ms,
+            width,
+            next,
+            expired_before: std::sync::atomic::AtomicI64::new(i64::MIN),
             store: Arc::new(store),
             hours: Mutex::new(hours),
             checkpoint,
@@ -201,6 +249,21 @@ impl HourStage {
     /// The store of final hours (sizes, direct reads).
     pub fn store(&self) -> &RollupStore {
         &self.store
+    }
+
+    /// The 1-day tier above this one, when kept.
+    pub fn days(&self) -> Option<&HourStage> {
+        self.next.as_deref()
+    }
+
+    /// Length of this tier's windows (an hour; a day for [`HourStage::days`]).
+    pub fn width(&self) -> i64 {
+        self.width
+    }
+
+    /// The start of this tier's window holding the finer window keyed `start`.
+    fn key_of(&self, start: i64) -> i64 {
+        start.div_euclid(self.width) * self.width
     }
 
     /// Every hour starting before this is final and written (`i64::MIN` before the first).
@@ -229,7 +292,7 @@ impl HourStage {
         start: i64,
         rollup: &Rollup,
     ) {
-        let h = hour_start(start);
+        let h = self.key_of(start);
         let bit = ((start - h) / self.window_ms) as usize;
         let mut hours = self.hours.lock();
         if h < hours.final_before {
@@ -249,7 +312,7 @@ impl HourStage {
 
     /// Words of an hour's bitmap of windows.
     fn words(&self) -> usize {
-        ((HOUR_MS / self.window_ms) as usize).div_ceil(64)
+        ((self.width / self.window_ms) as usize).div_ceil(64)
     }
 
     /// Makes final every hour ending at or before `closed_before`, a window key (every window
@@ -264,7 +327,7 @@ impl HourStage {
         if closed_before == i64::MIN {
             return Ok(());
         }
-        let boundary = hour_start(closed_before);
+        let boundary = self.key_of(closed_before);
         let verify = self.verify_existing.load(Ordering::Relaxed);
         let mut writes = Vec::new();
         let mut hours = self.hours.lock();
@@ -283,6 +346,12 @@ impl HourStage {
             s.open.sort_by_key(|o| o.start);
             for o in s.open.drain(..done) {
                 let Some(rollup) = o.rollup else { continue };
+                if let Some(next) = &self.next {
+                    // Before the comparison below: an hour stored already (replayed after a
+                    // crash) may be missing from its day, which skips hours it holds.
+                    let id = next.series(&s.tenant, s.key.as_ref());
+                    next.merge(id, &s.tenant, s.key.as_ref(), o.start, &rollup);
+                }
                 let figures = rollup.figures(quantiles);
                 let revision = if verify {
                     let stored = self
@@ -319,15 +388,42 @@ impl HourStage {
         if !queued.is_empty() {
             self.hours.lock().enqueue(queued);
         }
-        Ok(())
+        match &self.next {
+            Some(next) => next.advance(boundary, quantiles, offset),
+            None => Ok(()),
+        }
     }
 
-    /// The state to store beside an hour's figures: only for a sketch. No tier is built from
-    /// hours (a corrected hour is recomputed from its minutes), so the exact sums below the
-    /// figures' rounding, which cost most hours of decimal readings 20 bytes, serve nothing.
+    /// The state to store beside an hour's figures: only for a sketch. The exact sums below
+    /// the figures' rounding cost most hours of decimal readings 20 bytes and serve only a day
+    /// recomputed after a correction (built live, a day merges its hours' exact state; rebuilt,
+    /// its hours' figures, each sum rounded once), so they are not kept.
     fn state_of(&self, rollup: &Rollup, revision: u32) -> Option<Vec<u8>> {
         rollup.quantiles.as_ref()?;
-        state::for_store(rollup, revision, HOUR_MS)
+        state::for_store(rollup, revision, self.width)
+    }
+
+    /// Recomputes the days holding the hours starting at `hours` (written again: corrected or,
+    /// with `backfilled`, backfilled) from the hours this tier's store holds, unless they may
+    /// have expired.
+    fn recompute_next(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        hours: impl IntoIterator<Item = i64>,
+        quantiles: &[f64],
+        offset: u64,
+        backfilled: bool,
+    ) -> Result<(), StorageError> {
+        let Some(next) = &self.next else {
+            return Ok(());
+        };
+        let days: BTreeSet<i64> = hours.into_iter().map(|h| next.key_of(h)).collect();
+        if days.is_empty() {
+            return Ok(());
+        }
+        let hours = (&*self.store, self.expired_before.load(Ordering::Relaxed));
+        next.rebuild(hours, tenant, key, &days, quantiles, offset, backfilled)
     }
 
     /// Recomputes the hours starting at `starts` of `tenant`'s series `key` from the windows
@@ -346,12 +442,30 @@ impl HourStage {
         quantiles: &[f64],
         offset: u64,
     ) -> Result<(), StorageError> {
+        let windows = (minutes, expired_before);
+        self.rebuild(windows, tenant, key, starts, quantiles, offset, false)
+    }
+
+    /// [`HourStage::recompute`]; `backfilled`: the finer windows were backfilled, so each
+    /// rebuilt window is written as [`HourStage::replace`] writes it (at revision 0 when the
+    /// store held none; an open one of the live path dropped), final or not.
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild(
+        &self,
+        (minutes, expired_before): (&RollupStore, i64),
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        starts: &BTreeSet<i64>,
+        quantiles: &[f64],
+        offset: u64,
+        backfilled: bool,
+    ) -> Result<(), StorageError> {
         let id = self.store.series(tenant, key);
         let mut writes = Vec::new();
         let mut queued = Vec::new();
         for &h in starts.iter().filter(|&&h| h >= expired_before) {
             let windows =
-                minutes.range(tenant, key, h, h + HOUR_MS - 1, &[], Some(self.window_ms))?;
+                minutes.range(tenant, key, h, h + self.width - 1, &[], Some(self.window_ms))?;
             let mut merged: Merged = SmallVec::from_elem(0, self.words());
             let mut acc: Option<Rollup> = None;
             for w in &windows {
@@ -365,7 +479,11 @@ impl HourStage {
                 }
             }
             let mut hours = self.hours.lock();
-            if h >= hours.final_before {
+            if backfilled {
+                if let Some(Some(s)) = hours.series.get_mut(id.index()) {
+                    s.open.retain(|o| o.start != h);
+                }
+            } else if h >= hours.final_before {
                 let open = open_hour(&mut hours, id, tenant, key, h, self.words());
                 open.rollup = acc;
                 open.merged = merged;
@@ -375,7 +493,8 @@ impl HourStage {
             let Some(rollup) = acc else { continue };
             let figures = rollup.figures(quantiles);
             let stored = self.store.get(tenant, key, h, quantiles)?;
-            let Some(revision) = revision_over(stored.as_ref(), &figures, 1) else {
+            let absent = if backfilled { 0 } else { 1 };
+            let Some(revision) = revision_over(stored.as_ref(), &figures, absent) else {
                 continue;
             };
             if self.opts.publish_final {
@@ -393,11 +512,12 @@ impl HourStage {
                 revision,
             });
         }
+        let written: Vec<i64> = writes.iter().map(|w| w.start).collect();
         self.store.write(writes, offset);
         if !queued.is_empty() {
             self.hours.lock().enqueue(queued);
         }
-        Ok(())
+        self.recompute_next(tenant, key, written, quantiles, offset, backfilled)
     }
 
     /// Writes backfilled hours of `tenant`'s series `key` (`(start, rollup)`, ascending, see
@@ -418,7 +538,7 @@ impl HourStage {
         };
         let stored = self
             .store
-            .range(tenant, key, first.0, last.0, quantiles, Some(HOUR_MS))?;
+            .range(tenant, key, first.0, last.0, quantiles, Some(self.width))?;
         let id = self.store.series(tenant, key);
         let mut writes = Vec::new();
         for &(start, rollup) in hours {
@@ -449,7 +569,7 @@ impl HourStage {
                 start: w.start,
             })
             .collect();
-        let written = writes.len();
+        let written: Vec<i64> = writes.iter().map(|w| w.start).collect();
         {
             let mut open = self.hours.lock();
             if let Some(Some(s)) = open.series.get_mut(id.index()) {
@@ -461,7 +581,9 @@ impl HourStage {
         if !queued.is_empty() {
             self.hours.lock().enqueue(queued);
         }
-        Ok(written)
+        let n = written.len();
+        self.recompute_next(tenant, key, written, quantiles, offset, true)?;
+        Ok(n)
     }
 
     /// Makes hours written outside a checkpoint ([`HourStage::replace`]) durable: the store
@@ -473,7 +595,10 @@ impl HourStage {
             let queue: Vec<HourKey> = self.hours.lock().queue.keys().cloned().collect();
             crate::bytes::write_checked(&self.queue_path, encode_corrections(&queue))?;
         }
-        Ok(())
+        match &self.next {
+            Some(next) => next.persist_written(),
+            None => Ok(()),
+        }
     }
 
     /// Persists the store, then the open hours and the queue of hours for the next stage. The
@@ -484,10 +609,8 @@ impl HourStage {
     /// only the series of open hours however many series were ever seen; a series that goes on
     /// gets a place again with its next window (see [`HourStage::generation`]).
     pub fn checkpoint(&self) -> Result<(), StreamError> {
-        let c = self.begin_checkpoint();
-        let final_before = c.final_before;
-        c.write()?;
-        self.end_checkpoint(final_before);
+        let done = self.begin_checkpoint().write()?;
+        self.end_checkpoint(&done);
         Ok(())
     }
 
@@ -502,18 +625,30 @@ impl HourStage {
             let queue: Vec<HourKey> = hours.queue.keys().cloned().collect();
             (self.queue_path.clone(), encode_corrections(&queue))
         });
-        HourCheckpoint {
+        let c = HourCheckpoint {
             store: Arc::clone(&self.store),
             path: self.checkpoint.clone(),
             hours: encode_hours(&hours),
             queue,
             final_before: hours.final_before,
+            next: None,
+        };
+        drop(hours);
+        // The day tier as it is now: every hour it holds is in this checkpoint's store, or is
+        // merged again when the log replays (a final hour always joins its day, see `advance`).
+        HourCheckpoint {
+            next: self.next.as_ref().map(|n| Box::new(n.begin_checkpoint())),
+            ..c
         }
     }
 
-    /// Completes a checkpoint begun when every hour before `final_before` was final: those are
-    /// in the store's blocks now.
-    pub fn end_checkpoint(&self, final_before: i64) {
+    /// Completes a checkpoint whose [`HourCheckpoint::write`] gave `done`: the hours final when
+    /// it was begun are in the store's blocks now.
+    pub fn end_checkpoint(&self, done: &HourCheckpointDone) {
+        if let (Some(next), Some(d)) = (&self.next, &done.next) {
+            next.end_checkpoint(d);
+        }
+        let final_before = done.final_before;
         let mut hours = self.hours.lock();
         if hours.predating == u64::MAX {
             hours.predating = hours.marks;
@@ -532,10 +667,24 @@ impl HourStage {
     /// not deleted: retention waits until it is taken.
     pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
         let oldest_queued = self.hours.lock().queue.keys().map(|k| k.start).min();
-        let now = oldest_queued.map_or(now_ms, |start| {
+        let mut now = oldest_queued.map_or(now_ms, |start| {
             now_ms.min(start.saturating_add(self.opts.retention_ms))
         });
-        self.store.tsdb().maintain(now).map(|_| ())
+        // Nor before the day tier holds their days final, in its blocks (a day tier that never
+        // took a final hour holds backfilled days only, written with their hours).
+        if let Some(next) = self.next.as_ref().filter(|n| n.final_before() != i64::MIN) {
+            now = now.min(
+                next.flushed_final_before()
+                    .saturating_add(self.opts.retention_ms),
+            );
+        }
+        let horizon = now.saturating_sub(self.opts.retention_ms);
+        self.expired_before.fetch_max(horizon, Ordering::Relaxed);
+        let done = self.store.tsdb().maintain(now).map(|_| ());
+        match &self.next {
+            Some(next) => done.and(next.maintain(now_ms)),
+            None => done,
+        }
     }
 
     /// Hours written (final or corrected) and not yet marked done, when
@@ -611,37 +760,56 @@ impl HourStage {
     }
 
     /// The hours of `tenant`'s series matching `matchers` that overlap `[start, end]` (the hour
-    /// keyed `h` holds `(h, h + HOUR_MS]`): final and corrected ones from the store,
-    /// provisional ones from memory: their final windows so far merged with `open_windows`
-    /// (the windows still open, of those series, from the caller's windows).
+    /// keyed `h` holds `(h, h + HOUR_MS]`; a day likewise): final and corrected ones from the
+    /// store, provisional ones from memory (see [`HourStage::provisional`]).
     pub fn read(
         &self,
         tenant: &Tenant,
         matchers: &[Matcher],
-        start: i64,
-        end: i64,
+        (start, end): (i64, i64),
         quantiles: &[f64],
-        mut open_windows: Vec<(SeriesKey, i64, Rollup)>,
+        open_windows: Vec<(SeriesKey, i64, Rollup)>,
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
+        let width = self.width;
         let mut out: BTreeMap<Labels, Vec<WindowView>> = BTreeMap::new();
         for (labels, ws) in self.store.select(
             tenant,
             matchers,
-            start.saturating_sub(HOUR_MS),
+            start.saturating_sub(width),
             end.saturating_sub(1),
         )? {
             out.entry(labels)
                 .or_default()
                 .extend(ws.into_iter().map(|w| WindowView {
                     start: w.start,
-                    end: w.start + HOUR_MS,
+                    end: w.start + width,
                     state: WindowState::of_revision(w.revision),
                     revision: w.revision,
                     figures: w.figures,
                 }));
         }
-        // Keys of the hours overlapping the range.
-        let keys = window_of(start, HOUR_MS)..end;
+        let open = self.provisional(tenant, matchers, (start, end), open_windows);
+        for (key, h, r) in open {
+            out.entry(key.labels())
+                .or_default()
+                .push(WindowView::provisional(h, h + width, r.figures(quantiles)));
+        }
+        Ok(crate::stage::by_start(out))
+    }
+
+    /// The provisional windows of this tier overlapping `[start, end]` of `tenant`'s series
+    /// matching `matchers`, as `(series, start, rollup)` sorted by series and start: their
+    /// final finer windows so far merged with `open_windows` (the finer windows still open, of
+    /// those series, from the caller's tier), in time order.
+    pub fn provisional(
+        &self,
+        tenant: &Tenant,
+        matchers: &[Matcher],
+        (start, end): (i64, i64),
+        mut open_windows: Vec<(SeriesKey, i64, Rollup)>,
+    ) -> Vec<(SeriesKey, i64, Rollup)> {
+        // Keys of the windows overlapping the range.
+        let keys = window_of(start, self.width)..end;
         let mut provisional: BTreeMap<(SeriesKey, i64), Rollup> = BTreeMap::new();
         let hours = self.hours.lock();
         for s in hours.series.iter().flatten() {
@@ -658,7 +826,7 @@ impl HourStage {
         // Open windows are later than every final one: merged in time order, each appends.
         open_windows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         for (key, ws, r) in open_windows {
-            let h = hour_start(ws);
+            let h = self.key_of(ws);
             if !keys.contains(&h) {
                 continue;
             }
@@ -669,16 +837,10 @@ impl HourStage {
                 }
             }
         }
-        for ((key, h), r) in provisional {
-            out.entry(key.labels())
-                .or_default()
-                .push(WindowView::provisional(
-                    h,
-                    h + HOUR_MS,
-                    r.figures(quantiles),
-                ));
-        }
-        Ok(crate::stage::by_start(out))
+        provisional
+            .into_iter()
+            .map(|((key, h), r)| (key, h, r))
+            .collect()
     }
 }
 
@@ -756,19 +918,37 @@ pub struct HourCheckpoint {
     hours: Vec<u8>,
     queue: Option<(PathBuf, Vec<u8>)>,
     /// Every hour before this was final when it was begun.
-    pub final_before: i64,
+    final_before: i64,
+    /// The day tier's.
+    next: Option<Box<HourCheckpoint>>,
+}
+
+/// A written [`HourCheckpoint`], for [`HourStage::end_checkpoint`].
+#[derive(Debug, Clone)]
+pub struct HourCheckpointDone {
+    final_before: i64,
+    next: Option<Box<HourCheckpointDone>>,
 }
 
 impl HourCheckpoint {
-    /// Flushes the store, then writes the open hours and the queue of hours for the next
-    /// stage.
-    pub fn write(self) -> Result<(), StreamError> {
+    /// Writes the day tier's checkpoint, then flushes the store and writes the open hours and
+    /// the queue of hours for the next stage. The days first: an hour final in this
+    /// checkpoint is never replayed, so its day must be saved holding it; a day saved holding
+    /// hours the log replays skips them.
+    pub fn write(self) -> Result<HourCheckpointDone, StreamError> {
+        let next = match self.next {
+            Some(n) => Some(Box::new(n.write()?)),
+            None => None,
+        };
         self.store.tsdb().flush().map_err(tsdb_error(&self.path))?;
         crate::bytes::write_checked(&self.path, self.hours)?;
         if let Some((path, queue)) = self.queue {
             crate::bytes::write_checked(&path, queue)?;
         }
-        Ok(())
+        Ok(HourCheckpointDone {
+            final_before: self.final_before,
+            next,
+        })
     }
 }
 
@@ -943,8 +1123,7 @@ mod tests {
                 .read(
                     &t,
                     &[Matcher::equal("device", "d1")],
-                    h,
-                    h + 2 * HOUR_MS,
+                    (h, h + 2 * HOUR_MS),
                     &[],
                     open,
                 )

@@ -104,14 +104,17 @@ pub enum Tier {
     Window,
     /// The 1-hour tier.
     Hour,
+    /// The 1-day tier.
+    Day,
 }
 
 impl Tier {
-    /// Parses the API's names: `1m` (the windows, whatever their length) or `1h`.
+    /// Parses the API's names: `1m` (the windows, whatever their length), `1h` or `1d`.
     pub fn parse(s: &str) -> Option<Tier> {
         match s {
             "1m" => Some(Tier::Window),
             "1h" => Some(Tier::Hour),
+            "1d" => Some(Tier::Day),
             _ => None,
         }
     }
@@ -121,6 +124,7 @@ impl Tier {
         match self {
             Tier::Window => "1m",
             Tier::Hour => "1h",
+            Tier::Day => "1d",
         }
     }
 }
@@ -146,11 +150,11 @@ pub struct RollupCheckpoint {
 }
 
 /// A written [`RollupCheckpoint`], for [`RollupStage::end_checkpoint`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RollupCheckpointDone {
     /// The log offset it covers.
     pub offset: Option<u64>,
-    hours_final_before: Option<i64>,
+    hours: Option<crate::hour::HourCheckpointDone>,
 }
 
 impl RollupCheckpoint {
@@ -165,18 +169,14 @@ impl RollupCheckpoint {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-        let hours_final_before = match self.hours {
-            Some(h) => {
-                let f = h.final_before;
-                h.write()?;
-                Some(f)
-            }
+        let hours = match self.hours {
+            Some(h) => Some(h.write()?),
             None => None,
         };
         Windows::write_snapshot(&self.path, self.snapshot)?;
         Ok(RollupCheckpointDone {
             offset: self.offset,
-            hours_final_before,
+            hours,
         })
     }
 }
@@ -571,8 +571,8 @@ impl RollupStage {
     /// up to its offset, the hours final when it was begun are in their store's blocks, and
     /// series gone idle leave memory.
     pub fn end_checkpoint(&self, done: &RollupCheckpointDone) {
-        if let (Some(h), Some(final_before)) = (&self.hours, done.hours_final_before) {
-            h.end_checkpoint(final_before);
+        if let (Some(h), Some(d)) = (&self.hours, &done.hours) {
+            h.end_checkpoint(d);
         }
         let offset = done.offset;
         self.covered
@@ -693,14 +693,16 @@ impl RollupStage {
     ) -> Result<Vec<(Labels, Vec<WindowView>)>, StorageError> {
         match tier {
             Tier::Window => self.read(tenant, matchers, start, end),
-            Tier::Hour => self.read_hours(tenant, matchers, start, end),
+            Tier::Hour | Tier::Day => self.read_hours(tier, tenant, matchers, start, end),
         }
     }
 
-    /// As [`RollupStage::read`], for the 1-hour tier (nothing when it is off): a provisional
-    /// hour holds its final windows and those still open.
+    /// As [`RollupStage::read`], for the 1-hour or the 1-day tier (nothing when it is off): a
+    /// provisional hour holds its final windows and those still open; a provisional day its
+    /// final hours and the provisional ones.
     pub fn read_hours(
         &self,
+        tier: Tier,
         tenant: &Tenant,
         matchers: &[Matcher],
         start: i64,
@@ -709,18 +711,31 @@ impl RollupStage {
         let Some(h) = &self.hours else {
             return Ok(Vec::new());
         };
-        // The windows still open in the hours asked for join their provisional hours: those
-        // overlapping the hours' span, from just after the first one's start to the last one's
-        // end (whose windows are keyed below it).
+        let (stage, finer) = match (tier, h.days()) {
+            (Tier::Day, Some(d)) => (d, Some(h)),
+            (Tier::Day, None) => return Ok(Vec::new()),
+            _ => (h, None),
+        };
+        // The windows still open in the hours (or days) asked for join their provisional ones:
+        // those overlapping their span, from just after the first one's start to the last
+        // one's end (whose windows are keyed below it).
+        let w = stage.width();
+        let span = (
+            window_of(start, w).saturating_add(1),
+            window_of(end, w).saturating_add(w),
+        );
         let mut open = Vec::new();
         self.windows.read().provisional(
             tenant,
-            window_of(start, HOUR_MS).saturating_add(1),
-            window_of(end, HOUR_MS).saturating_add(HOUR_MS),
+            span.0,
+            span.1,
             |key| Matcher::all_match(matchers, key),
             |key, ws, r| open.push((key.clone(), ws, r)),
         );
-        h.read(tenant, matchers, start, end, &self.opts.quantiles, open)
+        if let Some(hours) = finer {
+            open = hours.provisional(tenant, matchers, span, open);
+        }
+        stage.read(tenant, matchers, (start, end), &self.opts.quantiles, open)
     }
 
     /// The windows of the series of `tenant` matching `matchers` that overlap `[start, end]`
@@ -817,13 +832,23 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
     parse(&mut r).ok_or_else(|| corrupt("unreadable entry or unknown version"))
 }
 
+/// From when a shard's tiers hold a tenant's data (see [`RollupStage::held_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldFrom {
+    /// The 1-minute windows.
+    pub windows: i64,
+    /// The 1-hour tier.
+    pub hours: i64,
+    /// The 1-day tier.
+    pub days: i64,
+}
+
 /// What the query router asks of a shard's tiers.
 impl RollupStage {
-    /// From when this shard's tiers hold `tenant`'s data, as `(windows, hours)`: from the
-    /// earliest window stored or open (retention deletes whole blocks, so what is left is
-    /// complete from there); `i64::MAX` for a tier not kept or still empty, and for windows
-    /// other than 1 minute long.
-    pub fn held_from(&self, tenant: &Tenant) -> (i64, i64) {
+    /// From when this shard's tiers hold `tenant`'s data: from the earliest window stored or
+    /// open (retention deletes whole blocks, so what is left is complete from there);
+    /// `i64::MAX` for a tier not kept or still empty, and for windows other than 1 minute long.
+    pub fn held_from(&self, tenant: &Tenant) -> HeldFrom {
         let open = self.windows.read().first_window();
         let earliest = |store: &RollupStore, open: i64| {
             let stored = store.tsdb().min_time(tenant).unwrap_or(i64::MAX);
@@ -836,17 +861,23 @@ impl RollupStage {
         } else {
             i64::MAX
         };
-        let hours = self.hours.as_ref().map_or(i64::MAX, |h| {
+        let coarse = |h: &HourStage| {
+            let w = h.width();
             earliest(
                 h.store(),
                 if open == i64::MAX {
                     open
                 } else {
-                    hour_start(open)
+                    open.div_euclid(w) * w
                 },
             )
-        });
-        (windows, hours)
+        };
+        let hours = self.hours.as_ref();
+        HeldFrom {
+            windows,
+            hours: hours.map_or(i64::MAX, coarse),
+            days: hours.and_then(HourStage::days).map_or(i64::MAX, coarse),
+        }
     }
 
     /// The windows of `tier` of `tenant`'s series matching `matchers` ending in `[start, end]`,
@@ -861,14 +892,24 @@ impl RollupStage {
         needs: strata_model::FigureNeeds,
     ) -> Result<Vec<strata_model::LazyWindows>, StorageError> {
         use strata_model::LazyWindows;
-        let (store, width, open_from) = match (tier, &self.hours) {
-            (Tier::Window, _) => (
+        let coarse = match tier {
+            Tier::Window => None,
+            Tier::Hour => match &self.hours {
+                Some(h) => Some(h),
+                None => return Ok(Vec::new()),
+            },
+            Tier::Day => match self.hours.as_ref().and_then(HourStage::days) {
+                Some(d) => Some(d),
+                None => return Ok(Vec::new()),
+            },
+        };
+        let (store, width, open_from) = match coarse {
+            None => (
                 self.store.as_ref(),
                 self.opts.windows.window_ms,
                 self.windows.read().closed_before(),
             ),
-            (Tier::Hour, Some(h)) => (h.store(), HOUR_MS, h.final_before()),
-            (Tier::Hour, None) => return Ok(Vec::new()),
+            Some(h) => (h.store(), h.width(), h.final_before()),
         };
         // Windows are keyed by start: those ending in [start, end].
         let (first_key, last_key) = (start.saturating_sub(width), end.saturating_sub(width));

@@ -7,7 +7,7 @@ use std::path::Path;
 use strata_model::{Labels, Limits, Matcher, Sample, Tenant, WriteBatch};
 use strata_stream::hour::{hour_start, HourOptions, HOUR_MS};
 use strata_stream::rollup::Rollup;
-use strata_stream::stage::{RollupStage, StageOptions, WindowView};
+use strata_stream::stage::{RollupStage, StageOptions, Tier, WindowView};
 use strata_stream::window::{WindowOptions, WindowState};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
 
@@ -127,6 +127,7 @@ fn closing(closed: i64) -> i64 {
 fn hours_of_d1(stage: &RollupStage, from: i64, to: i64) -> Vec<WindowView> {
     let mut got = stage
         .read_hours(
+            Tier::Hour,
             &Tenant::default_tenant(),
             &[Matcher::equal("device", "d1")],
             from,
