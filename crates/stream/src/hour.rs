@@ -324,6 +324,20 @@ impl HourStage {
         quantiles: &[f64],
         offset: u64,
     ) -> Result<(), StorageError> {
+        self.advance_over(None, closed_before, quantiles, offset)
+    }
+
+    /// [`HourStage::advance`]; with `source` (the finer tier's store, for the day tier), a
+    /// window becoming final without every finer window merged is rebuilt from those the
+    /// source holds: a day whose first hours were backfilled (written to the store, not
+    /// merged) and whose later ones came live holds both.
+    fn advance_over(
+        &self,
+        source: Option<&RollupStore>,
+        closed_before: i64,
+        quantiles: &[f64],
+        offset: u64,
+    ) -> Result<(), StorageError> {
         if closed_before == i64::MIN {
             return Ok(());
         }
@@ -345,7 +359,11 @@ impl HourStage {
             }
             s.open.sort_by_key(|o| o.start);
             for o in s.open.drain(..done) {
-                let Some(rollup) = o.rollup else { continue };
+                let rollup = match source.filter(|_| !self.full(&o.merged)) {
+                    Some(src) => self.merge_stored(src, &s.tenant, s.key.as_ref(), o.start)?.1,
+                    None => o.rollup,
+                };
+                let Some(rollup) = rollup else { continue };
                 if let Some(next) = &self.next {
                     // Before the comparison below: an hour stored already (replayed after a
                     // crash) may be missing from its day, which skips hours it holds.
@@ -389,9 +407,40 @@ impl HourStage {
             self.hours.lock().enqueue(queued);
         }
         match &self.next {
-            Some(next) => next.advance(boundary, quantiles, offset),
+            Some(next) => next.advance_over(Some(&self.store), boundary, quantiles, offset),
             None => Ok(()),
         }
+    }
+
+    /// Whether every finer window of a window is merged in `merged`.
+    fn full(&self, merged: &Merged) -> bool {
+        let n = (self.width / self.window_ms) as u32;
+        merged.iter().map(|w| w.count_ones()).sum::<u32>() == n
+    }
+
+    /// The window keyed `h` of `tenant`'s series `key` merged from the finer windows `source`
+    /// holds (their figures and stored states), with the bitmap of those found.
+    fn merge_stored(
+        &self,
+        source: &RollupStore,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        h: i64,
+    ) -> Result<(Merged, Option<Rollup>), StorageError> {
+        let windows = source.range(tenant, key, h, h + self.width - 1, &[], Some(self.window_ms))?;
+        let mut merged: Merged = SmallVec::from_elem(0, self.words());
+        let mut acc: Option<Rollup> = None;
+        for w in &windows {
+            let r = state::of_stored(&w.figures, w.revision, w.state.as_deref())
+                .map_err(state_error(key, w.start))?;
+            let bit = ((w.start - h) / self.window_ms) as usize;
+            merged[bit / 64] |= 1 << (bit % 64);
+            match &mut acc {
+                Some(a) => a.merge_in_time(&r),
+                None => acc = Some(r),
+            }
+        }
+        Ok((merged, acc))
     }
 
     /// The state to store beside an hour's figures: only for a sketch. The exact sums below
@@ -464,20 +513,7 @@ impl HourStage {
         let mut writes = Vec::new();
         let mut queued = Vec::new();
         for &h in starts.iter().filter(|&&h| h >= expired_before) {
-            let windows =
-                minutes.range(tenant, key, h, h + self.width - 1, &[], Some(self.window_ms))?;
-            let mut merged: Merged = SmallVec::from_elem(0, self.words());
-            let mut acc: Option<Rollup> = None;
-            for w in &windows {
-                let r = state::of_stored(&w.figures, w.revision, w.state.as_deref())
-                    .map_err(state_error(key, w.start))?;
-                let bit = ((w.start - h) / self.window_ms) as usize;
-                merged[bit / 64] |= 1 << (bit % 64);
-                match &mut acc {
-                    Some(a) => a.merge_in_time(&r),
-                    None => acc = Some(r),
-                }
-            }
+            let (merged, acc) = self.merge_stored(minutes, tenant, key, h)?;
             let mut hours = self.hours.lock();
             if backfilled {
                 if let Some(Some(s)) = hours.series.get_mut(id.index()) {

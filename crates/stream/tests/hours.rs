@@ -2,6 +2,7 @@
 //! those still open) until its last window is final, then final with the figures of its raw samples; a late event corrects the window and
 //! the hour (revision + 1); a restart (with a crash at any step of the checkpoint) keeps every
 //! hour equal to the one computed from its raw samples; final hours reach the next stage's queue.
+//! The 1-day tier above the hours likewise.
 
 use std::path::Path;
 use strata_model::{Labels, Limits, Matcher, Sample, Tenant, WriteBatch};
@@ -567,4 +568,173 @@ fn a_correction_below_the_rounding_of_a_window_reaches_its_hour() {
     let mut want = raw_hour(&raw, h);
     want.quantiles.clear(); // no sketch for this series
     assert_eq!(fixed.figures, want);
+}
+
+const DAY: i64 = 86_400_000;
+
+/// A day of d1 at 5 minutes, a record per hour: decimal readings that climb and reset once
+/// (hour 10), the last one on the day's end. The day keyed `d` holds `(d, d + 1d]`.
+fn day_of_d1(d: i64) -> Vec<Record> {
+    (0..24)
+        .map(|h| Record {
+            device: "d1",
+            samples: (0..12)
+                .map(|k| {
+                    let i = h * 12 + k;
+                    let v = if i >= 130 {
+                        (i - 130) as f64 * 0.3
+                    } else {
+                        i as f64 * 1.1 + 5.0
+                    };
+                    Sample::new(d + (i + 1) * 5 * MIN, v)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// d1's days overlapping `(d, d + 1d]`: the day keyed `d` only.
+fn day_of(stage: &RollupStage, d: i64) -> Vec<WindowView> {
+    let mut got = stage
+        .read_hours(
+            Tier::Day,
+            &Tenant::default_tenant(),
+            &[Matcher::equal("device", "d1")],
+            d + 1,
+            d + DAY,
+        )
+        .unwrap();
+    let ws = got.pop().map(|(_, ws)| ws).unwrap_or_default();
+    assert!(ws.iter().all(|w| (w.start, w.end) == (d, d + DAY)));
+    ws
+}
+
+/// The figures of d1's samples in `(from, to]`.
+fn raw_figures(raw: &Tsdb, from: i64, to: i64) -> strata_stream::rollup::Figures {
+    let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
+        .unwrap()
+        .key();
+    let samples = raw
+        .read_series(&Tenant::default_tenant(), key.as_ref(), from + 1, to)
+        .unwrap();
+    Rollup::of_sorted(&samples, true)
+        .unwrap()
+        .figures(QUANTILES)
+}
+
+/// The 1-day tier: a day is provisional (its final hours, the open ones and their open
+/// minutes) until its last hour is final, then final with the figures of its raw samples
+/// (sketches merged from the hours' states); a late event corrects minute, hour and day; a
+/// restart with a crash between the hour tier's checkpoint and the windows' keeps the day whole.
+#[test]
+fn a_day_merges_its_hours_and_equals_its_raw_samples() {
+    for crash in [Crash::AfterCheckpoint, Crash::BetweenHoursAndWindows] {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = open_raw(dir.path());
+        let stage_dir = dir.path().join("stage");
+        let d = (strata_model::time::now_ms() - 3 * DAY).div_euclid(DAY) * DAY;
+        let mut records = day_of_d1(d);
+        records.push(clock(closing(d + DAY)));
+        let stage = RollupStage::open(&stage_dir, options()).unwrap();
+        let (checkpoint_at, crash_at) = (6, 15);
+        for (i, r) in records.iter().enumerate().take(crash_at) {
+            let off = i as u64 + 1;
+            apply(&stage, &raw, off, r);
+            if i + 1 == checkpoint_at {
+                stage.checkpoint(Some(off)).unwrap();
+            }
+        }
+        // Mid-day: provisional, already the figures of every sample so far.
+        let open = day_of(&stage, d);
+        assert_eq!(open.len(), 1, "{crash:?}");
+        assert_eq!(open[0].state, WindowState::Provisional);
+        let so_far = d + crash_at as i64 * HOUR_MS;
+        assert_eq!(open[0].figures, raw_figures(&raw, d, so_far), "{crash:?}");
+        if let Crash::BetweenHoursAndWindows = crash {
+            // The checkpoint's order up to the window checkpoint: hours final since the
+            // checkpoint are saved final (never replayed into their day), the day with them.
+            stage.store().flush().unwrap();
+            stage.hours().unwrap().checkpoint().unwrap();
+        }
+        drop(stage);
+        let stage = RollupStage::open(&stage_dir, options()).unwrap();
+        for (i, r) in records.iter().enumerate().skip(checkpoint_at) {
+            let off = i as u64 + 1;
+            if i < crash_at {
+                replay(&stage, &raw, off, r);
+            } else {
+                apply(&stage, &raw, off, r);
+            }
+        }
+        let fin = day_of(&stage, d);
+        assert_eq!(fin.len(), 1, "{crash:?}");
+        assert_eq!((fin[0].state, fin[0].revision), (WindowState::Final, 0));
+        let want = raw_figures(&raw, d, d + DAY);
+        assert_eq!(want.count, 288);
+        assert_eq!(fin[0].figures, want, "{crash:?}");
+        assert_eq!(want.quantiles.len(), 2);
+        // A late sample in hour 5: its minute, hour and day corrected.
+        let late = Record {
+            device: "d1",
+            samples: vec![Sample::new(d + 5 * HOUR_MS + 7_000, 1e4)],
+        };
+        let off = records.len() as u64 + 1;
+        apply(&stage, &raw, off, &late);
+        let after = day_of(&stage, d);
+        assert_eq!(
+            (after[0].state, after[0].revision),
+            (WindowState::Corrected, 1)
+        );
+        let want = raw_figures(&raw, d, d + DAY);
+        assert_eq!((want.count, want.max), (289, 1e4));
+        assert_eq!(after[0].figures.max, want.max);
+        assert_eq!(after[0].figures.count, want.count);
+        assert_eq!(after[0].figures.increase, want.increase);
+        assert_eq!(after[0].figures.quantiles, want.quantiles);
+        assert!((after[0].figures.sum - want.sum).abs() <= 1e-9 * want.sum.abs());
+        // And from the saved state alone.
+        stage.checkpoint(Some(off)).unwrap();
+        drop(stage);
+        let stage = RollupStage::open(&stage_dir, options()).unwrap();
+        assert_eq!(day_of(&stage, d), after, "{crash:?}");
+    }
+}
+
+/// A day whose first hours were backfilled and whose later ones came live (the raw tier's
+/// retention falls inside it) holds both once final.
+#[test]
+fn a_day_of_backfilled_and_live_hours_holds_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = open_raw(dir.path());
+    let stage = RollupStage::open(&dir.path().join("stage"), options()).unwrap();
+    let d = (strata_model::time::now_ms() - 3 * DAY).div_euclid(DAY) * DAY;
+    let records = day_of_d1(d);
+    let all: Vec<Sample> = records.iter().flat_map(|r| r.samples.clone()).collect();
+    let key = Labels::from_pairs([("__name__", "t"), ("device", "d1")])
+        .unwrap()
+        .key();
+    let early: Vec<Sample> = records[..10]
+        .iter()
+        .flat_map(|r| r.samples.clone())
+        .collect();
+    let tenant = Tenant::default_tenant();
+    strata_stream::backfill::apply(&stage, &tenant, &[(key, early)], i64::MIN, 1).unwrap();
+    let partial = day_of(&stage, d);
+    assert_eq!(partial.len(), 1);
+    assert_eq!(partial[0].figures.count, 120, "the backfilled hours' day");
+    for (i, r) in records.iter().enumerate().skip(10) {
+        apply(&stage, &raw, i as u64 + 2, r);
+    }
+    apply(&stage, &raw, 40, &clock(closing(d + DAY)));
+    let fin = day_of(&stage, d);
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0].state, WindowState::Final);
+    let want = Rollup::of_sorted(&all, true).unwrap().figures(QUANTILES);
+    let got = &fin[0].figures;
+    assert_eq!(
+        (got.count, got.min, got.max, got.first, got.last),
+        (want.count, want.min, want.max, want.first, want.last)
+    );
+    assert_eq!((got.increase, &got.quantiles), (want.increase, &want.quantiles));
+    assert!((got.sum - want.sum).abs() <= 1e-9 * want.sum.abs());
 }
