@@ -369,6 +369,48 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
         let want: f64 = by_hour[&(end - HOUR)].iter().map(|x| x.1).sum();
         assert!(close(got, want), "hour ending {end}: {got} vs {want}");
     }
+    // Every day at a daily step: whole days, so the 1-day tier answers, the day holding the
+    // raw tier's oldest time merged from backfilled and live hours.
+    let last_day = t.div_euclid(DAY) * DAY;
+    let daily = |cap: &str| {
+        s.client
+            .get(s.url("/api/v1/query_range"))
+            .query(&[
+                ("query", "sum_over_time(temperature_celsius{device=\"d0\"}[1d])"),
+                ("start", &((last_day - 8 * DAY) / 1000).to_string()),
+                ("end", &(last_day / 1000).to_string()),
+                ("step", "86400"),
+                ("nocache", "1"),
+                ("max_source_resolution", cap),
+            ])
+            .send()
+            .unwrap()
+    };
+    let r = daily("");
+    assert_eq!(r.headers()["strata-tiers"], "1d");
+    let v: Value = r.json().unwrap();
+    let points = v["data"]["result"][0]["values"].as_array().unwrap();
+    assert_eq!(points.len(), 9);
+    let temps_by_day = &expected(&h, DAY)[&("d0".to_owned(), "temperature_celsius".to_owned())];
+    for p in points {
+        let end = (p[0].as_f64().unwrap() * 1000.0) as i64;
+        let got: f64 = p[1].as_str().unwrap().parse().unwrap();
+        let want: f64 = temps_by_day[&(end - DAY)].iter().map(|x| x.1).sum();
+        assert!(close(got, want), "day ending {end}: {got} vs {want}");
+    }
+    // Capped at hours, the same answer from the 1-hour tier.
+    let capped = daily("1h");
+    assert_eq!(capped.headers()["strata-tiers"], "1h");
+    let w: Value = capped.json().unwrap();
+    let hourly = w["data"]["result"][0]["values"].as_array().unwrap();
+    for (a, b) in points.iter().zip(hourly) {
+        let (x, y): (f64, f64) = (
+            a[1].as_str().unwrap().parse().unwrap(),
+            b[1].as_str().unwrap().parse().unwrap(),
+        );
+        assert_eq!(a[0], b[0]);
+        assert!(close(x, y), "{x} vs {y}");
+    }
 
     // One hour's samples changed: that hour is replaced at revision 1, its neighbours stay.
     let target = raw_hour - 24 * HOUR;

@@ -32,7 +32,7 @@ pub struct QueryGate {
     running: Arc<AtomicUsize>,
     refused: AtomicU64,
     /// Queries answered in part by each tier (raw, 1m, 1h).
-    by_tier: [AtomicU64; 3],
+    by_tier: [AtomicU64; Resolution::ALL.len()],
 }
 
 impl QueryGate {
