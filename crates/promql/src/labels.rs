@@ -176,23 +176,75 @@ pub fn write_float(out: &mut String, f: f64) {
     } else if let Some((n, k)) = short_decimal(f) {
         write_decimal(out, n, k);
     } else {
-        // ryu finds the same shortest round-trip digits as `Display`, several times faster,
-        // except that it writes very large and very small magnitudes with an exponent (Go's 'f'
-        // format and `Display` never do) and breaks ties between two shortest candidates the
-        // other way; ties need 16 digits or more. Those cases take the slow path.
-        let mut buf = ryu::Buffer::new();
-        let s = buf.format_finite(f);
-        let digits = s
-            .bytes()
-            .skip_while(|b| !(b'1'..=b'9').contains(b))
-            .filter(u8::is_ascii_digit)
-            .count();
-        if digits >= 16 || s.contains('e') {
-            let _ = write!(out, "{f}");
-        } else {
-            out.push_str(s.strip_suffix(".0").unwrap_or(s));
-        }
+        write_shortest(out, f);
     }
+}
+
+/// Appends finite `f` in its shortest round-trip digits, in plain decimal notation, as
+/// `Display` does, several times faster: ryu finds the same digits but writes very large and
+/// very small magnitudes with an exponent (written out here), and where two shortest
+/// candidates are equally close to `f` (a tie) picks the other one: those take `Display`.
+fn write_shortest(out: &mut String, f: f64) {
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(f);
+    let (mantissa, exp) = match s.split_once('e') {
+        Some((m, e)) => match e.parse::<i32>() {
+            Ok(e) => (m, e),
+            Err(_) => return display(out, f),
+        },
+        None => (s.strip_suffix(".0").unwrap_or(s), 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits = [0u8; 32];
+    let n = int.len() + frac.len();
+    digits[..int.len()].copy_from_slice(int.as_bytes());
+    digits[int.len()..n].copy_from_slice(frac.as_bytes());
+    let digits = std::str::from_utf8(&digits[..n]).unwrap_or_default();
+    // Digits before the decimal point; the last digit's power of ten.
+    let point = int.len() as i32 + exp;
+    let last = point - n as i32;
+    if (last >= 0 && n >= 16) || (last < 0 && is_tie(f, last.unsigned_abs())) {
+        return display(out, f);
+    }
+    if negative {
+        out.push('-');
+    }
+    if point <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', point.unsigned_abs() as usize));
+        out.push_str(digits);
+    } else if point as usize >= n {
+        out.push_str(digits);
+        out.extend(std::iter::repeat_n('0', point as usize - n));
+    } else {
+        out.push_str(&digits[..point as usize]);
+        out.push('.');
+        out.push_str(&digits[point as usize..]);
+    }
+}
+
+/// Whether `f` lies exactly halfway between two decimals whose last digit is at `10^-k`: then
+/// `2 f 10^k` is an odd integer, that is (`f` being `m 2^e` with `m` odd, `10^k` being
+/// `5^k 2^k`) `e + 1 + k == 0`.
+fn is_tie(f: f64, k: u32) -> bool {
+    let bits = f.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    let (m, e) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    m != 0 && e + m.trailing_zeros() as i32 + 1 + k as i32 == 0
+}
+
+/// `f` through `Display`, the reference [`write_shortest`] matches.
+fn display(out: &mut String, f: f64) {
+    let _ = write!(out, "{f}");
 }
 
 #[cfg(test)]
@@ -241,6 +293,10 @@ mod tests {
             check((x % 2_000_000_000_000_000) as f64 - 1e15);
             check((x % 7) as f64 / 1000.0);
             check((x >> 11) as f64 / (1u64 << 53) as f64 * 1e6);
+            // Averages (16 and 17 digits), and values halfway between two shortest decimals.
+            check((x % 100_000_000) as f64 / 1000.0 / ((x % 287) + 1) as f64);
+            check(((x >> 13) as f64 + 0.25) * 2f64.powi((x % 9) as i32 - 6));
         }
+        check(2181495296738027.25);
     }
 }
