@@ -297,6 +297,7 @@ mod tests {
             check((x % 100_000_000) as f64 / 1000.0 / ((x % 287) + 1) as f64);
             check(((x >> 13) as f64 + 0.25) * 2f64.powi((x % 9) as i32 - 6));
         }
-        check(2181495296738027.25);
+        // 2181495296738027.25: halfway between ...27.2 and ...27.3.
+        check(f64::from_bits(0x431f_003b_d0f7_0bad));
     }
 }
