@@ -232,7 +232,12 @@ fn rollup_index(r: Resolution) -> usize {
 impl Source {
     fn weight(&self) -> usize {
         self.raw.as_ref().map_or(0, |r| r.weight())
-            + self.windows.iter().flatten().map(|w| w.weight()).sum::<usize>()
+            + self
+                .windows
+                .iter()
+                .flatten()
+                .map(|w| w.weight())
+                .sum::<usize>()
     }
 }
 
@@ -557,7 +562,8 @@ pub(crate) fn range_fn(
     let missing_sketch = std::sync::atomic::AtomicBool::new(false);
     // Every window on a tier's edges (then each piece is, switches being on edges too), or
     // pieces are checked one by one.
-    let aligned = Resolution::ALL.map(|r| r == Resolution::Raw || whole_windows(r, range, step, min_ref));
+    let aligned =
+        Resolution::ALL.map(|r| r == Resolution::Raw || whole_windows(r, range, step, min_ref));
     let work = weigh(sources.iter().map(Source::weight), grid.len());
     let computed = par_map_with(
         &sources,

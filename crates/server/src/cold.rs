@@ -156,8 +156,7 @@ impl ColdTier {
                             .sketch
                             .as_deref()
                             .filter(|_| sketches)
-                            .and_then(|b| strata_stream::state::decode(b, None).ok())
-                            .and_then(|(r, _)| r.quantiles)
+                            .and_then(|b| strata_stream::state::sketch_of(b).ok().flatten())
                             .map(|q| Arc::new(q) as Arc<dyn strata_model::QuantileSketch>);
                         strata_model::WindowFigures {
                             end: w.end,

@@ -376,7 +376,10 @@ fn ten_days_backfilled_answer_from_every_tier_and_a_replay_changes_nothing() {
         s.client
             .get(s.url("/api/v1/query_range"))
             .query(&[
-                ("query", "sum_over_time(temperature_celsius{device=\"d0\"}[1d])"),
+                (
+                    "query",
+                    "sum_over_time(temperature_celsius{device=\"d0\"}[1d])",
+                ),
                 ("start", &((last_day - 8 * DAY) / 1000).to_string()),
                 ("end", &(last_day / 1000).to_string()),
                 ("step", "86400"),

@@ -360,7 +360,10 @@ impl HourStage {
             s.open.sort_by_key(|o| o.start);
             for o in s.open.drain(..done) {
                 let rollup = match source.filter(|_| !self.full(&o.merged)) {
-                    Some(src) => self.merge_stored(src, &s.tenant, s.key.as_ref(), o.start)?.1,
+                    Some(src) => {
+                        self.merge_stored(src, &s.tenant, s.key.as_ref(), o.start)?
+                            .1
+                    }
                     None => o.rollup,
                 };
                 let Some(rollup) = rollup else { continue };
@@ -427,7 +430,14 @@ impl HourStage {
         key: SeriesKeyRef<'_>,
         h: i64,
     ) -> Result<(Merged, Option<Rollup>), StorageError> {
-        let windows = source.range(tenant, key, h, h + self.width - 1, &[], Some(self.window_ms))?;
+        let windows = source.range(
+            tenant,
+            key,
+            h,
+            h + self.width - 1,
+            &[],
+            Some(self.window_ms),
+        )?;
         let mut merged: Merged = SmallVec::from_elem(0, self.words());
         let mut acc: Option<Rollup> = None;
         for w in &windows {

@@ -156,61 +156,13 @@ impl Quantiles {
         Some(self.max)
     }
 
-    /// [`Quantiles::quantile`] of the merge of `parts`, without building it: their buckets are
-    /// walked in value order (the same answer as merging and asking; a query over a range of
-    /// windows asks this once per step).
+    /// [`Quantiles::quantile`] of the merge of `parts`, without building it (see
+    /// [`SortedQuantiles::quantile_of_merge`]).
     pub fn quantile_of_merge(parts: &[&Quantiles], q: f64) -> Option<f64> {
-        let first = *parts.first()?;
-        if parts.iter().any(|p| p.alpha != first.alpha) {
-            let mut all = first.clone();
-            parts[1..].iter().for_each(|p| all.merge(p));
-            return all.quantile(q);
-        }
-        let count = parts.iter().fold(0u64, |a, p| a.saturating_add(p.count));
-        if count == 0 || !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
-        let max = parts
-            .iter()
-            .map(|p| p.max)
-            .fold(f64::NEG_INFINITY, f64::max);
-        if q == 0.0 {
-            return Some(min);
-        }
-        if q == 1.0 {
-            return Some(max);
-        }
-        let rank = (q * (count - 1) as f64) as u64;
-        // Ascending order: negatives from the largest magnitude down, zeros, positives up.
-        let mut negative: Vec<(i32, u64)> = parts
-            .iter()
-            .flat_map(|p| p.negative.iter().map(|(&k, &c)| (k, c)))
-            .collect();
-        negative.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
-        let mut seen = 0u64;
-        for &(k, c) in &negative {
-            seen = seen.saturating_add(c);
-            if rank < seen {
-                return Some((-first.representative(k)).max(min).min(max));
-            }
-        }
-        seen = seen.saturating_add(parts.iter().fold(0u64, |a, p| a.saturating_add(p.zero)));
-        if rank < seen {
-            return Some(0.0f64.max(min).min(max));
-        }
-        let mut positive: Vec<(i32, u64)> = parts
-            .iter()
-            .flat_map(|p| p.positive.iter().map(|(&k, &c)| (k, c)))
-            .collect();
-        positive.sort_unstable_by_key(|b| b.0);
-        for &(k, c) in &positive {
-            seen = seen.saturating_add(c);
-            if rank < seen {
-                return Some(first.representative(k).max(min).min(max));
-            }
-        }
-        Some(max)
+        let sorted: Vec<SortedQuantiles> =
+            parts.iter().map(|p| SortedQuantiles::from(*p)).collect();
+        let refs: Vec<&SortedQuantiles> = sorted.iter().collect();
+        SortedQuantiles::quantile_of_merge(&refs, q)
     }
 
     /// Values added (NaN excluded).
@@ -252,38 +204,18 @@ impl Quantiles {
     /// Decodes what [`Quantiles::encode`] wrote and advances `buf` past it; `None` (with `buf`
     /// unchanged) on truncated or invalid input.
     pub fn decode(buf: &mut &[u8]) -> Option<Quantiles> {
-        let mut cur = *buf;
-        let mut s = Quantiles::with_accuracy(get_f64(&mut cur)?)?;
-        s.zero = get_varint(&mut cur)?;
-        let mut count = s.zero;
-        for store in [&mut s.negative, &mut s.positive] {
-            let mut key: Option<i64> = None;
-            for _ in 0..get_varint(&mut cur)? {
-                let d = get_varint(&mut cur)?;
-                let k = match key {
-                    None => ((d >> 1) as i64) ^ -((d & 1) as i64),
-                    Some(p) if d > 0 => p.checked_add(i64::try_from(d).ok()?)?,
-                    Some(_) => return None,
-                };
-                let c = get_varint(&mut cur)?;
-                if c == 0 {
-                    return None;
-                }
-                count = count.checked_add(c)?;
-                store.insert(i32::try_from(k).ok()?, c);
-                key = Some(k);
-            }
-        }
-        s.count = count;
-        if count > 0 {
-            let (min, max) = (get_f64(&mut cur)?, get_f64(&mut cur)?);
-            // Rejects NaN too; + 0.0 turns -0.0 into 0.0 as add does.
-            if min.is_nan() || max.is_nan() || min > max {
-                return None;
-            }
-            (s.min, s.max) = (min + 0.0, max + 0.0);
-        }
-        *buf = cur;
+        let (mut negative, mut positive) = (BTreeMap::new(), BTreeMap::new());
+        let h = decode_buckets(buf, |positive_store, k, c| {
+            let store = if positive_store {
+                &mut positive
+            } else {
+                &mut negative
+            };
+            store.insert(k, c);
+        })?;
+        let mut s = Quantiles::build(h.alpha);
+        (s.negative, s.positive) = (negative, positive);
+        (s.zero, s.count, s.min, s.max) = (h.zero, h.count, h.min, h.max);
         Some(s)
     }
 
@@ -293,13 +225,201 @@ impl Quantiles {
 
     /// γ^k (1 - α): within α of both bucket ends γ^(k-1) and γ^k.
     fn representative(&self, k: i32) -> f64 {
-        (f64::from(k) * self.ln_gamma + (-self.alpha).ln_1p()).exp()
+        representative(self.ln_gamma, self.alpha, k)
+    }
+}
+
+/// What an encoded sketch holds besides its buckets.
+struct Header {
+    alpha: f64,
+    zero: u64,
+    count: u64,
+    min: f64,
+    max: f64,
+}
+
+/// Decodes what [`Quantiles::encode`] wrote, giving each bucket to `bucket(positive, key,
+/// count)` in ascending key order, the negative store's first, and advances `buf` past it;
+/// `None` (with `buf` unchanged) on truncated or invalid input.
+fn decode_buckets(buf: &mut &[u8], mut bucket: impl FnMut(bool, i32, u64)) -> Option<Header> {
+    let mut cur = *buf;
+    let alpha = get_f64(&mut cur)?;
+    if !(MIN_ACCURACY..1.0).contains(&alpha) {
+        return None;
+    }
+    let zero = get_varint(&mut cur)?;
+    let mut count = zero;
+    for positive in [false, true] {
+        let mut key: Option<i64> = None;
+        for _ in 0..get_varint(&mut cur)? {
+            let d = get_varint(&mut cur)?;
+            let k = match key {
+                None => ((d >> 1) as i64) ^ -((d & 1) as i64),
+                Some(p) if d > 0 => p.checked_add(i64::try_from(d).ok()?)?,
+                Some(_) => return None,
+            };
+            let c = get_varint(&mut cur)?;
+            if c == 0 {
+                return None;
+            }
+            count = count.checked_add(c)?;
+            bucket(positive, i32::try_from(k).ok()?, c);
+            key = Some(k);
+        }
+    }
+    let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
+    if count > 0 {
+        (min, max) = (get_f64(&mut cur)?, get_f64(&mut cur)?);
+        // Rejects NaN too; + 0.0 turns -0.0 into 0.0 as add does.
+        if min.is_nan() || max.is_nan() || min > max {
+            return None;
+        }
+        (min, max) = (min + 0.0, max + 0.0);
+    }
+    *buf = cur;
+    Some(Header {
+        alpha,
+        zero,
+        count,
+        min,
+        max,
+    })
+}
+
+/// A quantile sketch as queries read it: the buckets of a [`Quantiles`] in sorted vectors,
+/// decoded from a stored state without building its maps (a two-year query reads tens of
+/// thousands of sketches, each asked one quantile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortedQuantiles {
+    alpha: f64,
+    ln_gamma: f64,
+    /// `(key, count)` by ascending key, as in [`Quantiles`].
+    negative: Vec<(i32, u64)>,
+    positive: Vec<(i32, u64)>,
+    zero: u64,
+    count: u64,
+    min: f64,
+    max: f64,
+}
+
+impl From<&Quantiles> for SortedQuantiles {
+    fn from(q: &Quantiles) -> SortedQuantiles {
+        let sorted = |m: &BTreeMap<i32, u64>| m.iter().map(|(&k, &c)| (k, c)).collect();
+        SortedQuantiles {
+            alpha: q.alpha,
+            ln_gamma: q.ln_gamma,
+            negative: sorted(&q.negative),
+            positive: sorted(&q.positive),
+            zero: q.zero,
+            count: q.count,
+            min: q.min,
+            max: q.max,
+        }
+    }
+}
+
+impl SortedQuantiles {
+    /// Decodes what [`Quantiles::encode`] wrote, as [`Quantiles::decode`] does.
+    pub fn decode(buf: &mut &[u8]) -> Option<SortedQuantiles> {
+        let (mut negative, mut positive) = (Vec::new(), Vec::new());
+        let h = decode_buckets(buf, |p, k, c| {
+            if p { &mut positive } else { &mut negative }.push((k, c))
+        })?;
+        Some(SortedQuantiles {
+            alpha: h.alpha,
+            ln_gamma: Quantiles::build(h.alpha).ln_gamma,
+            negative,
+            positive,
+            zero: h.zero,
+            count: h.count,
+            min: h.min,
+            max: h.max,
+        })
+    }
+
+    /// The sketch as a [`Quantiles`] again.
+    fn to_quantiles(&self) -> Quantiles {
+        let mut q = Quantiles::build(self.alpha);
+        q.negative = self.negative.iter().copied().collect();
+        q.positive = self.positive.iter().copied().collect();
+        (q.zero, q.count, q.min, q.max) = (self.zero, self.count, self.min, self.max);
+        q
+    }
+
+    /// [`Quantiles::quantile`] of the merge of `parts`, without building it: their buckets are
+    /// walked in value order (the same answer as merging and asking; a query over a range of
+    /// windows asks this once per step, most often of one sketch).
+    pub fn quantile_of_merge(parts: &[&SortedQuantiles], q: f64) -> Option<f64> {
+        let first = *parts.first()?;
+        if parts.iter().any(|p| p.alpha != first.alpha) {
+            let mut all = first.to_quantiles();
+            parts[1..].iter().for_each(|p| all.merge(&p.to_quantiles()));
+            return all.quantile(q);
+        }
+        let count = parts.iter().fold(0u64, |a, p| a.saturating_add(p.count));
+        if count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
+        let max = parts
+            .iter()
+            .map(|p| p.max)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if q == 0.0 {
+            return Some(min);
+        }
+        if q == 1.0 {
+            return Some(max);
+        }
+        let rank = (q * (count - 1) as f64) as u64;
+        // One part's buckets are in order already; several parts' are gathered and sorted.
+        let store =
+            |of: fn(&SortedQuantiles) -> &[(i32, u64)]| -> std::borrow::Cow<'_, [(i32, u64)]> {
+                match parts {
+                    [one] => of(one).into(),
+                    _ => {
+                        let mut all: Vec<(i32, u64)> =
+                            parts.iter().flat_map(|p| of(p).iter().copied()).collect();
+                        all.sort_unstable_by_key(|b| b.0);
+                        all.into()
+                    }
+                }
+            };
+        // Ascending order: negatives from the largest magnitude down, zeros, positives up.
+        let mut seen = 0u64;
+        for &(k, c) in store(|p| &p.negative).iter().rev() {
+            seen = seen.saturating_add(c);
+            if rank < seen {
+                return Some((-first.representative(k)).max(min).min(max));
+            }
+        }
+        seen = seen.saturating_add(parts.iter().fold(0u64, |a, p| a.saturating_add(p.zero)));
+        if rank < seen {
+            return Some(0.0f64.max(min).min(max));
+        }
+        for &(k, c) in store(|p| &p.positive).iter() {
+            seen = seen.saturating_add(c);
+            if rank < seen {
+                return Some(first.representative(k).max(min).min(max));
+            }
+        }
+        Some(max)
+    }
+
+    /// γ^k (1 - α), as [`Quantiles`]' representative.
+    fn representative(&self, k: i32) -> f64 {
+        representative(self.ln_gamma, self.alpha, k)
     }
 }
 
 /// The bucket of a positive magnitude; `as` saturates, so infinity gets `i32::MAX`.
 fn key(ln_gamma: f64, magnitude: f64) -> i32 {
     (magnitude.ln() / ln_gamma).ceil() as i32
+}
+
+/// γ^k (1 - α) for γ = e^`ln_gamma`.
+fn representative(ln_gamma: f64, alpha: f64, k: i32) -> f64 {
+    (f64::from(k) * ln_gamma + (-alpha).ln_1p()).exp()
 }
 
 fn bump(count: &mut u64, by: u64) {
@@ -571,7 +691,7 @@ pub(crate) fn get_f64(cur: &mut &[u8]) -> Option<f64> {
 }
 
 /// The query router merges a range's sketches through this (see `strata_promql`'s tiers).
-impl strata_model::QuantileSketch for Quantiles {
+impl strata_model::QuantileSketch for SortedQuantiles {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -582,21 +702,21 @@ impl strata_model::QuantileSketch for Quantiles {
         extra: &[f64],
         q: f64,
     ) -> Option<f64> {
-        let mut parts: Vec<&Quantiles> = Vec::with_capacity(others.len() + 2);
+        let mut parts: Vec<&SortedQuantiles> = Vec::with_capacity(others.len() + 2);
         parts.push(self);
         parts.extend(
             others
                 .iter()
-                .filter_map(|o| o.as_any().downcast_ref::<Quantiles>()),
+                .filter_map(|o| o.as_any().downcast_ref::<SortedQuantiles>()),
         );
         let single;
         if !extra.is_empty() {
             let mut s = Quantiles::build(self.alpha);
             extra.iter().for_each(|&v| s.add(v));
-            single = s;
+            single = SortedQuantiles::from(&s);
             parts.push(&single);
         }
-        Quantiles::quantile_of_merge(&parts, q)
+        SortedQuantiles::quantile_of_merge(&parts, q)
     }
 }
 
@@ -730,6 +850,11 @@ mod tests {
             let mut buf = &out[..];
             assert_eq!(Quantiles::decode(&mut buf).as_ref(), Some(&s));
             assert_eq!(buf, &[9]);
+            let mut buf = &out[..];
+            let sorted = SortedQuantiles::decode(&mut buf).unwrap();
+            assert_eq!(sorted, SortedQuantiles::from(&s));
+            assert_eq!(sorted.to_quantiles(), s);
+            assert_eq!(buf, &[9]);
             for cut in 0..out.len() - 1 {
                 let mut buf = &out[..cut];
                 assert!(Quantiles::decode(&mut buf).is_none(), "{xs:?} cut {cut}");
@@ -834,6 +959,9 @@ mod tests {
             sketches.iter().for_each(|s| merged.merge(s));
             for q in [q, 0.0, 0.5, 0.99, 1.0] {
                 prop_assert_eq!(Quantiles::quantile_of_merge(&refs, q), merged.quantile(q));
+                // One sketch alone: its own buckets walked, no merge.
+                let one = SortedQuantiles::from(&sketches[0]);
+                prop_assert_eq!(SortedQuantiles::quantile_of_merge(&[&one], q), sketches[0].quantile(q));
             }
         }
 

@@ -18,7 +18,7 @@
 
 use crate::exact::ExactSum;
 use crate::rollup::{Figures, Rollup};
-use crate::sketch::{get_f64, get_varint, put_varint, Quantiles};
+use crate::sketch::{get_f64, get_varint, put_varint, Quantiles, SortedQuantiles};
 use strata_model::Sample;
 
 /// Version of the layout written.
@@ -167,6 +167,23 @@ fn checked(bytes: &[u8]) -> Result<&[u8], StateError> {
 /// Decodes a state: the rollup and its revision. An over-figures state takes what it lacks from
 /// `figures` (the window's stored figures).
 pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), StateError> {
+    let (mut r, revision, sketch) = decode_parts(bytes, figures)?;
+    if let Some(mut cur) = sketch {
+        r.quantiles =
+            Some(Quantiles::decode(&mut cur).ok_or(StateError::Damaged("quantile sketch"))?);
+        if !cur.is_empty() {
+            return Err(StateError::Damaged("trailing bytes"));
+        }
+    }
+    Ok((r, revision))
+}
+
+/// [`decode`] but for the sketch: the rollup without it, the revision, and the bytes of the
+/// sketch (to its end) when the state keeps one.
+fn decode_parts<'a>(
+    bytes: &'a [u8],
+    figures: Option<&Figures>,
+) -> Result<(Rollup, u32, Option<&'a [u8]>), StateError> {
     let mut cur = checked(bytes)?;
     let damaged = StateError::Damaged;
     let revision = get_varint(&mut cur)
@@ -218,17 +235,17 @@ pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), 
         }
     }
     if flags & QUANTILES != 0 {
-        r.quantiles = Some(Quantiles::decode(&mut cur).ok_or(damaged("quantile sketch"))?);
+        return Ok((r, revision, Some(cur)));
     }
     if !cur.is_empty() {
         return Err(damaged("trailing bytes"));
     }
-    Ok((r, revision))
+    Ok((r, revision, None))
 }
 
-/// The quantile sketch a state keeps, if any (its figures are not needed: the rest is read
-/// past).
-pub fn sketch_of(bytes: &[u8]) -> Result<Option<Quantiles>, StateError> {
+/// The quantile sketch a state keeps, if any, as queries read it (its figures are not needed:
+/// the rest is read past).
+pub fn sketch_of(bytes: &[u8]) -> Result<Option<SortedQuantiles>, StateError> {
     let none = Sample::new(0, 0.0);
     let placeholder = Figures {
         count: 0,
@@ -241,7 +258,17 @@ pub fn sketch_of(bytes: &[u8]) -> Result<Option<Quantiles>, StateError> {
         increase: 0.0,
         quantiles: Vec::new(),
     };
-    decode(bytes, Some(&placeholder)).map(|(r, _)| r.quantiles)
+    match decode_parts(bytes, Some(&placeholder))?.2 {
+        Some(mut cur) => {
+            let q =
+                SortedQuantiles::decode(&mut cur).ok_or(StateError::Damaged("quantile sketch"))?;
+            if !cur.is_empty() {
+                return Err(StateError::Damaged("trailing bytes"));
+            }
+            Ok(Some(q))
+        }
+        None => Ok(None),
+    }
 }
 
 /// The rollup stored figures stand for: exact where [`figures_suffice`] held, no sketch.

@@ -735,6 +735,9 @@ fn a_day_of_backfilled_and_live_hours_holds_both() {
         (got.count, got.min, got.max, got.first, got.last),
         (want.count, want.min, want.max, want.first, want.last)
     );
-    assert_eq!((got.increase, &got.quantiles), (want.increase, &want.quantiles));
+    assert_eq!(
+        (got.increase, &got.quantiles),
+        (want.increase, &want.quantiles)
+    );
     assert!((got.sum - want.sum).abs() <= 1e-9 * want.sum.abs());
 }
