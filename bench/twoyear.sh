@@ -24,9 +24,8 @@
 #                  unless KEEP=1)
 #   STRATA_BIN     the strata binary [target/release/strata]
 #
-# Until Strata's tier router answers PromQL from the 1m/1h/cold tiers, queries over data the raw
-# tier no longer holds answer empty (series=0) or with an error: the figures are printed anyway
-# (status, series and the Strata-Tiers header say what answered).
+# Each answer's status, series count and Strata-Tiers header (which tiers answered) are printed
+# beside its time.
 #
 # Prints Markdown tables for docs/benchmarks.md: load, bytes per tier, queries.
 set -euo pipefail
@@ -134,13 +133,14 @@ loaded=$(kv "$answers" samples)
 d=$WORK/strata
 raw_b=$(bytes_of "$d"/shards/*/tsdb)
 warm_b=$(bytes_of "$d"/shards/*/rollups/warm)
-hour_b=$(bytes_of "$d"/shards/*/rollups/1h)
+hour_b=$(( $(bytes_of "$d"/shards/*/rollups/1h) - $(bytes_of "$d"/shards/*/rollups/1h/1d) ))
+day_b=$(bytes_of "$d"/shards/*/rollups/1h/1d)
 log_b=$(bytes_of "$d/log")
 cold_1h_b=$(bytes_of "$d"/cold/tenant=*/tier=1h)
 cold_raw_b=$(bytes_of "$d"/cold/tenant=*/tier=raw)
 cold_hours=$(metric "$base" strata_cold_hours_archived_total)
 cold_raw_rows=$(metric "$base" strata_cold_raw_samples_archived_total)
-note "strata bytes: raw $raw_b, warm $warm_b, 1h $hour_b, cold 1h $cold_1h_b ($cold_hours hours), cold raw $cold_raw_b, $cold_files cold files"
+note "strata bytes: raw $raw_b, warm $warm_b, 1h $hour_b, 1d $day_b, cold 1h $cold_1h_b ($cold_hours hours), cold raw $cold_raw_b, $cold_files cold files"
 cold_raw_years=$(python3 -c "print(max($DAYS - ${RAW_RETENTION%d}, 0) / 365)")
 
 # --- Queries (run against any Prometheus-compatible base URL). ---
@@ -232,6 +232,7 @@ echo "| Strata raw tier (last $RAW_RETENTION) | $raw_b | |"
 echo "| Strata ingest log | $log_b | |"
 echo "| Strata warm tier, 1-minute windows (last $WARM_RETENTION) | $warm_b | |"
 echo "| Strata 1-hour tier ($DAYS days) | $hour_b | $(per "$hour_b" "$(python3 -c "print($SERIES * $YEARS)")") |"
+echo "| Strata 1-day tier ($DAYS days) | $day_b | $(per "$day_b" "$(python3 -c "print($SERIES * $YEARS)")") |"
 echo "| Strata cold tier, 1-hour windows ($cold_hours hours archived: $(per "$cold_1h_b" "$cold_hours") bytes per window) | $cold_1h_b | $(per "$cold_1h_b" "$(python3 -c "print($SERIES * $YEARS)")") |"
 echo "| Strata cold tier: $cold_files files after compaction | | |"
 echo "| Strata cold tier, raw rows ($cold_raw_rows samples: $(per "$cold_raw_b" "$cold_raw_rows") bytes per sample) | $cold_raw_b | $(per "$cold_raw_b" "$(python3 -c "print($SERIES * $cold_raw_years)")") |"

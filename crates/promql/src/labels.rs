@@ -187,23 +187,29 @@ pub fn write_float(out: &mut String, f: f64) {
 fn write_shortest(out: &mut String, f: f64) {
     let mut buf = ryu::Buffer::new();
     let s = buf.format_finite(f);
-    let (mantissa, exp) = match s.split_once('e') {
-        Some((m, e)) => match e.parse::<i32>() {
-            Ok(e) => (m, e),
-            Err(_) => return display(out, f),
-        },
-        None => (s.strip_suffix(".0").unwrap_or(s), 0),
+    let Some(e) = s.bytes().position(|b| b == b'e') else {
+        // Plain notation already: `[-]int.frac`, `.0` for integers.
+        let s = s.strip_suffix(".0").unwrap_or(s);
+        let tie = match s.bytes().position(|b| b == b'.') {
+            Some(dot) => is_tie(f, (s.len() - dot - 1) as u32),
+            None => s.trim_start_matches('-').len() >= 16,
+        };
+        if tie {
+            return display(out, f);
+        }
+        out.push_str(s);
+        return;
+    };
+    let (mantissa, exp) = (&s[..e], &s[e + 1..]);
+    let Ok(exp) = exp.parse::<i32>() else {
+        return display(out, f);
     };
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => (true, m),
         None => (false, mantissa),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let mut digits = [0u8; 32];
     let n = int.len() + frac.len();
-    digits[..int.len()].copy_from_slice(int.as_bytes());
-    digits[int.len()..n].copy_from_slice(frac.as_bytes());
-    let digits = std::str::from_utf8(&digits[..n]).unwrap_or_default();
     // Digits before the decimal point; the last digit's power of ten.
     let point = int.len() as i32 + exp;
     let last = point - n as i32;
@@ -213,17 +219,27 @@ fn write_shortest(out: &mut String, f: f64) {
     if negative {
         out.push('-');
     }
+    // The digits are `int` then `frac`, `int` one digit long (ryu's scientific form).
+    let digit = |i: usize| {
+        if i < int.len() {
+            &int[i..i + 1]
+        } else {
+            &frac[i - int.len()..i - int.len() + 1]
+        }
+    };
     if point <= 0 {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', point.unsigned_abs() as usize));
-        out.push_str(digits);
-    } else if point as usize >= n {
-        out.push_str(digits);
-        out.extend(std::iter::repeat_n('0', point as usize - n));
+        (0..n).for_each(|i| out.push_str(digit(i)));
     } else {
-        out.push_str(&digits[..point as usize]);
-        out.push('.');
-        out.push_str(&digits[point as usize..]);
+        let point = point as usize;
+        (0..n.min(point)).for_each(|i| out.push_str(digit(i)));
+        if point >= n {
+            out.extend(std::iter::repeat_n('0', point - n));
+        } else {
+            out.push('.');
+            (point..n).for_each(|i| out.push_str(digit(i)));
+        }
     }
 }
 
