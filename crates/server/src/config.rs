@@ -313,7 +313,9 @@ pub struct RollupsConfig {
     pub retention: Duration,
     /// How long final 1-hour windows are kept (the 1-hour tier; windows must divide an hour).
     pub hour_retention: Duration,
-    /// How long final 1-day windows are kept (the 1-day tier over the hours; `0s`: none).
+    /// Keep the 1-day tier (days merged from final hours).
+    pub days: bool,
+    /// How long final 1-day windows are kept.
     pub day_retention: Duration,
     /// Span of a warm-tier block. Windows come one per series per minute, so warm blocks span
     /// longer than raw ones to hold as many samples per chunk (fewer, better compressed chunks).
@@ -351,6 +353,7 @@ impl Default for RollupsConfig {
             idle_timeout: Duration(300_000),
             retention: Duration(400 * 86_400_000),
             hour_retention: Duration(3 * 31_536_000_000),
+            days: true,
             day_retention: Duration(3 * 31_536_000_000),
             block_duration: Duration(86_400_000),
             quantile_metrics: Vec::new(),
@@ -565,8 +568,9 @@ idle_timeout = "5m"              # a shard without event-time progress this long
 retention = "400d"               # how long final windows are kept
 hour_retention = "3y"            # how long final 1-hour windows are kept (1-hour tier); a
                                  # minute leaves only once its hour is final and stored
-day_retention = "3y"             # how long final 1-day windows are kept (1-day tier, merged
-                                 # from the hours; "0s": none); an hour waits for its day
+days = true                      # keep the 1-day tier (days merged from final hours)
+day_retention = "3y"             # how long final 1-day windows are kept; an hour leaves only
+                                 # once its day is final and stored
 block_duration = "24h"           # span of a warm-tier block (one window per series per minute)
 quantile_metrics = []            # metrics whose windows keep a quantile sketch (DDSketch, 1%)
 quantiles = [0.5, 0.95, 0.99]    # quantiles reported for them

@@ -192,7 +192,7 @@ impl Engine {
                 retention_ms: cfg.rollups.hour_retention.0,
                 // The cold tier takes every final hour.
                 publish_final: cold.is_some(),
-                days: (cfg.rollups.day_retention.0 > 0).then(|| {
+                days: cfg.rollups.days.then(|| {
                     Box::new(strata_stream::hour::HourOptions::day_tier(
                         cfg.rollups.day_retention.0,
                     ))

@@ -96,7 +96,8 @@ type Merged = SmallVec<[u64; 1]>;
 #[derive(Debug, Clone)]
 struct OpenHour {
     start: i64,
-    rollup: Option<Rollup>,
+    /// Boxed: a series' slot holds two open windows inline, most of them empty.
+    rollup: Option<Box<Rollup>>,
     /// Bit `i`: the window starting at `start + i * window` is merged.
     merged: Merged,
 }
@@ -306,7 +307,7 @@ impl HourStage {
         open.merged[word] |= mask;
         match &mut open.rollup {
             Some(acc) => acc.merge_in_time(rollup),
-            None => open.rollup = Some(rollup.clone()),
+            None => open.rollup = Some(Box::new(rollup.clone())),
         }
     }
 
@@ -364,7 +365,7 @@ impl HourStage {
                         self.merge_stored(src, &s.tenant, s.key.as_ref(), o.start)?
                             .1
                     }
-                    None => o.rollup,
+                    None => o.rollup.map(|r| *r),
                 };
                 let Some(rollup) = rollup else { continue };
                 if let Some(next) = &self.next {
@@ -531,7 +532,7 @@ impl HourStage {
                 }
             } else if h >= hours.final_before {
                 let open = open_hour(&mut hours, id, tenant, key, h, self.words());
-                open.rollup = acc;
+                open.rollup = acc.map(Box::new);
                 open.merged = merged;
                 continue;
             }
@@ -864,7 +865,7 @@ impl HourStage {
             }
             for o in s.open.iter().filter(|o| keys.contains(&o.start)) {
                 if let Some(r) = &o.rollup {
-                    provisional.insert((s.key.clone(), o.start), r.clone());
+                    provisional.insert((s.key.clone(), o.start), Rollup::clone(r));
                 }
             }
         }
@@ -940,7 +941,7 @@ fn encode_hours(hours: &Hours) -> Vec<u8> {
         .flat_map(|s| {
             s.open
                 .iter()
-                .filter_map(move |o| Some((s, o, o.rollup.as_ref()?)))
+                .filter_map(move |o| Some((s, o, o.rollup.as_deref()?)))
         })
         .collect();
     b.extend_from_slice(&(open.len() as u32).to_le_bytes());
@@ -1029,7 +1030,7 @@ fn load_hours(path: &Path, store: &RollupStore) -> Result<Hours, StreamError> {
             let (rollup, _) = state::decode(r.field()?, None).ok()?;
             let id = store.series(&tenant, key.as_ref());
             let open = open_hour(&mut hours, id, &tenant, key.as_ref(), start, words);
-            open.rollup = Some(rollup);
+            open.rollup = Some(Box::new(rollup));
             open.merged = merged;
         }
         r.is_done().then_some(())

@@ -155,8 +155,9 @@ const STAGED_WINDOWS: usize = 16;
 struct WarmSeries {
     tenant: Tenant,
     key: SeriesKey,
-    /// In the order of [`BASE_FIGURES`].
-    base: [SeriesHandle; BASE_FIGURES.len()],
+    /// In the order of [`BASE_FIGURES`]; made with the first window written (a tier may hold
+    /// a place for a series all day before it writes, as the day tier does).
+    base: Option<[SeriesHandle; BASE_FIGURES.len()]>,
     quantiles: Vec<(f64, SeriesHandle)>,
     /// The `state` series, made with the first state.
     state: Option<SeriesHandle>,
@@ -256,7 +257,11 @@ impl WarmSeriesTable {
         let run = &mut self.run;
         run.clear();
         let mut handles = Vec::with_capacity(BASE_FIGURES.len());
-        for (f, &handle) in s.base.iter().enumerate() {
+        let (tenant, key) = (&s.tenant, s.key.as_ref());
+        let base = s.base.get_or_insert_with(|| {
+            BASE_FIGURES.map(|f| tsdb.series_handle(tenant, figure_key(key, f).as_ref()))
+        });
+        for (f, &handle) in base.iter().enumerate() {
             // Revision 0 is implied by its absence: most windows are never corrected.
             let revision = f == BASE_FIGURES.len() - 1;
             let from = run.len();
@@ -318,7 +323,7 @@ impl WarmSeriesTable {
             if &s.tenant != tenant {
                 continue;
             }
-            for (f, h) in s.base.iter_mut().enumerate() {
+            for (f, h) in s.base.iter_mut().flatten().enumerate() {
                 *h = moved.get(*h).unwrap_or_else(|| {
                     tsdb.series_handle(tenant, figure_key(s.key.as_ref(), BASE_FIGURES[f]).as_ref())
                 });
@@ -434,12 +439,10 @@ impl RollupStore {
         if let Some(i) = warm.find(tenant, key) {
             return WarmId(i);
         }
-        let base =
-            BASE_FIGURES.map(|f| self.tsdb.series_handle(tenant, figure_key(key, f).as_ref()));
         let series = WarmSeries {
             tenant: tenant.clone(),
             key: key.to_owned(),
-            base,
+            base: None,
             quantiles: Vec::new(),
             state: None,
             staged: Vec::new(),
@@ -502,7 +505,7 @@ impl RollupStore {
             }
             warm.free.push(i);
             let handles = gone.entry(s.tenant).or_default();
-            handles.extend(s.base);
+            handles.extend(s.base.into_iter().flatten());
             handles.extend(s.quantiles.iter().map(|&(_, h)| h));
             handles.extend(s.state);
         }
