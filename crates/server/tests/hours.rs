@@ -239,10 +239,19 @@ fn hours_are_final_exact_corrected_and_survive_a_sigkill() {
         let n: u64 = ws.iter().map(|w| w["count"].as_u64().unwrap()).sum();
         assert_eq!(n, fin[dev][0]["count"].as_u64().unwrap());
     }
+    // The day holding the hour: provisional (its hours so far), with their count.
+    let day = base.div_euclid(24 * HOUR) * 24 * HOUR;
+    let days = windows(&s, "1d", base + 1, base + HOUR);
+    for (dev, ws) in &days {
+        assert_eq!(ws.len(), 1, "{dev}");
+        assert_eq!(ws[0]["start"].as_i64(), Some(day), "{dev}");
+        let n = ws[0]["count"].as_u64().unwrap();
+        assert!(n >= fin[dev][0]["count"].as_u64().unwrap(), "{dev}: {n}");
+    }
     let r = s
         .client
         .get(s.url("/api/v1/rollups"))
-        .query(&[("match[]", "temperature"), ("tier", "1d")])
+        .query(&[("match[]", "temperature"), ("tier", "1w")])
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);

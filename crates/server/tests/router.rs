@@ -243,7 +243,7 @@ fn tiers_answer_as_raw_samples_do_on_aligned_windows() {
     let r = s
         .client
         .get(s.url("/api/v1/query"))
-        .query(&[("query", "temperature"), ("max_source_resolution", "1d")])
+        .query(&[("query", "temperature"), ("max_source_resolution", "1w")])
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);

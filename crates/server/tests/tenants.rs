@@ -181,9 +181,14 @@ fn every_valid_tenant_id_is_flushed_and_restored_alone() {
         only(&shard.join("rollups/warm"), &["checkpoint", "@tenants"]);
         only(
             &shard.join("rollups/1h"),
-            &["store", "hours.ckpt", "final-hours.ckpt"],
+            &["store", "hours.ckpt", "final-hours.ckpt", "1d"],
         );
         only(&shard.join("rollups/1h/store"), &["checkpoint", "@tenants"]);
+        only(&shard.join("rollups/1h/1d"), &["store", "hours.ckpt"]);
+        only(
+            &shard.join("rollups/1h/1d/store"),
+            &["checkpoint", "@tenants"],
+        );
     }
     let s = Server::start(dir.path(), cfg);
     let parts = [("flushed", 20), ("logged", 7), ("unflushed", 3)];

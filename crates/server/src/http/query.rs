@@ -31,7 +31,7 @@ pub struct QueryGate {
     queued: AtomicUsize,
     running: Arc<AtomicUsize>,
     refused: AtomicU64,
-    /// Queries answered in part by each tier (raw, 1m, 1h).
+    /// Queries answered in part by each tier (raw, 1m, 1h, 1d).
     by_tier: [AtomicU64; Resolution::ALL.len()],
 }
 
@@ -244,7 +244,7 @@ fn context(
     if let Some(r) = p.get("max_source_resolution").filter(|v| !v.is_empty()) {
         let r = Resolution::parse(r).ok_or_else(|| {
             ApiError::bad_data(format!(
-                "invalid parameter \"max_source_resolution\": {r:?} is not one of raw, 1m, 1h"
+                "invalid parameter \"max_source_resolution\": {r:?} is not one of raw, 1m, 1h, 1d"
             ))
         })?;
         ctx = ctx.with_max_source_resolution(r);

@@ -79,14 +79,14 @@ fn rollup_request(st: &AppState, req: &ApiRequest) -> Result<ReadRequest, ApiErr
     Ok(r)
 }
 
-/// The tier a request names with `tier=1m|1h`; by default the windows for ranges up to a day
+/// The tier a request names with `tier=1m|1h|1d`; by default the windows for ranges up to a day
 /// within their retention, else the hours (see `RollupStage::tier_for`).
 fn tier_of(st: &AppState, r: &ReadRequest) -> Result<Tier, ApiError> {
     match r.params.get("tier") {
         None => Ok(st.engine.rollup_tier_for(r.start, r.end)),
         Some(t) => Tier::parse(t).ok_or_else(|| {
             ApiError::bad_data(format!(
-                "invalid parameter \"tier\": expected 1m or 1h, got {t:?}"
+                "invalid parameter \"tier\": expected 1m, 1h or 1d, got {t:?}"
             ))
         }),
     }
@@ -94,7 +94,7 @@ fn tier_of(st: &AppState, r: &ReadRequest) -> Result<Tier, ApiError> {
 
 /// `GET|POST /api/v1/rollups?match[]=&start=&end=&tier=`: every window of the matching series
 /// that overlaps the range (default: the last hour), with its state and revision, from the
-/// windows (`tier=1m`, the default) or the 1-hour tier (`tier=1h`).
+/// windows (`tier=1m`, the default), the 1-hour tier (`tier=1h`) or the 1-day tier (`tier=1d`).
 pub async fn rollups(State(st): State<AppState>, req: ApiRequest) -> Response {
     let run = || -> Result<Response, ApiError> {
         let r = rollup_request(&st, &req)?;
@@ -221,7 +221,7 @@ impl Summary {
 
 /// `GET /api/v1/devices/<id>/summary?metric=&start=&end=&tier=`: current, average, min, max and
 /// count of each metric of the device (or of `metric`) over the range (default: the last hour),
-/// answered from rollup windows of the tier (`1m` by default, `1h`) overlapping the range.
+/// answered from rollup windows of the tier (`1m` by default, `1h`, `1d`) overlapping the range.
 pub async fn summary(
     State(st): State<AppState>,
     Path(id): Path<String>,
