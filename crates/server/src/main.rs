@@ -89,6 +89,11 @@ enum Command {
     },
     /// Print the default configuration file, documented.
     Config,
+    /// Prometheus rule files.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Run PromQL test scripts (Prometheus's `load` / `eval` / `expect` format) against the
     /// engine; exits non-zero when a case fails.
     PromqlTest {
@@ -96,6 +101,45 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check rule files as `promtool check rules` does; exits non-zero when one has problems.
+    Check {
+        /// Rule files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `strata rules check`: each file's rule count or every problem in it, promtool's layout.
+fn check_rule_files(files: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for f in files {
+        println!("Checking {}", f.display());
+        let checked = std::fs::read_to_string(f)
+            .map_err(|e| vec![format!("cannot read the file: {e}")])
+            .and_then(|text| {
+                strata_alert::parse_rule_file(&text)
+                    .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+            });
+        match checked {
+            Ok(groups) => {
+                let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                println!("  SUCCESS: {n} rules found\n");
+            }
+            Err(problems) => {
+                ok = false;
+                println!("  FAILED:");
+                for p in problems {
+                    println!("{}: {p}", f.display());
+                }
+                println!();
+            }
+        }
+    }
+    ok
 }
 
 fn main() -> anyhow::Result<()> {
@@ -211,6 +255,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config => {
             print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        Command::Rules {
+            command: RulesCommand::Check { files },
+        } => {
+            if !check_rule_files(&files) {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::PromqlTest { files } => {
