@@ -1,8 +1,8 @@
 //! Strata's alerting. So far: Prometheus rule files, read and checked as Prometheus and
 //! `promtool check rules` read them ([`rules`]), with the Go-template subset their labels and
-//! annotations use ([`template`]), and the states of an alerting rule's alerts from one
-//! evaluation to the next ([`state`]). Evaluating groups on a schedule, expanding templates,
-//! durable alert state, device rules and notifiers come next (issue 16).
+//! annotations use, checked and expanded ([`template`]), and the states of an alerting rule's
+//! alerts from one evaluation to the next ([`state`]). Evaluating groups on a schedule, durable alert state,
+//! device rules and notifiers come next (issue 16).
 
 pub mod rules;
 pub mod state;

@@ -552,9 +552,27 @@ fn decode_pages<T: pco::data_types::Number>(
     Ok(())
 }
 
+/// Most samples a pco chunk holds: a damaged count above it is refused before anything is
+/// allocated for it (a column of `n` numbers is decoded into `n` places, never into what the
+/// damaged pco header claims).
+const PCO_MAX_SAMPLES: usize = 1 << 24;
+
+/// A pco column of exactly `n` numbers.
+fn pco_column<T: pco::data_types::Number>(bytes: &[u8], n: usize) -> Result<Vec<T>, ChunkError> {
+    let damaged = ChunkError("pco data damaged");
+    if n > PCO_MAX_SAMPLES {
+        return Err(ChunkError("sample count too large"));
+    }
+    let mut out = vec![T::default(); n];
+    let progress = pco::standalone::simple_decompress_into(bytes, &mut out).map_err(|_| damaged)?;
+    if progress.n_processed != n || !progress.finished {
+        return Err(ChunkError("column lengths disagree"));
+    }
+    Ok(out)
+}
+
 /// Decodes the pco forms (`regular`: `PCO_REGULAR`), appending to `out`.
 fn decode_pco(rest: &[u8], regular: bool, out: &mut Vec<Sample>) -> Result<(), ChunkError> {
-    let damaged = ChunkError("pco data damaged");
     let mut r = Reader { b: rest, p: 0 };
     let n = r.varint()? as usize;
     let kind = r.byte()?;
@@ -566,21 +584,19 @@ fn decode_pco(rest: &[u8], regular: bool, out: &mut Vec<Sample>) -> Result<(), C
             r.p.checked_add(ts_len)
                 .filter(|e| *e <= rest.len())
                 .ok_or(ChunkError("truncated"))?;
-        let ts: Vec<i64> =
-            pco::standalone::simple_decompress(&rest[r.p..ts_end]).map_err(|_| damaged.clone())?;
+        let ts: Vec<i64> = pco_column(&rest[r.p..ts_end], n)?;
         r.p = ts_end;
         ((0, 0), ts)
     };
     let vals = &rest[r.p..];
     let values: Vec<f64> = if kind == PCO_FLOATS {
-        pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?
+        pco_column(vals, n)?
     } else {
         if kind as i32 > MAX_DECIMALS {
             return Err(ChunkError("bad decimal exponent"));
         }
         let scale = 10f64.powi(kind as i32);
-        let ints: Vec<i64> =
-            pco::standalone::simple_decompress(vals).map_err(|_| damaged.clone())?;
+        let ints: Vec<i64> = pco_column(vals, n)?;
         ints.into_iter().map(|x| x as f64 / scale).collect()
     };
     if values.len() != n || (!regular && ts.len() != n) {
