@@ -59,6 +59,8 @@ pub struct Alert {
     pub keep_firing_since: Option<i64>,
     /// The latest evaluation that returned it or kept it firing (ms).
     pub last_eval: i64,
+    /// Its annotations, expanded at the latest evaluation that returned it.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// What went wrong in one evaluation.
@@ -140,6 +142,7 @@ impl RuleState {
                             resolved_at: None,
                             keep_firing_since: None,
                             last_eval: ts,
+                            annotations: BTreeMap::new(),
                         },
                     );
                 }
@@ -183,6 +186,13 @@ impl RuleState {
             return Err(EvalError::Limit { limit, active });
         }
         Ok(())
+    }
+
+    /// Sets the annotations of the alert with `labels` (after [`RuleState::eval`] returned it).
+    pub fn set_annotations(&mut self, labels: &Labels, annotations: BTreeMap<String, String>) {
+        if let Some(a) = self.active.get_mut(labels) {
+            a.annotations = annotations;
+        }
     }
 
     /// The alerts kept (active and recently resolved), by labels.
