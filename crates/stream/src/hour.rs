@@ -439,9 +439,19 @@ impl HourStage {
             &[],
             Some(self.window_ms),
         )?;
+        self.merge_windows(&windows, key, h)
+    }
+
+    /// The window keyed `h` merged from the finer `windows` (sorted, all inside it).
+    fn merge_windows(
+        &self,
+        windows: &[StoredWindow],
+        key: SeriesKeyRef<'_>,
+        h: i64,
+    ) -> Result<(Merged, Option<Rollup>), StorageError> {
         let mut merged: Merged = SmallVec::from_elem(0, self.words());
         let mut acc: Option<Rollup> = None;
-        for w in &windows {
+        for w in windows {
             let r = state::of_stored(&w.figures, w.revision, w.state.as_deref())
                 .map_err(state_error(key, w.start))?;
             let bit = ((w.start - h) / self.window_ms) as usize;
@@ -523,8 +533,68 @@ impl HourStage {
         let id = self.store.series(tenant, key);
         let mut writes = Vec::new();
         let mut queued = Vec::new();
-        for &h in starts.iter().filter(|&&h| h >= expired_before) {
-            let (merged, acc) = self.merge_stored(minutes, tenant, key, h)?;
+        let live: Vec<i64> = starts.range(expired_before..).copied().collect();
+        // Neighbouring windows are read together (a backfill rebuilds every day it touched):
+        // the finer store and this one once per run.
+        for run in live.chunk_by(|a, b| b - a <= 2 * self.width) {
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let finer = minutes.range(
+                tenant,
+                key,
+                first,
+                last + self.width - 1,
+                &[],
+                Some(self.window_ms),
+            )?;
+            let stored_run = self
+                .store
+                .range(tenant, key, first, last, quantiles, None)?;
+            for &h in run {
+                let inside = finer.partition_point(|w| w.start < h)
+                    ..finer.partition_point(|w| w.start < h + self.width);
+                let (merged, acc) = self.merge_windows(&finer[inside], key, h)?;
+                let stored = stored_run
+                    .binary_search_by_key(&h, |w| w.start)
+                    .ok()
+                    .map(|i| &stored_run[i]);
+                if let Some(w) = self.rebuilt(
+                    (id, tenant, key, h),
+                    (merged, acc),
+                    stored,
+                    quantiles,
+                    backfilled,
+                )? {
+                    if self.opts.publish_final {
+                        queued.push(HourKey {
+                            tenant: tenant.clone(),
+                            key: key.to_owned(),
+                            start: h,
+                        });
+                    }
+                    writes.push(w);
+                }
+            }
+        }
+        let written: Vec<i64> = writes.iter().map(|w| w.start).collect();
+        self.store.write(writes, offset);
+        if !queued.is_empty() {
+            self.hours.lock().enqueue(queued);
+        }
+        self.recompute_next(tenant, key, written, quantiles, offset, backfilled)
+    }
+
+    /// What [`HourStage::rebuild`] does with one window rebuilt as `(merged, acc)` over what
+    /// the store holds of it (`stored`): an open one takes it as its windows so far (nothing
+    /// to write); a final one is written when its figures changed.
+    fn rebuilt(
+        &self,
+        (id, tenant, key, h): (WarmId, &Tenant, SeriesKeyRef<'_>, i64),
+        (merged, acc): (Merged, Option<Rollup>),
+        stored: Option<&StoredWindow>,
+        quantiles: &[f64],
+        backfilled: bool,
+    ) -> Result<Option<WindowWrite>, StorageError> {
+        {
             let mut hours = self.hours.lock();
             if backfilled {
                 if let Some(Some(s)) = hours.series.get_mut(id.index()) {
@@ -534,37 +604,22 @@ impl HourStage {
                 let open = open_hour(&mut hours, id, tenant, key, h, self.words());
                 open.rollup = acc.map(Box::new);
                 open.merged = merged;
-                continue;
+                return Ok(None);
             }
-            drop(hours);
-            let Some(rollup) = acc else { continue };
-            let figures = rollup.figures(quantiles);
-            let stored = self.store.get(tenant, key, h, quantiles)?;
-            let absent = if backfilled { 0 } else { 1 };
-            let Some(revision) = revision_over(stored.as_ref(), &figures, absent) else {
-                continue;
-            };
-            if self.opts.publish_final {
-                queued.push(HourKey {
-                    tenant: tenant.clone(),
-                    key: key.to_owned(),
-                    start: h,
-                });
-            }
-            writes.push(WindowWrite {
-                series: id,
-                start: h,
-                state: self.state_of(&rollup, revision),
-                figures,
-                revision,
-            });
         }
-        let written: Vec<i64> = writes.iter().map(|w| w.start).collect();
-        self.store.write(writes, offset);
-        if !queued.is_empty() {
-            self.hours.lock().enqueue(queued);
-        }
-        self.recompute_next(tenant, key, written, quantiles, offset, backfilled)
+        let Some(rollup) = acc else { return Ok(None) };
+        let figures = rollup.figures(quantiles);
+        let absent = if backfilled { 0 } else { 1 };
+        let Some(revision) = revision_over(stored, &figures, absent) else {
+            return Ok(None);
+        };
+        Ok(Some(WindowWrite {
+            series: id,
+            start: h,
+            state: self.state_of(&rollup, revision),
+            figures,
+            revision,
+        }))
     }
 
     /// Writes backfilled hours of `tenant`'s series `key` (`(start, rollup)`, ascending, see
