@@ -599,17 +599,6 @@ fn eval_pipe(p: &Pipe, data: &Data<'_>, vars: &[(String, Val)]) -> Result<Val, T
 }
 
 fn value(a: &Arg, data: &Data<'_>, vars: &[(String, Val)]) -> Result<Val, TemplateError> {
-    let field = |v: Val, path: &[String]| -> Result<Val, TemplateError> {
-        match (v, path) {
-            (v, []) => Ok(v),
-            (Val::Labels(l), [name]) => Ok(Val::Str(l.get(name).unwrap_or_default().to_string())),
-            (v, _) => Err(TemplateError(format!(
-                "can't evaluate field {} of {}",
-                path.join("."),
-                v.print()
-            ))),
-        }
-    };
     Ok(match a {
         Arg::Str(s) => Val::Str(s.clone()),
         Arg::Num(n) => Val::Num(*n),
@@ -619,11 +608,10 @@ fn value(a: &Arg, data: &Data<'_>, vars: &[(String, Val)]) -> Result<Val, Templa
         Arg::Func(name) => call(name, Vec::new())?,
         Arg::Var(name, path) if name.is_empty() => root_field(data, path)?,
         Arg::Var(name, path) => {
-            let v = vars
+            let (_, v) = vars
                 .iter()
                 .rev()
                 .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
                 .ok_or_else(|| TemplateError(format!("undefined variable \"${name}\"")))?;
             field(v, path)?
         }
@@ -631,23 +619,34 @@ fn value(a: &Arg, data: &Data<'_>, vars: &[(String, Val)]) -> Result<Val, Templa
     })
 }
 
+/// `path` (field names) of `v`: a label of a label set (missing: empty), or `v` itself.
+fn field(v: &Val, path: &[String]) -> Result<Val, TemplateError> {
+    match (v, path) {
+        (v, []) => Ok(v.clone()),
+        (Val::Labels(l), [name]) => Ok(Val::Str(l.get(name).unwrap_or_default().to_string())),
+        (v, _) => Err(TemplateError(format!(
+            "can't evaluate field {} of {}",
+            path.join("."),
+            v.print()
+        ))),
+    }
+}
+
 /// `.Labels.x`, `.Value` and the like of the data.
 fn root_field(data: &Data<'_>, path: &[String]) -> Result<Val, TemplateError> {
-    let top = match path.first().map(String::as_str) {
-        None => return Err(TemplateError("the data itself is not printable".into())),
-        Some("Labels") => Val::Labels(data.labels.clone()),
-        Some("ExternalLabels") => Val::Labels(data.external_labels.clone()),
-        Some("ExternalURL") => Val::Str(data.external_url.into()),
-        Some("Value") => Val::Num(data.value),
-        Some(f) => return Err(TemplateError(format!("can't evaluate field {f}"))),
+    let Some((top, rest)) = path.split_first() else {
+        return Err(TemplateError("the data itself is not printable".into()));
     };
-    match (top, &path[1..]) {
-        (v, []) => Ok(v),
-        (Val::Labels(l), [name]) => Ok(Val::Str(l.get(name).unwrap_or_default().to_string())),
-        _ => Err(TemplateError(format!(
-            "can't evaluate field {}",
-            path.join(".")
-        ))),
+    let labels = |l: &strata_model::Labels| match rest {
+        [name] => Ok(Val::Str(l.get(name).unwrap_or_default().to_string())),
+        _ => field(&Val::Labels(l.clone()), rest),
+    };
+    match top.as_str() {
+        "Labels" => labels(data.labels),
+        "ExternalLabels" => labels(data.external_labels),
+        "ExternalURL" => field(&Val::Str(data.external_url.into()), rest),
+        "Value" => field(&Val::Num(data.value), rest),
+        f => Err(TemplateError(format!("can't evaluate field {f}"))),
     }
 }
 
@@ -730,25 +729,39 @@ fn humanize(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return go_g(v, 4);
     }
-    let (mut v, mut prefix) = (v, "");
-    if v.abs() >= 1.0 {
-        for p in ["k", "M", "G", "T", "P", "E", "Z", "Y"] {
-            if v.abs() < 1000.0 {
-                break;
-            }
-            prefix = p;
-            v /= 1000.0;
-        }
+    let (v, prefix) = if v.abs() >= 1.0 {
+        scale_up(v, 1000.0, &["k", "M", "G", "T", "P", "E", "Z", "Y"])
     } else {
-        for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-            if v.abs() >= 1.0 {
-                break;
-            }
-            prefix = p;
-            v *= 1000.0;
-        }
-    }
+        scale_down(v)
+    };
     format!("{}{prefix}", go_g(v, 4))
+}
+
+/// `v` divided by `base` while at least `base`, and the prefix of the last division (Prometheus'
+/// loop: at most one per prefix).
+fn scale_up(mut v: f64, base: f64, prefixes: &[&'static str]) -> (f64, &'static str) {
+    let mut prefix = "";
+    for p in prefixes {
+        if v.abs() < base {
+            break;
+        }
+        prefix = p;
+        v /= base;
+    }
+    (v, prefix)
+}
+
+/// `v` (below 1 in magnitude) times 1000 until at least 1, with its SI prefix (`m` to `y`).
+fn scale_down(mut v: f64) -> (f64, &'static str) {
+    let mut prefix = "";
+    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
+        if v.abs() >= 1.0 {
+            break;
+        }
+        prefix = p;
+        v *= 1000.0;
+    }
+    (v, prefix)
 }
 
 /// Prometheus' `humanize1024`: binary prefixes from 1 up.
@@ -756,14 +769,7 @@ fn humanize1024(v: f64) -> String {
     if v.abs() <= 1.0 || !v.is_finite() {
         return go_g(v, 4);
     }
-    let (mut v, mut prefix) = (v, "");
-    for p in ["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"] {
-        if v.abs() < 1024.0 {
-            break;
-        }
-        prefix = p;
-        v /= 1024.0;
-    }
+    let (v, prefix) = scale_up(v, 1024.0, &["ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"]);
     format!("{}{prefix}", go_g(v, 4))
 }
 
@@ -790,14 +796,7 @@ fn humanize_duration(v: f64) -> String {
             format!("{sign}{}s", go_g(v, 4))
         };
     }
-    let (mut v, mut prefix) = (v, "");
-    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-        if v.abs() >= 1.0 {
-            break;
-        }
-        prefix = p;
-        v *= 1000.0;
-    }
+    let (v, prefix) = scale_down(v);
     format!("{}{prefix}s", go_g(v, 4))
 }
 

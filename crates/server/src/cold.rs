@@ -156,7 +156,7 @@ impl ColdTier {
                             .sketch
                             .as_deref()
                             .filter(|_| sketches)
-                            .and_then(|b| strata_stream::state::sketch_of(b).ok().flatten())
+                            .and_then(|b| strata_stream::state::sketch_of(b).ok()?.1)
                             .map(|q| Arc::new(q) as Arc<dyn strata_model::QuantileSketch>);
                         strata_model::WindowFigures {
                             end: w.end,

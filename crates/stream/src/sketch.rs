@@ -127,42 +127,15 @@ impl Quantiles {
     /// among the `n` values in ascending order), within the relative accuracy; `None` when the
     /// sketch is empty or `q` is outside `[0, 1]`.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 || !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        if q == 0.0 {
-            return Some(self.min);
-        }
-        if q == 1.0 {
-            return Some(self.max);
-        }
-        let rank = (q * (self.count - 1) as f64) as u64;
-        let mut seen = 0u64;
-        // Ascending order: negatives from the largest magnitude down, zeros, positives up.
-        let buckets = self.negative.iter().rev().map(|(&k, &c)| (-1.0, k, c));
-        let buckets = buckets.chain(std::iter::once((0.0, 0, self.zero)));
-        for (sign, k, c) in buckets.chain(self.positive.iter().map(|(&k, &c)| (1.0, k, c))) {
-            seen = seen.saturating_add(c);
-            if rank < seen {
-                let v = if sign == 0.0 {
-                    0.0
-                } else {
-                    sign * self.representative(k)
-                };
-                // max/min rather than clamp: never panics, even on odd decoded state.
-                return Some(v.max(self.min).min(self.max));
-            }
-        }
-        Some(self.max)
-    }
-
-    /// [`Quantiles::quantile`] of the merge of `parts`, without building it (see
-    /// [`SortedQuantiles::quantile_of_merge`]).
-    pub fn quantile_of_merge(parts: &[&Quantiles], q: f64) -> Option<f64> {
-        let sorted: Vec<SortedQuantiles> =
-            parts.iter().map(|p| SortedQuantiles::from(*p)).collect();
-        let refs: Vec<&SortedQuantiles> = sorted.iter().collect();
-        SortedQuantiles::quantile_of_merge(&refs, q)
+        let whole = Totals {
+            count: self.count,
+            zero: self.zero,
+            min: self.min,
+            max: self.max,
+        };
+        let negative = self.negative.iter().rev().map(|(&k, &c)| (k, c));
+        let positive = self.positive.iter().map(|(&k, &c)| (k, c));
+        whole.quantile(q, negative, positive, |k| self.representative(k))
     }
 
     /// Values added (NaN excluded).
@@ -286,6 +259,54 @@ fn decode_buckets(buf: &mut &[u8], mut bucket: impl FnMut(bool, i32, u64)) -> Op
     })
 }
 
+/// What a sketch (or a merge of sketches) holds besides its buckets, for [`Totals::quantile`].
+struct Totals {
+    count: u64,
+    zero: u64,
+    min: f64,
+    max: f64,
+}
+
+impl Totals {
+    /// The value at quantile `q` (see [`Quantiles::quantile`]) of buckets given in ascending
+    /// value order: `negative` from the largest magnitude down, then the zeros, then
+    /// `positive`; `representative` is the value standing for a bucket's magnitude.
+    fn quantile(
+        &self,
+        q: f64,
+        negative: impl Iterator<Item = (i32, u64)>,
+        positive: impl Iterator<Item = (i32, u64)>,
+        representative: impl Fn(i32) -> f64,
+    ) -> Option<f64> {
+        if self.count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        if q == 0.0 {
+            return Some(self.min);
+        }
+        if q == 1.0 {
+            return Some(self.max);
+        }
+        let rank = (q * (self.count - 1) as f64) as u64;
+        let buckets = negative.map(|(k, c)| (-1.0, k, c));
+        let buckets = buckets.chain(std::iter::once((0.0, 0, self.zero)));
+        let mut seen = 0u64;
+        for (sign, k, c) in buckets.chain(positive.map(|(k, c)| (1.0, k, c))) {
+            seen = seen.saturating_add(c);
+            if rank < seen {
+                let v = if sign == 0.0 {
+                    0.0
+                } else {
+                    sign * representative(k)
+                };
+                // max/min rather than clamp: never panics, even on odd decoded state.
+                return Some(v.max(self.min).min(self.max));
+            }
+        }
+        Some(self.max)
+    }
+}
+
 /// A quantile sketch as queries read it: the buckets of a [`Quantiles`] in sorted vectors,
 /// decoded from a stored state without building its maps (a two-year query reads tens of
 /// thousands of sketches, each asked one quantile).
@@ -356,22 +377,15 @@ impl SortedQuantiles {
             parts[1..].iter().for_each(|p| all.merge(&p.to_quantiles()));
             return all.quantile(q);
         }
-        let count = parts.iter().fold(0u64, |a, p| a.saturating_add(p.count));
-        if count == 0 || !(0.0..=1.0).contains(&q) {
-            return None;
-        }
-        let min = parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
-        let max = parts
-            .iter()
-            .map(|p| p.max)
-            .fold(f64::NEG_INFINITY, f64::max);
-        if q == 0.0 {
-            return Some(min);
-        }
-        if q == 1.0 {
-            return Some(max);
-        }
-        let rank = (q * (count - 1) as f64) as u64;
+        let whole = Totals {
+            count: parts.iter().fold(0u64, |a, p| a.saturating_add(p.count)),
+            zero: parts.iter().fold(0u64, |a, p| a.saturating_add(p.zero)),
+            min: parts.iter().map(|p| p.min).fold(f64::INFINITY, f64::min),
+            max: parts
+                .iter()
+                .map(|p| p.max)
+                .fold(f64::NEG_INFINITY, f64::max),
+        };
         // One part's buckets are in order already; several parts' are gathered and sorted.
         let store =
             |of: fn(&SortedQuantiles) -> &[(i32, u64)]| -> std::borrow::Cow<'_, [(i32, u64)]> {
@@ -385,25 +399,13 @@ impl SortedQuantiles {
                     }
                 }
             };
-        // Ascending order: negatives from the largest magnitude down, zeros, positives up.
-        let mut seen = 0u64;
-        for &(k, c) in store(|p| &p.negative).iter().rev() {
-            seen = seen.saturating_add(c);
-            if rank < seen {
-                return Some((-first.representative(k)).max(min).min(max));
-            }
-        }
-        seen = seen.saturating_add(parts.iter().fold(0u64, |a, p| a.saturating_add(p.zero)));
-        if rank < seen {
-            return Some(0.0f64.max(min).min(max));
-        }
-        for &(k, c) in store(|p| &p.positive).iter() {
-            seen = seen.saturating_add(c);
-            if rank < seen {
-                return Some(first.representative(k).max(min).min(max));
-            }
-        }
-        Some(max)
+        let (negative, positive) = (store(|p| &p.negative), store(|p| &p.positive));
+        whole.quantile(
+            q,
+            negative.iter().rev().copied(),
+            positive.iter().copied(),
+            |k| first.representative(k),
+        )
     }
 
     /// γ^k (1 - α), as [`Quantiles`]' representative.
@@ -954,11 +956,12 @@ mod tests {
             q in 0.0f64..=1.0,
         ) {
             let sketches: Vec<Quantiles> = parts.iter().map(|p| sketch(p)).collect();
-            let refs: Vec<&Quantiles> = sketches.iter().collect();
+            let sorted: Vec<SortedQuantiles> = sketches.iter().map(SortedQuantiles::from).collect();
+            let sorted_refs: Vec<&SortedQuantiles> = sorted.iter().collect();
             let mut merged = Quantiles::new();
             sketches.iter().for_each(|s| merged.merge(s));
             for q in [q, 0.0, 0.5, 0.99, 1.0] {
-                prop_assert_eq!(Quantiles::quantile_of_merge(&refs, q), merged.quantile(q));
+                prop_assert_eq!(SortedQuantiles::quantile_of_merge(&sorted_refs, q), merged.quantile(q));
                 // One sketch alone: its own buckets walked, no merge.
                 let one = SortedQuantiles::from(&sketches[0]);
                 prop_assert_eq!(SortedQuantiles::quantile_of_merge(&[&one], q), sketches[0].quantile(q));

@@ -168,14 +168,19 @@ fn checked(bytes: &[u8]) -> Result<&[u8], StateError> {
 /// `figures` (the window's stored figures).
 pub fn decode(bytes: &[u8], figures: Option<&Figures>) -> Result<(Rollup, u32), StateError> {
     let (mut r, revision, sketch) = decode_parts(bytes, figures)?;
-    if let Some(mut cur) = sketch {
-        r.quantiles =
-            Some(Quantiles::decode(&mut cur).ok_or(StateError::Damaged("quantile sketch"))?);
-        if !cur.is_empty() {
-            return Err(StateError::Damaged("trailing bytes"));
-        }
-    }
+    r.quantiles = sketch
+        .map(|b| whole_sketch(b, Quantiles::decode))
+        .transpose()?;
     Ok((r, revision))
+}
+
+/// The sketch `bytes` end with, decoded by `decode`, nothing after it.
+fn whole_sketch<T>(mut bytes: &[u8], decode: fn(&mut &[u8]) -> Option<T>) -> Result<T, StateError> {
+    let q = decode(&mut bytes).ok_or(StateError::Damaged("quantile sketch"))?;
+    if !bytes.is_empty() {
+        return Err(StateError::Damaged("trailing bytes"));
+    }
+    Ok(q)
 }
 
 /// [`decode`] but for the sketch: the rollup without it, the revision, and the bytes of the
@@ -243,9 +248,9 @@ fn decode_parts<'a>(
     Ok((r, revision, None))
 }
 
-/// The quantile sketch a state keeps, if any, as queries read it (its figures are not needed:
-/// the rest is read past).
-pub fn sketch_of(bytes: &[u8]) -> Result<Option<SortedQuantiles>, StateError> {
+/// The revision a state was written at and the quantile sketch it keeps, if any, as queries
+/// read it (its figures are not needed: the rest is read past).
+pub fn sketch_of(bytes: &[u8]) -> Result<(u32, Option<SortedQuantiles>), StateError> {
     let none = Sample::new(0, 0.0);
     let placeholder = Figures {
         count: 0,
@@ -258,17 +263,11 @@ pub fn sketch_of(bytes: &[u8]) -> Result<Option<SortedQuantiles>, StateError> {
         increase: 0.0,
         quantiles: Vec::new(),
     };
-    match decode_parts(bytes, Some(&placeholder))?.2 {
-        Some(mut cur) => {
-            let q =
-                SortedQuantiles::decode(&mut cur).ok_or(StateError::Damaged("quantile sketch"))?;
-            if !cur.is_empty() {
-                return Err(StateError::Damaged("trailing bytes"));
-            }
-            Ok(Some(q))
-        }
-        None => Ok(None),
-    }
+    let (_, revision, sketch) = decode_parts(bytes, Some(&placeholder))?;
+    let q = sketch
+        .map(|b| whole_sketch(b, SortedQuantiles::decode))
+        .transpose()?;
+    Ok((revision, q))
 }
 
 /// The rollup stored figures stand for: exact where [`figures_suffice`] held, no sketch.

@@ -864,9 +864,11 @@ impl strata_model::WindowSource for StoredFigures {
                 };
                 // No revision series: every window at revision 0.
                 let revision = revisions.get(j).copied().unwrap_or(0);
-                let current = crate::state::revision(&bytes).ok() == Some(revision);
-                if let (true, Ok(Some(q))) = (current, crate::state::sketch_of(&bytes)) {
-                    w.sketch = Some(std::sync::Arc::new(q));
+                // A state counts only for the revision it was written at.
+                if let Ok((at, Some(q))) = crate::state::sketch_of(&bytes) {
+                    if at == revision {
+                        w.sketch = Some(std::sync::Arc::new(q));
+                    }
                 }
             }
         }
