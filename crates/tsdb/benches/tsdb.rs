@@ -85,5 +85,57 @@ fn head_append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec_bench, head_append);
+/// Reads from flushed blocks: every read goes through the block reader (index lookups, chunk
+/// metadata, decoding), the head being empty.
+fn block_read(c: &mut Criterion) {
+    use strata_model::{Fields, Matcher, MetadataHints, SelectHints, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(
+        dir.path(),
+        TsdbOptions::default(),
+        SeriesLimiter::new(1_000_000),
+    )
+    .unwrap();
+    let limits = Limits::default();
+    let start = (strata_model::time::now_ms() - 6 * 3_600_000) / 3_600_000 * 3_600_000;
+    for step in 0..240 {
+        let mut batch = WriteBatch::new(Tenant::default());
+        for i in 0..2000 {
+            let (m, d) = (format!("m{}", i % 8), format!("dev-{:05}", i / 8));
+            let mut l: Vec<(&[u8], &[u8])> =
+                vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
+            let v = (i + step) as f64 * 0.5;
+            batch
+                .push_series(&mut l, &[Sample::new(start + step * 15_000, v)], None, &limits)
+                .unwrap();
+        }
+        db.append(&batch, step as u64);
+    }
+    db.flush().unwrap();
+    let tenant = Tenant::default();
+    let one_metric = [Matcher::equal("__name__", "m1")];
+    let hints = SelectHints {
+        start,
+        end: start + 3_600_000,
+        max_samples: None,
+        fields: Fields::All,
+    };
+    let mut g = c.benchmark_group("blocks");
+    g.throughput(Throughput::Elements(250 * 240));
+    g.bench_function("select_250_series_x240", |b| {
+        b.iter(|| db.select(&tenant, &one_metric, &hints).unwrap())
+    });
+    let range = MetadataHints {
+        start: start + 60_000,
+        end: start + 120_000,
+        limit: None,
+    };
+    g.throughput(Throughput::Elements(2000));
+    g.bench_function("label_values_2000_series", |b| {
+        b.iter(|| db.label_values(&tenant, "device", &[], &range).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec_bench, head_append, block_read);
 criterion_main!(benches);

@@ -14,6 +14,7 @@
 
 use crate::block_index::{BuildError, Damaged, Directory, IndexBuilder, IndexView};
 use crate::codec;
+use crate::reader::{BlockInfo, BlockReader};
 use crate::TsdbError;
 use memmap2::{Mmap, UncheckedAdvice};
 use std::fs::File;
@@ -30,7 +31,9 @@ pub(crate) const VERSION: u32 = 4;
 pub(crate) const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4;
 pub(crate) const FOOTER_LEN: usize = 8 + 8 + 4 + 4;
 
-/// Where a series' chunk lies in a block.
+/// Where a series' chunk lies in a block, and what is known of it without decoding: its time
+/// bounds, its sample count and (where recorded) its last value. The offset, length and CRC
+/// locate and check the chunk where its [`BlockReader`] keeps it; their meaning is the reader's.
 #[derive(Debug, Clone, Copy)]
 pub struct ChunkMeta {
     offset: u64,
@@ -48,7 +51,9 @@ pub struct ChunkMeta {
 }
 
 impl ChunkMeta {
-    pub(crate) fn new(
+    /// A chunk at `offset` of `len` bytes with CRC `crc`, holding `count` samples from `min_t`
+    /// to `max_t`, the last one's value `last` when known.
+    pub fn new(
         offset: u64,
         len: u32,
         crc: u32,
@@ -68,15 +73,18 @@ impl ChunkMeta {
         }
     }
 
-    pub(crate) fn offset(&self) -> u64 {
+    /// Where the chunk starts.
+    pub fn offset(&self) -> u64 {
         self.offset
     }
 
-    pub(crate) fn len(&self) -> u32 {
+    /// Its length in bytes.
+    pub fn encoded_len(&self) -> u32 {
         self.len
     }
 
-    pub(crate) fn crc(&self) -> u32 {
+    /// The CRC32 of its bytes.
+    pub fn crc(&self) -> u32 {
         self.crc
     }
 }
@@ -85,14 +93,8 @@ impl ChunkMeta {
 pub struct Block {
     /// Its file.
     pub path: PathBuf,
-    /// Write order among blocks.
-    pub seq: u64,
-    /// Earliest timestamp held.
-    pub min_t: i64,
-    /// Latest timestamp held.
-    pub max_t: i64,
-    /// Bytes on disk.
-    pub bytes: u64,
+    /// Its sequence number, time bounds and size on disk.
+    pub info: BlockInfo,
     /// Where the index section lies in the file (its checksum verified at open).
     index_at: usize,
     index_end: usize,
@@ -351,10 +353,12 @@ impl Block {
         let dir = Directory::read(&b[index_at..f_at]).map_err(|Damaged(r)| bad(r))?;
         Ok(Block {
             path: path.to_path_buf(),
-            seq,
-            min_t,
-            max_t,
-            bytes: b.len() as u64,
+            info: BlockInfo {
+                seq,
+                min_t,
+                max_t,
+                bytes: b.len() as u64,
+            },
             index_at,
             index_end: f_at,
             dir,
@@ -387,66 +391,59 @@ impl Block {
         Ok(m)
     }
 
-    /// Number of series.
-    pub fn len(&self) -> usize {
+    /// The encoded bytes of chunk `m` (checked by [`BlockReader::meta`]).
+    pub(crate) fn chunk_bytes(&self, m: &ChunkMeta) -> &[u8] {
+        &self.map[m.offset as usize..m.offset as usize + m.len as usize]
+    }
+}
+
+impl BlockReader for Block {
+    fn info(&self) -> BlockInfo {
+        self.info
+    }
+
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn len(&self) -> usize {
         self.dir.len()
     }
 
-    /// Series matching every matcher (not all matching the empty string), ascending, which
-    /// is label order.
-    pub fn select(&self, matchers: &[Matcher]) -> Result<Vec<u32>, TsdbError> {
+    fn select(&self, matchers: &[Matcher]) -> Result<Vec<u32>, TsdbError> {
         self.view().select(matchers).map_err(|e| self.damaged(e))
     }
 
-    /// Where series `id`'s chunk lies.
-    pub fn meta(&self, id: u32) -> Result<ChunkMeta, TsdbError> {
+    fn meta(&self, id: u32) -> Result<ChunkMeta, TsdbError> {
         let m = self.view().meta(id).map_err(|e| self.damaged(e))?;
         self.checked(id, m)
     }
 
-    /// Series `id`'s chunk, its key written into `key`.
-    pub fn entry(&self, id: u32, key: &mut Vec<u8>) -> Result<ChunkMeta, TsdbError> {
+    fn entry(&self, id: u32, key: &mut Vec<u8>) -> Result<ChunkMeta, TsdbError> {
         let m = self.view().entry(id, key).map_err(|e| self.damaged(e))?;
         self.checked(id, m)
     }
 
-    /// Calls `f` with every label name of the block's series.
-    pub fn label_names(&self, f: impl FnMut(&[u8])) -> Result<(), TsdbError> {
-        self.view().label_names(f).map_err(|e| self.damaged(e))
-    }
-
-    /// Calls `f` with every value of label `name` among the block's series.
-    pub fn label_values(&self, name: &[u8], f: impl FnMut(&[u8])) -> Result<(), TsdbError> {
-        self.view()
-            .label_values(name, f)
-            .map_err(|e| self.damaged(e))
-    }
-
-    /// The chunk of the series with `key`, if the block holds it.
-    pub fn find(&self, key: SeriesKeyRef<'_>) -> Result<Option<ChunkMeta>, TsdbError> {
+    fn find(&self, key: SeriesKeyRef<'_>) -> Result<Option<ChunkMeta>, TsdbError> {
         match self.view().find(key).map_err(|e| self.damaged(e))? {
             Some(id) => self.meta(id).map(Some),
             None => Ok(None),
         }
     }
 
-    /// The encoded bytes of chunk `m` (checked by [`Block::meta`]).
-    pub(crate) fn chunk_bytes(&self, m: &ChunkMeta) -> &[u8] {
-        &self.map[m.offset as usize..m.offset as usize + m.len as usize]
+    fn label_names(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), TsdbError> {
+        self.view().label_names(f).map_err(|e| self.damaged(e))
     }
 
-    /// Lets the kernel take back the pages of the block this process has read (they are read
-    /// again from the file if needed): a merge reading whole blocks calls it as it goes, so
-    /// what it has read does not stay resident.
-    pub fn release_pages(&self) {
-        // Safety: a read-only mapping of an immutable file; dropped pages are read again.
-        let _ = unsafe { self.map.unchecked_advise(UncheckedAdvice::DontNeed) };
+    fn label_values(&self, name: &[u8], f: &mut dyn FnMut(&[u8])) -> Result<(), TsdbError> {
+        self.view()
+            .label_values(name, f)
+            .map_err(|e| self.damaged(e))
     }
 
-    /// How many samples of chunk `m` lie in `[start, end]`, as far as known without decoding:
-    /// all of them when the range covers the chunk, an exact count from the header of a chunk
-    /// of evenly spaced samples (when it agrees with the index), else 0.
-    pub fn known_in_range(&self, m: &ChunkMeta, start: i64, end: i64) -> usize {
+    /// Also counts exactly from the header of a chunk of evenly spaced samples (when it agrees
+    /// with the index).
+    fn known_in_range(&self, m: &ChunkMeta, start: i64, end: i64) -> usize {
         if start <= m.min_t && m.max_t <= end {
             return m.count as usize;
         }
@@ -459,21 +456,8 @@ impl Block {
         }
     }
 
-    /// Decodes all of the chunk `m` (of series `key`), appending its samples to `out`; checks
-    /// the chunk's CRC.
-    pub fn read(
-        &self,
-        m: &ChunkMeta,
-        key: SeriesKeyRef<'_>,
-        out: &mut Vec<Sample>,
-    ) -> Result<(), TsdbError> {
-        self.read_range(m, key, i64::MIN, i64::MAX, Fields::All, out)
-    }
-
-    /// Decodes at least the samples in `[start, end]` of chunk `m` (of series `key`; whole
-    /// pages of the chunk, see [`codec::decode_range`]), appending them to `out`; checks the
-    /// chunk's CRC.
-    pub fn read_range(
+    /// Decodes whole pages of the chunk (see [`codec::decode_range`]); checks the chunk's CRC.
+    fn read_range(
         &self,
         m: &ChunkMeta,
         key: SeriesKeyRef<'_>,
@@ -501,6 +485,18 @@ impl Block {
             )));
         }
         Ok(())
+    }
+
+    /// Lets the kernel take back the pages of the block this process has read (they are read
+    /// again from the file if needed).
+    fn release_pages(&self) {
+        // Safety: a read-only mapping of an immutable file; dropped pages are read again.
+        let _ = unsafe { self.map.unchecked_advise(UncheckedAdvice::DontNeed) };
+    }
+
+    /// Unlinks the file: mappings held by readers stay valid until dropped.
+    fn remove(&self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)
     }
 }
 
@@ -542,6 +538,7 @@ impl Write for Checksummed {
 #[cfg(test)]
 mod tests {
     use super::{Block, BlockWriter, VERSION};
+    use crate::reader::BlockReader;
     use strata_model::{Fields, Matcher, Sample, SeriesKey};
 
     fn samples(n: i64, scale: f64) -> Vec<Sample> {

@@ -549,7 +549,7 @@ impl IndexBuilder {
         self.series.push(Entry {
             pairs_end: self.pairs.len() as u32,
             offset: m.offset(),
-            len: m.len(),
+            len: m.encoded_len(),
             crc: m.crc(),
             min_t: m.min_t,
             max_t: m.max_t,

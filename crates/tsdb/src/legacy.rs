@@ -74,7 +74,7 @@ pub(crate) fn rewrite(
             ))
         })();
         let (key, m) = entry.ok_or_else(|| bad(format!("index entry {i} damaged")))?;
-        let end = m.offset().checked_add(u64::from(m.len()));
+        let end = m.offset().checked_add(u64::from(m.encoded_len()));
         if m.offset() < HEADER_LEN as u64 || end.is_none_or(|e| e > index_at as u64) {
             return Err(bad(format!("index entry {i} points outside the chunks")));
         }

@@ -31,6 +31,7 @@ pub mod layout;
 mod legacy;
 mod open;
 mod read;
+mod reader;
 
 use ahash::AHashMap;
 use block::{Block, BlockWriter};
@@ -39,6 +40,7 @@ use head::{Appended, TenantHead};
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use read::ByLabels;
 pub use read::{lazy, read_all, SeriesRead};
+pub use reader::{BlockInfo, BlockReader, ChunkMeta};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -169,7 +171,7 @@ impl AppendStats {
         series: &mut head::MemSeries,
         x: Sample,
         oldest: i64,
-        blocks: &[Arc<Block>],
+        blocks: &[Arc<dyn BlockReader>],
         key: SeriesKeyRef<'_>,
     ) -> bool {
         if x.timestamp < oldest {
@@ -432,7 +434,7 @@ impl SeriesLimiter {
 struct Inner {
     heads: AHashMap<Tenant, TenantHead>,
     /// Per tenant, blocks in ascending sequence.
-    blocks: AHashMap<Tenant, Vec<Arc<Block>>>,
+    blocks: AHashMap<Tenant, Vec<Arc<dyn BlockReader>>>,
     next_seq: u64,
     /// Blocks from this sequence on were written by the latest flush: their compaction
     /// windows are still being written.
@@ -533,14 +535,17 @@ impl Tsdb {
                         tracing::warn!(path = %p.display(), "removing a block left half-written by a crash");
                         std::fs::remove_file(&p).map_err(TsdbError::io(&p))?;
                     }
-                    Some("blk") => blocks.push(Arc::new(Block::open(&p)?)),
+                    Some("blk") => {
+                        let b: Arc<dyn BlockReader> = Arc::new(Block::open(&p)?);
+                        blocks.push(b);
+                    }
                     _ => {}
                 }
             }
-            blocks.sort_by_key(|b| b.seq);
+            blocks.sort_by_key(|b| b.info().seq);
             // Series only in blocks stay out of the head (and the limiter) until written again.
             for b in &blocks {
-                inner.next_seq = inner.next_seq.max(b.seq + 1);
+                inner.next_seq = inner.next_seq.max(b.info().seq + 1);
             }
             inner.blocks.insert(tenant, blocks);
         }
@@ -562,6 +567,20 @@ impl Tsdb {
     /// [`ExpiryArchive`]). Set once, before the first maintenance; a second call is ignored.
     pub fn set_expiry_archive(&self, archive: Arc<dyn ExpiryArchive>) {
         let _ = self.archive.set(archive);
+    }
+
+    /// Adds a block kept elsewhere (any [`BlockReader`]) to `tenant`'s blocks: reads see it
+    /// beside the engine's own, ordered by its sequence (so on equal timestamps the higher
+    /// sequence wins, and the head beats it); retention removes it and compaction merges it into
+    /// a block of the data directory like any other. Blocks written later are numbered after
+    /// it. Attached blocks are not remembered across a reopen: whoever keeps them attaches
+    /// them again.
+    pub fn attach_block(&self, tenant: &Tenant, block: Arc<dyn BlockReader>) {
+        let mut inner = self.inner.write();
+        inner.next_seq = inner.next_seq.max(block.info().seq.saturating_add(1));
+        let v = inner.blocks.entry(tenant.clone()).or_default();
+        let at = v.partition_point(|b| b.info().seq <= block.info().seq);
+        v.insert(at, block);
     }
 
     /// Appends every series of `batch`; `log_offset` is the ingest-log record it came from.
@@ -964,13 +983,14 @@ impl Tsdb {
             let mut expired = Vec::new();
             let mut groups = Vec::new();
             for (tenant, bs) in &inner.blocks {
-                let mut by_window: BTreeMap<i64, Vec<Arc<Block>>> = BTreeMap::new();
+                let mut by_window: BTreeMap<i64, Vec<Arc<dyn BlockReader>>> = BTreeMap::new();
                 for b in bs {
-                    if b.max_t < cutoff {
+                    let i = b.info();
+                    if i.max_t < cutoff {
                         expired.push((tenant.clone(), b.clone()));
-                    } else if b.min_t.div_euclid(window) == b.max_t.div_euclid(window) {
+                    } else if i.min_t.div_euclid(window) == i.max_t.div_euclid(window) {
                         by_window
-                            .entry(b.min_t.div_euclid(window))
+                            .entry(i.min_t.div_euclid(window))
                             .or_default()
                             .push(b.clone());
                     }
@@ -979,7 +999,7 @@ impl Tsdb {
                     by_window
                         .into_values()
                         .filter(|g| {
-                            let open = g.iter().any(|b| b.seq >= fresh_from);
+                            let open = g.iter().any(|b| b.info().seq >= fresh_from);
                             g.len() >= if open { COMPACT_OPEN_BLOCKS } else { 2 }
                         })
                         .map(|g| (tenant.clone(), g)),
@@ -993,7 +1013,7 @@ impl Tsdb {
             None => expired,
             Some(a) => expired
                 .into_iter()
-                .filter(|(tenant, b)| match archive_block(&**a, tenant, b) {
+                .filter(|(tenant, b)| match archive_block(&**a, tenant, &**b) {
                     Ok(()) => true,
                     Err(e) => {
                         failed.get_or_insert(self.tenant_failed(tenant, "archive", e));
@@ -1005,10 +1025,10 @@ impl Tsdb {
         let mut merged = Vec::new();
         for (tenant, group) in groups {
             // Same sequence as the newest input: nothing outside the window overlaps it.
-            let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
+            let seq = group.iter().map(|b| b.info().seq).max().unwrap_or(0);
             let tdir = layout::tenant_dir(&self.dir, &tenant);
             match merge_blocks(&tdir, seq, &group) {
-                Ok(b) => merged.push((tenant, group, Arc::new(b))),
+                Ok(b) => merged.push((tenant, group, Arc::new(b) as Arc<dyn BlockReader>)),
                 Err(e) => {
                     failed.get_or_insert(self.tenant_failed(&tenant, "compaction", e));
                 }
@@ -1016,10 +1036,10 @@ impl Tsdb {
         }
         let mut inner = self.inner.write();
         for (tenant, b) in expired {
-            match std::fs::remove_file(&b.path) {
+            match b.remove() {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     // Kept, so the next maintenance tries again.
-                    let e = TsdbError::io(&b.path)(e);
+                    let e = TsdbError::io(b.location())(e);
                     failed.get_or_insert(self.tenant_failed(&tenant, "retention", e));
                     continue;
                 }
@@ -1035,9 +1055,9 @@ impl Tsdb {
                 // The new block has the newest input's name only if min/max match; remove the
                 // rest. One left behind holds only what the new block holds, at a sequence
                 // below or equal to it, so it changes no answer when it is loaded again.
-                if g.path != new.path {
-                    if let Err(e) = std::fs::remove_file(&g.path) {
-                        let e = TsdbError::io(&g.path)(e);
+                if g.location() != new.location() {
+                    if let Err(e) = g.remove() {
+                        let e = TsdbError::io(g.location())(e);
                         failed.get_or_insert(self.tenant_failed(&tenant, "compaction", e));
                     }
                 }
@@ -1045,7 +1065,7 @@ impl Tsdb {
             let v = inner.blocks.entry(tenant).or_default();
             v.retain(|x| !group.iter().any(|g| Arc::ptr_eq(g, x)));
             v.push(new);
-            v.sort_by_key(|b| b.seq);
+            v.sort_by_key(|b| b.info().seq);
             st.compacted_blocks += group.len();
         }
         drop(inner);
@@ -1070,7 +1090,7 @@ impl Tsdb {
         let inner = self.inner.read();
         let mut out = Vec::new();
         if let Some(bs) = inner.blocks.get(tenant) {
-            for b in bs.iter().filter(|b| b.max_t >= start && b.min_t <= end) {
+            for b in bs.iter().filter(|b| b.info().overlaps(start, end)) {
                 if let Some(m) = b.find(key).map_err(storage_error)? {
                     if m.max_t >= start && m.min_t <= end {
                         b.read(&m, key, &mut out).map_err(storage_error)?;
@@ -1117,7 +1137,7 @@ impl Tsdb {
             .get(tenant)
             .into_iter()
             .flatten()
-            .map(|b| b.min_t);
+            .map(|b| b.info().min_t);
         let head = inner
             .heads
             .get(tenant)
@@ -1144,7 +1164,7 @@ impl Tsdb {
         }
         for bs in inner.blocks.values() {
             st.blocks += bs.len() as u64;
-            st.block_bytes += bs.iter().map(|b| b.bytes).sum::<u64>();
+            st.block_bytes += bs.iter().map(|b| b.info().bytes).sum::<u64>();
         }
         st
     }
@@ -1186,7 +1206,7 @@ impl Tsdb {
                 ends: Vec::new(),
                 metas: Vec::new(),
             };
-            scope.each_block_match(b, matchers, &mut key, &mut |k, m| {
+            scope.each_block_match(&***b, matchers, &mut key, &mut |k, m| {
                 run.keys.extend_from_slice(k.as_bytes());
                 run.ends.push(run.keys.len());
                 run.metas.push(m);
@@ -1248,7 +1268,7 @@ impl PartialOrd for LabelOrder<'_> {
 
 /// One block's series matching a read, in label order: their keys in one buffer.
 struct BlockMatches<'a> {
-    block: &'a Arc<Block>,
+    block: &'a Arc<dyn BlockReader>,
     keys: Vec<u8>,
     ends: Vec<usize>,
     metas: Vec<block::ChunkMeta>,
@@ -1265,7 +1285,7 @@ impl BlockMatches<'_> {
 /// What one tenant's read sees under the storage's read lock: the head and the blocks
 /// overlapping the range.
 struct ReadScope<'a> {
-    blocks: Vec<&'a Arc<Block>>,
+    blocks: Vec<&'a Arc<dyn BlockReader>>,
     head: Option<&'a TenantHead>,
     start: i64,
     end: i64,
@@ -1276,7 +1296,7 @@ impl<'a> ReadScope<'a> {
         let blocks = match inner.blocks.get(tenant) {
             Some(bs) => bs
                 .iter()
-                .filter(|b| b.max_t >= start && b.min_t <= end)
+                .filter(|b| b.info().overlaps(start, end))
                 .collect(),
             None => Vec::new(),
         };
@@ -1298,7 +1318,7 @@ impl<'a> ReadScope<'a> {
     ) -> Result<(), StorageError> {
         let mut key = Vec::new();
         for b in &self.blocks {
-            self.each_block_match(b, matchers, &mut key, &mut |k, _| f(k))?;
+            self.each_block_match(&***b, matchers, &mut key, &mut |k, _| f(k))?;
         }
         self.each_head_match(matchers, |key, _| f(key));
         Ok(())
@@ -1308,7 +1328,7 @@ impl<'a> ReadScope<'a> {
     /// data in the range, in label order (`key` is the buffer keys are decoded into).
     fn each_block_match(
         &self,
-        b: &Block,
+        b: &dyn BlockReader,
         matchers: &[Matcher],
         key: &mut Vec<u8>,
         f: &mut dyn FnMut(SeriesKeyRef<'_>, block::ChunkMeta),
@@ -1329,16 +1349,16 @@ impl<'a> ReadScope<'a> {
     fn each_label(
         &self,
         matchers: &[Matcher],
-        of_block: impl Fn(&Block, &mut dyn FnMut(&[u8])) -> Result<(), TsdbError>,
+        of_block: impl Fn(&dyn BlockReader, &mut dyn FnMut(&[u8])) -> Result<(), TsdbError>,
         of_key: impl Fn(SeriesKeyRef<'_>, &mut dyn FnMut(&[u8])),
         mut f: impl FnMut(&[u8]),
     ) -> Result<(), StorageError> {
         let mut key = Vec::new();
         for b in &self.blocks {
-            if matchers.is_empty() && self.start <= b.min_t && b.max_t <= self.end {
-                of_block(b, &mut f).map_err(storage_error)?;
+            if matchers.is_empty() && self.start <= b.info().min_t && b.info().max_t <= self.end {
+                of_block(&***b, &mut f).map_err(storage_error)?;
             } else {
-                self.each_block_match(b, matchers, &mut key, &mut |k, _| of_key(k, &mut f))?;
+                self.each_block_match(&***b, matchers, &mut key, &mut |k, _| of_key(k, &mut f))?;
             }
         }
         self.each_head_match(matchers, |key, _| of_key(key, &mut f));
@@ -1370,21 +1390,21 @@ impl<'a> ReadScope<'a> {
 /// at or before it is checked against the blocks anyway (see [`head::MemSeries::append`]).
 fn create(
     head: &mut TenantHead,
-    blocks: &[Arc<Block>],
+    blocks: &[Arc<dyn BlockReader>],
     id: strata_model::SeriesId,
     key: SeriesKeyRef<'_>,
     since: i64,
 ) -> u32 {
     let r = head.create(id, key.to_owned());
     let mut persisted = i64::MIN;
-    for b in blocks.iter().filter(|b| b.max_t >= since) {
-        if b.max_t > persisted {
+    for b in blocks.iter().filter(|b| b.info().max_t >= since) {
+        if b.info().max_t > persisted {
             match b.find(key) {
                 Ok(Some(m)) => persisted = persisted.max(m.max_t),
                 Ok(None) => {}
                 // Unreadable: as if it had the series up to its end, so every sample it
                 // might hold is checked against it (and finds nothing).
-                Err(_) => persisted = b.max_t,
+                Err(_) => persisted = b.info().max_t,
             }
         }
     }
@@ -1397,9 +1417,9 @@ fn storage_error(e: TsdbError) -> StorageError {
 }
 
 /// The value blocks hold for `key` at `t`, newest block first.
-fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option<f64> {
+fn lookup_blocks(blocks: &[Arc<dyn BlockReader>], key: SeriesKeyRef<'_>, t: i64) -> Option<f64> {
     let mut buf = Vec::new();
-    for b in blocks.iter().rev().filter(|b| b.min_t <= t && t <= b.max_t) {
+    for b in blocks.iter().rev().filter(|b| b.info().overlaps(t, t)) {
         // A block that cannot be read answers nothing: reads report its damage.
         let Ok(Some(m)) = b.find(key) else { continue };
         if t < m.min_t || t > m.max_t {
@@ -1421,12 +1441,16 @@ fn lookup_blocks(blocks: &[Arc<Block>], key: SeriesKeyRef<'_>, t: i64) -> Option
 /// gives back the input pages read as it goes.
 /// Hands every sample of block `b` (of `tenant`) to `archive`, in batches of about
 /// [`ARCHIVE_BATCH_SAMPLES`].
-fn archive_block(archive: &dyn ExpiryArchive, tenant: &Tenant, b: &Block) -> Result<(), TsdbError> {
+fn archive_block(
+    archive: &dyn ExpiryArchive,
+    tenant: &Tenant,
+    b: &dyn BlockReader,
+) -> Result<(), TsdbError> {
     let send = |batch: &mut Vec<SeriesSamples>| {
         let r = archive.archive(tenant, batch);
         batch.clear();
         r.map_err(|reason| TsdbError::Archive {
-            path: b.path.clone(),
+            path: b.location().to_path_buf(),
             reason,
         })
     };
@@ -1453,15 +1477,15 @@ fn archive_block(archive: &dyn ExpiryArchive, tenant: &Tenant, b: &Block) -> Res
     Ok(())
 }
 
-fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, TsdbError> {
+fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<dyn BlockReader>]) -> Result<Block, TsdbError> {
     /// Input bytes read between giving their pages back.
     const RELEASE_EVERY: u64 = 64 << 20;
-    let mut ordered: Vec<&Arc<Block>> = group.iter().collect();
-    ordered.sort_by_key(|b| b.seq);
+    let mut ordered: Vec<&Arc<dyn BlockReader>> = group.iter().collect();
+    ordered.sort_by_key(|b| b.info().seq);
     // Each block's next series and its key.
     let mut next: Vec<(u32, Vec<u8>, Option<block::ChunkMeta>)> =
         ordered.iter().map(|_| (0, Vec::new(), None)).collect();
-    let advance = |b: &Block, c: &mut (u32, Vec<u8>, Option<block::ChunkMeta>)| {
+    let advance = |b: &dyn BlockReader, c: &mut (u32, Vec<u8>, Option<block::ChunkMeta>)| {
         c.2 = None;
         if (c.0 as usize) < b.len() {
             c.2 = Some(b.entry(c.0, &mut c.1)?);
@@ -1470,7 +1494,7 @@ fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, Tsd
         Ok::<(), TsdbError>(())
     };
     for (b, c) in ordered.iter().zip(&mut next) {
-        advance(b, c)?;
+        advance(&***b, c)?;
     }
     let mut out = BlockWriter::create(dir, seq)?;
     let (mut buf, mut key, mut read) = (Vec::new(), Vec::new(), 0u64);
@@ -1488,8 +1512,8 @@ fn merge_blocks(dir: &Path, seq: u64, group: &[Arc<Block>]) -> Result<Block, Tsd
         for (b, c) in ordered.iter().zip(&mut next) {
             if let Some(m) = c.2.filter(|_| c.1 == key) {
                 b.read(&m, SeriesKeyRef::new_unchecked(&key), &mut buf)?;
-                read += u64::from(m.len());
-                advance(b, c)?;
+                read += u64::from(m.encoded_len());
+                advance(&***b, c)?;
             }
         }
         sort_last_wins(&mut buf);

@@ -3,7 +3,7 @@
 //! [`read_all`] decodes them all, spread over the machine's cores, or [`lazy`] hands them out to
 //! be decoded one at a time where a query evaluates them.
 
-use crate::block::{Block, ChunkMeta};
+use crate::reader::{BlockReader, ChunkMeta};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use strata_model::{
@@ -24,7 +24,7 @@ pub struct SeriesRead {
     pub key: SeriesKey,
     /// Its chunks in blocks overlapping the range, in ascending block sequence: on equal
     /// timestamps the later block wins.
-    pub(crate) blocks: Vec<(Arc<Block>, ChunkMeta)>,
+    pub(crate) blocks: Vec<(Arc<dyn BlockReader>, ChunkMeta)>,
     /// Its head samples in the range, sorted and unique: they win over every block.
     pub(crate) head: Vec<Sample>,
 }
@@ -85,7 +85,7 @@ impl SeriesRead {
     }
 
     /// How many samples in `[start, end]` it surely has, known without decoding anything: its
-    /// head samples and what chunk headers show (see [`Block::known_in_range`]). When parts
+    /// head samples and what chunk headers show (see [`BlockReader::known_in_range`]). When parts
     /// overlap in time, only the largest part is sure.
     fn sure_samples(&self, start: i64, end: i64) -> usize {
         let known = self
