@@ -40,6 +40,20 @@ pub struct GroupState {
     group: Group,
     /// Per rule, in order: the state of an alerting rule.
     states: Vec<Option<RuleState>>,
+    /// Per rule, in order: how its latest evaluation went.
+    health: Vec<RuleHealth>,
+}
+
+/// How a rule's latest evaluation went (the rules API's `health`, `lastError`,
+/// `lastEvaluation`, `evaluationTime`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleHealth {
+    /// When it was last evaluated (the evaluation time, ms), `None` before the first.
+    pub last_eval: Option<i64>,
+    /// How long that took.
+    pub duration: std::time::Duration,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The result of one evaluation.
@@ -62,7 +76,35 @@ impl GroupState {
                 Rule::Recording(_) => None,
             })
             .collect();
-        GroupState { group, states }
+        let health = vec![RuleHealth::default(); group.rules.len()];
+        GroupState {
+            group,
+            states,
+            health,
+        }
+    }
+
+    /// Takes over the alert states and health of `old`'s rules that this group has too (the
+    /// same name, expression and labels), as a reload keeps them.
+    pub fn adopt(&mut self, old: &GroupState) {
+        for (i, rule) in self.group.rules.iter().enumerate() {
+            if let Some(j) = old.group.rules.iter().position(|r| r == rule) {
+                if let (Some(new), Some(prev)) = (&mut self.states[i], &old.states[j]) {
+                    *new = prev.clone();
+                }
+                self.health[i] = old.health[j].clone();
+            }
+        }
+    }
+
+    /// The health of rule `index`'s latest evaluation.
+    pub fn rule_health(&self, index: usize) -> Option<&RuleHealth> {
+        self.health.get(index)
+    }
+
+    /// The state of the alerting rule at `index`, to restore saved alerts into.
+    pub fn rule_state_mut(&mut self, index: usize) -> Option<&mut RuleState> {
+        self.states.get_mut(index)?.as_mut()
     }
 
     /// The group.
@@ -77,19 +119,27 @@ impl GroupState {
 
     /// Evaluates every rule at `ts` (ms), querying at `ts` minus the group's query offset
     /// (`default_offset_ms` when the group sets none). `written` output of each rule is
-    /// handed to `write` before the next rule runs, so later rules see it.
+    /// handed to `write` before the next rule runs, so later rules see it; a write that fails
+    /// is the rule's error.
     pub fn eval(
         &mut self,
         ts: i64,
         default_offset_ms: i64,
         external: &External,
         query: &mut Query<'_>,
-        write: &mut dyn FnMut(&Written),
+        write: &mut dyn FnMut(&Written) -> Result<(), String>,
     ) -> Evaluation {
         let t = ts - self.group.query_offset_ms.unwrap_or(default_offset_ms);
         let mut out = Evaluation::default();
         let limit = self.group.limit;
-        for (rule, state) in self.group.rules.iter().zip(&mut self.states) {
+        for ((rule, state), health) in self
+            .group
+            .rules
+            .iter()
+            .zip(&mut self.states)
+            .zip(&mut self.health)
+        {
+            let started = std::time::Instant::now();
             let result = query(rule_expr(rule), t).and_then(|series| match (rule, state) {
                 (Rule::Recording(r), _) => {
                     record(&r.record, series, &self.group.labels, &r.labels, limit, t)
@@ -101,12 +151,21 @@ impl GroupState {
                 }
                 (Rule::Alerting(_), None) => unreachable!("an alerting rule has a state"),
             });
-            match result {
+            let error = match result {
                 Ok(w) => {
-                    write(&w);
+                    let error = write(&w).err();
                     out.written.extend(w);
+                    error
                 }
-                Err(e) => out.errors.push((rule.name().to_string(), e)),
+                Err(e) => Some(e),
+            };
+            *health = RuleHealth {
+                last_eval: Some(t),
+                duration: started.elapsed(),
+                error: error.clone(),
+            };
+            if let Some(e) = error {
+                out.errors.push((rule.name().to_string(), e));
             }
         }
         out

@@ -2,11 +2,15 @@
 //! `promtool check rules` read them ([`rules`]), with the Go-template subset their labels and
 //! annotations use, checked and expanded ([`template`]), and the states of an alerting rule's
 //! alerts from one evaluation to the next ([`state`]); one evaluation of a group through a
-//! query function ([`group`]). Running groups on a schedule inside the server, durable alert
-//! state, the rules and alerts APIs, device rules and notifiers come next (issue 16).
+//! query function ([`group`]); groups run on their schedule by the [`manager`], reading through
+//! a [`query::Querier`] and writing through the model's `Appender`, with alert state kept on
+//! disk ([`saved`]). Device rules and notifiers come next (issue 16).
 
 pub mod group;
+pub mod manager;
+pub mod query;
 pub mod rules;
+pub mod saved;
 pub mod state;
 pub mod template;
 

@@ -188,6 +188,28 @@ impl RuleState {
         Ok(())
     }
 
+    /// Puts back alerts saved from an earlier run (see [`crate::saved`]), as they were:
+    /// firing alerts fire on, pending ones keep their active time.
+    pub fn restore(&mut self, alerts: impl IntoIterator<Item = Alert>) {
+        for a in alerts {
+            self.active.insert(a.labels.clone(), a);
+        }
+    }
+
+    /// The rule's state as the rules API reports it: firing when an alert fires, else pending
+    /// when one is pending, else inactive.
+    pub fn state(&self) -> AlertState {
+        let mut st = AlertState::Inactive;
+        for a in self.active.values() {
+            match a.state {
+                AlertState::Firing => return AlertState::Firing,
+                AlertState::Pending => st = AlertState::Pending,
+                AlertState::Inactive => {}
+            }
+        }
+        st
+    }
+
     /// Sets the annotations of the alert with `labels` (after [`RuleState::eval`] returned it).
     pub fn set_annotations(&mut self, labels: &Labels, annotations: BTreeMap<String, String>) {
         if let Some(a) = self.active.get_mut(labels) {

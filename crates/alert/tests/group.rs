@@ -83,10 +83,11 @@ fn a_group_records_then_alerts_from_what_it_recorded() {
                 other => Err(format!("unexpected {other:?}")),
             }
         };
-        let mut write = |w: &Written| {
+        let mut write = |w: &Written| -> Result<(), String> {
             for (l, s) in w {
                 store.append(&tenant, l.clone(), &[*s]);
             }
+            Ok(())
         };
         let ev = g.eval(ts, 0, &external, &mut query, &mut write);
         // The rule whose output repeats a label set fails every time, alone.

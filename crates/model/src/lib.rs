@@ -2,11 +2,13 @@
 //!
 //! Every other crate speaks in these types: a [`Tenant`] owns [`Labels`]; a series is identified
 //! by its canonical [`SeriesKey`] bytes and their stable hash, the [`SeriesId`]; protocols decode
-//! into a [`WriteBatch`]; queries select with [`Matcher`]s through the [`Storage`] read trait.
+//! into a [`WriteBatch`]; queries select with [`Matcher`]s through the [`Storage`] read trait; what Strata derives
+//! itself is written back through the [`Appender`] write trait.
 //!
 //! This crate must stay small and dependency-light: it holds types and their invariants, never
 //! I/O, threads or protocol knowledge.
 
+mod append;
 mod batch;
 mod error;
 mod key;
@@ -19,6 +21,7 @@ mod tenant;
 pub mod time;
 mod windows;
 
+pub use append::{AppendError, AppendFuture, Appender};
 pub use batch::{BatchSeries, EventKey, Limits, SampleError, WriteBatch};
 pub use error::{LabelError, StorageError};
 pub use key::{tenant_seed, SeriesId, SeriesKey, SeriesKeyRef};

@@ -31,6 +31,42 @@ pub struct Config {
     pub rollups: RollupsConfig,
     /// The Parquet cold tier (`[cold]`).
     pub cold: ColdConfig,
+    /// Alerting and recording rules (`[alerting]`).
+    pub alerting: AlertingConfig,
+}
+
+/// Alerting and recording rules (`[alerting]`): Prometheus rule files evaluated on a schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// Prometheus rule files: paths or globs, relative to the working directory.
+    pub rule_files: Vec<String>,
+    /// Interval of groups that set none.
+    pub evaluation_interval: Duration,
+    /// Query offset of groups that set none (none by default).
+    pub query_offset: Option<Duration>,
+    /// The tenant whose data rules read and whose series they write.
+    pub tenant: String,
+    /// Rules read only final event-time windows (no false resolve from late data).
+    pub final_windows: bool,
+    /// `$externalURL` in templates (default: `http://<listen>`).
+    pub external_url: Option<String>,
+    /// `$externalLabels` in templates.
+    pub external_labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            rule_files: Vec::new(),
+            evaluation_interval: Duration(15_000),
+            query_offset: None,
+            tenant: strata_model::Tenant::default_tenant().as_str().to_string(),
+            final_windows: false,
+            external_url: None,
+            external_labels: Default::default(),
+        }
+    }
 }
 
 /// The Parquet cold tier (`[cold]`): where final 1-hour windows and expiring raw samples go.
@@ -436,6 +472,11 @@ impl Config {
             "limits.max_pending_ingest_bytes must be 1 to 2^40, got {}",
             self.limits.max_pending_ingest_bytes
         );
+        strata_model::Tenant::new(&self.alerting.tenant)
+            .map_err(|e| anyhow::anyhow!("alerting.tenant {:?}: {e}", self.alerting.tenant))?;
+        for f in &self.alerting.rule_files {
+            glob::Pattern::new(f).map_err(|e| anyhow::anyhow!("alerting.rule_files {f:?}: {e}"))?;
+        }
         if self.cold.enabled {
             let url = self.cold_url();
             let scheme = url.split_once("://").map(|(s, _)| s);
@@ -470,6 +511,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             rollups: RollupsConfig::default(),
             cold: ColdConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -589,6 +631,17 @@ enabled = true                   # archive final 1-hour windows as Parquet (the 
 archive_raw = true               # also archive raw samples before retention deletes them
 interval = "1m"                  # how often final hours are archived and cold files compacted
 target_file_bytes = 134217728    # compaction merges small cold files into files this large
+
+[alerting]
+rule_files = []                  # Prometheus rule files, paths or globs (e.g. "rules/*.yml");
+                                 # reloaded on SIGHUP and POST /-/reload
+evaluation_interval = "15s"      # interval of groups that set none
+# query_offset = "1m"            # query offset of groups that set none (default none)
+tenant = "default"               # whose data rules read and whose series they write
+final_windows = false            # rules read only final event-time windows: a late event cannot
+                                 # resolve (or fire) an alert that the settled data would not
+# external_url = "http://strata.example:9464"   # $externalURL (default http://<listen>)
+# external_labels = { cluster = "c1" }          # $externalLabels
 "#;
 
 impl Config {
@@ -621,6 +674,13 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         let d = Config::default();
         assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.alerting.rule_files, d.alerting.rule_files);
+        assert_eq!(
+            parsed.alerting.evaluation_interval,
+            d.alerting.evaluation_interval
+        );
+        assert_eq!(parsed.alerting.tenant, d.alerting.tenant);
+        assert_eq!(parsed.alerting.final_windows, d.alerting.final_windows);
         assert_eq!(parsed.query.cache_bytes, d.query.cache_bytes);
         assert_eq!(parsed.query.cache_freshness, d.query.cache_freshness);
         assert_eq!(parsed.retention, d.retention);

@@ -705,6 +705,16 @@ impl Engine {
         self.shards.iter().any(|s| s.rollups.is_some())
     }
 
+    /// Every event-time window starting before this is final on every shard (`None` without
+    /// rollups): no late event changes what lies before it.
+    pub fn final_before(&self) -> Option<i64> {
+        self.shards
+            .iter()
+            .filter_map(|s| s.rollups.as_ref())
+            .map(|r| r.windows().closed_before())
+            .min()
+    }
+
     /// The rollup tier a read of `[start, end]` names none of is answered from (see
     /// [`RollupStage::tier_for`]; shards share their settings).
     pub fn rollup_tier_for(&self, start: i64, end: i64) -> Tier {

@@ -3,6 +3,7 @@
 //!
 //! This crate wires the others together; storage, decoding and the log live in their own crates.
 
+pub mod alerting;
 pub mod backfill;
 pub mod cold;
 pub mod config;
@@ -29,17 +30,20 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         cfg.query.cache_options(engine.rollups_enabled()),
     ));
     engine.observe_late_writes(cache.clone());
+    let promql = strata_promql::Engine::new(
+        engine.clone(),
+        cfg.query.engine_options(cfg.limits.max_label_value_len),
+    )
+    .with_tiers(engine.clone());
+    let rules = alerting::start(&cfg, engine.clone(), promql.clone(), rt.handle().clone())?;
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         max_metadata_results: cfg.limits.max_metadata_results,
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
-        promql: strata_promql::Engine::new(
-            engine.clone(),
-            cfg.query.engine_options(cfg.limits.max_label_value_len),
-        )
-        .with_tiers(engine.clone()),
+        promql,
+        rules: rules.clone(),
         queries: Arc::new(http::QueryGate::new(
             cfg.query.max_concurrency,
             cfg.query.max_queue,
@@ -69,6 +73,8 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     });
     let partitions = engine.partitions();
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace.0 as u64);
+    // Weak: the manager holds the engine, which shutdown waits to be the last holder of.
+    let sighup_rules = rules.as_ref().map(Arc::downgrade);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -90,6 +96,10 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
+        #[cfg(unix)]
+        if let Some(m) = sighup_rules {
+            tokio::spawn(reload_on_sighup(m));
+        }
         http::serve::serve(listener, app, &cfg.server, http_counters, async move {
             shutdown_signal().await;
             promql.shut_down();
@@ -99,6 +109,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!("shutting down: flushing shards");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(m) = rules {
+        m.stop();
+    }
     if let Some(m) = merger {
         let _ = m.join();
     }
@@ -122,6 +135,24 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
 }
 
 use engine::Engine;
+
+/// Reloads the rule files at each SIGHUP (as Prometheus does).
+#[cfg(unix)]
+async fn reload_on_sighup(rules: std::sync::Weak<strata_alert::manager::RuleManager>) {
+    let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while s.recv().await.is_some() {
+        let Some(m) = rules.upgrade() else { return };
+        match tokio::task::spawn_blocking(move || m.reload()).await {
+            Ok(Ok(n)) => tracing::info!(groups = n, "SIGHUP: rule files reloaded"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: rule files not reloaded; the previous rules keep running")
+            }
+            Err(_) => tracing::error!("SIGHUP: rule reload panicked"),
+        }
+    }
+}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -106,7 +106,12 @@ fn block_read(c: &mut Criterion) {
                 vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
             let v = (i + step) as f64 * 0.5;
             batch
-                .push_series(&mut l, &[Sample::new(start + step * 15_000, v)], None, &limits)
+                .push_series(
+                    &mut l,
+                    &[Sample::new(start + step * 15_000, v)],
+                    None,
+                    &limits,
+                )
                 .unwrap();
         }
         db.append(&batch, step as u64);

@@ -8,6 +8,7 @@ mod json;
 mod query;
 mod read;
 mod rollups;
+mod rules;
 pub mod serve;
 mod write;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub body_read_timeout: std::time::Duration,
     /// The PromQL engine, over `engine`.
     pub promql: strata_promql::Engine,
+    /// The rules manager, when `[alerting]` names rule files.
+    pub rules: Option<Arc<strata_alert::manager::RuleManager>>,
     /// Admission of queries (`[query]` max_concurrency, max_queue).
     pub queries: Arc<QueryGate>,
     /// The range query result cache (`[query]` cache_bytes, cache_freshness).
@@ -77,6 +80,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status/buildinfo", get(read::buildinfo))
         .route("/api/v1/admin/flush", post(read::flush))
         .route("/api/v1/admin/backfill", post(backfill::backfill))
+        .route("/api/v1/rules", get(rules::rules))
+        .route("/api/v1/alerts", get(rules::alerts))
+        .route("/-/reload", post(rules::reload).put(rules::reload))
         .route("/health", get(|| async { "OK\n" }))
         .route("/metrics", get(read::metrics))
         .fallback(|| async {

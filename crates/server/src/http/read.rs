@@ -527,6 +527,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     st.queries.render_metrics(&mut out);
     st.cache.render_metrics(&mut out);
     st.http.render(&mut out);
+    if let Some(m) = &st.rules {
+        crate::alerting::render_metrics(m, &mut out);
+    }
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

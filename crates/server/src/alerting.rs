@@ -1,0 +1,174 @@
+//! Rules inside the server: the engine is the rules' [`Appender`] (what they write goes through
+//! the ingest log like any client's write), Strata's PromQL engine with the engine's window
+//! finality is their [`Querier`], and `[alerting]` configures the
+//! [`RuleManager`](strata_alert::manager::RuleManager).
+
+use crate::config::Config;
+use crate::engine::{Engine, WriteError};
+use std::sync::Arc;
+use strata_alert::group::External;
+use strata_alert::manager::{ManagerOptions, RuleManager};
+use strata_alert::query::Querier;
+use strata_model::{AppendError, AppendFuture, Appender, Labels, Tenant, WriteBatch};
+
+impl Appender for Engine {
+    fn append(&self, batch: WriteBatch) -> AppendFuture<'_> {
+        Box::pin(async move {
+            match self.write(batch).await {
+                Ok(_) => Ok(()),
+                Err(e @ (WriteError::ShuttingDown | WriteError::Overloaded { .. })) => {
+                    Err(AppendError::Unavailable(e.to_string()))
+                }
+                Err(e) => Err(AppendError::Failed(e.to_string())),
+            }
+        })
+    }
+}
+
+/// PromQL over the engine, and the engine's finality of windows.
+struct RuleQuerier {
+    promql: strata_promql::Engine,
+    engine: Arc<Engine>,
+}
+
+impl Querier for RuleQuerier {
+    fn instant(
+        &self,
+        tenant: &Tenant,
+        expr: &str,
+        t_ms: i64,
+    ) -> Result<Vec<(Labels, f64)>, String> {
+        Querier::instant(&self.promql, tenant, expr, t_ms)
+    }
+
+    fn final_before(&self, _tenant: &Tenant) -> Option<i64> {
+        self.engine.final_before()
+    }
+}
+
+/// The rules manager `[alerting]` asks for, its files loaded and its groups started; `None`
+/// without rule files.
+pub fn start(
+    cfg: &Config,
+    engine: Arc<Engine>,
+    promql: strata_promql::Engine,
+    rt: tokio::runtime::Handle,
+) -> anyhow::Result<Option<Arc<RuleManager>>> {
+    let a = &cfg.alerting;
+    if a.rule_files.is_empty() {
+        return Ok(None);
+    }
+    let external = External {
+        labels: Labels::from_pairs(a.external_labels.clone())
+            .map_err(|e| anyhow::anyhow!("alerting.external_labels: {e}"))?,
+        url: a
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", cfg.listen)),
+    };
+    let opts = ManagerOptions {
+        rule_files: a.rule_files.clone(),
+        evaluation_interval_ms: a.evaluation_interval.0,
+        query_offset_ms: a.query_offset.map_or(0, |d| d.0),
+        tenant: Tenant::new(&a.tenant).map_err(|e| anyhow::anyhow!("alerting.tenant: {e}"))?,
+        external,
+        state_dir: cfg.data_dir.join("alerts"),
+        final_windows: a.final_windows,
+    };
+    let querier = Arc::new(RuleQuerier {
+        promql,
+        engine: engine.clone(),
+    });
+    let manager = RuleManager::new(opts, querier, engine, rt);
+    manager
+        .reload()
+        .map_err(|e| anyhow::anyhow!("alerting: {e}"))?;
+    Ok(Some(manager))
+}
+
+/// The rules manager's self-metrics (named after Prometheus' `prometheus_rule_*`).
+pub fn render_metrics(m: &RuleManager, out: &mut String) {
+    use crate::metrics::{counter, gauge, header};
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = m.stats();
+    let rows: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
+        (
+            "strata_rule_evaluations_total",
+            "Rule group evaluations completed.",
+            &s.evaluations,
+        ),
+        (
+            "strata_rule_evaluation_failures_total",
+            "Rule evaluations that failed (query, limit or write).",
+            &s.rule_failures,
+        ),
+        (
+            "strata_rule_group_iterations_missed_total",
+            "Rule group evaluations skipped because an evaluation overran its interval.",
+            &s.missed,
+        ),
+        (
+            "strata_rule_evaluations_waiting_final_total",
+            "Evaluations deferred until event-time windows became final (alerting.final_windows).",
+            &s.waiting_final,
+        ),
+        (
+            "strata_rule_samples_written_total",
+            "Samples written by rules (recording rules, ALERTS, ALERTS_FOR_STATE).",
+            &s.samples_written,
+        ),
+        (
+            "strata_rule_state_save_failures_total",
+            "Failures to save alert state to disk.",
+            &s.state_save_failures,
+        ),
+    ];
+    for (name, help, v) in rows {
+        counter(out, name, help, v.load(Relaxed));
+    }
+    counter(
+        out,
+        "strata_rule_reloads_total",
+        "Rule file reloads that succeeded.",
+        s.reloads.load(Relaxed),
+    );
+    counter(
+        out,
+        "strata_rule_reload_failures_total",
+        "Rule file reloads that failed (the previous rules kept running).",
+        s.reload_failures.load(Relaxed),
+    );
+    gauge(
+        out,
+        "strata_rule_config_last_reload_successful",
+        "Whether the latest rule file reload succeeded.",
+        f64::from(u8::from(s.last_reload_ok.load(Relaxed))),
+    );
+    gauge(
+        out,
+        "strata_rule_config_last_reload_success_timestamp_seconds",
+        "When rule files were last loaded successfully.",
+        s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
+    );
+    let groups = m.groups();
+    gauge(
+        out,
+        "strata_rule_groups",
+        "Rule groups loaded.",
+        groups.len() as f64,
+    );
+    let mut by_state = [0u64; 3];
+    for a in groups.iter().flat_map(|g| &g.rules).flat_map(|r| &r.alerts) {
+        by_state[a.state as usize] += 1;
+    }
+    header(
+        out,
+        "strata_alerts",
+        "gauge",
+        "Alerts kept, by state (inactive: resolved lately).",
+    );
+    for (i, st) in ["inactive", "pending", "firing"].iter().enumerate() {
+        let _ = writeln!(out, "strata_alerts{{state=\"{st}\"}} {}", by_state[i]);
+    }
+}
