@@ -238,3 +238,71 @@ fn rules_run_answer_the_api_survive_sigkill_and_reload() {
     assert_eq!(rules[1]["state"], "inactive");
     s.stop();
 }
+
+/// A device reports once a second but its readings arrive in batches, eight seconds late at
+/// worst. Read at the clock, the last seconds always look empty just before a batch lands, so a
+/// rule for missing readings fires falsely; with `final_windows`, rules read only settled
+/// windows and it never does.
+#[test]
+fn final_windows_keep_late_batches_from_firing_alerts() {
+    const GAP_RULE: &str = r#"
+groups:
+  - name: gaps
+    interval: 1s
+    rules:
+      - alert: Silent
+        expr: count_over_time(heartbeat[10s]) < 5
+"#;
+    let start = |dir: &Path, final_windows: bool| {
+        let rules = dir.join("gaps.yml");
+        std::fs::write(&rules, GAP_RULE).unwrap();
+        Server::start(
+            dir,
+            &format!(
+                "partitions = 1\n[rollups]\nwindow = \"10s\"\nout_of_orderness = \"1s\"\nallowed_lateness = \"2s\"\n[alerting]\nrule_files = [{:?}]\nfinal_windows = {final_windows}\n",
+                rules.display().to_string()
+            ),
+        )
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let live = start(d1.path(), false);
+    let settled = start(d2.path(), true);
+    let t0 = now_ms() / 1000 * 1000;
+    // A minute of history first, so the series does not begin inside a rule's range.
+    let mut sent = t0 - 60_000;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        // Every reading up to now, as one late batch.
+        let now = now_ms();
+        let mut samples = Vec::new();
+        while sent + 1000 <= now {
+            sent += 1000;
+            samples.push((sent, 1.0));
+        }
+        let body = remote_write_body(&[(vec![("__name__", "heartbeat"), ("device", "d1")], samples)]);
+        for s in [&live, &settled] {
+            let r = s
+                .client
+                .post(s.url("/api/v1/write"))
+                .header("Content-Encoding", "snappy")
+                .header("Content-Type", "application/x-protobuf")
+                .body(body.clone())
+                .send()
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+        std::thread::sleep(Duration::from_secs(8));
+    }
+    let fired = |s: &Server| s.export(r#"ALERTS{alertname="Silent"}"#);
+    assert!(
+        !fired(&live).is_empty(),
+        "read at the clock, the late batches look like silence"
+    );
+    assert!(fired(&settled).is_empty(), "{:?}", fired(&settled));
+    let m = settled.metrics();
+    // Finality moves a window (10 s) at a time: one evaluation each, the ticks between wait.
+    assert!(metric(&m, "strata_rule_evaluations_total") >= 3.0, "{m}");
+    assert!(metric(&m, "strata_rule_evaluations_waiting_final_total") >= 1.0);
+    let rules = settled.get_json("/api/v1/rules")["data"]["groups"][0]["rules"][0].clone();
+    assert_eq!(rules["health"], "ok", "{rules}");
+}
