@@ -140,7 +140,7 @@ impl GroupState {
             .zip(&mut self.health)
         {
             let started = std::time::Instant::now();
-            let result = query(rule_expr(rule), t).and_then(|series| match (rule, state) {
+            let result = query(rule.expr(), t).and_then(|series| match (rule, state) {
                 (Rule::Recording(r), _) => {
                     record(&r.record, series, &self.group.labels, &r.labels, limit, t)
                 }
@@ -169,13 +169,6 @@ impl GroupState {
             }
         }
         out
-    }
-}
-
-fn rule_expr(r: &Rule) -> &str {
-    match r {
-        Rule::Recording(r) => &r.expr,
-        Rule::Alerting(a) => &a.expr,
     }
 }
 

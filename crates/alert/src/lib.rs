@@ -4,10 +4,12 @@
 //! alerts from one evaluation to the next ([`state`]); one evaluation of a group through a
 //! query function ([`group`]); groups run on their schedule by the [`manager`], reading through
 //! a [`query::Querier`] and writing through the model's `Appender`, with alert state kept on
-//! disk ([`saved`]). Device rules and notifiers come next (issue 16).
+//! disk ([`saved`]); alerts leave through [`notify`]'s notifiers and their durable outbox. Device
+//! rules and anomaly detection come next (issue 16).
 
 pub mod group;
 pub mod manager;
+pub mod notify;
 pub mod query;
 pub mod rules;
 pub mod saved;

@@ -16,6 +16,7 @@
 //!   unchanged and the error is returned (as Prometheus keeps its old rules).
 
 use crate::group::{External, GroupState, RuleHealth, Written};
+use crate::notify::{Notifications, Offered};
 use crate::query::Querier;
 use crate::rules::{parse_rule_file, Rule};
 use crate::saved;
@@ -163,6 +164,7 @@ pub struct RuleManager {
     /// One reload at a time.
     reloading: Mutex<()>,
     stats: ManagerStats,
+    notify: std::sync::OnceLock<Arc<Notifications>>,
 }
 
 impl RuleManager {
@@ -182,7 +184,19 @@ impl RuleManager {
             slots: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
             stats: ManagerStats::default(),
+            notify: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends alerts' state changes through `n` from now on (set once; a second call is
+    /// ignored).
+    pub fn notify_through(&self, n: Arc<Notifications>) {
+        let _ = self.notify.set(n);
+    }
+
+    /// Where its alerts are sent, if anywhere.
+    pub fn notifications(&self) -> Option<&Arc<Notifications>> {
+        self.notify.get()
     }
 
     /// The tenant its rules read and write.
@@ -482,15 +496,46 @@ impl RuleManager {
             .rules
             .iter()
             .any(|r| matches!(r, Rule::Alerting(_)));
-        if alerting {
-            if let Err(e) = saved::save(&slot.state_path, &slot.file, &slot.name, &run.state) {
-                self.stats
-                    .state_save_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "alert state not saved");
+        if !alerting {
+            return;
+        }
+        if let Err(e) = saved::save(&slot.state_path, &slot.file, &slot.name, &run.state) {
+            self.stats
+                .state_save_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "alert state not saved");
+        }
+        // After the state is saved: a restart restores what was offered, and the outbox knows
+        // which of its changes it queued.
+        if let Some(n) = self.notify.get() {
+            let group = run.state.group();
+            let offered: Vec<Offered<'_>> = group
+                .rules
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((r, run.state.rule_state(i)?)))
+                .flat_map(|(r, st)| {
+                    let url = generator_url(&self.opts.external.url, r.expr());
+                    st.alerts().map(move |alert| Offered {
+                        alert,
+                        generator_url: url.clone(),
+                    })
+                })
+                .collect();
+            if let Err(e) = n.offer(&offered, strata_model::time::now_ms(), slot.interval_ms) {
+                tracing::error!(error = e, "notifications not queued");
             }
         }
     }
+}
+
+/// Where a rule's expression can be looked at, as Prometheus links it.
+fn generator_url(external: &str, expr: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("g0.expr", expr)
+        .append_pair("g0.tab", "1")
+        .finish();
+    format!("{}/graph?{q}", external.trim_end_matches('/'))
 }
 
 /// A group's phase within its interval: stable for its file and name.

@@ -66,6 +66,14 @@ pub struct AlertingRule {
 }
 
 impl Rule {
+    /// Its PromQL expression.
+    pub fn expr(&self) -> &str {
+        match self {
+            Rule::Recording(r) => &r.expr,
+            Rule::Alerting(a) => &a.expr,
+        }
+    }
+
     /// The rule's name: `record` or `alert`.
     pub fn name(&self) -> &str {
         match self {

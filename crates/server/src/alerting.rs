@@ -8,6 +8,7 @@ use crate::engine::{Engine, WriteError};
 use std::sync::Arc;
 use strata_alert::group::External;
 use strata_alert::manager::{ManagerOptions, RuleManager};
+use strata_alert::notify::Notifications;
 use strata_alert::query::Querier;
 use strata_model::{AppendError, AppendFuture, Appender, Labels, Tenant, WriteBatch};
 
@@ -58,13 +59,14 @@ pub fn start(
     if a.rule_files.is_empty() {
         return Ok(None);
     }
+    let external_url = a
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cfg.listen));
     let external = External {
         labels: Labels::from_pairs(a.external_labels.clone())
             .map_err(|e| anyhow::anyhow!("alerting.external_labels: {e}"))?,
-        url: a
-            .external_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", cfg.listen)),
+        url: external_url.clone(),
     };
     let opts = ManagerOptions {
         rule_files: a.rule_files.clone(),
@@ -79,7 +81,13 @@ pub fn start(
         promql,
         engine: engine.clone(),
     });
-    let manager = RuleManager::new(opts, querier, engine, rt);
+    let specs = cfg.notifier_specs()?;
+    let manager = RuleManager::new(opts, querier, engine, rt.clone());
+    if !specs.is_empty() {
+        let n = Notifications::start(specs, &cfg.data_dir.join("notify"), &external_url, &rt)
+            .map_err(|e| anyhow::anyhow!("alerting.notifiers: {e}"))?;
+        manager.notify_through(n);
+    }
     manager
         .reload()
         .map_err(|e| anyhow::anyhow!("alerting: {e}"))?;
@@ -151,6 +159,49 @@ pub fn render_metrics(m: &RuleManager, out: &mut String) {
         "When rule files were last loaded successfully.",
         s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
     );
+    if let Some(n) = m.notifications() {
+        let stats = n.stats();
+        type Read = fn(&strata_alert::notify::NotifierStats) -> u64;
+        let rows: [(&str, &str, Read); 3] = [
+            (
+                "strata_notifications_sent_total",
+                "Notifications the receiver accepted, by notifier.",
+                |s| s.sent.load(Relaxed),
+            ),
+            (
+                "strata_notifications_retried_total",
+                "Delivery attempts that failed and will be retried, by notifier.",
+                |s| s.retried.load(Relaxed),
+            ),
+            (
+                "strata_notifications_failed_total",
+                "Notifications dropped: refused by the receiver or expired, by notifier.",
+                |s| s.failed.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in rows {
+            header(out, name, "counter", help);
+            for (notifier, kind, st, _) in &stats {
+                let _ = writeln!(
+                    out,
+                    "{name}{{notifier=\"{notifier}\",kind=\"{kind}\"}} {}",
+                    get(st)
+                );
+            }
+        }
+        header(
+            out,
+            "strata_notifications_queued",
+            "gauge",
+            "Notifications in the outbox waiting for delivery, by notifier.",
+        );
+        for (notifier, kind, _, queued) in &stats {
+            let _ = writeln!(
+                out,
+                "strata_notifications_queued{{notifier=\"{notifier}\",kind=\"{kind}\"}} {queued}"
+            );
+        }
+    }
     let groups = m.groups();
     gauge(
         out,

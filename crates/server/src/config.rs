@@ -53,6 +53,47 @@ pub struct AlertingConfig {
     pub external_url: Option<String>,
     /// `$externalLabels` in templates.
     pub external_labels: std::collections::BTreeMap<String, String>,
+    /// Where alerts are sent (`[[alerting.notifiers]]`).
+    pub notifiers: Vec<NotifierConfig>,
+}
+
+/// One notifier (`[[alerting.notifiers]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// What routes and rules call it.
+    pub name: String,
+    /// `alertmanager`, `webhook`, `slack` or `pagerduty`.
+    pub kind: String,
+    /// Alertmanager's base URL, the webhook's or Slack's URL; PagerDuty's endpoint (default
+    /// its Events API v2).
+    pub url: Option<String>,
+    /// Which alerts it takes: a series selector over alert labels (default all).
+    #[serde(rename = "match")]
+    pub matches: Option<String>,
+    /// Webhook and Slack: labels a notification groups alerts by.
+    #[serde(default = "default_group_by")]
+    pub group_by: Vec<String>,
+    /// How often a still-firing alert is sent again (default 1m for Alertmanager, its resend
+    /// delay; 4h otherwise).
+    pub repeat_interval: Option<Duration>,
+    /// Whether resolutions are sent.
+    #[serde(default = "default_true")]
+    pub send_resolved: bool,
+    /// How long one request may take.
+    pub timeout: Option<Duration>,
+    /// PagerDuty's integration (routing) key.
+    pub routing_key: Option<String>,
+    /// Slack's channel, overriding the webhook's.
+    pub channel: Option<String>,
+}
+
+fn default_group_by() -> Vec<String> {
+    vec!["alertname".to_string()]
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for AlertingConfig {
@@ -65,6 +106,7 @@ impl Default for AlertingConfig {
             final_windows: false,
             external_url: None,
             external_labels: Default::default(),
+            notifiers: Vec::new(),
         }
     }
 }
@@ -441,9 +483,76 @@ impl Config {
             .collect()
     }
 
+    /// The notifiers of `[[alerting.notifiers]]`, checked.
+    pub fn notifier_specs(&self) -> anyhow::Result<Vec<strata_alert::notify::NotifierSpec>> {
+        use strata_alert::notify::{Kind, NotifierSpec, PAGERDUTY_URL};
+        let mut out: Vec<NotifierSpec> = Vec::new();
+        for n in &self.alerting.notifiers {
+            let at = format!("alerting.notifiers {:?}", n.name);
+            anyhow::ensure!(
+                !n.name.is_empty(),
+                "alerting.notifiers: a notifier has no name"
+            );
+            anyhow::ensure!(
+                !out.iter().any(|o| o.name == n.name),
+                "{at}: two notifiers have this name"
+            );
+            let kind = match n.kind.as_str() {
+                "alertmanager" => Kind::Alertmanager,
+                "webhook" => Kind::Webhook,
+                "slack" => Kind::Slack,
+                "pagerduty" => Kind::PagerDuty,
+                other => anyhow::bail!(
+                    "{at}: unknown kind {other:?} (expected alertmanager, webhook, slack or pagerduty)"
+                ),
+            };
+            let url = match (&n.url, kind) {
+                (Some(u), _) => u.clone(),
+                (None, Kind::PagerDuty) => PAGERDUTY_URL.to_string(),
+                (None, _) => anyhow::bail!("{at}: url is required for kind {:?}", n.kind),
+            };
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "{at}: url {url:?} must be an http:// or https:// URL"
+            );
+            anyhow::ensure!(
+                kind != Kind::PagerDuty || n.routing_key.as_deref().is_some_and(|k| !k.is_empty()),
+                "{at}: routing_key (the PagerDuty integration key) is required"
+            );
+            let matchers = match &n.matches {
+                None => Vec::new(),
+                Some(sel) => {
+                    let mut sets = crate::selector::parse_selector(sel)
+                        .map_err(|e| anyhow::anyhow!("{at}: match: {e}"))?;
+                    anyhow::ensure!(sets.len() == 1, "{at}: match: `or` is not supported here");
+                    sets.remove(0)
+                }
+            };
+            let default_repeat = if kind == Kind::Alertmanager {
+                60_000
+            } else {
+                4 * 3_600_000
+            };
+            out.push(NotifierSpec {
+                name: n.name.clone(),
+                kind,
+                url,
+                routing_key: n.routing_key.clone(),
+                channel: n.channel.clone(),
+                matchers,
+                group_by: n.group_by.clone(),
+                repeat_interval_ms: n.repeat_interval.map_or(default_repeat, |d| d.0),
+                send_resolved: n.send_resolved,
+                timeout_ms: n.timeout.map_or(10_000, |d| d.0),
+            });
+        }
+        Ok(out)
+    }
+
     /// Checks what serde cannot: values that parse but make no sense together.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.group_specs()?;
+        self.notifier_specs()?;
         anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
@@ -642,6 +751,16 @@ final_windows = false            # rules read only final event-time windows: a l
                                  # resolve (or fire) an alert that the settled data would not
 # external_url = "http://strata.example:9464"   # $externalURL (default http://<listen>)
 # external_labels = { cluster = "c1" }          # $externalLabels
+# [[alerting.notifiers]]
+# name = "ops"                   # what routes and rules call it
+# kind = "alertmanager"          # alertmanager | webhook | slack | pagerduty
+# url = "http://127.0.0.1:9093"  # Alertmanager's base URL, the webhook's or Slack's URL
+# match = '{severity="page"}'    # which alerts it takes (default all)
+# group_by = ["alertname"]       # webhook, slack: alerts of one notification share these
+# repeat_interval = "4h"         # resend still-firing alerts (alertmanager: 1m)
+# send_resolved = true
+# timeout = "10s"
+# routing_key = "..."            # pagerduty; slack takes channel = "ops-alerts"
 "#;
 
 impl Config {

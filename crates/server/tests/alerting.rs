@@ -279,7 +279,8 @@ groups:
             sent += 1000;
             samples.push((sent, 1.0));
         }
-        let body = remote_write_body(&[(vec![("__name__", "heartbeat"), ("device", "d1")], samples)]);
+        let body =
+            remote_write_body(&[(vec![("__name__", "heartbeat"), ("device", "d1")], samples)]);
         for s in [&live, &settled] {
             let r = s
                 .client
