@@ -15,5 +15,6 @@ pub mod rules;
 pub mod saved;
 pub mod state;
 pub mod template;
+pub mod unittest;
 
 pub use rules::{parse_rule_file, AlertingRule, Group, RecordingRule, Rule, RuleError};

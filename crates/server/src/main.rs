@@ -111,6 +111,36 @@ enum RulesCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run rule unit tests in `promtool test rules` format; exits non-zero when one fails.
+    Test {
+        /// Test files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// `strata rules test`: each file's outcome, promtool's layout.
+fn test_rule_files(files: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for f in files {
+        println!("Unit Testing:  {}", f.display());
+        match strata_alert::unittest::run_file(f) {
+            Ok(r) if r.failures.is_empty() => println!("  SUCCESS\n"),
+            Ok(r) => {
+                ok = false;
+                println!("  FAILED:");
+                for p in r.failures {
+                    println!("    {p}");
+                }
+                println!();
+            }
+            Err(e) => {
+                ok = false;
+                println!("  FAILED:\n    {e}\n");
+            }
+        }
+    }
+    ok
 }
 
 /// `strata rules check`: each file's rule count or every problem in it, promtool's layout.
@@ -261,6 +291,14 @@ fn main() -> anyhow::Result<()> {
             command: RulesCommand::Check { files },
         } => {
             if !check_rule_files(&files) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Rules {
+            command: RulesCommand::Test { files },
+        } => {
+            if !test_rule_files(&files) {
                 std::process::exit(1);
             }
             Ok(())
