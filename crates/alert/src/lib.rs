@@ -7,6 +7,8 @@
 //! disk ([`saved`]); alerts leave through [`notify`]'s notifiers and their durable outbox. Device
 //! rules and anomaly detection come next (issue 16).
 
+pub mod device;
+pub mod framed;
 pub mod group;
 pub mod manager;
 pub mod notify;

@@ -2,42 +2,22 @@
 //! pending ones with their active time, instead of starting them over (Prometheus restores
 //! only the active time, from `ALERTS_FOR_STATE`, and re-sends every alert).
 //!
-//! One file per rule group, rewritten after each evaluation: a magic, the body's length and
-//! CRC, then JSON. Written to a temporary file, fsynced and renamed, so a crash leaves the old
-//! state or the new, never a mix; a damaged file is reported and ignored (the group starts
-//! afresh, as Prometheus would).
+//! One file per rule group, rewritten after each evaluation (JSON in a [`crate::framed`] file:
+//! a crash leaves the old state or the new); a damaged file is reported and ignored (the group
+//! starts afresh, as Prometheus would).
 
 use crate::group::GroupState;
 use crate::rules::Rule;
 use crate::state::{Alert, AlertState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use strata_model::Labels;
 
 const MAGIC: &[u8; 8] = b"STRALRT\x01";
 
 /// Why a saved state could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum SavedError {
-    /// The file system failed.
-    #[error("alert state {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
-    /// The file is not a state file or is damaged.
-    #[error("alert state {path} is damaged: {reason}")]
-    Damaged {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-}
+pub type SavedError = crate::framed::FramedError;
 
 #[derive(Serialize, Deserialize)]
 struct SavedGroup {
@@ -53,10 +33,11 @@ struct SavedRule {
     alerts: Vec<SavedAlert>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SavedAlert {
+/// An alert as state files keep it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SavedAlert {
     labels: BTreeMap<String, String>,
-    state: String,
+    pub(crate) state: String,
     /// The value's bits (NaN and infinities survive).
     value: u64,
     active_at: i64,
@@ -98,56 +79,20 @@ pub fn save(path: &Path, file: &str, name: &str, group: &GroupState) -> Result<(
         rules,
     })
     .expect("alert state serializes");
-    let io = |source| SavedError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(MAGIC).map_err(io)?;
-    f.write_all(&(body.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    f.write_all(&crc32fast::hash(&body).to_le_bytes())
-        .map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-    }
-    Ok(())
+    crate::framed::write(path, MAGIC, &body)
 }
 
 /// Restores the alerts saved at `path` into `group`'s rules of the same name and expression;
 /// returns how many alerts were restored (0 without a file).
 pub fn restore(path: &Path, group: &mut GroupState) -> Result<usize, SavedError> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(source) => {
-            return Err(SavedError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let Some(body) = crate::framed::read(path, MAGIC)? else {
+        return Ok(0);
     };
-    let damaged = |reason: &str| SavedError::Damaged {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    if bytes.len() < 20 || &bytes[..8] != MAGIC {
-        return Err(damaged("not an alert state file"));
-    }
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-    let body = &bytes[20..];
-    if body.len() as u64 != len || crc32fast::hash(body) != crc {
-        return Err(damaged("length or checksum mismatch"));
-    }
     let saved: SavedGroup =
-        serde_json::from_slice(body).map_err(|e| damaged(&format!("bad JSON: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| SavedError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("bad JSON: {e}"),
+        })?;
     let mut restored = 0;
     for rule in saved.rules {
         let at = group.group().rules.iter().position(
@@ -163,7 +108,7 @@ pub fn restore(path: &Path, group: &mut GroupState) -> Result<usize, SavedError>
     Ok(restored)
 }
 
-fn saved_alert(a: &Alert) -> SavedAlert {
+pub(crate) fn saved_alert(a: &Alert) -> SavedAlert {
     SavedAlert {
         labels: a
             .labels
@@ -181,7 +126,7 @@ fn saved_alert(a: &Alert) -> SavedAlert {
     }
 }
 
-fn alert_of(s: SavedAlert) -> Option<Alert> {
+pub(crate) fn alert_of(s: SavedAlert) -> Option<Alert> {
     let state = match s.state.as_str() {
         "firing" => AlertState::Firing,
         "pending" => AlertState::Pending,

@@ -1,0 +1,811 @@
+//! Device rules, evaluated in the stream by event time (the fleet case): a **threshold** rule
+//! fires when a device's readings of a metric meet `operator threshold` for
+//! `sustained_periods` consecutive readings, and resolves at the first reading that no longer
+//! meets the clear condition (`clear_threshold` when given: hysteresis); an **offline** rule
+//! fires `DeviceOffline` when a device has sent nothing for `missed_intervals` of its
+//! `interval`, and resolves when it reports again.
+//!
+//! Each shard keeps the state of its devices' rules ([`DeviceRules`]). Readings are not judged
+//! as they arrive but once the shard's watermark has passed them, in event-time order, one per
+//! timestamp: duplicates and redeliveries change nothing, and readings arriving out of order are
+//! judged in their place, so the outcome is the same in whatever order (and however often) the
+//! readings came. A reading that arrives behind what was already judged is counted as late and
+//! left out. The state is checkpointed with the shard's log offset and rebuilt by replay, and
+//! each state change carries its event time, so after a crash the same changes come out again
+//! and the notification outbox recognises them.
+
+use crate::saved::{alert_of, saved_alert, SavedAlert};
+use crate::state::{Alert, AlertState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use strata_model::{Labels, Matcher, SeriesKeyRef, METRIC_NAME};
+
+/// A device rule as users write it (JSON, the API's and the configuration's form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRuleSpec {
+    /// Its id: the `alertname` of its alerts (offline rules: a `rule_id` label).
+    pub rule_id: String,
+    /// `threshold` (the default) or `offline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// One device (its `device` label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Devices whose series match this selector (`{site="s1", type="boiler"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_group: Option<String>,
+    /// The metric judged (threshold rules; offline rules: only its readings count, when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// `>`, `>=`, `<`, `<=`, `==` or `!=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The value compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Consecutive readings meeting the condition before it fires (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sustained_periods: Option<u32>,
+    /// While firing, it stays firing as long as readings meet `operator clear_threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_threshold: Option<f64>,
+    /// Its alerts' `severity` label (default `warning`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    /// Notifier names its alerts go to (default: every notifier whose match takes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notification_channels: Vec<String>,
+    /// Offline rules: how often the device reports (`1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Offline rules: how many intervals without a reading make it offline (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_intervals: Option<u32>,
+}
+
+/// A comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+impl Op {
+    fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            ">" => Op::Gt,
+            ">=" => Op::Ge,
+            "<" => Op::Lt,
+            "<=" => Op::Le,
+            "==" => Op::Eq,
+            "!=" => Op::Ne,
+            _ => return None,
+        })
+    }
+
+    fn holds(self, v: f64, t: f64) -> bool {
+        match self {
+            Op::Gt => v > t,
+            Op::Ge => v >= t,
+            Op::Lt => v < t,
+            Op::Le => v <= t,
+            Op::Eq => v == t,
+            Op::Ne => v != t,
+        }
+    }
+}
+
+/// Which devices a rule covers.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// One device.
+    Device(String),
+    /// Devices whose series match these matchers.
+    Group(Vec<Matcher>),
+}
+
+/// What a rule checks.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// Readings against a threshold.
+    Threshold {
+        /// The metric.
+        metric: String,
+        /// The comparison.
+        op: Op,
+        /// Fires at.
+        threshold: f64,
+        /// Stays firing while readings meet `op clear`.
+        clear: f64,
+        /// Consecutive readings needed.
+        sustained: u32,
+    },
+    /// Silence.
+    Offline {
+        /// Only this metric's readings count, when set.
+        metric: Option<String>,
+        /// The expected reporting interval, ms.
+        interval_ms: i64,
+        /// Intervals missed before it fires.
+        missed: u32,
+    },
+}
+
+/// A checked device rule.
+#[derive(Debug, Clone)]
+pub struct DeviceRule {
+    /// As written.
+    pub spec: DeviceRuleSpec,
+    /// Which devices.
+    pub scope: Scope,
+    /// What it checks.
+    pub check: Check,
+}
+
+impl DeviceRule {
+    /// Checks a rule as written; the error names the field.
+    pub fn new(spec: DeviceRuleSpec) -> Result<DeviceRule, String> {
+        if spec.rule_id.is_empty() || spec.rule_id.len() > 200 {
+            return Err("rule_id: must be 1 to 200 characters".into());
+        }
+        let scope = match (&spec.device_id, &spec.device_group) {
+            (Some(d), None) if !d.is_empty() => Scope::Device(d.clone()),
+            (None, Some(g)) => Scope::Group(group_matchers(g)?),
+            (Some(_), Some(_)) => {
+                return Err("give one of device_id and device_group, not both".into())
+            }
+            _ => return Err("device_id or device_group is required".into()),
+        };
+        let check = match spec.kind.as_deref().unwrap_or("threshold") {
+            "threshold" => {
+                let metric = spec.metric.clone().ok_or("metric: required")?;
+                if !valid_metric(&metric) {
+                    return Err(format!("metric: {metric:?} is not a metric name"));
+                }
+                let op = spec.operator.as_deref().ok_or("operator: required")?;
+                let op = Op::parse(op).ok_or_else(|| {
+                    format!("operator: {op:?} is not one of >, >=, <, <=, ==, !=")
+                })?;
+                let threshold = spec.threshold.ok_or("threshold: required")?;
+                if !threshold.is_finite() {
+                    return Err("threshold: must be a finite number".into());
+                }
+                let clear = spec.clear_threshold.unwrap_or(threshold);
+                if !clear.is_finite() {
+                    return Err("clear_threshold: must be a finite number".into());
+                }
+                let sustained = spec.sustained_periods.unwrap_or(1);
+                if !(1..=10_000).contains(&sustained) {
+                    return Err("sustained_periods: must be 1 to 10000".into());
+                }
+                if spec.interval.is_some() || spec.missed_intervals.is_some() {
+                    return Err("interval and missed_intervals belong to offline rules".into());
+                }
+                Check::Threshold {
+                    metric,
+                    op,
+                    threshold,
+                    clear,
+                    sustained,
+                }
+            }
+            "offline" => {
+                let interval = spec.interval.as_deref().ok_or("interval: required for an offline rule (the device's reporting interval, e.g. 1m)")?;
+                let interval_ms = strata_model::time::parse_duration_ms(interval)
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| format!("interval: {interval:?} is not a duration"))?;
+                let missed = spec.missed_intervals.unwrap_or(3);
+                if !(1..=100_000).contains(&missed) {
+                    return Err("missed_intervals: must be 1 to 100000".into());
+                }
+                if spec.operator.is_some() || spec.threshold.is_some() {
+                    return Err("operator and threshold belong to threshold rules".into());
+                }
+                Check::Offline {
+                    metric: spec.metric.clone(),
+                    interval_ms,
+                    missed,
+                }
+            }
+            other => return Err(format!("kind: {other:?} is not threshold or offline")),
+        };
+        Ok(DeviceRule { spec, scope, check })
+    }
+
+    /// Whether the series with `key` (of device `device`) is one this rule judges.
+    fn covers(&self, key: SeriesKeyRef<'_>, device: &[u8], metric: &[u8]) -> bool {
+        let wanted = match &self.check {
+            Check::Threshold { metric, .. } => Some(metric.as_bytes()),
+            Check::Offline { metric, .. } => metric.as_deref().map(str::as_bytes),
+        };
+        if wanted.is_some_and(|m| m != metric) {
+            return false;
+        }
+        match &self.scope {
+            Scope::Device(d) => d.as_bytes() == device,
+            Scope::Group(m) => Matcher::all_match(m, key),
+        }
+    }
+
+    fn severity(&self) -> &str {
+        self.spec.severity.as_deref().unwrap_or("warning")
+    }
+}
+
+fn valid_metric(m: &str) -> bool {
+    let mut b = m.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
+}
+
+fn group_matchers(sel: &str) -> Result<Vec<Matcher>, String> {
+    let bad = |e: String| format!("device_group: {e}");
+    let expr = strata_promql::parse(sel).map_err(|e| bad(e.to_string()))?;
+    let promql_parser::parser::Expr::VectorSelector(vs) = expr else {
+        return Err(bad(format!("{sel:?} is not a series selector")));
+    };
+    let mut sets = strata_promql::matcher_sets(&vs).map_err(|e| bad(e.to_string()))?;
+    if sets.len() != 1 {
+        return Err(bad("`or` is not supported here".into()));
+    }
+    Ok(sets.remove(0))
+}
+
+/// The rules every shard evaluates, by metric for the ingest path.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<DeviceRule>,
+    by_metric: HashMap<String, Vec<usize>>,
+    /// Offline rules counting any metric.
+    any_metric: Vec<usize>,
+}
+
+impl RuleSet {
+    /// The set of `rules`.
+    pub fn new(rules: Vec<DeviceRule>) -> RuleSet {
+        let mut by_metric: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut any_metric = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let metric = match &r.check {
+                Check::Threshold { metric, .. } => Some(metric),
+                Check::Offline { metric, .. } => metric.as_ref(),
+            };
+            match metric {
+                Some(m) => by_metric.entry(m.clone()).or_default().push(i),
+                None => any_metric.push(i),
+            }
+        }
+        RuleSet {
+            rules,
+            by_metric,
+            any_metric,
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[DeviceRule] {
+        &self.rules
+    }
+
+    fn get(&self, id: &str) -> Option<&DeviceRule> {
+        self.rules.iter().find(|r| r.spec.rule_id == id)
+    }
+}
+
+/// A state change of a device rule's alert, for notifiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The alert as it is after the change (firing, or resolved).
+    pub alert: Alert,
+    /// Where it goes (empty: every notifier that takes it).
+    pub channels: Vec<String>,
+}
+
+/// One series' threshold state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Judged {
+    /// Readings not judged yet, by event time.
+    waiting: BTreeMap<i64, f64>,
+    /// Readings up to this time are judged.
+    judged_to: i64,
+    /// Consecutive readings meeting the condition, and when the run began.
+    streak: u32,
+    streak_from: i64,
+    /// The alert, while firing (and once resolved, until the next fire).
+    alert: Option<SavedAlert>,
+}
+
+/// One device's offline state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Seen {
+    /// The latest reading's event time.
+    last: i64,
+    /// The labels of the device's alert (its latest series' labels).
+    labels: Vec<(String, String)>,
+    alert: Option<SavedAlert>,
+}
+
+/// The device rules' state of one shard (see the module doc).
+pub struct DeviceRules {
+    rules: Arc<RuleSet>,
+    /// By (rule id, series key).
+    series: HashMap<(String, Vec<u8>), Judged>,
+    /// By (rule id, device).
+    devices: HashMap<(String, String), Seen>,
+    /// Readings that came behind what was judged.
+    pub late: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    series: Vec<(String, Vec<u8>, Judged)>,
+    devices: Vec<(String, String, Seen)>,
+    offset: Option<u64>,
+}
+
+const MAGIC: &[u8; 8] = b"STRDEVR\x01";
+
+impl DeviceRules {
+    /// No state yet, judging by `rules`.
+    pub fn new(rules: Arc<RuleSet>) -> DeviceRules {
+        DeviceRules {
+            rules,
+            series: HashMap::new(),
+            devices: HashMap::new(),
+            late: 0,
+        }
+    }
+
+    /// Judges by `rules` from now on: state of rules no longer there is dropped (their alerts
+    /// with it, without a resolution).
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        self.series.retain(|(id, _), _| rules.get(id).is_some());
+        self.devices.retain(|(id, _), _| rules.get(id).is_some());
+        self.rules = rules;
+    }
+
+    /// Whether there is any rule (the ingest path skips everything otherwise).
+    pub fn is_empty(&self) -> bool {
+        self.rules.rules.is_empty()
+    }
+
+    /// Takes the readings of one series (of a device: its `device` label).
+    pub fn observe(&mut self, key: SeriesKeyRef<'_>, samples: &[strata_model::Sample]) {
+        let Some(metric) = key.get(METRIC_NAME.as_bytes()) else {
+            return;
+        };
+        let Some(device) = key.get(b"device") else {
+            return;
+        };
+        let metric_rules = std::str::from_utf8(metric)
+            .ok()
+            .and_then(|m| self.rules.by_metric.get(m));
+        let candidates = metric_rules.into_iter().flatten().chain(&self.rules.any_metric);
+        for &i in candidates {
+            let rule = &self.rules.rules[i];
+            if !rule.covers(key, device, metric) {
+                continue;
+            }
+            let id = rule.spec.rule_id.clone();
+            match rule.check {
+                Check::Threshold { .. } => {
+                    let st = self.series.entry((id, key.as_bytes().to_vec())).or_insert_with(|| {
+                        Judged {
+                            judged_to: i64::MIN,
+                            ..Judged::default()
+                        }
+                    });
+                    for s in samples {
+                        if s.timestamp <= st.judged_to {
+                            self.late += 1;
+                        } else if !s.value.is_nan() {
+                            st.waiting.insert(s.timestamp, s.value);
+                        }
+                    }
+                }
+                Check::Offline { .. } => {
+                    let Some(newest) = samples.iter().map(|s| s.timestamp).max() else {
+                        continue;
+                    };
+                    let dev = String::from_utf8_lossy(device).into_owned();
+                    let labels = alert_labels(key, "DeviceOffline", &id, rule.severity());
+                    let st = self.devices.entry((id, dev)).or_insert_with(|| Seen {
+                        last: i64::MIN,
+                        labels: labels.clone(),
+                        alert: None,
+                    });
+                    if newest > st.last {
+                        st.last = newest;
+                        st.labels = labels;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Judges every reading at or before `watermark` in event-time order, and checks devices'
+    /// silence against it; returns the state changes.
+    pub fn settle(&mut self, watermark: i64) -> Vec<Change> {
+        let mut out = Vec::new();
+        let rules = self.rules.clone();
+        for ((id, key), st) in self.series.iter_mut() {
+            let Some(rule) = rules.get(id) else { continue };
+            let Check::Threshold {
+                op,
+                threshold,
+                clear,
+                sustained,
+                ..
+            } = rule.check
+            else {
+                continue;
+            };
+            let later = st.waiting.split_off(&(watermark.saturating_add(1)));
+            let ready = std::mem::replace(&mut st.waiting, later);
+            for (t, v) in ready {
+                st.judged_to = t;
+                let firing = st
+                    .alert
+                    .as_ref()
+                    .is_some_and(|a| a.state == AlertState::Firing.as_str());
+                if firing {
+                    if !op.holds(v, clear) {
+                        let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+                        a.state = AlertState::Inactive;
+                        a.resolved_at = Some(t);
+                        a.value = v;
+                        a.last_eval = t;
+                        st.alert = Some(saved_alert(&a));
+                        st.streak = 0;
+                        out.push(change(rule, a));
+                    }
+                    continue;
+                }
+                if op.holds(v, threshold) {
+                    if st.streak == 0 {
+                        st.streak_from = t;
+                    }
+                    st.streak += 1;
+                    if st.streak >= sustained {
+                        let key = SeriesKeyRef::new_unchecked(key);
+                        let labels = alert_labels(key, id, id, rule.severity());
+                        let a = Alert {
+                            labels: Labels::from_pairs(labels).unwrap_or_default(),
+                            state: AlertState::Firing,
+                            value: v,
+                            active_at: st.streak_from,
+                            fired_at: Some(t),
+                            resolved_at: None,
+                            keep_firing_since: None,
+                            last_eval: t,
+                            annotations: annotations(rule, v),
+                        };
+                        st.alert = Some(saved_alert(&a));
+                        out.push(change(rule, a));
+                    }
+                } else {
+                    st.streak = 0;
+                }
+            }
+        }
+        for ((id, _), st) in self.devices.iter_mut() {
+            let Some(rule) = rules.get(id) else { continue };
+            let Check::Offline {
+                interval_ms,
+                missed,
+                ..
+            } = rule.check
+            else {
+                continue;
+            };
+            let silent_from = st.last.saturating_add(interval_ms.saturating_mul(i64::from(missed)));
+            let firing = st
+                .alert
+                .as_ref()
+                .is_some_and(|a| a.state == AlertState::Firing.as_str());
+            match (firing, watermark >= silent_from) {
+                (false, true) => {
+                    let a = Alert {
+                        labels: Labels::from_pairs(st.labels.clone()).unwrap_or_default(),
+                        state: AlertState::Firing,
+                        value: ((watermark - st.last) / 1000) as f64,
+                        active_at: silent_from,
+                        fired_at: Some(silent_from),
+                        resolved_at: None,
+                        keep_firing_since: None,
+                        last_eval: watermark,
+                        annotations: BTreeMap::from([(
+                            "summary".to_string(),
+                            format!(
+                                "no reading for {} intervals of {}",
+                                missed,
+                                rule.spec.interval.as_deref().unwrap_or("")
+                            ),
+                        )]),
+                    };
+                    st.alert = Some(saved_alert(&a));
+                    out.push(change(rule, a));
+                }
+                (true, false) => {
+                    let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+                    a.state = AlertState::Inactive;
+                    a.resolved_at = Some(st.last);
+                    a.last_eval = watermark;
+                    st.alert = Some(saved_alert(&a));
+                    out.push(change(rule, a));
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Firing alerts.
+    pub fn firing(&self) -> Vec<Alert> {
+        let series = self.series.values().filter_map(|s| s.alert.clone());
+        let devices = self.devices.values().filter_map(|s| s.alert.clone());
+        series
+            .chain(devices)
+            .filter(|a| a.state == AlertState::Firing.as_str())
+            .filter_map(alert_of)
+            .collect()
+    }
+
+    /// The state as a checkpoint covering the log up to `offset`.
+    pub fn encode(&self, offset: Option<u64>) -> Vec<u8> {
+        let cp = Checkpoint {
+            series: self
+                .series
+                .iter()
+                .map(|((id, k), s)| (id.clone(), k.clone(), s.clone()))
+                .collect(),
+            devices: self
+                .devices
+                .iter()
+                .map(|((id, d), s)| (id.clone(), d.clone(), s.clone()))
+                .collect(),
+            offset,
+        };
+        serde_json::to_vec(&cp).expect("device rule state serializes")
+    }
+
+    /// Writes a checkpoint made by [`DeviceRules::encode`] to `path`.
+    pub fn save(path: &std::path::Path, encoded: &[u8]) -> Result<(), crate::framed::FramedError> {
+        crate::framed::write(path, MAGIC, encoded)
+    }
+
+    /// Loads the checkpoint at `path` (none: empty state), judging by `rules`; returns it and
+    /// the log offset it covers.
+    pub fn load(
+        path: &std::path::Path,
+        rules: Arc<RuleSet>,
+    ) -> Result<(DeviceRules, Option<u64>), crate::framed::FramedError> {
+        let mut d = DeviceRules::new(rules.clone());
+        let Some(body) = crate::framed::read(path, MAGIC)? else {
+            return Ok((d, None));
+        };
+        let cp: Checkpoint =
+            serde_json::from_slice(&body).map_err(|e| crate::framed::FramedError::Damaged {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        d.series = cp
+            .series
+            .into_iter()
+            .map(|(id, k, s)| ((id, k), s))
+            .collect();
+        d.devices = cp
+            .devices
+            .into_iter()
+            .map(|(id, dev, s)| ((id, dev), s))
+            .collect();
+        d.set_rules(rules);
+        Ok((d, cp.offset))
+    }
+}
+
+fn change(rule: &DeviceRule, alert: Alert) -> Change {
+    Change {
+        alert,
+        channels: rule.spec.notification_channels.clone(),
+    }
+}
+
+/// An alert's labels: the series' labels without the metric name, `alertname`, `severity`,
+/// and (for offline rules) `rule_id`.
+fn alert_labels(
+    key: SeriesKeyRef<'_>,
+    alertname: &str,
+    rule_id: &str,
+    severity: &str,
+) -> Vec<(String, String)> {
+    let mut l: BTreeMap<String, String> = key
+        .pairs()
+        .filter(|(n, _)| *n != METRIC_NAME.as_bytes())
+        .map(|(n, v)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    l.insert("alertname".into(), alertname.into());
+    l.insert("severity".into(), severity.into());
+    if alertname != rule_id {
+        l.insert("rule_id".into(), rule_id.into());
+    }
+    l.into_iter().collect()
+}
+
+fn annotations(rule: &DeviceRule, v: f64) -> BTreeMap<String, String> {
+    let s = &rule.spec;
+    let summary = format!(
+        "{} {} {} (now {v}){}",
+        s.metric.as_deref().unwrap_or(""),
+        s.operator.as_deref().unwrap_or(""),
+        s.threshold.unwrap_or(f64::NAN),
+        match s.sustained_periods {
+            Some(n) if n > 1 => format!(" for {n} readings"),
+            _ => String::new(),
+        }
+    );
+    BTreeMap::from([("summary".to_string(), summary)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_model::{Sample, SeriesKey};
+
+    fn rules(json: &str) -> Arc<RuleSet> {
+        let specs: Vec<DeviceRuleSpec> = serde_json::from_str(json).unwrap();
+        Arc::new(RuleSet::new(
+            specs.into_iter().map(|s| DeviceRule::new(s).unwrap()).collect(),
+        ))
+    }
+
+    fn key(metric: &str, device: &str) -> SeriesKey {
+        let mut pairs = [
+            ("__name__", metric),
+            ("device", device),
+            ("site", "s1"),
+        ];
+        pairs.sort();
+        SeriesKey::from_sorted_pairs(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    const HOT: &str = r#"[{"rule_id": "boiler-hot", "device_group": "{site=\"s1\"}", "metric": "temp",
+        "operator": ">", "threshold": 80, "sustained_periods": 3, "clear_threshold": 75,
+        "severity": "critical", "notification_channels": ["ops"]}]"#;
+
+    /// Readings of one device: above 80 for four, then around the clear threshold, then below.
+    fn readings() -> Vec<Sample> {
+        [70.0, 85.0, 86.0, 79.0, 81.0, 82.0, 83.0, 84.0, 78.0, 76.0, 74.0, 73.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Sample::new(1_000_000 + i as i64 * 10_000, *v))
+            .collect()
+    }
+
+    fn run(order: &[Sample], settle_every: usize) -> Vec<(AlertState, i64)> {
+        let mut d = DeviceRules::new(rules(HOT));
+        let k = key("temp", "b1");
+        let mut out = Vec::new();
+        let mut max_t = i64::MIN;
+        for (i, s) in order.iter().enumerate() {
+            d.observe(k.as_ref(), std::slice::from_ref(s));
+            max_t = max_t.max(s.timestamp);
+            if i % settle_every == 0 {
+                // The watermark trails the newest reading by a minute.
+                out.extend(d.settle(max_t - 60_000));
+            }
+        }
+        out.extend(d.settle(i64::MAX));
+        out.iter()
+            .map(|c| match c.alert.state {
+                AlertState::Firing => (AlertState::Firing, c.alert.fired_at.unwrap()),
+                s => (s, c.alert.resolved_at.unwrap()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_fire_and_one_resolve_whatever_the_order_duplicates_and_bursts() {
+        let want = vec![
+            (AlertState::Firing, 1_060_000),
+            (AlertState::Inactive, 1_100_000),
+        ];
+        let r = readings();
+        assert_eq!(run(&r, 1), want);
+        // Every reading twice, redelivered in reverse, in one burst.
+        let mut twice: Vec<Sample> = r.iter().chain(r.iter()).copied().collect();
+        twice.reverse();
+        assert_eq!(run(&twice, 1000), want);
+        // Shuffled within the watermark's minute.
+        let mut shuffled = r.clone();
+        for pair in shuffled.chunks_mut(2) {
+            pair.reverse();
+        }
+        assert_eq!(run(&shuffled, 1), want);
+    }
+
+    #[test]
+    fn alerts_carry_the_rule_device_and_labels_and_late_readings_are_counted() {
+        let mut d = DeviceRules::new(rules(HOT));
+        let k = key("temp", "b1");
+        d.observe(k.as_ref(), &readings()[..8]);
+        let ch = d.settle(i64::MAX - 1);
+        assert_eq!(ch.len(), 1);
+        let a = &ch[0].alert;
+        assert_eq!(a.labels.get("alertname"), Some("boiler-hot"));
+        assert_eq!(a.labels.get("device"), Some("b1"));
+        assert_eq!(a.labels.get("site"), Some("s1"));
+        assert_eq!(a.labels.get("severity"), Some("critical"));
+        assert_eq!(a.labels.get("__name__"), None);
+        assert_eq!(ch[0].channels, ["ops"]);
+        assert_eq!(d.firing().len(), 1);
+        d.observe(k.as_ref(), &readings()[..1]);
+        assert_eq!(d.late, 1);
+        // Another device, another metric: untouched.
+        d.observe(key("pressure", "b1").as_ref(), &readings());
+        d.observe(key("temp", "b2").as_ref(), &readings()[..1]);
+        assert!(d.settle(i64::MAX - 1).is_empty());
+    }
+
+    #[test]
+    fn offline_fires_after_missed_intervals_and_resolves_on_a_reading() {
+        let r = rules(
+            r#"[{"rule_id": "silent", "kind": "offline", "device_id": "b1", "interval": "1m",
+                "missed_intervals": 3}]"#,
+        );
+        let mut d = DeviceRules::new(r);
+        let k = key("temp", "b1");
+        d.observe(k.as_ref(), &[Sample::new(0, 1.0)]);
+        assert!(d.settle(179_999).is_empty());
+        let ch = d.settle(180_000);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].alert.labels.get("alertname"), Some("DeviceOffline"));
+        assert_eq!(ch[0].alert.labels.get("rule_id"), Some("silent"));
+        assert!(d.settle(500_000).is_empty(), "fires once");
+        // Saved and loaded: the state goes on.
+        let enc = d.encode(Some(7));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.ckpt");
+        DeviceRules::save(&path, &enc).unwrap();
+        let (mut d, off) = DeviceRules::load(&path, d.rules.clone()).unwrap();
+        assert_eq!(off, Some(7));
+        assert_eq!(d.firing().len(), 1);
+        d.observe(k.as_ref(), &[Sample::new(510_000, 1.0)]);
+        let ch = d.settle(520_000);
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].alert.state, AlertState::Inactive);
+        assert_eq!(ch[0].alert.resolved_at, Some(510_000));
+    }
+
+    #[test]
+    fn specs_are_checked_naming_the_field() {
+        let bad = |json: &str| {
+            let spec: DeviceRuleSpec = serde_json::from_str(json).unwrap();
+            DeviceRule::new(spec).unwrap_err()
+        };
+        assert!(bad(r#"{"rule_id": "r", "metric": "t", "operator": ">", "threshold": 1}"#).contains("device_id"));
+        assert!(bad(r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": "=>", "threshold": 1}"#).contains("operator"));
+        assert!(bad(r#"{"rule_id": "r", "device_group": "{site=", "metric": "t", "operator": ">", "threshold": 1}"#).contains("device_group"));
+        assert!(bad(r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": ">"}"#).contains("threshold"));
+        assert!(bad(r#"{"rule_id": "r", "kind": "offline", "device_id": "d"}"#).contains("interval"));
+        assert!(bad(r#"{"rule_id": "", "device_id": "d"}"#).contains("rule_id"));
+        assert!(serde_json::from_str::<DeviceRuleSpec>(r#"{"rule_id": "r", "thresold": 1}"#).is_err());
+    }
+}
