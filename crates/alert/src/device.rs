@@ -392,7 +392,10 @@ impl DeviceRules {
         let metric_rules = std::str::from_utf8(metric)
             .ok()
             .and_then(|m| self.rules.by_metric.get(m));
-        let candidates = metric_rules.into_iter().flatten().chain(&self.rules.any_metric);
+        let candidates = metric_rules
+            .into_iter()
+            .flatten()
+            .chain(&self.rules.any_metric);
         for &i in candidates {
             let rule = &self.rules.rules[i];
             if !rule.covers(key, device, metric) {
@@ -401,12 +404,13 @@ impl DeviceRules {
             let id = rule.spec.rule_id.clone();
             match rule.check {
                 Check::Threshold { .. } => {
-                    let st = self.series.entry((id, key.as_bytes().to_vec())).or_insert_with(|| {
-                        Judged {
+                    let st = self
+                        .series
+                        .entry((id, key.as_bytes().to_vec()))
+                        .or_insert_with(|| Judged {
                             judged_to: i64::MIN,
                             ..Judged::default()
-                        }
-                    });
+                        });
                     for s in samples {
                         if s.timestamp <= st.judged_to {
                             self.late += 1;
@@ -510,7 +514,9 @@ impl DeviceRules {
             else {
                 continue;
             };
-            let silent_from = st.last.saturating_add(interval_ms.saturating_mul(i64::from(missed)));
+            let silent_from = st
+                .last
+                .saturating_add(interval_ms.saturating_mul(i64::from(missed)));
             let firing = st
                 .alert
                 .as_ref()
@@ -672,16 +678,15 @@ mod tests {
     fn rules(json: &str) -> Arc<RuleSet> {
         let specs: Vec<DeviceRuleSpec> = serde_json::from_str(json).unwrap();
         Arc::new(RuleSet::new(
-            specs.into_iter().map(|s| DeviceRule::new(s).unwrap()).collect(),
+            specs
+                .into_iter()
+                .map(|s| DeviceRule::new(s).unwrap())
+                .collect(),
         ))
     }
 
     fn key(metric: &str, device: &str) -> SeriesKey {
-        let mut pairs = [
-            ("__name__", metric),
-            ("device", device),
-            ("site", "s1"),
-        ];
+        let mut pairs = [("__name__", metric), ("device", device), ("site", "s1")];
         pairs.sort();
         SeriesKey::from_sorted_pairs(pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
@@ -692,11 +697,13 @@ mod tests {
 
     /// Readings of one device: above 80 for four, then around the clear threshold, then below.
     fn readings() -> Vec<Sample> {
-        [70.0, 85.0, 86.0, 79.0, 81.0, 82.0, 83.0, 84.0, 78.0, 76.0, 74.0, 73.0]
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Sample::new(1_000_000 + i as i64 * 10_000, *v))
-            .collect()
+        [
+            70.0, 85.0, 86.0, 79.0, 81.0, 82.0, 83.0, 84.0, 78.0, 76.0, 74.0, 73.0,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Sample::new(1_000_000 + i as i64 * 10_000, *v))
+        .collect()
     }
 
     fn run(order: &[Sample], settle_every: usize) -> Vec<(AlertState, i64)> {
@@ -800,12 +807,25 @@ mod tests {
             let spec: DeviceRuleSpec = serde_json::from_str(json).unwrap();
             DeviceRule::new(spec).unwrap_err()
         };
-        assert!(bad(r#"{"rule_id": "r", "metric": "t", "operator": ">", "threshold": 1}"#).contains("device_id"));
-        assert!(bad(r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": "=>", "threshold": 1}"#).contains("operator"));
+        assert!(
+            bad(r#"{"rule_id": "r", "metric": "t", "operator": ">", "threshold": 1}"#)
+                .contains("device_id")
+        );
+        assert!(bad(
+            r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": "=>", "threshold": 1}"#
+        )
+        .contains("operator"));
         assert!(bad(r#"{"rule_id": "r", "device_group": "{site=", "metric": "t", "operator": ">", "threshold": 1}"#).contains("device_group"));
-        assert!(bad(r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": ">"}"#).contains("threshold"));
-        assert!(bad(r#"{"rule_id": "r", "kind": "offline", "device_id": "d"}"#).contains("interval"));
+        assert!(
+            bad(r#"{"rule_id": "r", "device_id": "d", "metric": "t", "operator": ">"}"#)
+                .contains("threshold")
+        );
+        assert!(
+            bad(r#"{"rule_id": "r", "kind": "offline", "device_id": "d"}"#).contains("interval")
+        );
         assert!(bad(r#"{"rule_id": "", "device_id": "d"}"#).contains("rule_id"));
-        assert!(serde_json::from_str::<DeviceRuleSpec>(r#"{"rule_id": "r", "thresold": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<DeviceRuleSpec>(r#"{"rule_id": "r", "thresold": 1}"#).is_err()
+        );
     }
 }

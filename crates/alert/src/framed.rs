@@ -36,13 +36,17 @@ pub fn write(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<(), FramedErro
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(magic).map_err(io)?;
-    f.write_all(&(body.len() as u64).to_le_bytes()).map_err(io)?;
-    f.write_all(&crc32fast::hash(body).to_le_bytes()).map_err(io)?;
+    f.write_all(&(body.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    f.write_all(&crc32fast::hash(body).to_le_bytes())
+        .map_err(io)?;
     f.write_all(body).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
     }
     Ok(())
 }

@@ -88,11 +88,10 @@ pub fn restore(path: &Path, group: &mut GroupState) -> Result<usize, SavedError>
     let Some(body) = crate::framed::read(path, MAGIC)? else {
         return Ok(0);
     };
-    let saved: SavedGroup =
-        serde_json::from_slice(&body).map_err(|e| SavedError::Damaged {
-            path: path.to_path_buf(),
-            reason: format!("bad JSON: {e}"),
-        })?;
+    let saved: SavedGroup = serde_json::from_slice(&body).map_err(|e| SavedError::Damaged {
+        path: path.to_path_buf(),
+        reason: format!("bad JSON: {e}"),
+    })?;
     let mut restored = 0;
     for rule in saved.rules {
         let at = group.group().rules.iter().position(
