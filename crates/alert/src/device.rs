@@ -19,7 +19,7 @@ use crate::state::{Alert, AlertState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use strata_model::{Labels, Matcher, SeriesKeyRef, METRIC_NAME};
+use strata_model::{Labels, Matcher, SeriesKeyRef, Tenant, METRIC_NAME};
 
 /// A device rule as users write it (JSON, the API's and the configuration's form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ use strata_model::{Labels, Matcher, SeriesKeyRef, METRIC_NAME};
 pub struct DeviceRuleSpec {
     /// Its id: the `alertname` of its alerts (offline rules: a `rule_id` label).
     pub rule_id: String,
+    /// Whose devices it judges (default `default`; the API sets it from `X-Scope-OrgID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// `threshold` (the default) or `offline`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
@@ -148,6 +151,8 @@ pub enum Check {
 pub struct DeviceRule {
     /// As written.
     pub spec: DeviceRuleSpec,
+    /// Whose devices.
+    pub tenant: Tenant,
     /// Which devices.
     pub scope: Scope,
     /// What it checks.
@@ -160,6 +165,10 @@ impl DeviceRule {
         if spec.rule_id.is_empty() || spec.rule_id.len() > 200 {
             return Err("rule_id: must be 1 to 200 characters".into());
         }
+        let tenant = match &spec.tenant {
+            None => Tenant::default_tenant(),
+            Some(t) => Tenant::new(t).map_err(|e| format!("tenant: {e}"))?,
+        };
         let scope = match (&spec.device_id, &spec.device_group) {
             (Some(d), None) if !d.is_empty() => Scope::Device(d.clone()),
             (None, Some(g)) => Scope::Group(group_matchers(g)?),
@@ -221,7 +230,12 @@ impl DeviceRule {
             }
             other => return Err(format!("kind: {other:?} is not threshold or offline")),
         };
-        Ok(DeviceRule { spec, scope, check })
+        Ok(DeviceRule {
+            spec,
+            tenant,
+            scope,
+            check,
+        })
     }
 
     /// Whether the series with `key` (of device `device`) is one this rule judges.
@@ -307,6 +321,8 @@ impl RuleSet {
 /// A state change of a device rule's alert, for notifiers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
+    /// Whose alert it is.
+    pub tenant: Tenant,
     /// The alert as it is after the change (firing, or resolved).
     pub alert: Alert,
     /// Where it goes (empty: every notifier that takes it).
@@ -381,8 +397,13 @@ impl DeviceRules {
         self.rules.rules.is_empty()
     }
 
-    /// Takes the readings of one series (of a device: its `device` label).
-    pub fn observe(&mut self, key: SeriesKeyRef<'_>, samples: &[strata_model::Sample]) {
+    /// Takes the readings of one series of `tenant` (of a device: its `device` label).
+    pub fn observe(
+        &mut self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        samples: &[strata_model::Sample],
+    ) {
         let Some(metric) = key.get(METRIC_NAME.as_bytes()) else {
             return;
         };
@@ -398,7 +419,7 @@ impl DeviceRules {
             .chain(&self.rules.any_metric);
         for &i in candidates {
             let rule = &self.rules.rules[i];
-            if !rule.covers(key, device, metric) {
+            if &rule.tenant != tenant || !rule.covers(key, device, metric) {
                 continue;
             }
             let id = rule.spec.rule_id.clone();
@@ -558,14 +579,18 @@ impl DeviceRules {
         out
     }
 
-    /// Firing alerts.
-    pub fn firing(&self) -> Vec<Alert> {
-        let series = self.series.values().filter_map(|s| s.alert.clone());
-        let devices = self.devices.values().filter_map(|s| s.alert.clone());
+    /// Firing alerts, with their tenants.
+    pub fn firing(&self) -> Vec<(Tenant, Alert)> {
+        let series = self.series.iter().map(|((id, _), s)| (id, &s.alert));
+        let devices = self.devices.iter().map(|((id, _), s)| (id, &s.alert));
         series
             .chain(devices)
-            .filter(|a| a.state == AlertState::Firing.as_str())
-            .filter_map(alert_of)
+            .filter_map(|(id, a)| {
+                let a = a
+                    .as_ref()
+                    .filter(|a| a.state == AlertState::Firing.as_str())?;
+                Some((self.rules.get(id)?.tenant.clone(), alert_of(a.clone())?))
+            })
             .collect()
     }
 
@@ -624,6 +649,7 @@ impl DeviceRules {
 
 fn change(rule: &DeviceRule, alert: Alert) -> Change {
     Change {
+        tenant: rule.tenant.clone(),
         alert,
         channels: rule.spec.notification_channels.clone(),
     }
@@ -685,6 +711,10 @@ mod tests {
         ))
     }
 
+    fn t() -> Tenant {
+        Tenant::default_tenant()
+    }
+
     fn key(metric: &str, device: &str) -> SeriesKey {
         let mut pairs = [("__name__", metric), ("device", device), ("site", "s1")];
         pairs.sort();
@@ -712,7 +742,7 @@ mod tests {
         let mut out = Vec::new();
         let mut max_t = i64::MIN;
         for (i, s) in order.iter().enumerate() {
-            d.observe(k.as_ref(), std::slice::from_ref(s));
+            d.observe(&t(), k.as_ref(), std::slice::from_ref(s));
             max_t = max_t.max(s.timestamp);
             if i % settle_every == 0 {
                 // The watermark trails the newest reading by a minute.
@@ -752,7 +782,7 @@ mod tests {
     fn alerts_carry_the_rule_device_and_labels_and_late_readings_are_counted() {
         let mut d = DeviceRules::new(rules(HOT));
         let k = key("temp", "b1");
-        d.observe(k.as_ref(), &readings()[..8]);
+        d.observe(&t(), k.as_ref(), &readings()[..8]);
         let ch = d.settle(i64::MAX - 1);
         assert_eq!(ch.len(), 1);
         let a = &ch[0].alert;
@@ -763,11 +793,11 @@ mod tests {
         assert_eq!(a.labels.get("__name__"), None);
         assert_eq!(ch[0].channels, ["ops"]);
         assert_eq!(d.firing().len(), 1);
-        d.observe(k.as_ref(), &readings()[..1]);
+        d.observe(&t(), k.as_ref(), &readings()[..1]);
         assert_eq!(d.late, 1);
         // Another device, another metric: untouched.
-        d.observe(key("pressure", "b1").as_ref(), &readings());
-        d.observe(key("temp", "b2").as_ref(), &readings()[..1]);
+        d.observe(&t(), key("pressure", "b1").as_ref(), &readings());
+        d.observe(&t(), key("temp", "b2").as_ref(), &readings()[..1]);
         assert!(d.settle(i64::MAX - 1).is_empty());
     }
 
@@ -779,7 +809,7 @@ mod tests {
         );
         let mut d = DeviceRules::new(r);
         let k = key("temp", "b1");
-        d.observe(k.as_ref(), &[Sample::new(0, 1.0)]);
+        d.observe(&t(), k.as_ref(), &[Sample::new(0, 1.0)]);
         assert!(d.settle(179_999).is_empty());
         let ch = d.settle(180_000);
         assert_eq!(ch.len(), 1);
@@ -794,7 +824,7 @@ mod tests {
         let (mut d, off) = DeviceRules::load(&path, d.rules.clone()).unwrap();
         assert_eq!(off, Some(7));
         assert_eq!(d.firing().len(), 1);
-        d.observe(k.as_ref(), &[Sample::new(510_000, 1.0)]);
+        d.observe(&t(), k.as_ref(), &[Sample::new(510_000, 1.0)]);
         let ch = d.settle(520_000);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].alert.state, AlertState::Inactive);

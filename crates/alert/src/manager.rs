@@ -519,6 +519,7 @@ impl RuleManager {
                     st.alerts().map(move |alert| Offered {
                         alert,
                         generator_url: url.clone(),
+                        channels: &[],
                     })
                 })
                 .collect();

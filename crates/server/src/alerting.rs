@@ -47,26 +47,45 @@ impl Querier for RuleQuerier {
     }
 }
 
-/// The rules manager `[alerting]` asks for, its files loaded and its groups started; `None`
-/// without rule files.
+/// The `[[alerting.notifiers]]` with their outbox and senders started; `None` without
+/// notifiers.
+pub fn notifications(
+    cfg: &Config,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<Arc<Notifications>>> {
+    let specs = cfg.notifier_specs()?;
+    if specs.is_empty() {
+        return Ok(None);
+    }
+    let n = Notifications::start(specs, &cfg.data_dir.join("notify"), &external_url(cfg), rt)
+        .map_err(|e| anyhow::anyhow!("alerting.notifiers: {e}"))?;
+    Ok(Some(n))
+}
+
+fn external_url(cfg: &Config) -> String {
+    cfg.alerting
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cfg.listen))
+}
+
+/// The rules manager `[alerting]` asks for, its files loaded and its groups started, sending
+/// through `notify`; `None` without rule files.
 pub fn start(
     cfg: &Config,
     engine: Arc<Engine>,
     promql: strata_promql::Engine,
     rt: tokio::runtime::Handle,
+    notify: Option<Arc<Notifications>>,
 ) -> anyhow::Result<Option<Arc<RuleManager>>> {
     let a = &cfg.alerting;
     if a.rule_files.is_empty() {
         return Ok(None);
     }
-    let external_url = a
-        .external_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", cfg.listen));
     let external = External {
         labels: Labels::from_pairs(a.external_labels.clone())
             .map_err(|e| anyhow::anyhow!("alerting.external_labels: {e}"))?,
-        url: external_url.clone(),
+        url: external_url(cfg),
     };
     let opts = ManagerOptions {
         rule_files: a.rule_files.clone(),
@@ -81,11 +100,8 @@ pub fn start(
         promql,
         engine: engine.clone(),
     });
-    let specs = cfg.notifier_specs()?;
-    let manager = RuleManager::new(opts, querier, engine, rt.clone());
-    if !specs.is_empty() {
-        let n = Notifications::start(specs, &cfg.data_dir.join("notify"), &external_url, &rt)
-            .map_err(|e| anyhow::anyhow!("alerting.notifiers: {e}"))?;
+    let manager = RuleManager::new(opts, querier, engine, rt);
+    if let Some(n) = notify {
         manager.notify_through(n);
     }
     manager
@@ -159,49 +175,6 @@ pub fn render_metrics(m: &RuleManager, out: &mut String) {
         "When rule files were last loaded successfully.",
         s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
     );
-    if let Some(n) = m.notifications() {
-        let stats = n.stats();
-        type Read = fn(&strata_alert::notify::NotifierStats) -> u64;
-        let rows: [(&str, &str, Read); 3] = [
-            (
-                "strata_notifications_sent_total",
-                "Notifications the receiver accepted, by notifier.",
-                |s| s.sent.load(Relaxed),
-            ),
-            (
-                "strata_notifications_retried_total",
-                "Delivery attempts that failed and will be retried, by notifier.",
-                |s| s.retried.load(Relaxed),
-            ),
-            (
-                "strata_notifications_failed_total",
-                "Notifications dropped: refused by the receiver or expired, by notifier.",
-                |s| s.failed.load(Relaxed),
-            ),
-        ];
-        for (name, help, get) in rows {
-            header(out, name, "counter", help);
-            for (notifier, kind, st, _) in &stats {
-                let _ = writeln!(
-                    out,
-                    "{name}{{notifier=\"{notifier}\",kind=\"{kind}\"}} {}",
-                    get(st)
-                );
-            }
-        }
-        header(
-            out,
-            "strata_notifications_queued",
-            "gauge",
-            "Notifications in the outbox waiting for delivery, by notifier.",
-        );
-        for (notifier, kind, _, queued) in &stats {
-            let _ = writeln!(
-                out,
-                "strata_notifications_queued{{notifier=\"{notifier}\",kind=\"{kind}\"}} {queued}"
-            );
-        }
-    }
     let groups = m.groups();
     gauge(
         out,
@@ -222,4 +195,76 @@ pub fn render_metrics(m: &RuleManager, out: &mut String) {
     for (i, st) in ["inactive", "pending", "firing"].iter().enumerate() {
         let _ = writeln!(out, "strata_alerts{{state=\"{st}\"}} {}", by_state[i]);
     }
+}
+
+/// The notifiers' self-metrics.
+pub fn render_notify_metrics(n: &Notifications, out: &mut String) {
+    use crate::metrics::header;
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = n.stats();
+    type Read = fn(&strata_alert::notify::NotifierStats) -> u64;
+    let rows: [(&str, &str, Read); 3] = [
+        (
+            "strata_notifications_sent_total",
+            "Notifications the receiver accepted, by notifier.",
+            |s| s.sent.load(Relaxed),
+        ),
+        (
+            "strata_notifications_retried_total",
+            "Delivery attempts that failed and will be retried, by notifier.",
+            |s| s.retried.load(Relaxed),
+        ),
+        (
+            "strata_notifications_failed_total",
+            "Notifications dropped: refused by the receiver or expired, by notifier.",
+            |s| s.failed.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in rows {
+        header(out, name, "counter", help);
+        for (notifier, kind, st, _) in &stats {
+            let _ = writeln!(
+                out,
+                "{name}{{notifier=\"{notifier}\",kind=\"{kind}\"}} {}",
+                get(st)
+            );
+        }
+    }
+    header(
+        out,
+        "strata_notifications_queued",
+        "gauge",
+        "Notifications in the outbox waiting for delivery, by notifier.",
+    );
+    for (notifier, kind, _, queued) in &stats {
+        let _ = writeln!(
+            out,
+            "strata_notifications_queued{{notifier=\"{notifier}\",kind=\"{kind}\"}} {queued}"
+        );
+    }
+}
+
+/// The device rules' self-metrics.
+pub fn render_device_metrics(d: &crate::device_rules::DeviceRulesHub, out: &mut String) {
+    use crate::metrics::{counter, gauge};
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge(
+        out,
+        "strata_device_rules",
+        "Device rules defined (configuration and API).",
+        d.specs().len() as f64,
+    );
+    counter(
+        out,
+        "strata_device_rule_changes_total",
+        "State changes of device rules' alerts (fired, resolved).",
+        d.changes.load(Relaxed),
+    );
+    counter(
+        out,
+        "strata_device_rule_late_readings_total",
+        "Readings that arrived behind what their device rule had judged (left out).",
+        d.late.load(Relaxed),
+    );
 }

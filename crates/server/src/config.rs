@@ -55,6 +55,9 @@ pub struct AlertingConfig {
     pub external_labels: std::collections::BTreeMap<String, String>,
     /// Where alerts are sent (`[[alerting.notifiers]]`).
     pub notifiers: Vec<NotifierConfig>,
+    /// Device threshold and offline rules (`[[alerting.device_rules]]`), beside those of
+    /// `/api/v1/alert-rules`.
+    pub device_rules: Vec<strata_alert::device::DeviceRuleSpec>,
 }
 
 /// One notifier (`[[alerting.notifiers]]`).
@@ -107,6 +110,7 @@ impl Default for AlertingConfig {
             external_url: None,
             external_labels: Default::default(),
             notifiers: Vec::new(),
+            device_rules: Vec::new(),
         }
     }
 }
@@ -483,6 +487,22 @@ impl Config {
             .collect()
     }
 
+    /// The device rules of `[[alerting.device_rules]]`, checked.
+    pub fn device_rules(&self) -> anyhow::Result<Vec<strata_alert::device::DeviceRule>> {
+        let mut out: Vec<strata_alert::device::DeviceRule> = Vec::new();
+        for spec in &self.alerting.device_rules {
+            let id = spec.rule_id.clone();
+            anyhow::ensure!(
+                !out.iter().any(|r| r.spec.rule_id == id),
+                "alerting.device_rules: two rules have rule_id {id:?}"
+            );
+            let rule = strata_alert::device::DeviceRule::new(spec.clone())
+                .map_err(|e| anyhow::anyhow!("alerting.device_rules {id:?}: {e}"))?;
+            out.push(rule);
+        }
+        Ok(out)
+    }
+
     /// The notifiers of `[[alerting.notifiers]]`, checked.
     pub fn notifier_specs(&self) -> anyhow::Result<Vec<strata_alert::notify::NotifierSpec>> {
         use strata_alert::notify::{Kind, NotifierSpec, PAGERDUTY_URL};
@@ -553,6 +573,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.group_specs()?;
         self.notifier_specs()?;
+        self.device_rules()?;
         anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
@@ -761,6 +782,16 @@ final_windows = false            # rules read only final event-time windows: a l
 # send_resolved = true
 # timeout = "10s"
 # routing_key = "..."            # pagerduty; slack takes channel = "ops-alerts"
+# [[alerting.device_rules]]      # judged by event time; more through /api/v1/alert-rules
+# rule_id = "boiler-hot"
+# device_group = '{type="boiler"}'   # or device_id = "b-17"
+# metric = "temperature_celsius"
+# operator = ">"
+# threshold = 90.0
+# sustained_periods = 3          # consecutive readings
+# clear_threshold = 85.0         # resolves once a reading is not above this
+# severity = "critical"
+# notification_channels = ["ops"]
 "#;
 
 impl Config {

@@ -145,7 +145,11 @@ pub fn partition_of(entity: u64, partitions: u32) -> u32 {
 
 impl Engine {
     /// Opens the log and every shard's storage, replays, and starts the shard threads.
-    pub fn open(cfg: &Config, rt: tokio::runtime::Handle) -> anyhow::Result<Arc<Engine>> {
+    pub fn open(
+        cfg: &Config,
+        rt: tokio::runtime::Handle,
+        devices: Option<Arc<crate::device_rules::DeviceRulesHub>>,
+    ) -> anyhow::Result<Arc<Engine>> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display())
@@ -212,6 +216,7 @@ impl Engine {
                         stage_opts.clone(),
                         raw_archive.clone(),
                     );
+                    let devices = devices.clone();
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
                         let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
@@ -225,6 +230,7 @@ impl Engine {
                                 cfg.storage.flush_interval.0 as u64,
                             ),
                             checkpoint_log_bytes: cfg.storage.checkpoint_log_bytes,
+                            devices,
                         };
                         let rollups = if cfg.rollups.enabled {
                             let stage = RollupStage::open(&dir.join("rollups"), stage_opts)?;

@@ -7,6 +7,7 @@ pub mod alerting;
 pub mod backfill;
 pub mod cold;
 pub mod config;
+pub mod device_rules;
 pub mod engine;
 pub mod groups;
 pub mod http;
@@ -24,7 +25,22 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let engine = Engine::open(&cfg, rt.handle().clone())?;
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+    // Notifiers and device rules exist before the shards replay: replay may bring state changes.
+    let notify = alerting::notifications(&cfg, rt.handle())?;
+    let meta = rt
+        .block_on(strata_meta::MetaStore::open(&cfg.data_dir.join("meta.db")))
+        .map_err(|e| anyhow::anyhow!("{e} ({})", cfg.data_dir.join("meta.db").display()))?;
+    let devices = rt.block_on(device_rules::DeviceRulesHub::open(
+        cfg.device_rules()?,
+        meta,
+    ))?;
+    if let Some(n) = &notify {
+        devices.notify_through(n.clone());
+    }
+    let engine = Engine::open(&cfg, rt.handle().clone(), Some(devices.clone()))?;
     let http_counters = Arc::new(metrics::HttpCounters::default());
     let cache = Arc::new(http::cache::ResultCache::new(
         cfg.query.cache_options(engine.rollups_enabled()),
@@ -35,7 +51,13 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         cfg.query.engine_options(cfg.limits.max_label_value_len),
     )
     .with_tiers(engine.clone());
-    let rules = alerting::start(&cfg, engine.clone(), promql.clone(), rt.handle().clone())?;
+    let rules = alerting::start(
+        &cfg,
+        engine.clone(),
+        promql.clone(),
+        rt.handle().clone(),
+        notify.clone(),
+    )?;
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
@@ -44,6 +66,8 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         body_read_timeout: std::time::Duration::from_millis(cfg.server.body_read_timeout.0 as u64),
         promql,
         rules: rules.clone(),
+        devices: devices.clone(),
+        notify,
         queries: Arc::new(http::QueryGate::new(
             cfg.query.max_concurrency,
             cfg.query.max_queue,

@@ -81,6 +81,76 @@ pub struct ShardConfig {
     /// Flush once this many bytes were logged since the last flush (0: by time only), so the
     /// log a restart replays stays short however fast writes come.
     pub checkpoint_log_bytes: u64,
+    /// The device rules, when any may be defined.
+    pub devices: Option<Arc<crate::device_rules::DeviceRulesHub>>,
+}
+
+/// The shard's part of the device rules: their state for its devices, checkpointed with the
+/// log offset it covers.
+struct DeviceStage {
+    hub: Arc<crate::device_rules::DeviceRulesHub>,
+    state: strata_alert::device::DeviceRules,
+    epoch: u64,
+    path: PathBuf,
+    /// Late readings already counted into the hub.
+    late_counted: u64,
+}
+
+impl DeviceStage {
+    /// Loads the checkpoint; returns the stage and the first log offset it has not seen.
+    fn open(
+        hub: Arc<crate::device_rules::DeviceRulesHub>,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<(DeviceStage, u64)> {
+        let path = dir.join("devrules.ckpt");
+        let (epoch, rules) = hub.rules();
+        let (state, offset) = strata_alert::device::DeviceRules::load(&path, rules)?;
+        let stage = DeviceStage {
+            hub,
+            state,
+            epoch,
+            path,
+            late_counted: 0,
+        };
+        Ok((stage, offset.map_or(0, |o| o + 1)))
+    }
+
+    /// Takes a batch's readings, with the latest rules.
+    fn observe(&mut self, batch: &WriteBatch) {
+        if self.hub.epoch() != self.epoch {
+            let (epoch, rules) = self.hub.rules();
+            self.state.set_rules(rules);
+            self.epoch = epoch;
+        }
+        if self.state.is_empty() {
+            return;
+        }
+        for s in batch.iter() {
+            self.state.observe(batch.tenant(), s.key, s.samples);
+        }
+        let late = self.state.late - self.late_counted;
+        if late > 0 {
+            self.hub
+                .late
+                .fetch_add(late, std::sync::atomic::Ordering::Relaxed);
+            self.late_counted = self.state.late;
+        }
+    }
+
+    /// Judges what the watermark passed and publishes the changes.
+    fn settle(&mut self, watermark: i64) {
+        let changes = self.state.settle(watermark);
+        self.hub.publish(changes);
+    }
+}
+
+/// The event-time watermark device rules judge by: the rollups' (which follows the clock when
+/// the shard is idle), else the clock less ten seconds.
+fn device_watermark(rollups: Option<&RollupStage>) -> i64 {
+    match rollups {
+        Some(r) => r.windows().watermark(),
+        None => now_ms() - 10_000,
+    }
 }
 
 /// One shard, ready to run on its own thread.
@@ -108,6 +178,7 @@ pub struct Shard {
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
+    devices: Option<DeviceStage>,
 }
 
 struct Pending {
@@ -178,7 +249,13 @@ impl Shard {
         let windows_from = rollups
             .as_ref()
             .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
-        let from = raw_from.min(windows_from);
+        let mut devices = match cfg.devices.clone() {
+            Some(hub) => Some(DeviceStage::open(hub, &cfg.dir)?),
+            None => None,
+        };
+        // Without a checkpoint, device rules see what replay brings.
+        let devices_from = devices.as_ref().map_or(u64::MAX, |(_, from)| *from);
+        let from = raw_from.min(windows_from).min(devices_from);
         let started = Instant::now();
         let (mut records, mut samples, mut bytes) = (0u64, 0u64, 0u64);
         let mut last_report = Instant::now();
@@ -222,6 +299,12 @@ impl Shard {
                 r.settle(&tsdb, None, rec.offset)
                     .map_err(|e| anyhow::anyhow!("partition {partition}: rollups: {e}"))?;
             }
+            if let Some((d, dfrom)) = &mut devices {
+                if rec.offset >= *dfrom {
+                    d.observe(&batch);
+                    d.settle(device_watermark(rollups.as_deref()));
+                }
+            }
             records += 1;
             bytes += rec.payload.len() as u64;
             if last_report.elapsed() >= Duration::from_secs(5) {
@@ -246,6 +329,10 @@ impl Shard {
             );
         }
         counters.replayed_records.add(records);
+        let devices = devices.map(|(d, _)| {
+            d.hub.register_firing(d.state.firing());
+            d
+        });
         let writer = log.writer(partition)?;
         Ok(Shard {
             partition,
@@ -265,6 +352,7 @@ impl Shard {
             flush_waiters: Vec::new(),
             last_maintain: Instant::now(),
             last_settle: Instant::now(),
+            devices,
         })
     }
 
@@ -401,6 +489,9 @@ impl Shard {
                     }),
                     None => self.tsdb.append(&p.batch, off),
                 };
+                if let Some(d) = &mut self.devices {
+                    d.observe(&p.batch);
+                }
             }
         }
         for p in pending.drain(..) {
@@ -421,6 +512,9 @@ impl Shard {
             if let Err(e) = r.settle(&self.tsdb, Some(now_ms()), offset) {
                 tracing::error!(partition = self.partition, "rollups: {e}");
             }
+        }
+        if let Some(d) = &mut self.devices {
+            d.settle(device_watermark(self.rollups.as_deref()));
         }
     }
 
@@ -603,6 +697,10 @@ impl Shard {
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
+        // Device rules' state too: it covers everything applied, `logged` included.
+        if let Some(d) = &self.devices {
+            strata_alert::device::DeviceRules::save(&d.path, &d.state.encode(logged))?;
+        }
         Ok(FlushJob { windows })
     }
 

@@ -141,6 +141,8 @@ pub struct Offered<'a> {
     pub alert: &'a Alert,
     /// A link to the rule's expression.
     pub generator_url: String,
+    /// The notifiers it may go to (empty: every one whose match takes it).
+    pub channels: &'a [String],
 }
 
 impl Notifications {
@@ -206,7 +208,8 @@ impl Notifications {
             let mut changes: Vec<(Notice, u64)> = Vec::new();
             for o in alerts {
                 let a = o.alert;
-                if !spec.takes(&a.labels) {
+                let named = o.channels.is_empty() || o.channels.contains(&spec.name);
+                if !named || !spec.takes(&a.labels) {
                     continue;
                 }
                 let fp = payload::fingerprint(&a.labels);

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, parameters and the Prometheus-style error body.
 
+mod alert_rules;
 pub mod backfill;
 mod body;
 pub mod cache;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub promql: strata_promql::Engine,
     /// The rules manager, when `[alerting]` names rule files.
     pub rules: Option<Arc<strata_alert::manager::RuleManager>>,
+    /// The device rules.
+    pub devices: Arc<crate::device_rules::DeviceRulesHub>,
+    /// The notifiers, when `[[alerting.notifiers]]` names any.
+    pub notify: Option<Arc<strata_alert::notify::Notifications>>,
     /// Admission of queries (`[query]` max_concurrency, max_queue).
     pub queries: Arc<QueryGate>,
     /// The range query result cache (`[query]` cache_bytes, cache_freshness).
@@ -82,6 +87,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/backfill", post(backfill::backfill))
         .route("/api/v1/rules", get(rules::rules))
         .route("/api/v1/alerts", get(rules::alerts))
+        .route(
+            "/api/v1/alert-rules",
+            get(alert_rules::list).post(alert_rules::create),
+        )
+        .route(
+            "/api/v1/alert-rules/{id}",
+            get(alert_rules::get)
+                .put(alert_rules::replace)
+                .delete(alert_rules::delete),
+        )
         .route("/-/reload", post(rules::reload).put(rules::reload))
         .route("/health", get(|| async { "OK\n" }))
         .route("/metrics", get(read::metrics))

@@ -530,6 +530,10 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     if let Some(m) = &st.rules {
         crate::alerting::render_metrics(m, &mut out);
     }
+    if let Some(n) = &st.notify {
+        crate::alerting::render_notify_metrics(n, &mut out);
+    }
+    crate::alerting::render_device_metrics(&st.devices, &mut out);
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -77,14 +77,17 @@ pub async fn rules(State(st): State<AppState>, req: ApiRequest) -> Response {
     success(json!({ "groups": out }))
 }
 
-/// `GET /api/v1/alerts`: every pending and firing alert.
+/// `GET /api/v1/alerts`: every pending and firing alert, device rules' included.
 pub async fn alerts(State(st): State<AppState>, req: ApiRequest) -> Response {
-    let alerts: Vec<Value> = views(&st, &req)
+    let mut alerts: Vec<Value> = views(&st, &req)
         .iter()
         .flat_map(|g| &g.rules)
         .flat_map(|r| active(&r.alerts))
         .map(alert_json)
         .collect();
+    if let Ok(t) = tenant_of(&req.headers) {
+        alerts.extend(st.devices.firing(&t).iter().map(alert_json));
+    }
     success(json!({ "alerts": alerts }))
 }
 

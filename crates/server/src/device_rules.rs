@@ -1,0 +1,193 @@
+//! Device rules in the server: the rules (from `[[alerting.device_rules]]` and from the
+//! metadata database, which `/api/v1/alert-rules` edits), handed to every shard, which judges its
+//! devices' readings by event time ([`strata_alert::device`]); the shards' state changes go to
+//! the notifiers, and the firing alerts are kept here for `/api/v1/alerts`.
+//!
+//! The shards' state is the truth (checkpointed with their log offset and rebuilt by replay);
+//! this hub only mirrors what is firing, registered again by each shard when it opens.
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use strata_alert::device::{Change, DeviceRule, DeviceRuleSpec, RuleSet};
+use strata_alert::notify::{Notifications, Offered};
+use strata_alert::state::{Alert, AlertState};
+use strata_meta::MetaStore;
+use strata_model::{Labels, Tenant};
+
+/// Where a rule comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[[alerting.device_rules]]`: read-only through the API.
+    Config,
+    /// The metadata database (`/api/v1/alert-rules`).
+    Api,
+}
+
+/// The device rules and their firing alerts (see the module doc).
+pub struct DeviceRulesHub {
+    config: Vec<DeviceRule>,
+    meta: MetaStore,
+    current: RwLock<Arc<RuleSet>>,
+    sources: RwLock<BTreeMap<String, Source>>,
+    epoch: AtomicU64,
+    firing: Mutex<BTreeMap<(Tenant, Labels), Alert>>,
+    notify: OnceLock<Arc<Notifications>>,
+    /// State changes published by the shards.
+    pub changes: AtomicU64,
+    /// Readings that came behind what their rule had judged (left out).
+    pub late: AtomicU64,
+}
+
+impl DeviceRulesHub {
+    /// The hub over the config's rules and the database's.
+    pub async fn open(
+        config: Vec<DeviceRule>,
+        meta: MetaStore,
+    ) -> anyhow::Result<Arc<DeviceRulesHub>> {
+        let hub = Arc::new(DeviceRulesHub {
+            config,
+            meta,
+            current: RwLock::new(Arc::new(RuleSet::default())),
+            sources: RwLock::new(BTreeMap::new()),
+            epoch: AtomicU64::new(0),
+            firing: Mutex::new(BTreeMap::new()),
+            notify: OnceLock::new(),
+            changes: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+        });
+        hub.reload().await?;
+        Ok(hub)
+    }
+
+    /// The metadata database.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// Sends state changes through `n` from now on (set once).
+    pub fn notify_through(&self, n: Arc<Notifications>) {
+        let _ = self.notify.set(n);
+    }
+
+    /// Rebuilds the rule set from the config and the database; shards pick it up at their
+    /// next commit. A stored rule that no longer checks is skipped, logged.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let mut rules = self.config.clone();
+        let mut sources: BTreeMap<String, Source> = rules
+            .iter()
+            .map(|r| (r.spec.rule_id.clone(), Source::Config))
+            .collect();
+        for spec in self.meta.rules().await? {
+            if sources.contains_key(&spec.rule_id) {
+                continue;
+            }
+            let id = spec.rule_id.clone();
+            match DeviceRule::new(spec) {
+                Ok(r) => {
+                    sources.insert(id, Source::Api);
+                    rules.push(r);
+                }
+                Err(e) => tracing::error!(rule_id = id, error = e, "stored device rule skipped"),
+            }
+        }
+        *self.current.write() = Arc::new(RuleSet::new(rules));
+        *self.sources.write() = sources;
+        self.epoch.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The current rules and their epoch (it grows at every change).
+    pub fn rules(&self) -> (u64, Arc<RuleSet>) {
+        let set = self.current.read().clone();
+        (self.epoch.load(Ordering::Acquire), set)
+    }
+
+    /// The epoch of the current rules.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Where rule `id` comes from, if it exists.
+    pub fn source(&self, id: &str) -> Option<Source> {
+        self.sources.read().get(id).copied()
+    }
+
+    /// Every rule with its source.
+    pub fn specs(&self) -> Vec<(DeviceRuleSpec, Source)> {
+        let (_, set) = self.rules();
+        let sources = self.sources.read();
+        set.rules()
+            .iter()
+            .map(|r| {
+                let src = sources.get(&r.spec.rule_id).copied().unwrap_or(Source::Api);
+                (r.spec.clone(), src)
+            })
+            .collect()
+    }
+
+    /// Firing alerts a shard holds (at open: what its checkpoint and replay restored).
+    pub fn register_firing(&self, alerts: Vec<(Tenant, Alert)>) {
+        let mut f = self.firing.lock();
+        for (t, a) in alerts {
+            f.insert((t, a.labels.clone()), a);
+        }
+    }
+
+    /// A shard's state changes: mirrored, and queued for the notifiers.
+    pub fn publish(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.changes
+            .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        {
+            let mut f = self.firing.lock();
+            for c in &changes {
+                let key = (c.tenant.clone(), c.alert.labels.clone());
+                match c.alert.state {
+                    AlertState::Firing => {
+                        f.insert(key, c.alert.clone());
+                    }
+                    _ => {
+                        f.remove(&key);
+                    }
+                }
+            }
+        }
+        if let Some(n) = self.notify.get() {
+            let offered: Vec<Offered<'_>> = changes
+                .iter()
+                .map(|c| Offered {
+                    alert: &c.alert,
+                    generator_url: String::new(),
+                    channels: &c.channels,
+                })
+                .collect();
+            if let Err(e) = n.offer(&offered, strata_model::time::now_ms(), 60_000) {
+                tracing::error!(error = e, "device rule notifications not queued");
+            }
+        }
+    }
+
+    /// The firing device alerts of `tenant`, of rules that still exist.
+    pub fn firing(&self, tenant: &Tenant) -> Vec<Alert> {
+        let sources = self.sources.read();
+        self.firing
+            .lock()
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, a)| a)
+            .filter(|a| {
+                let id = a
+                    .labels
+                    .get("rule_id")
+                    .or_else(|| a.labels.get("alertname"))
+                    .unwrap_or("");
+                sources.contains_key(id)
+            })
+            .cloned()
+            .collect()
+    }
+}
