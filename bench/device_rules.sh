@@ -18,13 +18,13 @@ run() { # $1 = off|on
     rm -rf "$work/data"
     : > "$work/strata.toml"
     if [ "$1" = on ]; then
-        i=0
-        while [ "$i" -lt "$RULES" ]; do
-            site=$(printf '%02d' $((i % SITES)))
-            metric=temperature_celsius; [ $((i % 2)) = 1 ] && metric=humidity_percent
+        k=0
+        while [ "$k" -lt "$RULES" ]; do
+            site=$(printf '%02d' $((k % SITES)))
+            metric=temperature_celsius; [ $((k % 2)) = 1 ] && metric=humidity_percent
             printf '[[alerting.device_rules]]\nrule_id = "r%d"\ndevice_group = '"'"'{site="site-%s"}'"'"'\nmetric = "%s"\noperator = ">"\nthreshold = 30.0\nsustained_periods = 3\nclear_threshold = 28.0\n' \
-                "$i" "$site" "$metric" >> "$work/strata.toml"
-            i=$((i + 1))
+                "$k" "$site" "$metric" >> "$work/strata.toml"
+            k=$((k + 1))
         done
         printf '[[alerting.device_rules]]\nrule_id = "silent"\nkind = "offline"\ndevice_group = '"'"'{type=~".+"}'"'"'\ninterval = "10s"\n' >> "$work/strata.toml"
     fi

@@ -16,6 +16,7 @@
 
 use crate::saved::{alert_of, saved_alert, SavedAlert};
 use crate::state::{Alert, AlertState};
+use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -312,10 +313,6 @@ impl RuleSet {
     pub fn rules(&self) -> &[DeviceRule] {
         &self.rules
     }
-
-    fn get(&self, id: &str) -> Option<&DeviceRule> {
-        self.rules.iter().find(|r| r.spec.rule_id == id)
-    }
 }
 
 /// A state change of a device rule's alert, for notifiers.
@@ -332,8 +329,9 @@ pub struct Change {
 /// One series' threshold state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Judged {
-    /// Readings not judged yet, by event time.
-    waiting: BTreeMap<i64, f64>,
+    /// Readings not judged yet, as they came (sorted when judged: a vector keeps its room
+    /// between settles, so taking a reading allocates nothing).
+    waiting: Vec<(i64, f64)>,
     /// Readings up to this time are judged.
     judged_to: i64,
     /// Consecutive readings meeting the condition, and when the run began.
@@ -348,18 +346,28 @@ struct Judged {
 struct Seen {
     /// The latest reading's event time.
     last: i64,
-    /// The labels of the device's alert (its latest series' labels).
-    labels: Vec<(String, String)>,
+    /// A series of the device, whose labels its alert carries.
+    key: Vec<u8>,
     alert: Option<SavedAlert>,
+}
+
+/// The states of one rule.
+#[derive(Debug, Default)]
+struct RuleStates {
+    /// Threshold rules: by series key.
+    series: AHashMap<Box<[u8]>, Judged>,
+    /// Offline rules: by device.
+    devices: AHashMap<Box<[u8]>, Seen>,
 }
 
 /// The device rules' state of one shard (see the module doc).
 pub struct DeviceRules {
     rules: Arc<RuleSet>,
-    /// By (rule id, series key).
-    series: HashMap<(String, Vec<u8>), Judged>,
-    /// By (rule id, device).
-    devices: HashMap<(String, String), Seen>,
+    /// Per rule, in the rule set's order.
+    states: Vec<RuleStates>,
+    /// Per tenant and series key, the rules covering the series: matched once per series, not
+    /// at every reading (cleared when the rules change).
+    covering: AHashMap<Tenant, AHashMap<Box<[u8]>, Box<[u32]>>>,
     /// Readings that came behind what was judged.
     pub late: u64,
 }
@@ -367,29 +375,41 @@ pub struct DeviceRules {
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     series: Vec<(String, Vec<u8>, Judged)>,
-    devices: Vec<(String, String, Seen)>,
+    devices: Vec<(String, Vec<u8>, Seen)>,
     offset: Option<u64>,
 }
 
-const MAGIC: &[u8; 8] = b"STRDEVR\x01";
+const MAGIC: &[u8; 8] = b"STRDEVR\x02";
 
 impl DeviceRules {
     /// No state yet, judging by `rules`.
     pub fn new(rules: Arc<RuleSet>) -> DeviceRules {
+        let states = rules.rules.iter().map(|_| RuleStates::default()).collect();
         DeviceRules {
             rules,
-            series: HashMap::new(),
-            devices: HashMap::new(),
+            states,
+            covering: AHashMap::new(),
             late: 0,
         }
     }
 
-    /// Judges by `rules` from now on: state of rules no longer there is dropped (their alerts
-    /// with it, without a resolution).
+    /// Judges by `rules` from now on: a rule kept (by id) keeps its state; state of rules no
+    /// longer there is dropped (their alerts with it, without a resolution).
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
-        self.series.retain(|(id, _), _| rules.get(id).is_some());
-        self.devices.retain(|(id, _), _| rules.get(id).is_some());
+        let mut old: HashMap<String, RuleStates> = self
+            .rules
+            .rules
+            .iter()
+            .map(|r| r.spec.rule_id.clone())
+            .zip(std::mem::take(&mut self.states))
+            .collect();
+        self.states = rules
+            .rules
+            .iter()
+            .map(|r| old.remove(&r.spec.rule_id).unwrap_or_default())
+            .collect();
         self.rules = rules;
+        self.covering.clear();
     }
 
     /// Whether there is any rule (the ingest path skips everything otherwise).
@@ -404,39 +424,45 @@ impl DeviceRules {
         key: SeriesKeyRef<'_>,
         samples: &[strata_model::Sample],
     ) {
-        let Some(metric) = key.get(METRIC_NAME.as_bytes()) else {
-            return;
+        let by_key = match self.covering.get_mut(tenant) {
+            Some(m) => m,
+            None => self.covering.entry(tenant.clone()).or_default(),
         };
-        let Some(device) = key.get(b"device") else {
-            return;
-        };
-        let metric_rules = std::str::from_utf8(metric)
-            .ok()
-            .and_then(|m| self.rules.by_metric.get(m));
-        let candidates = metric_rules
-            .into_iter()
-            .flatten()
-            .chain(&self.rules.any_metric);
-        for &i in candidates {
-            let rule = &self.rules.rules[i];
-            if &rule.tenant != tenant || !rule.covers(key, device, metric) {
-                continue;
+        let covering = match by_key.get(key.as_bytes()) {
+            Some(c) => c,
+            None => {
+                let found = match key.get(b"device") {
+                    Some(device) => self.rules.covering(tenant, key, device),
+                    None => Box::new([]),
+                };
+                by_key.entry(key.as_bytes().into()).or_insert(found)
             }
-            let id = rule.spec.rule_id.clone();
+        };
+        if covering.is_empty() {
+            return;
+        }
+        // Covered series have one.
+        let device = key.get(b"device").unwrap_or_default();
+        for &i in covering.iter() {
+            let rule = &self.rules.rules[i as usize];
+            let states = &mut self.states[i as usize];
             match rule.check {
                 Check::Threshold { .. } => {
-                    let st = self
-                        .series
-                        .entry((id, key.as_bytes().to_vec()))
-                        .or_insert_with(|| Judged {
-                            judged_to: i64::MIN,
-                            ..Judged::default()
-                        });
+                    let st = match states.series.get_mut(key.as_bytes()) {
+                        Some(st) => st,
+                        None => states
+                            .series
+                            .entry(key.as_bytes().into())
+                            .or_insert_with(|| Judged {
+                                judged_to: i64::MIN,
+                                ..Judged::default()
+                            }),
+                    };
                     for s in samples {
                         if s.timestamp <= st.judged_to {
                             self.late += 1;
                         } else if !s.value.is_nan() {
-                            st.waiting.insert(s.timestamp, s.value);
+                            st.waiting.push((s.timestamp, s.value));
                         }
                     }
                 }
@@ -444,17 +470,15 @@ impl DeviceRules {
                     let Some(newest) = samples.iter().map(|s| s.timestamp).max() else {
                         continue;
                     };
-                    let dev = String::from_utf8_lossy(device).into_owned();
-                    let labels = alert_labels(key, "DeviceOffline", &id, rule.severity());
-                    let st = self.devices.entry((id, dev)).or_insert_with(|| Seen {
-                        last: i64::MIN,
-                        labels: labels.clone(),
-                        alert: None,
-                    });
-                    if newest > st.last {
-                        st.last = newest;
-                        st.labels = labels;
-                    }
+                    let st = match states.devices.get_mut(device) {
+                        Some(st) => st,
+                        None => states.devices.entry(device.into()).or_insert_with(|| Seen {
+                            last: i64::MIN,
+                            key: key.as_bytes().to_vec(),
+                            alert: None,
+                        }),
+                    };
+                    st.last = st.last.max(newest);
                 }
             }
         }
@@ -464,116 +488,47 @@ impl DeviceRules {
     /// silence against it; returns the state changes.
     pub fn settle(&mut self, watermark: i64) -> Vec<Change> {
         let mut out = Vec::new();
-        let rules = self.rules.clone();
-        for ((id, key), st) in self.series.iter_mut() {
-            let Some(rule) = rules.get(id) else { continue };
-            let Check::Threshold {
-                op,
-                threshold,
-                clear,
-                sustained,
-                ..
-            } = rule.check
-            else {
-                continue;
-            };
-            let later = st.waiting.split_off(&(watermark.saturating_add(1)));
-            let ready = std::mem::replace(&mut st.waiting, later);
-            for (t, v) in ready {
-                st.judged_to = t;
-                let firing = st
-                    .alert
-                    .as_ref()
-                    .is_some_and(|a| a.state == AlertState::Firing.as_str());
-                if firing {
-                    if !op.holds(v, clear) {
-                        let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
-                        a.state = AlertState::Inactive;
-                        a.resolved_at = Some(t);
-                        a.value = v;
-                        a.last_eval = t;
-                        st.alert = Some(saved_alert(&a));
-                        st.streak = 0;
-                        out.push(change(rule, a));
+        for (rule, states) in self.rules.rules.iter().zip(&mut self.states) {
+            match rule.check {
+                Check::Threshold {
+                    op,
+                    threshold,
+                    clear,
+                    sustained,
+                    ..
+                } => {
+                    for (key, st) in states.series.iter_mut() {
+                        if !st.waiting.iter().any(|(t, _)| *t <= watermark) {
+                            continue;
+                        }
+                        // Event-time order; of one timestamp's readings the last taken wins.
+                        let mut w = std::mem::take(&mut st.waiting);
+                        w.sort_by_key(|(t, _)| *t);
+                        let mut i = 0;
+                        while i < w.len() && w[i].0 <= watermark {
+                            let (t, mut v) = w[i];
+                            while i + 1 < w.len() && w[i + 1].0 == t {
+                                i += 1;
+                                v = w[i].1;
+                            }
+                            i += 1;
+                            judge(
+                                rule, st, key, t, v, op, threshold, clear, sustained, &mut out,
+                            );
+                        }
+                        w.drain(..i);
+                        st.waiting = w;
                     }
-                    continue;
                 }
-                if op.holds(v, threshold) {
-                    if st.streak == 0 {
-                        st.streak_from = t;
+                Check::Offline {
+                    interval_ms,
+                    missed,
+                    ..
+                } => {
+                    for st in states.devices.values_mut() {
+                        silence(rule, st, watermark, interval_ms, missed, &mut out);
                     }
-                    st.streak += 1;
-                    if st.streak >= sustained {
-                        let key = SeriesKeyRef::new_unchecked(key);
-                        let labels = alert_labels(key, id, id, rule.severity());
-                        let a = Alert {
-                            labels: Labels::from_pairs(labels).unwrap_or_default(),
-                            state: AlertState::Firing,
-                            value: v,
-                            active_at: st.streak_from,
-                            fired_at: Some(t),
-                            resolved_at: None,
-                            keep_firing_since: None,
-                            last_eval: t,
-                            annotations: annotations(rule, v),
-                        };
-                        st.alert = Some(saved_alert(&a));
-                        out.push(change(rule, a));
-                    }
-                } else {
-                    st.streak = 0;
                 }
-            }
-        }
-        for ((id, _), st) in self.devices.iter_mut() {
-            let Some(rule) = rules.get(id) else { continue };
-            let Check::Offline {
-                interval_ms,
-                missed,
-                ..
-            } = rule.check
-            else {
-                continue;
-            };
-            let silent_from = st
-                .last
-                .saturating_add(interval_ms.saturating_mul(i64::from(missed)));
-            let firing = st
-                .alert
-                .as_ref()
-                .is_some_and(|a| a.state == AlertState::Firing.as_str());
-            match (firing, watermark >= silent_from) {
-                (false, true) => {
-                    let a = Alert {
-                        labels: Labels::from_pairs(st.labels.clone()).unwrap_or_default(),
-                        state: AlertState::Firing,
-                        value: ((watermark - st.last) / 1000) as f64,
-                        active_at: silent_from,
-                        fired_at: Some(silent_from),
-                        resolved_at: None,
-                        keep_firing_since: None,
-                        last_eval: watermark,
-                        annotations: BTreeMap::from([(
-                            "summary".to_string(),
-                            format!(
-                                "no reading for {} intervals of {}",
-                                missed,
-                                rule.spec.interval.as_deref().unwrap_or("")
-                            ),
-                        )]),
-                    };
-                    st.alert = Some(saved_alert(&a));
-                    out.push(change(rule, a));
-                }
-                (true, false) => {
-                    let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
-                    a.state = AlertState::Inactive;
-                    a.resolved_at = Some(st.last);
-                    a.last_eval = watermark;
-                    st.alert = Some(saved_alert(&a));
-                    out.push(change(rule, a));
-                }
-                _ => {}
             }
         }
         out
@@ -581,34 +536,46 @@ impl DeviceRules {
 
     /// Firing alerts, with their tenants.
     pub fn firing(&self) -> Vec<(Tenant, Alert)> {
-        let series = self.series.iter().map(|((id, _), s)| (id, &s.alert));
-        let devices = self.devices.iter().map(|((id, _), s)| (id, &s.alert));
-        series
-            .chain(devices)
-            .filter_map(|(id, a)| {
-                let a = a
-                    .as_ref()
-                    .filter(|a| a.state == AlertState::Firing.as_str())?;
-                Some((self.rules.get(id)?.tenant.clone(), alert_of(a.clone())?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (rule, states) in self.rules.rules.iter().zip(&self.states) {
+            let alerts = states
+                .series
+                .values()
+                .map(|s| &s.alert)
+                .chain(states.devices.values().map(|s| &s.alert));
+            for a in alerts.flatten() {
+                if a.state == AlertState::Firing.as_str() {
+                    if let Some(a) = alert_of(a.clone()) {
+                        out.push((rule.tenant.clone(), a));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The state as a checkpoint covering the log up to `offset`.
     pub fn encode(&self, offset: Option<u64>) -> Vec<u8> {
-        let cp = Checkpoint {
-            series: self
-                .series
-                .iter()
-                .map(|((id, k), s)| (id.clone(), k.clone(), s.clone()))
-                .collect(),
-            devices: self
-                .devices
-                .iter()
-                .map(|((id, d), s)| (id.clone(), d.clone(), s.clone()))
-                .collect(),
+        let mut cp = Checkpoint {
+            series: Vec::new(),
+            devices: Vec::new(),
             offset,
         };
+        for (rule, states) in self.rules.rules.iter().zip(&self.states) {
+            let id = &rule.spec.rule_id;
+            cp.series.extend(
+                states
+                    .series
+                    .iter()
+                    .map(|(k, s)| (id.clone(), k.to_vec(), s.clone())),
+            );
+            cp.devices.extend(
+                states
+                    .devices
+                    .iter()
+                    .map(|(d, s)| (id.clone(), d.to_vec(), s.clone())),
+            );
+        }
         serde_json::to_vec(&cp).expect("device rule state serializes")
     }
 
@@ -623,7 +590,7 @@ impl DeviceRules {
         path: &std::path::Path,
         rules: Arc<RuleSet>,
     ) -> Result<(DeviceRules, Option<u64>), crate::framed::FramedError> {
-        let mut d = DeviceRules::new(rules.clone());
+        let mut d = DeviceRules::new(rules);
         let Some(body) = crate::framed::read(path, MAGIC)? else {
             return Ok((d, None));
         };
@@ -632,18 +599,164 @@ impl DeviceRules {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        d.series = cp
-            .series
-            .into_iter()
-            .map(|(id, k, s)| ((id, k), s))
+        let index: HashMap<&str, usize> = d
+            .rules
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.spec.rule_id.as_str(), i))
             .collect();
-        d.devices = cp
-            .devices
-            .into_iter()
-            .map(|(id, dev, s)| ((id, dev), s))
-            .collect();
-        d.set_rules(rules);
+        for (id, k, s) in cp.series {
+            if let Some(&i) = index.get(id.as_str()) {
+                d.states[i].series.insert(k.into(), s);
+            }
+        }
+        for (id, dev, s) in cp.devices {
+            if let Some(&i) = index.get(id.as_str()) {
+                d.states[i].devices.insert(dev.into(), s);
+            }
+        }
         Ok((d, cp.offset))
+    }
+}
+
+impl RuleSet {
+    /// The rules of `tenant` covering the series with `key` (of `device`).
+    fn covering(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, device: &[u8]) -> Box<[u32]> {
+        let Some(metric) = key.get(METRIC_NAME.as_bytes()) else {
+            return Box::new([]);
+        };
+        let by_metric = std::str::from_utf8(metric)
+            .ok()
+            .and_then(|m| self.by_metric.get(m));
+        by_metric
+            .into_iter()
+            .flatten()
+            .chain(&self.any_metric)
+            .copied()
+            .filter(|&i| {
+                let r = &self.rules[i];
+                &r.tenant == tenant && r.covers(key, device, metric)
+            })
+            .map(|i| i as u32)
+            .collect()
+    }
+}
+
+/// Judges one reading of a threshold rule's series.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    rule: &DeviceRule,
+    st: &mut Judged,
+    key: &[u8],
+    t: i64,
+    v: f64,
+    op: Op,
+    threshold: f64,
+    clear: f64,
+    sustained: u32,
+    out: &mut Vec<Change>,
+) {
+    st.judged_to = t;
+    let firing = st
+        .alert
+        .as_ref()
+        .is_some_and(|a| a.state == AlertState::Firing.as_str());
+    if firing {
+        if !op.holds(v, clear) {
+            let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+            a.state = AlertState::Inactive;
+            a.resolved_at = Some(t);
+            a.value = v;
+            a.last_eval = t;
+            st.alert = Some(saved_alert(&a));
+            st.streak = 0;
+            out.push(change(rule, a));
+        }
+        return;
+    }
+    if !op.holds(v, threshold) {
+        st.streak = 0;
+        return;
+    }
+    if st.streak == 0 {
+        st.streak_from = t;
+    }
+    st.streak += 1;
+    if st.streak >= sustained {
+        let id = &rule.spec.rule_id;
+        let labels = alert_labels(SeriesKeyRef::new_unchecked(key), id, id, rule.severity());
+        let a = Alert {
+            labels: Labels::from_pairs(labels).unwrap_or_default(),
+            state: AlertState::Firing,
+            value: v,
+            active_at: st.streak_from,
+            fired_at: Some(t),
+            resolved_at: None,
+            keep_firing_since: None,
+            last_eval: t,
+            annotations: annotations(rule, v),
+        };
+        st.alert = Some(saved_alert(&a));
+        out.push(change(rule, a));
+    }
+}
+
+/// Checks one device of an offline rule against the watermark.
+fn silence(
+    rule: &DeviceRule,
+    st: &mut Seen,
+    watermark: i64,
+    interval_ms: i64,
+    missed: u32,
+    out: &mut Vec<Change>,
+) {
+    let silent_from = st
+        .last
+        .saturating_add(interval_ms.saturating_mul(i64::from(missed)));
+    let firing = st
+        .alert
+        .as_ref()
+        .is_some_and(|a| a.state == AlertState::Firing.as_str());
+    match (firing, watermark >= silent_from) {
+        (false, true) => {
+            let id = &rule.spec.rule_id;
+            let labels = alert_labels(
+                SeriesKeyRef::new_unchecked(&st.key),
+                "DeviceOffline",
+                id,
+                rule.severity(),
+            );
+            let a = Alert {
+                labels: Labels::from_pairs(labels).unwrap_or_default(),
+                state: AlertState::Firing,
+                value: ((watermark - st.last) / 1000) as f64,
+                active_at: silent_from,
+                fired_at: Some(silent_from),
+                resolved_at: None,
+                keep_firing_since: None,
+                last_eval: watermark,
+                annotations: BTreeMap::from([(
+                    "summary".to_string(),
+                    format!(
+                        "no reading for {} intervals of {}",
+                        missed,
+                        rule.spec.interval.as_deref().unwrap_or("")
+                    ),
+                )]),
+            };
+            st.alert = Some(saved_alert(&a));
+            out.push(change(rule, a));
+        }
+        (true, false) => {
+            let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+            a.state = AlertState::Inactive;
+            a.resolved_at = Some(st.last);
+            a.last_eval = watermark;
+            st.alert = Some(saved_alert(&a));
+            out.push(change(rule, a));
+        }
+        _ => {}
     }
 }
 
