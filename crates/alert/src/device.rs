@@ -360,6 +360,9 @@ struct RuleStates {
     devices: AHashMap<Box<[u8]>, Seen>,
 }
 
+/// Per series key, the indices of the rules covering it.
+type Covering = AHashMap<Box<[u8]>, Box<[u32]>>;
+
 /// The device rules' state of one shard (see the module doc).
 pub struct DeviceRules {
     rules: Arc<RuleSet>,
@@ -367,7 +370,7 @@ pub struct DeviceRules {
     states: Vec<RuleStates>,
     /// Per tenant and series key, the rules covering the series: matched once per series, not
     /// at every reading (cleared when the rules change).
-    covering: AHashMap<Tenant, AHashMap<Box<[u8]>, Box<[u32]>>>,
+    covering: AHashMap<Tenant, Covering>,
     /// Readings that came behind what was judged.
     pub late: u64,
 }
