@@ -351,17 +351,53 @@ struct Seen {
     alert: Option<SavedAlert>,
 }
 
-/// The states of one rule.
+/// The states of one rule, in slots the match cache points at (a slot never moves while the
+/// rules stay the same).
 #[derive(Debug, Default)]
 struct RuleStates {
-    /// Threshold rules: by series key.
-    series: AHashMap<Box<[u8]>, Judged>,
-    /// Offline rules: by device.
-    devices: AHashMap<Box<[u8]>, Seen>,
+    /// Threshold rules: per series (its key).
+    series: Vec<(Box<[u8]>, Judged)>,
+    /// Offline rules: per device (its id).
+    devices: Vec<(Box<[u8]>, Seen)>,
+    /// The slot of a series key (threshold rules) or device (offline rules).
+    index: AHashMap<Box<[u8]>, u32>,
 }
 
-/// Per series key, the indices of the rules covering it.
-type Covering = AHashMap<Box<[u8]>, Box<[u32]>>;
+impl RuleStates {
+    /// The slot of the series with `key`, made when new.
+    fn series_slot(&mut self, key: &[u8]) -> u32 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.series.len() as u32;
+        let judged = Judged {
+            judged_to: i64::MIN,
+            ..Judged::default()
+        };
+        self.series.push((key.into(), judged));
+        self.index.insert(key.into(), i);
+        i
+    }
+
+    /// The slot of `device`, made when new (its alert labels from the series with `key`).
+    fn device_slot(&mut self, device: &[u8], key: &[u8]) -> u32 {
+        if let Some(&i) = self.index.get(device) {
+            return i;
+        }
+        let i = self.devices.len() as u32;
+        let seen = Seen {
+            last: i64::MIN,
+            key: key.to_vec(),
+            alert: None,
+        };
+        self.devices.push((device.into(), seen));
+        self.index.insert(device.into(), i);
+        i
+    }
+}
+
+/// Per series key, the rules covering it and its slot in each.
+type Covering = AHashMap<Box<[u8]>, Box<[(u32, u32)]>>;
 
 /// The device rules' state of one shard (see the module doc).
 pub struct DeviceRules {
@@ -434,33 +470,30 @@ impl DeviceRules {
         let covering = match by_key.get(key.as_bytes()) {
             Some(c) => c,
             None => {
-                let found = match key.get(b"device") {
-                    Some(device) => self.rules.covering(tenant, key, device),
+                let found: Box<[(u32, u32)]> = match key.get(b"device") {
+                    Some(device) => self
+                        .rules
+                        .covering(tenant, key, device)
+                        .iter()
+                        .map(|&i| {
+                            let st = &mut self.states[i as usize];
+                            let slot = match self.rules.rules[i as usize].check {
+                                Check::Threshold { .. } => st.series_slot(key.as_bytes()),
+                                Check::Offline { .. } => st.device_slot(device, key.as_bytes()),
+                            };
+                            (i, slot)
+                        })
+                        .collect(),
                     None => Box::new([]),
                 };
                 by_key.entry(key.as_bytes().into()).or_insert(found)
             }
         };
-        if covering.is_empty() {
-            return;
-        }
-        // Covered series have one.
-        let device = key.get(b"device").unwrap_or_default();
-        for &i in covering.iter() {
-            let rule = &self.rules.rules[i as usize];
+        for &(i, slot) in covering.iter() {
             let states = &mut self.states[i as usize];
-            match rule.check {
+            match self.rules.rules[i as usize].check {
                 Check::Threshold { .. } => {
-                    let st = match states.series.get_mut(key.as_bytes()) {
-                        Some(st) => st,
-                        None => states
-                            .series
-                            .entry(key.as_bytes().into())
-                            .or_insert_with(|| Judged {
-                                judged_to: i64::MIN,
-                                ..Judged::default()
-                            }),
-                    };
+                    let st = &mut states.series[slot as usize].1;
                     for s in samples {
                         if s.timestamp <= st.judged_to {
                             self.late += 1;
@@ -470,18 +503,10 @@ impl DeviceRules {
                     }
                 }
                 Check::Offline { .. } => {
-                    let Some(newest) = samples.iter().map(|s| s.timestamp).max() else {
-                        continue;
-                    };
-                    let st = match states.devices.get_mut(device) {
-                        Some(st) => st,
-                        None => states.devices.entry(device.into()).or_insert_with(|| Seen {
-                            last: i64::MIN,
-                            key: key.as_bytes().to_vec(),
-                            alert: None,
-                        }),
-                    };
-                    st.last = st.last.max(newest);
+                    let st = &mut states.devices[slot as usize].1;
+                    if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
+                        st.last = st.last.max(newest);
+                    }
                 }
             }
         }
@@ -501,6 +526,7 @@ impl DeviceRules {
                     ..
                 } => {
                     for (key, st) in states.series.iter_mut() {
+                        let (key, st) = (&**key, st);
                         if !st.waiting.iter().any(|(t, _)| *t <= watermark) {
                             continue;
                         }
@@ -528,7 +554,7 @@ impl DeviceRules {
                     missed,
                     ..
                 } => {
-                    for st in states.devices.values_mut() {
+                    for (_, st) in states.devices.iter_mut() {
                         silence(rule, st, watermark, interval_ms, missed, &mut out);
                     }
                 }
@@ -543,9 +569,9 @@ impl DeviceRules {
         for (rule, states) in self.rules.rules.iter().zip(&self.states) {
             let alerts = states
                 .series
-                .values()
-                .map(|s| &s.alert)
-                .chain(states.devices.values().map(|s| &s.alert));
+                .iter()
+                .map(|(_, s)| &s.alert)
+                .chain(states.devices.iter().map(|(_, s)| &s.alert));
             for a in alerts.flatten() {
                 if a.state == AlertState::Firing.as_str() {
                     if let Some(a) = alert_of(a.clone()) {
@@ -611,12 +637,16 @@ impl DeviceRules {
             .collect();
         for (id, k, s) in cp.series {
             if let Some(&i) = index.get(id.as_str()) {
-                d.states[i].series.insert(k.into(), s);
+                let st = &mut d.states[i];
+                let slot = st.series_slot(&k);
+                st.series[slot as usize].1 = s;
             }
         }
         for (id, dev, s) in cp.devices {
             if let Some(&i) = index.get(id.as_str()) {
-                d.states[i].devices.insert(dev.into(), s);
+                let st = &mut d.states[i];
+                let slot = st.device_slot(&dev, &s.key);
+                st.devices[slot as usize].1 = s;
             }
         }
         Ok((d, cp.offset))
@@ -914,6 +944,9 @@ mod tests {
         // Another device, another metric: untouched.
         d.observe(&t(), key("pressure", "b1").as_ref(), &readings());
         d.observe(&t(), key("temp", "b2").as_ref(), &readings()[..1]);
+        // Another tenant's device of the same labels: the rule is not its.
+        let other = Tenant::new("other").unwrap();
+        d.observe(&other, key("temp", "b3").as_ref(), &readings());
         assert!(d.settle(i64::MAX - 1).is_empty());
     }
 
