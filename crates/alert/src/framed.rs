@@ -29,24 +29,27 @@ pub enum FramedError {
 
 /// Writes `body` to `path` behind `magic`, durably.
 pub fn write(path: &Path, magic: &[u8; 8], body: &[u8]) -> Result<(), FramedError> {
-    let io = |source| FramedError::Io {
+    let mut bytes = Vec::with_capacity(20 + body.len());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    bytes.extend_from_slice(body);
+    replace(path, &bytes).map_err(|source| FramedError::Io {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Replaces the file at `path` with `bytes`: a temporary file beside it, fsynced and renamed
+/// over it, and the directory fsynced, so a crash leaves the old file or the new one.
+pub(crate) fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(magic).map_err(io)?;
-    f.write_all(&(body.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    f.write_all(&crc32fast::hash(body).to_le_bytes())
-        .map_err(io)?;
-    f.write_all(body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct EngineOptions {
     pub max_depth: usize,
     /// Longest label value a query may build (`label_replace`, `label_join`), in bytes.
     pub max_label_value_len: usize,
+    /// Most steps a range query may have (Prometheus: 11,000 points per series).
+    pub max_points_per_series: i64,
 }
 
 impl Default for EngineOptions {
@@ -39,6 +41,7 @@ impl Default for EngineOptions {
             max_query_length: 256 << 10,
             max_depth: 128,
             max_label_value_len: 2048,
+            max_points_per_series: 11_000,
         }
     }
 }
@@ -254,6 +257,25 @@ impl Engine {
         Ok(env.finish(value))
     }
 
+    /// Refuses a range of more steps than `max_points_per_series`, as Prometheus words it.
+    pub fn check_points(&self, start_ms: i64, end_ms: i64, step_ms: i64) -> Result<(), Error> {
+        let max = self.opts.max_points_per_series;
+        if (end_ms as i128 - start_ms as i128) / (step_ms.max(1) as i128) <= max as i128 {
+            return Ok(());
+        }
+        let digits = max.to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                grouped.push(',');
+            }
+            grouped.push(c);
+        }
+        Err(Error::BadData(format!(
+            "exceeded maximum resolution of {grouped} points per timeseries. Try decreasing the query resolution (?step=XX)"
+        )))
+    }
+
     /// Evaluates `query` at every `step_ms` from `start_ms` to `end_ms` inclusive; the result is
     /// a matrix sorted by labels.
     pub fn range(
@@ -274,6 +296,7 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
+        self.check_points(start_ms, end_ms, step_ms)?;
         self.within_limits(query, || {
             self.range_parsed(ctx, query, start_ms, end_ms, step_ms)
         })

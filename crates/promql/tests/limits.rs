@@ -363,3 +363,27 @@ fn sort_in_a_range_query_warns() {
     let out = e.instant(&ctx(), "sort(x)", 0).unwrap();
     assert!(out.warnings.is_empty());
 }
+
+/// A range query of more steps than `max_points_per_series` is refused by the engine itself,
+/// in Prometheus' words, whoever calls it; up to the limit it answers.
+#[test]
+fn range_queries_are_bounded_in_points_per_series() {
+    let opts = EngineOptions {
+        max_points_per_series: 1000,
+        ..Default::default()
+    };
+    let e = engine(opts, &[(&[("__name__", "x")], vec![(0, 1.0)])]);
+    let err = e.range(&ctx(), "x", 0, 1_001_000, 1000).unwrap_err();
+    assert!(matches!(err, Error::BadData(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "exceeded maximum resolution of 1,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
+    );
+    assert!(e.range(&ctx(), "x", 0, 1_000_000, 1000).is_ok());
+    let d = engine(EngineOptions::default(), &[]);
+    assert!(d
+        .range(&ctx(), "x", 0, 11_001_000, 1000)
+        .unwrap_err()
+        .to_string()
+        .contains("11,000 points"));
+}

@@ -354,6 +354,7 @@ impl QueryConfig {
             max_query_length: self.max_query_length,
             max_depth: self.max_depth,
             max_label_value_len,
+            ..strata_promql::EngineOptions::default()
         }
     }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{metric, now_ms, remote_write_body, Server};
+use common::{metric, now_ms, Server};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +38,7 @@ groups:
 "#;
 
 fn write(s: &Server, device: &str, v: f64) {
-    let body = remote_write_body(&[(
+    s.remote_write(&[(
         vec![
             ("__name__", "temperature_celsius"),
             ("device", device),
@@ -46,15 +46,6 @@ fn write(s: &Server, device: &str, v: f64) {
         ],
         vec![(now_ms(), v)],
     )]);
-    let r = s
-        .client
-        .post(s.url("/api/v1/write"))
-        .header("Content-Encoding", "snappy")
-        .header("Content-Type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
 }
 
 /// Polls until `f` holds, keeping `device` reporting `v` meanwhile.
@@ -279,19 +270,9 @@ groups:
             sent += 1000;
             samples.push((sent, 1.0));
         }
-        let body =
-            remote_write_body(&[(vec![("__name__", "heartbeat"), ("device", "d1")], samples)]);
-        for s in [&live, &settled] {
-            let r = s
-                .client
-                .post(s.url("/api/v1/write"))
-                .header("Content-Encoding", "snappy")
-                .header("Content-Type", "application/x-protobuf")
-                .body(body.clone())
-                .send()
-                .unwrap();
-            assert!(r.status().is_success());
-        }
+        let rows = [(vec![("__name__", "heartbeat"), ("device", "d1")], samples)];
+        live.remote_write(&rows);
+        settled.remote_write(&rows);
         std::thread::sleep(Duration::from_secs(8));
     }
     let fired = |s: &Server| s.export(r#"ALERTS{alertname="Silent"}"#);

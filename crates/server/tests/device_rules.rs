@@ -178,7 +178,13 @@ fn device_rules_fire_and_resolve_once_through_duplicates_reordering_and_a_sigkil
         changes(&hook, "DeviceOffline") == ["firing"]
     });
 
-    // SIGKILL while firing; the restart replays and restores, and nothing is sent again.
+    // SIGKILL while firing, once the deliveries are recorded (a kill between a receiver's 2xx
+    // and that record sends it again: delivery is at least once); the restart replays and
+    // restores, and nothing is sent again.
+    wait("the deliveries to be recorded", || {
+        s.metrics()
+            .contains("strata_notifications_queued{notifier=\"ops\",kind=\"webhook\"} 0")
+    });
     s.kill9();
     let s = start(dir.path(), &hook.url);
     let (_, list) = req(&s, Method::GET, "/api/v1/alert-rules/boiler-hot", None);

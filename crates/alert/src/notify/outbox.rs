@@ -237,14 +237,7 @@ impl Outbox {
                 &serde_json::to_vec(e).expect("an entry serializes"),
             );
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        crate::framed::replace(&self.path, &buf).map_err(io)?;
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)

@@ -153,9 +153,6 @@ impl Drop for Running {
     }
 }
 
-/// Prometheus refuses range queries with more points than this per series.
-const MAX_POINTS_PER_SERIES: i64 = 11_000;
-
 /// A duration parameter: a Prometheus duration (`15s`) or a number of seconds (`15`, `0.5`).
 fn duration_param(p: &Params, name: &str) -> Result<Option<i64>, ApiError> {
     let Some(s) = p.get(name).filter(|s| !s.is_empty()) else {
@@ -323,11 +320,10 @@ pub async fn range(State(st): State<AppState>, req: ApiRequest) -> Response {
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end as i128 - start as i128) / step as i128 > MAX_POINTS_PER_SERIES as i128 {
-            return Err(ApiError::bad_data(
-                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
-            ));
-        }
+        // The engine refuses it too; checked here before the cache splits the range.
+        st.promql
+            .check_points(start, end, step)
+            .map_err(|e| ApiError::bad_data(e.to_string()))?;
         let ctx = context(&st, &req.headers, &p)?;
         let engine = st.promql.clone();
         let nocache = matches!(p.get("nocache"), Some("1" | "true"));

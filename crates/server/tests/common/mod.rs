@@ -133,6 +133,19 @@ impl Server {
             .collect()
     }
 
+    /// Writes `series` by remote write (as Prometheus sends it) and checks it was taken.
+    pub fn remote_write(&self, series: &[SeriesRows<'_>]) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/write"))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .body(remote_write_body(series))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "remote write: {}", r.status());
+    }
+
     pub fn flush(&self) {
         let r = self
             .client
