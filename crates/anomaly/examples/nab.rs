@@ -51,6 +51,8 @@ fn options() -> Options {
         short: get("NAB_SHORT").map_or(d.short, |v| v as usize),
         warm_up: get("NAB_WARM_UP").map_or(d.warm_up, |v| v as usize),
         period: get("NAB_PERIOD").map_or(d.period, |v| v as usize),
+        find_period_after: get("NAB_FIND_PERIOD").map_or(d.find_period_after, |v| v as usize),
+        min_autocorrelation: get("NAB_MIN_ACF").unwrap_or(d.min_autocorrelation),
         cap: get("NAB_CAP").unwrap_or(d.cap),
         mode: get("NAB_MODE").map_or(d.mode, |v| v as u8),
         suppress: get("NAB_SUPPRESS").map_or(d.suppress, |v| v as usize),
