@@ -14,7 +14,6 @@
 //! each state change carries its event time, so after a crash the same changes come out again
 //! and the notification outbox recognises them.
 
-use crate::saved::{alert_of, saved_alert, SavedAlert};
 use crate::state::{Alert, AlertState};
 use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
@@ -338,7 +337,8 @@ struct Judged {
     streak: u32,
     streak_from: i64,
     /// The alert, while firing (and once resolved, until the next fire).
-    alert: Option<SavedAlert>,
+    #[serde(with = "crate::saved::opt_alert")]
+    alert: Option<Alert>,
 }
 
 /// One device's offline state.
@@ -348,7 +348,8 @@ struct Seen {
     last: i64,
     /// A series of the device, whose labels its alert carries.
     key: Vec<u8>,
-    alert: Option<SavedAlert>,
+    #[serde(with = "crate::saved::opt_alert")]
+    alert: Option<Alert>,
 }
 
 /// The states of one rule, in slots the match cache points at (a slot never moves while the
@@ -573,10 +574,8 @@ impl DeviceRules {
                 .map(|(_, s)| &s.alert)
                 .chain(states.devices.iter().map(|(_, s)| &s.alert));
             for a in alerts.flatten() {
-                if a.state == AlertState::Firing.as_str() {
-                    if let Some(a) = alert_of(a.clone()) {
-                        out.push((rule.tenant.clone(), a));
-                    }
+                if a.state == AlertState::Firing {
+                    out.push((rule.tenant.clone(), a.clone()));
                 }
             }
         }
@@ -694,15 +693,15 @@ fn judge(
     let firing = st
         .alert
         .as_ref()
-        .is_some_and(|a| a.state == AlertState::Firing.as_str());
+        .is_some_and(|a| a.state == AlertState::Firing);
     if firing {
         if !op.holds(v, clear) {
-            let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+            let mut a = st.alert.take().expect("firing");
             a.state = AlertState::Inactive;
             a.resolved_at = Some(t);
             a.value = v;
             a.last_eval = t;
-            st.alert = Some(saved_alert(&a));
+            st.alert = Some(a.clone());
             st.streak = 0;
             out.push(change(rule, a));
         }
@@ -730,7 +729,7 @@ fn judge(
             last_eval: t,
             annotations: annotations(rule, v),
         };
-        st.alert = Some(saved_alert(&a));
+        st.alert = Some(a.clone());
         out.push(change(rule, a));
     }
 }
@@ -750,7 +749,7 @@ fn silence(
     let firing = st
         .alert
         .as_ref()
-        .is_some_and(|a| a.state == AlertState::Firing.as_str());
+        .is_some_and(|a| a.state == AlertState::Firing);
     match (firing, watermark >= silent_from) {
         (false, true) => {
             let id = &rule.spec.rule_id;
@@ -778,15 +777,15 @@ fn silence(
                     ),
                 )]),
             };
-            st.alert = Some(saved_alert(&a));
+            st.alert = Some(a.clone());
             out.push(change(rule, a));
         }
         (true, false) => {
-            let mut a = alert_of(st.alert.take().expect("firing")).expect("valid");
+            let mut a = st.alert.take().expect("firing");
             a.state = AlertState::Inactive;
             a.resolved_at = Some(st.last);
             a.last_eval = watermark;
-            st.alert = Some(saved_alert(&a));
+            st.alert = Some(a.clone());
             out.push(change(rule, a));
         }
         _ => {}

@@ -152,6 +152,8 @@ struct Run {
     /// The latest evaluation's time (ms) and duration.
     last_eval: Option<i64>,
     duration: Duration,
+    /// The CRC of the state last saved: an unchanged state is not written again.
+    saved_crc: Option<u32>,
 }
 
 /// Loads and runs rule groups (see the module doc).
@@ -263,6 +265,7 @@ impl RuleManager {
                     state,
                     last_eval,
                     duration: Duration::ZERO,
+                    saved_crc: None,
                 }),
                 stop: AtomicBool::new(false),
                 wake: tokio::sync::Notify::new(),
@@ -289,6 +292,35 @@ impl RuleManager {
             s.stop.store(true, Ordering::Relaxed);
             s.wake.notify_one();
         }
+    }
+
+    /// How many groups are loaded.
+    pub fn group_count(&self) -> usize {
+        self.slots.lock().len()
+    }
+
+    /// How many alerts are inactive (resolved lately), pending and firing.
+    pub fn alert_counts(&self) -> [u64; 3] {
+        let mut counts = [0u64; 3];
+        let slots = self.slots.lock().clone();
+        for s in &slots {
+            let run = s.run.lock();
+            for i in 0..run.state.group().rules.len() {
+                for a in run
+                    .state
+                    .rule_state(i)
+                    .into_iter()
+                    .flat_map(|st| st.alerts())
+                {
+                    counts[match a.state {
+                        AlertState::Inactive => 0,
+                        AlertState::Pending => 1,
+                        AlertState::Firing => 2,
+                    }] += 1;
+                }
+            }
+        }
+        counts
     }
 
     /// The groups and their rules, in file order.
@@ -325,24 +357,6 @@ impl RuleManager {
                 }
             })
             .collect()
-    }
-
-    /// Evaluates group `name` of `file` once at `ts` (ms), as its schedule would; false when
-    /// there is no such group. For tests and tools that drive time themselves.
-    pub fn evaluate(&self, file: &str, name: &str, ts: i64) -> bool {
-        let slot = self
-            .slots
-            .lock()
-            .iter()
-            .find(|s| s.file == file && s.name == name)
-            .cloned();
-        match slot {
-            Some(s) => {
-                self.eval_once(&s, ts);
-                true
-            }
-            None => false,
-        }
     }
 
     /// Every group of every file the patterns name, each file once, in pattern then name order.
@@ -499,11 +513,18 @@ impl RuleManager {
         if !alerting {
             return;
         }
-        if let Err(e) = saved::save(&slot.state_path, &slot.file, &slot.name, &run.state) {
-            self.stats
-                .state_save_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "alert state not saved");
+        let body = saved::encode(&slot.file, &slot.name, &run.state);
+        let crc = crc32fast::hash(&body);
+        if run.saved_crc != Some(crc) {
+            match saved::write(&slot.state_path, &body) {
+                Ok(()) => run.saved_crc = Some(crc),
+                Err(e) => {
+                    self.stats
+                        .state_save_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "alert state not saved");
+                }
+            }
         }
         // After the state is saved: a restart restores what was offered, and the outbox knows
         // which of its changes it queued.
@@ -541,8 +562,7 @@ fn generator_url(external: &str, expr: &str) -> String {
 
 /// A group's phase within its interval: stable for its file and name.
 fn phase_of(file: &str, name: &str, interval: i64) -> i64 {
-    let h = xxhash_rust::xxh3::xxh3_64(format!("{file}\0{name}").as_bytes());
-    (h % interval as u64) as i64
+    (saved::group_hash(file, name) % interval as u64) as i64
 }
 
 /// What a rule wrote, as one batch of `tenant`.

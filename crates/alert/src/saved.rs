@@ -35,9 +35,9 @@ struct SavedRule {
 
 /// An alert as state files keep it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SavedAlert {
+struct SavedAlert {
     labels: BTreeMap<String, String>,
-    pub(crate) state: String,
+    state: String,
     /// The value's bits (NaN and infinities survive).
     value: u64,
     active_at: i64,
@@ -50,15 +50,20 @@ pub(crate) struct SavedAlert {
 
 /// The file holding the state of group `name` of rule file `file` in `dir`.
 pub fn path_of(dir: &Path, file: &str, name: &str) -> PathBuf {
+    dir.join(format!("{:016x}.alerts", group_hash(file, name)))
+}
+
+/// A stable hash of group `name` of rule file `file`.
+pub fn group_hash(file: &str, name: &str) -> u64 {
     let mut key = Vec::with_capacity(file.len() + name.len() + 1);
     key.extend_from_slice(file.as_bytes());
     key.push(0);
     key.extend_from_slice(name.as_bytes());
-    dir.join(format!("{:016x}.alerts", xxhash_rust::xxh3::xxh3_64(&key)))
+    xxhash_rust::xxh3::xxh3_64(&key)
 }
 
-/// Writes the alerts of `group` (group `name` of `file`) to `path`, durably.
-pub fn save(path: &Path, file: &str, name: &str, group: &GroupState) -> Result<(), SavedError> {
+/// The saved form of the alerts of `group` (group `name` of `file`), for [`write`].
+pub fn encode(file: &str, name: &str, group: &GroupState) -> Vec<u8> {
     let rules = group
         .group()
         .rules
@@ -73,13 +78,17 @@ pub fn save(path: &Path, file: &str, name: &str, group: &GroupState) -> Result<(
             Rule::Recording(_) => None,
         })
         .collect();
-    let body = serde_json::to_vec(&SavedGroup {
+    serde_json::to_vec(&SavedGroup {
         file: file.to_string(),
         group: name.to_string(),
         rules,
     })
-    .expect("alert state serializes");
-    crate::framed::write(path, MAGIC, &body)
+    .expect("alert state serializes")
+}
+
+/// Writes a state made by [`encode`] to `path`, durably.
+pub fn write(path: &Path, body: &[u8]) -> Result<(), SavedError> {
+    crate::framed::write(path, MAGIC, body)
 }
 
 /// Restores the alerts saved at `path` into `group`'s rules of the same name and expression;
@@ -107,7 +116,7 @@ pub fn restore(path: &Path, group: &mut GroupState) -> Result<usize, SavedError>
     Ok(restored)
 }
 
-pub(crate) fn saved_alert(a: &Alert) -> SavedAlert {
+fn saved_alert(a: &Alert) -> SavedAlert {
     SavedAlert {
         labels: a
             .labels
@@ -125,7 +134,7 @@ pub(crate) fn saved_alert(a: &Alert) -> SavedAlert {
     }
 }
 
-pub(crate) fn alert_of(s: SavedAlert) -> Option<Alert> {
+fn alert_of(s: SavedAlert) -> Option<Alert> {
     let state = match s.state.as_str() {
         "firing" => AlertState::Firing,
         "pending" => AlertState::Pending,
@@ -143,4 +152,19 @@ pub(crate) fn alert_of(s: SavedAlert) -> Option<Alert> {
         last_eval: s.last_eval,
         annotations: s.annotations,
     })
+}
+
+/// Serde for an optional alert inside state files (written as [`SavedAlert`]).
+pub(crate) mod opt_alert {
+    use super::{alert_of, saved_alert, SavedAlert};
+    use crate::state::Alert;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<Alert>, s: S) -> Result<S::Ok, S::Error> {
+        a.as_ref().map(saved_alert).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Alert>, D::Error> {
+        Ok(Option::<SavedAlert>::deserialize(d)?.and_then(alert_of))
+    }
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use strata_alert::group::{External, GroupState, Written};
 use strata_alert::parse_rule_file;
+use strata_alert::query::Querier;
 use strata_alert::state::AlertState;
 use strata_model::{Labels, Sample, Tenant};
 use strata_promql::{Engine, EngineOptions, MemStorage, QueryContext, Value};
@@ -72,17 +73,7 @@ fn a_group_records_then_alerts_from_what_it_recorded() {
     let mut states = Vec::new();
     for i in 0..6 {
         let ts = T0 + i * MIN;
-        let mut query = |expr: &str, t: i64| -> Result<Vec<(Labels, f64)>, String> {
-            match engine
-                .instant(&ctx, expr, t)
-                .map_err(|e| e.to_string())?
-                .value
-            {
-                Value::Vector(v) => Ok(v.into_iter().map(|s| (s.labels, s.v)).collect()),
-                Value::Scalar { v, .. } => Ok(vec![(Labels::default(), v)]),
-                other => Err(format!("unexpected {other:?}")),
-            }
-        };
+        let mut query = |expr: &str, t: i64| Querier::instant(&engine, &tenant, expr, t);
         let mut write = |w: &Written| -> Result<(), String> {
             for (l, s) in w {
                 store.append(&tenant, l.clone(), &[*s]);

@@ -54,7 +54,6 @@ fn options() -> Options {
         find_period_after: get("NAB_FIND_PERIOD").map_or(d.find_period_after, |v| v as usize),
         min_autocorrelation: get("NAB_MIN_ACF").unwrap_or(d.min_autocorrelation),
         cap: get("NAB_CAP").unwrap_or(d.cap),
-        mode: get("NAB_MODE").map_or(d.mode, |v| v as u8),
         suppress: get("NAB_SUPPRESS").map_or(d.suppress, |v| v as usize),
     }
 }

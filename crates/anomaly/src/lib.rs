@@ -38,8 +38,6 @@ pub struct Options {
     pub min_autocorrelation: f64,
     /// Highest score.
     pub cap: f64,
-    /// Scoring: 0 the Gaussian tail of the residuals' mean, 1 its rank among past means.
-    pub mode: u8,
     /// Windows after a score above 1 during which scores are held at 0 (one anomaly, one
     /// event).
     pub suppress: usize,
@@ -56,7 +54,6 @@ impl Default for Options {
             find_period_after: 1200,
             min_autocorrelation: 0.7,
             cap: 100.0,
-            mode: 0,
             suppress: 120,
         }
     }
@@ -80,11 +77,11 @@ pub struct Detector {
     opts: Options,
     values: VecDeque<f64>,
     residuals: VecDeque<f64>,
+    /// The sum and the sum of squares of `residuals`, kept as they come and go.
+    residual_sums: (f64, f64),
     short: VecDeque<f64>,
     seen: usize,
     scratch: Vec<f64>,
-    /// Past means of the latest residuals (rank scoring).
-    means: VecDeque<f64>,
     quiet_until: usize,
     /// The period in use (given, or found).
     period: usize,
@@ -96,10 +93,10 @@ impl Detector {
         Detector {
             values: VecDeque::with_capacity(opts.window.max(opts.period * 4) + 1),
             residuals: VecDeque::with_capacity(opts.history + 1),
+            residual_sums: (0.0, 0.0),
             short: VecDeque::with_capacity(opts.short + 1),
             seen: 0,
             scratch: Vec::new(),
-            means: VecDeque::new(),
             quiet_until: 0,
             period: opts.period,
             opts,
@@ -124,10 +121,7 @@ impl Detector {
             100.0
         };
         let mut score = if self.seen >= self.opts.warm_up {
-            match self.opts.mode {
-                1 => self.rank_score(residual),
-                _ => self.likelihood_score(residual),
-            }
+            self.likelihood_score(residual)
         } else {
             0.0
         };
@@ -143,8 +137,13 @@ impl Detector {
                 self.short.pop_front();
             }
             self.residuals.push_back(residual);
+            self.residual_sums.0 += residual;
+            self.residual_sums.1 += residual * residual;
             if self.residuals.len() > self.opts.history.max(2) {
-                self.residuals.pop_front();
+                if let Some(old) = self.residuals.pop_front() {
+                    self.residual_sums.0 -= old;
+                    self.residual_sums.1 -= old * old;
+                }
             }
         }
         self.values.push_back(v);
@@ -227,36 +226,16 @@ impl Detector {
         best
     }
 
-    /// The score of the latest residuals' mean by its rank among past means: 1.0 at the top
-    /// 1e-3 of them, more for rarer (up to the most extreme of the history).
-    fn rank_score(&mut self, residual: f64) -> f64 {
-        let recent = (self.short.iter().sum::<f64>() + residual) / (self.short.len() as f64 + 1.0);
-        let n = self.means.len();
-        let above = self.means.iter().filter(|&&m| m >= recent).count();
-        self.means.push_back(recent);
-        if self.means.len() > self.opts.history.max(2) {
-            self.means.pop_front();
-        }
-        if n < 10 {
-            return 0.0;
-        }
-        let p = (above as f64 + 1.0) / (n as f64 + 1.0);
-        (-p.log10() / 3.0).clamp(0.0, self.opts.cap)
-    }
-
     /// The score of the latest residuals' mean among the history's.
     fn likelihood_score(&self, residual: f64) -> f64 {
         let n = self.residuals.len() as f64;
         if n < 2.0 {
             return 0.0;
         }
-        let mean = self.residuals.iter().sum::<f64>() / n;
-        let var = self
-            .residuals
-            .iter()
-            .map(|r| (r - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let (sum, sum_sq) = self.residual_sums;
+        let mean = sum / n;
+        // Clamped: the running sums can leave a rounding error below zero.
+        let var = (sum_sq / n - mean * mean).max(0.0);
         let sd = var.sqrt().max(1e-6);
         let recent = (self.short.iter().sum::<f64>() + residual) / (self.short.len() as f64 + 1.0);
         let z = (recent - mean) / sd;

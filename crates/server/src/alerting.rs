@@ -175,17 +175,13 @@ pub fn render_metrics(m: &RuleManager, out: &mut String) {
         "When rule files were last loaded successfully.",
         s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
     );
-    let groups = m.groups();
     gauge(
         out,
         "strata_rule_groups",
         "Rule groups loaded.",
-        groups.len() as f64,
+        m.group_count() as f64,
     );
-    let mut by_state = [0u64; 3];
-    for a in groups.iter().flat_map(|g| &g.rules).flat_map(|r| &r.alerts) {
-        by_state[a.state as usize] += 1;
-    }
+    let by_state = m.alert_counts();
     header(
         out,
         "strata_alerts",
@@ -253,7 +249,7 @@ pub fn render_device_metrics(d: &crate::device_rules::DeviceRulesHub, out: &mut 
         out,
         "strata_device_rules",
         "Device rules defined (configuration and API).",
-        d.specs().len() as f64,
+        d.rules().1.rules().len() as f64,
     );
     counter(
         out,

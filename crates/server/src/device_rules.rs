@@ -10,7 +10,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use strata_alert::device::{Change, DeviceRule, DeviceRuleSpec, RuleSet};
+use strata_alert::device::{Change, DeviceRule, RuleSet};
 use strata_alert::notify::{Notifications, Offered};
 use strata_alert::state::{Alert, AlertState};
 use strata_meta::MetaStore;
@@ -30,7 +30,6 @@ pub struct DeviceRulesHub {
     config: Vec<DeviceRule>,
     meta: MetaStore,
     current: RwLock<Arc<RuleSet>>,
-    sources: RwLock<BTreeMap<String, Source>>,
     epoch: AtomicU64,
     firing: Mutex<BTreeMap<(Tenant, Labels), Alert>>,
     notify: OnceLock<Arc<Notifications>>,
@@ -50,7 +49,6 @@ impl DeviceRulesHub {
             config,
             meta,
             current: RwLock::new(Arc::new(RuleSet::default())),
-            sources: RwLock::new(BTreeMap::new()),
             epoch: AtomicU64::new(0),
             firing: Mutex::new(BTreeMap::new()),
             notify: OnceLock::new(),
@@ -75,25 +73,17 @@ impl DeviceRulesHub {
     /// next commit. A stored rule that no longer checks is skipped, logged.
     pub async fn reload(&self) -> anyhow::Result<()> {
         let mut rules = self.config.clone();
-        let mut sources: BTreeMap<String, Source> = rules
-            .iter()
-            .map(|r| (r.spec.rule_id.clone(), Source::Config))
-            .collect();
         for spec in self.meta.rules().await? {
-            if sources.contains_key(&spec.rule_id) {
+            if rules.iter().any(|r| r.spec.rule_id == spec.rule_id) {
                 continue;
             }
             let id = spec.rule_id.clone();
             match DeviceRule::new(spec) {
-                Ok(r) => {
-                    sources.insert(id, Source::Api);
-                    rules.push(r);
-                }
+                Ok(r) => rules.push(r),
                 Err(e) => tracing::error!(rule_id = id, error = e, "stored device rule skipped"),
             }
         }
         *self.current.write() = Arc::new(RuleSet::new(rules));
-        *self.sources.write() = sources;
         self.epoch.fetch_add(1, Ordering::Release);
         Ok(())
     }
@@ -109,21 +99,29 @@ impl DeviceRulesHub {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Where rule `id` comes from, if it exists.
-    pub fn source(&self, id: &str) -> Option<Source> {
-        self.sources.read().get(id).copied()
+    /// Where a rule of id `id` comes from.
+    fn source_of(&self, id: &str) -> Source {
+        if self.config.iter().any(|r| r.spec.rule_id == id) {
+            Source::Config
+        } else {
+            Source::Api
+        }
     }
 
-    /// Every rule with its source.
-    pub fn specs(&self) -> Vec<(DeviceRuleSpec, Source)> {
+    /// Rule `id` (of any tenant) and where it comes from.
+    pub fn rule(&self, id: &str) -> Option<(DeviceRule, Source)> {
         let (_, set) = self.rules();
-        let sources = self.sources.read();
+        let r = set.rules().iter().find(|r| r.spec.rule_id == id)?;
+        Some((r.clone(), self.source_of(id)))
+    }
+
+    /// The rules of `tenant` and where each comes from.
+    pub fn rules_of(&self, tenant: &Tenant) -> Vec<(DeviceRule, Source)> {
+        let (_, set) = self.rules();
         set.rules()
             .iter()
-            .map(|r| {
-                let src = sources.get(&r.spec.rule_id).copied().unwrap_or(Source::Api);
-                (r.spec.clone(), src)
-            })
+            .filter(|r| &r.tenant == tenant)
+            .map(|r| (r.clone(), self.source_of(&r.spec.rule_id)))
             .collect()
     }
 
@@ -171,9 +169,11 @@ impl DeviceRulesHub {
         }
     }
 
-    /// The firing device alerts of `tenant`, of rules that still exist.
+    /// The firing device alerts of `tenant`, of rules that still exist (a shard may publish
+    /// a change of a rule just deleted before it picks up the new rules).
     pub fn firing(&self, tenant: &Tenant) -> Vec<Alert> {
-        let sources = self.sources.read();
+        let (_, set) = self.rules();
+        let exists = |id: &str| set.rules().iter().any(|r| r.spec.rule_id == id);
         self.firing
             .lock()
             .iter()
@@ -183,9 +183,8 @@ impl DeviceRulesHub {
                 let id = a
                     .labels
                     .get("rule_id")
-                    .or_else(|| a.labels.get("alertname"))
-                    .unwrap_or("");
-                sources.contains_key(id)
+                    .or_else(|| a.labels.get("alertname"));
+                exists(id.unwrap_or(""))
             })
             .cloned()
             .collect()

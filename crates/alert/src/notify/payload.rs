@@ -51,7 +51,8 @@ pub fn fingerprint(labels: &Labels) -> u64 {
     h.digest()
 }
 
-fn labels_json(l: &Labels) -> Value {
+/// A label set as a JSON object.
+pub fn labels_json(l: &Labels) -> Value {
     Value::Object(
         l.iter()
             .map(|x| (x.name.clone(), Value::from(x.value.clone())))

@@ -44,13 +44,6 @@ fn rule_json(spec: &DeviceRuleSpec, source: Source) -> Value {
     v
 }
 
-fn tenant_of_spec(spec: &DeviceRuleSpec) -> Tenant {
-    spec.tenant
-        .as_deref()
-        .and_then(|t| Tenant::new(t).ok())
-        .unwrap_or_else(Tenant::default_tenant)
-}
-
 /// The request's rule, checked: `id` (from the path) wins over or fills in `rule_id`; the
 /// tenant comes from the request.
 fn parse_rule(req: &ApiRequest, id: Option<&str>, tenant: &Tenant) -> Result<DeviceRule, ApiError> {
@@ -92,10 +85,9 @@ pub async fn list(State(st): State<AppState>, req: ApiRequest) -> Response {
     };
     let rules: Vec<Value> = st
         .devices
-        .specs()
+        .rules_of(&tenant)
         .iter()
-        .filter(|(s, _)| tenant_of_spec(s) == tenant)
-        .map(|(s, src)| rule_json(s, *src))
+        .map(|(r, src)| rule_json(&r.spec, *src))
         .collect();
     success(json!({ "rules": rules }))
 }
@@ -106,14 +98,9 @@ pub async fn get(State(st): State<AppState>, Path(id): Path<String>, req: ApiReq
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    match st
-        .devices
-        .specs()
-        .into_iter()
-        .find(|(s, _)| s.rule_id == id && tenant_of_spec(s) == tenant)
-    {
-        Some((s, src)) => success(rule_json(&s, src)),
-        None => not_found(&id),
+    match st.devices.rule(&id) {
+        Some((r, src)) if r.tenant == tenant => success(rule_json(&r.spec, src)),
+        _ => not_found(&id),
     }
 }
 
@@ -149,18 +136,13 @@ pub async fn replace(
 
 async fn store(st: &AppState, rule: DeviceRule, create_only: bool) -> Response {
     let id = rule.spec.rule_id.clone();
-    if let Some(existing) = st
-        .devices
-        .specs()
-        .into_iter()
-        .find(|(s, _)| s.rule_id == id)
-    {
-        if existing.1 == Source::Config {
+    if let Some((existing, source)) = st.devices.rule(&id) {
+        if source == Source::Config {
             return conflict(format!(
                 "rule {id:?} is defined in the configuration file; change it there"
             ));
         }
-        if tenant_of_spec(&existing.0) != rule.tenant {
+        if existing.tenant != rule.tenant {
             // Ids are one namespace; another tenant's rule is not shown.
             return conflict(format!("rule_id {id:?} is taken"));
         }
@@ -198,13 +180,8 @@ pub async fn delete(
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
-    match st
-        .devices
-        .specs()
-        .into_iter()
-        .find(|(s, _)| s.rule_id == id)
-    {
-        Some((s, _)) if tenant_of_spec(&s) != tenant => return not_found(&id),
+    match st.devices.rule(&id) {
+        Some((r, _)) if r.tenant != tenant => return not_found(&id),
         Some((_, Source::Config)) => {
             return conflict(format!(
                 "rule {id:?} is defined in the configuration file; remove it there"

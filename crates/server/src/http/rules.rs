@@ -9,10 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use strata_alert::manager::{GroupView, RuleManager, RuleView};
+use strata_alert::notify::payload::labels_json;
 use strata_alert::state::{Alert, AlertState};
 use strata_alert::Rule;
 use strata_model::time::format_rfc3339_ms;
-use strata_model::Labels;
 
 /// What Prometheus shows for a rule never evaluated.
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -59,18 +59,14 @@ pub async fn rules(State(st): State<AppState>, req: ApiRequest) -> Response {
         if rules.is_empty() && (kind.is_some() || !names.is_empty()) {
             continue;
         }
-        let total = g
-            .rules
-            .iter()
-            .map(|r| r.health.duration)
-            .sum::<std::time::Duration>();
+
         out.push(json!({
             "name": g.name,
             "file": g.file,
             "interval": g.interval_ms as f64 / 1000.0,
             "limit": g.limit,
             "rules": rules,
-            "evaluationTime": total.as_secs_f64(),
+            "evaluationTime": g.duration.as_secs_f64(),
             "lastEvaluation": eval_time(g.last_eval),
         }));
     }
@@ -175,14 +171,6 @@ fn alert_json(a: &Alert) -> Value {
         v["keepFiringSince"] = format_rfc3339_ms(t).into();
     }
     v
-}
-
-fn labels_json(l: &Labels) -> Value {
-    Value::Object(
-        l.iter()
-            .map(|x| (x.name.clone(), Value::from(x.value.clone())))
-            .collect(),
-    )
 }
 
 fn eval_time(t: Option<i64>) -> String {
