@@ -1,45 +1,99 @@
-//! Online anomaly scoring of one series of 1-minute windows (work in progress, issue 16).
+//! Online anomaly scoring of one series of 1-minute windows.
 //!
 //! A [`Detector`] takes a series' values in event-time order, one per window, and gives each
 //! a score computed from what came before it only (so a backfill scores as live delivery
 //! does): `score` in vmanomaly's convention (0 to 1 normal, above 1 anomalous), and the
 //! expected value with its band (`yhat`, `yhat_lower`, `yhat_upper`).
 //!
-//! This first detector: the expectation is the median of the last `window` values at the same
-//! phase of the series' period when one is known (given, or found once by autocorrelation
-//! over the first `find_period_after` windows: the strongest peak, if at least
-//! `min_autocorrelation`), else of the last `window` values; the
-//! residual is measured in units of the recent residuals' spread (median absolute deviation),
-//! and the score is the tail probability of the latest residuals' mean among the residuals of
-//! the last `history` windows (the "anomaly likelihood" post-processing of Numenta's HTM
-//! detector), scaled so that a likelihood of `1 - 1e-4` scores 1.0; after a score above 1,
-//! scores are held at 0 for `suppress` windows (one anomaly, one event). Its NAB score with
-//! the defaults, measured by `examples/nab.rs`: 59.6 (standard profile, the 34 files of
-//! `../shared/anomaly/`); the target is 70. Not yet wired into the server.
+//! The model, and why it is ours: the scoring must be online and per window, which the batch
+//! models of the `augurs` family (MSTL, ETS) are not, and it must be cheap enough to run for
+//! every series on the ingest path. So:
+//! - **Baseline**: the median of the last `window` values, or, when the series has a period,
+//!   of the values at the same phase of earlier periods (seasonal median). The period is given,
+//!   or searched for (autocorrelation over the last `window` values: its strongest peak, used
+//!   when at least `min_autocorrelation`) each time the window index crosses a multiple of
+//!   `refit` (so a rebuilt detector refits at the same windows as a live one).
+//! - **Residual**: the distance from the baseline in units of the values' spread around it
+//!   (median absolute deviation; the mean absolute deviation when more than half the values
+//!   equal the median, as in sparse count series), signed by `direction`, zero below
+//!   `min_deviation`.
+//! - **Score**: the tail probability of the mean of the last two residuals among the last
+//!   `history` residuals (the "anomaly likelihood" post-processing of Numenta's HTM detector),
+//!   or of the mean of the last `sustained` residuals (a sustained shift, its spread widened
+//!   for residuals that are not independent), whichever is less likely; a z-score of
+//!   `sensitivity` scores 1.0 and each further decade of improbability adds alike. After a
+//!   score above 1, scores are held at 0 for `suppress` windows (one anomaly, one event).
+//!
+//! Every piece of state is a function of the last [`Detector::lookback`] values, so a
+//! detector rebuilt from stored windows gives the live one's scores. Its NAB score with the
+//! defaults is in docs/benchmarks.md (measured offline by `examples/nab.rs`, end to end by
+//! `../shared/anomaly/nab_eval.py`).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+
+/// Which deviations count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Above and below the baseline.
+    #[default]
+    Both,
+    /// Only above it (a spike in errors, a temperature rising).
+    Above,
+    /// Only below it (throughput dropping).
+    Below,
+}
+
+impl Direction {
+    /// Parses `both`, `above` or `below`.
+    pub fn parse(s: &str) -> Option<Direction> {
+        match s {
+            "both" => Some(Direction::Both),
+            "above" => Some(Direction::Above),
+            "below" => Some(Direction::Below),
+            _ => None,
+        }
+    }
+}
+
+/// The seasonality a detector uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Period {
+    /// Searched for at every refit.
+    #[default]
+    Auto,
+    /// None: the baseline is the median of the last values.
+    None,
+    /// This many windows.
+    Windows(usize),
+}
 
 /// Settings of a detector.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Values the expectation is the median of.
+    /// Values the baseline is the median of (without a period), and the values a period is
+    /// searched among.
     pub window: usize,
     /// Residuals the likelihood is measured against.
     pub history: usize,
-    /// Residuals averaged into the latest one.
-    pub short: usize,
     /// Windows before any score (scores are 0 until then).
     pub warm_up: usize,
-    /// The period in windows, when known (0: none).
-    pub period: usize,
-    /// Without a period: look for one over the first this many windows (0: never).
-    pub find_period_after: usize,
-    /// The autocorrelation a period must reach to be used.
+    /// The seasonality.
+    pub period: Period,
+    /// The autocorrelation a found period must reach to be used.
     pub min_autocorrelation: f64,
-    /// Highest score.
-    pub cap: f64,
-    /// Windows after a score above 1 during which scores are held at 0 (one anomaly, one
-    /// event).
+    /// Windows between period searches, aligned to window indices (0: search once, at the
+    /// first multiple after `window` values).
+    pub refit: usize,
+    /// The z-score of a residual (against recent residuals) that scores 1.0.
+    pub sensitivity: f64,
+    /// Which deviations count.
+    pub direction: Direction,
+    /// Deviations from the baseline smaller than this (in the series' unit) count as none.
+    pub min_deviation: f64,
+    /// Residuals averaged for the sustained-shift test (0: no such test).
+    pub sustained: usize,
+    /// Windows after a score above 1 during which scores are held at 0.
     pub suppress: usize,
 }
 
@@ -48,12 +102,15 @@ impl Default for Options {
         Options {
             window: 1200,
             history: 2000,
-            short: 1,
             warm_up: 150,
-            period: 0,
-            find_period_after: 1200,
+            period: Period::Auto,
             min_autocorrelation: 0.7,
-            cap: 100.0,
+            refit: 60,
+            // The z of a 1e-4 one-sided tail.
+            sensitivity: 3.719,
+            direction: Direction::Both,
+            min_deviation: 0.0,
+            sustained: 30,
             suppress: 120,
         }
     }
@@ -66,62 +123,102 @@ pub struct Scored {
     pub score: f64,
     /// The expected value.
     pub yhat: f64,
-    /// The band's bottom.
+    /// The band's bottom: below it a value's residual reaches `sensitivity`.
     pub yhat_lower: f64,
     /// The band's top.
     pub yhat_upper: f64,
 }
 
+/// Highest score: past it every series' anomalies look alike, whatever its residuals' tails.
+const CAP: f64 = 100.0;
+/// Highest residual, in units of spread.
+const MAX_RESIDUAL: f64 = 100.0;
+/// The sustained test's spread is widened this much: neighbouring residuals are correlated.
+const SUSTAINED_WIDEN: f64 = 2.0;
+/// Values a period must repeat over at least, of those searched.
+const PERIOD_REPEATS: usize = 3;
+/// Periods of a seasonal median: values kept are up to this many periods.
+const SEASONS: usize = 8;
+
+thread_local! {
+    /// Scratch space for medians, shared by the detectors of a thread.
+    static SCRATCH: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
 /// An online detector for one series (see the crate doc).
+#[derive(Debug, Clone)]
 pub struct Detector {
     opts: Options,
     values: VecDeque<f64>,
     residuals: VecDeque<f64>,
-    /// The sum and the sum of squares of `residuals`, kept as they come and go.
-    residual_sums: (f64, f64),
-    short: VecDeque<f64>,
     seen: usize,
-    scratch: Vec<f64>,
     quiet_until: usize,
-    /// The period in use (given, or found).
+    /// The window index of the last value (`i64::MIN` before any).
+    last_index: i64,
+    /// The period in use, in windows (0: none).
     period: usize,
 }
 
 impl Detector {
     /// A detector with no history.
     pub fn new(opts: Options) -> Detector {
+        let period = match opts.period {
+            Period::Windows(p) => p,
+            _ => 0,
+        };
         Detector {
-            values: VecDeque::with_capacity(opts.window.max(opts.period * 4) + 1),
-            residuals: VecDeque::with_capacity(opts.history + 1),
-            residual_sums: (0.0, 0.0),
-            short: VecDeque::with_capacity(opts.short + 1),
+            values: VecDeque::new(),
+            residuals: VecDeque::new(),
             seen: 0,
-            scratch: Vec::new(),
             quiet_until: 0,
-            period: opts.period,
+            last_index: i64::MIN,
+            period,
             opts,
         }
     }
 
-    /// Scores `v`, the next window's value, then learns it.
-    pub fn observe(&mut self, v: f64) -> Scored {
-        if self.period == 0
-            && self.opts.find_period_after > 0
-            && self.seen == self.opts.find_period_after
-        {
-            self.period = self.find_period();
-        }
-        let keep = self.opts.window.max(self.period * 8).max(2);
-        let (yhat, spread) = self.expectation();
-        let residual = if spread > 0.0 {
-            ((v - yhat).abs() / spread).min(100.0)
-        } else if v == yhat {
-            0.0
-        } else {
-            100.0
+    /// Windows of history a detector's state depends on: one rebuilt from this many windows
+    /// before a window scores it as one that saw the whole series.
+    pub fn lookback(opts: &Options) -> usize {
+        let keep = Self::keep_for(opts, opts.window / PERIOD_REPEATS);
+        keep + opts.history + opts.refit.max(1) + opts.window + 2 * opts.suppress + opts.warm_up
+    }
+
+    /// Values kept for a period of `period` windows.
+    fn keep_for(opts: &Options, period: usize) -> usize {
+        opts.window.max(period * SEASONS).max(2)
+    }
+
+    /// The period in use, in windows (0: none).
+    pub fn period(&self) -> usize {
+        self.period
+    }
+
+    /// Windows observed.
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    /// Scores `v`, the value of window number `index` (the window's start over its width;
+    /// indices increase, gaps allowed: the detector sees values, not time), then learns it.
+    pub fn observe(&mut self, index: i64, v: f64) -> Scored {
+        self.refit(index);
+        let (yhat, spread) = self.baseline();
+        let deviation = match self.opts.direction {
+            Direction::Both => (v - yhat).abs(),
+            Direction::Above => (v - yhat).max(0.0),
+            Direction::Below => (yhat - v).max(0.0),
         };
+        let residual = if deviation < self.opts.min_deviation || deviation == 0.0 {
+            0.0
+        } else if spread > 0.0 {
+            (deviation / spread).min(MAX_RESIDUAL)
+        } else {
+            MAX_RESIDUAL
+        };
+        let (mean, sd) = self.residual_moments();
         let mut score = if self.seen >= self.opts.warm_up {
-            self.likelihood_score(residual)
+            self.likelihood_score(residual, mean, sd)
         } else {
             0.0
         };
@@ -130,73 +227,80 @@ impl Detector {
         } else if score > 1.0 && self.opts.suppress > 0 {
             self.quiet_until = self.seen + self.opts.suppress;
         }
-        // Residuals of an expectation from a handful of values say nothing of the series.
+        // Residuals of a baseline from a handful of values say nothing of the series.
         if self.values.len() >= self.opts.window.min(10) {
-            self.short.push_back(residual);
-            if self.short.len() > self.opts.short.max(1) {
-                self.short.pop_front();
-            }
             self.residuals.push_back(residual);
-            self.residual_sums.0 += residual;
-            self.residual_sums.1 += residual * residual;
             if self.residuals.len() > self.opts.history.max(2) {
-                if let Some(old) = self.residuals.pop_front() {
-                    self.residual_sums.0 -= old;
-                    self.residual_sums.1 -= old * old;
-                }
+                self.residuals.pop_front();
             }
         }
         self.values.push_back(v);
-        if self.values.len() > keep {
+        while self.values.len() > Self::keep_for(&self.opts, self.period) {
             self.values.pop_front();
         }
         self.seen += 1;
+        let band = if sd > 0.0 {
+            (mean + self.opts.sensitivity * sd) * spread
+        } else {
+            3.0 * spread
+        };
         Scored {
             score,
             yhat,
-            yhat_lower: yhat - 3.0 * spread,
-            yhat_upper: yhat + 3.0 * spread,
+            yhat_lower: yhat - band,
+            yhat_upper: yhat + band,
         }
     }
 
-    /// The expected value and the spread of values around it.
-    fn expectation(&mut self) -> (f64, f64) {
-        self.scratch.clear();
-        let p = self.period;
-        if p > 0 && self.values.len() >= p {
-            // The same phase in earlier periods.
+    /// Searches for the period when `index` crosses a multiple of `refit`.
+    fn refit(&mut self, index: i64) {
+        let last = std::mem::replace(&mut self.last_index, index);
+        if self.opts.period != Period::Auto || self.values.len() < self.opts.window {
+            return;
+        }
+        let every = self.opts.refit.max(1) as i64;
+        let crossed = last == i64::MIN || index.div_euclid(every) != last.div_euclid(every);
+        if crossed && (self.opts.refit > 0 || self.period == 0) {
+            self.period = self.find_period();
+        }
+    }
+
+    /// The baseline and the spread of values around it.
+    fn baseline(&self) -> (f64, f64) {
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.clear();
+            let p = self.period;
             let n = self.values.len();
-            let mut i = n as isize - p as isize;
-            while i >= 0 {
-                self.scratch.push(self.values[i as usize]);
-                i -= p as isize;
+            if p > 0 && n >= p {
+                // The same phase in earlier periods.
+                scratch.extend(self.values.iter().rev().skip(p - 1).step_by(p).copied());
+            } else {
+                scratch.extend(self.values.range(n.saturating_sub(self.opts.window)..));
             }
-        } else {
-            let n = self.values.len();
-            let from = n.saturating_sub(self.opts.window);
-            self.scratch.extend(self.values.range(from..));
-        }
-        if self.scratch.is_empty() {
-            return (0.0, 0.0);
-        }
-        let med = median(&mut self.scratch);
-        for x in self.scratch.iter_mut() {
-            *x = (*x - med).abs();
-        }
-        let mad = median(&mut self.scratch) * 1.4826;
-        let floor = 1e-3 * med.abs().max(1e-9);
-        (med, mad.max(floor))
+            if scratch.is_empty() {
+                return (0.0, 0.0);
+            }
+            let med = median(scratch);
+            for x in scratch.iter_mut() {
+                *x = (*x - med).abs();
+            }
+            let mut spread = median(scratch) * 1.4826;
+            if spread == 0.0 {
+                // More than half the values equal the median (sparse counts): the mean
+                // deviation still sees the others.
+                spread = scratch.iter().sum::<f64>() / scratch.len() as f64 * 1.2533;
+            }
+            let floor = 1e-3 * med.abs().max(1e-9);
+            (med, spread.max(floor))
+        })
     }
 
-    /// The period in use, in windows (0: none found or given).
-    pub fn period(&self) -> usize {
-        self.period
-    }
-
-    /// The lag of the strongest autocorrelation among the values kept, if strong enough.
+    /// The lag of the strongest autocorrelation among the last `window` values, if strong
+    /// enough (0 otherwise).
     fn find_period(&self) -> usize {
-        let x: Vec<f64> = self.values.iter().copied().collect();
-        let n = x.len();
+        let n = self.values.len().min(self.opts.window);
+        let x: Vec<f64> = self.values.range(self.values.len() - n..).copied().collect();
         if n < 30 {
             return 0;
         }
@@ -214,7 +318,7 @@ impl Detector {
         let (mut best, mut best_r) = (0, self.opts.min_autocorrelation);
         let mut prev = acf(3);
         let mut cur = acf(4);
-        for lag in 4..n / 3 {
+        for lag in 4..n / PERIOD_REPEATS {
             let next = acf(lag + 1);
             if cur > prev && cur >= next && cur > best_r {
                 best = lag;
@@ -226,24 +330,40 @@ impl Detector {
         best
     }
 
-    /// The score of the latest residuals' mean among the history's.
-    fn likelihood_score(&self, residual: f64) -> f64 {
+    /// The mean and standard deviation of the residuals kept (summed afresh each time, so
+    /// they depend on the residuals only, not on the order of past rounding).
+    fn residual_moments(&self) -> (f64, f64) {
         let n = self.residuals.len() as f64;
         if n < 2.0 {
+            return (0.0, 0.0);
+        }
+        let mean = self.residuals.iter().sum::<f64>() / n;
+        let var = self.residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    }
+
+    /// The score of the latest residuals among the history's.
+    fn likelihood_score(&self, residual: f64, mean: f64, sd: f64) -> f64 {
+        let n = self.residuals.len();
+        if n < 2 {
             return 0.0;
         }
-        let (sum, sum_sq) = self.residual_sums;
-        let mean = sum / n;
-        // Clamped: the running sums can leave a rounding error below zero.
-        let var = (sum_sq / n - mean * mean).max(0.0);
-        let sd = var.sqrt().max(1e-6);
-        let recent = (self.short.iter().sum::<f64>() + residual) / (self.short.len() as f64 + 1.0);
-        let z = (recent - mean) / sd;
-        let tail = 0.5 * erfc(z / std::f64::consts::SQRT_2);
-        // 1e-4 of tail scores 1.0, each decade beyond a quarter more, up to `cap`: past it
-        // every series' anomalies look alike, whatever the tails of its residuals.
-        (-tail.max(1e-300).log10() / 4.0).clamp(0.0, self.opts.cap)
+        let sd = sd.max(1e-6);
+        let last = self.residuals.back().copied().unwrap_or(residual);
+        let mut z = ((last + residual) / 2.0 - mean) / sd;
+        let k = self.opts.sustained;
+        if k > 1 && n >= k {
+            let recent = (self.residuals.range(n + 1 - k..).sum::<f64>() + residual) / k as f64;
+            z = z.max((recent - mean) / (sd * SUSTAINED_WIDEN / (k as f64).sqrt()));
+        }
+        let unit = -tail(self.opts.sensitivity).log10();
+        (-tail(z).max(1e-300).log10() / unit).clamp(0.0, CAP)
     }
+}
+
+/// The one-sided tail of the standard normal distribution above `z`.
+fn tail(z: f64) -> f64 {
+    0.5 * erfc(z / std::f64::consts::SQRT_2)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -288,12 +408,12 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let noise = (x % 1000) as f64 / 1000.0;
-            let s = d.observe(10.0 + noise);
+            let s = d.observe(i, 10.0 + noise);
             if i > 200 {
                 max_normal = max_normal.max(s.score);
             }
         }
-        let spike = d.observe(30.0);
+        let spike = d.observe(1000, 30.0);
         assert!(spike.score > 1.0, "{spike:?}");
         assert!(max_normal < 1.0, "{max_normal}");
         assert!((spike.yhat - 10.5).abs() < 0.2, "{spike:?}");
@@ -305,18 +425,91 @@ mod tests {
         let mut d = Detector::new(Options::default());
         let shape = |i: usize| 50.0 + 20.0 * (i as f64 * std::f64::consts::TAU / 48.0).sin();
         let mut max_normal: f64 = 0.0;
-        for i in 0..2400 {
-            let s = d.observe(shape(i) + (i % 7) as f64 * 0.1);
-            if i > 1300 {
+        for i in 0..3000 {
+            let s = d.observe(i as i64, shape(i) + (i % 7) as f64 * 0.1);
+            if i > 1500 {
                 max_normal = max_normal.max(s.score);
             }
         }
         assert_eq!(d.period(), 48);
         assert!(max_normal < 1.0, "{max_normal}");
         // The series goes flat at its mean where it should be at a peak or a trough.
-        let broke = (2400..2424)
-            .map(|_| d.observe(50.0).score)
+        let broke = (3000..3024)
+            .map(|i| d.observe(i, 50.0).score)
             .fold(0.0, f64::max);
         assert!(broke > 1.0, "{broke}");
+    }
+
+    /// A noisy daily-ish series with a few spikes and a level shift.
+    fn series(n: usize) -> Vec<f64> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let noise = (x % 1000) as f64 / 100.0;
+                let base = 100.0 + 30.0 * (i as f64 * std::f64::consts::TAU / 120.0).sin();
+                let spike = if i % 2777 == 1000 { 80.0 } else { 0.0 };
+                let shift = if i > 9000 { 25.0 } else { 0.0 };
+                base + noise + spike + shift
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_detector_rebuilt_from_its_lookback_scores_as_the_live_one() {
+        let opts = Options::default();
+        let values = series(14_000);
+        let mut live = Detector::new(opts.clone());
+        let scores: Vec<Scored> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| live.observe(i as i64 + 7, v))
+            .collect();
+        assert!(live.period() > 0, "a period is found");
+        assert!(scores.iter().any(|s| s.score > 1.0), "the spikes score");
+        let from = 14_000 - Detector::lookback(&opts) - 500;
+        let mut rebuilt = Detector::new(opts.clone());
+        for (i, &v) in values.iter().enumerate().skip(from) {
+            let s = rebuilt.observe(i as i64 + 7, v);
+            if i >= from + Detector::lookback(&opts) {
+                assert_eq!(s, scores[i], "window {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_direction_ignores_the_other_side_and_min_deviation_small_ones() {
+        let run = |opts: Options, jump: f64| {
+            let mut d = Detector::new(opts);
+            let mut x = 0x2545_F491_4F6C_DD1Du64;
+            for i in 0..600 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                d.observe(i, 10.0 + (x % 1000) as f64 / 1000.0);
+            }
+            d.observe(600, 10.5 + jump).score
+        };
+        let above = Options {
+            direction: Direction::Above,
+            period: Period::None,
+            ..Options::default()
+        };
+        assert!(run(above.clone(), 20.0) > 1.0);
+        assert!(run(above, -20.0) < 0.5, "a drop is not above");
+        let below = Options {
+            direction: Direction::Below,
+            period: Period::None,
+            ..Options::default()
+        };
+        assert!(run(below, -20.0) > 1.0);
+        let coarse = Options {
+            min_deviation: 25.0,
+            period: Period::None,
+            ..Options::default()
+        };
+        assert!(run(coarse, 20.0) < 1.0, "a 20-unit deviation is below the minimum");
     }
 }
