@@ -300,7 +300,11 @@ impl Detector {
     /// enough (0 otherwise).
     fn find_period(&self) -> usize {
         let n = self.values.len().min(self.opts.window);
-        let x: Vec<f64> = self.values.range(self.values.len() - n..).copied().collect();
+        let x: Vec<f64> = self
+            .values
+            .range(self.values.len() - n..)
+            .copied()
+            .collect();
         if n < 30 {
             return 0;
         }
@@ -338,7 +342,12 @@ impl Detector {
             return (0.0, 0.0);
         }
         let mean = self.residuals.iter().sum::<f64>() / n;
-        let var = self.residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
+        let var = self
+            .residuals
+            .iter()
+            .map(|r| (r - mean).powi(2))
+            .sum::<f64>()
+            / n;
         (mean, var.sqrt())
     }
 
@@ -510,6 +519,9 @@ mod tests {
             period: Period::None,
             ..Options::default()
         };
-        assert!(run(coarse, 20.0) < 1.0, "a 20-unit deviation is below the minimum");
+        assert!(
+            run(coarse, 20.0) < 1.0,
+            "a 20-unit deviation is below the minimum"
+        );
     }
 }

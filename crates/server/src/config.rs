@@ -33,6 +33,68 @@ pub struct Config {
     pub cold: ColdConfig,
     /// Alerting and recording rules (`[alerting]`).
     pub alerting: AlertingConfig,
+    /// Anomaly detection (`[[anomaly.detectors]]`).
+    pub anomaly: AnomalyConfig,
+}
+
+/// Anomaly detection (`[anomaly]`): detectors scoring final 1-minute windows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// The detectors (`[[anomaly.detectors]]`).
+    pub detectors: Vec<DetectorConfig>,
+}
+
+/// One detector (`[[anomaly.detectors]]`); every setting but `match` has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Its name: the `detector` label of its outputs and events (default none).
+    pub name: Option<String>,
+    /// Which series it scores: a PromQL series selector.
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// The window figure scored: `mean` (default), `min`, `max`, `sum`, `count`, `last`,
+    /// `increase`.
+    pub figure: Option<String>,
+    /// The residual z-score that scores 1.0.
+    pub sensitivity: Option<f64>,
+    /// `both` (default), `above` or `below`.
+    pub direction: Option<String>,
+    /// Deviations smaller than this (in the series' unit) are none.
+    pub min_deviation: Option<f64>,
+    /// `auto` (default: searched at every refit), `none`, or a duration (`1d`).
+    pub period: Option<String>,
+    /// Windows the baseline is the median of.
+    pub window: Option<usize>,
+    /// Residuals the score is measured against.
+    pub history: Option<usize>,
+    /// Windows before the first score.
+    pub warm_up: Option<usize>,
+    /// How often the period is searched for.
+    pub refit: Option<Duration>,
+    /// Windows averaged by the sustained-shift test (0: none).
+    pub sustained: Option<usize>,
+    /// Anomalies within this long of one are the same event.
+    pub suppress: Option<Duration>,
+    /// The `severity` label of its events.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    /// The notifiers its events go to (empty: every one whose match takes them).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Series scored at most, per tenant (each keeps ~40 kB of history); more are counted
+    /// and left unscored.
+    #[serde(default = "default_max_scored")]
+    pub max_series: usize,
+}
+
+fn default_severity() -> String {
+    "warning".to_string()
+}
+
+fn default_max_scored() -> usize {
+    10_000
 }
 
 /// Alerting and recording rules (`[alerting]`): Prometheus rule files evaluated on a schedule.
@@ -575,6 +637,7 @@ impl Config {
         self.group_specs()?;
         self.notifier_specs()?;
         self.device_rules()?;
+        self.detector_specs()?;
         anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
@@ -643,6 +706,7 @@ impl Default for Config {
             rollups: RollupsConfig::default(),
             cold: ColdConfig::default(),
             alerting: AlertingConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
@@ -793,9 +857,105 @@ final_windows = false            # rules read only final event-time windows: a l
 # clear_threshold = 85.0         # resolves once a reading is not above this
 # severity = "critical"
 # notification_channels = ["ops"]
+
+# [[anomaly.detectors]]           # scores every final 1-minute window of matching series
+# match = 'temperature_celsius{site=~".+"}'   # a PromQL series selector
+# name = "temps"                 # `detector` label of outputs and events (default none)
+# figure = "mean"                # window figure scored: mean|min|max|sum|count|last|increase
+# sensitivity = 3.719            # residual z-score that scores 1.0 (a 1e-4 tail)
+# direction = "both"             # both | above | below
+# min_deviation = 0.0            # smaller deviations from the baseline count as none
+# period = "auto"                # auto (searched at every refit) | none | a duration ("1d")
+# window = 1200                  # windows in the baseline's median (and the period search)
+# history = 2000                 # residuals a score is measured against
+# warm_up = 150                  # windows before the first score
+# refit = "1h"                   # how often the period is searched for
+# sustained = 30                 # windows of the sustained-shift test (0: none)
+# suppress = "2h"                # anomalies this close are one event
+# severity = "warning"           # of its events (alertname AnomalyDetected)
+# channels = []                  # notifiers of its events (default every one that takes them)
+# max_series = 10000             # series scored per tenant (~40 kB each)
 "#;
 
 impl Config {
+    /// The anomaly detectors, checked (see [`crate::anomaly::DetectorSpec`]).
+    pub fn detector_specs(&self) -> anyhow::Result<Vec<crate::anomaly::DetectorSpec>> {
+        let window_ms = self.rollups.window.0;
+        let windows = |d: Duration| ((d.0 / window_ms).max(1)) as usize;
+        self.anomaly
+            .detectors
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let at = |e: String| anyhow::anyhow!("anomaly.detectors[{i}]: {e}");
+                let sets = crate::selector::parse_selector(&d.matches).map_err(at)?;
+                let figure = match d.figure.as_deref() {
+                    None => crate::anomaly::Figure::Mean,
+                    Some(f) => crate::anomaly::Figure::parse(f).ok_or_else(|| {
+                        at(format!(
+                            "figure {f:?}: expected mean, min, max, sum, count, last or increase"
+                        ))
+                    })?,
+                };
+                let o = strata_anomaly::Options::default();
+                let direction = match d.direction.as_deref() {
+                    None => o.direction,
+                    Some(s) => strata_anomaly::Direction::parse(s).ok_or_else(|| {
+                        at(format!("direction {s:?}: expected both, above or below"))
+                    })?,
+                };
+                let period = match d.period.as_deref() {
+                    None | Some("auto") => strata_anomaly::Period::Auto,
+                    Some("none") => strata_anomaly::Period::None,
+                    Some(p) => {
+                        let ms: Duration =
+                            p.parse().map_err(|e: String| at(format!("period: {e}")))?;
+                        strata_anomaly::Period::Windows(windows(ms))
+                    }
+                };
+                let sensitivity = d.sensitivity.unwrap_or(o.sensitivity);
+                if !(sensitivity.is_finite() && sensitivity > 0.0) {
+                    return Err(at(format!(
+                        "sensitivity must be above 0, got {sensitivity}"
+                    )));
+                }
+                let min_deviation = d.min_deviation.unwrap_or(o.min_deviation);
+                if !(min_deviation.is_finite() && min_deviation >= 0.0) {
+                    return Err(at(format!(
+                        "min_deviation must be 0 or more, got {min_deviation}"
+                    )));
+                }
+                let opts = strata_anomaly::Options {
+                    window: d.window.unwrap_or(o.window),
+                    history: d.history.unwrap_or(o.history),
+                    warm_up: d.warm_up.unwrap_or(o.warm_up),
+                    period,
+                    refit: d.refit.map_or(o.refit, windows),
+                    sensitivity,
+                    direction,
+                    min_deviation,
+                    sustained: d.sustained.unwrap_or(o.sustained),
+                    suppress: d.suppress.map_or(o.suppress, windows),
+                    ..o
+                };
+                for (what, v) in [("window", opts.window), ("history", opts.history)] {
+                    if !(10..=100_000).contains(&v) {
+                        return Err(at(format!("{what} must be between 10 and 100000, got {v}")));
+                    }
+                }
+                Ok(crate::anomaly::DetectorSpec {
+                    name: d.name.clone(),
+                    sets,
+                    figure,
+                    opts,
+                    severity: d.severity.clone(),
+                    channels: d.channels.clone(),
+                    max_series: d.max_series,
+                })
+            })
+            .collect()
+    }
+
     /// Reads a TOML file; unknown keys are errors naming the key.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)

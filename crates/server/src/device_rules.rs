@@ -31,7 +31,9 @@ pub struct DeviceRulesHub {
     meta: MetaStore,
     current: RwLock<Arc<RuleSet>>,
     epoch: AtomicU64,
-    firing: Mutex<BTreeMap<(Tenant, Labels), Alert>>,
+    /// Firing alerts: device rules' (checked against the rules still defined) and other
+    /// sources' events (`false`: kept as they are).
+    firing: Mutex<BTreeMap<(Tenant, Labels), (Alert, bool)>>,
     notify: OnceLock<Arc<Notifications>>,
     /// State changes published by the shards.
     pub changes: AtomicU64,
@@ -129,7 +131,7 @@ impl DeviceRulesHub {
     pub fn register_firing(&self, alerts: Vec<(Tenant, Alert)>) {
         let mut f = self.firing.lock();
         for (t, a) in alerts {
-            f.insert((t, a.labels.clone()), a);
+            f.insert((t, a.labels.clone()), (a, true));
         }
     }
 
@@ -140,13 +142,23 @@ impl DeviceRulesHub {
         }
         self.changes
             .fetch_add(changes.len() as u64, Ordering::Relaxed);
+        self.mirror_and_offer(changes, true);
+    }
+
+    /// Another source's alert changes (anomaly events): mirrored as firing alerts beside device
+    /// rules' (not checked against rules), and queued for the notifiers.
+    pub fn publish_events(&self, changes: Vec<Change>) {
+        self.mirror_and_offer(changes, false);
+    }
+
+    fn mirror_and_offer(&self, changes: Vec<Change>, of_rules: bool) {
         {
             let mut f = self.firing.lock();
             for c in &changes {
                 let key = (c.tenant.clone(), c.alert.labels.clone());
                 match c.alert.state {
                     AlertState::Firing => {
-                        f.insert(key, c.alert.clone());
+                        f.insert(key, (c.alert.clone(), of_rules));
                     }
                     _ => {
                         f.remove(&key);
@@ -164,12 +176,13 @@ impl DeviceRulesHub {
                 })
                 .collect();
             if let Err(e) = n.offer(&offered, strata_model::time::now_ms(), 60_000) {
-                tracing::error!(error = e, "device rule notifications not queued");
+                tracing::error!(error = e, "alert notifications not queued");
             }
         }
     }
 
-    /// The firing device alerts of `tenant`, of rules that still exist (a shard may publish
+    /// The firing device alerts of `tenant` (and other sources' events), of rules that still
+    /// exist (a shard may publish
     /// a change of a rule just deleted before it picks up the new rules).
     pub fn firing(&self, tenant: &Tenant) -> Vec<Alert> {
         let (_, set) = self.rules();
@@ -178,15 +191,14 @@ impl DeviceRulesHub {
             .lock()
             .iter()
             .filter(|((t, _), _)| t == tenant)
-            .map(|(_, a)| a)
-            .filter(|a| {
+            .filter(|(_, (a, of_rules))| {
                 let id = a
                     .labels
                     .get("rule_id")
                     .or_else(|| a.labels.get("alertname"));
-                exists(id.unwrap_or(""))
+                !of_rules || exists(id.unwrap_or(""))
             })
-            .cloned()
+            .map(|(_, (a, _))| a.clone())
             .collect()
     }
 }

@@ -191,7 +191,17 @@ impl Engine {
             quantiles: cfg.rollups.quantiles.clone(),
             retention_ms: cfg.rollups.retention.0,
             block_duration_ms: cfg.rollups.block_duration.0,
-            publish_corrections: !cfg.rollups.groups.is_empty(),
+            correction_subscribers: {
+                use strata_stream::stage::Subscribers;
+                let mut s = Subscribers::NONE;
+                if !cfg.rollups.groups.is_empty() {
+                    s = s.with(crate::groups::CORRECTIONS);
+                }
+                if !cfg.anomaly.detectors.is_empty() {
+                    s = s.with(crate::anomaly::CORRECTIONS);
+                }
+                s
+            },
             hours: Some(strata_stream::hour::HourOptions {
                 retention_ms: cfg.rollups.hour_retention.0,
                 // The cold tier takes every final hour.
@@ -775,19 +785,26 @@ impl Engine {
         (closed != i64::MAX).then_some((closed, first))
     }
 
-    /// Corrected windows not yet marked done, over all shards.
-    pub fn pending_corrected(&self) -> Vec<strata_stream::window::Correction> {
+    /// Corrected windows `who` has not marked done, over all shards.
+    pub fn pending_corrected(
+        &self,
+        who: strata_stream::stage::Subscriber,
+    ) -> Vec<strata_stream::window::Correction> {
         self.shards
             .iter()
             .filter_map(|s| s.rollups.as_ref())
-            .flat_map(|r| r.pending_corrected())
+            .flat_map(|r| r.pending_corrected(who))
             .collect()
     }
 
-    /// Marks corrected windows as handled (each shard drops those it holds).
-    pub fn done_corrected(&self, done: &[strata_stream::window::Correction]) {
+    /// Marks corrected windows as handled by `who` (each shard drops those it holds).
+    pub fn done_corrected(
+        &self,
+        who: strata_stream::stage::Subscriber,
+        done: &[strata_stream::window::Correction],
+    ) {
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            r.done_corrected(done);
+            r.done_corrected(who, done);
         }
     }
 

@@ -28,6 +28,10 @@ use strata_stream::hour::{hour_start, HOUR_MS};
 
 const MAGIC: &[u8; 8] = b"STRGROUP";
 
+/// Group rollups' place among the consumers of corrected windows (0: the first, whose queue
+/// older checkpoints hold).
+pub const CORRECTIONS: strata_stream::stage::Subscriber = strata_stream::stage::Subscriber::new(0);
+
 /// The merge step's settings.
 pub struct Merger {
     /// Reads and writes.
@@ -40,14 +44,16 @@ pub struct Merger {
     pub checkpoint: PathBuf,
 }
 
-fn load(path: &Path) -> anyhow::Result<Option<i64>> {
+/// Reads a progress checkpoint (the first window not yet computed) written by
+/// [`save_progress`] with the same magic; `None` when there is none.
+pub(crate) fn load_progress(path: &Path, magic: &[u8; 8]) -> anyhow::Result<Option<i64>> {
     match std::fs::read(path) {
         Ok(b) => {
             anyhow::ensure!(
                 b.len() == 20
-                    && &b[..8] == MAGIC
+                    && &b[..8] == magic
                     && crc32fast::hash(&b[..16]).to_le_bytes() == b[16..20],
-                "group rollup checkpoint {} is corrupt",
+                "progress checkpoint {} is corrupt",
                 path.display()
             );
             Ok(Some(i64::from_le_bytes(b[8..16].try_into()?)))
@@ -57,8 +63,13 @@ fn load(path: &Path) -> anyhow::Result<Option<i64>> {
     }
 }
 
-fn save(path: &Path, next: i64) -> Result<(), strata_stream::StreamError> {
-    let mut b = MAGIC.to_vec();
+/// Saves progress atomically: magic, the window, a CRC.
+pub(crate) fn save_progress(
+    path: &Path,
+    magic: &[u8; 8],
+    next: i64,
+) -> Result<(), strata_stream::StreamError> {
+    let mut b = magic.to_vec();
     b.extend_from_slice(&next.to_le_bytes());
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
@@ -80,7 +91,8 @@ impl Merger {
 
     /// Runs until `stop` is set, checking twice a second.
     pub fn run(self, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle) {
-        let loaded = load(&self.checkpoint).and_then(|n| Ok((n, load(&self.hour_checkpoint())?)));
+        let loaded = load_progress(&self.checkpoint, MAGIC)
+            .and_then(|n| Ok((n, load_progress(&self.hour_checkpoint(), MAGIC)?)));
         let (mut next, mut next_hour) = match loaded {
             Ok(n) => n,
             Err(e) => {
@@ -124,7 +136,7 @@ impl Merger {
             start += window_ms;
         }
         if start != before || next.is_none() {
-            save(path, start)?;
+            save_progress(path, MAGIC, start)?;
             *next = Some(start);
         }
         Ok(start)
@@ -149,7 +161,7 @@ impl Merger {
         };
         // Windows computed already whose members were corrected since. Each correction stays
         // queued (and checkpointed with its shard) until its group window is written again.
-        let pending = self.engine.pending_corrected();
+        let pending = self.engine.pending_corrected(CORRECTIONS);
         let redo: BTreeSet<(Tenant, i64)> = pending
             .iter()
             .filter(|c| c.start < start)
@@ -173,7 +185,7 @@ impl Merger {
             self.compute_tenant(tenant, h, HOUR_MS, rt)?;
         }
         // Windows not computed yet will be, with the correction in them.
-        self.engine.done_corrected(&pending);
+        self.engine.done_corrected(CORRECTIONS, &pending);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! This crate wires the others together; storage, decoding and the log live in their own crates.
 
 pub mod alerting;
+pub mod anomaly;
 pub mod backfill;
 pub mod cold;
 pub mod config;
@@ -58,6 +59,12 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         rt.handle().clone(),
         notify.clone(),
     )?;
+    let detectors = cfg.detector_specs()?;
+    let anomaly_stats = (cfg.rollups.enabled && !detectors.is_empty())
+        .then(|| Arc::new(anomaly::AnomalyStats::default()));
+    if !detectors.is_empty() && !cfg.rollups.enabled {
+        tracing::warn!("anomaly detectors need rollups (rollups.enabled = true): not running");
+    }
     let state = http::AppState {
         engine: engine.clone(),
         limits: Arc::new(cfg.model_limits()),
@@ -67,6 +74,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         promql,
         rules: rules.clone(),
         devices: devices.clone(),
+        anomaly: anomaly_stats.clone(),
         notify,
         queries: Arc::new(http::QueryGate::new(
             cfg.query.max_concurrency,
@@ -94,6 +102,18 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         };
         let (stop, rt) = (stop.clone(), rt.handle().clone());
         std::thread::spawn(move || m.run(stop, rt))
+    });
+    let scorer = anomaly_stats.map(|stats| {
+        let s = anomaly::Scorer {
+            engine: engine.clone(),
+            specs: detectors,
+            window_ms: cfg.rollups.window.0,
+            checkpoint: cfg.data_dir.join("anomaly.ckpt"),
+            events: Some(devices.clone()),
+            stats,
+        };
+        let (stop, rt) = (stop.clone(), rt.handle().clone());
+        std::thread::spawn(move || s.run(stop, rt))
     });
     let partitions = engine.partitions();
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace.0 as u64);
@@ -135,6 +155,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(m) = rules {
         m.stop();
+    }
+    if let Some(s) = scorer {
+        let _ = s.join();
     }
     if let Some(m) = merger {
         let _ = m.join();

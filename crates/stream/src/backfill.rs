@@ -294,7 +294,7 @@ mod tests {
                 },
                 quantiles: vec![0.5, 0.99],
                 retention_ms: i64::MAX / 4,
-                publish_corrections: false,
+                correction_subscribers: crate::stage::Subscribers::NONE,
                 block_duration_ms: 86_400_000,
                 hours: Some(HourOptions {
                     publish_final: true,

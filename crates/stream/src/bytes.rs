@@ -27,6 +27,9 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Some(s)
     }
+    pub(crate) fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
     pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }

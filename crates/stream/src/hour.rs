@@ -225,7 +225,7 @@ impl HourStage {
         let mut hours = load_hours(&checkpoint, &store)?;
         if opts.publish_final {
             let queued = load_corrections(&queue_path)?;
-            hours.enqueue(queued);
+            hours.enqueue(queued.into_iter().map(|(c, _)| c).collect());
         }
         Ok(HourStage {
             opts,
@@ -694,7 +694,14 @@ impl HourStage {
     pub fn persist_written(&self) -> Result<(), StreamError> {
         self.store.flush().map_err(tsdb_error(&self.checkpoint))?;
         if self.opts.publish_final {
-            let queue: Vec<HourKey> = self.hours.lock().queue.keys().cloned().collect();
+            // The queue's one consumer is the cold tier: each entry is the first subscriber's.
+            let queue: Vec<(HourKey, u8)> = self
+                .hours
+                .lock()
+                .queue
+                .keys()
+                .map(|k| (k.clone(), 1))
+                .collect();
             crate::bytes::write_checked(&self.queue_path, encode_corrections(&queue))?;
         }
         match &self.next {
@@ -724,7 +731,7 @@ impl HourStage {
         self.store.stage_all();
         let hours = self.hours.lock();
         let queue = self.opts.publish_final.then(|| {
-            let queue: Vec<HourKey> = hours.queue.keys().cloned().collect();
+            let queue: Vec<(HourKey, u8)> = hours.queue.keys().map(|k| (k.clone(), 1)).collect();
             (self.queue_path.clone(), encode_corrections(&queue))
         });
         let c = HourCheckpoint {

@@ -14,7 +14,7 @@ use crate::window::{
 };
 use crate::StreamError;
 use parking_lot::RwLock;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,13 +30,48 @@ pub struct StageOptions {
     pub quantiles: Vec<f64>,
     /// How long final windows are kept.
     pub retention_ms: i64,
-    /// Keep the windows corrected for [`RollupStage::pending_corrected`] (group rollups recompute
-    /// theirs from them).
-    pub publish_corrections: bool,
+    /// Who is queued each corrected window (see [`RollupStage::pending_corrected`]): group
+    /// rollups recompute theirs from them, anomaly detectors re-score them.
+    pub correction_subscribers: Subscribers,
     /// Span of a warm-tier block.
     pub block_duration_ms: i64,
     /// The 1-hour tier, when wanted (windows must divide an hour).
     pub hours: Option<HourOptions>,
+}
+
+/// A consumer of corrected windows, one of up to eight (its bit in [`Subscribers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscriber(u8);
+
+impl Subscriber {
+    /// Subscriber number `n` (0 to 7). Numbers are part of the checkpoint: keep them stable.
+    pub const fn new(n: u8) -> Subscriber {
+        assert!(n < 8, "at most eight subscribers");
+        Subscriber(n)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self.0
+    }
+}
+
+/// A set of [`Subscriber`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Subscribers(u8);
+
+impl Subscribers {
+    /// Nobody: corrected windows are not queued.
+    pub const NONE: Subscribers = Subscribers(0);
+
+    /// The set with `s` added.
+    pub const fn with(self, s: Subscriber) -> Subscribers {
+        Subscribers(self.0 | (1 << s.0))
+    }
+
+    /// True when nobody subscribes.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// A window as a reader sees it: it holds the samples in `(start, end]`.
@@ -194,7 +229,7 @@ pub struct RollupStage {
     verify_existing: AtomicBool,
     counters: StageCounters,
     /// Corrected windows not yet handled by group rollups, kept in `corrections_path`.
-    corrected: parking_lot::Mutex<BTreeSet<Correction>>,
+    corrected: parking_lot::Mutex<BTreeMap<Correction, u8>>,
     corrections_path: PathBuf,
     settling: parking_lot::Mutex<Settling>,
     /// The 1-hour tier.
@@ -436,16 +471,18 @@ impl RollupStage {
         let width = self.opts.windows.window_ms;
         let q = &self.opts.quantiles;
         let sketch = self.opts.windows.wants_quantiles(c.key.as_ref());
-        if self.opts.publish_corrections {
+        let subscribers = self.opts.correction_subscribers.0;
+        if subscribers != 0 {
             // Published whether or not the figures change: after a crash, the store may hold a
             // correction whose group recomputation never ran (see `checkpoint`).
             let mut queue = self.corrected.lock();
             for &start in &c.starts {
-                queue.insert(Correction {
+                let c = Correction {
                     tenant: c.tenant.clone(),
                     key: c.key.clone(),
                     start,
-                });
+                };
+                *queue.entry(c).or_default() |= subscribers;
             }
         }
         let series = self.store.series(&c.tenant, c.key.as_ref());
@@ -519,16 +556,26 @@ impl RollupStage {
         Ok(revision_over(stored.as_ref(), figures, absent))
     }
 
-    /// The windows corrected and not yet marked done (when `publish_corrections` is set).
-    pub fn pending_corrected(&self) -> Vec<Correction> {
-        self.corrected.lock().iter().cloned().collect()
+    /// The windows corrected and not yet marked done by `who`.
+    pub fn pending_corrected(&self, who: Subscriber) -> Vec<Correction> {
+        let q = self.corrected.lock();
+        q.iter()
+            .filter(|(_, &m)| m & who.bit() != 0)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
-    /// Marks corrected windows as handled: they leave the queue (and its next checkpoint).
-    pub fn done_corrected(&self, done: &[Correction]) {
+    /// Marks corrected windows as handled by `who`: a window leaves the queue (and its next
+    /// checkpoint) once every subscriber has.
+    pub fn done_corrected(&self, who: Subscriber, done: &[Correction]) {
         let mut q = self.corrected.lock();
         for c in done {
-            q.remove(c);
+            if let Some(m) = q.get_mut(c) {
+                *m &= !who.bit();
+                if *m == 0 {
+                    q.remove(c);
+                }
+            }
         }
     }
 
@@ -551,8 +598,13 @@ impl RollupStage {
     /// [`RollupStage::end_checkpoint`] completes it. Windows closed in between may be flushed
     /// too: replay finds them in the store and leaves them (it compares before writing).
     pub fn begin_checkpoint(&self, offset: Option<u64>) -> Result<RollupCheckpoint, StreamError> {
-        if self.opts.publish_corrections {
-            let queue: Vec<Correction> = self.corrected.lock().iter().cloned().collect();
+        if !self.opts.correction_subscribers.is_empty() {
+            let queue: Vec<(Correction, u8)> = self
+                .corrected
+                .lock()
+                .iter()
+                .map(|(c, &m)| (c.clone(), m))
+                .collect();
             save_corrections(&self.corrections_path, &queue)?;
         }
         self.store.stage_all();
@@ -784,29 +836,31 @@ impl RollupStage {
 }
 
 const CORRECTIONS_MAGIC: &[u8; 8] = b"STRCORRQ";
-const CORRECTIONS_VERSION: u32 = 1;
+const CORRECTIONS_VERSION: u32 = 2;
 
-/// Writes the queue of corrected windows: magic, version, count, then tenant, key and start
-/// of each, and a CRC of all of it.
-pub(crate) fn save_corrections(path: &Path, queue: &[Correction]) -> Result<(), StreamError> {
+/// Writes the queue of corrected windows: magic, version, count, then tenant, key, start and
+/// the subscribers still to handle it, of each, and a CRC of all of it.
+pub(crate) fn save_corrections(path: &Path, queue: &[(Correction, u8)]) -> Result<(), StreamError> {
     write_checked(path, encode_corrections(queue))
 }
 
 /// What [`save_corrections`] writes (before its checksum).
-pub(crate) fn encode_corrections(queue: &[Correction]) -> Vec<u8> {
+pub(crate) fn encode_corrections(queue: &[(Correction, u8)]) -> Vec<u8> {
     let mut b = CORRECTIONS_MAGIC.to_vec();
     b.extend_from_slice(&CORRECTIONS_VERSION.to_le_bytes());
     b.extend_from_slice(&(queue.len() as u32).to_le_bytes());
-    for c in queue {
+    for (c, m) in queue {
         put(&mut b, c.tenant.as_str().as_bytes());
         put(&mut b, c.key.as_bytes());
         b.extend_from_slice(&c.start.to_le_bytes());
+        b.push(*m);
     }
     b
 }
 
-/// Reads what [`save_corrections`] wrote; nothing when there is no file.
-pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamError> {
+/// Reads what [`save_corrections`] wrote; nothing when there is no file. Version 1 had no
+/// subscribers: group rollups (subscriber 0) were the only one.
+pub(crate) fn load_corrections(path: &Path) -> Result<Vec<(Correction, u8)>, StreamError> {
     let Some(body) = read_checked(path, CORRECTIONS_MAGIC, 20, "a correction queue")? else {
         return Ok(Vec::new());
     };
@@ -815,8 +869,9 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
         reason: reason.into(),
     };
     let mut r = Reader::new(&body[8..]);
-    let parse = |r: &mut Reader<'_>| -> Option<Vec<Correction>> {
-        if r.u32()? != CORRECTIONS_VERSION {
+    let parse = |r: &mut Reader<'_>| -> Option<Vec<(Correction, u8)>> {
+        let version = r.u32()?;
+        if version != 1 && version != CORRECTIONS_VERSION {
             return None;
         }
         let n = r.u32()?;
@@ -825,7 +880,8 @@ pub(crate) fn load_corrections(path: &Path) -> Result<Vec<Correction>, StreamErr
             let tenant = Tenant::new(std::str::from_utf8(r.field()?).ok()?).ok()?;
             let key = strata_model::SeriesKey::from_bytes(r.field()?)?;
             let start = r.i64()?;
-            out.push(Correction { tenant, key, start });
+            let mask = if version == 1 { 1 } else { r.u8()? };
+            out.push((Correction { tenant, key, start }, mask));
         }
         r.is_done().then_some(out)
     };
@@ -977,7 +1033,13 @@ mod tests {
             windows: WindowOptions::default(),
             quantiles: Vec::new(),
             retention_ms: i64::MAX / 4,
-            publish_corrections,
+            correction_subscribers: if publish_corrections {
+                Subscribers::NONE
+                    .with(Subscriber::new(0))
+                    .with(Subscriber::new(1))
+            } else {
+                Subscribers::NONE
+            },
             block_duration_ms: 7_200_000,
             hours: None,
         }
@@ -1085,7 +1147,7 @@ mod tests {
         feed(&stage, &raw, 4, base + MIN, 9.0);
         assert_eq!(
             stage
-                .pending_corrected()
+                .pending_corrected(Subscriber::new(0))
                 .iter()
                 .map(|c| c.start)
                 .collect::<Vec<_>>(),
@@ -1137,21 +1199,37 @@ mod tests {
         let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
         feed(&stage, &raw, 1, base + 1_000, 1.0);
         feed(&stage, &raw, 2, base + 10 * 60_000, 2.0); // closes the first window
-        assert!(stage.pending_corrected().is_empty());
+        let (groups, other) = (Subscriber::new(0), Subscriber::new(1));
+        assert!(stage.pending_corrected(groups).is_empty());
         feed(&stage, &raw, 3, base + 2_000, 5.0); // late: corrects it
-        let pending = stage.pending_corrected();
+        let pending = stage.pending_corrected(groups);
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].start, base);
         stage.checkpoint(Some(3)).unwrap();
         drop(stage);
         let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
-        assert_eq!(stage.pending_corrected(), pending, "kept across reopening");
-        stage.done_corrected(&pending);
-        assert!(stage.pending_corrected().is_empty());
+        assert_eq!(
+            stage.pending_corrected(groups),
+            pending,
+            "kept across reopening"
+        );
+        stage.done_corrected(groups, &pending);
+        assert!(stage.pending_corrected(groups).is_empty());
+        assert_eq!(
+            stage.pending_corrected(other),
+            pending,
+            "each subscriber has its own"
+        );
+        stage.checkpoint(Some(3)).unwrap();
+        drop(stage);
+        let stage = RollupStage::open(&dir.path().join("stage"), opts.clone()).unwrap();
+        assert!(stage.pending_corrected(groups).is_empty());
+        assert_eq!(stage.pending_corrected(other), pending);
+        stage.done_corrected(other, &pending);
         stage.checkpoint(Some(3)).unwrap();
         drop(stage);
         let stage = RollupStage::open(&dir.path().join("stage"), opts).unwrap();
-        assert!(stage.pending_corrected().is_empty());
+        assert!(stage.pending_corrected(other).is_empty());
     }
 
     #[test]
@@ -1163,16 +1241,22 @@ mod tests {
             .unwrap()
             .key();
         let q = vec![
-            Correction {
-                tenant: Tenant::default_tenant(),
-                key: key.clone(),
-                start: 60_000,
-            },
-            Correction {
-                tenant: Tenant::new("other").unwrap(),
-                key,
-                start: -120_000,
-            },
+            (
+                Correction {
+                    tenant: Tenant::default_tenant(),
+                    key: key.clone(),
+                    start: 60_000,
+                },
+                1,
+            ),
+            (
+                Correction {
+                    tenant: Tenant::new("other").unwrap(),
+                    key,
+                    start: -120_000,
+                },
+                3,
+            ),
         ];
         save_corrections(&path, &q).unwrap();
         assert_eq!(load_corrections(&path).unwrap(), q);

@@ -23,7 +23,7 @@ fn options() -> StageOptions {
         },
         quantiles: QUANTILES.to_vec(),
         retention_ms: i64::MAX / 4,
-        publish_corrections: false,
+        correction_subscribers: strata_stream::stage::Subscribers::NONE,
         block_duration_ms: 7_200_000,
         hours: Some(HourOptions {
             publish_final: true,

@@ -6,7 +6,9 @@
 use std::path::Path;
 use strata_model::{Limits, Matcher, Sample, Tenant, WriteBatch};
 use strata_stream::rollup::Rollup;
-use strata_stream::stage::{RollupStage, StageOptions};
+use strata_stream::stage::{RollupStage, StageOptions, Subscriber, Subscribers};
+
+const GROUPS: Subscriber = Subscriber::new(0);
 use strata_stream::window::{WindowOptions, WindowState};
 use strata_tsdb::{SeriesLimiter, Tsdb, TsdbOptions};
 
@@ -22,7 +24,7 @@ fn options() -> StageOptions {
         },
         quantiles: QUANTILES.to_vec(),
         retention_ms: i64::MAX / 4,
-        publish_corrections: true,
+        correction_subscribers: Subscribers::NONE.with(GROUPS),
         block_duration_ms: 7_200_000,
         // The hour tier too: its places follow live series like the warm store's.
         hours: Some(strata_stream::hour::HourOptions::default()),
@@ -193,7 +195,11 @@ fn idle_series_leave_and_come_back_with_right_windows() {
             .collect::<Vec<_>>(),
     );
     clock(&stage, &mut off, base + 40 * MIN);
-    let corrected: Vec<_> = stage.pending_corrected().iter().map(|c| c.start).collect();
+    let corrected: Vec<_> = stage
+        .pending_corrected(GROUPS)
+        .iter()
+        .map(|c| c.start)
+        .collect();
     assert_eq!(corrected, vec![base + MIN], "published for group rollups");
     let all = check(&stage, &raw, base, base + 30 * MIN);
     let of = |name: &str| all.iter().find(|(n, _)| n == name).unwrap().1.clone();

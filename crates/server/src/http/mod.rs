@@ -42,6 +42,8 @@ pub struct AppState {
     /// The rules manager, when `[alerting]` names rule files.
     pub rules: Option<Arc<strata_alert::manager::RuleManager>>,
     /// The device rules.
+    /// Anomaly detection's counters, when detectors are configured.
+    pub anomaly: Option<Arc<crate::anomaly::AnomalyStats>>,
     pub devices: Arc<crate::device_rules::DeviceRulesHub>,
     /// The notifiers, when `[[alerting.notifiers]]` names any.
     pub notify: Option<Arc<strata_alert::notify::Notifications>>,

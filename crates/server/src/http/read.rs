@@ -534,6 +534,9 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         crate::alerting::render_notify_metrics(n, &mut out);
     }
     crate::alerting::render_device_metrics(&st.devices, &mut out);
+    if let Some(a) = &st.anomaly {
+        a.render(&mut out);
+    }
     let mut r = Response::new(Body::from(out));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

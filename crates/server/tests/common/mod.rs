@@ -315,3 +315,12 @@ impl Receiver {
         self.script.lock().unwrap().extend(statuses.iter().copied());
     }
 }
+
+/// Waits up to a minute for `f` to hold.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
