@@ -168,7 +168,17 @@ pub struct Detector {
     period: usize,
     /// The long median baseline and the residual moments, as computed at the first window of
     /// the current block of [`RECOMPUTE_EVERY`] windows: `(block, baseline, moments)`.
-    cached: Option<(i64, (f64, f64), (f64, f64))>,
+    cached: Option<Cached>,
+}
+
+/// See [`Detector::cached`].
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    block: i64,
+    /// Baseline and spread.
+    baseline: (f64, f64),
+    /// Mean and standard deviation of the residuals.
+    moments: (f64, f64),
 }
 
 impl Detector {
@@ -223,14 +233,22 @@ impl Detector {
         let young =
             self.values.len() < self.opts.window || self.residuals.len() < self.opts.history;
         let ((yhat, spread), (mean, sd)) = match self.cached {
-            Some((b, base, moments)) if b == block && !young => {
-                (if seasonal { self.baseline() } else { base }, moments)
-            }
+            Some(c) if c.block == block && !young => (
+                if seasonal {
+                    self.baseline()
+                } else {
+                    c.baseline
+                },
+                c.moments,
+            ),
             _ => {
-                let base = self.baseline();
-                let moments = self.residual_moments();
-                self.cached = Some((block, base, moments));
-                (base, moments)
+                let c = Cached {
+                    block,
+                    baseline: self.baseline(),
+                    moments: self.residual_moments(),
+                };
+                self.cached = Some(c);
+                (c.baseline, c.moments)
             }
         };
         let deviation = match self.opts.direction {
