@@ -5,6 +5,11 @@ use std::fmt;
 /// The label that holds the metric name.
 pub const METRIC_NAME: &str = "__name__";
 
+/// The metrics anomaly detectors write for each window they score. Like series with a `:` in
+/// their name, they are derived: written at windows already final, they are not rolled up
+/// again (each would otherwise be a late correction of its own window).
+pub const ANOMALY_OUTPUTS: [&str; 4] = ["anomaly_score", "yhat", "yhat_lower", "yhat_upper"];
+
 /// One label pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {

@@ -35,8 +35,8 @@ use strata_stream::rollup::Figures;
 use strata_stream::stage::{Subscriber, Tier};
 use strata_stream::window::WindowState;
 
-/// The metrics a detector writes, in [`Output`] order.
-pub const OUTPUTS: [&str; 4] = ["anomaly_score", "yhat", "yhat_lower", "yhat_upper"];
+/// The metrics a detector writes, in [`Output`] order (derived: not rolled up).
+pub use strata_model::ANOMALY_OUTPUTS as OUTPUTS;
 
 /// Events of windows older than this when scored are counted, not sent.
 pub const NOTIFY_WITHIN_MS: i64 = 3_600_000;
