@@ -129,6 +129,8 @@ pub struct Scored {
     pub yhat_lower: f64,
     /// The band's top.
     pub yhat_upper: f64,
+    /// The score was held at 0: the window lies in the suppression after an anomaly.
+    pub held: bool,
 }
 
 /// Highest score: past it every series' anomalies look alike, whatever its residuals' tails.
@@ -268,7 +270,8 @@ impl Detector {
         } else {
             0.0
         };
-        if self.seen < self.quiet_until {
+        let held = self.seen < self.quiet_until;
+        if held {
             score = 0.0;
         } else if score > 1.0 && self.opts.suppress > 0 {
             self.quiet_until = self.seen + self.opts.suppress;
@@ -295,6 +298,7 @@ impl Detector {
             yhat,
             yhat_lower: yhat - band,
             yhat_upper: yhat + band,
+            held,
         }
     }
 

@@ -182,8 +182,6 @@ struct Tracked {
     last: i64,
     /// The open event: its alert, and whether its firing was sent.
     event: Option<(Alert, bool)>,
-    /// The window index before which the event's suppression lasts.
-    quiet_until: i64,
 }
 
 /// The scoring loop's settings and state.
@@ -204,6 +202,9 @@ pub struct Scorer {
 
 /// A series' final windows in a range: `(start, value)` in order.
 type Windows = Vec<(i64, f64)>;
+
+/// Series read from the warm tier: their key and windows, by labels.
+type Read = BTreeMap<Labels, (SeriesKey, Windows)>;
 
 /// Per detector, tenant and series.
 type States = HashMap<(usize, Tenant, SeriesKey), Tracked>;
@@ -285,8 +286,8 @@ impl Scorer {
         from: i64,
         to: i64,
         only: Option<&Labels>,
-    ) -> anyhow::Result<BTreeMap<Labels, Windows>> {
-        let mut out: BTreeMap<Labels, Windows> = BTreeMap::new();
+    ) -> anyhow::Result<Read> {
+        let mut out = Read::new();
         if to <= from {
             return Ok(out);
         }
@@ -306,7 +307,8 @@ impl Scorer {
                 .engine
                 .rollups(Tier::Window, tenant, set, from + 1, to)?
             {
-                if !spec.takes(labels.key().as_ref()) || out.contains_key(&labels) {
+                let key = labels.key();
+                if !spec.takes(key.as_ref()) || out.contains_key(&labels) {
                     continue;
                 }
                 let values: Windows = ws
@@ -317,7 +319,7 @@ impl Scorer {
                     .filter(|(_, x)| x.is_finite())
                     .collect();
                 if !values.is_empty() {
-                    out.insert(labels, values);
+                    out.insert(labels, (key, values));
                 }
             }
         }
@@ -330,14 +332,10 @@ impl Scorer {
             det: Detector::new(spec.opts.clone()),
             last: i64::MIN,
             event: None,
-            quiet_until: i64::MIN,
         };
         for &(s, v) in history.iter().filter(|(s, _)| *s < before) {
-            let scored = t.det.observe(s.div_euclid(self.window_ms), v);
+            t.det.observe(s.div_euclid(self.window_ms), v);
             t.last = s;
-            if scored.score > 1.0 {
-                t.quiet_until = s.div_euclid(self.window_ms) + spec.opts.suppress as i64;
-            }
         }
         self.stats.rebuilt.fetch_add(1, Ordering::Relaxed);
         t
@@ -361,8 +359,9 @@ impl Scorer {
         let spec = &self.specs[i];
         let series = self.read(spec, tenant, from, to, None)?;
         let absent: BTreeSet<&Labels> = series
-            .keys()
-            .filter(|l| !states.contains_key(&(i, tenant.clone(), l.key())))
+            .iter()
+            .filter(|(_, (k, _))| !states.contains_key(&(i, tenant.clone(), k.clone())))
+            .map(|(l, _)| l)
             .collect();
         let mut history = if absent.is_empty() {
             BTreeMap::new()
@@ -375,14 +374,14 @@ impl Scorer {
         } else {
             states.keys().filter(|k| k.0 == i && &k.1 == tenant).count()
         };
-        for (labels, windows) in &series {
-            let key = (i, tenant.clone(), labels.key());
+        for (labels, (key, windows)) in &series {
+            let key = (i, tenant.clone(), key.clone());
             if !states.contains_key(&key) {
                 if scored_here >= spec.max_series {
                     self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let h = history.remove(labels).unwrap_or_default();
+                let h = history.remove(labels).map(|(_, w)| w).unwrap_or_default();
                 states.insert(key.clone(), self.rebuild(spec, &h, from));
                 scored_here += 1;
                 self.stats
@@ -418,6 +417,7 @@ impl Scorer {
                 Some(&labels),
             )?
             .remove(&labels)
+            .map(|(_, w)| w)
             .unwrap_or_default();
         let mut t = self.rebuild(spec, &windows, from);
         // The open event (if any) of the live detector stays the series' event.
@@ -457,22 +457,21 @@ impl Scorer {
             self.stats.scored.fetch_add(1, Ordering::Relaxed);
             let recent = at >= now - NOTIFY_WITHIN_MS;
             if s.score > 1.0 {
+                // The detector holds scores at 0 through the suppression after one above 1: a
+                // score above 1 opens an event unless one is open already.
                 self.stats.anomalous.fetch_add(1, Ordering::Relaxed);
-                if index >= t.quiet_until {
-                    t.quiet_until = index + spec.opts.suppress as i64;
-                    if t.event.is_none() {
-                        self.stats.events.fetch_add(1, Ordering::Relaxed);
-                        if !recent {
-                            self.stats.events_unsent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let a = event_alert(spec, labels, at, s.score);
-                        if recent {
-                            out.changes.push(a.clone());
-                        }
-                        t.event = Some((a, recent));
+                if t.event.is_none() {
+                    self.stats.events.fetch_add(1, Ordering::Relaxed);
+                    if !recent {
+                        self.stats.events_unsent.fetch_add(1, Ordering::Relaxed);
                     }
+                    let a = event_alert(spec, labels, at, s.score);
+                    if recent {
+                        out.changes.push(a.clone());
+                    }
+                    t.event = Some((a, recent));
                 }
-            } else if index >= t.quiet_until {
+            } else if !s.held {
                 if let Some((mut a, sent)) = t.event.take() {
                     a.state = AlertState::Inactive;
                     a.resolved_at = Some(at);
@@ -528,6 +527,8 @@ struct Output<'a> {
     batches: Vec<WriteBatch>,
     samples: usize,
     changes: Vec<Alert>,
+    /// Outputs have the input's labels and three more: no label-count limit applies.
+    limits: Limits,
 }
 
 /// Samples per write of outputs.
@@ -541,34 +542,38 @@ impl<'a> Output<'a> {
             batches: vec![WriteBatch::new(tenant.clone())],
             samples: 0,
             changes: Vec::new(),
+            limits: Limits {
+                max_labels_per_series: usize::MAX,
+                ..Limits::default()
+            },
         }
     }
 
     /// Queues the four outputs of one window.
     fn push(&mut self, labels: &Labels, at: i64, values: [f64; 4]) {
-        let limits = Limits {
-            max_labels_per_series: usize::MAX,
-            ..Limits::default()
-        };
         if self.samples >= BATCH_SAMPLES {
             self.batches.push(WriteBatch::new(self.tenant.clone()));
             self.samples = 0;
         }
         let batch = self.batches.last_mut().expect("one batch at least");
+        // The input's labels, `for` in place of its name, and each output's name in turn.
+        let mut base: Vec<(&[u8], &[u8])> = Vec::with_capacity(labels.len() + 2);
+        for l in labels.iter() {
+            if l.name == METRIC_NAME {
+                base.push((b"for", l.value.as_bytes()));
+            } else if l.name != "for" && l.name != "detector" {
+                base.push((l.name.as_bytes(), l.value.as_bytes()));
+            }
+        }
+        if let Some(n) = &self.spec.name {
+            base.push((b"detector", n.as_bytes()));
+        }
         for (name, v) in OUTPUTS.iter().zip(values) {
-            let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(labels.len() + 2);
-            for l in labels.iter() {
-                if l.name == METRIC_NAME {
-                    pairs.push((b"for", l.value.as_bytes()));
-                } else if l.name != "for" && l.name != "detector" {
-                    pairs.push((l.name.as_bytes(), l.value.as_bytes()));
-                }
-            }
-            pairs.push((METRIC_NAME.as_bytes(), name.as_bytes()));
-            if let Some(n) = &self.spec.name {
-                pairs.push((b"detector", n.as_bytes()));
-            }
-            if let Err(e) = batch.push_series(&mut pairs, &[Sample::new(at, v)], None, &limits) {
+            // `push_series` sorts the pairs: the previous output's name is found, not popped.
+            base.retain(|(k, _)| *k != METRIC_NAME.as_bytes());
+            base.push((METRIC_NAME.as_bytes(), name.as_bytes()));
+            if let Err(e) = batch.push_series(&mut base, &[Sample::new(at, v)], None, &self.limits)
+            {
                 tracing::warn!(error = %e, "anomaly output not written");
             }
             self.samples += 1;

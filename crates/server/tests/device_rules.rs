@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{now_ms, Receiver, Server};
+use common::{now_ms, wait_for as wait, Receiver, Server};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn start(dir: &Path, hook: &str) -> Server {
     Server::start(
@@ -55,14 +55,6 @@ fn changes(hook: &Receiver, alertname: &str) -> Vec<String> {
                 .then(|| v["status"].as_str().unwrap().to_string())
         })
         .collect()
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn req(s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
