@@ -44,6 +44,9 @@ fn main() {
                 let s = d.observe(end - (rows - 1 - i as i64), v).score;
                 writeln!(w, "{t},{v},{:.6}", s / (1.0 + s)).unwrap();
             }
+            if std::env::var("NAB_VERBOSE").is_ok() {
+                eprintln!("{} period {}", rel.display(), d.period());
+            }
         }
     }
 }
@@ -63,6 +66,7 @@ fn options() -> Options {
         sensitivity: get("NAB_SENSITIVITY").unwrap_or(d.sensitivity),
         sustained: get("NAB_SUSTAINED").map_or(d.sustained, |v| v as usize),
         suppress: get("NAB_SUPPRESS").map_or(d.suppress, |v| v as usize),
+        tail_fraction: get("NAB_TAIL").unwrap_or(d.tail_fraction),
         ..d
     }
 }

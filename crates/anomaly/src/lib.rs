@@ -20,7 +20,11 @@
 //! - **Score**: the tail probability of the mean of the last two residuals among the last
 //!   `history` residuals (the "anomaly likelihood" post-processing of Numenta's HTM detector),
 //!   or of the mean of the last `sustained` residuals (a sustained shift, its spread widened
-//!   for residuals that are not independent), whichever is less likely; a z-score of
+//!   for residuals that are not independent), whichever is less likely. Once `history`
+//!   residuals are kept, the short test's probability is also read off an exponential tail
+//!   fitted to the top `tail_fraction` of them (peaks over threshold, as extreme-value
+//!   detectors such as SPOT do), and the likelier of the two counts: in a bursty series a
+//!   routine burst is not rare, however many normal deviations it spans. A z-score of
 //!   `sensitivity` scores 1.0 and each further decade of improbability adds alike. After a
 //!   score above 1, scores are held at 0 for `suppress` windows (one anomaly, one event).
 //!
@@ -97,6 +101,11 @@ pub struct Options {
     pub sustained: usize,
     /// Windows after a score above 1 during which scores are held at 0.
     pub suppress: usize,
+    /// Peaks over threshold: once `history` residuals are kept, a short deviation is also
+    /// measured against an exponential tail fitted to this top fraction of them, and the
+    /// likelier of the two measures counts, so a series whose bursts are routine (heavy-tailed
+    /// counts) does not score each one as rare (0: the normal tail only).
+    pub tail_fraction: f64,
 }
 
 impl Default for Options {
@@ -114,6 +123,7 @@ impl Default for Options {
             min_deviation: 0.0,
             sustained: 30,
             suppress: 120,
+            tail_fraction: 0.02,
         }
     }
 }
@@ -181,6 +191,8 @@ struct Cached {
     baseline: (f64, f64),
     /// Mean and standard deviation of the residuals.
     moments: (f64, f64),
+    /// The tail of the residuals' pair means: threshold and mean excess above it.
+    tail: (f64, f64),
 }
 
 impl Detector {
@@ -234,7 +246,7 @@ impl Detector {
         // moves quickly, and a rebuilt one replays them from the start.
         let young =
             self.values.len() < self.opts.window || self.residuals.len() < self.opts.history;
-        let ((yhat, spread), (mean, sd)) = match self.cached {
+        let ((yhat, spread), (mean, sd), tail) = match self.cached {
             Some(c) if c.block == block && !young => (
                 if seasonal {
                     self.baseline()
@@ -242,15 +254,17 @@ impl Detector {
                     c.baseline
                 },
                 c.moments,
+                c.tail,
             ),
             _ => {
                 let c = Cached {
                     block,
                     baseline: self.baseline(),
                     moments: self.residual_moments(),
+                    tail: self.residual_tail(),
                 };
                 self.cached = Some(c);
-                (c.baseline, c.moments)
+                (c.baseline, c.moments, c.tail)
             }
         };
         let deviation = match self.opts.direction {
@@ -266,7 +280,7 @@ impl Detector {
             MAX_RESIDUAL
         };
         let mut score = if self.seen >= self.opts.warm_up {
-            self.likelihood_score(residual, mean, sd)
+            self.likelihood_score(residual, mean, sd, tail)
         } else {
             0.0
         };
@@ -405,23 +419,59 @@ impl Detector {
         (mean, var.sqrt())
     }
 
+    /// The threshold exceeded by the top `tail_fraction` of the residuals' consecutive pair
+    /// means and their mean excess above it (peaks over threshold, exponential tail); only
+    /// with a full history, since a tail fitted to a few dozen exceedances is noise.
+    fn residual_tail(&self) -> (f64, f64) {
+        let n = self.residuals.len();
+        if self.opts.tail_fraction <= 0.0 || n < self.opts.history.max(100) {
+            return (0.0, 0.0);
+        }
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.clear();
+            let r = &self.residuals;
+            scratch.extend((1..n).map(|i| (r[i - 1] + r[i]) / 2.0));
+            let k = ((scratch.len() as f64 * self.opts.tail_fraction) as usize).max(5);
+            let at = scratch.len() - k;
+            let (_, u, above) = scratch.select_nth_unstable_by(at, |a, b| a.total_cmp(b));
+            let u = *u;
+            let excess = above.iter().map(|x| x - u).sum::<f64>() / above.len().max(1) as f64;
+            (u, excess)
+        })
+    }
+
     /// The score of the latest residuals among the history's.
-    fn likelihood_score(&self, residual: f64, mean: f64, sd: f64) -> f64 {
+    fn likelihood_score(&self, residual: f64, mean: f64, sd: f64, pot: (f64, f64)) -> f64 {
         let n = self.residuals.len();
         if n < 2 {
             return 0.0;
         }
         let sd = sd.max(1e-6);
         let last = self.residuals.back().copied().unwrap_or(residual);
-        let mut z = ((last + residual) / 2.0 - mean) / sd;
+        // Improbabilities as log10 of tail probabilities.
+        let pair = (last + residual) / 2.0;
+        let mut short = log10_tail((pair - mean) / sd);
+        if pot.1 > 0.0 {
+            let fitted = self.opts.tail_fraction.log10()
+                - (pair - pot.0) / pot.1 * std::f64::consts::LOG10_E;
+            short = short.max(fitted.min(0.5f64.log10()));
+        }
+        let mut p = short;
         let k = self.opts.sustained;
         if k > 1 && n >= k {
             let recent = (self.residuals.range(n + 1 - k..).sum::<f64>() + residual) / k as f64;
-            z = z.max((recent - mean) / (sd * SUSTAINED_WIDEN / (k as f64).sqrt()));
+            p = p.min(log10_tail(
+                (recent - mean) / (sd * SUSTAINED_WIDEN / (k as f64).sqrt()),
+            ));
         }
-        let unit = -tail(self.opts.sensitivity).log10();
-        (-tail(z).max(1e-300).log10() / unit).clamp(0.0, CAP)
+        (p / log10_tail(self.opts.sensitivity)).clamp(0.0, CAP)
     }
+}
+
+/// log10 of the one-sided standard normal tail above `z`.
+fn log10_tail(z: f64) -> f64 {
+    tail(z).max(1e-300).log10()
 }
 
 /// The one-sided tail of the standard normal distribution above `z`.
@@ -577,5 +627,42 @@ mod tests {
             run(coarse, 20.0) < 1.0,
             "a 20-unit deviation is below the minimum"
         );
+    }
+
+    #[test]
+    fn routine_bursts_score_below_one_with_the_fitted_tail_and_a_rare_one_above() {
+        // Counts around 3 with a burst of 20 to 40 every 37 windows (tweets, errors).
+        let run = |tail_fraction: f64| {
+            let opts = Options {
+                tail_fraction,
+                period: Period::None,
+                suppress: 0,
+                ..Options::default()
+            };
+            let mut d = Detector::new(opts);
+            let mut x = 0x2545_F491_4F6C_DD1Du64;
+            let mut bursts: f64 = 0.0;
+            for i in 0..6000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let burst = i % 37 == 0;
+                let v = if burst {
+                    20.0 + (x % 21) as f64
+                } else {
+                    (x % 7) as f64
+                };
+                let s = d.observe(i, v).score;
+                if burst && i > 4000 {
+                    bursts = bursts.max(s);
+                }
+            }
+            (bursts, d.observe(6000, 400.0).score)
+        };
+        let (routine, rare) = run(0.02);
+        assert!(routine < 1.0, "routine bursts with the tail: {routine}");
+        assert!(rare > 1.0, "a burst ten times the others: {rare}");
+        let (routine, _) = run(0.0);
+        assert!(routine > 1.0, "the normal tail finds every burst rare: {routine}");
     }
 }

@@ -75,6 +75,8 @@ pub struct DetectorConfig {
     pub refit: Option<Duration>,
     /// Windows averaged by the sustained-shift test (0: none).
     pub sustained: Option<usize>,
+    /// The top fraction of residuals a heavy tail is fitted to (0: the normal tail only).
+    pub tail_fraction: Option<f64>,
     /// Anomalies within this long of one are the same event.
     pub suppress: Option<Duration>,
     /// The `severity` label of its events.
@@ -925,6 +927,12 @@ impl Config {
                         "min_deviation must be 0 or more, got {min_deviation}"
                     )));
                 }
+                let tail_fraction = d.tail_fraction.unwrap_or(o.tail_fraction);
+                if !(0.0..0.5).contains(&tail_fraction) {
+                    return Err(at(format!(
+                        "tail_fraction must be at least 0 and below 0.5, got {tail_fraction}"
+                    )));
+                }
                 let opts = strata_anomaly::Options {
                     window: d.window.unwrap_or(o.window),
                     history: d.history.unwrap_or(o.history),
@@ -936,6 +944,7 @@ impl Config {
                     min_deviation,
                     sustained: d.sustained.unwrap_or(o.sustained),
                     suppress: d.suppress.map_or(o.suppress, windows),
+                    tail_fraction,
                     ..o
                 };
                 for (what, v) in [("window", opts.window), ("history", opts.history)] {
