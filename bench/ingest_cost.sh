@@ -34,7 +34,7 @@ detector() {
 }
 metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 run() { # $1 = off|rules|anomaly|both
-    rm -rf "$work/data"
+    rm -rf "$work/data"; sync; sleep 2 # the previous run's writeback off this one
     : > "$work/strata.toml"
     case "$1" in rules|both) rules >> "$work/strata.toml" ;; esac
     case "$1" in anomaly|both) detector >> "$work/strata.toml" ;; esac
@@ -42,11 +42,13 @@ run() { # $1 = off|rules|anomaly|both
         --listen "127.0.0.1:$PORT" & pid=$!
     until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do sleep 0.1; done
     printf '%-8s ' "$1"
+    t_start=$(date +%s)
     "$BIN" simulate --url "http://127.0.0.1:$PORT" --backfill "$SPAN" --interval 10s \
         --sites "$SITES" --devices-per-site "$PER_SITE" --connections 4 2>/dev/null
     case "$1" in anomaly|both)
-        # Scored up to the minute before now (the simulator stops at now).
-        t0=$(date +%s.%N); want=$(( ($(date +%s) / 60 - 2) * 60000 ))
+        # The backfill ends at the simulator's start: scored up to the last window final
+        # then (its end at least `allowed_lateness`, 2 min, before the last event).
+        t0=$(date +%s.%N); want=$(( ((t_start - 120) / 60 - 1) * 60000 ))
         while [ "$(metric strata_anomaly_next_window_ms | cut -d. -f1)" -lt "$want" ]; do sleep 0.2; done
         echo "         scored every window $(echo "$(date +%s.%N) - $t0" | bc) s after the last event; windows scored $(metric strata_anomaly_windows_scored_total)"
         ;;

@@ -445,6 +445,7 @@ impl Scorer {
     ) {
         let w = self.window_ms;
         let now = strata_model::time::now_ms();
+        let mut rows = Vec::with_capacity(windows.len());
         for &(start, v) in windows {
             if start <= t.last {
                 continue;
@@ -453,7 +454,7 @@ impl Scorer {
             let s = t.det.observe(index, v);
             t.last = start;
             let at = start + w;
-            out.push(labels, at, [s.score, s.yhat, s.yhat_lower, s.yhat_upper]);
+            rows.push((at, [s.score, s.yhat, s.yhat_lower, s.yhat_upper]));
             self.stats.scored.fetch_add(1, Ordering::Relaxed);
             let recent = at >= now - NOTIFY_WITHIN_MS;
             if s.score > 1.0 {
@@ -482,6 +483,7 @@ impl Scorer {
                 }
             }
         }
+        out.push(labels, &rows);
     }
 }
 
@@ -549,8 +551,12 @@ impl<'a> Output<'a> {
         }
     }
 
-    /// Queues the four outputs of one window.
-    fn push(&mut self, labels: &Labels, at: i64, values: [f64; 4]) {
+    /// Queues the four outputs of a series' windows (`(stamp, [score, yhat, lower, upper])`):
+    /// one series entry per output, whatever the number of windows.
+    fn push(&mut self, labels: &Labels, rows: &[(i64, [f64; 4])]) {
+        if rows.is_empty() {
+            return;
+        }
         if self.samples >= BATCH_SAMPLES {
             self.batches.push(WriteBatch::new(self.tenant.clone()));
             self.samples = 0;
@@ -568,15 +574,17 @@ impl<'a> Output<'a> {
         if let Some(n) = &self.spec.name {
             base.push((b"detector", n.as_bytes()));
         }
-        for (name, v) in OUTPUTS.iter().zip(values) {
+        let mut samples = Vec::with_capacity(rows.len());
+        for (k, name) in OUTPUTS.iter().enumerate() {
             // `push_series` sorts the pairs: the previous output's name is found, not popped.
             base.retain(|(k, _)| *k != METRIC_NAME.as_bytes());
             base.push((METRIC_NAME.as_bytes(), name.as_bytes()));
-            if let Err(e) = batch.push_series(&mut base, &[Sample::new(at, v)], None, &self.limits)
-            {
+            samples.clear();
+            samples.extend(rows.iter().map(|(at, v)| Sample::new(*at, v[k])));
+            if let Err(e) = batch.push_series(&mut base, &samples, None, &self.limits) {
                 tracing::warn!(error = %e, "anomaly output not written");
             }
-            self.samples += 1;
+            self.samples += samples.len();
         }
     }
 

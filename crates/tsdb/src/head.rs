@@ -255,11 +255,10 @@ impl MemSeries {
 
     /// The newest head value at `t`, if any.
     fn find(&self, t: i64) -> Option<f64> {
-        let mut buf = Vec::new();
-        self.open.decode(&mut buf);
-        if let Some(x) = buf.iter().rev().find(|x| x.timestamp == t) {
-            return Some(x.value);
+        if let Some(v) = self.open.find(t) {
+            return Some(v);
         }
+        let mut buf = Vec::new();
         // Newest first: the frozen chunks were written before the sealed ones.
         let frozen = self.frozen.as_ref().map_or(&[][..], |f| &f.chunks[..]);
         for c in self

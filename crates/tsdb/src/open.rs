@@ -14,6 +14,10 @@ use strata_model::Sample;
 #[derive(Default)]
 pub struct OpenBuffer {
     buf: Vec<u8>,
+    /// The lowest and highest timestamps buffered (meaningless when empty): a late sample
+    /// outside them is known absent without a scan.
+    min_t: i64,
+    max_t: i64,
     last_t: i64,
     last_delta: i64,
     last_bits: u64,
@@ -34,7 +38,10 @@ impl OpenBuffer {
     pub fn push(&mut self, s: Sample) {
         if self.buf.is_empty() {
             put(&mut self.buf, zig(s.timestamp));
+            (self.min_t, self.max_t) = (s.timestamp, s.timestamp);
         } else {
+            self.min_t = self.min_t.min(s.timestamp);
+            self.max_t = self.max_t.max(s.timestamp);
             let delta = s.timestamp.wrapping_sub(self.last_t);
             put(&mut self.buf, zig(delta.wrapping_sub(self.last_delta)));
             self.last_delta = delta;
@@ -57,6 +64,26 @@ impl OpenBuffer {
 
     /// Appends every buffered sample to `out`, in write order.
     pub fn decode(&self, out: &mut Vec<Sample>) {
+        self.walk(|s| out.push(s));
+    }
+
+    /// The value last written at `t`, if any: one pass, no allocation (a late sample's check
+    /// for a duplicate, on the ingest path).
+    pub fn find(&self, t: i64) -> Option<f64> {
+        if self.buf.is_empty() || t < self.min_t || t > self.max_t {
+            return None;
+        }
+        let mut found = None;
+        self.walk(|s| {
+            if s.timestamp == t {
+                found = Some(s.value);
+            }
+        });
+        found
+    }
+
+    /// Calls `f` with every buffered sample, in write order.
+    fn walk(&self, mut f: impl FnMut(Sample)) {
         let b = &self.buf;
         let (mut p, mut t, mut delta, mut bits) = (0usize, 0i64, 0i64, 0u64);
         let mut first = true;
@@ -89,7 +116,7 @@ impl OpenBuffer {
                 p += n;
                 bits ^= u64::from_le_bytes(mid) << (trail * 8);
             }
-            out.push(Sample::new(t, f64::from_bits(bits)));
+            f(Sample::new(t, f64::from_bits(bits)));
         }
     }
 
@@ -132,6 +159,15 @@ mod tests {
             let mut out = Vec::new();
             b.decode(&mut out);
             prop_assert_eq!(out.len(), samples.len());
+            // `find` gives the last write at each timestamp, and nothing elsewhere.
+            for s in &samples {
+                let last = samples.iter().rev().find(|x| x.timestamp == s.timestamp).unwrap();
+                prop_assert_eq!(b.find(s.timestamp).map(f64::to_bits), Some(last.value.to_bits()));
+                let absent = s.timestamp.wrapping_add(1);
+                if samples.iter().all(|x| x.timestamp != absent) {
+                    prop_assert_eq!(b.find(absent), None);
+                }
+            }
             for (a, w) in out.iter().zip(&samples) {
                 prop_assert_eq!(a.timestamp, w.timestamp);
                 prop_assert_eq!(a.value.to_bits(), w.value.to_bits());
