@@ -663,6 +663,9 @@ mod tests {
         assert!(routine < 1.0, "routine bursts with the tail: {routine}");
         assert!(rare > 1.0, "a burst ten times the others: {rare}");
         let (routine, _) = run(0.0);
-        assert!(routine > 1.0, "the normal tail finds every burst rare: {routine}");
+        assert!(
+            routine > 1.0,
+            "the normal tail finds every burst rare: {routine}"
+        );
     }
 }

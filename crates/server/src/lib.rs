@@ -101,7 +101,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             checkpoint: cfg.data_dir.join("groups.ckpt"),
         };
         let (stop, rt) = (stop.clone(), rt.handle().clone());
-        std::thread::spawn(move || m.run(stop, rt))
+        background("groups", move || m.run(stop, rt))
     });
     let scorer = anomaly_stats.map(|stats| {
         let s = anomaly::Scorer {
@@ -113,7 +113,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
             stats,
         };
         let (stop, rt) = (stop.clone(), rt.handle().clone());
-        std::thread::spawn(move || s.run(stop, rt))
+        background("anomaly", move || s.run(stop, rt))
     });
     let partitions = engine.partitions();
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace.0 as u64);
@@ -215,4 +215,23 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Starts a stage that works behind the shards (group rollups, anomaly scoring) on a named
+/// thread of lower scheduling priority: when the cores are busy, ingest goes first and the
+/// stage catches up after (its lag is its progress metric); idle cores run it at full speed.
+fn background(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            // SAFETY: plain syscalls on the calling thread (Linux nice values are per thread).
+            #[cfg(target_os = "linux")]
+            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+            #[cfg(target_os = "linux")]
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) } != 0 {
+                tracing::debug!("background thread keeps its priority");
+            }
+            f()
+        })
+        .expect("spawning a thread")
 }

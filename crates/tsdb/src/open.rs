@@ -73,6 +73,10 @@ impl OpenBuffer {
         if self.buf.is_empty() || t < self.min_t || t > self.max_t {
             return None;
         }
+        // Timestamps first, skipping the values' bytes: a late sample is usually new.
+        if !self.has(t) {
+            return None;
+        }
         let mut found = None;
         self.walk(|s| {
             if s.timestamp == t {
@@ -82,30 +86,33 @@ impl OpenBuffer {
         found
     }
 
+    /// Whether a sample at `t` is buffered (the timestamps alone are decoded).
+    fn has(&self, t: i64) -> bool {
+        let b = &self.buf;
+        let (mut p, mut at, mut delta) = (0usize, 0i64, 0i64);
+        let mut first = true;
+        while p < b.len() {
+            at = next_timestamp(b, &mut p, &mut delta, &mut first, at);
+            if at == t {
+                return true;
+            }
+            let c = b[p] as usize;
+            p += 1 + if c == 0 {
+                0
+            } else {
+                8 - (c - 1) / 8 - (c - 1) % 8
+            };
+        }
+        false
+    }
+
     /// Calls `f` with every buffered sample, in write order.
     fn walk(&self, mut f: impl FnMut(Sample)) {
         let b = &self.buf;
         let (mut p, mut t, mut delta, mut bits) = (0usize, 0i64, 0i64, 0u64);
         let mut first = true;
         while p < b.len() {
-            let mut v = 0u64;
-            let mut shift = 0;
-            loop {
-                let byte = b[p];
-                p += 1;
-                v |= ((byte & 0x7f) as u64) << shift;
-                shift += 7;
-                if byte < 0x80 {
-                    break;
-                }
-            }
-            if first {
-                t = unzig(v);
-                first = false;
-            } else {
-                delta = delta.wrapping_add(unzig(v));
-                t = t.wrapping_add(delta);
-            }
+            t = next_timestamp(b, &mut p, &mut delta, &mut first, t);
             let c = b[p];
             p += 1;
             if c != 0 {
@@ -128,6 +135,28 @@ impl OpenBuffer {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.buf.capacity()
+    }
+}
+
+/// Decodes the timestamp at `p` (after `prev`, with the running delta), moving `p` past it.
+#[inline]
+fn next_timestamp(b: &[u8], p: &mut usize, delta: &mut i64, first: &mut bool, prev: i64) -> i64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*p];
+        *p += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        shift += 7;
+        if byte < 0x80 {
+            break;
+        }
+    }
+    if std::mem::take(first) {
+        unzig(v)
+    } else {
+        *delta = delta.wrapping_add(unzig(v));
+        prev.wrapping_add(*delta)
     }
 }
 
