@@ -181,6 +181,8 @@ pub struct Detector {
     /// The long median baseline and the residual moments, as computed at the first window of
     /// the current block of [`RECOMPUTE_EVERY`] windows: `(block, baseline, moments)`.
     cached: Option<Cached>,
+    /// log10 of the tail probability that scores 1.0 (of a z of `sensitivity`).
+    unit: f64,
 }
 
 /// See [`Detector::cached`].
@@ -210,6 +212,7 @@ impl Detector {
             last_index: i64::MIN,
             period,
             cached: None,
+            unit: log10_tail(opts.sensitivity),
             opts,
         }
     }
@@ -442,7 +445,7 @@ impl Detector {
     }
 
     /// The score of the latest residuals among the history's.
-    fn likelihood_score(&self, residual: f64, mean: f64, sd: f64, pot: (f64, f64)) -> f64 {
+    fn likelihood_score(&self, residual: f64, mean: f64, sd: f64, tail: (f64, f64)) -> f64 {
         let n = self.residuals.len();
         if n < 2 {
             return 0.0;
@@ -452,9 +455,9 @@ impl Detector {
         // Improbabilities as log10 of tail probabilities.
         let pair = (last + residual) / 2.0;
         let mut short = log10_tail((pair - mean) / sd);
-        if pot.1 > 0.0 {
+        if tail.1 > 0.0 {
             let fitted = self.opts.tail_fraction.log10()
-                - (pair - pot.0) / pot.1 * std::f64::consts::LOG10_E;
+                - (pair - tail.0) / tail.1 * std::f64::consts::LOG10_E;
             short = short.max(fitted.min(0.5f64.log10()));
         }
         let mut p = short;
@@ -465,7 +468,7 @@ impl Detector {
                 (recent - mean) / (sd * SUSTAINED_WIDEN / (k as f64).sqrt()),
             ));
         }
-        (p / log10_tail(self.opts.sensitivity)).clamp(0.0, CAP)
+        (p / self.unit).clamp(0.0, CAP)
     }
 }
 

@@ -224,12 +224,14 @@ fn background(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::Joi
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            // SAFETY: plain syscalls on the calling thread (Linux nice values are per thread).
             #[cfg(target_os = "linux")]
-            let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-            #[cfg(target_os = "linux")]
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) } != 0 {
-                tracing::debug!("background thread keeps its priority");
+            {
+                // SAFETY: plain syscalls on the calling thread (Linux nice values are per
+                // thread).
+                let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 10) } != 0 {
+                    tracing::debug!("background thread keeps its priority");
+                }
             }
             f()
         })

@@ -96,12 +96,8 @@ impl OpenBuffer {
             if at == t {
                 return true;
             }
-            let c = b[p] as usize;
-            p += 1 + if c == 0 {
-                0
-            } else {
-                8 - (c - 1) / 8 - (c - 1) % 8
-            };
+            let (_, n) = control(b[p]);
+            p += 1 + n;
         }
         false
     }
@@ -116,8 +112,7 @@ impl OpenBuffer {
             let c = b[p];
             p += 1;
             if c != 0 {
-                let (lead, trail) = ((c as u32 - 1) / 8, (c as u32 - 1) % 8);
-                let n = (8 - lead - trail) as usize;
+                let (trail, n) = control(c);
                 let mut mid = [0u8; 8];
                 mid[..n].copy_from_slice(&b[p..p + n]);
                 p += n;
@@ -136,6 +131,17 @@ impl OpenBuffer {
     pub fn bytes(&self) -> usize {
         self.buf.capacity()
     }
+}
+
+/// A value's control byte read: the XOR's trailing zero bytes and the bytes stored (0 for an
+/// unchanged value).
+#[inline]
+fn control(c: u8) -> (u32, usize) {
+    if c == 0 {
+        return (0, 0);
+    }
+    let (lead, trail) = ((c as u32 - 1) / 8, (c as u32 - 1) % 8);
+    (trail, (8 - lead - trail) as usize)
 }
 
 /// Decodes the timestamp at `p` (after `prev`, with the running delta), moving `p` past it.
