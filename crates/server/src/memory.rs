@@ -35,3 +35,77 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Hands freed memory back to the system when the allocator keeps more of it than the
+/// program holds (and over 64 MiB): the peaks of closing an hour or merging blocks, freed on
+/// threads after their last flush, would otherwise stay resident until the next one. Runs at
+/// most once in ten seconds however many shards call it; a query allocating again after it
+/// faults its pages in once.
+pub fn release_surplus() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now < last + 10
+        || LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    if let Some((used, free)) = heap() {
+        if free > 64 << 20 && free > used {
+            release_free_memory();
+        }
+    }
+}
+
+/// The allocator's view of the heap: bytes handed out to the program, and bytes freed but
+/// kept by the allocator (see [`keep_freed_memory`]). `None` with an allocator that does not
+/// tell.
+pub fn heap() -> Option<(u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        // Small blocks from the arenas plus large ones mapped on their own.
+        let used = (m.uordblks + m.hblkhd) as u64;
+        Some((used, m.fordblks as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// Writes the process's memory gauges: resident memory (the standard
+/// `process_resident_memory_bytes`) and the heap as the allocator sees it.
+pub fn render_metrics(out: &mut String) {
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+    if let Some(pages) = rss {
+        // SAFETY: sysconf only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        crate::metrics::gauge(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            (pages * page) as f64,
+        );
+    }
+    if let Some((used, free)) = heap() {
+        crate::metrics::gauge(
+            out,
+            "strata_heap_in_use_bytes",
+            "Heap bytes the program holds (the allocator's count).",
+            used as f64,
+        );
+        crate::metrics::gauge(
+            out,
+            "strata_heap_free_bytes",
+            "Heap bytes freed but kept by the allocator for reuse.",
+            free as f64,
+        );
+    }
+}

@@ -570,12 +570,15 @@ impl Shard {
             let now = now_ms();
             self.dedup.expire(now);
             self.maintain_in_background(now, Vec::new());
-            if let Some(Err(e)) = self.rollups.as_ref().map(|r| r.maintain(now)) {
-                tracing::error!(
+            match self.rollups.as_ref().map(|r| r.maintain(now)) {
+                Some(Ok(done)) if done.changed() => crate::memory::release_free_memory(),
+                Some(Err(e)) => tracing::error!(
                     partition = self.partition,
                     "warm-tier maintenance failed: {e}"
-                );
+                ),
+                _ => {}
             }
+            crate::memory::release_surplus();
         }
         if let Err(e) = self.finish_flush(false) {
             tracing::error!(partition = self.partition, "periodic flush failed: {e}");
@@ -610,8 +613,11 @@ impl Shard {
                 } else {
                     tsdb.maintain_now(now)
                 };
-                if let Err(e) = &res {
-                    tracing::error!(partition, "storage maintenance failed: {e}");
+                match &res {
+                    // Merging blocks frees what it built them with: hand it back.
+                    Ok(done) if done.changed() => crate::memory::release_free_memory(),
+                    Err(e) => tracing::error!(partition, "storage maintenance failed: {e}"),
+                    _ => {}
                 }
                 let res = res.map(|_| ()).map_err(|e| e.to_string());
                 for d in done {

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{Labels, Matcher, SeriesKey, SeriesKeyRef, StorageError, Tenant};
-use strata_tsdb::TsdbError;
+use strata_tsdb::{MaintainStats, TsdbError};
 
 /// Length of a window of this tier.
 pub const HOUR_MS: i64 = 3_600_000;
@@ -774,7 +774,7 @@ impl HourStage {
 
     /// Retention of the hour store. An hour still queued for the next tier (the cold tier) is
     /// not deleted: retention waits until it is taken.
-    pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
+    pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let oldest_queued = self.hours.lock().queue.keys().map(|k| k.start).min();
         let mut now = oldest_queued.map_or(now_ms, |start| {
             now_ms.min(start.saturating_add(self.opts.retention_ms))
@@ -789,9 +789,12 @@ impl HourStage {
         }
         let horizon = now.saturating_sub(self.opts.retention_ms);
         self.expired_before.fetch_max(horizon, Ordering::Relaxed);
-        let done = self.store.tsdb().maintain(now).map(|_| ());
+        let done = self.store.tsdb().maintain(now);
         match &self.next {
-            Some(next) => done.and(next.maintain(now_ms)),
+            Some(next) => {
+                let next = next.maintain(now_ms);
+                Ok(done? + next?)
+            }
             None => done,
         }
     }

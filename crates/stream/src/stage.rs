@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_model::{Labels, Matcher, SeriesKeyRef, StorageError, Tenant};
-use strata_tsdb::{Tsdb, TsdbError, HEAD_LOOKBACK_MS};
+use strata_tsdb::{MaintainStats, Tsdb, TsdbError, HEAD_LOOKBACK_MS};
 
 /// Settings of a shard's rollup stage.
 #[derive(Debug, Clone)]
@@ -684,7 +684,7 @@ impl RollupStage {
     /// Retention of the warm tier and the hour tier. A window leaves the warm tier only once
     /// its hour is final and in the hour store's blocks: the warm tier's clock is held at the
     /// first hour not yet flushed final plus its retention, so no gap opens at the boundary.
-    pub fn maintain(&self, now_ms: i64) -> Result<(), TsdbError> {
+    pub fn maintain(&self, now_ms: i64) -> Result<MaintainStats, TsdbError> {
         let warm_now = match &self.hours {
             Some(h) => now_ms.min(
                 h.flushed_final_before()
@@ -692,9 +692,13 @@ impl RollupStage {
             ),
             None => now_ms,
         };
-        let warm = self.store.tsdb().maintain(warm_now).map(|_| ());
-        let hours = self.hours.as_ref().map_or(Ok(()), |h| h.maintain(now_ms));
-        warm.and(hours)
+        // Each tier's maintenance runs whether or not the other's failed.
+        let warm = self.store.tsdb().maintain(warm_now);
+        let hours = self
+            .hours
+            .as_ref()
+            .map_or(Ok(MaintainStats::default()), |h| h.maintain(now_ms));
+        Ok(warm? + hours?)
     }
 
     /// The warm store of final windows (sizes, direct reads; windows still staged are flushed

@@ -191,12 +191,29 @@ impl AppendStats {
 }
 
 /// What maintenance did.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MaintainStats {
     /// Blocks merged away.
     pub compacted_blocks: usize,
     /// Blocks deleted by retention.
     pub deleted_blocks: usize,
+}
+
+impl MaintainStats {
+    /// True when maintenance merged or deleted any block.
+    pub fn changed(&self) -> bool {
+        self.compacted_blocks + self.deleted_blocks > 0
+    }
+}
+
+impl std::ops::Add for MaintainStats {
+    type Output = MaintainStats;
+    fn add(self, o: MaintainStats) -> MaintainStats {
+        MaintainStats {
+            compacted_blocks: self.compacted_blocks + o.compacted_blocks,
+            deleted_blocks: self.deleted_blocks + o.deleted_blocks,
+        }
+    }
 }
 
 /// Counters and sizes.
