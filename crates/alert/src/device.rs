@@ -19,7 +19,9 @@ use ahash::AHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use strata_model::{Labels, Matcher, SeriesKeyRef, Tenant, METRIC_NAME};
+use strata_model::{
+    BuildIdHasher, Labels, Matcher, SeriesId, SeriesKeyRef, Tenant, WriteBatch, METRIC_NAME,
+};
 
 /// A device rule as users write it (JSON, the API's and the configuration's form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,6 +364,14 @@ struct RuleStates {
     devices: Vec<(Box<[u8]>, Seen)>,
     /// The slot of a series key (threshold rules) or device (offline rules).
     index: AHashMap<Box<[u8]>, u32>,
+    /// Threshold rules: the slots with readings waiting (each once), so a settle visits only
+    /// them, not every series the rule ever saw. Offline rules: firing devices that reported
+    /// since the last settle (resolved at the next one, not at the next scan of all devices).
+    pending: Vec<u32>,
+    /// Offline rules: at most the earliest time a device not firing goes silent, so settles
+    /// before it check no device (a reading only moves a device's time later; 0 when loaded:
+    /// the first settle checks them all).
+    next_silent: i64,
 }
 
 impl RuleStates {
@@ -397,17 +407,32 @@ impl RuleStates {
     }
 }
 
-/// Per series key, the rules covering it and its slot in each.
-type Covering = AHashMap<Box<[u8]>, Box<[(u32, u32)]>>;
+/// The rules covering one series, and its slot in each (found once per series).
+struct Cover {
+    /// The series' key: ids that collide are told apart by it.
+    key: Box<[u8]>,
+    rules: Box<[(u32, u32)]>,
+}
+
+/// Per series id, the rules covering it: a lookup costs the id (already a hash) and one key
+/// comparison, not a hash of the key.
+type Covering = HashMap<SeriesId, Cover, BuildIdHasher>;
+
+/// Most series the match cache remembers per shard before it starts over (the states stay; a
+/// series is matched again at its next reading): it remembers series no rule covers too, so
+/// under series churn it would otherwise grow with every series ever seen.
+const COVER_CACHE_MAX: usize = 1 << 20;
 
 /// The device rules' state of one shard (see the module doc).
 pub struct DeviceRules {
     rules: Arc<RuleSet>,
     /// Per rule, in the rule set's order.
     states: Vec<RuleStates>,
-    /// Per tenant and series key, the rules covering the series: matched once per series, not
-    /// at every reading (cleared when the rules change).
+    /// Per tenant and series, the rules covering the series: matched once per series, not at
+    /// every reading (cleared when the rules change, or past [`COVER_CACHE_MAX`]).
     covering: AHashMap<Tenant, Covering>,
+    /// Series in `covering`.
+    covered: usize,
     /// Readings that came behind what was judged.
     pub late: u64,
 }
@@ -429,6 +454,7 @@ impl DeviceRules {
             rules,
             states,
             covering: AHashMap::new(),
+            covered: 0,
             late: 0,
         }
     }
@@ -450,6 +476,7 @@ impl DeviceRules {
             .collect();
         self.rules = rules;
         self.covering.clear();
+        self.covered = 0;
     }
 
     /// Whether there is any rule (the ingest path skips everything otherwise).
@@ -457,44 +484,72 @@ impl DeviceRules {
         self.rules.rules.is_empty()
     }
 
-    /// Takes the readings of one series of `tenant` (of a device: its `device` label).
-    pub fn observe(
-        &mut self,
-        tenant: &Tenant,
-        key: SeriesKeyRef<'_>,
-        samples: &[strata_model::Sample],
-    ) {
-        let by_key = match self.covering.get_mut(tenant) {
-            Some(m) => m,
-            None => self.covering.entry(tenant.clone()).or_default(),
-        };
-        let covering = match by_key.get(key.as_bytes()) {
-            Some(c) => c,
-            None => {
-                let found: Box<[(u32, u32)]> = match key.get(b"device") {
-                    Some(device) => self
-                        .rules
-                        .covering(tenant, key, device)
-                        .iter()
-                        .map(|&i| {
-                            let st = &mut self.states[i as usize];
-                            let slot = match self.rules.rules[i as usize].check {
-                                Check::Threshold { .. } => st.series_slot(key.as_bytes()),
-                                Check::Offline { .. } => st.device_slot(device, key.as_bytes()),
-                            };
-                            (i, slot)
-                        })
-                        .collect(),
-                    None => Box::new([]),
-                };
-                by_key.entry(key.as_bytes().into()).or_insert(found)
+    /// Takes a batch's readings (those of a device's series: with a `device` label).
+    pub fn observe(&mut self, batch: &WriteBatch) {
+        if self.covered > COVER_CACHE_MAX {
+            self.covering.clear();
+            self.covered = 0;
+        }
+        let tenant = batch.tenant();
+        // Taken out for the batch (the tenant looked up once), put back after.
+        let mut by_id = self
+            .covering
+            .get_mut(tenant)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for s in batch.iter() {
+            let key = s.key.as_bytes();
+            if let Some(c) = by_id.get(&s.id).filter(|c| *c.key == *key) {
+                self.take(&c.rules, s.samples);
+                continue;
             }
+            let rules = self.cover(tenant, s.key);
+            self.take(&rules, s.samples);
+            // Another series with this id (a collision) is matched at each of its readings.
+            if let std::collections::hash_map::Entry::Vacant(e) = by_id.entry(s.id) {
+                self.covered += 1;
+                e.insert(Cover {
+                    key: key.into(),
+                    rules,
+                });
+            }
+        }
+        match self.covering.get_mut(tenant) {
+            Some(m) => *m = by_id,
+            None => {
+                self.covering.insert(tenant.clone(), by_id);
+            }
+        }
+    }
+
+    /// The rules of `tenant` covering the series with `key`, and its slot in each (made when
+    /// new).
+    fn cover(&mut self, tenant: &Tenant, key: SeriesKeyRef<'_>) -> Box<[(u32, u32)]> {
+        let Some(device) = key.get(b"device") else {
+            return Box::new([]);
         };
-        for &(i, slot) in covering.iter() {
+        self.rules
+            .covering(tenant, key, device)
+            .iter()
+            .map(|&i| {
+                let st = &mut self.states[i as usize];
+                let slot = match self.rules.rules[i as usize].check {
+                    Check::Threshold { .. } => st.series_slot(key.as_bytes()),
+                    Check::Offline { .. } => st.device_slot(device, key.as_bytes()),
+                };
+                (i, slot)
+            })
+            .collect()
+    }
+
+    /// Takes one series' readings into the states of the rules covering it.
+    fn take(&mut self, rules: &[(u32, u32)], samples: &[strata_model::Sample]) {
+        for &(i, slot) in rules {
             let states = &mut self.states[i as usize];
             match self.rules.rules[i as usize].check {
                 Check::Threshold { .. } => {
                     let st = &mut states.series[slot as usize].1;
+                    let was_idle = st.waiting.is_empty();
                     for s in samples {
                         if s.timestamp <= st.judged_to {
                             self.late += 1;
@@ -502,11 +557,24 @@ impl DeviceRules {
                             st.waiting.push((s.timestamp, s.value));
                         }
                     }
+                    if was_idle && !st.waiting.is_empty() {
+                        states.pending.push(slot);
+                    }
                 }
-                Check::Offline { .. } => {
+                Check::Offline {
+                    interval_ms,
+                    missed,
+                    ..
+                } => {
                     let st = &mut states.devices[slot as usize].1;
                     if let Some(newest) = samples.iter().map(|s| s.timestamp).max() {
+                        if newest > st.last && is_firing(&st.alert) {
+                            states.pending.push(slot);
+                        }
                         st.last = st.last.max(newest);
+                        // A new device's silence may come before any other's.
+                        let silent = interval_ms.saturating_mul(i64::from(missed));
+                        states.next_silent = states.next_silent.min(st.last.saturating_add(silent));
                     }
                 }
             }
@@ -518,6 +586,8 @@ impl DeviceRules {
     pub fn settle(&mut self, watermark: i64) -> Vec<Change> {
         let mut out = Vec::new();
         for (rule, states) in self.rules.rules.iter().zip(&mut self.states) {
+            // In slot order, as a scan of every state would judge them.
+            states.pending.sort_unstable();
             match rule.check {
                 Check::Threshold {
                     op,
@@ -526,38 +596,44 @@ impl DeviceRules {
                     sustained,
                     ..
                 } => {
-                    for (key, st) in states.series.iter_mut() {
-                        let (key, st) = (&**key, st);
-                        if !st.waiting.iter().any(|(t, _)| *t <= watermark) {
-                            continue;
-                        }
-                        // Event-time order; of one timestamp's readings the last taken wins.
-                        let mut w = std::mem::take(&mut st.waiting);
-                        w.sort_by_key(|(t, _)| *t);
-                        let mut i = 0;
-                        while i < w.len() && w[i].0 <= watermark {
-                            let (t, mut v) = w[i];
-                            while i + 1 < w.len() && w[i + 1].0 == t {
-                                i += 1;
-                                v = w[i].1;
-                            }
-                            i += 1;
+                    let RuleStates {
+                        series, pending, ..
+                    } = states;
+                    pending.retain(|&slot| {
+                        let (key, st) = &mut series[slot as usize];
+                        judge_waiting(st, watermark, |st, t, v| {
                             judge(
                                 rule, st, key, t, v, op, threshold, clear, sustained, &mut out,
-                            );
-                        }
-                        w.drain(..i);
-                        st.waiting = w;
-                    }
+                            )
+                        });
+                        !st.waiting.is_empty()
+                    });
                 }
                 Check::Offline {
                     interval_ms,
                     missed,
                     ..
                 } => {
-                    for (_, st) in states.devices.iter_mut() {
-                        silence(rule, st, watermark, interval_ms, missed, &mut out);
+                    let silent_after = interval_ms.saturating_mul(i64::from(missed));
+                    let mut check = |st: &mut Seen, next: &mut i64| {
+                        silence(rule, st, watermark, silent_after, missed, &mut out);
+                        if !is_firing(&st.alert) {
+                            *next = (*next).min(st.last.saturating_add(silent_after));
+                        }
+                    };
+                    let mut next = states.next_silent;
+                    if watermark >= states.next_silent {
+                        next = i64::MAX;
+                        for (_, st) in states.devices.iter_mut() {
+                            check(st, &mut next);
+                        }
+                    } else {
+                        for &slot in &states.pending {
+                            check(&mut states.devices[slot as usize].1, &mut next);
+                        }
                     }
+                    states.next_silent = next;
+                    states.pending.clear();
                 }
             }
         }
@@ -638,6 +714,9 @@ impl DeviceRules {
             if let Some(&i) = index.get(id.as_str()) {
                 let st = &mut d.states[i];
                 let slot = st.series_slot(&k);
+                if !s.waiting.is_empty() {
+                    st.pending.push(slot);
+                }
                 st.series[slot as usize].1 = s;
             }
         }
@@ -675,6 +754,34 @@ impl RuleSet {
     }
 }
 
+/// Judges `st`'s waiting readings at or before `watermark` with `judge`, in event-time order,
+/// one per timestamp (the last taken wins); the rest keep waiting.
+fn judge_waiting(st: &mut Judged, watermark: i64, mut judge: impl FnMut(&mut Judged, i64, f64)) {
+    if !st.waiting.iter().any(|(t, _)| *t <= watermark) {
+        return;
+    }
+    let mut w = std::mem::take(&mut st.waiting);
+    w.sort_by_key(|(t, _)| *t);
+    let mut i = 0;
+    while i < w.len() && w[i].0 <= watermark {
+        let (t, mut v) = w[i];
+        while i + 1 < w.len() && w[i + 1].0 == t {
+            i += 1;
+            v = w[i].1;
+        }
+        i += 1;
+        judge(st, t, v);
+    }
+    w.drain(..i);
+    st.waiting = w;
+}
+
+fn is_firing(alert: &Option<Alert>) -> bool {
+    alert
+        .as_ref()
+        .is_some_and(|a| a.state == AlertState::Firing)
+}
+
 /// Judges one reading of a threshold rule's series.
 #[allow(clippy::too_many_arguments)]
 fn judge(
@@ -690,11 +797,7 @@ fn judge(
     out: &mut Vec<Change>,
 ) {
     st.judged_to = t;
-    let firing = st
-        .alert
-        .as_ref()
-        .is_some_and(|a| a.state == AlertState::Firing);
-    if firing {
+    if is_firing(&st.alert) {
         if !op.holds(v, clear) {
             let mut a = st.alert.take().expect("firing");
             a.state = AlertState::Inactive;
@@ -739,18 +842,12 @@ fn silence(
     rule: &DeviceRule,
     st: &mut Seen,
     watermark: i64,
-    interval_ms: i64,
+    silent_after: i64,
     missed: u32,
     out: &mut Vec<Change>,
 ) {
-    let silent_from = st
-        .last
-        .saturating_add(interval_ms.saturating_mul(i64::from(missed)));
-    let firing = st
-        .alert
-        .as_ref()
-        .is_some_and(|a| a.state == AlertState::Firing);
-    match (firing, watermark >= silent_from) {
+    let silent_from = st.last.saturating_add(silent_after);
+    match (is_firing(&st.alert), watermark >= silent_from) {
         (false, true) => {
             let id = &rule.spec.rule_id;
             let labels = alert_labels(
@@ -856,6 +953,13 @@ mod tests {
         ))
     }
 
+    /// One series' readings, as a batch of their own.
+    fn observe(d: &mut DeviceRules, tenant: &Tenant, key: SeriesKeyRef<'_>, samples: &[Sample]) {
+        let mut batch = WriteBatch::new(tenant.clone());
+        batch.push_key(key, samples, None);
+        d.observe(&batch);
+    }
+
     fn t() -> Tenant {
         Tenant::default_tenant()
     }
@@ -887,7 +991,7 @@ mod tests {
         let mut out = Vec::new();
         let mut max_t = i64::MIN;
         for (i, s) in order.iter().enumerate() {
-            d.observe(&t(), k.as_ref(), std::slice::from_ref(s));
+            observe(&mut d, &t(), k.as_ref(), std::slice::from_ref(s));
             max_t = max_t.max(s.timestamp);
             if i % settle_every == 0 {
                 // The watermark trails the newest reading by a minute.
@@ -927,7 +1031,7 @@ mod tests {
     fn alerts_carry_the_rule_device_and_labels_and_late_readings_are_counted() {
         let mut d = DeviceRules::new(rules(HOT));
         let k = key("temp", "b1");
-        d.observe(&t(), k.as_ref(), &readings()[..8]);
+        observe(&mut d, &t(), k.as_ref(), &readings()[..8]);
         let ch = d.settle(i64::MAX - 1);
         assert_eq!(ch.len(), 1);
         let a = &ch[0].alert;
@@ -938,15 +1042,50 @@ mod tests {
         assert_eq!(a.labels.get("__name__"), None);
         assert_eq!(ch[0].channels, ["ops"]);
         assert_eq!(d.firing().len(), 1);
-        d.observe(&t(), k.as_ref(), &readings()[..1]);
+        observe(&mut d, &t(), k.as_ref(), &readings()[..1]);
         assert_eq!(d.late, 1);
         // Another device, another metric: untouched.
-        d.observe(&t(), key("pressure", "b1").as_ref(), &readings());
-        d.observe(&t(), key("temp", "b2").as_ref(), &readings()[..1]);
+        observe(&mut d, &t(), key("pressure", "b1").as_ref(), &readings());
+        observe(&mut d, &t(), key("temp", "b2").as_ref(), &readings()[..1]);
         // Another tenant's device of the same labels: the rule is not its.
         let other = Tenant::new("other").unwrap();
-        d.observe(&other, key("temp", "b3").as_ref(), &readings());
+        observe(&mut d, &other, key("temp", "b3").as_ref(), &readings());
         assert!(d.settle(i64::MAX - 1).is_empty());
+    }
+
+    /// Two series whose ids collide are two series: each has its own state and alert, however
+    /// their readings interleave.
+    #[test]
+    fn series_with_colliding_ids_are_judged_apart() {
+        let mut d = DeviceRules::new(rules(HOT));
+        let (a, b) = (key("temp", "b1"), key("temp", "b2"));
+        for (i, s) in readings().iter().enumerate() {
+            let mut batch = WriteBatch::new(t());
+            // b2 reads ten degrees lower: it never fires.
+            let low = Sample::new(s.timestamp, s.value - 10.0);
+            for (k, s) in [(&a, *s), (&b, low)] {
+                batch.push_known(k.as_ref(), SeriesId(42), 0, &[s]);
+            }
+            if i % 2 == 0 {
+                d.observe(&batch);
+            } else {
+                // The other order too.
+                let mut rev = WriteBatch::new(t());
+                for (k, s) in [(&b, low), (&a, *s)] {
+                    rev.push_known(k.as_ref(), SeriesId(42), 0, &[s]);
+                }
+                d.observe(&rev);
+            }
+        }
+        let out = d.settle(i64::MAX);
+        let devices: Vec<_> = out
+            .iter()
+            .map(|c| (c.alert.labels.get("device").unwrap(), c.alert.state))
+            .collect();
+        assert_eq!(
+            devices,
+            [("b1", AlertState::Firing), ("b1", AlertState::Inactive)]
+        );
     }
 
     #[test]
@@ -957,7 +1096,7 @@ mod tests {
         );
         let mut d = DeviceRules::new(r);
         let k = key("temp", "b1");
-        d.observe(&t(), k.as_ref(), &[Sample::new(0, 1.0)]);
+        observe(&mut d, &t(), k.as_ref(), &[Sample::new(0, 1.0)]);
         assert!(d.settle(179_999).is_empty());
         let ch = d.settle(180_000);
         assert_eq!(ch.len(), 1);
@@ -972,7 +1111,7 @@ mod tests {
         let (mut d, off) = DeviceRules::load(&path, d.rules.clone()).unwrap();
         assert_eq!(off, Some(7));
         assert_eq!(d.firing().len(), 1);
-        d.observe(&t(), k.as_ref(), &[Sample::new(510_000, 1.0)]);
+        observe(&mut d, &t(), k.as_ref(), &[Sample::new(510_000, 1.0)]);
         let ch = d.settle(520_000);
         assert_eq!(ch.len(), 1);
         assert_eq!(ch[0].alert.state, AlertState::Inactive);

@@ -22,6 +22,28 @@ pub struct SeriesKeyRef<'a>(&'a [u8]);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesId(pub u64);
 
+/// Hashes a map keyed by [`SeriesId`]s (or other xxh3 hashes) by using the id as it is: it is
+/// already a hash, so hashing it again is wasted work on the ingest path.
+pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+/// The hasher of [`BuildIdHasher`]: a `u64` written is the hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 impl SeriesId {
     /// The id of `key` for `tenant`.
     pub fn of(tenant: &Tenant, key: SeriesKeyRef<'_>) -> SeriesId {

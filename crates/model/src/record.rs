@@ -39,7 +39,7 @@ pub struct SeriesDict {
     // id -> (tenant seed, key, entity): a hit must match seed and key, so a hash collision is
     // written inline instead of being merged with another series. The entity spares a reader
     // finding it again in the key.
-    keys: HashMap<u64, (u64, Box<[u8]>, u64), id_hasher::BuildIdHasher>,
+    keys: HashMap<u64, (u64, Box<[u8]>, u64), crate::BuildIdHasher>,
 }
 
 impl SeriesDict {
@@ -64,30 +64,6 @@ enum Named<'a> {
     Inline(SeriesKeyRef<'a>),
     Define(u64, SeriesKeyRef<'a>),
     Reference(u64),
-}
-
-/// Ids are already xxh3 hashes: the map uses them as they are.
-mod id_hasher {
-    use std::hash::{BuildHasherDefault, Hasher};
-
-    #[derive(Default)]
-    pub struct IdHasher(u64);
-
-    impl Hasher for IdHasher {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 = self.0.rotate_left(8) ^ *b as u64;
-            }
-        }
-        fn write_u64(&mut self, v: u64) {
-            self.0 = v;
-        }
-    }
-
-    pub type BuildIdHasher = BuildHasherDefault<IdHasher>;
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

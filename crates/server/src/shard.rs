@@ -125,9 +125,7 @@ impl DeviceStage {
         if self.state.is_empty() {
             return;
         }
-        for s in batch.iter() {
-            self.state.observe(batch.tenant(), s.key, s.samples);
-        }
+        self.state.observe(batch);
         let late = self.state.late - self.late_counted;
         if late > 0 {
             self.hub
