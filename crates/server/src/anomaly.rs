@@ -18,7 +18,9 @@
 //! Consecutive anomalies within the suppression window are one event: an `AnomalyDetected`
 //! alert, firing at its first window and resolved at the first quiet window after the
 //! suppression, sent to the notifiers like device rules' alerts. Events of windows older than
-//! [`NOTIFY_WITHIN_MS`] when scored (a backfill of last month) are counted, not sent.
+//! [`NOTIFY_WITHIN_MS`] when scored (a backfill of last month) are counted, not sent. An open
+//! event whose windows a correction re-scores to no anomaly is retracted (resolved as of its
+//! start, annotated); one with an anomaly left in them stands.
 
 use crate::device_rules::DeviceRulesHub;
 use crate::engine::Engine;
@@ -136,6 +138,8 @@ pub struct AnomalyStats {
     pub events: AtomicU64,
     /// Events not sent: their window was older than [`NOTIFY_WITHIN_MS`] when scored.
     pub events_unsent: AtomicU64,
+    /// Open events withdrawn: a correction's re-scoring found no anomaly in their windows.
+    pub retracted: AtomicU64,
     /// Series left unscored by `max_series`.
     pub over_limit: AtomicU64,
     /// Series scored now.
@@ -156,6 +160,7 @@ impl AnomalyStats {
             ("strata_anomaly_windows_anomalous_total", "Windows scored above 1.", &self.anomalous),
             ("strata_anomaly_events_total", "Anomaly events (anomalies within one suppression window are one).", &self.events),
             ("strata_anomaly_events_unsent_total", "Anomaly events of windows already old when scored (a backfill): counted, not sent.", &self.events_unsent),
+            ("strata_anomaly_events_retracted_total", "Open anomaly events withdrawn: a correction's re-scoring found no anomaly in their windows.", &self.retracted),
             ("strata_anomaly_series_over_limit_total", "Series left unscored by a detector's max_series.", &self.over_limit),
         ] {
             counter(out, name, help, l(v));
@@ -424,17 +429,28 @@ impl Scorer {
         if let Some(live) = states.remove(&(i, tenant.clone(), key.clone())) {
             t.event = live.event;
         }
+        // One that opened in the re-scored windows stands only if they still hold an anomaly.
+        let doubted = t
+            .event
+            .as_ref()
+            .filter(|(a, _)| a.active_at > from)
+            .cloned();
         windows.retain(|(s, _)| *s >= from);
         self.stats
             .rescored
             .fetch_add(windows.len() as u64, Ordering::Relaxed);
         let mut out = Output::new(tenant, spec);
-        self.observe(spec, &labels, &mut t, &windows, &mut out);
+        let anomalous = self.observe(spec, &labels, &mut t, &windows, &mut out);
+        if let Some((old, sent)) = doubted.filter(|_| anomalous == 0) {
+            retract(&mut t, &mut out.changes, old, sent);
+            self.stats.retracted.fetch_add(1, Ordering::Relaxed);
+        }
         states.insert((i, tenant.clone(), key.clone()), t);
         out.write(&self.engine, self.events.as_deref(), rt)
     }
 
-    /// Feeds windows to a series' detector, collecting outputs and events.
+    /// Feeds windows to a series' detector, collecting outputs and events; returns how many
+    /// scored above 1.
     fn observe(
         &self,
         spec: &DetectorSpec,
@@ -442,7 +458,8 @@ impl Scorer {
         t: &mut Tracked,
         windows: &Windows,
         out: &mut Output<'_>,
-    ) {
+    ) -> usize {
+        let mut anomalous = 0;
         let w = self.window_ms;
         let now = strata_model::time::now_ms();
         let mut rows = Vec::with_capacity(windows.len());
@@ -461,6 +478,7 @@ impl Scorer {
                 // The detector holds scores at 0 through the suppression after one above 1: a
                 // score above 1 opens an event unless one is open already.
                 self.stats.anomalous.fetch_add(1, Ordering::Relaxed);
+                anomalous += 1;
                 if t.event.is_none() {
                     self.stats.events.fetch_add(1, Ordering::Relaxed);
                     if !recent {
@@ -484,6 +502,29 @@ impl Scorer {
             }
         }
         out.push(labels, &rows);
+        anomalous
+    }
+}
+
+/// Retracts the open event `old` (its firing sent when `sent`), which re-scoring its windows
+/// found no anomaly in: in place of the resolution re-scoring gave it at the first quiet
+/// window, it is resolved at the time it opened, with an annotation saying why, and sent
+/// where its firing went.
+fn retract(t: &mut Tracked, changes: &mut Vec<Alert>, old: Alert, sent: bool) {
+    changes.retain(|c| !(c.state == AlertState::Inactive && c.active_at == old.active_at));
+    if t.event.as_ref().is_some_and(|(a, _)| a.active_at == old.active_at) {
+        t.event = None;
+    }
+    if sent {
+        let mut a = old;
+        a.state = AlertState::Inactive;
+        a.resolved_at = Some(a.active_at);
+        a.last_eval = a.active_at;
+        a.annotations.insert(
+            "retracted".to_string(),
+            "a late correction was re-scored: no anomaly".to_string(),
+        );
+        changes.push(a);
     }
 }
 

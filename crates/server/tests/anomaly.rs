@@ -186,6 +186,49 @@ fn scores_written_spike_is_one_event_and_every_delivery_order_scores_alike() {
     s.stop();
 }
 
+/// An open event whose window a late correction makes normal is retracted: re-scored, the
+/// window is no anomaly, and the event is resolved as of its start, saying why, once.
+#[test]
+fn a_correction_that_removes_the_anomaly_retracts_its_event() {
+    let end = now_ms() / MIN * MIN - 2 * MIN;
+    let data = rows(end);
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Receiver::start();
+    let s = start(dir.path(), &hook);
+    // Up to three minutes past the spike: the event is open (its suppression not over).
+    let upto = (N - 27) as usize;
+    for hour in data[..upto].chunks(60) {
+        send(&s, hour);
+    }
+    tick(&s, now_ms());
+    let spike = end - 29 * MIN;
+    assert!(scored(&s, upto)[&spike] > 1.0);
+    wait_for("fired", || !statuses(&hook).is_empty());
+    assert_eq!(statuses(&hook), ["firing"]);
+
+    // The spike's reading, sent again with its true value: the window is corrected.
+    send(&s, &[(spike, 55.0)]);
+    tick(&s, now_ms());
+    wait_for("retracted", || statuses(&hook).len() >= 2);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(statuses(&hook), ["firing", "resolved"], "retracted once");
+    let body: Value = serde_json::from_str(&hook.received()[1].body).unwrap();
+    let alert = &body["alerts"][0];
+    assert!(
+        alert["annotations"]["retracted"]
+            .as_str()
+            .is_some_and(|r| r.contains("no anomaly")),
+        "{alert}"
+    );
+    assert_eq!(alert["labels"]["for"], "load");
+    let scores = outputs(&s, "anomaly_score");
+    assert!(scores[&spike] <= 1.0, "re-scored: {}", scores[&spike]);
+    let m = s.metrics();
+    assert_eq!(common::metric(&m, "strata_anomaly_events_retracted_total"), 1.0);
+    assert_eq!(common::metric(&m, "strata_anomaly_events_total"), 1.0);
+    s.stop();
+}
+
 #[test]
 fn bad_detectors_are_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
