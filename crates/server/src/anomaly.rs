@@ -512,7 +512,10 @@ impl Scorer {
 /// where its firing went.
 fn retract(t: &mut Tracked, changes: &mut Vec<Alert>, old: Alert, sent: bool) {
     changes.retain(|c| !(c.state == AlertState::Inactive && c.active_at == old.active_at));
-    if t.event.as_ref().is_some_and(|(a, _)| a.active_at == old.active_at) {
+    if t.event
+        .as_ref()
+        .is_some_and(|(a, _)| a.active_at == old.active_at)
+    {
         t.event = None;
     }
     if sent {

@@ -224,7 +224,10 @@ fn a_correction_that_removes_the_anomaly_retracts_its_event() {
     let scores = outputs(&s, "anomaly_score");
     assert!(scores[&spike] <= 1.0, "re-scored: {}", scores[&spike]);
     let m = s.metrics();
-    assert_eq!(common::metric(&m, "strata_anomaly_events_retracted_total"), 1.0);
+    assert_eq!(
+        common::metric(&m, "strata_anomaly_events_retracted_total"),
+        1.0
+    );
     assert_eq!(common::metric(&m, "strata_anomaly_events_total"), 1.0);
     s.stop();
 }

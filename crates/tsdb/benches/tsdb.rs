@@ -85,6 +85,50 @@ fn head_append(c: &mut Criterion) {
     g.finish();
 }
 
+/// Late samples into open buffers of 200 samples written out of order (as deliveries over
+/// concurrent connections arrive): each is a repeat of a buffered sample, at a different place
+/// in the buffer each time, so the cost is the duplicate check's lookup.
+fn head_append_late(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(
+        dir.path(),
+        TsdbOptions::default(),
+        SeriesLimiter::new(1_000_000),
+    )
+    .unwrap();
+    let limits = Limits::default();
+    let keys: Vec<(String, String)> = (0..5000)
+        .map(|i| (format!("m{}", i % 8), format!("dev-{:05}", i / 8)))
+        .collect();
+    let base = strata_model::time::now_ms() - 86_400_000;
+    let batch_at = |k: i64| {
+        let mut batch = WriteBatch::new(Tenant::default());
+        for (m, d) in &keys {
+            let mut l: Vec<(&[u8], &[u8])> =
+                vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
+            let s = Sample::new(base + k * 15_000, k as f64 * 0.5);
+            batch.push_series(&mut l, &[s], None, &limits).unwrap();
+        }
+        batch
+    };
+    // Pairs of steps, the later one first.
+    for k in (0..200).step_by(2) {
+        db.append(&batch_at(k + 1), 0);
+        db.append(&batch_at(k), 0);
+    }
+    let batches: Vec<WriteBatch> = (0..200).map(|k| batch_at((k * 37) % 200)).collect();
+    let mut i = 0;
+    let mut g = c.benchmark_group("head");
+    g.throughput(Throughput::Elements(keys.len() as u64));
+    g.bench_function("append_late_5000_series_x1", |b| {
+        b.iter(|| {
+            i = (i + 1) % batches.len();
+            db.append(&batches[i], 0)
+        })
+    });
+    g.finish();
+}
+
 /// Reads from flushed blocks: every read goes through the block reader (index lookups, chunk
 /// metadata, decoding), the head being empty.
 fn block_read(c: &mut Criterion) {
@@ -142,5 +186,11 @@ fn block_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec_bench, head_append, block_read);
+criterion_group!(
+    benches,
+    codec_bench,
+    head_append,
+    head_append_late,
+    block_read
+);
 criterion_main!(benches);

@@ -6,9 +6,20 @@
 //! control byte (0: unchanged; else 1 + 8 × leading zero bytes + trailing zero bytes) and the
 //! bytes between. Any order may be appended: samples decode in write order, for the reader to
 //! sort with the last write winning.
+//!
+//! A late sample's duplicate check looks for its timestamp in the buffer. Decoding from the
+//! start would cost the whole buffer per late sample (which deliveries over concurrent
+//! connections make common), so past [`SEGMENT`] samples the buffer also keeps a skip index:
+//! each finished segment's time range, and the decoder's state where the next one starts. A
+//! lookup decodes only the segments whose range holds the timestamp, and the open last one.
+//! A segment's range is found when it ends (one pass over its timestamps, as cheap as
+//! tracking it per sample, which would load the index at every append).
 
 use crate::codec::{put, unzig, zig};
 use strata_model::Sample;
+
+/// Samples per segment of the skip index (see the module doc).
+pub const SEGMENT: u32 = 64;
 
 /// Samples in write order, encoded.
 #[derive(Default)]
@@ -21,6 +32,37 @@ pub struct OpenBuffer {
     last_t: i64,
     last_delta: i64,
     last_bits: u64,
+    /// Samples buffered.
+    len: u32,
+    /// The skip index: one mark per finished segment (none before [`SEGMENT`] samples).
+    marks: Option<Box<Vec<Mark>>>,
+}
+
+/// The end of one segment: its time range, and the decoder's state after its last sample.
+struct Mark {
+    min_t: i64,
+    max_t: i64,
+    at: State,
+}
+
+/// A decoder's position: the byte offset and what the next sample is encoded against.
+#[derive(Clone, Copy)]
+struct State {
+    pos: usize,
+    t: i64,
+    delta: i64,
+    bits: u64,
+    first: bool,
+}
+
+impl State {
+    const START: State = State {
+        pos: 0,
+        t: 0,
+        delta: 0,
+        bits: 0,
+        first: true,
+    };
 }
 
 impl OpenBuffer {
@@ -36,6 +78,10 @@ impl OpenBuffer {
 
     /// Appends one sample.
     pub fn push(&mut self, s: Sample) {
+        if self.len > 0 && self.len % SEGMENT == 0 {
+            self.cut();
+        }
+        self.len += 1;
         if self.buf.is_empty() {
             put(&mut self.buf, zig(s.timestamp));
             (self.min_t, self.max_t) = (s.timestamp, s.timestamp);
@@ -62,6 +108,34 @@ impl OpenBuffer {
         self.last_bits = bits;
     }
 
+    /// Ends a segment before the next sample.
+    fn cut(&mut self) {
+        let at = State {
+            pos: self.buf.len(),
+            t: self.last_t,
+            delta: self.last_delta,
+            bits: self.last_bits,
+            first: false,
+        };
+        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
+        let from = self.last_mark();
+        self.timestamps(from, at.pos, |t| {
+            min_t = min_t.min(t);
+            max_t = max_t.max(t);
+            false
+        });
+        let marks = self.marks.get_or_insert_with(Box::default);
+        marks.push(Mark { min_t, max_t, at });
+    }
+
+    /// Where the open (last) segment starts.
+    fn last_mark(&self) -> State {
+        self.marks
+            .as_ref()
+            .and_then(|m| m.last())
+            .map_or(State::START, |m| m.at)
+    }
+
     /// Appends every buffered sample to `out`, in write order.
     pub fn decode(&self, out: &mut Vec<Sample>) {
         self.walk(|s| out.push(s));
@@ -73,27 +147,52 @@ impl OpenBuffer {
         if self.buf.is_empty() || t < self.min_t || t > self.max_t {
             return None;
         }
-        // Timestamps first, skipping the values' bytes: a late sample is usually new.
-        if !self.has(t) {
-            return None;
-        }
         let mut found = None;
-        self.walk(|s| {
-            if s.timestamp == t {
-                found = Some(s.value);
+        // Segment by segment, in write order (a later write wins): the finished ones whose
+        // range holds t, then the open one.
+        let mut from = State::START;
+        for m in self.marks.iter().flat_map(|m| m.iter()) {
+            if m.min_t <= t && t <= m.max_t {
+                self.find_in(from, m.at.pos, t, &mut found);
             }
-        });
+            from = m.at;
+        }
+        self.find_in(from, self.buf.len(), t, &mut found);
         found
     }
 
-    /// Whether a sample at `t` is buffered (the timestamps alone are decoded).
-    fn has(&self, t: i64) -> bool {
-        let b = &self.buf;
-        let (mut p, mut at, mut delta) = (0usize, 0i64, 0i64);
-        let mut first = true;
+    /// Sets `found` to the value of the last sample at `t` in bytes `[from.pos, end)`.
+    fn find_in(&self, from: State, end: usize, t: i64, found: &mut Option<f64>) {
+        // Timestamps first, skipping the values' bytes: a late sample is usually new.
+        if !self.has(from, end, t) {
+            return;
+        }
+        self.walk_from(from, end, |s| {
+            if s.timestamp == t {
+                *found = Some(s.value);
+            }
+        });
+    }
+
+    /// Whether a sample at `t` is in bytes `[from.pos, end)` (the timestamps alone decoded).
+    fn has(&self, from: State, end: usize, t: i64) -> bool {
+        self.timestamps(from, end, |at| at == t)
+    }
+
+    /// Calls `f` with the timestamps in bytes `[from.pos, end)` until it returns true;
+    /// returns whether it did.
+    fn timestamps(&self, from: State, end: usize, mut f: impl FnMut(i64) -> bool) -> bool {
+        let b = &self.buf[..end];
+        let State {
+            pos: mut p,
+            t: mut at,
+            mut delta,
+            mut first,
+            ..
+        } = from;
         while p < b.len() {
             at = next_timestamp(b, &mut p, &mut delta, &mut first, at);
-            if at == t {
+            if f(at) {
                 return true;
             }
             let (_, n) = control(b[p]);
@@ -103,10 +202,20 @@ impl OpenBuffer {
     }
 
     /// Calls `f` with every buffered sample, in write order.
-    fn walk(&self, mut f: impl FnMut(Sample)) {
-        let b = &self.buf;
-        let (mut p, mut t, mut delta, mut bits) = (0usize, 0i64, 0i64, 0u64);
-        let mut first = true;
+    fn walk(&self, f: impl FnMut(Sample)) {
+        self.walk_from(State::START, self.buf.len(), f);
+    }
+
+    /// Calls `f` with the samples in bytes `[from.pos, end)`, in write order.
+    fn walk_from(&self, from: State, end: usize, mut f: impl FnMut(Sample)) {
+        let b = &self.buf[..end];
+        let State {
+            pos: mut p,
+            mut t,
+            mut delta,
+            mut bits,
+            mut first,
+        } = from;
         while p < b.len() {
             t = next_timestamp(b, &mut p, &mut delta, &mut first, t);
             let c = b[p];
@@ -129,7 +238,10 @@ impl OpenBuffer {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.buf.capacity()
+        let marks = self.marks.as_ref().map_or(0, |m| {
+            std::mem::size_of::<Vec<Mark>>() + m.capacity() * std::mem::size_of::<Mark>()
+        });
+        self.buf.capacity() + marks
     }
 }
 
@@ -206,6 +318,38 @@ mod tests {
             for (a, w) in out.iter().zip(&samples) {
                 prop_assert_eq!(a.timestamp, w.timestamp);
                 prop_assert_eq!(a.value.to_bits(), w.value.to_bits());
+            }
+        }
+    }
+
+    proptest! {
+        /// A regular series delivered a little out of order, with repeats (the skip index
+        /// skips whole segments here): `find` gives the last write at every timestamp, and
+        /// nothing between them.
+        #[test]
+        fn finds_across_segments_of_a_nearly_sorted_buffer(
+            swaps in prop::collection::vec((0usize..300, 0usize..4), 0..60),
+            repeats in prop::collection::vec(0usize..300, 0..40),
+            n in 0usize..300,
+        ) {
+            let mut order: Vec<usize> = (0..n).collect();
+            for (i, d) in swaps {
+                if i + d < n {
+                    order.swap(i, i + d);
+                }
+            }
+            order.extend(repeats.into_iter().filter(|&r| r < n));
+            let at = |i: usize| 1_700_000_000_000 + i as i64 * 10_000;
+            let mut b = OpenBuffer::default();
+            let mut last = std::collections::HashMap::new();
+            for (k, &i) in order.iter().enumerate() {
+                let v = (i * 1000 + k) as f64;
+                b.push(Sample::new(at(i), v));
+                last.insert(at(i), v);
+            }
+            for i in 0..n {
+                prop_assert_eq!(b.find(at(i)), Some(last[&at(i)]));
+                prop_assert_eq!(b.find(at(i) + 5_000), None);
             }
         }
     }
