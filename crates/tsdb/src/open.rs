@@ -35,6 +35,8 @@ pub struct OpenBuffer {
     /// Samples buffered.
     len: u32,
     /// The skip index: one mark per finished segment (none before [`SEGMENT`] samples).
+    /// Boxed: 8 bytes in every head series, most of which never finish a segment.
+    #[allow(clippy::box_collection)]
     marks: Option<Box<Vec<Mark>>>,
 }
 
@@ -78,7 +80,7 @@ impl OpenBuffer {
 
     /// Appends one sample.
     pub fn push(&mut self, s: Sample) {
-        if self.len > 0 && self.len % SEGMENT == 0 {
+        if self.len > 0 && self.len.is_multiple_of(SEGMENT) {
             self.cut();
         }
         self.len += 1;
