@@ -52,7 +52,9 @@ fn codec_bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn head_append(c: &mut Criterion) {
+/// An empty storage in a temporary directory, and a fleet of 5,000 series keys
+/// (metric, device).
+fn fleet() -> (tempfile::TempDir, Tsdb, Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let db = Tsdb::open(
         dir.path(),
@@ -60,26 +62,35 @@ fn head_append(c: &mut Criterion) {
         SeriesLimiter::new(1_000_000),
     )
     .unwrap();
-    let limits = Limits::default();
-    let now = strata_model::time::now_ms();
-    let keys: Vec<(String, String)> = (0..5000)
+    let keys = (0..5000)
         .map(|i| (format!("m{}", i % 8), format!("dev-{:05}", i / 8)))
         .collect();
-    let mut t = now - 86_400_000;
+    (dir, db, keys)
+}
+
+/// One sample, `(t, value)`, for every series of `keys`.
+fn fleet_batch(keys: &[(String, String)], t: i64, value: f64) -> WriteBatch {
+    let limits = Limits::default();
+    let mut batch = WriteBatch::new(Tenant::default());
+    for (m, d) in keys {
+        let mut l: Vec<(&[u8], &[u8])> =
+            vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
+        batch
+            .push_series(&mut l, &[Sample::new(t, value)], None, &limits)
+            .unwrap();
+    }
+    batch
+}
+
+fn head_append(c: &mut Criterion) {
+    let (_dir, db, keys) = fleet();
+    let mut t = strata_model::time::now_ms() - 86_400_000;
     let mut g = c.benchmark_group("head");
     g.throughput(Throughput::Elements(keys.len() as u64));
     g.bench_function("append_5000_series_x1", |b| {
         b.iter(|| {
             t += 15_000;
-            let mut batch = WriteBatch::new(Tenant::default());
-            for (m, d) in &keys {
-                let mut l: Vec<(&[u8], &[u8])> =
-                    vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
-                batch
-                    .push_series(&mut l, &[Sample::new(t, 21.5)], None, &limits)
-                    .unwrap();
-            }
-            db.append(&batch, 0)
+            db.append(&fleet_batch(&keys, t, 21.5), 0)
         })
     });
     g.finish();
@@ -89,28 +100,9 @@ fn head_append(c: &mut Criterion) {
 /// concurrent connections arrive): each is a repeat of a buffered sample, at a different place
 /// in the buffer each time, so the cost is the duplicate check's lookup.
 fn head_append_late(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Tsdb::open(
-        dir.path(),
-        TsdbOptions::default(),
-        SeriesLimiter::new(1_000_000),
-    )
-    .unwrap();
-    let limits = Limits::default();
-    let keys: Vec<(String, String)> = (0..5000)
-        .map(|i| (format!("m{}", i % 8), format!("dev-{:05}", i / 8)))
-        .collect();
+    let (_dir, db, keys) = fleet();
     let base = strata_model::time::now_ms() - 86_400_000;
-    let batch_at = |k: i64| {
-        let mut batch = WriteBatch::new(Tenant::default());
-        for (m, d) in &keys {
-            let mut l: Vec<(&[u8], &[u8])> =
-                vec![(b"__name__", m.as_bytes()), (b"device", d.as_bytes())];
-            let s = Sample::new(base + k * 15_000, k as f64 * 0.5);
-            batch.push_series(&mut l, &[s], None, &limits).unwrap();
-        }
-        batch
-    };
+    let batch_at = |k: i64| fleet_batch(&keys, base + k * 15_000, k as f64 * 0.5);
     // Pairs of steps, the later one first.
     for k in (0..200).step_by(2) {
         db.append(&batch_at(k + 1), 0);
