@@ -431,8 +431,6 @@ pub struct DeviceRules {
     /// Per tenant and series, the rules covering the series: matched once per series, not at
     /// every reading (cleared when the rules change, or past [`COVER_CACHE_MAX`]).
     covering: AHashMap<Tenant, Covering>,
-    /// Series in `covering`.
-    covered: usize,
     /// Readings that came behind what was judged.
     pub late: u64,
 }
@@ -454,7 +452,6 @@ impl DeviceRules {
             rules,
             states,
             covering: AHashMap::new(),
-            covered: 0,
             late: 0,
         }
     }
@@ -476,7 +473,6 @@ impl DeviceRules {
             .collect();
         self.rules = rules;
         self.covering.clear();
-        self.covered = 0;
     }
 
     /// Whether there is any rule (the ingest path skips everything otherwise).
@@ -486,9 +482,8 @@ impl DeviceRules {
 
     /// Takes a batch's readings (those of a device's series: with a `device` label).
     pub fn observe(&mut self, batch: &WriteBatch) {
-        if self.covered > COVER_CACHE_MAX {
+        if self.covering.values().map(HashMap::len).sum::<usize>() > COVER_CACHE_MAX {
             self.covering.clear();
-            self.covered = 0;
         }
         let tenant = batch.tenant();
         // Taken out for the batch (the tenant looked up once), put back after.
@@ -507,7 +502,6 @@ impl DeviceRules {
             self.take(&rules, s.samples);
             // Another series with this id (a collision) is matched at each of its readings.
             if let std::collections::hash_map::Entry::Vacant(e) = by_id.entry(s.id) {
-                self.covered += 1;
                 e.insert(Cover {
                     key: key.into(),
                     rules,
@@ -573,7 +567,7 @@ impl DeviceRules {
                         }
                         st.last = st.last.max(newest);
                         // A new device's silence may come before any other's.
-                        let silent = interval_ms.saturating_mul(i64::from(missed));
+                        let silent = silent_after(interval_ms, missed);
                         states.next_silent = states.next_silent.min(st.last.saturating_add(silent));
                     }
                 }
@@ -614,7 +608,7 @@ impl DeviceRules {
                     missed,
                     ..
                 } => {
-                    let silent_after = interval_ms.saturating_mul(i64::from(missed));
+                    let silent_after = silent_after(interval_ms, missed);
                     let mut check = |st: &mut Seen, next: &mut i64| {
                         silence(rule, st, watermark, silent_after, missed, &mut out);
                         if !is_firing(&st.alert) {
@@ -774,6 +768,11 @@ fn judge_waiting(st: &mut Judged, watermark: i64, mut judge: impl FnMut(&mut Jud
     }
     w.drain(..i);
     st.waiting = w;
+}
+
+/// How long after its last reading a device of an offline rule is silent.
+fn silent_after(interval_ms: i64, missed: u32) -> i64 {
+    interval_ms.saturating_mul(i64::from(missed))
 }
 
 fn is_firing(alert: &Option<Alert>) -> bool {
