@@ -522,6 +522,16 @@ impl DeviceRules {
         let Some(device) = key.get(b"device") else {
             return Box::new([]);
         };
+        // A detector's outputs carry the device's labels but are not its readings.
+        let name = key
+            .get(strata_model::METRIC_NAME.as_bytes())
+            .unwrap_or_default();
+        if strata_model::ANOMALY_OUTPUTS
+            .iter()
+            .any(|o| o.as_bytes() == name)
+        {
+            return Box::new([]);
+        }
         self.rules
             .covering(tenant, key, device)
             .iter()

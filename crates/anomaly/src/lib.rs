@@ -33,10 +33,14 @@
 //! defaults is in docs/benchmarks.md (measured offline by `examples/nab.rs`, end to end by
 //! `../shared/anomaly/nab_eval.py`).
 
+mod profile;
+
+pub use profile::Profile;
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Which deviations count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,6 +187,8 @@ pub struct Detector {
     cached: Option<Cached>,
     /// log10 of the tail probability that scores 1.0 (of a z of `sensitivity`).
     unit: f64,
+    /// The long season subtracted before scoring, and windows to the hour.
+    profile: Option<(Arc<Profile>, i64)>,
 }
 
 /// See [`Detector::cached`].
@@ -214,6 +220,23 @@ impl Detector {
             cached: None,
             unit: log10_tail(opts.sensitivity),
             opts,
+            profile: None,
+        }
+    }
+
+    /// Sets the long season (a [`Profile`], for windows `per_hour` to the hour) subtracted
+    /// from the values that follow before they are scored and learnt, and added back to the
+    /// expected value and its band; `None` for none. A caller that refits profiles sets each
+    /// at the same window whether live or rebuilding, so both score alike.
+    pub fn set_profile(&mut self, profile: Option<Arc<Profile>>, per_hour: i64) {
+        let same = match (&self.profile, &profile) {
+            (Some((a, _)), Some(b)) => Arc::ptr_eq(a, b) || **a == **b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.profile = profile.map(|p| (p, per_hour));
+            self.cached = None;
         }
     }
 
@@ -242,6 +265,18 @@ impl Detector {
     /// Scores `v`, the value of window number `index` (the window's start over its width;
     /// indices increase, gaps allowed: the detector sees values, not time), then learns it.
     pub fn observe(&mut self, index: i64, v: f64) -> Scored {
+        let season = self
+            .profile
+            .as_ref()
+            .map_or(0.0, |(p, per_hour)| p.at(index, *per_hour));
+        let mut s = self.observe_deseasoned(index, v - season);
+        s.yhat += season;
+        s.yhat_lower += season;
+        s.yhat_upper += season;
+        s
+    }
+
+    fn observe_deseasoned(&mut self, index: i64, v: f64) -> Scored {
         self.refit(index);
         let block = index.div_euclid(RECOMPUTE_EVERY);
         let seasonal = self.period > 0 && self.values.len() >= self.period;
@@ -670,5 +705,58 @@ mod tests {
             routine > 1.0,
             "the normal tail finds every burst rare: {routine}"
         );
+    }
+
+    #[test]
+    fn a_weekly_profile_keeps_weekends_normal_and_finds_a_working_saturday() {
+        const WEEK: i64 = 10_080;
+        // A daily wave, 20 lower on the last two days of each week, in noise.
+        let value = |m: i64, seed: &mut u64, working_saturday: bool| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let day = (m / 1440) % 7;
+            let saturday_shift = day == 5 && (8 * 60..14 * 60).contains(&(m % 1440));
+            let weekend = day >= 5 && !(working_saturday && saturday_shift && m >= 4 * WEEK);
+            let wave = 10.0 * (m as f64 * std::f64::consts::TAU / 1440.0).sin();
+            50.0 + wave - if weekend { 20.0 } else { 0.0 } + (*seed % 1000) as f64 / 1000.0
+        };
+        let mut seed = 0x9E37_79B9_7F4A_7C15;
+        let hourly: Vec<(i64, f64)> = (0..4 * WEEK / 60)
+            .map(|h| {
+                let sum: f64 = (0..60).map(|k| value(h * 60 + k, &mut seed, false)).sum();
+                (h, sum / 60.0)
+            })
+            .collect();
+        let profile = Arc::new(Profile::fit(&hourly).expect("a weekly shape"));
+        assert_eq!(profile.period_hours(), 168);
+        // Scores of the fifth week, the two before it learnt first.
+        let run = |profile: Option<Arc<Profile>>, working_saturday: bool| {
+            let mut d = Detector::new(Options::default());
+            d.set_profile(profile, 60);
+            let mut seed = 0x2545_F491_4F6C_DD1D;
+            let (mut normal, mut shift): (f64, f64) = (0.0, 0.0);
+            for m in 2 * WEEK..5 * WEEK {
+                let s = d.observe(m, value(m, &mut seed, working_saturday)).score;
+                let in_shift = (m / 1440) % 7 == 5 && (8 * 60..15 * 60).contains(&(m % 1440));
+                if m >= 4 * WEEK {
+                    if in_shift {
+                        shift = shift.max(s);
+                    } else {
+                        normal = normal.max(s);
+                    }
+                }
+            }
+            (normal, shift)
+        };
+        let (without, _) = run(None, false);
+        assert!(
+            without > 1.0,
+            "without the profile a weekend scores {without}"
+        );
+        let (normal, _) = run(Some(profile.clone()), false);
+        assert!(normal < 1.0, "with it the week is normal: {normal}");
+        let (_, working) = run(Some(profile), true);
+        assert!(working > 1.0, "a Saturday at weekday level: {working}");
     }
 }

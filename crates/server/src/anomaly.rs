@@ -24,14 +24,14 @@
 
 use crate::device_rules::DeviceRulesHub;
 use crate::engine::Engine;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_alert::device::Change;
 use strata_alert::state::{Alert, AlertState};
-use strata_anomaly::{Detector, Options};
+use strata_anomaly::{Detector, Options, Profile};
 use strata_model::{Labels, Limits, Matcher, Sample, SeriesKey, Tenant, WriteBatch, METRIC_NAME};
 use strata_stream::rollup::Figures;
 use strata_stream::stage::{Subscriber, Tier};
@@ -45,6 +45,9 @@ pub const NOTIFY_WITHIN_MS: i64 = 3_600_000;
 
 /// Windows scored per read (a catch-up reads this many at once).
 const CHUNK: i64 = 1440;
+
+/// New series whose history is read one by one; more are read with every other series'.
+const ABSENT_ONE_BY_ONE: usize = 16;
 
 /// Anomaly detection's place among the consumers of corrected windows.
 pub const CORRECTIONS: Subscriber = Subscriber::new(1);
@@ -83,6 +86,17 @@ impl Figure {
         })
     }
 
+    /// Every figure, in the order [`FedWindow::values`] holds them.
+    const ALL: [Figure; 7] = [
+        Figure::Mean,
+        Figure::Min,
+        Figure::Max,
+        Figure::Sum,
+        Figure::Count,
+        Figure::Last,
+        Figure::Increase,
+    ];
+
     fn of(self, f: &Figures) -> f64 {
         match self {
             Figure::Mean => f.mean(),
@@ -93,6 +107,10 @@ impl Figure {
             Figure::Last => f.last.value,
             Figure::Increase => f.increase,
         }
+    }
+
+    fn index(self) -> usize {
+        Figure::ALL.iter().position(|f| *f == self).expect("listed")
     }
 }
 
@@ -113,6 +131,21 @@ pub struct DetectorSpec {
     pub channels: Vec<String>,
     /// Series scored at most, per tenant.
     pub max_series: usize,
+    /// The daily or weekly profile, when fitted.
+    pub profile: Option<ProfileSpec>,
+}
+
+/// How a detector's daily or weekly [`Profile`] is fitted: from the 1-hour tier's hours in
+/// `[t - history_ms, t)` at every refit time `t` (a multiple of `refit_ms` since the epoch),
+/// and used for the windows from `t` to the next refit. Live scoring and a rebuild fit the
+/// same profile from the same stored hours, so they score alike (unless a correction changed
+/// those hours in between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileSpec {
+    /// Between refits, ms.
+    pub refit_ms: i64,
+    /// The span fitted from, ms.
+    pub history_ms: i64,
 }
 
 impl DetectorSpec {
@@ -142,6 +175,13 @@ pub struct AnomalyStats {
     pub retracted: AtomicU64,
     /// Series left unscored by `max_series`.
     pub over_limit: AtomicU64,
+    /// Windows handed over by the shards as they closed.
+    pub fed: AtomicU64,
+    /// Windows read back from the warm tier (closed before the scorer started, while it had
+    /// fallen behind, or history for a rebuild).
+    pub read_back: AtomicU64,
+    /// Daily or weekly profiles fitted (a series' each refit that found a shape).
+    pub profiles: AtomicU64,
     /// Series scored now.
     pub series: AtomicU64,
     /// The first window not yet scored (ms; 0 before any).
@@ -162,6 +202,9 @@ impl AnomalyStats {
             ("strata_anomaly_events_unsent_total", "Anomaly events of windows already old when scored (a backfill): counted, not sent.", &self.events_unsent),
             ("strata_anomaly_events_retracted_total", "Open anomaly events withdrawn: a correction's re-scoring found no anomaly in their windows.", &self.retracted),
             ("strata_anomaly_series_over_limit_total", "Series left unscored by a detector's max_series.", &self.over_limit),
+            ("strata_anomaly_windows_fed_total", "Windows handed to anomaly detectors by the shards as they closed.", &self.fed),
+            ("strata_anomaly_profiles_fitted_total", "Daily or weekly profiles fitted from the 1-hour tier (one per series and refit that found a shape).", &self.profiles),
+            ("strata_anomaly_windows_read_back_total", "Windows anomaly detectors read back from the warm tier (closed before they started or while they were behind, or history to rebuild a detector from).", &self.read_back),
         ] {
             counter(out, name, help, l(v));
         }
@@ -182,11 +225,58 @@ impl AnomalyStats {
 
 /// One series' detector and what it has seen.
 struct Tracked {
+    /// The series' labels (its outputs' and events' own).
+    labels: Labels,
     det: Detector,
     /// The start of the last window observed.
     last: i64,
     /// The open event: its alert, and whether its firing was sent.
     event: Option<(Alert, bool)>,
+    /// The refit time whose profile the detector uses (`i64::MIN`: none set yet).
+    profile_at: i64,
+    /// Profiles fitted, by refit time (the last few).
+    profiles: BTreeMap<i64, Option<Arc<Profile>>>,
+}
+
+/// Profiles a series keeps (a rebuild replays a few days: a few refits).
+const PROFILES_KEPT: usize = 8;
+
+/// Profiles fitted in one scoring run of a detector and tenant: for many series, the hours of
+/// every series are read at once for each refit time; for a few, one series at a time.
+struct Profiles<'a> {
+    spec: &'a DetectorSpec,
+    tenant: &'a Tenant,
+    bulk: bool,
+    fitted: HashMap<i64, HashMap<SeriesKey, Arc<Profile>>>,
+}
+
+impl Profiles<'_> {
+    /// The profile of series `key` for refit time `at`.
+    fn get(
+        &mut self,
+        s: &Scorer,
+        key: &SeriesKey,
+        at: i64,
+    ) -> anyhow::Result<Option<Arc<Profile>>> {
+        let Some(p) = self.spec.profile else {
+            return Ok(None);
+        };
+        let range = (at - p.history_ms, at);
+        if !self.bulk {
+            let only = key.as_ref().labels();
+            let hours = s.read_hours(self.spec, self.tenant, range, Some(&only))?;
+            return Ok(hours.get(key).and_then(|h| Profile::fit(h)).map(Arc::new));
+        }
+        if !self.fitted.contains_key(&at) {
+            let fitted = s
+                .read_hours(self.spec, self.tenant, range, None)?
+                .into_iter()
+                .filter_map(|(k, h)| Some((k, Arc::new(Profile::fit(&h)?))))
+                .collect();
+            self.fitted.insert(at, fitted);
+        }
+        Ok(self.fitted[&at].get(key).cloned())
+    }
 }
 
 /// The scoring loop's settings and state.
@@ -203,16 +293,150 @@ pub struct Scorer {
     pub events: Option<Arc<DeviceRulesHub>>,
     /// Counters.
     pub stats: Arc<AnomalyStats>,
+    /// Each shard's final windows as they close (see [`Feed`]); empty: every window is read
+    /// back from the warm tier.
+    pub feeds: Vec<Arc<Feed>>,
 }
 
 /// A series' final windows in a range: `(start, value)` in order.
 type Windows = Vec<(i64, f64)>;
 
-/// Series read from the warm tier: their key and windows, by labels.
-type Read = BTreeMap<Labels, (SeriesKey, Windows)>;
+/// Series to score: their windows, by key.
+type Read = BTreeMap<SeriesKey, Windows>;
 
-/// Per detector, tenant and series.
-type States = HashMap<(usize, Tenant, SeriesKey), Tracked>;
+/// Windows a feed holds at most before it gives up (until the next settle) and the scorer
+/// reads them back instead: a scorer that is stopped or far behind costs the shard no memory.
+const FEED_MAX: usize = 1 << 18;
+
+/// One shard's final windows of the series some detector takes, handed over as they close
+/// (a [`strata_stream::stage::FinalTap`]), so the scorer reads back from the warm tier only what
+/// closed before it attached, or while it had fallen behind by [`FEED_MAX`] windows.
+pub struct Feed {
+    specs: Arc<[DetectorSpec]>,
+    /// [`FEED_MAX`], but in tests.
+    max: usize,
+    state: parking_lot::Mutex<FeedState>,
+}
+
+struct FeedState {
+    /// Every window starting at or after this that closed is in `windows` or was taken.
+    complete_from: i64,
+    /// Over [`FEED_MAX`]: nothing is kept until the next settle.
+    overflowed: bool,
+    windows: Vec<FedWindow>,
+    /// Per series index of the shard's windows: its series, or `None` when no detector takes
+    /// it (the outer `None`: not looked at yet).
+    series: Vec<Option<Option<Arc<FedSeries>>>>,
+}
+
+/// A series some detector takes.
+struct FedSeries {
+    tenant: Tenant,
+    key: SeriesKey,
+    /// Bit `i`: detector `i` takes it.
+    specs: u64,
+}
+
+/// A final window of a [`FedSeries`].
+struct FedWindow {
+    series: Arc<FedSeries>,
+    start: i64,
+    /// The figures detectors score, in [`Figure::ALL`] order.
+    values: [f64; 7],
+}
+
+impl Feed {
+    /// A feed for `specs` (at most 64), complete for windows starting at or after `from`.
+    pub fn new(specs: Arc<[DetectorSpec]>, from: i64) -> Feed {
+        Feed {
+            specs,
+            max: FEED_MAX,
+            state: parking_lot::Mutex::new(FeedState {
+                complete_from: from,
+                overflowed: false,
+                windows: Vec::new(),
+                series: Vec::new(),
+            }),
+        }
+    }
+
+    /// The fed windows starting before `end`, when the feed holds every window starting in
+    /// `[start, end)`; those windows are dropped either way.
+    fn take(&self, start: i64, end: i64, out: &mut Vec<FedWindow>) -> bool {
+        let mut st = self.state.lock();
+        let complete = st.complete_from <= start && !st.overflowed;
+        let (before, after): (Vec<FedWindow>, Vec<FedWindow>) = std::mem::take(&mut st.windows)
+            .into_iter()
+            .partition(|w| w.start < end);
+        st.windows = after;
+        drop(st);
+        if complete {
+            out.extend(before);
+        }
+        complete
+    }
+}
+
+impl strata_stream::stage::FinalTap for Feed {
+    fn closed(&self, w: &strata_stream::window::ClosedWindow<'_>, figures: &Figures) {
+        if figures.count == 0 {
+            return;
+        }
+        let mut st = self.state.lock();
+        if st.overflowed {
+            return;
+        }
+        let i = w.series as usize;
+        if st.series.len() <= i {
+            st.series.resize(i + 1, None);
+        }
+        let series = st.series[i].get_or_insert_with(|| {
+            let specs = self
+                .specs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.takes(w.key))
+                .fold(0u64, |m, (i, _)| m | 1 << i);
+            (specs != 0).then(|| {
+                Arc::new(FedSeries {
+                    tenant: w.tenant.clone(),
+                    key: w.key.to_owned(),
+                    specs,
+                })
+            })
+        });
+        let Some(series) = series.clone() else {
+            return;
+        };
+        if st.windows.len() >= self.max {
+            st.windows = Vec::new();
+            st.overflowed = true;
+            return;
+        }
+        st.windows.push(FedWindow {
+            series,
+            start: w.start,
+            values: Figure::ALL.map(|f| f.of(figures)),
+        });
+    }
+
+    fn settled(&self, closed_before: i64) {
+        let mut st = self.state.lock();
+        if st.overflowed {
+            st.overflowed = false;
+            st.complete_from = closed_before;
+        }
+    }
+
+    fn forgotten(&self, series: u32) {
+        if let Some(s) = self.state.lock().series.get_mut(series as usize) {
+            *s = None;
+        }
+    }
+}
+
+/// Per detector and tenant, by series.
+type States = HashMap<(usize, Tenant), HashMap<SeriesKey, Tracked>>;
 
 impl Scorer {
     /// Runs until `stop` is set, checking twice a second.
@@ -245,11 +469,29 @@ impl Scorer {
         };
         let w = self.window_ms;
         let mut start = next.unwrap_or(first.div_euclid(w) * w);
+        let mut fed = Vec::new();
         while start + w <= closed {
             let end = (start + CHUNK * w).min(closed.div_euclid(w) * w);
-            for tenant in self.engine.tenants() {
-                for i in 0..self.specs.len() {
-                    self.score_range(i, &tenant, start, end, states, rt)?;
+            fed.clear();
+            // Every feed drops what it holds before `end`, complete or not.
+            let complete = !self.feeds.is_empty()
+                && self
+                    .feeds
+                    .iter()
+                    .fold(true, |all, f| f.take(start, end, &mut fed) & all);
+            if complete {
+                self.stats
+                    .fed
+                    .fetch_add(fed.len() as u64, Ordering::Relaxed);
+                for ((tenant, i), series) in self.group_fed(&mut fed) {
+                    self.score_series(i, &tenant, start, series, states, rt)?;
+                }
+            } else {
+                for tenant in self.engine.tenants() {
+                    for i in 0..self.specs.len() {
+                        let series = self.read(&self.specs[i], &tenant, start, end, None)?;
+                        self.score_series(i, &tenant, start, series, states, rt)?;
+                    }
                 }
             }
             crate::groups::save_progress(&self.checkpoint, MAGIC, end)?;
@@ -259,13 +501,16 @@ impl Scorer {
                 .next_window
                 .store(end.max(0) as u64, Ordering::Relaxed);
         }
-        let pending = self.engine.pending_corrected(CORRECTIONS);
+        // Corrections of windows not scored yet wait: a fed window holds the figures it
+        // closed with, so its correction is applied once it is scored.
+        let mut pending = self.engine.pending_corrected(CORRECTIONS);
+        pending.retain(|c| next.is_some_and(|n| c.start < n));
         if pending.is_empty() {
             return Ok(());
         }
-        // Each corrected series once, from its earliest corrected window already scored.
+        // Each corrected series once, from its earliest corrected window.
         let mut redo: BTreeMap<(Tenant, SeriesKey), i64> = BTreeMap::new();
-        for c in pending.iter().filter(|c| next.is_some_and(|n| c.start < n)) {
+        for c in &pending {
             let e = redo
                 .entry((c.tenant.clone(), c.key.clone()))
                 .or_insert(c.start);
@@ -282,6 +527,32 @@ impl Scorer {
         Ok(())
     }
 
+    /// Fed windows by detector and tenant, each series' in order.
+    fn group_fed(&self, fed: &mut Vec<FedWindow>) -> BTreeMap<(Tenant, usize), Read> {
+        let mut out: BTreeMap<(Tenant, usize), Read> = BTreeMap::new();
+        for f in fed.drain(..) {
+            for (i, spec) in self.specs.iter().enumerate() {
+                let v = f.values[spec.figure.index()];
+                if f.series.specs & (1 << i) == 0 || !v.is_finite() {
+                    continue;
+                }
+                let read = out.entry((f.series.tenant.clone(), i)).or_default();
+                match read.get_mut(&f.series.key) {
+                    Some(ws) => ws.push((f.start, v)),
+                    None => {
+                        read.insert(f.series.key.clone(), vec![(f.start, v)]);
+                    }
+                }
+            }
+        }
+        for read in out.values_mut() {
+            for ws in read.values_mut() {
+                ws.sort_unstable_by_key(|(s, _)| *s);
+            }
+        }
+        out
+    }
+
     /// The final windows starting in `[from, to)` of series the detector takes; only `only`
     /// when given.
     fn read(
@@ -296,24 +567,13 @@ impl Scorer {
         if to <= from {
             return Ok(out);
         }
-        let exact: Vec<Matcher>;
-        let sets: &[Vec<Matcher>] = match only {
-            Some(l) => {
-                exact = l
-                    .iter()
-                    .map(|l| Matcher::equal(&l.name, &l.value))
-                    .collect();
-                std::slice::from_ref(&exact)
-            }
-            None => &spec.sets,
-        };
-        for set in sets {
+        for set in &self.sets(spec, only) {
             for (labels, ws) in self
                 .engine
                 .rollups(Tier::Window, tenant, set, from + 1, to)?
             {
                 let key = labels.key();
-                if !spec.takes(key.as_ref()) || out.contains_key(&labels) {
+                if !spec.takes(key.as_ref()) || out.contains_key(&key) {
                     continue;
                 }
                 let values: Windows = ws
@@ -324,26 +584,148 @@ impl Scorer {
                     .filter(|(_, x)| x.is_finite())
                     .collect();
                 if !values.is_empty() {
-                    out.insert(labels, (key, values));
+                    self.stats
+                        .read_back
+                        .fetch_add(values.len() as u64, Ordering::Relaxed);
+                    out.insert(key, values);
                 }
             }
         }
         Ok(out)
     }
 
-    /// A detector for a series, rebuilt from its windows before `before`.
-    fn rebuild(&self, spec: &DetectorSpec, history: &Windows, before: i64) -> Tracked {
+    /// A detector for a series, rebuilt from its windows before `before`, with the profiles
+    /// `kept` (from the detector it replaces).
+    fn rebuild(
+        &self,
+        spec: &DetectorSpec,
+        key: &SeriesKey,
+        history: &Windows,
+        before: i64,
+        profiles: &mut Profiles<'_>,
+        kept: BTreeMap<i64, Option<Arc<Profile>>>,
+    ) -> anyhow::Result<Tracked> {
         let mut t = Tracked {
+            labels: key.as_ref().labels(),
             det: Detector::new(spec.opts.clone()),
             last: i64::MIN,
             event: None,
+            profile_at: i64::MIN,
+            profiles: kept,
         };
         for &(s, v) in history.iter().filter(|(s, _)| *s < before) {
+            self.season(spec, &mut t, key, s, profiles)?;
             t.det.observe(s.div_euclid(self.window_ms), v);
             t.last = s;
         }
         self.stats.rebuilt.fetch_add(1, Ordering::Relaxed);
-        t
+        Ok(t)
+    }
+
+    /// Sets the profile of the refit period holding window `start` on a series' detector.
+    fn season(
+        &self,
+        spec: &DetectorSpec,
+        t: &mut Tracked,
+        key: &SeriesKey,
+        start: i64,
+        profiles: &mut Profiles<'_>,
+    ) -> anyhow::Result<()> {
+        let Some(p) = spec.profile else {
+            return Ok(());
+        };
+        let at = start.div_euclid(p.refit_ms) * p.refit_ms;
+        if t.profile_at == at {
+            return Ok(());
+        }
+        let fitted = match t.profiles.get(&at) {
+            Some(f) => f.clone(),
+            None => {
+                let f = profiles.get(self, key, at)?;
+                if f.is_some() {
+                    self.stats.profiles.fetch_add(1, Ordering::Relaxed);
+                }
+                t.profiles.insert(at, f.clone());
+                while t.profiles.len() > PROFILES_KEPT {
+                    t.profiles.pop_first();
+                }
+                f
+            }
+        };
+        t.det
+            .set_profile(fitted, strata_stream::hour::HOUR_MS / self.window_ms);
+        t.profile_at = at;
+        Ok(())
+    }
+
+    /// The hourly values (`(hour index, value)`, in order) of the series the detector takes
+    /// (only `only` when given) in hours starting in `[from, to)`, read from the 1-hour tier as
+    /// the detector's figure would be per window.
+    fn read_hours(
+        &self,
+        spec: &DetectorSpec,
+        tenant: &Tenant,
+        (from, to): (i64, i64),
+        only: Option<&Labels>,
+    ) -> anyhow::Result<HashMap<SeriesKey, Vec<(i64, f64)>>> {
+        use strata_model::WindowStorage;
+        const HOUR: i64 = strata_stream::hour::HOUR_MS;
+        let per_hour = (HOUR / self.window_ms) as f64;
+        let needs = strata_model::FigureNeeds {
+            sum: true,
+            increase: spec.figure == Figure::Increase,
+            ..Default::default()
+        };
+        let mut out = HashMap::new();
+        let mut buf = Vec::new();
+        for set in self.sets(spec, only).iter() {
+            // Hours are stamped at their end.
+            let got = self.engine.windows(
+                tenant,
+                set,
+                strata_model::Resolution::Hour,
+                from + HOUR,
+                to,
+                needs,
+            )?;
+            for series in got {
+                let key = series.labels.key();
+                if !spec.takes(key.as_ref()) || out.contains_key(&key) {
+                    continue;
+                }
+                buf.clear();
+                series.read(&mut buf)?;
+                let hours: Vec<(i64, f64)> = buf
+                    .iter()
+                    .filter(|w| w.count > 0)
+                    .map(|w| {
+                        let v = match spec.figure {
+                            Figure::Sum => w.sum / per_hour,
+                            Figure::Count => w.count as f64 / per_hour,
+                            Figure::Increase => w.increase / per_hour,
+                            // The shape of the minutes' means, minima, maxima and last values
+                            // is the hours' means'.
+                            _ => w.sum / w.count as f64,
+                        };
+                        ((w.end - 1).div_euclid(HOUR), v)
+                    })
+                    .filter(|(h, v)| v.is_finite() && (from..to).contains(&(h * HOUR)))
+                    .collect();
+                out.insert(key, hours);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The detector's matcher sets, or one matching `only` exactly.
+    fn sets(&self, spec: &DetectorSpec, only: Option<&Labels>) -> Vec<Vec<Matcher>> {
+        match only {
+            Some(l) => vec![l
+                .iter()
+                .map(|l| Matcher::equal(&l.name, &l.value))
+                .collect()],
+            None => spec.sets.clone(),
+        }
     }
 
     /// The windows of history a rebuilt detector replays.
@@ -351,52 +733,68 @@ impl Scorer {
         Detector::lookback(&spec.opts) as i64 * self.window_ms
     }
 
-    /// Scores detector `i`'s windows in `[from, to)` for one tenant.
-    fn score_range(
+    /// Scores detector `i`'s windows of one tenant's `series`, which start at or after `from`.
+    fn score_series(
         &self,
         i: usize,
         tenant: &Tenant,
         from: i64,
-        to: i64,
+        series: Read,
         states: &mut States,
         rt: &tokio::runtime::Handle,
     ) -> anyhow::Result<()> {
         let spec = &self.specs[i];
-        let series = self.read(spec, tenant, from, to, None)?;
-        let absent: BTreeSet<&Labels> = series
-            .iter()
-            .filter(|(_, (k, _))| !states.contains_key(&(i, tenant.clone(), k.clone())))
-            .map(|(l, _)| l)
+        let tracked = states.entry((i, tenant.clone())).or_default();
+        let absent: Vec<&SeriesKey> = series
+            .keys()
+            .filter(|k| !tracked.contains_key(*k))
             .collect();
-        let mut history = if absent.is_empty() {
-            BTreeMap::new()
-        } else {
+        // The history of series without a detector: all at once when there are many (a
+        // start), else each on its own (a new device).
+        let mut history = if absent.len() > ABSENT_ONE_BY_ONE {
             self.read(spec, tenant, from - self.lookback_ms(spec), from, None)?
+        } else {
+            let mut h = Read::new();
+            for key in &absent {
+                let only = key.as_ref().labels();
+                let got = self.read(
+                    spec,
+                    tenant,
+                    from - self.lookback_ms(spec),
+                    from,
+                    Some(&only),
+                )?;
+                h.extend(got);
+            }
+            h
         };
         let mut out = Output::new(tenant, spec);
-        let mut scored_here = if absent.is_empty() {
-            0
-        } else {
-            states.keys().filter(|k| k.0 == i && &k.1 == tenant).count()
+        let mut profiles = Profiles {
+            spec,
+            tenant,
+            bulk: series.len() > ABSENT_ONE_BY_ONE,
+            fitted: HashMap::new(),
         };
-        for (labels, (key, windows)) in &series {
-            let key = (i, tenant.clone(), key.clone());
-            if !states.contains_key(&key) {
-                if scored_here >= spec.max_series {
+        for (key, windows) in &series {
+            if !tracked.contains_key(key) {
+                if tracked.len() >= spec.max_series {
                     self.stats.over_limit.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                let h = history.remove(labels).map(|(_, w)| w).unwrap_or_default();
-                states.insert(key.clone(), self.rebuild(spec, &h, from));
-                scored_here += 1;
-                self.stats
-                    .series
-                    .store(states.len() as u64, Ordering::Relaxed);
+                let h = history.remove(key).unwrap_or_default();
+                let t = self.rebuild(spec, key, &h, from, &mut profiles, BTreeMap::new())?;
+                tracked.insert(key.clone(), t);
             }
-            let t = states.get_mut(&key).expect("inserted");
-            self.observe(spec, labels, t, windows, &mut out);
+            let t = tracked.get_mut(key).expect("inserted");
+            self.observe(spec, key, t, windows, &mut out, &mut profiles)?;
         }
+        self.count_series(states);
         out.write(&self.engine, self.events.as_deref(), rt)
+    }
+
+    fn count_series(&self, states: &States) {
+        let n: usize = states.values().map(HashMap::len).sum();
+        self.stats.series.store(n as u64, Ordering::Relaxed);
     }
 
     /// Re-scores one series from its corrected window `from` up to `to`.
@@ -421,12 +819,23 @@ impl Scorer {
                 to,
                 Some(&labels),
             )?
-            .remove(&labels)
-            .map(|(_, w)| w)
+            .remove(key)
             .unwrap_or_default();
-        let mut t = self.rebuild(spec, &windows, from);
+        let tracked = states.entry((i, tenant.clone())).or_default();
+        let live = tracked.remove(key);
+        let mut profiles = Profiles {
+            spec,
+            tenant,
+            bulk: false,
+            fitted: HashMap::new(),
+        };
+        let kept = live
+            .as_ref()
+            .map(|l| l.profiles.clone())
+            .unwrap_or_default();
+        let mut t = self.rebuild(spec, key, &windows, from, &mut profiles, kept)?;
         // The open event (if any) of the live detector stays the series' event.
-        if let Some(live) = states.remove(&(i, tenant.clone(), key.clone())) {
+        if let Some(live) = live {
             t.event = live.event;
         }
         // One that opened in the re-scored windows stands only if they still hold an anomaly.
@@ -440,12 +849,13 @@ impl Scorer {
             .rescored
             .fetch_add(windows.len() as u64, Ordering::Relaxed);
         let mut out = Output::new(tenant, spec);
-        let anomalous = self.observe(spec, &labels, &mut t, &windows, &mut out);
+        let anomalous = self.observe(spec, key, &mut t, &windows, &mut out, &mut profiles)?;
         if let Some((old, sent)) = doubted.filter(|_| anomalous == 0) {
             retract(&mut t, &mut out.changes, old, sent);
             self.stats.retracted.fetch_add(1, Ordering::Relaxed);
         }
-        states.insert((i, tenant.clone(), key.clone()), t);
+        tracked.insert(key.clone(), t);
+        self.count_series(states);
         out.write(&self.engine, self.events.as_deref(), rt)
     }
 
@@ -454,11 +864,12 @@ impl Scorer {
     fn observe(
         &self,
         spec: &DetectorSpec,
-        labels: &Labels,
+        key: &SeriesKey,
         t: &mut Tracked,
         windows: &Windows,
         out: &mut Output<'_>,
-    ) -> usize {
+        profiles: &mut Profiles<'_>,
+    ) -> anyhow::Result<usize> {
         let mut anomalous = 0;
         let w = self.window_ms;
         let now = strata_model::time::now_ms();
@@ -467,6 +878,7 @@ impl Scorer {
             if start <= t.last {
                 continue;
             }
+            self.season(spec, t, key, start, profiles)?;
             let index = start.div_euclid(w);
             let s = t.det.observe(index, v);
             t.last = start;
@@ -484,7 +896,7 @@ impl Scorer {
                     if !recent {
                         self.stats.events_unsent.fetch_add(1, Ordering::Relaxed);
                     }
-                    let a = event_alert(spec, labels, at, s.score);
+                    let a = event_alert(spec, &t.labels, at, s.score);
                     if recent {
                         out.changes.push(a.clone());
                     }
@@ -501,8 +913,8 @@ impl Scorer {
                 }
             }
         }
-        out.push(labels, &rows);
-        anomalous
+        out.push(&t.labels, &rows);
+        Ok(anomalous)
     }
 }
 
@@ -658,3 +1070,75 @@ impl<'a> Output<'a> {
 }
 
 const MAGIC: &[u8; 8] = b"STRANOMP";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_stream::rollup::Rollup;
+    use strata_stream::stage::FinalTap;
+    use strata_stream::window::ClosedWindow;
+
+    fn feed(from: i64, max: usize) -> Feed {
+        let spec = DetectorSpec {
+            name: None,
+            sets: vec![vec![Matcher::equal(METRIC_NAME, "load")]],
+            figure: Figure::Max,
+            opts: Options::default(),
+            severity: "page".into(),
+            channels: Vec::new(),
+            max_series: 10,
+            profile: None,
+        };
+        let mut f = Feed::new(vec![spec].into(), from);
+        f.max = max;
+        f
+    }
+
+    /// Closes window `start` of series number `series` (`load` or `other`) with value `v`.
+    fn close(f: &Feed, series: u32, name: &str, start: i64, v: f64) {
+        let key = Labels::from_pairs([(METRIC_NAME, name), ("host", "h1")])
+            .unwrap()
+            .key();
+        let r = Rollup::of_sorted(&[Sample::new(start + 1, v)], false).unwrap();
+        let w = ClosedWindow {
+            series,
+            tenant: &Tenant::default(),
+            key: key.as_ref(),
+            start,
+            rollup: r.clone(),
+        };
+        f.closed(&w, &r.figures(&[]));
+    }
+
+    #[test]
+    fn a_feed_hands_over_what_detectors_take_and_says_when_it_is_incomplete() {
+        let f = feed(60_000, 3);
+        close(&f, 0, "load", 60_000, 5.0);
+        close(&f, 1, "other", 60_000, 7.0);
+        close(&f, 0, "load", 120_000, 6.0);
+        let mut got = Vec::new();
+        // Before the feed started: not complete, and what it held before the end is dropped.
+        assert!(!f.take(0, 120_000, &mut got));
+        assert!(got.is_empty());
+        assert!(f.take(120_000, 180_000, &mut got));
+        let values: Vec<(i64, f64)> = got.iter().map(|w| (w.start, w.values[1])).collect();
+        assert_eq!(values, [(120_000, 6.0)], "only `load`; its max");
+        // Over its limit the feed gives up until the next settle, then starts again.
+        for (i, s) in [180_000, 240_000, 300_000, 360_000].into_iter().enumerate() {
+            close(&f, 0, "load", s, i as f64);
+        }
+        got.clear();
+        assert!(!f.take(180_000, 420_000, &mut got));
+        f.settled(420_000);
+        close(&f, 0, "load", 420_000, 9.0);
+        assert!(!f.take(360_000, 420_000, &mut got), "not before the settle");
+        assert!(f.take(420_000, 480_000, &mut got));
+        assert_eq!(got.len(), 1);
+        // A forgotten series' index may stand for another.
+        f.forgotten(1);
+        close(&f, 1, "load", 480_000, 1.0);
+        got.clear();
+        assert!(f.take(480_000, 540_000, &mut got));
+        assert_eq!(got.len(), 1, "index 1 is now a `load` series");
+    }
+}

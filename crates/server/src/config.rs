@@ -79,6 +79,11 @@ pub struct DetectorConfig {
     pub tail_fraction: Option<f64>,
     /// Anomalies within this long of one are the same event.
     pub suppress: Option<Duration>,
+    /// How often the daily or weekly profile is refitted from the 1-hour tier: a duration
+    /// (default `1d`), or `off` for no profile.
+    pub profile_refit: Option<String>,
+    /// The hours a profile is fitted from (default `28d`; at least `3d`).
+    pub profile_history: Option<Duration>,
     /// The `severity` label of its events.
     #[serde(default = "default_severity")]
     pub severity: String,
@@ -874,6 +879,8 @@ final_windows = false            # rules read only final event-time windows: a l
 # refit = "1h"                   # how often the period is searched for
 # sustained = 30                 # windows of the sustained-shift test (0: none)
 # suppress = "2h"                # anomalies this close are one event
+# profile_refit = "1d"           # daily or weekly shape refitted from the 1-hour tier (or "off")
+# profile_history = "28d"        # hours a profile is fitted from
 # severity = "warning"           # of its events (alertname AnomalyDetected)
 # channels = []                  # notifiers of its events (default every one that takes them)
 # max_series = 10000             # series scored per tenant (~40 kB each)
@@ -952,7 +959,29 @@ impl Config {
                         return Err(at(format!("{what} must be between 10 and 100000, got {v}")));
                     }
                 }
+                let profile = match d.profile_refit.as_deref() {
+                    Some("off") => None,
+                    refit => {
+                        let refit: Duration = refit
+                            .unwrap_or("1d")
+                            .parse()
+                            .map_err(|e: String| at(format!("profile_refit: {e} (or off)")))?;
+                        let history = d.profile_history.unwrap_or(Duration(28 * 86_400_000));
+                        if refit.0 < 3_600_000 || history.0 < 3 * 86_400_000 {
+                            return Err(at(format!(
+                                "profile_refit must be at least 1h and profile_history at \
+                                 least 3d, got {} and {}",
+                                refit.0, history.0
+                            )));
+                        }
+                        Some(crate::anomaly::ProfileSpec {
+                            refit_ms: refit.0,
+                            history_ms: history.0,
+                        })
+                    }
+                };
                 Ok(crate::anomaly::DetectorSpec {
+                    profile,
                     name: d.name.clone(),
                     sets,
                     figure,

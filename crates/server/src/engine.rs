@@ -785,6 +785,24 @@ impl Engine {
         (closed != i64::MAX).then_some((closed, first))
     }
 
+    /// Attaches a [`strata_stream::stage::FinalTap`] made by `make` (from the time before
+    /// which the shard's windows were already final) to each shard with rollups, and returns
+    /// them; none where one is attached already.
+    pub fn tap_final<T: strata_stream::stage::FinalTap + 'static>(
+        &self,
+        make: impl Fn(i64) -> T,
+    ) -> Vec<Arc<T>> {
+        let mut out = Vec::new();
+        for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
+            r.set_final_tap(|from| {
+                let t = Arc::new(make(from));
+                out.push(t.clone());
+                t
+            });
+        }
+        out
+    }
+
     /// Corrected windows `who` has not marked done, over all shards.
     pub fn pending_corrected(
         &self,

@@ -104,7 +104,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         background("groups", move || m.run(stop, rt))
     });
     let scorer = anomaly_stats.map(|stats| {
+        let shared: Arc<[anomaly::DetectorSpec]> = detectors.clone().into();
         let s = anomaly::Scorer {
+            feeds: engine.tap_final(|from| anomaly::Feed::new(shared.clone(), from)),
             engine: engine.clone(),
             specs: detectors,
             window_ms: cfg.rollups.window.0,

@@ -10,7 +10,7 @@ use crate::hour::{hour_start, HourCheckpoint, HourOptions, HourStage, HOUR_MS};
 use crate::rollup::{Figures, Rollup};
 use crate::store::{RollupStore, StoredWindow, WarmId, WindowWrite};
 use crate::window::{
-    window_of, Correction, SeriesCorrections, WindowOptions, WindowState, Windows,
+    window_of, ClosedWindow, Correction, SeriesCorrections, WindowOptions, WindowState, Windows,
 };
 use crate::StreamError;
 use parking_lot::RwLock;
@@ -234,6 +234,25 @@ pub struct RollupStage {
     settling: parking_lot::Mutex<Settling>,
     /// The 1-hour tier.
     hours: Option<HourStage>,
+    /// Who sees windows as they become final (see [`RollupStage::set_final_tap`]).
+    tap: std::sync::OnceLock<Arc<dyn FinalTap>>,
+}
+
+/// Sees every window as the watermark makes it final, so a consumer of final windows (anomaly
+/// scoring) need not read them back from the warm tier. Corrections are not seen here: they
+/// are queued for the [`StageOptions::correction_subscribers`]. Called on the shard's thread
+/// with its windows locked: keep it short, and never block.
+pub trait FinalTap: Send + Sync {
+    /// A window became final with `figures`.
+    fn closed(&self, window: &ClosedWindow<'_>, figures: &Figures);
+
+    /// A settle is over: every window starting before `closed_before` has been closed (and
+    /// seen by [`FinalTap::closed`]), and every later one will be.
+    fn settled(&self, closed_before: i64);
+
+    /// The stage forgot series `series` (idle; see [`Windows::forget_idle`]): its index in
+    /// [`ClosedWindow::series`] may next stand for another series.
+    fn forgotten(&self, series: u32);
 }
 
 /// What settling keeps between calls.
@@ -340,7 +359,20 @@ impl RollupStage {
             corrected: parking_lot::Mutex::new(corrected.into_iter().collect()),
             corrections_path,
             settling: parking_lot::Mutex::new(Settling::default()),
+            tap: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attaches the stage's [`FinalTap`] (one at most: `false` when one is attached), made by
+    /// `make` from the time before which every window was already final: the tap sees every
+    /// window starting at or after it, and none before.
+    pub fn set_final_tap(&self, make: impl FnOnce(i64) -> Arc<dyn FinalTap>) -> bool {
+        // Under the windows' lock no window closes between reading the time and attaching.
+        let windows = self.windows.write();
+        if self.tap.get().is_some() {
+            return false;
+        }
+        self.tap.set(make(windows.closed_before())).is_ok()
     }
 
     /// The stage's settings.
@@ -399,6 +431,7 @@ impl RollupStage {
             }
         }
         let mut failed = None;
+        let tap = self.tap.get();
         let (corrections, closed_before, watermark) = {
             let mut w = self.windows.write();
             w.advance(now_ms, |c| {
@@ -415,6 +448,9 @@ impl RollupStage {
                     h.merge(id, c.tenant, c.key, c.start, &c.rollup);
                 }
                 let figures = c.rollup.figures(q);
+                if let Some(t) = tap {
+                    t.closed(&c, &figures);
+                }
                 let revision = if verify {
                     match self.next_revision(c.tenant, c.key, c.start, &figures, 0) {
                         Ok(Some(r)) => r,
@@ -435,6 +471,9 @@ impl RollupStage {
                     revision,
                 });
             });
+            if let Some(t) = tap {
+                t.settled(w.closed_before());
+            }
             (w.take_corrections(), w.closed_before(), w.watermark())
         };
         self.store.write(closing.drain(..), offset);
@@ -655,6 +694,9 @@ impl RollupStage {
             }
             if let Some(id) = settling.hour_ids.get_mut(i as usize) {
                 *id = None;
+            }
+            if let Some(t) = self.tap.get() {
+                t.forgotten(i);
             }
             gone.push((tenant.clone(), key.to_owned()));
         });
