@@ -234,10 +234,25 @@ impl Detector {
             (None, None) => true,
             _ => false,
         };
-        if !same {
-            self.profile = profile.map(|p| (p, per_hour));
-            self.cached = None;
+        if same {
+            return;
         }
+        let offset = |p: &Option<(Arc<Profile>, i64)>, index: i64| {
+            p.as_ref()
+                .map_or(0.0, |(p, per_hour)| p.at(index, *per_hour))
+        };
+        let old = std::mem::replace(&mut self.profile, profile.map(|p| (p, per_hour)));
+        // The values kept are re-expressed against the new profile, so the baseline does not
+        // jump where the profiles differ (the first weekly profile after daily ones, at a
+        // weekend). They are taken as consecutive windows back from the last: exact for a
+        // series without gaps, and the same for a live detector and a rebuilt one either way.
+        if self.last_index != i64::MIN {
+            for (k, v) in self.values.iter_mut().rev().enumerate() {
+                let index = self.last_index - k as i64;
+                *v += offset(&old, index) - offset(&self.profile, index);
+            }
+        }
+        self.cached = None;
     }
 
     /// Windows of history a detector's state depends on: one rebuilt from this many windows

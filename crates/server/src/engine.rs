@@ -980,28 +980,45 @@ impl Engine {
             .filter(|(at, _)| at.elapsed() < COVERAGE_TTL)
             .map(|c| c.1);
         cached.unwrap_or_else(|| {
-            // A tier holds a time only where every shard holding data does.
+            // A shard's tier holds its data from its earliest window (retention deletes whole
+            // blocks), and a shard whose data begins later never had older data to lose; so a
+            // tier holds every shard's data from the earliest of them, except what retention
+            // may have deleted (before `now - retention`).
             let mut marks = HeldFrom {
-                windows: i64::MIN,
-                hours: i64::MIN,
-                days: i64::MIN,
+                windows: i64::MAX,
+                hours: i64::MAX,
+                days: i64::MAX,
             };
-            let mut any = false;
+            let mut retention = None;
             for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
                 let h = r.held_from(tenant);
+                let o = r.options();
+                let hours = o.hours.as_ref();
+                retention.get_or_insert((
+                    o.retention_ms,
+                    hours.map_or(i64::MAX, |h| h.retention_ms),
+                    hours
+                        .and_then(|h| h.days.as_ref())
+                        .map_or(i64::MAX, |d| d.retention_ms),
+                ));
                 if h.windows != i64::MAX {
-                    any = true;
-                    marks.windows = marks.windows.max(h.windows);
-                    marks.hours = marks.hours.max(h.hours);
-                    marks.days = marks.days.max(h.days);
+                    marks.windows = marks.windows.min(h.windows);
+                    marks.hours = marks.hours.min(h.hours);
+                    marks.days = marks.days.min(h.days);
                 }
             }
-            if !any {
-                marks = HeldFrom {
-                    windows: i64::MAX,
-                    hours: i64::MAX,
-                    days: i64::MAX,
+            if let Some((windows, hours, days)) = retention {
+                let now = strata_model::time::now_ms();
+                let clamp = |mark: i64, kept: i64| {
+                    if mark == i64::MAX {
+                        mark
+                    } else {
+                        mark.max(now.saturating_sub(kept))
+                    }
                 };
+                marks.windows = clamp(marks.windows, windows);
+                marks.hours = clamp(marks.hours, hours);
+                marks.days = clamp(marks.days, days);
             }
             let mut map = self.coverage.lock();
             if map.len() > 10_000 {

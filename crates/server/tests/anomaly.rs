@@ -146,6 +146,12 @@ fn scores_written_spike_is_one_event_and_every_delivery_order_scores_alike() {
     let m = s.metrics();
     assert_eq!(common::metric(&m, "strata_anomaly_events_total"), 1.0);
     assert!(common::metric(&m, "strata_anomaly_windows_scored_total") >= N as f64);
+    // Live, every window came from the shards as it closed: none was read back.
+    assert!(common::metric(&m, "strata_anomaly_windows_fed_total") >= N as f64);
+    assert_eq!(
+        common::metric(&m, "strata_anomaly_windows_read_back_total"),
+        0.0
+    );
     s.stop();
 
     // Newest hour first: each older hour corrects windows already scored after it.
@@ -182,7 +188,9 @@ fn scores_written_spike_is_one_event_and_every_delivery_order_scores_alike() {
     wait_for("scored as live after a restart", || {
         outputs(&s, "anomaly_score") == live
     });
-    assert!(common::metric(&s.metrics(), "strata_anomaly_detectors_rebuilt_total") >= 1.0);
+    let m = s.metrics();
+    assert!(common::metric(&m, "strata_anomaly_detectors_rebuilt_total") >= 1.0);
+    assert!(common::metric(&m, "strata_anomaly_windows_read_back_total") > 0.0);
     s.stop();
 }
 
@@ -273,4 +281,98 @@ fn bad_detectors_are_refused_naming_the_setting() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{toml}: {err}");
     }
+}
+
+/// A weekly series (a daily wave, 20 lower on two days of each week): after four weeks the
+/// detector's profile, fitted from the 1-hour tier, keeps the fifth week's weekends normal,
+/// where the same detector without a profile flags them, and a weekend day at weekday level
+/// scores above 1.
+#[test]
+fn a_weekly_profile_from_the_hour_tier_keeps_weekends_normal() {
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        r#"partitions = 2
+retention = "60d"
+[rollups]
+out_of_orderness = "1s"
+idle_timeout = "2s"
+[[anomaly.detectors]]
+name = "profiled"
+match = 'machine_load'
+[[anomaly.detectors]]
+name = "plain"
+match = 'machine_load'
+profile_refit = "off"
+"#,
+    );
+    let first = now_ms() / DAY * DAY - 35 * DAY;
+    let last = now_ms() / MIN * MIN - 3 * MIN;
+    // A reading reports the minute ending at its stamp, as windows and hours hold it: the
+    // weekend's first is the one a minute after it starts. The odd day out: the weekend day
+    // of the fifth week, from 08:00 to 14:00.
+    let hour_of_week = |t: i64| ((t - 1) / HOUR) % 168;
+    let odd = |t: i64| {
+        let week5 = t >= first + 28 * DAY;
+        let hour_of_week = hour_of_week(t);
+        week5 && (120..144).contains(&hour_of_week) && (8..14).contains(&(hour_of_week % 24))
+    };
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut t = first;
+    while t <= last {
+        let mut body = String::new();
+        for _ in 0..1440 {
+            if t > last {
+                break;
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let weekend = hour_of_week(t) >= 120 && !odd(t);
+            let wave = 10.0 * (t as f64 * std::f64::consts::TAU / DAY as f64).sin();
+            let v = 50.0 + wave - if weekend { 20.0 } else { 0.0 } + (x % 1000) as f64 / 1000.0;
+            body.push_str(&format!("machine_load,host=m1 value={v} {}\n", t / 1000));
+            t += MIN;
+        }
+        let r = s.post("/write?precision=s", body);
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+    }
+    tick(&s, now_ms());
+    let scores = |detector: &str| -> BTreeMap<i64, f64> {
+        let got = s.export(&format!("anomaly_score{{detector=\"{detector}\"}}"));
+        got.into_iter().flat_map(|(_, pts)| pts).collect()
+    };
+    let windows = ((last - first) / MIN) as usize;
+    wait_for("every window scored", || {
+        scores("profiled").len() >= windows && scores("plain").len() >= windows
+    });
+    let m = s.metrics();
+    assert!(common::metric(&m, "strata_anomaly_profiles_fitted_total") > 0.0);
+    // The fifth week, apart from the odd day's hours (and an hour after, for the score's
+    // smoothing).
+    let fifth = |scores: BTreeMap<i64, f64>| -> (f64, f64) {
+        let (mut normal, mut odd_max): (f64, f64) = (0.0, 0.0);
+        for (at, v) in scores.range(first + 28 * DAY..) {
+            if odd(*at) || odd(at - HOUR) {
+                odd_max = odd_max.max(*v);
+            } else {
+                normal = normal.max(*v);
+            }
+        }
+        (normal, odd_max)
+    };
+    let (normal, odd_max) = fifth(scores("profiled"));
+    assert!(
+        normal <= 1.0,
+        "with a profile the fifth week is normal: {normal}"
+    );
+    assert!(odd_max > 1.0, "a weekend day at weekday level: {odd_max}");
+    let (plain, _) = fifth(scores("plain"));
+    assert!(
+        plain > 1.0,
+        "without one its weekends are anomalies: {plain}"
+    );
+    s.stop();
 }
