@@ -4,8 +4,9 @@
 # threshold rules (each over one site's devices, sustained 3 readings, with hysteresis) and an
 # offline rule over the fleet ("rules"), with one anomaly detector over every device's
 # temperature and humidity ("anomaly"), and with both ("both"); on fresh data directories,
-# alternating RUNS times. Prints events/s and samples/s per run, and for runs with a detector
-# the seconds after the last acknowledged event until every window was scored.
+# alternating RUNS times. Prints events/s and samples/s per run, for runs with a detector the
+# seconds after the last acknowledged event until every window was scored, and the server's
+# CPU seconds for the run (scoring included).
 #   cargo build --release -p strata-server && MODES="off rules anomaly both" bench/ingest_cost.sh
 set -eu
 BIN="$(dirname "$0")/../target/release/strata"
@@ -53,6 +54,10 @@ run() { # $1 = off|rules|anomaly|both
         echo "         scored every window $(echo "$(date +%s.%N) - $t0" | bc) s after the last event; windows scored $(metric strata_anomaly_windows_scored_total)"
         ;;
     esac
+    # The server's CPU time for the run (user + system, ticks of 1/100 s), once the shards are
+    # idle in every mode: steadier than the rate on two cores shared with the simulator.
+    sleep 2
+    echo "         server CPU $(awk '{ printf "%.2f", ($14 + $15) / 100 }' /proc/$pid/stat) s"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 i=0

@@ -28,8 +28,14 @@
 //!   `sensitivity` scores 1.0 and each further decade of improbability adds alike. After a
 //!   score above 1, scores are held at 0 for `suppress` windows (one anomaly, one event).
 //!
-//! Every piece of state is a function of the last [`Detector::lookback`] values, so a
-//! detector rebuilt from stored windows gives the live one's scores. Its NAB score with the
+//! - **Long seasons** (a day, a week) are more than a detector keeps: a caller fits a
+//!   [`Profile`] from the series' long history (the server refits one daily from the 1-hour
+//!   tier) and sets it with [`Detector::set_profile`]; values are scored less the profile's
+//!   offset, and the values kept are re-expressed when it changes.
+//!
+//! Every piece of state is a function of the last [`Detector::lookback`] values (and of the
+//! profiles set at the same windows), so a detector rebuilt from stored windows gives the live
+//! one's scores. Its NAB score with the
 //! defaults is in docs/benchmarks.md (measured offline by `examples/nab.rs`, end to end by
 //! `../shared/anomaly/nab_eval.py`).
 
@@ -161,6 +167,8 @@ const SEASONS: usize = 8;
 /// this many windows (aligned to window indices, so rebuilt detectors recompute at the same
 /// windows), which makes a window's cost a small fraction of a 1,200-value median.
 const RECOMPUTE_EVERY: i64 = 10;
+/// Values and residuals below which a detector recomputes at every window.
+const YOUNG: usize = 200;
 
 thread_local! {
     /// Scratch space for medians, shared by the detectors of a thread.
@@ -295,10 +303,12 @@ impl Detector {
         self.refit(index);
         let block = index.div_euclid(RECOMPUTE_EVERY);
         let seasonal = self.period > 0 && self.values.len() >= self.period;
-        // Young detectors (fewer values than the window) recompute every time: their state
-        // moves quickly, and a rebuilt one replays them from the start.
-        let young =
-            self.values.len() < self.opts.window || self.residuals.len() < self.opts.history;
+        // Young detectors (fewer than [`YOUNG`] values or residuals) recompute every time:
+        // their state moves quickly. Past that a block's figures move little however full
+        // the window is (a median of a few hundred values), and a rebuilt detector replays
+        // its lookback from before any window it must score alike.
+        let young = self.values.len() < YOUNG.min(self.opts.window)
+            || self.residuals.len() < YOUNG.min(self.opts.history);
         let ((yhat, spread), (mean, sd), tail) = match self.cached {
             Some(c) if c.block == block && !young => (
                 if seasonal {

@@ -44,7 +44,7 @@ pub struct Profile {
 impl Profile {
     /// Fits a profile to hourly values `(hour index, value)` in increasing hour order (gaps
     /// allowed; the hour index is the hour's start over one hour): `None` when they span fewer
-    /// than three days or no shape explains enough of them.
+    /// than four days or no shape explains enough of them.
     pub fn fit(hours: &[(i64, f64)]) -> Option<Profile> {
         let hours: Vec<(i64, f64)> = hours.iter().copied().filter(|h| h.1.is_finite()).collect();
         let (first, last) = (hours.first()?.0, hours.last()?.0);

@@ -365,13 +365,12 @@ impl Feed {
     fn take(&self, start: i64, end: i64, out: &mut Vec<FedWindow>) -> bool {
         let mut st = self.state.lock();
         let complete = st.complete_from <= start && !st.overflowed;
-        let (before, after): (Vec<FedWindow>, Vec<FedWindow>) = std::mem::take(&mut st.windows)
-            .into_iter()
-            .partition(|w| w.start < end);
-        st.windows = after;
-        drop(st);
+        // In place: the buffer keeps its room for the next windows.
+        let taken = st.windows.extract_if(.., |w| w.start < end);
         if complete {
-            out.extend(before);
+            out.extend(taken);
+        } else {
+            taken.for_each(drop);
         }
         complete
     }

@@ -82,7 +82,7 @@ pub struct DetectorConfig {
     /// How often the daily or weekly profile is refitted from the 1-hour tier: a duration
     /// (default `1d`), or `off` for no profile.
     pub profile_refit: Option<String>,
-    /// The hours a profile is fitted from (default `28d`; at least `3d`).
+    /// The hours a profile is fitted from (default `28d`; at least `4d`).
     pub profile_history: Option<Duration>,
     /// The `severity` label of its events.
     #[serde(default = "default_severity")]
@@ -967,10 +967,10 @@ impl Config {
                             .parse()
                             .map_err(|e: String| at(format!("profile_refit: {e} (or off)")))?;
                         let history = d.profile_history.unwrap_or(Duration(28 * 86_400_000));
-                        if refit.0 < 3_600_000 || history.0 < 3 * 86_400_000 {
+                        if refit.0 < 3_600_000 || history.0 < 4 * 86_400_000 {
                             return Err(at(format!(
                                 "profile_refit must be at least 1h and profile_history at \
-                                 least 3d, got {} and {}",
+                                 least 4d, got {} ms and {} ms",
                                 refit.0, history.0
                             )));
                         }

@@ -266,6 +266,14 @@ fn bad_detectors_are_refused_naming_the_setting() {
             "period",
         ),
         ("[[anomaly.detectors]]\nmatch = 'x'\nbogus = 1\n", "bogus"),
+        (
+            "[[anomaly.detectors]]\nmatch = 'x'\nprofile_refit = \"sometimes\"\n",
+            "profile_refit",
+        ),
+        (
+            "[[anomaly.detectors]]\nmatch = 'x'\nprofile_history = \"2d\"\n",
+            "profile_history",
+        ),
     ] {
         let cfg = dir.path().join("bad.toml");
         std::fs::write(&cfg, toml).unwrap();
