@@ -82,7 +82,8 @@ pub struct DetectorConfig {
     /// How often the daily or weekly profile is refitted from the 1-hour tier: a duration
     /// (default `1d`), or `off` for no profile.
     pub profile_refit: Option<String>,
-    /// The hours a profile is fitted from (default `28d`; at least `4d`).
+    /// The hours a profile is fitted from (default `35d`, so a few missing hours at its edges
+    /// still leave the 4 whole weeks a weekly shape needs; at least `4d`).
     pub profile_history: Option<Duration>,
     /// The `severity` label of its events.
     #[serde(default = "default_severity")]
@@ -880,7 +881,7 @@ final_windows = false            # rules read only final event-time windows: a l
 # sustained = 30                 # windows of the sustained-shift test (0: none)
 # suppress = "2h"                # anomalies this close are one event
 # profile_refit = "1d"           # daily or weekly shape refitted from the 1-hour tier (or "off")
-# profile_history = "28d"        # hours a profile is fitted from
+# profile_history = "35d"        # hours a profile is fitted from
 # severity = "warning"           # of its events (alertname AnomalyDetected)
 # channels = []                  # notifiers of its events (default every one that takes them)
 # max_series = 10000             # series scored per tenant (~40 kB each)
@@ -966,7 +967,7 @@ impl Config {
                             .unwrap_or("1d")
                             .parse()
                             .map_err(|e: String| at(format!("profile_refit: {e} (or off)")))?;
-                        let history = d.profile_history.unwrap_or(Duration(28 * 86_400_000));
+                        let history = d.profile_history.unwrap_or(Duration(35 * 86_400_000));
                         if refit.0 < 3_600_000 || history.0 < 4 * 86_400_000 {
                             return Err(at(format!(
                                 "profile_refit must be at least 1h and profile_history at \
