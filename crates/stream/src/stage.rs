@@ -431,9 +431,11 @@ impl RollupStage {
             }
         }
         let mut failed = None;
-        let tap = self.tap.get();
         let (corrections, closed_before, watermark) = {
             let mut w = self.windows.write();
+            // Read under the windows' lock, which attaching takes: a tap attached before this
+            // settle sees every window it closes.
+            let tap = self.tap.get();
             w.advance(now_ms, |c| {
                 let i = c.series as usize;
                 if warm_ids.len() <= i {
