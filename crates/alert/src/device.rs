@@ -523,13 +523,8 @@ impl DeviceRules {
             return Box::new([]);
         };
         // A detector's outputs carry the device's labels but are not its readings.
-        let name = key
-            .get(strata_model::METRIC_NAME.as_bytes())
-            .unwrap_or_default();
-        if strata_model::ANOMALY_OUTPUTS
-            .iter()
-            .any(|o| o.as_bytes() == name)
-        {
+        let name = key.get(strata_model::METRIC_NAME.as_bytes());
+        if name.is_some_and(strata_model::is_anomaly_output) {
             return Box::new([]);
         }
         self.rules

@@ -10,6 +10,11 @@ pub const METRIC_NAME: &str = "__name__";
 /// again (each would otherwise be a late correction of its own window).
 pub const ANOMALY_OUTPUTS: [&str; 4] = ["anomaly_score", "yhat", "yhat_lower", "yhat_upper"];
 
+/// Whether a metric name (as bytes) is one of the [`ANOMALY_OUTPUTS`].
+pub fn is_anomaly_output(name: &[u8]) -> bool {
+    ANOMALY_OUTPUTS.iter().any(|o| o.as_bytes() == name)
+}
+
 /// One label pair.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {

@@ -25,7 +25,7 @@ pub use append::{AppendError, AppendFuture, Appender};
 pub use batch::{BatchSeries, EventKey, Limits, SampleError, WriteBatch};
 pub use error::{LabelError, StorageError};
 pub use key::{tenant_seed, BuildIdHasher, IdHasher, SeriesId, SeriesKey, SeriesKeyRef};
-pub use labels::{Label, Labels, ANOMALY_OUTPUTS, METRIC_NAME};
+pub use labels::{is_anomaly_output, Label, Labels, ANOMALY_OUTPUTS, METRIC_NAME};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use record::{RecordError, SeriesDict};
 pub use sample::{sort_last_wins, Sample, STALE_NAN};

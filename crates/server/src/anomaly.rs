@@ -86,7 +86,7 @@ impl Figure {
         })
     }
 
-    /// Every figure, in the order [`FedWindow::values`] holds them.
+    /// Every figure, in declaration order: the order [`FedWindow::values`] holds them.
     const ALL: [Figure; 7] = [
         Figure::Mean,
         Figure::Min,
@@ -109,10 +109,20 @@ impl Figure {
         }
     }
 
+    /// Its place in [`Figure::ALL`].
     fn index(self) -> usize {
-        Figure::ALL.iter().position(|f| *f == self).expect("listed")
+        self as usize
     }
 }
+
+// `Figure::index` is the declaration order: `ALL` must list the figures in it.
+const _: () = {
+    let mut i = 0;
+    while i < Figure::ALL.len() {
+        assert!(Figure::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// One configured detector, checked.
 #[derive(Debug, Clone)]
@@ -151,7 +161,7 @@ pub struct ProfileSpec {
 impl DetectorSpec {
     fn takes(&self, key: strata_model::SeriesKeyRef<'_>) -> bool {
         let name = key.get(METRIC_NAME.as_bytes()).unwrap_or_default();
-        !OUTPUTS.iter().any(|o| o.as_bytes() == name)
+        !strata_model::is_anomaly_output(name)
             && self.sets.iter().any(|m| Matcher::all_match(m, key))
     }
 }
@@ -250,7 +260,17 @@ struct Profiles<'a> {
     fitted: HashMap<i64, HashMap<SeriesKey, Arc<Profile>>>,
 }
 
-impl Profiles<'_> {
+impl<'a> Profiles<'a> {
+    /// None fitted yet; `bulk` for a run over many series.
+    fn new(spec: &'a DetectorSpec, tenant: &'a Tenant, bulk: bool) -> Profiles<'a> {
+        Profiles {
+            spec,
+            tenant,
+            bulk,
+            fitted: HashMap::new(),
+        }
+    }
+
     /// The profile of series `key` for refit time `at`.
     fn get(
         &mut self,
@@ -284,7 +304,7 @@ pub struct Scorer {
     /// Reads and writes.
     pub engine: Arc<Engine>,
     /// Configured detectors.
-    pub specs: Vec<DetectorSpec>,
+    pub specs: Arc<[DetectorSpec]>,
     /// Window length.
     pub window_ms: i64,
     /// Where progress is kept.
@@ -566,7 +586,7 @@ impl Scorer {
         if to <= from {
             return Ok(out);
         }
-        for set in &self.sets(spec, only) {
+        for set in self.sets(spec, only).iter() {
             for (labels, ws) in self
                 .engine
                 .rollups(Tier::Window, tenant, set, from + 1, to)?
@@ -717,13 +737,17 @@ impl Scorer {
     }
 
     /// The detector's matcher sets, or one matching `only` exactly.
-    fn sets(&self, spec: &DetectorSpec, only: Option<&Labels>) -> Vec<Vec<Matcher>> {
+    fn sets<'s>(
+        &self,
+        spec: &'s DetectorSpec,
+        only: Option<&Labels>,
+    ) -> std::borrow::Cow<'s, [Vec<Matcher>]> {
         match only {
-            Some(l) => vec![l
+            Some(l) => std::borrow::Cow::Owned(vec![l
                 .iter()
                 .map(|l| Matcher::equal(&l.name, &l.value))
-                .collect()],
-            None => spec.sets.clone(),
+                .collect()]),
+            None => std::borrow::Cow::Borrowed(&spec.sets),
         }
     }
 
@@ -768,12 +792,7 @@ impl Scorer {
             h
         };
         let mut out = Output::new(tenant, spec);
-        let mut profiles = Profiles {
-            spec,
-            tenant,
-            bulk: series.len() > ABSENT_ONE_BY_ONE,
-            fitted: HashMap::new(),
-        };
+        let mut profiles = Profiles::new(spec, tenant, series.len() > ABSENT_ONE_BY_ONE);
         for (key, windows) in &series {
             if !tracked.contains_key(key) {
                 if tracked.len() >= spec.max_series {
@@ -822,12 +841,7 @@ impl Scorer {
             .unwrap_or_default();
         let tracked = states.entry((i, tenant.clone())).or_default();
         let live = tracked.remove(key);
-        let mut profiles = Profiles {
-            spec,
-            tenant,
-            bulk: false,
-            fitted: HashMap::new(),
-        };
+        let mut profiles = Profiles::new(spec, tenant, false);
         let kept = live
             .as_ref()
             .map(|l| l.profiles.clone())

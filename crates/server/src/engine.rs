@@ -989,18 +989,24 @@ impl Engine {
                 hours: i64::MAX,
                 days: i64::MAX,
             };
-            let mut retention = None;
-            for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-                let h = r.held_from(tenant);
+            let mut stages = self
+                .shards
+                .iter()
+                .filter_map(|s| s.rollups.as_ref())
+                .peekable();
+            // Shards share their settings: the first one's retentions are every one's.
+            let retention = stages.peek().map(|r| {
                 let o = r.options();
                 let hours = o.hours.as_ref();
-                retention.get_or_insert((
+                let days = hours.and_then(|h| h.days.as_ref());
+                (
                     o.retention_ms,
                     hours.map_or(i64::MAX, |h| h.retention_ms),
-                    hours
-                        .and_then(|h| h.days.as_ref())
-                        .map_or(i64::MAX, |d| d.retention_ms),
-                ));
+                    days.map_or(i64::MAX, |d| d.retention_ms),
+                )
+            });
+            for r in stages {
+                let h = r.held_from(tenant);
                 if h.windows != i64::MAX {
                     marks.windows = marks.windows.min(h.windows);
                     marks.hours = marks.hours.min(h.hours);

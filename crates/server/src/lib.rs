@@ -104,11 +104,11 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         background("groups", move || m.run(stop, rt))
     });
     let scorer = anomaly_stats.map(|stats| {
-        let shared: Arc<[anomaly::DetectorSpec]> = detectors.clone().into();
+        let specs: Arc<[anomaly::DetectorSpec]> = detectors.into();
         let s = anomaly::Scorer {
-            feeds: engine.tap_final(|from| anomaly::Feed::new(shared.clone(), from)),
+            feeds: engine.tap_final(|from| anomaly::Feed::new(specs.clone(), from)),
             engine: engine.clone(),
-            specs: detectors,
+            specs,
             window_ms: cfg.rollups.window.0,
             checkpoint: cfg.data_dir.join("anomaly.ckpt"),
             events: Some(devices.clone()),

@@ -344,12 +344,8 @@ pub fn window_of(ts: i64, width: i64) -> i64 {
 /// True for series derived by rollups or recording rules (a `:` in the metric name, the
 /// Prometheus convention) and anomaly detectors' outputs: they are not rolled up again.
 pub fn is_derived(key: SeriesKeyRef<'_>) -> bool {
-    key.get(METRIC_NAME.as_bytes()).is_some_and(|n| {
-        n.contains(&b':')
-            || strata_model::ANOMALY_OUTPUTS
-                .iter()
-                .any(|o| o.as_bytes() == n)
-    })
+    key.get(METRIC_NAME.as_bytes())
+        .is_some_and(|n| n.contains(&b':') || strata_model::is_anomaly_output(n))
 }
 
 /// The windows of one shard.
