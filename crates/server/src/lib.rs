@@ -9,6 +9,7 @@ pub mod backfill;
 pub mod cold;
 pub mod config;
 pub mod device_rules;
+mod device_stage;
 pub mod engine;
 pub mod groups;
 pub mod http;

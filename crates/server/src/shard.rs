@@ -5,6 +5,7 @@
 //! shard's storage and only then acknowledges them. Nothing on this path is shared with other
 //! shards. On start it replays the log from the storage checkpoint.
 
+use crate::device_stage::{DeviceJudge, DeviceStage};
 use crate::metrics::Counters;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,63 +86,6 @@ pub struct ShardConfig {
     pub devices: Option<Arc<crate::device_rules::DeviceRulesHub>>,
 }
 
-/// The shard's part of the device rules: their state for its devices, checkpointed with the
-/// log offset it covers.
-struct DeviceStage {
-    hub: Arc<crate::device_rules::DeviceRulesHub>,
-    state: strata_alert::device::DeviceRules,
-    epoch: u64,
-    path: PathBuf,
-    /// Late readings already counted into the hub.
-    late_counted: u64,
-}
-
-impl DeviceStage {
-    /// Loads the checkpoint; returns the stage and the first log offset it has not seen.
-    fn open(
-        hub: Arc<crate::device_rules::DeviceRulesHub>,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<(DeviceStage, u64)> {
-        let path = dir.join("devrules.ckpt");
-        let (epoch, rules) = hub.rules();
-        let (state, offset) = strata_alert::device::DeviceRules::load(&path, rules)?;
-        let stage = DeviceStage {
-            hub,
-            state,
-            epoch,
-            path,
-            late_counted: 0,
-        };
-        Ok((stage, offset.map_or(0, |o| o + 1)))
-    }
-
-    /// Takes a batch's readings, with the latest rules.
-    fn observe(&mut self, batch: &WriteBatch) {
-        if self.hub.epoch() != self.epoch {
-            let (epoch, rules) = self.hub.rules();
-            self.state.set_rules(rules);
-            self.epoch = epoch;
-        }
-        if self.state.is_empty() {
-            return;
-        }
-        self.state.observe(batch);
-        let late = self.state.late - self.late_counted;
-        if late > 0 {
-            self.hub
-                .late
-                .fetch_add(late, std::sync::atomic::Ordering::Relaxed);
-            self.late_counted = self.state.late;
-        }
-    }
-
-    /// Judges what the watermark passed and publishes the changes.
-    fn settle(&mut self, watermark: i64) {
-        let changes = self.state.settle(watermark);
-        self.hub.publish(changes);
-    }
-}
-
 /// The event-time watermark device rules judge by: the rollups' (which follows the clock when
 /// the shard is idle), else the clock less ten seconds.
 fn device_watermark(rollups: Option<&RollupStage>) -> i64 {
@@ -176,7 +120,8 @@ pub struct Shard {
     last_maintain: Instant,
     /// When windows were last settled (a commit settles them; idle shards do it by the clock).
     last_settle: Instant,
-    devices: Option<DeviceStage>,
+    /// The device rules' judge, on its own thread.
+    devices: Option<DeviceJudge>,
 }
 
 struct Pending {
@@ -248,11 +193,14 @@ impl Shard {
             .as_ref()
             .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
         let mut devices = match cfg.devices.clone() {
-            Some(hub) => Some(DeviceStage::open(hub, &cfg.dir)?),
+            Some(hub) => {
+                let (stage, saved) = DeviceStage::open(hub, &cfg.dir)?;
+                Some((stage, saved.map_or(0, |o| o + 1), saved))
+            }
             None => None,
         };
         // Without a checkpoint, device rules see what replay brings.
-        let devices_from = devices.as_ref().map_or(u64::MAX, |(_, from)| *from);
+        let devices_from = devices.as_ref().map_or(u64::MAX, |(_, from, _)| *from);
         let from = raw_from.min(windows_from).min(devices_from);
         let started = Instant::now();
         let (mut records, mut samples, mut bytes) = (0u64, 0u64, 0u64);
@@ -297,7 +245,7 @@ impl Shard {
                 r.settle(&tsdb, None, rec.offset)
                     .map_err(|e| anyhow::anyhow!("partition {partition}: rollups: {e}"))?;
             }
-            if let Some((d, dfrom)) = &mut devices {
+            if let Some((d, dfrom, _)) = &mut devices {
                 if rec.offset >= *dfrom {
                     d.observe(&batch);
                     d.settle(device_watermark(rollups.as_deref()));
@@ -327,10 +275,13 @@ impl Shard {
             );
         }
         counters.replayed_records.add(records);
-        let devices = devices.map(|(d, _)| {
-            d.hub.register_firing(d.state.firing());
-            d
-        });
+        let devices = match devices {
+            Some((d, _, saved)) => {
+                d.register_firing();
+                Some(DeviceJudge::start(d, saved, partition)?)
+            }
+            None => None,
+        };
         let writer = log.writer(partition)?;
         Ok(Shard {
             partition,
@@ -487,13 +438,13 @@ impl Shard {
                     }),
                     None => self.tsdb.append(&p.batch, off),
                 };
-                if let Some(d) = &mut self.devices {
-                    d.observe(&p.batch);
-                }
             }
         }
         for p in pending.drain(..) {
             let _ = p.ack.send(Ok(p.result));
+            if let (Some(d), Some(_)) = (&self.devices, p.offset) {
+                d.observe(p.batch);
+            }
         }
         // Settling after the acknowledgement keeps closing windows off the writers' latency:
         // a reader who got an acknowledgement sees the samples it carried already, in the
@@ -511,7 +462,7 @@ impl Shard {
                 tracing::error!(partition = self.partition, "rollups: {e}");
             }
         }
-        if let Some(d) = &mut self.devices {
+        if let Some(d) = &self.devices {
             d.settle(device_watermark(self.rollups.as_deref()));
         }
     }
@@ -701,9 +652,10 @@ impl Shard {
         // Dedup state next: a crash before the raw flush replays records whose events are
         // already remembered, which replay tolerates (it never drops on replay).
         self.dedup.save(&self.cfg.dir.join("events.ckpt"))?;
-        // Device rules' state too: it covers everything applied, `logged` included.
+        // Device rules' state too, on their thread: it covers everything handed over,
+        // `logged` included.
         if let Some(d) = &self.devices {
-            strata_alert::device::DeviceRules::save(&d.path, &d.state.encode(logged))?;
+            d.save(logged);
         }
         Ok(FlushJob { windows })
     }
@@ -761,14 +713,19 @@ impl Shard {
         Ok(maintained?)
     }
 
-    /// Drops the log segments below what both tiers cover, the raw tier up to `raw`.
+    /// Drops the log segments below what every part covers (the tiers, the raw one up to `raw`,
+    /// and the device rules' checkpoint).
     fn cut_log(&mut self, raw: Option<u64>) -> anyhow::Result<()> {
         let windows = match &self.rollups {
             Some(r) => r.checkpoint_offset(),
             None => raw,
         };
-        if let (Some(raw), Some(windows)) = (raw, windows) {
-            let covered = raw.min(windows);
+        let devices = match &self.devices {
+            Some(d) => d.saved(),
+            None => raw,
+        };
+        if let (Some(raw), Some(windows), Some(devices)) = (raw, windows, devices) {
+            let covered = raw.min(windows).min(devices);
             // Everything logged is now in blocks: start a new segment so all of it can go.
             if covered + 1 == self.writer.next_offset() {
                 self.writer.roll()?;

@@ -1,0 +1,192 @@
+//! A shard's part of the device rules: their state for the shard's devices, checkpointed with
+//! the log offset it covers, judged on a thread of its own.
+//!
+//! The shard hands each applied batch over once it is acknowledged (the batch moves, nothing is
+//! copied), so judging readings never holds the shard's writes: the shard's thread bounds the
+//! ingest rate. The hand-over is bounded; a judge that falls behind slows the shard instead of
+//! buffering without bound. Settling is asked for after each commit and done once per drain of
+//! the queue, with the latest watermark asked for: readings handed over before it are judged by
+//! it, as they would have been had they come a moment earlier. The log is cut only below what
+//! the judge's latest checkpoint covers ([`DeviceJudge::saved`]).
+
+use crate::device_rules::DeviceRulesHub;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use strata_alert::device::DeviceRules;
+use strata_model::WriteBatch;
+
+/// Batches (and requests) the hand-over holds before the shard waits for the judge.
+const QUEUE: usize = 64;
+
+/// Most messages taken per drain (one settle each).
+const DRAIN: usize = 256;
+
+/// The device rules' state of one shard, worked on directly (replay, on the shard's thread).
+pub(crate) struct DeviceStage {
+    hub: Arc<DeviceRulesHub>,
+    state: DeviceRules,
+    epoch: u64,
+    path: PathBuf,
+    /// Late readings already counted into the hub.
+    late_counted: u64,
+}
+
+impl DeviceStage {
+    /// Loads the checkpoint in `dir`; returns the stage and the log offset it covers.
+    pub(crate) fn open(
+        hub: Arc<DeviceRulesHub>,
+        dir: &Path,
+    ) -> anyhow::Result<(DeviceStage, Option<u64>)> {
+        let path = dir.join("devrules.ckpt");
+        let (epoch, rules) = hub.rules();
+        let (state, offset) = DeviceRules::load(&path, rules)?;
+        let stage = DeviceStage {
+            hub,
+            state,
+            epoch,
+            path,
+            late_counted: 0,
+        };
+        Ok((stage, offset))
+    }
+
+    /// Takes a batch's readings, with the latest rules.
+    pub(crate) fn observe(&mut self, batch: &WriteBatch) {
+        if self.hub.epoch() != self.epoch {
+            let (epoch, rules) = self.hub.rules();
+            self.state.set_rules(rules);
+            self.epoch = epoch;
+        }
+        if self.state.is_empty() {
+            return;
+        }
+        self.state.observe(batch);
+        let late = self.state.late - self.late_counted;
+        if late > 0 {
+            self.hub.late.fetch_add(late, Ordering::Relaxed);
+            self.late_counted = self.state.late;
+        }
+    }
+
+    /// Judges what the watermark passed and publishes the changes.
+    pub(crate) fn settle(&mut self, watermark: i64) {
+        let changes = self.state.settle(watermark);
+        self.hub.publish(changes);
+    }
+
+    /// Registers the firing alerts with the hub (once the shard's replay is done).
+    pub(crate) fn register_firing(&self) {
+        self.hub.register_firing(self.state.firing());
+    }
+
+    /// Writes the checkpoint, covering the log up to `offset`.
+    fn save(&self, offset: Option<u64>) -> Result<(), strata_alert::framed::FramedError> {
+        DeviceRules::save(&self.path, &self.state.encode(offset))
+    }
+}
+
+enum Msg {
+    Batch(WriteBatch),
+    Settle(i64),
+    Save(Option<u64>),
+}
+
+/// A [`DeviceStage`] on its own thread (see the module doc); finished when dropped.
+pub(crate) struct DeviceJudge {
+    tx: Option<mpsc::SyncSender<Msg>>,
+    /// One past the log offset the latest checkpoint covers (0: none).
+    saved: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeviceJudge {
+    /// Starts judging on a thread of its own; `saved` is the offset the stage's checkpoint
+    /// covers.
+    pub(crate) fn start(
+        mut stage: DeviceStage,
+        saved: Option<u64>,
+        partition: u32,
+    ) -> std::io::Result<DeviceJudge> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let covered = Arc::new(AtomicU64::new(saved.map_or(0, |o| o + 1)));
+        let mark = Arc::clone(&covered);
+        let thread = std::thread::Builder::new()
+            .name(format!("devrules-{partition}"))
+            .spawn(move || {
+                let mut msgs = Vec::with_capacity(DRAIN);
+                while let Ok(first) = rx.recv() {
+                    msgs.push(first);
+                    msgs.extend(rx.try_iter().take(DRAIN - 1));
+                    let mut settle: Option<i64> = None;
+                    for m in msgs.drain(..) {
+                        match m {
+                            Msg::Batch(b) => stage.observe(&b),
+                            Msg::Settle(w) => settle = settle.max(Some(w)),
+                            Msg::Save(offset) => {
+                                if let Some(w) = settle.take() {
+                                    stage.settle(w);
+                                }
+                                match stage.save(offset) {
+                                    Ok(()) => {
+                                        mark.store(offset.map_or(0, |o| o + 1), Ordering::Release)
+                                    }
+                                    // The log keeps what the saved state does not cover.
+                                    Err(e) => tracing::error!(
+                                        partition,
+                                        "device rules' checkpoint failed: {e}"
+                                    ),
+                                }
+                            }
+                        }
+                    }
+                    if let Some(w) = settle {
+                        stage.settle(w);
+                    }
+                }
+            })?;
+        Ok(DeviceJudge {
+            tx: Some(tx),
+            saved: covered,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, m: Msg) {
+        // The thread ends only when this handle drops the sender.
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(m);
+        }
+    }
+
+    /// Hands an applied batch over.
+    pub(crate) fn observe(&self, batch: WriteBatch) {
+        self.send(Msg::Batch(batch));
+    }
+
+    /// Asks for a settle by `watermark`.
+    pub(crate) fn settle(&self, watermark: i64) {
+        self.send(Msg::Settle(watermark));
+    }
+
+    /// Asks for a checkpoint covering the log up to `offset` (everything handed over so far).
+    pub(crate) fn save(&self, offset: Option<u64>) {
+        self.send(Msg::Save(offset));
+    }
+
+    /// The log offset the latest written checkpoint covers.
+    pub(crate) fn saved(&self) -> Option<u64> {
+        self.saved.load(Ordering::Acquire).checked_sub(1)
+    }
+}
+
+impl Drop for DeviceJudge {
+    /// Judges what was handed over, then ends the thread.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
