@@ -42,6 +42,17 @@ pub fn decode(
     ctx: &DecodeContext<'_>,
     out: &mut WriteBatch,
 ) -> Result<Decoded, IngestError> {
+    decode_for(body, ctx, None, out)
+}
+
+/// Decodes an events body into `out`, taking `device` as the device of events that name none
+/// (the device an MQTT topic names, say).
+pub fn decode_for(
+    body: &[u8],
+    ctx: &DecodeContext<'_>,
+    device: Option<&str>,
+    out: &mut WriteBatch,
+) -> Result<Decoded, IngestError> {
     let mut d = Decoded::default();
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
@@ -49,19 +60,33 @@ pub fn decode(
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(json_err)?;
             for (i, item) in items.iter().enumerate() {
-                one(item.get().as_bytes(), Location::Index(i), ctx, out, &mut d);
+                one(
+                    item.get().as_bytes(),
+                    Location::Index(i),
+                    ctx,
+                    device,
+                    out,
+                    &mut d,
+                );
             }
         }
         Some(_) => {
             // One object, possibly spread over several lines, or NDJSON.
             if let Ok(single) = serde_json::from_slice::<&RawValue>(body) {
-                one(single.get().as_bytes(), Location::Line(1), ctx, out, &mut d);
+                one(
+                    single.get().as_bytes(),
+                    Location::Line(1),
+                    ctx,
+                    device,
+                    out,
+                    &mut d,
+                );
             } else {
                 for (i, line) in body.split(|b| *b == b'\n').enumerate() {
                     if line.iter().all(|b| b.is_ascii_whitespace()) {
                         continue;
                     }
-                    one(line, Location::Line(i + 1), ctx, out, &mut d);
+                    one(line, Location::Line(i + 1), ctx, device, out, &mut d);
                 }
             }
         }
@@ -77,7 +102,14 @@ fn json_err(e: serde_json::Error) -> IngestError {
     }
 }
 
-fn one(text: &[u8], loc: Location, ctx: &DecodeContext<'_>, out: &mut WriteBatch, d: &mut Decoded) {
+fn one(
+    text: &[u8],
+    loc: Location,
+    ctx: &DecodeContext<'_>,
+    default_device: Option<&str>,
+    out: &mut WriteBatch,
+    d: &mut Decoded,
+) {
     let ev: Event<'_> = match serde_json::from_slice(text) {
         Ok(ev) => ev,
         Err(e) => {
@@ -128,8 +160,9 @@ fn one(text: &[u8], loc: Location, ctx: &DecodeContext<'_>, out: &mut WriteBatch
         }
         return;
     }
-    let device = match ev.device_id {
-        Some(dev) if !dev.is_empty() => dev,
+    let device = match (ev.device_id, default_device) {
+        (Some(dev), _) if !dev.is_empty() => dev,
+        (_, Some(dev)) if !dev.is_empty() => Cow::Borrowed(dev),
         _ => {
             return d.reject(
                 loc,

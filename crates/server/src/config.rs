@@ -35,6 +35,16 @@ pub struct Config {
     pub alerting: AlertingConfig,
     /// Anomaly detection (`[[anomaly.detectors]]`).
     pub anomaly: AnomalyConfig,
+    /// Sources Strata connects to or listens on (`[[sources.mqtt]]`).
+    pub sources: SourcesConfig,
+}
+
+/// Sources beside the HTTP API (`[sources]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// MQTT broker connections (`[[sources.mqtt]]`).
+    pub mqtt: Vec<strata_sources::mqtt::MqttConfig>,
 }
 
 /// Anomaly detection (`[anomaly]`): detectors scoring final 1-minute windows.
@@ -715,6 +725,7 @@ impl Default for Config {
             cold: ColdConfig::default(),
             alerting: AlertingConfig::default(),
             anomaly: AnomalyConfig::default(),
+            sources: SourcesConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod selector;
 pub mod shard;
 pub mod simulate;
+pub mod sources;
 
 use config::Config;
 use std::sync::Arc;
@@ -66,8 +67,10 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     if !detectors.is_empty() && !cfg.rollups.enabled {
         tracing::warn!("anomaly detectors need rollups (rollups.enabled = true): not running");
     }
+    let mut sources = sources::Sources::start(&cfg, &engine, rt.handle())?;
     let state = http::AppState {
         engine: engine.clone(),
+        sources: sources.metrics(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         max_metadata_results: cfg.limits.max_metadata_results,
@@ -156,6 +159,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!("shutting down: flushing shards");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sources.stop();
     if let Some(m) = rules {
         m.stop();
     }

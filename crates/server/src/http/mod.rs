@@ -55,6 +55,8 @@ pub struct AppState {
     pub http: Arc<crate::metrics::HttpCounters>,
     /// Each tier's retention, for cutting backfills.
     pub retentions: backfill::Retentions,
+    /// The running sources' metrics.
+    pub sources: crate::sources::SourceMetrics,
 }
 
 /// All routes.

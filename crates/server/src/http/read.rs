@@ -527,6 +527,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     st.queries.render_metrics(&mut out);
     st.cache.render_metrics(&mut out);
     st.http.render(&mut out);
+    st.sources.render(&mut out);
     crate::memory::render_metrics(&mut out);
     if let Some(m) = &st.rules {
         crate::alerting::render_metrics(m, &mut out);
