@@ -1,14 +1,20 @@
 //! Strata's metadata database: what users configure through the API and expect to survive
-//! restarts, kept in SQLite (a file in the data directory) through `sqlx`. So far it holds the
-//! device rules (`/api/v1/alert-rules`); the device registry and desired shadow state will share
-//! it. Each rule is stored as the JSON its API takes, checked before it is stored.
+//! restarts, kept through `sqlx` in SQLite (a file in the data directory, the default) or in
+//! PostgreSQL (by URL, shared by several nodes). It holds the device rules
+//! (`/api/v1/alert-rules`) and the device registry ([`registry`]). Each rule is stored as the
+//! JSON its API takes, checked before it is stored.
+//!
+//! Queries are written once for both databases (sqlx's `Any` driver): `$n` placeholders in
+//! order, `BIGINT` for integers, no `RETURNING`, no upserts.
 //!
 //! This crate does no networking and knows nothing of HTTP; it must not hold alert state (that
 //! belongs to the shards and the rules manager).
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+pub mod registry;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions};
 use std::path::Path;
 use strata_alert::device::{DeviceRule, DeviceRuleSpec};
 
@@ -21,6 +27,18 @@ pub enum MetaError {
     /// A rule with this id exists already.
     #[error("a rule with rule_id {0:?} exists already")]
     Exists(String),
+    /// A device with this id exists already (in the tenant).
+    #[error("device {0:?} exists already")]
+    DeviceExists(String),
+    /// No device with this id (in the tenant).
+    #[error("no device {0:?}")]
+    NoDevice(String),
+    /// A value is not valid; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database URL is not one this store opens.
+    #[error("metadata database URL {0}")]
+    Url(String),
     /// A stored rule no longer reads (written by another version, or edited by hand).
     #[error("stored rule {id:?} is unreadable: {reason}")]
     Unreadable {
@@ -34,7 +52,7 @@ pub enum MetaError {
 /// The metadata database.
 #[derive(Clone)]
 pub struct MetaStore {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 /// Whether a put created a rule or replaced one.
@@ -47,29 +65,76 @@ pub enum Put {
 }
 
 impl MetaStore {
-    /// Opens (creating it if needed) the database file at `path`: WAL journal, full fsync on
-    /// commit, so an acknowledged change survives a crash.
+    /// Opens (creating it if needed) the SQLite database file at `path`: WAL journal, full
+    /// fsync on commit, so an acknowledged change survives a crash.
     pub async fn open(path: &Path) -> Result<MetaStore, MetaError> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+            .create_if_missing(true);
+        // The URL keeps the file and the mode; the pragmas are set on each connection.
+        MetaStore::connect(AnyConnectOptions::from_url(&opts.to_url_lossy())?).await
+    }
+
+    /// Opens the database at `url`: `postgres://user:password@host:port/db`, or
+    /// `sqlite://path` (created if missing).
+    pub async fn open_url(url: &str) -> Result<MetaStore, MetaError> {
+        let parsed = url
+            .parse::<sqlx::any::AnyConnectOptions>()
+            .map_err(|e| MetaError::Url(format!("{url:?}: {e}")))?;
+        match parsed.database_url.scheme() {
+            "postgres" | "postgresql" => MetaStore::connect(parsed).await,
+            "sqlite" => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                MetaStore::open(Path::new(path)).await
+            }
+            s => Err(MetaError::Url(format!(
+                "{url:?}: scheme {s:?} is neither postgres:// nor sqlite://"
+            ))),
+        }
+    }
+
+    async fn connect(opts: AnyConnectOptions) -> Result<MetaStore, MetaError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = opts.database_url.scheme() == "sqlite";
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL journal, full fsync on commit: an acknowledged change survives
+                        // a crash.
+                        for p in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = FULL",
+                            "PRAGMA busy_timeout = 5000",
+                        ] {
+                            sqlx::query(p).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts)
             .await?;
-        sqlx::query(
+        for ddl in [
             "CREATE TABLE IF NOT EXISTS device_rules (
                 rule_id TEXT PRIMARY KEY NOT NULL,
                 spec TEXT NOT NULL,
-                created_ms INTEGER NOT NULL,
-                updated_ms INTEGER NOT NULL
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL
             )",
-        )
-        .execute(&pool)
-        .await?;
+            "CREATE TABLE IF NOT EXISTS versions (
+                name TEXT PRIMARY KEY NOT NULL,
+                version BIGINT NOT NULL
+            )",
+        ]
+        .into_iter()
+        .chain(registry::DDL.iter().copied())
+        {
+            sqlx::query(ddl).execute(&pool).await?;
+        }
         Ok(MetaStore { pool })
     }
 
@@ -87,7 +152,7 @@ impl MetaStore {
     /// The rule `id`, if stored.
     pub async fn rule(&self, id: &str) -> Result<Option<DeviceRuleSpec>, MetaError> {
         let row: Option<(String,)> =
-            sqlx::query_as("SELECT spec FROM device_rules WHERE rule_id = ?")
+            sqlx::query_as("SELECT spec FROM device_rules WHERE rule_id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -104,23 +169,26 @@ impl MetaStore {
         let spec = serde_json::to_string(&rule.spec).expect("a rule serializes");
         let id = &rule.spec.rule_id;
         let mut tx = self.pool.begin().await?;
-        let exists: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM device_rules WHERE rule_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let exists: Option<(String,)> =
+            sqlx::query_as("SELECT rule_id FROM device_rules WHERE rule_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
         let put = match (exists.is_some(), create_only) {
             (true, true) => return Err(MetaError::Exists(id.clone())),
             (true, false) => {
-                sqlx::query("UPDATE device_rules SET spec = ?, updated_ms = ? WHERE rule_id = ?")
-                    .bind(&spec)
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE device_rules SET spec = $1, updated_ms = $2 WHERE rule_id = $3",
+                )
+                .bind(&spec)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
                 Put::Replaced
             }
             (false, _) => {
-                sqlx::query("INSERT INTO device_rules (rule_id, spec, created_ms, updated_ms) VALUES (?, ?, ?, ?)")
+                sqlx::query("INSERT INTO device_rules (rule_id, spec, created_ms, updated_ms) VALUES ($1, $2, $3, $4)")
                     .bind(id)
                     .bind(&spec)
                     .bind(now_ms)
@@ -136,7 +204,7 @@ impl MetaStore {
 
     /// Deletes rule `id`; false when there was none.
     pub async fn delete(&self, id: &str) -> Result<bool, MetaError> {
-        let r = sqlx::query("DELETE FROM device_rules WHERE rule_id = ?")
+        let r = sqlx::query("DELETE FROM device_rules WHERE rule_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
