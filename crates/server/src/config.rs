@@ -37,6 +37,22 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Sources Strata connects to or listens on (`[[sources.mqtt]]`).
     pub sources: SourcesConfig,
+    /// The device registry (`[registry]`).
+    pub registry: RegistryConfig,
+}
+
+/// The device registry (`[registry]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The metadata database: `postgres://user:password@host/db` (shared by several nodes);
+    /// default: `meta.db`, a SQLite file in the data directory.
+    pub url: Option<String>,
+    /// Registry fields (`site`, `region`, `type`, `model`, `firmware`, `owner`, `location`,
+    /// `name`, `provisioned`) or free labels added as labels to every series of the device.
+    pub enrich: Vec<String>,
+    /// Readings of unknown or inactive devices: `accept` (default), `reject` or `quarantine`.
+    pub unknown_devices: crate::registry::Policy,
 }
 
 /// Sources beside the HTTP API (`[sources]`).
@@ -656,6 +672,18 @@ impl Config {
         self.notifier_specs()?;
         self.device_rules()?;
         self.detector_specs()?;
+        for n in &self.registry.enrich {
+            let valid = !n.is_empty()
+                && !n.starts_with("__")
+                && n != "device"
+                && n.bytes().enumerate().all(|(i, b)| {
+                    b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit())
+                });
+            anyhow::ensure!(
+                valid,
+                "registry.enrich: {n:?} is not a label name (a registry field such as site or type, or a free label; not device)"
+            );
+        }
         anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
@@ -726,6 +754,7 @@ impl Default for Config {
             alerting: AlertingConfig::default(),
             anomaly: AnomalyConfig::default(),
             sources: SourcesConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }

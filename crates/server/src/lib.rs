@@ -15,6 +15,7 @@ pub mod groups;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod registry;
 pub mod selector;
 pub mod shard;
 pub mod simulate;
@@ -33,9 +34,20 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
     // Notifiers and device rules exist before the shards replay: replay may bring state changes.
     let notify = alerting::notifications(&cfg, rt.handle())?;
-    let meta = rt
-        .block_on(strata_meta::MetaStore::open(&cfg.data_dir.join("meta.db")))
-        .map_err(|e| anyhow::anyhow!("{e} ({})", cfg.data_dir.join("meta.db").display()))?;
+    let meta = match &cfg.registry.url {
+        Some(url) => rt
+            .block_on(strata_meta::MetaStore::open_url(url))
+            .map_err(|e| anyhow::anyhow!("{e} (registry.url)"))?,
+        None => rt
+            .block_on(strata_meta::MetaStore::open(&cfg.data_dir.join("meta.db")))
+            .map_err(|e| anyhow::anyhow!("{e} ({})", cfg.data_dir.join("meta.db").display()))?,
+    };
+    let registry = rt.block_on(registry::Registry::open(
+        meta.clone(),
+        cfg.registry.enrich.clone(),
+        cfg.registry.unknown_devices,
+    ))?;
+    registry.spawn_refresh(rt.handle());
     let devices = rt.block_on(device_rules::DeviceRulesHub::open(
         cfg.device_rules()?,
         meta,
@@ -67,10 +79,11 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
     if !detectors.is_empty() && !cfg.rollups.enabled {
         tracing::warn!("anomaly detectors need rollups (rollups.enabled = true): not running");
     }
-    let mut sources = sources::Sources::start(&cfg, &engine, rt.handle())?;
+    let mut sources = sources::Sources::start(&cfg, &engine, &registry, rt.handle())?;
     let state = http::AppState {
         engine: engine.clone(),
         sources: sources.metrics(),
+        registry: registry.clone(),
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         max_metadata_results: cfg.limits.max_metadata_results,

@@ -4,27 +4,36 @@
 use crate::config::Config;
 use crate::engine::{Engine, WriteError};
 use crate::metrics::header;
+use crate::registry::Registry;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use strata_sources::{Running, Sink, SinkError, SinkFuture, Source, SourceStats, Written};
 
-/// The engine's write path as a source's sink.
-struct EngineSink(Arc<Engine>);
+/// The write path (registry, then engine) as a source's sink.
+struct EngineSink {
+    engine: Arc<Engine>,
+    registry: Arc<Registry>,
+    limits: Arc<strata_model::Limits>,
+}
 
 impl Sink for EngineSink {
     fn write(&self, batch: strata_model::WriteBatch) -> SinkFuture {
-        let engine = self.0.clone();
+        let (engine, registry, limits) = (
+            self.engine.clone(),
+            self.registry.clone(),
+            self.limits.clone(),
+        );
         Box::pin(async move {
-            match engine.write(batch).await {
-                Ok(ack) => {
-                    let s = &ack.stats;
+            match crate::registry::write(&engine, &registry, batch, &limits).await {
+                Ok(o) => {
+                    let s = &o.ack.stats;
                     Ok(Written {
                         stored: s.appended
                             + s.overwritten
                             + s.duplicates
-                            + ack.duplicate_event_samples,
-                        refused: s.rejected_series_limit + s.too_old,
+                            + o.ack.duplicate_event_samples,
+                        refused: s.rejected_series_limit + s.too_old + o.refused_samples,
                     })
                 }
                 Err(WriteError::ShuttingDown) => Err(SinkError::Stopped),
@@ -49,6 +58,7 @@ impl Sources {
     pub fn start(
         cfg: &Config,
         engine: &Arc<Engine>,
+        registry: &Arc<Registry>,
         rt: &tokio::runtime::Handle,
     ) -> anyhow::Result<Sources> {
         let limits = Arc::new(cfg.model_limits());
@@ -57,7 +67,11 @@ impl Sources {
         } else {
             node_id(&cfg.data_dir)?
         };
-        let sink: Arc<dyn Sink> = Arc::new(EngineSink(engine.clone()));
+        let sink: Arc<dyn Sink> = Arc::new(EngineSink {
+            engine: engine.clone(),
+            registry: registry.clone(),
+            limits: limits.clone(),
+        });
         let mut running = Vec::new();
         for (i, m) in cfg.sources.mqtt.iter().enumerate() {
             let id = format!("strata-{node}-{i}");

@@ -8,6 +8,7 @@ mod encoding;
 mod json;
 mod query;
 mod read;
+mod registry;
 mod rollups;
 mod rules;
 pub mod serve;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub retentions: backfill::Retentions,
     /// The running sources' metrics.
     pub sources: crate::sources::SourceMetrics,
+    /// The device registry (cache, policy, enrichment).
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// All routes.
@@ -91,6 +94,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/backfill", post(backfill::backfill))
         .route("/api/v1/rules", get(rules::rules))
         .route("/api/v1/alerts", get(rules::alerts))
+        .route(
+            "/api/v1/registry/devices",
+            get(registry::list).post(registry::create),
+        )
+        .route("/api/v1/registry/devices/import", post(registry::import))
+        .route(
+            "/api/v1/registry/devices/{id}",
+            get(registry::get)
+                .put(registry::replace)
+                .delete(registry::delete),
+        )
         .route(
             "/api/v1/alert-rules",
             get(alert_rules::list).post(alert_rules::create),

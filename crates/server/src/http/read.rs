@@ -528,6 +528,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     st.cache.render_metrics(&mut out);
     st.http.render(&mut out);
     st.sources.render(&mut out);
+    st.registry.render_metrics(&mut out);
     crate::memory::render_metrics(&mut out);
     if let Some(m) = &st.rules {
         crate::alerting::render_metrics(m, &mut out);

@@ -187,22 +187,26 @@ async fn ingest_inner(
             .rejected_total
             .saturating_sub(decoded.rejected.len()) as u64,
     );
-    let ack = if batch.is_empty() {
-        WriteAck::default()
+    let (ack, unknown, unknown_samples) = if batch.is_empty() {
+        (WriteAck::default(), Vec::new(), 0)
     } else {
-        st.engine.write(batch).await.map_err(|e| {
-            if matches!(e, WriteError::Overloaded { .. }) {
-                st.http.refused(Refusal::PendingIngest);
-            }
-            write_error(e)
-        })?
+        let o = crate::registry::write(&st.engine, &st.registry, batch, &st.limits)
+            .await
+            .map_err(|e| {
+                if matches!(e, WriteError::Overloaded { .. }) {
+                    st.http.refused(Refusal::PendingIngest);
+                }
+                write_error(e)
+            })?;
+        (o.ack, o.refused, o.refused_samples)
     };
+    counters.rejected(p, "unknown_device", unknown_samples as u64);
     let s = &ack.stats;
     counters.samples(p, s.appended as u64 + s.overwritten as u64);
     counters.rejected(p, "series_limit", s.rejected_series_limit as u64);
     counters.rejected(p, "too_old", s.too_old as u64);
     let stored = s.appended + s.overwritten + s.duplicates + ack.duplicate_event_samples;
-    let refused = decoded.rejected_total + s.rejected_series_limit + s.too_old;
+    let refused = decoded.rejected_total + s.rejected_series_limit + s.too_old + unknown_samples;
     if refused > 0 {
         let mut msgs: Vec<String> = decoded
             .rejected
@@ -237,6 +241,16 @@ async fn ingest_inner(
                     r.samples, r.series
                 ));
             }
+        }
+        if unknown_samples > 0 {
+            msgs.push(format!(
+                "{unknown_samples} samples refused: unknown or inactive device(s) {} (registry.unknown_devices = \"reject\")",
+                unknown
+                    .iter()
+                    .map(|d| format!("{d:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if s.too_old > 0 {
             msgs.push(format!(

@@ -1,0 +1,338 @@
+//! The device registry at ingest: a cache of every registered device (reloaded when the
+//! registry's version changes, checked every second, so a change on any node is seen within
+//! one), the policy for readings of unknown or inactive devices, and enrichment: the registry
+//! fields named in `[registry] enrich` added as labels to every series of the device.
+//!
+//! A series keeps a label it brought: enrichment only adds labels it lacks (so a device that
+//! sends its own `site` keeps it). A registry change applies to samples written from then on;
+//! stored samples keep the labels they were written with.
+
+use crate::metrics::Counter;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use strata_meta::registry::Device;
+use strata_meta::MetaStore;
+use strata_model::{Limits, Tenant, WriteBatch};
+
+/// What happens to readings of devices the registry does not know, or knows as inactive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Stored as any other (the default).
+    #[default]
+    Accept,
+    /// Refused: the write's answer names the device (4xx).
+    Reject,
+    /// Stored apart, in tenant `<tenant>.quarantine`, and counted.
+    Quarantine,
+}
+
+/// One cached device: its record, and the labels enrichment adds, sorted by name.
+pub struct Known {
+    /// The registry's record.
+    pub device: Device,
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct Cache {
+    version: i64,
+    tenants: HashMap<String, HashMap<String, Arc<Known>>>,
+}
+
+/// The registry's cache and admission (see the module doc).
+pub struct Registry {
+    meta: MetaStore,
+    enrich: Vec<String>,
+    policy: Policy,
+    cache: RwLock<Cache>,
+    /// Samples stored apart as quarantined.
+    pub quarantined: Counter,
+    /// Samples refused as of unknown or inactive devices.
+    pub refused: Counter,
+    /// Series written with registry labels added.
+    pub enriched: Counter,
+}
+
+/// What admission made of a batch.
+pub struct Admitted {
+    /// What goes on to be written.
+    pub batch: WriteBatch,
+    /// What is stored apart (quarantine), in its own tenant.
+    pub quarantine: Option<WriteBatch>,
+    /// Devices refused (the first few), and the samples they carried.
+    pub refused: Vec<String>,
+    /// Samples refused.
+    pub refused_samples: usize,
+}
+
+/// Refused devices named in an answer; the rest are only counted.
+const NAMED: usize = 10;
+
+impl Registry {
+    /// The registry over `meta`, its cache loaded.
+    pub async fn open(
+        meta: MetaStore,
+        enrich: Vec<String>,
+        policy: Policy,
+    ) -> Result<Arc<Registry>, strata_meta::MetaError> {
+        let r = Arc::new(Registry {
+            meta,
+            enrich,
+            policy,
+            cache: RwLock::new(Cache::default()),
+            quarantined: Counter::default(),
+            refused: Counter::default(),
+            enriched: Counter::default(),
+        });
+        r.reload().await?;
+        Ok(r)
+    }
+
+    /// The metadata database.
+    pub fn meta(&self) -> &MetaStore {
+        &self.meta
+    }
+
+    /// Reloads the cache if the registry changed since it was loaded.
+    pub async fn refresh(&self) -> Result<(), strata_meta::MetaError> {
+        let v = self.meta.registry_version().await?;
+        if v != self.cache.read().version {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads every device.
+    async fn reload(&self) -> Result<(), strata_meta::MetaError> {
+        let version = self.meta.registry_version().await?;
+        let all = self.meta.all_devices().await?;
+        let mut tenants: HashMap<String, HashMap<String, Arc<Known>>> = HashMap::new();
+        for (t, d) in all {
+            let k = self.known(d);
+            tenants
+                .entry(t)
+                .or_default()
+                .insert(k.device.id.clone(), Arc::new(k));
+        }
+        *self.cache.write() = Cache { version, tenants };
+        Ok(())
+    }
+
+    fn known(&self, device: Device) -> Known {
+        let mut labels: Vec<(String, String)> = self
+            .enrich
+            .iter()
+            .filter_map(|n| device.value(n).map(|v| (n.clone(), v.to_string())))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        labels.sort();
+        Known { device, labels }
+    }
+
+    /// The cached device `id` of `tenant`.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Known>> {
+        self.cache.read().tenants.get(tenant)?.get(id).cloned()
+    }
+
+    /// Every cached device of `tenant`.
+    pub fn devices_of(&self, tenant: &str) -> Vec<Arc<Known>> {
+        self.cache
+            .read()
+            .tenants
+            .get(tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Reloads every second, for changes made on other nodes (this node's own changes
+    /// reload at once).
+    pub fn spawn_refresh(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(r) = weak.upgrade() else { return };
+                if let Err(e) = r.refresh().await {
+                    tracing::warn!("device registry not refreshed: {e}");
+                }
+            }
+        });
+    }
+
+    /// Applies the policy and enrichment to `batch`.
+    pub fn admit(&self, batch: WriteBatch, limits: &Limits) -> Admitted {
+        let mut out = Admitted {
+            batch,
+            quarantine: None,
+            refused: Vec::new(),
+            refused_samples: 0,
+        };
+        if self.enrich.is_empty() && self.policy == Policy::Accept {
+            return out;
+        }
+        let cache = self.cache.read();
+        let devices = cache.tenants.get(out.batch.tenant().as_str());
+        let lookup = |id: &[u8]| {
+            let id = std::str::from_utf8(id).ok()?;
+            devices?.get(id)
+        };
+        // Most batches need no change: look before copying.
+        let changes = out.batch.iter().any(|s| match s.key.get(b"device") {
+            None => false,
+            Some(id) => match lookup(id) {
+                Some(k) if k.device.active => k
+                    .labels
+                    .iter()
+                    .any(|(n, _)| s.key.get(n.as_bytes()).is_none()),
+                _ => self.policy != Policy::Accept,
+            },
+        });
+        if !changes {
+            return out;
+        }
+        let tenant = out.batch.tenant().clone();
+        let mut kept = WriteBatch::new(tenant.clone());
+        let mut quarantine = WriteBatch::new(quarantine_tenant(&tenant));
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+        let mut enriched = 0;
+        for s in out.batch.iter() {
+            let Some(id) = s.key.get(b"device") else {
+                kept.push_from(&s);
+                continue;
+            };
+            let known = lookup(id);
+            let admitted = known.is_some_and(|k| k.device.active);
+            if !admitted {
+                match self.policy {
+                    Policy::Accept => {}
+                    Policy::Reject => {
+                        out.refused_samples += s.samples.len();
+                        let id = String::from_utf8_lossy(id).into_owned();
+                        if out.refused.len() < NAMED && !out.refused.contains(&id) {
+                            out.refused.push(id);
+                        }
+                        continue;
+                    }
+                    Policy::Quarantine => {
+                        let ev = s.event_id().map(|e| quarantine.event_key(e));
+                        pairs.clear();
+                        pairs.extend(s.key.pairs());
+                        if quarantine
+                            .push_series(&mut pairs, s.samples, ev, limits)
+                            .is_ok()
+                        {
+                            self.quarantined.add(s.samples.len() as u64);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let extra = known.map_or(&[][..], |k| &k.labels[..]);
+            if extra.iter().all(|(n, _)| s.key.get(n.as_bytes()).is_some()) {
+                kept.push_from(&s);
+                continue;
+            }
+            pairs.clear();
+            pairs.extend(s.key.pairs());
+            for (n, v) in extra {
+                if s.key.get(n.as_bytes()).is_none() {
+                    pairs.push((n.as_bytes(), v.as_bytes()));
+                }
+            }
+            let ev = s.event_id().map(|e| kept.event_key(e));
+            match kept.push_series(&mut pairs, s.samples, ev, limits) {
+                Ok(()) => enriched += 1,
+                // Over a label limit with the registry's labels: written as it came.
+                Err(_) => kept.push_from(&s),
+            }
+        }
+        drop(cache);
+        self.enriched.add(enriched);
+        self.refused.add(out.refused_samples as u64);
+        out.batch = kept;
+        out.quarantine = (!quarantine.is_empty()).then_some(quarantine);
+        out
+    }
+
+    /// Called after this node changed the registry: reloads now.
+    pub async fn changed(&self) -> Result<(), strata_meta::MetaError> {
+        self.reload().await
+    }
+}
+
+/// Where quarantined readings of `tenant` go.
+pub fn quarantine_tenant(tenant: &Tenant) -> Tenant {
+    Tenant::new(&format!("{}.quarantine", tenant.as_str()))
+        .unwrap_or_else(|_| Tenant::new("quarantine").expect("a valid tenant id"))
+}
+
+/// What a write through the registry did.
+pub struct Outcome {
+    /// The stored part's acknowledgement (quarantined samples included in its counts).
+    pub ack: crate::shard::WriteAck,
+    /// Devices refused (the first few).
+    pub refused: Vec<String>,
+    /// Samples refused as of unknown or inactive devices.
+    pub refused_samples: usize,
+}
+
+/// Admits `batch` (see [`Registry::admit`]) and writes what was admitted: acknowledged once
+/// durable, quarantine included.
+pub async fn write(
+    engine: &crate::engine::Engine,
+    registry: &Registry,
+    batch: WriteBatch,
+    limits: &Limits,
+) -> Result<Outcome, crate::engine::WriteError> {
+    let a = registry.admit(batch, limits);
+    let mut ack = crate::shard::WriteAck::default();
+    if let Some(q) = a.quarantine {
+        ack.merge(&engine.write(q).await?);
+    }
+    if !a.batch.is_empty() {
+        ack.merge(&engine.write(a.batch).await?);
+    }
+    Ok(Outcome {
+        ack,
+        refused: a.refused,
+        refused_samples: a.refused_samples,
+    })
+}
+
+impl Registry {
+    /// Writes the registry's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        use crate::metrics::{counter, header};
+        use std::fmt::Write;
+        header(
+            out,
+            "strata_registry_devices",
+            "gauge",
+            "Devices in the registry (cached), by tenant.",
+        );
+        for (t, m) in &self.cache.read().tenants {
+            let _ = writeln!(out, "strata_registry_devices{{tenant=\"{t}\"}} {}", m.len());
+        }
+        counter(
+            out,
+            "strata_registry_quarantined_samples_total",
+            "Samples of unknown or inactive devices stored apart (registry.unknown_devices = quarantine).",
+            self.quarantined.get(),
+        );
+        counter(
+            out,
+            "strata_registry_refused_samples_total",
+            "Samples of unknown or inactive devices refused (registry.unknown_devices = reject).",
+            self.refused.get(),
+        );
+        counter(
+            out,
+            "strata_registry_enriched_series_total",
+            "Series written with registry labels added (registry.enrich).",
+            self.enriched.get(),
+        );
+    }
+}
