@@ -11,6 +11,7 @@
 //! belongs to the shards and the rules manager).
 
 pub mod registry;
+pub mod shadow;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
@@ -36,6 +37,14 @@ pub enum MetaError {
     /// A value is not valid; the message names it.
     #[error("{0}")]
     Invalid(String),
+    /// An update named a version other than the stored one.
+    #[error("version {given} is not the current version {current}: read the shadow again and retry")]
+    VersionConflict {
+        /// The version the update named.
+        given: i64,
+        /// The stored one.
+        current: i64,
+    },
     /// The database URL is not one this store opens.
     #[error("metadata database URL {0}")]
     Url(String),
@@ -132,6 +141,7 @@ impl MetaStore {
         ]
         .into_iter()
         .chain(registry::DDL.iter().copied())
+        .chain(shadow::DDL.iter().copied())
         {
             sqlx::query(ddl).execute(&pool).await?;
         }

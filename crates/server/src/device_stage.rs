@@ -1,5 +1,5 @@
-//! A shard's part of the device rules: their state for the shard's devices, checkpointed with
-//! the log offset it covers, judged on a thread of its own.
+//! A shard's device state: its devices' shadows (reported readings) and the device rules'
+//! state, checkpointed with the log offset they cover, kept on a thread of its own.
 //!
 //! The shard hands each applied batch over once it is acknowledged (the batch moves, nothing is
 //! copied), so judging readings never holds the shard's writes: the shard's thread bounds the
@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use parking_lot::Mutex;
 use strata_alert::device::DeviceRules;
 use strata_model::WriteBatch;
+use strata_stream::shadow::Shadows;
 
 /// Batches (and requests) the hand-over holds before the shard waits for the judge.
 const QUEUE: usize = 64;
@@ -23,37 +25,56 @@ const QUEUE: usize = 64;
 /// Most messages taken per drain (one settle each).
 const DRAIN: usize = 256;
 
-/// The device rules' state of one shard, worked on directly (replay, on the shard's thread).
+/// The device state of one shard, worked on directly (replay, on the shard's thread).
 pub(crate) struct DeviceStage {
     hub: Arc<DeviceRulesHub>,
     state: DeviceRules,
     epoch: u64,
     path: PathBuf,
+    /// The shadows, read by the API too (locked once per batch here).
+    shadows: Arc<Mutex<Shadows>>,
+    shadows_path: PathBuf,
     /// Late readings already counted into the hub.
     late_counted: u64,
 }
 
 impl DeviceStage {
-    /// Loads the checkpoint in `dir`; returns the stage and the log offset it covers.
+    /// Loads the checkpoints in `dir` (the shadows into `shadows`); returns the stage and the
+    /// log offset both cover (`None`: replay everything).
     pub(crate) fn open(
         hub: Arc<DeviceRulesHub>,
         dir: &Path,
+        shadows: Arc<Mutex<Shadows>>,
     ) -> anyhow::Result<(DeviceStage, Option<u64>)> {
         let path = dir.join("devrules.ckpt");
         let (epoch, rules) = hub.rules();
         let (state, offset) = DeviceRules::load(&path, rules)?;
+        let shadows_path = dir.join("shadows.ckpt");
+        let (loaded, shadow_offset) = Shadows::load(&shadows_path)?;
+        *shadows.lock() = loaded;
+        // A crash between the two checkpoints' writes leaves them apart: replay from the
+        // earlier (both tolerate records they have seen).
+        let offset = match (offset, shadow_offset) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
         let stage = DeviceStage {
             hub,
             state,
             epoch,
             path,
+            shadows,
+            shadows_path,
             late_counted: 0,
         };
         Ok((stage, offset))
     }
 
-    /// Takes a batch's readings, with the latest rules.
+    /// Takes a batch's readings into the shadows, and into the rules (the latest ones).
     pub(crate) fn observe(&mut self, batch: &WriteBatch) {
+        self.shadows
+            .lock()
+            .observe(batch, strata_model::is_anomaly_output);
         if self.hub.epoch() != self.epoch {
             let (epoch, rules) = self.hub.rules();
             self.state.set_rules(rules);
@@ -81,9 +102,12 @@ impl DeviceStage {
         self.hub.register_firing(self.state.firing());
     }
 
-    /// Writes the checkpoint, covering the log up to `offset`.
-    fn save(&self, offset: Option<u64>) -> Result<(), strata_alert::framed::FramedError> {
-        DeviceRules::save(&self.path, &self.state.encode(offset))
+    /// Writes the checkpoints, covering the log up to `offset`.
+    fn save(&self, offset: Option<u64>) -> anyhow::Result<()> {
+        DeviceRules::save(&self.path, &self.state.encode(offset))?;
+        let snapshot = self.shadows.lock().snapshot(offset);
+        Shadows::write_snapshot(&self.shadows_path, snapshot)?;
+        Ok(())
     }
 }
 
@@ -135,7 +159,7 @@ impl DeviceJudge {
                                     // The log keeps what the saved state does not cover.
                                     Err(e) => tracing::error!(
                                         partition,
-                                        "device rules' checkpoint failed: {e}"
+                                        "device state checkpoint failed: {e}"
                                     ),
                                 }
                             }

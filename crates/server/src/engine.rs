@@ -134,6 +134,7 @@ struct ShardHandle {
     tx: mpsc::Sender<Job>,
     tsdb: Arc<Tsdb>,
     rollups: Option<Arc<RollupStage>>,
+    shadows: Arc<parking_lot::Mutex<strata_stream::shadow::Shadows>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -214,7 +215,8 @@ impl Engine {
                 ..Default::default()
             }),
         };
-        type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>);
+        type Shadows = Arc<parking_lot::Mutex<strata_stream::shadow::Shadows>>;
+        type Opened = (Shard, Arc<Tsdb>, Option<Arc<RollupStage>>, Shadows);
         let opened: Vec<anyhow::Result<Opened>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..partitions)
                 .map(|p| {
@@ -227,6 +229,7 @@ impl Engine {
                         raw_archive.clone(),
                     );
                     let devices = devices.clone();
+                    let shadows: Shadows = Arc::default();
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
                         let tsdb = Arc::new(Tsdb::open(&dir.join("tsdb"), opts, limiter)?);
@@ -241,6 +244,7 @@ impl Engine {
                             ),
                             checkpoint_log_bytes: cfg.storage.checkpoint_log_bytes,
                             devices,
+                            shadows: shadows.clone(),
                         };
                         let rollups = if cfg.rollups.enabled {
                             let stage = RollupStage::open(&dir.join("rollups"), stage_opts)?;
@@ -257,7 +261,7 @@ impl Engine {
                             shard_cfg,
                             counters,
                         )?;
-                        Ok((shard, tsdb, rollups))
+                        Ok((shard, tsdb, rollups, shadows))
                     })
                 })
                 .collect();
@@ -271,7 +275,7 @@ impl Engine {
         });
         let mut shards = Vec::new();
         for (p, o) in opened.into_iter().enumerate() {
-            let (shard, tsdb, rollups) = o?;
+            let (shard, tsdb, rollups, shadows) = o?;
             let (tx, rx) = mpsc::channel(QUEUE);
             let rt = rt.clone();
             let thread = std::thread::Builder::new()
@@ -281,6 +285,7 @@ impl Engine {
                 tx,
                 tsdb,
                 rollups,
+                shadows,
                 thread: Some(thread),
             });
         }
@@ -857,7 +862,8 @@ impl Engine {
         }
     }
 
-    /// The last reading of every metric of `device` (the shard of its entity holds them all).
+    /// The last reading of every series of `device`, from its shadow (the shard of its entity
+    /// holds them all), by labels.
     pub fn device_latest(
         &self,
         tenant: &Tenant,
@@ -866,11 +872,28 @@ impl Engine {
         let mut out: Vec<_> = self
             .shards
             .iter()
-            .filter_map(|s| s.rollups.as_ref())
-            .flat_map(|r| r.device(tenant, device))
+            .flat_map(|s| {
+                s.shadows
+                    .lock()
+                    .device(tenant, device)
+                    .map(|d| {
+                        d.readings
+                            .iter()
+                            .map(|(k, s)| (k.as_ref().labels(), *s))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Runs `f` over each shard's shadows in turn (the shard's lock held for the call).
+    pub fn with_shadows(&self, mut f: impl FnMut(&strata_stream::shadow::Shadows)) {
+        for s in &self.shards {
+            f(&s.shadows.lock());
+        }
     }
 
     /// The sorted union of one metadata read over every shard, the first `limit` entries when

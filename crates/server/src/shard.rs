@@ -82,8 +82,10 @@ pub struct ShardConfig {
     /// Flush once this many bytes were logged since the last flush (0: by time only), so the
     /// log a restart replays stays short however fast writes come.
     pub checkpoint_log_bytes: u64,
-    /// The device rules, when any may be defined.
+    /// The device rules, when any may be defined (and with them the device shadows).
     pub devices: Option<Arc<crate::device_rules::DeviceRulesHub>>,
+    /// The shard's device shadows, kept by its device stage.
+    pub shadows: Arc<parking_lot::Mutex<strata_stream::shadow::Shadows>>,
 }
 
 /// The event-time watermark device rules judge by: the rollups' (which follows the clock when
@@ -194,7 +196,7 @@ impl Shard {
             .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
         let mut devices = match cfg.devices.clone() {
             Some(hub) => {
-                let (stage, saved) = DeviceStage::open(hub, &cfg.dir)?;
+                let (stage, saved) = DeviceStage::open(hub, &cfg.dir, cfg.shadows.clone())?;
                 Some((stage, saved.map_or(0, |o| o + 1), saved))
             }
             None => None,

@@ -159,9 +159,6 @@ pub async fn latest(
     headers: HeaderMap,
 ) -> Response {
     let run = || -> Result<Response, ApiError> {
-        if !st.engine.rollups_enabled() {
-            return Err(rollups_disabled());
-        }
         let tenant = tenant_of(&headers)?;
         let id = device_id(&id)?;
         let readings = st.engine.device_latest(&tenant, id);
