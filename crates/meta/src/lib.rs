@@ -38,7 +38,9 @@ pub enum MetaError {
     #[error("{0}")]
     Invalid(String),
     /// An update named a version other than the stored one.
-    #[error("version {given} is not the current version {current}: read the shadow again and retry")]
+    #[error(
+        "version {given} is not the current version {current}: read the shadow again and retry"
+    )]
     VersionConflict {
         /// The version the update named.
         given: i64,

@@ -172,26 +172,73 @@ mod tests {
         assert_eq!(db.desired("t", "d1").await.unwrap(), Desired::default());
         let patch = |v: Value| v.as_object().unwrap().clone();
         let d = db
-            .update_desired("t", "d1", &patch(serde_json::json!({"setpoint": 21, "mode": "eco"})), Some(0), 5)
+            .update_desired(
+                "t",
+                "d1",
+                &patch(serde_json::json!({"setpoint": 21, "mode": "eco"})),
+                Some(0),
+                5,
+            )
             .await
             .unwrap();
         assert_eq!(d.version, 1);
         let e = db
-            .update_desired("t", "d1", &patch(serde_json::json!({"setpoint": 22})), Some(0), 6)
+            .update_desired(
+                "t",
+                "d1",
+                &patch(serde_json::json!({"setpoint": 22})),
+                Some(0),
+                6,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(e, MetaError::VersionConflict { given: 0, current: 1 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                MetaError::VersionConflict {
+                    given: 0,
+                    current: 1
+                }
+            ),
+            "{e}"
+        );
         let d = db
-            .update_desired("t", "d1", &patch(serde_json::json!({"mode": null, "setpoint": 22})), None, 7)
+            .update_desired(
+                "t",
+                "d1",
+                &patch(serde_json::json!({"mode": null, "setpoint": 22})),
+                None,
+                7,
+            )
             .await
             .unwrap();
         assert_eq!(d.version, 2);
         assert_eq!(d.fields.len(), 1);
-        assert_eq!(d.fields["setpoint"], Field { value: 22.into(), timestamp: 7 });
+        assert_eq!(
+            d.fields["setpoint"],
+            Field {
+                value: 22.into(),
+                timestamp: 7
+            }
+        );
         assert_eq!(db.desired("t", "d1").await.unwrap(), d);
-        assert_eq!(db.desired("u", "d1").await.unwrap().version, 0, "tenants apart");
-        let many: Map<String, Value> = (0..101).map(|i| (format!("f{i}"), Value::from(i))).collect();
-        assert!(db.update_desired("t", "d1", &many, None, 8).await.unwrap_err().to_string().contains("at most 100"));
-        assert!(db.update_desired("t", "d1", &patch(serde_json::json!({"": 1})), None, 8).await.is_err());
+        assert_eq!(
+            db.desired("u", "d1").await.unwrap().version,
+            0,
+            "tenants apart"
+        );
+        let many: Map<String, Value> = (0..101)
+            .map(|i| (format!("f{i}"), Value::from(i)))
+            .collect();
+        assert!(db
+            .update_desired("t", "d1", &many, None, 8)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("at most 100"));
+        assert!(db
+            .update_desired("t", "d1", &patch(serde_json::json!({"": 1})), None, 8)
+            .await
+            .is_err());
     }
 }

@@ -39,6 +39,27 @@ pub struct Config {
     pub sources: SourcesConfig,
     /// The device registry (`[registry]`).
     pub registry: RegistryConfig,
+    /// Fleet status (`[devices]`).
+    pub devices: DevicesConfig,
+}
+
+/// Fleet status (`[devices]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// How often a device reports when the registry does not say (`expected_interval`).
+    pub expected_interval: Duration,
+    /// Expected intervals without a reading after which a device is offline.
+    pub offline_after: u32,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            expected_interval: Duration(60_000),
+            offline_after: 3,
+        }
+    }
 }
 
 /// The device registry (`[registry]`).
@@ -685,6 +706,10 @@ impl Config {
             );
         }
         anyhow::ensure!(
+            self.devices.expected_interval.0 > 0 && self.devices.offline_after > 0,
+            "devices.expected_interval and devices.offline_after must be positive"
+        );
+        anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
         );
@@ -755,6 +780,7 @@ impl Default for Config {
             anomaly: AnomalyConfig::default(),
             sources: SourcesConfig::default(),
             registry: RegistryConfig::default(),
+            devices: DevicesConfig::default(),
         }
     }
 }

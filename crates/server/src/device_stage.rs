@@ -10,11 +10,11 @@
 //! the judge's latest checkpoint covers ([`DeviceJudge::saved`]).
 
 use crate::device_rules::DeviceRulesHub;
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use parking_lot::Mutex;
 use strata_alert::device::DeviceRules;
 use strata_model::WriteBatch;
 use strata_stream::shadow::Shadows;

@@ -84,6 +84,10 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         sources: sources.metrics(),
         registry: registry.clone(),
+        fleet: http::FleetStatus {
+            expected_interval_ms: cfg.devices.expected_interval.0,
+            offline_after: i64::from(cfg.devices.offline_after),
+        },
         limits: Arc::new(cfg.model_limits()),
         max_body_bytes: cfg.limits.max_body_bytes,
         max_metadata_results: cfg.limits.max_metadata_results,

@@ -113,7 +113,10 @@ impl Shadows {
     /// names metrics that are not the device's readings, such as a detector's outputs).
     pub fn observe(&mut self, batch: &strata_model::WriteBatch, skip: impl Fn(&[u8]) -> bool) {
         let tenant = batch.tenant();
-        if !batch.iter().any(|s| s.key.get(DEVICE_LABEL.as_bytes()).is_some()) {
+        if !batch
+            .iter()
+            .any(|s| s.key.get(DEVICE_LABEL.as_bytes()).is_some())
+        {
             return;
         }
         if !self.tenants.contains_key(tenant) {
@@ -124,8 +127,7 @@ impl Shadows {
             let Some(device) = s.key.get(DEVICE_LABEL.as_bytes()) else {
                 continue;
             };
-            if s
-                .key
+            if s.key
                 .get(strata_model::METRIC_NAME.as_bytes())
                 .is_some_and(&skip)
             {
@@ -321,15 +323,18 @@ mod tests {
         let mut b = strata_model::WriteBatch::new(t.clone());
         let limits = strata_model::Limits::default();
         let push = |b: &mut strata_model::WriteBatch, name: &str, dev: &str, ts: i64, v: f64| {
-            let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", name.as_bytes()), (b"device", dev.as_bytes())];
-            b.push_series(&mut l, &[Sample::new(ts, v)], None, &limits).unwrap();
+            let mut l: Vec<(&[u8], &[u8])> =
+                vec![(b"__name__", name.as_bytes()), (b"device", dev.as_bytes())];
+            b.push_series(&mut l, &[Sample::new(ts, v)], None, &limits)
+                .unwrap();
         };
         push(&mut b, "temp", "d2", 20, 2.0);
         push(&mut b, "temp", "d1", 10, 1.0);
         push(&mut b, "hum", "d1", 30, 3.0);
         push(&mut b, "anomaly_score", "d1", 99, 9.0);
         let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"up")];
-        b.push_series(&mut l, &[Sample::new(5, 1.0)], None, &limits).unwrap();
+        b.push_series(&mut l, &[Sample::new(5, 1.0)], None, &limits)
+            .unwrap();
         let mut sh = Shadows::default();
         sh.observe(&b, |n| n == b"anomaly_score");
         // Older (a late event) and newer readings of d1's temp.
@@ -341,7 +346,10 @@ mod tests {
         assert_eq!(d1.readings.len(), 2);
         assert_eq!(d1.readings[0].1, Sample::new(10, 1.0), "never rolled back");
         assert_eq!(d1.last_seen(), 30);
-        assert_eq!(sh.device(&t, "d2").unwrap().readings[0].1, Sample::new(25, 2.5));
+        assert_eq!(
+            sh.device(&t, "d2").unwrap().readings[0].1,
+            Sample::new(25, 2.5)
+        );
         let ids: Vec<&str> = sh.devices_after(&t, None).map(|(id, _)| id).collect();
         assert_eq!(ids, ["d1", "d2"]);
         let ids: Vec<&str> = sh.devices_after(&t, Some("d1")).map(|(id, _)| id).collect();

@@ -4,6 +4,7 @@ mod alert_rules;
 pub mod backfill;
 mod body;
 pub mod cache;
+mod devices;
 mod encoding;
 mod json;
 mod query;
@@ -60,6 +61,17 @@ pub struct AppState {
     pub sources: crate::sources::SourceMetrics,
     /// The device registry (cache, policy, enrichment).
     pub registry: Arc<crate::registry::Registry>,
+    /// When fleet status calls a device offline.
+    pub fleet: FleetStatus,
+}
+
+/// When fleet status calls a device offline (`[devices]`).
+#[derive(Debug, Clone, Copy)]
+pub struct FleetStatus {
+    /// The expected interval of devices the registry gives none.
+    pub expected_interval_ms: i64,
+    /// Intervals without a reading after which a device is offline.
+    pub offline_after: i64,
 }
 
 /// All routes.
@@ -85,6 +97,11 @@ pub fn router(state: AppState) -> Router {
             get(rollups::rollups).post(rollups::rollups),
         )
         .route("/api/v1/devices/{id}/latest", get(rollups::latest))
+        .route("/api/v1/devices", get(devices::fleet))
+        .route(
+            "/api/v1/devices/{id}/shadow",
+            get(devices::get_shadow).patch(devices::patch_shadow),
+        )
         .route(
             "/api/v1/devices/{id}/summary",
             get(rollups::summary).post(rollups::summary),

@@ -1,0 +1,328 @@
+//! Device shadows and fleet status.
+//!
+//! `GET /api/v1/devices/{id}/shadow` and `PATCH` with `{"state":{"desired":{...}},"version":N}`:
+//! an AWS IoT style shadow. `reported` is each metric's newest reading (from the shard's
+//! shadows: every reading, by event time); `desired` is what users set, versioned (a PATCH
+//! naming another version than the stored one gets 409); `delta` is the desired fields that
+//! reported lacks or holds another value for. `version` counts accepted desired updates.
+//!
+//! `GET /api/v1/devices?site=&type=&status=online|offline&limit=&cursor=`: every device that has
+//! reported, by id, with its last seen time, status (offline once `devices.offline_after`
+//! expected intervals have passed without a reading; the interval is the registry's
+//! `expected_interval`, else `devices.expected_interval`) and current readings, and counts by
+//! site and status over every device the site and type filters select. Answered from the
+//! shadows in memory; site and type are the registry's, else the device's own labels.
+
+use super::read::success;
+use super::{tenant_of, ApiError, ApiRequest, AppState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use strata_meta::MetaError;
+use strata_model::time::now_ms;
+use strata_model::{Tenant, METRIC_NAME};
+use strata_stream::shadow::DeviceState;
+
+/// Most devices one page of the fleet holds.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Each metric's newest reading: name → (value, timestamp).
+fn reported(d: &DeviceState) -> BTreeMap<String, (f64, i64)> {
+    let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
+    for (k, s) in &d.readings {
+        let Some(name) = k.as_ref().get(METRIC_NAME.as_bytes()) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        match out.get(&name) {
+            Some((_, t)) if *t > s.timestamp => {}
+            _ => {
+                out.insert(name, (s.value, s.timestamp));
+            }
+        }
+    }
+    out
+}
+
+/// The device's state from its shard.
+fn state(st: &AppState, tenant: &Tenant, id: &str) -> Option<DeviceState> {
+    let mut out = None;
+    st.engine.with_shadows(|sh| {
+        if out.is_none() {
+            out = sh.device(tenant, id).cloned();
+        }
+    });
+    out
+}
+
+fn number(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or_else(|| Value::String(v.to_string()), Value::Number)
+}
+
+/// Whether desired `want` is what reported `have` is.
+fn same(want: &Value, have: f64) -> bool {
+    match want {
+        Value::Number(n) => n.as_f64().is_some_and(|w| w == have),
+        Value::Bool(b) => have == if *b { 1.0 } else { 0.0 },
+        _ => false,
+    }
+}
+
+async fn shadow_doc(st: &AppState, tenant: &Tenant, id: &str) -> Result<Value, Response> {
+    let desired = st
+        .registry
+        .meta()
+        .desired(tenant.as_str(), id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()).into_response())?;
+    let reported = state(st, tenant, id)
+        .map(|d| reported(&d))
+        .unwrap_or_default();
+    if reported.is_empty() && desired.version == 0 && st.registry.get(tenant.as_str(), id).is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no device {id:?}: it has not reported, is not registered and has no desired state"
+            ),
+        )
+        .into_response());
+    }
+    let mut rep = Map::new();
+    let mut rep_meta = Map::new();
+    for (k, (v, t)) in &reported {
+        rep.insert(k.clone(), number(*v));
+        rep_meta.insert(k.clone(), json!({ "timestamp": t }));
+    }
+    let mut des = Map::new();
+    let mut des_meta = Map::new();
+    let mut delta = Map::new();
+    for (k, f) in &desired.fields {
+        des.insert(k.clone(), f.value.clone());
+        des_meta.insert(k.clone(), json!({ "timestamp": f.timestamp }));
+        if !reported.get(k).is_some_and(|(v, _)| same(&f.value, *v)) {
+            delta.insert(k.clone(), f.value.clone());
+        }
+    }
+    Ok(json!({
+        "device": id,
+        "state": { "reported": rep, "desired": des, "delta": delta },
+        "metadata": { "reported": rep_meta, "desired": des_meta },
+        "version": desired.version,
+        "timestamp": now_ms(),
+    }))
+}
+
+/// `GET /api/v1/devices/{id}/shadow`.
+pub async fn get_shadow(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    req: ApiRequest,
+) -> Response {
+    let tenant = match tenant_of(&req.headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    match shadow_doc(&st, &tenant, &id).await {
+        Ok(doc) => success(doc),
+        Err(r) => r,
+    }
+}
+
+/// `PATCH /api/v1/devices/{id}/shadow` with `{"state":{"desired":{...}},"version":N}`.
+pub async fn patch_shadow(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    req: ApiRequest,
+) -> Response {
+    let tenant = match tenant_of(&req.headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let (patch, version) = match parse_patch(&req.body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if id.is_empty() || id.len() > strata_meta::registry::MAX_ID_LEN {
+        return ApiError::bad_data("device id must be 1 to 256 bytes").into_response();
+    }
+    match st
+        .registry
+        .meta()
+        .update_desired(tenant.as_str(), &id, &patch, version, now_ms())
+        .await
+    {
+        Ok(_) => match shadow_doc(&st, &tenant, &id).await {
+            Ok(doc) => success(doc),
+            Err(r) => r,
+        },
+        Err(e @ MetaError::VersionConflict { .. }) => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()).into_response()
+        }
+        Err(MetaError::Invalid(m)) => ApiError::bad_data(m).into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+fn parse_patch(body: &[u8]) -> Result<(Map<String, Value>, Option<i64>), ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_data(format!("the body is not JSON: {e}")))?;
+    let Some(o) = v.as_object() else {
+        return Err(ApiError::bad_data(
+            r#"the body must be {"state":{"desired":{...}},"version":N}"#,
+        ));
+    };
+    if let Some(k) = o.keys().find(|k| *k != "state" && *k != "version") {
+        return Err(ApiError::bad_data(format!(
+            "unknown field {k:?}: the body is {{\"state\":{{\"desired\":{{...}}}},\"version\":N}}"
+        )));
+    }
+    let version = match o.get("version") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_i64().filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad_data(format!("version must be a whole number >= 0, got {v}"))
+        })?),
+    };
+    let state = o
+        .get("state")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_data("state must be an object holding desired"))?;
+    if state.contains_key("reported") {
+        return Err(ApiError::bad_data(
+            "state.reported is set by the device's telemetry, not through the API",
+        ));
+    }
+    if let Some(k) = state.keys().find(|k| *k != "desired") {
+        return Err(ApiError::bad_data(format!(
+            "unknown field state.{k}: only state.desired is set"
+        )));
+    }
+    let desired = state
+        .get("desired")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_data("state.desired must be an object"))?;
+    if desired.is_empty() {
+        return Err(ApiError::bad_data("state.desired holds no fields"));
+    }
+    Ok((desired.clone(), version))
+}
+
+/// A fleet device's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Online,
+    Offline,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+/// `GET /api/v1/devices`: fleet status (see the module doc).
+pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
+    let tenant = match tenant_of(&req.headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let p = req.params();
+    let text = |n: &str| p.get(n).filter(|v| !v.is_empty()).map(str::to_string);
+    let status = match p.get("status") {
+        None | Some("") => None,
+        Some("online") => Some(Status::Online),
+        Some("offline") => Some(Status::Offline),
+        Some(v) => {
+            return ApiError::bad_data(format!("status={v:?}: expected online or offline"))
+                .into_response()
+        }
+    };
+    let limit = match p.get("limit").map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return ApiError::bad_data(format!("limit must be 1 to {MAX_PAGE}")).into_response()
+        }
+    };
+    let (site, dtype, cursor) = (text("site"), text("type"), text("cursor"));
+    let now = now_ms();
+    let (default_interval, missed) = (st.fleet.expected_interval_ms, st.fleet.offline_after);
+    let mut counts: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+    let mut total = [0u64; 2];
+    // Per shard, the first `limit + 1` selected after the cursor (each id is in one shard):
+    // the first `limit` of their union are the page, one more says there is a next.
+    let mut page: Vec<(String, Value)> = Vec::new();
+    st.engine.with_shadows(|sh| {
+        let mut taken = 0;
+        for (id, d) in sh.devices_after(&tenant, None) {
+            let known = st.registry.get(tenant.as_str(), id);
+            let reg = known.as_ref().map(|k| &k.device);
+            let label = |n: &str| {
+                d.readings
+                    .iter()
+                    .find_map(|(k, _)| k.as_ref().get(n.as_bytes()))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let dsite = reg.and_then(|r| r.site.clone()).or_else(|| label("site"));
+            let dt = reg
+                .and_then(|r| r.device_type.clone())
+                .or_else(|| label("type"));
+            if site.as_ref().is_some_and(|s| dsite.as_ref() != Some(s))
+                || dtype.as_ref().is_some_and(|t| dt.as_ref() != Some(t))
+            {
+                continue;
+            }
+            let interval = reg
+                .and_then(|r| r.interval_ms())
+                .unwrap_or(default_interval);
+            let last = d.last_seen();
+            let s = if now.saturating_sub(last) > interval.saturating_mul(missed) {
+                Status::Offline
+            } else {
+                Status::Online
+            };
+            let i = usize::from(s == Status::Offline);
+            counts.entry(dsite.clone().unwrap_or_default()).or_default()[i] += 1;
+            total[i] += 1;
+            if status.is_some_and(|w| w != s)
+                || cursor.as_deref().is_some_and(|c| id <= c)
+                || taken > limit
+            {
+                continue;
+            }
+            taken += 1;
+            let readings: Map<String, Value> = reported(d)
+                .into_iter()
+                .map(|(k, (v, _))| (k, number(v)))
+                .collect();
+            page.push((
+                id.to_string(),
+                json!({
+                    "id": id, "site": dsite, "type": dt, "status": s.as_str(),
+                    "last_seen": last, "readings": readings,
+                }),
+            ));
+        }
+    });
+    page.sort_by(|a, b| a.0.cmp(&b.0));
+    let next = (page.len() > limit).then(|| page[limit - 1].0.clone());
+    page.truncate(limit);
+    let by_site: Map<String, Value> = counts
+        .into_iter()
+        .map(|(s, [on, off])| (s, json!({"online": on, "offline": off})))
+        .collect();
+    success(json!({
+        "devices": page.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "next_cursor": next,
+        "counts": {
+            "online": total[0], "offline": total[1], "total": total[0] + total[1],
+            "by_site": by_site,
+        },
+    }))
+}
