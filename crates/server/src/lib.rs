@@ -84,6 +84,7 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         engine: engine.clone(),
         sources: sources.metrics(),
         registry: registry.clone(),
+        publishers: sources.publishers().into(),
         fleet: http::FleetStatus {
             expected_interval_ms: cfg.devices.expected_interval.0,
             offline_after: i64::from(cfg.devices.offline_after),

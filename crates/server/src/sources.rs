@@ -97,6 +97,14 @@ impl Sources {
         )
     }
 
+    /// The ways back to devices (shadow deltas) of the sources that have one.
+    pub fn publishers(&self) -> Vec<Arc<dyn strata_sources::DevicePublisher>> {
+        self.running
+            .iter()
+            .filter_map(|r| r.publisher.clone())
+            .collect()
+    }
+
     /// Stops them all: what they had not acknowledged is left to the senders.
     pub fn stop(&mut self) {
         for r in &mut self.running {
@@ -137,7 +145,19 @@ impl SourceMetrics {
         }
         let now = strata_model::time::now_ms();
         type Get = fn(&SourceStats) -> u64;
-        let series: [(&str, &str, &str, Get); 9] = [
+        let series: [(&str, &str, &str, Get); 11] = [
+            (
+                "strata_source_shadow_deltas_published_total",
+                "counter",
+                "Device shadow deltas published to devices.",
+                |s| s.deltas_published.load(Ordering::Relaxed),
+            ),
+            (
+                "strata_source_shadow_deltas_failed_total",
+                "counter",
+                "Device shadow deltas that could not be queued for publishing.",
+                |s| s.deltas_failed.load(Ordering::Relaxed),
+            ),
             (
                 "strata_source_messages_total",
                 "counter",

@@ -2,7 +2,7 @@
 //! port with its own config) and its real clients (`mosquitto_pub`, `mosquitto_sub`) as devices:
 //! QoS 1 delivery acknowledged after durability, a SIGKILL mid-stream that loses and doubles
 //! nothing, messages queued at the broker while Strata is down, bad payloads counted and
-//! dead-lettered, and a broker restart survived.
+//! dead-lettered, a shadow delta published to the device, and a broker restart survived.
 
 mod common;
 
@@ -189,6 +189,30 @@ dead_letter_topic = "strata/dead"
         source_metric(&s.metrics(), "strata_source_acked_total") == 103.0
     });
     assert_eq!(values(&s), (0..100).collect::<Vec<_>>());
+    // A desired change the device has not reported yet is published to it as a delta.
+    let delta = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", "devices/d-1/shadow/delta", "-C", "1", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = s
+        .client
+        .patch(s.url("/api/v1/devices/d-1/shadow"))
+        .body(r#"{"state":{"desired":{"temperature":99,"setpoint":21}},"version":0}"#)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let delta = delta.wait_with_output().unwrap();
+    let delta: serde_json::Value = serde_json::from_slice(&delta.stdout).unwrap();
+    // temperature 99 is what the device reported last (event 99): no delta for it.
+    assert_eq!(delta["state"], serde_json::json!({"setpoint": 21}));
+    assert_eq!(delta["version"], 1);
+    assert_eq!(
+        source_metric(&s.metrics(), "strata_source_shadow_deltas_published_total"),
+        1.0
+    );
     let m = s.metrics();
     for reason in ["syntax", "string_field", "too_large"] {
         assert_eq!(

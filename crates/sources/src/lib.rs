@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use strata_model::WriteBatch;
+use strata_model::{Tenant, WriteBatch};
 
 /// What a sink made of one batch it acknowledged (durably stored, or refused for good).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,15 @@ pub trait Source: Send {
     ) -> Result<Running, SourceError>;
 }
 
+/// Sends messages back to devices through a source that can (MQTT).
+pub trait DevicePublisher: Send + Sync {
+    /// The tenant whose devices it reaches.
+    fn tenant(&self) -> &Tenant;
+    /// Publishes a device's shadow delta (JSON) where the device listens for it; false when it
+    /// could not be queued (counted, not retried: the shadow keeps the delta).
+    fn publish_delta(&self, device: &str, payload: Vec<u8>) -> bool;
+}
+
 /// A started source: its stats, and stops when [`Running::stop`] is called or it is dropped.
 pub struct Running {
     /// Its name.
@@ -77,6 +86,8 @@ pub struct Running {
     pub acknowledges: bool,
     /// What it did.
     pub stats: Arc<SourceStats>,
+    /// Its way back to devices, if it has one.
+    pub publisher: Option<Arc<dyn DevicePublisher>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -92,6 +103,7 @@ impl Running {
             name,
             acknowledges,
             stats,
+            publisher: None,
             tasks,
         }
     }
@@ -128,6 +140,10 @@ pub struct SourceStats {
     pub oldest_in_flight_ms: AtomicI64,
     /// Writes retried after the sink refused them for now.
     pub retries: AtomicU64,
+    /// Shadow deltas published to devices.
+    pub deltas_published: AtomicU64,
+    /// Shadow deltas that could not be queued for publishing.
+    pub deltas_failed: AtomicU64,
     /// Connections lost (or refused) and tried again.
     pub reconnects: AtomicU64,
     /// Whether it is connected (1) or not (0).

@@ -71,6 +71,10 @@ pub struct MqttConfig {
     pub tenant: Option<String>,
     /// Bad payloads are republished here (QoS 1), when set.
     pub dead_letter_topic: Option<String>,
+    /// Where a device's shadow delta is published (QoS 1), `{device_id}` replaced; empty for
+    /// none.
+    #[serde(default = "default_delta_topic")]
+    pub shadow_delta_topic: String,
     /// Seconds between keep-alive pings.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: u64,
@@ -87,6 +91,40 @@ fn default_keep_alive() -> u64 {
     30
 }
 
+fn default_delta_topic() -> String {
+    "devices/{device_id}/shadow/delta".into()
+}
+
+/// Publishes shadow deltas through the source's client.
+struct DeltaPublisher {
+    client: AsyncClient,
+    tenant: Tenant,
+    topic: String,
+    stats: Arc<SourceStats>,
+}
+
+impl crate::DevicePublisher for DeltaPublisher {
+    fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    fn publish_delta(&self, device: &str, payload: Vec<u8>) -> bool {
+        let topic = self.topic.replace("{device_id}", device);
+        let ok = rumqttc::valid_topic(&topic)
+            && self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .is_ok();
+        let c = if ok {
+            &self.stats.deltas_published
+        } else {
+            &self.stats.deltas_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        ok
+    }
+}
+
 /// An MQTT source, checked and ready to start.
 pub struct MqttSource {
     name: String,
@@ -96,6 +134,7 @@ pub struct MqttSource {
     pattern: Option<TopicPattern>,
     tenant: Tenant,
     dead_letter: Option<String>,
+    delta_topic: Option<String>,
     limits: Arc<Limits>,
     max_payload: usize,
 }
@@ -182,6 +221,15 @@ impl MqttSource {
                 )));
             }
         }
+        let delta_topic =
+            (!cfg.shadow_delta_topic.is_empty()).then(|| cfg.shadow_delta_topic.clone());
+        if let Some(t) = &delta_topic {
+            if !rumqttc::valid_topic(&t.replace("{device_id}", "x")) {
+                return Err(err(format!(
+                    "shadow_delta_topic {t:?} is not a valid topic name"
+                )));
+            }
+        }
         let id = cfg
             .client_id
             .clone()
@@ -233,6 +281,7 @@ impl MqttSource {
             pattern,
             tenant,
             dead_letter: cfg.dead_letter_topic.clone(),
+            delta_topic,
             limits,
             max_payload,
         })
@@ -274,13 +323,18 @@ impl Source for MqttSource {
             name.clone(),
         ));
         let acker = rt.spawn(acker(ack_rx, client.clone(), stats.clone()));
+        let publisher = self.delta_topic.clone().map(|topic| {
+            Arc::new(DeltaPublisher {
+                client: client.clone(),
+                tenant: self.tenant.clone(),
+                topic,
+                stats: stats.clone(),
+            }) as Arc<dyn crate::DevicePublisher>
+        });
         let batcher = rt.spawn(batcher(*self, rx, ack_tx, client, sink, stats.clone()));
-        Ok(Running::new(
-            name,
-            acknowledges,
-            stats,
-            vec![poll, batcher, acker],
-        ))
+        let mut running = Running::new(name, acknowledges, stats, vec![poll, batcher, acker]);
+        running.publisher = publisher;
+        Ok(running)
     }
 }
 
@@ -567,6 +621,7 @@ mod tests {
             password: None,
             tenant: None,
             dead_letter_topic: None,
+            shadow_delta_topic: default_delta_topic(),
             keep_alive_secs: 30,
             ca_file: None,
         }

@@ -156,7 +156,10 @@ pub async fn patch_shadow(
         .await
     {
         Ok(_) => match shadow_doc(&st, &tenant, &id).await {
-            Ok(doc) => success(doc),
+            Ok(doc) => {
+                publish_delta(&st, &tenant, &id, &doc);
+                success(doc)
+            }
             Err(r) => r,
         },
         Err(e @ MetaError::VersionConflict { .. }) => {
@@ -164,6 +167,26 @@ pub async fn patch_shadow(
         }
         Err(MetaError::Invalid(m)) => ApiError::bad_data(m).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// Sends the device its delta through each source of its tenant that reaches devices (MQTT),
+/// when there is one.
+fn publish_delta(st: &AppState, tenant: &Tenant, id: &str, doc: &Value) {
+    let delta = &doc["state"]["delta"];
+    if delta.as_object().is_none_or(Map::is_empty) {
+        return;
+    }
+    let payload = json!({
+        "state": delta,
+        "metadata": doc["metadata"]["desired"],
+        "version": doc["version"],
+        "timestamp": doc["timestamp"],
+    })
+    .to_string()
+    .into_bytes();
+    for p in st.publishers.iter().filter(|p| p.tenant() == tenant) {
+        p.publish_delta(id, payload.clone());
     }
 }
 

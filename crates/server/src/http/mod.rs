@@ -63,6 +63,8 @@ pub struct AppState {
     pub registry: Arc<crate::registry::Registry>,
     /// When fleet status calls a device offline.
     pub fleet: FleetStatus,
+    /// Where shadow deltas go (the MQTT sources).
+    pub publishers: Arc<[Arc<dyn strata_sources::DevicePublisher>]>,
 }
 
 /// When fleet status calls a device offline (`[devices]`).
