@@ -25,7 +25,10 @@ use config::Config;
 use std::sync::Arc;
 
 /// Runs the server until SIGINT or SIGTERM; with `demo`, also a simulated fleet against itself.
-pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
+pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
+    if demo && cfg.registry.enrich.is_empty() {
+        cfg.registry.enrich = vec!["model".into(), "firmware".into()];
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -48,6 +51,20 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         cfg.registry.unknown_devices,
     ))?;
     registry.spawn_refresh(rt.handle());
+    if demo {
+        // The demo fleet is registered, so its series carry registry labels it never sends.
+        let devices = simulate::registry_devices(&demo_fleet("http://unused".into()));
+        rt.block_on(async {
+            meta.import_devices(
+                strata_model::Tenant::DEFAULT,
+                &devices,
+                strata_model::time::now_ms(),
+            )
+            .await?;
+            registry.changed().await
+        })
+        .map_err(|e| anyhow::anyhow!("demo: registering the fleet: {e}"))?;
+    }
     let devices = rt.block_on(device_rules::DeviceRulesHub::open(
         cfg.device_rules()?,
         meta,
@@ -150,17 +167,9 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %cfg.data_dir.display(), partitions, "strata is serving");
         if demo {
-            let fleet = simulate::FleetConfig {
-                url: format!("http://{addr}/api/v1/events"),
-                sites: 5,
-                devices_per_site: 20,
-                interval: std::time::Duration::from_secs(5),
-                duration: None,
-                seed: 42,
-                progress: false,
-            };
+            let fleet = demo_fleet(format!("http://{addr}/api/v1/events"));
             tracing::info!(
-                "demo: simulating 100 devices on 5 sites; try: curl -s http://{addr}/api/v1/export --data-urlencode 'match[]=temperature_celsius{{site=\"site-00\"}}'"
+                "demo: simulating 100 registered devices on 5 sites; try: curl -s http://{addr}/api/v1/query --data-urlencode 'query=avg by (model) (temperature_celsius)' or curl -s http://{addr}/api/v1/devices"
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
@@ -207,6 +216,19 @@ pub fn serve(cfg: Config, demo: bool) -> anyhow::Result<()> {
 }
 
 use engine::Engine;
+
+/// The simulated fleet of `serve --demo`, writing to `url`.
+fn demo_fleet(url: String) -> simulate::FleetConfig {
+    simulate::FleetConfig {
+        url,
+        sites: 5,
+        devices_per_site: 20,
+        interval: std::time::Duration::from_secs(5),
+        duration: None,
+        seed: 42,
+        progress: false,
+    }
+}
 
 /// Reloads the rule files at each SIGHUP (as Prometheus does).
 #[cfg(unix)]

@@ -56,6 +56,30 @@ struct Device {
     buffer: Vec<String>,
 }
 
+/// The fleet's devices as the registry knows them: id, site, region and type as their events
+/// carry them, and a model and firmware version they do not send (so enrichment shows).
+pub fn registry_devices(cfg: &FleetConfig) -> Vec<strata_meta::registry::Device> {
+    fleet(cfg)
+        .iter()
+        .enumerate()
+        .map(|(i, d)| strata_meta::registry::Device {
+            id: d.id.clone(),
+            name: Some(format!("{} {}", d.kind, i + 1)),
+            device_type: Some(d.kind.to_string()),
+            model: Some(format!("{}-{}", d.kind.to_uppercase(), 100 + 100 * (i % 3))),
+            firmware: Some(format!("1.{}.{}", i % 4, i % 7)),
+            site: Some(format!("site-{:02}", d.site)),
+            region: Some(format!("r{}", d.site % 3)),
+            location: None,
+            owner: Some("demo".into()),
+            provisioned: Some("2026-01-15".into()),
+            active: true,
+            expected_interval: Some(format!("{}s", cfg.interval.as_secs().max(1))),
+            labels: Default::default(),
+        })
+        .collect()
+}
+
 /// The fleet's devices in their initial state.
 fn fleet(cfg: &FleetConfig) -> Vec<Device> {
     (0..cfg.sites * cfg.devices_per_site)

@@ -27,6 +27,11 @@ impl Server {
 
     /// As [`Server::start`], with environment variables for the server alone.
     pub fn start_with_env(dir: &Path, extra_toml: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_with(dir, extra_toml, env, &[])
+    }
+
+    /// As [`Server::start_with_env`], with more arguments to `strata serve`.
+    pub fn start_with(dir: &Path, extra_toml: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let port = free_port();
         let cfg = dir.join("strata.toml");
         std::fs::write(&cfg, extra_toml).unwrap();
@@ -36,6 +41,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
