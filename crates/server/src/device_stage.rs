@@ -115,6 +115,25 @@ enum Msg {
     Batch(WriteBatch),
     Settle(i64),
     Save(Option<u64>),
+    /// Answered once everything handed over before it is in the shadows.
+    Barrier(mpsc::SyncSender<()>),
+    Stop,
+}
+
+/// Waits for a shard's device stage to take what was handed over (see [`DeviceSync::sync`]).
+#[derive(Clone)]
+pub(crate) struct DeviceSync(mpsc::SyncSender<Msg>);
+
+impl DeviceSync {
+    /// Returns once every batch acknowledged before the call is in the shard's shadows (a
+    /// batch is handed over before its acknowledgement): reads of shadows see their own
+    /// writes. Blocks; quickly unless the stage is behind by a full queue.
+    pub(crate) fn sync(&self) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.0.send(Msg::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
 }
 
 /// A [`DeviceStage`] on its own thread (see the module doc); finished when dropped.
@@ -140,6 +159,7 @@ impl DeviceJudge {
             .name(format!("devrules-{partition}"))
             .spawn(move || {
                 let mut msgs = Vec::with_capacity(DRAIN);
+                let mut stop = false;
                 while let Ok(first) = rx.recv() {
                     msgs.push(first);
                     msgs.extend(rx.try_iter().take(DRAIN - 1));
@@ -147,6 +167,10 @@ impl DeviceJudge {
                     for m in msgs.drain(..) {
                         match m {
                             Msg::Batch(b) => stage.observe(&b),
+                            Msg::Barrier(done) => {
+                                let _ = done.send(());
+                            }
+                            Msg::Stop => stop = true,
                             Msg::Settle(w) => settle = settle.max(Some(w)),
                             Msg::Save(offset) => {
                                 if let Some(w) = settle.take() {
@@ -167,6 +191,9 @@ impl DeviceJudge {
                     }
                     if let Some(w) = settle {
                         stage.settle(w);
+                    }
+                    if stop {
+                        return;
                     }
                 }
             })?;
@@ -199,6 +226,11 @@ impl DeviceJudge {
         self.send(Msg::Save(offset));
     }
 
+    /// A handle that waits for the stage to catch up (for readers of the shadows).
+    pub(crate) fn sync_handle(&self) -> Option<DeviceSync> {
+        self.tx.clone().map(DeviceSync)
+    }
+
     /// The log offset the latest written checkpoint covers.
     pub(crate) fn saved(&self) -> Option<u64> {
         self.saved.load(Ordering::Acquire).checked_sub(1)
@@ -206,9 +238,12 @@ impl DeviceJudge {
 }
 
 impl Drop for DeviceJudge {
-    /// Judges what was handed over, then ends the thread.
+    /// Judges what was handed over, then ends the thread (readers' [`DeviceSync`] handles
+    /// keep the channel open, so it is told to stop).
     fn drop(&mut self) {
-        self.tx = None;
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

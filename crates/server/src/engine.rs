@@ -135,6 +135,7 @@ struct ShardHandle {
     tsdb: Arc<Tsdb>,
     rollups: Option<Arc<RollupStage>>,
     shadows: Arc<parking_lot::Mutex<strata_stream::shadow::Shadows>>,
+    device_sync: Option<crate::device_stage::DeviceSync>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -277,6 +278,7 @@ impl Engine {
         for (p, o) in opened.into_iter().enumerate() {
             let (shard, tsdb, rollups, shadows) = o?;
             let (tx, rx) = mpsc::channel(QUEUE);
+            let device_sync = shard.device_sync();
             let rt = rt.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("shard-{p}"))
@@ -286,6 +288,7 @@ impl Engine {
                 tsdb,
                 rollups,
                 shadows,
+                device_sync,
                 thread: Some(thread),
             });
         }
@@ -863,7 +866,8 @@ impl Engine {
     }
 
     /// The last reading of every series of `device`, from its shadow (the shard of its entity
-    /// holds them all), by labels.
+    /// holds them all), by labels; what the device stages have taken (see
+    /// [`Engine::sync_shadows`]).
     pub fn device_latest(
         &self,
         tenant: &Tenant,
@@ -890,10 +894,26 @@ impl Engine {
     }
 
     /// Runs `f` over each shard's shadows in turn (the shard's lock held for the call).
+    /// Reads what the device stages have taken so far: [`Engine::sync_shadows`] first to see
+    /// every acknowledged write.
     pub fn with_shadows(&self, mut f: impl FnMut(&strata_stream::shadow::Shadows)) {
         for s in &self.shards {
             f(&s.shadows.lock());
         }
+    }
+
+    /// Waits until every write acknowledged so far is in the shadows (blocking: call it off
+    /// the async workers).
+    pub fn sync_shadows(&self) {
+        for s in self.shards.iter().filter_map(|s| s.device_sync.as_ref()) {
+            s.sync();
+        }
+    }
+
+    /// [`Engine::sync_shadows`] on the blocking pool.
+    pub async fn synced_shadows(self: &Arc<Self>) {
+        let e = self.clone();
+        let _ = tokio::task::spawn_blocking(move || e.sync_shadows()).await;
     }
 
     /// The sorted union of one metadata read over every shard, the first `limit` entries when

@@ -33,6 +33,8 @@ pub enum Policy {
 pub struct Known {
     /// The registry's record.
     pub device: Device,
+    /// Its expected reporting interval (ms), parsed.
+    pub interval_ms: Option<i64>,
     labels: Vec<(String, String)>,
 }
 
@@ -129,7 +131,11 @@ impl Registry {
             .filter(|(_, v)| !v.is_empty())
             .collect();
         labels.sort();
-        Known { device, labels }
+        Known {
+            interval_ms: device.interval_ms(),
+            device,
+            labels,
+        }
     }
 
     /// The cached device `id` of `tenant`.
@@ -137,14 +143,13 @@ impl Registry {
         self.cache.read().tenants.get(tenant)?.get(id).cloned()
     }
 
-    /// Every cached device of `tenant`.
-    pub fn devices_of(&self, tenant: &str) -> Vec<Arc<Known>> {
-        self.cache
-            .read()
-            .tenants
-            .get(tenant)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+    /// Runs `f` with the cached devices of `tenant` (the cache's read lock held).
+    pub fn with_devices<T>(
+        &self,
+        tenant: &str,
+        f: impl FnOnce(Option<&HashMap<String, Arc<Known>>>) -> T,
+    ) -> T {
+        f(self.cache.read().tenants.get(tenant))
     }
 
     /// Reloads every second, for changes made on other nodes (this node's own changes

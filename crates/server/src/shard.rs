@@ -307,6 +307,11 @@ impl Shard {
         })
     }
 
+    /// A handle that waits for the shard's device stage to catch up, when it has one.
+    pub(crate) fn device_sync(&self) -> Option<crate::device_stage::DeviceSync> {
+        self.devices.as_ref().and_then(|d| d.sync_handle())
+    }
+
     /// Serves jobs until every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>, rt: tokio::runtime::Handle) {
         let mut jobs = Vec::with_capacity(MAX_GROUP);
@@ -443,10 +448,12 @@ impl Shard {
             }
         }
         for p in pending.drain(..) {
-            let _ = p.ack.send(Ok(p.result));
+            // Handed over before the acknowledgement, so a reader that waits for the device
+            // stage (`DeviceSync`) after it sees the batch in the shadows.
             if let (Some(d), Some(_)) = (&self.devices, p.offset) {
                 d.observe(p.batch);
             }
+            let _ = p.ack.send(Ok(p.result));
         }
         // Settling after the acknowledgement keeps closing windows off the writers' latency:
         // a reader who got an acknowledgement sees the samples it carried already, in the

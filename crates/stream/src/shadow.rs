@@ -14,7 +14,7 @@ use crate::bytes::{put, Reader};
 use crate::StreamError;
 use ahash::AHashMap;
 use std::path::Path;
-use strata_model::{Sample, SeriesKey, SeriesKeyRef, Tenant};
+use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
 
 /// The label naming a series' device.
 pub const DEVICE_LABEL: &str = "device";
@@ -72,6 +72,8 @@ pub fn update(last: &mut Option<Sample>, s: Sample) {
 pub struct DeviceState {
     /// Per series, its newest reading (in the order first seen).
     pub readings: Vec<(SeriesKey, Sample)>,
+    /// The readings' series ids (compared before keys).
+    ids: Vec<SeriesId>,
 }
 
 impl DeviceState {
@@ -84,18 +86,22 @@ impl DeviceState {
             .unwrap_or(i64::MIN)
     }
 
-    fn take(&mut self, key: SeriesKeyRef<'_>, s: Sample) {
-        match self
-            .readings
-            .iter_mut()
-            .find(|(k, _)| k.as_bytes() == key.as_bytes())
-        {
-            Some((_, last)) => {
+    fn take(&mut self, id: SeriesId, key: SeriesKeyRef<'_>, s: Sample) {
+        let found = self
+            .ids
+            .iter()
+            .zip(&mut self.readings)
+            .find(|(i, (k, _))| **i == id && k.as_bytes() == key.as_bytes());
+        match found {
+            Some((_, (_, last))) => {
                 let mut l = Some(*last);
                 update(&mut l, s);
                 *last = l.expect("kept");
             }
-            None => self.readings.push((key.to_owned(), s)),
+            None => {
+                self.ids.push(id);
+                self.readings.push((key.to_owned(), s));
+            }
         }
     }
 }
@@ -113,16 +119,18 @@ impl Shadows {
     /// names metrics that are not the device's readings, such as a detector's outputs).
     pub fn observe(&mut self, batch: &strata_model::WriteBatch, skip: impl Fn(&[u8]) -> bool) {
         let tenant = batch.tenant();
-        if !batch
-            .iter()
-            .any(|s| s.key.get(DEVICE_LABEL.as_bytes()).is_some())
-        {
-            return;
-        }
         if !self.tenants.contains_key(tenant) {
+            if !batch
+                .iter()
+                .any(|s| s.key.get(DEVICE_LABEL.as_bytes()).is_some())
+            {
+                return;
+            }
             self.tenants.insert(tenant.clone(), Default::default());
         }
         let map = self.tenants.get_mut(tenant).expect("inserted");
+        // An event's readings come one after another: look its device up once.
+        let mut last: Option<(&[u8], &mut DeviceState)> = None;
         for s in batch.iter() {
             let Some(device) = s.key.get(DEVICE_LABEL.as_bytes()) else {
                 continue;
@@ -134,17 +142,21 @@ impl Shadows {
                 continue;
             }
             let Some(n) = newest(s.samples) else { continue };
-            let Ok(device) = std::str::from_utf8(device) else {
-                continue;
-            };
-            match map.get_mut(device) {
-                Some(d) => d.take(s.key, n),
-                None => {
-                    let mut d = DeviceState::default();
-                    d.take(s.key, n);
-                    map.insert(device.into(), d);
+            if let Some((d, state)) = &mut last {
+                if *d == device {
+                    state.take(s.id, s.key, n);
+                    continue;
                 }
             }
+            let Ok(name) = std::str::from_utf8(device) else {
+                continue;
+            };
+            if !map.contains_key(name) {
+                map.insert(name.into(), DeviceState::default());
+            }
+            let state = map.get_mut(name).expect("inserted");
+            state.take(s.id, s.key, n);
+            last = Some((device, state));
         }
     }
 
@@ -208,6 +220,7 @@ impl Shadows {
         };
         let offset = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
         for (tenant, key, s) in decode(&body[16..], path)? {
+            let tenant_key = tenant.clone();
             let Some(device) = key.as_ref().get(DEVICE_LABEL.as_bytes()) else {
                 continue;
             };
@@ -217,7 +230,7 @@ impl Shadows {
                 .or_default()
                 .entry(device.into())
                 .or_default()
-                .take(key.as_ref(), s);
+                .take(SeriesId::of(&tenant_key, key.as_ref()), key.as_ref(), s);
         }
         Ok((sh, (offset != u64::MAX).then_some(offset)))
     }

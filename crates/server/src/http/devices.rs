@@ -71,6 +71,7 @@ fn same(want: &Value, have: f64) -> bool {
 }
 
 async fn shadow_doc(st: &AppState, tenant: &Tenant, id: &str) -> Result<Value, Response> {
+    st.engine.synced_shadows().await;
     let desired = st
         .registry
         .meta()
@@ -274,68 +275,82 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
         }
     };
     let (site, dtype, cursor) = (text("site"), text("type"), text("cursor"));
+    st.engine.synced_shadows().await;
     let now = now_ms();
     let (default_interval, missed) = (st.fleet.expected_interval_ms, st.fleet.offline_after);
-    let mut counts: BTreeMap<String, [u64; 2]> = BTreeMap::new();
+    let mut counts: std::collections::HashMap<String, [u64; 2]> = Default::default();
     let mut total = [0u64; 2];
     // Per shard, the first `limit + 1` selected after the cursor (each id is in one shard):
     // the first `limit` of their union are the page, one more says there is a next.
     let mut page: Vec<(String, Value)> = Vec::new();
-    st.engine.with_shadows(|sh| {
-        let mut taken = 0;
-        for (id, d) in sh.devices_after(&tenant, None) {
-            let known = st.registry.get(tenant.as_str(), id);
-            let reg = known.as_ref().map(|k| &k.device);
-            let label = |n: &str| {
-                d.readings
-                    .iter()
-                    .find_map(|(k, _)| k.as_ref().get(n.as_bytes()))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
-            let dsite = reg.and_then(|r| r.site.clone()).or_else(|| label("site"));
-            let dt = reg
-                .and_then(|r| r.device_type.clone())
-                .or_else(|| label("type"));
-            if site.as_ref().is_some_and(|s| dsite.as_ref() != Some(s))
-                || dtype.as_ref().is_some_and(|t| dt.as_ref() != Some(t))
-            {
-                continue;
+    st.registry.with_devices(tenant.as_str(), |registered| {
+        st.engine.with_shadows(|sh| {
+            let mut taken = 0;
+            for (id, d) in sh.devices_after(&tenant, None) {
+                let known = registered.and_then(|r| r.get(id));
+                let label = |n: &str| {
+                    d.readings
+                        .iter()
+                        .find_map(|(k, _)| k.as_ref().get(n.as_bytes()))
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                };
+                let dsite = known
+                    .and_then(|k| k.device.site.as_deref())
+                    .or_else(|| label("site"));
+                let dt = known
+                    .and_then(|k| k.device.device_type.as_deref())
+                    .or_else(|| label("type"));
+                if site.as_deref().is_some_and(|s| dsite != Some(s))
+                    || dtype.as_deref().is_some_and(|t| dt != Some(t))
+                {
+                    continue;
+                }
+                let interval = known
+                    .and_then(|k| k.interval_ms)
+                    .unwrap_or(default_interval);
+                let last = d.last_seen();
+                let s = if now.saturating_sub(last) > interval.saturating_mul(missed) {
+                    Status::Offline
+                } else {
+                    Status::Online
+                };
+                let i = usize::from(s == Status::Offline);
+                let key = dsite.unwrap_or_default();
+                match counts.get_mut(key) {
+                    Some(c) => c[i] += 1,
+                    None => {
+                        let mut c = [0; 2];
+                        c[i] = 1;
+                        counts.insert(key.to_string(), c);
+                    }
+                }
+                total[i] += 1;
+                if status.is_some_and(|w| w != s)
+                    || cursor.as_deref().is_some_and(|c| id <= c)
+                    || taken > limit
+                {
+                    continue;
+                }
+                taken += 1;
+                let readings: Map<String, Value> = reported(d)
+                    .into_iter()
+                    .map(|(k, (v, _))| (k, number(v)))
+                    .collect();
+                page.push((
+                    id.to_string(),
+                    json!({
+                        "id": id, "site": dsite, "type": dt, "status": s.as_str(),
+                        "last_seen": last, "readings": readings,
+                    }),
+                ));
             }
-            let interval = reg
-                .and_then(|r| r.interval_ms())
-                .unwrap_or(default_interval);
-            let last = d.last_seen();
-            let s = if now.saturating_sub(last) > interval.saturating_mul(missed) {
-                Status::Offline
-            } else {
-                Status::Online
-            };
-            let i = usize::from(s == Status::Offline);
-            counts.entry(dsite.clone().unwrap_or_default()).or_default()[i] += 1;
-            total[i] += 1;
-            if status.is_some_and(|w| w != s)
-                || cursor.as_deref().is_some_and(|c| id <= c)
-                || taken > limit
-            {
-                continue;
-            }
-            taken += 1;
-            let readings: Map<String, Value> = reported(d)
-                .into_iter()
-                .map(|(k, (v, _))| (k, number(v)))
-                .collect();
-            page.push((
-                id.to_string(),
-                json!({
-                    "id": id, "site": dsite, "type": dt, "status": s.as_str(),
-                    "last_seen": last, "readings": readings,
-                }),
-            ));
-        }
+        })
     });
     page.sort_by(|a, b| a.0.cmp(&b.0));
     let next = (page.len() > limit).then(|| page[limit - 1].0.clone());
     page.truncate(limit);
+    let mut counts: Vec<(String, [u64; 2])> = counts.into_iter().collect();
+    counts.sort();
     let by_site: Map<String, Value> = counts
         .into_iter()
         .map(|(s, [on, off])| (s, json!({"online": on, "offline": off})))

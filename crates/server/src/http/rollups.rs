@@ -158,6 +158,7 @@ pub async fn latest(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    st.engine.synced_shadows().await;
     let run = || -> Result<Response, ApiError> {
         let tenant = tenant_of(&headers)?;
         let id = device_id(&id)?;
