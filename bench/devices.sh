@@ -68,7 +68,7 @@ with open(f"{work}/reg.ndjson", "w") as r, open(f"{work}/ev.ndjson", "w") as e:
 PY
 curl -sf -XPOST "$URL/api/v1/registry/devices/import" -H 'Content-Type: application/x-ndjson' --data-binary @"$work/reg.ndjson" >/dev/null
 split -l 20000 "$work/ev.ndjson" "$work/ev."
-for f in "$work"/ev.??; do curl -sf -XPOST "$URL/api/v1/events" --data-binary @"$f" >/dev/null; done
+for f in "$work"/ev.??; do curl -sf -XPOST "$URL/api/v1/events" -H "Content-Type: application/x-ndjson" --data-binary @"$f" >/dev/null; done
 total=$(curl -s "$URL/api/v1/devices?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["counts"]["total"])')
 echo "  devices in fleet status: $total"
 for q in "limit=100" "status=offline&limit=100" "site=s042&limit=100" "limit=100&cursor=d090000"; do

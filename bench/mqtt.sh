@@ -36,14 +36,17 @@ for i in range(n):
 PY
 mkdir -p "$work/by"
 awk -v dir="$work/by" '{ f = $1; $1 = ""; sub(/^ /, ""); print > (dir "/" f) }' "$work/lines"
-queue() { # $1 = topic prefix, $2 = qos
+queue() { # $1 = topic prefix, $2 = qos: one mosquitto_pub per device, 8 at a time
+    pids=
     for f in "$work"/by/*; do
         d=$(basename "$f")
         mosquitto_pub -h 127.0.0.1 -p "$MQ" -q "$2" -t "$1/$d/telemetry" -l < "$f" &
-        # a few publishers at once
-        while [ "$(jobs -p | wc -l)" -gt 8 ]; do sleep 0.05; done
+        pids="$pids $!"
+        set -- "$1" "$2"
+        n=$(echo $pids | wc -w)
+        if [ "$n" -ge 8 ]; then wait $pids; pids=; fi
     done
-    wait
+    [ -z "$pids" ] || wait $pids
 }
 metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 strata_run() { # $1 = qos
@@ -57,8 +60,9 @@ strata_run() { # $1 = qos
     queue devices "$1"
     RUST_LOG=warn "$BIN" serve --config "$work/s.toml" --data-dir "$work/data" --listen "127.0.0.1:$PORT" & pid=$!
     until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do sleep 0.02; done
-    t0=
+    t0=; deadline=$(( $(date +%s) + 120 ))
     while :; do
+        if [ "$(date +%s)" -gt "$deadline" ]; then echo "strata qos$1: stuck: $(curl -s "http://127.0.0.1:$PORT/metrics" | grep 'strata_source_.*source="b"' | tr '\n' ' ')"; break; fi
         m=$(metric 'strata_source_messages_total{source="b"}'); a=$(metric 'strata_source_acked_total{source="b"}')
         if [ -z "$t0" ] && [ "${m:-0}" -gt 0 ]; then t0=$(date +%s.%N); m0=$m; fi
         [ "${a:-0}" -ge "$N" ] && break

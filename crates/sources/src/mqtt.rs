@@ -13,8 +13,10 @@
 //! Three tasks: the event loop (rumqttc's, polled without pause so pings and acks go out), a
 //! batcher that decodes what has arrived into one batch and starts its write (at most
 //! [`WRITES`] at once), and an acker that waits for each write in order and acknowledges its
-//! messages. When writes are all busy the batcher stops taking messages, the event loop stops
-//! reading the socket, and the broker holds the rest: nothing is buffered without bound.
+//! messages. The event loop must keep polling for the acks to go out, so it never waits for the
+//! batcher: at QoS 1 the broker holds what Strata has not acknowledged (at most its in-flight
+//! window, under 65,536 messages, which the hand-over queue holds whole); at QoS 0 messages
+//! past a full queue are dropped and counted (`overloaded`).
 
 use crate::topic::TopicPattern;
 use crate::{Running, Sink, SinkError, Source, SourceError, SourceStats, Written};
@@ -38,8 +40,13 @@ pub const WRITES: usize = 4;
 const MAX_BATCH: usize = 1000;
 /// Most payload bytes in one batch (a larger single message makes a batch alone).
 const MAX_BATCH_BYTES: usize = 8 << 20;
-/// Messages the event loop hands over before it waits for the batcher.
-const QUEUE: usize = 1024;
+/// Messages the event loop hands over without waiting for the batcher: more than a broker can
+/// have in flight unacknowledged at QoS 1 (packet ids are 16 bits), so the event loop never
+/// waits at QoS 1 (it must go on polling to send the acks). At QoS 0 a full queue drops.
+const QUEUE: usize = 1 << 16;
+/// Requests (acks, dead letters, deltas) the client queues for the event loop: the acks of
+/// every message a broker can have in flight fit, twice.
+const REQUESTS: usize = 2 * QUEUE + 64;
 /// The longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -244,9 +251,7 @@ impl MqttSource {
             // The broker bounds message size; the payload limit is applied after receipt, so
             // an oversized message is refused and acknowledged, not redelivered forever.
             .set_max_packet_size(268_435_455, 1 << 20)
-            // Acks of every message in flight fit, so acknowledging never waits for the
-            // event loop while it waits for the batcher.
-            .set_request_channel_capacity(2 * (QUEUE + WRITES * MAX_BATCH) + 64);
+            .set_request_channel_capacity(REQUESTS);
         let user = cfg
             .username
             .clone()
@@ -304,7 +309,7 @@ impl Source for MqttSource {
     ) -> Result<Running, SourceError> {
         let stats = Arc::new(SourceStats::default());
         let acknowledges = self.acknowledges();
-        let (client, eventloop) = AsyncClient::new(self.options.clone(), 64);
+        let (client, eventloop) = AsyncClient::new(self.options.clone(), REQUESTS);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (ack_tx, ack_rx) = mpsc::channel(WRITES);
         let name = self.name.clone();
@@ -351,11 +356,19 @@ async fn poll(
     let mut backoff = Duration::from_millis(100);
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
-                    return;
+            Ok(Event::Incoming(Packet::Publish(p))) => match tx.try_send(p) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(p)) if p.qos == QoS::AtMostOnce => {
+                    stats.bad("overloaded", 1);
                 }
-            }
+                // Not at QoS 1 (see QUEUE); should a broker still send more, wait.
+                Err(mpsc::error::TrySendError::Full(p)) => {
+                    if tx.send(p).await.is_err() {
+                        return;
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            },
             Ok(Event::Incoming(Packet::ConnAck(a))) => {
                 if a.code != ConnectReturnCode::Success {
                     tracing::error!(source = %name, code = ?a.code, "mqtt broker refused the connection");
