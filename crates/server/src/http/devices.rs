@@ -25,9 +25,6 @@ use strata_model::time::now_ms;
 use strata_model::{Tenant, METRIC_NAME};
 use strata_stream::shadow::DeviceState;
 
-/// Most devices one page of the fleet holds.
-pub const MAX_PAGE: usize = 10_000;
-
 /// Each metric's newest reading: name → (value, timestamp).
 fn reported(d: &DeviceState) -> BTreeMap<String, (f64, i64)> {
     let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
@@ -257,7 +254,6 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
         Err(e) => return e.into_response(),
     };
     let p = req.params();
-    let text = |n: &str| p.get(n).filter(|v| !v.is_empty()).map(str::to_string);
     let status = match p.get("status") {
         None | Some("") => None,
         Some("online") => Some(Status::Online),
@@ -267,14 +263,11 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
                 .into_response()
         }
     };
-    let limit = match p.get("limit").map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return ApiError::bad_data(format!("limit must be 1 to {MAX_PAGE}")).into_response()
-        }
+    let limit = match p.page_limit() {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
     };
-    let (site, dtype, cursor) = (text("site"), text("type"), text("cursor"));
+    let (site, dtype, cursor) = (p.text("site"), p.text("type"), p.text("cursor"));
     st.engine.synced_shadows().await;
     let now = now_ms();
     let (default_interval, missed) = (st.fleet.expected_interval_ms, st.fleet.offline_after);

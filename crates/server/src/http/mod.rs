@@ -228,6 +228,25 @@ pub fn tenant_of(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     }
 }
 
+/// Most entries one page of a device list holds (`limit`).
+pub const MAX_PAGE: usize = 10_000;
+
+impl Params {
+    /// Parameter `name` when set and not empty.
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.get(name).filter(|v| !v.is_empty()).map(str::to_string)
+    }
+
+    /// A list's `limit` (default 100, at most [`MAX_PAGE`]).
+    pub fn page_limit(&self) -> Result<usize, ApiError> {
+        match self.get("limit").map(str::parse::<usize>) {
+            None => Ok(100),
+            Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::bad_data(format!("limit must be 1 to {MAX_PAGE}"))),
+        }
+    }
+}
+
 /// What the read and query handlers take from a request: method, URL query, headers and body
 /// (the form body of a POST carries parameters, as Grafana sends them).
 pub struct ApiRequest {

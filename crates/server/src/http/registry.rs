@@ -14,9 +14,6 @@ use strata_meta::registry::{Device, Filter, PutMode};
 use strata_meta::MetaError;
 use strata_model::time::now_ms;
 
-/// Most devices one list page holds.
-pub const MAX_PAGE: usize = 10_000;
-
 fn error(e: MetaError) -> Response {
     match e {
         MetaError::DeviceExists(_) => {
@@ -156,7 +153,6 @@ pub async fn list(State(st): State<AppState>, req: ApiRequest) -> Response {
         Err(e) => return e.into_response(),
     };
     let p = req.params();
-    let text = |n: &str| p.get(n).filter(|v| !v.is_empty()).map(str::to_string);
     let active = match p.get("active") {
         None | Some("") => None,
         Some("true") => Some(true),
@@ -166,21 +162,18 @@ pub async fn list(State(st): State<AppState>, req: ApiRequest) -> Response {
                 .into_response()
         }
     };
-    let limit = match p.get("limit").map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return ApiError::bad_data(format!("limit must be 1 to {MAX_PAGE}")).into_response()
-        }
+    let limit = match p.page_limit() {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
     };
     let filter = Filter {
-        site: text("site"),
-        device_type: text("type"),
-        region: text("region"),
-        model: text("model"),
+        site: p.text("site"),
+        device_type: p.text("type"),
+        region: p.text("region"),
+        model: p.text("model"),
         active,
     };
-    let cursor = text("cursor");
+    let cursor = p.text("cursor");
     match st
         .registry
         .meta()
