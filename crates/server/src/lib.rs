@@ -61,7 +61,7 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
                 strata_model::time::now_ms(),
             )
             .await?;
-            registry.changed().await
+            registry.reload().await
         })
         .map_err(|e| anyhow::anyhow!("demo: registering the fleet: {e}"))?;
     }

@@ -70,6 +70,18 @@ pub struct Admitted {
     pub refused_samples: usize,
 }
 
+/// What admission does with one series.
+enum Fate<'a> {
+    /// Written as it came.
+    Keep,
+    /// Written with the registry labels it lacks.
+    Enrich(&'a [(String, String)]),
+    /// Refused: its device (unknown or inactive) is named in the answer.
+    Refuse(&'a [u8]),
+    /// Stored apart.
+    Quarantine,
+}
+
 /// Refused devices named in an answer; the rest are only counted.
 const NAMED: usize = 10;
 
@@ -107,8 +119,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Loads every device.
-    async fn reload(&self) -> Result<(), strata_meta::MetaError> {
+    /// Loads every device (at open, and after this node changed the registry).
+    pub async fn reload(&self) -> Result<(), strata_meta::MetaError> {
         let version = self.meta.registry_version().await?;
         let all = self.meta.all_devices().await?;
         let mut tenants: HashMap<String, HashMap<String, Arc<Known>>> = HashMap::new();
@@ -180,22 +192,13 @@ impl Registry {
         }
         let cache = self.cache.read();
         let devices = cache.tenants.get(out.batch.tenant().as_str());
-        let lookup = |id: &[u8]| {
-            let id = std::str::from_utf8(id).ok()?;
-            devices?.get(id)
-        };
+        let policy = self.policy;
         // Most batches need no change: look before copying.
-        let changes = out.batch.iter().any(|s| match s.key.get(b"device") {
-            None => false,
-            Some(id) => match lookup(id) {
-                Some(k) if k.device.active => k
-                    .labels
-                    .iter()
-                    .any(|(n, _)| s.key.get(n.as_bytes()).is_none()),
-                _ => self.policy != Policy::Accept,
-            },
-        });
-        if !changes {
+        if out
+            .batch
+            .iter()
+            .all(|s| matches!(fate_of(&s, devices, policy), Fate::Keep))
+        {
             return out;
         }
         let tenant = out.batch.tenant().clone();
@@ -204,54 +207,41 @@ impl Registry {
         let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
         let mut enriched = 0;
         for s in out.batch.iter() {
-            let Some(id) = s.key.get(b"device") else {
-                kept.push_from(&s);
-                continue;
-            };
-            let known = lookup(id);
-            let admitted = known.is_some_and(|k| k.device.active);
-            if !admitted {
-                match self.policy {
-                    Policy::Accept => {}
-                    Policy::Reject => {
-                        out.refused_samples += s.samples.len();
-                        let id = String::from_utf8_lossy(id).into_owned();
-                        if out.refused.len() < NAMED && !out.refused.contains(&id) {
-                            out.refused.push(id);
-                        }
-                        continue;
-                    }
-                    Policy::Quarantine => {
-                        let ev = s.event_id().map(|e| quarantine.event_key(e));
-                        pairs.clear();
-                        pairs.extend(s.key.pairs());
-                        if quarantine
-                            .push_series(&mut pairs, s.samples, ev, limits)
-                            .is_ok()
-                        {
-                            self.quarantined.add(s.samples.len() as u64);
-                        }
-                        continue;
+            match fate_of(&s, devices, policy) {
+                Fate::Keep => kept.push_from(&s),
+                Fate::Refuse(id) => {
+                    out.refused_samples += s.samples.len();
+                    let id = String::from_utf8_lossy(id).into_owned();
+                    if out.refused.len() < NAMED && !out.refused.contains(&id) {
+                        out.refused.push(id);
                     }
                 }
-            }
-            let extra = known.map_or(&[][..], |k| &k.labels[..]);
-            if extra.iter().all(|(n, _)| s.key.get(n.as_bytes()).is_some()) {
-                kept.push_from(&s);
-                continue;
-            }
-            pairs.clear();
-            pairs.extend(s.key.pairs());
-            for (n, v) in extra {
-                if s.key.get(n.as_bytes()).is_none() {
-                    pairs.push((n.as_bytes(), v.as_bytes()));
+                Fate::Quarantine => {
+                    let ev = s.event_id().map(|e| quarantine.event_key(e));
+                    pairs.clear();
+                    pairs.extend(s.key.pairs());
+                    if quarantine
+                        .push_series(&mut pairs, s.samples, ev, limits)
+                        .is_ok()
+                    {
+                        self.quarantined.add(s.samples.len() as u64);
+                    }
                 }
-            }
-            let ev = s.event_id().map(|e| kept.event_key(e));
-            match kept.push_series(&mut pairs, s.samples, ev, limits) {
-                Ok(()) => enriched += 1,
-                // Over a label limit with the registry's labels: written as it came.
-                Err(_) => kept.push_from(&s),
+                Fate::Enrich(extra) => {
+                    pairs.clear();
+                    pairs.extend(s.key.pairs());
+                    for (n, v) in extra {
+                        if s.key.get(n.as_bytes()).is_none() {
+                            pairs.push((n.as_bytes(), v.as_bytes()));
+                        }
+                    }
+                    let ev = s.event_id().map(|e| kept.event_key(e));
+                    match kept.push_series(&mut pairs, s.samples, ev, limits) {
+                        Ok(()) => enriched += 1,
+                        // Over a label limit with the registry's labels: written as it came.
+                        Err(_) => kept.push_from(&s),
+                    }
+                }
             }
         }
         drop(cache);
@@ -261,10 +251,32 @@ impl Registry {
         out.quarantine = (!quarantine.is_empty()).then_some(quarantine);
         out
     }
+}
 
-    /// Called after this node changed the registry: reloads now.
-    pub async fn changed(&self) -> Result<(), strata_meta::MetaError> {
-        self.reload().await
+/// What admission does with series `s` of a batch whose tenant has `devices`.
+fn fate_of<'a>(
+    s: &strata_model::BatchSeries<'a>,
+    devices: Option<&'a HashMap<String, Arc<Known>>>,
+    policy: Policy,
+) -> Fate<'a> {
+    let Some(id) = s.key.get(b"device") else {
+        return Fate::Keep;
+    };
+    let known = std::str::from_utf8(id).ok().and_then(|id| devices?.get(id));
+    match (known, policy) {
+        (Some(k), _) if k.device.active => {
+            if k.labels
+                .iter()
+                .all(|(n, _)| s.key.get(n.as_bytes()).is_some())
+            {
+                Fate::Keep
+            } else {
+                Fate::Enrich(&k.labels)
+            }
+        }
+        (_, Policy::Accept) => Fate::Keep,
+        (_, Policy::Reject) => Fate::Refuse(id),
+        (_, Policy::Quarantine) => Fate::Quarantine,
     }
 }
 

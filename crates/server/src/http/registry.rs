@@ -64,7 +64,7 @@ fn device_from(v: Value) -> Result<Device, String> {
 }
 
 async fn changed(st: &AppState) {
-    if let Err(e) = st.registry.changed().await {
+    if let Err(e) = st.registry.reload().await {
         tracing::warn!("device registry cache not reloaded: {e}");
     }
 }
