@@ -41,7 +41,8 @@ impl SeriesCache {
         xxhash_rust::xxh3::xxh3_64_with_seed(raw, out.hash_seed())
     }
 
-    /// On a hit, appends the known series with `samples` to `out` and returns true.
+    /// On a hit, appends the known series with `samples` (of event `event_id`, if any) to
+    /// `out` and returns true.
     pub fn push_cached(
         &mut self,
         limits: &Limits,
@@ -49,6 +50,7 @@ impl SeriesCache {
         raw: &[u8],
         out: &mut WriteBatch,
         samples: &[Sample],
+        event_id: Option<&[u8]>,
     ) -> bool {
         if self.limits.as_ref() != Some(limits) {
             self.clear();
@@ -56,7 +58,7 @@ impl SeriesCache {
         }
         match self.map.get(&hash) {
             Some(c) if c.raw.as_ref() == raw => {
-                out.push_known(c.key.as_ref(), c.id, c.entity, samples);
+                out.push_identified(c.key.as_ref(), c.id, c.entity, samples, event_id);
                 true
             }
             _ => false,
@@ -84,7 +86,8 @@ impl SeriesCache {
         }
     }
 
-    fn clear(&mut self) {
+    /// Forgets every series (for callers whose mapping from raw bytes to series changed).
+    pub fn clear(&mut self) {
         self.map.clear();
         self.bytes = 0;
     }
@@ -107,7 +110,7 @@ mod tests {
         for i in 0..200_000u32 {
             let raw = format!("raw labels of series {i:08} with some padding to look real");
             let hash = SeriesCache::hash(raw.as_bytes(), &batch);
-            assert!(!cache.push_cached(&limits, hash, raw.as_bytes(), &mut batch, &samples));
+            assert!(!cache.push_cached(&limits, hash, raw.as_bytes(), &mut batch, &samples, None));
             let name = format!("series_{i:08}_with_a_name_of_typical_length");
             let key = SeriesKey::from_sorted_pairs([(&b"__name__"[..], name.as_bytes())]);
             batch.push_key(key.as_ref(), &samples, None);
@@ -116,7 +119,7 @@ mod tests {
             cache.insert(hash, raw.as_bytes(), &s);
             emptied += usize::from(cache.map.len() <= before);
             assert!(cache.bytes <= CACHE_MAX_BYTES, "{} bytes", cache.bytes);
-            assert!(cache.push_cached(&limits, hash, raw.as_bytes(), &mut batch, &samples));
+            assert!(cache.push_cached(&limits, hash, raw.as_bytes(), &mut batch, &samples, None));
             if batch.series_len() > 1000 {
                 batch = WriteBatch::new(Tenant::default_tenant());
             }

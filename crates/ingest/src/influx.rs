@@ -170,7 +170,7 @@ fn decode_with(
             raw.push(b' ');
             raw.extend_from_slice(field);
             let hash = SeriesCache::hash(&raw, out);
-            if cache.push_cached(ctx.limits, hash, &raw, out, &sample) {
+            if cache.push_cached(ctx.limits, hash, &raw, out, &sample, None) {
                 d.accepted_samples += 1;
                 continue;
             }

@@ -8,7 +8,7 @@
 //!
 //! This crate knows nothing of HTTP, storage or the log.
 
-mod cache;
+pub mod cache;
 pub mod events;
 pub mod influx;
 pub mod remote_write;

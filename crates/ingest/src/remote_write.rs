@@ -198,7 +198,7 @@ impl Decoder<'_, '_> {
         if let (Some(raw), Some(hash)) = (raw, hash) {
             if self
                 .cache
-                .push_cached(self.ctx.limits, hash, raw, out, &self.samples)
+                .push_cached(self.ctx.limits, hash, raw, out, &self.samples, None)
             {
                 d.accepted_samples += self.samples.len();
                 return Ok(());

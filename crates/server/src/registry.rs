@@ -6,12 +6,20 @@
 //! A series keeps a label it brought: enrichment only adds labels it lacks (so a device that
 //! sends its own `site` keeps it). A registry change applies to samples written from then on;
 //! stored samples keep the labels they were written with.
+//!
+//! Enrichment is paid once per series and registry version, not once per sample: each worker
+//! thread remembers the enriched key of every series it enriched (the ingest decoders'
+//! [`SeriesCache`], keyed by the series as it came), so a series seen before is copied, not
+//! rebuilt. Any reload of the registry starts the memories over.
 
 use crate::metrics::Counter;
+use ahash::AHashMap;
 use parking_lot::RwLock;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use strata_ingest::cache::SeriesCache;
 use strata_meta::registry::Device;
 use strata_meta::MetaStore;
 use strata_model::{Limits, Tenant, WriteBatch};
@@ -38,10 +46,25 @@ pub struct Known {
     labels: Vec<(String, String)>,
 }
 
+/// Registered devices of one tenant, by id.
+pub type Devices = AHashMap<String, Arc<Known>>;
+
 #[derive(Default)]
 struct Cache {
     version: i64,
-    tenants: HashMap<String, HashMap<String, Arc<Known>>>,
+    /// Unique in the process for each load (of any registry), so a thread's memory of
+    /// enriched series knows when it is stale.
+    generation: u64,
+    tenants: AHashMap<String, Devices>,
+}
+
+/// The last cache generation handed out.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's enriched series (see the module doc) and the cache generation they were
+    /// enriched under.
+    static ENRICHED: RefCell<(u64, SeriesCache)> = RefCell::new((0, SeriesCache::default()));
 }
 
 /// The registry's cache and admission (see the module doc).
@@ -123,7 +146,7 @@ impl Registry {
     pub async fn reload(&self) -> Result<(), strata_meta::MetaError> {
         let version = self.meta.registry_version().await?;
         let all = self.meta.all_devices().await?;
-        let mut tenants: HashMap<String, HashMap<String, Arc<Known>>> = HashMap::new();
+        let mut tenants: AHashMap<String, Devices> = AHashMap::new();
         for (t, d) in all {
             let k = self.known(d);
             tenants
@@ -131,7 +154,12 @@ impl Registry {
                 .or_default()
                 .insert(k.device.id.clone(), Arc::new(k));
         }
-        *self.cache.write() = Cache { version, tenants };
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.cache.write() = Cache {
+            version,
+            generation,
+            tenants,
+        };
         Ok(())
     }
 
@@ -156,11 +184,7 @@ impl Registry {
     }
 
     /// Runs `f` with the cached devices of `tenant` (the cache's read lock held).
-    pub fn with_devices<T>(
-        &self,
-        tenant: &str,
-        f: impl FnOnce(Option<&HashMap<String, Arc<Known>>>) -> T,
-    ) -> T {
+    pub fn with_devices<T>(&self, tenant: &str, f: impl FnOnce(Option<&Devices>) -> T) -> T {
         f(self.cache.read().tenants.get(tenant))
     }
 
@@ -201,6 +225,27 @@ impl Registry {
         {
             return out;
         }
+        let generation = cache.generation;
+        ENRICHED.with_borrow_mut(|(g, memory)| {
+            if *g != generation {
+                memory.clear();
+                *g = generation;
+            }
+            self.rewrite(&mut out, devices, memory, limits);
+        });
+        drop(cache);
+        out
+    }
+
+    /// Rebuilds `out.batch` as admission decided, series by series.
+    fn rewrite(
+        &self,
+        out: &mut Admitted,
+        devices: Option<&Devices>,
+        memory: &mut SeriesCache,
+        limits: &Limits,
+    ) {
+        let policy = self.policy;
         let tenant = out.batch.tenant().clone();
         let mut kept = WriteBatch::new(tenant.clone());
         let mut quarantine = WriteBatch::new(quarantine_tenant(&tenant));
@@ -228,6 +273,12 @@ impl Registry {
                     }
                 }
                 Fate::Enrich(extra) => {
+                    // The series' id is the hash of its key under the tenant's seed.
+                    let (hash, raw) = (s.id.0, s.key.as_bytes());
+                    if memory.push_cached(limits, hash, raw, &mut kept, s.samples, s.event_id()) {
+                        enriched += 1;
+                        continue;
+                    }
                     pairs.clear();
                     pairs.extend(s.key.pairs());
                     for (n, v) in extra {
@@ -237,26 +288,28 @@ impl Registry {
                     }
                     let ev = s.event_id().map(|e| kept.event_key(e));
                     match kept.push_series(&mut pairs, s.samples, ev, limits) {
-                        Ok(()) => enriched += 1,
+                        Ok(()) => {
+                            enriched += 1;
+                            let last = kept.get(kept.series_len() - 1).expect("just pushed");
+                            memory.insert(hash, raw, &last);
+                        }
                         // Over a label limit with the registry's labels: written as it came.
                         Err(_) => kept.push_from(&s),
                     }
                 }
             }
         }
-        drop(cache);
         self.enriched.add(enriched);
         self.refused.add(out.refused_samples as u64);
         out.batch = kept;
         out.quarantine = (!quarantine.is_empty()).then_some(quarantine);
-        out
     }
 }
 
 /// What admission does with series `s` of a batch whose tenant has `devices`.
 fn fate_of<'a>(
     s: &strata_model::BatchSeries<'a>,
-    devices: Option<&'a HashMap<String, Arc<Known>>>,
+    devices: Option<&'a Devices>,
     policy: Policy,
 ) -> Fate<'a> {
     let Some(id) = s.key.get(b"device") else {

@@ -271,7 +271,7 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
     st.engine.synced_shadows().await;
     let now = now_ms();
     let (default_interval, missed) = (st.fleet.expected_interval_ms, st.fleet.offline_after);
-    let mut counts: std::collections::HashMap<String, [u64; 2]> = Default::default();
+    let mut counts: ahash::AHashMap<String, [u64; 2]> = Default::default();
     let mut total = [0u64; 2];
     // Per shard, the first `limit + 1` selected after the cursor (each id is in one shard):
     // the first `limit` of their union are the page, one more says there is a next.
