@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::engine::{Engine, WriteError};
+use crate::metrics::{Out, Stage};
 use std::sync::Arc;
 use strata_alert::group::External;
 use strata_alert::manager::{ManagerOptions, RuleManager};
@@ -111,12 +112,12 @@ pub fn start(
 }
 
 /// The rules manager's self-metrics (named after Prometheus' `prometheus_rule_*`).
-pub fn render_metrics(m: &RuleManager, out: &mut String) {
-    use crate::metrics::{counter, gauge, header};
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = m.stats();
-    let rows: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
+impl Stage for RuleManager {
+    fn collect(&self, out: &mut Out<'_>) {
+        let m = self;
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = m.stats();
+        let rows: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
         (
             "strata_rule_evaluations_total",
             "Rule group evaluations completed.",
@@ -148,119 +149,104 @@ pub fn render_metrics(m: &RuleManager, out: &mut String) {
             &s.state_save_failures,
         ),
     ];
-    for (name, help, v) in rows {
-        counter(out, name, help, v.load(Relaxed));
-    }
-    counter(
-        out,
-        "strata_rule_reloads_total",
-        "Rule file reloads that succeeded.",
-        s.reloads.load(Relaxed),
-    );
-    counter(
-        out,
-        "strata_rule_reload_failures_total",
-        "Rule file reloads that failed (the previous rules kept running).",
-        s.reload_failures.load(Relaxed),
-    );
-    gauge(
-        out,
-        "strata_rule_config_last_reload_successful",
-        "Whether the latest rule file reload succeeded.",
-        f64::from(u8::from(s.last_reload_ok.load(Relaxed))),
-    );
-    gauge(
-        out,
-        "strata_rule_config_last_reload_success_timestamp_seconds",
-        "When rule files were last loaded successfully.",
-        s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
-    );
-    gauge(
-        out,
-        "strata_rule_groups",
-        "Rule groups loaded.",
-        m.group_count() as f64,
-    );
-    let by_state = m.alert_counts();
-    header(
-        out,
-        "strata_alerts",
-        "gauge",
-        "Alerts kept, by state (inactive: resolved lately).",
-    );
-    for (i, st) in ["inactive", "pending", "firing"].iter().enumerate() {
-        let _ = writeln!(out, "strata_alerts{{state=\"{st}\"}} {}", by_state[i]);
+        for (name, help, v) in rows {
+            out.counter(name, help, v.load(Relaxed));
+        }
+        out.counter(
+            "strata_rule_reloads_total",
+            "Rule file reloads that succeeded.",
+            s.reloads.load(Relaxed),
+        );
+        out.counter(
+            "strata_rule_reload_failures_total",
+            "Rule file reloads that failed (the previous rules kept running).",
+            s.reload_failures.load(Relaxed),
+        );
+        out.gauge(
+            "strata_rule_config_last_reload_successful",
+            "Whether the latest rule file reload succeeded.",
+            u32::from(s.last_reload_ok.load(Relaxed)),
+        );
+        out.gauge(
+            "strata_rule_config_last_reload_success_timestamp_seconds",
+            "When rule files were last loaded successfully.",
+            s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
+        );
+        out.gauge("strata_rule_groups", "Rule groups loaded.", m.group_count());
+        let by_state = m.alert_counts();
+        out.gauges(
+            "strata_alerts",
+            "Alerts kept, by state (inactive: resolved lately).",
+            ["inactive", "pending", "firing"]
+                .iter()
+                .zip(by_state)
+                .map(|(st, n)| ([("state", *st)], n)),
+        );
     }
 }
 
 /// The notifiers' self-metrics.
-pub fn render_notify_metrics(n: &Notifications, out: &mut String) {
-    use crate::metrics::header;
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let stats = n.stats();
-    type Read = fn(&strata_alert::notify::NotifierStats) -> u64;
-    let rows: [(&str, &str, Read); 3] = [
-        (
-            "strata_notifications_sent_total",
-            "Notifications the receiver accepted, by notifier.",
-            |s| s.sent.load(Relaxed),
-        ),
-        (
-            "strata_notifications_retried_total",
-            "Delivery attempts that failed and will be retried, by notifier.",
-            |s| s.retried.load(Relaxed),
-        ),
-        (
-            "strata_notifications_failed_total",
-            "Notifications dropped: refused by the receiver or expired, by notifier.",
-            |s| s.failed.load(Relaxed),
-        ),
-    ];
-    for (name, help, get) in rows {
-        header(out, name, "counter", help);
-        for (notifier, kind, st, _) in &stats {
-            let _ = writeln!(
-                out,
-                "{name}{{notifier=\"{notifier}\",kind=\"{kind}\"}} {}",
-                get(st)
+impl Stage for Notifications {
+    fn collect(&self, out: &mut Out<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = self.stats();
+        type Read = fn(&strata_alert::notify::NotifierStats) -> u64;
+        let rows: [(&str, &str, Read); 3] = [
+            (
+                "strata_notifications_sent_total",
+                "Notifications the receiver accepted, by notifier.",
+                |s| s.sent.load(Relaxed),
+            ),
+            (
+                "strata_notifications_retried_total",
+                "Delivery attempts that failed and will be retried, by notifier.",
+                |s| s.retried.load(Relaxed),
+            ),
+            (
+                "strata_notifications_failed_total",
+                "Notifications dropped: refused by the receiver or expired, by notifier.",
+                |s| s.failed.load(Relaxed),
+            ),
+        ];
+        let labels = |notifier, kind| [("notifier", notifier), ("kind", kind)];
+        for (name, help, get) in rows {
+            out.counters(
+                name,
+                help,
+                stats
+                    .iter()
+                    .map(|(notifier, kind, st, _)| (labels(*notifier, *kind), get(st))),
             );
         }
-    }
-    header(
-        out,
-        "strata_notifications_queued",
-        "gauge",
-        "Notifications in the outbox waiting for delivery, by notifier.",
-    );
-    for (notifier, kind, _, queued) in &stats {
-        let _ = writeln!(
-            out,
-            "strata_notifications_queued{{notifier=\"{notifier}\",kind=\"{kind}\"}} {queued}"
+        out.gauges(
+            "strata_notifications_queued",
+            "Notifications in the outbox waiting for delivery, by notifier.",
+            stats
+                .iter()
+                .map(|(notifier, kind, _, queued)| (labels(*notifier, *kind), *queued)),
         );
     }
 }
 
 /// The device rules' self-metrics.
-pub fn render_device_metrics(d: &crate::device_rules::DeviceRulesHub, out: &mut String) {
-    use crate::metrics::{counter, gauge};
-    use std::sync::atomic::Ordering::Relaxed;
-    gauge(
-        out,
-        "strata_device_rules",
-        "Device rules defined (configuration and API).",
-        d.rules().1.rules().len() as f64,
-    );
-    counter(
-        out,
-        "strata_device_rule_changes_total",
-        "State changes of device rules' alerts (fired, resolved).",
-        d.changes.load(Relaxed),
-    );
-    counter(
-        out,
-        "strata_device_rule_late_readings_total",
-        "Readings that arrived behind what their device rule had judged (left out).",
-        d.late.load(Relaxed),
-    );
+impl Stage for crate::device_rules::DeviceRulesHub {
+    fn collect(&self, out: &mut Out<'_>) {
+        let d = self;
+        use std::sync::atomic::Ordering::Relaxed;
+        out.gauge(
+            "strata_device_rules",
+            "Device rules defined (configuration and API).",
+            d.rules().1.rules().len(),
+        );
+        out.counter(
+            "strata_device_rule_changes_total",
+            "State changes of device rules' alerts (fired, resolved).",
+            d.changes.load(Relaxed),
+        );
+        out.counter(
+            "strata_device_rule_late_readings_total",
+            "Readings that arrived behind what their device rule had judged (left out).",
+            d.late.load(Relaxed),
+        );
+    }
 }

@@ -198,10 +198,8 @@ pub struct AnomalyStats {
     pub next_window: AtomicU64,
 }
 
-impl AnomalyStats {
-    /// Appends the counters in Prometheus' text format.
-    pub fn render(&self, out: &mut String) {
-        use crate::metrics::{counter, gauge};
+impl crate::metrics::Stage for AnomalyStats {
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         for (name, help, v) in [
             ("strata_anomaly_windows_scored_total", "Windows scored by anomaly detectors (re-scored ones included).", &self.scored),
@@ -216,19 +214,17 @@ impl AnomalyStats {
             ("strata_anomaly_profiles_fitted_total", "Daily or weekly profiles fitted from the 1-hour tier (one per series and refit that found a shape).", &self.profiles),
             ("strata_anomaly_windows_read_back_total", "Windows anomaly detectors read back from the warm tier (closed before they started or while they were behind, or history to rebuild a detector from).", &self.read_back),
         ] {
-            counter(out, name, help, l(v));
+            out.counter(name, help, l(v));
         }
-        gauge(
-            out,
+        out.gauge(
             "strata_anomaly_series",
             "Series with a detector.",
-            l(&self.series) as f64,
+            l(&self.series),
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_anomaly_next_window_ms",
             "The first window not yet scored (ms since the epoch).",
-            l(&self.next_window) as f64,
+            l(&self.next_window),
         );
     }
 }

@@ -185,9 +185,8 @@ impl ColdTier {
         }
     }
 
-    /// Appends the cold store's and the archiver's metrics.
-    pub fn render_metrics(&self, out: &mut String) {
-        use crate::metrics::{counter, gauge};
+    /// Describes the cold store's and the archiver's metrics (part of the engine's).
+    pub fn collect(&self, out: &mut crate::metrics::Out<'_>) {
         let m = self.store.metrics();
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let pending: usize = self
@@ -197,24 +196,17 @@ impl ColdTier {
             .filter_map(|s| s.hours())
             .map(HourStage::pending_final_count)
             .sum();
-        gauge(
-            out,
+        out.gauge(
             "strata_cold_files",
             "Parquet files the cold tier's manifest lists.",
-            m.visible_files as f64,
+            m.visible_files,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_cold_bytes",
             "Bytes of those files: the cold tier's size.",
-            m.visible_bytes as f64,
+            m.visible_bytes,
         );
-        gauge(
-            out,
-            "strata_cold_rows",
-            "Rows in those files.",
-            m.visible_rows as f64,
-        );
+        out.gauge("strata_cold_rows", "Rows in those files.", m.visible_rows);
         for (name, help, v) in [
             (
                 "strata_cold_files_written_total",
@@ -277,13 +269,12 @@ impl ColdTier {
                 c(&self.counters.compaction_failures),
             ),
         ] {
-            counter(out, name, help, v);
+            out.counter(name, help, v);
         }
-        gauge(
-            out,
+        out.gauge(
             "strata_cold_pending_hours",
             "Final or corrected 1-hour windows queued for the cold tier.",
-            pending as f64,
+            pending,
         );
     }
 }

@@ -3,7 +3,6 @@
 use crate::config::{Config, Partitions};
 use crate::metrics::Counters;
 use crate::shard::{Job, Shard, ShardConfig, WriteAck};
-use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_log::{LocalLog, Log, LogOptions};
@@ -481,136 +480,120 @@ impl Engine {
             }
         }
     }
+}
 
-    /// Appends engine, log and storage metrics to `out`.
-    pub fn render_metrics(&self, out: &mut String) {
-        use crate::metrics::{counter, gauge};
-        self.counters.render(out);
+impl crate::metrics::Stage for Engine {
+    /// Describes engine, log and storage metrics.
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
+        self.counters.collect(out);
         let l = self.log.stats();
-        counter(
-            out,
+        out.counter(
             "strata_log_appended_bytes_total",
             "Bytes appended to the ingest log.",
             l.appended_bytes,
         );
-        counter(
-            out,
+        out.counter(
             "strata_log_appended_records_total",
             "Records appended to the ingest log.",
             l.appended_records,
         );
-        crate::metrics::header(
-            out,
+        // The log counts cumulatively; the encoder wants each bucket alone.
+        let mut below = 0;
+        let buckets = strata_log::SYNC_BUCKETS
+            .iter()
+            .zip(l.sync_buckets)
+            .map(|(le, n)| (*le, n - std::mem::replace(&mut below, n)))
+            .collect();
+        out.histograms(
             "strata_log_fsync_seconds",
-            "histogram",
             "Latency of ingest-log fsyncs (group commits).",
+            [(
+                crate::metrics::NONE,
+                crate::metrics::Histogram {
+                    buckets,
+                    sum: l.sync_seconds_total,
+                    count: l.syncs,
+                },
+            )],
         );
-        for (le, n) in strata_log::SYNC_BUCKETS.iter().zip(l.sync_buckets) {
-            let _ = writeln!(out, "strata_log_fsync_seconds_bucket{{le=\"{le}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "strata_log_fsync_seconds_bucket{{le=\"+Inf\"}} {}",
-            l.syncs
-        );
-        let _ = writeln!(out, "strata_log_fsync_seconds_sum {}", l.sync_seconds_total);
-        let _ = writeln!(out, "strata_log_fsync_seconds_count {}", l.syncs);
-        gauge(
-            out,
+        out.gauge(
             "strata_log_fsync_seconds_max",
             "Longest ingest-log fsync.",
             l.sync_seconds_max,
         );
-        counter(
-            out,
+        out.counter(
             "strata_log_io_errors_total",
             "Ingest-log writes and syncs that failed (each refuses its group commit).",
             l.io_errors,
         );
-        counter(
-            out,
+        out.counter(
             "strata_log_recoveries_total",
             "Times a failed ingest-log partition moved to a fresh segment and took writes again.",
             l.recoveries,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_log_failed_partitions",
             "Ingest-log partitions refusing writes after an I/O error (not yet recovered).",
-            l.failed_partitions as f64,
+            l.failed_partitions,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_log_disk_bytes",
             "Ingest-log bytes on disk.",
-            l.disk_bytes as f64,
+            l.disk_bytes,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_log_segments",
             "Ingest-log segment files.",
-            l.segments as f64,
+            l.segments,
         );
         let mut t = strata_tsdb::TsdbStats::default();
         for s in &self.shards {
             t.merge(&s.tsdb.stats());
         }
-        gauge(
-            out,
+        out.gauge(
             "strata_tsdb_series",
             "Live series: those in the in-memory head.",
-            t.series as f64,
+            t.series,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_tsdb_head_samples",
             "Samples in the in-memory head.",
-            t.head_samples as f64,
+            t.head_samples,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_tsdb_head_bytes",
             "Approximate bytes held by the head.",
-            t.head_bytes as f64,
+            t.head_bytes,
         );
-        gauge(
-            out,
-            "strata_tsdb_blocks",
-            "Blocks on disk.",
-            t.blocks as f64,
-        );
-        gauge(
-            out,
+        out.gauge("strata_tsdb_blocks", "Blocks on disk.", t.blocks);
+        out.gauge(
             "strata_tsdb_block_bytes",
             "Bytes of blocks on disk.",
-            t.block_bytes as f64,
+            t.block_bytes,
         );
-        counter(
-            out,
+        out.counter(
             "strata_tsdb_compactions_total",
             "Block compactions.",
             t.compactions_total,
         );
-        counter(
-            out,
+        out.counter(
             "strata_tsdb_retention_deleted_blocks_total",
             "Blocks deleted by retention.",
             t.retention_deleted_blocks_total,
         );
-        counter(
-            out,
-            "strata_tsdb_tenant_errors_total",
+        out.counter("strata_tsdb_tenant_errors_total",
             "Flushes, compactions or deletions of one tenant's data that failed (the other tenants' went ahead).",
             t.tenant_errors_total,
         );
-        self.render_rollup_metrics(out);
+        self.collect_rollups(out);
         if let Some(c) = &self.cold {
-            c.render_metrics(out);
+            c.collect(out);
         }
     }
+}
 
-    fn render_rollup_metrics(&self, out: &mut String) {
-        use crate::metrics::{counter, header};
+impl Engine {
+    fn collect_rollups(&self, out: &mut crate::metrics::Out<'_>) {
         let stages: Vec<(usize, &Arc<RollupStage>)> = self
             .shards
             .iter()
@@ -638,15 +621,19 @@ impl Engine {
             })
             .collect();
         // A gauge per shard, in seconds; `None` (nothing seen yet) writes no line.
-        let per_shard_gauge =
-            |out: &mut String, name: &str, help: &str, v: &dyn Fn(i64, i64) -> Option<i64>| {
-                header(out, name, "gauge", help);
-                for (i, wm, max, ..) in &per_shard {
-                    if let Some(ms) = v(*wm, *max) {
-                        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", ms as f64 / 1000.0);
-                    }
-                }
-            };
+        let per_shard_gauge = |out: &mut crate::metrics::Out<'_>,
+                               name: &str,
+                               help: &str,
+                               v: &dyn Fn(i64, i64) -> Option<i64>| {
+            out.gauges(
+                name,
+                help,
+                per_shard.iter().filter_map(|(i, wm, max, ..)| {
+                    let ms = v(*wm, *max)?;
+                    Some(([("shard", i.to_string())], ms as f64 / 1000.0))
+                }),
+            );
+        };
         let known = |t: i64| (t != i64::MIN).then_some(t);
         per_shard_gauge(
             out,
@@ -667,23 +654,20 @@ impl Engine {
             let (rs, rw) = r.live_series();
             (s + rs as u64, w + rw)
         });
-        crate::metrics::gauge(
-            out,
+        out.gauge(
             "strata_rollup_series",
             "Series the rollup windows hold: those seen lately, and devices' (for their shadows).",
-            series as f64,
+            series,
         );
-        crate::metrics::gauge(
-            out,
+        out.gauge(
             "strata_rollup_warm_series",
             "Live figure series of the warm tier: those in its in-memory head.",
-            warm as f64,
+            warm,
         );
-        crate::metrics::gauge(
-            out,
+        out.gauge(
             "strata_rollup_open_windows",
             "Provisional windows held in memory (series x window).",
-            per_shard.iter().map(|p| p.3).sum::<usize>() as f64,
+            per_shard.iter().map(|p| p.3).sum::<usize>(),
         );
         for (name, help, v) in [
             (
@@ -712,10 +696,9 @@ impl Engine {
                 sum(&|s| s.finalized),
             ),
         ] {
-            counter(out, name, help, v);
+            out.counter(name, help, v);
         }
-        counter(
-            out,
+        out.counter(
             "strata_rollup_corrected_windows_total",
             "Final windows recomputed with changed figures (revision + 1).",
             per_shard.iter().map(|p| p.5).sum(),

@@ -97,9 +97,31 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         tracing::warn!("anomaly detectors need rollups (rollups.enabled = true): not running");
     }
     let mut sources = sources::Sources::start(&cfg, &engine, &registry, rt.handle())?;
+    let queries = Arc::new(http::QueryGate::new(
+        cfg.query.max_concurrency,
+        cfg.query.max_queue,
+    ));
+    let mut stages = prometheus_client::registry::Registry::default();
+    metrics::register(&mut stages, engine.clone());
+    metrics::register(&mut stages, http_counters.clone());
+    metrics::register(&mut stages, queries.clone());
+    metrics::register(&mut stages, cache.clone());
+    metrics::register(&mut stages, sources.metrics());
+    metrics::register(&mut stages, registry.clone());
+    metrics::register(&mut stages, memory::Memory);
+    metrics::register(&mut stages, devices.clone());
+    if let Some(r) = &rules {
+        metrics::register(&mut stages, r.clone());
+    }
+    if let Some(n) = &notify {
+        metrics::register(&mut stages, n.clone());
+    }
+    if let Some(a) = &anomaly_stats {
+        metrics::register(&mut stages, a.clone());
+    }
     let state = http::AppState {
         engine: engine.clone(),
-        sources: sources.metrics(),
+        metrics: Arc::new(stages),
         registry: registry.clone(),
         publishers: sources.publishers().into(),
         fleet: http::FleetStatus {
@@ -113,12 +135,7 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         promql,
         rules: rules.clone(),
         devices: devices.clone(),
-        anomaly: anomaly_stats.clone(),
-        notify,
-        queries: Arc::new(http::QueryGate::new(
-            cfg.query.max_concurrency,
-            cfg.query.max_queue,
-        )),
+        queries,
         http: http_counters.clone(),
         cache,
         retentions: http::backfill::Retentions {

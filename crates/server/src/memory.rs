@@ -78,34 +78,35 @@ pub fn heap() -> Option<(u64, u64)> {
     None
 }
 
-/// Writes the process's memory gauges: resident memory (the standard
+/// The process's memory gauges: resident memory (the standard
 /// `process_resident_memory_bytes`) and the heap as the allocator sees it.
-pub fn render_metrics(out: &mut String) {
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
-    if let Some(pages) = rss {
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-        crate::metrics::gauge(
-            out,
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            (pages * page) as f64,
-        );
-    }
-    if let Some((used, free)) = heap() {
-        crate::metrics::gauge(
-            out,
-            "strata_heap_in_use_bytes",
-            "Heap bytes the program holds (the allocator's count).",
-            used as f64,
-        );
-        crate::metrics::gauge(
-            out,
-            "strata_heap_free_bytes",
-            "Heap bytes freed but kept by the allocator for reuse.",
-            free as f64,
-        );
+pub struct Memory;
+
+impl crate::metrics::Stage for Memory {
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
+        let rss = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+        if let Some(pages) = rss {
+            // SAFETY: sysconf only reads a system constant.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+            out.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                pages * page,
+            );
+        }
+        if let Some((used, free)) = heap() {
+            out.gauge(
+                "strata_heap_in_use_bytes",
+                "Heap bytes the program holds (the allocator's count).",
+                used,
+            );
+            out.gauge(
+                "strata_heap_free_bytes",
+                "Heap bytes freed but kept by the allocator for reuse.",
+                free,
+            );
+        }
     }
 }

@@ -1,9 +1,184 @@
-//! Self-metrics in the Prometheus text format, served at `/metrics`.
+//! Self-metrics: one `prometheus-client` registry that every stage registers with, served at
+//! `/metrics`.
+//!
+//! A stage keeps its own counters (plain atomics on the hot path, no registry lookups per
+//! sample) and describes them at each scrape through [`Stage::collect`]; the registry writes the
+//! exposition (Prometheus text 0.0.4, or OpenMetrics when the scraper asks for it), so names,
+//! escaping and histogram layout are the crate's, not hand-assembled text.
 
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A part of the server with self-metrics, registered once with [`register`].
+pub trait Stage: Send + Sync + 'static {
+    /// Describes the stage's metrics as they are now.
+    fn collect(&self, out: &mut Out<'_>);
+}
+
+impl<T: Stage + ?Sized> Stage for Arc<T> {
+    fn collect(&self, out: &mut Out<'_>) {
+        (**self).collect(out)
+    }
+}
+
+/// Registers `stage`: its metrics are part of every scrape of `registry` from now on.
+pub fn register(registry: &mut Registry, stage: impl Stage) {
+    registry.register_collector(Box::new(StageCollector(stage)));
+}
+
+/// Encodes `registry` in the format `accept` (an HTTP `Accept` header) prefers: OpenMetrics
+/// when it names it, else the Prometheus text format. Returns the body and its content type.
+pub fn expose(registry: &Registry, accept: &str) -> (String, &'static str) {
+    let mut body = String::with_capacity(16 << 10);
+    // Writing to a String cannot fail; a collector's error would be a bug in it.
+    if accept.contains("application/openmetrics-text") {
+        let _ = prometheus_client::encoding::text::encode(&mut body, registry);
+        (
+            body,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut body, registry);
+        (
+            body,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    }
+}
+
+struct StageCollector<S>(S);
+
+impl<S> std::fmt::Debug for StageCollector<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::any::type_name::<S>())
+    }
+}
+
+impl<S: Stage> Collector for StageCollector<S> {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut out = Out {
+            encoder,
+            result: Ok(()),
+        };
+        self.0.collect(&mut out);
+        out.result
+    }
+}
+
+/// What a stage writes its metrics to during a scrape.
+///
+/// Names are written as exposed: a counter's ends in `_total` (which the encoder adds back).
+/// The first encoding error is kept and ends the scrape; later writes are skipped.
+pub struct Out<'a> {
+    encoder: DescriptorEncoder<'a>,
+    result: std::fmt::Result,
+}
+
+/// No labels (label sets are arrays of pairs: `[("protocol", "influx")]`).
+pub const NONE: [(&str, &str); 0] = [];
+
+impl Out<'_> {
+    /// One unlabelled counter.
+    pub fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.counters(name, help, [(NONE, v)]);
+    }
+
+    /// One unlabelled gauge.
+    pub fn gauge(&mut self, name: &str, help: &str, v: impl EncodeGaugeValue) {
+        self.gauges(name, help, [(NONE, v)]);
+    }
+
+    /// A counter with one series per label set (none written when `series` is empty).
+    pub fn counters<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) {
+        let base = name.strip_suffix("_total");
+        debug_assert!(base.is_some(), "counter {name} must end in _total");
+        self.family(
+            base.unwrap_or(name),
+            help,
+            MetricType::Counter,
+            series,
+            |m, v| m.encode_counter::<NoExemplar, _, u64>(v, None),
+        );
+    }
+
+    /// A gauge with one series per label set.
+    pub fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, help, MetricType::Gauge, series, |m, v| {
+            m.encode_gauge(v)
+        });
+    }
+
+    /// A histogram with one series per label set.
+    pub fn histograms<L: EncodeLabelSet>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, Histogram)>,
+    ) {
+        self.family(name, help, MetricType::Histogram, series, |m, h| {
+            // OpenMetrics wants the `+Inf` bucket written out: it holds what the others miss.
+            let mut buckets = h.buckets.clone();
+            if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
+                let counted: u64 = buckets.iter().map(|b| b.1).sum();
+                buckets.push((f64::INFINITY, h.count.saturating_sub(counted)));
+            }
+            m.encode_histogram::<NoExemplar>(h.sum, h.count, &buckets, None)
+        });
+    }
+
+    fn family<L: EncodeLabelSet, V>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        series: impl IntoIterator<Item = (L, V)>,
+        mut encode: impl FnMut(
+            &mut prometheus_client::encoding::MetricEncoder<'_>,
+            &V,
+        ) -> std::fmt::Result,
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            let mut m = self.encoder.encode_descriptor(name, help, None, kind)?;
+            for (labels, v) in series {
+                encode(&mut m.encode_family(&labels)?, &v)?;
+            }
+            Ok(())
+        })();
+    }
+}
+
+type NoExemplar = prometheus_client::encoding::NoLabelSet;
+
+/// One histogram's state: per-bucket (not cumulative) counts by upper bound, with the
+/// observations' sum and count (a `+Inf` bucket, if not given, holds what the others miss).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations in each bucket alone, by upper bound, ascending.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
 
 /// A monotonically increasing counter.
 #[derive(Default)]
@@ -70,39 +245,25 @@ pub struct BackfillCounters {
 }
 
 impl BackfillCounters {
-    fn render(&self, out: &mut String) {
-        header(
-            out,
+    fn collect(&self, out: &mut Out<'_>) {
+        out.counters(
             "strata_backfill_requests_total",
-            "counter",
             "Backfill requests, by outcome (completed; failed: refused or not completed).",
+            [("completed", &self.completed), ("failed", &self.failed)]
+                .map(|(o, c)| ([("outcome", o)], c.get())),
         );
-        for (o, c) in [("completed", &self.completed), ("failed", &self.failed)] {
-            let _ = writeln!(
-                out,
-                "strata_backfill_requests_total{{outcome=\"{o}\"}} {}",
-                c.get()
-            );
-        }
-        header(
-            out,
+        out.counters(
             "strata_backfill_samples_total",
-            "counter",
             "Samples of completed backfills, by where they went (a sample of an old hour counts in hours, and in windows and cold_raw when it went there too).",
+            [
+                ("raw", &self.raw),
+                ("windows", &self.windows),
+                ("hours", &self.hours),
+                ("cold_raw", &self.cold_raw),
+                ("refused_too_old", &self.too_old),
+            ]
+            .map(|(to, c)| ([("to", to)], c.get())),
         );
-        for (to, c) in [
-            ("raw", &self.raw),
-            ("windows", &self.windows),
-            ("hours", &self.hours),
-            ("cold_raw", &self.cold_raw),
-            ("refused_too_old", &self.too_old),
-        ] {
-            let _ = writeln!(
-                out,
-                "strata_backfill_samples_total{{to=\"{to}\"}} {}",
-                c.get()
-            );
-        }
     }
 }
 
@@ -144,98 +305,56 @@ impl Counters {
         }
     }
 
-    /// Writes the counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        header(
-            out,
+    /// Describes the counters (the engine's [`Stage`] includes them).
+    pub fn collect(&self, out: &mut Out<'_>) {
+        let by_protocol = |c: &[Counter; 3]| {
+            Protocol::ALL.map(|p| ([("protocol", p.as_str())], c[p.index()].get()))
+        };
+        out.counters(
             "strata_ingest_requests_total",
-            "counter",
             "Write requests received, by protocol.",
+            by_protocol(&self.requests),
         );
-        for p in Protocol::ALL {
-            let _ = writeln!(
-                out,
-                "strata_ingest_requests_total{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.requests[p.index()].get()
-            );
-        }
-        header(
-            out,
+        out.counters(
             "strata_ingest_samples_total",
-            "counter",
             "Samples acknowledged and stored, by protocol.",
+            by_protocol(&self.samples),
         );
-        for p in Protocol::ALL {
-            let _ = writeln!(
-                out,
-                "strata_ingest_samples_total{{protocol=\"{}\"}} {}",
-                p.as_str(),
-                self.samples[p.index()].get()
-            );
-        }
-        header(
-            out,
+        out.counters(
             "strata_ingest_rejected_total",
-            "counter",
             "Input items refused, by protocol and reason.",
+            self.rejected
+                .lock()
+                .iter()
+                .map(|((p, reason), n)| ([("protocol", p.as_str()), ("reason", reason)], *n)),
         );
-        for ((p, reason), n) in self.rejected.lock().iter() {
-            let _ = writeln!(
-                out,
-                "strata_ingest_rejected_total{{protocol=\"{}\",reason=\"{reason}\"}} {n}",
-                p.as_str()
-            );
-        }
-        counter(
-            out,
+        out.counter(
             "strata_ingest_duplicate_samples_total",
             "Samples dropped as exact repeats of (series, timestamp, value).",
             self.duplicate_samples.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_ingest_overwritten_samples_total",
             "Samples that replaced a different value at the same (series, timestamp).",
             self.overwritten_samples.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_ingest_duplicate_events_total",
             "Events dropped as redeliveries of an event_id already stored.",
             self.duplicate_events.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_log_replayed_records_total",
             "Ingest-log records replayed at start-up.",
             self.replayed_records.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_flushes_total",
             "Flushes of the head into blocks.",
             self.flushes.get(),
         );
-        self.backfill.render(out);
+        self.backfill.collect(out);
     }
-}
-
-/// Writes `# HELP` and `# TYPE` lines.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Writes one unlabelled counter.
-pub fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    header(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-/// Writes one unlabelled gauge.
-pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    header(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {v}");
 }
 
 /// Why the HTTP layer refused a request, as it appears in `strata_http_requests_refused_total`.
@@ -257,11 +376,11 @@ impl Refusal {
     ];
 
     /// The `code` and `reason` labels.
-    fn labels(self) -> (u16, &'static str) {
+    fn labels(self) -> (&'static str, &'static str) {
         match self {
-            Refusal::BodyTimeout => (408, "body_timeout"),
-            Refusal::BodyTooLarge => (413, "body_too_large"),
-            Refusal::PendingIngest => (503, "pending_ingest"),
+            Refusal::BodyTimeout => ("408", "body_timeout"),
+            Refusal::BodyTooLarge => ("413", "body_too_large"),
+            Refusal::PendingIngest => ("503", "pending_ingest"),
         }
     }
 }
@@ -311,51 +430,104 @@ impl HttpCounters {
             self.body_timeouts.add(1);
         }
     }
+}
 
-    /// Writes the counters in the Prometheus text format.
-    pub fn render(&self, out: &mut String) {
-        gauge(
-            out,
+impl Stage for HttpCounters {
+    fn collect(&self, out: &mut Out<'_>) {
+        out.gauge(
             "strata_http_open_connections",
             "Client connections open (at most server.max_connections).",
-            self.open_connections.load(Ordering::Relaxed) as f64,
+            self.open_connections.load(Ordering::Relaxed),
         );
-        counter(
-            out,
+        out.counter(
             "strata_http_connections_refused_total",
             "Connections answered 503 and closed because server.max_connections were open.",
             self.connections_refused.get(),
         );
-        header(
-            out,
+        out.counters(
             "strata_http_connections_closed_total",
-            "counter",
             "Connections closed by a timeout: header_timeout (no whole request head within \
              server.header_read_timeout, idle keep-alive included), body_timeout (a request \
              body silent for server.body_read_timeout).",
+            [
+                ("header_timeout", self.header_timeouts.get()),
+                ("body_timeout", self.body_timeouts.get()),
+            ]
+            .map(|(reason, n)| ([("reason", reason)], n)),
         );
-        for (reason, n) in [
-            ("header_timeout", self.header_timeouts.get()),
-            ("body_timeout", self.body_timeouts.get()),
-        ] {
-            let _ = writeln!(
-                out,
-                "strata_http_connections_closed_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        header(
-            out,
+        out.counters(
             "strata_http_requests_refused_total",
-            "counter",
             "Requests refused by the HTTP layer's limits, by status code and reason.",
+            Refusal::ALL.map(|r| {
+                let (code, reason) = r.labels();
+                (
+                    [("code", code), ("reason", reason)],
+                    self.refused[r as usize].get(),
+                )
+            }),
         );
-        for r in Refusal::ALL {
-            let (code, reason) = r.labels();
-            let _ = writeln!(
-                out,
-                "strata_http_requests_refused_total{{code=\"{code}\",reason=\"{reason}\"}} {}",
-                self.refused[r as usize].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Example(Counter);
+
+    impl Stage for Example {
+        fn collect(&self, out: &mut Out<'_>) {
+            out.counter("example_events_total", "Events.", self.0.get());
+            out.gauges(
+                "example_queue",
+                "Queued, by \"queue\".",
+                [([("queue", "a\"b\\c\nd")], 2u64), ([("queue", "plain")], 0)],
+            );
+            out.histograms(
+                "example_seconds",
+                "Latency.",
+                [(
+                    NONE,
+                    Histogram {
+                        buckets: vec![(0.1, 3), (1.0, 1)],
+                        sum: 1.5,
+                        count: 5,
+                    },
+                )],
             );
         }
+    }
+
+    #[test]
+    fn stages_are_exposed_in_both_formats() {
+        let stage = Arc::new(Example(Counter::default()));
+        let mut registry = Registry::default();
+        register(&mut registry, stage.clone());
+        stage.0.add(7);
+        let (text, ctype) = expose(&registry, "text/plain");
+        assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+        let want = [
+            "# HELP example_events_total Events.",
+            "# TYPE example_events_total counter",
+            "example_events_total 7",
+            "# HELP example_queue Queued, by \"queue\".",
+            "# TYPE example_queue gauge",
+            r#"example_queue{queue="a\"b\\c\nd"} 2"#,
+            r#"example_queue{queue="plain"} 0"#,
+            "# HELP example_seconds Latency.",
+            "# TYPE example_seconds histogram",
+            r#"example_seconds_bucket{le="0.1"} 3"#,
+            r#"example_seconds_bucket{le="1"} 4"#,
+            r#"example_seconds_bucket{le="+Inf"} 5"#,
+            "example_seconds_sum 1.5",
+            "example_seconds_count 5",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+        let (open, ctype) = expose(&registry, "application/openmetrics-text;version=1.0.0");
+        assert!(ctype.starts_with("application/openmetrics-text"));
+        assert!(open.contains("# TYPE example_events counter\n"), "{open}");
+        assert!(open.contains("example_events_total 7\n"), "{open}");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("example_seconds_bucket{le=\"+Inf\"} 5\n"), "{open}");
     }
 }

@@ -247,11 +247,19 @@ impl Registry {
     ) {
         let policy = self.policy;
         let tenant = out.batch.tenant().clone();
-        let mut kept = WriteBatch::new(tenant.clone());
+        let mut kept = out.batch.empty_share(1);
         let mut quarantine = WriteBatch::new(quarantine_tenant(&tenant));
         let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
         let mut enriched = 0;
         for s in out.batch.iter() {
+            // Only enriched series are remembered, and only until the registry changes: a
+            // series remembered is to be enriched, as it was (the series' id is the hash of
+            // its key under the tenant's seed).
+            let (hash, raw) = (s.id.0, s.key.as_bytes());
+            if memory.push_cached(limits, hash, raw, &mut kept, s.samples, s.event_id()) {
+                enriched += 1;
+                continue;
+            }
             match fate_of(&s, devices, policy) {
                 Fate::Keep => kept.push_from(&s),
                 Fate::Refuse(id) => {
@@ -273,12 +281,6 @@ impl Registry {
                     }
                 }
                 Fate::Enrich(extra) => {
-                    // The series' id is the hash of its key under the tenant's seed.
-                    let (hash, raw) = (s.id.0, s.key.as_bytes());
-                    if memory.push_cached(limits, hash, raw, &mut kept, s.samples, s.event_id()) {
-                        enriched += 1;
-                        continue;
-                    }
                     pairs.clear();
                     pairs.extend(s.key.pairs());
                     for (n, v) in extra {
@@ -372,34 +374,27 @@ pub async fn write(
     })
 }
 
-impl Registry {
-    /// Writes the registry's metrics.
-    pub fn render_metrics(&self, out: &mut String) {
-        use crate::metrics::{counter, header};
-        use std::fmt::Write;
-        header(
-            out,
+impl crate::metrics::Stage for Registry {
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
+        out.gauges(
             "strata_registry_devices",
-            "gauge",
             "Devices in the registry (cached), by tenant.",
+            self.cache
+                .read()
+                .tenants
+                .iter()
+                .map(|(t, m)| ([("tenant", t.as_str())], m.len())),
         );
-        for (t, m) in &self.cache.read().tenants {
-            let _ = writeln!(out, "strata_registry_devices{{tenant=\"{t}\"}} {}", m.len());
-        }
-        counter(
-            out,
-            "strata_registry_quarantined_samples_total",
+        out.counter("strata_registry_quarantined_samples_total",
             "Samples of unknown or inactive devices stored apart (registry.unknown_devices = quarantine).",
             self.quarantined.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_registry_refused_samples_total",
             "Samples of unknown or inactive devices refused (registry.unknown_devices = reject).",
             self.refused.get(),
         );
-        counter(
-            out,
+        out.counter(
             "strata_registry_enriched_series_total",
             "Series written with registry labels added (registry.enrich).",
             self.enriched.get(),

@@ -3,9 +3,8 @@
 
 use crate::config::Config;
 use crate::engine::{Engine, WriteError};
-use crate::metrics::header;
+use crate::metrics::{Out, Stage};
 use crate::registry::Registry;
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use strata_sources::{Running, Sink, SinkError, SinkFuture, Source, SourceStats, Written};
@@ -137,114 +136,111 @@ fn node_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-impl SourceMetrics {
-    /// Writes the sources' metrics.
-    pub fn render(&self, out: &mut String) {
+impl Stage for SourceMetrics {
+    fn collect(&self, out: &mut Out<'_>) {
         if self.0.is_empty() {
             return;
         }
         let now = strata_model::time::now_ms();
         type Get = fn(&SourceStats) -> u64;
-        let series: [(&str, &str, &str, Get); 11] = [
+        enum Kind {
+            Counter,
+            Gauge,
+        }
+        let series: [(&str, Kind, &str, Get); 11] = [
             (
                 "strata_source_shadow_deltas_published_total",
-                "counter",
+                Kind::Counter,
                 "Device shadow deltas published to devices.",
                 |s| s.deltas_published.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_shadow_deltas_failed_total",
-                "counter",
+                Kind::Counter,
                 "Device shadow deltas that could not be queued for publishing.",
                 |s| s.deltas_failed.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_messages_total",
-                "counter",
+                Kind::Counter,
                 "Messages received.",
                 |s| s.messages.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_bytes_total",
-                "counter",
+                Kind::Counter,
                 "Payload bytes received.",
                 |s| s.bytes.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_samples_total",
-                "counter",
+                Kind::Counter,
                 "Samples written (stored, or duplicates of stored ones).",
                 |s| s.samples.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_acked_total",
-                "counter",
+                Kind::Counter,
                 "Messages acknowledged to the sender once durable.",
                 |s| s.acked.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_in_flight",
-                "gauge",
+                Kind::Gauge,
                 "Messages received and not yet acknowledged.",
                 |s| s.in_flight.load(Ordering::Relaxed).max(0) as u64,
             ),
             (
                 "strata_source_retries_total",
-                "counter",
+                Kind::Counter,
                 "Writes retried after the write path refused them for now.",
                 |s| s.retries.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_reconnects_total",
-                "counter",
+                Kind::Counter,
                 "Connections lost or refused, and tried again.",
                 |s| s.reconnects.load(Ordering::Relaxed),
             ),
             (
                 "strata_source_connected",
-                "gauge",
+                Kind::Gauge,
                 "Whether the source is connected (1) or not (0).",
                 |s| s.connected.load(Ordering::Relaxed).max(0) as u64,
             ),
             (
                 "strata_source_dead_lettered_total",
-                "counter",
+                Kind::Counter,
                 "Bad messages republished to the dead-letter topic.",
                 |s| s.dead_lettered.load(Ordering::Relaxed),
             ),
         ];
+        let by_source = |get: Get| {
+            self.0
+                .iter()
+                .map(move |(src, s)| ([("source", src)], get(s)))
+        };
         for (name, kind, help, get) in series {
-            header(out, name, kind, help);
-            for (src, s) in &self.0 {
-                let _ = writeln!(out, "{name}{{source=\"{src}\"}} {}", get(s));
+            match kind {
+                Kind::Counter => out.counters(name, help, by_source(get)),
+                Kind::Gauge => out.gauges(name, help, by_source(get)),
             }
         }
-        header(
-            out,
+        out.gauges(
             "strata_source_lag_seconds",
-            "gauge",
             "How long the oldest message in flight has waited for its acknowledgement.",
+            self.0
+                .iter()
+                .map(|(src, s)| ([("source", src)], s.lag_seconds(now))),
         );
-        for (src, s) in &self.0 {
-            let _ = writeln!(
-                out,
-                "strata_source_lag_seconds{{source=\"{src}\"}} {}",
-                s.lag_seconds(now)
-            );
-        }
-        header(
-            out,
+        out.counters(
             "strata_source_bad_total",
-            "counter",
             "Refused messages or parts of them (acknowledged and dropped), by reason.",
+            self.0.iter().flat_map(|(src, s)| {
+                s.bad_by_reason()
+                    .into_iter()
+                    .map(move |(reason, n)| ([("source", src.as_str()), ("reason", reason)], n))
+            }),
         );
-        for (src, s) in &self.0 {
-            for (reason, n) in s.bad_by_reason() {
-                let _ = writeln!(
-                    out,
-                    "strata_source_bad_total{{source=\"{src}\",reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
     }
 }

@@ -614,10 +614,10 @@ impl ResultCache {
             }
         }
     }
+}
 
-    /// Appends the cache's self-metrics.
-    pub fn render_metrics(&self, out: &mut String) {
-        use crate::metrics::{counter, gauge};
+impl crate::metrics::Stage for ResultCache {
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
         let c = &self.counters;
         let (bytes, entries) = self.kept.as_ref().map_or((0, 0), |k| {
             k.run_pending_tasks();
@@ -655,19 +655,17 @@ impl ResultCache {
                 &c.evictions,
             ),
         ] {
-            counter(out, name, help, v.load(Ordering::Relaxed));
+            out.counter(name, help, v.load(Ordering::Relaxed));
         }
-        gauge(
-            out,
+        out.gauge(
             "strata_query_cache_bytes",
             "Estimated bytes held by the result cache.",
-            bytes as f64,
+            bytes,
         );
-        gauge(
-            out,
+        out.gauge(
             "strata_query_cache_entries",
             "Ranges held by the result cache.",
-            entries as f64,
+            entries,
         );
     }
 }

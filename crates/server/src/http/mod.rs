@@ -44,11 +44,7 @@ pub struct AppState {
     /// The rules manager, when `[alerting]` names rule files.
     pub rules: Option<Arc<strata_alert::manager::RuleManager>>,
     /// The device rules.
-    /// Anomaly detection's counters, when detectors are configured.
-    pub anomaly: Option<Arc<crate::anomaly::AnomalyStats>>,
     pub devices: Arc<crate::device_rules::DeviceRulesHub>,
-    /// The notifiers, when `[[alerting.notifiers]]` names any.
-    pub notify: Option<Arc<strata_alert::notify::Notifications>>,
     /// Admission of queries (`[query]` max_concurrency, max_queue).
     pub queries: Arc<QueryGate>,
     /// The range query result cache (`[query]` cache_bytes, cache_freshness).
@@ -57,8 +53,8 @@ pub struct AppState {
     pub http: Arc<crate::metrics::HttpCounters>,
     /// Each tier's retention, for cutting backfills.
     pub retentions: backfill::Retentions,
-    /// The running sources' metrics.
-    pub sources: crate::sources::SourceMetrics,
+    /// Self-metrics: every stage's, registered at start (see [`crate::metrics`]).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
     /// The device registry (cache, policy, enrichment).
     pub registry: Arc<crate::registry::Registry>,
     /// When fleet status calls a device offline.

@@ -102,29 +102,34 @@ impl QueryGate {
             self.by_tier[r as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// Appends the gate's self-metrics: running and waiting queries, those refused, and
-    /// queries per tier.
-    pub fn render_metrics(&self, out: &mut String) {
-        out.push_str(
-            "# HELP strata_query_tier_total Queries answered (in part) by each storage tier.\n\
-             # TYPE strata_query_tier_total counter\n",
+impl crate::metrics::Stage for QueryGate {
+    // Running and waiting queries, those refused, and queries per tier.
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
+        out.counters(
+            "strata_query_tier_total",
+            "Queries answered (in part) by each storage tier.",
+            Resolution::ALL.map(|r| {
+                (
+                    [("tier", r.name())],
+                    self.by_tier[r as usize].load(Ordering::Relaxed),
+                )
+            }),
         );
-        for r in Resolution::ALL {
-            let _ = writeln!(
-                out,
-                "strata_query_tier_total{{tier=\"{}\"}} {}",
-                r.name(),
-                self.by_tier[r as usize].load(Ordering::Relaxed)
-            );
-        }
-        let _ = write!(
-            out,
-            "# HELP strata_query_running Queries being evaluated.\n# TYPE strata_query_running gauge\nstrata_query_running {}\n\
-             # HELP strata_query_queued Queries waiting for a turn.\n# TYPE strata_query_queued gauge\nstrata_query_queued {}\n\
-             # HELP strata_query_refused_total Queries refused because the queue was full.\n# TYPE strata_query_refused_total counter\nstrata_query_refused_total {}\n",
+        out.gauge(
+            "strata_query_running",
+            "Queries being evaluated.",
             self.running.load(Ordering::Relaxed),
+        );
+        out.gauge(
+            "strata_query_queued",
+            "Queries waiting for a turn.",
             self.queued.load(Ordering::Relaxed),
+        );
+        out.counter(
+            "strata_query_refused_total",
+            "Queries refused because the queue was full.",
             self.refused.load(Ordering::Relaxed),
         );
     }

@@ -520,30 +520,18 @@ pub async fn flush(State(st): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: self-metrics in the Prometheus text format.
-pub async fn metrics(State(st): State<AppState>) -> Response {
-    let mut out = String::with_capacity(8192);
-    st.engine.render_metrics(&mut out);
-    st.queries.render_metrics(&mut out);
-    st.cache.render_metrics(&mut out);
-    st.http.render(&mut out);
-    st.sources.render(&mut out);
-    st.registry.render_metrics(&mut out);
-    crate::memory::render_metrics(&mut out);
-    if let Some(m) = &st.rules {
-        crate::alerting::render_metrics(m, &mut out);
-    }
-    if let Some(n) = &st.notify {
-        crate::alerting::render_notify_metrics(n, &mut out);
-    }
-    crate::alerting::render_device_metrics(&st.devices, &mut out);
-    if let Some(a) = &st.anomaly {
-        a.render(&mut out);
-    }
-    let mut r = Response::new(Body::from(out));
+/// `GET /metrics`: self-metrics in the Prometheus text format, or OpenMetrics when `Accept`
+/// asks for it.
+pub async fn metrics(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (body, content_type) = crate::metrics::expose(&st.metrics, accept);
+    let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+        header::HeaderValue::from_static(content_type),
     );
     r
 }
