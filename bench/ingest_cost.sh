@@ -49,8 +49,8 @@ run() { # $1 = off|rules|anomaly|both
     case "$1" in anomaly|both)
         # The backfill ends at the simulator's start: scored up to the last window final
         # then (its end at least `allowed_lateness`, 2 min, before the last event).
-        t0=$(date +%s.%N); want=$(( ((t_start - 120) / 60 - 1) * 60000 ))
-        while [ "$(metric strata_anomaly_next_window_ms | cut -d. -f1)" -lt "$want" ]; do sleep 0.2; done
+        t0=$(date +%s.%N); want=$(( ((t_start - 120) / 60 - 1) * 60 ))
+        while [ "$(metric strata_anomaly_next_window_timestamp_seconds | cut -d. -f1)" -lt "$want" ]; do sleep 0.2; done
         echo "         scored every window $(echo "$(date +%s.%N) - $t0" | bc) s after the last event; windows scored $(metric strata_anomaly_windows_scored_total)"
         ;;
     esac

@@ -222,9 +222,9 @@ impl crate::metrics::Stage for AnomalyStats {
             l(&self.series),
         );
         out.gauge(
-            "strata_anomaly_next_window_ms",
-            "The first window not yet scored (ms since the epoch).",
-            l(&self.next_window),
+            "strata_anomaly_next_window_timestamp_seconds",
+            "Start of the first window not yet scored (Unix seconds).",
+            l(&self.next_window) as f64 / 1000.0,
         );
     }
 }

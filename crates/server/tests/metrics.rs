@@ -136,6 +136,7 @@ match = 'load{{host="h1"}}'
             let out = p.wait_with_output().unwrap();
             let said = String::from_utf8_lossy(&out.stderr).to_string()
                 + &String::from_utf8_lossy(&out.stdout);
+            eprintln!("promtool check metrics: {said}");
             assert!(!said.contains("error while linting"), "{said}");
             assert!(!said.contains("text format parsing error"), "{said}");
         }
