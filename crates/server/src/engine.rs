@@ -885,6 +885,27 @@ impl Engine {
         }
     }
 
+    /// Runs `f` over every shard's shadows at once, one thread per shard (each shard's lock
+    /// held for its call), for scans of the whole fleet; blocking: call it off the async
+    /// workers. The answers are in shard order.
+    pub fn map_shadows<T: Send>(
+        &self,
+        f: impl Fn(&strata_stream::shadow::Shadows) -> T + Sync,
+    ) -> Vec<T> {
+        let f = &f;
+        std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .shards
+                .iter()
+                .map(|s| scope.spawn(move || f(&s.shadows.lock())))
+                .collect();
+            running
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+
     /// Waits until every write acknowledged so far is in the shadows (blocking: call it off
     /// the async workers).
     pub fn sync_shadows(&self) {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
+pub mod roster;
 pub mod selector;
 pub mod shard;
 pub mod simulate;

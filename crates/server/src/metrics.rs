@@ -528,6 +528,9 @@ mod tests {
         assert!(open.contains("# TYPE example_events counter\n"), "{open}");
         assert!(open.contains("example_events_total 7\n"), "{open}");
         assert!(open.ends_with("# EOF\n"), "{open}");
-        assert!(open.contains("example_seconds_bucket{le=\"+Inf\"} 5\n"), "{open}");
+        assert!(
+            open.contains("example_seconds_bucket{le=\"+Inf\"} 5\n"),
+            "{open}"
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! rebuilt. Any reload of the registry starts the memories over.
 
 use crate::metrics::Counter;
+use crate::roster::Roster;
 use ahash::AHashMap;
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -46,6 +47,18 @@ pub struct Known {
     labels: Vec<(String, String)>,
 }
 
+impl Known {
+    /// A cached device whose enrichment adds `labels` (name, value).
+    pub fn new(device: Device, mut labels: Vec<(String, String)>) -> Known {
+        labels.sort();
+        Known {
+            interval_ms: device.interval_ms(),
+            device,
+            labels,
+        }
+    }
+}
+
 /// Registered devices of one tenant, by id.
 pub type Devices = AHashMap<String, Arc<Known>>;
 
@@ -56,6 +69,8 @@ struct Cache {
     /// enriched series knows when it is stale.
     generation: u64,
     tenants: AHashMap<String, Devices>,
+    /// The same devices in id order, for fleet scans.
+    rosters: AHashMap<String, Arc<Roster>>,
 }
 
 /// The last cache generation handed out.
@@ -154,38 +169,43 @@ impl Registry {
                 .or_default()
                 .insert(k.device.id.clone(), Arc::new(k));
         }
+        let rosters = tenants
+            .iter()
+            .map(|(t, d)| (t.clone(), Arc::new(Roster::new(d.values().map(|k| &**k)))))
+            .collect();
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
         *self.cache.write() = Cache {
             version,
             generation,
             tenants,
+            rosters,
         };
         Ok(())
     }
 
     fn known(&self, device: Device) -> Known {
-        let mut labels: Vec<(String, String)> = self
+        let labels = self
             .enrich
             .iter()
             .filter_map(|n| device.value(n).map(|v| (n.clone(), v.to_string())))
             .filter(|(_, v)| !v.is_empty())
             .collect();
-        labels.sort();
-        Known {
-            interval_ms: device.interval_ms(),
-            device,
-            labels,
-        }
+        Known::new(device, labels)
+    }
+
+    /// The registered devices of `tenant` in id order (empty when none).
+    pub fn roster(&self, tenant: &str) -> Arc<Roster> {
+        self.cache
+            .read()
+            .rosters
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The cached device `id` of `tenant`.
     pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Known>> {
         self.cache.read().tenants.get(tenant)?.get(id).cloned()
-    }
-
-    /// Runs `f` with the cached devices of `tenant` (the cache's read lock held).
-    pub fn with_devices<T>(&self, tenant: &str, f: impl FnOnce(Option<&Devices>) -> T) -> T {
-        f(self.cache.read().tenants.get(tenant))
     }
 
     /// Reloads every second, for changes made on other nodes (this node's own changes

@@ -48,6 +48,12 @@ fn shadows_and_fleet_status_without_rollups_through_a_sigkill() {
         json!({"id": "d3", "site": "s1", "type": "meter", "expected_interval": "1h"}).to_string(),
     );
     assert_eq!(r.status(), 201);
+    // d0 is registered and has never reported: offline, never seen.
+    let r = s.post(
+        "/api/v1/registry/devices",
+        json!({"id": "d0", "site": "s2", "type": "pump"}).to_string(),
+    );
+    assert_eq!(r.status(), 201);
     let events = [
         json!({"device_id": "d1", "timestamp": now - 5_000, "readings": {"temperature": 20.5, "valve_open": true}, "labels": {"site": "s1"}}),
         json!({"device_id": "d1", "timestamp": now - 60_000, "readings": {"temperature": 99.0}, "labels": {"site": "s1"}}),
@@ -136,26 +142,44 @@ fn shadows_and_fleet_status_without_rollups_through_a_sigkill() {
     let (st, v) = patch(&s, "d1", &big);
     assert_eq!(st, 400, "{v}");
 
-    // Fleet status: d2 offline (10 min of silence, 1 min interval), d1 and d3 online.
+    // Fleet status: d2 offline (10 min of silence, 1 min interval), d0 offline (never seen),
+    // d1 and d3 online.
     let (st, v) = get(&s, "/api/v1/devices");
     assert_eq!(st, 200, "{v}");
-    assert_eq!(ids(&v), ["d1", "d2", "d3"]);
+    assert_eq!(ids(&v), ["d0", "d1", "d2", "d3"]);
     let c = &v["data"]["counts"];
     assert_eq!(
-        (c["online"].as_u64(), c["offline"].as_u64()),
-        (Some(2), Some(1))
+        (
+            c["online"].as_u64(),
+            c["offline"].as_u64(),
+            c["total"].as_u64()
+        ),
+        (Some(2), Some(2), Some(4))
     );
     assert_eq!(c["by_site"]["s1"], json!({"online": 2, "offline": 0}));
-    assert_eq!(c["by_site"]["s2"], json!({"online": 0, "offline": 1}));
-    let d1 = &v["data"]["devices"][0];
+    assert_eq!(c["by_site"]["s2"], json!({"online": 0, "offline": 2}));
+    let d0 = &v["data"]["devices"][0];
+    assert_eq!(
+        (d0["status"].as_str(), d0["type"].as_str()),
+        (Some("offline"), Some("pump"))
+    );
+    assert_eq!(
+        (&d0["last_seen"], &d0["readings"]),
+        (&json!(null), &json!({}))
+    );
+    let d1 = &v["data"]["devices"][1];
     assert_eq!(
         (d1["status"].as_str(), d1["site"].as_str()),
         (Some("online"), Some("s1"))
     );
     assert_eq!(d1["readings"]["temperature"], 20.5);
     assert_eq!(d1["last_seen"], now - 5_000);
-    assert_eq!(v["data"]["devices"][2]["type"], "meter");
-    assert_eq!(ids(&get(&s, "/api/v1/devices?status=offline").1), ["d2"]);
+    assert_eq!(v["data"]["devices"][3]["type"], "meter");
+    assert_eq!(
+        ids(&get(&s, "/api/v1/devices?status=offline").1),
+        ["d0", "d2"]
+    );
+    assert_eq!(ids(&get(&s, "/api/v1/devices?site=s2&type=pump").1), ["d0"]);
     assert_eq!(
         ids(&get(&s, "/api/v1/devices?site=s1&status=online").1),
         ["d1", "d3"]
@@ -171,7 +195,7 @@ fn shadows_and_fleet_status_without_rollups_through_a_sigkill() {
             None => break,
         }
     }
-    assert_eq!(seen, ["d1", "d2", "d3"]);
+    assert_eq!(seen, ["d0", "d1", "d2", "d3"]);
     for bad in ["status=asleep", "limit=0", "limit=100000", "limit=x"] {
         let (st, v) = get(&s, &format!("/api/v1/devices?{bad}"));
         assert_eq!(st, 400, "{bad}: {v}");
@@ -192,6 +216,6 @@ fn shadows_and_fleet_status_without_rollups_through_a_sigkill() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["data"]["state"]["reported"]["temperature"], 20.5);
     assert_eq!(v["data"]["version"], 2);
-    assert_eq!(ids(&get(&s, "/api/v1/devices").1), ["d1", "d2", "d3"]);
+    assert_eq!(ids(&get(&s, "/api/v1/devices").1), ["d0", "d1", "d2", "d3"]);
     s.stop();
 }

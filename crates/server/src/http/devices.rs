@@ -7,7 +7,8 @@
 //! reported lacks or holds another value for. `version` counts accepted desired updates.
 //!
 //! `GET /api/v1/devices?site=&type=&status=online|offline&limit=&cursor=`: every device that has
-//! reported, by id, with its last seen time, status (offline once `devices.offline_after`
+//! reported or is registered, by id, with its last seen time (none for a registered device that
+//! never reported: offline), status (offline once `devices.offline_after`
 //! expected intervals have passed without a reading; the interval is the registry's
 //! `expected_interval`, else `devices.expected_interval`) and current readings, and counts by
 //! site and status over every device the site and type filters select. Answered from the
@@ -15,6 +16,7 @@
 
 use super::read::success;
 use super::{tenant_of, ApiError, ApiRequest, AppState};
+use crate::roster::Roster;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -247,6 +249,172 @@ impl Status {
     }
 }
 
+/// What one fleet status request selects and how it judges status.
+struct FleetQuery {
+    site: Option<String>,
+    dtype: Option<String>,
+    cursor: Option<String>,
+    status: Option<Status>,
+    limit: usize,
+    now: i64,
+    default_interval: i64,
+    missed: i64,
+}
+
+/// Counts by site and status: registered sites by name index, others by name.
+#[derive(Default)]
+struct SiteCounts {
+    registered: Vec<[u64; 2]>,
+    other: ahash::AHashMap<String, [u64; 2]>,
+}
+
+impl SiteCounts {
+    fn add_other(&mut self, site: &str, i: usize) {
+        match self.other.get_mut(site) {
+            Some(c) => c[i] += 1,
+            None => {
+                let mut c = [0; 2];
+                c[i] = 1;
+                self.other.insert(site.to_string(), c);
+            }
+        }
+    }
+}
+
+/// One shard's share of a fleet status answer.
+struct FleetPart {
+    counts: SiteCounts,
+    total: [u64; 2],
+    /// The first `limit + 1` selected after the cursor, by id (each id is in one shard, so the
+    /// first `limit` of the shards' union are the page, and one more says there is a next).
+    page: Vec<(String, Value)>,
+    /// Which registered devices (by roster position) the shard has shadows of.
+    seen: Vec<u64>,
+}
+
+impl FleetQuery {
+    /// Whether a device of `site` and `dtype` is selected.
+    fn selects(&self, site: Option<&str>, dtype: Option<&str>) -> bool {
+        self.site.as_deref().is_none_or(|s| site == Some(s))
+            && self.dtype.as_deref().is_none_or(|t| dtype == Some(t))
+    }
+
+    /// Whether a selected device with `id` and status `s` goes on the page that holds `taken`.
+    fn pages(&self, id: &str, s: Status, taken: usize) -> bool {
+        self.status.is_none_or(|w| w == s)
+            && self.cursor.as_deref().is_none_or(|c| id > c)
+            && taken <= self.limit
+    }
+}
+
+fn fleet_part(
+    sh: &strata_stream::shadow::Shadows,
+    tenant: &Tenant,
+    roster: &Roster,
+    q: &FleetQuery,
+) -> FleetPart {
+    let mut part = FleetPart {
+        counts: SiteCounts {
+            registered: vec![[0; 2]; roster.names_len()],
+            other: Default::default(),
+        },
+        total: [0; 2],
+        page: Vec::new(),
+        seen: vec![0; roster.len().div_ceil(64)],
+    };
+    let mut at = 0;
+    for (id, d) in sh.devices_after(tenant, None) {
+        let entry = roster.seek(&mut at, id).map(|i| {
+            part.seen[i / 64] |= 1 << (i % 64);
+            roster.entry(i)
+        });
+        let label = |n: &str| {
+            d.readings
+                .iter()
+                .find_map(|(k, _)| k.as_ref().get(n.as_bytes()))
+                .and_then(|v| std::str::from_utf8(v).ok())
+        };
+        let site_index = entry.map_or(0, |e| e.site);
+        let dsite = roster.name(site_index).or_else(|| label("site"));
+        let dt = entry
+            .and_then(|e| roster.name(e.device_type))
+            .or_else(|| label("type"));
+        if !q.selects(dsite, dt) {
+            continue;
+        }
+        let interval = entry
+            .and_then(|e| e.interval_ms)
+            .unwrap_or(q.default_interval);
+        let last = d.last_seen();
+        let s = if q.now.saturating_sub(last) > interval.saturating_mul(q.missed) {
+            Status::Offline
+        } else {
+            Status::Online
+        };
+        let i = usize::from(s == Status::Offline);
+        match dsite {
+            Some(_) if site_index != 0 => part.counts.registered[site_index as usize][i] += 1,
+            _ => part.counts.add_other(dsite.unwrap_or_default(), i),
+        }
+        part.total[i] += 1;
+        if !q.pages(id, s, part.page.len()) {
+            continue;
+        }
+        let readings: Map<String, Value> = reported(d)
+            .into_iter()
+            .map(|(k, (v, _))| (k, number(v)))
+            .collect();
+        part.page.push((
+            id.to_string(),
+            json!({
+                "id": id, "site": dsite, "type": dt, "status": s.as_str(),
+                "last_seen": last, "readings": readings,
+            }),
+        ));
+    }
+    part
+}
+
+/// The registered devices no shard has a shadow of, which have never reported: offline.
+fn never_reported(roster: &Roster, parts: &[FleetPart], q: &FleetQuery) -> FleetPart {
+    let mut part = FleetPart {
+        counts: SiteCounts {
+            registered: vec![[0; 2]; roster.names_len()],
+            other: Default::default(),
+        },
+        total: [0; 2],
+        page: Vec::new(),
+        seen: Vec::new(),
+    };
+    let offline = usize::from(true);
+    for i in 0..roster.len() {
+        if parts.iter().any(|p| p.seen[i / 64] & (1 << (i % 64)) != 0) {
+            continue;
+        }
+        let e = roster.entry(i);
+        let (site, dt) = (roster.name(e.site), roster.name(e.device_type));
+        if !q.selects(site, dt) {
+            continue;
+        }
+        match site {
+            Some(_) => part.counts.registered[e.site as usize][offline] += 1,
+            None => part.counts.add_other("", offline),
+        }
+        part.total[offline] += 1;
+        let id = roster.id(i);
+        if q.pages(id, Status::Offline, part.page.len()) {
+            part.page.push((
+                id.to_string(),
+                json!({
+                    "id": id, "site": site, "type": dt, "status": Status::Offline.as_str(),
+                    "last_seen": null, "readings": {},
+                }),
+            ));
+        }
+    }
+    part
+}
+
 /// `GET /api/v1/devices`: fleet status (see the module doc).
 pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
     let tenant = match tenant_of(&req.headers) {
@@ -267,83 +435,53 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
         Ok(l) => l,
         Err(e) => return e.into_response(),
     };
-    let (site, dtype, cursor) = (p.text("site"), p.text("type"), p.text("cursor"));
-    st.engine.synced_shadows().await;
-    let now = now_ms();
-    let (default_interval, missed) = (st.fleet.expected_interval_ms, st.fleet.offline_after);
-    let mut counts: ahash::AHashMap<String, [u64; 2]> = Default::default();
+    let q = FleetQuery {
+        site: p.text("site"),
+        dtype: p.text("type"),
+        cursor: p.text("cursor"),
+        status,
+        limit,
+        now: now_ms(),
+        default_interval: st.fleet.expected_interval_ms,
+        missed: st.fleet.offline_after,
+    };
+    let roster = st.registry.roster(tenant.as_str());
+    let parts = {
+        let (st, roster) = (st.clone(), roster.clone());
+        let run = move || {
+            st.engine.sync_shadows();
+            let mut parts = st
+                .engine
+                .map_shadows(|sh| fleet_part(sh, &tenant, &roster, &q));
+            let silent = never_reported(&roster, &parts, &q);
+            parts.push(silent);
+            parts
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(p) => p,
+            Err(e) => return ApiError::internal(format!("fleet status: {e}")).into_response(),
+        }
+    };
+    let mut counts: BTreeMap<String, [u64; 2]> = BTreeMap::new();
     let mut total = [0u64; 2];
-    // Per shard, the first `limit + 1` selected after the cursor (each id is in one shard):
-    // the first `limit` of their union are the page, one more says there is a next.
     let mut page: Vec<(String, Value)> = Vec::new();
-    st.registry.with_devices(tenant.as_str(), |registered| {
-        st.engine.with_shadows(|sh| {
-            let mut taken = 0;
-            for (id, d) in sh.devices_after(&tenant, None) {
-                let known = registered.and_then(|r| r.get(id));
-                let label = |n: &str| {
-                    d.readings
-                        .iter()
-                        .find_map(|(k, _)| k.as_ref().get(n.as_bytes()))
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                };
-                let dsite = known
-                    .and_then(|k| k.device.site.as_deref())
-                    .or_else(|| label("site"));
-                let dt = known
-                    .and_then(|k| k.device.device_type.as_deref())
-                    .or_else(|| label("type"));
-                if site.as_deref().is_some_and(|s| dsite != Some(s))
-                    || dtype.as_deref().is_some_and(|t| dt != Some(t))
-                {
-                    continue;
-                }
-                let interval = known
-                    .and_then(|k| k.interval_ms)
-                    .unwrap_or(default_interval);
-                let last = d.last_seen();
-                let s = if now.saturating_sub(last) > interval.saturating_mul(missed) {
-                    Status::Offline
-                } else {
-                    Status::Online
-                };
-                let i = usize::from(s == Status::Offline);
-                let key = dsite.unwrap_or_default();
-                match counts.get_mut(key) {
-                    Some(c) => c[i] += 1,
-                    None => {
-                        let mut c = [0; 2];
-                        c[i] = 1;
-                        counts.insert(key.to_string(), c);
-                    }
-                }
-                total[i] += 1;
-                if status.is_some_and(|w| w != s)
-                    || cursor.as_deref().is_some_and(|c| id <= c)
-                    || taken > limit
-                {
-                    continue;
-                }
-                taken += 1;
-                let readings: Map<String, Value> = reported(d)
-                    .into_iter()
-                    .map(|(k, (v, _))| (k, number(v)))
-                    .collect();
-                page.push((
-                    id.to_string(),
-                    json!({
-                        "id": id, "site": dsite, "type": dt, "status": s.as_str(),
-                        "last_seen": last, "readings": readings,
-                    }),
-                ));
+    for part in parts {
+        let registered = part.counts.registered.iter().enumerate();
+        let named = registered.filter_map(|(i, c)| Some((roster.name(i as u32)?.to_string(), *c)));
+        for (site, c) in named.chain(part.counts.other) {
+            if c != [0, 0] {
+                let have = counts.entry(site).or_default();
+                have[0] += c[0];
+                have[1] += c[1];
             }
-        })
-    });
+        }
+        total[0] += part.total[0];
+        total[1] += part.total[1];
+        page.extend(part.page);
+    }
     page.sort_by(|a, b| a.0.cmp(&b.0));
     let next = (page.len() > limit).then(|| page[limit - 1].0.clone());
     page.truncate(limit);
-    let mut counts: Vec<(String, [u64; 2])> = counts.into_iter().collect();
-    counts.sort();
     let by_site: Map<String, Value> = counts
         .into_iter()
         .map(|(s, [on, off])| (s, json!({"online": on, "offline": off})))
