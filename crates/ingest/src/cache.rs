@@ -6,7 +6,7 @@
 //! cache, so raw bytes of different formats never meet.
 
 use ahash::AHashMap;
-use strata_model::{BatchSeries, Limits, Sample, SeriesId, SeriesKey, WriteBatch};
+use strata_model::{BatchSeries, Limits, Sample, SeriesId, SeriesKey, SeriesKeyRef, WriteBatch};
 
 /// Most bytes remembered per thread and protocol (raw bytes, key and bookkeeping); past it the
 /// cache starts over. Every worker thread keeps one per protocol, so this times the workers
@@ -52,16 +52,29 @@ impl SeriesCache {
         samples: &[Sample],
         event_id: Option<&[u8]>,
     ) -> bool {
+        match self.get(limits, hash, raw) {
+            Some((key, id, entity)) => {
+                out.push_identified(key, id, entity, samples, event_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The series `raw` (hashed to `hash`) decoded to, if remembered: its key, id and entity.
+    pub fn get(
+        &mut self,
+        limits: &Limits,
+        hash: u64,
+        raw: &[u8],
+    ) -> Option<(SeriesKeyRef<'_>, SeriesId, u64)> {
         if self.limits.as_ref() != Some(limits) {
             self.clear();
             self.limits = Some(limits.clone());
         }
         match self.map.get(&hash) {
-            Some(c) if c.raw.as_ref() == raw => {
-                out.push_identified(c.key.as_ref(), c.id, c.entity, samples, event_id);
-                true
-            }
-            _ => false,
+            Some(c) if c.raw.as_ref() == raw => Some((c.key.as_ref(), c.id, c.entity)),
+            _ => None,
         }
     }
 

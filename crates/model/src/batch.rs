@@ -319,6 +319,23 @@ impl WriteBatch {
         });
     }
 
+    /// Gives series `i` another key, keeping its samples and event: for stages that relabel
+    /// series in place (the device registry's enrichment). `key`, `id` and `entity` must be
+    /// what [`WriteBatch::push_series`] computed for the new labels and this tenant. The old
+    /// key's bytes stay in the batch, unused (counted in [`WriteBatch::payload_bytes`]).
+    pub fn rekey(&mut self, i: usize, key: SeriesKeyRef<'_>, id: SeriesId, entity: u64) {
+        debug_assert_eq!(
+            id.0,
+            xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), self.seed)
+        );
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key.as_bytes());
+        let e = &mut self.series[i];
+        e.key = range(start..self.bytes.len());
+        e.id = id;
+        e.entity = entity;
+    }
+
     /// The tenant's hash seed, for callers that cache ids across batches of one tenant.
     pub fn hash_seed(&self) -> u64 {
         self.seed
@@ -482,5 +499,31 @@ mod tests {
             lim.check_timestamp(lim.max_future_skew_ms + 1, 0),
             Err(SampleError::TooFarInFuture { .. })
         ));
+    }
+
+    #[test]
+    fn rekey_relabels_one_series_in_place() {
+        let mut b = WriteBatch::new(Tenant::default_tenant());
+        let ev = b.event_key(b"e1");
+        let mut l: Vec<(&[u8], &[u8])> = vec![(b"__name__", b"t"), (b"device", b"d1")];
+        b.push_series(&mut l, &[Sample::new(5, 1.5)], Some(ev), &Limits::default())
+            .unwrap();
+        push(&mut b, &[("__name__", "u")]).unwrap();
+        let mut other = WriteBatch::new(Tenant::default_tenant());
+        push(
+            &mut other,
+            &[("__name__", "t"), ("device", "d1"), ("site", "s1")],
+        )
+        .unwrap();
+        let new = other.get(0).unwrap();
+        b.rekey(0, new.key, new.id, new.entity);
+        let s = b.get(0).unwrap();
+        assert_eq!(
+            (s.key.as_bytes(), s.id, s.entity),
+            (new.key.as_bytes(), new.id, new.entity)
+        );
+        assert_eq!(s.samples, &[Sample::new(5, 1.5)]);
+        assert_eq!(s.event_id(), Some(&b"e1"[..]));
+        assert_eq!(b.get(1).unwrap().key.get(b"__name__"), Some(&b"u"[..]));
     }
 }

@@ -237,6 +237,21 @@ impl Registry {
         let cache = self.cache.read();
         let devices = cache.tenants.get(out.batch.tenant().as_str());
         let policy = self.policy;
+        let generation = cache.generation;
+        let with_memory = |f: &mut dyn FnMut(&mut SeriesCache)| {
+            ENRICHED.with_borrow_mut(|(g, memory)| {
+                if *g != generation {
+                    memory.clear();
+                    *g = generation;
+                }
+                f(memory)
+            })
+        };
+        if policy == Policy::Accept {
+            // Nothing is dropped or set apart: series are relabelled where they are.
+            with_memory(&mut |memory| self.relabel(&mut out.batch, devices, memory, limits));
+            return out;
+        }
         // Most batches need no change: look before copying.
         if out
             .batch
@@ -245,16 +260,51 @@ impl Registry {
         {
             return out;
         }
-        let generation = cache.generation;
-        ENRICHED.with_borrow_mut(|(g, memory)| {
-            if *g != generation {
-                memory.clear();
-                *g = generation;
-            }
-            self.rewrite(&mut out, devices, memory, limits);
-        });
+        with_memory(&mut |memory| self.rewrite(&mut out, devices, memory, limits));
         drop(cache);
         out
+    }
+
+    /// Enriches, in place, the series of `batch` that admission enriches (under `accept`, the
+    /// only change it makes).
+    fn relabel(
+        &self,
+        batch: &mut WriteBatch,
+        devices: Option<&Devices>,
+        memory: &mut SeriesCache,
+        limits: &Limits,
+    ) {
+        let mut scratch: Option<WriteBatch> = None;
+        let mut enriched = 0;
+        for i in 0..batch.series_len() {
+            let s = batch.get(i).expect("in range");
+            // Only enriched series are remembered (see `rewrite`).
+            if let Some((key, id, entity)) = memory.get(limits, s.id.0, s.key.as_bytes()) {
+                batch.rekey(i, key, id, entity);
+                enriched += 1;
+                continue;
+            }
+            let Fate::Enrich(extra) = fate_of(&s, devices, self.policy) else {
+                continue;
+            };
+            let mut pairs: Vec<(&[u8], &[u8])> = s.key.pairs().collect();
+            for (n, v) in extra {
+                if s.key.get(n.as_bytes()).is_none() {
+                    pairs.push((n.as_bytes(), v.as_bytes()));
+                }
+            }
+            let scratch = scratch.get_or_insert_with(|| WriteBatch::new(batch.tenant().clone()));
+            scratch.clear();
+            // Over a label limit with the registry's labels: written as it came.
+            if scratch.push_series(&mut pairs, &[], None, limits).is_err() {
+                continue;
+            }
+            let new = scratch.get(0).expect("just pushed");
+            memory.insert(s.id.0, s.key.as_bytes(), &new);
+            batch.rekey(i, new.key, new.id, new.entity);
+            enriched += 1;
+        }
+        self.enriched.add(enriched);
     }
 
     /// Rebuilds `out.batch` as admission decided, series by series.
@@ -274,7 +324,7 @@ impl Registry {
         for s in out.batch.iter() {
             // Only enriched series are remembered, and only until the registry changes: a
             // series remembered is to be enriched, as it was (the series' id is the hash of
-            // its key under the tenant's seed).
+            // its key under the tenant's seed, and the memory's key).
             let (hash, raw) = (s.id.0, s.key.as_bytes());
             if memory.push_cached(limits, hash, raw, &mut kept, s.samples, s.event_id()) {
                 enriched += 1;
