@@ -10,13 +10,30 @@
 //! redeliveries can be recognised. The flat form `{"metric": "m", "labels": {...},
 //! "timestamp": ms, "value": x}` is accepted too.
 
+use crate::cache::SeriesCache;
 use crate::{DecodeContext, Decoded, IngestError, Location, RejectReason};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use smallvec::SmallVec;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use strata_model::{Sample, WriteBatch};
+
+thread_local! {
+    /// Series seen before on this thread, by their device, labels and reading name as sent
+    /// (see [`SeriesCache`]).
+    static SEEN: RefCell<SeriesCache> = RefCell::new(SeriesCache::default());
+}
+
+/// What decoding one body writes to, with the thread's series memory.
+struct Out<'o> {
+    batch: &'o mut WriteBatch,
+    d: &'o mut Decoded,
+    cache: &'o mut SeriesCache,
+    /// Scratch for a series' raw form (its cache key).
+    raw: Vec<u8>,
+}
 
 #[derive(Deserialize)]
 struct Event<'a> {
@@ -54,44 +71,48 @@ pub fn decode_for(
     out: &mut WriteBatch,
 ) -> Result<Decoded, IngestError> {
     let mut d = Decoded::default();
+    SEEN.with_borrow_mut(|cache| {
+        let mut o = Out {
+            batch: out,
+            d: &mut d,
+            cache,
+            raw: Vec::new(),
+        };
+        decode_into(body, ctx, device, &mut o)
+    })?;
+    Ok(d)
+}
+
+fn decode_into(
+    body: &[u8],
+    ctx: &DecodeContext<'_>,
+    device: Option<&str>,
+    o: &mut Out<'_>,
+) -> Result<(), IngestError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         None => return Err(IngestError::Empty("body holds no events".into())),
         Some(b'[') => {
             let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(json_err)?;
             for (i, item) in items.iter().enumerate() {
-                one(
-                    item.get().as_bytes(),
-                    Location::Index(i),
-                    ctx,
-                    device,
-                    out,
-                    &mut d,
-                );
+                one(item.get().as_bytes(), Location::Index(i), ctx, device, o);
             }
         }
         Some(_) => {
             // One object, possibly spread over several lines, or NDJSON.
             if let Ok(single) = serde_json::from_slice::<&RawValue>(body) {
-                one(
-                    single.get().as_bytes(),
-                    Location::Line(1),
-                    ctx,
-                    device,
-                    out,
-                    &mut d,
-                );
+                one(single.get().as_bytes(), Location::Line(1), ctx, device, o);
             } else {
                 for (i, line) in body.split(|b| *b == b'\n').enumerate() {
                     if line.iter().all(|b| b.is_ascii_whitespace()) {
                         continue;
                     }
-                    one(line, Location::Line(i + 1), ctx, device, out, &mut d);
+                    one(line, Location::Line(i + 1), ctx, device, o);
                 }
             }
         }
     }
-    Ok(d)
+    Ok(())
 }
 
 fn json_err(e: serde_json::Error) -> IngestError {
@@ -107,8 +128,7 @@ fn one(
     loc: Location,
     ctx: &DecodeContext<'_>,
     default_device: Option<&str>,
-    out: &mut WriteBatch,
-    d: &mut Decoded,
+    o: &mut Out<'_>,
 ) {
     let ev: Event<'_> = match serde_json::from_slice(text) {
         Ok(ev) => ev,
@@ -118,7 +138,7 @@ fn one(
             } else {
                 "unexpected shape"
             };
-            d.reject(loc, RejectReason::Syntax(format!("{why}: {e}")), 1);
+            o.d.reject(loc, RejectReason::Syntax(format!("{why}: {e}")), 1);
             return;
         }
     };
@@ -126,17 +146,17 @@ fn one(
     let ts = match ev.timestamp.map(timestamp) {
         None => ctx.now_ms,
         Some(Ok(t)) => t,
-        Some(Err(e)) => return d.reject(loc, RejectReason::Invalid(e), readings_count),
+        Some(Err(e)) => return o.d.reject(loc, RejectReason::Invalid(e), readings_count),
     };
     if let Err(e) = ctx.limits.check_timestamp(ts, ctx.now_ms) {
-        return d.reject(loc, RejectReason::Timestamp(e), readings_count);
+        return o.d.reject(loc, RejectReason::Timestamp(e), readings_count);
     }
     let mut labels: SmallVec<[(Cow<'_, str>, Cow<'_, str>); 12]> = SmallVec::new();
     for (k, v) in ev.labels.iter().flatten() {
         match serde_json::from_str::<Cow<'_, str>>(v.get()) {
             Ok(s) => labels.push((k.clone(), s)),
             Err(_) => {
-                return d.reject(
+                return o.d.reject(
                     loc,
                     RejectReason::Invalid(format!("labels.{k} must be a string")),
                     readings_count,
@@ -147,16 +167,16 @@ fn one(
     if let Some(metric) = ev.metric {
         // The flat form: one sample.
         let Some(v) = ev.value else {
-            return d.reject(
+            return o.d.reject(
                 loc,
                 RejectReason::Invalid("a \"metric\" event needs a \"value\"".into()),
                 1,
             );
         };
         match reading_value(v) {
-            Ok(Some(v)) => push(out, d, &loc, &metric, None, &labels, ts, v, None, ctx),
+            Ok(Some(v)) => push(o, || loc.clone(), &metric, None, &labels, ts, v, None, ctx),
             Ok(None) => {}
-            Err(r) => d.reject(loc, r, 1),
+            Err(r) => o.d.reject(loc, r, 1),
         }
         return;
     }
@@ -164,7 +184,7 @@ fn one(
         (Some(dev), _) if !dev.is_empty() => dev,
         (_, Some(dev)) if !dev.is_empty() => Cow::Borrowed(dev),
         _ => {
-            return d.reject(
+            return o.d.reject(
                 loc,
                 RejectReason::Invalid("device_id is missing or empty".into()),
                 readings_count,
@@ -172,7 +192,7 @@ fn one(
         }
     };
     let Some(readings) = ev.readings else {
-        return d.reject(
+        return o.d.reject(
             loc,
             RejectReason::Invalid(
                 "readings is missing (expected an object of name: number)".into(),
@@ -183,36 +203,25 @@ fn one(
     let event = ev
         .event_id
         .as_deref()
-        .map(|id| out.event_key(id.as_bytes()));
+        .map(|id| o.batch.event_key(id.as_bytes()));
     for (name, raw) in &readings {
         let rloc = || Location::Reading {
             event: Box::new(loc.clone()),
             reading: name.to_string(),
         };
         match reading_value(raw) {
-            Ok(Some(v)) => push(
-                out,
-                d,
-                &rloc(),
-                name,
-                Some(&device),
-                &labels,
-                ts,
-                v,
-                event,
-                ctx,
-            ),
+            Ok(Some(v)) => push(o, rloc, name, Some(&device), &labels, ts, v, event, ctx),
             Ok(None) => {}
-            Err(r) => d.reject(rloc(), r, 1),
+            Err(r) => o.d.reject(rloc(), r, 1),
         }
     }
 }
 
+/// Appends one sample of series `metric{device, labels}`; `loc` names it if it is refused.
 #[allow(clippy::too_many_arguments)]
 fn push(
-    out: &mut WriteBatch,
-    d: &mut Decoded,
-    loc: &Location,
+    o: &mut Out<'_>,
+    loc: impl FnOnce() -> Location,
     metric: &str,
     device: Option<&str>,
     labels: &[(Cow<'_, str>, Cow<'_, str>)],
@@ -221,6 +230,29 @@ fn push(
     event: Option<strata_model::EventKey>,
     ctx: &DecodeContext<'_>,
 ) {
+    let sample = [Sample::new(ts, v)];
+    // The series as sent, each part length-prefixed so distinct inputs never meet.
+    let raw = &mut o.raw;
+    raw.clear();
+    let mut part = |b: &[u8]| {
+        raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        raw.extend_from_slice(b);
+    };
+    part(metric.as_bytes());
+    match device {
+        Some(dev) => part(dev.as_bytes()),
+        None => part(b"\xff"),
+    }
+    for (k, v) in labels {
+        part(k.as_bytes());
+        part(v.as_bytes());
+    }
+    let hash = SeriesCache::hash(&o.raw, o.batch);
+    if let Some((key, id, entity)) = o.cache.get(ctx.limits, hash, &o.raw) {
+        o.batch.push_known_in_event(key, id, entity, &sample, event);
+        o.d.accepted_samples += 1;
+        return;
+    }
     let mut l: SmallVec<[(&[u8], &[u8]); 16]> = SmallVec::new();
     l.push((b"__name__", metric.as_bytes()));
     if let Some(dev) = device {
@@ -233,9 +265,13 @@ fn push(
         }
         l.push((k.as_bytes(), v.as_bytes()));
     }
-    match out.push_series(&mut l, &[Sample::new(ts, v)], event, ctx.limits) {
-        Ok(()) => d.accepted_samples += 1,
-        Err(e) => d.reject(loc.clone(), RejectReason::Label(e), 1),
+    match o.batch.push_series(&mut l, &sample, event, ctx.limits) {
+        Ok(()) => {
+            o.d.accepted_samples += 1;
+            let s = o.batch.get(o.batch.series_len() - 1).expect("just pushed");
+            o.cache.insert(hash, &o.raw, &s);
+        }
+        Err(e) => o.d.reject(loc(), RejectReason::Label(e), 1),
     }
 }
 

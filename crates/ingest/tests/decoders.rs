@@ -620,3 +620,54 @@ fn influx_series_cache_is_exact() {
         "changed limits bypass the cache"
     );
 }
+
+/// The events decoder remembers series it built (per thread): a series decoded again from that
+/// memory is the same series, and inputs that differ only in where one part ends and the next
+/// begins never share an entry.
+#[test]
+fn events_remembered_series_are_the_series_built() {
+    let limits = Limits::default();
+    let body = [
+        r#"{"device_id":"d1","event_id":"e1","timestamp":1700000000000,"readings":{"t":1,"h":2},"labels":{"a":"bc","site":"s1"}}"#,
+        r#"{"device_id":"d1","timestamp":1700000000000,"readings":{"t":3},"labels":{"ab":"c","site":"s1"}}"#,
+        r#"{"device_id":"d1b","timestamp":1700000000000,"readings":{"t":4}}"#,
+        r#"{"device_id":"d","timestamp":1700000000000,"readings":{"t":5},"labels":{"device":"x","zb":"y"}}"#,
+        r#"{"metric":"t","labels":{"device":"d1"},"timestamp":1700000000000,"value":6}"#,
+    ]
+    .join("\n");
+    let decode = || {
+        let mut b = WriteBatch::new(Tenant::default_tenant());
+        let d = events::decode(body.as_bytes(), &ctx(&limits), &mut b).unwrap();
+        assert_eq!(d.accepted_samples, 6);
+        b
+    };
+    let (first, again) = (decode(), decode());
+    let ids = |b: &WriteBatch| -> Vec<_> {
+        b.iter()
+            .map(|s| {
+                (
+                    s.key.labels().to_string(),
+                    s.id,
+                    s.entity,
+                    s.event_id().map(<[u8]>::to_vec),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&first), ids(&again));
+    assert_eq!(
+        dump(&again),
+        [
+            r#"h{a="bc", device="d1", site="s1"} => [(1700000000000, 2.0)]"#,
+            r#"t{a="bc", device="d1", site="s1"} => [(1700000000000, 1.0)]"#,
+            r#"t{ab="c", device="d1", site="s1"} => [(1700000000000, 3.0)]"#,
+            r#"t{device="d1b"} => [(1700000000000, 4.0)]"#,
+            r#"t{device="d", zb="y"} => [(1700000000000, 5.0)]"#,
+            r#"t{device="d1"} => [(1700000000000, 6.0)]"#,
+        ]
+    );
+    // Another tenant's series are its own (ids seeded by tenant).
+    let mut other = WriteBatch::new(Tenant::new("acme").unwrap());
+    events::decode(body.as_bytes(), &ctx(&limits), &mut other).unwrap();
+    assert_ne!(ids(&other)[0].1, ids(&first)[0].1);
+}

@@ -306,6 +306,19 @@ impl WriteBatch {
         event_id: Option<&[u8]>,
     ) {
         let event = event_id.map(|e| self.event_key(e));
+        self.push_known_in_event(key, id, entity, samples, event);
+    }
+
+    /// As [`WriteBatch::push_known`], for a series of an event already in this batch (`event`,
+    /// from [`WriteBatch::event_key`]).
+    pub fn push_known_in_event(
+        &mut self,
+        key: SeriesKeyRef<'_>,
+        id: SeriesId,
+        entity: u64,
+        samples: &[Sample],
+        event: Option<EventKey>,
+    ) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key.as_bytes());
         let first = self.samples.len();
