@@ -13,10 +13,12 @@
 //! Three tasks: the event loop (rumqttc's, polled without pause so pings and acks go out), a
 //! batcher that decodes what has arrived into one batch and starts its write (at most
 //! [`WRITES`] at once), and an acker that waits for each write in order and acknowledges its
-//! messages. The event loop must keep polling for the acks to go out, so it never waits for the
-//! batcher: at QoS 1 the broker holds what Strata has not acknowledged (at most its in-flight
-//! window, under 65,536 messages, which the hand-over queue holds whole); at QoS 0 messages
-//! past a full queue are dropped and counted (`overloaded`).
+//! messages. The event loop must keep polling for the acks to go out, so at QoS 1 it never
+//! waits for the batcher: the broker holds what Strata has not acknowledged (at most its
+//! in-flight window, under 65,536 messages, which the hand-over queue holds whole). At QoS 0 a
+//! full queue stops the reading until the batcher takes a message (the batcher never waits for
+//! the event loop, so this wait is short): the socket and then the broker hold the rest, as
+//! its own limits for slow consumers say.
 
 use crate::topic::TopicPattern;
 use crate::{Running, Sink, SinkError, Source, SourceError, SourceStats, Written};
@@ -42,7 +44,7 @@ const MAX_BATCH: usize = 1000;
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Messages the event loop hands over without waiting for the batcher: more than a broker can
 /// have in flight unacknowledged at QoS 1 (packet ids are 16 bits), so the event loop never
-/// waits at QoS 1 (it must go on polling to send the acks). At QoS 0 a full queue drops.
+/// waits at QoS 1 (it must go on polling to send the acks). At QoS 0 a full queue waits.
 const QUEUE: usize = 1 << 16;
 /// Requests (acks, dead letters, deltas) the client queues for the event loop: the acks of
 /// every message a broker can have in flight fit, twice.
@@ -356,19 +358,13 @@ async fn poll(
     let mut backoff = Duration::from_millis(100);
     loop {
         match el.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => match tx.try_send(p) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(p)) if p.qos == QoS::AtMostOnce => {
-                    stats.bad("overloaded", 1);
+            // A full queue (only at QoS 0, see QUEUE) stops reading until the batcher takes
+            // one: the socket, then the broker, hold the rest.
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    return;
                 }
-                // Not at QoS 1 (see QUEUE); should a broker still send more, wait.
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    if tx.send(p).await.is_err() {
-                        return;
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            },
+            }
             Ok(Event::Incoming(Packet::ConnAck(a))) => {
                 if a.code != ConnectReturnCode::Success {
                     tracing::error!(source = %name, code = ?a.code, "mqtt broker refused the connection");
