@@ -292,6 +292,21 @@ struct FleetPart {
     seen: Vec<u64>,
 }
 
+impl FleetPart {
+    /// Nothing counted yet, over the names of `roster`.
+    fn new(roster: &Roster) -> FleetPart {
+        FleetPart {
+            counts: SiteCounts {
+                registered: vec![[0; 2]; roster.names_len()],
+                other: Default::default(),
+            },
+            total: [0; 2],
+            page: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+}
+
 impl FleetQuery {
     /// Whether a device of `site` and `dtype` is selected.
     fn selects(&self, site: Option<&str>, dtype: Option<&str>) -> bool {
@@ -313,15 +328,8 @@ fn fleet_part(
     roster: &Roster,
     q: &FleetQuery,
 ) -> FleetPart {
-    let mut part = FleetPart {
-        counts: SiteCounts {
-            registered: vec![[0; 2]; roster.names_len()],
-            other: Default::default(),
-        },
-        total: [0; 2],
-        page: Vec::new(),
-        seen: vec![0; roster.len().div_ceil(64)],
-    };
+    let mut part = FleetPart::new(roster);
+    part.seen = vec![0; roster.len().div_ceil(64)];
     let mut at = 0;
     for (id, d) in sh.devices_after(tenant, None) {
         let entry = roster.seek(&mut at, id).map(|i| {
@@ -377,15 +385,7 @@ fn fleet_part(
 
 /// The registered devices no shard has a shadow of, which have never reported: offline.
 fn never_reported(roster: &Roster, parts: &[FleetPart], q: &FleetQuery) -> FleetPart {
-    let mut part = FleetPart {
-        counts: SiteCounts {
-            registered: vec![[0; 2]; roster.names_len()],
-            other: Default::default(),
-        },
-        total: [0; 2],
-        page: Vec::new(),
-        seen: Vec::new(),
-    };
+    let mut part = FleetPart::new(roster);
     let offline = usize::from(true);
     for i in 0..roster.len() {
         if parts.iter().any(|p| p.seen[i / 64] & (1 << (i % 64)) != 0) {
