@@ -9,6 +9,7 @@
 
 pub mod journal;
 pub mod outbox;
+pub mod protocol;
 
 /// Where a message sits in a stream: the epoch (a new one each time the stream starts, so a
 /// position from before a restart is recognised as such) and the offset within it (from 1).
