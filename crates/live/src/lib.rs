@@ -7,6 +7,7 @@
 //! outbox, and an outbox that stays full names its connection as too slow to keep (the server
 //! closes it with a clear reason); the client then resumes from its last position.
 
+pub mod hub;
 pub mod journal;
 pub mod outbox;
 pub mod protocol;
