@@ -377,6 +377,16 @@ mod tests {
         Box::new(move |r: &Reading| r.device == device)
     }
 
+    /// A new connection subscribed (as number 0) to every reading of tenant "t".
+    fn every_reading(
+        h: &Hub<Reading>,
+        since: Option<Position>,
+    ) -> (Arc<Connection<Reading>>, Resumed) {
+        let c = Connection::new(100, || {});
+        let r = h.subscribe("t", &c, 0, Kind::Readings, None, Box::new(|_| true), since);
+        (c, r)
+    }
+
     fn drain(c: &Connection<Reading>) -> Vec<(u64, f64)> {
         std::iter::from_fn(|| c.next())
             .map(|d| (d.position.offset, d.entry.update.value))
@@ -484,16 +494,7 @@ mod tests {
         assert_eq!(drain(&c), [(2, 2.0), (4, 4.0)]);
         // Past the journal's bounds (3 kept: 3, 4, 5): a snapshot.
         h.publish("t", reading("d2", 5.0), 10);
-        let c2 = Connection::new(100, || {});
-        let r = h.subscribe(
-            "t",
-            &c2,
-            0,
-            Kind::Readings,
-            None,
-            Box::new(|_| true),
-            Some(last),
-        );
+        let (c2, r) = every_reading(&h, Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
         // Another run's position: a snapshot.
         let old = Position {
@@ -515,38 +516,19 @@ mod tests {
     #[test]
     fn updates_skipped_while_nobody_listened_force_a_snapshot() {
         let h = hub(100);
-        let c = Connection::new(100, || {});
-        h.subscribe("t", &c, 0, Kind::Readings, None, Box::new(|_| true), None);
+        let (c, _) = every_reading(&h, None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
         h.unsubscribe("t", &c, None);
         // A publisher asks first and skips: the update has no position.
         assert!(!h.wanted("t"));
-        let c = Connection::new(100, || {});
-        let r = h.subscribe(
-            "t",
-            &c,
-            0,
-            Kind::Readings,
-            None,
-            Box::new(|_| true),
-            Some(last),
-        );
+        let (c, r) = every_reading(&h, Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
         // Positions after the gap resume normally.
         h.publish("t", reading("d1", 2.0), 10);
         let after = c.next().unwrap().position;
         h.publish("t", reading("d1", 3.0), 10);
-        let c2 = Connection::new(100, || {});
-        let r = h.subscribe(
-            "t",
-            &c2,
-            0,
-            Kind::Readings,
-            None,
-            Box::new(|_| true),
-            Some(after),
-        );
+        let (_c2, r) = every_reading(&h, Some(after));
         assert_eq!(r, Resumed::Replayed(1));
     }
 }
