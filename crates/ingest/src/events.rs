@@ -31,8 +31,30 @@ struct Out<'o> {
     batch: &'o mut WriteBatch,
     d: &'o mut Decoded,
     cache: &'o mut SeriesCache,
-    /// Scratch for a series' raw form (its cache key).
+    /// Scratch for a series' raw form (its cache key): the event's device and labels, then
+    /// the reading's name.
     raw: Vec<u8>,
+    /// Bytes of `raw` the event's readings share.
+    prefix: usize,
+}
+
+impl Out<'_> {
+    /// Starts the raw form of an event's series with its device and labels, each part
+    /// length-prefixed so distinct inputs never meet (each reading adds its name).
+    fn start_event(&mut self, device: Option<&str>, labels: &[(Cow<'_, str>, Cow<'_, str>)]) {
+        self.raw.clear();
+        raw_part(&mut self.raw, device.map_or(b"\xff", str::as_bytes));
+        for (k, v) in labels {
+            raw_part(&mut self.raw, k.as_bytes());
+            raw_part(&mut self.raw, v.as_bytes());
+        }
+        self.prefix = self.raw.len();
+    }
+}
+
+fn raw_part(raw: &mut Vec<u8>, b: &[u8]) {
+    raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    raw.extend_from_slice(b);
 }
 
 #[derive(Deserialize)]
@@ -77,6 +99,7 @@ pub fn decode_for(
             d: &mut d,
             cache,
             raw: Vec::new(),
+            prefix: 0,
         };
         decode_into(body, ctx, device, &mut o)
     })?;
@@ -173,6 +196,7 @@ fn one(
                 1,
             );
         };
+        o.start_event(None, &labels);
         match reading_value(v) {
             Ok(Some(v)) => push(o, || loc.clone(), &metric, None, &labels, ts, v, None, ctx),
             Ok(None) => {}
@@ -204,6 +228,7 @@ fn one(
         .event_id
         .as_deref()
         .map(|id| o.batch.event_key(id.as_bytes()));
+    o.start_event(Some(&device), &labels);
     for (name, raw) in &readings {
         let rloc = || Location::Reading {
             event: Box::new(loc.clone()),
@@ -217,7 +242,8 @@ fn one(
     }
 }
 
-/// Appends one sample of series `metric{device, labels}`; `loc` names it if it is refused.
+/// Appends one sample of series `metric{device, labels}` (of the event
+/// [`Out::start_event`] started); `loc` names it if it is refused.
 #[allow(clippy::too_many_arguments)]
 fn push(
     o: &mut Out<'_>,
@@ -231,22 +257,8 @@ fn push(
     ctx: &DecodeContext<'_>,
 ) {
     let sample = [Sample::new(ts, v)];
-    // The series as sent, each part length-prefixed so distinct inputs never meet.
-    let raw = &mut o.raw;
-    raw.clear();
-    let mut part = |b: &[u8]| {
-        raw.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        raw.extend_from_slice(b);
-    };
-    part(metric.as_bytes());
-    match device {
-        Some(dev) => part(dev.as_bytes()),
-        None => part(b"\xff"),
-    }
-    for (k, v) in labels {
-        part(k.as_bytes());
-        part(v.as_bytes());
-    }
+    o.raw.truncate(o.prefix);
+    raw_part(&mut o.raw, metric.as_bytes());
     let hash = SeriesCache::hash(&o.raw, o.batch);
     if let Some((key, id, entity)) = o.cache.get(ctx.limits, hash, &o.raw) {
         o.batch.push_known_in_event(key, id, entity, &sample, event);

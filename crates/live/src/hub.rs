@@ -193,6 +193,8 @@ impl<U> Hub<U> {
             return false;
         };
         let wanted = t.subscriptions.load(Ordering::Relaxed) > 0;
+        // Read before writing: publishers ask this per update, and an unchanged flag keeps
+        // its cache line shared between their threads.
         if !wanted && !t.skipped.load(Ordering::Relaxed) {
             t.skipped.store(true, Ordering::Relaxed);
         }

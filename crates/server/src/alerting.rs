@@ -114,41 +114,40 @@ pub fn start(
 /// The rules manager's self-metrics (named after Prometheus' `prometheus_rule_*`).
 impl Stage for RuleManager {
     fn collect(&self, out: &mut Out<'_>) {
-        let m = self;
         use std::sync::atomic::Ordering::Relaxed;
-        let s = m.stats();
+        let s = self.stats();
         let rows: [(&str, &str, &std::sync::atomic::AtomicU64); 6] = [
-        (
-            "strata_rule_evaluations_total",
-            "Rule group evaluations completed.",
-            &s.evaluations,
-        ),
-        (
-            "strata_rule_evaluation_failures_total",
-            "Rule evaluations that failed (query, limit or write).",
-            &s.rule_failures,
-        ),
-        (
-            "strata_rule_group_iterations_missed_total",
-            "Rule group evaluations skipped because an evaluation overran its interval.",
-            &s.missed,
-        ),
-        (
-            "strata_rule_evaluations_waiting_final_total",
-            "Evaluations deferred until event-time windows became final (alerting.final_windows).",
-            &s.waiting_final,
-        ),
-        (
-            "strata_rule_samples_written_total",
-            "Samples written by rules (recording rules, ALERTS, ALERTS_FOR_STATE).",
-            &s.samples_written,
-        ),
-        (
-            "strata_rule_state_save_failures_total",
-            "Failures to save alert state to disk.",
-            &s.state_save_failures,
-        ),
-    ];
+            (
+                "strata_rule_evaluations_total",
+                "Rule group evaluations completed.",
+                &s.evaluations,
+            ),
+            (
+                "strata_rule_evaluation_failures_total",
+                "Rule evaluations that failed (query, limit or write).",
+                &s.rule_failures,
+            ),
+            (
+                "strata_rule_group_iterations_missed_total",
+                "Rule group evaluations skipped because an evaluation overran its interval.",
+                &s.missed,
+            ),
+            (
+                "strata_rule_evaluations_waiting_final_total",
+                "Evaluations deferred until event-time windows became final (alerting.final_windows).",
+                &s.waiting_final,
+            ),
+            (
+                "strata_rule_samples_written_total",
+                "Samples written by rules (recording rules, ALERTS, ALERTS_FOR_STATE).",
+                &s.samples_written,
+            ),
+            (
+                "strata_rule_state_save_failures_total",
+                "Failures to save alert state to disk.",
+                &s.state_save_failures,
+            ),
+        ];
         for (name, help, v) in rows {
             out.counter(name, help, v.load(Relaxed));
         }
@@ -172,8 +171,12 @@ impl Stage for RuleManager {
             "When rule files were last loaded successfully.",
             s.last_reload_success_ms.load(Relaxed) as f64 / 1000.0,
         );
-        out.gauge("strata_rule_groups", "Rule groups loaded.", m.group_count());
-        let by_state = m.alert_counts();
+        out.gauge(
+            "strata_rule_groups",
+            "Rule groups loaded.",
+            self.group_count(),
+        );
+        let by_state = self.alert_counts();
         out.gauges(
             "strata_alerts",
             "Alerts kept, by state (inactive: resolved lately).",
@@ -231,22 +234,21 @@ impl Stage for Notifications {
 /// The device rules' self-metrics.
 impl Stage for crate::device_rules::DeviceRulesHub {
     fn collect(&self, out: &mut Out<'_>) {
-        let d = self;
         use std::sync::atomic::Ordering::Relaxed;
         out.gauge(
             "strata_device_rules",
             "Device rules defined (configuration and API).",
-            d.rules().1.rules().len(),
+            self.rules().1.rules().len(),
         );
         out.counter(
             "strata_device_rule_changes_total",
             "State changes of device rules' alerts (fired, resolved).",
-            d.changes.load(Relaxed),
+            self.changes.load(Relaxed),
         );
         out.counter(
             "strata_device_rule_late_readings_total",
             "Readings that arrived behind what their device rule had judged (left out).",
-            d.late.load(Relaxed),
+            self.late.load(Relaxed),
         );
     }
 }

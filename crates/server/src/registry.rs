@@ -9,8 +9,9 @@
 //!
 //! Enrichment is paid once per series and registry version, not once per sample: each worker
 //! thread remembers the enriched key of every series it enriched (the ingest decoders'
-//! [`SeriesCache`], keyed by the series as it came), so a series seen before is copied, not
-//! rebuilt. Any reload of the registry starts the memories over.
+//! [`SeriesCache`], keyed by the series as it came), so a series seen before takes its
+//! remembered key, not a rebuilt one; under `accept` it does so in place, with no second batch.
+//! Any reload of the registry starts the memories over.
 
 use crate::metrics::Counter;
 use crate::roster::Roster;
@@ -287,12 +288,8 @@ impl Registry {
             let Fate::Enrich(extra) = fate_of(&s, devices, self.policy) else {
                 continue;
             };
-            let mut pairs: Vec<(&[u8], &[u8])> = s.key.pairs().collect();
-            for (n, v) in extra {
-                if s.key.get(n.as_bytes()).is_none() {
-                    pairs.push((n.as_bytes(), v.as_bytes()));
-                }
-            }
+            let mut pairs = Vec::new();
+            enriched_labels(&mut pairs, &s, extra);
             let scratch = scratch.get_or_insert_with(|| WriteBatch::new(batch.tenant().clone()));
             scratch.clear();
             // Over a label limit with the registry's labels: written as it came.
@@ -351,13 +348,7 @@ impl Registry {
                     }
                 }
                 Fate::Enrich(extra) => {
-                    pairs.clear();
-                    pairs.extend(s.key.pairs());
-                    for (n, v) in extra {
-                        if s.key.get(n.as_bytes()).is_none() {
-                            pairs.push((n.as_bytes(), v.as_bytes()));
-                        }
-                    }
+                    enriched_labels(&mut pairs, &s, extra);
                     let ev = s.event_id().map(|e| kept.event_key(e));
                     match kept.push_series(&mut pairs, s.samples, ev, limits) {
                         Ok(()) => {
@@ -375,6 +366,22 @@ impl Registry {
         self.refused.add(out.refused_samples as u64);
         out.batch = kept;
         out.quarantine = (!quarantine.is_empty()).then_some(quarantine);
+    }
+}
+
+/// Puts in `pairs` the labels of series `s` with those of `extra` it lacks (a series keeps a
+/// label it brought).
+fn enriched_labels<'a>(
+    pairs: &mut Vec<(&'a [u8], &'a [u8])>,
+    s: &strata_model::BatchSeries<'a>,
+    extra: &'a [(String, String)],
+) {
+    pairs.clear();
+    pairs.extend(s.key.pairs());
+    for (n, v) in extra {
+        if s.key.get(n.as_bytes()).is_none() {
+            pairs.push((n.as_bytes(), v.as_bytes()));
+        }
     }
 }
 

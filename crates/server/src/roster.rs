@@ -90,15 +90,6 @@ impl Roster {
         (index != 0).then(|| self.names[index as usize].as_str())
     }
 
-    /// The index of interned `name`, if any device has it.
-    pub fn index_of(&self, name: &str) -> Option<u32> {
-        self.names
-            .iter()
-            .skip(1)
-            .position(|n| n == name)
-            .map(|i| i as u32 + 1)
-    }
-
     /// Names interned (index 0 included): the bound of name indexes.
     pub fn names_len(&self) -> usize {
         self.names.len()
@@ -144,8 +135,7 @@ mod tests {
             (Some("s1"), Some("pump"))
         );
         assert_eq!(r.name(r.entry(2).device_type), None);
-        assert_eq!(r.index_of("s2"), Some(r.entry(0).site));
-        assert_eq!(r.index_of("nowhere"), None);
+        assert_eq!(r.name(r.entry(0).site), Some("s2"));
         let mut at = 0;
         let found: Vec<_> = ["d0", "d1", "d2", "d3", "d4"]
             .iter()

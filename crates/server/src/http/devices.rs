@@ -241,6 +241,11 @@ enum Status {
 }
 
 impl Status {
+    /// Its place in `[online, offline]` counts.
+    fn slot(self) -> usize {
+        usize::from(self == Status::Offline)
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Status::Online => "online",
@@ -269,7 +274,15 @@ struct SiteCounts {
 }
 
 impl SiteCounts {
-    fn add_other(&mut self, site: &str, i: usize) {
+    /// Counts a device of status `s` at the registered site `index` (see
+    /// [`Roster::name`]), or at a site only its labels name (`name`; none counts as "").
+    fn count(&mut self, index: u32, name: Option<&str>, s: Status) {
+        let i = s.slot();
+        if index != 0 {
+            self.registered[index as usize][i] += 1;
+            return;
+        }
+        let site = name.unwrap_or_default();
         match self.other.get_mut(site) {
             Some(c) => c[i] += 1,
             None => {
@@ -359,12 +372,8 @@ fn fleet_part(
         } else {
             Status::Online
         };
-        let i = usize::from(s == Status::Offline);
-        match dsite {
-            Some(_) if site_index != 0 => part.counts.registered[site_index as usize][i] += 1,
-            _ => part.counts.add_other(dsite.unwrap_or_default(), i),
-        }
-        part.total[i] += 1;
+        part.counts.count(site_index, dsite, s);
+        part.total[s.slot()] += 1;
         if !q.pages(id, s, part.page.len()) {
             continue;
         }
@@ -386,7 +395,6 @@ fn fleet_part(
 /// The registered devices no shard has a shadow of, which have never reported: offline.
 fn never_reported(roster: &Roster, parts: &[FleetPart], q: &FleetQuery) -> FleetPart {
     let mut part = FleetPart::new(roster);
-    let offline = usize::from(true);
     for i in 0..roster.len() {
         if parts.iter().any(|p| p.seen[i / 64] & (1 << (i % 64)) != 0) {
             continue;
@@ -396,11 +404,8 @@ fn never_reported(roster: &Roster, parts: &[FleetPart], q: &FleetQuery) -> Fleet
         if !q.selects(site, dt) {
             continue;
         }
-        match site {
-            Some(_) => part.counts.registered[e.site as usize][offline] += 1,
-            None => part.counts.add_other("", offline),
-        }
-        part.total[offline] += 1;
+        part.counts.count(e.site, site, Status::Offline);
+        part.total[Status::Offline.slot()] += 1;
         let id = roster.id(i);
         if q.pages(id, Status::Offline, part.page.len()) {
             part.page.push((
@@ -467,13 +472,13 @@ pub async fn fleet(State(st): State<AppState>, req: ApiRequest) -> Response {
     let mut page: Vec<(String, Value)> = Vec::new();
     for part in parts {
         let registered = part.counts.registered.iter().enumerate();
-        let named = registered.filter_map(|(i, c)| Some((roster.name(i as u32)?.to_string(), *c)));
+        let named = registered
+            .filter(|(_, c)| **c != [0, 0])
+            .filter_map(|(i, c)| Some((roster.name(i as u32)?.to_string(), *c)));
         for (site, c) in named.chain(part.counts.other) {
-            if c != [0, 0] {
-                let have = counts.entry(site).or_default();
-                have[0] += c[0];
-                have[1] += c[1];
-            }
+            let have = counts.entry(site).or_default();
+            have[0] += c[0];
+            have[1] += c[1];
         }
         total[0] += part.total[0];
         total[1] += part.total[1];
