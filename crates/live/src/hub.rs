@@ -1,13 +1,25 @@
 //! The hub: each tenant's stream (a journal and the subscriptions reading it) and the
 //! connections' outboxes the subscriptions fill.
 //!
-//! A publisher hands over an update with its kind and metric name; the hub gives it the
+//! A publisher hands over an update with its kind and series key; the hub gives it the
 //! tenant's next position, keeps it in the journal and offers it to the outbox of every
-//! subscription whose filter selects it. Subscriptions are indexed by kind and metric name, so
-//! an update is tested only against those that can select it, and a tenant with no
-//! subscription costs its publishers one atomic load ([`Hub::wanted`]). Nothing here waits
-//! for a client: an outbox that refuses an update marks its connection too slow, and the
-//! connection's owner closes it.
+//! subscription whose selector matches the key. Subscriptions are indexed by one equality
+//! matcher of their selector (a `device`, else the metric name), so an update is tested only
+//! against those that can select it. Publishers ask first ([`Hub::generation`],
+//! [`Hub::selects`]) and build only updates somebody selects; the answer for a series stays
+//! valid until the tenant's generation changes, so a publisher caches it per series.
+//! Nothing here waits for a client: an outbox that refuses an update marks its connection too
+//! slow, and the connection's owner closes it.
+//!
+//! **Resume.** Only selected updates are kept, so the journal alone cannot tell whether a
+//! client that reconnects missed something: updates of its series published while nobody
+//! selected them were never kept. When a connection closes, its subscriptions therefore
+//! *linger* for a while, journal-only, so updates they select are still kept; each
+//! subscription knows the offset from which its selector has been covered without a break.
+//! A client resuming a selector from a position at or after that offset, with the journal
+//! still holding everything after it, gets exactly what it missed; otherwise it is told to
+//! take a snapshot (Centrifuge's model, under Grafana Live, with a channel's history kept for
+//! as long as its subscribers may come back).
 //!
 //! Subscribing takes the tenant's lock that publishing takes, so what a resumed subscription
 //! replays from the journal and what it receives live neither overlap nor leave a gap.
@@ -19,9 +31,62 @@ use crate::Position;
 use ahash::AHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use strata_model::{MatchOp, Matcher, SeriesKey, SeriesKeyRef};
 
-/// Which updates a subscription selects.
-pub type Filter<U> = Box<dyn Fn(&U) -> bool + Send + Sync>;
+/// What a subscription selects: a series selector's alternative matcher sets (a key matches
+/// when it passes every matcher of one set), or everything of its kind.
+#[derive(Clone)]
+pub struct Selector {
+    text: String,
+    sets: Vec<Vec<Matcher>>,
+}
+
+impl Selector {
+    /// The selector written `text`, parsed into `sets` (no set: everything).
+    pub fn new(text: impl Into<String>, sets: Vec<Vec<Matcher>>) -> Selector {
+        Selector {
+            text: text.into(),
+            sets,
+        }
+    }
+
+    /// Everything of a kind.
+    pub fn all() -> Selector {
+        Selector::new("", Vec::new())
+    }
+
+    /// The selector as written: subscriptions with equal text select alike.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// True when the series with `key` is selected.
+    pub fn matches(&self, key: SeriesKeyRef<'_>) -> bool {
+        self.sets.is_empty() || self.sets.iter().any(|s| Matcher::all_match(s, key))
+    }
+
+    /// The equality matcher the subscription is indexed by: one every selected key passes
+    /// (so none with alternative sets), a `device` one before the metric name, which a whole
+    /// fleet shares.
+    fn anchor(&self) -> Option<(&str, &str)> {
+        let [set] = self.sets.as_slice() else {
+            return None;
+        };
+        let equal = |m: &&Matcher| matches!(m.op, MatchOp::Equal) && !m.value.is_empty();
+        let named = |n: &str| set.iter().filter(equal).find(|m| m.name == n);
+        named("device")
+            .or_else(|| set.iter().filter(equal).find(|m| m.name != "__name__"))
+            .or_else(|| named("__name__"))
+            .map(|m| (m.name.as_str(), m.value.as_str()))
+    }
+}
+
+impl std::fmt::Debug for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Selector({:?})", self.text)
+    }
+}
 
 /// How an update merges with pending ones in an outbox: updates with the same key replace
 /// each other, the higher rank winning (a window's start and revision, say).
@@ -38,14 +103,13 @@ pub struct Conflation {
 pub struct Entry<U> {
     /// Its kind.
     pub kind: Kind,
-    /// Its metric name, for series kinds.
-    pub name: Option<String>,
+    /// The series (or alert, or device) it is about, as selectors see it.
+    pub key: Arc<SeriesKey>,
     /// How it merges with pending updates.
     pub conflation: Option<Conflation>,
     /// The update.
     pub update: U,
 }
-
 /// One update as a connection receives it.
 #[derive(Debug)]
 pub struct Delivery<U> {
@@ -109,39 +173,103 @@ impl<U> Connection<U> {
 }
 
 struct Subscriber<U> {
-    connection: Arc<Connection<U>>,
+    /// `None` once its connection closed: it lingers, journal-only, until `until`.
+    connection: Option<Arc<Connection<U>>>,
+    until: Option<Instant>,
     subscription: u32,
-    filter: Filter<U>,
+    selector: Arc<Selector>,
+    /// Every update it selects from this offset on was kept.
+    covered_from: u64,
 }
 
-/// The subscriptions of one kind.
+impl<U> Subscriber<U> {
+    fn of(&self, connection: &Arc<Connection<U>>) -> bool {
+        self.connection
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, connection))
+    }
+}
+
+/// The subscriptions of one kind, by their anchor (label name, then value).
 struct KindIndex<U> {
-    by_name: AHashMap<String, Vec<Subscriber<U>>>,
-    any_name: Vec<Subscriber<U>>,
+    anchored: AHashMap<Box<[u8]>, AHashMap<Box<[u8]>, Vec<Subscriber<U>>>>,
+    rest: Vec<Subscriber<U>>,
 }
 
 impl<U> Default for KindIndex<U> {
     fn default() -> Self {
         KindIndex {
-            by_name: AHashMap::new(),
-            any_name: Vec::new(),
+            anchored: AHashMap::new(),
+            rest: Vec::new(),
         }
+    }
+}
+
+impl<U> KindIndex<U> {
+    /// Every subscription that may select `key` (its selector still to be asked).
+    fn candidates<'a>(&'a self, key: SeriesKeyRef<'a>) -> impl Iterator<Item = &'a Subscriber<U>> {
+        let anchored = key
+            .pairs()
+            .filter_map(|(n, v)| self.anchored.get(n)?.get(v))
+            .flatten();
+        anchored.chain(&self.rest)
+    }
+
+    fn add(&mut self, sub: Subscriber<U>) {
+        match sub.selector.anchor() {
+            Some((n, v)) => self
+                .anchored
+                .entry(n.as_bytes().into())
+                .or_default()
+                .entry(v.as_bytes().into())
+                .or_default()
+                .push(sub),
+            None => self.rest.push(sub),
+        }
+    }
+
+    /// Removes the subscriptions `gone` selects; returns them.
+    fn remove(&mut self, mut gone: impl FnMut(&Subscriber<U>) -> bool) -> Vec<Subscriber<U>> {
+        let mut out = Vec::new();
+        let mut take = |v: &mut Vec<Subscriber<U>>| {
+            let mut i = 0;
+            while i < v.len() {
+                if gone(&v[i]) {
+                    out.push(v.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        };
+        for values in self.anchored.values_mut() {
+            values.values_mut().for_each(&mut take);
+            values.retain(|_, v| !v.is_empty());
+        }
+        self.anchored.retain(|_, v| !v.is_empty());
+        take(&mut self.rest);
+        out
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Subscriber<U>> {
+        self.anchored
+            .values_mut()
+            .flat_map(|v| v.values_mut())
+            .flatten()
+            .chain(&mut self.rest)
     }
 }
 
 struct Stream<U> {
     journal: Journal<Entry<U>>,
     index: AHashMap<Kind, KindIndex<U>>,
-    /// Updates after this offset went unpublished while no subscription wanted them: a client
-    /// resuming from it or before has missed them.
-    gap_through: Option<u64>,
 }
 
 struct TenantStream<U> {
     inner: Mutex<Stream<U>>,
+    /// Subscriptions, lingering ones included.
     subscriptions: AtomicUsize,
-    /// Set when a publisher skipped an update for want of subscriptions.
-    skipped: AtomicBool,
+    /// Changes whenever a subscription comes or goes.
+    generation: AtomicU64,
 }
 
 /// What [`Hub::subscribe`] did about the position the client resumes from.
@@ -151,7 +279,7 @@ pub enum Resumed {
     Live,
     /// Every update after the position was queued (this many).
     Replayed(usize),
-    /// Updates after the position are no longer kept: the caller sends a snapshot.
+    /// Updates after the position may be missing: the caller sends a snapshot.
     NeedsSnapshot,
 }
 
@@ -168,37 +296,48 @@ pub struct JournalBounds {
 pub struct Hub<U> {
     epoch: u64,
     bounds: JournalBounds,
+    linger: Duration,
     tenants: RwLock<AHashMap<String, Arc<TenantStream<U>>>>,
 }
 
 impl<U> Hub<U> {
     /// A hub of run `epoch` (a value no earlier run used, so their positions are known as
-    /// such).
-    pub fn new(epoch: u64, bounds: JournalBounds) -> Hub<U> {
+    /// such) whose closed connections' subscriptions linger for `linger`.
+    pub fn new(epoch: u64, bounds: JournalBounds, linger: Duration) -> Hub<U> {
         Hub {
             epoch,
             bounds,
+            linger,
             tenants: RwLock::new(AHashMap::new()),
         }
+    }
+
+    /// The run's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn stream(&self, tenant: &str) -> Option<Arc<TenantStream<U>>> {
         self.tenants.read().expect("hub lock").get(tenant).cloned()
     }
 
-    /// Whether `tenant` has any subscription. A publisher that is told no skips building its
-    /// update, and the hub remembers that updates went unpublished.
-    pub fn wanted(&self, tenant: &str) -> bool {
+    /// `tenant`'s subscription generation, `None` while it has no subscription: what
+    /// [`Hub::selects`] answers for a series holds while the generation is unchanged.
+    pub fn generation(&self, tenant: &str) -> Option<u64> {
+        let t = self.stream(tenant)?;
+        (t.subscriptions.load(Ordering::Acquire) > 0).then(|| t.generation.load(Ordering::Acquire))
+    }
+
+    /// Whether any subscription of `tenant` (lingering ones included) selects updates of
+    /// `kind` about `key`.
+    pub fn selects(&self, tenant: &str, kind: Kind, key: SeriesKeyRef<'_>) -> bool {
         let Some(t) = self.stream(tenant) else {
             return false;
         };
-        let wanted = t.subscriptions.load(Ordering::Relaxed) > 0;
-        // Read before writing: publishers ask this per update, and an unchanged flag keeps
-        // its cache line shared between their threads.
-        if !wanted && !t.skipped.load(Ordering::Relaxed) {
-            t.skipped.store(true, Ordering::Relaxed);
-        }
-        wanted
+        let s = t.inner.lock().expect("stream lock");
+        s.index
+            .get(&kind)
+            .is_some_and(|k| k.candidates(key).any(|sub| sub.selector.matches(key)))
     }
 
     /// The position of `tenant`'s newest update (a snapshot is as of it).
@@ -212,137 +351,187 @@ impl<U> Hub<U> {
         )
     }
 
-    /// Publishes an update of `size` bytes to `tenant`: gives it the next position, keeps it
-    /// and queues it for every subscription that selects it. `None` when the tenant has no
-    /// subscription (nothing is kept then).
+    /// Publishes an update of `size` bytes to `tenant`: when a subscription selects it,
+    /// gives it the next position, keeps it and queues it for every live one that selects
+    /// it. `None` when none selects it (nothing is kept then).
     pub fn publish(&self, tenant: &str, entry: Entry<U>, size: usize) -> Option<Position> {
         let t = self.stream(tenant)?;
         if t.subscriptions.load(Ordering::Relaxed) == 0 {
-            t.skipped.store(true, Ordering::Relaxed);
             return None;
         }
-        let entry = Arc::new(entry);
         let mut s = t.inner.lock().expect("stream lock");
+        let k = s.index.get(&entry.kind)?;
+        let key = entry.key.as_ref().as_ref();
+        let mut selected = k
+            .candidates(key)
+            .filter(|sub| sub.selector.matches(key))
+            .peekable();
+        selected.peek()?;
+        let live: Vec<(Arc<Connection<U>>, u32)> = selected
+            .filter_map(|sub| Some((sub.connection.clone()?, sub.subscription)))
+            .collect();
+        let entry = Arc::new(entry);
         let position = s.journal.append(entry.clone(), size);
-        if let Some(k) = s.index.get(&entry.kind) {
-            let named = entry.name.as_deref().and_then(|n| k.by_name.get(n));
-            for sub in named.into_iter().flatten().chain(&k.any_name) {
-                if (sub.filter)(&entry.update) {
-                    sub.connection.offer(Delivery {
-                        subscription: sub.subscription,
-                        position,
-                        entry: entry.clone(),
-                    });
-                }
-            }
+        for (connection, subscription) in live {
+            connection.offer(Delivery {
+                subscription,
+                position,
+                entry: entry.clone(),
+            });
         }
         Some(position)
     }
 
+    fn tenant(&self, tenant: &str) -> Arc<TenantStream<U>> {
+        if let Some(t) = self.stream(tenant) {
+            return t;
+        }
+        let mut tenants = self.tenants.write().expect("hub lock");
+        let t = tenants.entry(tenant.to_string()).or_insert_with(|| {
+            Arc::new(TenantStream {
+                inner: Mutex::new(Stream {
+                    journal: Journal::new(self.epoch, self.bounds.messages, self.bounds.bytes),
+                    index: AHashMap::new(),
+                }),
+                subscriptions: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
+            })
+        });
+        t.clone()
+    }
+
     /// Adds subscription number `subscription` of `connection` to `tenant`'s stream: updates
-    /// of `kind` (of metric `name`, if given) that `filter` selects. With `since`, first queues
-    /// every kept update after it, or answers [`Resumed::NeedsSnapshot`].
-    #[allow(clippy::too_many_arguments)]
+    /// of `kind` that `selector` selects. With `since`, first queues every update after it
+    /// when none can be missing, or answers [`Resumed::NeedsSnapshot`].
     pub fn subscribe(
         &self,
         tenant: &str,
         connection: &Arc<Connection<U>>,
         subscription: u32,
         kind: Kind,
-        name: Option<String>,
-        filter: Filter<U>,
+        selector: Arc<Selector>,
         since: Option<Position>,
     ) -> Resumed {
-        let t = match self.stream(tenant) {
-            Some(t) => t,
-            None => self
-                .tenants
-                .write()
-                .expect("hub lock")
-                .entry(tenant.to_string())
-                .or_insert_with(|| {
-                    Arc::new(TenantStream {
-                        inner: Mutex::new(Stream {
-                            journal: Journal::new(
-                                self.epoch,
-                                self.bounds.messages,
-                                self.bounds.bytes,
-                            ),
-                            index: AHashMap::new(),
-                            gap_through: None,
-                        }),
-                        subscriptions: AtomicUsize::new(0),
-                        skipped: AtomicBool::new(false),
-                    })
-                })
-                .clone(),
-        };
+        let t = self.tenant(tenant);
         let mut s = t.inner.lock().expect("stream lock");
-        if t.skipped.swap(false, Ordering::Relaxed) {
-            s.gap_through = Some(s.journal.head().offset);
-        }
-        let selects = |e: &Entry<U>| {
-            e.kind == kind && name.as_ref().is_none_or(|n| e.name.as_ref() == Some(n))
-        };
+        let head = s.journal.head().offset;
+        let same = |sub: &Subscriber<U>| sub.selector.text == selector.text;
+        let index = s.index.entry(kind).or_default();
+        // A lingering subscription of the same selector is taken over, so a client that
+        // comes back does not leave one behind each time; its coverage carries on.
+        let taken = index.remove({
+            let mut once = false;
+            move |sub| {
+                let take = !once && sub.connection.is_none() && same(sub);
+                once |= take;
+                take
+            }
+        });
+        let covered_from = index
+            .all_mut()
+            .filter(|sub| same(sub))
+            .map(|sub| sub.covered_from)
+            .chain(taken.iter().map(|sub| sub.covered_from))
+            .min();
         let resumed = match since {
             None => Resumed::Live,
-            Some(p) if p.epoch == self.epoch && s.gap_through.is_some_and(|g| p.offset <= g) => {
+            Some(p) if p.epoch != self.epoch || covered_from.is_none_or(|c| p.offset < c) => {
                 Resumed::NeedsSnapshot
             }
-            Some(p) => match s.journal.since(p, |e| selects(e) && filter(&e.update)) {
-                Since::Gap => Resumed::NeedsSnapshot,
-                Since::Replay(v) => {
-                    let n = v.len();
-                    for (position, entry) in v {
-                        connection.offer(Delivery {
-                            subscription,
-                            position,
-                            entry,
-                        });
+            Some(p) => {
+                let picks = |e: &Entry<U>| e.kind == kind && selector.matches(e.key.as_ref().as_ref());
+                match s.journal.since(p, picks) {
+                    Since::Gap => Resumed::NeedsSnapshot,
+                    Since::Replay(v) => {
+                        let n = v.len();
+                        for (position, entry) in v {
+                            connection.offer(Delivery {
+                                subscription,
+                                position,
+                                entry,
+                            });
+                        }
+                        Resumed::Replayed(n)
                     }
-                    Resumed::Replayed(n)
                 }
-            },
+            }
         };
-        let sub = Subscriber {
-            connection: connection.clone(),
+        s.index.entry(kind).or_default().add(Subscriber {
+            connection: Some(connection.clone()),
+            until: None,
             subscription,
-            filter,
-        };
-        let k = s.index.entry(kind).or_default();
-        match name {
-            Some(n) => k.by_name.entry(n).or_default().push(sub),
-            None => k.any_name.push(sub),
+            selector,
+            covered_from: covered_from.unwrap_or(head),
+        });
+        if taken.is_empty() {
+            t.subscriptions.fetch_add(1, Ordering::Release);
         }
-        t.subscriptions.fetch_add(1, Ordering::Relaxed);
+        t.generation.fetch_add(1, Ordering::Release);
         resumed
     }
 
-    /// Removes subscription number `subscription` of `connection` (every one of the
-    /// connection's with `None`, when it closes).
-    pub fn unsubscribe(
-        &self,
-        tenant: &str,
-        connection: &Arc<Connection<U>>,
-        subscription: Option<u32>,
-    ) {
+    /// Ends subscription number `subscription` of `connection` (the client asked: it does
+    /// not linger).
+    pub fn unsubscribe(&self, tenant: &str, connection: &Arc<Connection<U>>, subscription: u32) {
+        self.remove(tenant, |sub| {
+            sub.of(connection) && sub.subscription == subscription
+        });
+    }
+
+    /// `connection` closed: its subscriptions linger, journal-only, for the hub's linger time
+    /// (see the module doc).
+    pub fn close(&self, tenant: &str, connection: &Arc<Connection<U>>) {
+        let Some(t) = self.stream(tenant) else { return };
+        if self.linger.is_zero() {
+            self.remove(tenant, |sub| sub.of(connection));
+            return;
+        }
+        let until = Instant::now() + self.linger;
+        let mut s = t.inner.lock().expect("stream lock");
+        for k in s.index.values_mut() {
+            for sub in k.all_mut().filter(|sub| sub.of(connection)) {
+                sub.connection = None;
+                sub.until = Some(until);
+            }
+        }
+        t.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Drops lingering subscriptions whose time is up (the server calls this now and then).
+    pub fn expire(&self, now: Instant) {
+        let tenants: Vec<String> = self.tenants.read().expect("hub lock").keys().cloned().collect();
+        for tenant in tenants {
+            self.remove(&tenant, |sub| sub.until.is_some_and(|u| u <= now));
+        }
+    }
+
+    fn remove(&self, tenant: &str, mut gone: impl FnMut(&Subscriber<U>) -> bool) {
         let Some(t) = self.stream(tenant) else { return };
         let mut s = t.inner.lock().expect("stream lock");
-        let mut removed = 0;
-        let mut keep = |v: &mut Vec<Subscriber<U>>| {
-            let before = v.len();
-            v.retain(|sub| {
-                !(Arc::ptr_eq(&sub.connection, connection)
-                    && subscription.is_none_or(|n| n == sub.subscription))
-            });
-            removed += before - v.len();
-        };
-        for k in s.index.values_mut() {
-            k.by_name.values_mut().for_each(&mut keep);
-            k.by_name.retain(|_, v| !v.is_empty());
-            keep(&mut k.any_name);
+        let removed: usize = s.index.values_mut().map(|k| k.remove(&mut gone).len()).sum();
+        if removed > 0 {
+            t.subscriptions.fetch_sub(removed, Ordering::Release);
+            t.generation.fetch_add(1, Ordering::Release);
         }
-        t.subscriptions.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Subscriptions of every tenant: (live, lingering).
+    pub fn subscriptions(&self) -> (usize, usize) {
+        let tenants: Vec<_> = self.tenants.read().expect("hub lock").values().cloned().collect();
+        let mut n = (0, 0);
+        for t in tenants {
+            let mut s = t.inner.lock().expect("stream lock");
+            for k in s.index.values_mut() {
+                for sub in k.all_mut() {
+                    if sub.connection.is_some() {
+                        n.0 += 1;
+                    } else {
+                        n.1 += 1;
+                    }
+                }
+            }
+        }
+        n
     }
 }
 
@@ -351,10 +540,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, PartialEq)]
-    struct Reading {
-        device: &'static str,
-        value: f64,
-    }
+    struct Reading(f64);
 
     fn hub(messages: usize) -> Hub<Reading> {
         Hub::new(
@@ -363,20 +549,31 @@ mod tests {
                 messages,
                 bytes: 1 << 20,
             },
+            Duration::from_secs(3600),
         )
     }
 
-    fn reading(device: &'static str, value: f64) -> Entry<Reading> {
+    fn key(name: &str, device: &str) -> Arc<SeriesKey> {
+        Arc::new(SeriesKey::from_sorted_pairs([
+            (b"__name__".as_slice(), name.as_bytes()),
+            (b"device".as_slice(), device.as_bytes()),
+        ]))
+    }
+
+    fn reading(device: &str, value: f64) -> Entry<Reading> {
         Entry {
             kind: Kind::Readings,
-            name: Some("t".into()),
+            key: key("t", device),
             conflation: None,
-            update: Reading { device, value },
+            update: Reading(value),
         }
     }
 
-    fn of(device: &'static str) -> Filter<Reading> {
-        Box::new(move |r: &Reading| r.device == device)
+    fn device(d: &str) -> Arc<Selector> {
+        Arc::new(Selector::new(
+            format!("t{{device=\"{d}\"}}"),
+            vec![vec![Matcher::equal("__name__", "t"), Matcher::equal("device", d)]],
+        ))
     }
 
     /// A new connection subscribed (as number 0) to every reading of tenant "t".
@@ -385,68 +582,83 @@ mod tests {
         since: Option<Position>,
     ) -> (Arc<Connection<Reading>>, Resumed) {
         let c = Connection::new(100, || {});
-        let r = h.subscribe("t", &c, 0, Kind::Readings, None, Box::new(|_| true), since);
+        let r = h.subscribe("t", &c, 0, Kind::Readings, Arc::new(Selector::all()), since);
         (c, r)
     }
 
     fn drain(c: &Connection<Reading>) -> Vec<(u64, f64)> {
         std::iter::from_fn(|| c.next())
-            .map(|d| (d.position.offset, d.entry.update.value))
+            .map(|d| (d.position.offset, d.entry.update.0))
             .collect()
+    }
+
+    #[test]
+    fn selectors_anchor_on_a_device_then_another_label_then_the_name() {
+        let sel = |sets: Vec<Vec<Matcher>>| Selector::new("x", sets);
+        let name = Matcher::equal("__name__", "t");
+        let anchor = |s: &Selector| s.anchor().map(|(n, v)| format!("{n}={v}"));
+        let site = Matcher::equal("site", "s1");
+        let dev = Matcher::equal("device", "d1");
+        let s = sel(vec![vec![name.clone(), site.clone(), dev.clone()]]);
+        assert_eq!(anchor(&s).as_deref(), Some("device=d1"));
+        let s = sel(vec![vec![name.clone(), site.clone()]]);
+        assert_eq!(anchor(&s).as_deref(), Some("site=s1"));
+        let s = sel(vec![vec![name.clone(), Matcher::not_equal("site", "s1")]]);
+        assert_eq!(anchor(&s).as_deref(), Some("__name__=t"));
+        let s = sel(vec![vec![Matcher::regex("device", "d.*", false).unwrap()]]);
+        assert_eq!(anchor(&s), None);
+        assert_eq!(anchor(&sel(vec![vec![name.clone()], vec![site]])), None);
+        assert!(Selector::all().matches(key("x", "y").as_ref().as_ref()));
     }
 
     #[test]
     fn updates_reach_the_subscriptions_that_select_them() {
         let h = hub(100);
-        assert!(!h.wanted("t1"));
+        assert_eq!(h.generation("t1"), None);
         assert_eq!(h.publish("t1", reading("d1", 1.0), 10), None);
         let woken = Arc::new(AtomicUsize::new(0));
         let w = woken.clone();
         let c = Connection::new(16, move || {
             w.fetch_add(1, Ordering::Relaxed);
         });
-        let r = h.subscribe(
-            "t1",
-            &c,
-            0,
-            Kind::Readings,
-            Some("t".into()),
-            of("d1"),
-            None,
-        );
+        let r = h.subscribe("t1", &c, 0, Kind::Readings, device("d1"), None);
         assert_eq!(r, Resumed::Live);
-        assert!(h.wanted("t1") && !h.wanted("t2"));
+        let g = h.generation("t1").unwrap();
+        assert_eq!(h.generation("t2"), None);
+        assert!(h.selects("t1", Kind::Readings, key("t", "d1").as_ref().as_ref()));
+        assert!(!h.selects("t1", Kind::Readings, key("t", "d2").as_ref().as_ref()));
+        assert!(!h.selects("t1", Kind::Windows, key("t", "d1").as_ref().as_ref()));
         h.publish("t1", reading("d1", 2.0), 10);
-        h.publish("t1", reading("d2", 3.0), 10);
+        // Nobody selects these: no position, nothing kept.
+        assert_eq!(h.publish("t1", reading("d2", 3.0), 10), None);
         let mut other = reading("d1", 4.0);
-        other.name = Some("h".into());
-        h.publish("t1", other, 10);
+        other.key = key("h", "d1");
+        assert_eq!(h.publish("t1", other, 10), None);
         h.publish("t2", reading("d1", 5.0), 10);
         h.publish("t1", reading("d1", 6.0), 10);
-        // Offsets count every update kept for the tenant; the connection sees its own.
-        assert_eq!(drain(&c), [(1, 2.0), (4, 6.0)]);
+        assert_eq!(drain(&c), [(1, 2.0), (2, 6.0)]);
         assert_eq!(woken.load(Ordering::Relaxed), 2);
-        assert_eq!(h.head("t1").offset, 4);
-        h.unsubscribe("t1", &c, None);
-        assert!(!h.wanted("t1"));
+        assert_eq!(h.head("t1").offset, 2);
+        h.unsubscribe("t1", &c, 0);
+        assert_eq!(h.generation("t1"), None);
+        h.subscribe("t1", &c, 1, Kind::Readings, device("d1"), None);
+        assert!(h.generation("t1").unwrap() > g);
+        assert_eq!(h.subscriptions(), (1, 0));
     }
 
     #[test]
     fn windows_conflate_and_a_full_outbox_marks_its_connection_slow() {
         let h = hub(100);
         let c = Connection::new(2, || {});
-        h.subscribe("t", &c, 7, Kind::Windows, None, Box::new(|_| true), None);
+        h.subscribe("t", &c, 7, Kind::Windows, Arc::new(Selector::all()), None);
         let window = |start: u64, revision: u64, v: f64| Entry {
             kind: Kind::Windows,
-            name: Some("t".into()),
+            key: key("t", "d1"),
             conflation: Some(Conflation {
                 key: start,
                 rank: revision,
             }),
-            update: Reading {
-                device: "d1",
-                value: v,
-            },
+            update: Reading(v),
         };
         h.publish("t", window(60, 0, 1.0), 10);
         h.publish("t", window(60, 1, 2.0), 10);
@@ -456,81 +668,84 @@ mod tests {
         h.publish("t", window(180, 0, 4.0), 10);
         assert!(c.is_slow());
         let got: Vec<_> = std::iter::from_fn(|| c.next())
-            .map(|d| (d.subscription, d.position.offset, d.entry.update.value))
+            .map(|d| (d.subscription, d.position.offset, d.entry.update.0))
             .collect();
         assert_eq!(got, [(7, 2, 2.0), (7, 3, 3.0)]);
     }
 
     #[test]
-    fn a_resumed_subscription_gets_what_it_missed_or_is_told_to_take_a_snapshot() {
-        let h = hub(3);
-        let keeper = Connection::new(100, || {});
-        h.subscribe(
-            "t",
-            &keeper,
-            0,
-            Kind::Readings,
-            None,
-            Box::new(|_| true),
-            None,
-        );
+    fn a_closed_connections_subscriptions_linger_so_its_client_resumes_exactly() {
+        let h = hub(100);
         let c = Connection::new(100, || {});
-        h.subscribe("t", &c, 0, Kind::Readings, Some("t".into()), of("d1"), None);
+        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
-        h.unsubscribe("t", &c, Some(0));
+        h.close("t", &c);
+        assert_eq!(h.subscriptions(), (0, 1));
+        // Still selected while lingering: kept, delivered to nobody.
         h.publish("t", reading("d1", 2.0), 10);
         h.publish("t", reading("d2", 3.0), 10);
         let c = Connection::new(100, || {});
-        let r = h.subscribe(
-            "t",
-            &c,
-            0,
-            Kind::Readings,
-            Some("t".into()),
-            of("d1"),
-            Some(last),
-        );
+        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
         assert_eq!(r, Resumed::Replayed(1));
+        // The lingering one was taken over, not left behind.
+        assert_eq!(h.subscriptions(), (1, 0));
         h.publish("t", reading("d1", 4.0), 10);
-        assert_eq!(drain(&c), [(2, 2.0), (4, 4.0)]);
-        // Past the journal's bounds (3 kept: 3, 4, 5): a snapshot.
-        h.publish("t", reading("d2", 5.0), 10);
-        let (c2, r) = every_reading(&h, Some(last));
+        assert_eq!(drain(&c), [(2, 2.0), (3, 4.0)]);
+        // Up to date: nothing to replay.
+        let again = Connection::new(100, || {});
+        let r = h.subscribe("t", &again, 0, Kind::Readings, device("d1"), Some(h.head("t")));
+        assert_eq!(r, Resumed::Replayed(0));
+    }
+
+    #[test]
+    fn a_resume_that_may_have_missed_updates_needs_a_snapshot() {
+        let h = hub(3);
+        let c = Connection::new(100, || {});
+        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
+        h.publish("t", reading("d1", 1.0), 10);
+        let last = c.next().unwrap().position;
+        // Unsubscribed (not closed): nothing lingers, so d1's next reading is not kept.
+        h.unsubscribe("t", &c, 0);
+        let (_keeper, _) = every_reading(&h, None);
+        h.publish("t", reading("d1", 2.0), 10);
+        let c = Connection::new(100, || {});
+        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
+        assert_eq!(r, Resumed::NeedsSnapshot);
+        // Covered from the keeper's start on: a position after it resumes normally.
+        let (_c2, r) = every_reading(&h, Some(last));
+        assert_eq!(r, Resumed::Replayed(1));
+        // Past the journal's bounds (3 kept): a snapshot.
+        for v in [3.0, 4.0, 5.0] {
+            h.publish("t", reading("d2", v), 10);
+        }
+        let (_c3, r) = every_reading(&h, Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
         // Another run's position: a snapshot.
         let old = Position {
             epoch: 8,
             offset: 4,
         };
-        let r = h.subscribe(
-            "t",
-            &c2,
-            1,
-            Kind::Readings,
-            None,
-            Box::new(|_| true),
-            Some(old),
-        );
+        let (_c4, r) = every_reading(&h, Some(old));
         assert_eq!(r, Resumed::NeedsSnapshot);
     }
 
     #[test]
-    fn updates_skipped_while_nobody_listened_force_a_snapshot() {
+    fn lingering_subscriptions_expire() {
         let h = hub(100);
-        let (c, _) = every_reading(&h, None);
+        let c = Connection::new(100, || {});
+        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
-        h.unsubscribe("t", &c, None);
-        // A publisher asks first and skips: the update has no position.
-        assert!(!h.wanted("t"));
-        let (c, r) = every_reading(&h, Some(last));
+        h.close("t", &c);
+        h.expire(Instant::now());
+        assert_eq!(h.subscriptions(), (0, 1));
+        h.expire(Instant::now() + Duration::from_secs(3601));
+        assert_eq!(h.subscriptions(), (0, 0));
+        assert_eq!(h.generation("t"), None);
+        assert_eq!(h.publish("t", reading("d1", 2.0), 10), None);
+        let c = Connection::new(100, || {});
+        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
-        // Positions after the gap resume normally.
-        h.publish("t", reading("d1", 2.0), 10);
-        let after = c.next().unwrap().position;
-        h.publish("t", reading("d1", 3.0), 10);
-        let (_c2, r) = every_reading(&h, Some(after));
-        assert_eq!(r, Resumed::Replayed(1));
     }
 }
