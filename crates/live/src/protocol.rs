@@ -199,7 +199,7 @@ fn subscribe(s: WireSubscribe) -> Result<Subscribe, RequestError> {
         }
         (_, _, Some(_)) => return err("\"expr\" is for kind \"query\"; use \"selector\"".into()),
         (Kind::Readings | Kind::Windows | Kind::Groups, None, None) => {
-            return err(format!("kind {:?} needs a \"selector\"", kind_name(kind)))
+            return err(format!("kind {:?} needs a \"selector\"", kind.name()))
         }
         (_, sel, None) => sel,
     };
@@ -214,8 +214,10 @@ fn subscribe(s: WireSubscribe) -> Result<Subscribe, RequestError> {
     })
 }
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
+impl Kind {
+    /// The kind as a client names it.
+    pub fn name(self) -> &'static str {
+        match self {
         Kind::Readings => "readings",
         Kind::Windows => "windows",
         Kind::Groups => "groups",
@@ -223,33 +225,31 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Anomalies => "anomalies",
         Kind::Shadows => "shadows",
         Kind::Query => "query",
+        }
     }
 }
 
-/// One server message: the envelope every kind shares, with its own fields.
-#[derive(Debug, Serialize)]
-pub struct Message<'a, L: Serialize, B: Serialize> {
-    /// The subscription.
-    pub id: &'a str,
-    /// Its kind.
-    pub kind: Kind,
-    /// The stream position's epoch.
-    pub epoch: u64,
-    /// The stream position's offset.
-    pub offset: u64,
-    /// The series' (or alert's, or device's) labels.
-    pub labels: L,
-    /// The kind's fields (a reading's `timestamp` and `value`, a window's `start`, `end`,
-    /// `state`, `revision` and figures…).
-    #[serde(flatten)]
-    pub body: B,
-}
-
-impl<L: Serialize, B: Serialize> Message<'_, L, B> {
-    /// The message's JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a message serializes")
+/// One server message: the envelope every kind shares (`id`, `kind`, `epoch`, `offset`),
+/// then the fields of `body`, the text of a JSON object holding `labels` and the kind's own
+/// fields. The body is rendered once per update and shared by every subscription receiving it.
+pub fn message(id: &str, kind: Kind, at: Position, body: &str) -> String {
+    use std::fmt::Write;
+    let fields = body.strip_prefix('{').unwrap_or(body);
+    let mut out = String::with_capacity(body.len() + id.len() + 64);
+    out.push_str("{\"id\":");
+    out.push_str(&serde_json::to_string(id).expect("a string serializes"));
+    let _ = write!(
+        out,
+        ",\"kind\":\"{}\",\"epoch\":{},\"offset\":{}",
+        kind.name(),
+        at.epoch,
+        at.offset
+    );
+    if fields != "}" {
+        out.push(',');
     }
+    out.push_str(fields);
+    out
 }
 
 #[cfg(test)]
@@ -357,30 +357,21 @@ mod tests {
 
     #[test]
     fn messages_share_one_envelope() {
-        #[derive(Serialize)]
-        struct Reading {
-            timestamp: i64,
-            value: f64,
-        }
-        let m = Message {
-            id: "t",
-            kind: Kind::Readings,
+        let at = Position {
             epoch: 3,
             offset: 42,
-            labels: [("__name__", "temperature"), ("device", "d1")]
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>(),
-            body: Reading {
-                timestamp: 1_700_000_000_000,
-                value: 20.5,
-            },
         };
-        let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        let body = r#"{"labels":{"__name__":"temperature","device":"d1"},"timestamp":1700000000000,"value":20.5}"#;
+        let v: serde_json::Value =
+            serde_json::from_str(&message("t\"1", Kind::Readings, at, body)).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"id": "t", "kind": "readings", "epoch": 3, "offset": 42,
+            serde_json::json!({"id": "t\"1", "kind": "readings", "epoch": 3, "offset": 42,
                 "labels": {"__name__": "temperature", "device": "d1"},
                 "timestamp": 1_700_000_000_000i64, "value": 20.5})
         );
+        let v: serde_json::Value =
+            serde_json::from_str(&message("s", Kind::Shadows, at, "{}")).unwrap();
+        assert_eq!(v["offset"], 42);
     }
 }

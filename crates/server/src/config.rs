@@ -41,6 +41,46 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Fleet status (`[devices]`).
     pub devices: DevicesConfig,
+    /// Live push over WebSocket (`[live]`).
+    pub live: LiveConfig,
+}
+
+/// Live push over WebSocket at `/api/v1/stream` (`[live]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Most WebSocket connections open at once (more are refused with 503).
+    pub max_connections: usize,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Updates a connection's queue holds before the client is closed as too slow (pending
+    /// updates of one series and window merge first).
+    pub queue: usize,
+    /// Largest client message accepted (bytes); a larger one closes the connection.
+    pub max_message_bytes: usize,
+    /// Updates each tenant's journal keeps for clients that resume.
+    pub journal_messages: usize,
+    /// Bytes of updates each tenant's journal keeps.
+    pub journal_bytes: usize,
+    /// How long a closed connection's subscriptions keep collecting for its resume.
+    pub resume_window: Duration,
+    /// Interval of the server's pings; a client silent for three is closed.
+    pub heartbeat: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            max_connections: 10_000,
+            max_subscriptions: 256,
+            queue: 4096,
+            max_message_bytes: 64 << 10,
+            journal_messages: 100_000,
+            journal_bytes: 64 << 20,
+            resume_window: Duration(300_000),
+            heartbeat: Duration(15_000),
+        }
+    }
 }
 
 /// Fleet status (`[devices]`).
@@ -709,6 +749,16 @@ impl Config {
             self.devices.expected_interval.0 > 0 && self.devices.offline_after > 0,
             "devices.expected_interval and devices.offline_after must be positive"
         );
+        let l = &self.live;
+        anyhow::ensure!(
+            l.max_subscriptions > 0 && l.queue > 0 && l.journal_messages > 0 && l.heartbeat.0 > 0,
+            "live.max_subscriptions, live.queue, live.journal_messages and live.heartbeat must be positive"
+        );
+        anyhow::ensure!(
+            l.max_message_bytes >= 1024,
+            "live.max_message_bytes must be at least 1024, got {}",
+            l.max_message_bytes
+        );
         anyhow::ensure!(
             self.query.max_concurrency > 0,
             "query.max_concurrency must be at least 1"
@@ -781,6 +831,7 @@ impl Default for Config {
             sources: SourcesConfig::default(),
             registry: RegistryConfig::default(),
             devices: DevicesConfig::default(),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -951,6 +1002,17 @@ final_windows = false            # rules read only final event-time windows: a l
 # severity = "warning"           # of its events (alertname AnomalyDetected)
 # channels = []                  # notifiers of its events (default every one that takes them)
 # max_series = 10000             # series scored per tenant (~40 kB each)
+
+[live]                           # WebSocket push at /api/v1/stream (README: "Live push")
+max_connections = 10000          # open at once; more are refused with 503
+max_subscriptions = 256          # per connection
+queue = 4096                     # updates queued per connection before it is closed as too
+                                 # slow (close code 4008); a window's pending states merge first
+max_message_bytes = 65536        # largest client message; larger closes with 1009
+journal_messages = 100000        # updates each tenant keeps for clients that resume
+journal_bytes = 67108864
+resume_window = "5m"             # a closed connection's subscriptions keep collecting this long
+heartbeat = "15s"                # server pings; a client silent for three is closed
 "#;
 
 impl Config {
@@ -1090,6 +1152,10 @@ mod tests {
         let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
         let d = Config::default();
         assert_eq!(parsed.listen, d.listen);
+        assert_eq!(parsed.live.queue, d.live.queue);
+        assert_eq!(parsed.live.journal_bytes, d.live.journal_bytes);
+        assert_eq!(parsed.live.resume_window, d.live.resume_window);
+        assert_eq!(parsed.live.heartbeat, d.live.heartbeat);
         assert_eq!(parsed.alerting.rule_files, d.alerting.rule_files);
         assert_eq!(
             parsed.alerting.evaluation_interval,

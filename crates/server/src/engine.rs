@@ -119,6 +119,8 @@ pub struct Engine {
     /// The rollup tiers' coverage per tenant, with when it was read: it walks the tiers'
     /// stores, so queries share it for [`COVERAGE_TTL`].
     coverage: parking_lot::Mutex<std::collections::HashMap<Tenant, TierMarks>>,
+    /// The live stream the shards publish to.
+    live: Arc<crate::live::Live>,
 }
 
 /// When a tenant's tier coverage was read, and from when its 1-minute and 1-hour tiers hold
@@ -174,6 +176,7 @@ impl Engine {
             },
         )?);
         let counters = Arc::new(Counters::default());
+        let live = crate::live::Live::new(cfg.live.clone());
         let limiter = SeriesLimiter::with_caps(SeriesCaps {
             per_metric: cfg.limits.max_series_per_metric,
             per_tenant: cfg.limits.max_series_per_tenant,
@@ -229,6 +232,7 @@ impl Engine {
                         raw_archive.clone(),
                     );
                     let devices = devices.clone();
+                    let live = live.clone();
                     let shadows: Shadows = Arc::default();
                     s.spawn(move || {
                         let dir = cfg.data_dir.join("shards").join(format!("{p:04}"));
@@ -245,6 +249,7 @@ impl Engine {
                             checkpoint_log_bytes: cfg.storage.checkpoint_log_bytes,
                             devices,
                             shadows: shadows.clone(),
+                            live: live.clone(),
                         };
                         let rollups = if cfg.rollups.enabled {
                             let stage = RollupStage::open(&dir.join("rollups"), stage_opts)?;
@@ -307,6 +312,7 @@ impl Engine {
             raw_retention_ms: cfg.retention.0,
             coverage: Default::default(),
             cold,
+            live,
         }))
     }
 
@@ -776,6 +782,11 @@ impl Engine {
         (closed != i64::MAX).then_some((closed, first))
     }
 
+    /// The live stream the shards publish to.
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
+    }
+
     /// Attaches a [`strata_stream::stage::FinalTap`] made by `make` (from the time before
     /// which the shard's windows were already final) to each shard with rollups, and returns
     /// them; none where one is attached already.
@@ -785,7 +796,7 @@ impl Engine {
     ) -> Vec<Arc<T>> {
         let mut out = Vec::new();
         for r in self.shards.iter().filter_map(|s| s.rollups.as_ref()) {
-            r.set_final_tap(|from| {
+            r.add_final_tap(|from| {
                 let t = Arc::new(make(from));
                 out.push(t.clone());
                 t

@@ -13,6 +13,7 @@ mod device_stage;
 pub mod engine;
 pub mod groups;
 pub mod http;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod registry;

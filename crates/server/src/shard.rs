@@ -86,6 +86,8 @@ pub struct ShardConfig {
     pub devices: Option<Arc<crate::device_rules::DeviceRulesHub>>,
     /// The shard's device shadows, kept by its device stage.
     pub shadows: Arc<parking_lot::Mutex<strata_stream::shadow::Shadows>>,
+    /// The live stream the shard publishes to.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// The event-time watermark device rules judge by: the rollups' (which follows the clock when
@@ -124,6 +126,8 @@ pub struct Shard {
     last_settle: Instant,
     /// The device rules' judge, on its own thread.
     devices: Option<DeviceJudge>,
+    /// What the shard publishes to the live stream.
+    feed: Arc<crate::live::Feed>,
 }
 
 struct Pending {
@@ -285,7 +289,22 @@ impl Shard {
             None => None,
         };
         let writer = log.writer(partition)?;
+        let feed = match &rollups {
+            Some(r) => {
+                let o = r.options();
+                let feed = crate::live::Feed::new(
+                    cfg.live.clone(),
+                    o.windows.window_ms,
+                    o.quantiles.clone(),
+                );
+                let tap = feed.clone();
+                r.add_final_tap(move |_| tap);
+                feed
+            }
+            None => crate::live::Feed::new(cfg.live.clone(), 60_000, Vec::new()),
+        };
         Ok(Shard {
+            feed,
             partition,
             tsdb,
             rollups,
@@ -435,16 +454,28 @@ impl Shard {
         }
         let mut last = None;
         {
+            // The windows' lock before the feed's, as settling takes them.
             let mut windows = self.rollups.as_ref().map(|r| r.observer());
+            let mut feed = self.feed.begin();
             for p in pending.iter_mut() {
                 let Some(off) = p.offset else { continue };
                 last = Some(off);
-                p.result.stats = match &mut windows {
-                    Some(w) => self.tsdb.append_observed(&p.batch, off, |s, stored, slot| {
-                        w.observe_at(slot, p.batch.tenant(), s.id, s.key, stored)
+                let tenant = p.batch.tenant();
+                let mut follow = feed.tenant(tenant);
+                p.result.stats = match (&mut windows, &mut follow) {
+                    (None, None) => self.tsdb.append(&p.batch, off),
+                    (w, f) => self.tsdb.append_observed(&p.batch, off, |s, stored, slot| {
+                        if let Some(w) = w {
+                            w.observe_at(slot, tenant, s.id, s.key, stored);
+                        }
+                        if let Some(f) = f {
+                            f.stored(s.id, s.key, stored, *slot, w.is_some());
+                        }
                     }),
-                    None => self.tsdb.append(&p.batch, off),
                 };
+            }
+            if let Some(w) = &windows {
+                feed.provisional(w);
             }
         }
         for p in pending.drain(..) {
@@ -455,6 +486,7 @@ impl Shard {
             }
             let _ = p.ack.send(Ok(p.result));
         }
+        self.feed.publish();
         // Settling after the acknowledgement keeps closing windows off the writers' latency:
         // a reader who got an acknowledgement sees the samples it carried already, in the
         // open (provisional) windows, until settling makes them final.
@@ -471,6 +503,7 @@ impl Shard {
                 tracing::error!(partition = self.partition, "rollups: {e}");
             }
         }
+        self.feed.publish();
         if let Some(d) = &self.devices {
             d.settle(device_watermark(self.rollups.as_deref()));
         }

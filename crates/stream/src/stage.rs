@@ -234,8 +234,8 @@ pub struct RollupStage {
     settling: parking_lot::Mutex<Settling>,
     /// The 1-hour tier.
     hours: Option<HourStage>,
-    /// Who sees windows as they become final (see [`RollupStage::set_final_tap`]).
-    tap: std::sync::OnceLock<Arc<dyn FinalTap>>,
+    /// Who sees windows as they become final (see [`RollupStage::add_final_tap`]).
+    taps: RwLock<Vec<Arc<dyn FinalTap>>>,
 }
 
 /// Sees every window as the watermark makes it final, so a consumer of final windows (anomaly
@@ -253,6 +253,18 @@ pub trait FinalTap: Send + Sync {
     /// The stage forgot series `series` (idle; see [`Windows::forget_idle`]): its index in
     /// [`ClosedWindow::series`] may next stand for another series.
     fn forgotten(&self, series: u32);
+
+    /// A final window was recomputed with late data into `figures` at `revision` (1 or
+    /// more). Called on the shard's thread, with no lock held.
+    fn corrected(
+        &self,
+        _tenant: &Tenant,
+        _key: SeriesKeyRef<'_>,
+        _start: i64,
+        _figures: &Figures,
+        _revision: u32,
+    ) {
+    }
 }
 
 /// What settling keeps between calls.
@@ -359,20 +371,16 @@ impl RollupStage {
             corrected: parking_lot::Mutex::new(corrected.into_iter().collect()),
             corrections_path,
             settling: parking_lot::Mutex::new(Settling::default()),
-            tap: std::sync::OnceLock::new(),
+            taps: RwLock::new(Vec::new()),
         })
     }
 
-    /// Attaches the stage's [`FinalTap`] (one at most: `false` when one is attached), made by
-    /// `make` from the time before which every window was already final: the tap sees every
-    /// window starting at or after it, and none before.
-    pub fn set_final_tap(&self, make: impl FnOnce(i64) -> Arc<dyn FinalTap>) -> bool {
+    /// Attaches a [`FinalTap`], made by `make` from the time before which every window was
+    /// already final: the tap sees every window starting at or after it, and none before.
+    pub fn add_final_tap(&self, make: impl FnOnce(i64) -> Arc<dyn FinalTap>) {
         // Under the windows' lock no window closes between reading the time and attaching.
         let windows = self.windows.write();
-        if self.tap.get().is_some() {
-            return false;
-        }
-        self.tap.set(make(windows.closed_before())).is_ok()
+        self.taps.write().push(make(windows.closed_before()));
     }
 
     /// The stage's settings.
@@ -435,7 +443,7 @@ impl RollupStage {
             let mut w = self.windows.write();
             // Read under the windows' lock, which attaching takes: a tap attached before this
             // settle sees every window it closes.
-            let tap = self.tap.get();
+            let taps = self.taps.read();
             w.advance(now_ms, |c| {
                 let i = c.series as usize;
                 if warm_ids.len() <= i {
@@ -450,7 +458,7 @@ impl RollupStage {
                     h.merge(id, c.tenant, c.key, c.start, &c.rollup);
                 }
                 let figures = c.rollup.figures(q);
-                if let Some(t) = tap {
+                for t in taps.iter() {
                     t.closed(&c, &figures);
                 }
                 let revision = if verify {
@@ -473,9 +481,10 @@ impl RollupStage {
                     revision,
                 });
             });
-            if let Some(t) = tap {
+            for t in taps.iter() {
                 t.settled(w.closed_before());
             }
+            drop(taps);
             (w.take_corrections(), w.closed_before(), w.watermark())
         };
         self.store.write(closing.drain(..), offset);
@@ -555,6 +564,9 @@ impl RollupStage {
                 else {
                     continue;
                 };
+                for t in self.taps.read().iter() {
+                    t.corrected(&c.tenant, c.key.as_ref(), start, &figures, revision);
+                }
                 writes.push(WindowWrite {
                     series,
                     start,
@@ -697,7 +709,7 @@ impl RollupStage {
             if let Some(id) = settling.hour_ids.get_mut(i as usize) {
                 *id = None;
             }
-            if let Some(t) = self.tap.get() {
+            for t in self.taps.read().iter() {
                 t.forgotten(i);
             }
             gone.push((tenant.clone(), key.to_owned()));

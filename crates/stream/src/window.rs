@@ -687,6 +687,19 @@ impl Windows {
             .collect()
     }
 
+    /// The current rollup of the open window starting at `start` of the series the raw
+    /// tier's `slot` names (as [`Windows::observe_at`] set it), with its key; `None` when the
+    /// window is closed or the series has no samples in it.
+    pub fn open_rollup(&self, slot: ObserverSlot, start: i64) -> Option<(&SeriesKey, Rollup)> {
+        let st = self.table.series.get(slot.0 as usize)?.as_ref()?;
+        let &(_, e) = st.open.iter().rev().find(|(ws, _)| *ws == start)?;
+        let w = self.open.iter().rfind(|w| w.start == start)?;
+        let mut samples = w.entries.get(e as usize)?.samples.to_vec();
+        sort_last_wins(&mut samples);
+        let r = Rollup::of_sorted(&samples, self.opts.wants_quantiles(st.key.as_ref()))?;
+        Some((&st.key, r))
+    }
+
     /// Visits the provisional windows of `tenant` overlapping `[start, end]` (a window keyed
     /// `s` overlaps it when `s < end` and `s + width >= start`) whose series pass `wanted`,
     /// with their current rollup.

@@ -16,6 +16,7 @@ pub mod serve;
 mod write;
 
 pub use query::QueryGate;
+pub(crate) use rollups::{number as json_number, window_json};
 
 use crate::engine::Engine;
 use axum::body::Body;

@@ -18,7 +18,7 @@ const MAX_WINDOWS: usize = 5_000_000;
 /// Default span of a rollup read without `start`.
 const DEFAULT_SPAN_MS: i64 = 3_600_000;
 
-fn number(v: f64) -> Value {
+pub(crate) fn number(v: f64) -> Value {
     // JSON has no NaN or infinities: they are written as Prometheus writes them, as strings.
     if v.is_finite() {
         json!(v)
@@ -27,7 +27,7 @@ fn number(v: f64) -> Value {
     }
 }
 
-fn window_json(w: &WindowView) -> Value {
+pub(crate) fn window_json(w: &WindowView) -> Value {
     let f = &w.figures;
     let mut o = Map::new();
     o.insert("start".into(), json!(w.start));

@@ -1,0 +1,487 @@
+//! Live push, the server's side: what the shards publish to the stream hub (each reading once
+//! it is durable, each 1-minute window as it changes state), the update type the WebSocket
+//! endpoint (`http::stream`) renders, and the stream's self-metrics.
+//!
+//! A shard asks the hub once per batch whether its tenant has any subscription at all (one
+//! map read when none: the usual case costs ingest nothing more), then once per series and
+//! subscription generation whether any subscription selects it (cached per shard), and
+//! builds updates only for series somebody selects. Publishing happens after the shard's
+//! locks are released and after the writers are acknowledged; it never waits for a client.
+
+use crate::config::LiveConfig;
+use ahash::AHashMap;
+use parking_lot::{Mutex, MutexGuard};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use strata_live::hub::{Conflation, Entry, JournalBounds};
+use strata_live::protocol::Kind;
+use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
+use strata_stream::rollup::Figures;
+use strata_stream::stage::{FinalTap, WindowView};
+use strata_stream::window::{window_of, ClosedWindow, WindowState, Windows};
+use strata_tsdb::ObserverSlot;
+
+/// The stream hub of this server.
+pub type Hub = strata_live::hub::Hub<Update>;
+
+/// Series remembered per tenant by a shard's feed before it starts over.
+const MAX_CACHED_SERIES: usize = 1 << 20;
+
+/// The stream: its hub, its settings and what it did.
+pub struct Live {
+    /// Every tenant's stream.
+    pub hub: Hub,
+    /// `[live]`.
+    pub cfg: LiveConfig,
+    /// For `/metrics`.
+    pub counters: LiveCounters,
+}
+
+impl Live {
+    /// A stream of a new epoch (the time it starts, in ms: later than any earlier run's).
+    pub fn new(cfg: LiveConfig) -> Arc<Live> {
+        let epoch = strata_model::time::now_ms().max(1) as u64;
+        Arc::new(Live {
+            hub: Hub::new(
+                epoch,
+                JournalBounds {
+                    messages: cfg.journal_messages,
+                    bytes: cfg.journal_bytes,
+                },
+                std::time::Duration::from_millis(cfg.resume_window.0 as u64),
+            ),
+            cfg,
+            counters: LiveCounters::default(),
+        })
+    }
+}
+
+/// What the stream did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    /// WebSocket connections open.
+    pub connections: AtomicU64,
+    /// Connections refused at the limit.
+    pub refused: AtomicU64,
+    /// Messages sent.
+    pub messages: AtomicU64,
+    /// Updates merged into a pending one of the same series and window.
+    pub conflated: AtomicU64,
+    /// Updates never sent because their connection was closed as too slow.
+    pub dropped: AtomicU64,
+    /// Connections closed as too slow.
+    pub slow_closes: AtomicU64,
+    /// Client messages refused (each answered with an error).
+    pub bad_requests: AtomicU64,
+    /// Snapshots sent to clients that could not resume exactly.
+    pub snapshots: AtomicU64,
+}
+
+impl crate::metrics::Stage for Live {
+    fn collect(&self, out: &mut crate::metrics::Out<'_>) {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.gauge(
+            "strata_live_connections",
+            "WebSocket connections open at /api/v1/stream.",
+            get(&c.connections) as i64,
+        );
+        let (live, lingering) = self.hub.subscriptions();
+        out.gauges(
+            "strata_live_subscriptions",
+            "Stream subscriptions: of open connections, or lingering for a resume.",
+            [
+                ([("state", "open")], live as i64),
+                ([("state", "lingering")], lingering as i64),
+            ],
+        );
+        for (name, help, v) in [
+            (
+                "strata_live_refused_connections_total",
+                "WebSocket connections refused at live.max_connections.",
+                &c.refused,
+            ),
+            (
+                "strata_live_messages_total",
+                "Stream messages sent.",
+                &c.messages,
+            ),
+            (
+                "strata_live_conflated_total",
+                "Updates merged into a pending update of the same series and window.",
+                &c.conflated,
+            ),
+            (
+                "strata_live_dropped_total",
+                "Updates never sent: their connection was closed as too slow.",
+                &c.dropped,
+            ),
+            (
+                "strata_live_slow_closes_total",
+                "Connections closed because their queue stayed full (close code 4008).",
+                &c.slow_closes,
+            ),
+            (
+                "strata_live_bad_requests_total",
+                "Client messages answered with an error.",
+                &c.bad_requests,
+            ),
+            (
+                "strata_live_snapshots_total",
+                "Snapshots sent to clients that could not resume exactly.",
+                &c.snapshots,
+            ),
+        ] {
+            out.counter(name, help, get(v));
+        }
+    }
+}
+
+/// What an update says, beside its series.
+#[derive(Debug)]
+pub enum Body {
+    /// A stored sample.
+    Reading(Sample),
+    /// A window's state.
+    Window(WindowView),
+    /// The kind's fields as JSON (an object): shadows, alerts, anomalies.
+    Fields(Value),
+}
+
+/// One update, rendered to JSON once, for every subscription that receives it.
+#[derive(Debug)]
+pub struct Update {
+    body: Body,
+    json: OnceLock<Box<str>>,
+}
+
+impl Update {
+    /// An update saying `body`.
+    pub fn new(body: Body) -> Update {
+        Update {
+            body,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// What it says.
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Its fields as a JSON object's text, `labels` (of `key`) first.
+    pub fn json(&self, key: &SeriesKey) -> &str {
+        self.json.get_or_init(|| {
+            let mut o = serde_json::Map::new();
+            o.insert(
+                "labels".into(),
+                Value::Object(
+                    key.as_ref()
+                        .pairs()
+                        .map(|(n, v)| {
+                            (
+                                String::from_utf8_lossy(n).into_owned(),
+                                String::from_utf8_lossy(v).into_owned().into(),
+                            )
+                        })
+                        .collect(),
+                ),
+            );
+            match &self.body {
+                Body::Reading(s) => {
+                    o.insert("timestamp".into(), json!(s.timestamp));
+                    o.insert("value".into(), crate::http::json_number(s.value));
+                }
+                Body::Window(w) => {
+                    if let Value::Object(f) = crate::http::window_json(w) {
+                        o.extend(f);
+                    }
+                }
+                Body::Fields(Value::Object(f)) => o.extend(f.clone()),
+                Body::Fields(_) => {}
+            }
+            Value::Object(o).to_string().into_boxed_str()
+        })
+    }
+}
+
+/// The conflation of a window's updates: one key per series and window, ranked by revision,
+/// a final state above the provisional ones of its revision.
+pub fn window_conflation(key: &SeriesKey, w: &WindowView) -> Conflation {
+    let k = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), w.start as u64);
+    let settled = u64::from(w.state != WindowState::Provisional);
+    Conflation {
+        key: k,
+        rank: (u64::from(w.revision) << 1) | settled,
+    }
+}
+
+/// What subscriptions select of one series.
+#[derive(Debug)]
+struct Interest {
+    tenant: Tenant,
+    key: Arc<SeriesKey>,
+    readings: bool,
+    windows: bool,
+}
+
+/// A tenant's series as far as its subscriptions select them, valid for one generation.
+#[derive(Default)]
+struct TenantInterest {
+    generation: u64,
+    /// By series id; `None`: nothing selects it. (Ids alone identify the negative answers:
+    /// a 64-bit collision would at worst hide one series from the stream.)
+    series: AHashMap<u64, Option<Arc<Interest>>>,
+}
+
+#[derive(Default)]
+struct FeedState {
+    tenants: AHashMap<Tenant, TenantInterest>,
+    readings: Vec<(Arc<Interest>, Sample)>,
+    /// Open windows changed by the commit: `(series slot, window start)`.
+    touched: Vec<(ObserverSlot, i64, Arc<Interest>)>,
+    windows: Vec<(Arc<Interest>, WindowView)>,
+}
+
+/// A shard's publisher (see the module doc); also the tap through which its rollup stage
+/// hands over windows as they become final or are corrected.
+pub struct Feed {
+    live: Arc<Live>,
+    window_ms: i64,
+    quantiles: Vec<f64>,
+    state: Mutex<FeedState>,
+}
+
+impl Feed {
+    /// The feed of a shard whose windows are `window_ms` wide and report `quantiles`.
+    pub fn new(live: Arc<Live>, window_ms: i64, quantiles: Vec<f64>) -> Arc<Feed> {
+        Arc::new(Feed {
+            live,
+            window_ms,
+            quantiles,
+            state: Mutex::new(FeedState::default()),
+        })
+    }
+
+    /// Starts following a commit.
+    pub fn begin(&self) -> Commit<'_> {
+        Commit {
+            feed: self,
+            state: self.state.lock(),
+        }
+    }
+
+    /// Publishes what the commit and the settling after it gathered.
+    pub fn publish(&self) {
+        let (readings, windows) = {
+            let mut s = self.state.lock();
+            if s.readings.is_empty() && s.windows.is_empty() {
+                return;
+            }
+            (
+                std::mem::take(&mut s.readings),
+                std::mem::take(&mut s.windows),
+            )
+        };
+        let hub = &self.live.hub;
+        for (i, sample) in readings {
+            let size = i.key.as_bytes().len() + 64;
+            let entry = Entry {
+                kind: Kind::Readings,
+                key: i.key.clone(),
+                conflation: None,
+                update: Update::new(Body::Reading(sample)),
+            };
+            hub.publish(i.tenant.as_str(), entry, size);
+        }
+        for (i, w) in windows {
+            let size = i.key.as_bytes().len() + 256;
+            let entry = Entry {
+                kind: Kind::Windows,
+                key: i.key.clone(),
+                conflation: Some(window_conflation(&i.key, &w)),
+                update: Update::new(Body::Window(w)),
+            };
+            hub.publish(i.tenant.as_str(), entry, size);
+        }
+    }
+
+    fn window(&self, start: i64, figures: Figures, state: WindowState, revision: u32) -> WindowView {
+        WindowView {
+            start,
+            end: start + self.window_ms,
+            figures,
+            state,
+            revision,
+        }
+    }
+
+    fn tap(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, w: impl FnOnce() -> WindowView) {
+        let mut s = self.state.lock();
+        let Some(g) = self.live.hub.generation(tenant.as_str()) else {
+            return;
+        };
+        let id = SeriesId::of(tenant, key);
+        if let Some(i) = interest(&self.live, &mut s.tenants, tenant, g, id, key) {
+            if i.windows {
+                s.windows.push((i, w()));
+            }
+        }
+    }
+}
+
+/// The answer for one series, from the cache or the hub.
+fn interest(
+    live: &Live,
+    tenants: &mut AHashMap<Tenant, TenantInterest>,
+    tenant: &Tenant,
+    generation: u64,
+    id: SeriesId,
+    key: SeriesKeyRef<'_>,
+) -> Option<Arc<Interest>> {
+    let t = match tenants.get_mut(tenant) {
+        Some(t) => t,
+        None => tenants.entry(tenant.clone()).or_default(),
+    };
+    if t.generation != generation || t.series.len() >= MAX_CACHED_SERIES {
+        t.series.clear();
+        t.generation = generation;
+    }
+    if let Some(i) = t.series.get(&id.0) {
+        match i {
+            Some(i) if i.key.as_bytes() == key.as_bytes() => return Some(i.clone()),
+            Some(_) => {} // another series of the same id: asked afresh, not cached
+            None => return None,
+        }
+    }
+    let hub = &live.hub;
+    let readings = hub.selects(tenant.as_str(), Kind::Readings, key);
+    let windows = hub.selects(tenant.as_str(), Kind::Windows, key);
+    let i = (readings || windows).then(|| {
+        Arc::new(Interest {
+            tenant: tenant.clone(),
+            key: Arc::new(key.to_owned()),
+            readings,
+            windows,
+        })
+    });
+    t.series.entry(id.0).or_insert_with(|| i.clone());
+    i
+}
+
+/// A commit being followed (see [`Feed::begin`]).
+pub struct Commit<'a> {
+    feed: &'a Feed,
+    state: MutexGuard<'a, FeedState>,
+}
+
+impl Commit<'_> {
+    /// Follows a batch of `tenant`: `None` when no subscription of the tenant can select
+    /// anything (nothing to follow).
+    pub fn tenant<'b>(&'b mut self, tenant: &'b Tenant) -> Option<TenantCommit<'b>> {
+        let generation = self.feed.live.hub.generation(tenant.as_str())?;
+        Some(TenantCommit {
+            live: &self.feed.live,
+            window_ms: self.feed.window_ms,
+            state: &mut self.state,
+            tenant,
+            generation,
+        })
+    }
+
+    /// Reads the open windows the commit changed, for their provisional state (call with the
+    /// windows the commit observed into, still locked).
+    pub fn provisional(&mut self, windows: &Windows) {
+        let touched = std::mem::take(&mut self.state.touched);
+        let mut last = None;
+        for (slot, start, i) in touched {
+            // Consecutive repeats (a series' samples of one window) are read once.
+            if last == Some((slot, start)) {
+                continue;
+            }
+            last = Some((slot, start));
+            if let Some((key, rollup)) = windows.open_rollup(slot, start) {
+                if key.as_bytes() != i.key.as_bytes() {
+                    continue;
+                }
+                let figures = rollup.figures(&self.feed.quantiles);
+                let w = self.feed.window(start, figures, WindowState::Provisional, 0);
+                self.state.windows.push((i, w));
+            }
+        }
+    }
+}
+
+/// A batch of one tenant being followed.
+pub struct TenantCommit<'a> {
+    live: &'a Live,
+    window_ms: i64,
+    state: &'a mut FeedState,
+    tenant: &'a Tenant,
+    generation: u64,
+}
+
+impl TenantCommit<'_> {
+    /// The raw tier stored `stored` of series `id`, `key`; with `windows`, the rollup windows
+    /// observed them too and know the series by `slot`.
+    pub fn stored(
+        &mut self,
+        id: SeriesId,
+        key: SeriesKeyRef<'_>,
+        stored: &[Sample],
+        slot: ObserverSlot,
+        windows: bool,
+    ) {
+        let Some(i) = interest(
+            self.live,
+            &mut self.state.tenants,
+            self.tenant,
+            self.generation,
+            id,
+            key,
+        ) else {
+            return;
+        };
+        if i.readings {
+            self.state
+                .readings
+                .extend(stored.iter().map(|s| (i.clone(), *s)));
+        }
+        if i.windows && windows {
+            let mut last = None;
+            for s in stored {
+                let start = window_of(s.timestamp, self.window_ms);
+                if last != Some(start) {
+                    last = Some(start);
+                    self.state.touched.push((slot, start, i.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl FinalTap for Feed {
+    fn closed(&self, window: &ClosedWindow<'_>, figures: &Figures) {
+        self.tap(window.tenant, window.key, || {
+            self.window(window.start, figures.clone(), WindowState::Final, 0)
+        });
+    }
+
+    fn settled(&self, _closed_before: i64) {}
+
+    fn forgotten(&self, _series: u32) {}
+
+    fn corrected(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        start: i64,
+        figures: &Figures,
+        revision: u32,
+    ) {
+        self.tap(tenant, key, || {
+            self.window(start, figures.clone(), WindowState::Corrected, revision)
+        });
+    }
+}
