@@ -124,6 +124,7 @@ pub struct Delivery<U> {
 /// A connection's side of the hub: its outbox and whether it fell behind.
 pub struct Connection<U> {
     outbox: Mutex<Outbox<(u32, u64), Delivery<U>>>,
+    capacity: usize,
     slow: AtomicBool,
     wake: Box<dyn Fn() + Send + Sync>,
     /// Updates merged into pending ones.
@@ -136,6 +137,7 @@ impl<U> Connection<U> {
     pub fn new(capacity: usize, wake: impl Fn() + Send + Sync + 'static) -> Arc<Connection<U>> {
         Arc::new(Connection {
             outbox: Mutex::new(Outbox::new(capacity)),
+            capacity,
             slow: AtomicBool::new(false),
             wake: Box::new(wake),
             conflated: AtomicU64::new(0),
@@ -439,9 +441,13 @@ impl<U> Hub<U> {
                 Resumed::NeedsSnapshot
             }
             Some(p) => {
-                let picks = |e: &Entry<U>| e.kind == kind && selector.matches(e.key.as_ref().as_ref());
+                let picks =
+                    |e: &Entry<U>| e.kind == kind && selector.matches(e.key.as_ref().as_ref());
                 match s.journal.since(p, picks) {
                     Since::Gap => Resumed::NeedsSnapshot,
+                    // More than the outbox holds would close the client as too slow at
+                    // once: the current state serves it better.
+                    Since::Replay(v) if v.len() > connection.capacity => Resumed::NeedsSnapshot,
                     Since::Replay(v) => {
                         let n = v.len();
                         for (position, entry) in v {
@@ -499,7 +505,13 @@ impl<U> Hub<U> {
 
     /// Drops lingering subscriptions whose time is up (the server calls this now and then).
     pub fn expire(&self, now: Instant) {
-        let tenants: Vec<String> = self.tenants.read().expect("hub lock").keys().cloned().collect();
+        let tenants: Vec<String> = self
+            .tenants
+            .read()
+            .expect("hub lock")
+            .keys()
+            .cloned()
+            .collect();
         for tenant in tenants {
             self.remove(&tenant, |sub| sub.until.is_some_and(|u| u <= now));
         }
@@ -508,7 +520,11 @@ impl<U> Hub<U> {
     fn remove(&self, tenant: &str, mut gone: impl FnMut(&Subscriber<U>) -> bool) {
         let Some(t) = self.stream(tenant) else { return };
         let mut s = t.inner.lock().expect("stream lock");
-        let removed: usize = s.index.values_mut().map(|k| k.remove(&mut gone).len()).sum();
+        let removed: usize = s
+            .index
+            .values_mut()
+            .map(|k| k.remove(&mut gone).len())
+            .sum();
         if removed > 0 {
             t.subscriptions.fetch_sub(removed, Ordering::Release);
             t.generation.fetch_add(1, Ordering::Release);
@@ -517,7 +533,13 @@ impl<U> Hub<U> {
 
     /// Subscriptions of every tenant: (live, lingering).
     pub fn subscriptions(&self) -> (usize, usize) {
-        let tenants: Vec<_> = self.tenants.read().expect("hub lock").values().cloned().collect();
+        let tenants: Vec<_> = self
+            .tenants
+            .read()
+            .expect("hub lock")
+            .values()
+            .cloned()
+            .collect();
         let mut n = (0, 0);
         for t in tenants {
             let mut s = t.inner.lock().expect("stream lock");
@@ -572,7 +594,10 @@ mod tests {
     fn device(d: &str) -> Arc<Selector> {
         Arc::new(Selector::new(
             format!("t{{device=\"{d}\"}}"),
-            vec![vec![Matcher::equal("__name__", "t"), Matcher::equal("device", d)]],
+            vec![vec![
+                Matcher::equal("__name__", "t"),
+                Matcher::equal("device", d),
+            ]],
         ))
     }
 
@@ -692,9 +717,24 @@ mod tests {
         assert_eq!(h.subscriptions(), (1, 0));
         h.publish("t", reading("d1", 4.0), 10);
         assert_eq!(drain(&c), [(2, 2.0), (3, 4.0)]);
+        // More to replay than the outbox holds: a snapshot instead.
+        let small = Connection::new(1, || {});
+        let from = Position {
+            epoch: 9,
+            offset: 1,
+        };
+        let r = h.subscribe("t", &small, 0, Kind::Readings, device("d1"), Some(from));
+        assert_eq!(r, Resumed::NeedsSnapshot);
         // Up to date: nothing to replay.
         let again = Connection::new(100, || {});
-        let r = h.subscribe("t", &again, 0, Kind::Readings, device("d1"), Some(h.head("t")));
+        let r = h.subscribe(
+            "t",
+            &again,
+            0,
+            Kind::Readings,
+            device("d1"),
+            Some(h.head("t")),
+        );
         assert_eq!(r, Resumed::Replayed(0));
     }
 

@@ -218,13 +218,13 @@ impl Kind {
     /// The kind as a client names it.
     pub fn name(self) -> &'static str {
         match self {
-        Kind::Readings => "readings",
-        Kind::Windows => "windows",
-        Kind::Groups => "groups",
-        Kind::Alerts => "alerts",
-        Kind::Anomalies => "anomalies",
-        Kind::Shadows => "shadows",
-        Kind::Query => "query",
+            Kind::Readings => "readings",
+            Kind::Windows => "windows",
+            Kind::Groups => "groups",
+            Kind::Alerts => "alerts",
+            Kind::Anomalies => "anomalies",
+            Kind::Shadows => "shadows",
+            Kind::Query => "query",
         }
     }
 }

@@ -112,6 +112,7 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     metrics::register(&mut stages, registry.clone());
     metrics::register(&mut stages, memory::Memory);
     metrics::register(&mut stages, devices.clone());
+    metrics::register(&mut stages, engine.live().clone());
     if let Some(r) = &rules {
         metrics::register(&mut stages, r.clone());
     }
@@ -179,6 +180,7 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     let grace = std::time::Duration::from_millis(cfg.server.shutdown_grace.0 as u64);
     // Weak: the manager holds the engine, which shutdown waits to be the last holder of.
     let sighup_rules = rules.as_ref().map(Arc::downgrade);
+    let lingering = Arc::downgrade(engine.live());
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -192,6 +194,7 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
             );
             std::thread::spawn(move || simulate::run(&fleet));
         }
+        tokio::spawn(expire_lingering(lingering));
         #[cfg(unix)]
         if let Some(m) = sighup_rules {
             tokio::spawn(reload_on_sighup(m));
@@ -246,6 +249,16 @@ fn demo_fleet(url: String) -> simulate::FleetConfig {
         duration: None,
         seed: 42,
         progress: false,
+    }
+}
+
+/// Drops the stream subscriptions whose resume window is over, now and then.
+async fn expire_lingering(live: std::sync::Weak<live::Live>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(l) = live.upgrade() else { return };
+        l.hub.expire(std::time::Instant::now());
     }
 }
 

@@ -307,7 +307,13 @@ impl Feed {
         }
     }
 
-    fn window(&self, start: i64, figures: Figures, state: WindowState, revision: u32) -> WindowView {
+    fn window(
+        &self,
+        start: i64,
+        figures: Figures,
+        state: WindowState,
+        revision: u32,
+    ) -> WindowView {
         WindowView {
             start,
             end: start + self.window_ms,
@@ -406,7 +412,9 @@ impl Commit<'_> {
                     continue;
                 }
                 let figures = rollup.figures(&self.feed.quantiles);
-                let w = self.feed.window(start, figures, WindowState::Provisional, 0);
+                let w = self
+                    .feed
+                    .window(start, figures, WindowState::Provisional, 0);
                 self.state.windows.push((i, w));
             }
         }

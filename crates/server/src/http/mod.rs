@@ -13,6 +13,7 @@ mod registry;
 mod rollups;
 mod rules;
 pub mod serve;
+mod stream;
 mod write;
 
 pub use query::QueryGate;
@@ -132,6 +133,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(alert_rules::delete),
         )
         .route("/-/reload", post(rules::reload).put(rules::reload))
+        .route("/api/v1/stream", get(stream::stream))
         .route("/health", get(|| async { "OK\n" }))
         .route("/metrics", get(read::metrics))
         .fallback(|| async {

@@ -1,0 +1,442 @@
+//! `GET /api/v1/stream`: the live stream over WebSocket (the message format is in
+//! `strata_live::protocol` and the README's "Live push").
+//!
+//! One task per connection reads the client's requests, answers them, and sends what the
+//! hub queues in the connection's outbox when it is woken. A connection whose outbox fills
+//! (the client reads too slowly) is closed with code 4008; one that sends an oversized
+//! message with 1009; one silent for three heartbeats with 4000. Its subscriptions linger
+//! after it closes, so the client resumes from its last position (see `strata_live::hub`).
+
+use super::{tenant_of, ApiError, AppState};
+use crate::live::{Body, Live, Update};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata_live::hub::{Connection, Resumed, Selector};
+use strata_live::protocol::{self, Kind, Request, RequestError, Subscribe};
+use strata_model::{Fields, Matcher, SelectHints, Storage, Tenant};
+use strata_stream::stage::Tier;
+use tokio::sync::Notify;
+
+/// Close code of a client too slow for its updates (private range, as Centrifugo's).
+pub const CLOSE_SLOW: u16 = 4008;
+/// Close code of a client silent for three heartbeats.
+pub const CLOSE_SILENT: u16 = 4000;
+/// Close code of an oversized message (RFC 6455's "message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Messages sent before the task looks at the client again.
+const DRAIN_BATCH: usize = 256;
+/// How far back a readings snapshot looks for each series' latest sample.
+const SNAPSHOT_READINGS_MS: i64 = 60 * 60_000;
+/// How far back a windows snapshot reaches.
+const SNAPSHOT_WINDOWS_MS: i64 = 60 * 60_000;
+
+/// `GET /api/v1/stream`: upgrades to a WebSocket of tenant `X-Scope-OrgID`.
+pub async fn stream(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let tenant = match tenant_of(&headers) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            return ApiError::bad_data(format!(
+                "/api/v1/stream is a WebSocket endpoint: send an upgrade request ({e})"
+            ))
+            .into_response()
+        }
+    };
+    let live = st.engine.live().clone();
+    let open = live.counters.connections.fetch_add(1, Ordering::AcqRel);
+    if open as usize >= live.cfg.max_connections {
+        live.counters.connections.fetch_sub(1, Ordering::AcqRel);
+        live.counters.refused.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "too many stream connections (live.max_connections = {})",
+                live.cfg.max_connections
+            ),
+        )
+        .into_response();
+    }
+    // Frames past the limit are refused by the socket; messages between it and four times
+    // it by the parser, with an error naming the limit.
+    let max = live.cfg.max_message_bytes.saturating_mul(4);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let counters = live.clone();
+            Session::new(st, live, tenant).run(socket).await;
+            counters.counters.connections.fetch_sub(1, Ordering::AcqRel);
+        })
+}
+
+struct Sub {
+    id: String,
+    kind: Kind,
+}
+
+/// One connection's state.
+struct Session {
+    st: AppState,
+    live: Arc<Live>,
+    tenant: Tenant,
+    conn: Arc<Connection<Update>>,
+    wake: Arc<Notify>,
+    /// By subscription number.
+    subs: HashMap<u32, Sub>,
+    by_id: HashMap<String, u32>,
+    next: u32,
+}
+
+/// Why the session ends.
+enum End {
+    /// The client closed or went away.
+    Gone,
+    /// The server closes with this code and reason.
+    Close(u16, String),
+}
+
+impl Session {
+    fn new(st: AppState, live: Arc<Live>, tenant: Tenant) -> Session {
+        let wake = Arc::new(Notify::new());
+        let w = wake.clone();
+        let conn = Connection::new(live.cfg.queue, move || w.notify_one());
+        Session {
+            st,
+            live,
+            tenant,
+            conn,
+            wake,
+            subs: HashMap::new(),
+            by_id: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        let mut heard = Instant::now();
+        let end = loop {
+            let step = tokio::select! {
+                m = socket.recv() => match m {
+                    None => Err(End::Gone),
+                    Some(Err(e)) if is_capacity(&e) => {
+                        Err(End::Close(CLOSE_TOO_BIG, format!("message too big: {e}")))
+                    }
+                    Some(Err(_)) => Err(End::Gone),
+                    Some(Ok(m)) => {
+                        heard = Instant::now();
+                        self.on_message(&mut socket, m).await
+                    }
+                },
+                _ = self.wake.notified() => self.drain(&mut socket, beat).await,
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > beat * 3 {
+                        Err(End::Close(CLOSE_SILENT, "no message or pong for three heartbeats".into()))
+                    } else {
+                        send(&mut socket, Message::Ping(Default::default()), beat).await
+                    }
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let End::Close(code, reason) = end {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = send(&mut socket, Message::Close(Some(frame)), beat).await;
+        }
+        self.live.hub.close(self.tenant.as_str(), &self.conn);
+        self.take_conflated();
+    }
+
+    fn take_conflated(&self) {
+        let n = self.conn.conflated.swap(0, Ordering::Relaxed);
+        self.live.counters.conflated.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sends what the outbox holds (a batch at a time, so requests are read in between).
+    async fn drain(&mut self, socket: &mut WebSocket, timeout: Duration) -> Result<(), End> {
+        self.take_conflated();
+        for _ in 0..DRAIN_BATCH {
+            if self.conn.is_slow() {
+                return Err(self.slow());
+            }
+            let Some(d) = self.conn.next() else {
+                return Ok(());
+            };
+            let Some(sub) = self.subs.get(&d.subscription) else {
+                continue; // ended since
+            };
+            let text = protocol::message(
+                &sub.id,
+                sub.kind,
+                d.position,
+                d.entry.update.json(&d.entry.key),
+            );
+            send(socket, Message::Text(text.into()), timeout).await?;
+            self.live.counters.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        // More left: come back after looking at the client.
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn slow(&self) -> End {
+        let c = &self.live.counters;
+        c.slow_closes.fetch_add(1, Ordering::Relaxed);
+        let mut pending = 0;
+        while self.conn.next().is_some() {
+            pending += 1;
+        }
+        c.dropped.fetch_add(pending, Ordering::Relaxed);
+        End::Close(
+            CLOSE_SLOW,
+            format!(
+                "too slow: more than {} updates pending (live.queue); reconnect with \"since\" to resume",
+                self.live.cfg.queue
+            ),
+        )
+    }
+
+    async fn on_message(&mut self, socket: &mut WebSocket, m: Message) -> Result<(), End> {
+        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let text = match m {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                let e = RequestError {
+                    id: None,
+                    message: "binary messages are not accepted: send JSON text".into(),
+                    fatal: false,
+                };
+                return self.refuse(socket, e).await;
+            }
+            Message::Close(_) => return Err(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        match protocol::parse_request(text.as_str(), self.live.cfg.max_message_bytes) {
+            Err(e) => self.refuse(socket, e).await,
+            Ok(Request::Unsubscribe { id }) => match self.by_id.remove(&id) {
+                Some(n) => {
+                    let sub = self.subs.remove(&n).expect("indexed subscription");
+                    self.live
+                        .hub
+                        .unsubscribe(self.tenant.as_str(), &self.conn, n);
+                    let head = self.live.hub.head(self.tenant.as_str());
+                    let body = r#"{"labels":{},"event":"unsubscribed"}"#;
+                    let text = protocol::message(&id, sub.kind, head, body);
+                    send(socket, Message::Text(text.into()), beat).await
+                }
+                None => {
+                    let e = RequestError {
+                        message: format!("no subscription {id:?} to end"),
+                        id: Some(id),
+                        fatal: false,
+                    };
+                    self.refuse(socket, e).await
+                }
+            },
+            Ok(Request::Subscribe(s)) => match self.subscribe(socket, s).await {
+                Ok(r) => r,
+                Err(e) => self.refuse(socket, e).await,
+            },
+        }
+    }
+
+    async fn refuse(&mut self, socket: &mut WebSocket, e: RequestError) -> Result<(), End> {
+        self.live
+            .counters
+            .bad_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        send(socket, Message::Text(e.to_json().into()), beat).await?;
+        if e.fatal {
+            return Err(End::Close(CLOSE_TOO_BIG, e.message));
+        }
+        Ok(())
+    }
+
+    /// Starts (or replaces) a subscription; answers it, with a snapshot when the client
+    /// cannot resume exactly. `Err` refuses it (the connection stays).
+    async fn subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        s: Subscribe,
+    ) -> Result<Result<(), End>, RequestError> {
+        let refuse = |message: String| RequestError {
+            id: Some(s.id.clone()),
+            message,
+            fatal: false,
+        };
+        match s.kind {
+            Kind::Readings => {}
+            Kind::Windows if self.st.engine.rollups_enabled() => {}
+            Kind::Windows => {
+                return Err(refuse(
+                    "rollups are disabled ([rollups] enabled = false): no windows to stream".into(),
+                ))
+            }
+            k => {
+                return Err(refuse(format!(
+                    "kind {:?} is not streamed yet; streamed kinds: readings, windows",
+                    k.name()
+                )))
+            }
+        }
+        let replaces = self.by_id.get(&s.id).copied();
+        if replaces.is_none() && self.subs.len() >= self.live.cfg.max_subscriptions {
+            return Err(refuse(format!(
+                "at most {} subscriptions per connection (live.max_subscriptions)",
+                self.live.cfg.max_subscriptions
+            )));
+        }
+        let text = s.selector.clone().unwrap_or_default();
+        let sets = match &s.selector {
+            Some(sel) => crate::selector::parse_selector(sel).map_err(refuse)?,
+            None => Vec::new(),
+        };
+        let tenant = self.tenant.as_str();
+        if let Some(n) = replaces {
+            self.live.hub.unsubscribe(tenant, &self.conn, n);
+            self.subs.remove(&n);
+        }
+        let n = self.next;
+        self.next += 1;
+        self.by_id.insert(s.id.clone(), n);
+        self.subs.insert(
+            n,
+            Sub {
+                id: s.id.clone(),
+                kind: s.kind,
+            },
+        );
+        let selector = Arc::new(Selector::new(text, sets.clone()));
+        let resumed = self
+            .live
+            .hub
+            .subscribe(tenant, &self.conn, n, s.kind, selector, s.since);
+        let head = self.live.hub.head(tenant);
+        let body = match resumed {
+            Resumed::Live => r#"{"labels":{},"event":"subscribed","resume":"live"}"#.to_string(),
+            Resumed::Replayed(k) => format!(
+                r#"{{"labels":{{}},"event":"subscribed","resume":"replayed","replayed":{k}}}"#
+            ),
+            Resumed::NeedsSnapshot => {
+                r#"{"labels":{},"event":"subscribed","resume":"snapshot"}"#.to_string()
+            }
+        };
+        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let ack = protocol::message(&s.id, s.kind, head, &body);
+        if let Err(e) = send(socket, Message::Text(ack.into()), beat).await {
+            return Ok(Err(e));
+        }
+        if resumed != Resumed::NeedsSnapshot {
+            return Ok(Ok(()));
+        }
+        self.live.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+        let updates = match self.snapshot(s.kind, sets).await {
+            Ok(u) => u,
+            Err(message) => return Err(refuse(message)),
+        };
+        for (key, update) in updates {
+            let body = update.json(&key);
+            // Marked, so a client tells the current state from a change.
+            let body = format!(r#"{{"snapshot":true,{}"#, &body[1..]);
+            let text = protocol::message(&s.id, s.kind, head, &body);
+            if let Err(e) = send(socket, Message::Text(text.into()), beat).await {
+                return Ok(Err(e));
+            }
+            self.live.counters.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Ok(()))
+    }
+
+    /// The current state of what a subscription selects: each series' latest reading of the
+    /// last hour, or its windows of the last hour.
+    async fn snapshot(
+        &self,
+        kind: Kind,
+        sets: Vec<Vec<Matcher>>,
+    ) -> Result<Vec<(strata_model::SeriesKey, Update)>, String> {
+        let engine = self.st.engine.clone();
+        let tenant = self.tenant.clone();
+        let max_samples = self.st.promql.options().max_samples;
+        let read = move || -> Result<Vec<_>, String> {
+            let now = strata_model::time::now_ms();
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for set in &sets {
+                match kind {
+                    Kind::Readings => {
+                        let hints = SelectHints {
+                            start: now - SNAPSHOT_READINGS_MS,
+                            end: now,
+                            max_samples: Some(max_samples),
+                            fields: Fields::default(),
+                        };
+                        for s in engine
+                            .select(&tenant, set, &hints)
+                            .map_err(|e| e.to_string())?
+                        {
+                            let key = s.labels.key();
+                            if let (Some(last), true) = (s.samples.last(), seen.insert(key.clone()))
+                            {
+                                out.push((key, Update::new(Body::Reading(*last))));
+                            }
+                        }
+                    }
+                    _ => {
+                        let from = now - SNAPSHOT_WINDOWS_MS;
+                        let read = engine.rollups(Tier::Window, &tenant, set, from, now);
+                        for (labels, windows) in read.map_err(|e| e.to_string())? {
+                            let key = labels.key();
+                            if seen.insert(key.clone()) {
+                                out.extend(
+                                    windows
+                                        .into_iter()
+                                        .map(|w| (key.clone(), Update::new(Body::Window(w)))),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| "snapshot read failed".to_string())?
+            .map_err(|e| format!("snapshot read failed: {e}"))
+    }
+}
+
+fn is_capacity(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
+}
+
+/// Sends one message, giving up (the client is gone or stuck) after `timeout`.
+async fn send(socket: &mut WebSocket, m: Message, timeout: Duration) -> Result<(), End> {
+    match tokio::time::timeout(timeout, socket.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Gone),
+    }
+}

@@ -1,0 +1,456 @@
+//! The live stream (`/api/v1/stream`) against the real server: readings as they are written,
+//! a window provisional then final then corrected, resume after a disconnect without loss or
+//! duplicates (or a snapshot when that is impossible), bad requests answered and the
+//! connection kept or closed as documented, and the slow-client close.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::Message;
+
+const MIN: i64 = 60_000;
+
+const CONFIG: &str = r#"
+partitions = 1
+[rollups]
+window = "1m"
+out_of_orderness = "1s"
+allowed_lateness = "10s"
+idle_timeout = "1h"
+"#;
+
+type Socket = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// A client of the stream.
+struct Client {
+    ws: Socket,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+struct Closed {
+    code: u16,
+    reason: String,
+}
+
+impl Client {
+    fn connect(s: &Server, tenant: Option<&str>) -> Client {
+        let url = s.base.replace("http://", "ws://") + "/api/v1/stream";
+        let mut req = url.into_client_request().unwrap();
+        if let Some(t) = tenant {
+            req.headers_mut()
+                .insert("X-Scope-OrgID", t.parse().unwrap());
+        }
+        let (ws, resp) = tungstenite::connect(req).expect("websocket handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        if let MaybeTlsStream::Plain(t) = ws.get_ref() {
+            t.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Client { ws }
+    }
+
+    fn send(&mut self, v: &Value) {
+        self.send_text(&v.to_string());
+    }
+
+    fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::Text(t.into())).unwrap();
+    }
+
+    /// The next JSON message, or how the connection closed.
+    fn next(&mut self) -> Result<Value, Closed> {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(f)) => {
+                    let f = f.expect("a close frame with a code");
+                    return Err(Closed {
+                        code: f.code.into(),
+                        reason: f.reason.to_string(),
+                    });
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("stream read failed: {e}"),
+            }
+        }
+    }
+
+    fn message(&mut self) -> Value {
+        self.next().unwrap_or_else(|c| panic!("closed: {c:?}"))
+    }
+
+    /// Subscribes and returns the acknowledgement.
+    fn subscribe(&mut self, id: &str, kind: &str, selector: &str, since: Option<&Value>) -> Value {
+        let mut sub = json!({"id": id, "kind": kind, "selector": selector});
+        if let Some(p) = since {
+            sub["since"] = json!({"epoch": p["epoch"], "offset": p["offset"]});
+        }
+        self.send(&json!({ "subscribe": sub }));
+        let ack = self.message();
+        assert_eq!(ack["event"], "subscribed", "{ack}");
+        assert_eq!(ack["id"], id);
+        ack
+    }
+
+    /// The next message of subscription `id` (others are skipped).
+    fn of(&mut self, id: &str) -> Value {
+        loop {
+            let m = self.message();
+            if m["id"] == id {
+                return m;
+            }
+        }
+    }
+}
+
+fn event(device: &str, ts: i64, v: f64) -> String {
+    format!(r#"{{"device_id":"{device}","timestamp":{ts},"readings":{{"temperature":{v}}}}}"#)
+        + "\n"
+}
+
+fn minute_ago(n: i64) -> i64 {
+    (now_ms() / MIN - n) * MIN
+}
+
+#[test]
+fn readings_and_a_window_provisional_then_final_then_corrected() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let mut c = Client::connect(&s, None);
+    let sel = r#"temperature{device="d1"}"#;
+    let ack = c.subscribe("r", "readings", sel, None);
+    assert_eq!(ack["resume"], "live");
+    assert_eq!(ack["kind"], "readings");
+    assert!(ack["epoch"].as_u64().unwrap() > 0);
+    c.subscribe("w", "windows", sel, None);
+    let base = minute_ago(30);
+
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 10_000, 20.0))
+        .status()
+        .is_success());
+    // Another device's reading is not selected.
+    assert!(s
+        .post("/api/v1/events", event("d2", base + 10_000, 99.0))
+        .status()
+        .is_success());
+    let r = c.of("r");
+    assert_eq!(r["kind"], "readings");
+    assert_eq!(
+        r["labels"],
+        json!({"__name__": "temperature", "device": "d1"})
+    );
+    assert_eq!(r["timestamp"], base + 10_000);
+    assert_eq!(r["value"], 20.0);
+    let w = c.of("w");
+    assert_eq!(w["kind"], "windows");
+    assert_eq!(w["state"], "provisional", "{w}");
+    assert_eq!(
+        (w["start"].as_i64(), w["end"].as_i64()),
+        (Some(base), Some(base + MIN))
+    );
+    assert_eq!(
+        (w["count"].as_u64(), w["revision"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(w["sum"], 20.0);
+    assert!(w["offset"].as_u64().unwrap() > r["offset"].as_u64().unwrap());
+
+    // The watermark passes the window and its lateness: final.
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 5 * MIN, 21.0))
+        .status()
+        .is_success());
+    let mut states = Vec::new();
+    let fin = loop {
+        let w = c.of("w");
+        states.push((
+            w["start"].as_i64().unwrap(),
+            w["state"].as_str().unwrap().to_string(),
+        ));
+        if w["start"] == base && w["state"] == "final" {
+            break w;
+        }
+    };
+    assert_eq!(
+        (fin["count"].as_u64(), fin["revision"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // A late reading corrects it: revision 1, recomputed from the raw data.
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 20_000, 30.0))
+        .status()
+        .is_success());
+    let late = c.of("r");
+    assert_eq!(
+        (late["timestamp"].as_i64(), late["value"].as_f64()),
+        (Some(base + 20_000), Some(30.0))
+    );
+    let cor = loop {
+        let w = c.of("w");
+        if w["start"] == base {
+            break w;
+        }
+    };
+    assert_eq!(cor["state"], "corrected", "{cor}; before: {states:?}");
+    assert_eq!(
+        (cor["count"].as_u64(), cor["revision"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(cor["sum"], 50.0);
+    assert_eq!(cor["max"], 30.0);
+
+    // A retried write (the same sample again) is not pushed twice.
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 20_000, 30.0))
+        .status()
+        .is_success());
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 6 * MIN, 22.0))
+        .status()
+        .is_success());
+    let next = c.of("r");
+    assert_eq!(next["timestamp"], base + 6 * MIN, "{next}");
+
+    let m = s.metrics();
+    assert_eq!(metric(&m, "strata_live_connections"), 1.0);
+    assert_eq!(
+        metric(&m, r#"strata_live_subscriptions{state="open"}"#),
+        2.0
+    );
+    assert!(metric(&m, "strata_live_messages_total") >= 7.0);
+}
+
+#[test]
+fn a_client_resumes_without_loss_or_duplicates_or_takes_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let sel = r#"temperature{device="d1"}"#;
+    let base = minute_ago(20);
+    let mut c = Client::connect(&s, None);
+    c.subscribe("r", "readings", sel, None);
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 1_000, 1.0))
+        .status()
+        .is_success());
+    let last = c.of("r");
+    assert_eq!(last["value"], 1.0);
+    drop(c); // the connection goes away without a close
+
+    // Written while the client is away: kept for its resume.
+    for k in 2..=4 {
+        let b = event("d1", base + k * 1_000, k as f64) + &event("d9", base, 0.0);
+        assert!(s.post("/api/v1/events", b).status().is_success());
+    }
+    let mut c = Client::connect(&s, None);
+    let ack = c.subscribe("r", "readings", sel, Some(&last));
+    assert_eq!(ack["resume"], "replayed", "{ack}");
+    assert_eq!(ack["replayed"], 3);
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 5_000, 5.0))
+        .status()
+        .is_success());
+    let got: Vec<(f64, u64)> = (0..4)
+        .map(|_| {
+            let m = c.of("r");
+            (m["value"].as_f64().unwrap(), m["offset"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        [2.0, 3.0, 4.0, 5.0]
+    );
+    assert!(
+        got.windows(2).all(|w| w[0].1 < w[1].1),
+        "offsets ascend: {got:?}"
+    );
+    assert!(got[0].1 > last["offset"].as_u64().unwrap());
+
+    // A position of another run: the current state instead, marked as a snapshot.
+    let old = json!({"epoch": 1, "offset": 3});
+    let mut c2 = Client::connect(&s, None);
+    let ack = c2.subscribe("r", "readings", sel, Some(&old));
+    assert_eq!(ack["resume"], "snapshot");
+    let snap = c2.of("r");
+    assert_eq!(snap["snapshot"], true, "{snap}");
+    assert_eq!(snap["value"], 5.0);
+    assert_eq!(snap["timestamp"], base + 5_000);
+    assert!(metric(&s.metrics(), "strata_live_snapshots_total") >= 1.0);
+
+    // Tenants are apart: another tenant's client sees nothing of this one.
+    let mut other = Client::connect(&s, Some("acme"));
+    other.subscribe("r", "readings", sel, None);
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 6_000, 6.0))
+        .status()
+        .is_success());
+    assert_eq!(c.of("r")["value"], 6.0);
+    let r = s
+        .client
+        .post(s.url("/api/v1/events"))
+        .header("X-Scope-OrgID", "acme")
+        .body(event("d1", base + 7_000, 7.0))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(other.of("r")["value"], 7.0);
+}
+
+#[test]
+fn bad_requests_get_an_error_and_the_documented_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!("{CONFIG}\n[live]\nmax_message_bytes = 1024\nmax_subscriptions = 2\n"),
+    );
+    let mut c = Client::connect(&s, None);
+    let cases = [
+        (
+            json!({"subscribe": {"id": "a", "kind": "readings", "selector": "temperature{"}}),
+            "invalid series selector",
+        ),
+        (
+            json!({"subscribe": {"id": "b", "kind": "gossip", "selector": "up"}}),
+            "kind",
+        ),
+        (
+            json!({"subscribe": {"id": "c", "kind": "readings"}}),
+            "needs a \"selector\"",
+        ),
+        (
+            json!({"subscribe": {"id": "d", "kind": "readings", "selector": "{x=\"\"}"}}),
+            "non-empty matcher",
+        ),
+        (json!({"unsubscribe": {"id": "nope"}}), "no subscription"),
+        (json!({"publish": {}}), "unknown field"),
+    ];
+    for (req, says) in cases {
+        c.send(&req);
+        let e = c.message();
+        let msg = e["error"].as_str().unwrap_or_else(|| panic!("{req}: {e}"));
+        assert!(msg.contains(says), "{req}: {msg}");
+    }
+    c.send_text("not json");
+    assert!(c.message()["error"].as_str().unwrap().len() > 5);
+    c.ws.send(Message::Binary(vec![1, 2, 3].into())).unwrap();
+    assert!(c.message()["error"].as_str().unwrap().contains("binary"));
+    // The connection is kept: a good subscription still works.
+    c.subscribe("ok", "readings", r#"temperature{device="d1"}"#, None);
+    c.subscribe("ok2", "readings", r#"temperature{device="d2"}"#, None);
+    c.send(&json!({"subscribe": {"id": "x", "kind": "readings", "selector": "up"}}));
+    let e = c.message();
+    assert!(
+        e["error"].as_str().unwrap().contains("max_subscriptions"),
+        "{e}"
+    );
+    assert_eq!(e["id"], "x");
+    // Unsubscribing answers, and frees a place.
+    c.send(&json!({"unsubscribe": {"id": "ok2"}}));
+    assert_eq!(c.message()["event"], "unsubscribed");
+    assert!(s
+        .post("/api/v1/events", event("d1", minute_ago(10), 1.0))
+        .status()
+        .is_success());
+    assert_eq!(c.of("ok")["value"], 1.0);
+
+    // Oversized: an error naming the limit, then close 1009.
+    let big = format!(
+        r#"{{"subscribe":{{"id":"big","kind":"readings","selector":"up{{a=\"{}\"}}"}}}}"#,
+        "x".repeat(2000)
+    );
+    c.send_text(&big);
+    let e = c.message();
+    assert!(e["error"].as_str().unwrap().contains("1024"), "{e}");
+    let closed = c.next().unwrap_err();
+    assert_eq!(closed.code, 1009, "{closed:?}");
+    // Far past the limit: refused by the socket itself, also with 1009.
+    let mut c = Client::connect(&s, None);
+    c.send_text(&"y".repeat(100_000));
+    let closed = c.next().unwrap_err();
+    assert_eq!(closed.code, 1009, "{closed:?}");
+    // Not a WebSocket: a 400 that says so.
+    let r = s.client.get(s.url("/api/v1/stream")).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().unwrap().contains("WebSocket"));
+    let m = s.metrics();
+    assert!(metric(&m, "strata_live_bad_requests_total") >= 10.0);
+    // The server is fine.
+    assert!(s
+        .client
+        .get(s.url("/health"))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+}
+
+#[test]
+fn a_client_that_cannot_keep_up_is_closed_with_4008_and_may_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &format!("{CONFIG}\n[live]\nqueue = 64\n"));
+    let mut c = Client::connect(&s, None);
+    // The acknowledgement's position is where a client that received nothing resumes from.
+    let ack = c.subscribe("all", "readings", r#"{__name__="temperature"}"#, None);
+    c.subscribe("w", "windows", r#"temperature{device="d0"}"#, None);
+    // The client stops reading while far more is written than socket buffers hold.
+    let base = minute_ago(30);
+    for batch in 0..40 {
+        let body: String = (0..2_000)
+            .map(|i| {
+                event(
+                    &format!("d{i}"),
+                    base + batch * 1_000 + 1,
+                    f64::from(i as u32),
+                )
+            })
+            .collect();
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut last = ack;
+    let closed = loop {
+        match c.next() {
+            Ok(m) => {
+                if m["id"] == "all" {
+                    last = m;
+                }
+            }
+            Err(closed) => break closed,
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "never closed");
+    };
+    assert_eq!(closed.code, 4008, "{closed:?}");
+    assert!(closed.reason.contains("too slow"), "{closed:?}");
+    let m = s.metrics();
+    assert_eq!(metric(&m, "strata_live_slow_closes_total"), 1.0);
+    assert!(metric(&m, "strata_live_dropped_total") > 0.0);
+    // Writes were never held back: every one was acknowledged above, and stored.
+    let q = s
+        .client
+        .get(s.url("/api/v1/query"))
+        .query(&[("query", "count(count_over_time(temperature[1h]))")])
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap();
+    assert_eq!(q["data"]["result"][0]["value"][1], "2000");
+    // It resumes from what it last received (readings kept while its subscription lingered).
+    let mut c = Client::connect(&s, None);
+    let ack = c.subscribe(
+        "all",
+        "readings",
+        r#"{__name__="temperature"}"#,
+        Some(&last),
+    );
+    assert!(
+        ack["resume"] == "replayed" || ack["resume"] == "snapshot",
+        "{ack}"
+    );
+    assert!(c.of("all")["value"].is_number());
+}
