@@ -192,9 +192,12 @@ impl<U> Subscriber<U> {
     }
 }
 
+/// Subscriptions by their anchor's label value.
+type ByValue<U> = AHashMap<Box<[u8]>, Vec<Subscriber<U>>>;
+
 /// The subscriptions of one kind, by their anchor (label name, then value).
 struct KindIndex<U> {
-    anchored: AHashMap<Box<[u8]>, AHashMap<Box<[u8]>, Vec<Subscriber<U>>>>,
+    anchored: AHashMap<Box<[u8]>, ByValue<U>>,
     rest: Vec<Subscriber<U>>,
 }
 

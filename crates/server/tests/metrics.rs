@@ -95,6 +95,9 @@ match = 'load{{host="h1"}}'
         r#"strata_notifications_queued{notifier="ops",kind="webhook"}"#,
         "strata_device_rules",
         "strata_anomaly_series",
+        "strata_live_connections",
+        r#"strata_live_subscriptions{state="lingering"}"#,
+        "strata_live_slow_closes_total",
         "process_resident_memory_bytes",
     ] {
         metric(&text, name);

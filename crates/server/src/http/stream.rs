@@ -74,8 +74,12 @@ pub async fn stream(
     // Frames past the limit are refused by the socket; messages between it and four times
     // it by the parser, with an error naming the limit.
     let max = live.cfg.max_message_bytes.saturating_mul(4);
+    // Small buffers: the socket's defaults (128 KiB each way) would be most of a connection's
+    // memory, and stream messages are small.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(8 << 10)
         .on_upgrade(move |socket| async move {
             let counters = live.clone();
             Session::new(st, live, tenant).run(socket).await;
