@@ -131,7 +131,7 @@ impl Session {
     }
 
     async fn run(mut self, mut socket: WebSocket) {
-        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let beat = self.beat();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         let mut heard = Instant::now();
         let end = loop {
@@ -169,6 +169,12 @@ impl Session {
         }
         self.live.hub.close(self.tenant.as_str(), &self.conn);
         self.take_conflated();
+    }
+
+    /// The heartbeat interval, also how long one send may take before the client counts as
+    /// gone.
+    fn beat(&self) -> Duration {
+        Duration::from_millis(self.live.cfg.heartbeat.0 as u64)
     }
 
     fn take_conflated(&self) {
@@ -221,7 +227,7 @@ impl Session {
     }
 
     async fn on_message(&mut self, socket: &mut WebSocket, m: Message) -> Result<(), End> {
-        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let beat = self.beat();
         let text = match m {
             Message::Text(t) => t,
             Message::Binary(_) => {
@@ -269,7 +275,7 @@ impl Session {
             .counters
             .bad_requests
             .fetch_add(1, Ordering::Relaxed);
-        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let beat = self.beat();
         send(socket, Message::Text(e.to_json().into()), beat).await?;
         if e.fatal {
             return Err(End::Close(CLOSE_TOO_BIG, e.message));
@@ -346,7 +352,7 @@ impl Session {
                 r#"{"labels":{},"event":"subscribed","resume":"snapshot"}"#.to_string()
             }
         };
-        let beat = Duration::from_millis(self.live.cfg.heartbeat.0 as u64);
+        let beat = self.beat();
         let ack = protocol::message(&s.id, s.kind, head, &body);
         if let Err(e) = send(socket, Message::Text(ack.into()), beat).await {
             return Ok(Err(e));
@@ -431,6 +437,8 @@ impl Session {
     }
 }
 
+/// True for the socket's refusal of a message over its size limit. axum hides the WebSocket
+/// library's error type, so its text is matched (the stream test checks the 1009 close).
 fn is_capacity(e: &axum::Error) -> bool {
     let text = e.to_string();
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("capacity")
