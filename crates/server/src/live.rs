@@ -11,7 +11,7 @@
 use crate::config::LiveConfig;
 use ahash::AHashMap;
 use parking_lot::{Mutex, MutexGuard};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use strata_live::hub::{Conflation, Entry, JournalBounds};
@@ -173,37 +173,59 @@ impl Update {
     /// Its fields as a JSON object's text, `labels` (of `key`) first.
     pub fn json(&self, key: &SeriesKey) -> &str {
         self.json.get_or_init(|| {
-            let mut o = serde_json::Map::new();
-            o.insert(
-                "labels".into(),
-                Value::Object(
-                    key.as_ref()
-                        .pairs()
-                        .map(|(n, v)| {
-                            (
-                                String::from_utf8_lossy(n).into_owned(),
-                                String::from_utf8_lossy(v).into_owned().into(),
-                            )
-                        })
-                        .collect(),
-                ),
-            );
-            match &self.body {
-                Body::Reading(s) => {
-                    o.insert("timestamp".into(), json!(s.timestamp));
-                    o.insert("value".into(), crate::http::json_number(s.value));
+            let mut out = String::with_capacity(key.as_bytes().len() + 96);
+            out.push_str("{\"labels\":{");
+            for (i, (n, v)) in key.as_ref().pairs().enumerate() {
+                if i > 0 {
+                    out.push(',');
                 }
-                Body::Window(w) => {
-                    if let Value::Object(f) = crate::http::window_json(w) {
-                        o.extend(f);
-                    }
-                }
-                Body::Fields(Value::Object(f)) => o.extend(f.clone()),
-                Body::Fields(_) => {}
+                push_json_str(&mut out, n);
+                out.push(':');
+                push_json_str(&mut out, v);
             }
-            Value::Object(o).to_string().into_boxed_str()
+            out.push('}');
+            let fields = match &self.body {
+                // Readings are most of the stream: written directly, no map built.
+                Body::Reading(s) => {
+                    out.push_str(",\"timestamp\":");
+                    out.push_str(itoa::Buffer::new().format(s.timestamp));
+                    out.push_str(",\"value\":");
+                    out.push_str(&crate::http::json_number(s.value).to_string());
+                    None
+                }
+                Body::Window(w) => Some(crate::http::window_json(w)),
+                Body::Fields(f) => Some(f.clone()),
+            };
+            if let Some(Value::Object(f)) = fields {
+                for (k, v) in f {
+                    out.push(',');
+                    out.push_str(&Value::String(k).to_string());
+                    out.push(':');
+                    out.push_str(&v.to_string());
+                }
+            }
+            out.push('}');
+            out.into_boxed_str()
         })
     }
+}
+
+/// Appends `s` (UTF-8, as series keys hold) as a JSON string.
+fn push_json_str(out: &mut String, s: &[u8]) {
+    let s = String::from_utf8_lossy(s);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// The conflation of a window's updates: one key per series and window, ranked by revision,
@@ -491,5 +513,42 @@ impl FinalTap for Feed {
         self.tap(tenant, key, || {
             self.window(start, figures.clone(), WindowState::Corrected, revision)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn updates_render_as_json_objects_with_labels_first() {
+        let key = SeriesKey::from_sorted_pairs([
+            (b"__name__".as_slice(), b"t".as_slice()),
+            (b"note".as_slice(), "a\"b\\c\n\u{1}\u{e9}".as_bytes()),
+        ]);
+        let r = Update::new(Body::Reading(Sample {
+            timestamp: 1_700_000_000_123,
+            value: 20.0,
+        }));
+        let v: Value = serde_json::from_str(r.json(&key)).unwrap();
+        assert_eq!(
+            v,
+            json!({"labels": {"__name__": "t", "note": "a\"b\\c\n\u{1}\u{e9}"},
+                "timestamp": 1_700_000_000_123i64, "value": 20.0})
+        );
+        let nan = Update::new(Body::Reading(Sample {
+            timestamp: 1,
+            value: f64::NAN,
+        }));
+        let v: Value = serde_json::from_str(nan.json(&key)).unwrap();
+        assert_eq!(v["value"], "NaN");
+        let f = Update::new(Body::Fields(json!({"state": "firing", "n": [1, 2]})));
+        let v: Value = serde_json::from_str(f.json(&key)).unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["n"][1].as_u64()),
+            (Some("firing"), Some(2))
+        );
+        assert_eq!(v["labels"]["__name__"], "t");
     }
 }

@@ -13,6 +13,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -183,14 +184,19 @@ impl Session {
     }
 
     /// Sends what the outbox holds (a batch at a time, so requests are read in between).
+    /// Sends what the outbox holds, a batch at a time (so requests are read in between), as
+    /// one write: messages are queued in the socket's buffer and flushed together.
     async fn drain(&mut self, socket: &mut WebSocket, timeout: Duration) -> Result<(), End> {
         self.take_conflated();
+        let mut queued = 0u64;
+        let mut more = true;
         for _ in 0..DRAIN_BATCH {
             if self.conn.is_slow() {
                 return Err(self.slow());
             }
             let Some(d) = self.conn.next() else {
-                return Ok(());
+                more = false;
+                break;
             };
             let Some(sub) = self.subs.get(&d.subscription) else {
                 continue; // ended since
@@ -201,11 +207,20 @@ impl Session {
                 d.position,
                 d.entry.update.json(&d.entry.key),
             );
-            send(socket, Message::Text(text.into()), timeout).await?;
-            self.live.counters.messages.fetch_add(1, Ordering::Relaxed);
+            within(timeout, socket.feed(Message::Text(text.into()))).await?;
+            queued += 1;
         }
-        // More left: come back after looking at the client.
-        self.wake.notify_one();
+        if queued > 0 {
+            within(timeout, socket.flush()).await?;
+            self.live
+                .counters
+                .messages
+                .fetch_add(queued, Ordering::Relaxed);
+        }
+        if more {
+            // More left: come back after looking at the client.
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -446,9 +461,16 @@ fn is_capacity(e: &axum::Error) -> bool {
 
 /// Sends one message, giving up (the client is gone or stuck) after `timeout`.
 async fn send(socket: &mut WebSocket, m: Message, timeout: Duration) -> Result<(), End> {
-    match tokio::time::timeout(timeout, socket.send(m)).await {
+    within(timeout, socket.send(m)).await
+}
+
+/// Runs a socket operation, giving up (the client is gone or stuck) after `timeout`.
+async fn within(
+    timeout: Duration,
+    op: impl std::future::Future<Output = Result<(), axum::Error>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(timeout, op).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone),
-        Err(_) => Err(End::Gone),
+        Ok(Err(_)) | Err(_) => Err(End::Gone),
     }
 }
