@@ -7,7 +7,8 @@
 //! matcher of their selector (a `device`, else the metric name), so an update is tested only
 //! against those that can select it. Publishers ask first ([`Hub::generation`],
 //! [`Hub::selects`]) and build only updates somebody selects; the answer for a series stays
-//! valid until the tenant's generation changes, so a publisher caches it per series.
+//! valid until the generation changes (any tenant's subscriptions coming or going), so a
+//! publisher caches it per series.
 //! Nothing here waits for a client: an outbox that refuses an update marks its connection too
 //! slow, and the connection's owner closes it.
 //!
@@ -273,8 +274,6 @@ struct TenantStream<U> {
     inner: Mutex<Stream<U>>,
     /// Subscriptions, lingering ones included.
     subscriptions: AtomicUsize,
-    /// Changes whenever a subscription comes or goes.
-    generation: AtomicU64,
 }
 
 /// What [`Hub::subscribe`] did about the position the client resumes from.
@@ -303,6 +302,8 @@ pub struct Hub<U> {
     bounds: JournalBounds,
     linger: Duration,
     tenants: RwLock<AHashMap<String, Arc<TenantStream<U>>>>,
+    /// Changes whenever a subscription comes or goes.
+    generation: AtomicU64,
 }
 
 impl<U> Hub<U> {
@@ -314,6 +315,7 @@ impl<U> Hub<U> {
             bounds,
             linger,
             tenants: RwLock::new(AHashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -326,11 +328,13 @@ impl<U> Hub<U> {
         self.tenants.read().expect("hub lock").get(tenant).cloned()
     }
 
-    /// `tenant`'s subscription generation, `None` while it has no subscription: what
-    /// [`Hub::selects`] answers for a series holds while the generation is unchanged.
+    /// The subscription generation (one for every tenant), `None` while `tenant` has no
+    /// subscription: what [`Hub::selects`] answers for a series holds while the generation is
+    /// unchanged.
     pub fn generation(&self, tenant: &str) -> Option<u64> {
         let t = self.stream(tenant)?;
-        (t.subscriptions.load(Ordering::Acquire) > 0).then(|| t.generation.load(Ordering::Acquire))
+        (t.subscriptions.load(Ordering::Acquire) > 0)
+            .then(|| self.generation.load(Ordering::Acquire))
     }
 
     /// Whether any subscription of `tenant` (lingering ones included) selects updates of
@@ -399,7 +403,6 @@ impl<U> Hub<U> {
                     index: AHashMap::new(),
                 }),
                 subscriptions: AtomicUsize::new(0),
-                generation: AtomicU64::new(0),
             })
         });
         t.clone()
@@ -475,7 +478,7 @@ impl<U> Hub<U> {
         if taken.is_empty() {
             t.subscriptions.fetch_add(1, Ordering::Release);
         }
-        t.generation.fetch_add(1, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::Release);
         resumed
     }
 
@@ -503,7 +506,7 @@ impl<U> Hub<U> {
                 sub.until = Some(until);
             }
         }
-        t.generation.fetch_add(1, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Drops lingering subscriptions whose time is up (the server calls this now and then).
@@ -530,7 +533,7 @@ impl<U> Hub<U> {
             .sum();
         if removed > 0 {
             t.subscriptions.fetch_sub(removed, Ordering::Release);
-            t.generation.fetch_add(1, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 

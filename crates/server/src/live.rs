@@ -260,6 +260,7 @@ struct TenantInterest {
 #[derive(Default)]
 struct FeedState {
     tenants: AHashMap<Tenant, TenantInterest>,
+    by_slot: Vec<SlotInterest>,
     readings: Vec<(Arc<Interest>, Sample)>,
     /// Open windows changed by the commit: `(series slot, window start)`.
     touched: Vec<(ObserverSlot, i64, Arc<Interest>)>,
@@ -345,13 +346,31 @@ impl Feed {
         }
     }
 
-    fn tap(&self, tenant: &Tenant, key: SeriesKeyRef<'_>, w: impl FnOnce() -> WindowView) {
-        let mut s = self.state.lock();
+    /// A window from the stage's tap, of the series the windows know by `slot` if given.
+    fn tap(
+        &self,
+        tenant: &Tenant,
+        key: SeriesKeyRef<'_>,
+        slot: Option<u32>,
+        w: impl FnOnce() -> WindowView,
+    ) {
         let Some(g) = self.live.hub.generation(tenant.as_str()) else {
             return;
         };
-        let id = SeriesId::of(tenant, key);
-        if let Some(i) = interest(&self.live, &mut s.tenants, tenant, g, id, key) {
+        let mut s = self.state.lock();
+        let s = &mut *s;
+        let i = match slot {
+            Some(slot) => interest_at(&self.live, &mut s.by_slot, tenant, g, slot, key),
+            None => interest(
+                &self.live,
+                &mut s.tenants,
+                tenant,
+                g,
+                SeriesId::of(tenant, key),
+                key,
+            ),
+        };
+        if let Some(i) = i {
             if i.windows {
                 s.windows.push((i, w()));
             }
@@ -359,7 +378,22 @@ impl Feed {
     }
 }
 
-/// The answer for one series, from the cache or the hub.
+/// The hub's answer for one series.
+fn ask(live: &Live, tenant: &Tenant, key: SeriesKeyRef<'_>) -> Option<Arc<Interest>> {
+    let hub = &live.hub;
+    let readings = hub.selects(tenant.as_str(), Kind::Readings, key);
+    let windows = hub.selects(tenant.as_str(), Kind::Windows, key);
+    (readings || windows).then(|| {
+        Arc::new(Interest {
+            tenant: tenant.clone(),
+            key: Arc::new(key.to_owned()),
+            readings,
+            windows,
+        })
+    })
+}
+
+/// The answer for one series, from the cache by id or the hub.
 fn interest(
     live: &Live,
     tenants: &mut AHashMap<Tenant, TenantInterest>,
@@ -383,19 +417,52 @@ fn interest(
             None => return None,
         }
     }
-    let hub = &live.hub;
-    let readings = hub.selects(tenant.as_str(), Kind::Readings, key);
-    let windows = hub.selects(tenant.as_str(), Kind::Windows, key);
-    let i = (readings || windows).then(|| {
-        Arc::new(Interest {
-            tenant: tenant.clone(),
-            key: Arc::new(key.to_owned()),
-            readings,
-            windows,
-        })
-    });
+    let i = ask(live, tenant, key);
     t.series.entry(id.0).or_insert_with(|| i.clone());
     i
+}
+
+/// The answer for the series the windows know by index `slot`, from the cache by index (no
+/// hashing: the common path) or the hub. An index's entry is cleared when the windows forget
+/// its series, so a negative answer never outlives it.
+fn interest_at(
+    live: &Live,
+    by_slot: &mut Vec<SlotInterest>,
+    tenant: &Tenant,
+    generation: u64,
+    slot: u32,
+    key: SeriesKeyRef<'_>,
+) -> Option<Arc<Interest>> {
+    let i = slot as usize;
+    if by_slot.len() <= i {
+        by_slot.resize(i + 1, SlotInterest::UNSET);
+    }
+    let e = &mut by_slot[i];
+    let valid = e.generation == generation
+        && e.interest
+            .as_ref()
+            .is_none_or(|x| x.key.as_bytes() == key.as_bytes() && &x.tenant == tenant);
+    if !valid {
+        *e = SlotInterest {
+            generation,
+            interest: ask(live, tenant, key),
+        };
+    }
+    e.interest.clone()
+}
+
+/// A cached answer by window index.
+#[derive(Clone)]
+struct SlotInterest {
+    generation: u64,
+    interest: Option<Arc<Interest>>,
+}
+
+impl SlotInterest {
+    const UNSET: SlotInterest = SlotInterest {
+        generation: u64::MAX,
+        interest: None,
+    };
 }
 
 /// A commit being followed (see [`Feed::begin`]).
@@ -463,14 +530,27 @@ impl TenantCommit<'_> {
         slot: ObserverSlot,
         windows: bool,
     ) {
-        let Some(i) = interest(
-            self.live,
-            &mut self.state.tenants,
-            self.tenant,
-            self.generation,
-            id,
-            key,
-        ) else {
+        let s = &mut *self.state;
+        let i = if windows && slot != ObserverSlot::EMPTY {
+            interest_at(
+                self.live,
+                &mut s.by_slot,
+                self.tenant,
+                self.generation,
+                slot.0,
+                key,
+            )
+        } else {
+            interest(
+                self.live,
+                &mut s.tenants,
+                self.tenant,
+                self.generation,
+                id,
+                key,
+            )
+        };
+        let Some(i) = i else {
             return;
         };
         if i.readings {
@@ -493,14 +573,18 @@ impl TenantCommit<'_> {
 
 impl FinalTap for Feed {
     fn closed(&self, window: &ClosedWindow<'_>, figures: &Figures) {
-        self.tap(window.tenant, window.key, || {
+        self.tap(window.tenant, window.key, Some(window.series), || {
             self.window(window.start, figures.clone(), WindowState::Final, 0)
         });
     }
 
     fn settled(&self, _closed_before: i64) {}
 
-    fn forgotten(&self, _series: u32) {}
+    fn forgotten(&self, series: u32) {
+        if let Some(e) = self.state.lock().by_slot.get_mut(series as usize) {
+            *e = SlotInterest::UNSET;
+        }
+    }
 
     fn corrected(
         &self,
@@ -510,7 +594,7 @@ impl FinalTap for Feed {
         figures: &Figures,
         revision: u32,
     ) {
-        self.tap(tenant, key, || {
+        self.tap(tenant, key, None, || {
             self.window(start, figures.clone(), WindowState::Corrected, revision)
         });
     }
