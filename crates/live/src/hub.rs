@@ -237,16 +237,7 @@ impl<U> KindIndex<U> {
     /// Removes the subscriptions `gone` selects; returns them.
     fn remove(&mut self, mut gone: impl FnMut(&Subscriber<U>) -> bool) -> Vec<Subscriber<U>> {
         let mut out = Vec::new();
-        let mut take = |v: &mut Vec<Subscriber<U>>| {
-            let mut i = 0;
-            while i < v.len() {
-                if gone(&v[i]) {
-                    out.push(v.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        };
+        let mut take = |v: &mut Vec<Subscriber<U>>| out.extend(v.extract_if(.., |s| gone(s)));
         for values in self.anchored.values_mut() {
             values.values_mut().for_each(&mut take);
             values.retain(|_, v| !v.is_empty());
@@ -268,6 +259,33 @@ impl<U> KindIndex<U> {
 struct Stream<U> {
     journal: Journal<Entry<U>>,
     index: AHashMap<Kind, KindIndex<U>>,
+}
+
+impl<U> Stream<U> {
+    /// Keeps `entry` and queues it for the live subscriptions that select it, when any
+    /// subscription does (nothing is allocated otherwise).
+    fn publish(&mut self, entry: Entry<U>, size: usize) -> Option<Position> {
+        let Stream { journal, index } = self;
+        let k = index.get(&entry.kind)?;
+        let key = entry.key.clone();
+        let key = key.as_ref().as_ref();
+        let mut entry = Some(entry);
+        let mut kept: Option<(Position, Arc<Entry<U>>)> = None;
+        for sub in k.candidates(key).filter(|sub| sub.selector.matches(key)) {
+            let (position, e) = kept.get_or_insert_with(|| {
+                let e = Arc::new(entry.take().expect("kept once"));
+                (journal.append(e.clone(), size), e)
+            });
+            if let Some(c) = &sub.connection {
+                c.offer(Delivery {
+                    subscription: sub.subscription,
+                    position: *position,
+                    entry: e.clone(),
+                });
+            }
+        }
+        kept.map(|(p, _)| p)
+    }
 }
 
 struct TenantStream<U> {
@@ -332,8 +350,9 @@ impl<U> Hub<U> {
     /// subscription: what [`Hub::selects`] answers for a series holds while the generation is
     /// unchanged.
     pub fn generation(&self, tenant: &str) -> Option<u64> {
-        let t = self.stream(tenant)?;
-        (t.subscriptions.load(Ordering::Acquire) > 0)
+        // Asked once per batch by every shard: the map is read in place, no handle taken.
+        let tenants = self.tenants.read().expect("hub lock");
+        (tenants.get(tenant)?.subscriptions.load(Ordering::Acquire) > 0)
             .then(|| self.generation.load(Ordering::Acquire))
     }
 
@@ -369,26 +388,35 @@ impl<U> Hub<U> {
             return None;
         }
         let mut s = t.inner.lock().expect("stream lock");
-        let k = s.index.get(&entry.kind)?;
-        let key = entry.key.as_ref().as_ref();
-        let mut selected = k
-            .candidates(key)
-            .filter(|sub| sub.selector.matches(key))
-            .peekable();
-        selected.peek()?;
-        let live: Vec<(Arc<Connection<U>>, u32)> = selected
-            .filter_map(|sub| Some((sub.connection.clone()?, sub.subscription)))
-            .collect();
-        let entry = Arc::new(entry);
-        let position = s.journal.append(entry.clone(), size);
-        for (connection, subscription) in live {
-            connection.offer(Delivery {
-                subscription,
-                position,
-                entry: entry.clone(),
-            });
+        s.publish(entry, size)
+    }
+
+    /// As [`Hub::publish`] for each `(tenant, update, size)`, taking a tenant's lock once for
+    /// each run of its updates.
+    pub fn publish_all<T: AsRef<str>>(
+        &self,
+        updates: impl IntoIterator<Item = (T, Entry<U>, usize)>,
+    ) {
+        let mut it = updates.into_iter().peekable();
+        while let Some((tenant, entry, size)) = it.next() {
+            let tenant = tenant.as_ref();
+            let run = std::iter::once((entry, size)).chain(std::iter::from_fn(|| {
+                it.next_if(|(t, ..)| t.as_ref() == tenant)
+                    .map(|(_, e, n)| (e, n))
+            }));
+            let t = self
+                .stream(tenant)
+                .filter(|t| t.subscriptions.load(Ordering::Relaxed) > 0);
+            match t {
+                Some(t) => {
+                    let mut s = t.inner.lock().expect("stream lock");
+                    run.for_each(|(e, n)| {
+                        s.publish(e, n);
+                    });
+                }
+                None => run.for_each(drop),
+            }
         }
-        Some(position)
     }
 
     fn tenant(&self, tenant: &str) -> Arc<TenantStream<U>> {
@@ -617,6 +645,16 @@ mod tests {
         (c, r)
     }
 
+    /// A new connection subscribed (as number 0) to device d1's readings of tenant "t".
+    fn d1_readings(
+        h: &Hub<Reading>,
+        since: Option<Position>,
+    ) -> (Arc<Connection<Reading>>, Resumed) {
+        let c = Connection::new(100, || {});
+        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), since);
+        (c, r)
+    }
+
     fn drain(c: &Connection<Reading>) -> Vec<(u64, f64)> {
         std::iter::from_fn(|| c.next())
             .map(|d| (d.position.offset, d.entry.update.0))
@@ -707,8 +745,7 @@ mod tests {
     #[test]
     fn a_closed_connections_subscriptions_linger_so_its_client_resumes_exactly() {
         let h = hub(100);
-        let c = Connection::new(100, || {});
-        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
+        let (c, _) = d1_readings(&h, None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
         h.close("t", &c);
@@ -716,8 +753,7 @@ mod tests {
         // Still selected while lingering: kept, delivered to nobody.
         h.publish("t", reading("d1", 2.0), 10);
         h.publish("t", reading("d2", 3.0), 10);
-        let c = Connection::new(100, || {});
-        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
+        let (c, r) = d1_readings(&h, Some(last));
         assert_eq!(r, Resumed::Replayed(1));
         // The lingering one was taken over, not left behind.
         assert_eq!(h.subscriptions(), (1, 0));
@@ -747,16 +783,14 @@ mod tests {
     #[test]
     fn a_resume_that_may_have_missed_updates_needs_a_snapshot() {
         let h = hub(3);
-        let c = Connection::new(100, || {});
-        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
+        let (c, _) = d1_readings(&h, None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
         // Unsubscribed (not closed): nothing lingers, so d1's next reading is not kept.
         h.unsubscribe("t", &c, 0);
         let (_keeper, _) = every_reading(&h, None);
         h.publish("t", reading("d1", 2.0), 10);
-        let c = Connection::new(100, || {});
-        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
+        let (_c, r) = d1_readings(&h, Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
         // Covered from the keeper's start on: a position after it resumes normally.
         let (_c2, r) = every_reading(&h, Some(last));
@@ -779,8 +813,7 @@ mod tests {
     #[test]
     fn lingering_subscriptions_expire() {
         let h = hub(100);
-        let c = Connection::new(100, || {});
-        h.subscribe("t", &c, 0, Kind::Readings, device("d1"), None);
+        let (c, _) = d1_readings(&h, None);
         h.publish("t", reading("d1", 1.0), 10);
         let last = c.next().unwrap().position;
         h.close("t", &c);
@@ -790,8 +823,7 @@ mod tests {
         assert_eq!(h.subscriptions(), (0, 0));
         assert_eq!(h.generation("t"), None);
         assert_eq!(h.publish("t", reading("d1", 2.0), 10), None);
-        let c = Connection::new(100, || {});
-        let r = h.subscribe("t", &c, 0, Kind::Readings, device("d1"), Some(last));
+        let (_c, r) = d1_readings(&h, Some(last));
         assert_eq!(r, Resumed::NeedsSnapshot);
     }
 }

@@ -61,6 +61,12 @@ impl Tenant {
     }
 }
 
+impl AsRef<str> for Tenant {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Default for Tenant {
     fn default() -> Self {
         Self::default_tenant()

@@ -295,20 +295,18 @@ impl Feed {
         }
     }
 
-    /// Publishes what the commit and the settling after it gathered.
+    /// Publishes what the commit and the settling after it gathered. Drained in place (the
+    /// buffers keep their room for the next commit); only this shard's thread takes the
+    /// feed's lock, and the hub never takes it, so holding it while publishing costs nothing.
     pub fn publish(&self) {
-        let (readings, windows) = {
-            let mut s = self.state.lock();
-            if s.readings.is_empty() && s.windows.is_empty() {
-                return;
-            }
-            (
-                std::mem::take(&mut s.readings),
-                std::mem::take(&mut s.windows),
-            )
-        };
-        let hub = &self.live.hub;
-        for (i, sample) in readings {
+        let mut s = self.state.lock();
+        let FeedState {
+            readings, windows, ..
+        } = &mut *s;
+        if readings.is_empty() && windows.is_empty() {
+            return;
+        }
+        let readings = readings.drain(..).map(|(i, sample)| {
             let size = i.key.as_bytes().len() + 64;
             let entry = Entry {
                 kind: Kind::Readings,
@@ -316,9 +314,9 @@ impl Feed {
                 conflation: None,
                 update: Update::new(Body::Reading(sample)),
             };
-            hub.publish(i.tenant.as_str(), entry, size);
-        }
-        for (i, w) in windows {
+            (i.tenant.clone(), entry, size)
+        });
+        let windows = windows.drain(..).map(|(i, w)| {
             let size = i.key.as_bytes().len() + 256;
             let entry = Entry {
                 kind: Kind::Windows,
@@ -326,8 +324,9 @@ impl Feed {
                 conflation: Some(window_conflation(&i.key, &w)),
                 update: Update::new(Body::Window(w)),
             };
-            hub.publish(i.tenant.as_str(), entry, size);
-        }
+            (i.tenant.clone(), entry, size)
+        });
+        self.live.hub.publish_all(readings.chain(windows));
     }
 
     fn window(
@@ -477,8 +476,7 @@ impl Commit<'_> {
     pub fn tenant<'b>(&'b mut self, tenant: &'b Tenant) -> Option<TenantCommit<'b>> {
         let generation = self.feed.live.hub.generation(tenant.as_str())?;
         Some(TenantCommit {
-            live: &self.feed.live,
-            window_ms: self.feed.window_ms,
+            feed: self.feed,
             state: &mut self.state,
             tenant,
             generation,
@@ -488,14 +486,15 @@ impl Commit<'_> {
     /// Reads the open windows the commit changed, for their provisional state (call with the
     /// windows the commit observed into, still locked).
     pub fn provisional(&mut self, windows: &Windows) {
-        let touched = std::mem::take(&mut self.state.touched);
-        let mut last = None;
-        for (slot, start, i) in touched {
-            // Consecutive repeats (a series' samples of one window) are read once.
-            if last == Some((slot, start)) {
-                continue;
-            }
-            last = Some((slot, start));
+        let FeedState {
+            touched,
+            windows: out,
+            ..
+        } = &mut *self.state;
+        // A window touched by several batches of the commit is read once.
+        touched.sort_by_key(|(slot, start, _)| (slot.0, *start));
+        touched.dedup_by_key(|(slot, start, _)| (slot.0, *start));
+        for (slot, start, i) in touched.drain(..) {
             if let Some((key, rollup)) = windows.open_rollup(slot, start) {
                 if key.as_bytes() != i.key.as_bytes() {
                     continue;
@@ -504,7 +503,7 @@ impl Commit<'_> {
                 let w = self
                     .feed
                     .window(start, figures, WindowState::Provisional, 0);
-                self.state.windows.push((i, w));
+                out.push((i, w));
             }
         }
     }
@@ -512,8 +511,7 @@ impl Commit<'_> {
 
 /// A batch of one tenant being followed.
 pub struct TenantCommit<'a> {
-    live: &'a Live,
-    window_ms: i64,
+    feed: &'a Feed,
     state: &'a mut FeedState,
     tenant: &'a Tenant,
     generation: u64,
@@ -533,7 +531,7 @@ impl TenantCommit<'_> {
         let s = &mut *self.state;
         let i = if windows && slot != ObserverSlot::EMPTY {
             interest_at(
-                self.live,
+                &self.feed.live,
                 &mut s.by_slot,
                 self.tenant,
                 self.generation,
@@ -542,7 +540,7 @@ impl TenantCommit<'_> {
             )
         } else {
             interest(
-                self.live,
+                &self.feed.live,
                 &mut s.tenants,
                 self.tenant,
                 self.generation,
@@ -561,7 +559,7 @@ impl TenantCommit<'_> {
         if i.windows && windows {
             let mut last = None;
             for s in stored {
-                let start = window_of(s.timestamp, self.window_ms);
+                let start = window_of(s.timestamp, self.feed.window_ms);
                 if last != Some(start) {
                     last = Some(start);
                     self.state.touched.push((slot, start, i.clone()));

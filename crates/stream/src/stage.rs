@@ -537,6 +537,7 @@ impl RollupStage {
         }
         let series = self.store.series(&c.tenant, c.key.as_ref());
         let mut writes = Vec::new();
+        let taps = self.taps.read();
         for run in c
             .starts
             .chunk_by(|a, b| b - a <= CORRECTION_RUN_GAP * width)
@@ -564,7 +565,7 @@ impl RollupStage {
                 else {
                     continue;
                 };
-                for t in self.taps.read().iter() {
+                for t in taps.iter() {
                     t.corrected(&c.tenant, c.key.as_ref(), start, &figures, revision);
                 }
                 writes.push(WindowWrite {
