@@ -2,7 +2,8 @@
 //!
 //! A client sends one object per frame:
 //! `{"subscribe":{"id":"<its name>","kind":"readings","selector":"temperature{site=\"s1\"}"}}`
-//! (with `"since":{"epoch":E,"offset":O}` to resume after the last message it received; with
+//! (with `"since":{"epoch":E,"offset":O}` to resume after the last message it received, or
+//! `"snapshot":true` to start from the current state; with
 //! `"expr"` instead of `"selector"` for `kind: "query"`), or `{"unsubscribe":{"id":"..."}}`.
 //! Every server message is one object with `id` (the subscription), `kind`, `epoch`,
 //! `offset` and `labels`, and the fields of its kind; an error is `{"error":"...","id":...}`.
@@ -59,6 +60,9 @@ pub struct Subscribe {
     pub selector: Option<String>,
     /// Where to resume: messages after it, or a snapshot when they are no longer kept.
     pub since: Option<Position>,
+    /// Whether a subscription without `since` starts with a snapshot of the current state
+    /// (a page that draws the last hour, then follows it).
+    pub snapshot: bool,
 }
 
 /// A client's message.
@@ -113,6 +117,7 @@ struct WireSubscribe {
     selector: Option<String>,
     expr: Option<String>,
     since: Option<WirePosition>,
+    snapshot: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +216,7 @@ fn subscribe(s: WireSubscribe) -> Result<Subscribe, RequestError> {
             epoch: p.epoch,
             offset: p.offset,
         }),
+        snapshot: s.snapshot.unwrap_or(false),
     })
 }
 
@@ -277,8 +283,17 @@ mod tests {
                     epoch: 3,
                     offset: 41
                 }),
+                snapshot: false,
             })
         );
+        let snap = parse_request(
+            r#"{"subscribe":{"id":"s","kind":"readings","selector":"t","snapshot":true}}"#,
+            4096,
+        );
+        assert!(matches!(
+            snap,
+            Ok(Request::Subscribe(Subscribe { snapshot: true, .. }))
+        ));
         let q = parse_request(
             r#"{"subscribe":{"id":"q","kind":"query","expr":"avg(t)"}}"#,
             4096,

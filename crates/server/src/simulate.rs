@@ -46,7 +46,6 @@ struct Device {
     id: String,
     site: usize,
     kind: &'static str,
-    seq: u64,
     temperature: f64,
     humidity: f64,
     battery: f64,
@@ -87,7 +86,6 @@ fn fleet(cfg: &FleetConfig) -> Vec<Device> {
             id: format!("dev-{i:05}"),
             site: i / cfg.devices_per_site.max(1),
             kind: TYPES[i % TYPES.len()],
-            seq: 0,
             temperature: 18.0 + (i % 10) as f64,
             humidity: 40.0 + (i % 20) as f64,
             battery: 100.0,
@@ -101,7 +99,6 @@ fn fleet(cfg: &FleetConfig) -> Vec<Device> {
 impl Device {
     /// Moves the readings one interval on.
     fn advance(&mut self, rng: &mut Rng) {
-        self.seq += 1;
         self.temperature = (self.temperature + (rng.unit() - 0.5) * 0.4).clamp(-10.0, 45.0);
         self.humidity = (self.humidity + (rng.unit() - 0.5)).clamp(5.0, 95.0);
         self.battery = if self.battery <= 5.0 {
@@ -113,7 +110,8 @@ impl Device {
     }
 }
 
-/// One event as NDJSON.
+/// One event as NDJSON. Its id is the device and the event time: a redelivery repeats it, and a
+/// restarted simulation (same seed, same data directory) is not taken for one.
 fn event_json(d: &Device, ts_ms: i64, rng: &mut Rng) -> String {
     let mut s = String::with_capacity(320);
     let error = if rng.unit() < 0.01 {
@@ -123,9 +121,8 @@ fn event_json(d: &Device, ts_ms: i64, rng: &mut Rng) -> String {
     };
     let _ = write!(
         s,
-        r#"{{"event_id":"{id}-{seq}","device_id":"{id}","timestamp":{ts_ms},"readings":{{"temperature_celsius":{t:.1},"humidity_percent":{h:.1},"battery_percent":{b:.1},"power_watts":{p:.0},"energy_wh_total":{e:.0},"error_code":{error}}},"labels":{{"site":"site-{site:02}","region":"r{region}","type":"{kind}"}}}}"#,
+        r#"{{"event_id":"{id}-{ts_ms}","device_id":"{id}","timestamp":{ts_ms},"readings":{{"temperature_celsius":{t:.1},"humidity_percent":{h:.1},"battery_percent":{b:.1},"power_watts":{p:.0},"energy_wh_total":{e:.0},"error_code":{error}}},"labels":{{"site":"site-{site:02}","region":"r{region}","type":"{kind}"}}}}"#,
         id = d.id,
-        seq = d.seq,
         t = d.temperature,
         h = d.humidity,
         b = d.battery,

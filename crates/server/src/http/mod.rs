@@ -4,6 +4,7 @@ mod alert_rules;
 pub mod backfill;
 mod body;
 pub mod cache;
+mod dashboard;
 mod devices;
 mod encoding;
 mod json;
@@ -134,6 +135,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/-/reload", post(rules::reload).put(rules::reload))
         .route("/api/v1/stream", get(stream::stream))
+        .route("/", get(dashboard::index))
+        .route("/ui/{*file}", get(dashboard::asset))
         .route("/health", get(|| async { "OK\n" }))
         .route("/metrics", get(read::metrics))
         .fallback(|| async {

@@ -358,6 +358,12 @@ impl Session {
             .hub
             .subscribe(tenant, &self.conn, n, s.kind, selector, s.since);
         let head = self.live.hub.head(tenant);
+        // Asked for, a snapshot follows a live start too: the hub already collects for the
+        // subscription, so nothing falls between the state read and the first live update.
+        let resumed = match resumed {
+            Resumed::Live if s.snapshot => Resumed::NeedsSnapshot,
+            r => r,
+        };
         let body = match resumed {
             Resumed::Live => r#"{"labels":{},"event":"subscribed","resume":"live"}"#.to_string(),
             Resumed::Replayed(k) => format!(
