@@ -31,6 +31,9 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
     if demo && cfg.registry.enrich.is_empty() {
         cfg.registry.enrich = vec!["model".into(), "firmware".into()];
     }
+    if demo && cfg.alerting.device_rules.is_empty() {
+        cfg.alerting.device_rules.push(demo_rule());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -250,6 +253,24 @@ fn demo_fleet(url: String) -> simulate::FleetConfig {
         seed: 42,
         progress: false,
     }
+}
+
+/// The device rule of `serve --demo`, so the dashboard's alerts move: the warmest devices of
+/// the simulated fleet wander over 26 °C and back.
+fn demo_rule() -> strata_alert::device::DeviceRuleSpec {
+    toml::from_str(
+        r#"
+rule_id = "demo-warm"
+device_group = '{__name__="temperature_celsius"}'
+metric = "temperature_celsius"
+operator = ">"
+threshold = 26
+sustained_periods = 3
+clear_threshold = 25.8
+severity = "warning"
+"#,
+    )
+    .expect("the demo rule is valid")
 }
 
 /// Drops the stream subscriptions whose resume window is over, now and then.

@@ -1,5 +1,6 @@
 //! `strata serve --demo`, the README's first command: its simulated fleet is registered, so
-//! queries group by registry labels the devices never send, and fleet status lists them all.
+//! queries group by registry labels the devices never send, fleet status lists them all, and its
+//! device rule fires for the warmest.
 
 mod common;
 
@@ -23,6 +24,16 @@ fn the_demo_fleet_is_registered_and_enriched() {
             .collect();
         models.sort();
         models == ["GATEWAY-300", "METER-200", "SENSOR-100"]
+    });
+    // Its device rule makes the warmest devices alert, so the dashboard's alerts move.
+    let rules = s.get_json("/api/v1/alert-rules");
+    assert_eq!(rules["data"]["rules"][0]["rule_id"], "demo-warm", "{rules}");
+    wait_for("a demo-warm alert firing", || {
+        s.get_json("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "demo-warm" && a["state"] == "firing")
     });
     s.stop();
 }
