@@ -167,6 +167,7 @@ pub struct RuleManager {
     reloading: Mutex<()>,
     stats: ManagerStats,
     notify: std::sync::OnceLock<Arc<Notifications>>,
+    observer: std::sync::OnceLock<Arc<dyn crate::state::AlertObserver>>,
 }
 
 impl RuleManager {
@@ -187,6 +188,7 @@ impl RuleManager {
             reloading: Mutex::new(()),
             stats: ManagerStats::default(),
             notify: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -194,6 +196,11 @@ impl RuleManager {
     /// ignored).
     pub fn notify_through(&self, n: Arc<Notifications>) {
         let _ = self.notify.set(n);
+    }
+
+    /// Tells `o` of alerts' state changes from now on (set once; a second call is ignored).
+    pub fn observe_through(&self, o: Arc<dyn crate::state::AlertObserver>) {
+        let _ = self.observer.set(o);
     }
 
     /// Where its alerts are sent, if anywhere.
@@ -524,6 +531,17 @@ impl RuleManager {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "alert state not saved");
                 }
+            }
+        }
+        if let Some(o) = self.observer.get() {
+            let group = run.state.group();
+            let changed: Vec<&crate::state::Alert> = (0..group.rules.len())
+                .filter_map(|i| run.state.rule_state(i))
+                .flat_map(|st| st.alerts())
+                .filter(|a| a.changed_at(ts))
+                .collect();
+            if !changed.is_empty() {
+                o.changed(&self.opts.tenant, &changed);
             }
         }
         // After the state is saved: a restart restores what was offered, and the outbox knows

@@ -63,6 +63,24 @@ pub struct Alert {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl Alert {
+    /// Whether the evaluation at `ts` changed its state: it became pending or firing then, or
+    /// resolved then.
+    pub fn changed_at(&self, ts: i64) -> bool {
+        match self.state {
+            AlertState::Pending => self.active_at == ts,
+            AlertState::Firing => self.fired_at == Some(ts),
+            AlertState::Inactive => self.resolved_at == Some(ts),
+        }
+    }
+}
+
+/// Told of alerts' state changes as they happen (the live stream), beside the notifiers.
+pub trait AlertObserver: Send + Sync {
+    /// `alerts` of `tenant` changed state (each as it is after its change).
+    fn changed(&self, tenant: &strata_model::Tenant, alerts: &[&Alert]);
+}
+
 /// What went wrong in one evaluation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -300,6 +318,25 @@ mod tests {
         assert_eq!(state(&r), Some(AlertState::Inactive));
         r.eval(7 * MIN + RESOLVED_RETENTION_MS, vec![], 0).unwrap();
         assert_eq!(state(&r), None);
+    }
+
+    #[test]
+    fn an_alert_changed_at_the_evaluations_that_moved_it_only() {
+        let mut r = RuleState::new("Hot", 2 * MIN, 0);
+        let a = labels(&[("alertname", "Hot")]);
+        let changed = |r: &RuleState, ts| r.alerts().next().unwrap().changed_at(ts);
+        r.eval(0, vec![(a.clone(), 1.0)], 0).unwrap();
+        assert!(changed(&r, 0), "became pending");
+        r.eval(MIN, vec![(a.clone(), 2.0)], 0).unwrap();
+        assert!(!changed(&r, MIN), "still pending");
+        r.eval(2 * MIN, vec![(a.clone(), 3.0)], 0).unwrap();
+        assert!(changed(&r, 2 * MIN), "fired");
+        r.eval(3 * MIN, vec![(a.clone(), 4.0)], 0).unwrap();
+        assert!(!changed(&r, 3 * MIN), "still firing");
+        r.eval(4 * MIN, vec![], 0).unwrap();
+        assert!(changed(&r, 4 * MIN), "resolved");
+        r.eval(5 * MIN, vec![], 0).unwrap();
+        assert!(!changed(&r, 5 * MIN), "still resolved");
     }
 
     #[test]

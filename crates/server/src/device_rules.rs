@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use strata_alert::device::{Change, DeviceRule, RuleSet};
 use strata_alert::notify::{Notifications, Offered};
-use strata_alert::state::{Alert, AlertState};
+use strata_alert::state::{Alert, AlertObserver, AlertState};
 use strata_meta::MetaStore;
 use strata_model::{Labels, Tenant};
 
@@ -35,6 +35,7 @@ pub struct DeviceRulesHub {
     /// sources' events (`false`: kept as they are).
     firing: Mutex<BTreeMap<(Tenant, Labels), (Alert, bool)>>,
     notify: OnceLock<Arc<Notifications>>,
+    observer: OnceLock<Arc<dyn AlertObserver>>,
     /// State changes published by the shards.
     pub changes: AtomicU64,
     /// Readings that came behind what their rule had judged (left out).
@@ -54,6 +55,7 @@ impl DeviceRulesHub {
             epoch: AtomicU64::new(0),
             firing: Mutex::new(BTreeMap::new()),
             notify: OnceLock::new(),
+            observer: OnceLock::new(),
             changes: AtomicU64::new(0),
             late: AtomicU64::new(0),
         });
@@ -69,6 +71,11 @@ impl DeviceRulesHub {
     /// Sends state changes through `n` from now on (set once).
     pub fn notify_through(&self, n: Arc<Notifications>) {
         let _ = self.notify.set(n);
+    }
+
+    /// Tells `o` of state changes from now on (set once).
+    pub fn observe_through(&self, o: Arc<dyn AlertObserver>) {
+        let _ = self.observer.set(o);
     }
 
     /// Rebuilds the rule set from the config and the database; shards pick it up at their
@@ -164,6 +171,13 @@ impl DeviceRulesHub {
                         f.remove(&key);
                     }
                 }
+            }
+        }
+        if let Some(o) = self.observer.get() {
+            // Changes come a tenant at a time (a shard's batch): one call per run of a tenant.
+            for run in changes.chunk_by(|a, b| a.tenant == b.tenant) {
+                let alerts: Vec<&Alert> = run.iter().map(|c| &c.alert).collect();
+                o.changed(&run[0].tenant, &alerts);
             }
         }
         if let Some(n) = self.notify.get() {

@@ -95,6 +95,12 @@ pub fn serve(mut cfg: Config, demo: bool) -> anyhow::Result<()> {
         rt.handle().clone(),
         notify.clone(),
     )?;
+    // Alert state changes go to the live stream too (before the server listens, so no
+    // subscriber misses one).
+    devices.observe_through(engine.live().clone());
+    if let Some(r) = &rules {
+        r.observe_through(engine.live().clone());
+    }
     let detectors = cfg.detector_specs()?;
     let anomaly_stats = (cfg.rollups.enabled && !detectors.is_empty())
         .then(|| Arc::new(anomaly::AnomalyStats::default()));

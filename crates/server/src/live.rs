@@ -14,6 +14,7 @@ use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use strata_alert::state::{Alert, AlertObserver, AlertState};
 use strata_live::hub::{Conflation, Entry, JournalBounds};
 use strata_live::protocol::Kind;
 use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
@@ -595,6 +596,55 @@ impl FinalTap for Feed {
         self.tap(tenant, key, None, || {
             self.window(start, figures.clone(), WindowState::Corrected, revision)
         });
+    }
+}
+
+/// The `alertname` of anomaly events, which stream under kind `anomalies`.
+const ANOMALY_ALERTNAME: &str = "AnomalyDetected";
+
+/// An alert's state change as a stream entry: anomaly events under kind `anomalies`, every
+/// other alert under `alerts`; conflated per alert, the latest evaluation winning.
+pub fn alert_entry(a: &Alert) -> Entry<Update> {
+    let kind = if a.labels.get("alertname") == Some(ANOMALY_ALERTNAME) {
+        Kind::Anomalies
+    } else {
+        Kind::Alerts
+    };
+    let key = Arc::new(a.labels.key());
+    let state = match a.state {
+        AlertState::Inactive => "resolved",
+        s => s.as_str(),
+    };
+    let fields = serde_json::json!({
+        "state": state,
+        "value": crate::http::json_number(a.value),
+        "active_at": a.active_at,
+        "fired_at": a.fired_at,
+        "resolved_at": a.resolved_at,
+        "annotations": a.annotations,
+    });
+    Entry {
+        kind,
+        conflation: Some(Conflation {
+            key: xxhash_rust::xxh3::xxh3_64(key.as_bytes()),
+            rank: a.last_eval.max(0) as u64,
+        }),
+        key,
+        update: Update::new(Body::Fields(fields)),
+    }
+}
+
+/// Alerts' and anomaly events' state changes go to the hub as they happen.
+impl AlertObserver for Live {
+    fn changed(&self, tenant: &Tenant, alerts: &[&Alert]) {
+        if self.hub.generation(tenant.as_str()).is_none() {
+            return;
+        }
+        self.hub.publish_all(alerts.iter().map(|a| {
+            let e = alert_entry(a);
+            let size = e.key.as_bytes().len() + 256;
+            (tenant, e, size)
+        }));
     }
 }
 

@@ -53,6 +53,27 @@ impl Client {
         Client { ws }
     }
 
+    /// Caps the kernel's receive buffer of the connection (no autotuning to megabytes), so
+    /// a client that stops reading holds the server back soon.
+    fn shrink_receive_buffer(&self) {
+        use std::os::fd::AsRawFd;
+        let MaybeTlsStream::Plain(t) = self.ws.get_ref() else {
+            unreachable!("plain ws://")
+        };
+        let size: libc::c_int = 4096;
+        // SAFETY: a valid socket descriptor and an int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                t.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+    }
+
     fn send(&mut self, v: &Value) {
         self.send_text(&v.to_string());
     }
@@ -63,7 +84,10 @@ impl Client {
 
     /// The next JSON message, or how the connection closed.
     fn next(&mut self) -> Result<Value, Closed> {
+        // Pings keep the socket's read timeout from firing: a minute at most in all.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            assert!(Instant::now() < deadline, "no message in a minute");
             match self.ws.read() {
                 Ok(Message::Text(t)) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
                 Ok(Message::Close(f)) => {
@@ -453,4 +477,133 @@ fn a_client_that_cannot_keep_up_is_closed_with_4008_and_may_resume() {
         "{ack}"
     );
     assert!(c.of("all")["value"].is_number());
+}
+
+#[test]
+fn pending_updates_of_one_window_are_conflated_for_a_client_that_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let mut c = Client::connect(&s, None);
+    c.shrink_receive_buffer();
+    c.subscribe("w", "windows", r#"temperature{device="d1"}"#, None);
+    // Each write is its own commit, so each changes the window's provisional state; long labels
+    // make the updates outgrow the sockets' buffers while the client does not read.
+    let base = minute_ago(30);
+    let pad = "p".repeat(2_000);
+    let n = 400;
+    for i in 0..n {
+        let body = format!(
+            r#"{{"device_id":"d1","timestamp":{},"readings":{{"temperature":{i}}},"labels":{{"pad":"{pad}"}}}}"#,
+            base + 1 + i * 100
+        );
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    // What arrives is in order, never an older state after a newer, and ends with the newest.
+    let mut counts = Vec::new();
+    while counts.last() != Some(&(n as u64)) {
+        let w = c.of("w");
+        assert_eq!(w["state"], "provisional", "{w}");
+        counts.push(w["count"].as_u64().unwrap());
+    }
+    assert!(counts.windows(2).all(|p| p[0] < p[1]), "{counts:?}");
+    assert!(
+        counts.len() < n as usize,
+        "{} updates, none merged",
+        counts.len()
+    );
+    // The drain that sent the newest counted every merge before it.
+    let conflated = metric(&s.metrics(), "strata_live_conflated_total");
+    assert_eq!(
+        counts.len() as f64 + conflated,
+        n as f64,
+        "each update was sent or merged"
+    );
+}
+
+#[test]
+fn alerts_stream_as_they_fire_and_resolve_and_a_snapshot_lists_the_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let rule = json!({"rule_id": "hot", "device_id": "d1", "metric": "temperature",
+                      "operator": ">", "threshold": 50, "severity": "critical"});
+    assert_eq!(
+        s.post("/api/v1/alert-rules", rule.to_string())
+            .status()
+            .as_u16(),
+        201
+    );
+    let mut c = Client::connect(&s, None);
+    c.send(&json!({"subscribe": {"id": "a", "kind": "alerts"}}));
+    assert_eq!(c.message()["event"], "subscribed");
+    c.send(&json!({"subscribe": {"id": "an", "kind": "anomalies"}}));
+    assert_eq!(c.message()["event"], "subscribed");
+    let base = minute_ago(30);
+    for (i, v) in [60.0, 61.0, 62.0].iter().enumerate() {
+        let body = event("d1", base + i as i64 * 5_000, *v);
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    let fired = c.of("a");
+    assert_eq!(fired["kind"], "alerts");
+    assert_eq!(fired["state"], "firing", "{fired}");
+    assert_eq!(fired["labels"]["alertname"], "hot");
+    assert_eq!(fired["labels"]["device"], "d1");
+    assert_eq!(fired["labels"]["severity"], "critical");
+    assert_eq!(fired["value"], 60.0);
+    assert_eq!(fired["active_at"], base);
+
+    // A client that asks for a snapshot is told what is active now.
+    let mut late = Client::connect(&s, None);
+    late.send(&json!({"subscribe": {"id": "s", "kind": "alerts", "selector": "{device=\"d1\"}", "snapshot": true}}));
+    let ack = late.message();
+    assert_eq!(ack["resume"], "snapshot", "{ack}");
+    let snap = late.of("s");
+    assert_eq!(snap["snapshot"], true);
+    assert_eq!(snap["state"], "firing");
+    assert_eq!(snap["labels"]["alertname"], "hot");
+
+    for (i, v) in [40.0, 41.0].iter().enumerate() {
+        let body = event("d1", base + (3 + i as i64) * 5_000, *v);
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    let resolved = c.of("a");
+    assert_eq!(resolved["state"], "resolved", "{resolved}");
+    assert_eq!(resolved["labels"], fired["labels"]);
+    assert!(resolved["resolved_at"].as_i64().unwrap() >= base + 15_000);
+    assert!(resolved["offset"].as_u64() > fired["offset"].as_u64());
+    assert_eq!(late.of("s")["state"], "resolved");
+}
+
+#[test]
+fn rule_file_alerts_stream_when_their_state_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - alert: Hot\n        expr: temperature > 80\n        labels:\n          team: plant\n",
+    )
+    .unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            "partitions = 1\n[alerting]\nrule_files = [{rules:?}]\nevaluation_interval = \"1s\"\n"
+        ),
+    );
+    let mut c = Client::connect(&s, None);
+    c.subscribe("a", "alerts", r#"{alertname="Hot"}"#, None);
+    assert!(s
+        .post("/api/v1/events", event("d1", now_ms(), 90.0))
+        .status()
+        .is_success());
+    let fired = c.of("a");
+    assert_eq!(fired["state"], "firing", "{fired}");
+    assert_eq!(fired["labels"]["device"], "d1");
+    assert_eq!(fired["labels"]["team"], "plant");
+    assert_eq!(fired["value"], 90.0);
+    // Evaluations that change nothing push nothing: the next message is the resolution.
+    assert!(s
+        .post("/api/v1/events", event("d1", now_ms(), 20.0))
+        .status()
+        .is_success());
+    let next = c.of("a");
+    assert_eq!(next["state"], "resolved", "{next}");
 }

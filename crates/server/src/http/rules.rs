@@ -75,16 +75,28 @@ pub async fn rules(State(st): State<AppState>, req: ApiRequest) -> Response {
 
 /// `GET /api/v1/alerts`: every pending and firing alert, device rules' included.
 pub async fn alerts(State(st): State<AppState>, req: ApiRequest) -> Response {
-    let mut alerts: Vec<Value> = views(&st, &req)
-        .iter()
-        .flat_map(|g| &g.rules)
-        .flat_map(|r| active(&r.alerts))
-        .map(alert_json)
-        .collect();
-    if let Ok(t) = tenant_of(&req.headers) {
-        alerts.extend(st.devices.firing(&t).iter().map(alert_json));
-    }
+    let alerts: Vec<Value> = match tenant_of(&req.headers) {
+        Ok(t) => active_alerts(&st, &t).iter().map(alert_json).collect(),
+        Err(_) => Vec::new(),
+    };
     success(json!({ "alerts": alerts }))
+}
+
+/// The pending and firing alerts of `tenant`: its rule files' (when the rules run for it),
+/// its device rules' and anomaly events.
+pub(super) fn active_alerts(st: &AppState, tenant: &strata_model::Tenant) -> Vec<Alert> {
+    let mut out: Vec<Alert> = match &st.rules {
+        Some(m) if tenant == RuleManager::tenant(m) => m
+            .groups()
+            .iter()
+            .flat_map(|g| &g.rules)
+            .flat_map(|r| active(&r.alerts))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    out.extend(st.devices.firing(tenant));
+    out
 }
 
 /// `POST /-/reload`: reads the rule files again; a file that fails keeps the running rules

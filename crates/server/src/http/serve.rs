@@ -72,6 +72,7 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream);
         let mut stop = stop_rx.clone();
         let busy = Arc::new(AtomicUsize::new(0));
         let service = tracked(app.clone(), busy.clone(), counters.clone());
@@ -242,6 +243,36 @@ async fn refuse(mut stream: TcpStream) {
         std::io::Result::Ok(())
     })
     .await;
+}
+
+/// Unsent bytes a connection's kernel buffer holds before writes wait (`TCP_NOTSENT_LOWAT`).
+const MAX_UNSENT_BYTES: libc::c_int = 128 << 10;
+
+/// Caps what the kernel queues unsent on `stream` (in-flight data still grows with the
+/// window, so bulk answers keep their speed). Without it a stream subscriber that stops
+/// reading lets megabytes of stale updates pile up in its socket (send buffers autotune to
+/// `tcp_wmem`'s maximum, 4 MiB) instead of being conflated in its queue.
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let v = MAX_UNSENT_BYTES;
+        // SAFETY: a valid socket descriptor and an int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!("TCP_NOTSENT_LOWAT: {}", std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (stream, MAX_UNSENT_BYTES);
 }
 
 /// Accept errors that concern one connection are skipped; others (out of file descriptors)

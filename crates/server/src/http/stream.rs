@@ -183,7 +183,6 @@ impl Session {
         self.live.counters.conflated.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Sends what the outbox holds (a batch at a time, so requests are read in between).
     /// Sends what the outbox holds, a batch at a time (so requests are read in between), as
     /// one write: messages are queued in the socket's buffer and flushed together.
     async fn drain(&mut self, socket: &mut WebSocket, timeout: Duration) -> Result<(), End> {
@@ -311,7 +310,7 @@ impl Session {
             fatal: false,
         };
         match s.kind {
-            Kind::Readings => {}
+            Kind::Readings | Kind::Alerts | Kind::Anomalies => {}
             Kind::Windows if self.st.engine.rollups_enabled() => {}
             Kind::Windows => {
                 return Err(refuse(
@@ -320,7 +319,7 @@ impl Session {
             }
             k => {
                 return Err(refuse(format!(
-                    "kind {:?} is not streamed yet; streamed kinds: readings, windows",
+                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, alerts, anomalies",
                     k.name()
                 )))
             }
@@ -400,12 +399,21 @@ impl Session {
     }
 
     /// The current state of what a subscription selects: each series' latest reading of the
-    /// last hour, or its windows of the last hour.
+    /// last hour, its windows of the last hour, or the pending and firing alerts.
     async fn snapshot(
         &self,
         kind: Kind,
         sets: Vec<Vec<Matcher>>,
     ) -> Result<Vec<(strata_model::SeriesKey, Update)>, String> {
+        if matches!(kind, Kind::Alerts | Kind::Anomalies) {
+            let selector = Selector::new("", sets);
+            return Ok(super::rules::active_alerts(&self.st, &self.tenant)
+                .iter()
+                .map(crate::live::alert_entry)
+                .filter(|e| e.kind == kind && selector.matches(e.key.as_ref().as_ref()))
+                .map(|e| ((*e.key).clone(), e.update))
+                .collect());
+        }
         let engine = self.st.engine.clone();
         let tenant = self.tenant.clone();
         let max_samples = self.st.promql.options().max_samples;
