@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use strata_alert::device::DeviceRules;
+use strata_live::protocol::Kind;
 use strata_model::WriteBatch;
 use strata_stream::shadow::Shadows;
 
@@ -36,6 +37,8 @@ pub(crate) struct DeviceStage {
     shadows_path: PathBuf,
     /// Late readings already counted into the hub.
     late_counted: u64,
+    /// Where reported changes go (kind `shadows`).
+    live: Arc<crate::live::Live>,
 }
 
 impl DeviceStage {
@@ -45,6 +48,7 @@ impl DeviceStage {
         hub: Arc<DeviceRulesHub>,
         dir: &Path,
         shadows: Arc<Mutex<Shadows>>,
+        live: Arc<crate::live::Live>,
     ) -> anyhow::Result<(DeviceStage, Option<u64>)> {
         let path = dir.join("devrules.ckpt");
         let (epoch, rules) = hub.rules();
@@ -66,15 +70,27 @@ impl DeviceStage {
             shadows,
             shadows_path,
             late_counted: 0,
+            live,
         };
         Ok((stage, offset))
     }
 
     /// Takes a batch's readings into the shadows, and into the rules (the latest ones).
     pub(crate) fn observe(&mut self, batch: &WriteBatch) {
-        self.shadows
-            .lock()
-            .observe(batch, strata_model::is_anomaly_output);
+        let tenant = batch.tenant();
+        let skip = strata_model::is_anomaly_output;
+        if self.live.hub.generation(tenant.as_str()).is_some() {
+            let live = &self.live;
+            let mut changed = Vec::new();
+            self.shadows.lock().observe_changes(batch, skip, |key, s| {
+                if live.selects(tenant, Kind::Shadows, key) {
+                    changed.push(crate::live::reported_entry(key, s));
+                }
+            });
+            live.publish(tenant, changed);
+        } else {
+            self.shadows.lock().observe(batch, skip);
+        }
         if self.hub.epoch() != self.epoch {
             let (epoch, rules) = self.hub.rules();
             self.state.set_rules(rules);

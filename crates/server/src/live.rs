@@ -634,17 +634,76 @@ pub fn alert_entry(a: &Alert) -> Entry<Update> {
     }
 }
 
-/// Alerts' and anomaly events' state changes go to the hub as they happen.
-impl AlertObserver for Live {
-    fn changed(&self, tenant: &Tenant, alerts: &[&Alert]) {
+/// A device's reported state changed: series `key` (of a device) took reading `s`. Conflated
+/// per series, the newest reading winning.
+pub fn reported_entry(key: SeriesKeyRef<'_>, s: Sample) -> Entry<Update> {
+    let device = String::from_utf8_lossy(key.get(b"device").unwrap_or_default());
+    let name = String::from_utf8_lossy(key.get(b"__name__").unwrap_or_default());
+    let mut reported = serde_json::Map::new();
+    reported.insert(name.into_owned(), crate::http::json_number(s.value));
+    let fields = serde_json::json!({
+        "device": device,
+        "reported": reported,
+        "timestamp": s.timestamp,
+    });
+    let key = Arc::new(key.to_owned());
+    Entry {
+        kind: Kind::Shadows,
+        conflation: Some(Conflation {
+            key: xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1),
+            rank: s.timestamp.max(0) as u64,
+        }),
+        key,
+        update: Update::new(Body::Fields(fields)),
+    }
+}
+
+/// A device's desired state changed: `desired`, `delta` and `version` as the shadow document
+/// of `GET /api/v1/devices/{id}/shadow` holds them after the change. Its labels are the
+/// device's alone; conflated per device, the highest version winning.
+pub fn desired_entry(device: &str, desired: &Value, delta: &Value, version: u64) -> Entry<Update> {
+    let key = SeriesKey::from_sorted_pairs([(&b"device"[..], device.as_bytes())]);
+    let fields = serde_json::json!({
+        "device": device,
+        "desired": desired,
+        "delta": delta,
+        "version": version,
+        "timestamp": strata_model::time::now_ms(),
+    });
+    Entry {
+        kind: Kind::Shadows,
+        conflation: Some(Conflation {
+            key: xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2),
+            rank: version,
+        }),
+        key: Arc::new(key),
+        update: Update::new(Body::Fields(fields)),
+    }
+}
+
+impl Live {
+    /// Publishes entries of `tenant`, each with its size, when the tenant has subscriptions.
+    pub fn publish(&self, tenant: &Tenant, entries: impl IntoIterator<Item = Entry<Update>>) {
         if self.hub.generation(tenant.as_str()).is_none() {
             return;
         }
-        self.hub.publish_all(alerts.iter().map(|a| {
-            let e = alert_entry(a);
+        self.hub.publish_all(entries.into_iter().map(|e| {
             let size = e.key.as_bytes().len() + 256;
             (tenant, e, size)
         }));
+    }
+
+    /// Whether any subscription of `tenant` selects `key` for `kind` (false at once when the
+    /// tenant has none).
+    pub fn selects(&self, tenant: &Tenant, kind: Kind, key: SeriesKeyRef<'_>) -> bool {
+        self.hub.selects(tenant.as_str(), kind, key)
+    }
+}
+
+/// Alerts' and anomaly events' state changes go to the hub as they happen.
+impl AlertObserver for Live {
+    fn changed(&self, tenant: &Tenant, alerts: &[&Alert]) {
+        self.publish(tenant, alerts.iter().map(|a| alert_entry(a)));
     }
 }
 

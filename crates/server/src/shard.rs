@@ -200,7 +200,8 @@ impl Shard {
             .map_or(raw_from, |r| r.checkpoint_offset().map_or(0, |o| o + 1));
         let mut devices = match cfg.devices.clone() {
             Some(hub) => {
-                let (stage, saved) = DeviceStage::open(hub, &cfg.dir, cfg.shadows.clone())?;
+                let (stage, saved) =
+                    DeviceStage::open(hub, &cfg.dir, cfg.shadows.clone(), cfg.live.clone())?;
                 Some((stage, saved.map_or(0, |o| o + 1), saved))
             }
             None => None,

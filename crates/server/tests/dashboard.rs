@@ -1,7 +1,8 @@
 //! The built-in dashboard, in a real browser: Debian's Chromium driven headless by Playwright
 //! (`tests/browser/dashboard.py`, installed by `.ci/run`) against `serve --demo`. The overview
 //! lists the simulated fleet, a device page draws a reading without a reload, a late reading
-//! redraws its corrected minute, and the query page draws a PromQL result. A failing step saves
+//! redraws its corrected minute, a desired change is pushed to the shadow shown, and the query
+//! page draws a PromQL result. A failing step saves
 //! a screenshot under `target/tmp/dashboard/`. Without Chromium or Playwright the browser test
 //! skips, saying so.
 

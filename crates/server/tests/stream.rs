@@ -607,3 +607,60 @@ fn rule_file_alerts_stream_when_their_state_changes() {
     let next = c.of("a");
     assert_eq!(next["state"], "resolved", "{next}");
 }
+
+#[test]
+fn shadow_changes_stream_reported_then_desired_and_a_snapshot_holds_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let mut c = Client::connect(&s, None);
+    c.subscribe("sh", "shadows", r#"{device="d1"}"#, None);
+    let base = minute_ago(30);
+    assert!(s
+        .post("/api/v1/events", event("d1", base + 20_000, 21.5))
+        .status()
+        .is_success());
+    let r = c.of("sh");
+    assert_eq!(r["kind"], "shadows");
+    assert_eq!(r["device"], "d1");
+    assert_eq!(r["reported"], json!({"temperature": 21.5}));
+    assert_eq!(r["timestamp"], base + 20_000);
+    assert_eq!(r["labels"]["__name__"], "temperature");
+    // An older reading (late) and another device change nothing of d1's shadow; a newer does.
+    for body in [
+        event("d1", base + 10_000, 5.0),
+        event("d2", base + 30_000, 9.0),
+        event("d1", base + 40_000, 22.0),
+    ] {
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    let r = c.of("sh");
+    assert_eq!(
+        (
+            r["reported"]["temperature"].as_f64(),
+            r["timestamp"].as_i64()
+        ),
+        (Some(22.0), Some(base + 40_000)),
+        "{r}"
+    );
+    // A desired change, as the shadow API answers it.
+    let patch = s
+        .client
+        .patch(s.url("/api/v1/devices/d1/shadow"))
+        .body(r#"{"state":{"desired":{"setpoint":19}},"version":0}"#)
+        .send()
+        .unwrap();
+    assert_eq!(patch.status(), 200);
+    let d = c.of("sh");
+    assert_eq!(d["labels"], json!({"device": "d1"}));
+    assert_eq!(d["desired"], json!({"setpoint": 19}));
+    assert_eq!(d["delta"], json!({"setpoint": 19}));
+    assert_eq!(d["version"], 1);
+    // A new subscriber's snapshot: the reported reading and the desired state.
+    let mut late = Client::connect(&s, None);
+    late.send(&json!({"subscribe": {"id": "s", "kind": "shadows", "selector": "{device=\"d1\"}", "snapshot": true}}));
+    assert_eq!(late.message()["resume"], "snapshot");
+    let (a, b) = (late.of("s"), late.of("s"));
+    assert!(a["snapshot"] == true && b["snapshot"] == true);
+    assert_eq!(a["reported"]["temperature"], 22.0, "{a}");
+    assert_eq!(b["version"], 1, "{b}");
+}

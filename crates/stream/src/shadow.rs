@@ -86,7 +86,9 @@ impl DeviceState {
             .unwrap_or(i64::MIN)
     }
 
-    fn take(&mut self, id: SeriesId, key: SeriesKeyRef<'_>, s: Sample) {
+    /// Takes `s` as the series' reading if it is the newest; answers whether the reported
+    /// state changed (a redelivery of the newest reading changes nothing).
+    fn take(&mut self, id: SeriesId, key: SeriesKeyRef<'_>, s: Sample) -> bool {
         let found = self
             .ids
             .iter()
@@ -94,13 +96,16 @@ impl DeviceState {
             .find(|(i, (k, _))| **i == id && k.as_bytes() == key.as_bytes());
         match found {
             Some((_, (_, last))) => {
-                let mut l = Some(*last);
+                let before = *last;
+                let mut l = Some(before);
                 update(&mut l, s);
                 *last = l.expect("kept");
+                last.timestamp != before.timestamp || last.value.to_bits() != before.value.to_bits()
             }
             None => {
                 self.ids.push(id);
                 self.readings.push((key.to_owned(), s));
+                true
             }
         }
     }
@@ -118,6 +123,17 @@ impl Shadows {
     /// Takes the readings of a batch's device series (those with a `device` label; `skip`
     /// names metrics that are not the device's readings, such as a detector's outputs).
     pub fn observe(&mut self, batch: &strata_model::WriteBatch, skip: impl Fn(&[u8]) -> bool) {
+        self.observe_changes(batch, skip, |_, _| {});
+    }
+
+    /// As [`Shadows::observe`], telling `changed` of each series whose newest reading the
+    /// batch changed, with that reading.
+    pub fn observe_changes(
+        &mut self,
+        batch: &strata_model::WriteBatch,
+        skip: impl Fn(&[u8]) -> bool,
+        mut changed: impl FnMut(SeriesKeyRef<'_>, Sample),
+    ) {
         let tenant = batch.tenant();
         if !self.tenants.contains_key(tenant) {
             if !batch
@@ -144,7 +160,9 @@ impl Shadows {
             let Some(n) = newest(s.samples) else { continue };
             if let Some((d, state)) = &mut last {
                 if *d == device {
-                    state.take(s.id, s.key, n);
+                    if state.take(s.id, s.key, n) {
+                        changed(s.key, n);
+                    }
                     continue;
                 }
             }
@@ -155,7 +173,9 @@ impl Shadows {
                 map.insert(name.into(), DeviceState::default());
             }
             let state = map.get_mut(name).expect("inserted");
-            state.take(s.id, s.key, n);
+            if state.take(s.id, s.key, n) {
+                changed(s.key, n);
+            }
             last = Some((device, state));
         }
     }
@@ -354,7 +374,15 @@ mod tests {
         let mut late = strata_model::WriteBatch::new(t.clone());
         push(&mut late, "temp", "d1", 5, 0.5);
         push(&mut late, "temp", "d2", 25, 2.5);
-        sh.observe(&late, |_| false);
+        // A redelivery of d1's hum changes nothing either.
+        push(&mut late, "hum", "d1", 30, 3.0);
+        let mut changed = Vec::new();
+        sh.observe_changes(
+            &late,
+            |_| false,
+            |k, s| changed.push((k.get(b"device").unwrap().to_vec(), s)),
+        );
+        assert_eq!(changed, [(b"d2".to_vec(), Sample::new(25, 2.5))]);
         let d1 = sh.device(&t, "d1").unwrap();
         assert_eq!(d1.readings.len(), 2);
         assert_eq!(d1.readings[0].1, Sample::new(10, 1.0), "never rolled back");

@@ -493,7 +493,6 @@ function device(scope, params, id) {
   const sel = `{device=${quote(id)}}`;
   const onError = (e) => { err.textContent = e; };
   scope.subscribe('windows', sel, (m) => chartOf(m.labels).window(m), { snapshot: true, onError });
-  scope.subscribe('readings', sel, (m) => chartOf(m.labels).reading(m), { snapshot: true, onError });
   api(`/api/v1/registry/devices/${encodeURIComponent(id)}`)
     .then((d) => { registryEl.replaceChildren(kv(d.device ?? d)); })
     .catch((e) => { registryEl.replaceChildren(h('p', { class: 'muted' }, e.status === 404 ? 'not registered' : e.message)); });
@@ -501,7 +500,7 @@ function device(scope, params, id) {
     const last = Math.max(0, ...[...charts.values()].map((c) => c.latest?.timestamp ?? 0));
     statusEl.textContent = last ? `last reading ${ago(last)}` : '';
   });
-  scope.every(5000, async () => {
+  const refreshShadow = async () => {
     try {
       const sh = await api(`/api/v1/devices/${encodeURIComponent(id)}/shadow`)
         .catch((e) => (e.status === 404 ? null : Promise.reject(e)));
@@ -520,7 +519,17 @@ function device(scope, params, id) {
     } catch (e) {
       err.textContent = e.message;
     }
-  });
+  };
+  scope.every(10000, refreshShadow);
+  // The shadow's changes: a series' newest reading (late ones change nothing) is drawn as its
+  // latest value; a desired change (a PATCH, from anywhere) redraws the shadow at once.
+  scope.subscribe('shadows', sel, (m) => {
+    if (m.desired) refreshShadow();
+    if (m.reported) {
+      const value = Object.values(m.reported)[0];
+      chartOf(m.labels).reading({ timestamp: m.timestamp, value });
+    }
+  }, { snapshot: true, onError });
   const onResize = () => charts.forEach((c) => c.resize());
   window.addEventListener('resize', onResize);
   scope.onClose = () => window.removeEventListener('resize', onResize);

@@ -69,7 +69,12 @@ fn same(want: &Value, have: f64) -> bool {
     }
 }
 
-async fn shadow_doc(st: &AppState, tenant: &Tenant, id: &str) -> Result<Value, Response> {
+/// The shadow document of device `id`; a 404 response when Strata knows nothing of it.
+pub(super) async fn shadow_doc(
+    st: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> Result<Value, Response> {
     st.engine.synced_shadows().await;
     let desired = st
         .registry
@@ -158,6 +163,7 @@ pub async fn patch_shadow(
         Ok(_) => match shadow_doc(&st, &tenant, &id).await {
             Ok(doc) => {
                 publish_delta(&st, &tenant, &id, &doc);
+                st.engine.live().publish(&tenant, [desired_of(&id, &doc)]);
                 success(doc)
             }
             Err(r) => r,
@@ -168,6 +174,16 @@ pub async fn patch_shadow(
         Err(MetaError::Invalid(m)) => ApiError::bad_data(m).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
+}
+
+/// The stream's desired-state entry of a shadow document.
+pub(super) fn desired_of(id: &str, doc: &Value) -> strata_live::hub::Entry<crate::live::Update> {
+    crate::live::desired_entry(
+        id,
+        &doc["state"]["desired"],
+        &doc["state"]["delta"],
+        doc["version"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Sends the device its delta through each source of its tenant that reaches devices (MQTT),

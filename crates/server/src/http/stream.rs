@@ -310,7 +310,7 @@ impl Session {
             fatal: false,
         };
         match s.kind {
-            Kind::Readings | Kind::Alerts | Kind::Anomalies => {}
+            Kind::Readings | Kind::Alerts | Kind::Anomalies | Kind::Shadows => {}
             Kind::Windows if self.st.engine.rollups_enabled() => {}
             Kind::Windows => {
                 return Err(refuse(
@@ -319,7 +319,7 @@ impl Session {
             }
             k => {
                 return Err(refuse(format!(
-                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, alerts, anomalies",
+                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, alerts, anomalies, shadows",
                     k.name()
                 )))
             }
@@ -405,6 +405,9 @@ impl Session {
         kind: Kind,
         sets: Vec<Vec<Matcher>>,
     ) -> Result<Vec<(strata_model::SeriesKey, Update)>, String> {
+        if kind == Kind::Shadows {
+            return Ok(self.shadows_snapshot(Selector::new("", sets)).await);
+        }
         if matches!(kind, Kind::Alerts | Kind::Anomalies) {
             let selector = Selector::new("", sets);
             return Ok(super::rules::active_alerts(&self.st, &self.tenant)
@@ -463,6 +466,40 @@ impl Session {
             .await
             .map_err(|_| "snapshot read failed".to_string())?
             .map_err(|e| format!("snapshot read failed: {e}"))
+    }
+}
+
+impl Session {
+    /// The shadows `selector` selects: each selected series' newest reading, and the desired
+    /// state of each device whose `{device="<id>"}` it selects (those that have reported).
+    async fn shadows_snapshot(&self, selector: Selector) -> Vec<(strata_model::SeriesKey, Update)> {
+        let mut out = Vec::new();
+        let mut devices = Vec::new();
+        self.st.engine.synced_shadows().await;
+        self.st.engine.with_shadows(|sh| {
+            for (id, d) in sh.devices_after(&self.tenant, None) {
+                for (key, s) in &d.readings {
+                    if selector.matches(key.as_ref()) {
+                        let e = crate::live::reported_entry(key.as_ref(), *s);
+                        out.push(((*e.key).clone(), e.update));
+                    }
+                }
+                let own =
+                    strata_model::SeriesKey::from_sorted_pairs([(&b"device"[..], id.as_bytes())]);
+                if selector.matches(own.as_ref()) {
+                    devices.push(id.to_string());
+                }
+            }
+        });
+        for id in devices {
+            if let Ok(doc) = super::devices::shadow_doc(&self.st, &self.tenant, &id).await {
+                if doc["version"].as_u64().is_some_and(|v| v > 0) {
+                    let e = super::devices::desired_of(&id, &doc);
+                    out.push(((*e.key).clone(), e.update));
+                }
+            }
+        }
+        out
     }
 }
 

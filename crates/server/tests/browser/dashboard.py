@@ -132,6 +132,23 @@ def correction(page):
     assert drawn() == [20, 20], drawn()
 
 
+def desired_change(page):
+    page.goto(BASE + "/#/device/" + PROBE)
+    wait_ready(page)
+    page.wait_for_selector("#shadow table")
+    body = json.dumps({"state": {"desired": {"setpoint": 19.5}}}).encode()
+    req = urllib.request.Request(
+        BASE + f"/api/v1/devices/{PROBE}/shadow", data=body, method="PATCH"
+    )
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200, r.status
+    # Pushed over the stream, not polled (the page polls every 10 s).
+    page.wait_for_function(
+        "document.getElementById('shadow').textContent.includes('setpoint')", timeout=3_000
+    )
+    assert "version 1" in text(page, "#shadow"), text(page, "#shadow")
+
+
 def query_page(page):
     page.goto(BASE + "/#/query")
     page.fill("#expr", "avg by (site) (temperature_celsius)")
@@ -180,7 +197,8 @@ def main():
         # The checks evaluate script in the page, which that policy forbids.
         page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        for step in (overview, device_page, live_reading_and_windows, correction, query_page):
+        steps = (overview, device_page, live_reading_and_windows, correction, desired_change, query_page)
+        for step in steps:
             try:
                 step(page)
                 assert not errors, f"script errors in the page: {errors}"
