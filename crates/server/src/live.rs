@@ -247,6 +247,7 @@ struct Interest {
     key: Arc<SeriesKey>,
     readings: bool,
     windows: bool,
+    groups: bool,
 }
 
 /// A tenant's series as far as its subscriptions select them, valid for one generation.
@@ -263,6 +264,8 @@ struct FeedState {
     tenants: AHashMap<Tenant, TenantInterest>,
     by_slot: Vec<SlotInterest>,
     readings: Vec<(Arc<Interest>, Sample)>,
+    /// Group outputs stored by the commit.
+    groups: Vec<(Arc<Interest>, Sample)>,
     /// Open windows changed by the commit: `(series slot, window start)`.
     touched: Vec<(ObserverSlot, i64, Arc<Interest>)>,
     windows: Vec<(Arc<Interest>, WindowView)>,
@@ -302,9 +305,12 @@ impl Feed {
     pub fn publish(&self) {
         let mut s = self.state.lock();
         let FeedState {
-            readings, windows, ..
+            readings,
+            windows,
+            groups,
+            ..
         } = &mut *s;
-        if readings.is_empty() && windows.is_empty() {
+        if readings.is_empty() && windows.is_empty() && groups.is_empty() {
             return;
         }
         let readings = readings.drain(..).map(|(i, sample)| {
@@ -327,7 +333,26 @@ impl Feed {
             };
             (i.tenant.clone(), entry, size)
         });
-        self.live.hub.publish_all(readings.chain(windows));
+        let groups = groups.drain(..).map(|(i, sample)| {
+            let size = i.key.as_bytes().len() + 64;
+            let entry = Entry {
+                kind: Kind::Groups,
+                key: i.key.clone(),
+                // A recomputed group window rewrites its timestamp: the latest write wins.
+                conflation: Some(Conflation {
+                    key: xxhash_rust::xxh3::xxh3_64_with_seed(
+                        i.key.as_bytes(),
+                        sample.timestamp as u64,
+                    ),
+                    rank: 0,
+                }),
+                update: Update::new(Body::Reading(sample)),
+            };
+            (i.tenant.clone(), entry, size)
+        });
+        self.live
+            .hub
+            .publish_all(readings.chain(windows).chain(groups));
     }
 
     fn window(
@@ -383,14 +408,25 @@ fn ask(live: &Live, tenant: &Tenant, key: SeriesKeyRef<'_>) -> Option<Arc<Intere
     let hub = &live.hub;
     let readings = hub.selects(tenant.as_str(), Kind::Readings, key);
     let windows = hub.selects(tenant.as_str(), Kind::Windows, key);
-    (readings || windows).then(|| {
+    let groups = is_group_output(key) && hub.selects(tenant.as_str(), Kind::Groups, key);
+    (readings || windows || groups).then(|| {
         Arc::new(Interest {
             tenant: tenant.clone(),
             key: Arc::new(key.to_owned()),
             readings,
             windows,
+            groups,
         })
     })
+}
+
+/// Whether `key` is a group rollup's output (`<metric>:<window>_by_<labels>_<output>`, as the
+/// merge step names them), which kind `groups` streams.
+pub fn is_group_output(key: SeriesKeyRef<'_>) -> bool {
+    key.get(strata_model::METRIC_NAME.as_bytes())
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.split_once(':'))
+        .is_some_and(|(_, rest)| rest.contains("_by_"))
 }
 
 /// The answer for one series, from the cache by id or the hub.
@@ -555,6 +591,11 @@ impl TenantCommit<'_> {
         if i.readings {
             self.state
                 .readings
+                .extend(stored.iter().map(|s| (i.clone(), *s)));
+        }
+        if i.groups {
+            self.state
+                .groups
                 .extend(stored.iter().map(|s| (i.clone(), *s)));
         }
         if i.windows && windows {

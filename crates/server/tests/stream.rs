@@ -664,3 +664,50 @@ fn shadow_changes_stream_reported_then_desired_and_a_snapshot_holds_both() {
     assert_eq!(a["reported"]["temperature"], 22.0, "{a}");
     assert_eq!(b["version"], 1, "{b}");
 }
+
+#[test]
+fn group_rollups_stream_once_every_shard_closed_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &format!(
+            "{CONFIG}[[rollups.groups]]\nmetric = \"temperature\"\nby = [\"site\"]\noutputs = [\"avg\"]\n"
+        ),
+    );
+    let mut c = Client::connect(&s, None);
+    c.subscribe(
+        "g",
+        "groups",
+        r#"{__name__=~"temperature:.*",site="s1"}"#,
+        None,
+    );
+    let at_site = |d: &str, ts: i64, v: f64, site: &str| {
+        format!(
+            r#"{{"device_id":"{d}","timestamp":{ts},"readings":{{"temperature":{v}}},"labels":{{"site":"{site}"}}}}"#
+        )
+    };
+    let base = minute_ago(30);
+    for body in [
+        at_site("d1", base + 10_000, 10.0, "s1"),
+        at_site("d2", base + 20_000, 20.0, "s1"),
+        at_site("d3", base + 20_000, 99.0, "s2"),
+        // The watermark passes the window.
+        at_site("d1", base + 5 * MIN, 11.0, "s1"),
+    ] {
+        assert!(s.post("/api/v1/events", body).status().is_success());
+    }
+    let g = c.of("g");
+    assert_eq!(g["kind"], "groups");
+    assert_eq!(
+        g["labels"],
+        json!({"__name__": "temperature:1m_by_site_avg", "site": "s1"})
+    );
+    assert_eq!(g["timestamp"], base + MIN, "written at the window's end");
+    assert_eq!(g["value"], 15.0);
+    let mut snap = Client::connect(&s, None);
+    snap.send(&json!({"subscribe": {"id": "s", "kind": "groups", "selector": "{site=\"s1\"}", "snapshot": true}}));
+    assert_eq!(snap.message()["resume"], "snapshot");
+    let first = snap.of("s");
+    assert_eq!(first["snapshot"], true);
+    assert_eq!(first["labels"]["__name__"], "temperature:1m_by_site_avg");
+}

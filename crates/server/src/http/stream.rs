@@ -310,7 +310,7 @@ impl Session {
             fatal: false,
         };
         match s.kind {
-            Kind::Readings | Kind::Alerts | Kind::Anomalies | Kind::Shadows => {}
+            Kind::Readings | Kind::Alerts | Kind::Anomalies | Kind::Shadows | Kind::Groups => {}
             Kind::Windows if self.st.engine.rollups_enabled() => {}
             Kind::Windows => {
                 return Err(refuse(
@@ -319,7 +319,7 @@ impl Session {
             }
             k => {
                 return Err(refuse(format!(
-                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, alerts, anomalies, shadows",
+                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, groups, alerts, anomalies, shadows",
                     k.name()
                 )))
             }
@@ -399,7 +399,8 @@ impl Session {
     }
 
     /// The current state of what a subscription selects: each series' latest reading of the
-    /// last hour, its windows of the last hour, or the pending and firing alerts.
+    /// last hour, its windows of the last hour, a group output's values of the last hour, or
+    /// the pending and firing alerts.
     async fn snapshot(
         &self,
         kind: Kind,
@@ -420,48 +421,59 @@ impl Session {
         let engine = self.st.engine.clone();
         let tenant = self.tenant.clone();
         let max_samples = self.st.promql.options().max_samples;
-        let read = move || -> Result<Vec<_>, String> {
-            let now = strata_model::time::now_ms();
-            let mut out = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for set in &sets {
-                match kind {
-                    Kind::Readings => {
-                        let hints = SelectHints {
-                            start: now - SNAPSHOT_READINGS_MS,
-                            end: now,
-                            max_samples: Some(max_samples),
-                            fields: Fields::default(),
-                        };
-                        for s in engine
-                            .select(&tenant, set, &hints)
-                            .map_err(|e| e.to_string())?
-                        {
-                            let key = s.labels.key();
-                            if let (Some(last), true) = (s.samples.last(), seen.insert(key.clone()))
+        let read =
+            move || -> Result<Vec<_>, String> {
+                let now = strata_model::time::now_ms();
+                let mut out = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for set in &sets {
+                    match kind {
+                        Kind::Readings | Kind::Groups => {
+                            let hints = SelectHints {
+                                start: now - SNAPSHOT_READINGS_MS,
+                                end: now,
+                                max_samples: Some(max_samples),
+                                fields: Fields::default(),
+                            };
+                            for s in engine
+                                .select(&tenant, set, &hints)
+                                .map_err(|e| e.to_string())?
                             {
-                                out.push((key, Update::new(Body::Reading(*last))));
+                                let key = s.labels.key();
+                                if kind == Kind::Groups {
+                                    // A group output's windows of the last hour.
+                                    if crate::live::is_group_output(key.as_ref())
+                                        && seen.insert(key.clone())
+                                    {
+                                        out.extend(s.samples.iter().map(|x| {
+                                            (key.clone(), Update::new(Body::Reading(*x)))
+                                        }));
+                                    }
+                                } else if let (Some(last), true) =
+                                    (s.samples.last(), seen.insert(key.clone()))
+                                {
+                                    out.push((key, Update::new(Body::Reading(*last))));
+                                }
                             }
                         }
-                    }
-                    _ => {
-                        let from = now - SNAPSHOT_WINDOWS_MS;
-                        let read = engine.rollups(Tier::Window, &tenant, set, from, now);
-                        for (labels, windows) in read.map_err(|e| e.to_string())? {
-                            let key = labels.key();
-                            if seen.insert(key.clone()) {
-                                out.extend(
-                                    windows
-                                        .into_iter()
-                                        .map(|w| (key.clone(), Update::new(Body::Window(w)))),
-                                );
+                        _ => {
+                            let from = now - SNAPSHOT_WINDOWS_MS;
+                            let read = engine.rollups(Tier::Window, &tenant, set, from, now);
+                            for (labels, windows) in read.map_err(|e| e.to_string())? {
+                                let key = labels.key();
+                                if seen.insert(key.clone()) {
+                                    out.extend(
+                                        windows
+                                            .into_iter()
+                                            .map(|w| (key.clone(), Update::new(Body::Window(w)))),
+                                    );
+                                }
                             }
                         }
                     }
                 }
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|_| "snapshot read failed".to_string())?
