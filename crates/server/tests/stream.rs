@@ -711,3 +711,51 @@ fn group_rollups_stream_once_every_shard_closed_their_window() {
     assert_eq!(first["snapshot"], true);
     assert_eq!(first["labels"]["__name__"], "temperature:1m_by_site_avg");
 }
+
+#[test]
+fn a_query_subscription_is_evaluated_at_each_window_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), CONFIG);
+    let base = minute_ago(3);
+    for (d, v) in [("d1", 10.0), ("d2", 30.0)] {
+        assert!(s
+            .post("/api/v1/events", event(d, base + 10_000, v))
+            .status()
+            .is_success());
+    }
+    // Another metric moves the watermark past their window.
+    let other = format!(
+        r#"{{"device_id":"d9","timestamp":{},"readings":{{"other":1}}}}"#,
+        now_ms()
+    );
+    assert!(s.post("/api/v1/events", other).status().is_success());
+    let mut c = Client::connect(&s, None);
+    // A bad expression is refused, the connection kept.
+    c.send(&json!({"subscribe": {"id": "bad", "kind": "query", "expr": "sum("}}));
+    let e = c.message();
+    assert_eq!(e["id"], "bad");
+    assert!(
+        e["error"].as_str().unwrap().contains("invalid expression"),
+        "{e}"
+    );
+    let ack = {
+        c.send(&json!({"subscribe": {"id": "q", "kind": "query", "expr": "avg(last_over_time(temperature[10m]))"}}));
+        c.message()
+    };
+    assert_eq!(ack["event"], "subscribed", "{ack}");
+    // The result at once, as the Prometheus API's data, at the latest window close.
+    let first = c.of("q");
+    assert_eq!(first["kind"], "query");
+    assert_eq!(first["data"]["resultType"], "vector");
+    assert_eq!(first["data"]["result"][0]["value"][1], "20");
+    let t0 = first["timestamp"].as_i64().unwrap();
+    assert_eq!(t0 % MIN, 0, "a window boundary");
+    // A newer reading moves the watermark past another window: evaluated again, later.
+    assert!(s
+        .post("/api/v1/events", event("d1", now_ms() + 2 * MIN, 50.0))
+        .status()
+        .is_success());
+    let next = c.of("q");
+    assert!(next["timestamp"].as_i64().unwrap() > t0, "{next}");
+    assert_eq!(next["data"]["resultType"], "vector");
+}

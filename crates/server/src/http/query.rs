@@ -421,36 +421,60 @@ fn write_values(s: &mut String, labels: &strata_model::Labels, points: impl Fn(&
 
 /// The success body of a query, written directly: matrices can be large.
 fn success(out: &QueryOutput) -> Response {
-    success_with(
-        out.value.type_name(),
-        &out.warnings,
-        &out.infos,
-        |s| match &out.value {
-            Value::Scalar { t, v } => write_point(s, *t, *v),
-            Value::String { t, s: v } => {
-                s.push('[');
-                write_seconds(s, *t);
-                s.push(',');
-                write_str(s, v);
-                s.push(']');
-            }
-            Value::Vector(v) => write_series(s, v, |s, x| {
-                write_labels(s, &x.labels);
-                s.push_str(",\"value\":");
-                write_point(s, x.t, x.v);
-            }),
-            Value::Matrix(m) => write_series(s, m, |s, x| {
-                write_values(s, &x.labels, |s| {
-                    for (j, (t, v)) in x.points.iter().enumerate() {
-                        if j > 0 {
-                            s.push(',');
-                        }
-                        write_point(s, *t, *v);
+    success_with(out.value.type_name(), &out.warnings, &out.infos, |s| {
+        write_result(s, out)
+    })
+}
+
+/// Evaluates `expr` for `tenant` at `t` (ms) through the query gate, as `/api/v1/query` does;
+/// answers the API's `data` object as JSON text (`{"resultType":..,"result":..}`, with
+/// `warnings` and `infos` inside when there are any).
+pub(super) async fn evaluate_data(
+    st: &AppState,
+    tenant: Tenant,
+    expr: String,
+    t: i64,
+) -> Result<String, ApiError> {
+    let timeout = st.promql.options().timeout.unwrap_or(Duration::MAX);
+    let engine = st.promql.clone();
+    let out = run(st, (QueryContext::new(tenant), timeout), move |ctx| {
+        engine.instant(ctx, &expr, t)
+    })
+    .await?;
+    let mut s = data_text(out.value.type_name(), |s| write_result(s, &out));
+    s.pop();
+    write_annotations(&mut s, &out.warnings, &out.infos);
+    s.push('}');
+    Ok(s)
+}
+
+/// The `result` of a query's answer.
+fn write_result(s: &mut String, out: &QueryOutput) {
+    match &out.value {
+        Value::Scalar { t, v } => write_point(s, *t, *v),
+        Value::String { t, s: v } => {
+            s.push('[');
+            write_seconds(s, *t);
+            s.push(',');
+            write_str(s, v);
+            s.push(']');
+        }
+        Value::Vector(v) => write_series(s, v, |s, x| {
+            write_labels(s, &x.labels);
+            s.push_str(",\"value\":");
+            write_point(s, x.t, x.v);
+        }),
+        Value::Matrix(m) => write_series(s, m, |s, x| {
+            write_values(s, &x.labels, |s| {
+                for (j, (t, v)) in x.points.iter().enumerate() {
+                    if j > 0 {
+                        s.push(',');
                     }
-                })
-            }),
-        },
-    )
+                    write_point(s, *t, *v);
+                }
+            })
+        }),
+    }
 }
 
 /// The success body of a range query answered (partly) from the cache: the same text as
@@ -463,6 +487,26 @@ fn success_merged(m: &Merged) -> Response {
     })
 }
 
+/// Appends `,"warnings":[..]` and `,"infos":[..]` where there are any.
+fn write_annotations(s: &mut String, warnings: &[String], infos: &[String]) {
+    for (key, list) in [("warnings", warnings), ("infos", infos)] {
+        if !list.is_empty() {
+            let _ = write!(s, ",\"{key}\":{}", serde_json::Value::from(list.to_vec()));
+        }
+    }
+}
+
+/// `{"resultType":..,"result":..}` of a result of type `type_name` that `result` writes.
+fn data_text(type_name: &str, result: impl FnOnce(&mut String)) -> String {
+    let mut s = String::with_capacity(256);
+    s.push_str("{\"resultType\":\"");
+    s.push_str(type_name);
+    s.push_str("\",\"result\":");
+    result(&mut s);
+    s.push('}');
+    s
+}
+
 /// The success body around a result of type `type_name` that `result` writes.
 fn success_with(
     type_name: &str,
@@ -471,16 +515,9 @@ fn success_with(
     result: impl FnOnce(&mut String),
 ) -> Response {
     let mut s = String::with_capacity(256);
-    s.push_str("{\"status\":\"success\",\"data\":{\"resultType\":\"");
-    s.push_str(type_name);
-    s.push_str("\",\"result\":");
-    result(&mut s);
-    s.push('}');
-    for (key, list) in [("warnings", warnings), ("infos", infos)] {
-        if !list.is_empty() {
-            let _ = write!(s, ",\"{key}\":{}", serde_json::Value::from(list.to_vec()));
-        }
-    }
+    s.push_str("{\"status\":\"success\",\"data\":");
+    s.push_str(&data_text(type_name, result));
+    write_annotations(&mut s, warnings, infos);
     s.push('}');
     let mut r = Response::new(Body::from(s));
     r.headers_mut().insert(

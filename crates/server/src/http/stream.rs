@@ -35,6 +35,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 const DRAIN_BATCH: usize = 256;
 /// How far back a readings snapshot looks for each series' latest sample.
 const SNAPSHOT_READINGS_MS: i64 = 60 * 60_000;
+/// How often the task looks whether a window closed, for query subscriptions.
+const QUERY_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// How far back a windows snapshot reaches.
 const SNAPSHOT_WINDOWS_MS: i64 = 60 * 60_000;
 
@@ -91,6 +93,8 @@ pub async fn stream(
 struct Sub {
     id: String,
     kind: Kind,
+    /// The expression of a `query` subscription.
+    expr: Option<String>,
 }
 
 /// One connection's state.
@@ -104,6 +108,8 @@ struct Session {
     subs: HashMap<u32, Sub>,
     by_id: HashMap<String, u32>,
     next: u32,
+    /// The window boundary the query subscriptions were last evaluated at.
+    evaluated_at: Option<i64>,
 }
 
 /// Why the session ends.
@@ -128,6 +134,7 @@ impl Session {
             subs: HashMap::new(),
             by_id: HashMap::new(),
             next: 0,
+            evaluated_at: None,
         }
     }
 
@@ -135,7 +142,10 @@ impl Session {
         let beat = self.beat();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
         let mut heard = Instant::now();
+        let mut query_tick = tokio::time::interval(QUERY_TICK);
+        query_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
+            let queries = self.subs.values().any(|s| s.expr.is_some());
             let step = tokio::select! {
                 m = socket.recv() => match m {
                     None => Err(End::Gone),
@@ -149,6 +159,7 @@ impl Session {
                     }
                 },
                 _ = self.wake.notified() => self.drain(&mut socket, beat).await,
+                _ = query_tick.tick(), if queries => self.evaluate_queries(&mut socket).await,
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > beat * 3 {
                         Err(End::Close(CLOSE_SILENT, "no message or pong for three heartbeats".into()))
@@ -309,20 +320,10 @@ impl Session {
             message,
             fatal: false,
         };
-        match s.kind {
-            Kind::Readings | Kind::Alerts | Kind::Anomalies | Kind::Shadows | Kind::Groups => {}
-            Kind::Windows if self.st.engine.rollups_enabled() => {}
-            Kind::Windows => {
-                return Err(refuse(
-                    "rollups are disabled ([rollups] enabled = false): no windows to stream".into(),
-                ))
-            }
-            k => {
-                return Err(refuse(format!(
-                    "kind {:?} is not streamed yet; streamed kinds: readings, windows, groups, alerts, anomalies, shadows",
-                    k.name()
-                )))
-            }
+        if s.kind == Kind::Windows && !self.st.engine.rollups_enabled() {
+            return Err(refuse(
+                "rollups are disabled ([rollups] enabled = false): no windows to stream".into(),
+            ));
         }
         let replaces = self.by_id.get(&s.id).copied();
         if replaces.is_none() && self.subs.len() >= self.live.cfg.max_subscriptions {
@@ -333,8 +334,11 @@ impl Session {
         }
         let text = s.selector.clone().unwrap_or_default();
         let sets = match &s.selector {
-            Some(sel) => crate::selector::parse_selector(sel).map_err(refuse)?,
-            None => Vec::new(),
+            // A query's expression is checked by evaluating it (`start_query`).
+            Some(sel) if s.kind != Kind::Query => {
+                crate::selector::parse_selector(sel).map_err(refuse)?
+            }
+            _ => Vec::new(),
         };
         let tenant = self.tenant.as_str();
         if let Some(n) = replaces {
@@ -349,8 +353,12 @@ impl Session {
             Sub {
                 id: s.id.clone(),
                 kind: s.kind,
+                expr: (s.kind == Kind::Query).then(|| text.clone()),
             },
         );
+        if s.kind == Kind::Query {
+            return self.start_query(socket, n, &s).await;
+        }
         let selector = Arc::new(Selector::new(text, sets.clone()));
         let resumed = self
             .live
@@ -482,6 +490,98 @@ impl Session {
 }
 
 impl Session {
+    /// Where query subscriptions are evaluated: the time before which every window is final
+    /// (the latest window close), or the last minute without rollups.
+    fn query_time(&self) -> i64 {
+        self.st
+            .engine
+            .final_before()
+            .filter(|t| *t != i64::MIN)
+            .unwrap_or_else(|| strata_model::time::now_ms() / 60_000 * 60_000)
+    }
+
+    /// Starts query subscription `n`: evaluates it now (an expression that fails is refused),
+    /// acknowledges it and sends its result; later results follow each window close.
+    async fn start_query(
+        &mut self,
+        socket: &mut WebSocket,
+        n: u32,
+        s: &Subscribe,
+    ) -> Result<Result<(), End>, RequestError> {
+        let t = self.query_time();
+        let expr = s.selector.clone().unwrap_or_default();
+        let data = match super::query::evaluate_data(&self.st, self.tenant.clone(), expr, t).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.subs.remove(&n);
+                self.by_id.remove(&s.id);
+                return Err(RequestError {
+                    id: Some(s.id.clone()),
+                    message: format!("invalid expression: {}", e.message),
+                    fatal: false,
+                });
+            }
+        };
+        self.evaluated_at.get_or_insert(t);
+        let head = self.live.hub.head(self.tenant.as_str());
+        let resume = if s.since.is_some() {
+            "snapshot"
+        } else {
+            "live"
+        };
+        let ack = format!(r#"{{"labels":{{}},"event":"subscribed","resume":"{resume}"}}"#);
+        let beat = self.beat();
+        let ack = protocol::message(&s.id, Kind::Query, head, &ack);
+        if let Err(e) = send(socket, Message::Text(ack.into()), beat).await {
+            return Ok(Err(e));
+        }
+        Ok(self.send_result(socket, &s.id, t, &data).await)
+    }
+
+    /// One evaluation's message: `timestamp` and the API's `data`.
+    async fn send_result(
+        &self,
+        socket: &mut WebSocket,
+        id: &str,
+        t: i64,
+        data: &str,
+    ) -> Result<(), End> {
+        let head = self.live.hub.head(self.tenant.as_str());
+        let body = format!(r#"{{"labels":{{}},"timestamp":{t},"data":{data}}}"#);
+        let text = protocol::message(id, Kind::Query, head, &body);
+        self.live.counters.messages.fetch_add(1, Ordering::Relaxed);
+        send(socket, Message::Text(text.into()), self.beat()).await
+    }
+
+    /// Evaluates every query subscription when a window has closed since the last time; an
+    /// evaluation that fails is reported as an error of its subscription, which stays.
+    async fn evaluate_queries(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let t = self.query_time();
+        if self.evaluated_at.is_some_and(|at| at >= t) {
+            return Ok(());
+        }
+        self.evaluated_at = Some(t);
+        let queries: Vec<(String, String)> = self
+            .subs
+            .values()
+            .filter_map(|s| Some((s.id.clone(), s.expr.clone()?)))
+            .collect();
+        for (id, expr) in queries {
+            match super::query::evaluate_data(&self.st, self.tenant.clone(), expr, t).await {
+                Ok(data) => self.send_result(socket, &id, t, &data).await?,
+                Err(e) => {
+                    let e = RequestError {
+                        id: Some(id),
+                        message: format!("evaluation at {t} failed: {}", e.message),
+                        fatal: false,
+                    };
+                    send(socket, Message::Text(e.to_json().into()), self.beat()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The shadows `selector` selects: each selected series' newest reading, and the desired
     /// state of each device whose `{device="<id>"}` it selects (those that have reported).
     async fn shadows_snapshot(&self, selector: Selector) -> Vec<(strata_model::SeriesKey, Update)> {
