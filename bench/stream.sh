@@ -2,8 +2,8 @@
 # The live stream (/api/v1/stream): push latency from a write's acknowledgement to each
 # subscriber's receipt with 1, 100 and 1,000 subscribers; ingest throughput with 1,000
 # subscribers (one device each) against none, in a fleet of 100,000 devices (1% of readings
-# pushed, a dashboard's load) and of 1,000 (every reading pushed); the server's memory per
-# idle connection. The clients run on the same machine.
+# pushed, a dashboard's load) and of 1,000 (every reading pushed), with the server's CPU time
+# of each run; the server's memory per idle connection. The clients run on the same machine.
 #   cargo build --release -p strata-server --bin strata --example stream_bench && RUNS=3 bench/stream.sh
 set -eu
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -38,7 +38,9 @@ for fleet in 100000 1000; do
         for n in 0 1000; do
             start
             printf 'fleet=%s ' "$fleet"
-            "$CLIENT" ingest "$URL" "$n" "$SECONDS_EACH" "$fleet"
+            "$CLIENT" ingest "$URL" "$n" "$SECONDS_EACH" "$fleet" | tr -d '\n'
+            # The server's CPU time over the run (user + system), from its start.
+            awk -v hz="$(getconf CLK_TCK)" '{printf " server_cpu_s=%.2f\n", ($14 + $15) / hz}' "/proc/$pid/stat"
             stop
         done
     done

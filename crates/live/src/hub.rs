@@ -356,6 +356,18 @@ impl<U> Hub<U> {
             .then(|| self.generation.load(Ordering::Acquire))
     }
 
+    /// Whether `tenant` has any subscription of `kind` (lingering ones included): one lock,
+    /// for a publisher that would otherwise ask [`Hub::selects`] of many keys in vain.
+    pub fn subscribed(&self, tenant: &str, kind: Kind) -> bool {
+        let Some(t) = self.stream(tenant) else {
+            return false;
+        };
+        let s = t.inner.lock().expect("stream lock");
+        s.index
+            .get(&kind)
+            .is_some_and(|k| !k.rest.is_empty() || !k.anchored.is_empty())
+    }
+
     /// Whether any subscription of `tenant` (lingering ones included) selects updates of
     /// `kind` about `key`.
     pub fn selects(&self, tenant: &str, kind: Kind, key: SeriesKeyRef<'_>) -> bool {

@@ -79,7 +79,7 @@ impl DeviceStage {
     pub(crate) fn observe(&mut self, batch: &WriteBatch) {
         let tenant = batch.tenant();
         let skip = strata_model::is_anomaly_output;
-        if self.live.hub.generation(tenant.as_str()).is_some() {
+        if self.live.hub.subscribed(tenant.as_str(), Kind::Shadows) {
             let live = &self.live;
             let mut changed = Vec::new();
             self.shadows.lock().observe_changes(batch, skip, |key, s| {

@@ -11,15 +11,7 @@ mod common;
 use common::Server;
 use std::process::Command;
 
-/// Windows settle soon after the watermark, so a correction is seen within the test.
-const CONFIG: &str = r#"
-partitions = 1
-[rollups]
-window = "1m"
-out_of_orderness = "1s"
-allowed_lateness = "10s"
-idle_timeout = "1h"
-"#;
+const CONFIG: &str = common::FAST_ROLLUPS;
 
 fn browser_available() -> bool {
     std::path::Path::new("/usr/bin/chromium").exists()

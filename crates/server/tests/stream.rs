@@ -14,14 +14,7 @@ use tungstenite::Message;
 
 const MIN: i64 = 60_000;
 
-const CONFIG: &str = r#"
-partitions = 1
-[rollups]
-window = "1m"
-out_of_orderness = "1s"
-allowed_lateness = "10s"
-idle_timeout = "1h"
-"#;
+const CONFIG: &str = common::FAST_ROLLUPS;
 
 type Socket = tungstenite::WebSocket<MaybeTlsStream<TcpStream>>;
 

@@ -330,3 +330,14 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// One partition and 1-minute windows that settle soon after the watermark (1 s out of order,
+/// 10 s lateness), so a test sees provisional, final and corrected windows within seconds.
+pub const FAST_ROLLUPS: &str = r#"
+partitions = 1
+[rollups]
+window = "1m"
+out_of_orderness = "1s"
+allowed_lateness = "10s"
+idle_timeout = "1h"
+"#;
