@@ -33,17 +33,21 @@ done
 stop
 }
 
+# ingest: a client thread per subscriber; ingest-one-thread: every subscriber on one thread,
+# leaving the cores to the server and the writers as remote clients would.
+for mode in ${MODES:-ingest ingest-one-thread}; do
 for fleet in 100000 1000; do
     for r in $(seq "$RUNS"); do
         for n in 0 1000; do
             start
-            printf 'fleet=%s ' "$fleet"
-            "$CLIENT" ingest "$URL" "$n" "$SECONDS_EACH" "$fleet" | tr -d '\n'
+            printf '%s fleet=%s ' "$mode" "$fleet"
+            "$CLIENT" "$mode" "$URL" "$n" "$SECONDS_EACH" "$fleet" | tr -d '\n'
             # The server's CPU time over the run (user + system), from its start.
             awk -v hz="$(getconf CLK_TCK)" '{printf " server_cpu_s=%.2f\n", ($14 + $15) / hz}' "/proc/$pid/stat"
             stop
         done
     done
+done
 done
 
 start

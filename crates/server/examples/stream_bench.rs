@@ -8,7 +8,9 @@
 //! `stream_bench ingest URL SUBSCRIBERS SECONDS FLEET`: SUBSCRIBERS connections each subscribe
 //! to one device's readings (`d0`, `d1`…) while two writers send batches of a fleet of FLEET
 //! devices (2,000 events a request, every device in turn) for SECONDS; prints events/s and
-//! the messages pushed.
+//! the messages pushed. `ingest-one-thread` is the same with every subscriber read by one
+//! thread (tasks of a tokio runtime): the clients' share of this machine's cores shrinks to
+//! about what remote clients cost it (nothing but their sockets).
 //!
 //! `stream_bench hold URL CONNECTIONS SECONDS`: opens CONNECTIONS, each with one
 //! subscription, and holds them (for the server's memory per connection).
@@ -113,11 +115,28 @@ fn latency(url: &str, subscribers: usize) {
     println!("subscribers={subscribers} receipts={n} p50_ms={p50:.2} p99_ms={p99:.2}");
 }
 
-fn ingest(url: &str, subscribers: usize, seconds: u64, fleet: usize) {
+/// How the ingest run's subscribers read: a thread each (blocking sockets), or all as tasks
+/// of one thread (epoll), as remote clients cost the server's machine nothing.
+#[derive(Clone, Copy, PartialEq)]
+enum Readers {
+    Threads,
+    OneThread,
+}
+
+fn ingest(url: &str, subscribers: usize, seconds: u64, fleet: usize, how: Readers) {
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for k in 0..subscribers {
+    if how == Readers::OneThread {
+        readers.push(one_thread_readers(
+            url,
+            subscribers,
+            fleet,
+            stop.clone(),
+            received.clone(),
+        ));
+    }
+    for k in (0..subscribers).filter(|_| how == Readers::Threads) {
         let mut ws = subscribe(url, &format!(r#"temperature{{device="d{}"}}"#, k % fleet));
         if let MaybeTlsStream::Plain(t) = ws.get_ref() {
             t.set_read_timeout(Some(Duration::from_millis(200)))
@@ -177,16 +196,76 @@ fn ingest(url: &str, subscribers: usize, seconds: u64, fleet: usize) {
     );
 }
 
+/// Subscribes `subscribers` connections as in [`ingest`] and reads them all on one thread
+/// (a current-thread tokio runtime), counting text messages until `stop`.
+fn one_thread_readers(
+    url: &str,
+    subscribers: usize,
+    fleet: usize,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    use futures_util::{SinkExt, StreamExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ws_url = url.replace("http://", "ws://") + "/api/v1/stream";
+    let sockets = rt.block_on(async {
+        let mut out = Vec::new();
+        for k in 0..subscribers {
+            let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .expect("connect");
+            let selector = format!(r#"temperature{{device="d{}"}}"#, k % fleet);
+            let sub = serde_json::json!({"subscribe": {"id": "s", "kind": "readings", "selector": selector}});
+            ws.send(Message::Text(sub.to_string().into())).await.unwrap();
+            loop {
+                if let Some(Ok(Message::Text(t))) = ws.next().await {
+                    assert!(t.as_str().contains("\"subscribed\""), "{t}");
+                    break;
+                }
+            }
+            out.push(ws);
+        }
+        out
+    });
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut ws in sockets {
+                let received = received.clone();
+                tasks.spawn(async move {
+                    while let Some(Ok(m)) = ws.next().await {
+                        if m.is_text() {
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tasks.abort_all();
+        })
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: stream_bench latency URL SUBSCRIBERS | ingest URL SUBSCRIBERS SECONDS FLEET | hold URL CONNECTIONS SECONDS";
+    let usage = "usage: stream_bench latency URL SUBSCRIBERS | ingest|ingest-one-thread URL SUBSCRIBERS SECONDS FLEET | hold URL CONNECTIONS SECONDS";
     match args.get(1).map(String::as_str) {
         Some("latency") => latency(&args[2], args[3].parse().expect(usage)),
-        Some("ingest") => ingest(
+        Some(mode @ ("ingest" | "ingest-one-thread")) => ingest(
             &args[2],
             args[3].parse().expect(usage),
             args[4].parse().expect(usage),
             args[5].parse().expect(usage),
+            if mode == "ingest" {
+                Readers::Threads
+            } else {
+                Readers::OneThread
+            },
         ),
         Some("hold") => {
             let n: usize = args[3].parse().expect(usage);
