@@ -83,7 +83,7 @@ impl DeviceStage {
             let live = &self.live;
             let mut changed = Vec::new();
             self.shadows.lock().observe_changes(batch, skip, |key, s| {
-                if live.selects(tenant, Kind::Shadows, key) {
+                if live.hub.selects(tenant.as_str(), Kind::Shadows, key) {
                     changed.push(crate::live::reported_entry(key, s));
                 }
             });

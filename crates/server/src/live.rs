@@ -19,6 +19,7 @@ use strata_live::hub::{Conflation, Entry, JournalBounds};
 use strata_live::protocol::Kind;
 use strata_model::{Sample, SeriesId, SeriesKey, SeriesKeyRef, Tenant};
 use strata_stream::rollup::Figures;
+use strata_stream::shadow::DEVICE_LABEL;
 use strata_stream::stage::{FinalTap, WindowView};
 use strata_stream::window::{window_of, ClosedWindow, WindowState, Windows};
 use strata_tsdb::ObserverSlot;
@@ -678,8 +679,9 @@ pub fn alert_entry(a: &Alert) -> Entry<Update> {
 /// A device's reported state changed: series `key` (of a device) took reading `s`. Conflated
 /// per series, the newest reading winning.
 pub fn reported_entry(key: SeriesKeyRef<'_>, s: Sample) -> Entry<Update> {
-    let device = String::from_utf8_lossy(key.get(b"device").unwrap_or_default());
-    let name = String::from_utf8_lossy(key.get(b"__name__").unwrap_or_default());
+    let label = |name: &str| String::from_utf8_lossy(key.get(name.as_bytes()).unwrap_or_default());
+    let device = label(DEVICE_LABEL);
+    let name = label(strata_model::METRIC_NAME);
     let mut reported = serde_json::Map::new();
     reported.insert(name.into_owned(), crate::http::json_number(s.value));
     let fields = serde_json::json!({
@@ -703,7 +705,7 @@ pub fn reported_entry(key: SeriesKeyRef<'_>, s: Sample) -> Entry<Update> {
 /// of `GET /api/v1/devices/{id}/shadow` holds them after the change. Its labels are the
 /// device's alone; conflated per device, the highest version winning.
 pub fn desired_entry(device: &str, desired: &Value, delta: &Value, version: u64) -> Entry<Update> {
-    let key = SeriesKey::from_sorted_pairs([(&b"device"[..], device.as_bytes())]);
+    let key = device_key(device);
     let fields = serde_json::json!({
         "device": device,
         "desired": desired,
@@ -722,6 +724,11 @@ pub fn desired_entry(device: &str, desired: &Value, delta: &Value, version: u64)
     }
 }
 
+/// The labels of a device's own updates (its desired state): `{device="<id>"}`.
+pub fn device_key(device: &str) -> SeriesKey {
+    SeriesKey::from_sorted_pairs([(DEVICE_LABEL.as_bytes(), device.as_bytes())])
+}
+
 impl Live {
     /// Publishes entries of `tenant`, each with its size, when the tenant has subscriptions.
     pub fn publish(&self, tenant: &Tenant, entries: impl IntoIterator<Item = Entry<Update>>) {
@@ -732,12 +739,6 @@ impl Live {
             let size = e.key.as_bytes().len() + 256;
             (tenant, e, size)
         }));
-    }
-
-    /// Whether any subscription of `tenant` selects `key` for `kind` (false at once when the
-    /// tenant has none).
-    pub fn selects(&self, tenant: &Tenant, kind: Kind, key: SeriesKeyRef<'_>) -> bool {
-        self.hub.selects(tenant.as_str(), kind, key)
     }
 }
 

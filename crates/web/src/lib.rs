@@ -17,24 +17,15 @@ pub struct Asset {
     pub content_type: &'static str,
     /// Its bytes.
     pub body: &'static [u8],
+    etag: OnceLock<String>,
 }
 
 impl Asset {
     /// A strong `ETag` of the body (quoted), computed once: the server answers
     /// `If-None-Match` with 304 so a reload costs no transfer.
-    pub fn etag(&self) -> &'static str {
-        static TAGS: OnceLock<Vec<String>> = OnceLock::new();
-        let tags = TAGS.get_or_init(|| {
-            ASSETS
-                .iter()
-                .map(|a| format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(a.body)))
-                .collect()
-        });
-        let i = ASSETS
-            .iter()
-            .position(|a| std::ptr::eq(a, self))
-            .expect("assets are only made here");
-        &tags[i]
+    pub fn etag(&self) -> &str {
+        self.etag
+            .get_or_init(|| format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(self.body)))
     }
 }
 
@@ -44,6 +35,7 @@ macro_rules! asset {
             path: $path,
             content_type: $type,
             body: include_bytes!(concat!("../assets/", $path)),
+            etag: OnceLock::new(),
         }
     };
 }

@@ -70,12 +70,17 @@ fn same(want: &Value, have: f64) -> bool {
 }
 
 /// The shadow document of device `id`; a 404 response when Strata knows nothing of it.
-pub(super) async fn shadow_doc(
+async fn shadow_doc(st: &AppState, tenant: &Tenant, id: &str) -> Result<Value, Response> {
+    st.engine.synced_shadows().await;
+    shadow_doc_synced(st, tenant, id).await
+}
+
+/// As [`shadow_doc`], the shadows already synced (a caller reading many devices syncs once).
+pub(super) async fn shadow_doc_synced(
     st: &AppState,
     tenant: &Tenant,
     id: &str,
 ) -> Result<Value, Response> {
-    st.engine.synced_shadows().await;
     let desired = st
         .registry
         .meta()

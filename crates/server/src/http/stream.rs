@@ -429,59 +429,61 @@ impl Session {
         let engine = self.st.engine.clone();
         let tenant = self.tenant.clone();
         let max_samples = self.st.promql.options().max_samples;
-        let read =
-            move || -> Result<Vec<_>, String> {
-                let now = strata_model::time::now_ms();
-                let mut out = Vec::new();
-                let mut seen = std::collections::HashSet::new();
-                for set in &sets {
-                    match kind {
-                        Kind::Readings | Kind::Groups => {
-                            let hints = SelectHints {
-                                start: now - SNAPSHOT_READINGS_MS,
-                                end: now,
-                                max_samples: Some(max_samples),
-                                fields: Fields::default(),
-                            };
-                            for s in engine
-                                .select(&tenant, set, &hints)
-                                .map_err(|e| e.to_string())?
+        let read = move || -> Result<Vec<_>, String> {
+            let now = strata_model::time::now_ms();
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for set in &sets {
+                match kind {
+                    Kind::Readings | Kind::Groups => {
+                        let hints = SelectHints {
+                            start: now - SNAPSHOT_READINGS_MS,
+                            end: now,
+                            max_samples: Some(max_samples),
+                            fields: Fields::default(),
+                        };
+                        for s in engine
+                            .select(&tenant, set, &hints)
+                            .map_err(|e| e.to_string())?
+                        {
+                            let key = s.labels.key();
+                            let groups = kind == Kind::Groups;
+                            if groups && !crate::live::is_group_output(key.as_ref())
+                                || !seen.insert(key.clone())
                             {
-                                let key = s.labels.key();
-                                if kind == Kind::Groups {
-                                    // A group output's windows of the last hour.
-                                    if crate::live::is_group_output(key.as_ref())
-                                        && seen.insert(key.clone())
-                                    {
-                                        out.extend(s.samples.iter().map(|x| {
-                                            (key.clone(), Update::new(Body::Reading(*x)))
-                                        }));
-                                    }
-                                } else if let (Some(last), true) =
-                                    (s.samples.last(), seen.insert(key.clone()))
-                                {
-                                    out.push((key, Update::new(Body::Reading(*last))));
-                                }
+                                continue;
                             }
+                            // A group output's values of the last hour; a series' latest.
+                            let taken = if groups {
+                                &s.samples[..]
+                            } else {
+                                &s.samples[s.samples.len().saturating_sub(1)..]
+                            };
+                            out.extend(
+                                taken
+                                    .iter()
+                                    .map(|x| (key.clone(), Update::new(Body::Reading(*x)))),
+                            );
                         }
-                        _ => {
-                            let from = now - SNAPSHOT_WINDOWS_MS;
-                            let read = engine.rollups(Tier::Window, &tenant, set, from, now);
-                            for (labels, windows) in read.map_err(|e| e.to_string())? {
-                                let key = labels.key();
-                                if seen.insert(key.clone()) {
-                                    out.extend(
-                                        windows
-                                            .into_iter()
-                                            .map(|w| (key.clone(), Update::new(Body::Window(w)))),
-                                    );
-                                }
+                    }
+                    _ => {
+                        let from = now - SNAPSHOT_WINDOWS_MS;
+                        let read = engine.rollups(Tier::Window, &tenant, set, from, now);
+                        for (labels, windows) in read.map_err(|e| e.to_string())? {
+                            let key = labels.key();
+                            if seen.insert(key.clone()) {
+                                out.extend(
+                                    windows
+                                        .into_iter()
+                                        .map(|w| (key.clone(), Update::new(Body::Window(w)))),
+                                );
                             }
                         }
                     }
                 }
-                Ok(out)
-            };
+            }
+            Ok(out)
+        };
         tokio::task::spawn_blocking(read)
             .await
             .map_err(|_| "snapshot read failed".to_string())?
@@ -596,15 +598,13 @@ impl Session {
                         out.push(((*e.key).clone(), e.update));
                     }
                 }
-                let own =
-                    strata_model::SeriesKey::from_sorted_pairs([(&b"device"[..], id.as_bytes())]);
-                if selector.matches(own.as_ref()) {
+                if selector.matches(crate::live::device_key(id).as_ref()) {
                     devices.push(id.to_string());
                 }
             }
         });
         for id in devices {
-            if let Ok(doc) = super::devices::shadow_doc(&self.st, &self.tenant, &id).await {
+            if let Ok(doc) = super::devices::shadow_doc_synced(&self.st, &self.tenant, &id).await {
                 if doc["version"].as_u64().is_some_and(|v| v > 0) {
                     let e = super::devices::desired_of(&id, &doc);
                     out.push(((*e.key).clone(), e.update));
